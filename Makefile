@@ -1,0 +1,26 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Both set up .venv first.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup demo test clean
+
+setup: $(STAMP)
+
+# Re-install when the project's dependencies change; the stamp keeps repeat runs instant.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/droptrain demo
+
+# pytest exits 5 when it collected no tests; make treats any non-zero exit as a failure.
+test: setup
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) .droptrain .pytest_cache
