@@ -1,0 +1,62 @@
+"""Per-epoch checkpoints for managed spot training: written atomically, resumed only when they match.
+
+SageMaker syncs ``/opt/ml/checkpoints`` to S3 and restores it when a spot job restarts. A
+checkpoint carries a fingerprint of what shapes the run (architecture, classes, hyperparameters),
+so a folder left over from another run is never resumed by mistake.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+FILENAME = "checkpoint.pt"
+
+
+def fingerprint(config: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def usable_dir(path: Path | None) -> Path | None:
+    """``path`` created if possible; ``None`` (checkpointing off, with a warning) when not writable."""
+    if path is None:
+        return None
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+        return path
+    except OSError as exc:
+        log.warning("checkpoints disabled: %s is not writable (%s)", path, exc)
+        return None
+
+
+def save(directory: Path, state: dict[str, Any]) -> None:
+    """Write ``state`` so that a crash mid-write leaves the previous checkpoint intact."""
+    tmp = directory / (FILENAME + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, directory / FILENAME)
+
+
+def load(directory: Path | None, expected_fingerprint: str) -> dict[str, Any] | None:
+    """The checkpoint in ``directory`` if it belongs to this run, else ``None``."""
+    if directory is None or not (directory / FILENAME).is_file():
+        return None
+    try:
+        state = torch.load(directory / FILENAME, map_location="cpu", weights_only=False)
+    except (OSError, RuntimeError, EOFError) as exc:
+        log.warning("ignoring unreadable checkpoint %s: %s", directory / FILENAME, exc)
+        return None
+    if state.get("fingerprint") != expected_fingerprint:
+        log.warning("ignoring checkpoint %s: it belongs to a different run", directory / FILENAME)
+        return None
+    return state

@@ -1,0 +1,73 @@
+"""Image decoding and transforms: the one source that training and inference both use.
+
+Inference must see exactly what evaluation saw, so ``eval_transform`` and ``to_rgb`` are
+imported by ``inference.py`` from here rather than rewritten.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageOps
+from torchvision.transforms import v2
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def resize_size(image_size: int) -> int:
+    """The shorter side before the centre crop (256 for 224, as torchvision's references)."""
+    return int(round(image_size * 256 / 224))
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any mode (grayscale, 16-bit, palette, with or without transparency) to 8-bit RGB.
+
+    Transparent pixels are composited onto white rather than dropped, because a dropped alpha
+    channel exposes whatever colour the encoder left under it (often black).
+    """
+    img = ImageOps.exif_transpose(img) or img
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        img = img.point(lambda v: v * (1 / 256)).convert("L")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img.convert("RGB") if img.mode != "RGB" else img
+
+
+def decode_image(data: bytes) -> Image.Image:
+    """Decode JPEG/PNG bytes to an RGB image; raises ``OSError``/``ValueError`` when undecodable."""
+    with Image.open(io.BytesIO(data)) as img:
+        img.load()
+        return to_rgb(img)
+
+
+def open_image(path: Path) -> Image.Image:
+    with Image.open(path) as img:
+        img.load()
+        return to_rgb(img)
+
+
+def _normalize(mean, std) -> list:
+    return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
+
+
+def eval_transform(image_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> v2.Compose:
+    return v2.Compose(
+        [v2.Resize(resize_size(image_size), antialias=True), v2.CenterCrop(image_size), *_normalize(mean, std)]
+    )
+
+
+def train_transform(image_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> v2.Compose:
+    return v2.Compose(
+        [
+            v2.RandomResizedCrop(image_size, scale=(0.5, 1.0), antialias=True),
+            v2.RandomHorizontalFlip(),
+            *_normalize(mean, std),
+        ]
+    )
