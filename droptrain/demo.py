@@ -39,16 +39,28 @@ class DemoError(Exception):
 
 
 def load_inference_module(code_dir: Path) -> ModuleType:
-    """Import ``inference.py`` from an unpacked model's ``code/``, as the inference container does."""
+    """Import ``inference.py`` from an unpacked model's ``code/``, as the inference container does.
+
+    The model's own ``trainlib`` is what it imports; the caller's import state is restored after,
+    so loading a model never swaps modules under the rest of the process.
+    """
+    def ours(name: str) -> bool:
+        return name == "trainlib" or name.startswith("trainlib.")
+
+    saved = {name: sys.modules.pop(name) for name in [m for m in sys.modules if ours(m)]}
     sys.path.insert(0, str(code_dir))
-    for name in [m for m in sys.modules if m == "trainlib" or m.startswith("trainlib.")]:
-        del sys.modules[name]
-    spec = importlib.util.spec_from_file_location("droptrain_model_inference", code_dir / "inference.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while it executes
-    spec.loader.exec_module(module)
-    return module
+    try:
+        spec = importlib.util.spec_from_file_location(f"droptrain_model_{id(code_dir):x}", code_dir / "inference.py")
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up while it executes
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(code_dir))
+        for name in [m for m in sys.modules if ours(m)]:
+            del sys.modules[name]
+        sys.modules.update(saved)
 
 
 def run_demo(workdir: Path, data: Path | None, hyperparameters: dict[str, str], say: Callable[[str], None] = print) -> dict:

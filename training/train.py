@@ -381,11 +381,6 @@ def _train(args, device, amp, work_dir) -> dict:
         scheduler.step()
         if epoch == start_epoch:
             decode_skipped += train_stats.skipped + valid_stats.skipped
-        print(
-            f"epoch={epoch} train_loss={train_stats.loss:.4f} valid_loss={valid_stats.loss:.4f} "
-            f"valid_accuracy={valid_stats.accuracy:.4f}",
-            flush=True,
-        )
         history.append({
             "epoch": epoch, "train_loss": train_stats.loss, "train_accuracy": train_stats.accuracy,
             "valid_loss": valid_stats.loss, "valid_accuracy": valid_stats.accuracy,
@@ -397,6 +392,12 @@ def _train(args, device, amp, work_dir) -> dict:
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(), "rng": torch.get_rng_state(), "history": history,
             })
+        # Printed after the checkpoint: whoever reads "epoch=N" may rely on checkpoint N existing.
+        print(
+            f"epoch={epoch} train_loss={train_stats.loss:.4f} valid_loss={valid_stats.loss:.4f} "
+            f"valid_accuracy={valid_stats.accuracy:.4f}",
+            flush=True,
+        )
 
     metrics = {}
     if history:

@@ -1,0 +1,176 @@
+"""train.py as SageMaker runs it: SM_* variables, archive channel, hyperparameters, artifact, evaluation."""
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import tarfile
+
+import pytest
+
+from conftest import FAST_HYPERPARAMETERS, TRAINING_DIR, run_train
+from droptrain.container import hyperparameter_args
+
+# The tuning job's MetricDefinitions (ARCHITECTURE.md): the lines must match exactly these.
+EPOCH_LINE = re.compile(r"^epoch=(\d+) train_loss=([0-9.]+) valid_loss=([0-9.]+) valid_accuracy=([0-9.]+)$")
+TEST_LINE = re.compile(r"^test_loss=([0-9.]+) test_accuracy=([0-9.]+)$")
+
+
+def test_prints_one_metric_line_per_epoch_then_test_metrics(trained_job):
+    epochs = [EPOCH_LINE.match(line) for line in trained_job["lines"] if line.startswith("epoch=")]
+    assert [int(m.group(1)) for m in epochs] == [1, 2, 3, 4]
+    tests = [TEST_LINE.match(line) for line in trained_job["lines"] if line.startswith("test_")]
+    assert len(tests) == 1 and tests[0]
+
+
+def test_learns_far_above_chance(trained_job):
+    meta = json.loads((trained_job["paths"].model / "model.json").read_text())
+    # 4 classes: chance is 0.25. A broken loop (no step, wrong labels, frozen everything) stays there.
+    assert meta["metrics"]["test_accuracy"] >= 0.7
+    assert meta["metrics"]["valid_accuracy"] >= 0.7
+
+
+def test_artifact_layout(trained_job):
+    with tarfile.open(trained_job["archive"]) as tar:
+        names = set(tar.getnames())
+    for required in ("model.pth", "model.json", "code/inference.py", "code/requirements.txt",
+                     "code/trainlib/transforms.py", "code/trainlib/models.py"):
+        assert required in names
+    assert not any("__pycache__" in n for n in names)
+    meta = json.loads((trained_job["paths"].model / "model.json").read_text())
+    assert meta["arch"] == "resnet18" and meta["image_size"] == 48
+    assert meta["classes"] == sorted(meta["classes"]) and len(meta["classes"]) == 4
+    assert meta["normalization"] == {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    assert meta["run_id"] == "pets-1a2b3c4d", "run id is the job name without -final"
+    assert meta["hyperparameters"]["optimizer"] == "adamw", "JSON-quoted SDK values are unquoted"
+    assert meta["hyperparameters"]["batch-size"] == 16
+    assert meta["dataset"]["layout"] == "splits"
+
+
+def test_evaluation_json(trained_job):
+    report = json.loads((trained_job["paths"].output_data / "evaluation.json").read_text())
+    meta = json.loads((trained_job["paths"].model / "model.json").read_text())
+    assert report["split"] == "test"
+    assert set(report["per_class"]) == set(meta["classes"])
+    matrix = report["confusion_matrix"]
+    total = sum(map(sum, matrix))
+    assert total == meta["dataset"]["test"] == report["macro_avg"]["support"]
+    assert report["accuracy"] == pytest.approx(sum(matrix[i][i] for i in range(4)) / total)
+    assert report["accuracy"] == pytest.approx(meta["metrics"]["test_accuracy"])
+    for name, row in zip(report["classes"], matrix):
+        assert report["per_class"][name]["support"] == sum(row)
+        for key in ("precision", "recall", "f1"):
+            assert 0.0 <= report["per_class"][name][key] <= 1.0
+
+
+def test_checkpoint_written_each_epoch(trained_job):
+    assert (trained_job["paths"].checkpoints / "checkpoint.pt").is_file()
+
+
+def test_resumes_after_an_interruption(tiny_dataset, tmp_path):
+    """Kill the job after epoch 2 (as a spot interruption would); the rerun picks up at epoch 3."""
+    hps = {**FAST_HYPERPARAMETERS, "epochs": "4"}
+    args = [*hyperparameter_args(hps), "--data-dir", str(tiny_dataset), "--model-dir", str(tmp_path / "model"),
+            "--output-data-dir", str(tmp_path / "out"), "--checkpoint-dir", str(tmp_path / "ckpt")]
+    process = subprocess.Popen([sys.executable, str(TRAINING_DIR / "train.py"), *args], cwd=TRAINING_DIR,
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for line in process.stdout:
+        if line.startswith("epoch=2 "):
+            process.send_signal(signal.SIGKILL)
+            break
+    process.wait(timeout=60)
+    assert not (tmp_path / "model" / "model.pth").exists()
+
+    rerun = run_train(args)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "resumed from checkpoint at epoch 2" in rerun.stdout
+    epochs = [int(m.group(1)) for m in map(EPOCH_LINE.match, rerun.stdout.splitlines()) if m]
+    assert epochs == [3, 4]
+    history = json.loads((tmp_path / "out" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+
+
+def test_checkpoint_of_another_run_is_not_resumed(tiny_dataset, tmp_path):
+    common = ["--data-dir", str(tiny_dataset), "--checkpoint-dir", str(tmp_path / "ckpt"),
+              "--model-dir", str(tmp_path / "model"), "--output-data-dir", str(tmp_path / "out")]
+    first = run_train([*hyperparameter_args({**FAST_HYPERPARAMETERS, "epochs": "1"}), *common])
+    assert first.returncode == 0, first.stderr[-2000:]
+    second = run_train([*hyperparameter_args({**FAST_HYPERPARAMETERS, "epochs": "1", "lr": "0.001"}), *common])
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "resumed" not in second.stdout
+    assert "belongs to a different run" in second.stderr
+
+
+def _fail(args, tmp_path, env=None):
+    out = tmp_path / "sm-output"
+    result = run_train(args, env={"SM_OUTPUT_DIR": str(out), **(env or {})})
+    failure = (out / "failure").read_text() if (out / "failure").exists() else ""
+    return result, failure
+
+
+def test_diverging_loss_stops_the_job(tiny_dataset, tmp_path):
+    hps = {**FAST_HYPERPARAMETERS, "optimizer": "sgd", "lr": "1e6", "epochs": "3"}
+    result, failure = _fail([*hyperparameter_args(hps), "--data-dir", str(tiny_dataset), "--no-checkpoints",
+                             "--model-dir", str(tmp_path / "m"), "--output-data-dir", str(tmp_path / "o")], tmp_path)
+    assert result.returncode == 1
+    assert "NaN or infinite" in failure and "lower the learning rate" in failure
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "m" / "model.pth").exists()
+
+
+def test_single_class_dataset_fails_fast(tmp_path, tiny_dataset):
+    only = tmp_path / "one"
+    cls = sorted((tiny_dataset / "train").iterdir())[0]
+    import shutil
+    shutil.copytree(cls, only / "train" / cls.name)
+    result, failure = _fail(["--data-dir", str(only), "--weights", "none", "--no-checkpoints"], tmp_path)
+    assert result.returncode == 1
+    assert "at least 2 classes" in failure
+    assert "Traceback" not in result.stderr
+
+
+def test_zip_slip_archive_fails_cleanly(tmp_path):
+    import zipfile
+    channel = tmp_path / "channel"
+    channel.mkdir()
+    with zipfile.ZipFile(channel / "evil.zip", "w") as zf:
+        zf.writestr("train/a/1.jpg", b"x")
+        zf.writestr("../../escaped.jpg", b"x")
+    result, failure = _fail(["--data-dir", str(channel), "--weights", "none", "--no-checkpoints"], tmp_path)
+    assert result.returncode == 1
+    assert "escapes the extraction directory" in failure
+    assert not (tmp_path / "escaped.jpg").exists()
+
+
+def test_unknown_hyperparameter_is_an_error(tiny_dataset):
+    result = run_train(["--data-dir", str(tiny_dataset), "--learning-rate", "0.1"])
+    assert result.returncode == 2
+    assert "unknown hyperparameters: --learning-rate" in result.stderr
+
+
+def test_every_flag_has_help():
+    from train import get_args_parser
+
+    for action in get_args_parser()._actions:
+        assert action.help, action.dest
+
+
+def test_truncated_images_are_skipped_and_counted(tiny_dataset, tmp_path):
+    """Headers that parse but pixels that do not: found while loading, skipped, counted, job succeeds."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    victims = sorted((data / "train").rglob("*.jpg"))[:2] + sorted((data / "test").rglob("*.jpg"))[:1]
+    for path in victims:
+        data_bytes = path.read_bytes()
+        path.write_bytes(data_bytes[: len(data_bytes) * 6 // 10])
+    for mode in ("full", "head"):
+        hps = {**FAST_HYPERPARAMETERS, "epochs": "2", "train-mode": mode}
+        result = run_train([*hyperparameter_args(hps), "--data-dir", str(data), "--no-checkpoints",
+                            "--model-dir", str(tmp_path / mode), "--output-data-dir", str(tmp_path / f"o-{mode}")])
+        assert result.returncode == 0, result.stderr[-2000:]
+        meta = json.loads((tmp_path / mode / "model.json").read_text())
+        assert meta["dataset"]["skipped_images"] == 3, mode
+        assert "skipping undecodable image" in result.stderr

@@ -1,0 +1,116 @@
+"""The training loop's parts: frozen backbones, feature reuse, weights loading, the debugger hook."""
+
+import urllib.error
+
+import pytest
+import torch
+from torch import nn
+
+import train
+from conftest import FAST_HYPERPARAMETERS, run_train
+from droptrain.container import hyperparameter_args
+from trainlib import models
+from trainlib.datasets import discover
+from trainlib.debugging import NullHook
+from trainlib.errors import WeightsUnavailableError
+
+
+def _args(tiny_dataset, **overrides):
+    hps = {**FAST_HYPERPARAMETERS, **overrides}
+    return train.parse_args([*hyperparameter_args(hps), "--data-dir", str(tiny_dataset), "--workers", "0"])
+
+
+def test_head_mode_never_touches_the_backbone(tiny_dataset):
+    args = _args(tiny_dataset, **{"train-mode": "head", "augment": "on"})
+    splits = discover(tiny_dataset)
+    model = models.build_model("resnet18", len(splits.classes))
+    models.freeze_backbone(model)
+    before = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("fc.")}
+    data = train.make_batches(args, splits, model, torch.device("cpu"))
+    assert isinstance(data.trainable, models.FrozenBackboneClassifier)
+    optimizer = train.make_optimizer(args, [p for p in data.trainable.parameters() if p.requires_grad])
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    stats = train.train_one_epoch(data.trainable, nn.CrossEntropyLoss(), optimizer, data.train_batches(1),
+                                  torch.device("cpu"), scaler, NullHook(), 1, amp=False)
+    assert stats.seen == len(splits.train)
+    after = model.state_dict()
+    for name, value in before.items():
+        assert torch.equal(value, after[name]), f"{name} changed (BatchNorm statistics included)"
+    assert all(p.grad is None for n, p in model.named_parameters() if not n.startswith("fc."))
+    assert model.fc.weight.grad is not None
+
+
+def test_head_mode_computes_frozen_features_once(tiny_dataset):
+    args = _args(tiny_dataset, **{"train-mode": "head"})
+    splits = discover(tiny_dataset)
+    model = models.build_model("resnet18", len(splits.classes))
+    models.freeze_backbone(model)
+    images_seen = []
+    model.conv1.register_forward_hook(lambda m, inp, out: images_seen.append(inp[0].shape[0]))
+    data = train.make_batches(args, splits, model, torch.device("cpu"))
+    n_images = len(splits.train) + len(splits.valid) + len(splits.test)
+    assert sum(images_seen) == n_images
+    assert data.trainable is model.fc
+    for epoch in (1, 2, 3):
+        batches = list(data.train_batches(epoch))
+        assert sum(len(t) for _, t, _ in batches) == len(splits.train)
+        list(data.eval_batches["valid"]())
+    assert sum(images_seen) == n_images, "later epochs reuse the cached features"
+
+
+def test_imagenet_weights_come_from_the_hub_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    cached = models.weights_cache_path("resnet18")
+    assert cached.is_relative_to(tmp_path)
+    reference = models.ARCHS["resnet18"][0](weights=None)
+    cached.parent.mkdir(parents=True)
+    torch.save(reference.state_dict(), cached)
+    model = models.build_model("resnet18", 3, weights="imagenet")
+    assert torch.equal(model.conv1.weight, reference.conv1.weight)
+    assert model.fc.out_features == 3
+
+
+def test_imagenet_weights_offline_fail_with_a_clear_message(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def no_network(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "urlopen", no_network)
+    with pytest.raises(WeightsUnavailableError) as info:
+        models.build_model("resnet50", 3, weights="imagenet")
+    message = str(info.value)
+    assert str(models.weights_cache_path("resnet50")) in message
+    assert "--weights none" in message
+
+
+def test_smdebug_hook_with_a_frozen_backbone(tiny_dataset, tmp_path):
+    from smdebug.trials import create_trial
+
+    hps = {**FAST_HYPERPARAMETERS, "train-mode": "head", "epochs": "2", "lr": "0.01"}
+    result = run_train([*hyperparameter_args(hps), "--data-dir", str(tiny_dataset), "--no-checkpoints",
+                        "--model-dir", str(tmp_path / "m"), "--output-data-dir", str(tmp_path / "o"),
+                        "--debug-out", str(tmp_path / "debug")])
+    assert result.returncode == 0, result.stderr[-3000:]
+    trial = create_trial(str(tmp_path / "debug"))
+    names = trial.tensor_names()
+    assert any("CrossEntropyLoss" in n for n in names)
+    assert any(n.endswith("weight") for n in names)
+    assert len(trial.steps()) > 0
+
+
+def test_smdebug_absent_means_no_hook(tmp_path, monkeypatch):
+    import builtins
+
+    from trainlib.debugging import create_hook
+
+    real_import = builtins.__import__
+
+    def without_smdebug(name, *args, **kwargs):
+        if name.startswith("smdebug"):
+            raise ImportError("No module named 'smdebug'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", without_smdebug)
+    hook = create_hook(nn.Linear(2, 2), nn.CrossEntropyLoss(), tmp_path / "debug")
+    assert isinstance(hook, NullHook)
