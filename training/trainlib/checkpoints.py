@@ -1,8 +1,9 @@
 """Per-epoch checkpoints for managed spot training: written atomically, resumed only when they match.
 
 SageMaker syncs ``/opt/ml/checkpoints`` to S3 and restores it when a spot job restarts. A
-checkpoint carries a fingerprint of what shapes the run (architecture, classes, hyperparameters),
-so a folder left over from another run is never resumed by mistake.
+checkpoint is named by a fingerprint of what shapes the run (architecture, classes,
+hyperparameters), so runs that share a checkpoint prefix (a tuning job's children do) never
+overwrite or resume each other's, and a folder left over from another run is never resumed.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,6 @@ import torch
 
 log = logging.getLogger(__name__)
 
-FILENAME = "checkpoint.pt"
 
 
 def fingerprint(config: dict[str, Any]) -> str:
@@ -40,23 +41,31 @@ def usable_dir(path: Path | None) -> Path | None:
         return None
 
 
+def path_for(directory: Path, fingerprint_: str) -> Path:
+    return directory / f"checkpoint-{fingerprint_}.pt"
+
+
 def save(directory: Path, state: dict[str, Any]) -> None:
     """Write ``state`` so that a crash mid-write leaves the previous checkpoint intact."""
-    tmp = directory / (FILENAME + ".tmp")
+    target = path_for(directory, state["fingerprint"])
+    tmp = target.with_suffix(".tmp")
     torch.save(state, tmp)
-    os.replace(tmp, directory / FILENAME)
+    os.replace(tmp, target)
 
 
 def load(directory: Path | None, expected_fingerprint: str) -> dict[str, Any] | None:
     """The checkpoint in ``directory`` if it belongs to this run, else ``None``."""
-    if directory is None or not (directory / FILENAME).is_file():
+    if directory is None:
+        return None
+    path = path_for(directory, expected_fingerprint)
+    if not path.is_file():
         return None
     try:
-        state = torch.load(directory / FILENAME, map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError, EOFError) as exc:
-        log.warning("ignoring unreadable checkpoint %s: %s", directory / FILENAME, exc)
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+        log.warning("ignoring unreadable checkpoint %s: %s", path, exc)
         return None
     if state.get("fingerprint") != expected_fingerprint:
-        log.warning("ignoring checkpoint %s: it belongs to a different run", directory / FILENAME)
+        log.warning("ignoring checkpoint %s: it belongs to a different run", path)
         return None
     return state
