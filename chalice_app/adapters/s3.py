@@ -1,0 +1,101 @@
+"""S3: listing a dataset prefix, ranged reads, and write-once markers."""
+
+from __future__ import annotations
+
+import io
+from typing import Any, Iterator
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from chalice_app.adapters.errors import translate
+
+
+class S3Adapter:
+    def __init__(self, client: Any):
+        self._client = client
+
+    def list_objects(self, bucket: str, prefix: str) -> Iterator[tuple[str, int]]:
+        """``(key, size)`` for every object under ``prefix``, across pages."""
+        try:
+            for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+                for item in page.get("Contents", []):
+                    yield item["Key"], int(item["Size"])
+        except (ClientError, BotoCoreError) as exc:
+            raise translate(exc, f"listing s3://{bucket}/{prefix}") from exc
+
+    def head(self, bucket: str, key: str) -> dict[str, Any]:
+        try:
+            response = self._client.head_object(Bucket=bucket, Key=key)
+        except (ClientError, BotoCoreError) as exc:
+            raise translate(exc, f"reading s3://{bucket}/{key}") from exc
+        return {"size": int(response["ContentLength"]), "etag": response.get("ETag", "").strip('"')}
+
+    def read_range(self, bucket: str, key: str, start: int, end: int) -> bytes:
+        """Bytes ``start``..``end`` inclusive."""
+        try:
+            response = self._client.get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-{end}")
+            return response["Body"].read()
+        except (ClientError, BotoCoreError) as exc:
+            raise translate(exc, f"reading s3://{bucket}/{key}") from exc
+
+    def open_ranged(self, bucket: str, key: str, size: int) -> "RangedReader":
+        return RangedReader(self, bucket, key, size)
+
+    def put_if_absent(self, bucket: str, key: str, body: bytes) -> bool:
+        """Write ``key`` unless it exists (atomically, S3 conditional write); ``True`` if written."""
+        try:
+            self._client.put_object(Bucket=bucket, Key=key, Body=body, IfNoneMatch="*", ContentType="application/json")
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+                return False
+            raise translate(exc, f"writing s3://{bucket}/{key}") from exc
+        except BotoCoreError as exc:
+            raise translate(exc, f"writing s3://{bucket}/{key}") from exc
+        return True
+
+    def delete(self, bucket: str, key: str) -> None:
+        try:
+            self._client.delete_object(Bucket=bucket, Key=key)
+        except (ClientError, BotoCoreError) as exc:
+            raise translate(exc, f"deleting s3://{bucket}/{key}") from exc
+
+
+class RangedReader(io.RawIOBase):
+    """A read-only, seekable file over ranged GETs: ``zipfile`` reads just the central directory."""
+
+    def __init__(self, s3: S3Adapter, bucket: str, key: str, size: int):
+        super().__init__()
+        self._s3, self._bucket, self._key, self._size = s3, bucket, key, size
+        self._pos = 0
+        self.requests = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def read(self, n: int = -1) -> bytes:
+        if self._pos >= self._size:
+            return b""
+        end = self._size if n is None or n < 0 else min(self._size, self._pos + n)
+        if end <= self._pos:
+            return b""
+        self.requests += 1
+        data = self._s3.read_range(self._bucket, self._key, self._pos, end - 1)
+        self._pos += len(data)
+        return data
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+

@@ -1,0 +1,78 @@
+"""SageMaker: creating and describing the pipeline's jobs, models and endpoint.
+
+``create_*`` return ``False`` when the resource already exists: an event delivered twice starts
+nothing new, and that is success.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from chalice_app.adapters.errors import AlreadyExistsError, NotFoundError, translate
+
+
+class SageMakerAdapter:
+    def __init__(self, client: Any):
+        self._client = client
+
+    def _call(self, operation: str, action: str, **request: Any) -> dict[str, Any]:
+        try:
+            return getattr(self._client, operation)(**request)
+        except (ClientError, BotoCoreError) as exc:
+            raise translate(exc, action) from exc
+
+    def _create(self, operation: str, action: str, request: Mapping[str, Any]) -> bool:
+        try:
+            self._call(operation, action, **request)
+        except AlreadyExistsError:
+            return False
+        return True
+
+    def create_tuning_job(self, request: Mapping[str, Any]) -> bool:
+        return self._create("create_hyper_parameter_tuning_job", f"creating tuning job {request['HyperParameterTuningJobName']}", request)
+
+    def describe_tuning_job(self, name: str) -> dict[str, Any]:
+        return self._call("describe_hyper_parameter_tuning_job", f"describing tuning job {name}", HyperParameterTuningJobName=name)
+
+    def create_training_job(self, request: Mapping[str, Any]) -> bool:
+        return self._create("create_training_job", f"creating training job {request['TrainingJobName']}", request)
+
+    def describe_training_job(self, name: str) -> dict[str, Any]:
+        return self._call("describe_training_job", f"describing training job {name}", TrainingJobName=name)
+
+    def create_model(self, request: Mapping[str, Any]) -> bool:
+        return self._create("create_model", f"creating model {request['ModelName']}", request)
+
+    def create_endpoint_config(self, request: Mapping[str, Any]) -> bool:
+        return self._create("create_endpoint_config", f"creating endpoint config {request['EndpointConfigName']}", request)
+
+    def describe_endpoint(self, name: str) -> dict[str, Any] | None:
+        """The endpoint, or ``None`` when there is none by that name."""
+        try:
+            return self._call("describe_endpoint", f"describing endpoint {name}", EndpointName=name)
+        except NotFoundError:
+            return None
+
+    def create_endpoint(self, request: Mapping[str, Any]) -> bool:
+        return self._create("create_endpoint", f"creating endpoint {request['EndpointName']}", request)
+
+    def update_endpoint(self, request: Mapping[str, Any]) -> None:
+        self._call("update_endpoint", f"updating endpoint {request['EndpointName']}", **request)
+
+    def add_tags(self, arn: str, tags: list[dict[str, str]]) -> None:
+        self._call("add_tags", f"tagging {arn}", ResourceArn=arn, Tags=tags)
+
+    def delete_tags(self, arn: str, keys: list[str]) -> None:
+        self._call("delete_tags", f"untagging {arn}", ResourceArn=arn, TagKeys=keys)
+
+    def list_tags(self, arn: str) -> dict[str, str]:
+        tags: dict[str, str] = {}
+        request: dict[str, Any] = {"ResourceArn": arn}
+        while True:
+            page = self._call("list_tags", f"listing tags of {arn}", **request)
+            tags.update({t["Key"]: t["Value"] for t in page.get("Tags", [])})
+            if not page.get("NextToken"):
+                return tags
+            request["NextToken"] = page["NextToken"]

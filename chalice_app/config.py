@@ -1,0 +1,166 @@
+"""The stage's configuration, read once from the environment and checked as a whole.
+
+A missing or malformed variable raises ``ConfigError`` naming it; the handlers log that one line
+and send ``pipeline.failed`` when the topic itself is known.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Mapping
+
+STRATEGIES = ("Bayesian", "Random", "Hyperband", "Grid")
+_ARN = re.compile(r"^arn:aws[a-z-]*:[a-z0-9-]+:[a-z0-9-]*:\d{12}:.+$")
+_INSTANCE = re.compile(r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
+_IMAGE = re.compile(r"^[\w.-]+(:\d+)?/[\w./-]+(:[\w.-]+|@sha256:[0-9a-f]{64})$")
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_ENDPOINT = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
+
+# What train.py gets besides the tuned hyperparameters, unless STATIC_HYPERPARAMETERS overrides.
+DEFAULT_STATIC_HYPERPARAMETERS = {
+    "arch": "resnet50",
+    "weights": "imagenet",
+    "train-mode": "head",
+    "image-size": "224",
+    "optimizer": "adamw",
+}
+MAX_BODY_BYTES = 4 * 1024 * 1024
+
+
+class ConfigError(Exception):
+    def __init__(self, variable: str, problem: str):
+        self.variable = variable
+        super().__init__(f"configuration variable {variable} {problem}")
+
+
+@dataclass(frozen=True)
+class Config:
+    data_bucket: str
+    notify_topic_arn: str
+    sagemaker_role_arn: str
+    training_image_uri: str
+    inference_image_uri: str
+    source_dir_s3_uri: str
+    endpoint_name: str
+    region: str
+    dataset_prefix: str = "datasets/"
+    training_instance_type: str = "ml.g4dn.xlarge"
+    inference_instance_type: str = "ml.m5.large"
+    tuning_strategy: str = "Bayesian"
+    max_tuning_jobs: int = 8
+    max_parallel_jobs: int = 2
+    use_spot: bool = False
+    managed_debugger: bool = False
+    debugger_image_uri: str = ""
+    block_on_rule_issues: bool = False
+    max_runtime_seconds: int = 24 * 3600
+    volume_size_gb: int = 50
+    rollback_alarms: tuple[str, ...] = ()
+    static_hyperparameters: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_STATIC_HYPERPARAMETERS))
+    max_body_bytes: int = MAX_BODY_BYTES
+
+    @property
+    def serverless(self) -> bool:
+        return self.inference_instance_type == "serverless"
+
+
+def _required(env: Mapping[str, str], name: str, pattern: re.Pattern | None = None, what: str = "") -> str:
+    value = env.get(name, "").strip()
+    if not value:
+        raise ConfigError(name, "is not set")
+    if pattern is not None and not pattern.match(value):
+        raise ConfigError(name, f"is malformed ({what}): {value!r}")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    value = env.get(name, "").strip().lower()
+    if not value:
+        return default
+    if value in ("true", "1", "yes"):
+        return True
+    if value in ("false", "0", "no"):
+        return False
+    raise ConfigError(name, f"must be true or false, got {value!r}")
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    value = env.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ConfigError(name, f"must be an integer, got {value!r}") from None
+    if not low <= number <= high:
+        raise ConfigError(name, f"must be from {low} to {high}, got {number}")
+    return number
+
+
+def topic_arn(env: Mapping[str, str]) -> str | None:
+    """The notification topic, when set and well-formed, even if the rest of the config is not."""
+    value = env.get("NOTIFY_TOPIC_ARN", "").strip()
+    return value if _ARN.match(value) else None
+
+
+def load(env: Mapping[str, str]) -> Config:
+    prefix = env.get("DATASET_PREFIX", "datasets/").strip() or "datasets/"
+    if not prefix.endswith("/") or prefix.startswith("/"):
+        raise ConfigError("DATASET_PREFIX", f"must be a key prefix ending in '/', got {prefix!r}")
+    source = _required(env, "SOURCE_DIR_S3_URI")
+    if not (source.startswith("s3://") and source.endswith(".tar.gz")):
+        raise ConfigError("SOURCE_DIR_S3_URI", f"must be an s3:// URI of a .tar.gz, got {source!r}")
+    strategy = env.get("TUNING_STRATEGY", "Bayesian").strip() or "Bayesian"
+    if strategy not in STRATEGIES:
+        raise ConfigError("TUNING_STRATEGY", f"must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+    instance = env.get("TRAINING_INSTANCE_TYPE", "ml.g4dn.xlarge").strip() or "ml.g4dn.xlarge"
+    if not _INSTANCE.match(instance):
+        raise ConfigError("TRAINING_INSTANCE_TYPE", f"is malformed (e.g. ml.g4dn.xlarge): {instance!r}")
+    inference = env.get("INFERENCE_INSTANCE_TYPE", "ml.m5.large").strip() or "ml.m5.large"
+    if inference != "serverless" and not _INSTANCE.match(inference):
+        raise ConfigError("INFERENCE_INSTANCE_TYPE", f"must be an instance type or 'serverless': {inference!r}")
+    managed = _bool(env, "MANAGED_DEBUGGER", False)
+    debugger_image = env.get("DEBUGGER_IMAGE_URI", "").strip()
+    if managed and not _IMAGE.match(debugger_image):
+        raise ConfigError("DEBUGGER_IMAGE_URI", "must be the region's Debugger rules image when MANAGED_DEBUGGER=true")
+    static = dict(DEFAULT_STATIC_HYPERPARAMETERS)
+    if env.get("STATIC_HYPERPARAMETERS", "").strip():
+        try:
+            extra = json.loads(env["STATIC_HYPERPARAMETERS"])
+        except json.JSONDecodeError as exc:
+            raise ConfigError("STATIC_HYPERPARAMETERS", f"is not JSON ({exc})") from None
+        if not isinstance(extra, dict):
+            raise ConfigError("STATIC_HYPERPARAMETERS", "must be a JSON object of flag names to values")
+        static.update({str(k): str(v) for k, v in extra.items()})
+    max_jobs = _int(env, "MAX_TUNING_JOBS", 8, 1, 500)
+    parallel = _int(env, "MAX_PARALLEL_JOBS", 2, 1, 100)
+    if parallel > max_jobs:
+        raise ConfigError("MAX_PARALLEL_JOBS", f"({parallel}) must not exceed MAX_TUNING_JOBS ({max_jobs})")
+    alarms = tuple(a.strip() for a in env.get("ROLLBACK_ALARMS", "").split(",") if a.strip())
+    return Config(
+        data_bucket=_required(env, "DATA_BUCKET", _BUCKET, "an S3 bucket name"),
+        notify_topic_arn=_required(env, "NOTIFY_TOPIC_ARN", _ARN, "an SNS topic ARN"),
+        sagemaker_role_arn=_required(env, "SAGEMAKER_ROLE_ARN", _ARN, "an IAM role ARN"),
+        training_image_uri=_required(env, "TRAINING_IMAGE_URI", _IMAGE, "an ECR image URI"),
+        inference_image_uri=_required(env, "INFERENCE_IMAGE_URI", _IMAGE, "an ECR image URI"),
+        source_dir_s3_uri=source,
+        endpoint_name=_required(env, "ENDPOINT_NAME", _ENDPOINT, "a SageMaker endpoint name"),
+        region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
+        dataset_prefix=prefix,
+        training_instance_type=instance,
+        inference_instance_type=inference,
+        tuning_strategy=strategy,
+        max_tuning_jobs=max_jobs,
+        max_parallel_jobs=parallel,
+        use_spot=_bool(env, "USE_SPOT", False),
+        managed_debugger=managed,
+        debugger_image_uri=debugger_image,
+        block_on_rule_issues=_bool(env, "BLOCK_ON_RULE_ISSUES", False),
+        max_runtime_seconds=_int(env, "MAX_RUNTIME_SECONDS", 24 * 3600, 600, 28 * 24 * 3600),
+        volume_size_gb=_int(env, "TRAINING_VOLUME_GB", 50, 1, 16384),
+        rollback_alarms=alarms,
+        static_hyperparameters=static,
+        max_body_bytes=_int(env, "MAX_BODY_BYTES", MAX_BODY_BYTES, 1024, 4_400_000),
+    )

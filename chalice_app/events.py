@@ -1,0 +1,113 @@
+"""EventBridge events as typed objects; a malformed event raises ``EventError`` naming the field."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+
+class EventError(ValueError):
+    pass
+
+
+def _get(data: Mapping[str, Any], *path: str, kind: type = str, required: bool = True):
+    node: Any = data
+    for part in path:
+        if not isinstance(node, Mapping) or part not in node:
+            if required:
+                raise EventError(f"event has no {'.'.join(path)}")
+            return None
+        node = node[part]
+    if node is not None and not isinstance(node, kind):
+        raise EventError(f"event field {'.'.join(path)} should be {kind.__name__}, got {type(node).__name__}")
+    return node
+
+
+def _tags(detail: Mapping[str, Any]) -> dict[str, str]:
+    tags = detail.get("Tags") or {}
+    if isinstance(tags, list):  # the API's list form, in case a caller passes a describe response
+        tags = {t.get("Key"): t.get("Value") for t in tags if isinstance(t, Mapping)}
+    if not isinstance(tags, Mapping):
+        raise EventError("event field detail.Tags should be an object")
+    return {str(k): str(v) for k, v in tags.items()}
+
+
+@dataclass(frozen=True)
+class ObjectCreated:
+    bucket: str
+    key: str
+    size: int
+    etag: str
+    event_id: str
+    time: str
+
+    @classmethod
+    def parse(cls, event: Mapping[str, Any]) -> "ObjectCreated":
+        size = _get(event, "detail", "object", "size", kind=int, required=False)
+        return cls(
+            bucket=_get(event, "detail", "bucket", "name"),
+            key=_get(event, "detail", "object", "key"),
+            size=size or 0,
+            etag=_get(event, "detail", "object", "etag", required=False) or "",
+            event_id=_get(event, "id", required=False) or "",
+            time=_get(event, "time", required=False) or "",
+        )
+
+
+@dataclass(frozen=True)
+class TuningJobStateChange:
+    name: str
+    status: str
+    tags: dict[str, str] = field(default_factory=dict)
+    event_id: str = ""
+
+    @classmethod
+    def parse(cls, event: Mapping[str, Any]) -> "TuningJobStateChange":
+        detail = _get(event, "detail", kind=Mapping)
+        return cls(
+            name=_get(event, "detail", "HyperParameterTuningJobName"),
+            status=_get(event, "detail", "HyperParameterTuningJobStatus"),
+            tags=_tags(detail),
+            event_id=_get(event, "id", required=False) or "",
+        )
+
+
+@dataclass(frozen=True)
+class TrainingJobStateChange:
+    name: str
+    status: str
+    tuning_job_arn: str | None
+    tags: dict[str, str] = field(default_factory=dict)
+    event_id: str = ""
+
+    @classmethod
+    def parse(cls, event: Mapping[str, Any]) -> "TrainingJobStateChange":
+        detail = _get(event, "detail", kind=Mapping)
+        return cls(
+            name=_get(event, "detail", "TrainingJobName"),
+            status=_get(event, "detail", "TrainingJobStatus"),
+            tuning_job_arn=_get(event, "detail", "TuningJobArn", required=False),
+            tags=_tags(detail),
+            event_id=_get(event, "id", required=False) or "",
+        )
+
+
+@dataclass(frozen=True)
+class EndpointStateChange:
+    name: str
+    status: str
+    config_name: str | None
+    tags: dict[str, str] = field(default_factory=dict)
+    event_id: str = ""
+
+    @classmethod
+    def parse(cls, event: Mapping[str, Any]) -> "EndpointStateChange":
+        detail = _get(event, "detail", kind=Mapping)
+        return cls(
+            name=_get(event, "detail", "EndpointName"),
+            # EventBridge says IN_SERVICE; the API says InService. Both mean the same.
+            status=_get(event, "detail", "EndpointStatus").upper().replace("INSERVICE", "IN_SERVICE"),
+            config_name=_get(event, "detail", "EndpointConfigName", required=False),
+            tags=_tags(detail),
+            event_id=_get(event, "id", required=False) or "",
+        )

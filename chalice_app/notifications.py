@@ -1,0 +1,107 @@
+"""Notifications (ARCHITECTURE.md, "Notifications"): the message, and sending it once per run.
+
+Events arrive more than once. Before publishing, a marker ``runs/<run-id>/notifications/<event>.json``
+is written with an S3 conditional write (``If-None-Match: *``): only the first delivery writes
+it, so only the first publishes. If publishing then fails, the marker is removed so that the
+retry sends it. No database is involved.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Mapping, Protocol
+
+EVENTS = (
+    "dataset.accepted", "dataset.rejected", "tuning.started", "tuning.completed", "tuning.failed",
+    "training.started", "training.completed", "training.failed", "deployment.started",
+    "deployment.completed", "deployment.failed", "pipeline.failed",
+)
+SUBJECT_MAX = 100
+
+
+class Publisher(Protocol):
+    def publish(self, topic_arn: str, subject: str, message: str, attributes: Mapping[str, str]) -> str: ...
+
+
+class MarkerStore(Protocol):
+    def put_if_absent(self, bucket: str, key: str, body: bytes) -> bool: ...
+
+    def delete(self, bucket: str, key: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class Notification:
+    event: str
+    run_id: str | None
+    dataset: str | None
+    status: str
+    summary: str  # the human line that becomes the subject
+    job: str | None = None
+    detail: Mapping[str, Any] = field(default_factory=dict)
+    # Sent once per (dedupe key, event); the run id by default. pipeline.failed uses the event id.
+    dedupe: str | None = None
+
+    def __post_init__(self):
+        if self.event not in EVENTS:
+            raise ValueError(f"unknown notification event {self.event!r}")
+
+
+def subject(note: Notification) -> str:
+    """One printable ASCII line of at most 100 characters (SNS refuses anything else)."""
+    text = f"droptrain {note.event}: {note.summary}"
+    text = " ".join(text.split()).encode("ascii", "replace").decode("ascii")
+    return text if len(text) <= SUBJECT_MAX else text[: SUBJECT_MAX - 3] + "..."
+
+
+def message(note: Notification, now: datetime) -> dict[str, Any]:
+    return {
+        "event": note.event,
+        "run_id": note.run_id,
+        "dataset": note.dataset,
+        "status": note.status,
+        "job": note.job,
+        "time": now.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "detail": dict(note.detail),
+    }
+
+
+def marker_key(key: str, event: str) -> str:
+    return f"runs/{key}/notifications/{event}.json"
+
+
+class Notifier:
+    def __init__(
+        self,
+        publisher: Publisher,
+        markers: MarkerStore,
+        topic_arn: str,
+        bucket: str | None,
+        clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+    ):
+        self._publisher = publisher
+        self._markers = markers
+        self._topic_arn = topic_arn
+        self._bucket = bucket
+        self._clock = clock
+
+    def send(self, note: Notification) -> bool:
+        """Publish ``note`` unless this event was already sent for this run; ``True`` if published."""
+        body = message(note, self._clock())
+        encoded = json.dumps(body, sort_keys=True, default=str)
+        marker = None
+        key = note.dedupe or note.run_id
+        if key and self._bucket:
+            marker = marker_key(key, note.event)
+            if not self._markers.put_if_absent(self._bucket, marker, encoded.encode()):
+                return False
+        try:
+            self._publisher.publish(self._topic_arn, subject(note), encoded, {"event": note.event})
+        except Exception:
+            # Not a user error being swallowed: the marker is undone and the failure re-raised,
+            # so the retried delivery publishes.
+            if marker is not None:
+                self._markers.delete(self._bucket, marker)
+            raise
+        return True

@@ -1,0 +1,55 @@
+"""Logging with correlation ids, metrics and tracing through aws-lambda-powertools.
+
+Powertools costs tens of milliseconds to import, so its objects are made on first use rather than
+when ``app`` is imported. Its handler decorators expect ``(event, context)``; Chalice handlers take
+one argument, so ``app.py`` applies these through Chalice middleware instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+SERVICE = "droptrain"
+
+
+@functools.lru_cache(maxsize=None)
+def logger():
+    from aws_lambda_powertools import Logger
+
+    return Logger(service=SERVICE)
+
+
+@functools.lru_cache(maxsize=None)
+def metrics():
+    from aws_lambda_powertools import Metrics
+
+    return Metrics(namespace="droptrain", service=SERVICE)
+
+
+@functools.lru_cache(maxsize=None)
+def tracer():
+    from aws_lambda_powertools import Tracer
+
+    return Tracer(service=SERVICE)
+
+
+_recorded = False
+
+
+def count(name: str, value: float = 1, unit: str = "Count") -> None:
+    global _recorded
+    metrics().add_metric(name=name, unit=unit, value=value)
+    _recorded = True
+
+
+def flush() -> None:
+    """Publish this invocation's metrics (as CloudWatch EMF log lines), if it recorded any."""
+    global _recorded
+    if not _recorded:
+        return
+    _recorded = False
+    try:
+        metrics().flush_metrics()
+    except Exception as exc:  # noqa: BLE001 - losing a metric must never fail a request or an event
+        logging.getLogger(__name__).warning("metrics not flushed: %s", exc)

@@ -1,0 +1,43 @@
+"""EventBridge patterns for the handlers, computed from the stage's environment when Chalice loads
+the app. They narrow what reaches the Lambda; the handlers still check bucket, key and tags."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
+
+
+def dataset_uploaded(env: Mapping[str, str]) -> dict[str, Any]:
+    prefix = env.get("DATASET_PREFIX", "").strip() or "datasets/"
+    suffixes = [*ARCHIVE_SUFFIXES, *(s.upper() for s in ARCHIVE_SUFFIXES)]
+    keys = [{"wildcard": f"{prefix}*/_READY"}] + [{"wildcard": f"{prefix}*{s}"} for s in suffixes]
+    detail: dict[str, Any] = {"object": {"key": keys}}
+    if env.get("DATA_BUCKET"):
+        detail["bucket"] = {"name": [env["DATA_BUCKET"]]}
+    return {"source": ["aws.s3"], "detail-type": ["Object Created"], "detail": detail}
+
+
+def tuning_job_state_change(env: Mapping[str, str]) -> dict[str, Any]:
+    return {
+        "source": ["aws.sagemaker"],
+        "detail-type": ["SageMaker HyperParameter Tuning Job State Change"],
+        "detail": {"HyperParameterTuningJobStatus": ["Completed", "Failed", "Stopped"]},
+    }
+
+
+def training_job_state_change(env: Mapping[str, str]) -> dict[str, Any]:
+    # Only the final job is tagged role=final; a tuning job's trials emit this event too.
+    return {
+        "source": ["aws.sagemaker"],
+        "detail-type": ["SageMaker Training Job State Change"],
+        "detail": {"TrainingJobStatus": ["Completed", "Failed", "Stopped"],
+                   "Tags": {"droptrain:role": ["final"]}},
+    }
+
+
+def endpoint_state_change(env: Mapping[str, str]) -> dict[str, Any]:
+    detail: dict[str, Any] = {"EndpointStatus": ["IN_SERVICE", "FAILED", "InService", "Failed"]}
+    if env.get("ENDPOINT_NAME"):
+        detail["EndpointName"] = [env["ENDPOINT_NAME"]]
+    return {"source": ["aws.sagemaker"], "detail-type": ["SageMaker Endpoint State Change"], "detail": detail}

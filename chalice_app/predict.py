@@ -1,0 +1,149 @@
+"""``POST /predict`` and ``GET /status`` (ARCHITECTURE.md, "REST API").
+
+The request is checked here (content type, size, JPEG/PNG magic bytes, ``top_k``) so that bad
+input never reaches, or is billed by, the endpoint. Errors are ``PredictError`` subclasses with an
+HTTP status and a code; the route turns them into ``{"error": {"code", "message"}}`` and nothing
+else (no stack trace) reaches a client.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable
+
+from chalice_app.adapters.errors import AdapterError, ThrottledError
+from chalice_app.adapters.runtime import EndpointNotFoundError, EndpointNotReadyError, ModelError, RuntimeAdapter
+from chalice_app.adapters.sagemaker import SageMakerAdapter
+from chalice_app.config import Config
+
+IMAGE_TYPES = {"image/jpeg": "image/jpeg", "image/jpg": "image/jpeg", "image/png": "image/png"}
+DEFAULT_TOP_K, MAX_TOP_K = 5, 20
+RETRY_DELAYS = (0.2, 0.5, 1.2)  # throttling: three retries, under two seconds in all
+
+
+class PredictError(Exception):
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, code: str | None = None):
+        super().__init__(message)
+        if code:
+            self.code = code
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": str(self)}}
+
+
+class BadRequestError(PredictError):
+    status, code = 400, "bad_request"
+
+
+class PayloadTooLargeError(PredictError):
+    status, code = 413, "payload_too_large"
+
+
+class UnsupportedMediaTypeError(PredictError):
+    status, code = 415, "unsupported_media_type"
+
+
+class UnavailableError(PredictError):
+    status, code = 503, "unavailable"
+
+
+class BadGatewayError(PredictError):
+    status, code = 502, "endpoint_error"
+
+
+def sniff(body: bytes) -> str | None:
+    if body.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if body.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    return None
+
+
+def parse_top_k(raw: str | None) -> int:
+    if raw is None or raw == "":
+        return DEFAULT_TOP_K
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequestError(f"top_k must be an integer from 1 to {MAX_TOP_K}, got {raw!r}", "invalid_top_k") from None
+    if not 1 <= value <= MAX_TOP_K:
+        raise BadRequestError(f"top_k must be from 1 to {MAX_TOP_K}, got {value}", "invalid_top_k")
+    return value
+
+
+def check_request(body: bytes | None, content_type: str | None, top_k: str | None, max_bytes: int) -> tuple[str, int]:
+    """The image's real content type and ``top_k``; raises the error the request deserves."""
+    media = (content_type or "").split(";")[0].strip().lower()
+    if media not in IMAGE_TYPES:
+        raise UnsupportedMediaTypeError(f"send the image bytes as image/jpeg or image/png, not {media or 'no content type'!r}")
+    body = body or b""
+    if len(body) > max_bytes:
+        raise PayloadTooLargeError(f"the image is {len(body)} bytes; the limit is {max_bytes} bytes")
+    if not body:
+        raise BadRequestError("the request body is empty; send the image bytes", "empty_body")
+    actual = sniff(body)
+    if actual is None:
+        raise BadRequestError("the body is not a JPEG or PNG image", "invalid_image")
+    return actual, parse_top_k(top_k)
+
+
+def predict(
+    runtime: RuntimeAdapter,
+    config: Config,
+    body: bytes | None,
+    content_type: str | None,
+    top_k: str | None,
+    sleep: Callable[[float], None],
+) -> dict[str, Any]:
+    media, k = check_request(body, content_type, top_k, config.max_body_bytes)
+    accept = f"application/json; top_k={k}"
+    for attempt, delay in enumerate((*RETRY_DELAYS, None)):
+        try:
+            raw = runtime.invoke(config.endpoint_name, body, media, accept)
+            break
+        except (ThrottledError, EndpointNotReadyError) as exc:
+            if delay is None:
+                raise UnavailableError(f"the endpoint is busy or not ready; try again shortly ({exc.code or 'throttled'})", "endpoint_busy") from exc
+            sleep(delay)
+        except EndpointNotFoundError as exc:
+            raise UnavailableError(f"no model is deployed (endpoint {config.endpoint_name} does not exist)", "no_model") from exc
+        except ModelError as exc:
+            if 400 <= exc.status < 500:
+                raise BadRequestError(f"the model could not read the image: {str(exc)[:300]}", "invalid_image") from exc
+            raise BadGatewayError(f"the endpoint failed (status {exc.status})") from exc
+        except AdapterError as exc:
+            raise BadGatewayError(f"the endpoint could not be reached ({exc.code or 'error'})") from exc
+    try:
+        answer = json.loads(raw)
+        predictions = answer["predictions"]
+        assert isinstance(predictions, list)
+    except (ValueError, KeyError, TypeError, AssertionError):
+        raise BadGatewayError("the endpoint answered something other than predictions") from None
+    return {"predictions": predictions[:k], "model": answer.get("model", "")}
+
+
+def status(sagemaker: SageMakerAdapter, config: Config) -> dict[str, Any]:
+    try:
+        endpoint = sagemaker.describe_endpoint(config.endpoint_name)
+    except AdapterError as exc:
+        raise UnavailableError(f"could not read the endpoint's state ({exc.code or 'error'})") from exc
+    if endpoint is None:
+        return {"endpoint": {"name": config.endpoint_name, "status": "NotDeployed"}, "model": None}
+    run = endpoint.get("EndpointConfigName")
+    model: dict[str, Any] = {"run_id": run, "test_accuracy": None, "deployed_at": None}
+    if endpoint.get("EndpointStatus") == "InService" and endpoint.get("LastModifiedTime"):
+        model["deployed_at"] = endpoint["LastModifiedTime"].isoformat()
+    try:
+        job = sagemaker.describe_training_job(f"{run}-final")
+        metrics = {m["MetricName"]: m["Value"] for m in job.get("FinalMetricDataList", [])}
+        model["test_accuracy"] = metrics.get("test:accuracy")
+    except AdapterError:
+        pass  # the model was deployed by hand, or its job was deleted: the endpoint's state still stands
+    return {
+        "endpoint": {"name": config.endpoint_name, "status": endpoint.get("EndpointStatus"),
+                     "failure_reason": endpoint.get("FailureReason")},
+        "model": model,
+    }

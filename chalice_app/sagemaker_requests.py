@@ -1,0 +1,230 @@
+"""Pure builders: configuration + what an event told us in, boto3 SageMaker request dicts out.
+
+Nothing here talks to AWS, so every request is tested against botocore's service model and the
+API's own length/pattern/enum constraints (``tests/orchestrator/test_requests.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from chalice_app import names
+from chalice_app.config import Config
+
+OBJECTIVE = "valid:accuracy"
+# The lines train.py prints (ARCHITECTURE.md): epoch=3 train_loss=0.8123 valid_loss=0.7012 valid_accuracy=0.8120
+_NUMBER = r"([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
+METRIC_DEFINITIONS = [
+    {"Name": "train:loss", "Regex": rf"train_loss={_NUMBER}"},
+    {"Name": "valid:loss", "Regex": rf"valid_loss={_NUMBER}"},
+    {"Name": "valid:accuracy", "Regex": rf"valid_accuracy={_NUMBER}"},
+    {"Name": "test:loss", "Regex": rf"test_loss={_NUMBER}"},
+    {"Name": "test:accuracy", "Regex": rf"test_accuracy={_NUMBER}"},
+]
+MAX_EPOCHS = 10
+TUNED_RANGES: dict[str, Any] = {
+    "ContinuousParameterRanges": [
+        {"Name": "lr", "MinValue": "0.00001", "MaxValue": "0.01", "ScalingType": "Logarithmic"},
+        {"Name": "weight-decay", "MinValue": "0.000001", "MaxValue": "0.01", "ScalingType": "Logarithmic"},
+    ],
+    "IntegerParameterRanges": [
+        {"Name": "epochs", "MinValue": "2", "MaxValue": str(MAX_EPOCHS), "ScalingType": "Linear"},
+    ],
+    "CategoricalParameterRanges": [
+        {"Name": "batch-size", "Values": ["32", "64", "128"]},
+    ],
+}
+# Grid search takes categorical ranges only; these are the same ranges on a coarse grid.
+GRID_RANGES: dict[str, Any] = {
+    "CategoricalParameterRanges": [
+        {"Name": "lr", "Values": ["0.0001", "0.001", "0.01"]},
+        {"Name": "weight-decay", "Values": ["0.0001"]},
+        {"Name": "epochs", "Values": ["5"]},
+        {"Name": "batch-size", "Values": ["32", "64"]},
+    ],
+}
+# Where in-job smdebug tensors go inside the container; SageMaker uploads output/data with the job.
+IN_JOB_DEBUG_DIR = "/opt/ml/output/data/debug"
+DEBUGGER_RULES = ("VanishingGradient", "ExplodingTensor", "Overfit", "Overtraining", "PoorWeightInitialization", "LossNotDecreasing")
+
+
+def _s3(config: Config, run: str, *parts: str) -> str:
+    return f"s3://{config.data_bucket}/runs/{run}/" + "".join(f"{p}/" for p in parts)
+
+
+def _strategy_config(config: Config) -> dict[str, Any]:
+    strategy = config.tuning_strategy
+    job_config: dict[str, Any] = {
+        "Strategy": strategy,
+        "HyperParameterTuningJobObjective": {"Type": "Maximize", "MetricName": OBJECTIVE},
+        "ParameterRanges": GRID_RANGES if strategy == "Grid" else TUNED_RANGES,
+        # Hyperband stops trials itself and Grid runs every combination: early stopping is for the others.
+        "TrainingJobEarlyStoppingType": "Auto" if strategy in ("Bayesian", "Random") else "Off",
+    }
+    if strategy == "Grid":
+        # The grid sets the number of trials; only the parallelism is ours to limit.
+        job_config["ResourceLimits"] = {"MaxParallelTrainingJobs": config.max_parallel_jobs}
+    else:
+        job_config["ResourceLimits"] = {
+            "MaxNumberOfTrainingJobs": config.max_tuning_jobs,
+            "MaxParallelTrainingJobs": config.max_parallel_jobs,
+        }
+    if strategy == "Hyperband":
+        # Hyperband's resource is the epoch: train.py reports valid:accuracy after each one.
+        job_config["StrategyConfig"] = {"HyperbandStrategyConfig": {"MinResource": 1, "MaxResource": MAX_EPOCHS}}
+        job_config["ParameterRanges"] = {k: v for k, v in TUNED_RANGES.items() if k != "IntegerParameterRanges"}
+    return job_config
+
+
+def static_hyperparameters(config: Config) -> dict[str, str]:
+    hps = dict(config.static_hyperparameters)
+    if config.tuning_strategy == "Hyperband":
+        hps.setdefault("epochs", str(MAX_EPOCHS))
+    hps.update({
+        "sagemaker_program": "train.py",
+        "sagemaker_submit_directory": config.source_dir_s3_uri,
+        "sagemaker_region": config.region,
+        "sagemaker_container_log_level": "20",
+    })
+    return hps
+
+
+def _training_core(config: Config, dataset_uri: str, output_path: str, checkpoint_path: str) -> dict[str, Any]:
+    core: dict[str, Any] = {
+        "AlgorithmSpecification": {
+            "TrainingImage": config.training_image_uri,
+            "TrainingInputMode": "File",
+            "MetricDefinitions": METRIC_DEFINITIONS,
+        },
+        "RoleArn": config.sagemaker_role_arn,
+        "InputDataConfig": [{
+            "ChannelName": "training",
+            "DataSource": {"S3DataSource": {
+                "S3DataType": "S3Prefix", "S3Uri": dataset_uri, "S3DataDistributionType": "FullyReplicated",
+            }},
+        }],
+        "OutputDataConfig": {"S3OutputPath": output_path},
+        "ResourceConfig": {
+            "InstanceType": config.training_instance_type,
+            "InstanceCount": 1,
+            "VolumeSizeInGB": config.volume_size_gb,
+        },
+        "StoppingCondition": {"MaxRuntimeInSeconds": config.max_runtime_seconds},
+        "EnableManagedSpotTraining": config.use_spot,
+    }
+    if config.use_spot:
+        # Spot capacity can take a while; the job may wait up to as long again as it may run.
+        core["StoppingCondition"]["MaxWaitTimeInSeconds"] = min(2 * config.max_runtime_seconds, 28 * 24 * 3600)
+        core["CheckpointConfig"] = {"S3Uri": checkpoint_path, "LocalPath": "/opt/ml/checkpoints"}
+    return core
+
+
+def tuning_job_request(config: Config, run: str, dataset: names.DatasetRef) -> dict[str, Any]:
+    core = _training_core(config, dataset.uri, _s3(config, run, "tuning"), _s3(config, run, "checkpoints", "tuning"))
+    return {
+        "HyperParameterTuningJobName": names.check(run, "tuning job"),
+        "HyperParameterTuningJobConfig": _strategy_config(config),
+        "TrainingJobDefinition": {"StaticHyperParameters": static_hyperparameters(config), **core},
+        "Tags": names.tags(run, dataset.uri, "tuning"),
+    }
+
+
+def final_training_request(
+    config: Config,
+    run: str,
+    dataset_uri: str,
+    static: Mapping[str, str],
+    tuned: Mapping[str, str],
+) -> dict[str, Any]:
+    """The best trial's hyperparameters on top of the tuning job's static ones, with debugging."""
+    hyperparameters = {k: v for k, v in static.items() if not k.startswith("_")}
+    hyperparameters.update({k: v for k, v in tuned.items() if not k.startswith("_")})
+    request: dict[str, Any] = {
+        "TrainingJobName": names.final_job_name(run),
+        "HyperParameters": hyperparameters,
+        **_training_core(config, dataset_uri, _s3(config, run, "final"), _s3(config, run, "checkpoints", "final")),
+        "Tags": names.tags(run, dataset_uri, "final"),
+    }
+    if config.managed_debugger:
+        request["DebugHookConfig"] = {
+            "S3OutputPath": _s3(config, run, "debug"),
+            "CollectionConfigurations": [
+                {"CollectionName": name, "CollectionParameters": {"save_interval": "10"}}
+                for name in ("losses", "weights", "gradients", "biases", "relu_input")
+            ],
+        }
+        request["DebugRuleConfigurations"] = [
+            {"RuleConfigurationName": rule, "RuleEvaluatorImage": config.debugger_image_uri,
+             "RuleParameters": {"rule_to_invoke": rule}}
+            for rule in DEBUGGER_RULES
+        ]
+        request["ProfilerConfig"] = {"S3OutputPath": _s3(config, run, "profiler"), "ProfilingIntervalInMilliseconds": 500}
+        request["ProfilerRuleConfigurations"] = [{
+            "RuleConfigurationName": "ProfilerReport", "RuleEvaluatorImage": config.debugger_image_uri,
+            "RuleParameters": {"rule_to_invoke": "ProfilerReport"},
+        }]
+    else:
+        # In-job debugging works in every account; the service-side profiler is off so that
+        # accounts closed to SageMaker Debugger/Profiler can still create the job.
+        request["HyperParameters"]["debug-out"] = IN_JOB_DEBUG_DIR
+        request["ProfilerConfig"] = {"DisableProfiler": True}
+    return request
+
+
+def model_request(config: Config, run: str, model_data_url: str, dataset_uri: str | None) -> dict[str, Any]:
+    return {
+        "ModelName": names.check(run, "model"),
+        "ExecutionRoleArn": config.sagemaker_role_arn,
+        "PrimaryContainer": {
+            "Image": config.inference_image_uri,
+            "ModelDataUrl": model_data_url,
+            "Environment": {
+                "SAGEMAKER_PROGRAM": "inference.py",
+                "SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code",
+                "SAGEMAKER_CONTAINER_LOG_LEVEL": "20",
+                "SAGEMAKER_REGION": config.region,
+            },
+        },
+        "Tags": names.tags(run, dataset_uri),
+    }
+
+
+def endpoint_config_request(config: Config, run: str, dataset_uri: str | None) -> dict[str, Any]:
+    variant: dict[str, Any] = {"VariantName": "AllTraffic", "ModelName": run}
+    if config.serverless:
+        variant["ServerlessConfig"] = {"MemorySizeInMB": 6144, "MaxConcurrency": 10}
+    else:
+        variant.update({"InstanceType": config.inference_instance_type, "InitialInstanceCount": 1, "InitialVariantWeight": 1.0})
+    return {
+        "EndpointConfigName": names.check(run, "endpoint config"),
+        "ProductionVariants": [variant],
+        "Tags": names.tags(run, dataset_uri),
+    }
+
+
+def create_endpoint_request(config: Config, run: str, dataset_uri: str | None) -> dict[str, Any]:
+    return {
+        "EndpointName": names.check(config.endpoint_name, "endpoint"),
+        "EndpointConfigName": run,
+        "Tags": names.tags(run, dataset_uri),
+    }
+
+
+def update_endpoint_request(config: Config, run: str) -> dict[str, Any]:
+    request: dict[str, Any] = {
+        "EndpointName": names.check(config.endpoint_name, "endpoint"),
+        "EndpointConfigName": run,
+    }
+    # Deployment guardrails are for instance-backed endpoints; serverless ones update in place.
+    if not config.serverless:
+        deployment: dict[str, Any] = {
+            "BlueGreenUpdatePolicy": {
+                "TrafficRoutingConfiguration": {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 0},
+                "TerminationWaitInSeconds": 120,
+                "MaximumExecutionTimeoutInSeconds": 3600,
+            },
+        }
+        if config.rollback_alarms:
+            deployment["AutoRollbackConfiguration"] = {"Alarms": [{"AlarmName": a} for a in config.rollback_alarms]}
+        request["DeploymentConfig"] = deployment
+    return request

@@ -1,0 +1,382 @@
+"""The whole pipeline through the Chalice handlers, event by event, against moto (Stubber where moto falls short)."""
+
+from __future__ import annotations
+
+import copy
+import datetime
+from collections import Counter
+
+import pytest
+
+from chalice_app import names
+from orchestrator.conftest import BUCKET, invoke
+from orchestrator.support import event
+
+BEST = {"lr": "0.00074", "batch-size": "64", "epochs": "6", "weight-decay": "0.0002"}
+
+
+def _tuning_description(stage, run: str, status: str = "Completed", best: dict | None = BEST, reason: str | None = None) -> dict:
+    """moto's real description of the job, with what only a real tuning job has."""
+    described = stage.sagemaker.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=run)
+    described.pop("ResponseMetadata")
+    for key in ("BestTrainingJob", "OverallBestTrainingJob", "WarmStartConfig", "Autotune", "TuningJobCompletionDetails",
+                "ConsumedResources", "FailureReason", "TrainingJobDefinitions"):
+        described.pop(key, None)
+    described["HyperParameterTuningJobStatus"] = status
+    if reason:
+        described["FailureReason"] = reason
+    if best is not None:
+        now = datetime.datetime(2026, 11, 20, 19, 30, tzinfo=datetime.timezone.utc)
+        described["BestTrainingJob"] = {
+            "TrainingJobName": f"{run}-003-7d1e2a4b",
+            "TrainingJobArn": f"arn:aws:sagemaker:us-east-1:123456789012:training-job/{run}-003-7d1e2a4b",
+            "CreationTime": now, "TrainingJobStatus": "Completed", "TunedHyperParameters": best,
+            "FinalHyperParameterTuningJobObjectiveMetric": {"Type": "Maximize", "MetricName": "valid:accuracy", "Value": 0.912},
+            "ObjectiveStatus": "Succeeded",
+        }
+    return described
+
+
+def _tuning_event(run: str, dataset_uri: str, status: str = "Completed") -> dict:
+    return event("tuning-job-completed.json", HyperParameterTuningJobName=run, HyperParameterTuningJobStatus=status,
+                 HyperParameterTuningJobArn=f"arn:aws:sagemaker:us-east-1:123456789012:hyper-parameter-tuning-job/{run}",
+                 Tags={"droptrain:run-id": run, "droptrain:dataset": dataset_uri})
+
+
+def _training_event(run: str, status: str = "Completed") -> dict:
+    return event("training-job-completed.json", TrainingJobName=f"{run}-final", TrainingJobStatus=status,
+                 Tags={"droptrain:run-id": run, "droptrain:role": "final"})
+
+
+def _endpoint_event(run: str, status: str = "IN_SERVICE") -> dict:
+    return event("endpoint-in-service.json", EndpointConfigName=run, EndpointStatus=status, Tags={"droptrain:run-id": run})
+
+
+def _run_to_tuning(stage, client, name="pets"):
+    s3_event = stage.upload_folder(name)
+    assert invoke(client, "on_dataset_uploaded", s3_event) == "tuning job created"
+    run = names.run_id(names.parse_dataset_key(BUCKET, f"datasets/{name}/_READY", "datasets/"), s3_event["detail"]["object"]["etag"])
+    return s3_event, run
+
+
+def _complete_tuning(stage, client, run, dataset_uri):
+    stage.stub.add_response("describe_hyper_parameter_tuning_job", _tuning_description(stage, run), {"HyperParameterTuningJobName": run})
+    return invoke(client, "on_tuning_job_state_change", _tuning_event(run, dataset_uri))
+
+
+def test_happy_path_event_by_event(stage, client):
+    s3_event, run = _run_to_tuning(stage, client)
+    dataset_uri = f"s3://{BUCKET}/datasets/pets/"
+    job = stage.sagemaker.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=run)
+    assert job["HyperParameterTuningJobConfig"]["HyperParameterTuningJobObjective"]["MetricName"] == "valid:accuracy"
+    tags = stage.sagemaker.list_tags(ResourceArn=job["HyperParameterTuningJobArn"])["Tags"]
+    assert {t["Key"]: t["Value"] for t in tags} == {"droptrain:run-id": run, "droptrain:dataset": dataset_uri, "droptrain:role": "tuning"}
+    notes = stage.notifications()
+    assert [n["event"] for n in notes] == ["dataset.accepted", "tuning.started"]
+    accepted = notes[0]
+    assert accepted["run_id"] == run and accepted["dataset"] == dataset_uri and accepted["attributes"] == {"event": "dataset.accepted"}
+    assert accepted["detail"]["classes"] == ["beagle", "corgi", "pug"] and accepted["detail"]["images"] == 27
+    assert set(accepted) >= {"event", "run_id", "dataset", "status", "job", "time", "detail", "subject"}
+    assert len(accepted["subject"]) <= 100 and "\n" not in accepted["subject"]
+    datetime.datetime.fromisoformat(accepted["time"].replace("Z", "+00:00"))
+
+    assert _complete_tuning(stage, client, run, dataset_uri) == "final training job created"
+    final = stage.sagemaker.describe_training_job(TrainingJobName=f"{run}-final")
+    for key, value in BEST.items():
+        assert final["HyperParameters"][key] == value
+    assert final["HyperParameters"]["sagemaker_program"] == "train.py"
+    assert final["HyperParameters"]["debug-out"] == "/opt/ml/output/data/debug"
+    final_tags = {t["Key"]: t["Value"] for t in stage.sagemaker.list_tags(ResourceArn=final["TrainingJobArn"])["Tags"]}
+    assert final_tags["droptrain:role"] == "final" and final_tags["droptrain:run-id"] == run
+    notes = stage.notifications()
+    assert [n["event"] for n in notes] == ["tuning.completed", "training.started"]
+    assert notes[0]["detail"]["best_hyperparameters"] == BEST and notes[0]["detail"]["objective"]["Value"] == 0.912
+
+    assert invoke(client, "on_training_job_state_change", _training_event(run)) == "deployment: creating the endpoint"
+    model = stage.sagemaker.describe_model(ModelName=run)
+    assert model["PrimaryContainer"]["ModelDataUrl"] == final["ModelArtifacts"]["S3ModelArtifacts"]
+    assert model["PrimaryContainer"]["Environment"]["SAGEMAKER_PROGRAM"] == "inference.py"
+    endpoint = stage.sagemaker.describe_endpoint(EndpointName="droptrain-dev")
+    assert endpoint["EndpointConfigName"] == run
+    notes = stage.notifications()
+    assert [n["event"] for n in notes] == ["training.completed", "deployment.started"]
+    assert notes[0]["detail"]["model_artifact"].endswith("model.tar.gz")
+    assert notes[0]["detail"]["reports"] == f"s3://{BUCKET}/runs/{run}/reports/"
+
+    assert invoke(client, "on_endpoint_state_change", _endpoint_event(run)) == "deployment completed"
+    notes = stage.notifications()
+    assert [n["event"] for n in notes] == ["deployment.completed"]
+    assert notes[0]["run_id"] == run and notes[0]["detail"]["endpoint"] == "droptrain-dev"
+
+    status = client.http.get("/status")
+    assert status.status_code == 200
+    assert status.json_body["endpoint"] == {"name": "droptrain-dev", "status": "InService", "failure_reason": None}
+    assert status.json_body["model"]["run_id"] == run
+
+
+def test_every_event_delivered_twice_and_out_of_order(stage, client):
+    s3_event, run = _run_to_tuning(stage, client)
+    dataset_uri = f"s3://{BUCKET}/datasets/pets/"
+    assert invoke(client, "on_dataset_uploaded", s3_event) in ("tuning job created", "tuning job already existed")
+    for _ in range(2):
+        _complete_tuning(stage, client, run, dataset_uri)
+    # The endpoint's IN_SERVICE arrives before the training job's Completed is handled a second time.
+    invoke(client, "on_training_job_state_change", _training_event(run))
+    invoke(client, "on_endpoint_state_change", _endpoint_event(run))
+    invoke(client, "on_training_job_state_change", _training_event(run))
+    invoke(client, "on_endpoint_state_change", _endpoint_event(run))
+    invoke(client, "on_dataset_uploaded", s3_event)
+
+    counts = Counter(n["event"] for n in stage.notifications())
+    assert counts == {e: 1 for e in ("dataset.accepted", "tuning.started", "tuning.completed", "training.started",
+                                     "training.completed", "deployment.started", "deployment.completed")}
+    assert len(stage.sagemaker.list_hyper_parameter_tuning_jobs()["HyperParameterTuningJobSummaries"]) == 1
+    assert [j["TrainingJobName"] for j in stage.sagemaker.list_training_jobs()["TrainingJobSummaries"]] == [f"{run}-final"]
+    assert len(stage.sagemaker.list_endpoints()["Endpoints"]) == 1
+    assert len(stage.sagemaker.list_models()["Models"]) == 1
+
+
+def test_already_exists_from_sagemaker_is_success(stage, client):
+    """Real SageMaker answers duplicates with errors (moto does not): those are success too."""
+    stage.route("create_hyper_parameter_tuning_job")
+    stage.stub.add_client_error("create_hyper_parameter_tuning_job", "ResourceInUse", "Tuning job names must be unique within an AWS account and region")
+    s3_event = stage.upload_folder("pets")
+    assert invoke(client, "on_dataset_uploaded", s3_event) == "tuning job already existed"
+    assert [n["event"] for n in stage.notifications()] == ["dataset.accepted", "tuning.started"]
+
+
+def test_second_run_updates_the_endpoint_blue_green(stage, client):
+    _, first = _run_to_tuning(stage, client, "pets")
+    _complete_tuning(stage, client, first, f"s3://{BUCKET}/datasets/pets/")
+    invoke(client, "on_training_job_state_change", _training_event(first))
+    stage.notifications()
+    _, second = _run_to_tuning(stage, client, "pets-v2")
+    _complete_tuning(stage, client, second, f"s3://{BUCKET}/datasets/pets-v2/")
+    stage.stub.add_response("update_endpoint", {"EndpointArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint/droptrain-dev"}, {
+        "EndpointName": "droptrain-dev", "EndpointConfigName": second,
+        "DeploymentConfig": {"BlueGreenUpdatePolicy": {
+            "TrafficRoutingConfiguration": {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 0},
+            "TerminationWaitInSeconds": 120, "MaximumExecutionTimeoutInSeconds": 3600}},
+    })
+    assert invoke(client, "on_training_job_state_change", _training_event(second)) == "deployment: updating the endpoint (blue/green)"
+    stage.stub.assert_no_pending_responses()
+    endpoint_arn = stage.sagemaker.describe_endpoint(EndpointName="droptrain-dev")["EndpointArn"]
+    tags = {t["Key"]: t["Value"] for t in stage.sagemaker.list_tags(ResourceArn=endpoint_arn)["Tags"]}
+    assert tags["droptrain:run-id"] == second and tags["droptrain:dataset"] == f"s3://{BUCKET}/datasets/pets-v2/"
+
+
+def test_ignored_events(stage, client):
+    assert invoke(client, "on_training_job_state_change", event("training-job-tuning-child.json")).startswith("ignored")
+    assert invoke(client, "on_dataset_uploaded", event("s3-object-created.json", bucket={"name": "someone-else"})).startswith("ignored")
+    assert invoke(client, "on_dataset_uploaded", event("s3-object-created.json", object={"key": "datasets/dogs/train/a/1.jpg", "etag": "x"})).startswith("ignored")
+    assert invoke(client, "on_endpoint_state_change", event("endpoint-in-service.json", EndpointName="other")).startswith("ignored")
+    assert invoke(client, "on_endpoint_state_change", event("endpoint-in-service.json", EndpointStatus="UPDATING")).startswith("ignored")
+    untagged = event("tuning-job-completed.json", Tags={})
+    assert invoke(client, "on_tuning_job_state_change", untagged).startswith("ignored")
+    assert stage.notifications() == []
+    assert stage.sagemaker.list_hyper_parameter_tuning_jobs()["HyperParameterTuningJobSummaries"] == []
+
+
+def test_malformed_event_is_dropped_with_a_clear_log(stage, client, capsys):
+    broken = event("s3-object-created.json")
+    del broken["detail"]["bucket"]
+    assert invoke(client, "on_dataset_uploaded", broken).startswith("malformed: event has no detail.bucket.name")
+    assert stage.notifications() == []
+
+
+# -- rejected datasets ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("setup,reason", [
+    (lambda st: st.upload_folder("one", classes=("beagle",)), "at least 2 classes; found 1 (beagle)"),
+    (lambda st: (st.put("datasets/empty/valid/pug/notes.txt"), st.upload_folder("empty", splits=("train",)))[1],
+     "the valid split has no JPEG or PNG images"),
+    (lambda st: st.upload_folder("nothing", classes=()), "found 0"),
+])
+def test_rejected_folder_datasets(stage, client, setup, reason):
+    assert invoke(client, "on_dataset_uploaded", setup(stage)).startswith("rejected")
+    notes = stage.notifications()
+    assert [n["event"] for n in notes] == ["dataset.rejected"]
+    assert reason in notes[0]["subject"] or any(reason in r for r in notes[0]["detail"]["reasons"])
+    assert stage.sagemaker.list_hyper_parameter_tuning_jobs()["HyperParameterTuningJobSummaries"] == []
+
+
+def test_zip_dataset_checked_through_its_central_directory(stage, client):
+    members = {f"dogs/{cls}/{i}.jpg": b"\xff\xd8\xff data" for cls in ("beagle", "pug") for i in range(4)}
+    assert invoke(client, "on_dataset_uploaded", stage.upload_zip("dogs", members)) == "tuning job created"
+    accepted = stage.notifications()[0]
+    assert accepted["detail"]["classes"] == ["beagle", "pug"] and accepted["detail"]["checked"] == "zip central directory"
+    assert accepted["dataset"] == f"s3://{BUCKET}/datasets/dogs.zip"
+
+
+@pytest.mark.parametrize("members,reason", [
+    ({"../escape/a/1.jpg": b"x", "b/1.jpg": b"x", "c/1.jpg": b"x"}, "unsafe members"),
+    ({"dogs/beagle/1.jpg": b"x"}, "at least 2 classes"),
+])
+def test_rejected_zip_datasets(stage, client, members, reason):
+    assert invoke(client, "on_dataset_uploaded", stage.upload_zip("bad", members)).startswith("rejected")
+    assert reason in stage.notifications()[0]["subject"]
+
+
+def test_corrupt_archives_rejected(stage, client):
+    etag = stage.put("datasets/junk.zip", b"PK\x03\x04 this is not a zip")
+    assert invoke(client, "on_dataset_uploaded", event("s3-object-created.json", object={"key": "datasets/junk.zip", "size": 27, "etag": etag})).startswith("rejected")
+    etag = stage.put("datasets/junk.tar.gz", b"plain text, not gzip")
+    assert invoke(client, "on_dataset_uploaded", event("s3-object-created.json", object={"key": "datasets/junk.tar.gz", "size": 20, "etag": etag})).startswith("rejected")
+    subjects = [n["subject"] for n in stage.notifications()]
+    assert "not a readable zip" in subjects[0] and "not gzip" in subjects[1]
+
+
+def test_zip_validation_reads_only_the_central_directory(stage):
+    import io
+    import zipfile
+
+    from chalice_app import validation
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as zf:
+        for cls in ("a", "b"):
+            for i in range(20):
+                zf.writestr(f"{cls}/{i}.jpg", bytes(50_000))
+    stage.put("datasets/big.zip", buffer.getvalue())
+    reads = []
+    adapter = stage.services.s3
+    original = adapter.read_range
+    adapter.read_range = lambda b, k, s, e: reads.append(e - s + 1) or original(b, k, s, e)
+    ref = names.parse_dataset_key(BUCKET, "datasets/big.zip", "datasets/")
+    report = validation.check_archive(adapter, ref, len(buffer.getvalue()))
+    assert report.ok and report.classes == ["a", "b"]
+    assert len(reads) <= 4 and sum(reads) < len(buffer.getvalue()) / 100
+
+
+# -- failures ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status,reason", [("Failed", "ResourceLimitExceeded: the account's limit"), ("Stopped", None)])
+def test_tuning_failed_or_stopped(stage, client, status, reason):
+    _, run = _run_to_tuning(stage, client)
+    stage.notifications()
+    stage.stub.add_response("describe_hyper_parameter_tuning_job", _tuning_description(stage, run, status, best=None, reason=reason))
+    assert invoke(client, "on_tuning_job_state_change", _tuning_event(run, "s3://x/", status)) == f"tuning {status.lower()}"
+    notes = stage.notifications()
+    assert [n["event"] for n in notes] == ["tuning.failed"]
+    assert notes[0]["detail"]["reason"] == (reason or "the tuning job was stopped")
+    assert stage.sagemaker.list_training_jobs()["TrainingJobSummaries"] == []
+
+
+def test_tuning_with_no_successful_trial(stage, client):
+    _, run = _run_to_tuning(stage, client)
+    stage.notifications()
+    described = _tuning_description(stage, run, best=None)
+    described["TrainingJobStatusCounters"] = {"Completed": 0, "InProgress": 0, "RetryableError": 0, "NonRetryableError": 8, "Stopped": 0}
+    stage.stub.add_response("describe_hyper_parameter_tuning_job", described)
+    assert invoke(client, "on_tuning_job_state_change", _tuning_event(run, "s3://x/")) == "tuning had no successful trial"
+    notes = stage.notifications()
+    assert [n["event"] for n in notes] == ["tuning.failed"] and "8 failed" in notes[0]["subject"]
+    assert stage.sagemaker.list_training_jobs()["TrainingJobSummaries"] == []
+
+
+def test_training_failed_leaves_the_endpoint(stage, client):
+    _, run = _run_to_tuning(stage, client)
+    _complete_tuning(stage, client, run, f"s3://{BUCKET}/datasets/pets/")
+    stage.notifications()
+    described = stage.sagemaker.describe_training_job(TrainingJobName=f"{run}-final")
+    described.pop("ResponseMetadata")
+    failed = {k: v for k, v in described.items() if k in ("TrainingJobName", "TrainingJobArn", "AlgorithmSpecification", "CreationTime",
+                                                           "InputDataConfig", "HyperParameters", "RoleArn")}
+    failed.update(TrainingJobStatus="Failed", SecondaryStatus="Failed", FailureReason="AlgorithmError: the training loss became NaN",
+                  ModelArtifacts={"S3ModelArtifacts": ""}, ResourceConfig=described["ResourceConfig"],
+                  StoppingCondition=described["StoppingCondition"])
+    stage.route("describe_training_job")
+    stage.stub.add_response("describe_training_job", failed)
+    assert invoke(client, "on_training_job_state_change", _training_event(run, "Failed")) == "training failed"
+    notes = stage.notifications()
+    assert [n["event"] for n in notes] == ["training.failed"]
+    assert "loss became NaN" in notes[0]["detail"]["reason"]
+    assert stage.sagemaker.list_endpoints()["Endpoints"] == [] and stage.sagemaker.list_models()["Models"] == []
+
+
+def _endpoint_description(run: str, status: str, reason: str | None = None) -> dict:
+    now = datetime.datetime(2026, 11, 20, 20, 44, tzinfo=datetime.timezone.utc)
+    described = {"EndpointName": "droptrain-dev", "EndpointArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint/droptrain-dev",
+                 "EndpointConfigName": run, "EndpointStatus": status, "CreationTime": now, "LastModifiedTime": now}
+    if reason:
+        described["FailureReason"] = reason
+    return described
+
+
+def test_endpoint_failed(stage, client):
+    stage.route("describe_endpoint", "list_tags")
+    stage.stub.add_response("describe_endpoint", _endpoint_description("dogs-3f9a1c2e", "Failed", "The primary container did not pass the ping health check"))
+    stage.stub.add_response("list_tags", {"Tags": [{"Key": "droptrain:run-id", "Value": "dogs-3f9a1c2e"}]})
+    assert invoke(client, "on_endpoint_state_change", _endpoint_event("dogs-3f9a1c2e", "FAILED")) == "deployment failed"
+    notes = stage.notifications()
+    assert [n["event"] for n in notes] == ["deployment.failed"] and "ping health check" in notes[0]["detail"]["reason"]
+
+
+def test_update_rolled_back_is_a_failed_deployment(stage, client):
+    stage.route("describe_endpoint", "list_tags")
+    stage.stub.add_response("describe_endpoint", _endpoint_description("old-run-11111111", "InService", "Deployment rolled back: alarm droptrain-5xx"))
+    stage.stub.add_response("list_tags", {"Tags": [{"Key": "droptrain:run-id", "Value": "new-run-22222222"}]})
+    assert invoke(client, "on_endpoint_state_change", _endpoint_event("old-run-11111111")) == "deployment failed"
+    note = stage.notifications()[0]
+    assert note["event"] == "deployment.failed" and note["run_id"] == "new-run-22222222"
+    assert note["detail"]["serving"] == "old-run-11111111"
+
+
+def test_deployment_queued_while_the_endpoint_updates(stage, client):
+    _, run = _run_to_tuning(stage, client)
+    _complete_tuning(stage, client, run, f"s3://{BUCKET}/datasets/pets/")
+    stage.route("describe_endpoint", "add_tags", "list_tags", "delete_tags")
+    stage.stub.add_response("describe_endpoint", _endpoint_description("old-run-11111111", "Updating"))
+    stage.stub.add_response("add_tags", {"Tags": []}, {"ResourceArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint/droptrain-dev",
+                                                       "Tags": [{"Key": "droptrain:pending-run-id", "Value": run},
+                                                                {"Key": "droptrain:pending-dataset", "Value": f"s3://{BUCKET}/datasets/pets/"}]})
+    assert invoke(client, "on_training_job_state_change", _training_event(run)).startswith("deployment: queued")
+    # The endpoint finishes its update: the queued run is deployed next.
+    stage.stub.add_response("describe_endpoint", _endpoint_description("old-run-11111111", "InService"))
+    stage.stub.add_response("list_tags", {"Tags": [{"Key": "droptrain:run-id", "Value": "old-run-11111111"},
+                                                   {"Key": "droptrain:pending-run-id", "Value": run}]})
+    stage.stub.add_response("update_endpoint", {"EndpointArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint/droptrain-dev"})
+    stage.stub.add_response("add_tags", {"Tags": []})
+    stage.stub.add_response("delete_tags", {})
+    outcome = invoke(client, "on_endpoint_state_change", _endpoint_event("old-run-11111111"))
+    assert outcome == f"deployment completed; deploying queued run {run}"
+    stage.stub.assert_no_pending_responses()
+
+
+def test_missing_configuration(stage, monkeypatch, tmp_path):
+    from chalice_app import handlers
+    from orchestrator.conftest import make_client
+
+    handlers.use_services(None)
+    monkeypatch.delenv("SAGEMAKER_ROLE_ARN")
+    client = make_client(tmp_path)
+    assert invoke(client, "on_dataset_uploaded", stage.upload_folder("pets")).startswith("configuration error: configuration variable SAGEMAKER_ROLE_ARN is not set")
+    notes = stage.notifications()
+    assert [n["event"] for n in notes] == ["pipeline.failed"] and notes[0]["detail"]["variable"] == "SAGEMAKER_ROLE_ARN"
+    assert stage.sagemaker.list_hyper_parameter_tuning_jobs()["HyperParameterTuningJobSummaries"] == []
+    broken = client.http.post("/predict", headers={"Content-Type": "image/jpeg"}, body=b"\xff\xd8\xff\xe0")
+    assert broken.status_code == 503 and broken.json_body["error"]["code"] == "misconfigured"
+
+
+def test_permanent_aws_failure_reported_once(stage, client):
+    stage.route("create_hyper_parameter_tuning_job")
+    for _ in range(2):
+        stage.stub.add_client_error("create_hyper_parameter_tuning_job", "ValidationException", "The role cannot be assumed by SageMaker")
+    s3_event = stage.upload_folder("pets")
+    for _ in range(2):
+        assert invoke(client, "on_dataset_uploaded", s3_event).startswith("failed: creating tuning job")
+    events = [n["event"] for n in stage.notifications()]
+    assert events.count("pipeline.failed") == 1 and "tuning.started" not in events
+
+
+def test_throttled_aws_call_is_retried_by_lambda(stage, client):
+    stage.route("create_hyper_parameter_tuning_job")
+    stage.stub.add_client_error("create_hyper_parameter_tuning_job", "ThrottlingException", "Rate exceeded", http_status_code=400)
+    s3_event = stage.upload_folder("pets")
+    with pytest.raises(Exception, match="Rate exceeded"):
+        invoke(client, "on_dataset_uploaded", s3_event)
+    notes = stage.notifications()
+    assert [n["event"] for n in notes] == ["dataset.accepted", "pipeline.failed"]
+    assert notes[1]["detail"]["retrying"] is True

@@ -1,0 +1,131 @@
+"""The SageMaker request builders, each request validated by botocore and by the API's constraints."""
+
+import re
+
+import pytest
+
+from chalice_app import config as config_module, names, sagemaker_requests as requests
+from orchestrator.support import validate
+
+BASE_ENV = {
+    "DATA_BUCKET": "droptrain-data-dev",
+    "NOTIFY_TOPIC_ARN": "arn:aws:sns:us-east-1:123456789012:droptrain-dev",
+    "SAGEMAKER_ROLE_ARN": "arn:aws:iam::123456789012:role/droptrain-sagemaker-dev",
+    "TRAINING_IMAGE_URI": "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:2.5.1-gpu-py311",
+    "INFERENCE_IMAGE_URI": "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-inference:2.5.1-cpu-py311",
+    "SOURCE_DIR_S3_URI": "s3://droptrain-data-dev/code/sourcedir-0123456789abcdef.tar.gz",
+    "ENDPOINT_NAME": "droptrain-dev",
+    "AWS_REGION": "us-east-1",
+}
+DEBUGGER_IMAGE = "503895931360.dkr.ecr.us-east-1.amazonaws.com/sagemaker-debugger-rules:latest"
+DATASET = names.DatasetRef("droptrain-data-dev", "datasets/dogs/_READY", "dogs", "folder", "datasets/dogs/")
+
+
+def make_config(**env):
+    return config_module.load({**BASE_ENV, **{k: str(v) for k, v in env.items()}})
+
+
+@pytest.mark.parametrize("strategy", config_module.STRATEGIES)
+@pytest.mark.parametrize("spot", [False, True])
+def test_tuning_request_is_valid_for_every_strategy(strategy, spot):
+    config = make_config(TUNING_STRATEGY=strategy, USE_SPOT=str(spot).lower())
+    run = names.run_id(DATASET, "d41d8cd98f00b204e9800998ecf8427e")
+    request = requests.tuning_job_request(config, run, DATASET)
+    validate("sagemaker", "CreateHyperParameterTuningJob", request)
+    job = request["HyperParameterTuningJobConfig"]
+    assert job["Strategy"] == strategy
+    assert job["HyperParameterTuningJobObjective"] == {"Type": "Maximize", "MetricName": "valid:accuracy"}
+    assert job["TrainingJobEarlyStoppingType"] == ("Auto" if strategy in ("Bayesian", "Random") else "Off")
+    ranges = {r["Name"]: r for rs in job["ParameterRanges"].values() for r in rs}
+    if strategy == "Grid":
+        assert set(job["ParameterRanges"]) == {"CategoricalParameterRanges"}, "Grid takes categorical ranges only"
+        assert "MaxNumberOfTrainingJobs" not in job["ResourceLimits"]
+    else:
+        assert ranges["lr"]["ScalingType"] == "Logarithmic" and ranges["weight-decay"]["ScalingType"] == "Logarithmic"
+        assert "Values" in ranges["batch-size"]
+        assert job["ResourceLimits"] == {"MaxNumberOfTrainingJobs": 8, "MaxParallelTrainingJobs": 2}
+    if strategy == "Hyperband":
+        assert job["StrategyConfig"]["HyperbandStrategyConfig"] == {"MinResource": 1, "MaxResource": requests.MAX_EPOCHS}
+        assert "epochs" not in ranges, "Hyperband's resource is the epoch, so epochs is not tuned"
+        assert request["TrainingJobDefinition"]["StaticHyperParameters"]["epochs"] == str(requests.MAX_EPOCHS)
+    elif strategy != "Grid":
+        assert ranges["epochs"]["ScalingType"] == "Linear"
+    definition = request["TrainingJobDefinition"]
+    static = definition["StaticHyperParameters"]
+    assert static["sagemaker_program"] == "train.py"
+    assert static["sagemaker_submit_directory"] == BASE_ENV["SOURCE_DIR_S3_URI"]
+    assert definition["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"] == "s3://droptrain-data-dev/datasets/dogs/"
+    assert definition["OutputDataConfig"]["S3OutputPath"] == f"s3://droptrain-data-dev/runs/{run}/tuning/"
+    assert definition["EnableManagedSpotTraining"] is spot
+    assert ("CheckpointConfig" in definition) is spot
+    assert ("MaxWaitTimeInSeconds" in definition["StoppingCondition"]) is spot
+    assert {t["Key"]: t["Value"] for t in request["Tags"]} == {
+        "droptrain:run-id": run, "droptrain:dataset": DATASET.uri, "droptrain:role": "tuning"}
+
+
+def test_metric_definitions_match_train_py_lines(trained_job):
+    """The regexes against the lines a real train.py run printed."""
+    output = "\n".join(trained_job["lines"])
+    found = {d["Name"]: re.findall(d["Regex"], output) for d in requests.METRIC_DEFINITIONS}
+    assert len(found["valid:accuracy"]) == 4 and len(found["train:loss"]) == 4 and len(found["valid:loss"]) == 4
+    assert len(found["test:accuracy"]) == 1 and len(found["test:loss"]) == 1
+    assert all(0.0 <= float(v) <= 1.0 for v in found["valid:accuracy"])
+
+
+@pytest.mark.parametrize("managed", [False, True])
+def test_final_training_request(managed):
+    env = {"MANAGED_DEBUGGER": str(managed).lower()}
+    if managed:
+        env["DEBUGGER_IMAGE_URI"] = DEBUGGER_IMAGE
+    config = make_config(**env)
+    static = {**requests.static_hyperparameters(config), "_tuning_objective_metric": "valid:accuracy"}
+    tuned = {"lr": "0.00074", "batch-size": "64", "epochs": "6", "weight-decay": "0.0001"}
+    request = requests.final_training_request(config, "dogs-3f9a1c2e", DATASET.uri, static, tuned)
+    validate("sagemaker", "CreateTrainingJob", request)
+    assert request["TrainingJobName"] == "dogs-3f9a1c2e-final"
+    hps = request["HyperParameters"]
+    assert hps["lr"] == "0.00074" and hps["arch"] == "resnet50" and hps["sagemaker_program"] == "train.py"
+    assert "_tuning_objective_metric" not in hps
+    assert {t["Key"]: t["Value"] for t in request["Tags"]}["droptrain:role"] == "final"
+    assert request["AlgorithmSpecification"]["MetricDefinitions"] == requests.METRIC_DEFINITIONS
+    if managed:
+        assert {r["RuleConfigurationName"] for r in request["DebugRuleConfigurations"]} == set(requests.DEBUGGER_RULES)
+        assert request["DebugHookConfig"]["S3OutputPath"] == "s3://droptrain-data-dev/runs/dogs-3f9a1c2e/debug/"
+        assert request["ProfilerRuleConfigurations"][0]["RuleConfigurationName"] == "ProfilerReport"
+        assert "debug-out" not in hps
+    else:
+        assert "DebugRuleConfigurations" not in request and "DebugHookConfig" not in request
+        assert request["ProfilerConfig"] == {"DisableProfiler": True}
+        assert hps["debug-out"] == requests.IN_JOB_DEBUG_DIR
+
+
+@pytest.mark.parametrize("instance", ["ml.m5.large", "serverless"])
+def test_model_and_endpoint_requests(instance):
+    config = make_config(INFERENCE_INSTANCE_TYPE=instance, ROLLBACK_ALARMS="droptrain-5xx, droptrain-latency")
+    artifact = "s3://droptrain-data-dev/runs/dogs-3f9a1c2e/final/dogs-3f9a1c2e-final/output/model.tar.gz"
+    model = requests.model_request(config, "dogs-3f9a1c2e", artifact, DATASET.uri)
+    validate("sagemaker", "CreateModel", model)
+    assert model["PrimaryContainer"]["Environment"]["SAGEMAKER_PROGRAM"] == "inference.py"
+    assert model["PrimaryContainer"]["ModelDataUrl"] == artifact
+    endpoint_config = requests.endpoint_config_request(config, "dogs-3f9a1c2e", DATASET.uri)
+    validate("sagemaker", "CreateEndpointConfig", endpoint_config)
+    variant = endpoint_config["ProductionVariants"][0]
+    assert ("ServerlessConfig" in variant) is (instance == "serverless")
+    create = requests.create_endpoint_request(config, "dogs-3f9a1c2e", DATASET.uri)
+    validate("sagemaker", "CreateEndpoint", create)
+    assert create["EndpointName"] == "droptrain-dev"
+    update = requests.update_endpoint_request(config, "dogs-3f9a1c2e")
+    validate("sagemaker", "UpdateEndpoint", update)
+    if instance == "serverless":
+        assert "DeploymentConfig" not in update
+    else:
+        policy = update["DeploymentConfig"]["BlueGreenUpdatePolicy"]
+        assert policy["TrafficRoutingConfiguration"]["Type"] == "ALL_AT_ONCE"
+        assert [a["AlarmName"] for a in update["DeploymentConfig"]["AutoRollbackConfiguration"]["Alarms"]] == ["droptrain-5xx", "droptrain-latency"]
+
+
+def test_validator_catches_what_botocore_skips():
+    with pytest.raises(AssertionError, match="longer than 32|does not match"):
+        validate("sagemaker", "DescribeHyperParameterTuningJob", {"HyperParameterTuningJobName": "x" * 33})
+    with pytest.raises(AssertionError, match="does not match"):
+        validate("sagemaker", "DescribeEndpoint", {"EndpointName": "bad_name!"})
