@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test package deploy clean
 
 setup: $(STAMP)
 
@@ -22,5 +22,15 @@ demo: setup
 test: setup
 	$(PY) -m pytest
 
+STAGE ?= dev
+
+# The stage's SAM template in build/package-$(STAGE)/ (offline; no AWS account needed).
+package: setup
+	$(VENV)/bin/droptrain package --stage $(STAGE)
+
+# Needs AWS credentials, and the SageMaker SDK to resolve the PyTorch images (README, "Deploy").
+deploy: setup
+	$(VENV)/bin/droptrain deploy --stage $(STAGE)
+
 clean:
-	rm -rf $(VENV) .droptrain .pytest_cache
+	rm -rf $(VENV) .droptrain .pytest_cache build

@@ -34,6 +34,30 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_package(args: argparse.Namespace) -> int:
+    from droptrain import deploy
+
+    try:
+        build = deploy.ROOT / "build"
+        template = deploy.package(args.stage, build / f"package-{args.stage}", deploy.build_layer(build / "layer.zip"))
+    except deploy.DeployError as exc:
+        print(f"droptrain package: {exc}", file=sys.stderr)
+        return 1
+    print(template)
+    return 0
+
+
+def _cmd_deploy(args: argparse.Namespace) -> int:
+    from droptrain import deploy
+
+    try:
+        deploy.deploy(args.stage, args.training_image, args.inference_image)
+    except deploy.DeployError as exc:
+        print(f"droptrain deploy: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="droptrain", description="From a folder of labelled images to a tuned classifier behind an API.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -51,6 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", type=Path, default=Path(".droptrain/demo"), help="where the demo keeps its files")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default 4)")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("package", help="build the layer and the stage's SAM template (chalice package + merge template), offline")
+    p.add_argument("--stage", default="dev", choices=["dev", "prod"], help="the Chalice stage to package")
+    p.set_defaults(func=_cmd_package)
+
+    p = sub.add_parser("deploy", help="deploy the stage to the AWS account of your credentials (see README)")
+    p.add_argument("--stage", default="dev", choices=["dev", "prod"], help="the Chalice stage to deploy")
+    p.add_argument("--training-image", default=None, help="PyTorch training image URI (default: resolved with the SageMaker SDK)")
+    p.add_argument("--inference-image", default=None, help="PyTorch inference image URI (default: resolved with the SageMaker SDK)")
+    p.set_defaults(func=_cmd_deploy)
     return parser
 
 

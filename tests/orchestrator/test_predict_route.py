@@ -1,0 +1,124 @@
+"""POST /predict through the Chalice route, with InvokeEndpoint stubbed (moto cannot carry binary bodies)."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from botocore.response import StreamingBody
+from PIL import Image
+
+JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(200)
+ANSWER = {"predictions": [{"label": "beagle", "probability": 0.93}, {"label": "pug", "probability": 0.05},
+                          {"label": "corgi", "probability": 0.02}], "model": "dogs-3f9a1c2e"}
+
+
+def _png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGBA", (8, 8), (0, 0, 0, 0)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _answer(stage, body: bytes, content_type: str, top_k: int = 5, answer: dict = ANSWER):
+    data = json.dumps(answer).encode()
+    stage.runtime_stub.add_response(
+        "invoke_endpoint",
+        {"Body": StreamingBody(io.BytesIO(data), len(data)), "ContentType": "application/json"},
+        {"EndpointName": "droptrain-dev", "Body": body, "ContentType": content_type, "Accept": f"application/json; top_k={top_k}"},
+    )
+
+
+def _post(client, body: bytes, content_type: str | None = "image/jpeg", query: str = ""):
+    headers = {"Content-Type": content_type} if content_type else {}
+    return client.http.post(f"/predict{query}", headers=headers, body=body)
+
+
+@pytest.mark.parametrize("body,content_type", [(JPEG, "image/jpeg"), (_png(), "image/png")])
+def test_images_pass_through(stage, client, body, content_type):
+    _answer(stage, body, content_type)
+    response = _post(client, body, content_type)
+    assert response.status_code == 200
+    assert response.json_body == ANSWER
+    stage.runtime_stub.assert_no_pending_responses()
+
+
+def test_top_k_is_passed_on_and_enforced(stage, client):
+    _answer(stage, JPEG, "image/jpeg", top_k=2)
+    response = _post(client, JPEG, query="?top_k=2")
+    assert response.status_code == 200 and len(response.json_body["predictions"]) == 2
+
+
+def test_the_real_image_type_is_sent(stage, client):
+    """A PNG labelled image/jpeg is sent as what it is."""
+    png = _png()
+    _answer(stage, png, "image/png")
+    assert _post(client, png, "image/jpeg").status_code == 200
+
+
+@pytest.mark.parametrize("body,content_type,query,status,code", [
+    (b"", "image/jpeg", "", 400, "empty_body"),
+    (b"hello", "text/plain", "", 415, "unsupported_media_type"),
+    (b'{"a": 1}', "application/json", "", 415, "unsupported_media_type"),
+    (JPEG, None, "", 415, "unsupported_media_type"),
+    (b"GIF89a not allowed", "image/jpeg", "", 400, "invalid_image"),
+    (JPEG, "image/jpeg", "?top_k=0", 400, "invalid_top_k"),
+    (JPEG, "image/jpeg", "?top_k=21", 400, "invalid_top_k"),
+    (JPEG, "image/jpeg", "?top_k=five", 400, "invalid_top_k"),
+    (b"\xff\xd8\xff" + bytes(4 * 1024 * 1024), "image/jpeg", "", 413, "payload_too_large"),
+])
+def test_bad_requests_never_reach_the_endpoint(stage, client, body, content_type, query, status, code):
+    response = _post(client, body, content_type, query)
+    assert response.status_code == status
+    assert response.json_body["error"]["code"] == code
+    assert response.json_body["error"]["message"]
+    assert set(response.json_body) == {"error"}
+    stage.runtime_stub.assert_no_pending_responses()
+
+
+def test_no_endpoint_is_503(stage, client):
+    stage.runtime_stub.add_client_error("invoke_endpoint", "ValidationError", "Endpoint droptrain-dev of account 123456789012 not found.")
+    response = _post(client, JPEG)
+    assert response.status_code == 503 and response.json_body["error"]["code"] == "no_model"
+
+
+def test_endpoint_failure_is_502_without_internals(stage, client):
+    stage.runtime_stub.add_client_error("invoke_endpoint", "ModelError", "Received server error (500) from primary",
+                                        http_status_code=424, response_meta={},
+                                        modeled_fields={"OriginalStatusCode": 500, "OriginalMessage": "Traceback (most recent call last): ..."})
+    response = _post(client, JPEG)
+    assert response.status_code == 502 and response.json_body["error"]["code"] == "endpoint_error"
+    assert "Traceback" not in json.dumps(response.json_body)
+
+
+def test_model_rejecting_the_image_is_400(stage, client):
+    stage.runtime_stub.add_client_error("invoke_endpoint", "ModelError", "Received client error (400)", http_status_code=424,
+                                        modeled_fields={"OriginalStatusCode": 400, "OriginalMessage": "not a decodable JPEG or PNG image"})
+    response = _post(client, JPEG)
+    assert response.status_code == 400 and response.json_body["error"]["code"] == "invalid_image"
+
+
+def test_throttling_is_retried_with_backoff_then_503(stage, client):
+    for _ in range(4):
+        stage.runtime_stub.add_client_error("invoke_endpoint", "ThrottlingException", "Rate exceeded")
+    response = _post(client, JPEG)
+    assert response.status_code == 503 and response.json_body["error"]["code"] == "endpoint_busy"
+    assert stage.sleeps == [0.2, 0.5, 1.2]
+
+
+def test_throttling_then_success(stage, client):
+    stage.runtime_stub.add_client_error("invoke_endpoint", "ThrottlingException", "Rate exceeded")
+    _answer(stage, JPEG, "image/jpeg")
+    assert _post(client, JPEG).status_code == 200
+    assert stage.sleeps == [0.2]
+
+
+def test_endpoint_answering_garbage_is_502(stage, client):
+    stage.runtime_stub.add_response("invoke_endpoint", {"Body": StreamingBody(io.BytesIO(b"<html>"), 6)})
+    assert _post(client, JPEG).status_code == 502
+
+
+def test_status_without_an_endpoint(stage, client):
+    response = client.http.get("/status")
+    assert response.status_code == 200
+    assert response.json_body == {"endpoint": {"name": "droptrain-dev", "status": "NotDeployed"}, "model": None}
