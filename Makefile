@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test package deploy clean
+.PHONY: setup demo test bench package deploy clean
 
 setup: $(STAMP)
 
@@ -21,6 +21,10 @@ demo: setup
 # pytest exits 5 when it collected no tests; make treats any non-zero exit as a failure.
 test: setup
 	$(PY) -m pytest
+
+# Benchmarks are not tests: no timing assertions, results in bench/results/ (README, "Performance").
+bench: setup
+	$(PY) bench/run.py
 
 STAGE ?= dev
 

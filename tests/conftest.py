@@ -2,12 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import json
-import os
-import subprocess
-import sys
-import tarfile
 import zipfile
 from pathlib import Path
 
@@ -15,18 +9,7 @@ import pytest
 
 from droptrain.container import JobPaths, package_model, run_training
 from droptrain.synthetic import make_dataset
-
-ROOT = Path(__file__).resolve().parent.parent
-TRAINING_DIR = ROOT / "training"
-EVENTS_DIR = Path(__file__).resolve().parent / "events"
-
-# Small enough to train in seconds on two CPU cores, large enough to be far above chance.
-TINY = {"classes": 4, "per_class": 30, "size": 48, "seed": 3}
-FAST_HYPERPARAMETERS = {
-    "arch": "resnet18", "weights": "none", "train-mode": "full", "image-size": "48",
-    "epochs": "4", "batch-size": "16", "lr": "0.002", "optimizer": "adamw", "weight-decay": "0.0001",
-}
-
+from helpers import FAST_HYPERPARAMETERS, TINY
 
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
@@ -61,31 +44,3 @@ def trained_job(tiny_zip, tmp_path_factory):
     assert status == 0, "\n".join(lines[-30:])
     archive = package_model(paths.model, paths.output / "model.tar.gz")
     return {"paths": paths, "lines": lines, "archive": archive}
-
-
-def run_train(args: list[str], env: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    """``python train.py ARGS`` in the source dir, as the container runs it."""
-    return subprocess.run(
-        [sys.executable, str(TRAINING_DIR / "train.py"), *args],
-        cwd=TRAINING_DIR,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def load_event(name: str) -> dict:
-    return json.loads((EVENTS_DIR / name).read_text())
-
-
-def png_bytes(image, **save_kwargs) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", **save_kwargs)
-    return buffer.getvalue()
-
-
-def extract(archive: Path, dest: Path) -> Path:
-    with tarfile.open(archive) as tar:
-        tar.extractall(dest, filter="data")
-    return dest

@@ -380,3 +380,22 @@ def test_throttled_aws_call_is_retried_by_lambda(stage, client):
     notes = stage.notifications()
     assert [n["event"] for n in notes] == ["dataset.accepted", "pipeline.failed"]
     assert notes[1]["detail"]["retrying"] is True
+
+
+def test_logs_carry_the_event_id_as_correlation_id(stage, client):
+    import io
+    import json as _json
+
+    from chalice_app import observability
+
+    handler = observability.logger().registered_handler
+    buffer = io.StringIO()
+    previous = handler.setStream(buffer)
+    try:
+        s3_event = stage.upload_folder("pets")
+        invoke(client, "on_dataset_uploaded", s3_event)
+    finally:
+        handler.setStream(previous)
+    records = [_json.loads(line) for line in buffer.getvalue().splitlines() if line.startswith("{")]
+    outcome = [r for r in records if r.get("message", "").startswith("dataset_uploaded:")]
+    assert outcome and outcome[-1]["correlation_id"] == s3_event["id"] and outcome[-1]["service"] == "droptrain"

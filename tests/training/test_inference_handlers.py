@@ -6,7 +6,7 @@ import json
 import pytest
 from PIL import Image
 
-from conftest import extract, png_bytes
+from helpers import extract, png_bytes
 from droptrain.demo import load_inference_module
 
 

@@ -9,7 +9,7 @@ import tarfile
 
 import pytest
 
-from conftest import FAST_HYPERPARAMETERS, TRAINING_DIR, run_train
+from helpers import FAST_HYPERPARAMETERS, TRAINING_DIR, run_train
 from droptrain.container import hyperparameter_args
 
 # The tuning job's MetricDefinitions (ARCHITECTURE.md): the lines must match exactly these.

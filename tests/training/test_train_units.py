@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import train
-from conftest import FAST_HYPERPARAMETERS, run_train
+from helpers import FAST_HYPERPARAMETERS, run_train
 from droptrain.container import hyperparameter_args
 from trainlib import models
 from trainlib.datasets import discover
