@@ -27,6 +27,13 @@ DEFAULT_STATIC_HYPERPARAMETERS = {
     "optimizer": "adamw",
 }
 MAX_BODY_BYTES = 4 * 1024 * 1024
+# Search ranges: [min, max] (lr and weight-decay on a log scale, epochs as integers) and the batch sizes.
+DEFAULT_TUNING_RANGES = {
+    "lr": [0.00001, 0.01],
+    "weight-decay": [0.000001, 0.01],
+    "epochs": [2, 10],
+    "batch-size": [32, 64, 128],
+}
 
 
 class ConfigError(Exception):
@@ -59,6 +66,7 @@ class Config:
     volume_size_gb: int = 50
     rollback_alarms: tuple[str, ...] = ()
     static_hyperparameters: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_STATIC_HYPERPARAMETERS))
+    tuning_ranges: Mapping[str, list] = field(default_factory=lambda: dict(DEFAULT_TUNING_RANGES))
     max_body_bytes: int = MAX_BODY_BYTES
 
     @property
@@ -99,6 +107,28 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -
     return number
 
 
+def _tuning_ranges(env: Mapping[str, str]) -> dict[str, list]:
+    ranges = {k: list(v) for k, v in DEFAULT_TUNING_RANGES.items()}
+    raw = env.get("TUNING_RANGES", "").strip()
+    if not raw:
+        return ranges
+    try:
+        given = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ConfigError("TUNING_RANGES", f"is not JSON ({exc})") from None
+    if not isinstance(given, dict) or set(given) - set(DEFAULT_TUNING_RANGES):
+        raise ConfigError("TUNING_RANGES", f"must be an object with keys among {', '.join(DEFAULT_TUNING_RANGES)}")
+    for name, value in given.items():
+        if not isinstance(value, list) or not value or not all(isinstance(v, (int, float)) and v > 0 for v in value):
+            raise ConfigError("TUNING_RANGES", f"{name} must be a list of positive numbers")
+        if name != "batch-size" and (len(value) != 2 or value[0] >= value[1]):
+            raise ConfigError("TUNING_RANGES", f"{name} must be [min, max] with min < max")
+        if name in ("epochs", "batch-size") and not all(float(v).is_integer() for v in value):
+            raise ConfigError("TUNING_RANGES", f"{name} must be whole numbers")
+        ranges[name] = [int(v) for v in value] if name in ("epochs", "batch-size") else [float(v) for v in value]
+    return ranges
+
+
 def topic_arn(env: Mapping[str, str]) -> str | None:
     """The notification topic, when set and well-formed, even if the rest of the config is not."""
     value = env.get("NOTIFY_TOPIC_ARN", "").strip()
@@ -134,6 +164,7 @@ def load(env: Mapping[str, str]) -> Config:
         if not isinstance(extra, dict):
             raise ConfigError("STATIC_HYPERPARAMETERS", "must be a JSON object of flag names to values")
         static.update({str(k): str(v) for k, v in extra.items()})
+    ranges = _tuning_ranges(env)
     max_jobs = _int(env, "MAX_TUNING_JOBS", 8, 1, 500)
     parallel = _int(env, "MAX_PARALLEL_JOBS", 2, 1, 100)
     if parallel > max_jobs:
@@ -162,5 +193,6 @@ def load(env: Mapping[str, str]) -> Config:
         volume_size_gb=_int(env, "TRAINING_VOLUME_GB", 50, 1, 16384),
         rollback_alarms=alarms,
         static_hyperparameters=static,
+        tuning_ranges=ranges,
         max_body_bytes=_int(env, "MAX_BODY_BYTES", MAX_BODY_BYTES, 1024, 4_400_000),
     )

@@ -21,28 +21,40 @@ METRIC_DEFINITIONS = [
     {"Name": "test:loss", "Regex": rf"test_loss={_NUMBER}"},
     {"Name": "test:accuracy", "Regex": rf"test_accuracy={_NUMBER}"},
 ]
-MAX_EPOCHS = 10
-TUNED_RANGES: dict[str, Any] = {
-    "ContinuousParameterRanges": [
-        {"Name": "lr", "MinValue": "0.00001", "MaxValue": "0.01", "ScalingType": "Logarithmic"},
-        {"Name": "weight-decay", "MinValue": "0.000001", "MaxValue": "0.01", "ScalingType": "Logarithmic"},
-    ],
-    "IntegerParameterRanges": [
-        {"Name": "epochs", "MinValue": "2", "MaxValue": str(MAX_EPOCHS), "ScalingType": "Linear"},
-    ],
-    "CategoricalParameterRanges": [
-        {"Name": "batch-size", "Values": ["32", "64", "128"]},
-    ],
-}
-# Grid search takes categorical ranges only; these are the same ranges on a coarse grid.
-GRID_RANGES: dict[str, Any] = {
-    "CategoricalParameterRanges": [
-        {"Name": "lr", "Values": ["0.0001", "0.001", "0.01"]},
-        {"Name": "weight-decay", "Values": ["0.0001"]},
-        {"Name": "epochs", "Values": ["5"]},
-        {"Name": "batch-size", "Values": ["32", "64"]},
-    ],
-}
+
+
+def _number(value: float) -> str:
+    return f"{value:g}"
+
+
+def tuned_ranges(config: Config) -> dict[str, Any]:
+    r = config.tuning_ranges
+    return {
+        "ContinuousParameterRanges": [
+            {"Name": "lr", "MinValue": _number(r["lr"][0]), "MaxValue": _number(r["lr"][1]), "ScalingType": "Logarithmic"},
+            {"Name": "weight-decay", "MinValue": _number(r["weight-decay"][0]), "MaxValue": _number(r["weight-decay"][1]),
+             "ScalingType": "Logarithmic"},
+        ],
+        "IntegerParameterRanges": [
+            {"Name": "epochs", "MinValue": str(r["epochs"][0]), "MaxValue": str(r["epochs"][1]), "ScalingType": "Linear"},
+        ],
+        "CategoricalParameterRanges": [{"Name": "batch-size", "Values": [str(v) for v in r["batch-size"]]}],
+    }
+
+
+def grid_ranges(config: Config) -> dict[str, Any]:
+    """Grid search takes categorical ranges only: the same ranges on a coarse grid (3 × 2 points)."""
+    r = config.tuning_ranges
+    low, high = r["lr"]
+    decay = (r["weight-decay"][0] * r["weight-decay"][1]) ** 0.5
+    return {"CategoricalParameterRanges": [
+        {"Name": "lr", "Values": [_number(low), _number((low * high) ** 0.5), _number(high)]},
+        {"Name": "weight-decay", "Values": [_number(decay)]},
+        {"Name": "epochs", "Values": [str((r["epochs"][0] + r["epochs"][1]) // 2)]},
+        {"Name": "batch-size", "Values": [str(v) for v in r["batch-size"][:2]]},
+    ]}
+
+
 # Where in-job smdebug tensors go inside the container; SageMaker uploads output/data with the job.
 IN_JOB_DEBUG_DIR = "/opt/ml/output/data/debug"
 DEBUGGER_RULES = ("VanishingGradient", "ExplodingTensor", "Overfit", "Overtraining", "PoorWeightInitialization", "LossNotDecreasing")
@@ -57,7 +69,7 @@ def _strategy_config(config: Config) -> dict[str, Any]:
     job_config: dict[str, Any] = {
         "Strategy": strategy,
         "HyperParameterTuningJobObjective": {"Type": "Maximize", "MetricName": OBJECTIVE},
-        "ParameterRanges": GRID_RANGES if strategy == "Grid" else TUNED_RANGES,
+        "ParameterRanges": grid_ranges(config) if strategy == "Grid" else tuned_ranges(config),
         # Hyperband stops trials itself and Grid runs every combination: early stopping is for the others.
         "TrainingJobEarlyStoppingType": "Auto" if strategy in ("Bayesian", "Random") else "Off",
     }
@@ -71,15 +83,19 @@ def _strategy_config(config: Config) -> dict[str, Any]:
         }
     if strategy == "Hyperband":
         # Hyperband's resource is the epoch: train.py reports valid:accuracy after each one.
-        job_config["StrategyConfig"] = {"HyperbandStrategyConfig": {"MinResource": 1, "MaxResource": MAX_EPOCHS}}
-        job_config["ParameterRanges"] = {k: v for k, v in TUNED_RANGES.items() if k != "IntegerParameterRanges"}
+        job_config["StrategyConfig"] = {"HyperbandStrategyConfig": {"MinResource": 1, "MaxResource": max_epochs(config)}}
+        job_config["ParameterRanges"] = {k: v for k, v in tuned_ranges(config).items() if k != "IntegerParameterRanges"}
     return job_config
+
+
+def max_epochs(config: Config) -> int:
+    return int(config.tuning_ranges["epochs"][1])
 
 
 def static_hyperparameters(config: Config) -> dict[str, str]:
     hps = dict(config.static_hyperparameters)
     if config.tuning_strategy == "Hyperband":
-        hps.setdefault("epochs", str(MAX_EPOCHS))
+        hps.setdefault("epochs", str(max_epochs(config)))
     hps.update({
         "sagemaker_program": "train.py",
         "sagemaker_submit_directory": config.source_dir_s3_uri,

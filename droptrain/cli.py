@@ -21,16 +21,94 @@ def _cmd_make_dataset(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from droptrain.demo import DEMO_HYPERPARAMETERS, DemoError, run_demo
+    from droptrain.demo import DemoError, run_demo
 
-    hyperparameters = dict(DEMO_HYPERPARAMETERS)
-    if args.epochs is not None:
-        hyperparameters["epochs"] = str(args.epochs)
     try:
-        run_demo(args.workdir, args.data, hyperparameters)
+        run_demo(args.home, args.data, port=args.port, max_trials=args.trials, timeout=args.timeout)
     except DemoError as exc:
         print(f"droptrain demo: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("droptrain demo: stopped", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    import threading
+
+    from droptrain.local.runtime import LocalRuntime
+
+    def show(job: str, line: str) -> None:
+        if line.startswith(("epoch=", "test_", "error:")):
+            print(f"  [{job}] {line}", flush=True)
+
+    runtime = LocalRuntime(args.home, webhook=args.webhook, on_line=show)
+    try:
+        runtime.start(host=args.host, port=args.port)
+    except OSError as exc:
+        print(f"droptrain up: cannot serve on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        runtime.stop()
+        return 1
+    print(f"droptrain is up: API {runtime.api_url}; drop datasets into {runtime.bucket.path('datasets/')}/ "
+          f"(or: droptrain upload PATH --name NAME); notifications in {runtime.publisher.path}. Ctrl-C stops.", flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        print("stopping: jobs in progress resume on the next start", flush=True)
+    finally:
+        runtime.stop()
+    return 0
+
+
+def _cmd_upload(args: argparse.Namespace) -> int:
+    from droptrain.local.runtime import LocalRuntimeError, upload_to_bucket
+    from droptrain.local.bucket import LocalBucket
+
+    name = args.name or args.path.name.split(".")[0]
+    if args.to.startswith("s3://"):
+        from droptrain.upload import S3UploadError, upload_to_s3
+
+        try:
+            key = upload_to_s3(args.path, name, args.to)
+        except S3UploadError as exc:
+            print(f"droptrain upload: {exc}", file=sys.stderr)
+            return 1
+        print(f"{args.to.rstrip('/')}/{key}")
+        return 0
+    try:
+        key = upload_to_bucket(LocalBucket(args.home.resolve() / "bucket", "droptrain-local"), args.path, name)
+    except LocalRuntimeError as exc:
+        print(f"droptrain upload: {exc}", file=sys.stderr)
+        return 1
+    print(f"s3://droptrain-local/{key} (droptrain up picks it up)")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from droptrain.demo import post_image
+
+    if not args.image.is_file():
+        print(f"droptrain predict: {args.image} does not exist", file=sys.stderr)
+        return 1
+    try:
+        status, body = post_image(args.url.rstrip("/"), args.image, args.top_k)
+    except OSError as exc:
+        print(f"droptrain predict: cannot reach {args.url} ({exc}); is droptrain up running?", file=sys.stderr)
+        return 1
+    if status != 200:
+        print(f"droptrain predict: {status} {body.get('error', {}).get('message', body)}", file=sys.stderr)
+        return 1
+    for p in body["predictions"]:
+        print(f"{p['probability']:.4f}  {p['label']}")
+    print(f"(model {body['model']})")
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from droptrain.status import render
+
+    print(render(args.home))
     return 0
 
 
@@ -70,11 +148,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="the same seed writes the same images")
     p.set_defaults(func=_cmd_make_dataset)
 
-    p = sub.add_parser("demo", help="make a dataset, train it under the SageMaker contract, predict a test image")
-    p.add_argument("--data", type=Path, default=None, help="use this dataset folder instead of a synthetic one")
-    p.add_argument("--workdir", type=Path, default=Path(".droptrain/demo"), help="where the demo keeps its files")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (default 4)")
+    p = sub.add_parser("demo", help="the whole pipeline locally: dataset → tuning → final training → deployment → predictions")
+    p.add_argument("--data", type=Path, default=None, help="use this dataset (folder or archive) instead of a synthetic one")
+    p.add_argument("--home", type=Path, default=Path(".droptrain/demo"), help="where the demo's local stack keeps its state (reset each run)")
+    p.add_argument("--port", type=int, default=0, help="API port (default: any free port)")
+    p.add_argument("--trials", type=int, default=4, help="tuning trials")
+    p.add_argument("--timeout", type=float, default=900, help="give up after this many seconds")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("up", help="run the local stack: watch the bucket, run jobs, serve the API, until Ctrl-C")
+    p.add_argument("--home", type=Path, default=Path(".droptrain"), help="the local stack's state: bucket, jobs, notifications")
+    p.add_argument("--host", default="127.0.0.1", help="API bind address (loopback by default)")
+    p.add_argument("--port", type=int, default=8000, help="API port")
+    p.add_argument("--webhook", default=None, help="also POST every notification to this URL")
+    p.set_defaults(func=_cmd_up)
+
+    p = sub.add_parser("upload", help="a dataset folder or archive into the local bucket, or to s3://BUCKET")
+    p.add_argument("path", type=Path, help="dataset folder or .zip/.tar/.tar.gz/.tgz")
+    p.add_argument("--name", default=None, help="dataset name (default: the file or folder name)")
+    p.add_argument("--to", default="local", help="'local' (default) or s3://BUCKET (needs AWS credentials)")
+    p.add_argument("--home", type=Path, default=Path(".droptrain"), help="the local stack's state")
+    p.set_defaults(func=_cmd_upload)
+
+    p = sub.add_parser("predict", help="POST an image to the API and print the top-k")
+    p.add_argument("image", type=Path, help="a JPEG or PNG file")
+    p.add_argument("--url", default="http://127.0.0.1:8000", help="the API (droptrain up's, or a deployed stage's)")
+    p.add_argument("--top-k", type=int, default=5, help="how many labels (1-20)")
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("status", help="runs, jobs, trials with their metrics, the deployed model")
+    p.add_argument("--home", type=Path, default=Path(".droptrain"), help="the local stack's state")
+    p.set_defaults(func=_cmd_status)
 
     p = sub.add_parser("package", help="build the layer and the stage's SAM template (chalice package + merge template), offline")
     p.add_argument("--stage", default="dev", choices=["dev", "prod"], help="the Chalice stage to package")

@@ -8,12 +8,14 @@ container withholds them), and ``model.tar.gz`` packed from the model folder aft
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Callable, Mapping
 
 TRAINING_DIR = Path(os.environ.get("DROPTRAIN_TRAINING_DIR", Path(__file__).resolve().parent.parent / "training"))
@@ -73,9 +75,33 @@ def container_env(paths: JobPaths, channels: Mapping[str, Path], job_name: str, 
     return env
 
 
-def training_command(entry_point: str, hyperparameters: Mapping[str, str], paths: JobPaths) -> list[str]:
-    return [sys.executable, str(TRAINING_DIR / entry_point), *hyperparameter_args(hyperparameters),
-            "--checkpoint-dir", str(paths.checkpoints)]
+def start_training(
+    paths: JobPaths,
+    channels: Mapping[str, Path],
+    hyperparameters: Mapping[str, str],
+    job_name: str,
+    entry_point: str = "train.py",
+    source_dir: Path | None = None,
+) -> subprocess.Popen:
+    """Start the entry point in its own process group (so a stop can end it and its workers);
+    its stdout and stderr are one text stream."""
+    # The job runs in the source dir (as in the container), so every path it is given is absolute.
+    paths = JobPaths(paths.root.resolve())
+    channels = {name: Path(path).resolve() for name, path in channels.items()}
+    for folder in (paths.model, paths.output_data, paths.checkpoints):
+        folder.mkdir(parents=True, exist_ok=True)
+    source = (source_dir or TRAINING_DIR).resolve()
+    return subprocess.Popen(
+        [sys.executable, str(source / entry_point), *hyperparameter_args(hyperparameters),
+         "--checkpoint-dir", str(paths.checkpoints)],
+        cwd=source,
+        env=container_env(paths, channels, job_name),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+        start_new_session=True,
+    )
 
 
 def run_training(
@@ -87,20 +113,7 @@ def run_training(
     entry_point: str = "train.py",
 ) -> int:
     """Run the entry point to completion, feeding each output line to ``on_line``; the exit status."""
-    # The job runs in the source dir (as in the container), so every path it is given is absolute.
-    paths = JobPaths(paths.root.resolve())
-    channels = {name: Path(path).resolve() for name, path in channels.items()}
-    for folder in (paths.model, paths.output_data, paths.checkpoints):
-        folder.mkdir(parents=True, exist_ok=True)
-    process = subprocess.Popen(
-        training_command(entry_point, hyperparameters, paths),
-        cwd=TRAINING_DIR,
-        env=container_env(paths, channels, job_name),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        bufsize=1,
-    )
+    process = start_training(paths, channels, hyperparameters, job_name, entry_point)
     assert process.stdout is not None
     with process.stdout:
         for line in process.stdout:
@@ -115,14 +128,39 @@ def failure_reason(paths: JobPaths, fallback: str) -> str:
         return fallback
 
 
-def package_model(model_dir: Path, archive: Path) -> Path:
-    """``model.tar.gz`` with the model folder's content at its root, as SageMaker packs it."""
+def package_dir(folder: Path, archive: Path) -> Path:
+    """A folder's content at the root of a tar.gz, as SageMaker packs ``model.tar.gz`` and ``output.tar.gz``."""
     archive.parent.mkdir(parents=True, exist_ok=True)
     tmp = archive.with_name(archive.name + ".tmp")
     with tarfile.open(tmp, "w:gz") as tar:
-        for path in sorted(model_dir.rglob("*")):
+        for path in sorted(folder.rglob("*")):
             if "__pycache__" in path.parts:
                 continue
-            tar.add(path, arcname=str(path.relative_to(model_dir)), recursive=False)
+            tar.add(path, arcname=str(path.relative_to(folder)), recursive=False)
     os.replace(tmp, archive)
     return archive
+
+
+def load_inference_module(code_dir: Path) -> ModuleType:
+    """Import ``inference.py`` from an unpacked model's ``code/``, as the inference container does.
+
+    The model's own ``trainlib`` is what it imports; the caller's import state is restored after,
+    so loading a model never swaps modules under the rest of the process.
+    """
+    def ours(name: str) -> bool:
+        return name == "trainlib" or name.startswith("trainlib.")
+
+    saved = {name: sys.modules.pop(name) for name in [m for m in sys.modules if ours(m)]}
+    sys.path.insert(0, str(code_dir))
+    try:
+        spec = importlib.util.spec_from_file_location(f"droptrain_model_{id(code_dir):x}", code_dir / "inference.py")
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up while it executes
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(code_dir))
+        for name in [m for m in sys.modules if ours(m)]:
+            del sys.modules[name]
+        sys.modules.update(saved)

@@ -1,100 +1,137 @@
-"""``droptrain demo``: dataset → training under the SageMaker contract → a prediction.
+"""``droptrain demo``: the whole pipeline on this machine, driven by events, with a summary at the end.
 
-This is the first, single-job version of the demo: it makes (or takes) a dataset, trains it with
-``training/train.py`` exactly as a SageMaker training job would run it, packs ``model.tar.gz``,
-unpacks it as an endpoint does, and predicts a test image through ``inference.py``'s handlers.
+A synthetic dataset (or ``--data``) is dropped into the local bucket; from there the same handlers
+as in Lambda take over: validation, tuning, the final training job, deployment. Then a few test
+images are POSTed to ``/predict`` and the run is summarised.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import json
 import random
-import shutil
-import sys
-import tarfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
-from types import ModuleType
 from typing import Callable
 
-from droptrain.container import JobPaths, failure_reason, package_model, run_training
 from droptrain.synthetic import make_dataset
 
-DEMO_HYPERPARAMETERS = {
-    # Small and fast on two CPU cores; no ImageNet weights, which cannot be downloaded everywhere.
-    "arch": "resnet18",
-    "weights": "none",
-    "train-mode": "full",
-    "image-size": "64",
-    "epochs": "4",
-    "batch-size": "16",
-    "lr": "0.002",
-    "optimizer": "adamw",
-    "weight-decay": "0.0001",
-}
+FINAL_EVENTS = ("deployment.completed", "deployment.failed", "dataset.rejected", "tuning.failed",
+                "training.failed", "pipeline.failed")
 
 
 class DemoError(Exception):
     pass
 
 
-def load_inference_module(code_dir: Path) -> ModuleType:
-    """Import ``inference.py`` from an unpacked model's ``code/``, as the inference container does.
-
-    The model's own ``trainlib`` is what it imports; the caller's import state is restored after,
-    so loading a model never swaps modules under the rest of the process.
-    """
-    def ours(name: str) -> bool:
-        return name == "trainlib" or name.startswith("trainlib.")
-
-    saved = {name: sys.modules.pop(name) for name in [m for m in sys.modules if ours(m)]}
-    sys.path.insert(0, str(code_dir))
+def post_image(url: str, image: Path, top_k: int = 3, timeout: float = 30) -> tuple[int, dict]:
+    content_type = "image/png" if image.suffix.lower() == ".png" else "image/jpeg"
+    request = urllib.request.Request(f"{url}/predict?top_k={top_k}", data=image.read_bytes(),
+                                     headers={"Content-Type": content_type}, method="POST")
     try:
-        spec = importlib.util.spec_from_file_location(f"droptrain_model_{id(code_dir):x}", code_dir / "inference.py")
-        assert spec and spec.loader
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # dataclasses look their module up while it executes
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(code_dir))
-        for name in [m for m in sys.modules if ours(m)]:
-            del sys.modules[name]
-        sys.modules.update(saved)
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
 
 
-def run_demo(workdir: Path, data: Path | None, hyperparameters: dict[str, str], say: Callable[[str], None] = print) -> dict:
-    started = time.perf_counter()
+class _Progress:
+    """The live view: one line per epoch of each job, labelled with the trial it belongs to."""
+
+    def __init__(self, say: Callable[[str], None]):
+        self.say = say
+        self.started: dict[str, float] = {}
+
+    def __call__(self, job: str, line: str) -> None:
+        if job not in self.started:
+            self.started[job] = time.time()
+            kind = "final training" if job.endswith("-final") else f"trial {job.rsplit('-', 2)[-2]}"
+            self.say(f"  ▶ {kind} {job}")
+        if line.startswith(("epoch=", "test_")):
+            self.say(f"      {line}")
+        elif line.startswith("error:"):
+            self.say(f"      {line}")
+
+
+def run_demo(home: Path, data: Path | None = None, port: int = 0, max_trials: int = 4, timeout: float = 600,
+             env: dict[str, str] | None = None, say: Callable[[str], None] = print) -> dict:
+    from droptrain.local.runtime import LocalRuntime, reset
+
+    started = time.time()
+    phases: dict[str, float] = {}
+    reset(home)
     if data is None:
-        data = workdir / "dataset"
+        data = home.parent / "shapes"
         if data.exists():
+            import shutil
             shutil.rmtree(data)
-        say(f"making a synthetic dataset in {data}")
         summary = make_dataset(data, classes=4, per_class=40, size=64, seed=0)
-        say(f"  {len(summary['classes'])} classes: {', '.join(summary['classes'])}")
-    job = JobPaths(workdir / "jobs" / "demo-final")
-    if job.root.exists():
-        shutil.rmtree(job.root)
-    say(f"training (SageMaker contract, job folder {job.root})")
-    status = run_training(job, {"training": data}, hyperparameters, job_name="demo-final", on_line=lambda l: say("  " + l))
-    if status != 0:
-        raise DemoError(f"training failed: {failure_reason(job, f'exit status {status}')}")
-    archive = package_model(job.model, job.output / "model.tar.gz")
-    say(f"model artifact: {archive}")
+        say(f"synthetic dataset: {len(summary['classes'])} classes ({', '.join(summary['classes'])}), "
+            f"{summary['per_split']} images per class and split, in {data}")
+    phases["dataset"] = time.time() - started
+    runtime = LocalRuntime(home, env={"MAX_TUNING_JOBS": str(max_trials), **(env or {})}, say=say, on_line=_Progress(say))
+    runtime.start(port=port)
+    try:
+        say(f"local stack up: API {runtime.api_url}, bucket {runtime.bucket.root}")
+        key = runtime.upload(data, data.name.replace("_", "-") or "dataset")
+        say(f"uploaded to s3://{runtime.bucket.name}/{key}; the events take it from here")
+        seen = _wait_for(runtime, started, timeout, phases)
+        final = seen[-1]
+        if final != "deployment.completed":
+            note = next(n for n in reversed(runtime.notifications()) if n["message"]["event"] == final)
+            raise DemoError(f"the pipeline stopped at {final}: {note['subject']}")
+        t = time.time()
+        images = sorted((data / "test").rglob("*.jpg")) if (data / "test").is_dir() else sorted(data.rglob("*.jpg"))
+        samples = random.Random(0).sample(images, min(4, len(images)))
+        predictions = []
+        for image in samples:
+            status, body = post_image(runtime.api_url, image)
+            if status != 200:
+                raise DemoError(f"/predict answered {status}: {body}")
+            predictions.append((image, body))
+        phases["first prediction"] = time.time() - t
+        return _summary(runtime, predictions, phases, time.time() - started, say)
+    finally:
+        runtime.stop()
 
-    endpoint_dir = workdir / "endpoint"
-    if endpoint_dir.exists():
-        shutil.rmtree(endpoint_dir)
-    with tarfile.open(archive) as tar:
-        tar.extractall(endpoint_dir, filter="data")
-    inference = load_inference_module(endpoint_dir / "code")
-    model = inference.model_fn(str(endpoint_dir))
-    test_images = sorted((data / "test").rglob("*.jpg")) or sorted(data.rglob("*.jpg"))
-    image = random.Random(0).choice(test_images)
-    body, _ = inference.output_fn(
-        inference.predict_fn(inference.input_fn(image.read_bytes(), "image/jpeg"), model), "application/json; top_k=3"
-    )
-    say(f"prediction for {image.relative_to(data)} (true class {image.parent.name}):")
-    say(f"  {body}")
-    say(f"done in {time.perf_counter() - started:.0f}s")
-    return {"archive": str(archive), "image": str(image), "prediction": body}
+
+def _wait_for(runtime, started: float, timeout: float, phases: dict[str, float]) -> list[str]:
+    marks = {"tuning.started": "upload → tuning", "training.started": "tuning", "deployment.started": "final training",
+             "deployment.completed": "deploy"}
+    last = time.time()
+    while time.time() - started < timeout:
+        seen = [n["message"]["event"] for n in runtime.notifications()]
+        for event, phase in marks.items():
+            if event in seen and phase not in phases:
+                phases[phase] = time.time() - last
+                last = time.time()
+        if any(e in FINAL_EVENTS for e in seen):
+            return seen
+        time.sleep(0.5)
+    raise DemoError(f"no result after {timeout:.0f}s; notifications so far: {seen}")
+
+
+def _summary(runtime, predictions, phases, total, say) -> dict:
+    notes = {n["message"]["event"]: n["message"] for n in runtime.notifications()}
+    tuning = notes["tuning.completed"]["detail"]
+    training = notes["training.completed"]["detail"]
+    correct = sum(body["predictions"][0]["label"] == image.parent.name for image, body in predictions)
+    say("")
+    say("── summary " + "─" * 60)
+    say(f"run                {notes['deployment.completed']['run_id']}")
+    say(f"best trial         {tuning['best_training_job']}  valid:accuracy {tuning['objective']['Value']:.4f}")
+    say(f"best hyperparams   {json.dumps(tuning['best_hyperparameters'])}")
+    metrics = training["metrics"]
+    say(f"final test         accuracy {metrics.get('test:accuracy', float('nan')):.4f}, loss {metrics.get('test:loss', float('nan')):.4f}")
+    say(f"notifications      {len(runtime.notifications())}: {', '.join(notes)}  ({runtime.publisher.path})")
+    say(f"model artifact     {training['model_artifact']}")
+    say(f"evaluation         {training['output']} (evaluation.json, history.json)")
+    say(f"reports            {training['reports']}")
+    say(f"predictions        {correct}/{len(predictions)} test images right:")
+    for image, body in predictions:
+        top = body["predictions"][0]
+        say(f"   {image.parent.name:<26} → {top['label']:<26} {top['probability']:.3f}")
+    say("timings            " + ", ".join(f"{k} {v:.0f}s" for k, v in phases.items()) + f"; total {total:.0f}s")
+    return {"notifications": list(notes), "phases": phases, "total": total, "test_accuracy": metrics.get("test:accuracy"),
+            "predictions": [(str(i), b) for i, b in predictions], "best": tuning}

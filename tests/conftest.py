@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from droptrain.container import JobPaths, package_model, run_training
+from droptrain.container import JobPaths, package_dir, run_training
 from droptrain.synthetic import make_dataset
 from helpers import FAST_HYPERPARAMETERS, TINY
 
@@ -42,5 +42,5 @@ def trained_job(tiny_zip, tmp_path_factory):
     }
     status = run_training(paths, {"training": tiny_zip.parent}, hyperparameters, "pets-1a2b3c4d-final", on_line=lines.append)
     assert status == 0, "\n".join(lines[-30:])
-    archive = package_model(paths.model, paths.output / "model.tar.gz")
+    archive = package_dir(paths.model, paths.output / "model.tar.gz")
     return {"paths": paths, "lines": lines, "archive": archive}

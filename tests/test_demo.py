@@ -1,14 +1,15 @@
-import json
+"""``droptrain demo`` end to end: the real local stack, the real training, the real API."""
 
 from droptrain import cli
 
 
-def test_demo_trains_and_predicts_a_test_image(tmp_path, capsys):
-    assert cli.main(["demo", "--workdir", str(tmp_path), "--epochs", "2"]) == 0
+def test_demo_runs_the_pipeline_and_predicts(tmp_path, capsys):
+    assert cli.main(["demo", "--home", str(tmp_path / "home"), "--trials", "2"]) == 0
     out = capsys.readouterr().out
-    assert (tmp_path / "jobs" / "demo-final" / "output" / "model.tar.gz").is_file()
-    line = next(l for l in out.splitlines() if l.strip().startswith('{"predictions"'))
-    answer = json.loads(line)
-    assert len(answer["predictions"]) == 3
-    classes = {p.name for p in (tmp_path / "dataset" / "train").iterdir()}
-    assert {p["label"] for p in answer["predictions"]} <= classes
+    for event in ("dataset.accepted", "tuning.started", "tuning.completed", "training.started",
+                  "training.completed", "deployment.started", "deployment.completed"):
+        assert event in out
+    assert "── summary" in out and "best hyperparams" in out
+    classes = {p.name for p in (tmp_path / "shapes" / "train").iterdir()}
+    predicted = [line.split("→")[1].split()[0] for line in out.splitlines() if "→" in line]
+    assert len(predicted) == 4 and set(predicted) <= classes

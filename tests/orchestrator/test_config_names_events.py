@@ -25,6 +25,7 @@ def test_missing_variable_is_named(variable):
     ("TUNING_STRATEGY", "Genetic"), ("MAX_TUNING_JOBS", "eight"), ("MAX_PARALLEL_JOBS", "0"), ("USE_SPOT", "maybe"),
     ("NOTIFY_TOPIC_ARN", "droptrain-dev"), ("INFERENCE_INSTANCE_TYPE", "m5.large"), ("DATASET_PREFIX", "datasets"),
     ("SOURCE_DIR_S3_URI", "/tmp/src.tar.gz"), ("MANAGED_DEBUGGER", "true"), ("STATIC_HYPERPARAMETERS", "[1]"),
+    ("TUNING_RANGES", '{"lr": [0.1, 0.01]}'), ("TUNING_RANGES", '{"momentum": [0.1, 0.9]}'), ("TUNING_RANGES", '{"epochs": [2.5, 4]}'),
 ])
 def test_malformed_variable_is_named(variable, value):
     with pytest.raises(config_module.ConfigError, match=variable):

@@ -45,9 +45,9 @@ def test_tuning_request_is_valid_for_every_strategy(strategy, spot):
         assert "Values" in ranges["batch-size"]
         assert job["ResourceLimits"] == {"MaxNumberOfTrainingJobs": 8, "MaxParallelTrainingJobs": 2}
     if strategy == "Hyperband":
-        assert job["StrategyConfig"]["HyperbandStrategyConfig"] == {"MinResource": 1, "MaxResource": requests.MAX_EPOCHS}
+        assert job["StrategyConfig"]["HyperbandStrategyConfig"] == {"MinResource": 1, "MaxResource": 10}
         assert "epochs" not in ranges, "Hyperband's resource is the epoch, so epochs is not tuned"
-        assert request["TrainingJobDefinition"]["StaticHyperParameters"]["epochs"] == str(requests.MAX_EPOCHS)
+        assert request["TrainingJobDefinition"]["StaticHyperParameters"]["epochs"] == "10"
     elif strategy != "Grid":
         assert ranges["epochs"]["ScalingType"] == "Linear"
     definition = request["TrainingJobDefinition"]
@@ -61,6 +61,21 @@ def test_tuning_request_is_valid_for_every_strategy(strategy, spot):
     assert ("MaxWaitTimeInSeconds" in definition["StoppingCondition"]) is spot
     assert {t["Key"]: t["Value"] for t in request["Tags"]} == {
         "droptrain:run-id": run, "droptrain:dataset": DATASET.uri, "droptrain:role": "tuning"}
+
+
+def test_tuning_ranges_are_configurable():
+    config = make_config(TUNING_RANGES='{"lr": [0.001, 0.02], "epochs": [3, 8], "batch-size": [16, 32]}')
+    request = requests.tuning_job_request(config, "pets-12345678", DATASET)
+    validate("sagemaker", "CreateHyperParameterTuningJob", request)
+    ranges = {r["Name"]: r for rs in request["HyperParameterTuningJobConfig"]["ParameterRanges"].values() for r in rs}
+    assert (ranges["lr"]["MinValue"], ranges["lr"]["MaxValue"]) == ("0.001", "0.02")
+    assert (ranges["epochs"]["MinValue"], ranges["epochs"]["MaxValue"]) == ("3", "8")
+    assert ranges["batch-size"]["Values"] == ["16", "32"]
+    assert (ranges["weight-decay"]["MinValue"], ranges["weight-decay"]["MaxValue"]) == ("1e-06", "0.01"), "defaults kept"
+    grid = requests.tuning_job_request(make_config(TUNING_STRATEGY="Grid", TUNING_RANGES='{"lr": [0.001, 0.1]}'), "pets-12345678", DATASET)
+    validate("sagemaker", "CreateHyperParameterTuningJob", grid)
+    lr = grid["HyperParameterTuningJobConfig"]["ParameterRanges"]["CategoricalParameterRanges"][0]
+    assert lr == {"Name": "lr", "Values": ["0.001", "0.01", "0.1"]}
 
 
 def test_metric_definitions_match_train_py_lines(trained_job):

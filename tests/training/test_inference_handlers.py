@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from helpers import extract, png_bytes
-from droptrain.demo import load_inference_module
+from droptrain.container import load_inference_module
 
 
 @pytest.fixture(scope="module")

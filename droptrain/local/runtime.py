@@ -1,0 +1,260 @@
+"""The local runtime: bucket, SageMaker, endpoints, event bus, notifications and the REST API on
+one machine, driving the same Chalice handlers and ``chalice_app`` code as Lambda.
+
+``chalice_app.bootstrap.build`` asks ``active()`` for the local services when the environment says
+``DROPTRAIN_RUNTIME=local``; nothing in ``chalice_app`` knows more about it than that.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+from chalice_app import config as config_module
+from chalice_app.notifications import Notifier
+from chalice_app.pipeline import Services
+from droptrain.local import sagemaker as local_sagemaker
+from droptrain.local.bucket import LocalBucket
+from droptrain.local.bus import LocalEventBus, routes_of
+from droptrain.local.endpoint import LocalEndpoints, LocalRuntimeClient
+from droptrain.local.notify import LocalPublisher, read
+from droptrain.local.store import Store
+
+log = logging.getLogger(__name__)
+BUCKET = "droptrain-local"
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
+# Local runs train small models on the CPU: these override the cloud defaults (ResNet-50 on ImageNet weights).
+LOCAL_HYPERPARAMETERS = '{"arch": "resnet18", "weights": "none", "train-mode": "full", "image-size": "64", "optimizer": "adamw"}'
+# ...and ranges for training from scratch on small images: ImageNet fine-tuning wants lr down to 1e-5.
+LOCAL_TUNING_RANGES = '{"lr": [0.001, 0.02], "weight-decay": [0.00001, 0.001], "epochs": [3, 8], "batch-size": [16, 32]}'
+_active: "LocalRuntime | None" = None
+
+
+class LocalRuntimeError(Exception):
+    pass
+
+
+def active() -> "LocalRuntime":
+    if _active is None:
+        raise LocalRuntimeError("DROPTRAIN_RUNTIME=local, but no local runtime is running in this process")
+    return _active
+
+
+def local_environment(overrides: dict[str, str] | None = None) -> dict[str, str]:
+    """The stage variables of the local runtime (the same names as a Chalice stage's)."""
+    env = {
+        "DROPTRAIN_RUNTIME": "local",
+        "DATA_BUCKET": BUCKET,
+        "DATASET_PREFIX": "datasets/",
+        "NOTIFY_TOPIC_ARN": f"arn:aws:sns:local:{local_sagemaker.ACCOUNT}:droptrain-local",
+        "SAGEMAKER_ROLE_ARN": f"arn:aws:iam::{local_sagemaker.ACCOUNT}:role/droptrain-local",
+        "TRAINING_IMAGE_URI": "local/droptrain-training:latest",
+        "INFERENCE_IMAGE_URI": "local/droptrain-inference:latest",
+        "SOURCE_DIR_S3_URI": f"s3://{BUCKET}/code/sourcedir-local.tar.gz",
+        "ENDPOINT_NAME": "droptrain-local",
+        "TRAINING_INSTANCE_TYPE": "ml.m5.large",
+        "INFERENCE_INSTANCE_TYPE": "ml.m5.large",
+        "TUNING_STRATEGY": "Bayesian",
+        "MAX_TUNING_JOBS": "4",
+        "MAX_PARALLEL_JOBS": "1",
+        "STATIC_HYPERPARAMETERS": LOCAL_HYPERPARAMETERS,
+        "TUNING_RANGES": LOCAL_TUNING_RANGES,
+        "AWS_REGION": "local",
+        "POWERTOOLS_LOG_LEVEL": "WARNING",
+        "POWERTOOLS_METRICS_DISABLED": "true",
+        "POWERTOOLS_TRACE_DISABLED": "true",
+    }
+    env.update(overrides or {})
+    return env
+
+
+class LocalRuntime:
+    def __init__(self, home: Path = Path(".droptrain"), env: dict[str, str] | None = None,
+                 say: Callable[[str], None] = print, webhook: str | None = None,
+                 source_dir: Path | None = None, on_line: Callable[[str, str], None] | None = None,
+                 poll_seconds: float = 0.5):
+        self.home = home.resolve()
+        self.env = local_environment(env)
+        self.say = say
+        self.poll_seconds = poll_seconds
+        self.bucket = LocalBucket(self.home / "bucket", BUCKET)
+        self.store = Store(self.home / "state.db")
+        self.publisher = LocalPublisher(self.home / "notifications.jsonl", say, webhook)
+        self.bus: LocalEventBus | None = None
+        self.endpoints = LocalEndpoints(self.store, self.bucket, self.home / "endpoints", self._emit,
+                                        local_sagemaker.arn, local_sagemaker._event, local_sagemaker.now)
+        self.sagemaker = local_sagemaker.LocalSageMaker(self.store, self.bucket, self.home / "jobs", self._emit,
+                                                        self.endpoints, source_dir, on_line or (lambda job, line: None))
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self._server = None
+        self._server_thread: threading.Thread | None = None
+        self.api_url: str | None = None
+
+    # -- what bootstrap asks for --------------------------------------------------------------
+
+    def services(self, config: config_module.Config) -> Services:
+        return Services(
+            config=config,
+            s3=self.bucket,
+            sagemaker=self.sagemaker,
+            runtime=LocalRuntimeClient(self.endpoints),
+            notifier=Notifier(self.publisher, self.bucket, config.notify_topic_arn, config.data_bucket),
+            sleep=time.sleep,
+        )
+
+    def _emit(self, event: dict) -> None:
+        if self.bus is not None:
+            self.bus.put(event)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self, serve_api: bool = True, host: str = "127.0.0.1", port: int = 8000, watch: bool = True) -> "LocalRuntime":
+        global _active
+        if _active is not None and _active is not self:
+            raise LocalRuntimeError("another local runtime is already running in this process")
+        _active = self
+        self._saved_env = {k: os.environ.get(k) for k in self.env}
+        os.environ.update(self.env)
+        # The same Chalice app that Lambda runs, loaded under this environment: its EventBridge
+        # patterns are computed at import from the stage's variables (the local bucket's here).
+        import importlib
+
+        import app as app_module
+        from chalice_app import bootstrap, handlers
+
+        app_module = importlib.reload(app_module)
+
+        handlers.use_services(bootstrap.build(self.env))
+        self.bus = LocalEventBus(routes_of(app_module.app))
+        self.bus.start()
+        self._stop.clear()
+        self.endpoints.start()
+        self.sagemaker.start()
+        if watch:
+            self._watcher = threading.Thread(target=self._watch, daemon=True, name="bucket-watcher")
+            self._watcher.start()
+        if serve_api:
+            self._serve(app_module.app, host, port)
+        return self
+
+    def stop(self) -> None:
+        """Stop cleanly: no new events, jobs ended (they resume on the next start), state saved."""
+        global _active
+        self._stop.set()
+        if self._watcher:
+            self._watcher.join(10)
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server.server_close()
+            self._server = None
+        self.sagemaker.stop()
+        if self.bus:
+            self.bus.stop()
+        self.endpoints.join(5)
+        from chalice_app import handlers
+
+        handlers.use_services(None)
+        for key, value in getattr(self, "_saved_env", {}).items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        if _active is self:
+            _active = None
+
+    def _serve(self, app_obj: Any, host: str, port: int) -> None:
+        from chalice.config import Config
+        from chalice.local import create_local_server
+
+        config = Config.create(chalice_stage="local", app_name="droptrain", project_dir=str(Path.cwd()),
+                               environment_variables=self.env, lambda_timeout=60)
+        self._server = create_local_server(app_obj, config, host, port)
+        self.api_url = f"http://{host}:{self._server.server.server_address[1]}"
+        self._server_thread = threading.Thread(target=self._server.server.serve_forever, daemon=True, name="api")
+        self._server_thread.start()
+
+    # -- the bucket's "Object Created" events --------------------------------------------------
+
+    def _watch(self) -> None:
+        prefix = self.env["DATASET_PREFIX"]
+        while not self._stop.is_set():
+            self.scan(prefix)
+            self._stop.wait(self.poll_seconds)
+
+    def scan(self, prefix: str | None = None) -> int:
+        """Emit "Object Created" for every object under the prefix not seen before (with this ETag),
+        including those written while the runtime was down. Returns how many."""
+        from droptrain.local.bucket import etag
+
+        emitted = 0
+        for key, size in self.bucket.list_objects(BUCKET, prefix or self.env["DATASET_PREFIX"]):
+            if not (key.endswith("/_READY") or key.lower().endswith(ARCHIVE_SUFFIXES)):
+                continue  # only what could start a run; EventBridge would drop the rest anyway
+            path = self.bucket.path(key)
+            stat = path.stat()
+            seen = self.store.get("object", key)
+            if seen and seen.get("mtime_ns") == stat.st_mtime_ns and seen.get("size") == size:
+                continue
+            tag = etag(path)
+            if seen and seen.get("etag") == tag:
+                self.store.update("object", key, mtime_ns=stat.st_mtime_ns, size=size)
+                continue
+            record = {"etag": tag, "mtime_ns": stat.st_mtime_ns, "size": size}
+            if not self.store.insert("object", key, record):
+                self.store.update("object", key, **record)
+            self._emit(object_created(key, size, tag))
+            emitted += 1
+        return emitted
+
+    # -- uploads -------------------------------------------------------------------------------
+
+    def upload(self, source: Path, name: str) -> str:
+        return upload_to_bucket(self.bucket, source, name, self.env["DATASET_PREFIX"])
+
+    def notifications(self) -> list[dict]:
+        return read(self.publisher.path)
+
+
+def object_created(key: str, size: int, tag: str) -> dict:
+    return {
+        "version": "0", "id": str(uuid.uuid4()), "detail-type": "Object Created", "source": "aws.s3",
+        "account": local_sagemaker.ACCOUNT, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "region": "local", "resources": [f"arn:aws:s3:::{BUCKET}"],
+        "detail": {"version": "0", "bucket": {"name": BUCKET},
+                   "object": {"key": key, "size": size, "etag": tag, "sequencer": f"{time.time_ns():020X}"},
+                   "request-id": "local", "requester": local_sagemaker.ACCOUNT, "reason": "PutObject"},
+    }
+
+
+def upload_to_bucket(bucket: LocalBucket, source: Path, name: str, prefix: str = "datasets/") -> str:
+    """A dataset folder (files first, then a fresh ``_READY`` marker) or one archive; returns the key
+    that starts the run."""
+    if not source.exists():
+        raise LocalRuntimeError(f"{source} does not exist")
+    if source.is_file():
+        suffix = next((s for s in sorted(ARCHIVE_SUFFIXES, key=len, reverse=True) if source.name.lower().endswith(s)), None)
+        if suffix is None:
+            raise LocalRuntimeError(f"{source.name} is not a .zip, .tar, .tar.gz or .tgz archive")
+        key = f"{prefix}{name}{suffix}"
+        bucket.put_file(key, source)
+        return key
+    for path in sorted(source.rglob("*")):
+        if path.is_file() and path.name != "_READY":
+            bucket.put_file(f"{prefix}{name}/{path.relative_to(source).as_posix()}", path)
+    key = f"{prefix}{name}/_READY"
+    # New content, new ETag: uploading the same folder again starts a new run (ARCHITECTURE.md).
+    bucket.put(key, f"{time.time_ns()}\n".encode())
+    return key
+
+
+def reset(home: Path) -> None:
+    """Forget every run (the demo starts from a clean slate)."""
+    if home.exists():
+        shutil.rmtree(home)

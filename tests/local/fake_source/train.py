@@ -1,0 +1,53 @@
+"""A stand-in for training/train.py with the same contract and scripted behaviour, so the local
+executor's tests run in seconds: valid_accuracy rises with the epoch and peaks at lr=0.005, a
+learning rate at or above FAIL_AT_LR fails the job through SageMaker's failure file, and the model
+folder receives a copy of a real trained model (FAKE_MODEL_SOURCE) when one is given."""
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+parser = argparse.ArgumentParser()
+for name in ("lr", "weight-decay"):
+    parser.add_argument(f"--{name}", type=float, default=0.001)
+for name in ("epochs", "batch-size"):
+    parser.add_argument(f"--{name}", type=int, default=3)
+parser.add_argument("--checkpoint-dir", type=Path)
+args, _ = parser.parse_known_args()
+
+log = Path(os.environ["FAKE_LOG"]) if os.environ.get("FAKE_LOG") else None
+if log:
+    with log.open("a") as handle:
+        handle.write(json.dumps({"job": os.environ["TRAINING_JOB_NAME"], "start": time.time(), "pid": os.getpid()}) + "\n")
+if args.lr >= float(os.environ.get("FAIL_AT_LR", "1e9")):
+    Path(os.environ["SM_OUTPUT_DIR"]).mkdir(parents=True, exist_ok=True)
+    (Path(os.environ["SM_OUTPUT_DIR"]) / "failure").write_text(f"the training loss became NaN (lr={args.lr})")
+    print("error: the training loss became NaN", file=sys.stderr)
+    sys.exit(1)
+quality = math.exp(-abs(math.log10(args.lr) - math.log10(0.005)))  # 1.0 at lr=0.005
+done = args.checkpoint_dir / "epochs.txt" if args.checkpoint_dir else None
+start = int(done.read_text()) + 1 if done and done.exists() else 1
+if start > 1:
+    print(f"resumed from checkpoint at epoch {start - 1}", flush=True)
+for epoch in range(start, args.epochs + 1):
+    time.sleep(float(os.environ.get("FAKE_EPOCH_SECONDS", "0.05")))
+    accuracy = quality * (1 - 0.5 ** epoch)
+    if done:
+        done.parent.mkdir(parents=True, exist_ok=True)
+        done.write_text(str(epoch))
+    print(f"epoch={epoch} train_loss={1 - accuracy:.4f} valid_loss={1.1 - accuracy:.4f} valid_accuracy={accuracy:.4f}", flush=True)
+print(f"test_loss={1 - quality:.4f} test_accuracy={quality * 0.95:.4f}", flush=True)
+model_dir = Path(os.environ["SM_MODEL_DIR"])
+if os.environ.get("FAKE_MODEL_SOURCE"):
+    shutil.copytree(os.environ["FAKE_MODEL_SOURCE"], model_dir, dirs_exist_ok=True)
+else:
+    (model_dir / "model.json").write_text(json.dumps({"lr": args.lr}))
+Path(os.environ["SM_OUTPUT_DATA_DIR"], "evaluation.json").write_text("{}")
+if log:
+    with log.open("a") as handle:
+        handle.write(json.dumps({"job": os.environ["TRAINING_JOB_NAME"], "end": time.time()}) + "\n")

@@ -1,0 +1,138 @@
+"""The local runtime's parts: EventBridge pattern matching, the bucket, uploads."""
+
+from __future__ import annotations
+
+import tarfile
+import threading
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from droptrain import cli
+from droptrain.local.bucket import LocalBucket, LocalBucketError
+from droptrain.local.bus import LocalEventBus, Route, matches, routes_of
+from droptrain.local.runtime import BUCKET, LocalRuntimeError, object_created, upload_to_bucket
+from droptrain.upload import S3UploadError, upload_to_s3
+from orchestrator.support import event
+
+
+@pytest.mark.parametrize("pattern,event_,expected", [
+    ({"source": ["aws.s3"]}, {"source": "aws.s3"}, True),
+    ({"source": ["aws.s3"]}, {"source": "aws.sagemaker"}, False),
+    ({"detail": {"key": [{"prefix": "datasets/"}]}}, {"detail": {"key": "datasets/a"}}, True),
+    ({"detail": {"key": [{"suffix": ".zip"}]}}, {"detail": {"key": "a.tgz"}}, False),
+    ({"detail": {"key": [{"wildcard": "datasets/*/_READY"}]}}, {"detail": {"key": "datasets/a/b/_READY"}}, True),
+    ({"detail": {"key": [{"wildcard": "datasets/*/_READY"}]}}, {"detail": {"key": "datasets/_READY"}}, False),
+    ({"detail": {"Tags": {"droptrain:role": ["final"]}}}, {"detail": {"Tags": {}}}, False),
+    ({"detail": {"TuningJobArn": [{"exists": False}]}}, {"detail": {}}, True),
+    ({"detail": {"s": [{"anything-but": ["InProgress"]}]}}, {"detail": {"s": "Completed"}}, True),
+    ({"detail": {"s": ["a", "b"]}}, {"detail": {"s": ["c", "b"]}}, True),
+])
+def test_pattern_matching(pattern, event_, expected):
+    assert matches(pattern, event_) is expected
+
+
+def test_routes_are_the_apps_rules(monkeypatch):
+    monkeypatch.setenv("DATA_BUCKET", "droptrain-data-dev")
+    monkeypatch.setenv("ENDPOINT_NAME", "droptrain-dev")
+    import importlib
+
+    import app
+    app = importlib.reload(app)
+    routes = {r.name: r for r in routes_of(app.app)}
+    assert set(routes) == {"on_dataset_uploaded", "on_tuning_job_state_change", "on_training_job_state_change", "on_endpoint_state_change"}
+    samples = {"s3-object-created.json": "on_dataset_uploaded", "tuning-job-completed.json": "on_tuning_job_state_change",
+               "training-job-completed.json": "on_training_job_state_change", "endpoint-in-service.json": "on_endpoint_state_change",
+               "training-job-tuning-child.json": None}
+    for sample, expected in samples.items():
+        matched = [name for name, r in routes.items() if matches(r.pattern, event(sample))]
+        assert matched == ([expected] if expected else []), sample
+
+
+def test_bus_retries_a_failing_handler_like_lambda():
+    calls, sleeps = [], []
+
+    def flaky(evt, context):
+        calls.append(evt["id"])
+        if len(calls) < 3:
+            raise RuntimeError("throttled")
+        return "ok"
+
+    bus = LocalEventBus([Route("h", {"source": ["x"]}, flaky)], sleep=sleeps.append)
+    bus.deliver({"id": "1", "source": "x"})
+    assert calls == ["1", "1", "1"] and sleeps == [1.0, 2.0] and bus.delivered == [("h", "ok")]
+
+
+def test_bucket_semantics(tmp_path):
+    bucket = LocalBucket(tmp_path / "b", BUCKET)
+    etag = bucket.put("datasets/a/_READY", b"")
+    assert etag == "d41d8cd98f00b204e9800998ecf8427e", "S3's ETag of an empty object"
+    assert bucket.head(BUCKET, "datasets/a/_READY") == {"size": 0, "etag": etag}
+    (tmp_path / "b" / "datasets" / "a" / "big.zip.partial").write_bytes(b"half")
+    assert list(bucket.list_objects(BUCKET, "datasets/")) == [("datasets/a/_READY", 0)], "files being written are invisible"
+    wins = []
+    threads = [threading.Thread(target=lambda: wins.append(bucket.put_if_absent(BUCKET, "runs/r/m.json", b"1"))) for _ in range(8)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert wins.count(True) == 1, "one writer wins, as with S3's If-None-Match"
+    with pytest.raises(LocalBucketError):
+        bucket.path("../../etc/passwd")
+    bucket.put("datasets/x.zip", b"0123456789")
+    assert bucket.read_range(BUCKET, "datasets/x.zip", 2, 4) == b"234"
+
+
+def test_upload_folder_writes_the_marker_last(tmp_path, tiny_dataset):
+    bucket = LocalBucket(tmp_path / "b", BUCKET)
+    key = upload_to_bucket(bucket, tiny_dataset, "pets")
+    assert key == "datasets/pets/_READY"
+    first_etag = bucket.head(BUCKET, key)["etag"]
+    marker = bucket.path(key)
+    images = [p for p in bucket.path("datasets/pets").rglob("*.jpg")]
+    assert len(images) == len(list(tiny_dataset.rglob("*.jpg")))
+    assert all(p.stat().st_mtime_ns <= marker.stat().st_mtime_ns for p in images)
+    again = upload_to_bucket(bucket, tiny_dataset, "pets")
+    assert bucket.head(BUCKET, again)["etag"] != first_etag, "a re-upload writes a new marker: a new run"
+
+
+def test_upload_archive_and_errors(tmp_path, tiny_dataset, capsys):
+    archive = tmp_path / "pets.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tiny_dataset, arcname="pets")
+    assert cli.main(["upload", str(archive), "--home", str(tmp_path / "home")]) == 0
+    assert "s3://droptrain-local/datasets/pets.tar.gz" in capsys.readouterr().out
+    assert (tmp_path / "home" / "bucket" / "datasets" / "pets.tar.gz").is_file()
+    notes = tmp_path / "notes.txt"
+    notes.write_text("x")
+    assert cli.main(["upload", str(notes), "--home", str(tmp_path / "home")]) == 1
+    assert "not a .zip" in capsys.readouterr().err
+    assert cli.main(["upload", str(tmp_path / "missing"), "--home", str(tmp_path / "home")]) == 1
+
+
+def test_upload_to_s3(tmp_path, tiny_dataset, monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="droptrain-data-dev")
+        key = upload_to_s3(tiny_dataset, "pets", "s3://droptrain-data-dev", client=s3)
+        assert key == "datasets/pets/_READY"
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket="droptrain-data-dev")["Contents"]]
+        assert len(keys) == len(list(tiny_dataset.rglob("*.jpg"))) + 1
+        with pytest.raises(S3UploadError, match="does not exist|NoSuchBucket"):
+            upload_to_s3(tiny_dataset, "pets", "s3://no-such-bucket", client=s3)
+
+
+def test_watcher_emits_once_per_new_object(tmp_path):
+    from droptrain.local.runtime import LocalRuntime
+
+    runtime = LocalRuntime(tmp_path / "home", say=lambda m: None)
+    emitted = []
+    runtime._emit = emitted.append
+    runtime.bucket.put("datasets/a/train/x/1.jpg", b"x")
+    runtime.bucket.put("datasets/a/_READY", b"1")
+    assert runtime.scan() == 1 and runtime.scan() == 0
+    assert emitted[0]["detail"]["object"]["key"] == "datasets/a/_READY"
+    runtime.bucket.put("datasets/a/_READY", b"2")
+    assert runtime.scan() == 1, "a new marker (new ETag) is a new event"
+    assert object_created("k", 1, "e")["detail-type"] == "Object Created"

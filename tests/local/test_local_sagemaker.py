@@ -1,0 +1,198 @@
+"""The local SageMaker executor, fed the orchestrator's real request dicts (never hand-written ones)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from chalice_app import config as config_module, names, sagemaker_requests as requests
+from chalice_app.events import TrainingJobStateChange, TuningJobStateChange
+from droptrain.local.bucket import LocalBucket
+from droptrain.local.bus import matches
+from droptrain.local.runtime import BUCKET, local_environment
+from droptrain.local.sagemaker import LocalSageMaker
+from droptrain.local.store import Store
+from droptrain.local.endpoint import LocalEndpoints
+from droptrain.local import sagemaker as local_sagemaker
+
+FAKE_SOURCE = Path(__file__).resolve().parent / "fake_source"
+DATASET = names.DatasetRef(BUCKET, "datasets/pets/_READY", "pets", "folder", "datasets/pets/")
+
+
+class Executor:
+    def __init__(self, tmp: Path):
+        self.events: list[dict] = []
+        self.arrived = threading.Condition()
+        self.bucket = LocalBucket(tmp / "bucket", BUCKET)
+        self.bucket.put("datasets/pets/train/a/1.jpg", b"x")
+        self.store = Store(tmp / "state.db")
+        endpoints = LocalEndpoints(self.store, self.bucket, tmp / "endpoints", self.emit, local_sagemaker.arn,
+                                   local_sagemaker._event, local_sagemaker.now)
+        self.sagemaker = LocalSageMaker(self.store, self.bucket, tmp / "jobs", self.emit, endpoints, source_dir=FAKE_SOURCE)
+        self.log = tmp / "fake.log"
+
+    def emit(self, event: dict) -> None:
+        with self.arrived:
+            self.events.append(event)
+            self.arrived.notify_all()
+
+    def wait_for(self, detail_type: str, name: str, timeout: float = 60) -> dict:
+        deadline = time.time() + timeout
+        with self.arrived:
+            while True:
+                for event in self.events:
+                    detail = event["detail"]
+                    if event["detail-type"] == detail_type and name in (detail.get("HyperParameterTuningJobName"), detail.get("TrainingJobName")):
+                        return event
+                if not self.arrived.wait(max(0.0, deadline - time.time())):
+                    raise AssertionError(f"no {detail_type} for {name} in {timeout}s; got {[e['detail-type'] for e in self.events]}")
+
+    def runs(self) -> list[dict]:
+        return [json.loads(line) for line in self.log.read_text().splitlines()] if self.log.exists() else []
+
+
+@pytest.fixture
+def executor(tmp_path, monkeypatch):
+    ex = Executor(tmp_path)
+    monkeypatch.setenv("FAKE_LOG", str(ex.log))
+    yield ex
+    ex.sagemaker.stop()
+
+
+def config(**env) -> config_module.Config:
+    return config_module.load(local_environment({k: str(v) for k, v in env.items()}))
+
+
+def tune(executor: Executor, run: str = "pets-1a2b3c4d", **env) -> tuple[dict, dict]:
+    request = requests.tuning_job_request(config(**env), run, DATASET)
+    assert executor.sagemaker.create_tuning_job(request) is True
+    assert executor.sagemaker.create_tuning_job(request) is False, "a second create is 'already exists'"
+    event = executor.wait_for("SageMaker HyperParameter Tuning Job State Change", run)
+    return event, executor.sagemaker.describe_tuning_job(run)
+
+
+def children(executor: Executor, run: str) -> list[dict]:
+    return [executor.sagemaker.describe_training_job(n) for n, _, r in executor.store.records("training-job") if r.get("TuningJobName") == run]
+
+
+def test_bayesian_tuning_within_its_limits(executor):
+    event, described = tune(executor, MAX_TUNING_JOBS=4, MAX_PARALLEL_JOBS=2)
+    assert described["HyperParameterTuningJobStatus"] == "Completed"
+    trials = children(executor, "pets-1a2b3c4d")
+    assert len(trials) == 4
+    assert all(t["TrainingJobName"].startswith("pets-1a2b3c4d-") for t in trials)
+    # Parallelism: never more than 2 at once, and 2 at once at some point.
+    spans = {}
+    for entry in executor.runs():
+        spans.setdefault(entry["job"], {}).update(entry)
+    overlap = max(sum(1 for s in spans.values() if s["start"] <= t < s.get("end", t + 1)) for t in (s["start"] for s in spans.values()))
+    assert overlap == 2
+    best = described["BestTrainingJob"]
+    objectives = {t["TrainingJobName"]: {m["MetricName"]: m["Value"] for m in t["FinalMetricDataList"]}["valid:accuracy"]
+                  for t in trials if t["TrainingJobStatus"] == "Completed"}
+    assert best["TrainingJobName"] == max(objectives, key=objectives.get)
+    assert best["FinalHyperParameterTuningJobObjectiveMetric"]["Value"] == max(objectives.values())
+    assert set(best["TunedHyperParameters"]) == {"lr", "weight-decay", "epochs", "batch-size"}
+    # What the handlers read: the event parses, carries the run's tags, and matches the app's rule.
+    parsed = TuningJobStateChange.parse(event)
+    assert parsed.status == "Completed" and parsed.tags["droptrain:run-id"] == "pets-1a2b3c4d"
+    import app
+    from chalice_app import patterns
+    assert matches(patterns.tuning_job_state_change({}), event)
+    assert described["TrainingJobStatusCounters"]["Completed"] == 4
+
+
+def test_metric_parsing_uses_the_requests_regexes(executor):
+    tune(executor, MAX_TUNING_JOBS=1)
+    trial = children(executor, "pets-1a2b3c4d")[0]
+    epochs = int(trial["HyperParameters"]["epochs"])
+    metrics = {m["MetricName"]: m["Value"] for m in trial["FinalMetricDataList"]}
+    lr = float(trial["HyperParameters"]["lr"])
+    import math
+    quality = math.exp(-abs(math.log10(lr) - math.log10(0.005)))
+    assert metrics["valid:accuracy"] == pytest.approx(round(quality * (1 - 0.5 ** epochs), 4))
+    assert metrics["test:accuracy"] == pytest.approx(round(quality * 0.95, 4))
+    assert set(metrics) == {"train:loss", "valid:loss", "valid:accuracy", "test:loss", "test:accuracy"}
+    assert trial["HyperParameters"]["_tuning_objective_metric"] == "valid:accuracy"
+    assert trial["TuningJobArn"].endswith("/pets-1a2b3c4d")
+    artifact = trial["ModelArtifacts"]["S3ModelArtifacts"]
+    assert artifact == f"s3://{BUCKET}/runs/pets-1a2b3c4d/tuning/{trial['TrainingJobName']}/output/model.tar.gz"
+    assert executor.bucket.path_of_uri(artifact).is_file()
+    child_event = executor.wait_for("SageMaker Training Job State Change", trial["TrainingJobName"])
+    assert TrainingJobStateChange.parse(child_event).tuning_job_arn, "trials say they belong to a tuning job"
+
+
+def test_random_and_grid(executor):
+    _, random_run = tune(executor, "rand-1a2b3c4d", TUNING_STRATEGY="Random", MAX_TUNING_JOBS=3)
+    assert random_run["HyperParameterTuningJobStatus"] == "Completed" and len(children(executor, "rand-1a2b3c4d")) == 3
+    _, grid = tune(executor, "grid-1a2b3c4d", TUNING_STRATEGY="Grid", MAX_PARALLEL_JOBS=2)
+    trials = children(executor, "grid-1a2b3c4d")
+    combos = {(t["HyperParameters"]["lr"], t["HyperParameters"]["batch-size"]) for t in trials}
+    assert len(trials) == len(combos) == 6, "every grid point once: 3 learning rates × 2 batch sizes"
+
+
+def test_hyperband_stops_weak_trials_early(executor, monkeypatch):
+    monkeypatch.setenv("FAKE_EPOCH_SECONDS", "0.15")
+    _, described = tune(executor, TUNING_STRATEGY="Hyperband", MAX_TUNING_JOBS=8, MAX_PARALLEL_JOBS=2,
+                        TUNING_RANGES='{"lr": [0.00001, 0.1], "epochs": [1, 8]}')
+    trials = children(executor, "pets-1a2b3c4d")
+    assert all(t["HyperParameters"]["epochs"] == "8" for t in trials), "Hyperband's resource is the epoch"
+    stopped = [t for t in trials if t["TrainingJobStatus"] == "Stopped"]
+    assert stopped, "some weak trials are stopped before their last epoch"
+    assert all(len([m for m in t["FinalMetricDataList"]]) and "early" in t["FailureReason"] for t in stopped)
+    assert described["HyperParameterTuningJobStatus"] == "Completed"
+    assert described["TrainingJobStatusCounters"]["Stopped"] == len(stopped)
+
+
+def test_a_failing_trial_does_not_fail_the_tuning_job(executor, monkeypatch):
+    monkeypatch.setenv("FAIL_AT_LR", "0.005")
+    _, described = tune(executor, "mixed-1a2b3c4d", TUNING_STRATEGY="Grid", TUNING_RANGES='{"lr": [0.001, 0.01]}')
+    trials = children(executor, "mixed-1a2b3c4d")
+    failed = [t for t in trials if t["TrainingJobStatus"] == "Failed"]
+    assert failed and all("loss became NaN" in t["FailureReason"] for t in failed)
+    assert described["HyperParameterTuningJobStatus"] == "Completed"
+    assert float(described["BestTrainingJob"]["TunedHyperParameters"]["lr"]) < 0.005
+    assert described["TrainingJobStatusCounters"]["NonRetryableError"] == len(failed)
+
+
+def test_every_trial_failing_fails_the_tuning_job(executor, monkeypatch):
+    monkeypatch.setenv("FAIL_AT_LR", "0")
+    event, described = tune(executor, MAX_TUNING_JOBS=2)
+    assert described["HyperParameterTuningJobStatus"] == "Failed"
+    assert "No training job succeeded" in described["FailureReason"]
+    assert "BestTrainingJob" not in described
+    assert TuningJobStateChange.parse(event).status == "Failed"
+
+
+def test_final_training_job_from_the_real_request(executor):
+    request = requests.final_training_request(config(), "pets-1a2b3c4d", DATASET.uri,
+                                              requests.static_hyperparameters(config()), {"lr": "0.005", "epochs": "2"})
+    assert executor.sagemaker.create_training_job(request) is True
+    event = executor.wait_for("SageMaker Training Job State Change", "pets-1a2b3c4d-final")
+    parsed = TrainingJobStateChange.parse(event)
+    assert parsed.status == "Completed" and parsed.tags["droptrain:role"] == "final" and parsed.tuning_job_arn is None
+    described = executor.sagemaker.describe_training_job("pets-1a2b3c4d-final")
+    assert described["HyperParameters"]["debug-out"] == "/opt/ml/output/data/debug"
+    prefix = f"runs/pets-1a2b3c4d/final/pets-1a2b3c4d-final/output/"
+    assert executor.bucket.path(prefix + "model.tar.gz").is_file() and executor.bucket.path(prefix + "output.tar.gz").is_file()
+    assert executor.sagemaker.list_tags(described["TrainingJobArn"])["droptrain:role"] == "final"
+
+
+def test_a_killed_process_fails_the_job_with_a_reason(executor, monkeypatch):
+    monkeypatch.setenv("FAKE_EPOCH_SECONDS", "5")
+    request = requests.final_training_request(config(), "pets-1a2b3c4d", DATASET.uri, {}, {"epochs": "5"})
+    executor.sagemaker.create_training_job(request)
+    deadline = time.time() + 30
+    while not executor.runs() and time.time() < deadline:
+        time.sleep(0.05)
+    import os
+    import signal
+    os.kill(executor.runs()[0]["pid"], signal.SIGKILL)
+    executor.wait_for("SageMaker Training Job State Change", "pets-1a2b3c4d-final")
+    described = executor.sagemaker.describe_training_job("pets-1a2b3c4d-final")
+    assert described["TrainingJobStatus"] == "Failed"
+    assert described["FailureReason"] == "AlgorithmError: the training process was killed by signal 9"
