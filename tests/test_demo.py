@@ -11,5 +11,5 @@ def test_demo_runs_the_pipeline_and_predicts(tmp_path, capsys):
         assert event in out
     assert "── summary" in out and "best hyperparams" in out
     classes = {p.name for p in (tmp_path / "shapes" / "train").iterdir()}
-    predicted = [line.split("→")[1].split()[0] for line in out.splitlines() if "→" in line]
+    predicted = [line.split("→")[1].split()[0] for line in out.splitlines() if line.startswith("   ") and "→" in line]
     assert len(predicted) == 4 and set(predicted) <= classes

@@ -390,12 +390,13 @@ def test_logs_carry_the_event_id_as_correlation_id(stage, client):
 
     handler = observability.logger().registered_handler
     buffer = io.StringIO()
-    previous = handler.setStream(buffer)
+    # Not setStream: it flushes the previous stream, which may be an earlier test's, now closed.
+    previous, handler.stream = handler.stream, buffer
     try:
         s3_event = stage.upload_folder("pets")
         invoke(client, "on_dataset_uploaded", s3_event)
     finally:
-        handler.setStream(previous)
+        handler.stream = previous
     records = [_json.loads(line) for line in buffer.getvalue().splitlines() if line.startswith("{")]
     outcome = [r for r in records if r.get("message", "").startswith("dataset_uploaded:")]
     assert outcome and outcome[-1]["correlation_id"] == s3_event["id"] and outcome[-1]["service"] == "droptrain"

@@ -1,0 +1,301 @@
+"""Debugger rules evaluated by the job itself over its own smdebug trial.
+
+SageMaker's built-in rules run in rule containers that are closed to new accounts; these are the
+same checks as smdebug ``Rule`` subclasses, with the built-ins' documented default parameters, run
+by smdebug's ``invoke_rule`` over the trial the job's hook wrote. Each yields a verdict::
+
+    {"rule": "VanishingGradient", "status": "NoIssuesFound" | "IssuesFound" | "Error", "step": 12, "message": "..."}
+
+Loss-based rules read the ``losses`` collection (TRAIN and EVAL modes); an epoch is a run of TRAIN
+steps followed by its EVAL steps.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+try:  # smdebug is optional: without it there is no trial to judge
+    from smdebug.core.modes import ModeKeys
+    from smdebug.exceptions import RuleEvaluationConditionMet, SMDebugError
+    from smdebug.rules.rule import Rule
+    from smdebug.rules.rule_invoker import invoke_rule
+    from smdebug.trials import create_trial
+except ImportError:  # pragma: no cover - exercised where smdebug is absent
+    Rule = object  # type: ignore[assignment,misc]
+    create_trial = None
+
+
+@dataclass
+class Verdict:
+    rule: str
+    status: str
+    step: int | None
+    message: str
+
+
+class _DroptrainRule(Rule):
+    """Shared plumbing: the first triggering step's explanation, and loss series by mode."""
+
+    explanation = ""
+
+    def __init__(self, base_trial: Any, **params: Any):
+        super().__init__(base_trial, action_str="")
+        self.params = params
+        self.message = ""
+
+    def _tensors(self, collection: str) -> list[str]:
+        return self.base_trial.tensor_names(collection=collection)
+
+    def _value(self, name: str, step: int) -> np.ndarray | None:
+        tensor = self.base_trial.tensor(name)
+        return tensor.value(step) if step in tensor.steps() else None
+
+    def _mode(self, step: int):
+        return self.base_trial.mode(step)
+
+    def _loss(self, step: int) -> float | None:
+        for name in self._tensors("losses"):
+            value = self._value(name, step)
+            if value is not None:
+                return float(np.mean(value))
+        return None
+
+    def ok_message(self) -> str:
+        return self.explanation
+
+
+class VanishingGradient(_DroptrainRule):
+    """Mean absolute gradient below ``threshold`` (default 1e-7)."""
+
+    explanation = "gradients kept a healthy magnitude"
+
+    def __init__(self, base_trial: Any, threshold: float = 0.0000001):
+        super().__init__(base_trial, threshold=threshold)
+        self.threshold = threshold
+
+    def invoke_at_step(self, step: int) -> bool:
+        for name in self._tensors("gradients"):
+            value = self._value(name, step)
+            if value is not None and value.size and float(np.mean(np.abs(value))) < self.threshold:
+                self.message = (f"the mean absolute gradient of {name} fell to {float(np.mean(np.abs(value))):.2e} "
+                                f"(threshold {self.threshold:g}) at step {step}: learning has stalled")
+                return True
+        return False
+
+
+class ExplodingTensor(_DroptrainRule):
+    """Any saved tensor with NaN or infinite values."""
+
+    explanation = "no tensor held a NaN or an infinite value"
+
+    def __init__(self, base_trial: Any, only_nan: bool = False):
+        super().__init__(base_trial, only_nan=only_nan)
+        self.only_nan = only_nan
+
+    def invoke_at_step(self, step: int) -> bool:
+        for name in self.base_trial.tensor_names():
+            value = self._value(name, step)
+            if value is None or not np.issubdtype(np.asarray(value).dtype, np.floating):
+                continue
+            bad = np.isnan(value) if self.only_nan else ~np.isfinite(value)
+            if bad.any():
+                self.message = f"{name} held {int(bad.sum())} non-finite values at step {step}: lower the learning rate"
+                return True
+        return False
+
+
+def _epochs(rule: _DroptrainRule, up_to: int) -> list[tuple[float, float, int]]:
+    """``(mean train loss, mean validation loss, last step)`` per finished epoch up to ``up_to``."""
+    epochs, train, valid, last = [], [], [], None
+    for step in sorted(s for s in rule.base_trial.steps() if s <= up_to):
+        loss = rule._loss(step)
+        if loss is None:
+            continue
+        if rule._mode(step) == ModeKeys.TRAIN:
+            if valid:
+                epochs.append((float(np.mean(train)), float(np.mean(valid)), last))
+                train, valid = [], []
+            train.append(loss)
+        elif rule._mode(step) == ModeKeys.EVAL and train:
+            valid.append(loss)
+            last = step
+    if train and valid:
+        epochs.append((float(np.mean(train)), float(np.mean(valid)), last))
+    return epochs
+
+
+class Overfit(_DroptrainRule):
+    """Validation loss above training loss by more than ``ratio_threshold`` (0.1) for more than
+    ``patience`` (1) consecutive epochs, from ``start_step`` (0)."""
+
+    explanation = "validation loss stayed close to training loss"
+
+    def __init__(self, base_trial: Any, start_step: int = 0, patience: int = 1, ratio_threshold: float = 0.1):
+        super().__init__(base_trial, start_step=start_step, patience=patience, ratio_threshold=ratio_threshold)
+        self.start_step, self.patience, self.ratio_threshold = start_step, patience, ratio_threshold
+
+    def invoke_at_step(self, step: int) -> bool:
+        if step < self.start_step:
+            return False
+        epochs = [e for e in _epochs(self, step) if e[2] >= self.start_step]
+        if not epochs or epochs[-1][2] != step:
+            return False  # judged once per epoch, at its last validation step
+        streak = 0
+        for train, valid, _ in epochs:
+            streak = streak + 1 if train > 0 and (valid - train) / train > self.ratio_threshold else 0
+        if streak > self.patience:
+            train, valid, _ = epochs[-1]
+            self.message = (f"validation loss {valid:.4f} exceeded training loss {train:.4f} by more than "
+                            f"{self.ratio_threshold:.0%} for {streak} epochs in a row: the model is overfitting; "
+                            "add augmentation or weight decay, or stop earlier")
+            return True
+        return False
+
+
+class Overtraining(_DroptrainRule):
+    """No improvement of at least ``delta`` (0.01) in training loss for ``patience_train`` (5)
+    training steps, or in validation loss for ``patience_validation`` (10) validation steps."""
+
+    explanation = "training and validation losses kept improving"
+
+    def __init__(self, base_trial: Any, patience_train: int = 5, patience_validation: int = 10, delta: float = 0.01):
+        super().__init__(base_trial, patience_train=patience_train, patience_validation=patience_validation, delta=delta)
+        self.patience = {ModeKeys.TRAIN: patience_train, ModeKeys.EVAL: patience_validation}
+        self.delta = delta
+        self.best: dict[Any, float] = {}
+        self.stale: dict[Any, int] = {}
+
+    def invoke_at_step(self, step: int) -> bool:
+        loss = self._loss(step)
+        mode = self._mode(step)
+        if loss is None or mode not in self.patience:
+            return False
+        if mode not in self.best or self.best[mode] - loss >= self.delta:
+            self.best[mode], self.stale[mode] = min(loss, self.best.get(mode, math.inf)), 0
+            return False
+        self.stale[mode] += 1
+        if self.stale[mode] >= self.patience[mode]:
+            which = "training" if mode == ModeKeys.TRAIN else "validation"
+            self.message = (f"{which} loss has not improved by {self.delta} in {self.stale[mode]} steps "
+                            f"(best {self.best[mode]:.4f}): further training is wasted; use fewer epochs")
+            return True
+        return False
+
+
+class PoorWeightInitialization(_DroptrainRule):
+    """In the first ``steps`` (10) steps: ReLU-input variances across layers differ by more than
+    ``threshold`` (10) times, or a gradient's 5th–95th percentile spread is under ``distribution_range`` (0.001)."""
+
+    explanation = "activations and gradients were well spread from the start"
+
+    def __init__(self, base_trial: Any, activation_inputs_regex: str = ".*relu_input", threshold: float = 10.0,
+                 distribution_range: float = 0.001, patience: int = 5, steps: int = 10):
+        super().__init__(base_trial, activation_inputs_regex=activation_inputs_regex, threshold=threshold,
+                         distribution_range=distribution_range, patience=patience, steps=steps)
+        import re
+
+        self.regex = re.compile(activation_inputs_regex, re.IGNORECASE)
+        self.threshold, self.distribution_range, self.steps = threshold, distribution_range, steps
+        self.first_step: int | None = None
+
+    def invoke_at_step(self, step: int) -> bool:
+        if self.first_step is None:
+            self.first_step = step
+        if step - self.first_step >= self.steps or self._mode(step) != ModeKeys.TRAIN:
+            return False
+        variances = {}
+        for name in self.base_trial.tensor_names():
+            if self.regex.match(name):
+                value = self._value(name, step)
+                if value is not None and value.size:
+                    variances[name] = float(np.var(value))
+        if variances:
+            high, low = max(variances.values()), min(variances.values())
+            if high == 0 or (low == 0 or high / low > self.threshold):
+                self.message = (f"ReLU input variances range from {low:.3g} to {high:.3g} across layers at step {step}: "
+                                "poor weight initialisation")
+                return True
+        for name in self._tensors("gradients"):
+            value = self._value(name, step)
+            if value is not None and value.size > 1:
+                spread = float(np.percentile(value, 95) - np.percentile(value, 5))
+                if spread < self.distribution_range:
+                    self.message = (f"the gradients of {name} are nearly all equal (5th–95th percentile spread {spread:.2e}) "
+                                    f"at step {step}: poor weight initialisation (all-zero or constant weights?)")
+                    return True
+        return False
+
+
+class LossNotDecreasing(_DroptrainRule):
+    """The mean training loss over a window of ``num_steps`` (10) saved steps fails to drop by
+    ``diff_percent`` (0.1 %) against the window before, or rises by more than
+    ``increase_threshold_percent`` (5 %)."""
+
+    explanation = "the training loss kept decreasing"
+
+    def __init__(self, base_trial: Any, num_steps: int = 10, diff_percent: float = 0.1, increase_threshold_percent: float = 5):
+        super().__init__(base_trial, num_steps=num_steps, diff_percent=diff_percent,
+                         increase_threshold_percent=increase_threshold_percent)
+        self.num_steps, self.diff_percent, self.increase = num_steps, diff_percent, increase_threshold_percent
+        self.losses: list[float] = []
+
+    def invoke_at_step(self, step: int) -> bool:
+        loss = self._loss(step)
+        if loss is None or self._mode(step) != ModeKeys.TRAIN:
+            return False
+        self.losses.append(loss)
+        n = self.num_steps
+        if len(self.losses) < 2 * n or len(self.losses) % n:
+            return False
+        before, now = float(np.mean(self.losses[-2 * n:-n])), float(np.mean(self.losses[-n:]))
+        change = (before - now) / abs(before) * 100 if before else 0.0
+        if change < self.diff_percent:
+            direction = f"rose by {-change:.1f}%" if change < -self.increase else f"fell only {change:.2f}%"
+            self.message = (f"the training loss {direction} over the last {n} steps (to {now:.4f}) at step {step}: "
+                            "check the learning rate and the labels")
+            return True
+        return False
+
+
+RULES = (VanishingGradient, ExplodingTensor, Overfit, Overtraining, PoorWeightInitialization, LossNotDecreasing)
+
+
+def evaluate(out_dir: Path) -> list[Verdict]:
+    """Every rule over the trial in ``out_dir``: all its steps, or mid-training those written so far."""
+    if create_trial is None:
+        return [Verdict(r.__name__, "Error", None, "smdebug is not installed: no tensors were saved") for r in RULES]
+    try:
+        trial = create_trial(str(out_dir))
+        steps = trial.steps()
+    except (SMDebugError, OSError, ValueError) as exc:
+        return [Verdict(r.__name__, "Error", None, f"the debugger trial could not be read: {exc}") for r in RULES]
+    if not steps:
+        return [Verdict(r.__name__, "Error", None, "the debugger saved no steps") for r in RULES]
+    verdicts = []
+    for rule_class in RULES:
+        rule = rule_class(trial)
+        try:
+            # Step by saved step: invoke_rule waits for every integer step, and steps saved at an
+            # interval leave gaps that a trial still being written would wait on forever.
+            for step in steps:
+                invoke_rule(rule, start_step=step, end_step=step + 1, raise_eval_cond=True)
+            verdicts.append(Verdict(rule_class.__name__, "NoIssuesFound", None, rule.ok_message()))
+        except RuleEvaluationConditionMet as exc:
+            verdicts.append(Verdict(rule_class.__name__, "IssuesFound", int(exc.step), rule.message))
+        except (SMDebugError, ValueError, KeyError, IndexError) as exc:
+            verdicts.append(Verdict(rule_class.__name__, "Error", None, f"{type(exc).__name__}: {exc}"))
+    return verdicts
+
+
+def write(verdicts: list[Verdict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps([asdict(v) for v in verdicts], indent=2) + "\n")
