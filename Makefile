@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test bench package deploy clean
+.PHONY: setup browser demo test bench package deploy clean
 
 setup: $(STAMP)
 
@@ -18,8 +18,15 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(VENV)/bin/droptrain demo
 
+# The report test opens the training report in Debian's headless Chromium (never a downloaded
+# browser); installed here when missing, as root on a Debian machine like CI's.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { echo "installing Debian's chromium for the report test"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
 # pytest exits 5 when it collected no tests; make treats any non-zero exit as a failure.
-test: setup
+test: setup browser
 	$(PY) -m pytest
 
 # Benchmarks are not tests: no timing assertions, results in bench/results/ (README, "Performance").

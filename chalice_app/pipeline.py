@@ -7,10 +7,12 @@ and notifications are sent once per run and kind (``notifications.Notifier``).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from chalice_app import names, sagemaker_requests as requests, validation
+from chalice_app.adapters.errors import NotFoundError
 from chalice_app.adapters.runtime import RuntimeAdapter
 from chalice_app.adapters.s3 import S3Adapter
 from chalice_app.adapters.sagemaker import SageMakerAdapter
@@ -37,6 +39,19 @@ class Services:
 
 def _reports_uri(config: Config, run: str) -> str:
     return f"s3://{config.data_bucket}/runs/{run}/reports/"
+
+
+def rule_verdicts(svc: Services, run: str) -> list[dict] | None:
+    """The final job's debugger verdicts (``runs/<run-id>/reports/rules.json``), if it wrote them."""
+    try:
+        data = svc.s3.get(svc.config.data_bucket, f"runs/{run}/reports/rules.json")
+    except NotFoundError:
+        return None
+    try:
+        verdicts = json.loads(data)
+        return [v for v in verdicts if isinstance(v, dict) and {"rule", "status"} <= set(v)]
+    except (ValueError, TypeError):
+        return None
 
 
 def _dataset_of(description: dict[str, Any]) -> str | None:
@@ -168,18 +183,26 @@ def training_changed(svc: Services, event: TrainingJobStateChange) -> str:
         return f"training {event.status.lower()}"
     model_data = description["ModelArtifacts"]["S3ModelArtifacts"]
     accuracy = metrics.get("test:accuracy")
+    verdicts = rule_verdicts(svc, run)
+    issues = [v["rule"] for v in verdicts or [] if v["status"] == "IssuesFound"]
+    blocked = bool(issues) and svc.config.block_on_rule_issues
+    summary = f"final training {event.name} done" + (f": test accuracy {accuracy:.4f}" if accuracy is not None else "")
+    if issues:
+        summary += f"; rule issues: {', '.join(issues)}" + ("; not deployed" if blocked else "")
     svc.notifier.send(Notification(
-        "training.completed", run, dataset_uri, "Completed",
-        f"final training {event.name} done" + (f": test accuracy {accuracy:.4f}" if accuracy is not None else ""),
-        job=event.name,
+        "training.completed", run, dataset_uri, "Completed", summary, job=event.name,
         detail={
             "metrics": metrics, "model_artifact": model_data,
             "output": model_data.rsplit("/", 1)[0] + "/output.tar.gz",
             "reports": _reports_uri(svc.config, run),
+            "report": _reports_uri(svc.config, run) + "report.html" if verdicts is not None else None,
+            "rules": verdicts, "rule_issues": issues, "deployment_blocked": blocked,
             "hyperparameters": {k: v for k, v in description.get("HyperParameters", {}).items() if not k.startswith("sagemaker_")},
             "billable_seconds": description.get("BillableTimeInSeconds"),
         },
     ))
+    if blocked:
+        return f"not deployed: rule issues ({', '.join(issues)}) and BLOCK_ON_RULE_ISSUES=true"
     return deploy(svc, run, dataset_uri, model_data)
 
 

@@ -155,6 +155,8 @@ def final_training_request(
     """The best trial's hyperparameters on top of the tuning job's static ones, with debugging."""
     hyperparameters = {k: v for k, v in static.items() if not k.startswith("_")}
     hyperparameters.update({k: v for k, v in tuned.items() if not k.startswith("_")})
+    # The job writes its rule verdicts and profiling report here (runs/<run-id>/reports/).
+    hyperparameters["reports-uri"] = _s3(config, run, "reports")
     request: dict[str, Any] = {
         "TrainingJobName": names.final_job_name(run),
         "HyperParameters": hyperparameters,

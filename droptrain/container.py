@@ -50,12 +50,23 @@ class JobPaths:
         return self.root / "output" / "failure"
 
 
-def hyperparameter_args(hyperparameters: Mapping[str, str]) -> list[str]:
+def container_path(value: str, paths: JobPaths | None) -> str:
+    """``/opt/ml/...`` in a hyperparameter means the job's own folder, as it does in the container."""
+    if paths is None or not value.startswith("/opt/ml/"):
+        return value
+    for prefix, local in (("/opt/ml/output/data", paths.output_data), ("/opt/ml/output", paths.output),
+                          ("/opt/ml/model", paths.model), ("/opt/ml/checkpoints", paths.checkpoints)):
+        if value == prefix or value.startswith(prefix + "/"):
+            return str(local) + value[len(prefix):]
+    return str(paths.root) + value[len("/opt/ml"):]
+
+
+def hyperparameter_args(hyperparameters: Mapping[str, str], paths: JobPaths | None = None) -> list[str]:
     args: list[str] = []
     for name, value in hyperparameters.items():
         if name.startswith("sagemaker_"):
             continue
-        args += [f"--{name}", str(value)]
+        args += [f"--{name}", container_path(str(value), paths)]
     return args
 
 
@@ -69,6 +80,8 @@ def container_env(paths: JobPaths, channels: Mapping[str, Path], job_name: str, 
         "SM_CHANNELS": ",".join(channels),
         "TRAINING_JOB_NAME": job_name,
         "PYTHONUNBUFFERED": "1",
+        # Not on SageMaker: the job leaves uploads to whoever runs it (the local executor).
+        "DROPTRAIN_LOCAL": "1",
     })
     for name, path in channels.items():
         env[f"SM_CHANNEL_{name.upper()}"] = str(path)
@@ -92,7 +105,7 @@ def start_training(
         folder.mkdir(parents=True, exist_ok=True)
     source = (source_dir or TRAINING_DIR).resolve()
     return subprocess.Popen(
-        [sys.executable, str(source / entry_point), *hyperparameter_args(hyperparameters),
+        [sys.executable, str(source / entry_point), *hyperparameter_args(hyperparameters, paths),
          "--checkpoint-dir", str(paths.checkpoints)],
         cwd=source,
         env=container_env(paths, channels, job_name),

@@ -127,7 +127,10 @@ def _summary(runtime, predictions, phases, total, say) -> dict:
     say(f"notifications      {len(runtime.notifications())}: {', '.join(notes)}  ({runtime.publisher.path})")
     say(f"model artifact     {training['model_artifact']}")
     say(f"evaluation         {training['output']} (evaluation.json, history.json)")
-    say(f"reports            {training['reports']}")
+    verdicts = training.get("rules") or []
+    issues = [v["rule"] for v in verdicts if v["status"] == "IssuesFound"]
+    say(f"debugger rules     {len(verdicts)} evaluated, " + (f"issues: {', '.join(issues)}" if issues else "no issues"))
+    say(f"report             {training.get('report') or training['reports']}")
     say(f"predictions        {correct}/{len(predictions)} test images right:")
     for image, body in predictions:
         top = body["predictions"][0]

@@ -24,7 +24,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable
@@ -33,7 +33,7 @@ import torch
 import torchvision
 from torch import nn
 
-from trainlib import artifact, checkpoints
+from trainlib import artifact, checkpoints, profiling, report, rules
 from trainlib.archives import DEFAULT_MAX_BYTES
 from trainlib.datasets import Splits, discover, resolve_dataset_root
 from trainlib.debugging import create_hook
@@ -118,6 +118,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     out.add_argument("--no-checkpoints", action="store_true", help="write no checkpoints and resume from none")
     out.add_argument("--debug-out", type=Path, default=None, help="save smdebug tensors here (SageMaker's DebugHookConfig also turns the hook on)")
     out.add_argument("--run-id", type=_text, default=_default_run_id(), help="run id recorded in model.json (default: the job name without -final)")
+    out.add_argument("--profile", type=_text, default="auto", choices=["auto", "on", "off"], help="system metrics, step-time breakdown, torch.profiler window and the HTML report; auto = with the debugger hook")
+    out.add_argument("--stop-on-rule-issues", type=_text, default="false", choices=["true", "false"], help="evaluate the debugger rules after every epoch and stop the job at the first issue")
+    out.add_argument("--reports-uri", type=_text, default=None, help="s3:// prefix to upload the report and rule verdicts to, when running on SageMaker")
 
     dev = p.add_argument_group("device")
     dev.add_argument("--num-gpus", type=_int, default=int(os.environ.get("SM_NUM_GPUS", "-1")), help="GPUs to use; -1 uses all visible (default $SM_NUM_GPUS)")
@@ -252,9 +255,11 @@ def _check_finite(total_loss: torch.Tensor, epoch: int, step: int, lr: float) ->
         )
 
 
-def train_one_epoch(model, criterion, optimizer, batches, device, scaler, hook, epoch, amp, check_every=10) -> EpochStats:
+def train_one_epoch(model, criterion, optimizer, batches, device, scaler, hook, epoch, amp, check_every=10,
+                    timer=profiling.NullTimer()) -> EpochStats:
     model.train()
     hook.set_mode("train")
+    timer.epoch_start()
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = skipped = step = 0
@@ -267,13 +272,16 @@ def train_one_epoch(model, criterion, optimizer, batches, device, scaler, hook, 
         targets = targets.to(device, non_blocking=True)
         if device.type == "cuda" and inputs.dim() == 4:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
+        timer.batch_ready()
         with torch.autocast(device_type=device.type, enabled=amp):
             logits = model(inputs)
             loss = criterion(logits, targets)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
+        timer.compute_done()
         scaler.step(optimizer)
         scaler.update()
+        timer.step_done()
         step += 1
         total_loss += loss.detach().float() * len(targets)
         correct += (logits.argmax(1) == targets).sum()
@@ -353,7 +361,12 @@ def _train(args, device, amp, work_dir) -> dict:
     optimizer = make_optimizer(args, [p for p in trainable.parameters() if p.requires_grad])
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
-    hook = create_hook(trainable, criterion, args.debug_out)
+    steps_per_epoch = math.ceil(len(splits.train) / args.batch_size)
+    hook = create_hook(trainable, criterion, args.debug_out, total_steps=steps_per_epoch * args.epochs)
+    profiled = args.profile == "on" or (args.profile == "auto" and hook.out_dir is not None)
+    report_dir = args.output_data_dir / "reports"
+    timer = profiling.StepTimer(device, trace_dir=args.output_data_dir) if profiled else profiling.NullTimer()
+    sampler = profiling.SystemSampler().start() if profiled else None
 
     ckpt_dir = None if args.no_checkpoints else checkpoints.usable_dir(args.checkpoint_dir)
     fingerprint = checkpoints.fingerprint(
@@ -376,7 +389,18 @@ def _train(args, device, amp, work_dir) -> dict:
     started = time.perf_counter()
     for epoch in range(start_epoch, args.epochs + 1):
         t0 = time.perf_counter()
-        train_stats = train_one_epoch(trainable, criterion, optimizer, data.train_batches(epoch), device, scaler, hook, epoch, amp)
+        try:
+            train_stats = train_one_epoch(trainable, criterion, optimizer, data.train_batches(epoch), device, scaler, hook,
+                                          epoch, amp, timer=timer)
+        except DivergedError:
+            # A diverging job is the one whose rule verdicts matter most: judge what was saved, then fail.
+            timer.close()
+            if sampler is not None:
+                sampler.stop()
+            if hook.out_dir is not None:
+                hook.close()
+                _write_verdicts(hook.out_dir, report_dir)
+            raise
         valid_stats, _, _ = evaluate(trainable, criterion, data.eval_batches["valid"](), device, hook, amp)
         scheduler.step()
         if epoch == start_epoch:
@@ -398,6 +422,8 @@ def _train(args, device, amp, work_dir) -> dict:
             f"valid_accuracy={valid_stats.accuracy:.4f}",
             flush=True,
         )
+        if args.stop_on_rule_issues == "true" and hook.out_dir is not None:
+            _stop_on_rule_issues(hook.out_dir, epoch)
 
     metrics = {}
     if history:
@@ -410,10 +436,18 @@ def _train(args, device, amp, work_dir) -> dict:
         metrics.update({"test_loss": stats.loss, "test_accuracy": stats.accuracy})
     hook.close()
 
-    report = classification_report(targets, predictions, splits.classes)
-    report["split"] = eval_split
-    artifact.write_json(args.output_data_dir / "evaluation.json", report)
+    evaluation = classification_report(targets, predictions, splits.classes)
+    evaluation["split"] = eval_split
+    artifact.write_json(args.output_data_dir / "evaluation.json", evaluation)
     artifact.write_json(args.output_data_dir / "history.json", history)
+    timer.close()
+    if sampler is not None:
+        sampler.stop()
+    verdicts = _write_verdicts(hook.out_dir, report_dir) if hook.out_dir is not None else []
+    if profiled:
+        _write_report(args, report_dir, device, history, evaluation, verdicts, timer, sampler)
+    if args.reports_uri and report_dir.is_dir():
+        upload_reports(report_dir, args.reports_uri)
     artifact.write_model_dir(args.model_dir, model, {
         "run_id": args.run_id,
         "arch": args.arch,
@@ -434,6 +468,54 @@ def _train(args, device, amp, work_dir) -> dict:
         "framework": {"torch": torch.__version__, "torchvision": torchvision.__version__},
     })
     return metrics
+
+
+def _write_verdicts(out_dir: Path, report_dir: Path) -> list[dict]:
+    verdicts = [asdict(v) for v in rules.evaluate(out_dir)]
+    for verdict in verdicts:
+        print(f"rule={verdict['rule']} status={verdict['status']}" + (f" step={verdict['step']}" if verdict["step"] is not None else ""), flush=True)
+    artifact.write_json(report_dir / "rules.json", verdicts)
+    return verdicts
+
+
+def _stop_on_rule_issues(out_dir: Path, epoch: int) -> None:
+    issues = [v for v in rules.evaluate(out_dir) if v.status == "IssuesFound"]
+    if issues:
+        raise TrainingError(f"stopped after epoch {epoch}: debugger rule {issues[0].rule} found an issue: {issues[0].message}")
+
+
+def _write_report(args, report_dir: Path, device, history, evaluation, verdicts, timer, sampler) -> None:
+    breakdown = timer.breakdown()
+    system = sampler.summary()
+    profile = {"device": device.type, "workers": pick_workers(args, device), "breakdown": breakdown,
+               "step_ms": timer.mean_step_ms(), "system": system, "steps": timer.steps, "samples": sampler.samples,
+               "torch_ops": timer.torch_summary}
+    artifact.write_json(report_dir / "profile.json", profile)
+    notes = profiling.findings(breakdown, system, history, verdicts, device.type, profile["workers"], evaluation,
+                               profile["step_ms"])
+    path = report.render(report_dir / "report.html", run_id=args.run_id, history=history, evaluation=evaluation,
+                         verdicts=verdicts, profile=profile, findings=notes)
+    print(f"report={path}", flush=True)
+
+
+def upload_reports(report_dir: Path, uri: str) -> None:
+    """On SageMaker, put the reports where the pipeline and people look for them (runs/<run-id>/reports/).
+    Locally the executor copies them there, as SageMaker copies a job's outputs."""
+    if not os.environ.get("SM_TRAINING_ENV") or os.environ.get("DROPTRAIN_LOCAL"):
+        return
+    try:
+        import boto3
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:
+        log.warning("boto3 is not installed: reports stay in the job's output.tar.gz")
+        return
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    client = boto3.client("s3")
+    for path in sorted(report_dir.iterdir()):
+        try:
+            client.upload_file(str(path), bucket, prefix.rstrip("/") + "/" + path.name)
+        except (BotoCoreError, ClientError) as exc:
+            log.warning("could not upload %s to %s: %s", path.name, uri, exc)
 
 
 def write_failure(message: str) -> None:

@@ -30,6 +30,12 @@ class S3Adapter:
             raise translate(exc, f"reading s3://{bucket}/{key}") from exc
         return {"size": int(response["ContentLength"]), "etag": response.get("ETag", "").strip('"')}
 
+    def get(self, bucket: str, key: str) -> bytes:
+        try:
+            return self._client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except (ClientError, BotoCoreError) as exc:
+            raise translate(exc, f"reading s3://{bucket}/{key}") from exc
+
     def read_range(self, bucket: str, key: str, start: int, end: int) -> bytes:
         """Bytes ``start``..``end`` inclusive."""
         try:

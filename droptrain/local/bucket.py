@@ -73,6 +73,13 @@ class LocalBucket:
             raise NotFoundError(f"s3://{bucket}/{key} does not exist", "NoSuchKey")
         return {"size": path.stat().st_size, "etag": etag(path)}
 
+    def get(self, bucket: str, key: str) -> bytes:
+        self._check(bucket)
+        path = self.path(key)
+        if not path.is_file():
+            raise NotFoundError(f"s3://{bucket}/{key} does not exist", "NoSuchKey")
+        return path.read_bytes()
+
     def read_range(self, bucket: str, key: str, start: int, end: int) -> bytes:
         self._check(bucket)
         with self.path(key).open("rb") as handle:

@@ -228,6 +228,12 @@ class LocalSageMaker:
         model_uri = f"{prefix}/model.tar.gz"
         package_dir(paths.model, self.bucket.path_of_uri(model_uri))
         package_dir(paths.output_data, self.bucket.path_of_uri(f"{prefix}/output.tar.gz"))
+        reports = paths.output_data / "reports"
+        if hyperparameters.get("reports-uri") and reports.is_dir():
+            # What train.py uploads itself on SageMaker (runs/<run-id>/reports/).
+            target = hyperparameters["reports-uri"].rstrip("/")
+            for path in sorted(reports.iterdir()):
+                self.bucket.put_file(self.bucket.key_of(self.bucket.path_of_uri(f"{target}/{path.name}")), path)
         return self._finish_training(name, "Completed", SecondaryStatus="Completed", ModelArtifacts={"S3ModelArtifacts": model_uri})
 
     def _finish_training(self, name: str, status: str, **changes: Any) -> str:

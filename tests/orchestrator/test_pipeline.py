@@ -400,3 +400,26 @@ def test_logs_carry_the_event_id_as_correlation_id(stage, client):
     records = [_json.loads(line) for line in buffer.getvalue().splitlines() if line.startswith("{")]
     outcome = [r for r in records if r.get("message", "").startswith("dataset_uploaded:")]
     assert outcome and outcome[-1]["correlation_id"] == s3_event["id"] and outcome[-1]["service"] == "droptrain"
+
+
+@pytest.mark.parametrize("block", [False, True])
+def test_rule_verdicts_reach_the_notification_and_can_block_deployment(stage, client, block):
+    import json as _json
+
+    stage.services.config = __import__("dataclasses").replace(stage.services.config, block_on_rule_issues=block)
+    _, run = _run_to_tuning(stage, client)
+    _complete_tuning(stage, client, run, f"s3://{BUCKET}/datasets/pets/")
+    stage.notifications()
+    verdicts = [{"rule": "Overfit", "status": "IssuesFound", "step": 15, "message": "validation loss exceeded training loss"},
+                {"rule": "VanishingGradient", "status": "NoIssuesFound", "step": None, "message": "ok"}]
+    stage.put(f"runs/{run}/reports/rules.json", _json.dumps(verdicts).encode())
+    outcome = invoke(client, "on_training_job_state_change", _training_event(run))
+    note = stage.notifications()[0]
+    assert note["event"] == "training.completed"
+    assert note["detail"]["rules"] == verdicts and note["detail"]["rule_issues"] == ["Overfit"]
+    assert note["detail"]["report"] == f"s3://{BUCKET}/runs/{run}/reports/report.html"
+    assert "rule issues: Overfit" in note["subject"]
+    if block:
+        assert outcome.startswith("not deployed") and stage.sagemaker.list_endpoints()["Endpoints"] == []
+    else:
+        assert outcome == "deployment: creating the endpoint"

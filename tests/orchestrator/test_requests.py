@@ -101,6 +101,7 @@ def test_final_training_request(managed):
     hps = request["HyperParameters"]
     assert hps["lr"] == "0.00074" and hps["arch"] == "resnet50" and hps["sagemaker_program"] == "train.py"
     assert "_tuning_objective_metric" not in hps
+    assert hps["reports-uri"] == "s3://droptrain-data-dev/runs/dogs-3f9a1c2e/reports/"
     assert {t["Key"]: t["Value"] for t in request["Tags"]}["droptrain:role"] == "final"
     assert request["AlgorithmSpecification"]["MetricDefinitions"] == requests.METRIC_DEFINITIONS
     if managed:

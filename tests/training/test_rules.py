@@ -89,9 +89,10 @@ def test_overfit(tmp_path):
 
 def test_overtraining(tmp_path):
     flat = epochs([0.5] * 4, [0.6] * 4, per_epoch=1)
-    steps = [(m, {**t, "loss_output_0": 0.5 if m == "train" else 0.6}) for m, t in epochs([0.5] * 8, [0.6] * 8, per_epoch=1)]
+    # Twelve training steps at one loss: the second window of five has not improved on the first.
+    steps = [(m, {**t, "loss_output_0": 0.5 if m == "train" else 0.6}) for m, t in epochs([0.5] * 6, [0.6] * 6, per_epoch=2)]
     v = verdict(write_trial(tmp_path, steps), "Overtraining")
-    assert v.status == "IssuesFound" and "not improved" in v.message
+    assert v.status == "IssuesFound" and "stopped improving" in v.message
     assert flat  # fewer than patience_train steps without improvement:
     assert verdict(write_trial(tmp_path / "b", flat), "Overtraining").status == "NoIssuesFound"
 

@@ -162,8 +162,9 @@ class Overfit(_DroptrainRule):
 
 
 class Overtraining(_DroptrainRule):
-    """No improvement of at least ``delta`` (0.01) in training loss for ``patience_train`` (5)
-    training steps, or in validation loss for ``patience_validation`` (10) validation steps."""
+    """Training loss improving by less than ``delta`` (0.01) over ``patience_train`` (5) training
+    steps, or validation loss over ``patience_validation`` (10) validation steps. Losses of single
+    batches are noisy, so each window's mean is compared with the mean of the window before."""
 
     explanation = "training and validation losses kept improving"
 
@@ -171,22 +172,22 @@ class Overtraining(_DroptrainRule):
         super().__init__(base_trial, patience_train=patience_train, patience_validation=patience_validation, delta=delta)
         self.patience = {ModeKeys.TRAIN: patience_train, ModeKeys.EVAL: patience_validation}
         self.delta = delta
-        self.best: dict[Any, float] = {}
-        self.stale: dict[Any, int] = {}
+        self.losses: dict[Any, list[float]] = {ModeKeys.TRAIN: [], ModeKeys.EVAL: []}
 
     def invoke_at_step(self, step: int) -> bool:
         loss = self._loss(step)
         mode = self._mode(step)
         if loss is None or mode not in self.patience:
             return False
-        if mode not in self.best or self.best[mode] - loss >= self.delta:
-            self.best[mode], self.stale[mode] = min(loss, self.best.get(mode, math.inf)), 0
+        losses, n = self.losses[mode], self.patience[mode]
+        losses.append(loss)
+        if len(losses) < 2 * n or len(losses) % n:
             return False
-        self.stale[mode] += 1
-        if self.stale[mode] >= self.patience[mode]:
+        before, now = float(np.mean(losses[-2 * n:-n])), float(np.mean(losses[-n:]))
+        if before - now < self.delta:
             which = "training" if mode == ModeKeys.TRAIN else "validation"
-            self.message = (f"{which} loss has not improved by {self.delta} in {self.stale[mode]} steps "
-                            f"(best {self.best[mode]:.4f}): further training is wasted; use fewer epochs")
+            self.message = (f"{which} loss improved by only {before - now:.4f} (< {self.delta}) over the last {n} steps, "
+                            f"to {now:.4f}: the model has stopped improving; use fewer epochs")
             return True
         return False
 
@@ -273,6 +274,10 @@ def evaluate(out_dir: Path) -> list[Verdict]:
     """Every rule over the trial in ``out_dir``: all its steps, or mid-training those written so far."""
     if create_trial is None:
         return [Verdict(r.__name__, "Error", None, "smdebug is not installed: no tensors were saved") for r in RULES]
+    # smdebug waits for collection files until it sees the training end: never wait on a trial
+    # that has none yet.
+    if not any(Path(out_dir).glob("collections/*/*collections.json")):
+        return [Verdict(r.__name__, "Error", None, f"no debugger data in {out_dir}") for r in RULES]
     try:
         trial = create_trial(str(out_dir))
         steps = trial.steps()

@@ -1,0 +1,141 @@
+"""Training throughput: train.py against the bare model's ceiling and the course projects' approach.
+
+* ceiling: ResNet-18 forward (head mode) or forward+backward+step (full) on tensors already in
+  memory, same batch size and threads.
+* course approach: ImageFolder, PIL decode and transforms every epoch, default DataLoader, a backbone
+  frozen with requires_grad=False but run forward on every image in every epoch; written plainly.
+* ours: train.py on the same images; head mode computes frozen features once (first epoch), then
+  trains the head on them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from common import Row
+
+ROOT = Path(__file__).resolve().parent.parent
+BATCH = 32
+
+
+def _images_per_second(fn, images: int, repeats: int = 3) -> float:
+    fn()  # warm-up
+    best = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        best.append(images / (time.perf_counter() - started))
+    return sorted(best)[len(best) // 2]
+
+
+def ceiling(size: int, mode: str, batches: int = 4) -> float:
+    from torchvision.models import resnet18
+
+    model = resnet18(num_classes=4)
+    data = [torch.randn(BATCH, 3, size, size) for _ in range(batches)]
+    labels = torch.randint(0, 4, (BATCH,))
+    if mode == "head":
+        model.eval()
+
+        def run():
+            with torch.inference_mode():
+                for x in data:
+                    model(x)
+    else:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        loss_fn = nn.CrossEntropyLoss()
+        model.train()
+
+        def run():
+            for x in data:
+                optimizer.zero_grad()
+                loss_fn(model(x), labels).backward()
+                optimizer.step()
+    return _images_per_second(run, BATCH * batches)
+
+
+def course_approach(data: Path, size: int, epochs: int = 2) -> float:
+    """Per-epoch images/s of the common notebook loop: decode and transform every epoch,
+    frozen backbone still run forward on every image."""
+    from torchvision import datasets, models, transforms
+
+    tf = transforms.Compose([transforms.Resize(int(size * 256 / 224)), transforms.CenterCrop(size), transforms.ToTensor(),
+                             transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    dataset = datasets.ImageFolder(str(data / "train"), transform=tf)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=BATCH, shuffle=True)
+    model = models.resnet18(weights=None)
+    for p in model.parameters():
+        p.requires_grad = False
+    model.fc = nn.Linear(model.fc.in_features, len(dataset.classes))
+    optimizer = torch.optim.Adam(model.fc.parameters(), lr=1e-3)
+    loss_fn = nn.CrossEntropyLoss()
+    rates = []
+    for _ in range(epochs):
+        started = time.perf_counter()
+        model.train()
+        for x, y in loader:
+            optimizer.zero_grad()
+            loss_fn(model(x), y).backward()
+            optimizer.step()
+        rates.append(len(dataset) / (time.perf_counter() - started))
+    return sorted(rates)[len(rates) // 2]
+
+
+def ours(data: Path, size: int, mode: str, epochs: int = 3) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = subprocess.run(
+            [sys.executable, str(ROOT / "training" / "train.py"), "--data-dir", str(data), "--model-dir", f"{tmp}/m",
+             "--output-data-dir", f"{tmp}/o", "--no-checkpoints", "--weights", "none", "--train-mode", mode,
+             "--image-size", str(size), "--epochs", str(epochs), "--batch-size", str(BATCH), "--workers", "0"],
+            cwd=ROOT / "training", capture_output=True, text=True, check=True)
+        history = json.loads(Path(tmp, "o", "history.json").read_text())
+    rates = [h["images"] / h["seconds"] for h in history]
+    result = {"later_epochs": sorted(rates[1:])[len(rates[1:]) // 2] if len(rates) > 1 else rates[0], "first_epoch": rates[0]}
+    features = re.search(r"computed frozen features for (\d+) images in ([0-9.]+)s", out.stderr)
+    if features:  # head mode: the backbone's one pass over every image, the part the ceiling bounds
+        result["features"] = int(features.group(1)) / max(float(features.group(2)), 1e-6)
+    return result
+
+
+def run() -> list[Row]:
+    from droptrain.synthetic import make_dataset
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for size, per_class in ((64, 60), (224, 15)):
+            data = Path(tmp) / f"d{size}"
+            make_dataset(data, classes=4, per_class=per_class, size=size, seed=0)
+            head_ceiling = ceiling(size, "head")
+            full_ceiling = ceiling(size, "full")
+            head = ours(data, size, "head")
+            full = ours(data, size, "full", epochs=2)
+            course = course_approach(data, size)
+            rows += [
+                Row(f"head mode, {size} px: frozen features (one pass)", head["features"], head_ceiling,
+                    "bare forward, tensors in memory", "img/s", target=">= 0.8 of ceiling",
+                    note="decode + resize + forward, once per image"),
+                Row(f"head mode, {size} px: epochs after the first", head["later_epochs"], head_ceiling,
+                    "bare forward, tensors in memory", "img/s", target="far above the first"),
+                Row(f"head mode, {size} px: epochs after the first", head["later_epochs"], course,
+                    "course approach, per epoch", "img/s"),
+                Row(f"full mode, {size} px: epochs", full["later_epochs"], full_ceiling,
+                    "bare forward+backward+step", "img/s"),
+            ]
+    return rows
+
+
+if __name__ == "__main__":
+    from common import table, write
+
+    print(table(json.loads(write(run(), "training").read_text())))

@@ -1,0 +1,105 @@
+"""In-job debugging and profiling on real short jobs: verdicts, the report, and the report in a browser."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from droptrain.container import hyperparameter_args
+from helpers import FAST_HYPERPARAMETERS, run_train
+
+HEALTHY = {**FAST_HYPERPARAMETERS, "train-mode": "head", "epochs": "4", "lr": "0.005", "batch-size": "32"}
+
+
+def _job(tiny_dataset, tmp_path, hps, *extra):
+    result = run_train([*hyperparameter_args(hps), "--data-dir", str(tiny_dataset), "--no-checkpoints",
+                        "--model-dir", str(tmp_path / "model"), "--output-data-dir", str(tmp_path / "out"),
+                        "--debug-out", str(tmp_path / "debug"), *extra])
+    rules_file = tmp_path / "out" / "reports" / "rules.json"
+    verdicts = {v["rule"]: v for v in json.loads(rules_file.read_text())} if rules_file.exists() else {}
+    return result, verdicts
+
+
+@pytest.fixture(scope="module")
+def healthy(tiny_dataset, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("healthy")
+    result, verdicts = _job(tiny_dataset, tmp, HEALTHY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return tmp, result, verdicts
+
+
+def test_a_healthy_run_trips_no_rule(healthy):
+    _, result, verdicts = healthy
+    assert len(verdicts) == 6
+    assert {v["status"] for v in verdicts.values()} == {"NoIssuesFound"}, verdicts
+    assert "rule=ExplodingTensor status=NoIssuesFound" in result.stdout
+
+
+def test_a_learning_rate_too_small_trips_loss_not_decreasing(tiny_dataset, tmp_path):
+    # 88 images in batches of 16, 6 epochs: 36 steps, enough for the rule's two 10-step windows.
+    result, verdicts = _job(tiny_dataset, tmp_path, {**HEALTHY, "optimizer": "sgd", "lr": "1e-7", "epochs": "6", "batch-size": "16"})
+    assert result.returncode == 0
+    assert verdicts["LossNotDecreasing"]["status"] == "IssuesFound"
+    assert verdicts["ExplodingTensor"]["status"] == "NoIssuesFound"
+
+
+def test_a_diverging_run_trips_exploding_tensor_and_fails(tiny_dataset, tmp_path):
+    result, verdicts = _job(tiny_dataset, tmp_path, {**HEALTHY, "optimizer": "sgd", "lr": "1e6", "train-mode": "full"})
+    assert result.returncode == 1 and "NaN or infinite" in result.stderr
+    assert verdicts["ExplodingTensor"]["status"] == "IssuesFound", verdicts["ExplodingTensor"]
+
+
+def test_stop_on_rule_issues_ends_a_bad_job_early(tiny_dataset, tmp_path):
+    result, _ = _job(tiny_dataset, tmp_path, {**HEALTHY, "optimizer": "sgd", "lr": "1e-7", "epochs": "8", "batch-size": "16"},
+                     "--stop-on-rule-issues", "true")
+    assert result.returncode == 1
+    assert "debugger rule" in result.stderr and "stopped after epoch" in result.stderr
+    assert "epoch=8 " not in result.stdout
+
+
+def test_profile_and_report(healthy):
+    tmp, result, verdicts = healthy
+    reports = tmp / "out" / "reports"
+    profile = json.loads((reports / "profile.json").read_text())
+    assert sum(profile["breakdown"].values()) == pytest.approx(1.0)
+    assert profile["steps"] and profile["samples"] and profile["torch_ops"]
+    assert {"cpu_percent_mean", "memory_percent_max", "rss_mb_max"} <= set(profile["system"])
+    html = (reports / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 4, "curves, step breakdown, utilisation, confusion matrix"
+    assert "No debugger rule found an issue." in html and "waiting for batches" in html
+    assert "waited on data" not in html, "cached features: no data bottleneck to report"
+    assert (tmp / "out" / "torch-trace.json").is_file()
+
+
+def test_findings_name_a_real_data_bottleneck():
+    from trainlib.profiling import findings
+
+    notes = findings({"data": 0.62, "compute": 0.3, "optimizer": 0.08}, {}, [], [], "cuda", 2, None, step_ms=40.0)
+    assert notes[0].startswith("The GPU waited on data 62% of the time: raise the data loader's worker count (it was 2)")
+
+
+def test_the_report_shows_its_plots_in_chromium(healthy, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "make test installs Debian's chromium (see Makefile)"
+    report = healthy[0] / "out" / "reports" / "report.html"
+    probe = tmp_path / "probe.html"
+    # The report itself, plus a line that counts the images the browser actually decoded and laid out.
+    probe.write_text(report.read_text().replace("</body>", """<script>
+window.addEventListener('load', () => {
+  const shown = [...document.images].filter(i => i.complete && i.naturalWidth > 100 && i.getBoundingClientRect().height > 50);
+  document.body.setAttribute('data-plots-shown', shown.length);
+});</script></body>"""))
+    result = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
+         "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
+         "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
+        capture_output=True, text=True, timeout=120)
+    assert 'data-plots-shown="4"' in result.stdout, result.stderr[-2000:]
+    screenshot = tmp_path / "report.png"
+    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
+                    f"--user-data-dir={tmp_path / 'profile2'}", f"--screenshot={screenshot}", "--window-size=1000,2400",
+                    report.as_uri()], capture_output=True, timeout=120)
+    assert screenshot.stat().st_size > 20_000

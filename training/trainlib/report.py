@@ -1,0 +1,134 @@
+"""The job's debugging and profiling report: one self-contained HTML file (plots embedded as PNG).
+
+Sections: findings in plain words, rule verdicts, training curves, step-time breakdown,
+utilisation over time, the confusion matrix, and the heaviest operators of the profiled window.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+from typing import Any
+
+
+def _figure_png(draw) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+    draw(ax)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _img(png: str, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{png}">'
+
+
+def _curves(history: list[dict]):
+    def draw(ax):
+        epochs = [h["epoch"] for h in history]
+        ax.plot(epochs, [h["train_loss"] for h in history], "o-", label="train loss")
+        ax.plot(epochs, [h["valid_loss"] for h in history], "o-", label="valid loss")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("loss")
+        twin = ax.twinx()
+        twin.plot(epochs, [h["valid_accuracy"] for h in history], "s--", color="tab:green", label="valid accuracy")
+        twin.set_ylim(0, 1)
+        twin.set_ylabel("accuracy")
+        lines = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+        ax.legend(lines, [l.get_label() for l in lines], loc="center right")
+        ax.set_title("Training curves")
+    return draw
+
+
+def _breakdown(steps: list[dict]):
+    def draw(ax):
+        xs = range(len(steps))
+        bottom = [0.0] * len(steps)
+        for key, colour in (("data", "tab:red"), ("compute", "tab:blue"), ("optimizer", "tab:orange")):
+            values = [s[key] * 1000 for s in steps]
+            ax.bar(xs, values, bottom=bottom, color=colour, label=key, width=1.0)
+            bottom = [b + v for b, v in zip(bottom, values)]
+        ax.set_xlabel("step")
+        ax.set_ylabel("ms")
+        ax.legend()
+        ax.set_title("Where each step's time went")
+    return draw
+
+
+def _utilisation(samples: list[dict]):
+    def draw(ax):
+        t = [s["t"] for s in samples]
+        for key, label in (("cpu_percent", "CPU %"), ("memory_percent", "memory %"), ("gpu_percent", "GPU %")):
+            if any(key in s for s in samples):
+                ax.plot(t, [s.get(key, float("nan")) for s in samples], label=label)
+        ax.set_ylim(0, 100)
+        ax.set_xlabel("seconds")
+        ax.legend()
+        ax.set_title("Utilisation over time")
+    return draw
+
+
+def _confusion(evaluation: dict):
+    def draw(ax):
+        matrix = evaluation["confusion_matrix"]
+        classes = evaluation["classes"]
+        ax.imshow(matrix, cmap="Blues")
+        ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(len(classes)), classes, fontsize=7)
+        for i, row in enumerate(matrix):
+            for j, v in enumerate(row):
+                ax.text(j, i, str(v), ha="center", va="center", fontsize=7)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(f"Confusion matrix ({evaluation.get('split', 'test')} split)")
+    return draw
+
+
+def render(path: Path, *, run_id: str, history: list[dict], evaluation: dict | None, verdicts: list[dict],
+           profile: dict[str, Any], findings: list[str]) -> Path:
+    figures = []
+    if history:
+        figures.append(_img(_figure_png(_curves(history)), "training curves"))
+    if profile.get("steps"):
+        figures.append(_img(_figure_png(_breakdown(profile["steps"])), "step time breakdown"))
+    if profile.get("samples"):
+        figures.append(_img(_figure_png(_utilisation(profile["samples"])), "utilisation over time"))
+    if evaluation:
+        figures.append(_img(_figure_png(_confusion(evaluation)), "confusion matrix"))
+    rows = "".join(
+        f"<tr class='{html.escape(v['status'])}'><td>{html.escape(v['rule'])}</td><td>{html.escape(v['status'])}</td>"
+        f"<td>{'' if v['step'] is None else v['step']}</td><td>{html.escape(v['message'])}</td></tr>" for v in verdicts)
+    ops = "".join(f"<tr><td>{html.escape(o['op'])}</td><td>{o['calls']}</td><td>{o['self_ms']:.2f}</td></tr>"
+                  for o in profile.get("torch_ops", []))
+    items = "".join(f"<li>{html.escape(f)}</li>" for f in findings)
+    doc = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>droptrain report: {html.escape(run_id)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 980px; margin: 2em auto; color: #222; }}
+table {{ border-collapse: collapse; width: 100%; margin: 1em 0; }} td, th {{ border: 1px solid #ccc; padding: 4px 8px; text-align: left; }}
+tr.IssuesFound td {{ background: #fde2e1; }} tr.Error td {{ background: #fff4cc; }}
+img {{ display: block; margin: 1em 0; max-width: 100%; }}
+</style></head><body>
+<h1>Training report: {html.escape(run_id)}</h1>
+<p>Device: {html.escape(profile.get('device', '?'))}; {len(history)} epochs; {len(profile.get('steps', []))} profiled steps.</p>
+<h2>Findings</h2><ul id="findings">{items}</ul>
+<h2>Debugger rules</h2>
+<table id="rules"><tr><th>rule</th><th>status</th><th>step</th><th>message</th></tr>{rows}</table>
+<h2>Plots</h2>
+{''.join(figures)}
+<h2>Heaviest operators (torch.profiler window)</h2>
+<table id="ops"><tr><th>operator</th><th>calls</th><th>self time (ms)</th></tr>{ops}</table>
+</body></html>
+"""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(doc)
+    return path
