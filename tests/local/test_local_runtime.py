@@ -44,6 +44,11 @@ def test_dataset_to_predictions_with_the_real_training_code(tiny_dataset, tmp_pa
         run = messages[0]["run_id"]
         assert all(m["run_id"] == run for m in messages)
         assert messages[2]["detail"]["training_jobs"]["Completed"] == 2, "two trials ran"
+        completed = messages[4]["detail"]
+        assert [v["rule"] for v in completed["rules"]] == ["VanishingGradient", "ExplodingTensor", "Overfit", "Overtraining",
+                                                           "PoorWeightInitialization", "LossNotDecreasing"]
+        assert completed["report"] == f"s3://droptrain-local/runs/{run}/reports/report.html"
+        assert runtime.bucket.path_of_uri(completed["report"]).is_file()
         classes = {p.name for p in (tiny_dataset / "train").iterdir()}
         image = sorted((tiny_dataset / "test").rglob("*.jpg"))[0]
         status, body = post_image(runtime.api_url, image, top_k=2)

@@ -388,7 +388,11 @@ def test_logs_carry_the_event_id_as_correlation_id(stage, client):
 
     from chalice_app import observability
 
-    handler = observability.logger().registered_handler
+    logger = observability.logger()
+    # The logger is made once per process; an earlier test may have made it under another level.
+    level = logger.log_level
+    logger.setLevel("INFO")
+    handler = logger.registered_handler
     buffer = io.StringIO()
     # Not setStream: it flushes the previous stream, which may be an earlier test's, now closed.
     previous, handler.stream = handler.stream, buffer
@@ -397,6 +401,7 @@ def test_logs_carry_the_event_id_as_correlation_id(stage, client):
         invoke(client, "on_dataset_uploaded", s3_event)
     finally:
         handler.stream = previous
+        logger.setLevel(level)
     records = [_json.loads(line) for line in buffer.getvalue().splitlines() if line.startswith("{")]
     outcome = [r for r in records if r.get("message", "").startswith("dataset_uploaded:")]
     assert outcome and outcome[-1]["correlation_id"] == s3_event["id"] and outcome[-1]["service"] == "droptrain"
