@@ -255,6 +255,13 @@ def _check_finite(total_loss: torch.Tensor, epoch: int, step: int, lr: float) ->
         )
 
 
+def _to_device(inputs: torch.Tensor, targets: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    inputs = inputs.to(device, non_blocking=True)
+    if device.type == "cuda" and inputs.dim() == 4:
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+    return inputs, targets.to(device, non_blocking=True)
+
+
 def train_one_epoch(model, criterion, optimizer, batches, device, scaler, hook, epoch, amp, check_every=10,
                     timer=profiling.NullTimer()) -> EpochStats:
     model.train()
@@ -268,10 +275,7 @@ def train_one_epoch(model, criterion, optimizer, batches, device, scaler, hook, 
         skipped += n_skipped
         if inputs is None:
             continue
-        inputs = inputs.to(device, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
-        if device.type == "cuda" and inputs.dim() == 4:
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        inputs, targets = _to_device(inputs, targets, device)
         timer.batch_ready()
         with torch.autocast(device_type=device.type, enabled=amp):
             logits = model(inputs)
@@ -306,10 +310,7 @@ def evaluate(model, criterion, batches, device, hook, amp) -> tuple[EpochStats, 
         skipped += n_skipped
         if inputs is None:
             continue
-        inputs = inputs.to(device, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
-        if device.type == "cuda" and inputs.dim() == 4:
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        inputs, targets = _to_device(inputs, targets, device)
         with torch.autocast(device_type=device.type, enabled=amp):
             logits = model(inputs)
             loss = criterion(logits.float(), targets)
