@@ -29,7 +29,7 @@ from typing import Any, Callable, Mapping
 
 import optuna
 
-from chalice_app.adapters.errors import AlreadyExistsError, NotFoundError, ServiceError
+from chalice_app.adapters.errors import NotFoundError, ServiceError
 from droptrain.container import JobPaths, package_dir, start_training
 from droptrain.local.bucket import LocalBucket
 from droptrain.local.store import Store

@@ -12,7 +12,7 @@ from moto import mock_aws
 from droptrain import cli
 from droptrain.local.bucket import LocalBucket, LocalBucketError
 from droptrain.local.bus import LocalEventBus, Route, matches, routes_of
-from droptrain.local.runtime import BUCKET, LocalRuntimeError, object_created, upload_to_bucket
+from droptrain.local.runtime import BUCKET, object_created, upload_to_bucket
 from droptrain.upload import S3UploadError, upload_to_s3
 from orchestrator.support import event
 

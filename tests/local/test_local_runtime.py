@@ -9,7 +9,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import pytest
 
 from droptrain import cli
 from droptrain.demo import post_image

@@ -100,7 +100,6 @@ def test_bayesian_tuning_within_its_limits(executor):
     # What the handlers read: the event parses, carries the run's tags, and matches the app's rule.
     parsed = TuningJobStateChange.parse(event)
     assert parsed.status == "Completed" and parsed.tags["droptrain:run-id"] == "pets-1a2b3c4d"
-    import app
     from chalice_app import patterns
     assert matches(patterns.tuning_job_state_change({}), event)
     assert described["TrainingJobStatusCounters"]["Completed"] == 4
