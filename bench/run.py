@@ -9,9 +9,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_lambda  # noqa: E402
+import bench_training  # noqa: E402
 from common import table, write  # noqa: E402
 
-SUITES = {"lambda": bench_lambda.run}
+SUITES = {"training": bench_training.run, "lambda": bench_lambda.run}
 
 
 def main(names: list[str]) -> None:
