@@ -210,7 +210,7 @@ def make_batches(args: argparse.Namespace, splits: Splits, model: nn.Module, dev
         started = time.perf_counter()
         cached = {name: extract_features(backbone, loader(samples, eval_tf, eval_bs, False), device, amp)
                   for name, samples in {"train": splits.train, **eval_samples}.items() if samples}
-        log.info("computed frozen features for %d images in %.1fs",
+        log.info("computed frozen features for %d images in %.3fs",
                  sum(len(f.targets) for f in cached.values()), time.perf_counter() - started)
         _require_decoded(cached)
         generator = torch.Generator().manual_seed(args.seed)
