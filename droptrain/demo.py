@@ -130,7 +130,8 @@ def _summary(runtime, predictions, phases, total, say) -> dict:
     verdicts = training.get("rules") or []
     issues = [v["rule"] for v in verdicts if v["status"] == "IssuesFound"]
     say(f"debugger rules     {len(verdicts)} evaluated, " + (f"issues: {', '.join(issues)}" if issues else "no issues"))
-    say(f"report             {training.get('report') or training['reports']}")
+    report = training.get("report")
+    say(f"report             {runtime.bucket.path_of_uri(report) if report else training['reports']}  (open it in a browser)")
     say(f"predictions        {correct}/{len(predictions)} test images right:")
     for image, body in predictions:
         top = body["predictions"][0]
