@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
+from chalice_app.names import ARCHIVE_SUFFIXES
 
 
 def dataset_uploaded(env: Mapping[str, str]) -> dict[str, Any]:

@@ -37,10 +37,6 @@ class Services:
     sleep: Callable[[float], None]
 
 
-def _reports_uri(config: Config, run: str) -> str:
-    return f"s3://{config.data_bucket}/runs/{run}/reports/"
-
-
 def rule_verdicts(svc: Services, run: str) -> list[dict] | None:
     """The final job's debugger verdicts (``runs/<run-id>/reports/rules.json``), if it wrote them."""
     try:
@@ -194,8 +190,8 @@ def training_changed(svc: Services, event: TrainingJobStateChange) -> str:
         detail={
             "metrics": metrics, "model_artifact": model_data,
             "output": model_data.rsplit("/", 1)[0] + "/output.tar.gz",
-            "reports": _reports_uri(svc.config, run),
-            "report": _reports_uri(svc.config, run) + "report.html" if verdicts is not None else None,
+            "reports": requests.reports_uri(svc.config, run),
+            "report": requests.reports_uri(svc.config, run) + "report.html" if verdicts is not None else None,
             "rules": verdicts, "rule_issues": issues, "deployment_blocked": blocked,
             "hyperparameters": {k: v for k, v in description.get("HyperParameters", {}).items() if not k.startswith("sagemaker_")},
             "billable_seconds": description.get("BillableTimeInSeconds"),

@@ -64,6 +64,11 @@ def _s3(config: Config, run: str, *parts: str) -> str:
     return f"s3://{config.data_bucket}/runs/{run}/" + "".join(f"{p}/" for p in parts)
 
 
+def reports_uri(config: Config, run: str) -> str:
+    """Where the final job puts its rule verdicts and profiling report."""
+    return _s3(config, run, "reports")
+
+
 def _strategy_config(config: Config) -> dict[str, Any]:
     strategy = config.tuning_strategy
     job_config: dict[str, Any] = {
@@ -156,7 +161,7 @@ def final_training_request(
     hyperparameters = {k: v for k, v in static.items() if not k.startswith("_")}
     hyperparameters.update({k: v for k, v in tuned.items() if not k.startswith("_")})
     # The job writes its rule verdicts and profiling report here (runs/<run-id>/reports/).
-    hyperparameters["reports-uri"] = _s3(config, run, "reports")
+    hyperparameters["reports-uri"] = reports_uri(config, run)
     request: dict[str, Any] = {
         "TrainingJobName": names.final_job_name(run),
         "HyperParameters": hyperparameters,

@@ -62,23 +62,24 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 
 def _cmd_upload(args: argparse.Namespace) -> int:
-    from droptrain.local.runtime import LocalRuntimeError, upload_to_bucket
     from droptrain.local.bucket import LocalBucket
+    from droptrain.local.runtime import upload_to_bucket
+    from droptrain.upload import UploadError
 
     name = args.name or args.path.name.split(".")[0]
     if args.to.startswith("s3://"):
-        from droptrain.upload import S3UploadError, upload_to_s3
+        from droptrain.upload import UploadError, upload_to_s3
 
         try:
             key = upload_to_s3(args.path, name, args.to)
-        except S3UploadError as exc:
+        except UploadError as exc:
             print(f"droptrain upload: {exc}", file=sys.stderr)
             return 1
         print(f"{args.to.rstrip('/')}/{key}")
         return 0
     try:
         key = upload_to_bucket(LocalBucket(args.home.resolve() / "bucket", "droptrain-local"), args.path, name)
-    except LocalRuntimeError as exc:
+    except UploadError as exc:
         print(f"droptrain upload: {exc}", file=sys.stderr)
         return 1
     print(f"s3://droptrain-local/{key} (droptrain up picks it up)")

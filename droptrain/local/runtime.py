@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from chalice_app import config as config_module
+from chalice_app.names import ARCHIVE_SUFFIXES
 from chalice_app.notifications import Notifier
 from chalice_app.pipeline import Services
 from droptrain.local import sagemaker as local_sagemaker
@@ -25,10 +26,10 @@ from droptrain.local.bus import LocalEventBus, routes_of
 from droptrain.local.endpoint import LocalEndpoints, LocalRuntimeClient
 from droptrain.local.notify import LocalPublisher, read
 from droptrain.local.store import Store
+from droptrain.upload import upload_dataset
 
 log = logging.getLogger(__name__)
 BUCKET = "droptrain-local"
-ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
 # Local runs train small models on the CPU: these override the cloud defaults (ResNet-50 on ImageNet weights).
 LOCAL_HYPERPARAMETERS = '{"arch": "resnet18", "weights": "none", "train-mode": "full", "image-size": "64", "optimizer": "adamw"}'
 # ...and ranges for training from scratch on small images: ImageNet fine-tuning wants lr down to 1e-5.
@@ -236,22 +237,7 @@ def object_created(key: str, size: int, tag: str) -> dict:
 def upload_to_bucket(bucket: LocalBucket, source: Path, name: str, prefix: str = "datasets/") -> str:
     """A dataset folder (files first, then a fresh ``_READY`` marker) or one archive; returns the key
     that starts the run."""
-    if not source.exists():
-        raise LocalRuntimeError(f"{source} does not exist")
-    if source.is_file():
-        suffix = next((s for s in sorted(ARCHIVE_SUFFIXES, key=len, reverse=True) if source.name.lower().endswith(s)), None)
-        if suffix is None:
-            raise LocalRuntimeError(f"{source.name} is not a .zip, .tar, .tar.gz or .tgz archive")
-        key = f"{prefix}{name}{suffix}"
-        bucket.put_file(key, source)
-        return key
-    for path in sorted(source.rglob("*")):
-        if path.is_file() and path.name != "_READY":
-            bucket.put_file(f"{prefix}{name}/{path.relative_to(source).as_posix()}", path)
-    key = f"{prefix}{name}/_READY"
-    # New content, new ETag: uploading the same folder again starts a new run (ARCHITECTURE.md).
-    bucket.put(key, f"{time.time_ns()}\n".encode())
-    return key
+    return upload_dataset(source, name, bucket.put_file, bucket.put, prefix)
 
 
 def reset(home: Path) -> None:

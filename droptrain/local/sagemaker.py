@@ -14,8 +14,8 @@ EventBridge state-change events out.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import logging
+import math
 import os
 import re
 import shutil
@@ -156,7 +156,7 @@ class LocalSageMaker:
         record = self.store.get("training-job", name)
         if record is None:
             raise NotFoundError(f"Could not find training job '{arn('training-job', name)}'", "ValidationException")
-        return as_described(record, hidden=("Tags", "TuningJobName", "Trial", "Metrics"))
+        return as_described(record, hidden=("Tags", "TuningJobName", "Trial"))
 
     def _channels(self, name: str, record: Mapping[str, Any]) -> dict[str, Path]:
         channels = {}
@@ -216,7 +216,7 @@ class LocalSageMaker:
             with self._lock:
                 self._processes.pop(name, None)
         final_metrics = [{"MetricName": n, "Value": v[-1], "Timestamp": now()} for n, v in metrics.items() if v]
-        self.store.update("training-job", name, FinalMetricDataList=final_metrics, Metrics=metrics)
+        self.store.update("training-job", name, FinalMetricDataList=final_metrics)
         if self._stopping.is_set() and not pruned:
             return "InProgress"  # the runtime is stopping: the job stays in progress and resumes next start
         if pruned:
@@ -497,8 +497,7 @@ def _distributions(ranges: Mapping[str, Any]) -> dict[str, optuna.distributions.
 
 
 def _grid_size(distributions: Mapping[str, Any]) -> int:
-    sizes = [len(d.choices) for d in distributions.values() if isinstance(d, optuna.distributions.CategoricalDistribution)]
-    return max(1, len(list(itertools.product(*[range(n) for n in sizes]))))
+    return math.prod(len(d.choices) for d in distributions.values() if isinstance(d, optuna.distributions.CategoricalDistribution))
 
 
 def _sampler(config: Mapping[str, Any], distributions: Mapping[str, Any], seed: int) -> optuna.samplers.BaseSampler:

@@ -13,7 +13,7 @@ from droptrain import cli
 from droptrain.local.bucket import LocalBucket, LocalBucketError
 from droptrain.local.bus import LocalEventBus, Route, matches, routes_of
 from droptrain.local.runtime import BUCKET, object_created, upload_to_bucket
-from droptrain.upload import S3UploadError, upload_to_s3
+from droptrain.upload import UploadError, upload_to_s3
 from orchestrator.support import event
 
 
@@ -119,7 +119,7 @@ def test_upload_to_s3(tmp_path, tiny_dataset, monkeypatch):
         assert key == "datasets/pets/_READY"
         keys = [o["Key"] for o in s3.list_objects_v2(Bucket="droptrain-data-dev")["Contents"]]
         assert len(keys) == len(list(tiny_dataset.rglob("*.jpg"))) + 1
-        with pytest.raises(S3UploadError, match="does not exist|NoSuchBucket"):
+        with pytest.raises(UploadError, match="does not exist|NoSuchBucket"):
             upload_to_s3(tiny_dataset, "pets", "s3://no-such-bucket", client=s3)
 
 

@@ -176,7 +176,7 @@ def test_final_training_job_from_the_real_request(executor):
     assert parsed.status == "Completed" and parsed.tags["droptrain:role"] == "final" and parsed.tuning_job_arn is None
     described = executor.sagemaker.describe_training_job("pets-1a2b3c4d-final")
     assert described["HyperParameters"]["debug-out"] == "/opt/ml/output/data/debug"
-    prefix = f"runs/pets-1a2b3c4d/final/pets-1a2b3c4d-final/output/"
+    prefix = "runs/pets-1a2b3c4d/final/pets-1a2b3c4d-final/output/"
     assert executor.bucket.path(prefix + "model.tar.gz").is_file() and executor.bucket.path(prefix + "output.tar.gz").is_file()
     assert executor.sagemaker.list_tags(described["TrainingJobArn"])["droptrain:role"] == "final"
 
