@@ -95,6 +95,7 @@ def start_training(
     job_name: str,
     entry_point: str = "train.py",
     source_dir: Path | None = None,
+    extra_env: Mapping[str, str] | None = None,
 ) -> subprocess.Popen:
     """Start the entry point in its own process group (so a stop can end it and its workers);
     its stdout and stderr are one text stream."""
@@ -108,7 +109,7 @@ def start_training(
         [sys.executable, str(source / entry_point), *hyperparameter_args(hyperparameters, paths),
          "--checkpoint-dir", str(paths.checkpoints)],
         cwd=source,
-        env=container_env(paths, channels, job_name),
+        env={**container_env(paths, channels, job_name), **(extra_env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -33,7 +33,7 @@ import torch
 import torchvision
 from torch import nn
 
-from trainlib import artifact, checkpoints, profiling, report, rules
+from trainlib import artifact, checkpoints, featurecache, profiling, report, rules
 from trainlib.archives import DEFAULT_MAX_BYTES
 from trainlib.datasets import Splits, discover, resolve_dataset_root
 from trainlib.debugging import create_hook
@@ -110,6 +110,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     data.add_argument("--test-fraction", type=_float, default=0.1, help="share of each class carved from train/ when test/ is missing")
     data.add_argument("--max-extract-bytes", type=_int, default=DEFAULT_MAX_BYTES, help="refuse archives whose content is larger than this")
     data.add_argument("--workers", type=_int, default=-1, help="data-loading worker processes; -1 picks for the device")
+    data.add_argument("--feature-cache", type=Path, default=_env_path("DROPTRAIN_FEATURE_CACHE", None), help="head mode: keep the frozen backbone's features in this folder, so that other runs on the same images and backbone (a tuning job's trials) load them instead of computing them (default $DROPTRAIN_FEATURE_CACHE; none: off)")
 
     out = p.add_argument_group("outputs")
     out.add_argument("--model-dir", type=Path, default=_env_path("SM_MODEL_DIR", "model"), help="where the model artifact is written (default $SM_MODEL_DIR)")
@@ -207,11 +208,11 @@ def make_batches(args: argparse.Namespace, splits: Splits, model: nn.Module, dev
     eval_samples = {"valid": splits.valid, "test": splits.test}
     if head_mode and not augment:
         backbone = backbone_of(model)
-        started = time.perf_counter()
-        cached = {name: extract_features(backbone, loader(samples, eval_tf, eval_bs, False), device, amp)
-                  for name, samples in {"train": splits.train, **eval_samples}.items() if samples}
-        log.info("computed frozen features for %d images in %.3fs",
-                 sum(len(f.targets) for f in cached.values()), time.perf_counter() - started)
+
+        def compute(samples):
+            return lambda: extract_features(backbone, loader(samples, eval_tf, eval_bs, False), device, amp)
+
+        cached = frozen_features(args, backbone, {"train": splits.train, **eval_samples}, compute, device)
         _require_decoded(cached)
         generator = torch.Generator().manual_seed(args.seed)
         return Data(
@@ -228,6 +229,35 @@ def make_batches(args: argparse.Namespace, splits: Splits, model: nn.Module, dev
         eval_batches={name: (lambda l=l: l) for name, l in eval_loaders.items()},
         trainable=FrozenBackboneClassifier(model) if head_mode else model,
     )
+
+
+def frozen_features(args, backbone: nn.Module, samples_by_split: dict, compute: Callable, device: torch.device) -> dict[str, FeatureSet]:
+    """Each non-empty split's features: from ``--feature-cache`` when another run computed them, else computed."""
+    cache = featurecache.open_cache(args.feature_cache)
+    digest = featurecache.backbone_digest(backbone) if cache is not None else ""
+    transform = f"eval:{args.image_size}:{resize_size(args.image_size)}:{IMAGENET_MEAN}:{IMAGENET_STD}"
+    started = time.perf_counter()
+    out: dict[str, FeatureSet] = {}
+    computed = loaded = 0
+    for name, samples in samples_by_split.items():
+        if not samples:
+            continue
+        if cache is None:
+            out[name], hit = compute(samples)(), False
+        else:
+            key = featurecache.split_key(digest, transform, samples)
+            out[name], hit = cache.get_or_compute(key, compute(samples), device)
+        if hit:
+            loaded += len(out[name].targets)
+        else:
+            computed += len(out[name].targets)
+    seconds = time.perf_counter() - started
+    # The benchmarks read these two lines.
+    if computed:
+        log.info("computed frozen features for %d images in %.3fs", computed, seconds)
+    if loaded:
+        log.info("loaded frozen features for %d images from the feature cache in %.3fs", loaded, seconds)
+    return out
 
 
 def _require_decoded(cached: dict[str, FeatureSet]) -> None:

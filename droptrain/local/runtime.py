@@ -91,7 +91,8 @@ class LocalRuntime:
         self.endpoints = LocalEndpoints(self.store, self.bucket, self.home / "endpoints", self._emit,
                                         local_sagemaker.arn, local_sagemaker._event, local_sagemaker.now)
         self.sagemaker = local_sagemaker.LocalSageMaker(self.store, self.bucket, self.home / "jobs", self._emit,
-                                                        self.endpoints, source_dir, on_line or (lambda job, line: None))
+                                                        self.endpoints, source_dir, on_line or (lambda job, line: None),
+                                                        feature_cache=self.home / "cache" / "features")
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self._server = None

@@ -80,7 +80,8 @@ def _event(detail_type: str, kind: str, name: str, detail: dict[str, Any]) -> di
 
 class LocalSageMaker:
     def __init__(self, store: Store, bucket: LocalBucket, jobs_root: Path, emit: Emit, endpoints: Any,
-                 source_dir: Path | None = None, on_line: OnLine = lambda job, line: None):
+                 source_dir: Path | None = None, on_line: OnLine = lambda job, line: None,
+                 feature_cache: Path | None = None):
         self.store = store
         self.bucket = bucket
         self.jobs_root = jobs_root
@@ -88,6 +89,9 @@ class LocalSageMaker:
         self.endpoints = endpoints
         self.source_dir = source_dir
         self.on_line = on_line
+        # Shared by every job on this machine: head-mode trials of one tuning job compute the
+        # frozen backbone's features once (train.py --feature-cache).
+        self.job_env = {"DROPTRAIN_FEATURE_CACHE": str(feature_cache)} if feature_cache else {}
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._processes: dict[str, subprocess.Popen] = {}
@@ -194,7 +198,8 @@ class LocalSageMaker:
             return self._finish_training(name, "Failed", FailureReason=str(exc))
         self.store.update("training-job", name, SecondaryStatus="Training", TrainingStartTime=now(), LastModifiedTime=now())
         process = start_training(paths, channels, hyperparameters, name,
-                                 entry_point=hyperparameters.get("sagemaker_program", "train.py"), source_dir=self.source_dir)
+                                 entry_point=hyperparameters.get("sagemaker_program", "train.py"), source_dir=self.source_dir,
+                                 extra_env=self.job_env)
         with self._lock:
             self._processes[name] = process
         tail: list[str] = []

@@ -195,3 +195,33 @@ def test_a_killed_process_fails_the_job_with_a_reason(executor, monkeypatch):
     described = executor.sagemaker.describe_training_job("pets-1a2b3c4d-final")
     assert described["TrainingJobStatus"] == "Failed"
     assert described["FailureReason"] == "AlgorithmError: the training process was killed by signal 9"
+
+
+def test_head_mode_trials_share_frozen_features(tmp_path, tiny_dataset):
+    """The real train.py under the executor: the first trial computes the frozen features, the
+    others load them from the machine's feature cache."""
+    bucket = LocalBucket(tmp_path / "bucket", BUCKET)
+    for path in sorted(tiny_dataset.rglob("*.jpg")):
+        bucket.put_file(f"datasets/pets/{path.relative_to(tiny_dataset)}", path)
+    store = Store(tmp_path / "state.db")
+    lines: dict[str, list[str]] = {}
+    done = threading.Event()
+    sagemaker = LocalSageMaker(store, bucket, tmp_path / "jobs", lambda e: done.set() if "Tuning" in e["detail-type"] else None,
+                               endpoints=None, on_line=lambda job, line: lines.setdefault(job, []).append(line),
+                               feature_cache=tmp_path / "cache")
+    static = '{"arch": "resnet18", "weights": "none", "train-mode": "head", "image-size": "48"}'
+    request = requests.tuning_job_request(
+        config(MAX_TUNING_JOBS=3, STATIC_HYPERPARAMETERS=static, TUNING_RANGES='{"lr": [0.001, 0.01], "epochs": [2, 3]}'),
+        "pets-1a2b3c4d", DATASET)
+    try:
+        sagemaker.create_tuning_job(request)
+        assert done.wait(240), "the tuning job did not finish"
+    finally:
+        sagemaker.stop()
+    trials = sorted(lines)
+    assert len(trials) == 3
+    assert all(sagemaker.describe_training_job(t)["TrainingJobStatus"] == "Completed" for t in trials)
+    n_images = sum(1 for _ in tiny_dataset.rglob("*.jpg"))
+    computed = [t for t in trials if f"computed frozen features for {n_images} images" in "\n".join(lines[t])]
+    loaded = [t for t in trials if f"loaded frozen features for {n_images} images from the feature cache" in "\n".join(lines[t])]
+    assert computed == trials[:1] and loaded == trials[1:], {t: [l for l in lines[t] if "frozen" in l] for t in trials}

@@ -114,3 +114,91 @@ def test_smdebug_absent_means_no_hook(tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", without_smdebug)
     hook = create_hook(nn.Linear(2, 2), nn.CrossEntropyLoss(), tmp_path / "debug")
     assert isinstance(hook, NullHook)
+
+
+def _counting_backbone_model(classes: int, state: dict | None = None):
+    model = models.build_model("resnet18", classes)
+    if state is not None:
+        model.load_state_dict(state)
+    models.freeze_backbone(model)
+    seen: list[int] = []
+    model.conv1.register_forward_hook(lambda m, inp, out: seen.append(inp[0].shape[0]))
+    return model, seen
+
+
+def _features(data):
+    return {name: torch.cat([x for x, _, _ in batches()]) for name, batches in data.eval_batches.items()}
+
+
+def test_feature_cache_lets_a_second_run_skip_the_backbone(tiny_dataset, tmp_path):
+    """What tuning trials rely on: same images and backbone, another run loads instead of computing."""
+    args = _args(tiny_dataset, **{"train-mode": "head", "lr": "0.01"})
+    args.feature_cache = tmp_path / "cache"
+    splits = discover(tiny_dataset)
+    first, seen_first = _counting_backbone_model(len(splits.classes))
+    data_first = train.make_batches(args, splits, first, torch.device("cpu"))
+    assert sum(seen_first) == len(splits.train) + len(splits.valid) + len(splits.test)
+
+    args_other = _args(tiny_dataset, **{"train-mode": "head", "lr": "0.0001", "batch-size": "8"})  # another trial
+    args_other.feature_cache = args.feature_cache
+    second, seen_second = _counting_backbone_model(len(splits.classes), first.state_dict())
+    data_second = train.make_batches(args_other, splits, second, torch.device("cpu"))
+    assert seen_second == [], "the second run never ran the backbone"
+    for name, features in _features(data_first).items():
+        assert torch.equal(features, _features(data_second)[name])
+    assert sum(len(t) for _, t, _ in data_second.train_batches(1)) == len(splits.train)
+
+
+def test_feature_cache_misses_when_images_or_backbone_differ(tiny_dataset, tmp_path):
+    import shutil
+
+    data_dir = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data_dir)
+    args = _args(data_dir, **{"train-mode": "head"})
+    args.feature_cache = tmp_path / "cache"
+    splits = discover(data_dir)
+    model, _ = _counting_backbone_model(len(splits.classes))
+    train.make_batches(args, splits, model, torch.device("cpu"))
+
+    other_weights, seen = _counting_backbone_model(len(splits.classes))  # a fresh random backbone
+    train.make_batches(args, splits, other_weights, torch.device("cpu"))
+    assert sum(seen) == len(splits.train) + len(splits.valid) + len(splits.test)
+
+    # One training image changes: the train split is computed again, valid and test are loaded.
+    changed = splits.train[0][0]
+    changed.write_bytes(splits.train[1][0].read_bytes())
+    same, seen = _counting_backbone_model(len(splits.classes), model.state_dict())
+    train.make_batches(args, discover(data_dir), same, torch.device("cpu"))
+    assert sum(seen) == len(splits.train)
+
+
+def test_a_damaged_cache_entry_is_recomputed(tiny_dataset, tmp_path, caplog):
+    args = _args(tiny_dataset, **{"train-mode": "head"})
+    args.feature_cache = tmp_path / "cache"
+    splits = discover(tiny_dataset)
+    model, _ = _counting_backbone_model(len(splits.classes))
+    expected = _features(train.make_batches(args, splits, model, torch.device("cpu")))
+    entries = sorted(args.feature_cache.glob("*.pt"))
+    assert len(entries) == 3, "one entry per split"
+    for entry in entries:
+        entry.write_bytes(entry.read_bytes()[:100])  # truncated, as by a full disk
+    again, seen = _counting_backbone_model(len(splits.classes), model.state_dict())
+    with caplog.at_level("WARNING"):
+        got = _features(train.make_batches(args, splits, again, torch.device("cpu")))
+    assert sum(seen) == len(splits.train) + len(splits.valid) + len(splits.test)
+    assert "unreadable" in caplog.text
+    for name in expected:
+        assert torch.allclose(expected[name], got[name])
+
+
+def test_an_unwritable_feature_cache_only_turns_caching_off(tiny_dataset, tmp_path, caplog):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    args = _args(tiny_dataset, **{"train-mode": "head"})
+    args.feature_cache = blocker / "cache"
+    splits = discover(tiny_dataset)
+    model, seen = _counting_backbone_model(len(splits.classes))
+    with caplog.at_level("WARNING"):
+        data = train.make_batches(args, splits, model, torch.device("cpu"))
+    assert "feature cache disabled" in caplog.text
+    assert sum(len(t) for _, t, _ in data.train_batches(1)) == len(splits.train)
