@@ -1,8 +1,9 @@
 """SageMaker inference handlers for a droptrain model (the PyTorch inference toolkit's four functions).
 
 ``model_fn`` loads the model once per worker; ``input_fn`` decodes JPEG/PNG bytes (any mode) with
-the same eval transform that training evaluated with; ``predict_fn`` returns class probabilities;
-``output_fn`` answers the ``/predict`` JSON::
+the same eval transform that training evaluated with; ``predict_fn`` returns class probabilities
+(``predict_batch_fn`` does the same for several images in one forward pass, for a server that
+batches concurrent requests); ``output_fn`` answers the ``/predict`` JSON::
 
     {"predictions": [{"label": "Beagle", "probability": 0.93}, ...], "model": "<run-id>"}
 
@@ -131,11 +132,16 @@ class Prediction:
         }
 
 
-@torch.no_grad()
 def predict_fn(image: Image.Image, model: LoadedModel) -> Prediction:
-    batch = model.transform(image).unsqueeze(0).to(model.device)
-    probabilities = torch.softmax(model.model(batch).float(), dim=1)[0].cpu()
-    return Prediction(probabilities, model.classes, model.run_id)
+    return predict_batch_fn([image], model)[0]
+
+
+@torch.no_grad()
+def predict_batch_fn(images: list[Image.Image], model: LoadedModel) -> list[Prediction]:
+    """Several decoded images in one forward pass (a server that batches requests calls this)."""
+    batch = torch.stack([model.transform(image) for image in images]).to(model.device)
+    probabilities = torch.softmax(model.model(batch).float(), dim=1).cpu()
+    return [Prediction(p, model.classes, model.run_id) for p in probabilities]
 
 
 def parse_top_k(value: str | int | None) -> int:

@@ -3,6 +3,11 @@
 A deployment loads the new model completely, then swaps one reference: requests in flight finish
 on the old model, new ones get the new one, none is dropped. A deployment that fails to load
 leaves the old model serving (as SageMaker's rollback does) and records the reason.
+
+Decoding and answering happen in each request's thread; the forward passes go through one
+``DynamicBatcher`` per model, so concurrent requests share batches (``predict_batch_fn`` when the
+model's ``inference.py`` has it, else ``predict_fn`` one image at a time) and never fight over
+the CPU's cores.
 """
 
 from __future__ import annotations
@@ -18,10 +23,14 @@ from typing import Any, Callable
 from chalice_app.adapters.errors import ServiceError
 from chalice_app.adapters.runtime import EndpointNotFoundError, EndpointNotReadyError, ModelError
 from droptrain.container import load_inference_module
+from droptrain.local.batching import DynamicBatcher
 from droptrain.local.bucket import LocalBucket
 from droptrain.local.store import Store
 
 log = logging.getLogger(__name__)
+
+
+MAX_BATCH = 16
 
 
 @dataclass
@@ -29,6 +38,18 @@ class Serving:
     config: str
     module: Any
     model: Any
+    batcher: DynamicBatcher
+
+    @classmethod
+    def of(cls, config: str, module: Any, model: Any) -> "Serving":
+        batch_fn = getattr(module, "predict_batch_fn", None)
+        if batch_fn is not None:
+            def run_batch(items):
+                return batch_fn(list(items), model)
+        else:
+            def run_batch(items):
+                return [module.predict_fn(item, model) for item in items]
+        return cls(config, module, model, DynamicBatcher(run_batch, max_batch=MAX_BATCH, name=f"batcher:{config}"))
 
 
 class LocalEndpoints:
@@ -82,6 +103,12 @@ class LocalEndpoints:
         for thread in self._threads:
             thread.join(timeout)
 
+    def close(self) -> None:
+        """Stop serving (the runtime is stopping): queued requests are answered first."""
+        serving, self._serving = self._serving, {}
+        for item in serving.values():
+            item.batcher.close(5)
+
     def _deploy_async(self, name: str) -> None:
         thread = threading.Thread(target=self._deploy, args=(name,), daemon=True, name=f"deploy:{name}")
         self._threads = [t for t in self._threads if t.is_alive()] + [thread]
@@ -102,7 +129,7 @@ class LocalEndpoints:
         with tarfile.open(archive) as tar:
             tar.extractall(target, filter="data")
         module = load_inference_module(target / "code")
-        return Serving(config_name, module, module.model_fn(str(target)))
+        return Serving.of(config_name, module, module.model_fn(str(target)))
 
     def _deploy(self, name: str) -> None:
         record = self.store.get("endpoint", name)
@@ -121,7 +148,10 @@ class LocalEndpoints:
             if moved:
                 self._announce(name)
             return
+        old = self._serving.get(name)
         self._serving[name] = serving  # the swap: one reference, requests in flight keep the old model
+        if old is not None:
+            old.batcher.close()  # after what is queued on it; a late request runs on it directly
         if self.store.transition("endpoint", name, ("Creating", "Updating"), "InService", EndpointStatus="InService",
                                  EndpointConfigName=config, FailureReason=None, LastModifiedTime=self._now()):
             self._announce(name)
@@ -146,7 +176,7 @@ class LocalEndpoints:
         module = serving.module
         try:
             data = module.input_fn(body, content_type)
-            answer, _ = module.output_fn(module.predict_fn(data, serving.model), accept)
+            answer, _ = module.output_fn(serving.batcher.submit(data), accept)
         except module.InferenceError as exc:
             raise ModelError(str(exc), exc.status) from exc
         return answer.encode()

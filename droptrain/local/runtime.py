@@ -160,6 +160,7 @@ class LocalRuntime:
         if self.bus:
             self.bus.stop()
         self.endpoints.join(5)
+        self.endpoints.close()
         from chalice_app import handlers
 
         handlers.use_services(None)

@@ -4,6 +4,7 @@ import io
 import json
 
 import pytest
+import torch
 from PIL import Image
 
 from helpers import extract, png_bytes
@@ -93,3 +94,14 @@ def test_errors(endpoint):
     with pytest.raises(inference.UnsupportedAcceptError) as info:
         inference.output_fn(prediction, "text/csv")
     assert info.value.status == 406
+
+
+def test_a_batch_answers_as_single_requests_do(endpoint, tiny_dataset):
+    inference, model = endpoint
+    images = [inference.input_fn(p.read_bytes(), "image/jpeg") for p in sorted((tiny_dataset / "test").rglob("*.jpg"))[:6]]
+    batched = inference.predict_batch_fn(images, model)
+    assert len(batched) == len(images)
+    for image, prediction in zip(images, batched):
+        single = inference.predict_fn(image, model)
+        assert prediction.probabilities.shape == single.probabilities.shape == (len(model.classes),)
+        assert torch.allclose(prediction.probabilities, single.probabilities, atol=1e-5)
