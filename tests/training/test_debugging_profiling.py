@@ -38,6 +38,30 @@ def test_a_healthy_run_trips_no_rule(healthy):
     assert "rule=ExplodingTensor status=NoIssuesFound" in result.stdout
 
 
+def test_the_hook_saves_full_tensors_only_where_a_rule_needs_them(healthy):
+    from smdebug.exceptions import TensorUnavailableForStep
+    from smdebug.trials import create_trial
+
+    tmp, _, _ = healthy
+    trial = create_trial(str(tmp / "debug"))
+    names = trial.tensor_names()
+    gradient = trial.tensor(next(n for n in names if n.startswith("gradient/") and n.endswith("weight")))
+    full, reduced = [], []
+    for step in gradient.steps():
+        try:
+            gradient.value(step)
+            full.append(step)
+        except TensorUnavailableForStep:
+            reduced.append(step)
+    assert full == [0, 1, 2], "full gradients in the first three training steps only"
+    assert reduced, "magnitudes at the regular interval after them"
+    assert gradient.reduction_value(reduced[0], "mean", abs=True) > 0
+    weight = trial.tensor(next(n for n in names if not n.startswith("gradient/") and n.endswith("weight")))
+    with pytest.raises(TensorUnavailableForStep):
+        weight.value(weight.steps()[0])
+    assert weight.reduction_value(weight.steps()[-1], "max", abs=True) > 0
+
+
 def test_a_learning_rate_too_small_trips_loss_not_decreasing(tiny_dataset, tmp_path):
     # 88 images in batches of 16, 6 epochs: 36 steps, enough for the rule's two 10-step windows.
     result, verdicts = _job(tiny_dataset, tmp_path, {**HEALTHY, "optimizer": "sgd", "lr": "1e-7", "epochs": "6", "batch-size": "16"})

@@ -3,23 +3,43 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from trainlib import rules
 
 
-def write_trial(out_dir, steps):
-    """``steps``: a list of ``(mode, {tensor name: value})``; losses are named *_output_0, gradients gradient/*."""
+def write_trial(out_dir, steps, reductions_only=False):
+    """``steps``: a list of ``(mode, {tensor name: value})``; losses are named *_output_0, gradients gradient/*.
+    ``reductions_only``: gradients, weights and ReLU inputs saved as the job's hook saves most of
+    them, as a few numbers per tensor (magnitudes, variances) instead of the full tensor."""
     import smdebug.pytorch as smd
 
     class Probe(torch.nn.Module):
         def forward(self, x):
             return x
 
+    class ReducingHook(smd.Hook):
+        """smdebug writes ``save_tensor`` values raw whatever their collection says; the tensors of a
+        registered module go through ``_write_for_tensor``, which honours reduction configs. The
+        crafted tensors take that path here, so they are saved as the job's own are."""
+
+        def _save_custom_tensors_post_step(self):
+            for name, (value, collection) in self.custom_tensors_to_save.items():
+                c = self.collection_manager.get(collection, create=True)
+                c.add_tensor_name(name)
+                self._write_for_tensor(name, value, [c])
+            self.custom_tensors_to_save.clear()
+
     probe = Probe()
-    hook = smd.Hook(out_dir=str(out_dir), save_config=smd.SaveConfig(save_interval=1),
-                    include_collections=["losses", "gradients", "weights", "relu_input"])
+    hook = (ReducingHook if reductions_only else smd.Hook)(
+        out_dir=str(out_dir), save_config=smd.SaveConfig(save_interval=1),
+        include_collections=["losses", "gradients", "weights", "relu_input"])
     hook.get_collection("relu_input").include(".*relu_input")
+    if reductions_only:
+        for name in ("gradients", "weights"):
+            hook.get_collection(name).reduction_config = smd.ReductionConfig(abs_reductions=["mean", "max"])
+        hook.get_collection("relu_input").reduction_config = smd.ReductionConfig(reductions=["variance"])
     hook.register_module(probe)
     # smdebug writes save_tensor values when the next step opens (the forward pre-hook), under that
     # step's number: so each step's tensors are saved first, then the forward call opens the step.
@@ -121,3 +141,32 @@ def test_loss_not_decreasing(tmp_path):
 def test_unreadable_trial_is_an_error_verdict(tmp_path):
     verdicts = rules.evaluate(tmp_path / "nothing-here")
     assert {v.status for v in verdicts} == {"Error"}
+
+
+def test_rules_judge_tensors_saved_as_reductions_only(tmp_path):
+    """What the job's hook saves for most steps: magnitudes and variances, never the full tensors."""
+    from smdebug.exceptions import TensorUnavailableForStep
+    from smdebug.trials import create_trial
+
+    relus = {"layer1_relu_input": np.random.default_rng(1).normal(0, 1, 64), "layer2_relu_input": np.random.default_rng(2).normal(0, 2, 64)}
+    healthy = write_trial(tmp_path / "healthy", epochs(**HEALTHY, extra=relus), reductions_only=True)
+    with pytest.raises(TensorUnavailableForStep):
+        create_trial(str(healthy)).tensor("gradient/fc.weight").value(0)
+    assert {v.rule: v.status for v in rules.evaluate(healthy)} == {r.__name__: "NoIssuesFound" for r in rules.RULES}
+
+    vanishing = epochs(**HEALTHY)
+    vanishing[6][1]["gradient/fc.weight"] = np.full((8, 8), 1e-9)
+    v = verdict(write_trial(tmp_path / "vanishing", vanishing, reductions_only=True), "VanishingGradient")
+    assert v.status == "IssuesFound" and "1.00e-09" in v.message
+
+    exploding = epochs(**HEALTHY)
+    gradient = healthy_gradient(np.random.default_rng(3))
+    gradient[2, 3] = np.nan
+    exploding[3][1]["gradient/fc.weight"] = gradient
+    v = verdict(write_trial(tmp_path / "exploding", exploding, reductions_only=True), "ExplodingTensor")
+    assert v.status == "IssuesFound" and "gradient/fc.weight" in v.message and v.step == 3
+
+    skewed = epochs(**HEALTHY, extra={"a_relu_input": np.random.default_rng(1).normal(0, 0.01, 64),
+                                       "b_relu_input": np.random.default_rng(2).normal(0, 5, 64)})
+    v = verdict(write_trial(tmp_path / "skewed", skewed, reductions_only=True), "PoorWeightInitialization")
+    assert v.status == "IssuesFound" and "variances" in v.message

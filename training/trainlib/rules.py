@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 try:  # smdebug is optional: without it there is no trial to judge
     from smdebug.core.modes import ModeKeys
-    from smdebug.exceptions import RuleEvaluationConditionMet, SMDebugError
+    from smdebug.exceptions import RuleEvaluationConditionMet, SMDebugError, TensorUnavailableForStep
     from smdebug.rules.rule import Rule
     from smdebug.rules.rule_invoker import invoke_rule
     from smdebug.trials import create_trial
@@ -55,8 +55,32 @@ class _DroptrainRule(Rule):
         return self.base_trial.tensor_names(collection=collection)
 
     def _value(self, name: str, step: int) -> np.ndarray | None:
+        """The full tensor, or ``None`` where the step saved none (or only its reductions)."""
         tensor = self.base_trial.tensor(name)
-        return tensor.value(step) if step in tensor.steps() else None
+        if step not in tensor.steps():
+            return None
+        try:
+            return tensor.value(step)
+        except TensorUnavailableForStep:
+            return None
+
+    def _reductions(self, name: str, step: int) -> dict[tuple[str, bool], float]:
+        """The reductions saved for the step, ``{(name, abs): value}``; empty where none were."""
+        tensor = self.base_trial.tensor(name)
+        if step not in tensor.steps():
+            return {}
+        return {key: float(np.asarray(value)) for key, value in tensor.reduction_values(step).items() if value is not None}
+
+    def _reduction(self, name: str, step: int, reduction: str, abs: bool) -> float | None:
+        """One reduction: as saved, else computed from the full tensor; ``None`` when neither exists."""
+        saved = self._reductions(name, step).get((reduction, abs))
+        if saved is not None:
+            return saved
+        value = self._value(name, step)
+        if value is None or not np.asarray(value).size:
+            return None
+        value = np.abs(value) if abs else np.asarray(value)
+        return float({"mean": np.mean, "max": np.max, "min": np.min, "variance": np.var}[reduction](value))
 
     def _mode(self, step: int):
         return self.base_trial.mode(step)
@@ -83,9 +107,9 @@ class VanishingGradient(_DroptrainRule):
 
     def invoke_at_step(self, step: int) -> bool:
         for name in self._tensors("gradients"):
-            value = self._value(name, step)
-            if value is not None and value.size and float(np.mean(np.abs(value))) < self.threshold:
-                self.message = (f"the mean absolute gradient of {name} fell to {float(np.mean(np.abs(value))):.2e} "
+            magnitude = self._reduction(name, step, "mean", abs=True)
+            if magnitude is not None and magnitude < self.threshold:
+                self.message = (f"the mean absolute gradient of {name} fell to {magnitude:.2e} "
                                 f"(threshold {self.threshold:g}) at step {step}: learning has stalled")
                 return True
         return False
@@ -103,7 +127,14 @@ class ExplodingTensor(_DroptrainRule):
     def invoke_at_step(self, step: int) -> bool:
         for name in self.base_trial.tensor_names():
             value = self._value(name, step)
-            if value is None or not np.issubdtype(np.asarray(value).dtype, np.floating):
+            if value is None:
+                # Saved as magnitudes only: a NaN or an infinity anywhere shows in its mean and maximum.
+                bad_reductions = [r for r, v in self._reductions(name, step).items() if (np.isnan(v) if self.only_nan else not np.isfinite(v))]
+                if bad_reductions:
+                    self.message = f"{name} held non-finite values at step {step} (its {bad_reductions[0][0]} is not finite): lower the learning rate"
+                    return True
+                continue
+            if not np.issubdtype(np.asarray(value).dtype, np.floating):
                 continue
             bad = np.isnan(value) if self.only_nan else ~np.isfinite(value)
             if bad.any():
@@ -215,9 +246,9 @@ class PoorWeightInitialization(_DroptrainRule):
         variances = {}
         for name in self.base_trial.tensor_names():
             if self.regex.match(name):
-                value = self._value(name, step)
-                if value is not None and value.size:
-                    variances[name] = float(np.var(value))
+                variance = self._reduction(name, step, "variance", abs=False)
+                if variance is not None:
+                    variances[name] = variance
         if variances:
             high, low = max(variances.values()), min(variances.values())
             if high == 0 or (low == 0 or high / low > self.threshold):

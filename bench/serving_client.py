@@ -1,0 +1,64 @@
+"""Closed-loop HTTP clients for the serving benchmark: N threads POST one image to /predict
+for a while; prints requests/s, latency percentiles and errors as JSON.
+
+Run as its own process, so that the clients' work is not counted inside the server's process."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+
+def main(url: str, image: Path, concurrency: int, seconds: float) -> dict:
+    body = image.read_bytes()
+    target = urlsplit(url)
+    latencies: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    start = threading.Barrier(concurrency + 1)
+    stop_at = [0.0]
+
+    def client():
+        start.wait()
+        while time.perf_counter() < stop_at[0]:
+            began = time.perf_counter()
+            connection = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
+            try:
+                connection.request("POST", "/predict?top_k=3", body=body, headers={"Content-Type": "image/jpeg"})
+                ok = connection.getresponse().status == 200
+            except OSError:
+                ok = False
+            finally:
+                connection.close()
+            with lock:
+                if ok:
+                    latencies.append(time.perf_counter() - began)
+                else:
+                    errors[0] += 1
+
+    threads = [threading.Thread(target=client) for _ in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    warmup_end = time.perf_counter() + 2.0
+    stop_at[0] = warmup_end + seconds
+    start.wait()
+    time.sleep(2.0)  # warm-up: the first batches are not counted
+    with lock:
+        latencies.clear()
+        errors[0] = 0
+    began = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - began
+    ordered = sorted(latencies)
+    return {"rps": len(ordered) / elapsed, "requests": len(ordered), "errors": errors[0],
+            "p50_ms": ordered[len(ordered) // 2] * 1e3 if ordered else float("nan")}
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]))))
