@@ -113,7 +113,7 @@ def run() -> list[Row]:
     torch.set_num_threads(os.cpu_count() or 1)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for size, per_class in ((64, 60), (224, 40)):
+        for size, per_class in ((64, 300), (224, 100)):
             data = Path(tmp) / f"d{size}"
             make_dataset(data, classes=4, per_class=per_class, size=size, seed=0)
             head_ceiling = ceiling(size, "head")

@@ -1,27 +1,54 @@
-"""``make bench``: every benchmark, one table (bench/results/latest.json and latest.md)."""
+"""``make bench``: every benchmark, one table (bench/results/latest.json and latest.md).
+
+``python bench/run.py serving tuning`` runs only those suites (and writes only their rows).
+
+Each suite runs in a fresh interpreter: torch gives every thread that computes its own OpenMP
+team, and a team left behind by one suite (the training ceilings, run in the main thread) slows
+the next suite's server thread on a small machine, which would be measuring the benchmark itself.
+"""
 
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
+import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 
-import bench_lambda  # noqa: E402
-import bench_training  # noqa: E402
-from common import table, write  # noqa: E402
+from common import Row, table, write  # noqa: E402
 
-SUITES = {"training": bench_training.run, "lambda": bench_lambda.run}
+# In the order of the issue: training, tuning, serving, the Lambda path, the whole pipeline.
+SUITES = ("training", "tuning", "serving", "lambda", "pipeline")
+
+
+def run_suite(name: str, out: Path) -> None:
+    """In this process: one suite's rows, as JSON, to ``out``."""
+    import importlib
+
+    rows = importlib.import_module(f"bench_{name}").run()
+    out.write_text(json.dumps([asdict(r) for r in rows]))
 
 
 def main(names: list[str]) -> None:
-    rows = []
-    for name in names or list(SUITES):
-        print(f"running {name} ...", flush=True)
-        rows += SUITES[name]()
+    unknown = [n for n in names if n not in SUITES]
+    if unknown:
+        sys.exit(f"unknown suites: {', '.join(unknown)}; choose from {', '.join(SUITES)}")
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names or SUITES:
+            print(f"running {name} ...", flush=True)
+            out = Path(tmp) / f"{name}.json"
+            subprocess.run([sys.executable, __file__, "--suite", name, str(out)], check=True)
+            rows += [Row(**r) for r in json.loads(out.read_text())]
     print(table(json.loads(write(rows).read_text())))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    if sys.argv[1:2] == ["--suite"]:
+        run_suite(sys.argv[2], Path(sys.argv[3]))
+    else:
+        main(sys.argv[1:])
