@@ -21,12 +21,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-from common import Row
+from common import Row, timings
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZE = 224
@@ -36,17 +35,6 @@ CLIENT = Path(__file__).resolve().parent / "serving_client.py"
 def percentile(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def timed(fn, requests: int, warmup: int = 10) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(requests):
-        started = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - started)
-    return samples
 
 
 def train_model(data: Path, work: Path) -> Path:
@@ -93,7 +81,7 @@ def reference(archive: Path, image: Path) -> dict:
         def in_process():
             module.output_fn(module.predict_fn(module.input_fn(body, "image/jpeg"), model), "application/json")
 
-        latencies = timed(in_process, 200)
+        latencies = timings(in_process, 200, warmup=10)
         ceiling, batch = best_batched_forward(model.model, model.transform, module.input_fn(body, "image/jpeg"))
     return {"latencies": latencies, "ceiling": ceiling, "batch": batch}
 
@@ -106,7 +94,7 @@ def best_batched_forward(model, transform, image) -> tuple[float, int]:
         for batch in (1, 2, 4, 8, 16):
             data = x.unsqueeze(0).repeat(batch, 1, 1, 1)
             rounds = max(2, 32 // batch)
-            seconds = statistics.median(timed(lambda: model(data), requests=rounds, warmup=2))
+            seconds = statistics.median(timings(lambda: model(data), rounds, warmup=2))
             best = max(best, (batch / seconds, batch))
     return best
 
@@ -147,7 +135,7 @@ def run() -> list[Row]:
                 assert status == 200, status
 
             for label, fn in (("local endpoint (InvokeEndpoint path)", endpoint), ("local API, POST /predict over HTTP", http)):
-                ours = timed(fn, 200)
+                ours = timings(fn, 200, warmup=10)
                 for q, name_q in ((0.5, "p50"), (0.99, "p99")):
                     rows.append(Row(f"serving, 224 px JPEG, one client: {label}, {name_q}", percentile(ours, q) * 1e3,
                                     percentile(reference, q) * 1e3, f"predict_fn in-process, {name_q}", "ms",

@@ -50,7 +50,8 @@ def machine() -> dict:
     return info
 
 
-def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+def timings(fn: Callable[[], object], repeats: int, warmup: int = 1) -> list[float]:
+    """Seconds of each of ``repeats`` calls after ``warmup`` uncounted ones."""
     for _ in range(warmup):
         fn()
     samples = []
@@ -58,7 +59,11 @@ def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> floa
         started = time.perf_counter()
         fn()
         samples.append(time.perf_counter() - started)
-    return statistics.median(samples)
+    return samples
+
+
+def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    return statistics.median(timings(fn, repeats, warmup))
 
 
 def write(rows: list[Row], name: str = "latest") -> Path:
