@@ -238,28 +238,27 @@ def frozen_features(args, backbone: nn.Module, samples_by_split: dict, compute: 
     """Each non-empty split's features: from ``--feature-cache`` when another run computed them, else computed."""
     cache = featurecache.open_cache(args.feature_cache)
     digest = featurecache.backbone_digest(backbone) if cache is not None else ""
-    transform = f"eval:{args.image_size}:{resize_size(args.image_size)}:{IMAGENET_MEAN}:{IMAGENET_STD}"
-    started = time.perf_counter()
+    # CUDA computes them in mixed precision: not the same numbers as a CPU run's.
+    transform = f"eval:{args.image_size}:{resize_size(args.image_size)}:{IMAGENET_MEAN}:{IMAGENET_STD}:{device.type}"
     out: dict[str, FeatureSet] = {}
-    computed = loaded = 0
+    images = {True: 0, False: 0}  # by whether they came from the cache
+    seconds = {True: 0.0, False: 0.0}
     for name, samples in samples_by_split.items():
         if not samples:
             continue
+        started = time.perf_counter()
         if cache is None:
             out[name], hit = compute(samples)(), False
         else:
             key = featurecache.split_key(digest, transform, samples)
             out[name], hit = cache.get_or_compute(key, compute(samples), device)
-        if hit:
-            loaded += len(out[name].targets)
-        else:
-            computed += len(out[name].targets)
-    seconds = time.perf_counter() - started
+        images[hit] += len(out[name].targets)
+        seconds[hit] += time.perf_counter() - started
     # The benchmarks read these two lines.
-    if computed:
-        log.info("computed frozen features for %d images in %.3fs", computed, seconds)
-    if loaded:
-        log.info("loaded frozen features for %d images from the feature cache in %.3fs", loaded, seconds)
+    if images[False]:
+        log.info("computed frozen features for %d images in %.3fs", images[False], seconds[False])
+    if images[True]:
+        log.info("loaded frozen features for %d images from the feature cache in %.3fs", images[True], seconds[True])
     return out
 
 
