@@ -201,3 +201,19 @@ def test_a_lone_client_never_waits_for_company(endpoints, tiny_dataset):
     for body in _images(tiny_dataset, 5):
         endpoints.invoke("ep", body, "image/jpeg", "application/json")
     assert serving.batcher.batch_sizes == [1] * 5
+
+
+def test_a_model_without_predict_batch_fn_is_served_one_image_at_a_time():
+    """Archives packaged before predict_batch_fn existed still deploy: their predict_fn runs per image."""
+    from types import SimpleNamespace
+
+    from droptrain.local.endpoint import Serving
+
+    calls = []
+    module = SimpleNamespace(predict_fn=lambda item, model: calls.append(item) or (item, model))
+    serving = Serving.of("c-old", module, "the-model")
+    try:
+        assert serving.batcher.submit("image") == ("image", "the-model")
+        assert calls == ["image"]
+    finally:
+        serving.batcher.close()
