@@ -26,18 +26,18 @@ def fingerprint(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def usable_dir(path: Path | None) -> Path | None:
-    """``path`` created if possible; ``None`` (checkpointing off, with a warning) when not writable."""
+def usable_dir(path: Path | None, purpose: str = "checkpoints") -> Path | None:
+    """``path`` created if possible; ``None`` (``purpose`` off, with a warning) when not writable."""
     if path is None:
         return None
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
+        probe = path / f".write-test-{os.getpid()}"  # per process: parallel jobs may share the folder
         probe.write_bytes(b"")
         probe.unlink()
         return path
     except OSError as exc:
-        log.warning("checkpoints disabled: %s is not writable (%s)", path, exc)
+        log.warning("%s disabled: %s is not writable (%s)", purpose, path, exc)
         return None
 
 

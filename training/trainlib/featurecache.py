@@ -26,6 +26,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
+from trainlib import checkpoints
 from trainlib.loading import FeatureSet
 
 log = logging.getLogger(__name__)
@@ -116,14 +117,5 @@ class FeatureCache:
 
 def open_cache(root: Path | None) -> FeatureCache | None:
     """The cache at ``root``, or ``None`` (no caching, with a warning) when it cannot be written."""
-    if root is None:
-        return None
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        probe = root / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        log.warning("feature cache disabled: %s is not writable (%s)", root, exc)
-        return None
-    return FeatureCache(root)
+    usable = checkpoints.usable_dir(root, "feature cache")
+    return FeatureCache(usable) if usable is not None else None
