@@ -9,10 +9,13 @@ STAMP  := $(VENV)/.installed
 setup: $(STAMP)
 
 # Re-install when the project's dependencies change; the stamp keeps repeat runs instant.
-$(STAMP): pyproject.toml
+# training/requirements.txt goes in as the training container installs it: PIP_NO_DEPS, so that
+# smdebug's stale pins never downgrade protobuf (see that file).
+$(STAMP): pyproject.toml training/requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
+	PIP_NO_DEPS=1 $(PY) -m pip install --quiet -r training/requirements.txt
 	touch $(STAMP)
 
 demo: setup
@@ -39,8 +42,9 @@ STAGE ?= dev
 package: setup
 	$(VENV)/bin/droptrain package --stage $(STAGE)
 
-# Needs AWS credentials, and the SageMaker SDK to resolve the PyTorch images (README, "Deploy").
+# Needs AWS credentials; the SageMaker SDK (the deploy extra) resolves the region's images (README, "Deploy").
 deploy: setup
+	$(PY) -m pip install --quiet -e '.[deploy]'
 	$(VENV)/bin/droptrain deploy --stage $(STAGE)
 
 clean:

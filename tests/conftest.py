@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import os
+
+# Before anything imports protobuf (Ray does): smdebug's generated modules load only with the
+# pure-Python backend (training/trainlib/smdebug_support.py), and the rule tests run in this process.
+os.environ.setdefault("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "python")
+
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from droptrain.container import JobPaths, package_dir, run_training
+from droptrain.local.jobs import package_dir
 from droptrain.synthetic import make_dataset
-from helpers import FAST_HYPERPARAMETERS, TINY
+from helpers import FAST_HYPERPARAMETERS, TINY, run_training_job
 
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
@@ -30,17 +36,27 @@ def tiny_zip(tiny_dataset, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_job(tiny_zip, tmp_path_factory):
-    """One training job run exactly as SageMaker runs it: SM_* variables, archive channel, hyperparameters."""
-    paths = JobPaths(tmp_path_factory.mktemp("job"))
+    """One training job run exactly as SageMaker runs it: AWS's training toolkit, the archive channel,
+    hyperparameters as a tuning job passes them."""
     lines: list[str] = []
     hyperparameters = {
         **FAST_HYPERPARAMETERS,
         # As a tuning job passes them: JSON-quoted strings from the SDK, and its own objective.
         "optimizer": '"adamw"',
         "_tuning_objective_metric": "valid:accuracy",
-        "sagemaker_program": "train.py",
     }
-    status = run_training(paths, {"training": tiny_zip.parent}, hyperparameters, "pets-1a2b3c4d-final", on_line=lines.append)
+    paths, status = run_training_job(tmp_path_factory.mktemp("job"), tiny_zip, hyperparameters, "pets-1a2b3c4d-final",
+                                     on_line=lines.append)
     assert status == 0, "\n".join(lines[-30:])
     archive = package_dir(paths.model, paths.output / "model.tar.gz")
     return {"paths": paths, "lines": lines, "archive": archive}
+
+
+@pytest.fixture(scope="session")
+def ray_serve():
+    """One Ray instance (with Serve) for the whole session, shut down by this process, which started it."""
+    from droptrain.local.serving import RayServe
+
+    engine = RayServe().start()
+    yield engine
+    engine.stop()

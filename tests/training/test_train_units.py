@@ -1,5 +1,8 @@
 """The training loop's parts: frozen backbones, feature reuse, weights loading, the debugger hook."""
 
+import os
+import subprocess
+import sys
 import urllib.error
 
 import pytest
@@ -7,8 +10,7 @@ import torch
 from torch import nn
 
 import train
-from helpers import FAST_HYPERPARAMETERS, run_train
-from droptrain.container import hyperparameter_args
+from helpers import FAST_HYPERPARAMETERS, ROOT, hyperparameter_args, run_train
 from trainlib import models
 from trainlib.datasets import discover
 from trainlib.debugging import NullHook
@@ -99,21 +101,39 @@ def test_smdebug_hook_with_a_frozen_backbone(tiny_dataset, tmp_path):
     assert len(trial.steps()) > 0
 
 
-def test_smdebug_absent_means_no_hook(tmp_path, monkeypatch):
-    import builtins
+def _hook_in_fresh_process(tmp_path, prelude: str, env: dict[str, str] | None = None) -> str:
+    """What create_hook gives in a new interpreter after ``prelude`` ran (smdebug's state is per process)."""
+    code = (f"{prelude}\n"
+            "import sys; sys.path.insert(0, 'training')\n"
+            "from torch import nn\n"
+            "from trainlib.debugging import create_hook\n"
+            f"hook = create_hook(nn.Linear(2, 2), nn.CrossEntropyLoss(), __import__('pathlib').Path({str(tmp_path / 'debug')!r}))\n"
+            "print(type(hook).__name__)\n")
+    clean = {k: v for k, v in os.environ.items() if k != "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION"}
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**clean, **(env or {})},
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout.strip().splitlines()[-1] + "\n" + result.stderr
 
-    from trainlib.debugging import create_hook
 
-    real_import = builtins.__import__
+def test_smdebug_absent_means_no_hook(tmp_path):
+    out = _hook_in_fresh_process(tmp_path, "import sys; sys.modules['smdebug'] = None")
+    assert out.startswith("NullHook") and "training without the debugger hook: smdebug is not installed" in out
 
-    def without_smdebug(name, *args, **kwargs):
-        if name.startswith("smdebug"):
-            raise ImportError("No module named 'smdebug'")
-        return real_import(name, *args, **kwargs)
 
-    monkeypatch.setattr(builtins, "__import__", without_smdebug)
-    hook = create_hook(nn.Linear(2, 2), nn.CrossEntropyLoss(), tmp_path / "debug")
-    assert isinstance(hook, NullHook)
+def test_smdebug_after_protobuf_loaded_natively_means_no_hook_and_says_why(tmp_path):
+    out = _hook_in_fresh_process(tmp_path, "import google.protobuf.message")
+    assert out.startswith("NullHook")
+    assert "protobuf was already imported with its 'upb' backend" in out
+
+
+def test_smdebug_writes_on_numpy_2_and_protobuf_5_plus(tmp_path):
+    """The venv has the training container's versions; the hook must really save there."""
+    import google.protobuf
+    import numpy
+
+    assert int(numpy.__version__.split(".")[0]) >= 2 and int(google.protobuf.__version__.split(".")[0]) >= 5
+    assert _hook_in_fresh_process(tmp_path, "").startswith("_SmdebugHook")
 
 
 def _counting_backbone_model(classes: int, state: dict | None = None):

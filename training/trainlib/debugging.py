@@ -1,7 +1,7 @@
 """The smdebug hook, when SageMaker Debugger asks for one or ``--debug-out`` is given.
 
-smdebug is optional: the PyTorch 2.x training containers no longer ship it, and a job without it
-still trains. The hook is registered on the module that is actually trained (the head alone when
+smdebug is optional: the PyTorch 2.x training containers no longer ship it (``training/requirements.txt``
+installs it, ``smdebug_support`` makes it work there), and a job without it still trains. The hook is registered on the module that is actually trained (the head alone when
 the backbone is frozen and its features are cached), so it works with a frozen backbone.
 """
 
@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from torch import nn
+
+from trainlib import smdebug_support
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +55,9 @@ def create_hook(
     """
     if debug_out is None and not hook_config.is_file():
         return NullHook()
-    try:
-        import smdebug.pytorch as smd
-    except ImportError as exc:
-        log.warning("smdebug is not installed (%s): training without the debugger hook", exc)
+    if not smdebug_support.available():
         return NullHook()
+    import smdebug.pytorch as smd
     if debug_out is not None:
         def train_only(**when) -> Any:
             never = smd.SaveConfigMode(save_steps=[], start_step=0, end_step=0)

@@ -22,13 +22,15 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-try:  # smdebug is optional: without it there is no trial to judge
+from trainlib import smdebug_support
+
+if smdebug_support.available():
     from smdebug.core.modes import ModeKeys
     from smdebug.exceptions import RuleEvaluationConditionMet, SMDebugError, TensorUnavailableForStep
     from smdebug.rules.rule import Rule
     from smdebug.rules.rule_invoker import invoke_rule
     from smdebug.trials import create_trial
-except ImportError:  # pragma: no cover - exercised where smdebug is absent
+else:  # without smdebug there is no trial to judge
     Rule = object  # type: ignore[assignment,misc]
     create_trial = None
 
