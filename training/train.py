@@ -79,6 +79,16 @@ def _float(value: str) -> float:
     return number
 
 
+def _container_path(value: str) -> Path:
+    """A ``/opt/ml/...`` path, under ``$SAGEMAKER_BASE_DIR`` where the training toolkit was relocated
+    there (the local runtime does), as the toolkit itself relocates ``/opt/ml``."""
+    value = _text(value)
+    base = os.environ.get("SAGEMAKER_BASE_DIR")
+    if base and (value == "/opt/ml" or value.startswith("/opt/ml/")):
+        return Path(base) / value[len("/opt/ml"):].lstrip("/")
+    return Path(value)
+
+
 def _env_path(name: str, fallback: str | None) -> Path | None:
     value = os.environ.get(name, fallback)
     return Path(value) if value else None
@@ -115,13 +125,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     out = p.add_argument_group("outputs")
     out.add_argument("--model-dir", type=Path, default=_env_path("SM_MODEL_DIR", "model"), help="where the model artifact is written (default $SM_MODEL_DIR)")
     out.add_argument("--output-data-dir", type=Path, default=_env_path("SM_OUTPUT_DATA_DIR", "output"), help="where evaluation.json is written (default $SM_OUTPUT_DATA_DIR)")
-    out.add_argument("--checkpoint-dir", type=Path, default=Path("/opt/ml/checkpoints"), help="per-epoch checkpoints, resumed when they match this run (SageMaker syncs this folder for spot training)")
+    out.add_argument("--checkpoint-dir", type=_container_path, default=_container_path("/opt/ml/checkpoints"), help="per-epoch checkpoints, resumed when they match this run (SageMaker syncs this folder for spot training)")
     out.add_argument("--no-checkpoints", action="store_true", help="write no checkpoints and resume from none")
-    out.add_argument("--debug-out", type=Path, default=None, help="save smdebug tensors here (SageMaker's DebugHookConfig also turns the hook on)")
+    out.add_argument("--debug-out", type=_container_path, default=None, help="save smdebug tensors here (SageMaker's DebugHookConfig also turns the hook on)")
     out.add_argument("--run-id", type=_text, default=_default_run_id(), help="run id recorded in model.json (default: the job name without -final)")
     out.add_argument("--profile", type=_text, default="auto", choices=["auto", "on", "off"], help="system metrics, step-time breakdown, torch.profiler window and the HTML report; auto = with the debugger hook")
     out.add_argument("--stop-on-rule-issues", type=_text, default="false", choices=["true", "false"], help="evaluate the debugger rules after every epoch and stop the job at the first issue")
     out.add_argument("--reports-uri", type=_text, default=None, help="s3:// prefix to upload the report and rule verdicts to, when running on SageMaker")
+    out.add_argument("--serving-gpus", type=_int, default=0, choices=[0, 1], help="GPUs the Ray Serve deployment asks for in the artifact's config.yaml: 1 for a GPU inference instance type, else 0")
 
     dev = p.add_argument_group("device")
     dev.add_argument("--num-gpus", type=_int, default=int(os.environ.get("SM_NUM_GPUS", "-1")), help="GPUs to use; -1 uses all visible (default $SM_NUM_GPUS)")
@@ -499,7 +510,7 @@ def _train(args, device, amp, work_dir) -> dict:
         "training_seconds": round(time.perf_counter() - started, 3),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "framework": {"torch": torch.__version__, "torchvision": torchvision.__version__},
-    })
+    }, num_gpus=args.serving_gpus)
     return metrics
 
 

@@ -8,8 +8,7 @@ import subprocess
 
 import pytest
 
-from droptrain.container import hyperparameter_args
-from helpers import FAST_HYPERPARAMETERS, run_train
+from helpers import FAST_HYPERPARAMETERS, hyperparameter_args, run_train
 
 HEALTHY = {**FAST_HYPERPARAMETERS, "train-mode": "head", "epochs": "4", "lr": "0.005", "batch-size": "32"}
 

@@ -1,107 +1,180 @@
-"""The inference handlers on the artifact a real training job wrote, loaded as an endpoint loads it."""
+"""Serving a model a real training job wrote: the predictor in-process, and the archive under Ray Serve
+started exactly as AWS's Ray Serve container starts it (config.yaml, the application imported from the
+archive's root, HTTP on its route)."""
 
+from __future__ import annotations
+
+import http.client
 import io
 import json
+import struct
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
-import torch
+import yaml
 from PIL import Image
 
 from helpers import extract, png_bytes
-from droptrain.container import load_inference_module
+from trainlib import predictor
+from trainlib.predictor import Classifier, decode
 
 
 @pytest.fixture(scope="module")
-def endpoint(trained_job, tmp_path_factory):
-    model_dir = extract(trained_job["archive"], tmp_path_factory.mktemp("endpoint"))
-    inference = load_inference_module(model_dir / "code")
-    return inference, inference.model_fn(str(model_dir))
+def model_dir(trained_job, tmp_path_factory) -> Path:
+    return extract(trained_job["archive"], tmp_path_factory.mktemp("model"))
 
 
-def _predict(endpoint, body, content_type="image/jpeg", accept="application/json"):
-    inference, model = endpoint
-    out, out_type = inference.output_fn(inference.predict_fn(inference.input_fn(body, content_type), model), accept)
-    assert out_type == "application/json"
-    return json.loads(out)
+@pytest.fixture(scope="module")
+def classifier(model_dir) -> Classifier:
+    return Classifier.load(model_dir)
 
 
-def test_answers_the_predict_shape_with_dataset_labels(endpoint, tiny_dataset):
-    _, model = endpoint
-    image = sorted((tiny_dataset / "test").rglob("*.jpg"))[0]
-    answer = _predict(endpoint, image.read_bytes())
-    assert set(answer) == {"predictions", "model"}
-    assert answer["model"] == "pets-1a2b3c4d"
+def _test_images(tiny_dataset, n=None) -> list[Path]:
+    images = sorted((tiny_dataset / "test").rglob("*.jpg"))
+    return images[:n] if n else images
+
+
+def _jpeg(size=(64, 64), color="red") -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` and whose pixel data is a few bytes: what an
+    attacker sends to make a server allocate the whole image."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+
+
+# -- the predictor, in-process ---------------------------------------------------------------------
+
+
+def test_answers_every_label_most_probable_first(classifier, tiny_dataset):
+    (answer,) = classifier.predict([decode(_test_images(tiny_dataset, 1)[0].read_bytes())])
+    assert set(answer) == {"predictions", "model"} and answer["model"] == "pets-1a2b3c4d"
     labels = [p["label"] for p in answer["predictions"]]
-    assert len(labels) == 4 and set(labels) == set(model.classes), "top 5 capped at the 4 classes"
+    assert sorted(labels) == sorted(classifier.classes), "all 4 labels: fewer than the 20 an endpoint answers"
     probabilities = [p["probability"] for p in answer["predictions"]]
     assert probabilities == sorted(probabilities, reverse=True)
     assert sum(probabilities) == pytest.approx(1.0, abs=1e-4)
 
 
-def test_same_predictions_as_training_evaluated(endpoint, tiny_dataset, trained_job):
+def test_same_predictions_as_training_evaluated(classifier, tiny_dataset, trained_job):
     """One transform source: the endpoint's accuracy on the test split is the job's test accuracy."""
     meta = json.loads((trained_job["paths"].model / "model.json").read_text())
-    images = sorted((tiny_dataset / "test").rglob("*.jpg"))
-    correct = sum(_predict(endpoint, p.read_bytes(), accept="application/json; top_k=1")["predictions"][0]["label"] == p.parent.name
-                  for p in images)
+    images = _test_images(tiny_dataset)
+    answers = classifier.predict([decode(p.read_bytes()) for p in images])
+    correct = sum(a["predictions"][0]["label"] == p.parent.name for a, p in zip(answers, images))
     assert correct / len(images) == pytest.approx(meta["metrics"]["test_accuracy"])
 
 
-@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "I;16", "LA"])
-def test_png_in_any_mode(endpoint, tiny_dataset, mode):
-    source = Image.open(sorted((tiny_dataset / "test").rglob("*.jpg"))[0])
+def test_a_batch_answers_as_single_requests_do(classifier, tiny_dataset):
+    images = [decode(p.read_bytes()) for p in _test_images(tiny_dataset, 6)]
+    batched = classifier.predict(images)
+    for image, answer in zip(images, batched):
+        (single,) = classifier.predict([image])
+        assert [p["label"] for p in single["predictions"]] == [p["label"] for p in answer["predictions"]]
+        for a, b in zip(single["predictions"], answer["predictions"]):
+            assert a["probability"] == pytest.approx(b["probability"], abs=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P"])
+def test_transparency_is_composited_on_white(mode):
+    clear_red = Image.new("RGBA", (8, 8), (255, 0, 0, 0))
     if mode == "P":
-        image = source.convert("P")
-        image.info["transparency"] = 0
+        image = Image.new("P", (8, 8), 0)
+        image.putpalette([255, 0, 0] * 256)
         body = png_bytes(image, transparency=0)
-    elif mode == "I;16":
-        body = png_bytes(source.convert("L").convert("I;16"))
     else:
-        body = png_bytes(source.convert(mode))
-    answer = _predict(endpoint, body, "image/png")
-    assert len(answer["predictions"]) == 4
+        body = png_bytes(clear_red.convert(mode))
+    decoded = decode(body)
+    assert decoded.mode == "RGB"
+    assert decoded.getpixel((3, 3)) == (255, 255, 255), "transparent pixels are white, not the colour under them"
 
 
-def test_x_image_and_content_type_parameters(endpoint, tiny_dataset):
-    body = sorted((tiny_dataset / "test").rglob("*.jpg"))[0].read_bytes()
-    assert _predict(endpoint, body, "application/x-image")["predictions"]
-    assert _predict(endpoint, body, "image/jpeg; charset=binary")["predictions"]
+def test_sixteen_bit_and_grayscale_pngs_keep_their_brightness():
+    gray = Image.new("L", (8, 8), 200)
+    assert decode(png_bytes(gray)).getpixel((0, 0)) == (200, 200, 200)
+    sixteen = Image.new("I;16", (8, 8), 200 * 256)
+    assert decode(png_bytes(sixteen)).getpixel((0, 0)) == (200, 200, 200)
 
 
-def test_top_k_through_accept(endpoint, tiny_dataset):
-    body = sorted((tiny_dataset / "test").rglob("*.jpg"))[0].read_bytes()
-    assert len(_predict(endpoint, body, accept="application/json; top_k=2")["predictions"]) == 2
+@pytest.mark.parametrize("body, error, code", [
+    (b"", predictor.InvalidImageError, "invalid_image"),
+    (b"hello, I am text", predictor.InvalidImageError, "invalid_image"),
+    (b"\x89PNG\r\n\x1a\n garbage", predictor.InvalidImageError, "invalid_image"),
+    (b"GIF89a" + b"\0" * 64, predictor.InvalidImageError, "invalid_image"),
+    (_jpeg()[:200], predictor.InvalidImageError, "invalid_image"),
+    (_png_header_only(100_000, 1), predictor.ImageTooLargeError, "image_too_large"),
+    (_png_header_only(7_000, 7_000), predictor.ImageTooLargeError, "image_too_large"),
+    (b"\xff\xd8\xff" + b"\0" * (predictor.MAX_BODY_BYTES + 1), predictor.PayloadTooLargeError, "payload_too_large"),
+])
+def test_bad_bodies_get_their_error(body, error, code):
+    with pytest.raises(error) as info:
+        decode(body)
+    assert info.value.code == code and info.value.status in (400, 413)
+    assert info.value.body()["error"]["code"] == code
 
 
-def test_errors(endpoint):
-    inference, model = endpoint
-    with pytest.raises(inference.UnsupportedContentTypeError, match="unsupported content type 'text/plain'") as info:
-        inference.input_fn(b"hello", "text/plain")
-    assert info.value.status == 415
-    with pytest.raises(inference.InvalidImageError, match="not a decodable") as info:
-        inference.input_fn(b"\x89PNG\r\n\x1a\n garbage", "image/png")
-    assert info.value.status == 400
-    with pytest.raises(inference.InvalidImageError, match="empty"):
-        inference.input_fn(b"", "image/jpeg")
-    truncated = io.BytesIO()
-    Image.new("RGB", (64, 64), "red").save(truncated, format="JPEG")
-    with pytest.raises(inference.InvalidImageError):
-        inference.input_fn(truncated.getvalue()[:200], "image/jpeg")
-    prediction = inference.predict_fn(Image.new("RGB", (48, 48)), model)
-    for bad in ("0", "21", "x"):
-        with pytest.raises(inference.InvalidTopKError):
-            inference.output_fn(prediction, f"application/json; top_k={bad}")
-    with pytest.raises(inference.UnsupportedAcceptError) as info:
-        inference.output_fn(prediction, "text/csv")
-    assert info.value.status == 406
+# -- the archive under Ray Serve, as the container serves it -------------------------------------------
 
 
-def test_a_batch_answers_as_single_requests_do(endpoint, tiny_dataset):
-    inference, model = endpoint
-    images = [inference.input_fn(p.read_bytes(), "image/jpeg") for p in sorted((tiny_dataset / "test").rglob("*.jpg"))[:6]]
-    batched = inference.predict_batch_fn(images, model)
-    assert len(batched) == len(images)
-    for image, prediction in zip(images, batched):
-        single = inference.predict_fn(image, model)
-        assert prediction.probabilities.shape == single.probabilities.shape == (len(model.classes),)
-        assert torch.allclose(prediction.probabilities, single.probabilities, atol=1e-5)
+@pytest.fixture(scope="module")
+def container(model_dir, ray_serve):
+    """The container's start-up: config.yaml as it is (its name, route /), the archive's root on PYTHONPATH."""
+    (app,) = yaml.safe_load((model_dir / "config.yaml").read_text())["applications"]
+    ray_serve.deploy(app["name"], model_dir, route_prefix=app["route_prefix"])
+    yield ray_serve
+    ray_serve.delete(app["name"])
+
+
+def _post(serving, body: bytes, content_type: str = "image/jpeg", headers: dict | None = None) -> tuple[int, dict]:
+    """What the container's SageMaker adapter does with /invocations: POST the bytes to the route '/'."""
+    conn = http.client.HTTPConnection(serving.host, serving.port, timeout=60)
+    try:
+        conn.request("POST", "/", body=body, headers={"Content-Type": content_type, **(headers or {})})
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
+
+
+def test_the_container_answers_jpeg_and_png_as_the_model_does(container, classifier, tiny_dataset):
+    image = _test_images(tiny_dataset, 1)[0]
+    status, answer = _post(container, image.read_bytes())
+    assert status == 200
+    (expected,) = classifier.predict([decode(image.read_bytes())])
+    assert [p["label"] for p in answer["predictions"]] == [p["label"] for p in expected["predictions"]]
+    assert answer["model"] == "pets-1a2b3c4d"
+    as_png = png_bytes(Image.open(image))
+    status, answer = _post(container, as_png, "application/octet-stream")
+    assert status == 200 and len(answer["predictions"]) == 4, "decoded by content, whatever the Content-Type"
+
+
+@pytest.mark.parametrize("body, status, code", [
+    (b"", 400, "invalid_image"),
+    (b"not an image at all", 400, "invalid_image"),
+    (_jpeg()[:300], 400, "invalid_image"),
+    (_png_header_only(100_000, 1), 400, "image_too_large"),
+    (b"\xff\xd8\xff" + b"\0" * (predictor.MAX_BODY_BYTES + 10), 413, "payload_too_large"),
+])
+def test_the_container_answers_bad_input_with_its_documented_status(container, body, status, code):
+    answered, payload = _post(container, body)
+    assert (answered, payload["error"]["code"]) == (status, code), payload
+
+
+def test_concurrent_requests_are_answered_each_their_own(container, tiny_dataset, classifier):
+    images = _test_images(tiny_dataset, 12)
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda p: _post(container, p.read_bytes()), images))
+    expected = classifier.predict([decode(p.read_bytes()) for p in images])
+    assert all(status == 200 for status, _ in answers)
+    for (_, answer), wanted in zip(answers, expected):
+        assert answer["predictions"][0]["label"] == wanted["predictions"][0]["label"]
+        assert answer["predictions"][0]["probability"] == pytest.approx(wanted["predictions"][0]["probability"], abs=1e-4)

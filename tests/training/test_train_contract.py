@@ -9,8 +9,7 @@ import tarfile
 
 import pytest
 
-from helpers import FAST_HYPERPARAMETERS, TRAINING_DIR, run_train
-from droptrain.container import hyperparameter_args
+from helpers import FAST_HYPERPARAMETERS, TRAINING_DIR, hyperparameter_args, run_train
 
 # The tuning job's MetricDefinitions (ARCHITECTURE.md): the lines must match exactly these.
 EPOCH_LINE = re.compile(r"^epoch=(\d+) train_loss=([0-9.]+) valid_loss=([0-9.]+) valid_accuracy=([0-9.]+)$")
@@ -34,10 +33,20 @@ def test_learns_far_above_chance(trained_job):
 def test_artifact_layout(trained_job):
     with tarfile.open(trained_job["archive"]) as tar:
         names = set(tar.getnames())
-    for required in ("model.pth", "model.json", "code/inference.py", "code/requirements.txt",
-                     "code/trainlib/transforms.py", "code/trainlib/models.py"):
+    # What AWS's Ray Serve container reads from /opt/ml/model (ARCHITECTURE.md, "Model artifact and serving").
+    for required in ("model.pth", "model.json", "config.yaml", "serve_app.py", "code/requirements.txt",
+                     "trainlib/predictor.py", "trainlib/transforms.py", "trainlib/models.py"):
         assert required in names
     assert not any("__pycache__" in n for n in names)
+    assert not any(n.startswith("trainlib/") and n.endswith(("rules.py", "debugging.py", "report.py")) for n in names), \
+        "only what serving imports"
+    from ray.serve.schema import ServeDeploySchema
+    import yaml
+
+    config = ServeDeploySchema.model_validate(yaml.safe_load((trained_job["paths"].model / "config.yaml").read_text()))
+    (app,) = config.applications
+    assert (app.import_path, app.route_prefix) == ("serve_app:app", "/")
+    assert app.deployments[0].ray_actor_options["num_gpus"] == 0, "a CPU inference instance type by default"
     meta = json.loads((trained_job["paths"].model / "model.json").read_text())
     assert meta["arch"] == "resnet18" and meta["image_size"] == 48
     assert meta["classes"] == sorted(meta["classes"]) and len(meta["classes"]) == 4

@@ -1,7 +1,14 @@
-"""The model artifact (ARCHITECTURE.md, "Model artifact"): what SageMaker tars into ``model.tar.gz``.
+"""The model artifact (ARCHITECTURE.md, "Model artifact and serving"): what SageMaker tars into ``model.tar.gz``.
 
-``model.pth`` (state_dict), ``model.json`` (everything needed to rebuild the model and read its
-outputs), and ``code/`` with ``inference.py``, the modules it imports and a ``requirements.txt``.
+At the root, as AWS's Ray Serve inference container reads it from ``/opt/ml/model/``:
+
+* ``config.yaml``: the Ray Serve application (``serve_app:app`` on ``/``), with the deployment's
+  ``ray_actor_options`` (``num_gpus`` 1 for a GPU instance type, else 0);
+* ``serve_app.py`` and the ``trainlib`` modules it imports, importable from the root;
+* ``model.pth`` (state dict) and ``model.json`` (everything needed to rebuild the model and read
+  its outputs);
+* ``code/requirements.txt``: what the Ray Serve image lacks (nothing: it has torch, torchvision
+  and Pillow), which the container installs before Ray starts.
 """
 
 from __future__ import annotations
@@ -15,34 +22,56 @@ from typing import Any
 import torch
 from torch import nn
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 TRAINING_DIR = Path(__file__).resolve().parent.parent
-# The PyTorch inference container already has torch, torchvision and Pillow; an endpoint in a VPC
-# without internet access cannot pip-install anything, so nothing more is asked for.
-INFERENCE_REQUIREMENTS = (
-    "# The SageMaker PyTorch inference container provides torch, torchvision and Pillow,\n"
-    "# which is all inference.py needs.\n"
+SERVE_MODULE = "serve_app"
+DEPLOYMENT = "ImageClassifier"
+# What serve_app.py imports from trainlib (tests/training check the archive imports with nothing else).
+SERVING_MODULES = ("__init__.py", "errors.py", "models.py", "transforms.py", "predictor.py")
+SERVING_REQUIREMENTS = (
+    "# Installed by the Ray Serve inference container before Ray starts. It already has torch,\n"
+    "# torchvision and Pillow, which is all serve_app.py needs; an endpoint in a VPC without\n"
+    "# internet access could not install anything more.\n"
 )
 
 
-def write_model_dir(model_dir: Path, model: nn.Module, metadata: dict[str, Any]) -> None:
+def serve_config(num_gpus: int) -> str:
+    """``config.yaml``: Ray Serve's ``applications:`` config, as ``serve run`` and the container read it."""
+    return (
+        "# Ray Serve application config: AWS's Ray Serve inference container deploys it from\n"
+        "# /opt/ml/model/config.yaml; droptrain's local runtime deploys it the same way.\n"
+        "applications:\n"
+        "  - name: droptrain\n"
+        "    route_prefix: /\n"
+        f"    import_path: {SERVE_MODULE}:app\n"
+        "    deployments:\n"
+        f"      - name: {DEPLOYMENT}\n"
+        "        ray_actor_options:\n"
+        f"          num_gpus: {int(num_gpus)}\n"
+    )
+
+
+def write_model_dir(model_dir: Path, model: nn.Module, metadata: dict[str, Any], num_gpus: int = 0) -> None:
     model_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", torch.float32) if v.is_floating_point() else v.cpu()
              for k, v in model.state_dict().items()}
     torch.save(state, model_dir / "model.pth")
     write_json(model_dir / "model.json", {"format_version": FORMAT_VERSION, **metadata})
-    copy_inference_code(model_dir / "code")
+    copy_serving_code(model_dir, num_gpus)
 
 
-def copy_inference_code(code_dir: Path) -> None:
-    if code_dir.exists():
-        shutil.rmtree(code_dir)
-    code_dir.mkdir(parents=True)
-    shutil.copy2(TRAINING_DIR / "inference.py", code_dir / "inference.py")
-    shutil.copytree(
-        TRAINING_DIR / "trainlib", code_dir / "trainlib", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
-    )
-    (code_dir / "requirements.txt").write_text(INFERENCE_REQUIREMENTS)
+def copy_serving_code(model_dir: Path, num_gpus: int = 0) -> None:
+    """The application, its modules, its config and its requirements, at the artifact's root."""
+    shutil.copy2(TRAINING_DIR / f"{SERVE_MODULE}.py", model_dir / f"{SERVE_MODULE}.py")
+    package = model_dir / "trainlib"
+    if package.exists():
+        shutil.rmtree(package)
+    package.mkdir()
+    for name in SERVING_MODULES:
+        shutil.copy2(TRAINING_DIR / "trainlib" / name, package / name)
+    (model_dir / "config.yaml").write_text(serve_config(num_gpus))
+    (model_dir / "code").mkdir(exist_ok=True)
+    (model_dir / "code" / "requirements.txt").write_text(SERVING_REQUIREMENTS)
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -1,0 +1,78 @@
+"""The Ray Serve application that serves a droptrain model (ARCHITECTURE.md, "Model artifact and serving").
+
+``train.py`` copies this module, with the ``trainlib`` modules it imports, to the root of the model
+artifact next to ``model.pth``, ``model.json`` and ``config.yaml``. AWS's Ray Serve inference
+container extracts ``model.tar.gz`` to ``/opt/ml/model/``, puts that folder on ``PYTHONPATH``,
+and deploys ``config.yaml`` (``import_path: serve_app:app``, ``route_prefix: /``); its SageMaker
+adapter forwards ``/invocations`` to ``/``. The local runtime deploys the same archive the same
+way (``droptrain/local/serving.py``). The model is found next to this file, never at a fixed
+path, so the archive serves from any folder.
+
+``POST /`` with JPEG or PNG bytes (recognised by content, whatever the Content-Type) answers 200
+``{"predictions": [{"label", "probability"}, ...], "model": "<run-id>"}`` with the 20 most probable
+labels, most probable first. An empty, undecodable or oversized body gets its 4xx and the JSON
+error (``trainlib.predictor``); no bad input ever causes a 5xx. Concurrent requests share forward
+passes through ``@serve.batch``; a lone request runs at once (no wait for company).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from ray import serve
+from starlette.requests import Request
+from starlette.responses import Response
+
+from trainlib.predictor import MAX_BODY_BYTES, Classifier, PayloadTooLargeError, PredictionError, decode
+
+log = logging.getLogger("ray.serve")
+HERE = Path(__file__).resolve().parent
+MAX_BATCH = 16
+
+
+def _json(status: int, payload: dict[str, Any]) -> Response:
+    return Response(json.dumps(payload), status_code=status, media_type="application/json")
+
+
+@serve.deployment(max_ongoing_requests=4 * MAX_BATCH)
+class ImageClassifier:
+    """One model per replica, loaded once; forward passes run one batch at a time off the event loop,
+    so requests keep arriving (and queue for the next batch) while a batch computes."""
+
+    def __init__(self, model_dir: str | None = None):
+        self.classifier = Classifier.load(Path(model_dir) if model_dir else HERE)
+        self._forward = ThreadPoolExecutor(1, thread_name_prefix="forward")
+
+    @serve.batch(max_batch_size=MAX_BATCH, batch_wait_timeout_s=0.0)
+    async def _predict(self, images: list) -> list[dict[str, Any]]:
+        return await asyncio.get_running_loop().run_in_executor(self._forward, self.classifier.predict, images)
+
+    async def answer(self, body: bytes) -> tuple[int, dict[str, Any]]:
+        """``(HTTP status, JSON body)`` for the image bytes; what the local runtime calls through a handle."""
+        try:
+            image = decode(body)
+        except PredictionError as exc:
+            return exc.status, exc.body()
+        try:
+            return 200, await self._predict(image)
+        except Exception:  # noqa: BLE001 - a bug, not the caller's fault: logged, answered as a 500 without a trace
+            log.exception("prediction failed")
+            return 500, PredictionError("the model failed on this image; see the endpoint's logs").body()
+
+    async def __call__(self, request: Request) -> Response:
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                return _json(400, {"error": {"code": "bad_request", "message": "malformed Content-Length"}})
+            if int(declared) > MAX_BODY_BYTES:  # refused before a byte of it is read
+                error = PayloadTooLargeError(f"the image is {declared} bytes; the limit is {MAX_BODY_BYTES} bytes")
+                return _json(error.status, error.body())
+        return _json(*await self.answer(await request.body()))
+
+
+app = ImageClassifier.bind()

@@ -1,0 +1,127 @@
+"""The model behind an endpoint: rebuilt from its artifact folder, fed request bytes, answering top labels.
+
+Plain torch and Pillow, no serving framework: ``serve_app.py`` puts it behind Ray Serve, and the
+benchmarks and tests call it in-process. Decoding goes by content (JPEG and PNG magic bytes,
+whatever the request's Content-Type said) and checks the image's dimensions from its header before
+any pixel is decoded, so a small file cannot claim gigabytes of memory. The eval transform is the
+one evaluation used (``trainlib.transforms``), so the endpoint answers as the job's test split was
+scored.
+
+Errors are typed, each with its HTTP status and code (the ``{"error": {"code", "message"}}`` body
+of ``ARCHITECTURE.md``'s REST API); the serving edge maps them and nothing else.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from PIL import Image
+
+from trainlib.models import build_model
+from trainlib.transforms import eval_transform, to_rgb
+
+# SageMaker's real-time InvokeEndpoint takes payloads up to 6 MB.
+MAX_BODY_BYTES = 6 * 1024 * 1024
+# Checked from the header before decoding: 40 megapixels is a large camera photo; a longer side
+# more than 20 times the shorter is no photo, and resizing its short side to the network's input
+# would blow it up (a 100000x1 PNG of 373 bytes would need gigabytes).
+MAX_PIXELS = 40_000_000
+MAX_ASPECT = 20
+# The endpoint answers this many labels (all of them when there are fewer); the API trims to top_k.
+TOP_LABELS = 20
+FORMATS = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG"}
+
+
+class PredictionError(Exception):
+    status = 500
+    code = "internal_error"
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": str(self)}}
+
+
+class InvalidImageError(PredictionError):
+    status, code = 400, "invalid_image"
+
+
+class ImageTooLargeError(PredictionError):
+    status, code = 400, "image_too_large"
+
+
+class PayloadTooLargeError(PredictionError):
+    status, code = 413, "payload_too_large"
+
+
+def sniff(body: bytes) -> str | None:
+    """``"JPEG"``, ``"PNG"`` or ``None``, from the first bytes."""
+    return next((fmt for magic, fmt in FORMATS.items() if body.startswith(magic)), None)
+
+
+def check_dimensions(width: int, height: int) -> None:
+    if width < 1 or height < 1:
+        raise InvalidImageError(f"the image has no pixels ({width}x{height})")
+    if width * height > MAX_PIXELS:
+        raise ImageTooLargeError(f"the image is {width}x{height} pixels; the limit is {MAX_PIXELS // 1_000_000} megapixels")
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        raise ImageTooLargeError(f"the image is {width}x{height} pixels; one side may be at most {MAX_ASPECT} times the other")
+
+
+def decode(body: bytes | bytearray | memoryview | None) -> Image.Image:
+    """Request bytes to an RGB image, or the error the request deserves."""
+    body = bytes(body or b"")
+    if not body:
+        raise InvalidImageError("the request body is empty; send the image bytes")
+    if len(body) > MAX_BODY_BYTES:
+        raise PayloadTooLargeError(f"the image is {len(body)} bytes; the limit is {MAX_BODY_BYTES} bytes")
+    fmt = sniff(body)
+    if fmt is None:
+        raise InvalidImageError("the body is not a JPEG or PNG image")
+    try:
+        with Image.open(io.BytesIO(body), formats=[fmt]) as img:
+            check_dimensions(*img.size)  # from the header: nothing is decoded yet
+            img.load()
+            return to_rgb(img)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise InvalidImageError(f"the body is not a decodable {fmt} image ({exc})") from None
+
+
+@dataclass
+class Classifier:
+    model: torch.nn.Module
+    classes: list[str]
+    run_id: str
+    transform: Any
+    device: torch.device
+
+    @classmethod
+    def load(cls, model_dir: Path, device: str | None = None) -> "Classifier":
+        """The model in ``model_dir`` (``model.json`` + ``model.pth``), on the GPU when there is one."""
+        meta = json.loads((model_dir / "model.json").read_text())
+        target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        model = build_model(meta["arch"], len(meta["classes"]), weights="none")
+        # weights_only: the state dict holds tensors alone, and nothing in it may run code.
+        model.load_state_dict(torch.load(model_dir / "model.pth", map_location="cpu", weights_only=True))
+        model.to(target).eval()
+        norm = meta["normalization"]
+        return cls(model, list(meta["classes"]), meta.get("run_id", ""),
+                   eval_transform(int(meta["image_size"]), norm["mean"], norm["std"]), target)
+
+    @torch.no_grad()
+    def predict(self, images: Sequence[Image.Image]) -> list[dict[str, Any]]:
+        """One forward pass for all ``images``; each answer is the API's ``{"predictions", "model"}``."""
+        batch = torch.stack([self.transform(image) for image in images]).to(self.device)
+        with torch.autocast(device_type=self.device.type, enabled=self.device.type == "cuda"):
+            logits = self.model(batch)
+        probabilities = torch.softmax(logits.float(), dim=1).cpu()
+        values, indices = torch.topk(probabilities, min(TOP_LABELS, len(self.classes)), dim=1)
+        return [
+            {"predictions": [{"label": self.classes[i], "probability": round(float(v), 6)}
+                             for v, i in zip(row_values.tolist(), row_indices.tolist())],
+             "model": self.run_id}
+            for row_values, row_indices in zip(values, indices)
+        ]
