@@ -17,6 +17,8 @@ from chalice_app.adapters.sagemaker import SageMakerAdapter
 from chalice_app.config import Config
 
 IMAGE_TYPES = {"image/jpeg": "image/jpeg", "image/jpg": "image/jpeg", "image/png": "image/png"}
+# The serving application's 400 codes (training/trainlib/predictor.py) that reach the client as they are.
+MODEL_ERROR_CODES = ("invalid_image", "image_too_large")
 DEFAULT_TOP_K, MAX_TOP_K = 5, 20
 RETRY_DELAYS = (0.2, 0.5, 1.2)  # throttling: three retries, under two seconds in all
 
@@ -90,6 +92,21 @@ def check_request(body: bytes | None, content_type: str | None, top_k: str | Non
     return actual, parse_top_k(top_k)
 
 
+def model_error(exc: ModelError) -> PredictError:
+    """The serving application's own 4xx (``{"error": {"code", "message"}}``) passed on to the client;
+    anything else it answered is the endpoint failing (502)."""
+    if not 400 <= exc.status < 500:
+        return BadGatewayError(f"the endpoint failed (status {exc.status})")
+    try:
+        error = json.loads(str(exc))["error"]
+        code, message = str(error["code"]), str(error["message"])
+    except (ValueError, KeyError, TypeError):
+        code, message = "invalid_image", f"the model could not read the image: {str(exc)[:300]}"
+    if exc.status == 413:
+        return PayloadTooLargeError(message[:500])
+    return BadRequestError(message[:500], code if code in MODEL_ERROR_CODES else "invalid_image")
+
+
 def predict(
     runtime: RuntimeAdapter,
     config: Config,
@@ -99,7 +116,7 @@ def predict(
     sleep: Callable[[float], None],
 ) -> dict[str, Any]:
     media, k = check_request(body, content_type, top_k, config.max_body_bytes)
-    accept = f"application/json; top_k={k}"
+    accept = "application/json"  # the endpoint answers its 20 most probable labels; trimmed to top_k below
     for attempt, delay in enumerate((*RETRY_DELAYS, None)):
         try:
             raw = runtime.invoke(config.endpoint_name, body, media, accept)
@@ -111,9 +128,7 @@ def predict(
         except EndpointNotFoundError as exc:
             raise UnavailableError(f"no model is deployed (endpoint {config.endpoint_name} does not exist)", "no_model") from exc
         except ModelError as exc:
-            if 400 <= exc.status < 500:
-                raise BadRequestError(f"the model could not read the image: {str(exc)[:300]}", "invalid_image") from exc
-            raise BadGatewayError(f"the endpoint failed (status {exc.status})") from exc
+            raise model_error(exc) from exc
         except AdapterError as exc:
             raise BadGatewayError(f"the endpoint could not be reached ({exc.code or 'error'})") from exc
     try:

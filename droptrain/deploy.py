@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import io
 import json
 import os
 import shutil
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 from typing import Any, Callable, Mapping
+
+from droptrain import sourcedir
 
 ROOT = Path(__file__).resolve().parent.parent
 CHALICE_DIR = ROOT / ".chalice"
@@ -167,21 +167,7 @@ def sagemaker_role_policy(env: Mapping[str, str]) -> dict[str, Any]:
 
 def build_sourcedir(training_dir: Path = TRAINING_DIR) -> tuple[bytes, str]:
     """``training/`` as a tar.gz with fixed metadata, and its key ``code/sourcedir-<hash>.tar.gz``."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=9) as tar:
-        for path in sorted(training_dir.rglob("*")):
-            if "__pycache__" in path.parts or path.suffix == ".pyc" or not path.is_file():
-                continue
-            info = tar.gettarinfo(str(path), arcname=str(path.relative_to(training_dir)))
-            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
-            with path.open("rb") as handle:
-                tar.addfile(info, handle)
-    # gzip writes the time into its header: hash the content that matters, not the wrapper.
-    digest = hashlib.sha256()
-    with tarfile.open(fileobj=io.BytesIO(buffer.getvalue())) as tar:
-        for member in tar.getmembers():
-            digest.update(member.name.encode() + b"\0" + tar.extractfile(member).read())
-    return buffer.getvalue(), f"code/sourcedir-{digest.hexdigest()[:16]}.tar.gz"
+    return sourcedir.build(training_dir)
 
 
 # -- 5. one template ---------------------------------------------------------------------------

@@ -20,6 +20,31 @@ FAST_HYPERPARAMETERS = {
 }
 
 
+def hyperparameter_args(hyperparameters: dict[str, str]) -> list[str]:
+    """``--name value`` pairs, as the training toolkit passes hyperparameters to train.py."""
+    return [item for name, value in hyperparameters.items() for item in (f"--{name}", str(value))]
+
+
+def run_training_job(root: Path, data: Path, hyperparameters: dict[str, str], job_name: str,
+                     on_line=lambda line: None, environment: dict[str, str] | None = None):
+    """One training job as SageMaker runs it: the source dir as a tarball, the channel, the config
+    files, and AWS's training toolkit relocated to ``root`` (what the local SageMaker does)."""
+    from droptrain import sourcedir
+    from droptrain.local import jobs
+
+    code, _ = sourcedir.build(include_requirements=False)
+    (root / "sourcedir.tar.gz").write_bytes(code)
+    paths = jobs.JobPaths(root / "opt-ml")
+    channel = [{"ChannelName": "training", "DataSource": {"S3DataSource": {
+        "S3DataType": "S3Prefix", "S3Uri": "s3://bucket/datasets/pets/", "S3DataDistributionType": "FullyReplicated"}}}]
+    jobs.write_config(paths, {**hyperparameters, "sagemaker_program": "train.py",
+                              "sagemaker_submit_directory": str(root / "sourcedir.tar.gz")}, channel, "ml.m5.large")
+    jobs.stage_channel(paths, "training", data)
+    status = jobs.run(paths, jobs.toolkit_env(paths, job_name, f"arn:aws:sagemaker:local:000000000000:training-job/{job_name}",
+                                              environment or {}), on_line)
+    return paths, status
+
+
 def run_train(args: list[str], env: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     """``python train.py ARGS`` in the source dir, as the container runs it."""
     return subprocess.run(

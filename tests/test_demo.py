@@ -3,7 +3,8 @@
 from droptrain import cli
 
 
-def test_demo_runs_the_pipeline_and_predicts(tmp_path, capsys):
+def test_demo_runs_the_pipeline_and_predicts(tmp_path, capsys, ray_serve):
+    """The demo joins the session's Ray instance (one per process) rather than starting its own."""
     assert cli.main(["demo", "--home", str(tmp_path / "home"), "--trials", "2"]) == 0
     out = capsys.readouterr().out
     for event in ("dataset.accepted", "tuning.started", "tuning.completed", "training.started",

@@ -1,63 +1,41 @@
-"""Local endpoints: ``model.tar.gz`` loaded through its own ``inference.py``, answering InvokeEndpoint.
+"""Local endpoints: SageMaker's endpoint lifecycle over Ray Serve, answering InvokeEndpoint.
 
-A deployment loads the new model completely, then swaps one reference: requests in flight finish
-on the old model, new ones get the new one, none is dropped. A deployment that fails to load
-leaves the old model serving (as SageMaker's rollback does) and records the reason.
-
-Decoding and answering happen in each request's thread; the forward passes go through one
-``DynamicBatcher`` per model, so concurrent requests share batches (``predict_batch_fn`` when the
-model's ``inference.py`` has it, else ``predict_fn`` one image at a time) and never fight over
-the CPU's cores.
+Each endpoint config's model archive is extracted under ``<home>/endpoints/<config>/`` and deployed
+as its own Ray Serve application (``droptrain.local.serving``), exactly as AWS's Ray Serve container
+would start it. An update is blue/green, as SageMaker's: the new version is deployed beside the old
+one, traffic moves to it once it serves, and the old one is deleted after (Ray Serve lets its
+requests in flight finish). A version that fails to start is removed and the old one keeps serving,
+with the reason on the endpoint (``FailureReason``), as SageMaker rolls back.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import tarfile
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from chalice_app.adapters.errors import ServiceError
 from chalice_app.adapters.runtime import EndpointNotFoundError, EndpointNotReadyError, ModelError
-from droptrain.container import load_inference_module
-from droptrain.local.batching import DynamicBatcher
 from droptrain.local.bucket import LocalBucket
+from droptrain.local.serving import ApplicationGoneError, RayServe, ServingError
 from droptrain.local.store import Store
 
 log = logging.getLogger(__name__)
 
 
-MAX_BATCH = 16
-
-
-@dataclass
-class Serving:
-    config: str
-    module: Any
-    model: Any
-    batcher: DynamicBatcher
-
-    @classmethod
-    def of(cls, config: str, module: Any, model: Any) -> "Serving":
-        batch_fn = getattr(module, "predict_batch_fn", None)
-        if batch_fn is not None:
-            def run_batch(items):
-                return batch_fn(list(items), model)
-        else:
-            def run_batch(items):
-                return [module.predict_fn(item, model) for item in items]
-        return cls(config, module, model, DynamicBatcher(run_batch, max_batch=MAX_BATCH, name=f"batcher:{config}"))
-
-
 class LocalEndpoints:
     def __init__(self, store: Store, bucket: LocalBucket, root: Path, emit: Callable[[dict], None],
-                 arn: Callable[[str, str], str], event: Callable[..., dict], now: Callable[[], str]):
+                 arn: Callable[[str, str], str], event: Callable[..., dict], now: Callable[[], str],
+                 serving: RayServe):
         self.store, self.bucket, self.root, self.emit = store, bucket, root, emit
         self._arn, self._event, self._now = arn, event, now
-        self._serving: dict[str, Serving] = {}
+        self.serving = serving
+        self._routes: dict[str, str] = {}  # endpoint -> the Ray Serve application taking its traffic
+        self._routes_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
 
     # -- SageMaker's side -------------------------------------------------------------------------
@@ -89,13 +67,13 @@ class LocalEndpoints:
         self._deploy_async(name)
 
     def start(self) -> None:
-        """After a restart: load what was serving, finish what was being deployed."""
+        """After a restart (a new Ray instance): serve again what was serving, finish what was deploying."""
         for name, status, record in self.store.records("endpoint"):
             if status in ("InService", "Updating"):
                 try:
-                    self._serving[name] = self._load(record["EndpointConfigName"])
-                except Exception as exc:  # noqa: BLE001 - recorded on the endpoint, as SageMaker shows it
-                    log.error("endpoint %s could not reload %s: %s", name, record["EndpointConfigName"], exc)
+                    self._route(name, self._serve(record["EndpointConfigName"]))
+                except ServingError as exc:
+                    log.error("endpoint %s could not serve %s again: %s", name, record["EndpointConfigName"], exc)
             if status in ("Creating", "Updating"):
                 self._deploy_async(name)
 
@@ -104,42 +82,61 @@ class LocalEndpoints:
             thread.join(timeout)
 
     def close(self) -> None:
-        """Stop serving (the runtime is stopping): queued requests are answered first."""
-        serving, self._serving = self._serving, {}
-        for item in serving.values():
-            item.batcher.close(5)
+        """The runtime is stopping: its applications leave Ray Serve (which may be shared, in tests)."""
+        with self._routes_lock:
+            apps, self._routes = list(self._routes.values()), {}
+        for app in apps:
+            self.serving.delete(app)
+
+    # -- deployments ------------------------------------------------------------------------------
 
     def _deploy_async(self, name: str) -> None:
         thread = threading.Thread(target=self._deploy, args=(name,), daemon=True, name=f"deploy:{name}")
         self._threads = [t for t in self._threads if t.is_alive()] + [thread]
         thread.start()
 
-    def _load(self, config_name: str) -> Serving:
+    def _app_name(self, config_name: str) -> str:
+        return f"ep-{config_name}"
+
+    def _serve(self, config_name: str) -> str:
+        """Extract the config's model archive and deploy it; returns the application's name."""
         config = self.store.get("endpoint-config", config_name)
         if config is None:
-            raise ServiceError(f"endpoint config {config_name} does not exist")
+            raise ServingError(f"endpoint config {config_name} does not exist")
         model = self.store.get("model", config["ProductionVariants"][0]["ModelName"])
         if model is None:
-            raise ServiceError(f"model {config['ProductionVariants'][0]['ModelName']} does not exist")
+            raise ServingError(f"model {config['ProductionVariants'][0]['ModelName']} does not exist")
         archive = self.bucket.path_of_uri(model["PrimaryContainer"]["ModelDataUrl"])
+        if not archive.is_file():
+            raise ServingError(f"no model artifact at {model['PrimaryContainer']['ModelDataUrl']}")
         target = self.root / config_name
         if target.exists():
             shutil.rmtree(target)
         target.mkdir(parents=True)
-        with tarfile.open(archive) as tar:
-            tar.extractall(target, filter="data")
-        module = load_inference_module(target / "code")
-        return Serving.of(config_name, module, module.model_fn(str(target)))
+        try:
+            with tarfile.open(archive) as tar:
+                tar.extractall(target, filter="data")
+        except (tarfile.TarError, OSError) as exc:
+            raise ServingError(f"the model artifact could not be extracted: {exc}") from exc
+        app = self._app_name(config_name)
+        self.serving.deploy(app, target)
+        return app
+
+    def _route(self, endpoint: str, app: str) -> str | None:
+        """Send the endpoint's traffic to ``app``; returns the application it took it from."""
+        with self._routes_lock:
+            previous, self._routes[endpoint] = self._routes.get(endpoint), app
+        return previous if previous != app else None
 
     def _deploy(self, name: str) -> None:
         record = self.store.get("endpoint", name)
         config = record["Pending"]
-        previous = record["EndpointStatus"]
+        previous_status = record["EndpointStatus"]
         try:
-            serving = self._load(config)
-        except Exception as exc:  # noqa: BLE001 - any load failure is the deployment's FailureReason
-            reason = f"the model could not be loaded: {exc}"
-            if previous == "Updating":  # roll back: the old model keeps serving
+            app = self._serve(config)
+        except ServingError as exc:
+            reason = f"the model could not be deployed: {exc}"
+            if previous_status == "Updating":  # roll back: the old version keeps serving
                 moved = self.store.transition("endpoint", name, ("Updating",), "InService", EndpointStatus="InService",
                                               FailureReason=reason, LastModifiedTime=self._now())
             else:
@@ -148,10 +145,9 @@ class LocalEndpoints:
             if moved:
                 self._announce(name)
             return
-        old = self._serving.get(name)
-        self._serving[name] = serving  # the swap: one reference, requests in flight keep the old model
+        old = self._route(name, app)
         if old is not None:
-            old.batcher.close()  # after what is queued on it; a late request runs on it directly
+            self.serving.delete(old)  # its requests in flight finish; new ones already go to `app`
         if self.store.transition("endpoint", name, ("Creating", "Updating"), "InService", EndpointStatus="InService",
                                  EndpointConfigName=config, FailureReason=None, LastModifiedTime=self._now()):
             self._announce(name)
@@ -168,18 +164,26 @@ class LocalEndpoints:
     # -- sagemaker-runtime's side -----------------------------------------------------------------
 
     def invoke(self, endpoint: str, body: bytes, content_type: str, accept: str) -> bytes:
-        serving = self._serving.get(endpoint)
-        if serving is None:
-            if self.store.get("endpoint", endpoint) is None:
-                raise EndpointNotFoundError(f"Endpoint {endpoint} of account local not found.", "ValidationError")
-            raise EndpointNotReadyError(f"Endpoint {endpoint} is not ready", "ModelNotReadyException")
-        module = serving.module
-        try:
-            data = module.input_fn(body, content_type)
-            answer, _ = module.output_fn(serving.batcher.submit(data), accept)
-        except module.InferenceError as exc:
-            raise ModelError(str(exc), exc.status) from exc
-        return answer.encode()
+        """InvokeEndpoint: the container's answer, or ``ModelError`` with its status and body, as SageMaker
+        reports a container's 4xx/5xx (the content type travels, but the application reads the bytes)."""
+        for _ in range(2):  # a swap can delete the application between routing and calling: route again
+            with self._routes_lock:
+                app = self._routes.get(endpoint)
+            if app is None:
+                if self.store.get("endpoint", endpoint) is None:
+                    raise EndpointNotFoundError(f"Endpoint {endpoint} of account local not found.", "ValidationError")
+                raise EndpointNotReadyError(f"Endpoint {endpoint} is not ready", "ModelNotReadyException")
+            try:
+                status, payload = self.serving.call(app, body)
+            except ApplicationGoneError:
+                continue
+            except ServingError as exc:
+                raise ModelError(f"the model container failed: {exc}", 500) from exc
+            answer = json.dumps(payload)
+            if status != 200:
+                raise ModelError(answer, status)
+            return answer.encode()
+        raise EndpointNotReadyError(f"Endpoint {endpoint} is changing versions", "ModelNotReadyException")
 
 
 class LocalRuntimeClient:

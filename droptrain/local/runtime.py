@@ -23,8 +23,10 @@ from chalice_app.pipeline import Services
 from droptrain.local import sagemaker as local_sagemaker
 from droptrain.local.bucket import LocalBucket
 from droptrain.local.bus import LocalEventBus, routes_of
+from droptrain import sourcedir
 from droptrain.local.endpoint import LocalEndpoints, LocalRuntimeClient
 from droptrain.local.notify import LocalPublisher, read
+from droptrain.local.serving import RayServe
 from droptrain.local.store import Store
 from droptrain.upload import upload_dataset
 
@@ -79,19 +81,25 @@ class LocalRuntime:
     def __init__(self, home: Path = Path(".droptrain"), env: dict[str, str] | None = None,
                  say: Callable[[str], None] = print, webhook: str | None = None,
                  source_dir: Path | None = None, on_line: Callable[[str, str], None] | None = None,
-                 poll_seconds: float = 0.5):
+                 poll_seconds: float = 0.5, serving: RayServe | None = None):
         self.home = home.resolve()
-        self.env = local_environment(env)
+        # The training code goes into the local bucket as SageMaker's source dir, where the jobs'
+        # toolkit reads it (requirements.txt left out: .venv is the local image, see sourcedir.build).
+        self._sourcedir, key = sourcedir.build(source_dir or sourcedir.TRAINING_DIR, include_requirements=False)
+        self.env = local_environment({"SOURCE_DIR_S3_URI": f"s3://{BUCKET}/{key}", **(env or {})})
         self.say = say
         self.poll_seconds = poll_seconds
         self.bucket = LocalBucket(self.home / "bucket", BUCKET)
         self.store = Store(self.home / "state.db")
         self.publisher = LocalPublisher(self.home / "notifications.jsonl", say, webhook)
         self.bus: LocalEventBus | None = None
+        # One Ray instance per runtime, unless the caller shares one (the tests do).
+        self._owns_serving = serving is None
+        self.serving = serving or RayServe()
         self.endpoints = LocalEndpoints(self.store, self.bucket, self.home / "endpoints", self._emit,
-                                        local_sagemaker.arn, local_sagemaker._event, local_sagemaker.now)
+                                        local_sagemaker.arn, local_sagemaker._event, local_sagemaker.now, self.serving)
         self.sagemaker = local_sagemaker.LocalSageMaker(self.store, self.bucket, self.home / "jobs", self._emit,
-                                                        self.endpoints, source_dir, on_line or (lambda job, line: None),
+                                                        self.endpoints, on_line or (lambda job, line: None),
                                                         feature_cache=self.home / "cache" / "features")
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
@@ -134,6 +142,9 @@ class LocalRuntime:
         app_module = importlib.reload(app_module)
 
         handlers.use_services(bootstrap.build(self.env))
+        self.bucket.put(self.env["SOURCE_DIR_S3_URI"].removeprefix(f"s3://{BUCKET}/"), self._sourcedir)
+        if self._owns_serving:
+            self.serving.start()
         self.bus = LocalEventBus(routes_of(app_module.app))
         self.bus.start()
         self._stop.clear()
@@ -161,6 +172,8 @@ class LocalRuntime:
             self.bus.stop()
         self.endpoints.join(5)
         self.endpoints.close()
+        if self._owns_serving:
+            self.serving.stop()
         from chalice_app import handlers
 
         handlers.use_services(None)

@@ -1,9 +1,9 @@
 """A local SageMaker: the orchestrator's own request dicts in, SageMaker's describe shapes and
 EventBridge state-change events out.
 
-* Training jobs run the source dir's entry point (``sagemaker_program``) in a subprocess under the
-  container contract (``droptrain.container``), parse metrics with the request's
-  MetricDefinitions, and pack ``model.tar.gz`` / ``output.tar.gz`` where SageMaker puts them.
+* Training jobs run through AWS's training toolkit (``droptrain.local.jobs``), exactly as the
+  PyTorch training container runs them; their output is parsed with the request's
+  MetricDefinitions, and ``model.tar.gz`` / ``output.tar.gz`` are packed where SageMaker puts them.
 * Tuning jobs search with Optuna: TPE for Bayesian, random, grid, and Hyperband pruning on the
   per-epoch objective (median-rule pruning for ``TrainingJobEarlyStoppingType: Auto``), within
   MaxNumberOfTrainingJobs and MaxParallelTrainingJobs.
@@ -18,7 +18,6 @@ import logging
 import math
 import os
 import re
-import shutil
 import signal
 import subprocess
 import threading
@@ -29,8 +28,8 @@ from typing import Any, Callable, Mapping
 
 import optuna
 
-from chalice_app.adapters.errors import NotFoundError, ServiceError
-from droptrain.container import JobPaths, package_dir, start_training
+from chalice_app.adapters.errors import NotFoundError
+from droptrain.local import jobs
 from droptrain.local.bucket import LocalBucket
 from droptrain.local.store import Store
 
@@ -80,14 +79,12 @@ def _event(detail_type: str, kind: str, name: str, detail: dict[str, Any]) -> di
 
 class LocalSageMaker:
     def __init__(self, store: Store, bucket: LocalBucket, jobs_root: Path, emit: Emit, endpoints: Any,
-                 source_dir: Path | None = None, on_line: OnLine = lambda job, line: None,
-                 feature_cache: Path | None = None):
+                 on_line: OnLine = lambda job, line: None, feature_cache: Path | None = None):
         self.store = store
         self.bucket = bucket
         self.jobs_root = jobs_root
         self.emit = emit
         self.endpoints = endpoints
-        self.source_dir = source_dir
         self.on_line = on_line
         # Shared by every job on this machine: head-mode trials of one tuning job compute the
         # frozen backbone's features once (train.py --feature-cache).
@@ -146,8 +143,11 @@ class LocalSageMaker:
             "AlgorithmSpecification": request["AlgorithmSpecification"], "RoleArn": request["RoleArn"],
             "InputDataConfig": request.get("InputDataConfig", []), "OutputDataConfig": request["OutputDataConfig"],
             "ResourceConfig": request["ResourceConfig"], "StoppingCondition": request["StoppingCondition"],
+            "Environment": request.get("Environment", {}),
             "CreationTime": now(), "LastModifiedTime": now(), "Tags": _tags(request),
         }
+        if request.get("CheckpointConfig"):
+            record["CheckpointConfig"] = request["CheckpointConfig"]
         if tuning_job:
             record.update(TuningJobArn=arn("hyper-parameter-tuning-job", tuning_job), TuningJobName=tuning_job, Trial=trial)
         if not self.store.insert("training-job", name, record, status="InProgress"):
@@ -162,44 +162,42 @@ class LocalSageMaker:
             raise NotFoundError(f"Could not find training job '{arn('training-job', name)}'", "ValidationException")
         return as_described(record, hidden=("Tags", "TuningJobName", "Trial"))
 
-    def _channels(self, name: str, record: Mapping[str, Any]) -> dict[str, Path]:
-        channels = {}
+    def _local_file(self, uri: str, what: str) -> Path:
+        path = self.bucket.path_of_uri(uri)
+        if not path.exists():
+            raise jobs.JobSetupError(f"ClientError: no {what} at {uri}")
+        return path
+
+    def _prepare(self, name: str, record: Mapping[str, Any]) -> jobs.JobPaths:
+        """The job's /opt/ml as SageMaker lays it out before the container starts."""
+        paths = jobs.JobPaths(self.jobs_root / name)
+        hyperparameters = dict(record["HyperParameters"])
+        if "sagemaker_submit_directory" in hyperparameters:
+            hyperparameters["sagemaker_submit_directory"] = str(
+                self._local_file(hyperparameters["sagemaker_submit_directory"], "training code"))
         for channel in record["InputDataConfig"]:
             uri = channel["DataSource"]["S3DataSource"]["S3Uri"]
-            source = self.bucket.path_of_uri(uri)
-            if source.is_dir():
-                channels[channel["ChannelName"]] = source
-            elif source.is_file():
-                # S3Prefix naming one archive: the channel holds that one file, as SageMaker downloads it.
-                folder = self.jobs_root / name / "input" / channel["ChannelName"]
-                folder.mkdir(parents=True, exist_ok=True)
-                target = folder / source.name
-                if not target.exists():
-                    try:
-                        os.link(source, target)
-                    except OSError:
-                        shutil.copy2(source, target)
-                channels[channel["ChannelName"]] = folder
-            else:
-                raise ServiceError(f"ClientError: no data at {uri}")
-        return channels
+            jobs.stage_channel(paths, channel["ChannelName"], self._local_file(uri, "data"))
+        jobs.write_config(paths, hyperparameters, record["InputDataConfig"], record["ResourceConfig"]["InstanceType"],
+                          record.get("CheckpointConfig"))
+        for stale in (paths.failure, paths.output / "success"):  # from an attempt a restart interrupted
+            stale.unlink(missing_ok=True)
+        return paths
 
     def _run_training_job(self, name: str, on_metric: Callable[[str, float, int], bool] | None = None) -> str:
         """Run the job to its end; returns its final status. ``on_metric`` returning ``True`` stops it (pruning)."""
         record = self.store.get("training-job", name)
-        paths = JobPaths(self.jobs_root / name)
         definitions = [(d["Name"], re.compile(d["Regex"])) for d in record["AlgorithmSpecification"].get("MetricDefinitions", [])]
         hyperparameters = record["HyperParameters"]
         metrics: dict[str, list[float]] = {n: [] for n, _ in definitions}
         pruned = False
         try:
-            channels = self._channels(name, record)
-        except ServiceError as exc:
+            paths = self._prepare(name, record)
+        except (jobs.JobSetupError, OSError) as exc:
             return self._finish_training(name, "Failed", FailureReason=str(exc))
         self.store.update("training-job", name, SecondaryStatus="Training", TrainingStartTime=now(), LastModifiedTime=now())
-        process = start_training(paths, channels, hyperparameters, name,
-                                 entry_point=hyperparameters.get("sagemaker_program", "train.py"), source_dir=self.source_dir,
-                                 extra_env=self.job_env)
+        env = jobs.toolkit_env(paths, name, record["TrainingJobArn"], record.get("Environment", {}), extra=self.job_env)
+        process = jobs.start(paths, env)
         with self._lock:
             self._processes[name] = process
         tail: list[str] = []
@@ -227,12 +225,12 @@ class LocalSageMaker:
         if pruned:
             return self._finish_training(name, "Stopped", SecondaryStatus="Stopped", FailureReason="stopped early by the tuning job")
         if status_code != 0:
-            reason = _failure_reason(paths, status_code, tail)
+            reason = jobs.failure_reason(paths, status_code, tail)
             return self._finish_training(name, "Failed", SecondaryStatus="Failed", FailureReason=reason)
         prefix = record["OutputDataConfig"]["S3OutputPath"].rstrip("/") + f"/{name}/output"
         model_uri = f"{prefix}/model.tar.gz"
-        package_dir(paths.model, self.bucket.path_of_uri(model_uri))
-        package_dir(paths.output_data, self.bucket.path_of_uri(f"{prefix}/output.tar.gz"))
+        jobs.package_dir(paths.model, self.bucket.path_of_uri(model_uri))
+        jobs.package_dir(paths.output_data, self.bucket.path_of_uri(f"{prefix}/output.tar.gz"))
         reports = paths.output_data / "reports"
         if hyperparameters.get("reports-uri") and reports.is_dir():
             # What train.py uploads itself on SageMaker (runs/<run-id>/reports/).
@@ -454,19 +452,6 @@ def _kill(process: subprocess.Popen) -> None:
             os.killpg(process.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
-
-
-def _failure_reason(paths: JobPaths, status_code: int, tail: list[str]) -> str:
-    try:
-        written = paths.failure.read_text().strip()
-    except OSError:
-        written = ""
-    if written:
-        return f"AlgorithmError: {written}"
-    if status_code < 0:
-        return f"AlgorithmError: the training process was killed by signal {-status_code}"
-    last = next((l for l in reversed(tail) if l.strip()), "")
-    return f"AlgorithmError: exit status {status_code}: {last[-400:]}"
 
 
 def _final(record: Mapping[str, Any] | None, metric: str) -> float | None:

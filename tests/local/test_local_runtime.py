@@ -31,9 +31,9 @@ def wait_for(runtime: LocalRuntime, event: str, timeout: float = 300) -> list[st
     raise AssertionError(f"no {event} in {timeout}s: {[n['message']['event'] for n in runtime.notifications()]}")
 
 
-def test_dataset_to_predictions_with_the_real_training_code(tiny_dataset, tmp_path, capsys):
+def test_dataset_to_predictions_with_the_real_training_code(tiny_dataset, tmp_path, capsys, ray_serve):
     env = {"MAX_TUNING_JOBS": "2", "STATIC_HYPERPARAMETERS": '{"arch": "resnet18", "weights": "none", "train-mode": "head", "image-size": "48"}'}
-    runtime = LocalRuntime(tmp_path / "home", env=env, say=lambda m: None)
+    runtime = LocalRuntime(tmp_path / "home", env=env, say=lambda m: None, serving=ray_serve)
     runtime.start(port=0)
     try:
         runtime.upload(tiny_dataset, "pets")
@@ -80,7 +80,7 @@ class _Webhook(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_restart_mid_tuning_finishes_the_run_once(tiny_dataset, trained_job, tmp_path, monkeypatch):
+def test_restart_mid_tuning_finishes_the_run_once(tiny_dataset, trained_job, tmp_path, monkeypatch, ray_serve):
     monkeypatch.setenv("FAKE_EPOCH_SECONDS", "0.4")
     monkeypatch.setenv("FAKE_MODEL_SOURCE", str(trained_job["paths"].model))
     monkeypatch.setenv("FAKE_LOG", str(tmp_path / "fake.log"))
@@ -90,7 +90,7 @@ def test_restart_mid_tuning_finishes_the_run_once(tiny_dataset, trained_job, tmp
     env = {"MAX_TUNING_JOBS": "3", "MAX_PARALLEL_JOBS": "1", "TUNING_RANGES": '{"epochs": [3, 5]}'}
     home = tmp_path / "home"
 
-    first = LocalRuntime(home, env=env, say=lambda m: None, source_dir=FAKE_SOURCE, webhook=webhook)
+    first = LocalRuntime(home, env=env, say=lambda m: None, source_dir=FAKE_SOURCE, webhook=webhook, serving=ray_serve)
     first.start(serve_api=False)
     first.upload(tiny_dataset, "pets")
     log_path = tmp_path / "fake.log"
@@ -106,7 +106,7 @@ def test_restart_mid_tuning_finishes_the_run_once(tiny_dataset, trained_job, tmp
     assert statuses["Completed"] >= 1 and statuses["InProgress"] == 1
     assert first.store.status("tuning-job", next(iter(first.store.names("tuning-job")))) == "InProgress"
 
-    second = LocalRuntime(home, env=env, say=lambda m: None, source_dir=FAKE_SOURCE, webhook=webhook)
+    second = LocalRuntime(home, env=env, say=lambda m: None, source_dir=FAKE_SOURCE, webhook=webhook, serving=ray_serve)
     second.start(serve_api=False)
     try:
         seen = wait_for(second, "deployment.completed", timeout=120)
@@ -122,7 +122,7 @@ def test_restart_mid_tuning_finishes_the_run_once(tiny_dataset, trained_job, tmp
     assert [r["message"]["event"] for r in _Webhook.received] == CHAIN
 
 
-def test_a_bad_dataset_is_rejected_locally(tmp_path):
+def test_a_bad_dataset_is_rejected_locally(tmp_path, ray_serve):
     from droptrain.synthetic import make_dataset
 
     data = tmp_path / "one"
@@ -130,7 +130,7 @@ def test_a_bad_dataset_is_rejected_locally(tmp_path):
     (data / "train").mkdir(parents=True)
     import shutil
     shutil.copytree(next((tmp_path / "two" / "train").iterdir()), data / "train" / "only-class")
-    runtime = LocalRuntime(tmp_path / "home", say=lambda m: None)
+    runtime = LocalRuntime(tmp_path / "home", say=lambda m: None, serving=ray_serve)
     runtime.start(serve_api=False)
     try:
         runtime.upload(data, "one")

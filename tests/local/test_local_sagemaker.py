@@ -11,16 +11,21 @@ import pytest
 
 from chalice_app import config as config_module, names, sagemaker_requests as requests
 from chalice_app.events import TrainingJobStateChange, TuningJobStateChange
+from droptrain import sourcedir
 from droptrain.local.bucket import LocalBucket
 from droptrain.local.bus import matches
 from droptrain.local.runtime import BUCKET, local_environment
 from droptrain.local.sagemaker import LocalSageMaker
 from droptrain.local.store import Store
-from droptrain.local.endpoint import LocalEndpoints
-from droptrain.local import sagemaker as local_sagemaker
 
 FAKE_SOURCE = Path(__file__).resolve().parent / "fake_source"
 DATASET = names.DatasetRef(BUCKET, "datasets/pets/_READY", "pets", "folder", "datasets/pets/")
+
+
+def publish_source(bucket: LocalBucket, source: Path) -> None:
+    """The source dir where the jobs' SOURCE_DIR_S3_URI (local_environment's default) points."""
+    code, _ = sourcedir.build(source, include_requirements=False)
+    bucket.put(local_environment()["SOURCE_DIR_S3_URI"].removeprefix(f"s3://{BUCKET}/"), code)
 
 
 class Executor:
@@ -29,10 +34,9 @@ class Executor:
         self.arrived = threading.Condition()
         self.bucket = LocalBucket(tmp / "bucket", BUCKET)
         self.bucket.put("datasets/pets/train/a/1.jpg", b"x")
+        publish_source(self.bucket, FAKE_SOURCE)
         self.store = Store(tmp / "state.db")
-        endpoints = LocalEndpoints(self.store, self.bucket, tmp / "endpoints", self.emit, local_sagemaker.arn,
-                                   local_sagemaker._event, local_sagemaker.now)
-        self.sagemaker = LocalSageMaker(self.store, self.bucket, tmp / "jobs", self.emit, endpoints, source_dir=FAKE_SOURCE)
+        self.sagemaker = LocalSageMaker(self.store, self.bucket, tmp / "jobs", self.emit, endpoints=None)
         self.log = tmp / "fake.log"
 
     def emit(self, event: dict) -> None:
@@ -183,7 +187,8 @@ def test_final_training_job_from_the_real_request(executor):
 
 def test_a_killed_process_fails_the_job_with_a_reason(executor, monkeypatch):
     monkeypatch.setenv("FAKE_EPOCH_SECONDS", "5")
-    request = requests.final_training_request(config(), "pets-1a2b3c4d", DATASET.uri, {}, {"epochs": "5"})
+    request = requests.final_training_request(config(), "pets-1a2b3c4d", DATASET.uri,
+                                              requests.static_hyperparameters(config()), {"epochs": "5"})
     executor.sagemaker.create_training_job(request)
     deadline = time.time() + 30
     while not executor.runs() and time.time() < deadline:
@@ -194,7 +199,8 @@ def test_a_killed_process_fails_the_job_with_a_reason(executor, monkeypatch):
     executor.wait_for("SageMaker Training Job State Change", "pets-1a2b3c4d-final")
     described = executor.sagemaker.describe_training_job("pets-1a2b3c4d-final")
     assert described["TrainingJobStatus"] == "Failed"
-    assert described["FailureReason"] == "AlgorithmError: the training process was killed by signal 9"
+    # What the training toolkit reports for a script that died, as SageMaker shows it.
+    assert described["FailureReason"].startswith("AlgorithmError: ExecuteUserScriptError:\nExitCode -9")
 
 
 def test_head_mode_trials_share_frozen_features(tmp_path, tiny_dataset):
@@ -203,6 +209,7 @@ def test_head_mode_trials_share_frozen_features(tmp_path, tiny_dataset):
     bucket = LocalBucket(tmp_path / "bucket", BUCKET)
     for path in sorted(tiny_dataset.rglob("*.jpg")):
         bucket.put_file(f"datasets/pets/{path.relative_to(tiny_dataset)}", path)
+    publish_source(bucket, sourcedir.TRAINING_DIR)
     store = Store(tmp_path / "state.db")
     lines: dict[str, list[str]] = {}
     done = threading.Event()

@@ -129,7 +129,7 @@ def test_sourcedir_is_reproducible_and_complete():
     assert key == key_again and key.startswith("code/sourcedir-") and key.endswith(".tar.gz")
     with tarfile.open(fileobj=io.BytesIO(first)) as tar:
         names = tar.getnames()
-    assert {"train.py", "inference.py", "requirements.txt", "trainlib/transforms.py"} <= set(names)
+    assert {"train.py", "serve_app.py", "requirements.txt", "trainlib/transforms.py", "trainlib/predictor.py"} <= set(names)
     assert not any("__pycache__" in n for n in names)
 
 

@@ -20,12 +20,13 @@ def _png() -> bytes:
     return buffer.getvalue()
 
 
-def _answer(stage, body: bytes, content_type: str, top_k: int = 5, answer: dict = ANSWER):
+def _answer(stage, body: bytes, content_type: str, answer: dict = ANSWER):
+    """The endpoint answers its most probable labels (up to 20); the route trims them to top_k."""
     data = json.dumps(answer).encode()
     stage.runtime_stub.add_response(
         "invoke_endpoint",
         {"Body": StreamingBody(io.BytesIO(data), len(data)), "ContentType": "application/json"},
-        {"EndpointName": "droptrain-dev", "Body": body, "ContentType": content_type, "Accept": f"application/json; top_k={top_k}"},
+        {"EndpointName": "droptrain-dev", "Body": body, "ContentType": content_type, "Accept": "application/json"},
     )
 
 
@@ -43,10 +44,10 @@ def test_images_pass_through(stage, client, body, content_type):
     stage.runtime_stub.assert_no_pending_responses()
 
 
-def test_top_k_is_passed_on_and_enforced(stage, client):
-    _answer(stage, JPEG, "image/jpeg", top_k=2)
+def test_top_k_trims_the_endpoints_answer(stage, client):
+    _answer(stage, JPEG, "image/jpeg")
     response = _post(client, JPEG, query="?top_k=2")
-    assert response.status_code == 200 and len(response.json_body["predictions"]) == 2
+    assert response.status_code == 200 and response.json_body["predictions"] == ANSWER["predictions"][:2]
 
 
 def test_the_real_image_type_is_sent(stage, client):
@@ -91,11 +92,24 @@ def test_endpoint_failure_is_502_without_internals(stage, client):
     assert "Traceback" not in json.dumps(response.json_body)
 
 
+def _model_rejects(stage, status: int, message: str) -> None:
+    stage.runtime_stub.add_client_error("invoke_endpoint", "ModelError", f"Received client error ({status})", http_status_code=424,
+                                        modeled_fields={"OriginalStatusCode": status, "OriginalMessage": message})
+
+
 def test_model_rejecting_the_image_is_400(stage, client):
-    stage.runtime_stub.add_client_error("invoke_endpoint", "ModelError", "Received client error (400)", http_status_code=424,
-                                        modeled_fields={"OriginalStatusCode": 400, "OriginalMessage": "not a decodable JPEG or PNG image"})
+    _model_rejects(stage, 400, "not a decodable JPEG or PNG image")
     response = _post(client, JPEG)
     assert response.status_code == 400 and response.json_body["error"]["code"] == "invalid_image"
+
+
+@pytest.mark.parametrize("code", ["invalid_image", "image_too_large"])
+def test_the_serving_applications_own_error_reaches_the_client(stage, client, code):
+    """The Ray Serve application answers {"error": {"code", "message"}}; SageMaker passes it on as a ModelError."""
+    _model_rejects(stage, 400, json.dumps({"error": {"code": code, "message": "what the model said"}}))
+    response = _post(client, JPEG)
+    assert response.status_code == 400
+    assert response.json_body == {"error": {"code": code, "message": "what the model said"}}
 
 
 def test_throttling_is_retried_with_backoff_then_503(stage, client):

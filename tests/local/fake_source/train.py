@@ -17,8 +17,9 @@ for name in ("lr", "weight-decay"):
     parser.add_argument(f"--{name}", type=float, default=0.001)
 for name in ("epochs", "batch-size"):
     parser.add_argument(f"--{name}", type=int, default=3)
-parser.add_argument("--checkpoint-dir", type=Path)
 args, _ = parser.parse_known_args()
+# Where train.py keeps its checkpoints: /opt/ml/checkpoints, relocated as the training toolkit is.
+args.checkpoint_dir = Path(os.environ.get("SAGEMAKER_BASE_DIR", "/opt/ml")) / "checkpoints"
 
 log = Path(os.environ["FAKE_LOG"]) if os.environ.get("FAKE_LOG") else None
 if log:
@@ -30,7 +31,7 @@ if args.lr >= float(os.environ.get("FAIL_AT_LR", "1e9")):
     print("error: the training loss became NaN", file=sys.stderr)
     sys.exit(1)
 quality = math.exp(-abs(math.log10(args.lr) - math.log10(0.005)))  # 1.0 at lr=0.005
-done = args.checkpoint_dir / "epochs.txt" if args.checkpoint_dir else None
+done = args.checkpoint_dir / "epochs.txt"
 start = int(done.read_text()) + 1 if done and done.exists() else 1
 if start > 1:
     print(f"resumed from checkpoint at epoch {start - 1}", flush=True)

@@ -1,0 +1,262 @@
+"""Ray Serve for the local runtime: one Ray instance per process, each model started as AWS's container starts it.
+
+AWS's Ray Serve inference container (``ray:serve-ml-sagemaker-cpu``/``-cuda``) starts a model so:
+extract ``model.tar.gz`` to ``/opt/ml/model/``, install ``code/requirements.txt``, put the folder on
+``PYTHONPATH``, start Ray and Serve, and ``serve run /opt/ml/model/config.yaml``. Here each
+deployment is the same, with what one machine serving many models needs on top:
+
+* the folder is the archive extracted under the local runtime's home, on the application's
+  ``PYTHONPATH`` (its ``runtime_env``), so every model imports its own ``serve_app`` and ``trainlib``;
+* the application keeps the archive's ``import_path`` and ``deployments``, under its own name and
+  route (``/<name>``) instead of ``/``, so that many models (and two versions of one, during a
+  blue/green update) serve side by side;
+* ``code/requirements.txt`` is checked against this environment instead of installed into it: the
+  project's ``.venv`` is the local image (``make setup`` built it).
+
+Ray Serve takes one declarative config for all applications (``serve run`` does the same through
+``ServeControllerClient.deploy_apps``): this module keeps that config, one per process (whoever
+started Ray in it), and changes one application at a time. Requests reach an application's ingress through a deployment handle (``answer(body)``, the
+same method its HTTP route runs), which skips the HTTP proxy's hop; the route is there too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+log = logging.getLogger(__name__)
+
+READY, FAILED = "RUNNING", ("DEPLOY_FAILED", "UNHEALTHY")
+
+
+class ServingError(Exception):
+    """Ray Serve could not do what was asked."""
+
+
+class ModelNotServableError(ServingError):
+    """This model archive cannot be served here; the message says why."""
+
+
+class ApplicationGoneError(ServingError):
+    """The application was deleted (an endpoint swapped versions) while a request was on its way."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def read_app_config(model_dir: Path) -> dict[str, Any]:
+    """The one application of the archive's ``config.yaml``, checked; raises ``ModelNotServableError``."""
+    path = model_dir / "config.yaml"
+    if not path.is_file():
+        raise ModelNotServableError("the model archive has no config.yaml (archives built for the retired TorchServe "
+                                    "container cannot be served: train the model again)")
+    try:
+        config = yaml.safe_load(path.read_text())
+        apps = config["applications"]
+    except (yaml.YAMLError, KeyError, TypeError) as exc:
+        raise ModelNotServableError(f"config.yaml is not a Ray Serve applications config ({exc})") from None
+    if not isinstance(apps, list) or len(apps) != 1 or not isinstance(apps[0], dict) or "import_path" not in apps[0]:
+        raise ModelNotServableError("config.yaml must hold exactly one application with an import_path")
+    return dict(apps[0])
+
+
+def missing_requirements(model_dir: Path) -> list[str]:
+    """The archive's ``code/requirements.txt`` lines this environment does not satisfy."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    path = model_dir / "code" / "requirements.txt"
+    missing = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        line = line.split("#", 1)[0].strip()
+        if not line or line.startswith("-"):
+            continue
+        try:
+            requirement = Requirement(line)
+        except InvalidRequirement:
+            missing.append(f"{line} (not a requirement this check can read)")
+            continue
+        try:
+            installed = metadata.version(requirement.name)
+        except metadata.PackageNotFoundError:
+            missing.append(f"{line} (not installed)")
+            continue
+        if requirement.specifier and not requirement.specifier.contains(installed, prereleases=True):
+            missing.append(f"{line} (installed: {installed})")
+    return missing
+
+
+@dataclass
+class _App:
+    name: str
+    model_dir: Path
+    config: dict[str, Any]
+
+
+class _Applications:
+    """The process's Ray Serve config: every application, whichever ``RayServe`` deployed it."""
+
+    def __init__(self):
+        self.apps: dict[str, _App] = {}
+        self.handles: dict[str, Any] = {}
+        self.lock = threading.Lock()
+
+
+_APPLICATIONS = _Applications()
+
+
+class RayServe:
+    """Ray and Serve for this process; ``start`` joins a Ray instance already running in it (tests share one)."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int | None = None, num_cpus: int | None = None,
+                 ready_timeout: float = 300, sleep: Callable[[float], None] = time.sleep):
+        self.host = host
+        self.port = port
+        # Logical CPUs: replicas of several models (and two versions of one during an update) must
+        # all be schedulable; they share the machine's real cores.
+        self.num_cpus = num_cpus or max(8, 4 * (os.cpu_count() or 1))
+        self.ready_timeout = ready_timeout
+        self.sleep = sleep
+        self._shared = _APPLICATIONS
+        self._mine: set[str] = set()
+        self._client = None
+        self._owns_ray = False
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> "RayServe":
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no report home from a user's machine
+        import ray
+        from ray.serve._private.api import serve_start
+
+        if not ray.is_initialized():
+            ray.init(num_cpus=self.num_cpus, include_dashboard=False, log_to_driver=False,
+                     object_store_memory=128 * 1024 * 1024, _node_ip_address=self.host,
+                     namespace="serve")
+            self._owns_ray = True
+            self.port = self.port or free_port(self.host)
+        # What `serve run` does with a config file: start Serve, then deploy_apps (below). Serve
+        # already running in this process keeps its proxy, wherever it listens.
+        self._client = serve_start(http_options={"host": self.host, "port": self.port or free_port(self.host)})
+        proxy = self._client.http_config
+        self.host, self.port = proxy.host, proxy.port
+        return self
+
+    def stop(self) -> None:
+        """Take down what this instance deployed, and Ray itself if this instance started it."""
+        import ray
+        from ray import serve
+
+        if self._client is None:
+            return
+        if self._owns_ray:
+            with self._shared.lock:
+                self._shared.apps.clear()
+                self._shared.handles.clear()
+            serve.shutdown()
+            ray.shutdown()
+        else:
+            for name in list(self._mine):
+                self.delete(name)
+        self._mine.clear()
+        self._client = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    # -- applications --------------------------------------------------------------------------
+
+    def deploy(self, name: str, model_dir: Path, route_prefix: str | None = None) -> None:
+        """Deploy the archive extracted in ``model_dir`` as application ``name`` and wait until it serves;
+        raises ``ModelNotServableError`` (with the application removed again) when it cannot. Its HTTP
+        route is ``/<name>`` unless ``route_prefix`` is given (``"/"``: the container's own)."""
+        config = read_app_config(model_dir)
+        missing = missing_requirements(model_dir)
+        if missing:
+            raise ModelNotServableError(f"the model needs what this environment lacks: {'; '.join(missing)}")
+        self._check_resources(config)
+        runtime_env = dict(config.get("runtime_env") or {})
+        env_vars = dict(runtime_env.get("env_vars") or {})
+        env_vars["PYTHONPATH"] = str(model_dir.resolve())  # as the container's PYTHONPATH=/opt/ml/model
+        runtime_env["env_vars"] = env_vars
+        config.update(name=name, route_prefix=route_prefix or f"/{name}", runtime_env=runtime_env)
+        with self._shared.lock:
+            self._shared.apps[name] = _App(name, model_dir, config)
+            self._mine.add(name)
+            self._apply()
+        status, message = self._wait(name)
+        if status != READY:
+            self.delete(name)
+            raise ModelNotServableError(f"Ray Serve could not start the model: {message or status}")
+
+    def delete(self, name: str) -> None:
+        with self._shared.lock:
+            self._shared.handles.pop(name, None)
+            self._mine.discard(name)
+            if self._shared.apps.pop(name, None) is not None:
+                self._apply()
+
+    def names(self) -> list[str]:
+        with self._shared.lock:
+            return list(self._shared.apps)
+
+    def call(self, name: str, body: bytes, timeout: float = 60) -> tuple[int, dict[str, Any]]:
+        """``(status, JSON body)`` from application ``name``'s ingress, as its HTTP route would answer."""
+        from ray import serve
+        from ray.serve.exceptions import RayServeException
+
+        with self._shared.lock:
+            if name not in self._shared.apps:
+                raise ApplicationGoneError(f"no application {name}")
+            handle = self._shared.handles.get(name)
+            if handle is None:
+                handle = self._shared.handles[name] = serve.get_app_handle(name)
+        try:
+            status, payload = handle.answer.remote(body).result(timeout_s=timeout)
+        except RayServeException as exc:
+            if name not in self.names():
+                raise ApplicationGoneError(f"application {name} was deleted") from exc
+            raise ServingError(f"application {name} failed: {exc}") from exc
+        return int(status), payload
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _apply(self) -> None:
+        from ray.serve.schema import ServeDeploySchema
+
+        schema = ServeDeploySchema(applications=[app.config for app in self._shared.apps.values()])
+        self._client.deploy_apps(schema)
+
+    def _wait(self, name: str) -> tuple[str, str]:
+        from ray import serve
+
+        deadline = time.monotonic() + self.ready_timeout
+        while True:
+            status = serve.status().applications.get(name)
+            state = getattr(status.status, "value", status.status) if status is not None else None
+            if state == READY or state in FAILED:
+                return state, status.message
+            if time.monotonic() > deadline:
+                return "TIMEOUT", f"not running after {self.ready_timeout:.0f}s"
+            self.sleep(0.2)
+
+    def _check_resources(self, config: dict[str, Any]) -> None:
+        import ray
+
+        wanted = max((float((d.get("ray_actor_options") or {}).get("num_gpus") or 0) for d in config.get("deployments") or []),
+                     default=0.0)
+        have = float(ray.cluster_resources().get("GPU", 0))
+        if wanted > have:
+            raise ModelNotServableError(f"the model's config.yaml asks for {wanted:g} GPU per replica; this machine has {have:g}")
