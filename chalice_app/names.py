@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import unicodedata
 from dataclasses import dataclass
 
 SLUG_MAX = 19
@@ -84,10 +85,40 @@ def check(name: str, kind: str) -> str:
     return name
 
 
+# SageMaker's tag values: [\p{L}\p{Z}\p{N}_.:/=+\-@]*, at most 256 characters. Anything else in a
+# dataset URI (a name with "(", "&", "#", "'"...) is written as "+XX" per UTF-8 byte; "+" itself is
+# escaped too, so the encoding is reversible (dataset_of_tag).
+TAG_VALUE_MAX = 256
+_TAG_SAFE_PUNCTUATION = set("_.:/=-@")
+
+
+def _tag_safe(char: str) -> bool:
+    return char in _TAG_SAFE_PUNCTUATION or unicodedata.category(char)[0] in "LZN"
+
+
+def tag_value(text: str) -> str:
+    """``text`` as a valid SageMaker tag value; raises ``InvalidNameError`` when even encoded it is too long."""
+    value = "".join(c if _tag_safe(c) else "".join(f"+{b:02X}" for b in c.encode()) for c in text)
+    if len(value) > TAG_VALUE_MAX:
+        raise InvalidNameError(f"{text!r} is too long to tag SageMaker resources with "
+                               f"({len(value)} characters encoded, the limit is {TAG_VALUE_MAX}): use a shorter dataset name")
+    return value
+
+
+def untag_value(value: str) -> str:
+    """The text ``tag_value`` encoded."""
+    return re.sub(r"(?:\+[0-9A-F]{2})+", lambda m: bytes.fromhex(m.group(0).replace("+", "")).decode("utf-8", "replace"), value)
+
+
+def dataset_of_tags(tags: dict[str, str]) -> str | None:
+    value = tags.get(TAG_DATASET)
+    return untag_value(value) if value else None
+
+
 def tags(run: str, dataset_uri: str | None = None, role: str | None = None) -> list[dict[str, str]]:
     out = [{"Key": TAG_RUN_ID, "Value": run}]
     if dataset_uri:
-        out.append({"Key": TAG_DATASET, "Value": dataset_uri})
+        out.append({"Key": TAG_DATASET, "Value": tag_value(dataset_uri)})
     if role:
         out.append({"Key": TAG_ROLE, "Value": role})
     return out

@@ -110,6 +110,20 @@ def static_hyperparameters(config: Config) -> dict[str, str]:
     return hps
 
 
+# The training jobs' environment. The training toolkit pip-installs the source dir's requirements.txt;
+# PIP_NO_DEPS makes that install exactly the names listed there and never their dependency pins
+# (smdebug's would downgrade the container's protobuf: training/requirements.txt).
+TRAINING_ENVIRONMENT = {"PIP_NO_DEPS": "1"}
+# What AWS's Ray Serve container documentation asks of GPU instances: a host AMI with current NVIDIA drivers.
+GPU_INFERENCE_AMI = "al2-ami-sagemaker-inference-gpu-3-1"
+
+
+def gpu_instance(instance_type: str) -> bool:
+    """``ml.g*`` and ``ml.p*`` instances carry NVIDIA GPUs (``ml.inf*``/``ml.trn*`` are Neuron, not CUDA)."""
+    family = instance_type.removeprefix("ml.").split(".")[0]
+    return family[:1] in ("g", "p")
+
+
 def _training_core(config: Config, dataset_uri: str, output_path: str, checkpoint_path: str) -> dict[str, Any]:
     core: dict[str, Any] = {
         "AlgorithmSpecification": {
@@ -132,6 +146,7 @@ def _training_core(config: Config, dataset_uri: str, output_path: str, checkpoin
         },
         "StoppingCondition": {"MaxRuntimeInSeconds": config.max_runtime_seconds},
         "EnableManagedSpotTraining": config.use_spot,
+        "Environment": dict(TRAINING_ENVIRONMENT),
     }
     if config.use_spot:
         # Spot capacity can take a while; the job may wait up to as long again as it may run.
@@ -162,6 +177,8 @@ def final_training_request(
     hyperparameters.update({k: v for k, v in tuned.items() if not k.startswith("_")})
     # The job writes its rule verdicts and profiling report here (runs/<run-id>/reports/).
     hyperparameters["reports-uri"] = reports_uri(config, run)
+    # The artifact's Ray Serve config asks for a GPU where the endpoint will have one.
+    hyperparameters["serving-gpus"] = "1" if not config.serverless and gpu_instance(config.inference_instance_type) else "0"
     request: dict[str, Any] = {
         "TrainingJobName": names.final_job_name(run),
         "HyperParameters": hyperparameters,
@@ -195,19 +212,12 @@ def final_training_request(
 
 
 def model_request(config: Config, run: str, model_data_url: str, dataset_uri: str | None) -> dict[str, Any]:
+    """The Ray Serve inference container with the final job's ``model.tar.gz``: it reads the archive's own
+    ``config.yaml``, so the model needs no environment of its own."""
     return {
         "ModelName": names.check(run, "model"),
         "ExecutionRoleArn": config.sagemaker_role_arn,
-        "PrimaryContainer": {
-            "Image": config.inference_image_uri,
-            "ModelDataUrl": model_data_url,
-            "Environment": {
-                "SAGEMAKER_PROGRAM": "inference.py",
-                "SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code",
-                "SAGEMAKER_CONTAINER_LOG_LEVEL": "20",
-                "SAGEMAKER_REGION": config.region,
-            },
-        },
+        "PrimaryContainer": {"Image": config.inference_image_uri, "ModelDataUrl": model_data_url},
         "Tags": names.tags(run, dataset_uri),
     }
 
@@ -218,6 +228,8 @@ def endpoint_config_request(config: Config, run: str, dataset_uri: str | None) -
         variant["ServerlessConfig"] = {"MemorySizeInMB": 6144, "MaxConcurrency": 10}
     else:
         variant.update({"InstanceType": config.inference_instance_type, "InitialInstanceCount": 1, "InitialVariantWeight": 1.0})
+        if gpu_instance(config.inference_instance_type):
+            variant["InferenceAmiVersion"] = GPU_INFERENCE_AMI
     return {
         "EndpointConfigName": names.check(run, "endpoint config"),
         "ProductionVariants": [variant],

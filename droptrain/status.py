@@ -6,6 +6,7 @@ from pathlib import Path
 
 
 def render(home: Path) -> str:
+    from chalice_app import names
     from droptrain.local.store import Store
 
     db = home / "state.db"
@@ -18,7 +19,7 @@ def render(home: Path) -> str:
         for name, status, tuning in store.records("tuning-job"):
             config = tuning["HyperParameterTuningJobConfig"]
             best = tuning.get("BestTrainingJob", {}).get("TrainingJobName")
-            lines.append(f"run {name}: tuning {status} ({config['Strategy']}, dataset {tuning['Tags'].get('droptrain:dataset', '?')})")
+            lines.append(f"run {name}: tuning {status} ({config['Strategy']}, dataset {names.dataset_of_tags(tuning['Tags']) or '?'})")
             for child, child_status, record in trainings:
                 if record.get("TuningJobName") != name:
                     continue

@@ -11,8 +11,8 @@ BASE_ENV = {
     "DATA_BUCKET": "droptrain-data-dev",
     "NOTIFY_TOPIC_ARN": "arn:aws:sns:us-east-1:123456789012:droptrain-dev",
     "SAGEMAKER_ROLE_ARN": "arn:aws:iam::123456789012:role/droptrain-sagemaker-dev",
-    "TRAINING_IMAGE_URI": "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:2.5.1-gpu-py311",
-    "INFERENCE_IMAGE_URI": "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-inference:2.5.1-cpu-py311",
+    "TRAINING_IMAGE_URI": "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:2.10.0-gpu-py313",
+    "INFERENCE_IMAGE_URI": "763104351884.dkr.ecr.us-east-1.amazonaws.com/ray:serve-ml-sagemaker-cpu-v1.4",
     "SOURCE_DIR_S3_URI": "s3://droptrain-data-dev/code/sourcedir-0123456789abcdef.tar.gz",
     "ENDPOINT_NAME": "droptrain-dev",
     "AWS_REGION": "us-east-1",
@@ -61,6 +61,8 @@ def test_tuning_request_is_valid_for_every_strategy(strategy, spot):
     assert ("MaxWaitTimeInSeconds" in definition["StoppingCondition"]) is spot
     assert {t["Key"]: t["Value"] for t in request["Tags"]} == {
         "droptrain:run-id": run, "droptrain:dataset": DATASET.uri, "droptrain:role": "tuning"}
+    # The toolkit installs training/requirements.txt without dependency pins (smdebug's would downgrade protobuf).
+    assert definition["Environment"] == {"PIP_NO_DEPS": "1"}
 
 
 def test_tuning_ranges_are_configurable():
@@ -102,6 +104,8 @@ def test_final_training_request(managed):
     assert hps["lr"] == "0.00074" and hps["arch"] == "resnet50" and hps["sagemaker_program"] == "train.py"
     assert "_tuning_objective_metric" not in hps
     assert hps["reports-uri"] == "s3://droptrain-data-dev/runs/dogs-3f9a1c2e/reports/"
+    assert hps["serving-gpus"] == "0", "ml.m5.large serves on the CPU"
+    assert request["Environment"] == {"PIP_NO_DEPS": "1"}
     assert {t["Key"]: t["Value"] for t in request["Tags"]}["droptrain:role"] == "final"
     assert request["AlgorithmSpecification"]["MetricDefinitions"] == requests.METRIC_DEFINITIONS
     if managed:
@@ -115,18 +119,22 @@ def test_final_training_request(managed):
         assert hps["debug-out"] == requests.IN_JOB_DEBUG_DIR
 
 
-@pytest.mark.parametrize("instance", ["ml.m5.large", "serverless"])
+@pytest.mark.parametrize("instance", ["ml.m5.large", "ml.g5.xlarge", "serverless"])
 def test_model_and_endpoint_requests(instance):
     config = make_config(INFERENCE_INSTANCE_TYPE=instance, ROLLBACK_ALARMS="droptrain-5xx, droptrain-latency")
     artifact = "s3://droptrain-data-dev/runs/dogs-3f9a1c2e/final/dogs-3f9a1c2e-final/output/model.tar.gz"
     model = requests.model_request(config, "dogs-3f9a1c2e", artifact, DATASET.uri)
     validate("sagemaker", "CreateModel", model)
-    assert model["PrimaryContainer"]["Environment"]["SAGEMAKER_PROGRAM"] == "inference.py"
-    assert model["PrimaryContainer"]["ModelDataUrl"] == artifact
+    # The Ray Serve container reads the archive's config.yaml: no TorchServe variables, no environment.
+    assert model["PrimaryContainer"] == {"Image": BASE_ENV["INFERENCE_IMAGE_URI"], "ModelDataUrl": artifact}
     endpoint_config = requests.endpoint_config_request(config, "dogs-3f9a1c2e", DATASET.uri)
     validate("sagemaker", "CreateEndpointConfig", endpoint_config)
     variant = endpoint_config["ProductionVariants"][0]
     assert ("ServerlessConfig" in variant) is (instance == "serverless")
+    # GPU instances need the host AMI the Ray Serve container's documentation names.
+    assert variant.get("InferenceAmiVersion") == ("al2-ami-sagemaker-inference-gpu-3-1" if instance == "ml.g5.xlarge" else None)
+    final = requests.final_training_request(config, "dogs-3f9a1c2e", DATASET.uri, requests.static_hyperparameters(config), {})
+    assert final["HyperParameters"]["serving-gpus"] == ("1" if instance == "ml.g5.xlarge" else "0")
     create = requests.create_endpoint_request(config, "dogs-3f9a1c2e", DATASET.uri)
     validate("sagemaker", "CreateEndpoint", create)
     assert create["EndpointName"] == "droptrain-dev"
@@ -145,3 +153,20 @@ def test_validator_catches_what_botocore_skips():
         validate("sagemaker", "DescribeHyperParameterTuningJob", {"HyperParameterTuningJobName": "x" * 33})
     with pytest.raises(AssertionError, match="does not match"):
         validate("sagemaker", "DescribeEndpoint", {"EndpointName": "bad_name!"})
+
+
+@pytest.mark.parametrize("name", ["dogs (v2) & cats, #1!", "it's O'Neil's", "Müller+Söhne", "x" * 180])
+def test_dataset_tags_hold_any_name_sagemaker_accepts(name):
+    """Tag values allow [\\p{L}\\p{Z}\\p{N}_.:/=+\\-@]* up to 256: other characters are encoded, reversibly."""
+    dataset = names.DatasetRef("droptrain-data-dev", f"datasets/{name}/_READY", name, "folder", f"datasets/{name}/")
+    request = requests.tuning_job_request(make_config(), names.run_id(dataset, "etag"), dataset)
+    validate("sagemaker", "CreateHyperParameterTuningJob", request)
+    tags = {t["Key"]: t["Value"] for t in request["Tags"]}
+    assert names.dataset_of_tags(tags) == dataset.uri
+
+
+def test_a_dataset_name_too_long_to_tag_is_refused():
+    name = "(" * 100
+    dataset = names.DatasetRef("droptrain-data-dev", f"datasets/{name}/_READY", name, "folder", f"datasets/{name}/")
+    with pytest.raises(names.InvalidNameError, match="too long to tag"):
+        requests.tuning_job_request(make_config(), names.run_id(dataset, "etag"), dataset)
