@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Mapping
 
-from chalice_app import config as config_module
+from chalice_app import config as config_module, predict as predict_module
 from chalice_app.adapters.runtime import RuntimeAdapter
 from chalice_app.adapters.s3 import S3Adapter
 from chalice_app.adapters.sagemaker import SageMakerAdapter
@@ -21,8 +21,9 @@ def _clients(region: str):
 
     session = boto3.session.Session(region_name=region)
     standard = BotoConfig(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=30)
-    # API Gateway gives up after 29 s: an invocation must answer well before that.
-    invoke = BotoConfig(retries={"mode": "standard", "max_attempts": 2}, connect_timeout=3, read_timeout=20)
+    # API Gateway gives up after 29 s: one attempt per call, predict() retries within its budget.
+    invoke = BotoConfig(retries={"mode": "standard", "total_max_attempts": 1}, connect_timeout=predict_module.INVOKE_CONNECT_TIMEOUT,
+                        read_timeout=predict_module.INVOKE_READ_TIMEOUT)
     return {
         "s3": session.client("s3", config=standard),
         "sns": session.client("sns", config=standard),

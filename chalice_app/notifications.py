@@ -18,7 +18,10 @@ EVENTS = (
     "training.started", "training.completed", "training.failed", "deployment.started",
     "deployment.completed", "deployment.failed", "pipeline.failed",
 )
-SUBJECT_MAX = 100
+# SNS: a Subject of printable ASCII "less than 100 characters long", a Message under 256 KB (attributes
+# count too: room is left for them).
+SUBJECT_MAX = 99
+MESSAGE_MAX_BYTES = 256 * 1024 - 4096
 
 
 class Publisher(Protocol):
@@ -49,10 +52,57 @@ class Notification:
 
 
 def subject(note: Notification) -> str:
-    """One printable ASCII line of at most 100 characters (SNS refuses anything else)."""
+    """One line of printable ASCII, under 100 characters (SNS refuses anything else)."""
     text = f"droptrain {note.event}: {note.summary}"
+    text = "".join(c if c.isprintable() else " " for c in text)  # control characters, line breaks
     text = " ".join(text.split()).encode("ascii", "replace").decode("ascii")
     return text if len(text) <= SUBJECT_MAX else text[: SUBJECT_MAX - 3] + "..."
+
+
+def _size(value: Any) -> int:
+    return len(json.dumps(value, sort_keys=True, default=str).encode())
+
+
+def _largest(node: Any, path: tuple = ()) -> tuple[int, tuple]:
+    """The path of the largest list, object or string inside ``node`` (``node`` itself included)."""
+    best = (_size(node), path) if isinstance(node, (list, dict, str)) and path else (0, path)
+    children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, child in children:
+        best = max(best, _largest(child, (*path, key)), key=lambda item: item[0])
+    return best
+
+
+def _halve(node: Any, path: tuple) -> None:
+    parent = node
+    for key in path[:-1]:
+        parent = parent[key]
+    value = parent[path[-1]]
+    if isinstance(value, list):
+        parent[path[-1]] = value[: len(value) // 2]
+    elif isinstance(value, dict):
+        parent[path[-1]] = dict(list(value.items())[: len(value) // 2])
+    else:
+        parent[path[-1]] = value[: len(value) // 2]
+
+
+def fit(body: dict[str, Any], full_copy: str | None) -> dict[str, Any]:
+    """``body`` unchanged when it fits SNS; else its largest parts of ``detail`` halved until it does,
+    with what was shortened and where the whole message is kept (``full_copy``) said in ``truncated``."""
+    if _size(body) <= MESSAGE_MAX_BYTES:
+        return body
+    detail = json.loads(json.dumps(body["detail"], default=str))
+    shortened: set[str] = set()
+    body = {**body, "detail": detail, "truncated": {"fields": [], "full_message": full_copy}}
+    while _size(body) > MESSAGE_MAX_BYTES:
+        size, path = _largest(detail)
+        if not path or size <= 2:
+            body["detail"] = detail = {}
+            shortened.add("detail")
+            break
+        _halve(detail, path)
+        shortened.add(".".join(str(p) for p in path if not isinstance(p, int)))
+    body["truncated"]["fields"] = sorted(shortened)
+    return body
 
 
 def message(note: Notification, now: datetime) -> dict[str, Any]:
@@ -93,11 +143,14 @@ class Notifier:
         marker = None
         key = note.dedupe or note.run_id
         if key and self._bucket:
+            # The marker keeps the whole message, however large; SNS gets what fits.
             marker = marker_key(key, note.event)
             if not self._markers.put_if_absent(self._bucket, marker, encoded.encode()):
                 return False
+        full_copy = f"s3://{self._bucket}/{marker}" if marker else None
+        published = json.dumps(fit(body, full_copy), sort_keys=True, default=str)
         try:
-            self._publisher.publish(self._topic_arn, subject(note), encoded, {"event": note.event})
+            self._publisher.publish(self._topic_arn, subject(note), published, {"event": note.event})
         except Exception:
             # Not a user error being swallowed: the marker is undone and the failure re-raised,
             # so the retried delivery publishes.

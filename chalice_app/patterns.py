@@ -10,8 +10,10 @@ from chalice_app.names import ARCHIVE_SUFFIXES
 
 def dataset_uploaded(env: Mapping[str, str]) -> dict[str, Any]:
     prefix = env.get("DATASET_PREFIX", "").strip() or "datasets/"
-    suffixes = [*ARCHIVE_SUFFIXES, *(s.upper() for s in ARCHIVE_SUFFIXES)]
-    keys = [{"wildcard": f"{prefix}*/_READY"}] + [{"wildcard": f"{prefix}*{s}"} for s in suffixes]
+    # Archives in any case (Dogs.Zip is dogs.zip): EventBridge's case-insensitive suffix cannot be
+    # combined with the prefix on the same field, so archives elsewhere in the bucket arrive too and
+    # the handler ignores them (names.parse_dataset_key), before any AWS call.
+    keys = [{"wildcard": f"{prefix}*/_READY"}] + [{"suffix": {"equals-ignore-case": s}} for s in ARCHIVE_SUFFIXES]
     detail: dict[str, Any] = {"object": {"key": keys}}
     if env.get("DATA_BUCKET"):
         detail["bucket"] = {"name": [env["DATA_BUCKET"]]}

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from chalice_app import names, sagemaker_requests as requests, validation
-from chalice_app.adapters.errors import NotFoundError
+from chalice_app.adapters.errors import NotFoundError, ServiceError
 from chalice_app.adapters.runtime import RuntimeAdapter
 from chalice_app.adapters.s3 import S3Adapter
 from chalice_app.adapters.sagemaker import SageMakerAdapter
@@ -73,6 +73,13 @@ def dataset_uploaded(svc: Services, event: ObjectCreated) -> str:
         report = validation.check_folder(svc.s3, dataset)
     else:
         report = validation.check_archive(svc.s3, dataset, event.size or svc.s3.head(dataset.bucket, dataset.key)["size"])
+    request = None
+    if report.ok:
+        # Built before anything is announced: a name or tag SageMaker would refuse rejects the dataset.
+        try:
+            request = requests.tuning_job_request(config, run, dataset)
+        except names.InvalidNameError as exc:
+            report.reasons.append(str(exc))
     if not report.ok:
         svc.notifier.send(Notification(
             "dataset.rejected", run, dataset.uri, "Rejected", f"{dataset.name} rejected: {report.reasons[0]}",
@@ -84,7 +91,6 @@ def dataset_uploaded(svc: Services, event: ObjectCreated) -> str:
         "dataset.accepted", run, dataset.uri, "Accepted", f"{dataset.name} accepted ({classes}), run {run}",
         detail=report.detail(),
     ))
-    request = requests.tuning_job_request(config, run, dataset)
     created = svc.sagemaker.create_tuning_job(request)
     job_config = request["HyperParameterTuningJobConfig"]
     svc.notifier.send(Notification(
@@ -113,7 +119,7 @@ def tuning_changed(svc: Services, event: TuningJobStateChange) -> str:
         return f"ignored: tuning job {event.name} is not droptrain's"
     run = event.tags[names.TAG_RUN_ID]
     description = svc.sagemaker.describe_tuning_job(event.name)
-    dataset_uri = event.tags.get(names.TAG_DATASET) or _dataset_of(description)
+    dataset_uri = names.dataset_of_tags(event.tags) or _dataset_of(description)
     counters = description.get("TrainingJobStatusCounters", {})
     if event.status != "Completed":
         reason = description.get("FailureReason") or f"the tuning job was {event.status.lower()}"
@@ -168,7 +174,7 @@ def training_changed(svc: Services, event: TrainingJobStateChange) -> str:
         return f"ignored: {event.name} is not a droptrain final training job"
     run = tags.get(names.TAG_RUN_ID) or names.run_of_final_job(event.name)
     description = description or svc.sagemaker.describe_training_job(event.name)
-    dataset_uri = tags.get(names.TAG_DATASET) or _dataset_of(description)
+    dataset_uri = names.dataset_of_tags(tags) or _dataset_of(description)
     metrics = {m["MetricName"]: m["Value"] for m in description.get("FinalMetricDataList", [])}
     if event.status != "Completed":
         reason = description.get("FailureReason") or f"the training job was {event.status.lower()}"
@@ -207,7 +213,15 @@ def deploy(svc: Services, run: str, dataset_uri: str | None, model_data: str) ->
     svc.sagemaker.create_model(requests.model_request(config, run, model_data, dataset_uri))
     svc.sagemaker.create_endpoint_config(requests.endpoint_config_request(config, run, dataset_uri))
     endpoint = svc.sagemaker.describe_endpoint(config.endpoint_name)
-    if endpoint is None:
+    if endpoint is not None and endpoint.get("EndpointStatus") == "Failed":
+        # SageMaker cannot update an endpoint that failed: it goes, and comes back with this run.
+        svc.sagemaker.delete_endpoint(config.endpoint_name)
+        _wait_until_gone(svc, config.endpoint_name)
+        svc.sagemaker.create_endpoint(requests.create_endpoint_request(config, run, dataset_uri))
+        action = "recreating the endpoint, which had failed"
+    elif endpoint is not None and endpoint.get("EndpointStatus") == "Deleting":
+        raise ServiceError(f"endpoint {config.endpoint_name} is being deleted; the event is retried", retryable=True)
+    elif endpoint is None:
         svc.sagemaker.create_endpoint(requests.create_endpoint_request(config, run, dataset_uri))
         action = "creating the endpoint"
     elif endpoint.get("EndpointConfigName") == run:
@@ -217,7 +231,7 @@ def deploy(svc: Services, run: str, dataset_uri: str | None, model_data: str) ->
         # endpoint's next IN_SERVICE event deploys it.
         pending = [{"Key": TAG_PENDING, "Value": run}]
         if dataset_uri:
-            pending.append({"Key": TAG_PENDING_DATASET, "Value": dataset_uri})
+            pending.append({"Key": TAG_PENDING_DATASET, "Value": names.tag_value(dataset_uri)})
         svc.sagemaker.add_tags(endpoint["EndpointArn"], pending)
         action = f"queued behind the endpoint's current {endpoint['EndpointStatus'].lower()}"
     else:
@@ -230,6 +244,19 @@ def deploy(svc: Services, run: str, dataset_uri: str | None, model_data: str) ->
                 "instance_type": config.inference_instance_type},
     ))
     return f"deployment: {action}"
+
+
+# DeleteEndpoint takes seconds to a minute; the handler waits this long, then lets Lambda retry the event.
+DELETE_WAIT_SECONDS, DELETE_POLL_SECONDS = 120, 5
+
+
+def _wait_until_gone(svc: Services, name: str) -> None:
+    waited = 0.0
+    while svc.sagemaker.describe_endpoint(name) is not None:
+        if waited >= DELETE_WAIT_SECONDS:
+            raise ServiceError(f"endpoint {name} is still being deleted after {waited:.0f}s; the event is retried", retryable=True)
+        svc.sleep(DELETE_POLL_SECONDS)
+        waited += DELETE_POLL_SECONDS
 
 
 def _update(svc: Services, endpoint_arn: str, run: str, dataset_uri: str | None) -> None:
@@ -260,20 +287,21 @@ def endpoint_changed(svc: Services, event: EndpointStateChange) -> str:
         run = wanted or serving
         still = f"; still serving {serving}" if event.status != "FAILED" and serving else ""
         svc.notifier.send(Notification(
-            "deployment.failed", run, tags.get(names.TAG_DATASET), "Failed",
+            "deployment.failed", run, names.dataset_of_tags(tags), "Failed",
             f"deploying {run} to {event.name} failed: {reason or 'no reason given'}{still}",
             job=event.name, detail={"endpoint": event.name, "reason": reason, "serving": serving if still else None},
         ))
         outcome = "deployment failed"
     else:
         svc.notifier.send(Notification(
-            "deployment.completed", serving, tags.get(names.TAG_DATASET), "InService",
+            "deployment.completed", serving, names.dataset_of_tags(tags), "InService",
             f"{serving} is serving on {event.name}", job=event.name,
             detail={"endpoint": event.name, "model": serving, "endpoint_config": serving},
         ))
         outcome = "deployment completed"
     pending = tags.get(TAG_PENDING)
     if event.status == "IN_SERVICE" and pending and pending != serving:
-        _update(svc, endpoint["EndpointArn"], pending, tags.get(TAG_PENDING_DATASET))
+        pending_dataset = tags.get(TAG_PENDING_DATASET)
+        _update(svc, endpoint["EndpointArn"], pending, names.untag_value(pending_dataset) if pending_dataset else None)
         outcome += f"; deploying queued run {pending}"
     return outcome

@@ -9,6 +9,7 @@ else (no stack trace) reaches a client.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any, Callable
 
 from chalice_app.adapters.errors import AdapterError, ThrottledError
@@ -17,6 +18,12 @@ from chalice_app.adapters.sagemaker import SageMakerAdapter
 from chalice_app.config import Config
 
 IMAGE_TYPES = {"image/jpeg": "image/jpeg", "image/jpg": "image/jpeg", "image/png": "image/png"}
+# API Gateway gives up on an integration after 29 s. One InvokeEndpoint may take up to
+# INVOKE_CONNECT_TIMEOUT + INVOKE_READ_TIMEOUT (botocore makes one attempt: the retries are ours), and a
+# retry is started only if it could still finish within PREDICT_BUDGET_SECONDS of the request's start.
+INVOKE_CONNECT_TIMEOUT, INVOKE_READ_TIMEOUT = 2, 20
+PREDICT_BUDGET_SECONDS = 26
+API_GATEWAY_TIMEOUT_SECONDS = 29
 # The serving application's 400 codes (training/trainlib/predictor.py) that reach the client as they are.
 MODEL_ERROR_CODES = ("invalid_image", "image_too_large")
 DEFAULT_TOP_K, MAX_TOP_K = 5, 20
@@ -107,6 +114,12 @@ def model_error(exc: ModelError) -> PredictError:
     return BadRequestError(message[:500], code if code in MODEL_ERROR_CODES else "invalid_image")
 
 
+def worst_case_seconds() -> float:
+    """The longest ``predict`` can take: attempts are started only while one more fits the budget."""
+    attempt = INVOKE_CONNECT_TIMEOUT + INVOKE_READ_TIMEOUT
+    return PREDICT_BUDGET_SECONDS if attempt <= PREDICT_BUDGET_SECONDS else attempt
+
+
 def predict(
     runtime: RuntimeAdapter,
     config: Config,
@@ -114,15 +127,18 @@ def predict(
     content_type: str | None,
     top_k: str | None,
     sleep: Callable[[float], None],
+    clock: Callable[[], float] = time.monotonic,
 ) -> dict[str, Any]:
     media, k = check_request(body, content_type, top_k, config.max_body_bytes)
     accept = "application/json"  # the endpoint answers its 20 most probable labels; trimmed to top_k below
-    for attempt, delay in enumerate((*RETRY_DELAYS, None)):
+    started = clock()
+    for delay in (*RETRY_DELAYS, None):
         try:
             raw = runtime.invoke(config.endpoint_name, body, media, accept)
             break
         except (ThrottledError, EndpointNotReadyError) as exc:
-            if delay is None:
+            fits = delay is not None and clock() - started + delay + INVOKE_CONNECT_TIMEOUT + INVOKE_READ_TIMEOUT <= PREDICT_BUDGET_SECONDS
+            if not fits:
                 raise UnavailableError(f"the endpoint is busy or not ready; try again shortly ({exc.code or 'throttled'})", "endpoint_busy") from exc
             sleep(delay)
         except EndpointNotFoundError as exc:

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import io
-from typing import Any, Iterator
+import time
+from typing import Any, Callable, Iterator
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from chalice_app.adapters.errors import translate
+from chalice_app.adapters.errors import ThrottledError, translate
+
+
+# S3 answers 409 ConditionalRequestConflict when another conditional write to the key is in flight:
+# try again shortly (the other write usually settles it: 412, already there).
+CONFLICT_RETRY_DELAYS = (0.1, 0.3, 0.9)
 
 
 class S3Adapter:
-    def __init__(self, client: Any):
+    def __init__(self, client: Any, sleep: Callable[[float], None] = time.sleep):
         self._client = client
+        self._sleep = sleep
 
     def list_objects(self, bucket: str, prefix: str) -> Iterator[tuple[str, int]]:
         """``(key, size)`` for every object under ``prefix``, across pages."""
@@ -49,15 +56,24 @@ class S3Adapter:
 
     def put_if_absent(self, bucket: str, key: str, body: bytes) -> bool:
         """Write ``key`` unless it exists (atomically, S3 conditional write); ``True`` if written."""
-        try:
-            self._client.put_object(Bucket=bucket, Key=key, Body=body, IfNoneMatch="*", ContentType="application/json")
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
-                return False
-            raise translate(exc, f"writing s3://{bucket}/{key}") from exc
-        except BotoCoreError as exc:
-            raise translate(exc, f"writing s3://{bucket}/{key}") from exc
-        return True
+        for delay in (*CONFLICT_RETRY_DELAYS, None):
+            try:
+                self._client.put_object(Bucket=bucket, Key=key, Body=body, IfNoneMatch="*", ContentType="application/json")
+                return True
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code")
+                if code == "PreconditionFailed":
+                    return False
+                if code == "ConditionalRequestConflict" and delay is not None:
+                    self._sleep(delay)
+                    continue
+                if code == "ConditionalRequestConflict":
+                    raise ThrottledError(f"writing s3://{bucket}/{key}: conflicting conditional writes kept "
+                                         "going; the event is retried", code) from exc
+                raise translate(exc, f"writing s3://{bucket}/{key}") from exc
+            except BotoCoreError as exc:
+                raise translate(exc, f"writing s3://{bucket}/{key}") from exc
+        return False  # not reached: the last attempt returns or raises
 
     def delete(self, bucket: str, key: str) -> None:
         try:

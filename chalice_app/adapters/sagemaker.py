@@ -58,6 +58,13 @@ class SageMakerAdapter:
     def create_endpoint(self, request: Mapping[str, Any]) -> bool:
         return self._create("create_endpoint", f"creating endpoint {request['EndpointName']}", request)
 
+    def delete_endpoint(self, name: str) -> None:
+        """Delete the endpoint (its configs and models stay); one already gone is no error."""
+        try:
+            self._call("delete_endpoint", f"deleting endpoint {name}", EndpointName=name)
+        except NotFoundError:
+            pass
+
     def update_endpoint(self, request: Mapping[str, Any]) -> None:
         self._call("update_endpoint", f"updating endpoint {request['EndpointName']}", **request)
 

@@ -25,10 +25,14 @@ def _match_value(matcher: Any, value: Any) -> bool:
             return (value is not None) is bool(matcher["exists"])
         if value is None:
             return False
-        if "prefix" in matcher:
-            return isinstance(value, str) and value.startswith(matcher["prefix"])
-        if "suffix" in matcher:
-            return isinstance(value, str) and value.endswith(matcher["suffix"])
+        if "prefix" in matcher or "suffix" in matcher:
+            if not isinstance(value, str):
+                return False
+            kind = "prefix" if "prefix" in matcher else "suffix"
+            expected = matcher[kind]
+            if isinstance(expected, Mapping):  # {"suffix": {"equals-ignore-case": ".zip"}}
+                value, expected = value.lower(), expected["equals-ignore-case"].lower()
+            return value.startswith(expected) if kind == "prefix" else value.endswith(expected)
         if "wildcard" in matcher:
             # EventBridge's wildcard: * matches any run of characters, '/' included.
             return isinstance(value, str) and fnmatch.fnmatchcase(value, matcher["wildcard"].replace("[", "[[]"))

@@ -66,6 +66,14 @@ class LocalEndpoints:
             raise ServiceError(f"Cannot update in-progress endpoint '{name}'", "ValidationException")
         self._deploy_async(name)
 
+    def delete(self, name: str) -> None:
+        """DeleteEndpoint: gone at once here (SageMaker takes a while); its configs and models stay."""
+        with self._routes_lock:
+            app = self._routes.pop(name, None)
+        if app is not None:
+            self.serving.delete(app)
+        self.store.delete("endpoint", name)
+
     def start(self) -> None:
         """After a restart (a new Ray instance): serve again what was serving, finish what was deploying."""
         for name, status, record in self.store.records("endpoint"):

@@ -412,6 +412,9 @@ class LocalSageMaker:
     def create_endpoint(self, request: Mapping[str, Any]) -> bool:
         return self.endpoints.create(request["EndpointName"], request["EndpointConfigName"], _tags(request))
 
+    def delete_endpoint(self, name: str) -> None:
+        self.endpoints.delete(name)
+
     def update_endpoint(self, request: Mapping[str, Any]) -> None:
         self.endpoints.update(request["EndpointName"], request["EndpointConfigName"])
 

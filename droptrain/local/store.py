@@ -73,6 +73,11 @@ class Store:
             )
             return cursor.rowcount == 1
 
+    def delete(self, kind: str, name: str) -> bool:
+        """Remove the record; ``True`` if there was one."""
+        with self._lock:
+            return self._db.execute("DELETE FROM resources WHERE kind=? AND name=?", (kind, name)).rowcount == 1
+
     def names(self, kind: str, status: str | None = None) -> list[str]:
         with self._lock:
             if status is None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import datetime
 from collections import Counter
 
@@ -94,7 +96,7 @@ def test_happy_path_event_by_event(stage, client):
     assert invoke(client, "on_training_job_state_change", _training_event(run)) == "deployment: creating the endpoint"
     model = stage.sagemaker.describe_model(ModelName=run)
     assert model["PrimaryContainer"]["ModelDataUrl"] == final["ModelArtifacts"]["S3ModelArtifacts"]
-    assert model["PrimaryContainer"]["Environment"]["SAGEMAKER_PROGRAM"] == "inference.py"
+    assert model["PrimaryContainer"]["Image"] == os.environ["INFERENCE_IMAGE_URI"]
     endpoint = stage.sagemaker.describe_endpoint(EndpointName="droptrain-dev")
     assert endpoint["EndpointConfigName"] == run
     notes = stage.notifications()
@@ -427,3 +429,67 @@ def test_rule_verdicts_reach_the_notification_and_can_block_deployment(stage, cl
         assert outcome.startswith("not deployed") and stage.sagemaker.list_endpoints()["Endpoints"] == []
     else:
         assert outcome == "deployment: creating the endpoint"
+
+
+def test_a_failed_endpoint_is_deleted_and_created_again(stage, client):
+    """SageMaker cannot update an endpoint in Failed state: the next run's deployment recreates it."""
+    _, run = _run_to_tuning(stage, client)
+    _complete_tuning(stage, client, run, f"s3://{BUCKET}/datasets/pets/")
+    stage.route("describe_endpoint", "delete_endpoint", "create_endpoint")
+    stage.stub.add_response("describe_endpoint", _endpoint_description("old-run-11111111", "Failed", "ping health check"))
+    stage.stub.add_response("delete_endpoint", {}, {"EndpointName": "droptrain-dev"})
+    stage.stub.add_response("describe_endpoint", _endpoint_description("old-run-11111111", "Deleting"))
+    stage.stub.add_client_error("describe_endpoint", "ValidationException", "Could not find endpoint \"droptrain-dev\".")
+    stage.stub.add_response("create_endpoint", {"EndpointArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint/droptrain-dev"})
+    assert invoke(client, "on_training_job_state_change", _training_event(run)) == "deployment: recreating the endpoint, which had failed"
+    stage.stub.assert_no_pending_responses()
+    assert stage.sleeps == [5], "waited for the deletion, with the injected sleep"
+    started = [n for n in stage.notifications() if n["event"] == "deployment.started"]
+    assert started and "recreating" in started[0]["detail"]["action"]
+
+
+def test_an_endpoint_still_deleting_is_retried_by_lambda(stage, client):
+    _, run = _run_to_tuning(stage, client)
+    _complete_tuning(stage, client, run, f"s3://{BUCKET}/datasets/pets/")
+    stage.route("describe_endpoint")
+    stage.stub.add_response("describe_endpoint", _endpoint_description("old-run-11111111", "Deleting"))
+    from chalice_app.adapters.errors import AdapterError
+
+    with pytest.raises(AdapterError, match="being deleted"):
+        invoke(client, "on_training_job_state_change", _training_event(run))
+
+
+@pytest.mark.parametrize("name", ["Dogs (2024) & Cats #1", "o'brien's photos!"])
+def test_datasets_with_any_name_start_a_run_with_valid_tags(stage, client, name):
+    s3_event = stage.upload_folder(name)
+    assert invoke(client, "on_dataset_uploaded", s3_event) == "tuning job created"
+    job = stage.sagemaker.list_hyper_parameter_tuning_jobs()["HyperParameterTuningJobSummaries"][0]
+    arn = stage.sagemaker.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=job["HyperParameterTuningJobName"])[
+        "HyperParameterTuningJobArn"]
+    tags = {t["Key"]: t["Value"] for t in stage.sagemaker.list_tags(ResourceArn=arn)["Tags"]}
+    import regex
+
+    assert regex.fullmatch(r"[\p{L}\p{Z}\p{N}_.:/=+\-@]*", tags["droptrain:dataset"]) and len(tags["droptrain:dataset"]) <= 256
+    assert names.dataset_of_tags(tags) == f"s3://{BUCKET}/datasets/{name}/"
+    assert [n["dataset"] for n in stage.notifications()] == [f"s3://{BUCKET}/datasets/{name}/"] * 2
+
+
+def test_a_dataset_whose_name_cannot_be_tagged_is_rejected_before_anything_is_announced(stage, client):
+    name = "&" * 90
+    s3_event = stage.upload_folder(name)
+    assert invoke(client, "on_dataset_uploaded", s3_event).startswith("rejected:")
+    notes = stage.notifications()
+    assert [n["event"] for n in notes] == ["dataset.rejected"] and "too long to tag" in notes[0]["detail"]["reasons"][0]
+    assert stage.sagemaker.list_hyper_parameter_tuning_jobs()["HyperParameterTuningJobSummaries"] == []
+
+
+def test_an_archive_with_an_upper_case_suffix_starts_a_run(stage, client):
+    s3_event = stage.upload_zip("Dogs", {f"dogs/train/{c}/{i}.jpg": b"\xff\xd8\xff" for c in ("a", "b") for i in range(3)})
+    key = s3_event["detail"]["object"]["key"]
+    stage.s3.copy_object(Bucket=BUCKET, Key="datasets/Dogs.Zip", CopySource={"Bucket": BUCKET, "Key": key})
+    s3_event["detail"]["object"]["key"] = "datasets/Dogs.Zip"
+    from chalice_app import patterns
+    from droptrain.local.bus import matches
+
+    assert matches(patterns.dataset_uploaded(os.environ), s3_event), "EventBridge's rule lets it through"
+    assert invoke(client, "on_dataset_uploaded", s3_event) == "tuning job created"

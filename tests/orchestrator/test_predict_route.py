@@ -136,3 +136,38 @@ def test_status_without_an_endpoint(stage, client):
     response = client.http.get("/status")
     assert response.status_code == 200
     assert response.json_body == {"endpoint": {"name": "droptrain-dev", "status": "NotDeployed"}, "model": None}
+
+
+def test_the_predict_path_fits_inside_api_gateways_29_seconds(monkeypatch):
+    """One InvokeEndpoint attempt per call (botocore's own retries off), and retries only while one
+    more attempt still fits the budget: the worst case ends before API Gateway gives up."""
+    from chalice_app import bootstrap, predict
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    runtime = bootstrap._clients("us-east-1")["runtime"]
+    config = runtime.meta.config
+    assert config.retries["total_max_attempts"] == 1
+    assert (config.connect_timeout, config.read_timeout) == (predict.INVOKE_CONNECT_TIMEOUT, predict.INVOKE_READ_TIMEOUT)
+    assert predict.worst_case_seconds() < predict.API_GATEWAY_TIMEOUT_SECONDS - 1
+
+
+def test_no_retry_starts_that_could_not_finish_in_time():
+    from chalice_app import config as config_module, predict
+    from chalice_app.adapters.errors import ThrottledError
+    from orchestrator.test_requests import BASE_ENV
+
+    now = [0.0]
+    calls = []
+
+    class SlowThenThrottled:
+        def invoke(self, *args):
+            calls.append(now[0])
+            now[0] += 10  # the endpoint took 10 s to say it is busy
+            raise ThrottledError("Rate exceeded", "ThrottlingException")
+
+    sleeps = []
+    with pytest.raises(predict.UnavailableError):
+        predict.predict(SlowThenThrottled(), config_module.load(BASE_ENV), JPEG, "image/jpeg", None,
+                        sleep=lambda s: (sleeps.append(s), now.__setitem__(0, now[0] + s)), clock=lambda: now[0])
+    assert len(calls) == 1 and sleeps == [], "10 s spent + another 22 s attempt would pass the 26 s budget"
