@@ -12,14 +12,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 PYTHON_VERSION = "3.12"
 PLATFORM = "manylinux2014_x86_64"
-# The Lambda Python runtime ships boto3 and these; a second copy would only grow the layer.
-PROVIDED_BY_RUNTIME = ("boto3", "botocore", "s3transfer", "jmespath", "dateutil", "python_dateutil", "urllib3", "six")
 _FIXED_TIME = (1980, 1, 1, 0, 0, 0)
-
-
-def _provided(name: str) -> bool:
-    stem = name.split("-")[0].removesuffix(".py").lower()
-    return stem in PROVIDED_BY_RUNTIME
 
 
 def build(out: Path, requirements: Path = HERE / "requirements.txt") -> Path:
@@ -32,7 +25,7 @@ def build(out: Path, requirements: Path = HERE / "requirements.txt") -> Path:
             check=True,
         )
         for entry in list(target.iterdir()):
-            if _provided(entry.name) or entry.name in ("bin", "__pycache__"):
+            if entry.name in ("bin", "__pycache__"):
                 shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
         out.parent.mkdir(parents=True, exist_ok=True)
         with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -50,12 +51,20 @@ def test_chalice_app_imports_nothing_heavy():
     assert result.stdout.strip() == "[]"
 
 
-def test_layer_holds_powertools_but_not_the_runtime_sdk(layer):
+def test_layer_holds_powertools_and_an_sdk_with_conditional_writes(layer):
+    """The handlers' notification guard uses PutObject(IfNoneMatch), absent from botocore before 1.35.2:
+    the layer ships the SDK instead of trusting the Lambda runtime's copy."""
+    import gzip
+
     with zipfile.ZipFile(layer) as zf:
-        tops = {n.split("/")[1] for n in zf.namelist()}
-    assert "aws_lambda_powertools" in tops and "aws_xray_sdk" in tops
-    assert not tops & {"botocore", "boto3", "urllib3", "dateutil"}
-    assert all(n.startswith("python/") for n in zf.namelist())
+        names = zf.namelist()
+        tops = {n.split("/")[1] for n in names}
+        assert {"aws_lambda_powertools", "aws_xray_sdk", "boto3", "botocore"} <= tops
+        assert all(n.startswith("python/") for n in names)
+        model = next(n for n in names if n.startswith("python/botocore/data/s3/2006-03-01/service-2.json"))
+        data = zf.read(model)
+    service = json.loads(gzip.decompress(data) if model.endswith(".gz") else data)
+    assert "IfNoneMatch" in service["shapes"]["PutObjectRequest"]["members"]
 
 
 def test_template_passes_cfn_lint(packaged):
@@ -77,6 +86,17 @@ def test_template_resources(packaged):
         assert props["Runtime"] == "python3.12", name  # Lambda no longer creates python3.11 functions
         assert {"Ref": "DependenciesLayer"} in props["Layers"]
         assert props["Environment"]["Variables"]["DATA_BUCKET"] == env["DATA_BUCKET"]
+        on_failure = props.get("EventInvokeConfig", {}).get("DestinationConfig", {}).get("OnFailure")
+        if name in deploy.EVENT_FUNCTIONS:
+            assert on_failure == {"Type": "SQS", "Destination": {"Fn::GetAtt": ["FailedEventsQueue", "Arn"]}}, name
+        else:
+            assert on_failure is None
+    queue = resources["FailedEventsQueue"]["Properties"]
+    assert queue["QueueName"] == f"droptrain-{stage}-failed-events" and queue["MessageRetentionPeriod"] == 14 * 24 * 3600
+    # A 2-million-member zip's central directory takes ~20 s and ~2 GB to read; the API answers within 29 s.
+    assert functions["OnDatasetUploaded"]["Properties"]["MemorySize"] == 3008
+    assert functions["OnDatasetUploaded"]["Properties"]["Timeout"] == 300
+    assert functions["APIHandler"]["Properties"]["Timeout"] < 29
     bucket = resources["DataBucket"]["Properties"]
     assert bucket["BucketName"] == env["DATA_BUCKET"]
     assert bucket["NotificationConfiguration"]["EventBridgeConfiguration"]["EventBridgeEnabled"] is True
@@ -88,6 +108,7 @@ def test_template_resources(packaged):
     s3_pattern = rules["OnDatasetUploadedEvent"]["Properties"]["Pattern"]
     assert s3_pattern["detail"]["bucket"]["name"] == [env["DATA_BUCKET"]]
     assert {"wildcard": "datasets/*/_READY"} in s3_pattern["detail"]["object"]["key"]
+    assert {"suffix": {"equals-ignore-case": ".zip"}} in s3_pattern["detail"]["object"]["key"]
     endpoint_pattern = rules["OnEndpointStateChangeEvent"]["Properties"]["Pattern"]
     assert endpoint_pattern["detail"]["EndpointName"] == [env["ENDPOINT_NAME"]]
     api = resources["RestAPI"]["Properties"]["DefinitionBody"]
@@ -109,18 +130,63 @@ def test_function_roles_are_least_privilege(packaged):
     statements = {s["Sid"]: s for s in expected["Statement"]}
     assert statements["PassTheSageMakerRole"]["Resource"] == env["SAGEMAKER_ROLE_ARN"]
     assert statements["Notify"]["Resource"] == env["NOTIFY_TOPIC_ARN"]
-    assert statements["ObjectsInTheBucket"]["Resource"] == f"arn:aws:s3:::{env['DATA_BUCKET']}/*"
-    assert statements["TheEndpoint"]["Resource"][0].endswith(f":endpoint/{env['ENDPOINT_NAME']}")
+    assert statements["ReadTheBucket"]["Resource"] == f"arn:aws:s3:::{env['DATA_BUCKET']}/*"
+    assert statements["WriteRunsOnly"]["Resource"] == f"arn:aws:s3:::{env['DATA_BUCKET']}/runs/*", \
+        "writing datasets/ starts runs: only runs/ is writable"
+    assert statements["TheEndpoint"]["Resource"][0].endswith(f":endpoint/{env['ENDPOINT_NAME'].lower()}")
+    assert "sagemaker:DeleteEndpoint" in statements["TheEndpoint"]["Action"], "a Failed endpoint is deleted and created again"
+    assert statements["KeepFailedEvents"]["Resource"].endswith(f":droptrain-{stage}-failed-events")
+    assert statements["RollbackAlarms"]["Action"] == "cloudwatch:DescribeAlarms"
     assert statements["CreateRunResourcesTagged"]["Condition"] == {"StringLike": {"aws:RequestTag/droptrain:run-id": "?*"}}
     wildcard_actions = [s for s in expected["Statement"] if s["Resource"] == "*"]
     assert [s["Sid"] for s in wildcard_actions] == ["Traces"], "only X-Ray takes no resource ARN"
 
 
-def test_committed_policy_files_match_the_config():
-    config = deploy.read_config()
-    for stage in deploy.STAGES:
-        committed = json.loads((deploy.CHALICE_DIR / f"policy-{stage}.json").read_text())
-        assert committed == deploy.lambda_policy(deploy.stage_env(config, stage)), f"regenerate .chalice/policy-{stage}.json"
+CHINA_ENV = {
+    "DATA_BUCKET": "droptrain-data-dev-123456789012",
+    "NOTIFY_TOPIC_ARN": "arn:aws-cn:sns:cn-north-1:123456789012:droptrain-dev",
+    "SAGEMAKER_ROLE_ARN": "arn:aws-cn:iam::123456789012:role/droptrain-sagemaker-dev",
+    "TRAINING_IMAGE_URI": "727897471807.dkr.ecr.cn-north-1.amazonaws.com.cn/pytorch-training:2.10.0-gpu-py313",
+    "INFERENCE_IMAGE_URI": "727897471807.dkr.ecr.cn-north-1.amazonaws.com.cn/ray:serve-ml-sagemaker-cpu-v1.4",
+    "ENDPOINT_NAME": "DropTrain-Dev",
+    "ROLLBACK_ALARMS": "my-5xx-alarm",
+}
+
+
+def _arns(document) -> list[str]:
+    found = []
+    for statement in document["Statement"]:
+        resources = statement["Resource"]
+        found += [resources] if isinstance(resources, str) else resources
+    return [r for r in found if r != "*"]
+
+
+def test_policies_follow_the_partition_and_lower_case_endpoint_names():
+    for document in (deploy.lambda_policy(CHINA_ENV), deploy.sagemaker_role_policy(CHINA_ENV)):
+        arns = _arns(document)
+        assert arns and all(a.startswith("arn:aws-cn:") for a in arns), [a for a in arns if not a.startswith("arn:aws-cn:")]
+    assert "arn:aws-cn:sagemaker:cn-north-1:123456789012:endpoint/droptrain-dev" in _arns(deploy.lambda_policy(CHINA_ENV))
+    alarms = {s["Sid"]: s for s in deploy.lambda_policy(CHINA_ENV)["Statement"]}["RollbackAlarms"]["Resource"]
+    assert "arn:aws-cn:cloudwatch:cn-north-1:123456789012:alarm:my-5xx-alarm" in alarms
+
+
+def test_the_execution_role_pulls_from_the_accounts_the_images_name_and_writes_only_runs():
+    env = {**CHINA_ENV, "NOTIFY_TOPIC_ARN": "arn:aws:sns:eu-south-1:123456789012:droptrain-dev",
+           "SAGEMAKER_ROLE_ARN": "arn:aws:iam::123456789012:role/droptrain-sagemaker-dev",
+           "TRAINING_IMAGE_URI": "692866216735.dkr.ecr.eu-south-1.amazonaws.com/pytorch-training:2.10.0-gpu-py313",
+           "INFERENCE_IMAGE_URI": "692866216735.dkr.ecr.eu-south-1.amazonaws.com/ray:serve-ml-sagemaker-cpu-v1.4",
+           "DEBUGGER_IMAGE_URI": "563282790590.dkr.ecr.eu-south-1.amazonaws.com/sagemaker-debugger-rules:latest"}
+    statements = {s["Sid"]: s for s in deploy.sagemaker_role_policy(env)["Statement"]}
+    assert statements["PullImages"]["Resource"] == [
+        "arn:aws:ecr:eu-south-1:563282790590:repository/sagemaker-debugger-rules",
+        "arn:aws:ecr:eu-south-1:692866216735:repository/pytorch-training",
+        "arn:aws:ecr:eu-south-1:692866216735:repository/ray",
+    ]
+    bucket = "arn:aws:s3:::droptrain-data-dev-123456789012"
+    assert statements["WriteRunsOnly"] == {"Sid": "WriteRunsOnly", "Effect": "Allow",
+                                           "Action": ["s3:PutObject", "s3:AbortMultipartUpload"], "Resource": f"{bucket}/runs/*"}
+    assert f"{bucket}/datasets/*" in statements["ReadInputs"]["Resource"]
+    assert statements["RollbackAlarms"]["Action"] == "cloudwatch:DescribeAlarms"
 
 
 def test_sourcedir_is_reproducible_and_complete():
@@ -137,8 +203,8 @@ def test_stage_environment_and_writing_it(tmp_path):
     chalice_dir = tmp_path / ".chalice"
     chalice_dir.mkdir()
     (chalice_dir / "config.json").write_text((deploy.CHALICE_DIR / "config.json").read_text())
-    images = {"TRAINING_IMAGE_URI": "763104351884.dkr.ecr.eu-west-1.amazonaws.com/pytorch-training:2.5.1-gpu-py311",
-              "INFERENCE_IMAGE_URI": "763104351884.dkr.ecr.eu-west-1.amazonaws.com/pytorch-inference:2.5.1-cpu-py311"}
+    images = {"TRAINING_IMAGE_URI": "763104351884.dkr.ecr.eu-west-1.amazonaws.com/pytorch-training:2.10.0-gpu-py313",
+              "INFERENCE_IMAGE_URI": "763104351884.dkr.ecr.eu-west-1.amazonaws.com/ray:serve-ml-sagemaker-cpu-v1.4"}
     current = deploy.stage_env(deploy.read_config(chalice_dir), "dev")
     env = deploy.stage_environment("dev", "210987654321", "eu-west-1", images, "code/sourcedir-abc.tar.gz", current)
     assert env["DATA_BUCKET"] == "droptrain-data-dev-210987654321"
@@ -153,10 +219,111 @@ def test_stage_environment_and_writing_it(tmp_path):
     config_module.load({**written, "AWS_REGION": "eu-west-1"})  # what deploy writes, the app accepts
 
 
+@pytest.mark.parametrize("region, training, inference, expected", [
+    ("us-east-1", "ml.g4dn.xlarge", "ml.m5.large",
+     ("763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:2.10.0-gpu-py313",
+      "763104351884.dkr.ecr.us-east-1.amazonaws.com/ray:serve-ml-sagemaker-cpu-v1.4")),
+    ("eu-south-1", "ml.m5.xlarge", "ml.g5.xlarge",
+     ("692866216735.dkr.ecr.eu-south-1.amazonaws.com/pytorch-training:2.10.0-cpu-py313",
+      "692866216735.dkr.ecr.eu-south-1.amazonaws.com/ray:serve-ml-sagemaker-cuda-v1.4")),
+    ("us-west-2", "ml.g5.xlarge", "serverless",
+     ("763104351884.dkr.ecr.us-west-2.amazonaws.com/pytorch-training:2.10.0-gpu-py313",
+      "763104351884.dkr.ecr.us-west-2.amazonaws.com/ray:serve-ml-sagemaker-cpu-v1.4")),
+])
+def test_images_resolve_through_the_sagemaker_sdk(region, training, inference, expected):
+    """sagemaker-core (what the SageMaker SDK v3 is built on), offline, as `make deploy` installs it."""
+    images = deploy.resolve_images(region, training, inference)
+    assert (images["TRAINING_IMAGE_URI"], images["INFERENCE_IMAGE_URI"]) == expected
+
+
+def test_the_v2_sdk_still_resolves_images(monkeypatch):
+    import types
+
+    calls = []
+    v2 = types.ModuleType("sagemaker")
+    v2.image_uris = types.SimpleNamespace(retrieve=lambda framework, **kw: calls.append((framework, kw)) or f"{framework}-uri")
+    monkeypatch.setitem(sys.modules, "sagemaker.core", None)
+    monkeypatch.setitem(sys.modules, "sagemaker", v2)
+    images = deploy.resolve_images("us-east-1", "ml.g4dn.xlarge", "ml.m5.large")
+    assert images == {"TRAINING_IMAGE_URI": "pytorch-uri", "INFERENCE_IMAGE_URI": "ray-serve-uri"}
+    assert calls[0][1]["version"] == "2.10.0" and calls[1][1]["version"] == "1.4"
+
+
 def test_resolving_images_without_the_sdk_says_what_to_do(monkeypatch):
+    monkeypatch.setitem(sys.modules, "sagemaker.core", None)
     monkeypatch.setitem(sys.modules, "sagemaker", None)
-    with pytest.raises(deploy.DeployError, match="pip install 'sagemaker"):
+    with pytest.raises(deploy.DeployError, match=r"pip install -e '\.\[deploy\]'"):
         deploy.resolve_images("us-east-1", "ml.g4dn.xlarge", "ml.m5.large")
+
+
+def test_an_unknown_region_is_one_clear_error():
+    with pytest.raises(deploy.DeployError, match="no image for this setting in mars-east-1"):
+        deploy.resolve_images("mars-east-1", "ml.g4dn.xlarge", "ml.m5.large")
+
+
+def test_the_local_ray_is_the_ray_of_the_serving_image():
+    """Version 1.4 of AWS's Ray Serve image runs Ray 2.57.0: the local runtime serves with the same Ray."""
+    import importlib.metadata
+    import tomllib
+
+    dependencies = tomllib.loads((deploy.ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert f"ray[serve]=={deploy.RAY_SERVE_RAY_VERSION}" in dependencies
+    assert importlib.metadata.version("ray") == deploy.RAY_SERVE_RAY_VERSION
+
+
+def test_make_deploy_without_credentials_gets_as_far_as_it_can_then_says_so(tmp_path):
+    """A fresh machine with the SDK installed as the README says (make deploy installs the deploy extra):
+    the images resolve and the code is packed offline; the first call that needs credentials ends it
+    with one line, and nothing has been written."""
+    config_before = (deploy.CHALICE_DIR / "config.json").read_text()
+    keep = ("PATH", "HOME", "LANG", "PIP_CONFIG_FILE", "PIP_CONSTRAINT", "PIP_FIND_LINKS", "PIP_EXTRA_INDEX_URL")
+    env = {k: v for k, v in os.environ.items() if k in keep or k.startswith("PIP_")}
+    env.update({"AWS_REGION": "eu-west-1", "AWS_CONFIG_FILE": str(tmp_path / "none"),
+                "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"), "AWS_EC2_METADATA_DISABLED": "true"})
+    result = subprocess.run(["make", "--no-print-directory", "deploy", "STAGE=dev"], cwd=deploy.ROOT, env=env,
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode != 0
+    assert "images for eu-west-1: training 763104351884.dkr.ecr.eu-west-1.amazonaws.com/pytorch-training:2.10.0-gpu-py313" in result.stdout
+    assert "training code: code/sourcedir-" in result.stdout
+    assert "droptrain deploy: no AWS credentials found" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert (deploy.CHALICE_DIR / "config.json").read_text() == config_before
+
+
+def test_chalice_package_failing_is_one_line(tmp_path):
+    def failing(*args, **kwargs):
+        raise subprocess.CalledProcessError(2, args[0], output="", stderr="Traceback ...\nRuntimeError: bad config\n")
+
+    with pytest.raises(deploy.DeployError, match="^chalice package failed: RuntimeError: bad config$"):
+        deploy.package("dev", tmp_path / "out", tmp_path / "layer.zip", run=failing)
+
+
+def test_aws_failures_are_one_line():
+    from botocore.exceptions import ClientError, NoCredentialsError, WaiterError
+
+    denied = ClientError({"Error": {"Code": "AccessDenied", "Message": "not authorized to perform: cloudformation:CreateChangeSet"}},
+                         "CreateChangeSet")
+    assert deploy._explain(denied) == "CreateChangeSet failed: AccessDenied: not authorized to perform: cloudformation:CreateChangeSet"
+    stuck = WaiterError("StackCreateComplete", "Waiter encountered a terminal failure state",
+                        {"Stacks": [{"StackStatusReason": "The following resource(s) failed to create: [DataBucket]."}]})
+    assert deploy._explain(stuck) == "StackCreateComplete did not complete: The following resource(s) failed to create: [DataBucket]."
+    assert "no AWS credentials found" in deploy._explain(NoCredentialsError())
+
+
+def test_deploy_turns_an_aws_failure_into_a_deploy_error(tmp_path, monkeypatch):
+    sts = boto3.client("sts", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="y")
+    stub = Stubber(sts)
+    stub.add_client_error("get_caller_identity", "ExpiredToken", "The security token included in the request is expired")
+
+    class Session:
+        region_name = "us-east-1"
+
+        def client(self, name, region_name=None):
+            return sts
+
+    with stub, pytest.raises(deploy.DeployError, match="^GetCallerIdentity failed: ExpiredToken: The security token"):
+        deploy.deploy("dev", "1.dkr.ecr.us-east-1.amazonaws.com/t:1", "1.dkr.ecr.us-east-1.amazonaws.com/i:1",
+                      say=lambda m: None, session=Session())
 
 
 def test_deploy_stack_up_to_the_boundary(packaged, monkeypatch):
@@ -199,4 +366,37 @@ def test_deploy_stack_up_to_the_boundary(packaged, monkeypatch):
                      for r in body["Resources"].values() if r["Type"].startswith("AWS::Serverless::")
                      and r["Type"] != "AWS::Serverless::Api"}
         assert all(uri.startswith("s3://droptrain-deploy-") for uri in code_uris), code_uris
+        assert s3.get_object(Bucket=env["DATA_BUCKET"], Key=key)["Body"].read() == sourcedir
+
+
+def test_a_redeploy_with_no_changes_is_success(packaged, monkeypatch):
+    stage, template = packaged
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    env = deploy.stage_env(deploy.read_config(), stage)
+    stack = f"droptrain-{stage}"
+    created = {"StackName": stack, "CreationTime": "2026-11-24T00:00:00Z", "StackStatus": "UPDATE_COMPLETE"}
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket=env["DATA_BUCKET"])
+        cfn = boto3.client("cloudformation", region_name="us-east-1")
+        stub = Stubber(cfn)
+        stub.add_response("describe_stacks", {"Stacks": [created]})
+        stub.add_response("create_change_set", {"Id": "arn:cs", "StackId": "arn:stack"})
+        stub.add_response("describe_change_set", {"Status": "FAILED", "StatusReason": (
+            "The submitted information didn't contain changes. Submit different information to create a change set.")})
+        stub.add_response("delete_change_set", {}, {"StackName": stack, "ChangeSetName": ANY})
+        stub.add_response("describe_stacks", {"Stacks": [{**created, "Outputs": [{"OutputKey": "EndpointURL", "OutputValue": "https://x/api/"}]}]})
+
+        class Session:
+            def client(self, name, region_name=None):
+                return {"s3": s3, "cloudformation": cfn}[name]
+
+        said = []
+        sourcedir, key = deploy.build_sourcedir()
+        with stub:
+            outputs = deploy.deploy_stack(Session(), stage, template.parent, sourcedir, key, env, say=said.append)
+        stub.assert_no_pending_responses()
+        assert outputs == {"EndpointURL": "https://x/api/"}
+        assert f"stack {stack} is already up to date" in said
         assert s3.get_object(Bucket=env["DATA_BUCKET"], Key=key)["Body"].read() == sourcedir
