@@ -1,25 +1,33 @@
-"""Serving: the local stack's latency and throughput against the model itself.
+"""Serving through Ray Serve: the local stack's latency and throughput against the model itself.
+
+For two models at 224 px: ResNet-18, and ResNet-50, the architecture a stage trains by default.
 
 * latency: one 224 px JPEG, one request at a time, through (a) the local endpoint (InvokeEndpoint:
-  input_fn, the batcher, predict, output_fn) and (b) the local API's ``POST /predict`` over HTTP
-  (the Chalice handler, its checks, then the endpoint), against ``input_fn`` + ``predict_fn`` +
-  ``output_fn`` called in-process on the same bytes. p50 and p99 over many requests.
-* throughput: 8 concurrent HTTP clients (threads in a separate process, as clients are) against
-  the bare model's best batched forward on tensors already in memory (batch 1 to 16, same threads);
-  once with the endpoint's dynamic batching and once with batches of one, the alternative.
+  a Ray Serve deployment handle to the application's ``answer``), (b) the application's own HTTP
+  route on Ray Serve's proxy (what the container's SageMaker adapter forwards ``/invocations`` to),
+  and (c) the local API's ``POST /predict`` over HTTP (the Chalice handler, its checks, then the
+  endpoint), against decoding and predicting the same bytes in-process (``trainlib.predictor``).
+  p50 and p99 over many requests.
+* throughput: 8 concurrent HTTP clients (threads in a separate process, as clients are) against the
+  bare model's best batched forward on tensors already in memory (batch 1 to 16); through the local
+  API and on the application's route, with ``@serve.batch`` as shipped and, for comparison, the same
+  application with batches of one.
 
 The references run in their own process: torch gives every thread that computes its own OpenMP
-team, and on a small machine two teams throttle each other's spinning (ResNet-18 at 224 px on two
-cores: 17 ms alone, 27 ms once a second thread has computed). In the server only the batcher's
-thread computes; the benchmark's main thread must not either.
+team, and on a small machine two teams throttle each other (ResNet-18 at 224 px on two cores:
+17 ms alone, 27 ms once a second thread has computed). The server's model lives in the Ray
+replica's process, where one thread computes.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 from pathlib import Path
 
@@ -30,6 +38,7 @@ from common import Row, timings
 ROOT = Path(__file__).resolve().parent.parent
 SIZE = 224
 CLIENT = Path(__file__).resolve().parent / "serving_client.py"
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "training")]
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -37,14 +46,18 @@ def percentile(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def train_model(data: Path, work: Path) -> Path:
-    """A real artifact at 224 px (head mode, one epoch: what it predicts does not matter here)."""
-    from droptrain.container import JobPaths, package_dir, run_training
+ARCHS = ("resnet18", "resnet50")
 
-    paths = JobPaths(work / "job")
+
+def train_model(data: Path, work: Path, arch: str = "resnet18") -> Path:
+    """A real artifact at 224 px, trained as SageMaker trains (head mode, one epoch: what it predicts does not matter)."""
+    from droptrain.local.jobs import package_dir
+    from helpers import run_training_job
+
     lines: list[str] = []
-    status = run_training(paths, {"training": data}, {
-        "arch": "resnet18", "weights": "none", "train-mode": "head", "image-size": str(SIZE), "epochs": "1",
+    work.mkdir(parents=True, exist_ok=True)
+    paths, status = run_training_job(work, data, {
+        "arch": arch, "weights": "none", "train-mode": "head", "image-size": str(SIZE), "epochs": "1",
         "batch-size": "16", "workers": "0",
     }, "bench-serving-final", on_line=lines.append)
     if status != 0:
@@ -52,43 +65,40 @@ def train_model(data: Path, work: Path) -> Path:
     return package_dir(paths.model, work / "model.tar.gz")
 
 
-def deploy(runtime, archive: Path) -> str:
-    runtime.bucket.put_file("runs/bench/final/model.tar.gz", archive)
-    runtime.sagemaker.create_model({"ModelName": "bench", "PrimaryContainer": {
-        "ModelDataUrl": runtime.bucket.uri("runs/bench/final/model.tar.gz")}})
-    runtime.sagemaker.create_endpoint_config({"EndpointConfigName": "bench", "ProductionVariants": [{"ModelName": "bench"}]})
-    name = runtime.env["ENDPOINT_NAME"]
-    runtime.sagemaker.create_endpoint({"EndpointName": name, "EndpointConfigName": "bench", "Tags": []})
+def deploy(runtime, archive: Path, config: str) -> str:
+    """The stage's endpoint (what POST /predict calls) created with, or updated to, this archive."""
+    key = f"runs/{config}/final/model.tar.gz"
+    runtime.bucket.put_file(key, archive)
+    runtime.sagemaker.create_model({"ModelName": config, "PrimaryContainer": {"ModelDataUrl": runtime.bucket.uri(key)}})
+    runtime.sagemaker.create_endpoint_config({"EndpointConfigName": config, "ProductionVariants": [{"ModelName": config}]})
+    endpoint = runtime.env["ENDPOINT_NAME"]
+    if runtime.endpoints.describe(endpoint) is None:
+        runtime.sagemaker.create_endpoint({"EndpointName": endpoint, "EndpointConfigName": config, "Tags": []})
+    else:
+        runtime.sagemaker.update_endpoint({"EndpointName": endpoint, "EndpointConfigName": config})
     runtime.endpoints.join()
-    if runtime.endpoints.describe(name)["EndpointStatus"] != "InService":
-        raise RuntimeError(f"the benchmark endpoint did not come up: {runtime.endpoints.describe(name)}")
-    return name
+    described = runtime.endpoints.describe(endpoint)
+    if (described["EndpointStatus"], described["EndpointConfigName"]) != ("InService", config):
+        raise RuntimeError(f"the benchmark endpoint did not come up: {described}")
+    return endpoint
 
 
 def reference(archive: Path, image: Path) -> dict:
-    """In a fresh process: in-process latencies of the model's own handlers, and the bare model's ceiling."""
-    from droptrain.container import load_inference_module
+    """In a fresh process: decoding and predicting in-process, and the bare model's ceiling."""
+    from trainlib.predictor import Classifier, decode
 
     with tempfile.TemporaryDirectory() as tmp:
-        import tarfile
-
         with tarfile.open(archive) as tar:
             tar.extractall(tmp, filter="data")
-        module = load_inference_module(Path(tmp) / "code")
-        model = module.model_fn(tmp)
+        classifier = Classifier.load(Path(tmp))
         body = image.read_bytes()
-
-        def in_process():
-            module.output_fn(module.predict_fn(module.input_fn(body, "image/jpeg"), model), "application/json")
-
-        latencies = timings(in_process, 200, warmup=10)
-        ceiling, batch = best_batched_forward(model.model, model.transform, module.input_fn(body, "image/jpeg"))
+        latencies = timings(lambda: classifier.predict([decode(body)]), 200, warmup=10)
+        ceiling, batch = best_batched_forward(classifier.model, classifier.transform(decode(body)))
     return {"latencies": latencies, "ceiling": ceiling, "batch": batch}
 
 
-def best_batched_forward(model, transform, image) -> tuple[float, int]:
+def best_batched_forward(model, x) -> tuple[float, int]:
     """Images/s of the bare model on tensors in memory, at its best batch size from 1 to 16."""
-    x = transform(image)
     best = (0.0, 1)
     with torch.inference_mode():
         for batch in (1, 2, 4, 8, 16):
@@ -105,9 +115,68 @@ def clients(url: str, image: Path, concurrency: int, seconds: float) -> dict:
     return json.loads(out.stdout)
 
 
-def run() -> list[Row]:
+def unbatched_copy(runtime, config: str) -> str:
+    """The same application with batches of one, deployed beside it: what @serve.batch is weighed against."""
+    source = runtime.endpoints.root / config
+    target = source.with_name(f"{config}-batches-of-one")
+    shutil.copytree(source, target)
+    app = (target / "serve_app.py").read_text()
+    (target / "serve_app.py").write_text(re.sub(r"^MAX_BATCH = \d+$", "MAX_BATCH = 1", app, flags=re.M))
+    runtime.serving.deploy("bench-batches-of-one", target)
+    return f"{runtime.serving.url}/bench-batches-of-one"
+
+
+def measure(runtime, arch: str, data: Path, work: Path, image: Path) -> list[Row]:
+    import http.client
+
     from droptrain.demo import post_image
-    from droptrain.local.batching import DynamicBatcher
+
+    body = image.read_bytes()
+    archive = train_model(data, work / arch, arch)
+    config = f"bench-{arch}"
+    endpoint = deploy(runtime, archive, config)
+    app = runtime.endpoints._app_name(config)
+    route = f"{runtime.serving.url}/{app}"
+    out = subprocess.run([sys.executable, __file__, "reference", str(archive), str(image)],
+                         capture_output=True, text=True, check=True).stdout
+    measured = json.loads(out.strip().splitlines()[-1])
+    reference_ms, ceiling, best_batch = measured["latencies"], measured["ceiling"], measured["batch"]
+    connection = http.client.HTTPConnection(runtime.serving.host, runtime.serving.port, timeout=60)
+
+    def ray_route():
+        connection.request("POST", f"/{app}", body=body, headers={"Content-Type": "image/jpeg"})
+        response = connection.getresponse()
+        response.read()
+        assert response.status == 200, response.status
+
+    def api():
+        status, _ = post_image(runtime.api_url, image)
+        assert status == 200, status
+
+    rows = []
+    for label, fn in (("local endpoint (InvokeEndpoint: Ray Serve handle)", lambda: runtime.endpoints.invoke(endpoint, body, "image/jpeg", "application/json")),
+                      ("Ray Serve HTTP route (the container's /invocations path)", ray_route),
+                      ("local API, POST /predict over HTTP", api)):
+        ours = timings(fn, 200, warmup=10)
+        for q, name_q in ((0.5, "p50"), (0.99, "p99")):
+            rows.append(Row(f"serving {arch}, 224 px JPEG, one client: {label}, {name_q}", percentile(ours, q) * 1e3,
+                            percentile(reference_ms, q) * 1e3, f"decode + predict in-process, {name_q}", "ms",
+                            target="overhead <= 15% at p50" if name_q == "p50" and "handle" in label else ""))
+    connection.close()
+    reference_name = f"bare model's best batched forward (batch {best_batch})"
+    for label, url in (("local API, POST /predict", f"{runtime.api_url}/predict?top_k=3"), ("Ray Serve route", route)):
+        result = clients(url, image, 8, 15)
+        rows.append(Row(f"serving {arch}, 8 concurrent HTTP clients, {label}, @serve.batch", result["rps"], ceiling,
+                        reference_name, "img/s", target=">= 0.85",
+                        note=f"p50 latency {result['p50_ms']:.0f} ms, {result['errors']} errors"))
+    result = clients(unbatched_copy(runtime, config), image, 8, 15)
+    rows.append(Row(f"serving {arch}, 8 concurrent HTTP clients, Ray Serve route, batches of one", result["rps"], ceiling,
+                    reference_name, "img/s", note=f"p50 latency {result['p50_ms']:.0f} ms, {result['errors']} errors"))
+    runtime.serving.delete("bench-batches-of-one")
+    return rows
+
+
+def run() -> list[Row]:
     from droptrain.local.runtime import LocalRuntime
     from droptrain.synthetic import make_dataset
 
@@ -116,45 +185,10 @@ def run() -> list[Row]:
         tmp = Path(tmp)
         make_dataset(tmp / "data", classes=4, per_class=8, size=SIZE, seed=0)
         image = sorted((tmp / "data" / "test").rglob("*.jpg"))[0]
-        body = image.read_bytes()
-        archive = train_model(tmp / "data", tmp)
         runtime = LocalRuntime(tmp / "home", say=lambda line: None).start(port=0, watch=False)
         try:
-            name = deploy(runtime, archive)
-            serving = runtime.endpoints._serving[name]
-            out = subprocess.run([sys.executable, __file__, "reference", str(archive), str(image)],
-                                 capture_output=True, text=True, check=True).stdout
-            measured = json.loads(out.strip().splitlines()[-1])
-            reference, ceiling, best_batch = measured["latencies"], measured["ceiling"], measured["batch"]
-
-            def endpoint():
-                runtime.endpoints.invoke(name, body, "image/jpeg", "application/json")
-
-            def http():
-                status, _ = post_image(runtime.api_url, image)
-                assert status == 200, status
-
-            for label, fn in (("local endpoint (InvokeEndpoint path)", endpoint), ("local API, POST /predict over HTTP", http)):
-                ours = timings(fn, 200, warmup=10)
-                for q, name_q in ((0.5, "p50"), (0.99, "p99")):
-                    rows.append(Row(f"serving, 224 px JPEG, one client: {label}, {name_q}", percentile(ours, q) * 1e3,
-                                    percentile(reference, q) * 1e3, f"predict_fn in-process, {name_q}", "ms",
-                                    target="overhead <= 15% at p50" if name_q == "p50" else ""))
-
-            serving.batcher.batch_sizes.clear()
-            batched = clients(runtime.api_url, image, 8, 15)
-            sizes = list(serving.batcher.batch_sizes)
-            rows.append(Row("serving, 8 concurrent HTTP clients, dynamic batching", batched["rps"], ceiling,
-                            f"bare model's best batched forward (batch {best_batch})", "img/s", target=">= 0.7",
-                            note=f"mean batch {statistics.mean(sizes):.1f}, p50 latency {batched['p50_ms']:.0f} ms, "
-                                 f"{batched['errors']} errors"))
-            # The alternative: the same stack answering one request per forward pass.
-            serving.batcher.close()
-            serving.batcher = DynamicBatcher(serving.batcher._run_batch, max_batch=1)
-            unbatched = clients(runtime.api_url, image, 8, 15)
-            rows.append(Row("serving, 8 concurrent HTTP clients, batches of one", unbatched["rps"], ceiling,
-                            f"bare model's best batched forward (batch {best_batch})", "img/s",
-                            note=f"p50 latency {unbatched['p50_ms']:.0f} ms, {unbatched['errors']} errors"))
+            for arch in ARCHS:
+                rows += measure(runtime, arch, tmp / "data", tmp / "work", image)
         finally:
             runtime.stop()
     return rows

@@ -1,5 +1,6 @@
-"""Closed-loop HTTP clients for the serving benchmark: N threads POST one image to /predict
-for a while; prints requests/s, latency percentiles and errors as JSON.
+"""Closed-loop HTTP clients for the serving benchmark: N threads POST one image to a URL (the local
+API's /predict, or a Ray Serve application's route) for a while; prints requests/s, latency
+percentiles and errors as JSON.
 
 Run as its own process, so that the clients' work is not counted inside the server's process."""
 
@@ -17,6 +18,7 @@ from urllib.parse import urlsplit
 def main(url: str, image: Path, concurrency: int, seconds: float) -> dict:
     body = image.read_bytes()
     target = urlsplit(url)
+    path = target.path + (f"?{target.query}" if target.query else "")
     latencies: list[float] = []
     errors = [0]
     lock = threading.Lock()
@@ -29,7 +31,7 @@ def main(url: str, image: Path, concurrency: int, seconds: float) -> dict:
             began = time.perf_counter()
             connection = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
             try:
-                connection.request("POST", "/predict?top_k=3", body=body, headers={"Content-Type": "image/jpeg"})
+                connection.request("POST", path, body=body, headers={"Content-Type": "image/jpeg"})
                 ok = connection.getresponse().status == 200
             except OSError:
                 ok = False

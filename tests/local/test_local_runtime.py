@@ -55,6 +55,11 @@ def test_dataset_to_predictions_with_the_real_training_code(tiny_dataset, tmp_pa
         assert len(body["predictions"]) == 2 and {p["label"] for p in body["predictions"]} <= classes
         status, body = post_image(runtime.api_url, Path(__file__))  # sent as image/jpeg, but it is Python
         assert status == 400 and body["error"]["code"] == "invalid_image"
+        # JPEG magic bytes pass the API's own check; the model's 400 comes back as a 400, not a 502.
+        truncated = tmp_path / "truncated.jpg"
+        truncated.write_bytes(image.read_bytes()[:300])
+        status, body = post_image(runtime.api_url, truncated)
+        assert (status, body["error"]["code"]) == (400, "invalid_image"), body
         assert cli.main(["predict", str(image), "--url", runtime.api_url, "--top-k", "1"]) == 0
         assert "(model " + run + ")" in capsys.readouterr().out
         with __import__("urllib.request").request.urlopen(runtime.api_url + "/status") as response:
