@@ -46,7 +46,7 @@ def test_artifact_layout(trained_job):
     config = ServeDeploySchema.model_validate(yaml.safe_load((trained_job["paths"].model / "config.yaml").read_text()))
     (app,) = config.applications
     assert (app.import_path, app.route_prefix) == ("serve_app:app", "/")
-    assert app.deployments[0].ray_actor_options["num_gpus"] == 0, "a CPU inference instance type by default"
+    assert app.deployments[0].ray_actor_options.num_gpus == 0, "a CPU inference instance type by default"
     meta = json.loads((trained_job["paths"].model / "model.json").read_text())
     assert meta["arch"] == "resnet18" and meta["image_size"] == 48
     assert meta["classes"] == sorted(meta["classes"]) and len(meta["classes"]) == 4

@@ -25,6 +25,18 @@ log = Path(os.environ["FAKE_LOG"]) if os.environ.get("FAKE_LOG") else None
 if log:
     with log.open("a") as handle:
         handle.write(json.dumps({"job": os.environ["TRAINING_JOB_NAME"], "start": time.time(), "pid": os.getpid()}) + "\n")
+# FAKE_RENDEZVOUS=DIR:N: announce this job in DIR, wait (up to 20 s) until N jobs are running at once,
+# and record how many were: the executor's parallelism seen from the jobs, not guessed from the clock.
+rendezvous = os.environ.get("FAKE_RENDEZVOUS")
+if rendezvous:
+    folder, wanted = Path(rendezvous.rsplit(":", 1)[0]), int(rendezvous.rsplit(":", 1)[1])
+    me = folder / os.environ["TRAINING_JOB_NAME"]
+    me.write_text("running")
+    running = lambda: sum(1 for p in folder.iterdir() if p.read_text() == "running")  # noqa: E731
+    deadline = time.time() + 20
+    while running() < wanted and time.time() < deadline:
+        time.sleep(0.02)
+    (folder.parent / "peers.jsonl").open("a").write(json.dumps({"job": me.name, "running": running()}) + "\n")
 if args.lr >= float(os.environ.get("FAIL_AT_LR", "1e9")):
     Path(os.environ["SM_OUTPUT_DIR"]).mkdir(parents=True, exist_ok=True)
     (Path(os.environ["SM_OUTPUT_DIR"]) / "failure").write_text(f"the training loss became NaN (lr={args.lr})")
@@ -52,3 +64,5 @@ Path(os.environ["SM_OUTPUT_DATA_DIR"], "evaluation.json").write_text("{}")
 if log:
     with log.open("a") as handle:
         handle.write(json.dumps({"job": os.environ["TRAINING_JOB_NAME"], "end": time.time()}) + "\n")
+if rendezvous:
+    me.write_text("done")
