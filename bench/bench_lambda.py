@@ -45,8 +45,8 @@ def handler_overhead(requests: int = 2000) -> tuple[float, float]:
     os.environ.update({
         "DATA_BUCKET": "droptrain-bench", "NOTIFY_TOPIC_ARN": "arn:aws:sns:us-east-1:123456789012:t",
         "SAGEMAKER_ROLE_ARN": "arn:aws:iam::123456789012:role/r",
-        "TRAINING_IMAGE_URI": "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:2.5.1-gpu-py311",
-        "INFERENCE_IMAGE_URI": "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-inference:2.5.1-cpu-py311",
+        "TRAINING_IMAGE_URI": "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:2.10.0-gpu-py313",
+        "INFERENCE_IMAGE_URI": "763104351884.dkr.ecr.us-east-1.amazonaws.com/ray:serve-ml-sagemaker-cpu-v1.4",
         "SOURCE_DIR_S3_URI": "s3://droptrain-bench/code/s.tar.gz", "ENDPOINT_NAME": "droptrain-bench",
         "POWERTOOLS_METRICS_NAMESPACE": "bench", "POWERTOOLS_LOG_LEVEL": "WARNING",
     })

@@ -14,7 +14,6 @@ import threading
 import time
 from pathlib import Path
 
-import droptrain.local  # noqa: F401 - puts the checkout's chalice_app on the path
 from common import Row
 
 N_TRIALS = 4
@@ -32,7 +31,12 @@ class _Executor:
         from droptrain.local.sagemaker import LocalSageMaker
         from droptrain.local.store import Store
 
+        from droptrain import sourcedir
+        from droptrain.local.runtime import local_environment
+
         self.bucket = LocalBucket(root / "bucket", BUCKET)
+        code, _ = sourcedir.build(include_requirements=False)  # where the jobs' toolkit reads the training code
+        self.bucket.put(local_environment()["SOURCE_DIR_S3_URI"].removeprefix(f"s3://{BUCKET}/"), code)
         for path in sorted(data.rglob("*.jpg")):
             self.bucket.put_file(f"datasets/bench/{path.relative_to(data)}", path)
         self.finished: dict[str, dict] = {}

@@ -33,15 +33,11 @@ def _clients(region: str):
 
 
 def build(env: Mapping[str, str]) -> Services:
-    """Services for the stage described by ``env``; raises ``ConfigError`` naming a bad variable.
+    """The AWS adapters for the stage described by ``env``; raises ``ConfigError`` naming a bad variable.
 
-    The one place where AWS and local adapters are chosen: ``DROPTRAIN_RUNTIME=local`` asks the
-    embedded local runtime (``droptrain.local``, never present in Lambda) for its adapters."""
+    The local runtime builds its own ``Services`` from the same ports and installs them
+    (``handlers.use_services``): this module never hears of it."""
     config = config_module.load(env)
-    if env.get("DROPTRAIN_RUNTIME", "aws") == "local":
-        from droptrain.local.runtime import active
-
-        return active().services(config)
     clients = _clients(config.region)
     s3 = S3Adapter(clients["s3"])
     return Services(

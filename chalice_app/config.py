@@ -68,6 +68,7 @@ class Config:
     static_hyperparameters: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_STATIC_HYPERPARAMETERS))
     tuning_ranges: Mapping[str, list] = field(default_factory=lambda: dict(DEFAULT_TUNING_RANGES))
     max_body_bytes: int = MAX_BODY_BYTES
+    api_key_required: bool = False
 
     @property
     def serverless(self) -> bool:
@@ -135,26 +136,31 @@ def topic_arn(env: Mapping[str, str]) -> str | None:
     return value if _ARN.match(value) else None
 
 
-def load(env: Mapping[str, str]) -> Config:
+# Read when the app is built (its patterns and routes) as well as by load(): one reading each.
+
+
+def dataset_prefix(env: Mapping[str, str]) -> str:
     prefix = env.get("DATASET_PREFIX", "datasets/").strip() or "datasets/"
     if not prefix.endswith("/") or prefix.startswith("/"):
         raise ConfigError("DATASET_PREFIX", f"must be a key prefix ending in '/', got {prefix!r}")
-    source = _required(env, "SOURCE_DIR_S3_URI")
-    if not (source.startswith("s3://") and source.endswith(".tar.gz")):
-        raise ConfigError("SOURCE_DIR_S3_URI", f"must be an s3:// URI of a .tar.gz, got {source!r}")
-    strategy = env.get("TUNING_STRATEGY", "Bayesian").strip() or "Bayesian"
-    if strategy not in STRATEGIES:
-        raise ConfigError("TUNING_STRATEGY", f"must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
-    instance = env.get("TRAINING_INSTANCE_TYPE", "ml.g4dn.xlarge").strip() or "ml.g4dn.xlarge"
-    if not _INSTANCE.match(instance):
-        raise ConfigError("TRAINING_INSTANCE_TYPE", f"is malformed (e.g. ml.g4dn.xlarge): {instance!r}")
-    inference = env.get("INFERENCE_INSTANCE_TYPE", "ml.m5.large").strip() or "ml.m5.large"
-    if inference != "serverless" and not _INSTANCE.match(inference):
-        raise ConfigError("INFERENCE_INSTANCE_TYPE", f"must be an instance type or 'serverless': {inference!r}")
-    managed = _bool(env, "MANAGED_DEBUGGER", False)
-    debugger_image = env.get("DEBUGGER_IMAGE_URI", "").strip()
-    if managed and not _IMAGE.match(debugger_image):
-        raise ConfigError("DEBUGGER_IMAGE_URI", "must be the region's Debugger rules image when MANAGED_DEBUGGER=true")
+    return prefix
+
+
+def api_key_required(env: Mapping[str, str]) -> bool:
+    return _bool(env, "API_KEY_REQUIRED", False)
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, pattern: re.Pattern | None = None,
+            choices: tuple[str, ...] = (), what: str = "") -> str:
+    value = env.get(name, default).strip() or default
+    if choices and value not in choices:
+        raise ConfigError(name, f"must be one of {', '.join(choices)}, got {value!r}")
+    if pattern is not None and not pattern.match(value):
+        raise ConfigError(name, f"is malformed ({what}): {value!r}")
+    return value
+
+
+def _static_hyperparameters(env: Mapping[str, str]) -> dict[str, str]:
     static = dict(DEFAULT_STATIC_HYPERPARAMETERS)
     if env.get("STATIC_HYPERPARAMETERS", "").strip():
         try:
@@ -164,35 +170,62 @@ def load(env: Mapping[str, str]) -> Config:
         if not isinstance(extra, dict):
             raise ConfigError("STATIC_HYPERPARAMETERS", "must be a JSON object of flag names to values")
         static.update({str(k): str(v) for k, v in extra.items()})
-    ranges = _tuning_ranges(env)
+    return static
+
+
+def _source_dir(env: Mapping[str, str]) -> str:
+    source = _required(env, "SOURCE_DIR_S3_URI")
+    if not (source.startswith("s3://") and source.endswith(".tar.gz")):
+        raise ConfigError("SOURCE_DIR_S3_URI", f"must be an s3:// URI of a .tar.gz, got {source!r}")
+    return source
+
+
+def _debugger_image(env: Mapping[str, str], managed: bool) -> str:
+    image = env.get("DEBUGGER_IMAGE_URI", "").strip()
+    if managed and not _IMAGE.match(image):
+        raise ConfigError("DEBUGGER_IMAGE_URI", "must be the region's Debugger rules image when MANAGED_DEBUGGER=true")
+    return image
+
+
+def _parallelism(env: Mapping[str, str]) -> tuple[int, int]:
     max_jobs = _int(env, "MAX_TUNING_JOBS", 8, 1, 500)
     parallel = _int(env, "MAX_PARALLEL_JOBS", 2, 1, 100)
     if parallel > max_jobs:
         raise ConfigError("MAX_PARALLEL_JOBS", f"({parallel}) must not exceed MAX_TUNING_JOBS ({max_jobs})")
-    alarms = tuple(a.strip() for a in env.get("ROLLBACK_ALARMS", "").split(",") if a.strip())
+    return max_jobs, parallel
+
+
+def load(env: Mapping[str, str]) -> Config:
+    """The stage's configuration; raises ``ConfigError`` naming the first bad variable."""
+    inference = _choice(env, "INFERENCE_INSTANCE_TYPE", "ml.m5.large")
+    if inference != "serverless" and not _INSTANCE.match(inference):
+        raise ConfigError("INFERENCE_INSTANCE_TYPE", f"must be an instance type or 'serverless': {inference!r}")
+    managed = _bool(env, "MANAGED_DEBUGGER", False)
+    max_jobs, parallel = _parallelism(env)
     return Config(
         data_bucket=_required(env, "DATA_BUCKET", _BUCKET, "an S3 bucket name"),
         notify_topic_arn=_required(env, "NOTIFY_TOPIC_ARN", _ARN, "an SNS topic ARN"),
         sagemaker_role_arn=_required(env, "SAGEMAKER_ROLE_ARN", _ARN, "an IAM role ARN"),
         training_image_uri=_required(env, "TRAINING_IMAGE_URI", _IMAGE, "an ECR image URI"),
         inference_image_uri=_required(env, "INFERENCE_IMAGE_URI", _IMAGE, "an ECR image URI"),
-        source_dir_s3_uri=source,
+        source_dir_s3_uri=_source_dir(env),
         endpoint_name=_required(env, "ENDPOINT_NAME", _ENDPOINT, "a SageMaker endpoint name"),
         region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
-        dataset_prefix=prefix,
-        training_instance_type=instance,
+        dataset_prefix=dataset_prefix(env),
+        training_instance_type=_choice(env, "TRAINING_INSTANCE_TYPE", "ml.g4dn.xlarge", _INSTANCE, what="e.g. ml.g4dn.xlarge"),
         inference_instance_type=inference,
-        tuning_strategy=strategy,
+        tuning_strategy=_choice(env, "TUNING_STRATEGY", "Bayesian", choices=STRATEGIES),
         max_tuning_jobs=max_jobs,
         max_parallel_jobs=parallel,
         use_spot=_bool(env, "USE_SPOT", False),
         managed_debugger=managed,
-        debugger_image_uri=debugger_image,
+        debugger_image_uri=_debugger_image(env, managed),
         block_on_rule_issues=_bool(env, "BLOCK_ON_RULE_ISSUES", False),
         max_runtime_seconds=_int(env, "MAX_RUNTIME_SECONDS", 24 * 3600, 600, 28 * 24 * 3600),
         volume_size_gb=_int(env, "TRAINING_VOLUME_GB", 50, 1, 16384),
-        rollback_alarms=alarms,
-        static_hyperparameters=static,
-        tuning_ranges=ranges,
+        rollback_alarms=tuple(a.strip() for a in env.get("ROLLBACK_ALARMS", "").split(",") if a.strip()),
+        static_hyperparameters=_static_hyperparameters(env),
+        tuning_ranges=_tuning_ranges(env),
         max_body_bytes=_int(env, "MAX_BODY_BYTES", MAX_BODY_BYTES, 1024, 4_400_000),
+        api_key_required=api_key_required(env),
     )

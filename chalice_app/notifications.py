@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, Mapping
+
+from chalice_app.ports import ObjectStore, Publisher
 
 EVENTS = (
     "dataset.accepted", "dataset.rejected", "tuning.started", "tuning.completed", "tuning.failed",
@@ -22,16 +24,6 @@ EVENTS = (
 # count too: room is left for them).
 SUBJECT_MAX = 99
 MESSAGE_MAX_BYTES = 256 * 1024 - 4096
-
-
-class Publisher(Protocol):
-    def publish(self, topic_arn: str, subject: str, message: str, attributes: Mapping[str, str]) -> str: ...
-
-
-class MarkerStore(Protocol):
-    def put_if_absent(self, bucket: str, key: str, body: bytes) -> bool: ...
-
-    def delete(self, bucket: str, key: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -125,7 +117,7 @@ class Notifier:
     def __init__(
         self,
         publisher: Publisher,
-        markers: MarkerStore,
+        markers: ObjectStore,
         topic_arn: str,
         bucket: str | None,
         clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),

@@ -11,6 +11,17 @@ import functools
 import logging
 
 SERVICE = "droptrain"
+# In Lambda, Powertools reads its POWERTOOLS_* variables. A host process that is not a Lambda (the
+# local runtime) says what it wants here instead of rewriting its environment; Powertools' tracer
+# turns itself off outside Lambda.
+_settings: dict[str, object] = {}
+
+
+def configure(level: str | None = None, metrics_enabled: bool = True) -> None:
+    """This process's logging level and whether it records metrics."""
+    _settings.update(metrics=metrics_enabled)
+    if level:
+        logger().setLevel(level)
 
 
 @functools.lru_cache(maxsize=None)
@@ -39,6 +50,8 @@ _recorded = False
 
 def count(name: str, value: float = 1, unit: str = "Count") -> None:
     global _recorded
+    if not _settings.get("metrics", True):
+        return
     metrics().add_metric(name=name, unit=unit, value=value)
     _recorded = True
 

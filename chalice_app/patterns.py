@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from chalice_app.config import dataset_prefix
 from chalice_app.names import ARCHIVE_SUFFIXES
 
 
 def dataset_uploaded(env: Mapping[str, str]) -> dict[str, Any]:
-    prefix = env.get("DATASET_PREFIX", "").strip() or "datasets/"
+    prefix = dataset_prefix(env)
     # Archives in any case (Dogs.Zip is dogs.zip): EventBridge's case-insensitive suffix cannot be
     # combined with the prefix on the same field, so archives elsewhere in the bucket arrive too and
     # the handler ignores them (names.parse_dataset_key), before any AWS call.

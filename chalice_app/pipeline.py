@@ -13,12 +13,10 @@ from typing import Any, Callable
 
 from chalice_app import names, sagemaker_requests as requests, validation
 from chalice_app.adapters.errors import NotFoundError, ServiceError
-from chalice_app.adapters.runtime import RuntimeAdapter
-from chalice_app.adapters.s3 import S3Adapter
-from chalice_app.adapters.sagemaker import SageMakerAdapter
 from chalice_app.config import Config
 from chalice_app.events import EndpointStateChange, ObjectCreated, TrainingJobStateChange, TuningJobStateChange
 from chalice_app.notifications import Notification, Notifier
+from chalice_app.ports import EndpointRuntime, ObjectStore, SageMaker
 
 TERMINAL = ("Completed", "Failed", "Stopped")
 ENDPOINT_BUSY = ("Creating", "Updating", "SystemUpdating", "RollingBack", "Deleting", "UpdateRollbackFailed")
@@ -29,10 +27,12 @@ TAG_PENDING_DATASET = "droptrain:pending-dataset"
 
 @dataclass
 class Services:
+    """What a pipeline step works with: the stage's configuration and the ports (``chalice_app.ports``)."""
+
     config: Config
-    s3: S3Adapter
-    sagemaker: SageMakerAdapter
-    runtime: RuntimeAdapter
+    s3: ObjectStore
+    sagemaker: SageMaker
+    runtime: EndpointRuntime
     notifier: Notifier
     sleep: Callable[[float], None]
 

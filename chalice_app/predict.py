@@ -13,9 +13,9 @@ import time
 from typing import Any, Callable
 
 from chalice_app.adapters.errors import AdapterError, ThrottledError
-from chalice_app.adapters.runtime import EndpointNotFoundError, EndpointNotReadyError, ModelError, RuntimeAdapter
-from chalice_app.adapters.sagemaker import SageMakerAdapter
+from chalice_app.adapters.runtime import EndpointNotFoundError, EndpointNotReadyError, ModelError
 from chalice_app.config import Config
+from chalice_app.ports import EndpointRuntime, SageMaker
 
 IMAGE_TYPES = {"image/jpeg": "image/jpeg", "image/jpg": "image/jpeg", "image/png": "image/png"}
 # API Gateway gives up on an integration after 29 s. One InvokeEndpoint may take up to
@@ -121,7 +121,7 @@ def worst_case_seconds() -> float:
 
 
 def predict(
-    runtime: RuntimeAdapter,
+    runtime: EndpointRuntime,
     config: Config,
     body: bytes | None,
     content_type: str | None,
@@ -156,7 +156,7 @@ def predict(
     return {"predictions": predictions[:k], "model": answer.get("model", "")}
 
 
-def status(sagemaker: SageMakerAdapter, config: Config) -> dict[str, Any]:
+def status(sagemaker: SageMaker, config: Config) -> dict[str, Any]:
     try:
         endpoint = sagemaker.describe_endpoint(config.endpoint_name)
     except AdapterError as exc:

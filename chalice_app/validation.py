@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Iterable
 
-from chalice_app.adapters.s3 import S3Adapter
+from chalice_app.ports import ObjectStore
 from chalice_app.names import READY_MARKER, DatasetRef
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -110,12 +110,12 @@ def check_keys(relative: Iterable[tuple[str, int]]) -> DatasetReport:
     return report
 
 
-def check_folder(s3: S3Adapter, dataset: DatasetRef) -> DatasetReport:
+def check_folder(s3: ObjectStore, dataset: DatasetRef) -> DatasetReport:
     keys = ((key[len(dataset.prefix):], size) for key, size in s3.list_objects(dataset.bucket, dataset.prefix))
     return check_keys(keys)
 
 
-def check_archive(s3: S3Adapter, dataset: DatasetRef, size: int) -> DatasetReport:
+def check_archive(s3: ObjectStore, dataset: DatasetRef, size: int) -> DatasetReport:
     report = DatasetReport(checked="archive")
     if size == 0:
         report.reasons.append(f"{dataset.key} is empty")
@@ -135,7 +135,7 @@ def check_archive(s3: S3Adapter, dataset: DatasetRef, size: int) -> DatasetRepor
     return report
 
 
-def _check_zip(s3: S3Adapter, dataset: DatasetRef, size: int) -> DatasetReport:
+def _check_zip(s3: ObjectStore, dataset: DatasetRef, size: int) -> DatasetReport:
     reader = s3.open_ranged(dataset.bucket, dataset.key, size)
     try:
         with zipfile.ZipFile(reader) as zf:

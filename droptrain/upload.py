@@ -10,11 +10,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from droptrain import use_project_code
-
-use_project_code()
-
-from chalice_app.names import ARCHIVE_SUFFIXES  # noqa: E402
+from chalice_app.names import ARCHIVE_SUFFIXES
 
 
 class UploadError(Exception):

@@ -1,48 +1,69 @@
 """The local bucket: a folder whose files are the objects, with S3's semantics where they matter.
 
-It implements what ``chalice_app`` asks of S3 (listing, head, ranged reads, write-once markers,
-delete) and what the local SageMaker executor needs (paths for ``s3://`` URIs).
+It implements ``chalice_app.ports.ObjectStore`` (listing in key order, head, ranged reads, write-once
+markers, delete; ``NotFoundError`` for what is not there) and what the local SageMaker needs (paths
+for ``s3://`` URIs). A key is a path under the folder and can never name anything outside it: keys
+with ``..``, ``.`` or empty segments, absolute keys and backslashes are refused (S3 would take them
+as plain characters; a folder cannot), and links are neither followed nor listed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Iterator
 
-from chalice_app.adapters.errors import NotFoundError
+from chalice_app.adapters.errors import NotFoundError, ServiceError
 from chalice_app.adapters.s3 import RangedReader
 
 # Files being written are hidden from listings and from the watcher until they are renamed.
 PARTIAL_SUFFIX = ".partial"
 
 
-class LocalBucketError(Exception):
-    pass
+class InvalidKeyError(ServiceError):
+    """A key the local bucket cannot hold: it would name something outside the bucket's folder."""
+
+    def __init__(self, key: str, why: str):
+        super().__init__(f"the key {key!r} cannot be stored in the local bucket: {why}", "InvalidKey")
+
+
+def check_key(key: str) -> str:
+    """``key`` if it names a path inside a folder; raises ``InvalidKeyError``."""
+    if not key or key.startswith("/") or "\\" in key or "\0" in key:
+        raise InvalidKeyError(key, "keys are relative, with '/' between names")
+    parts = key.split("/")
+    if any(part in ("", ".", "..") for part in parts[:-1]) or parts[-1] in (".", ".."):
+        raise InvalidKeyError(key, "no '..', '.' or empty names between the slashes")
+    return key
 
 
 class LocalBucket:
     def __init__(self, root: Path, name: str):
-        self.root = root
-        self.name = name
         root.mkdir(parents=True, exist_ok=True)
+        self.root = root.resolve()
+        self.name = name
 
     # -- paths ---------------------------------------------------------------------------------
 
     def path(self, key: str) -> Path:
-        target = (self.root / key).resolve()
-        if not str(target).startswith(str(self.root.resolve())):
-            raise LocalBucketError(f"key {key!r} escapes the bucket")
+        """The file of ``key``: inside the bucket's folder, through no link, or ``InvalidKeyError``."""
+        target = self.root.joinpath(*PurePosixPath(check_key(key)).parts)
+        node = self.root
+        for part in target.relative_to(self.root).parts:
+            node = node / part
+            if node.is_symlink():
+                raise InvalidKeyError(key, f"{node} is a link, and links are not followed")
+        if not target.resolve().is_relative_to(self.root):
+            raise InvalidKeyError(key, "it would be outside the bucket")
         return target
 
     def key_of(self, path: Path) -> str:
-        return path.resolve().relative_to(self.root.resolve()).as_posix()
+        return path.relative_to(self.root).as_posix()
 
     def path_of_uri(self, uri: str) -> Path:
         bucket, _, key = uri.removeprefix("s3://").partition("/")
-        if bucket != self.name:
-            raise LocalBucketError(f"{uri} is not in the local bucket {self.name}")
+        self._check(bucket)
         return self.path(key)
 
     def uri(self, key: str) -> str:
@@ -52,37 +73,38 @@ class LocalBucket:
         if bucket != self.name:
             raise NotFoundError(f"no local bucket {bucket} (the local bucket is {self.name})", "NoSuchBucket")
 
-    # -- the S3 adapter's interface ------------------------------------------------------------
-
-    def list_objects(self, bucket: str, prefix: str) -> Iterator[tuple[str, int]]:
-        self._check(bucket)
-        for dirpath, dirnames, filenames in os.walk(self.root):
-            dirnames.sort()
-            for filename in sorted(filenames):
-                if filename.endswith(PARTIAL_SUFFIX):
-                    continue
-                path = Path(dirpath) / filename
-                key = self.key_of(path)
-                if key.startswith(prefix):
-                    yield key, path.stat().st_size
-
-    def head(self, bucket: str, key: str) -> dict:
+    def _existing(self, bucket: str, key: str) -> Path:
         self._check(bucket)
         path = self.path(key)
         if not path.is_file():
             raise NotFoundError(f"s3://{bucket}/{key} does not exist", "NoSuchKey")
+        return path
+
+    # -- chalice_app.ports.ObjectStore -------------------------------------------------------------
+
+    def list_objects(self, bucket: str, prefix: str) -> Iterator[tuple[str, int]]:
+        """Regular files only (links and half-written files are not objects), sorted by key as S3 lists."""
+        self._check(bucket)
+        found = []
+        for dirpath, dirnames, filenames in os.walk(self.root):  # os.walk does not descend into links
+            for filename in filenames:
+                path = Path(dirpath) / filename
+                if filename.endswith(PARTIAL_SUFFIX) or path.is_symlink() or not path.is_file():
+                    continue
+                key = self.key_of(path)
+                if key.startswith(prefix):
+                    found.append((key, path.stat().st_size))
+        yield from sorted(found)
+
+    def head(self, bucket: str, key: str) -> dict:
+        path = self._existing(bucket, key)
         return {"size": path.stat().st_size, "etag": etag(path)}
 
     def get(self, bucket: str, key: str) -> bytes:
-        self._check(bucket)
-        path = self.path(key)
-        if not path.is_file():
-            raise NotFoundError(f"s3://{bucket}/{key} does not exist", "NoSuchKey")
-        return path.read_bytes()
+        return self._existing(bucket, key).read_bytes()
 
     def read_range(self, bucket: str, key: str, start: int, end: int) -> bytes:
-        self._check(bucket)
-        with self.path(key).open("rb") as handle:
+        with self._existing(bucket, key).open("rb") as handle:
             handle.seek(start)
             return handle.read(end - start + 1)
 

@@ -21,6 +21,7 @@ from typing import Any, Callable
 from chalice_app.adapters.errors import ServiceError
 from chalice_app.adapters.runtime import EndpointNotFoundError, EndpointNotReadyError, ModelError
 from droptrain.local.bucket import LocalBucket
+from droptrain.local.resources import arn, as_described, now, state_change_event
 from droptrain.local.serving import ApplicationGoneError, RayServe, ServingError
 from droptrain.local.store import Store
 
@@ -28,11 +29,8 @@ log = logging.getLogger(__name__)
 
 
 class LocalEndpoints:
-    def __init__(self, store: Store, bucket: LocalBucket, root: Path, emit: Callable[[dict], None],
-                 arn: Callable[[str, str], str], event: Callable[..., dict], now: Callable[[], str],
-                 serving: RayServe):
+    def __init__(self, store: Store, bucket: LocalBucket, root: Path, emit: Callable[[dict], None], serving: RayServe):
         self.store, self.bucket, self.root, self.emit = store, bucket, root, emit
-        self._arn, self._event, self._now = arn, event, now
         self.serving = serving
         self._routes: dict[str, str] = {}  # endpoint -> the Ray Serve application taking its traffic
         self._routes_lock = threading.Lock()
@@ -42,15 +40,11 @@ class LocalEndpoints:
 
     def describe(self, name: str) -> dict[str, Any] | None:
         record = self.store.get("endpoint", name)
-        if record is None:
-            return None
-        from droptrain.local.sagemaker import as_described
-
-        return as_described(record, hidden=("Tags", "Pending"))
+        return None if record is None else as_described(record, hidden=("Tags", "Pending"))
 
     def create(self, name: str, config: str, tags: dict[str, str]) -> bool:
-        record = {"EndpointName": name, "EndpointArn": self._arn("endpoint", name), "EndpointConfigName": config,
-                  "EndpointStatus": "Creating", "CreationTime": self._now(), "LastModifiedTime": self._now(),
+        record = {"EndpointName": name, "EndpointArn": arn("endpoint", name), "EndpointConfigName": config,
+                  "EndpointStatus": "Creating", "CreationTime": now(), "LastModifiedTime": now(),
                   "Tags": tags, "Pending": config}
         if not self.store.insert("endpoint", name, record, status="Creating"):
             return False
@@ -62,7 +56,7 @@ class LocalEndpoints:
         if record is None:
             raise ServiceError(f"Could not find endpoint '{name}'", "ValidationException")
         if not self.store.transition("endpoint", name, ("InService", "Failed"), "Updating", EndpointStatus="Updating",
-                                     Pending=config, LastModifiedTime=self._now()):
+                                     Pending=config, LastModifiedTime=now()):
             raise ServiceError(f"Cannot update in-progress endpoint '{name}'", "ValidationException")
         self._deploy_async(name)
 
@@ -146,10 +140,10 @@ class LocalEndpoints:
             reason = f"the model could not be deployed: {exc}"
             if previous_status == "Updating":  # roll back: the old version keeps serving
                 moved = self.store.transition("endpoint", name, ("Updating",), "InService", EndpointStatus="InService",
-                                              FailureReason=reason, LastModifiedTime=self._now())
+                                              FailureReason=reason, LastModifiedTime=now())
             else:
                 moved = self.store.transition("endpoint", name, ("Creating",), "Failed", EndpointStatus="Failed",
-                                              FailureReason=reason, LastModifiedTime=self._now())
+                                              FailureReason=reason, LastModifiedTime=now())
             if moved:
                 self._announce(name)
             return
@@ -157,7 +151,7 @@ class LocalEndpoints:
         if old is not None:
             self.serving.delete(old)  # its requests in flight finish; new ones already go to `app`
         if self.store.transition("endpoint", name, ("Creating", "Updating"), "InService", EndpointStatus="InService",
-                                 EndpointConfigName=config, FailureReason=None, LastModifiedTime=self._now()):
+                                 EndpointConfigName=config, FailureReason=None, LastModifiedTime=now()):
             self._announce(name)
 
     def _announce(self, name: str) -> None:
@@ -167,7 +161,7 @@ class LocalEndpoints:
                   "Tags": record.get("Tags", {})}
         if record.get("FailureReason"):
             detail["FailureReason"] = record["FailureReason"]
-        self.emit(self._event("SageMaker Endpoint State Change", "endpoint", name, detail))
+        self.emit(state_change_event("SageMaker Endpoint State Change", "endpoint", name, detail))
 
     # -- sagemaker-runtime's side -----------------------------------------------------------------
 

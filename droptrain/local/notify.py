@@ -12,14 +12,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Mapping
 
+from chalice_app.adapters.errors import NotFoundError
+
 log = logging.getLogger(__name__)
 
 
 class LocalPublisher:
-    """``SnsAdapter``'s interface (``publish``) for the local runtime."""
+    """``chalice_app.ports.Publisher`` for the local runtime: one topic, as the stage has one."""
 
-    def __init__(self, path: Path, say: Callable[[str], None] = print, webhook: str | None = None, timeout: float = 5):
+    def __init__(self, path: Path, say: Callable[[str], None] = print, webhook: str | None = None, timeout: float = 5,
+                 topic_arn: str | None = None):
         self.path = path
+        self.topic_arn = topic_arn
         self.say = say
         self.webhook = webhook
         self.timeout = timeout
@@ -28,6 +32,8 @@ class LocalPublisher:
         path.parent.mkdir(parents=True, exist_ok=True)
 
     def publish(self, topic_arn: str, subject: str, message: str, attributes: Mapping[str, str]) -> str:
+        if self.topic_arn is not None and topic_arn != self.topic_arn:
+            raise NotFoundError(f"publishing to {topic_arn} failed: NotFound: Topic does not exist", "NotFound")
         body = json.loads(message)
         record = {"topic": topic_arn, "subject": subject, "attributes": dict(attributes), "message": body,
                   "published": datetime.now(timezone.utc).isoformat(timespec="seconds")}

@@ -1,14 +1,14 @@
 """The local runtime: bucket, SageMaker, endpoints, event bus, notifications and the REST API on
 one machine, driving the same Chalice handlers and ``chalice_app`` code as Lambda.
 
-``chalice_app.bootstrap.build`` asks ``active()`` for the local services when the environment says
-``DROPTRAIN_RUNTIME=local``; nothing in ``chalice_app`` knows more about it than that.
+It builds its own Chalice app from its own environment (``app.create_app``), installs its adapters
+as the handlers' services (``handlers.use_services``) and routes its event bus by that app's
+patterns; the process's environment is left alone.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import threading
 import time
@@ -16,11 +16,12 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
-from chalice_app import config as config_module
+from chalice_app import config as config_module, handlers, observability
 from chalice_app.names import ARCHIVE_SUFFIXES
 from chalice_app.notifications import Notifier
 from chalice_app.pipeline import Services
-from droptrain.local import sagemaker as local_sagemaker
+from droptrain.local.resources import ACCOUNT
+from droptrain.local.sagemaker import LocalSageMaker
 from droptrain.local.bucket import LocalBucket
 from droptrain.local.bus import LocalEventBus, routes_of
 from droptrain import sourcedir
@@ -36,27 +37,19 @@ BUCKET = "droptrain-local"
 LOCAL_HYPERPARAMETERS = '{"arch": "resnet18", "weights": "none", "train-mode": "full", "image-size": "64", "optimizer": "adamw"}'
 # ...and ranges for training from scratch on small images: ImageNet fine-tuning wants lr down to 1e-5.
 LOCAL_TUNING_RANGES = '{"lr": [0.001, 0.02], "weight-decay": [0.00001, 0.001], "epochs": [3, 8], "batch-size": [16, 32]}'
-_active: "LocalRuntime | None" = None
 
 
 class LocalRuntimeError(Exception):
     pass
 
 
-def active() -> "LocalRuntime":
-    if _active is None:
-        raise LocalRuntimeError("DROPTRAIN_RUNTIME=local, but no local runtime is running in this process")
-    return _active
-
-
 def local_environment(overrides: dict[str, str] | None = None) -> dict[str, str]:
     """The stage variables of the local runtime (the same names as a Chalice stage's)."""
     env = {
-        "DROPTRAIN_RUNTIME": "local",
         "DATA_BUCKET": BUCKET,
         "DATASET_PREFIX": "datasets/",
-        "NOTIFY_TOPIC_ARN": f"arn:aws:sns:local:{local_sagemaker.ACCOUNT}:droptrain-local",
-        "SAGEMAKER_ROLE_ARN": f"arn:aws:iam::{local_sagemaker.ACCOUNT}:role/droptrain-local",
+        "NOTIFY_TOPIC_ARN": f"arn:aws:sns:local:{ACCOUNT}:droptrain-local",
+        "SAGEMAKER_ROLE_ARN": f"arn:aws:iam::{ACCOUNT}:role/droptrain-local",
         "TRAINING_IMAGE_URI": "local/droptrain-training:latest",
         "INFERENCE_IMAGE_URI": "local/droptrain-inference:latest",
         "SOURCE_DIR_S3_URI": f"s3://{BUCKET}/code/sourcedir-local.tar.gz",
@@ -69,9 +62,6 @@ def local_environment(overrides: dict[str, str] | None = None) -> dict[str, str]
         "STATIC_HYPERPARAMETERS": LOCAL_HYPERPARAMETERS,
         "TUNING_RANGES": LOCAL_TUNING_RANGES,
         "AWS_REGION": "local",
-        "POWERTOOLS_LOG_LEVEL": "WARNING",
-        "POWERTOOLS_METRICS_DISABLED": "true",
-        "POWERTOOLS_TRACE_DISABLED": "true",
     }
     env.update(overrides or {})
     return env
@@ -91,14 +81,13 @@ class LocalRuntime:
         self.poll_seconds = poll_seconds
         self.bucket = LocalBucket(self.home / "bucket", BUCKET)
         self.store = Store(self.home / "state.db")
-        self.publisher = LocalPublisher(self.home / "notifications.jsonl", say, webhook)
+        self.publisher = LocalPublisher(self.home / "notifications.jsonl", say, webhook, topic_arn=self.env["NOTIFY_TOPIC_ARN"])
         self.bus: LocalEventBus | None = None
         # One Ray instance per runtime, unless the caller shares one (the tests do).
         self._owns_serving = serving is None
         self.serving = serving or RayServe()
-        self.endpoints = LocalEndpoints(self.store, self.bucket, self.home / "endpoints", self._emit,
-                                        local_sagemaker.arn, local_sagemaker._event, local_sagemaker.now, self.serving)
-        self.sagemaker = local_sagemaker.LocalSageMaker(self.store, self.bucket, self.home / "jobs", self._emit,
+        self.endpoints = LocalEndpoints(self.store, self.bucket, self.home / "endpoints", self._emit, self.serving)
+        self.sagemaker = LocalSageMaker(self.store, self.bucket, self.home / "jobs", self._emit,
                                                         self.endpoints, on_line or (lambda job, line: None),
                                                         feature_cache=self.home / "cache" / "features")
         self._stop = threading.Event()
@@ -126,26 +115,18 @@ class LocalRuntime:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self, serve_api: bool = True, host: str = "127.0.0.1", port: int = 8000, watch: bool = True) -> "LocalRuntime":
-        global _active
-        if _active is not None and _active is not self:
-            raise LocalRuntimeError("another local runtime is already running in this process")
-        _active = self
-        self._saved_env = {k: os.environ.get(k) for k in self.env}
-        os.environ.update(self.env)
-        # The same Chalice app that Lambda runs, loaded under this environment: its EventBridge
-        # patterns are computed at import from the stage's variables (the local bucket's here).
-        import importlib
+        # The same Chalice app that Lambda runs, built for this runtime's environment: its
+        # EventBridge patterns name the local bucket, and the bus routes by them.
+        from app import create_app
 
-        import app as app_module
-        from chalice_app import bootstrap, handlers
-
-        app_module = importlib.reload(app_module)
-
-        handlers.use_services(bootstrap.build(self.env))
+        # Lambda's logs, metrics and traces have nowhere to go here: warnings only, on the console.
+        observability.configure(level="WARNING", metrics_enabled=False)
+        app_obj = create_app(self.env)
+        handlers.use_services(self.services(config_module.load(self.env)))
         self.bucket.put(self.env["SOURCE_DIR_S3_URI"].removeprefix(f"s3://{BUCKET}/"), self._sourcedir)
         if self._owns_serving:
             self.serving.start()
-        self.bus = LocalEventBus(routes_of(app_module.app))
+        self.bus = LocalEventBus(routes_of(app_obj))
         self.bus.start()
         self._stop.clear()
         self.endpoints.start()
@@ -154,12 +135,11 @@ class LocalRuntime:
             self._watcher = threading.Thread(target=self._watch, daemon=True, name="bucket-watcher")
             self._watcher.start()
         if serve_api:
-            self._serve(app_module.app, host, port)
+            self._serve(app_obj, host, port)
         return self
 
     def stop(self) -> None:
         """Stop cleanly: no new events, jobs ended (they resume on the next start), state saved."""
-        global _active
         self._stop.set()
         if self._watcher:
             self._watcher.join(10)
@@ -174,16 +154,7 @@ class LocalRuntime:
         self.endpoints.close()
         if self._owns_serving:
             self.serving.stop()
-        from chalice_app import handlers
-
         handlers.use_services(None)
-        for key, value in getattr(self, "_saved_env", {}).items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        if _active is self:
-            _active = None
 
     def _serve(self, app_obj: Any, host: str, port: int) -> None:
         from chalice.config import Config
@@ -241,11 +212,11 @@ class LocalRuntime:
 def object_created(key: str, size: int, tag: str) -> dict:
     return {
         "version": "0", "id": str(uuid.uuid4()), "detail-type": "Object Created", "source": "aws.s3",
-        "account": local_sagemaker.ACCOUNT, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "account": ACCOUNT, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "region": "local", "resources": [f"arn:aws:s3:::{BUCKET}"],
         "detail": {"version": "0", "bucket": {"name": BUCKET},
                    "object": {"key": key, "size": size, "etag": tag, "sequencer": f"{time.time_ns():020X}"},
-                   "request-id": "local", "requester": local_sagemaker.ACCOUNT, "reason": "PutObject"},
+                   "request-id": "local", "requester": ACCOUNT, "reason": "PutObject"},
     }
 
 

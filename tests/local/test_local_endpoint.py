@@ -12,7 +12,6 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from chalice_app.adapters.runtime import EndpointNotFoundError, ModelError
-from droptrain.local import sagemaker as local_sagemaker
 from droptrain.local.bucket import LocalBucket
 from droptrain.local.endpoint import LocalEndpoints
 from droptrain.local.runtime import BUCKET
@@ -44,8 +43,7 @@ def endpoints(tmp_path, trained_job, ray_serve):
     for config, model in (("c1", "m1"), ("c2", "m1"), ("c3", "bad")):
         store.insert("endpoint-config", config, {"EndpointConfigName": config, "ProductionVariants": [{"ModelName": model}]})
     events: list[dict] = []
-    eps = LocalEndpoints(store, bucket, tmp_path / "endpoints", events.append, local_sagemaker.arn,
-                         local_sagemaker._event, local_sagemaker.now, ray_serve)
+    eps = LocalEndpoints(store, bucket, tmp_path / "endpoints", events.append, ray_serve)
     eps.events = events
     assert eps.create("ep", "c1", {})
     eps.join()

@@ -10,7 +10,7 @@ import pytest
 from moto import mock_aws
 
 from droptrain import cli
-from droptrain.local.bucket import LocalBucket, LocalBucketError
+from droptrain.local.bucket import InvalidKeyError, LocalBucket
 from droptrain.local.bus import LocalEventBus, Route, matches, routes_of
 from droptrain.local.runtime import BUCKET, object_created, upload_to_bucket
 from droptrain.upload import UploadError, upload_to_s3
@@ -76,7 +76,7 @@ def test_bucket_semantics(tmp_path):
     [t.start() for t in threads]
     [t.join() for t in threads]
     assert wins.count(True) == 1, "one writer wins, as with S3's If-None-Match"
-    with pytest.raises(LocalBucketError):
+    with pytest.raises(InvalidKeyError):
         bucket.path("../../etc/passwd")
     bucket.put("datasets/x.zip", b"0123456789")
     assert bucket.read_range(BUCKET, "datasets/x.zip", 2, 4) == b"234"

@@ -118,7 +118,8 @@ def test_the_training_and_serving_code_compiles_on_the_containers_python(contain
     """The training container and the Ray Serve container both run Python 3.13."""
     python, _ = container
     files = [str(p) for p in sorted(TRAINING_DIR.rglob("*.py"))]
-    result = subprocess.run([str(python), "-m", "py_compile", *files], capture_output=True, text=True)
+    compile_all = "import sys\nfor f in sys.argv[1:]:\n    compile(open(f).read(), f, 'exec')"  # nothing written to training/
+    result = subprocess.run([str(python), "-c", compile_all, *files], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert (ROOT / "training" / "serve_app.py").as_posix() in [Path(f).as_posix() for f in files]
 

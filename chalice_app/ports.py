@@ -1,0 +1,78 @@
+"""The ports the pipeline talks through: what it needs of S3, SageMaker, SageMaker Runtime and SNS.
+
+``chalice_app.adapters`` implements them over boto3 for Lambda; the local runtime implements them on
+one machine. Both families raise only ``chalice_app.adapters.errors`` types (``NotFoundError``,
+``AlreadyExistsError``, ``ThrottledError``, ``ServiceError``; the runtime's own
+``EndpointNotFoundError``, ``EndpointNotReadyError``, ``ModelError``), so the handlers' error
+policy holds whichever is installed; one contract suite (``tests/contract``) runs against both.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any, Iterator, Mapping, Protocol
+
+
+class ObjectStore(Protocol):
+    def list_objects(self, bucket: str, prefix: str) -> Iterator[tuple[str, int]]:
+        """``(key, size)`` of every object under ``prefix``, in key order."""
+
+    def head(self, bucket: str, key: str) -> dict[str, Any]:
+        """``{"size", "etag"}``; ``NotFoundError`` when there is no such object."""
+
+    def get(self, bucket: str, key: str) -> bytes: ...
+
+    def read_range(self, bucket: str, key: str, start: int, end: int) -> bytes:
+        """Bytes ``start``..``end`` inclusive."""
+
+    def open_ranged(self, bucket: str, key: str, size: int) -> io.RawIOBase:
+        """A seekable, read-only file over ranged reads."""
+
+    def put_if_absent(self, bucket: str, key: str, body: bytes) -> bool:
+        """Write unless the object exists, atomically; ``True`` if this call wrote it."""
+
+    def delete(self, bucket: str, key: str) -> None:
+        """Remove the object; one already gone is no error."""
+
+
+class SageMaker(Protocol):
+    """``create_*`` return ``False`` when the resource exists (an event delivered twice is success)."""
+
+    def create_tuning_job(self, request: Mapping[str, Any]) -> bool: ...
+
+    def describe_tuning_job(self, name: str) -> dict[str, Any]: ...
+
+    def create_training_job(self, request: Mapping[str, Any]) -> bool: ...
+
+    def describe_training_job(self, name: str) -> dict[str, Any]: ...
+
+    def create_model(self, request: Mapping[str, Any]) -> bool: ...
+
+    def create_endpoint_config(self, request: Mapping[str, Any]) -> bool: ...
+
+    def describe_endpoint(self, name: str) -> dict[str, Any] | None:
+        """The endpoint, or ``None`` when there is none by that name."""
+
+    def create_endpoint(self, request: Mapping[str, Any]) -> bool: ...
+
+    def update_endpoint(self, request: Mapping[str, Any]) -> None: ...
+
+    def delete_endpoint(self, name: str) -> None:
+        """One already gone is no error."""
+
+    def add_tags(self, arn: str, tags: list[dict[str, str]]) -> None: ...
+
+    def delete_tags(self, arn: str, keys: list[str]) -> None: ...
+
+    def list_tags(self, arn: str) -> dict[str, str]: ...
+
+
+class EndpointRuntime(Protocol):
+    def invoke(self, endpoint: str, body: bytes, content_type: str, accept: str) -> bytes:
+        """The endpoint's answer; ``EndpointNotFoundError``, ``EndpointNotReadyError``, or ``ModelError``
+        with the container's status and body."""
+
+
+class Publisher(Protocol):
+    def publish(self, topic_arn: str, subject: str, message: str, attributes: Mapping[str, str]) -> str:
+        """The message id; ``NotFoundError`` for a topic that does not exist."""

@@ -1,0 +1,206 @@
+"""Local training jobs: CreateTrainingJob's request in, DescribeTrainingJob's shape and "SageMaker Training
+Job State Change" events out, each job run by AWS's training toolkit (``droptrain.local.jobs``).
+
+A job's output is parsed with the request's MetricDefinitions as it runs; ``model.tar.gz`` and
+``output.tar.gz`` are packed where SageMaker puts them; the reports the final job writes are copied
+where ``train.py`` uploads them on SageMaker. A job always ends Completed, Failed (with the reason)
+or Stopped, whatever goes wrong in the runner; only a runtime that is stopping leaves it InProgress,
+to be run again from its checkpoints on the next start.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import subprocess
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from chalice_app.adapters.errors import NotFoundError
+from droptrain.local import jobs
+from droptrain.local.bucket import LocalBucket
+from droptrain.local.resources import arn, as_described, now, request_tags, state_change_event
+from droptrain.local.store import Store
+
+log = logging.getLogger(__name__)
+Emit = Callable[[dict[str, Any]], None]
+OnLine = Callable[[str, str], None]
+OnMetric = Callable[[str, float, int], bool]
+
+
+def kill(process: subprocess.Popen) -> None:
+    """End a job's whole process group (the toolkit and the script it runs)."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+@dataclass
+class _Output:
+    """What a running job has printed that matters: its metrics and its last lines."""
+
+    definitions: list[tuple[str, re.Pattern]]
+    metrics: dict[str, list[float]] = field(default_factory=dict)
+    tail: list[str] = field(default_factory=list)
+
+    def read(self, line: str) -> list[tuple[str, float, int]]:
+        self.tail = (self.tail + [line])[-20:]
+        found = []
+        for metric, pattern in self.definitions:
+            match = pattern.search(line)
+            if match:
+                self.metrics.setdefault(metric, []).append(float(match.group(1)))
+                found.append((metric, self.metrics[metric][-1], len(self.metrics[metric])))
+        return found
+
+    def final(self) -> list[dict[str, Any]]:
+        return [{"MetricName": n, "Value": v[-1], "Timestamp": now()} for n, v in self.metrics.items() if v]
+
+
+class TrainingJobs:
+    def __init__(self, store: Store, bucket: LocalBucket, jobs_root: Path, emit: Emit, on_line: OnLine,
+                 job_env: Mapping[str, str], stopping: threading.Event):
+        self.store, self.bucket, self.jobs_root, self.emit = store, bucket, jobs_root, emit
+        self.on_line = on_line
+        self.job_env = dict(job_env)
+        self.stopping = stopping
+        self._processes: dict[str, subprocess.Popen] = {}
+        self._lock = threading.Lock()
+
+    def create(self, request: Mapping[str, Any], tuning_job: str | None = None, trial: int | None = None) -> bool:
+        name = request["TrainingJobName"]
+        record = {
+            "TrainingJobName": name, "TrainingJobArn": arn("training-job", name),
+            "TrainingJobStatus": "InProgress", "SecondaryStatus": "Starting",
+            "HyperParameters": request.get("HyperParameters", {}),
+            "AlgorithmSpecification": request["AlgorithmSpecification"], "RoleArn": request["RoleArn"],
+            "InputDataConfig": request.get("InputDataConfig", []), "OutputDataConfig": request["OutputDataConfig"],
+            "ResourceConfig": request["ResourceConfig"], "StoppingCondition": request["StoppingCondition"],
+            "Environment": request.get("Environment", {}),
+            "CreationTime": now(), "LastModifiedTime": now(), "Tags": request_tags(request),
+        }
+        if request.get("CheckpointConfig"):
+            record["CheckpointConfig"] = request["CheckpointConfig"]
+        if tuning_job:
+            record.update(TuningJobArn=arn("hyper-parameter-tuning-job", tuning_job), TuningJobName=tuning_job, Trial=trial)
+        return self.store.insert("training-job", name, record, status="InProgress")
+
+    def describe(self, name: str) -> dict[str, Any]:
+        record = self.store.get("training-job", name)
+        if record is None:
+            raise NotFoundError(f"Could not find training job '{arn('training-job', name)}'", "ValidationException")
+        return as_described(record, hidden=("Tags", "TuningJobName", "Trial"))
+
+    def kill_all(self) -> None:
+        with self._lock:
+            processes = list(self._processes.values())
+        for process in processes:
+            kill(process)
+
+    # -- running one ------------------------------------------------------------------------------
+
+    def run(self, name: str, on_metric: OnMetric | None = None) -> str:
+        """Run the job to its end and return its status; ``on_metric`` returning ``True`` stops it (pruning).
+        Whatever fails in the runner fails the job, with the reason, as SageMaker would."""
+        try:
+            return self._run(name, on_metric)
+        except Exception as exc:  # noqa: BLE001 - not the user's error: reported on the job as SageMaker's own failure
+            log.exception("local training job %s failed in its runner", name)
+            return self.finish(name, "Failed", SecondaryStatus="Failed",
+                               FailureReason=f"InternalServerError: the local runner failed: {type(exc).__name__}: {exc}"[:1024])
+
+    def _run(self, name: str, on_metric: OnMetric | None) -> str:
+        record = self.store.get("training-job", name)
+        try:
+            paths = self._prepare(name, record)
+        except (jobs.JobSetupError, NotFoundError) as exc:
+            return self.finish(name, "Failed", SecondaryStatus="Failed", FailureReason=f"ClientError: {exc}")
+        self.store.update("training-job", name, SecondaryStatus="Training", TrainingStartTime=now(), LastModifiedTime=now())
+        output = _Output([(d["Name"], re.compile(d["Regex"])) for d in record["AlgorithmSpecification"].get("MetricDefinitions", [])])
+        status_code, pruned = self._stream(name, paths, record, output, on_metric)
+        self.store.update("training-job", name, FinalMetricDataList=output.final())
+        if self.stopping.is_set() and not pruned:
+            return "InProgress"  # the runtime is stopping: the job resumes on the next start
+        if pruned:
+            return self.finish(name, "Stopped", SecondaryStatus="Stopped", FailureReason="stopped early by the tuning job")
+        if status_code != 0:
+            return self.finish(name, "Failed", SecondaryStatus="Failed", FailureReason=jobs.failure_reason(paths, status_code, output.tail))
+        return self.finish(name, "Completed", SecondaryStatus="Completed",
+                           ModelArtifacts={"S3ModelArtifacts": self._upload_outputs(name, paths, record)})
+
+    def _local_file(self, uri: str, what: str) -> Path:
+        path = self.bucket.path_of_uri(uri)
+        if not path.exists():
+            raise jobs.JobSetupError(f"no {what} at {uri}")
+        return path
+
+    def _prepare(self, name: str, record: Mapping[str, Any]) -> jobs.JobPaths:
+        """The job's /opt/ml as SageMaker lays it out before the container starts."""
+        paths = jobs.JobPaths(self.jobs_root / name)
+        hyperparameters = dict(record["HyperParameters"])
+        if "sagemaker_submit_directory" in hyperparameters:
+            hyperparameters["sagemaker_submit_directory"] = str(
+                self._local_file(hyperparameters["sagemaker_submit_directory"], "training code"))
+        for channel in record["InputDataConfig"]:
+            uri = channel["DataSource"]["S3DataSource"]["S3Uri"]
+            jobs.stage_channel(paths, channel["ChannelName"], self._local_file(uri, "data"))
+        jobs.write_config(paths, hyperparameters, record["InputDataConfig"], record["ResourceConfig"]["InstanceType"],
+                          record.get("CheckpointConfig"))
+        for stale in (paths.failure, paths.output / "success"):  # from an attempt a restart interrupted
+            stale.unlink(missing_ok=True)
+        return paths
+
+    def _stream(self, name: str, paths: jobs.JobPaths, record: Mapping[str, Any], output: _Output,
+                on_metric: OnMetric | None) -> tuple[int, bool]:
+        env = jobs.toolkit_env(paths, name, record["TrainingJobArn"], record.get("Environment", {}), extra=self.job_env)
+        process = jobs.start(paths, env)
+        with self._lock:
+            self._processes[name] = process
+        pruned = False
+        try:
+            for line in process.stdout:
+                line = line.rstrip("\n")
+                self.on_line(name, line)
+                for metric, value, count in output.read(line):
+                    if on_metric and not pruned and on_metric(metric, value, count):
+                        pruned = True
+                        kill(process)
+            return process.wait(), pruned
+        finally:
+            with self._lock:
+                self._processes.pop(name, None)
+
+    def _upload_outputs(self, name: str, paths: jobs.JobPaths, record: Mapping[str, Any]) -> str:
+        """``model.tar.gz`` and ``output.tar.gz`` where SageMaker puts them; the final job's reports where
+        train.py uploads them on SageMaker (``runs/<run-id>/reports/``). Returns the model's URI."""
+        prefix = record["OutputDataConfig"]["S3OutputPath"].rstrip("/") + f"/{name}/output"
+        jobs.package_dir(paths.model, self.bucket.path_of_uri(f"{prefix}/model.tar.gz"))
+        jobs.package_dir(paths.output_data, self.bucket.path_of_uri(f"{prefix}/output.tar.gz"))
+        reports, target = paths.output_data / "reports", record["HyperParameters"].get("reports-uri")
+        if target and reports.is_dir():
+            for path in sorted(reports.iterdir()):
+                self.bucket.put_file(self.bucket.key_of(self.bucket.path_of_uri(f"{target.rstrip('/')}/{path.name}")), path)
+        return f"{prefix}/model.tar.gz"
+
+    def finish(self, name: str, status: str, **changes: Any) -> str:
+        """Move the job out of InProgress (once, whoever tries) and announce it."""
+        changes.update(TrainingJobStatus=status, TrainingEndTime=now(), LastModifiedTime=now())
+        if self.store.transition("training-job", name, ("InProgress",), status, **changes):
+            record = self.store.get("training-job", name)
+            detail = {k: record[k] for k in ("TrainingJobName", "TrainingJobArn", "TrainingJobStatus", "SecondaryStatus",
+                                             "HyperParameters", "OutputDataConfig") if k in record}
+            detail["Tags"] = record.get("Tags", {})
+            for key in ("ModelArtifacts", "FailureReason", "TuningJobArn"):
+                if key in record:
+                    detail[key] = record[key]
+            self.emit(state_change_event("SageMaker Training Job State Change", "training-job", name, detail))
+        return status

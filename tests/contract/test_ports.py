@@ -1,0 +1,230 @@
+"""One contract, two families of adapters: what chalice_app.ports promises, held by the AWS adapters
+(over moto, with a Stubber where moto falls short of AWS) and by the local runtime's adapters alike.
+A difference between them is a bug in one of them."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import zipfile
+
+import boto3
+import pytest
+from botocore.stub import Stubber
+from moto import mock_aws
+
+from chalice_app import names, sagemaker_requests as requests
+from chalice_app.adapters.errors import AdapterError, NotFoundError
+from chalice_app.adapters.runtime import EndpointNotFoundError, RuntimeAdapter
+from chalice_app.adapters.s3 import S3Adapter
+from chalice_app.adapters.sagemaker import SageMakerAdapter
+from chalice_app.adapters.sns import SnsAdapter
+from orchestrator.test_requests import BASE_ENV, make_config
+
+BUCKET = BASE_ENV["DATA_BUCKET"]
+TOPIC = BASE_ENV["NOTIFY_TOPIC_ARN"]
+FAMILIES = ["aws", "local"]
+
+
+@pytest.fixture
+def aws(monkeypatch):
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    with mock_aws():
+        boto3.client("s3").create_bucket(Bucket=BUCKET)
+        boto3.client("sns").create_topic(Name=TOPIC.rsplit(":", 1)[1])
+        yield
+
+
+@pytest.fixture
+def local(tmp_path):
+    from droptrain.local import sagemaker as local_sagemaker
+    from droptrain.local.bucket import LocalBucket
+    from droptrain.local.endpoint import LocalEndpoints
+    from droptrain.local.serving import RayServe
+    from droptrain.local.store import Store
+
+    store, bucket = Store(tmp_path / "state.db"), LocalBucket(tmp_path / "bucket", BUCKET)
+    endpoints = LocalEndpoints(store, bucket, tmp_path / "endpoints", lambda e: None, RayServe())
+    sagemaker = local_sagemaker.LocalSageMaker(store, bucket, tmp_path / "jobs", lambda e: None, endpoints)
+    yield {"bucket": bucket, "store": store, "endpoints": endpoints, "sagemaker": sagemaker, "tmp": tmp_path}
+    sagemaker.stop()
+    endpoints.join()
+
+
+@pytest.fixture(params=FAMILIES)
+def store(request):
+    if request.param == "aws":
+        request.getfixturevalue("aws")
+        return S3Adapter(boto3.client("s3"), sleep=lambda s: None)
+    return request.getfixturevalue("local")["bucket"]
+
+
+# -- the object store -------------------------------------------------------------------------------
+
+
+def test_missing_objects_are_not_found(store):
+    for read in (lambda: store.get(BUCKET, "runs/nope.json"), lambda: store.head(BUCKET, "runs/nope.json"),
+                 lambda: store.read_range(BUCKET, "runs/nope.json", 0, 9)):
+        with pytest.raises(NotFoundError):
+            read()
+    with pytest.raises(NotFoundError):
+        store.get("another-bucket-entirely", "runs/x.json")
+    store.delete(BUCKET, "runs/nope.json")  # deleting what is not there is no error
+
+
+def test_write_once_then_read_back(store):
+    assert store.put_if_absent(BUCKET, "runs/r/notifications/a.json", b'{"n": 1}') is True
+    assert store.put_if_absent(BUCKET, "runs/r/notifications/a.json", b'{"n": 2}') is False, "the first write stands"
+    assert store.get(BUCKET, "runs/r/notifications/a.json") == b'{"n": 1}'
+    assert store.head(BUCKET, "runs/r/notifications/a.json") == {"size": 8, "etag": hashlib.md5(b'{"n": 1}').hexdigest()}
+    store.delete(BUCKET, "runs/r/notifications/a.json")
+    assert store.put_if_absent(BUCKET, "runs/r/notifications/a.json", b"{}") is True, "gone, so writable again"
+
+
+def test_ranged_reads_and_a_zip_read_through_them(store):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for member in ("dogs/train/a/1.jpg", "dogs/train/b/2.jpg"):
+            zf.writestr(member, b"\xff\xd8\xff" + bytes(50))
+    data = buffer.getvalue()
+    assert store.put_if_absent(BUCKET, "datasets/dogs.zip", data)
+    assert store.read_range(BUCKET, "datasets/dogs.zip", 0, 3) == data[:4]
+    assert store.read_range(BUCKET, "datasets/dogs.zip", len(data) - 5, len(data) - 1) == data[-5:]
+    with zipfile.ZipFile(store.open_ranged(BUCKET, "datasets/dogs.zip", len(data))) as zf:
+        assert zf.namelist() == ["dogs/train/a/1.jpg", "dogs/train/b/2.jpg"]
+
+
+def test_listing_is_by_prefix_in_key_order(store):
+    for key in ("datasets/a/_READY", "datasets/a-b/x.jpg", "datasets/a/train/c/1.jpg", "runs/r/x.json", "datasets/b.zip"):
+        store.put_if_absent(BUCKET, key, b"12345")
+    listed = list(store.list_objects(BUCKET, "datasets/a"))
+    assert listed == [("datasets/a-b/x.jpg", 5), ("datasets/a/_READY", 5), ("datasets/a/train/c/1.jpg", 5)]
+    assert list(store.list_objects(BUCKET, "nothing/")) == []
+
+
+# -- SageMaker -----------------------------------------------------------------------------------
+
+CONFIG = make_config()
+RUN = "pets-1a2b3c4d"
+DATASET = names.DatasetRef(BUCKET, "datasets/pets/_READY", "pets", "folder", "datasets/pets/")
+# What SageMaker answers a second create with, where moto does not (it creates again).
+ALREADY_EXISTS = {
+    "create_model": ("ValidationException", "Cannot create already existing model \"arn:aws:sagemaker:us-east-1:123456789012:model/x\"."),
+    "create_endpoint_config": ("ValidationException", "Cannot create already existing endpoint configuration \"arn:x\"."),
+    "create_endpoint": ("ValidationException", "Cannot create already existing endpoint \"arn:x\"."),
+    "create_training_job": ("ResourceInUse", "Training job names must be unique within an AWS account and region, "
+                                             "and a training job with this name already exists (arn:x)"),
+}
+
+
+class _SecondCreateRefused:
+    """moto, except that the second of each create answers as SageMaker does."""
+
+    def __init__(self):
+        self.moto = boto3.client("sagemaker")
+        self.stub_client = boto3.client("sagemaker")
+        self.stub = Stubber(self.stub_client)
+        self.stub.activate()
+        self.seen: set[str] = set()
+
+    def __getattr__(self, name):
+        if name in ALREADY_EXISTS:
+            if name in self.seen:
+                self.stub.add_client_error(name, *ALREADY_EXISTS[name])
+                return getattr(self.stub_client, name)
+            self.seen.add(name)
+        return getattr(self.moto, name)
+
+
+@pytest.fixture(params=FAMILIES)
+def sagemaker(request):
+    if request.param == "aws":
+        request.getfixturevalue("aws")
+        return SageMakerAdapter(_SecondCreateRefused())
+    return request.getfixturevalue("local")["sagemaker"]
+
+
+def test_what_does_not_exist(sagemaker):
+    with pytest.raises(NotFoundError):
+        sagemaker.describe_training_job("no-such-job")
+    with pytest.raises(NotFoundError):
+        sagemaker.describe_tuning_job("no-such-tuning")
+    assert sagemaker.describe_endpoint("no-such-endpoint") is None
+    sagemaker.delete_endpoint("no-such-endpoint")  # no error
+
+
+def test_a_second_create_is_already_exists(sagemaker):
+    model = requests.model_request(CONFIG, RUN, f"s3://{BUCKET}/runs/{RUN}/final/model.tar.gz", DATASET.uri)
+    assert sagemaker.create_model(model) is True and sagemaker.create_model(model) is False
+    endpoint_config = requests.endpoint_config_request(CONFIG, RUN, DATASET.uri)
+    assert sagemaker.create_endpoint_config(endpoint_config) is True and sagemaker.create_endpoint_config(endpoint_config) is False
+    endpoint = requests.create_endpoint_request(CONFIG, RUN, DATASET.uri)
+    assert sagemaker.create_endpoint(endpoint) is True and sagemaker.create_endpoint(endpoint) is False
+    assert sagemaker.describe_endpoint(CONFIG.endpoint_name)["EndpointConfigName"] == RUN
+    final = requests.final_training_request(CONFIG, RUN, DATASET.uri, requests.static_hyperparameters(CONFIG), {"lr": "0.01"})
+    assert sagemaker.create_training_job(final) is True and sagemaker.create_training_job(final) is False
+    tuning = requests.tuning_job_request(CONFIG, RUN, DATASET)
+    assert sagemaker.create_tuning_job(tuning) is True and sagemaker.create_tuning_job(tuning) is False
+
+
+def test_describe_after_create_and_tags(sagemaker):
+    final = requests.final_training_request(CONFIG, RUN, DATASET.uri, requests.static_hyperparameters(CONFIG), {"lr": "0.01"})
+    sagemaker.create_training_job(final)
+    described = sagemaker.describe_training_job(f"{RUN}-final")
+    assert described["TrainingJobName"] == f"{RUN}-final"
+    assert described["TrainingJobArn"].endswith(f":training-job/{RUN}-final")
+    assert described["HyperParameters"] == final["HyperParameters"]
+    assert described["TrainingJobStatus"] in ("InProgress", "Completed", "Failed", "Stopped")
+    arn = described["TrainingJobArn"]
+    assert sagemaker.list_tags(arn) == {t["Key"]: t["Value"] for t in final["Tags"]}
+    sagemaker.add_tags(arn, [{"Key": "extra", "Value": "1"}])
+    assert sagemaker.list_tags(arn)["extra"] == "1"
+    sagemaker.delete_tags(arn, ["extra"])
+    assert "extra" not in sagemaker.list_tags(arn)
+    tuning = requests.tuning_job_request(CONFIG, RUN, DATASET)
+    sagemaker.create_tuning_job(tuning)
+    described = sagemaker.describe_tuning_job(RUN)
+    assert described["HyperParameterTuningJobName"] == RUN
+    assert described["HyperParameterTuningJobConfig"]["Strategy"] == CONFIG.tuning_strategy
+    assert described["TrainingJobDefinition"]["StaticHyperParameters"] == tuning["TrainingJobDefinition"]["StaticHyperParameters"]
+
+
+# -- SNS and SageMaker Runtime ------------------------------------------------------------------------
+
+
+@pytest.fixture(params=FAMILIES)
+def publisher(request):
+    if request.param == "aws":
+        request.getfixturevalue("aws")
+        return SnsAdapter(boto3.client("sns"))
+    from droptrain.local.notify import LocalPublisher
+
+    return LocalPublisher(request.getfixturevalue("local")["tmp"] / "notes.jsonl", say=lambda m: None, topic_arn=TOPIC)
+
+
+def test_publishing(publisher):
+    message_id = publisher.publish(TOPIC, "droptrain test: hello", '{"event": "dataset.accepted"}', {"event": "dataset.accepted"})
+    assert isinstance(message_id, str) and message_id
+    with pytest.raises(NotFoundError):
+        publisher.publish(TOPIC.replace("droptrain-dev", "no-such-topic"), "s", "{}", {"event": "x"})
+
+
+@pytest.fixture(params=FAMILIES)
+def runtime(request):
+    if request.param == "aws":
+        client = boto3.client("sagemaker-runtime", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="y")
+        stub = Stubber(client)
+        # What SageMaker Runtime answers for an endpoint that does not exist.
+        stub.add_client_error("invoke_endpoint", "ValidationError", "Endpoint nope of account 123456789012 not found.")
+        stub.activate()
+        return RuntimeAdapter(client)
+    from droptrain.local.endpoint import LocalRuntimeClient
+
+    return LocalRuntimeClient(request.getfixturevalue("local")["endpoints"])
+
+
+def test_invoking_what_does_not_exist(runtime):
+    with pytest.raises(EndpointNotFoundError):
+        runtime.invoke("nope", b"\xff\xd8\xff", "image/jpeg", "application/json")
+    assert issubclass(EndpointNotFoundError, AdapterError)
