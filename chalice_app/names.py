@@ -41,6 +41,29 @@ class DatasetRef:
         return f"s3://{self.bucket}/{self.prefix}"
 
 
+def dataset_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a dataset, or ``None``. The one rule for every way in: the bucket's
+    events (``pipeline.dataset_uploaded``) and ``droptrain upload``."""
+    if not name or name.strip(".") == "":
+        return f"{name!r} is not a dataset name: give the dataset a name"
+    if name.startswith("."):
+        return f"{name!r} is a hidden name: dataset names do not start with '.'"
+    if "/" in name or "\\" in name:
+        return f"{name!r} is not a dataset name: it cannot contain '/' or '\\'"
+    if any(unicodedata.category(c) == "Cc" for c in name):
+        return f"{name!r} is not a dataset name: it contains control characters"
+    return None
+
+
+def check_dataset_name(name: str, bucket: str, dataset_prefix: str = "datasets/") -> str:
+    """``name`` if a dataset can be called so in ``bucket`` (tags included); raises ``InvalidNameError``."""
+    problem = dataset_name_problem(name)
+    if problem:
+        raise InvalidNameError(problem)
+    tag_value(f"s3://{bucket}/{dataset_prefix}{name}/")
+    return name
+
+
 def parse_dataset_key(bucket: str, key: str, dataset_prefix: str) -> DatasetRef | None:
     """The dataset an object key starts, or ``None`` for any other key."""
     if not key.startswith(dataset_prefix):

@@ -69,7 +69,10 @@ def dataset_uploaded(svc: Services, event: ObjectCreated) -> str:
     if dataset is None:
         return f"ignored: {event.key} is neither a dataset's {names.READY_MARKER} marker nor an archive"
     run = names.run_id(dataset, event.etag)
-    if dataset.kind == "folder":
+    problem = names.dataset_name_problem(dataset.name)
+    if problem:
+        report = validation.DatasetReport(checked="name", reasons=[problem])
+    elif dataset.kind == "folder":
         report = validation.check_folder(svc.s3, dataset)
     else:
         report = validation.check_archive(svc.s3, dataset, event.size or svc.s3.head(dataset.bucket, dataset.key)["size"])

@@ -62,27 +62,25 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 
 def _cmd_upload(args: argparse.Namespace) -> int:
+    from chalice_app.adapters.errors import AdapterError
+    from chalice_app.names import InvalidNameError, check_dataset_name
     from droptrain.local.bucket import LocalBucket
-    from droptrain.local.runtime import upload_to_bucket
-    from droptrain.upload import UploadError
+    from droptrain.local.runtime import BUCKET, upload_to_bucket
+    from droptrain.upload import UploadError, upload_to_s3
 
-    name = args.name or args.path.name.split(".")[0]
-    if args.to.startswith("s3://"):
-        from droptrain.upload import UploadError, upload_to_s3
-
-        try:
-            key = upload_to_s3(args.path, name, args.to)
-        except UploadError as exc:
-            print(f"droptrain upload: {exc}", file=sys.stderr)
-            return 1
-        print(f"{args.to.rstrip('/')}/{key}")
-        return 0
+    name = args.name if args.name is not None else args.path.name.split(".")[0]
+    remote = args.to.startswith("s3://")
+    bucket = args.to.removeprefix("s3://").split("/")[0] if remote else BUCKET
     try:
-        key = upload_to_bucket(LocalBucket(args.home.resolve() / "bucket", "droptrain-local"), args.path, name)
-    except UploadError as exc:
+        check_dataset_name(name, bucket)
+        if remote:
+            key = upload_to_s3(args.path, name, args.to)
+        else:
+            key = upload_to_bucket(LocalBucket(args.home.resolve() / "bucket", BUCKET), args.path, name)
+    except (UploadError, InvalidNameError, AdapterError) as exc:
         print(f"droptrain upload: {exc}", file=sys.stderr)
         return 1
-    print(f"s3://droptrain-local/{key} (droptrain up picks it up)")
+    print(f"s3://{bucket}/{key}" + ("" if remote else " (droptrain up picks it up)"))
     return 0
 
 

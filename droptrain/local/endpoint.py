@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable
 
-from chalice_app.adapters.errors import ServiceError
+from chalice_app.adapters.errors import AdapterError, ServiceError
 from chalice_app.adapters.runtime import EndpointNotFoundError, EndpointNotReadyError, ModelError
 from droptrain.local.bucket import LocalBucket
 from droptrain.local.resources import arn, as_described, now, state_change_event
@@ -108,7 +108,10 @@ class LocalEndpoints:
         model = self.store.get("model", config["ProductionVariants"][0]["ModelName"])
         if model is None:
             raise ServingError(f"model {config['ProductionVariants'][0]['ModelName']} does not exist")
-        archive = self.bucket.path_of_uri(model["PrimaryContainer"]["ModelDataUrl"])
+        try:
+            archive = self.bucket.path_of_uri(model["PrimaryContainer"]["ModelDataUrl"])
+        except AdapterError as exc:  # another bucket, or a key the local bucket refuses
+            raise ServingError(f"the model artifact cannot be read: {exc}") from None
         if not archive.is_file():
             raise ServingError(f"no model artifact at {model['PrimaryContainer']['ModelDataUrl']}")
         target = self.root / config_name

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from chalice_app.adapters.errors import NotFoundError
+from chalice_app.adapters.errors import AdapterError, NotFoundError
 from droptrain.local import jobs
 from droptrain.local.bucket import LocalBucket
 from droptrain.local.resources import arn, as_described, now, request_tags, state_change_event
@@ -122,7 +122,7 @@ class TrainingJobs:
         record = self.store.get("training-job", name)
         try:
             paths = self._prepare(name, record)
-        except (jobs.JobSetupError, NotFoundError) as exc:
+        except (jobs.JobSetupError, AdapterError) as exc:  # no such object, or a key the bucket refuses
             return self.finish(name, "Failed", SecondaryStatus="Failed", FailureReason=f"ClientError: {exc}")
         self.store.update("training-job", name, SecondaryStatus="Training", TrainingStartTime=now(), LastModifiedTime=now())
         output = _Output([(d["Name"], re.compile(d["Regex"])) for d in record["AlgorithmSpecification"].get("MetricDefinitions", [])])
