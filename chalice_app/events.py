@@ -38,8 +38,6 @@ class ObjectCreated:
     key: str
     size: int
     etag: str
-    event_id: str
-    time: str
 
     @classmethod
     def parse(cls, event: Mapping[str, Any]) -> "ObjectCreated":
@@ -49,8 +47,6 @@ class ObjectCreated:
             key=_get(event, "detail", "object", "key"),
             size=size or 0,
             etag=_get(event, "detail", "object", "etag", required=False) or "",
-            event_id=_get(event, "id", required=False) or "",
-            time=_get(event, "time", required=False) or "",
         )
 
 
@@ -59,7 +55,6 @@ class TuningJobStateChange:
     name: str
     status: str
     tags: dict[str, str] = field(default_factory=dict)
-    event_id: str = ""
 
     @classmethod
     def parse(cls, event: Mapping[str, Any]) -> "TuningJobStateChange":
@@ -68,7 +63,6 @@ class TuningJobStateChange:
             name=_get(event, "detail", "HyperParameterTuningJobName"),
             status=_get(event, "detail", "HyperParameterTuningJobStatus"),
             tags=_tags(detail),
-            event_id=_get(event, "id", required=False) or "",
         )
 
 
@@ -78,7 +72,6 @@ class TrainingJobStateChange:
     status: str
     tuning_job_arn: str | None
     tags: dict[str, str] = field(default_factory=dict)
-    event_id: str = ""
 
     @classmethod
     def parse(cls, event: Mapping[str, Any]) -> "TrainingJobStateChange":
@@ -88,7 +81,6 @@ class TrainingJobStateChange:
             status=_get(event, "detail", "TrainingJobStatus"),
             tuning_job_arn=_get(event, "detail", "TuningJobArn", required=False),
             tags=_tags(detail),
-            event_id=_get(event, "id", required=False) or "",
         )
 
 
@@ -98,7 +90,6 @@ class EndpointStateChange:
     status: str
     config_name: str | None
     tags: dict[str, str] = field(default_factory=dict)
-    event_id: str = ""
 
     @classmethod
     def parse(cls, event: Mapping[str, Any]) -> "EndpointStateChange":
@@ -109,5 +100,4 @@ class EndpointStateChange:
             status=_get(event, "detail", "EndpointStatus").upper().replace("INSERVICE", "IN_SERVICE"),
             config_name=_get(event, "detail", "EndpointConfigName", required=False),
             tags=_tags(detail),
-            event_id=_get(event, "id", required=False) or "",
         )

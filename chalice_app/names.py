@@ -92,12 +92,19 @@ def run_id(dataset: DatasetRef, etag: str) -> str:
     return check(f"{slug(dataset.name)}-{digest}", "tuning job")
 
 
+FINAL_JOB_SUFFIX = "-final"
+
+
 def final_job_name(run: str) -> str:
-    return check(f"{run}-final", "training job")
+    return check(f"{run}{FINAL_JOB_SUFFIX}", "training job")
 
 
 def run_of_final_job(job_name: str) -> str:
-    return job_name.removesuffix("-final")
+    return job_name.removesuffix(FINAL_JOB_SUFFIX)
+
+
+def is_final_job(job_name: str) -> bool:
+    return job_name.endswith(FINAL_JOB_SUFFIX)
 
 
 def check(name: str, kind: str) -> str:

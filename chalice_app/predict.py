@@ -12,6 +12,7 @@ import json
 import time
 from typing import Any, Callable
 
+from chalice_app import names
 from chalice_app.adapters.errors import AdapterError, ThrottledError
 from chalice_app.adapters.runtime import EndpointNotFoundError, EndpointNotReadyError, ModelError
 from chalice_app.config import Config
@@ -168,7 +169,7 @@ def status(sagemaker: SageMaker, config: Config) -> dict[str, Any]:
     if endpoint.get("EndpointStatus") == "InService" and endpoint.get("LastModifiedTime"):
         model["deployed_at"] = endpoint["LastModifiedTime"].isoformat()
     try:
-        job = sagemaker.describe_training_job(f"{run}-final")
+        job = sagemaker.describe_training_job(names.final_job_name(run))
         metrics = {m["MetricName"]: m["Value"] for m in job.get("FinalMetricDataList", [])}
         model["test_accuracy"] = metrics.get("test:accuracy")
     except AdapterError:

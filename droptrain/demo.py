@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 from typing import Callable
 
+from chalice_app import names
 from droptrain.synthetic import make_dataset
 
 FINAL_EVENTS = ("deployment.completed", "deployment.failed", "dataset.rejected", "tuning.failed",
@@ -46,7 +47,7 @@ class _Progress:
     def __call__(self, job: str, line: str) -> None:
         if job not in self.started:
             self.started[job] = time.time()
-            kind = "final training" if job.endswith("-final") else f"trial {job.rsplit('-', 2)[-2]}"
+            kind = "final training" if names.is_final_job(job) else f"trial {job.rsplit('-', 2)[-2]}"
             self.say(f"  ▶ {kind} {job}")
         if line.startswith(("epoch=", "test_")):
             self.say(f"      {line}")

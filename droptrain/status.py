@@ -29,10 +29,11 @@ def render(home: Path) -> str:
                 mark = "★" if child == best else " "
                 acc = metrics.get("valid:accuracy")
                 lines.append(f"  {mark} {child:<34} {child_status:<10} valid:accuracy {acc if acc is not None else '-':<8} {tuned}")
-            final = store.get("training-job", f"{name}-final")
+            final_name = names.final_job_name(name)
+            final = store.get("training-job", final_name)
             if final:
                 metrics = {m["MetricName"]: m["Value"] for m in final.get("FinalMetricDataList", [])}
-                lines.append(f"  final {name}-final: {store.status('training-job', name + '-final')}, test:accuracy {metrics.get('test:accuracy', '-')}"
+                lines.append(f"  final {final_name}: {store.status('training-job', final_name)}, test:accuracy {metrics.get('test:accuracy', '-')}"
                              + (f" ({final['FailureReason']})" if final.get("FailureReason") else ""))
         for name, status, endpoint in store.records("endpoint"):
             lines.append(f"endpoint {name}: {status}, serving {endpoint['EndpointConfigName']}"

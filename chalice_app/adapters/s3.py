@@ -89,7 +89,6 @@ class RangedReader(io.RawIOBase):
         super().__init__()
         self._s3, self._bucket, self._key, self._size = s3, bucket, key, size
         self._pos = 0
-        self.requests = 0
 
     def readable(self) -> bool:
         return True
@@ -111,7 +110,6 @@ class RangedReader(io.RawIOBase):
         end = self._size if n is None or n < 0 else min(self._size, self._pos + n)
         if end <= self._pos:
             return b""
-        self.requests += 1
         data = self._s3.read_range(self._bucket, self._key, self._pos, end - 1)
         self._pos += len(data)
         return data

@@ -92,8 +92,12 @@ def test_profile_and_report(healthy):
     assert {"cpu_percent_mean", "memory_percent_max", "rss_mb_max"} <= set(profile["system"])
     html = (reports / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 4, "curves, step breakdown, utilisation, confusion matrix"
-    assert "No debugger rule found an issue." in html and "waiting for batches" in html
-    assert "waited on data" not in html, "cached features: no data bottleneck to report"
+    assert "No debugger rule found an issue." in html
+    # The report states what the profile measured (the rule itself is tested on fixed numbers below):
+    # on a busy machine even cached features can wait, so the measured breakdown decides the sentence.
+    data_share = profile["breakdown"].get("data", 0)
+    bottleneck = data_share > 0.3 and data_share * profile["step_ms"] > 5
+    assert ("waited on data" in html) == bottleneck and ("waiting for batches" in html) == (not bottleneck)
     assert (tmp / "out" / "torch-trace.json").is_file()
 
 
@@ -102,6 +106,14 @@ def test_findings_name_a_real_data_bottleneck():
 
     notes = findings({"data": 0.62, "compute": 0.3, "optimizer": 0.08}, {}, [], [], "cuda", 2, None, step_ms=40.0)
     assert notes[0].startswith("The GPU waited on data 62% of the time: raise the data loader's worker count (it was 2)")
+
+
+def test_findings_do_not_call_a_cheap_wait_a_bottleneck():
+    from trainlib.profiling import findings
+
+    # 60% of a 1 ms step is 0.6 ms: waiting, but no bottleneck worth a worker.
+    notes = findings({"data": 0.6, "compute": 0.3, "optimizer": 0.1}, {}, [], [], "cpu", 0, None, step_ms=1.0)
+    assert notes[0].startswith("Data loading kept up: 60% of step time was spent waiting for batches")
 
 
 def test_the_report_shows_its_plots_in_chromium(healthy, tmp_path):
@@ -126,3 +138,27 @@ window.addEventListener('load', () => {
                     f"--user-data-dir={tmp_path / 'profile2'}", f"--screenshot={screenshot}", "--window-size=1000,2400",
                     report.as_uri()], capture_output=True, timeout=120)
     assert screenshot.stat().st_size > 20_000
+
+
+def test_reports_are_uploaded_to_the_runs_reports_prefix_on_sagemaker(tmp_path, monkeypatch):
+    import boto3
+    from moto import mock_aws
+
+    from trainlib.job_reports import upload_reports
+
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    for name in ("report.html", "rules.json", "profile.json"):
+        (reports / name).write_text(name)
+    for key, value in {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y", "AWS_DEFAULT_REGION": "us-east-1",
+                       "SM_TRAINING_ENV": "{}"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("DROPTRAIN_LOCAL", raising=False)
+    with mock_aws():
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket="droptrain-data-dev")
+        written = upload_reports(reports, "s3://droptrain-data-dev/runs/pets-1a2b3c4d/reports/", client=s3)
+        assert written == [f"runs/pets-1a2b3c4d/reports/{n}" for n in ("profile.json", "report.html", "rules.json")]
+        assert s3.get_object(Bucket="droptrain-data-dev", Key=written[1])["Body"].read() == b"report.html"
+        monkeypatch.setenv("DROPTRAIN_LOCAL", "1")
+        assert upload_reports(reports, "s3://droptrain-data-dev/elsewhere/", client=s3) == [], "locally the executor copies them"

@@ -184,3 +184,40 @@ def test_truncated_images_are_skipped_and_counted(tiny_dataset, tmp_path):
         meta = json.loads((tmp_path / mode / "model.json").read_text())
         assert meta["dataset"]["skipped_images"] == 3, mode
         assert "skipping undecodable image" in result.stderr
+
+
+def test_a_checkpoint_is_written_after_every_epoch(tiny_dataset, tmp_path):
+    """Each epoch line is printed after its checkpoint: reading the checkpoint at that moment finds that epoch."""
+    hps = {**FAST_HYPERPARAMETERS, "epochs": "3"}
+    args = [*hyperparameter_args(hps), "--data-dir", str(tiny_dataset), "--model-dir", str(tmp_path / "model"),
+            "--output-data-dir", str(tmp_path / "out"), "--checkpoint-dir", str(tmp_path / "ckpt")]
+    process = subprocess.Popen([sys.executable, str(TRAINING_DIR / "train.py"), *args], cwd=TRAINING_DIR,
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    seen = []
+    for line in process.stdout:
+        match = EPOCH_LINE.match(line.strip())
+        if match:
+            import torch
+
+            (checkpoint,) = (tmp_path / "ckpt").glob("checkpoint-*.pt")
+            seen.append((int(match.group(1)), torch.load(checkpoint, weights_only=True)["epoch"]))
+    assert process.wait(timeout=120) == 0
+    assert seen == [(1, 1), (2, 2), (3, 3)]
+
+
+def test_a_tampered_checkpoint_cannot_run_code(tmp_path):
+    """Checkpoints come back from S3 (spot training): loading one holds tensors and plain data only."""
+    import pickle
+
+    from trainlib import checkpoints
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.write_text, (tmp_path / "pwned", "ran"))
+
+    from pathlib import Path
+
+    target = checkpoints.path_for(tmp_path, "f" * 16)
+    target.write_bytes(pickle.dumps({"fingerprint": "f" * 16, "epoch": 3, "evil": Payload()}, protocol=2))
+    assert checkpoints.load(tmp_path, "f" * 16) is None
+    assert not (tmp_path / "pwned").exists()

@@ -61,7 +61,9 @@ def load(directory: Path | None, expected_fingerprint: str) -> dict[str, Any] | 
     if not path.is_file():
         return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        # Tensors, numbers, strings and containers only: a checkpoint synced from S3 that someone
+        # tampered with cannot run code when it is loaded.
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
         log.warning("ignoring unreadable checkpoint %s: %s", path, exc)
         return None

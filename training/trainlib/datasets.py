@@ -153,13 +153,7 @@ def _carve(
     return out
 
 
-def discover(
-    root: Path,
-    seed: int = 42,
-    valid_fraction: float = 0.1,
-    test_fraction: float = 0.1,
-    check_images: bool = True,
-) -> Splits:
+def discover(root: Path, seed: int = 42, valid_fraction: float = 0.1, test_fraction: float = 0.1) -> Splits:
     """Classes and per-split image lists for the dataset at ``root``.
 
     Raises ``DatasetError`` for fewer than two classes, a class without training images, an
@@ -167,44 +161,63 @@ def discover(
     """
     if not root.is_dir():
         raise DatasetError(f"dataset folder {root} does not exist")
-    ignored = 0
-    if (root / "train").is_dir():
-        layout = "splits"
-        per_split: dict[str, dict[str, list[Path]]] = {}
-        for split in SPLITS:
-            if (root / split).is_dir():
-                per_split[split], n = _class_images(root / split)
-                ignored += n
-        others = [p.name for p in _children(root) if p.is_dir() and p.name not in SPLITS]
-        if others:
-            log.warning("ignoring folders beside train/valid/test: %s", ", ".join(others))
-    else:
-        layout = "flat"
-        flat, ignored = _class_images(root)
-        per_split = {"train": flat}
+    layout, per_split, ignored = _find_classes(root)
+    classes = _check_classes(root, layout, per_split)
+    unreadable = _drop_unreadable(per_split)
+    _check_not_empty(per_split, classes)
+    carved = _carve_missing(per_split, classes, {"valid": valid_fraction, "test": test_fraction}, seed)
 
+    def flatten(split: str) -> list[tuple[Path, int]]:
+        return [(path, index) for index, name in enumerate(classes) for path in per_split.get(split, {}).get(name, [])]
+
+    return Splits(classes=classes, train=flatten("train"), valid=flatten("valid"), test=flatten("test"), layout=layout,
+                  carved=carved, unreadable=unreadable, ignored_files=ignored)
+
+
+def _find_classes(root: Path) -> tuple[str, dict[str, dict[str, list[Path]]], int]:
+    """``(layout, {split: {class: images}}, files ignored)``: ``train/valid/test`` folders, or flat."""
+    if not (root / "train").is_dir():
+        flat, ignored = _class_images(root)
+        return "flat", {"train": flat}, ignored
+    per_split: dict[str, dict[str, list[Path]]] = {}
+    ignored = 0
+    for split in SPLITS:
+        if (root / split).is_dir():
+            per_split[split], n = _class_images(root / split)
+            ignored += n
+    others = [p.name for p in _children(root) if p.is_dir() and p.name not in SPLITS]
+    if others:
+        log.warning("ignoring folders beside train/valid/test: %s", ", ".join(others))
+    return "splits", per_split, ignored
+
+
+def _check_classes(root: Path, layout: str, per_split: dict[str, dict[str, list[Path]]]) -> list[str]:
     classes = sorted(per_split["train"])
     if len(classes) < 2:
         found = ", ".join(classes) or "none"
-        raise DatasetError(
-            f"a classifier needs at least 2 classes; found {len(classes)} ({found}) in "
-            f"{root / 'train' if layout == 'splits' else root}"
-        )
+        raise DatasetError(f"a classifier needs at least 2 classes; found {len(classes)} ({found}) in "
+                           f"{root / 'train' if layout == 'splits' else root}")
     for split in ("valid", "test"):
         extra = sorted(set(per_split.get(split, {})) - set(classes))
         if extra:
             raise DatasetError(f"{split}/ has classes that train/ lacks: {', '.join(extra)}")
+    return classes
 
+
+def _drop_unreadable(per_split: dict[str, dict[str, list[Path]]]) -> list[Path]:
+    """Images whose header does not parse, taken out of every split and returned."""
     unreadable: list[Path] = []
-    if check_images:
-        for split_classes in per_split.values():
-            for name, paths in split_classes.items():
-                good = [p for p in paths if _readable(p)]
-                unreadable.extend(sorted(set(paths) - set(good)))
-                split_classes[name] = good
+    for split_classes in per_split.values():
+        for name, paths in split_classes.items():
+            good = [p for p in paths if _readable(p)]
+            unreadable.extend(sorted(set(paths) - set(good)))
+            split_classes[name] = good
     for path in unreadable:
         log.warning("skipping unreadable image %s", path)
+    return unreadable
 
+
+def _check_not_empty(per_split: dict[str, dict[str, list[Path]]], classes: list[str]) -> None:
     for split, split_classes in per_split.items():
         if sum(len(v) for v in split_classes.values()) == 0:
             raise DatasetError(f"the {split} split has no readable images")
@@ -212,36 +225,18 @@ def discover(
     if empty:
         raise DatasetError(f"these classes have no readable training images: {', '.join(empty)}")
 
-    to_carve = {}
-    if "valid" not in per_split:
-        to_carve["valid"] = valid_fraction
-    if "test" not in per_split:
-        to_carve["test"] = test_fraction
-    carved = list(to_carve)
-    if to_carve:
-        for split in to_carve:
-            per_split[split] = {}
-        for name in classes:
-            parts = _carve(per_split["train"][name], to_carve, seed, name)
-            for split, paths in parts.items():
-                per_split[split][name] = paths
-        if not any(per_split["valid"].values()):
-            raise DatasetError("too few images to carve a validation split from train/")
 
-    def flatten(split: str) -> list[tuple[Path, int]]:
-        return [
-            (path, index)
-            for index, name in enumerate(classes)
-            for path in per_split.get(split, {}).get(name, [])
-        ]
-
-    return Splits(
-        classes=classes,
-        train=flatten("train"),
-        valid=flatten("valid"),
-        test=flatten("test"),
-        layout=layout,
-        carved=carved,
-        unreadable=unreadable,
-        ignored_files=ignored,
-    )
+def _carve_missing(per_split: dict[str, dict[str, list[Path]]], classes: list[str], fractions: dict[str, float],
+                   seed: int) -> list[str]:
+    """The splits the dataset lacks, carved from ``train/`` per class; returns their names."""
+    to_carve = {split: fraction for split, fraction in fractions.items() if split not in per_split}
+    if not to_carve:
+        return []
+    for split in to_carve:
+        per_split[split] = {}
+    for name in classes:
+        for split, paths in _carve(per_split["train"][name], to_carve, seed, name).items():
+            per_split[split][name] = paths
+    if not any(per_split["valid"].values()):
+        raise DatasetError("too few images to carve a validation split from train/")
+    return list(to_carve)

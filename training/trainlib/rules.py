@@ -12,9 +12,8 @@ steps followed by its EVAL steps.
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -331,8 +330,3 @@ def evaluate(out_dir: Path) -> list[Verdict]:
         except (SMDebugError, ValueError, KeyError, IndexError) as exc:
             verdicts.append(Verdict(rule_class.__name__, "Error", None, f"{type(exc).__name__}: {exc}"))
     return verdicts
-
-
-def write(verdicts: list[Verdict], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps([asdict(v) for v in verdicts], indent=2) + "\n")

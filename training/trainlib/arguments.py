@@ -1,0 +1,132 @@
+"""``train.py``'s command line: hyperparameters as SageMaker passes them, paths from its ``SM_*`` variables.
+
+SageMaker's SDK JSON-encodes string hyperparameters (``"adam"``): both forms are accepted.
+``--_*`` and ``--sagemaker_*`` flags (what a tuning job adds) are not ours and are ignored; any
+other unknown flag is an error, so a misspelt hyperparameter never trains with a default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from pathlib import Path
+
+from trainlib.archives import DEFAULT_MAX_BYTES
+from trainlib.models import ARCHS
+
+DESCRIPTION = "droptrain's training entry point: SageMaker script mode, and plain ``python train.py`` locally."
+# The final training job is named <run-id>-final (chalice_app/names.py final_job_name; the two are
+# kept equal by tests/test_parity.py, since the training code cannot import the orchestrator's).
+FINAL_JOB_SUFFIX = "-final"
+# The tunable and static hyperparameters (ARCHITECTURE.md), as flag names. Recorded in model.json.
+HYPERPARAMETERS = (
+    "lr", "batch-size", "epochs", "weight-decay", "optimizer", "arch", "weights", "train-mode",
+    "image-size", "augment", "seed",
+)
+# SageMaker adds these to a tuning job's children; they are not ours to interpret.
+_FOREIGN_PREFIXES = ("--_", "--sagemaker_")
+
+
+def _text(value: str) -> str:
+    """SageMaker's SDK JSON-encodes string hyperparameters (``"adam"``); accept both forms."""
+    value = value.strip()
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        return json.loads(value)
+    return value
+
+
+def _int(value: str) -> int:
+    number = float(_text(value))
+    if not number.is_integer():
+        raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}")
+    return int(number)
+
+
+def _float(value: str) -> float:
+    number = float(_text(value))
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {value!r}")
+    return number
+
+
+def _container_path(value: str) -> Path:
+    """A ``/opt/ml/...`` path, under ``$SAGEMAKER_BASE_DIR`` where the training toolkit was relocated
+    there (the local runtime does), as the toolkit itself relocates ``/opt/ml``."""
+    value = _text(value)
+    base = os.environ.get("SAGEMAKER_BASE_DIR")
+    if base and (value == "/opt/ml" or value.startswith("/opt/ml/")):
+        return Path(base) / value[len("/opt/ml"):].lstrip("/")
+    return Path(value)
+
+
+def _env_path(name: str, fallback: str | None) -> Path | None:
+    value = os.environ.get(name, fallback)
+    return Path(value) if value else None
+
+
+def _default_run_id() -> str:
+    job = os.environ.get("TRAINING_JOB_NAME", "")
+    return job.removesuffix(FINAL_JOB_SUFFIX) if job else "local"
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=DESCRIPTION, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    hp = p.add_argument_group("hyperparameters")
+    hp.add_argument("--lr", type=_float, default=1e-3, help="learning rate")
+    hp.add_argument("--batch-size", type=_int, default=32, help="images per training batch")
+    hp.add_argument("--epochs", type=_int, default=5, help="passes over the training split")
+    hp.add_argument("--weight-decay", type=_float, default=1e-4, help="L2 weight decay")
+    hp.add_argument("--optimizer", type=_text, default="adamw", choices=["adam", "adamw", "sgd"], help="optimizer (sgd uses Nesterov momentum 0.9)")
+    hp.add_argument("--arch", type=_text, default="resnet18", choices=list(ARCHS), help="torchvision ResNet architecture")
+    hp.add_argument("--weights", type=_text, default="imagenet", choices=["imagenet", "none"], help="start from ImageNet weights (torch hub cache, else download) or from scratch")
+    hp.add_argument("--train-mode", type=_text, default="head", choices=["head", "full"], help="head: frozen backbone, train the classifier only; full: fine-tune everything")
+    hp.add_argument("--image-size", type=_int, default=224, help="side of the square crop fed to the network")
+    hp.add_argument("--augment", type=_text, default="auto", choices=["auto", "on", "off"], help="random crops and flips; auto = off in head mode (frozen features are computed once and reused), on in full mode")
+    hp.add_argument("--seed", type=_int, default=42, help="seed for splits, shuffling and initialisation")
+
+    data = p.add_argument_group("data")
+    data.add_argument("--data-dir", type=Path, default=_env_path("SM_CHANNEL_TRAINING", None), help="the training channel: a dataset folder or one archive (default $SM_CHANNEL_TRAINING)")
+    data.add_argument("--valid-fraction", type=_float, default=0.1, help="share of each class carved from train/ when valid/ is missing")
+    data.add_argument("--test-fraction", type=_float, default=0.1, help="share of each class carved from train/ when test/ is missing")
+    data.add_argument("--max-extract-bytes", type=_int, default=DEFAULT_MAX_BYTES, help="refuse archives whose content is larger than this")
+    data.add_argument("--workers", type=_int, default=-1, help="data-loading worker processes; -1 picks for the device")
+    data.add_argument("--feature-cache", type=Path, default=_env_path("DROPTRAIN_FEATURE_CACHE", None), help="head mode: keep the frozen backbone's features in this folder, so that other runs on the same images and backbone (a tuning job's trials) load them instead of computing them (default $DROPTRAIN_FEATURE_CACHE; none: off)")
+
+    out = p.add_argument_group("outputs")
+    out.add_argument("--model-dir", type=Path, default=_env_path("SM_MODEL_DIR", "model"), help="where the model artifact is written (default $SM_MODEL_DIR)")
+    out.add_argument("--output-data-dir", type=Path, default=_env_path("SM_OUTPUT_DATA_DIR", "output"), help="where evaluation.json is written (default $SM_OUTPUT_DATA_DIR)")
+    out.add_argument("--checkpoint-dir", type=_container_path, default=_container_path("/opt/ml/checkpoints"), help="per-epoch checkpoints, resumed when they match this run (SageMaker syncs this folder for spot training)")
+    out.add_argument("--no-checkpoints", action="store_true", help="write no checkpoints and resume from none")
+    out.add_argument("--debug-out", type=_container_path, default=None, help="save smdebug tensors here (SageMaker's DebugHookConfig also turns the hook on)")
+    out.add_argument("--run-id", type=_text, default=_default_run_id(), help="run id recorded in model.json (default: the job name without -final)")
+    out.add_argument("--profile", type=_text, default="auto", choices=["auto", "on", "off"], help="system metrics, step-time breakdown, torch.profiler window and the HTML report; auto = with the debugger hook")
+    out.add_argument("--stop-on-rule-issues", type=_text, default="false", choices=["true", "false"], help="evaluate the debugger rules after every epoch and stop the job at the first issue")
+    out.add_argument("--reports-uri", type=_text, default=None, help="s3:// prefix to upload the report and rule verdicts to, when running on SageMaker")
+    out.add_argument("--serving-gpus", type=_int, default=0, choices=[0, 1], help="GPUs the Ray Serve deployment asks for in the artifact's config.yaml: 1 for a GPU inference instance type, else 0")
+
+    dev = p.add_argument_group("device")
+    dev.add_argument("--num-gpus", type=_int, default=int(os.environ.get("SM_NUM_GPUS", "-1")), help="GPUs to use; -1 uses all visible (default $SM_NUM_GPUS)")
+    dev.add_argument("--device", type=_text, default="auto", choices=["auto", "cpu", "cuda"], help="auto: CUDA when present (with mixed precision), else CPU")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = get_args_parser()
+    args, unknown = parser.parse_known_args(argv)
+    ours = [a for a in unknown if a.startswith("--") and not a.startswith(_FOREIGN_PREFIXES)]
+    if ours:
+        parser.error(f"unknown hyperparameters: {', '.join(ours)}")
+    if args.data_dir is None:
+        parser.error("no training data: pass --data-dir or set SM_CHANNEL_TRAINING")
+    for name in ("lr", "batch_size", "epochs", "image_size"):
+        if getattr(args, name) <= 0:
+            parser.error(f"--{name.replace('_', '-')} must be positive")
+    if args.weight_decay < 0:
+        parser.error("--weight-decay must not be negative")
+    return args
+
+
+def hyperparameters(args: argparse.Namespace) -> dict:
+    return {name: getattr(args, name.replace("-", "_")) for name in HYPERPARAMETERS}

@@ -1,0 +1,135 @@
+"""Batches for the training mode: decoded images, or a frozen backbone's features computed once.
+
+Head mode without augmentation runs the frozen backbone once per image (and with ``--feature-cache``
+once per machine: other runs on the same images and backbone load them) and trains the head on the
+cached features every epoch after; otherwise images are decoded every epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+from trainlib import featurecache
+from trainlib.datasets import Splits
+from trainlib.errors import DatasetError, TrainingError
+from trainlib.loading import Batch, FeatureSet, extract_features, image_loader
+from trainlib.models import FrozenBackboneClassifier, backbone_of
+from trainlib.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, resize_size, train_transform
+
+log = logging.getLogger("train")
+
+
+@dataclass
+class Data:
+    """Per-split batch sources, and the module the optimiser trains."""
+
+    train_batches: Callable[[int], Iterable[Batch]]
+    eval_batches: dict[str, Callable[[], Iterable[Batch]]]
+    trainable: nn.Module
+    decode_skipped: int = 0
+
+
+def pick_device(args: argparse.Namespace) -> torch.device:
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("--device cuda was asked for but no CUDA device is visible")
+    if args.device == "cpu" or args.num_gpus == 0 or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda")
+
+
+def pick_workers(args: argparse.Namespace, device: torch.device) -> int:
+    if args.workers >= 0:
+        return args.workers
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if device.type == "cuda":
+        return min(cpus, 8 * max(1, torch.cuda.device_count()))
+    # On a small CPU machine decoding competes with the model for the same cores.
+    return 0 if cpus <= 2 else min(4, cpus // 2)
+
+
+def make_batches(args: argparse.Namespace, splits: Splits, model: nn.Module, device: torch.device) -> Data:
+    """Batch sources for the training mode.
+
+    Head mode without augmentation runs the frozen backbone once per image and trains the head
+    on the cached features every epoch after; otherwise images are decoded every epoch.
+    """
+    amp = device.type == "cuda"
+    workers = pick_workers(args, device)
+    pin = device.type == "cuda"
+    eval_tf = eval_transform(args.image_size)
+    eval_bs = args.batch_size * 2
+    head_mode = args.train_mode == "head"
+    augment = args.augment == "on" or (args.augment == "auto" and not head_mode)
+
+    def loader(samples, transform, batch_size, shuffle):
+        return image_loader(samples, transform, batch_size, shuffle, workers, pin, args.seed)
+
+    eval_samples = {"valid": splits.valid, "test": splits.test}
+    # The frozen pass is inference only, so its batch is the device's best, not the training batch:
+    # on a CPU large batches fall out of cache (ResNet-18 at 224 px: 58 img/s at 16, 48 at 64).
+    feature_batch = 32 if device.type == "cpu" else 256
+    if head_mode and not augment:
+        backbone = backbone_of(model)
+
+        def compute(samples):
+            return lambda: extract_features(backbone, loader(samples, eval_tf, feature_batch, False), device, amp)
+
+        cached = frozen_features(args, backbone, {"train": splits.train, **eval_samples}, compute, device)
+        _require_decoded(cached)
+        generator = torch.Generator().manual_seed(args.seed)
+        return Data(
+            train_batches=lambda epoch: cached["train"].batches(args.batch_size, True, generator),
+            eval_batches={name: (lambda f=f: f.batches(eval_bs, False)) for name, f in cached.items() if name != "train"},
+            trainable=model.fc,
+            decode_skipped=sum(f.skipped for f in cached.values()),
+        )
+
+    train_loader = loader(splits.train, train_transform(args.image_size) if augment else eval_tf, args.batch_size, True)
+    eval_loaders = {name: loader(samples, eval_tf, eval_bs, False) for name, samples in eval_samples.items() if samples}
+    return Data(
+        train_batches=lambda epoch: train_loader,
+        eval_batches={name: (lambda l=l: l) for name, l in eval_loaders.items()},
+        trainable=FrozenBackboneClassifier(model) if head_mode else model,
+    )
+
+
+def frozen_features(args, backbone: nn.Module, samples_by_split: dict, compute: Callable, device: torch.device) -> dict[str, FeatureSet]:
+    """Each non-empty split's features: from ``--feature-cache`` when another run computed them, else computed."""
+    cache = featurecache.open_cache(args.feature_cache)
+    digest = featurecache.backbone_digest(backbone) if cache is not None else ""
+    # CUDA computes them in mixed precision: not the same numbers as a CPU run's.
+    transform = f"eval:{args.image_size}:{resize_size(args.image_size)}:{IMAGENET_MEAN}:{IMAGENET_STD}:{device.type}"
+    out: dict[str, FeatureSet] = {}
+    images = {True: 0, False: 0}  # by whether they came from the cache
+    seconds = {True: 0.0, False: 0.0}
+    for name, samples in samples_by_split.items():
+        if not samples:
+            continue
+        started = time.perf_counter()
+        if cache is None:
+            out[name], hit = compute(samples)(), False
+        else:
+            key = featurecache.split_key(digest, transform, samples)
+            out[name], hit = cache.get_or_compute(key, compute(samples), device)
+        images[hit] += len(out[name].targets)
+        seconds[hit] += time.perf_counter() - started
+    # The benchmarks read these two lines.
+    if images[False]:
+        log.info("computed frozen features for %d images in %.3fs", images[False], seconds[False])
+    if images[True]:
+        log.info("loaded frozen features for %d images from the feature cache in %.3fs", images[True], seconds[True])
+    return out
+
+
+def _require_decoded(cached: dict[str, FeatureSet]) -> None:
+    for name, features in cached.items():
+        if len(features.targets) == 0:
+            raise DatasetError(f"the {name} split has no decodable images ({features.skipped} failed to decode)")
