@@ -86,12 +86,12 @@ def handler_overhead(requests: int = 2000) -> tuple[float, float]:
 
 
 def function_zip_size() -> float:
-    from droptrain import deploy
+    from droptrain import template as sam
 
     with tempfile.TemporaryDirectory() as tmp:
         layer = Path(tmp) / "layer.zip"
         layer.write_bytes(b"")  # the layer's size is not the function's
-        template = deploy.package("dev", Path(tmp) / "out", layer)
+        template = sam.package("dev", Path(tmp) / "out", layer)
         return (template.parent / "deployment.zip").stat().st_size
 
 

@@ -112,15 +112,15 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_package(args: argparse.Namespace) -> int:
-    from droptrain import deploy
+    from droptrain import template
 
     try:
-        build = deploy.ROOT / "build"
-        template = deploy.package(args.stage, build / f"package-{args.stage}", deploy.build_layer(build / "layer.zip"))
-    except deploy.DeployError as exc:
+        build = template.ROOT / "build"
+        path = template.package(args.stage, build / f"package-{args.stage}", template.build_layer(build / "layer.zip"))
+    except template.TemplateError as exc:
         print(f"droptrain package: {exc}", file=sys.stderr)
         return 1
-    print(template)
+    print(path)
     return 0
 
 

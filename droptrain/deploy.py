@@ -8,10 +8,10 @@ first, so that a machine without credentials gets as far as it can and then one 
    v2; ``pip install -e '.[deploy]'`` installs it). The versions are pinned here, once.
 2. ``build_sourcedir``: ``training/`` as a reproducible ``sourcedir.tar.gz``, named by its hash.
 3. (first call that needs credentials) the account, then ``stage_environment`` and
-   ``lambda_policy``, written into ``.chalice/config.json`` and ``.chalice/policy-<stage>.json``.
-4. ``layers/build.py``: the dependency layer (powertools, and the pinned boto3/botocore the handlers
+   ``policies.lambda_policy``, written into ``.chalice/config.json`` and ``.chalice/policy-<stage>.json``.
+4. ``template.build_layer`` (``layers/build.py``): the dependency layer (powertools, and the pinned boto3/botocore the handlers
    need: ``PutObject(IfNoneMatch)`` arrived in botocore 1.35.2).
-5. ``merge_template`` + ``chalice package``: one SAM template holding the bucket (EventBridge on),
+5. ``template.package`` (``chalice package`` + ``merge_template``): one SAM template holding the bucket (EventBridge on),
    the topic, the SageMaker execution role, the failed-events queue, the layer, the functions,
    rules and the REST API.
 6. ``deploy_stack``: upload the artifacts, create or update the CloudFormation stack through a
@@ -23,33 +23,22 @@ Every failure reaches the user as one line (``DeployError``), never a traceback.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
-import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from droptrain import sourcedir
+from droptrain.policies import PolicyError, arn_parts, lambda_policy, partition_of
+from droptrain.template import CHALICE_DIR, ROOT, TemplateError, build_layer, package, read_config, stage_env
 
-ROOT = Path(__file__).resolve().parent.parent
-CHALICE_DIR = ROOT / ".chalice"
 TRAINING_DIR = ROOT / "training"
-LAMBDA_RUNTIME = "python3.12"
 STAGES = ("dev", "prod")
 # The images, pinned here and resolved per region through the SageMaker SDK's tables. PyTorch 2.10
 # is the newest training image the SDK lists (Python 3.13); version 1.4 of AWS's Ray Serve inference
 # image runs Ray 2.57.0, the Ray that pyproject.toml pins for the local runtime (a test keeps them in step).
 TRAINING_FRAMEWORK_VERSION, TRAINING_PY_VERSION = "2.10.0", "py313"
 RAY_SERVE_IMAGE_VERSION, RAY_SERVE_RAY_VERSION = "1.4", "2.57.0"
-_HANDLER_FUNCTIONS = ("OnDatasetUploaded", "OnTuningJobStateChange", "OnTrainingJobStateChange", "OnEndpointStateChange", "APIHandler")
-EVENT_FUNCTIONS = _HANDLER_FUNCTIONS[:-1]
-# Events the event handlers still fail on after Lambda's retries are kept here (14 days).
-FAILED_EVENTS_RETENTION_SECONDS = 14 * 24 * 3600
-_ECR_IMAGE = re.compile(r"^(?P<account>\d{12})\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(?:\.cn)?/(?P<repo>[^:@]+)")
 
 
 class DeployError(Exception):
@@ -93,22 +82,7 @@ def resolve_images(region: str, training_instance: str, inference_instance: str,
                           "(pip install -U -e '.[deploy]' brings newer image tables)") from None
 
 
-def image_repository_arn(image_uri: str, partition: str) -> str | None:
-    """The ECR repository an image is pulled from, as an IAM resource (the account differs by region)."""
-    match = _ECR_IMAGE.match(image_uri)
-    if match is None:
-        return None
-    return f"arn:{partition}:ecr:{match['region']}:{match['account']}:repository/{match['repo']}"
-
-
 # -- 3. the stage's environment ----------------------------------------------------------------
-
-
-def partition_of(region: str) -> str:
-    """``aws``, ``aws-cn``, ``aws-us-gov``...: ARNs are never written with a hard-coded partition."""
-    import botocore.session
-
-    return botocore.session.get_session().get_partition_for_region(region)
 
 
 def stage_environment(stage: str, account: str, region: str, images: Mapping[str, str], sourcedir_key: str,
@@ -129,16 +103,6 @@ def stage_environment(stage: str, account: str, region: str, images: Mapping[str
     }
 
 
-def read_config(chalice_dir: Path = CHALICE_DIR) -> dict[str, Any]:
-    return json.loads((chalice_dir / "config.json").read_text())
-
-
-def stage_env(config: Mapping[str, Any], stage: str) -> dict[str, str]:
-    if stage not in config.get("stages", {}):
-        raise DeployError(f"stage {stage!r} is not in .chalice/config.json (stages: {', '.join(config.get('stages', {}))})")
-    return {**config.get("environment_variables", {}), **config["stages"][stage].get("environment_variables", {})}
-
-
 def write_stage(chalice_dir: Path, stage: str, env: Mapping[str, str]) -> None:
     config = read_config(chalice_dir)
     shared = config.get("environment_variables", {})
@@ -147,228 +111,12 @@ def write_stage(chalice_dir: Path, stage: str, env: Mapping[str, str]) -> None:
     (chalice_dir / f"policy-{stage}.json").write_text(json.dumps(lambda_policy(env), indent=2) + "\n")
 
 
-# -- least privilege -----------------------------------------------------------------------------
-
-
-def _arn_parts(env: Mapping[str, str]) -> tuple[str, str, str]:
-    """``(partition, region, account)`` of the stage, read from its topic's ARN."""
-    _, partition, _, region, account, _ = env["NOTIFY_TOPIC_ARN"].split(":", 5)
-    return partition, region, account
-
-
-def stage_of(env: Mapping[str, str]) -> str:
-    return env["NOTIFY_TOPIC_ARN"].rsplit(":", 1)[1].removeprefix("droptrain-")
-
-
-def failed_events_queue(env: Mapping[str, str]) -> str:
-    return f"droptrain-{stage_of(env)}-failed-events"
-
-
-def _alarm_arns(env: Mapping[str, str]) -> list[str]:
-    """The rollback alarms a deployment may name: the stage's own and any ROLLBACK_ALARMS."""
-    partition, region, account = _arn_parts(env)
-    prefix = f"arn:{partition}:cloudwatch:{region}:{account}:alarm:"
-    named = [a.strip() for a in env.get("ROLLBACK_ALARMS", "").split(",") if a.strip()]
-    return [f"{prefix}droptrain-{stage_of(env)}-*", *(prefix + name for name in named)]
-
-
-def lambda_policy(env: Mapping[str, str]) -> dict[str, Any]:
-    """What the functions may do: SageMaker on resources tagged as droptrain's, one endpoint, one
-    role to pass, one topic, one queue, the bucket (writing only under ``runs/``), their own logs
-    and traces."""
-    partition, region, account = _arn_parts(env)
-    sm = f"arn:{partition}:sagemaker:{region}:{account}"
-    bucket = f"arn:{partition}:s3:::{env['DATA_BUCKET']}"
-    # SageMaker lower-cases resource names in ARNs.
-    endpoint = f"{sm}:endpoint/{env['ENDPOINT_NAME'].lower()}"
-    tagged = {"StringLike": {"aws:RequestTag/droptrain:run-id": "?*"}}
-    return {
-        "Version": "2012-10-17",
-        "Statement": [
-            {"Sid": "CreateRunResourcesTagged", "Effect": "Allow",
-             "Action": ["sagemaker:CreateHyperParameterTuningJob", "sagemaker:CreateTrainingJob",
-                        "sagemaker:CreateModel", "sagemaker:CreateEndpointConfig", "sagemaker:AddTags"],
-             "Resource": [f"{sm}:hyper-parameter-tuning-job/*", f"{sm}:training-job/*", f"{sm}:model/*",
-                          f"{sm}:endpoint-config/*"],
-             "Condition": tagged},
-            {"Sid": "ReadRuns", "Effect": "Allow",
-             "Action": ["sagemaker:DescribeHyperParameterTuningJob", "sagemaker:DescribeTrainingJob", "sagemaker:ListTags"],
-             "Resource": [f"{sm}:hyper-parameter-tuning-job/*", f"{sm}:training-job/*"]},
-            {"Sid": "TheEndpoint", "Effect": "Allow",
-             "Action": ["sagemaker:CreateEndpoint", "sagemaker:UpdateEndpoint", "sagemaker:DeleteEndpoint",
-                        "sagemaker:DescribeEndpoint", "sagemaker:InvokeEndpoint", "sagemaker:AddTags",
-                        "sagemaker:DeleteTags", "sagemaker:ListTags"],
-             "Resource": [endpoint, f"{sm}:endpoint-config/*"]},
-            {"Sid": "RollbackAlarms", "Effect": "Allow", "Action": "cloudwatch:DescribeAlarms", "Resource": _alarm_arns(env)},
-            {"Sid": "PassTheSageMakerRole", "Effect": "Allow", "Action": "iam:PassRole",
-             "Resource": env["SAGEMAKER_ROLE_ARN"],
-             "Condition": {"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}}},
-            {"Sid": "Notify", "Effect": "Allow", "Action": "sns:Publish", "Resource": env["NOTIFY_TOPIC_ARN"]},
-            {"Sid": "KeepFailedEvents", "Effect": "Allow", "Action": "sqs:SendMessage",
-             "Resource": f"arn:{partition}:sqs:{region}:{account}:{failed_events_queue(env)}"},
-            {"Sid": "ListTheBucket", "Effect": "Allow", "Action": "s3:ListBucket", "Resource": bucket},
-            {"Sid": "ReadTheBucket", "Effect": "Allow", "Action": "s3:GetObject", "Resource": f"{bucket}/*"},
-            {"Sid": "WriteRunsOnly", "Effect": "Allow", "Action": ["s3:PutObject", "s3:DeleteObject"],
-             "Resource": f"{bucket}/runs/*"},
-            {"Sid": "OwnLogs", "Effect": "Allow", "Action": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
-             "Resource": f"arn:{partition}:logs:{region}:{account}:log-group:/aws/lambda/droptrain-*"},
-            {"Sid": "Traces", "Effect": "Allow", "Action": ["xray:PutTraceSegments", "xray:PutTelemetryRecords"], "Resource": "*"},
-        ],
-    }
-
-
-def sagemaker_role_policy(env: Mapping[str, str]) -> dict[str, Any]:
-    """What training jobs and endpoints may do: read datasets, code and runs, write only under
-    ``runs/`` (writing ``datasets/`` would start runs), their logs and metrics, pull their images
-    from the accounts the image URIs name, and read the rollback alarms."""
-    partition, region, account = _arn_parts(env)
-    bucket = f"arn:{partition}:s3:::{env['DATA_BUCKET']}"
-    images = sorted({arn for key in ("TRAINING_IMAGE_URI", "INFERENCE_IMAGE_URI", "DEBUGGER_IMAGE_URI")
-                     if (arn := image_repository_arn(env.get(key, ""), partition))})
-    if not images:
-        raise DeployError("TRAINING_IMAGE_URI and INFERENCE_IMAGE_URI must be ECR image URIs")
-    return {
-        "Version": "2012-10-17",
-        "Statement": [
-            {"Sid": "ListTheBucket", "Effect": "Allow", "Action": "s3:ListBucket", "Resource": bucket},
-            {"Sid": "ReadInputs", "Effect": "Allow", "Action": "s3:GetObject",
-             "Resource": [f"{bucket}/datasets/*", f"{bucket}/code/*", f"{bucket}/runs/*"]},
-            {"Sid": "WriteRunsOnly", "Effect": "Allow", "Action": ["s3:PutObject", "s3:AbortMultipartUpload"],
-             "Resource": f"{bucket}/runs/*"},
-            {"Sid": "Logs", "Effect": "Allow",
-             "Action": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
-             "Resource": f"arn:{partition}:logs:{region}:{account}:log-group:/aws/sagemaker/*"},
-            {"Sid": "Metrics", "Effect": "Allow", "Action": "cloudwatch:PutMetricData", "Resource": "*",
-             "Condition": {"StringLike": {"cloudwatch:namespace": ["/aws/sagemaker/*", "droptrain*"]}}},
-            {"Sid": "RollbackAlarms", "Effect": "Allow", "Action": "cloudwatch:DescribeAlarms", "Resource": _alarm_arns(env)},
-            {"Sid": "EcrToken", "Effect": "Allow", "Action": "ecr:GetAuthorizationToken", "Resource": "*"},
-            {"Sid": "PullImages", "Effect": "Allow",
-             "Action": ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"],
-             "Resource": images},
-        ],
-    }
-
-
 # -- 2. the training code --------------------------------------------------------------------
 
 
 def build_sourcedir(training_dir: Path = TRAINING_DIR) -> tuple[bytes, str]:
     """``training/`` as a tar.gz with fixed metadata, and its key ``code/sourcedir-<hash>.tar.gz``."""
     return sourcedir.build(training_dir)
-
-
-# -- 5. one template ---------------------------------------------------------------------------
-
-
-def merge_template(env: Mapping[str, str], stage: str, layer_uri: str = "./layer.zip") -> dict[str, Any]:
-    """What ``chalice package --merge-template`` adds: the stage's resources, the layer, the runtime,
-    and an on-failure destination for events the handlers could not process after Lambda's retries."""
-    bucket = env["DATA_BUCKET"]
-    topic = env["NOTIFY_TOPIC_ARN"].rsplit(":", 1)[1]
-    role = env["SAGEMAKER_ROLE_ARN"].rsplit("/", 1)[1]
-    function = {"Properties": {"Runtime": LAMBDA_RUNTIME, "Layers": [{"Ref": "DependenciesLayer"}]}}
-    event_function = {"Properties": {**function["Properties"], "EventInvokeConfig": {
-        "MaximumRetryAttempts": 2,
-        "DestinationConfig": {"OnFailure": {"Type": "SQS", "Destination": {"Fn::GetAtt": ["FailedEventsQueue", "Arn"]}}},
-    }}}
-    template = {
-        "Resources": {
-            "DataBucket": {
-                "Type": "AWS::S3::Bucket",
-                "DeletionPolicy": "Retain",
-                "UpdateReplacePolicy": "Retain",
-                "Properties": {
-                    "BucketName": bucket,
-                    # Uploads reach the app through EventBridge, not bucket notifications (ARCHITECTURE.md).
-                    "NotificationConfiguration": {"EventBridgeConfiguration": {"EventBridgeEnabled": True}},
-                    "PublicAccessBlockConfiguration": {"BlockPublicAcls": True, "BlockPublicPolicy": True,
-                                                       "IgnorePublicAcls": True, "RestrictPublicBuckets": True},
-                    "BucketEncryption": {"ServerSideEncryptionConfiguration": [
-                        {"ServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]},
-                    "OwnershipControls": {"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]},
-                },
-            },
-            "NotifyTopic": {"Type": "AWS::SNS::Topic", "Properties": {"TopicName": topic}},
-            "FailedEventsQueue": {"Type": "AWS::SQS::Queue", "Properties": {
-                "QueueName": failed_events_queue(env), "MessageRetentionPeriod": FAILED_EVENTS_RETENTION_SECONDS,
-                "SqsManagedSseEnabled": True}},
-            "SageMakerExecutionRole": {
-                "Type": "AWS::IAM::Role",
-                "Properties": {
-                    "RoleName": role,
-                    "AssumeRolePolicyDocument": {"Version": "2012-10-17", "Statement": [{
-                        "Effect": "Allow", "Principal": {"Service": "sagemaker.amazonaws.com"}, "Action": "sts:AssumeRole"}]},
-                    "Policies": [{"PolicyName": "droptrain-sagemaker", "PolicyDocument": sagemaker_role_policy(env)}],
-                },
-            },
-            "DependenciesLayer": {
-                "Type": "AWS::Serverless::LayerVersion",
-                "Properties": {"LayerName": f"droptrain-{stage}-dependencies", "ContentUri": layer_uri,
-                               "CompatibleRuntimes": [LAMBDA_RUNTIME], "CompatibleArchitectures": ["x86_64"]},
-            },
-            **{name: (event_function if name in EVENT_FUNCTIONS else function) for name in _HANDLER_FUNCTIONS},
-        },
-        "Outputs": {
-            "DataBucketName": {"Value": {"Ref": "DataBucket"}},
-            "NotifyTopicArn": {"Value": {"Ref": "NotifyTopic"}},
-            "FailedEventsQueueUrl": {"Value": {"Ref": "FailedEventsQueue"}},
-        },
-    }
-    if env.get("API_KEY_REQUIRED", "false").lower() == "true":
-        # Chalice marks the routes as needing a key but creates none: without a key in a usage
-        # plan, every request would be refused.
-        template["Resources"].update({
-            "ApiKey": {"Type": "AWS::ApiGateway::ApiKey", "DependsOn": ["RestAPI"],
-                       "Properties": {"Name": f"droptrain-{stage}", "Enabled": True}},
-            "UsagePlan": {"Type": "AWS::ApiGateway::UsagePlan", "Properties": {
-                "UsagePlanName": f"droptrain-{stage}",
-                "ApiStages": [{"ApiId": {"Ref": "RestAPI"}, "Stage": {"Ref": "RestAPI.Stage"}}],
-                "Throttle": {"RateLimit": 50, "BurstLimit": 100}}},
-            "UsagePlanKey": {"Type": "AWS::ApiGateway::UsagePlanKey", "Properties": {
-                "KeyId": {"Ref": "ApiKey"}, "KeyType": "API_KEY", "UsagePlanId": {"Ref": "UsagePlan"}}},
-        })
-        template["Outputs"]["ApiKeyId"] = {"Value": {"Ref": "ApiKey"},
-                                           "Description": "aws apigateway get-api-key --include-value --api-key <id>"}
-    return template
-
-
-def _last_line(text: str | bytes | None) -> str:
-    if isinstance(text, bytes):
-        text = text.decode(errors="replace")
-    return next((line.strip() for line in reversed((text or "").splitlines()) if line.strip()), "")
-
-
-def package(stage: str, out: Path, layer_zip: Path, chalice_dir: Path = CHALICE_DIR,
-            run: Callable[..., Any] = subprocess.run) -> Path:
-    """``chalice package`` with the merge template; returns the SAM template's path."""
-    env = stage_env(read_config(chalice_dir), stage)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    merge = out.parent / f"merge-{stage}.json"
-    merge.write_text(json.dumps(merge_template(env, stage), indent=2))
-    chalice = Path(sys.executable).with_name("chalice")
-    try:
-        run([str(chalice if chalice.exists() else "chalice"), "package", "--stage", stage, "--merge-template", str(merge), str(out)],
-            cwd=chalice_dir.parent, check=True, capture_output=True, text=True,
-            env={**os.environ, "AWS_DEFAULT_REGION": _arn_parts(env)[1]})
-    except subprocess.CalledProcessError as exc:
-        raise DeployError(f"chalice package failed: {_last_line(exc.stderr) or _last_line(exc.stdout) or exc}") from None
-    except OSError as exc:
-        raise DeployError(f"chalice package could not run: {exc}") from None
-    shutil.copy(layer_zip, out / "layer.zip")
-    return out / "sam.json"
-
-
-def build_layer(out: Path) -> Path:
-    """``layers/build.py`` (a script beside the app, not an installed module)."""
-    spec = importlib.util.spec_from_file_location("droptrain_layer_build", ROOT / "layers" / "build.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    try:
-        return module.build(out)
-    except subprocess.CalledProcessError as exc:
-        raise DeployError(f"building the Lambda layer failed: {_last_line(exc.stderr) or exc}") from None
 
 
 # -- 6. into the account -----------------------------------------------------------------------
@@ -387,7 +135,7 @@ def deploy_stack(session: Any, stage: str, package_dir: Path, sourcedir_bytes: b
     """Upload the artifacts, create or update the stack, wait, and put the sourcedir in place."""
     from botocore.exceptions import ClientError, WaiterError
 
-    _, region, account = _arn_parts(env)
+    _, region, account = arn_parts(env)
     s3 = session.client("s3", region_name=region)
     cfn = session.client("cloudformation", region_name=region)
     artifacts = f"droptrain-deploy-{account}-{region}"
@@ -490,5 +238,7 @@ def deploy(stage: str, training_image: str | None = None, inference_image: str |
         outputs = deploy_stack(session, stage, package_dir, code, key, env, say)
     except (BotoCoreError, ClientError) as exc:
         raise DeployError(_explain(exc)) from None
+    except (PolicyError, TemplateError) as exc:
+        raise DeployError(str(exc)) from None
     say(f"deployed: API {outputs.get('EndpointURL', '?')}; upload datasets to s3://{env['DATA_BUCKET']}/datasets/")
     return outputs

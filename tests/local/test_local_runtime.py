@@ -95,17 +95,20 @@ def test_restart_mid_tuning_finishes_the_run_once(tiny_dataset, trained_job, tmp
     env = {"MAX_TUNING_JOBS": "3", "MAX_PARALLEL_JOBS": "1", "TUNING_RANGES": '{"epochs": [3, 5]}'}
     home = tmp_path / "home"
 
-    first = LocalRuntime(home, env=env, say=lambda m: None, source_dir=FAKE_SOURCE, webhook=webhook, serving=ray_serve)
+    jobs_with_output: set[str] = set()
+    second_trial_running = threading.Event()
+
+    def on_line(job: str, line: str) -> None:
+        if line.startswith("epoch="):  # the script itself is running, past the toolkit's set-up
+            jobs_with_output.add(job)
+        if len(jobs_with_output) >= 2:
+            second_trial_running.set()
+
+    first = LocalRuntime(home, env=env, say=lambda m: None, source_dir=FAKE_SOURCE, webhook=webhook,
+                         serving=ray_serve, on_line=on_line)
     first.start(serve_api=False)
     first.upload(tiny_dataset, "pets")
-    log_path = tmp_path / "fake.log"
-
-    def started() -> int:
-        return sum(1 for line in log_path.read_text().splitlines() if '"start"' in line) if log_path.exists() else 0
-
-    deadline = time.time() + 60
-    while time.time() < deadline and started() < 2:
-        time.sleep(0.05)
+    assert second_trial_running.wait(60), "the second trial never started"
     first.stop()  # mid-tuning: the first trial done, the second one running
     statuses = Counter(s for _, s, _ in first.store.records("training-job"))
     assert statuses["Completed"] >= 1 and statuses["InProgress"] == 1

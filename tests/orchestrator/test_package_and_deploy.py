@@ -17,20 +17,21 @@ import pytest
 from botocore.stub import ANY, Stubber
 from moto import mock_aws
 
-from droptrain import deploy
+from droptrain import deploy, policies
+from droptrain import template as sam
 
 HEAVY = ("torch", "torchvision", "numpy", "PIL", "pandas", "smdebug")
 
 
 @pytest.fixture(scope="module")
 def layer(tmp_path_factory) -> Path:
-    return deploy.build_layer(tmp_path_factory.mktemp("layer") / "layer.zip")
+    return sam.build_layer(tmp_path_factory.mktemp("layer") / "layer.zip")
 
 
 @pytest.fixture(scope="module", params=["dev", "prod"])
 def packaged(request, layer, tmp_path_factory) -> tuple[str, Path]:
     out = tmp_path_factory.mktemp(f"package-{request.param}") / "out"
-    return request.param, deploy.package(request.param, out, layer)
+    return request.param, sam.package(request.param, out, layer)
 
 
 def test_function_zip_is_the_app_and_chalice_app_only(packaged):
@@ -47,7 +48,7 @@ def test_function_zip_is_the_app_and_chalice_app_only(packaged):
 
 def test_chalice_app_imports_nothing_heavy():
     code = ("import sys, app; heavy = [m for m in %r if m in sys.modules]; print(heavy)" % (HEAVY,))
-    result = subprocess.run([sys.executable, "-c", code], cwd=deploy.ROOT, capture_output=True, text=True, check=True)
+    result = subprocess.run([sys.executable, "-c", code], cwd=sam.ROOT, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
 
 
@@ -78,16 +79,16 @@ def test_template_resources(packaged):
     stage, path = packaged
     template = json.loads(path.read_text())
     resources = template["Resources"]
-    env = deploy.stage_env(deploy.read_config(), stage)
+    env = sam.stage_env(sam.read_config(), stage)
     functions = {k: v for k, v in resources.items() if v["Type"] == "AWS::Serverless::Function"}
-    assert set(functions) == set(deploy._HANDLER_FUNCTIONS)
+    assert set(functions) == set(sam.HANDLER_FUNCTIONS)
     for name, function in functions.items():
         props = function["Properties"]
         assert props["Runtime"] == "python3.12", name  # Lambda no longer creates python3.11 functions
         assert {"Ref": "DependenciesLayer"} in props["Layers"]
         assert props["Environment"]["Variables"]["DATA_BUCKET"] == env["DATA_BUCKET"]
         on_failure = props.get("EventInvokeConfig", {}).get("DestinationConfig", {}).get("OnFailure")
-        if name in deploy.EVENT_FUNCTIONS:
+        if name in sam.EVENT_FUNCTIONS:
             assert on_failure == {"Type": "SQS", "Destination": {"Fn::GetAtt": ["FailedEventsQueue", "Arn"]}}, name
         else:
             assert on_failure is None
@@ -121,8 +122,8 @@ def test_template_resources(packaged):
 def test_function_roles_are_least_privilege(packaged):
     stage, path = packaged
     resources = json.loads(path.read_text())["Resources"]
-    env = deploy.stage_env(deploy.read_config(), stage)
-    expected = deploy.lambda_policy(env)
+    env = sam.stage_env(sam.read_config(), stage)
+    expected = policies.lambda_policy(env)
     roles = [r for r in resources.values() if r["Type"] == "AWS::IAM::Role" and r is not resources["SageMakerExecutionRole"]]
     assert roles
     for role in roles:
@@ -162,11 +163,11 @@ def _arns(document) -> list[str]:
 
 
 def test_policies_follow_the_partition_and_lower_case_endpoint_names():
-    for document in (deploy.lambda_policy(CHINA_ENV), deploy.sagemaker_role_policy(CHINA_ENV)):
+    for document in (policies.lambda_policy(CHINA_ENV), policies.sagemaker_role_policy(CHINA_ENV)):
         arns = _arns(document)
         assert arns and all(a.startswith("arn:aws-cn:") for a in arns), [a for a in arns if not a.startswith("arn:aws-cn:")]
-    assert "arn:aws-cn:sagemaker:cn-north-1:123456789012:endpoint/droptrain-dev" in _arns(deploy.lambda_policy(CHINA_ENV))
-    alarms = {s["Sid"]: s for s in deploy.lambda_policy(CHINA_ENV)["Statement"]}["RollbackAlarms"]["Resource"]
+    assert "arn:aws-cn:sagemaker:cn-north-1:123456789012:endpoint/droptrain-dev" in _arns(policies.lambda_policy(CHINA_ENV))
+    alarms = {s["Sid"]: s for s in policies.lambda_policy(CHINA_ENV)["Statement"]}["RollbackAlarms"]["Resource"]
     assert "arn:aws-cn:cloudwatch:cn-north-1:123456789012:alarm:my-5xx-alarm" in alarms
 
 
@@ -176,7 +177,7 @@ def test_the_execution_role_pulls_from_the_accounts_the_images_name_and_writes_o
            "TRAINING_IMAGE_URI": "692866216735.dkr.ecr.eu-south-1.amazonaws.com/pytorch-training:2.10.0-gpu-py313",
            "INFERENCE_IMAGE_URI": "692866216735.dkr.ecr.eu-south-1.amazonaws.com/ray:serve-ml-sagemaker-cpu-v1.4",
            "DEBUGGER_IMAGE_URI": "563282790590.dkr.ecr.eu-south-1.amazonaws.com/sagemaker-debugger-rules:latest"}
-    statements = {s["Sid"]: s for s in deploy.sagemaker_role_policy(env)["Statement"]}
+    statements = {s["Sid"]: s for s in policies.sagemaker_role_policy(env)["Statement"]}
     assert statements["PullImages"]["Resource"] == [
         "arn:aws:ecr:eu-south-1:563282790590:repository/sagemaker-debugger-rules",
         "arn:aws:ecr:eu-south-1:692866216735:repository/pytorch-training",
@@ -202,19 +203,19 @@ def test_sourcedir_is_reproducible_and_complete():
 def test_stage_environment_and_writing_it(tmp_path):
     chalice_dir = tmp_path / ".chalice"
     chalice_dir.mkdir()
-    (chalice_dir / "config.json").write_text((deploy.CHALICE_DIR / "config.json").read_text())
+    (chalice_dir / "config.json").write_text((sam.CHALICE_DIR / "config.json").read_text())
     images = {"TRAINING_IMAGE_URI": "763104351884.dkr.ecr.eu-west-1.amazonaws.com/pytorch-training:2.10.0-gpu-py313",
               "INFERENCE_IMAGE_URI": "763104351884.dkr.ecr.eu-west-1.amazonaws.com/ray:serve-ml-sagemaker-cpu-v1.4"}
-    current = deploy.stage_env(deploy.read_config(chalice_dir), "dev")
+    current = sam.stage_env(sam.read_config(chalice_dir), "dev")
     env = deploy.stage_environment("dev", "210987654321", "eu-west-1", images, "code/sourcedir-abc.tar.gz", current)
     assert env["DATA_BUCKET"] == "droptrain-data-dev-210987654321"
     assert env["NOTIFY_TOPIC_ARN"] == "arn:aws:sns:eu-west-1:210987654321:droptrain-dev"
     assert env["SOURCE_DIR_S3_URI"] == "s3://droptrain-data-dev-210987654321/code/sourcedir-abc.tar.gz"
     deploy.write_stage(chalice_dir, "dev", env)
-    written = deploy.stage_env(deploy.read_config(chalice_dir), "dev")
+    written = sam.stage_env(sam.read_config(chalice_dir), "dev")
     assert written == env
     policy = json.loads((chalice_dir / "policy-dev.json").read_text())
-    assert policy == deploy.lambda_policy(env)
+    assert policy == policies.lambda_policy(env)
     from chalice_app import config as config_module
     config_module.load({**written, "AWS_REGION": "eu-west-1"})  # what deploy writes, the app accepts
 
@@ -266,7 +267,7 @@ def test_the_local_ray_is_the_ray_of_the_serving_image():
     import importlib.metadata
     import tomllib
 
-    dependencies = tomllib.loads((deploy.ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    dependencies = tomllib.loads((sam.ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     assert f"ray[serve]=={deploy.RAY_SERVE_RAY_VERSION}" in dependencies
     assert importlib.metadata.version("ray") == deploy.RAY_SERVE_RAY_VERSION
 
@@ -275,27 +276,27 @@ def test_make_deploy_without_credentials_gets_as_far_as_it_can_then_says_so(tmp_
     """A fresh machine with the SDK installed as the README says (make deploy installs the deploy extra):
     the images resolve and the code is packed offline; the first call that needs credentials ends it
     with one line, and nothing has been written."""
-    config_before = (deploy.CHALICE_DIR / "config.json").read_text()
+    config_before = (sam.CHALICE_DIR / "config.json").read_text()
     keep = ("PATH", "HOME", "LANG", "PIP_CONFIG_FILE", "PIP_CONSTRAINT", "PIP_FIND_LINKS", "PIP_EXTRA_INDEX_URL")
     env = {k: v for k, v in os.environ.items() if k in keep or k.startswith("PIP_")}
     env.update({"AWS_REGION": "eu-west-1", "AWS_CONFIG_FILE": str(tmp_path / "none"),
                 "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"), "AWS_EC2_METADATA_DISABLED": "true"})
-    result = subprocess.run(["make", "--no-print-directory", "deploy", "STAGE=dev"], cwd=deploy.ROOT, env=env,
+    result = subprocess.run(["make", "--no-print-directory", "deploy", "STAGE=dev"], cwd=sam.ROOT, env=env,
                             capture_output=True, text=True, timeout=900)
     assert result.returncode != 0
     assert "images for eu-west-1: training 763104351884.dkr.ecr.eu-west-1.amazonaws.com/pytorch-training:2.10.0-gpu-py313" in result.stdout
     assert "training code: code/sourcedir-" in result.stdout
     assert "droptrain deploy: no AWS credentials found" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
-    assert (deploy.CHALICE_DIR / "config.json").read_text() == config_before
+    assert (sam.CHALICE_DIR / "config.json").read_text() == config_before
 
 
 def test_chalice_package_failing_is_one_line(tmp_path):
     def failing(*args, **kwargs):
         raise subprocess.CalledProcessError(2, args[0], output="", stderr="Traceback ...\nRuntimeError: bad config\n")
 
-    with pytest.raises(deploy.DeployError, match="^chalice package failed: RuntimeError: bad config$"):
-        deploy.package("dev", tmp_path / "out", tmp_path / "layer.zip", run=failing)
+    with pytest.raises(sam.TemplateError, match="^chalice package failed: RuntimeError: bad config$"):
+        sam.package("dev", tmp_path / "out", tmp_path / "layer.zip", run=failing)
 
 
 def test_aws_failures_are_one_line():
@@ -331,7 +332,7 @@ def test_deploy_stack_up_to_the_boundary(packaged, monkeypatch):
     stage, template = packaged
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    env = deploy.stage_env(deploy.read_config(), stage)
+    env = sam.stage_env(sam.read_config(), stage)
     with mock_aws():
         s3 = boto3.client("s3", region_name="us-east-1")
         s3.create_bucket(Bucket=env["DATA_BUCKET"])  # what the stack creates
@@ -373,7 +374,7 @@ def test_a_redeploy_with_no_changes_is_success(packaged, monkeypatch):
     stage, template = packaged
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    env = deploy.stage_env(deploy.read_config(), stage)
+    env = sam.stage_env(sam.read_config(), stage)
     stack = f"droptrain-{stage}"
     created = {"StackName": stack, "CreationTime": "2026-11-24T00:00:00Z", "StackStatus": "UPDATE_COMPLETE"}
     with mock_aws():

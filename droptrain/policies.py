@@ -1,0 +1,136 @@
+"""Least privilege for the stage, in the region's partition: the functions' policy and the SageMaker
+execution role's.
+
+The functions create SageMaker resources only with a ``droptrain:run-id`` request tag, touch one
+endpoint (its name lower-cased in the ARN, as SageMaker writes it), pass one role, publish to one
+topic, send to one queue, read the bucket and write only under ``runs/`` (a write under
+``datasets/`` would start a run). The execution role reads ``datasets/``, ``code/`` and ``runs/``,
+writes only ``runs/``, pulls its images from the accounts their URIs name (that account differs by
+region), and reads the rollback alarms.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping
+
+_ECR_IMAGE = re.compile(r"^(?P<account>\d{12})\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(?:\.cn)?/(?P<repo>[^:@]+)")
+
+
+class PolicyError(Exception):
+    pass
+
+
+def partition_of(region: str) -> str:
+    """``aws``, ``aws-cn``, ``aws-us-gov``...: ARNs are never written with a hard-coded partition."""
+    import botocore.session
+
+    return botocore.session.get_session().get_partition_for_region(region)
+
+
+def image_repository_arn(image_uri: str, partition: str) -> str | None:
+    """The ECR repository an image is pulled from, as an IAM resource (the account differs by region)."""
+    match = _ECR_IMAGE.match(image_uri)
+    if match is None:
+        return None
+    return f"arn:{partition}:ecr:{match['region']}:{match['account']}:repository/{match['repo']}"
+
+
+
+def arn_parts(env: Mapping[str, str]) -> tuple[str, str, str]:
+    """``(partition, region, account)`` of the stage, read from its topic's ARN."""
+    _, partition, _, region, account, _ = env["NOTIFY_TOPIC_ARN"].split(":", 5)
+    return partition, region, account
+
+
+def stage_of(env: Mapping[str, str]) -> str:
+    return env["NOTIFY_TOPIC_ARN"].rsplit(":", 1)[1].removeprefix("droptrain-")
+
+
+def failed_events_queue(env: Mapping[str, str]) -> str:
+    return f"droptrain-{stage_of(env)}-failed-events"
+
+
+def alarm_arns(env: Mapping[str, str]) -> list[str]:
+    """The rollback alarms a deployment may name: the stage's own and any ROLLBACK_ALARMS."""
+    partition, region, account = arn_parts(env)
+    prefix = f"arn:{partition}:cloudwatch:{region}:{account}:alarm:"
+    named = [a.strip() for a in env.get("ROLLBACK_ALARMS", "").split(",") if a.strip()]
+    return [f"{prefix}droptrain-{stage_of(env)}-*", *(prefix + name for name in named)]
+
+
+def lambda_policy(env: Mapping[str, str]) -> dict[str, Any]:
+    """What the functions may do: SageMaker on resources tagged as droptrain's, one endpoint, one
+    role to pass, one topic, one queue, the bucket (writing only under ``runs/``), their own logs
+    and traces."""
+    partition, region, account = arn_parts(env)
+    sm = f"arn:{partition}:sagemaker:{region}:{account}"
+    bucket = f"arn:{partition}:s3:::{env['DATA_BUCKET']}"
+    # SageMaker lower-cases resource names in ARNs.
+    endpoint = f"{sm}:endpoint/{env['ENDPOINT_NAME'].lower()}"
+    tagged = {"StringLike": {"aws:RequestTag/droptrain:run-id": "?*"}}
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Sid": "CreateRunResourcesTagged", "Effect": "Allow",
+             "Action": ["sagemaker:CreateHyperParameterTuningJob", "sagemaker:CreateTrainingJob",
+                        "sagemaker:CreateModel", "sagemaker:CreateEndpointConfig", "sagemaker:AddTags"],
+             "Resource": [f"{sm}:hyper-parameter-tuning-job/*", f"{sm}:training-job/*", f"{sm}:model/*",
+                          f"{sm}:endpoint-config/*"],
+             "Condition": tagged},
+            {"Sid": "ReadRuns", "Effect": "Allow",
+             "Action": ["sagemaker:DescribeHyperParameterTuningJob", "sagemaker:DescribeTrainingJob", "sagemaker:ListTags"],
+             "Resource": [f"{sm}:hyper-parameter-tuning-job/*", f"{sm}:training-job/*"]},
+            {"Sid": "TheEndpoint", "Effect": "Allow",
+             "Action": ["sagemaker:CreateEndpoint", "sagemaker:UpdateEndpoint", "sagemaker:DeleteEndpoint",
+                        "sagemaker:DescribeEndpoint", "sagemaker:InvokeEndpoint", "sagemaker:AddTags",
+                        "sagemaker:DeleteTags", "sagemaker:ListTags"],
+             "Resource": [endpoint, f"{sm}:endpoint-config/*"]},
+            {"Sid": "RollbackAlarms", "Effect": "Allow", "Action": "cloudwatch:DescribeAlarms", "Resource": alarm_arns(env)},
+            {"Sid": "PassTheSageMakerRole", "Effect": "Allow", "Action": "iam:PassRole",
+             "Resource": env["SAGEMAKER_ROLE_ARN"],
+             "Condition": {"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}}},
+            {"Sid": "Notify", "Effect": "Allow", "Action": "sns:Publish", "Resource": env["NOTIFY_TOPIC_ARN"]},
+            {"Sid": "KeepFailedEvents", "Effect": "Allow", "Action": "sqs:SendMessage",
+             "Resource": f"arn:{partition}:sqs:{region}:{account}:{failed_events_queue(env)}"},
+            {"Sid": "ListTheBucket", "Effect": "Allow", "Action": "s3:ListBucket", "Resource": bucket},
+            {"Sid": "ReadTheBucket", "Effect": "Allow", "Action": "s3:GetObject", "Resource": f"{bucket}/*"},
+            {"Sid": "WriteRunsOnly", "Effect": "Allow", "Action": ["s3:PutObject", "s3:DeleteObject"],
+             "Resource": f"{bucket}/runs/*"},
+            {"Sid": "OwnLogs", "Effect": "Allow", "Action": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
+             "Resource": f"arn:{partition}:logs:{region}:{account}:log-group:/aws/lambda/droptrain-*"},
+            {"Sid": "Traces", "Effect": "Allow", "Action": ["xray:PutTraceSegments", "xray:PutTelemetryRecords"], "Resource": "*"},
+        ],
+    }
+
+
+def sagemaker_role_policy(env: Mapping[str, str]) -> dict[str, Any]:
+    """What training jobs and endpoints may do: read datasets, code and runs, write only under
+    ``runs/`` (writing ``datasets/`` would start runs), their logs and metrics, pull their images
+    from the accounts the image URIs name, and read the rollback alarms."""
+    partition, region, account = arn_parts(env)
+    bucket = f"arn:{partition}:s3:::{env['DATA_BUCKET']}"
+    images = sorted({arn for key in ("TRAINING_IMAGE_URI", "INFERENCE_IMAGE_URI", "DEBUGGER_IMAGE_URI")
+                     if (arn := image_repository_arn(env.get(key, ""), partition))})
+    if not images:
+        raise PolicyError("TRAINING_IMAGE_URI and INFERENCE_IMAGE_URI must be ECR image URIs")
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Sid": "ListTheBucket", "Effect": "Allow", "Action": "s3:ListBucket", "Resource": bucket},
+            {"Sid": "ReadInputs", "Effect": "Allow", "Action": "s3:GetObject",
+             "Resource": [f"{bucket}/datasets/*", f"{bucket}/code/*", f"{bucket}/runs/*"]},
+            {"Sid": "WriteRunsOnly", "Effect": "Allow", "Action": ["s3:PutObject", "s3:AbortMultipartUpload"],
+             "Resource": f"{bucket}/runs/*"},
+            {"Sid": "Logs", "Effect": "Allow",
+             "Action": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
+             "Resource": f"arn:{partition}:logs:{region}:{account}:log-group:/aws/sagemaker/*"},
+            {"Sid": "Metrics", "Effect": "Allow", "Action": "cloudwatch:PutMetricData", "Resource": "*",
+             "Condition": {"StringLike": {"cloudwatch:namespace": ["/aws/sagemaker/*", "droptrain*"]}}},
+            {"Sid": "RollbackAlarms", "Effect": "Allow", "Action": "cloudwatch:DescribeAlarms", "Resource": alarm_arns(env)},
+            {"Sid": "EcrToken", "Effect": "Allow", "Action": "ecr:GetAuthorizationToken", "Resource": "*"},
+            {"Sid": "PullImages", "Effect": "Allow",
+             "Action": ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"],
+             "Resource": images},
+        ],
+    }
