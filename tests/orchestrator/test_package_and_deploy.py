@@ -40,7 +40,7 @@ def test_function_zip_is_the_app_and_chalice_app_only(packaged):
     assert archive.stat().st_size < 5 * 1024 * 1024
     with zipfile.ZipFile(archive) as zf:
         names = zf.namelist()
-    assert "app.py" in names and "chalice_app/pipeline.py" in names and "chalice_app/adapters/sagemaker.py" in names
+    assert "app.py" in names and "chalice_app/pipeline/deployment.py" in names and "chalice_app/adapters/sagemaker.py" in names
     tops = {n.split("/")[0] for n in names}
     assert tops == {"app.py", "chalice_app", "chalice"}, tops
     assert not any(n.split("/")[0] in HEAVY for n in names)

@@ -1,0 +1,18 @@
+"""The pipeline's steps, one per event (ARCHITECTURE.md, "The flow").
+
+Each step takes the services and a typed event and returns a short outcome for the log. Every
+step is safe to run twice: resource names are derived from the run, "already exists" is success,
+and notifications are sent once per run and kind (``notifications.Notifier``).
+
+``datasets`` (an upload: validation, the tuning job), ``tuning`` (the tuning job's end, a trial's
+failure), ``training`` (the final job's end), ``deployment`` (the endpoint, its state changes).
+"""
+
+from chalice_app.pipeline.datasets import dataset_uploaded
+from chalice_app.pipeline.deployment import deploy, endpoint_changed
+from chalice_app.pipeline.services import Services, rule_verdicts
+from chalice_app.pipeline.training import training_changed
+from chalice_app.pipeline.tuning import trial_changed, trial_failures, tuning_changed
+
+__all__ = ["Services", "dataset_uploaded", "deploy", "endpoint_changed", "rule_verdicts", "training_changed",
+           "trial_changed", "trial_failures", "tuning_changed"]

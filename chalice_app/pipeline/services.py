@@ -1,0 +1,61 @@
+"""What every step works with, and the few reads they share."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from chalice_app.adapters.errors import NotFoundError
+from chalice_app.config import Config
+from chalice_app.notifications import Notifier
+from chalice_app.ports import EndpointRuntime, ObjectStore, SageMaker
+
+TERMINAL = ("Completed", "Failed", "Stopped")
+
+
+@dataclass
+class Services:
+    """What a pipeline step works with: the stage's configuration and the ports (``chalice_app.ports``)."""
+
+    config: Config
+    s3: ObjectStore
+    sagemaker: SageMaker
+    runtime: EndpointRuntime
+    notifier: Notifier
+    sleep: Callable[[float], None]
+    # What is broken in the stack itself, beyond AWS's services (the local runtime's own threads).
+    problems: Callable[[], list[str]] = lambda: []
+
+
+def rule_verdicts(svc: Services, run: str) -> list[dict] | None:
+    """The final job's debugger verdicts (``runs/<run-id>/reports/rules.json``), if it wrote them."""
+    try:
+        data = svc.s3.get(svc.config.data_bucket, f"runs/{run}/reports/rules.json")
+    except NotFoundError:
+        return None
+    try:
+        verdicts = json.loads(data)
+        return [v for v in verdicts if isinstance(v, dict) and {"rule", "status"} <= set(v)]
+    except (ValueError, TypeError):
+        return None
+
+
+def dataset_of(description: dict[str, Any]) -> str | None:
+    definition = description.get("TrainingJobDefinition", description)
+    try:
+        return definition["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"]
+    except (KeyError, IndexError, TypeError):
+        return None
+
+
+def prune_checkpoints(svc: Services, run: str, stage: str) -> int:
+    """Nothing resumes a job that has ended: its spot checkpoints (``runs/<run>/checkpoints/<stage>/``,
+    one file per trial and easily hundreds of MB each) are deleted. Returns how many."""
+    if not svc.config.use_spot:
+        return 0  # no CheckpointConfig was given: there are none
+    bucket, prefix = svc.config.data_bucket, f"runs/{run}/checkpoints/{stage}/"
+    keys = [key for key, _ in svc.s3.list_objects(bucket, prefix)]
+    for key in keys:
+        svc.s3.delete(bucket, key)
+    return len(keys)

@@ -1,0 +1,59 @@
+"""The final training job ended: report it, then deploy what it made."""
+
+from __future__ import annotations
+
+from chalice_app import names, sagemaker_requests as requests
+from chalice_app.events import TrainingJobStateChange
+from chalice_app.notifications import Notification
+from chalice_app.pipeline.deployment import deploy
+from chalice_app.pipeline.services import TERMINAL, Services, dataset_of, prune_checkpoints, rule_verdicts
+from chalice_app.pipeline.tuning import trial_changed
+
+
+def training_changed(svc: Services, event: TrainingJobStateChange) -> str:
+    if event.tuning_job_arn:
+        return trial_changed(svc, event)
+    if event.status not in TERMINAL:
+        return f"ignored: training status {event.status}"
+    description = None
+    tags = event.tags
+    if names.TAG_ROLE not in tags:
+        description = svc.sagemaker.describe_training_job(event.name)
+        tags = svc.sagemaker.list_tags(description["TrainingJobArn"])
+    if tags.get(names.TAG_ROLE) != "final":
+        return f"ignored: {event.name} is not a droptrain final training job"
+    run = tags.get(names.TAG_RUN_ID) or names.run_of_final_job(event.name)
+    prune_checkpoints(svc, run, "final")
+    description = description or svc.sagemaker.describe_training_job(event.name)
+    dataset_uri = names.dataset_of_tags(tags) or dataset_of(description)
+    metrics = {m["MetricName"]: m["Value"] for m in description.get("FinalMetricDataList", [])}
+    if event.status != "Completed":
+        reason = description.get("FailureReason") or f"the training job was {event.status.lower()}"
+        svc.notifier.send(Notification(
+            "training.failed", run, dataset_uri, event.status, f"final training {event.name} {event.status.lower()}: {reason}",
+            job=event.name, detail={"reason": reason, "metrics": metrics, "endpoint_unchanged": svc.config.endpoint_name},
+        ))
+        return f"training {event.status.lower()}"
+    model_data = description["ModelArtifacts"]["S3ModelArtifacts"]
+    accuracy = metrics.get("test:accuracy")
+    verdicts = rule_verdicts(svc, run)
+    issues = [v["rule"] for v in verdicts or [] if v["status"] == "IssuesFound"]
+    blocked = bool(issues) and svc.config.block_on_rule_issues
+    summary = f"final training {event.name} done" + (f": test accuracy {accuracy:.4f}" if accuracy is not None else "")
+    if issues:
+        summary += f"; rule issues: {', '.join(issues)}" + ("; not deployed" if blocked else "")
+    svc.notifier.send(Notification(
+        "training.completed", run, dataset_uri, "Completed", summary, job=event.name,
+        detail={
+            "metrics": metrics, "model_artifact": model_data,
+            "output": model_data.rsplit("/", 1)[0] + "/output.tar.gz",
+            "reports": requests.reports_uri(svc.config, run),
+            "report": requests.reports_uri(svc.config, run) + "report.html" if verdicts is not None else None,
+            "rules": verdicts, "rule_issues": issues, "deployment_blocked": blocked,
+            "hyperparameters": {k: v for k, v in description.get("HyperParameters", {}).items() if not k.startswith("sagemaker_")},
+            "billable_seconds": description.get("BillableTimeInSeconds"),
+        },
+    ))
+    if blocked:
+        return f"not deployed: rule issues ({', '.join(issues)}) and BLOCK_ON_RULE_ISSUES=true"
+    return deploy(svc, run, dataset_uri, model_data)

@@ -1,0 +1,93 @@
+"""A tuning job ended (the final training job starts), or one of its trials failed."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from chalice_app import names, sagemaker_requests as requests
+from chalice_app.events import TrainingJobStateChange, TuningJobStateChange
+from chalice_app.notifications import Notification
+from chalice_app.pipeline.services import TERMINAL, Services, dataset_of, prune_checkpoints
+
+
+def tuning_changed(svc: Services, event: TuningJobStateChange) -> str:
+    if event.status not in TERMINAL:
+        return f"ignored: tuning status {event.status}"
+    if names.TAG_RUN_ID not in event.tags:
+        return f"ignored: tuning job {event.name} is not droptrain's"
+    run = event.tags[names.TAG_RUN_ID]
+    prune_checkpoints(svc, run, "tuning")
+    description = svc.sagemaker.describe_tuning_job(event.name)
+    dataset_uri = names.dataset_of_tags(event.tags) or dataset_of(description)
+    counters = description.get("TrainingJobStatusCounters", {})
+    best = description.get("BestTrainingJob") or {}
+    if event.status != "Completed" or not best.get("TrainingJobName") or not best.get("TunedHyperParameters"):
+        return _tuning_failed(svc, event, run, dataset_uri, description)
+    objective = best.get("FinalHyperParameterTuningJobObjectiveMetric", {})
+    tuned = best["TunedHyperParameters"]
+    svc.notifier.send(Notification(
+        "tuning.completed", run, dataset_uri, "Completed",
+        f"tuning {run} done: {objective.get('MetricName', requests.OBJECTIVE)} {objective.get('Value', float('nan')):.4f}",
+        job=event.name,
+        detail={"best_training_job": best["TrainingJobName"], "best_hyperparameters": tuned,
+                "objective": objective, "training_jobs": counters},
+    ))
+    static = description["TrainingJobDefinition"].get("StaticHyperParameters", {})
+    request = requests.final_training_request(svc.config, run, dataset_uri, static, tuned)
+    created = svc.sagemaker.create_training_job(request)
+    svc.notifier.send(Notification(
+        "training.started", run, dataset_uri, "InProgress", f"final training {request['TrainingJobName']} started",
+        job=request["TrainingJobName"],
+        detail={"hyperparameters": {k: v for k, v in request["HyperParameters"].items() if not k.startswith("sagemaker_")},
+                "instance_type": svc.config.training_instance_type, "managed_debugger": svc.config.managed_debugger},
+    ))
+    return "final training job created" if created else "final training job already existed"
+
+
+def trial_failures(svc: Services, tuning_job: str) -> list[dict[str, Any]]:
+    """The distinct reasons the tuning job's trials failed, most frequent first, with their trials."""
+    by_reason: dict[str, list[str]] = {}
+    for trial in svc.sagemaker.list_trials(tuning_job):
+        if trial.get("TrainingJobStatus") == "Failed":
+            reason = trial.get("FailureReason") or "no reason given"
+            by_reason.setdefault(reason, []).append(trial["TrainingJobName"])
+    ordered = sorted(by_reason.items(), key=lambda item: -len(item[1]))
+    return [{"reason": reason, "trials": sorted(jobs)} for reason, jobs in ordered]
+
+
+def _tuning_failed(svc: Services, event: TuningJobStateChange, run: str, dataset_uri: str | None,
+                   description: Mapping[str, Any]) -> str:
+    counters = description.get("TrainingJobStatusCounters", {})
+    failures = trial_failures(svc, event.name)
+    if failures:
+        # What the trials said is what a person can act on; the tuning job's own reason only
+        # says that they failed.
+        reason = failures[0]["reason"] + (f" (and {len(failures) - 1} other reasons, in detail.trial_failures)" if len(failures) > 1 else "")
+    elif event.status == "Completed":
+        reason = f"no trial succeeded ({counters.get('NonRetryableError', 0)} failed, {counters.get('Stopped', 0)} stopped)"
+    else:
+        reason = description.get("FailureReason") or f"the tuning job was {event.status.lower()}"
+    status = "NoSuccessfulTrial" if event.status == "Completed" else event.status
+    outcome = "had no successful trial" if status == "NoSuccessfulTrial" else status.lower()
+    svc.notifier.send(Notification(
+        "tuning.failed", run, dataset_uri, status, f"tuning {run} {outcome}: {reason}", job=event.name,
+        detail={"reason": reason, "trial_failures": failures, "training_jobs": counters,
+                "tuning_job_reason": description.get("FailureReason")},
+    ))
+    return f"tuning {outcome}"
+
+
+def trial_changed(svc: Services, event: TrainingJobStateChange) -> str:
+    """A tuning trial ended. One that failed on the dataset or the weights would fail in every other
+    trial too: the tuning job is stopped rather than left to run them all."""
+    if event.status != "Failed":
+        return f"ignored: trial {event.name} {event.status.lower()}"
+    reason = event.failure_reason or svc.sagemaker.describe_training_job(event.name).get("FailureReason")
+    if not names.repeats_in_every_trial(reason):
+        return f"ignored: trial {event.name} failed on its own hyperparameters"
+    tuning_arn = event.tuning_job_arn or ""
+    if names.TAG_RUN_ID not in svc.sagemaker.list_tags(tuning_arn):
+        return f"ignored: {tuning_arn} is not droptrain's"
+    tuning_job = tuning_arn.rsplit("/", 1)[-1]
+    stopped = svc.sagemaker.stop_tuning_job(tuning_job)
+    return f"{'stopped' if stopped else 'already ended:'} tuning job {tuning_job}: every trial would fail: {reason}"
