@@ -38,6 +38,15 @@ def create_app(env: Mapping[str, str]) -> Chalice:
         finally:
             observability.flush()
 
+    @app.middleware("http")
+    def _one_error_shape(event, get_response):
+        response = get_response(event)
+        converted = handlers.api_error(response.status_code, response.body)
+        if converted is not None:
+            response.body = converted
+            response.headers["Content-Type"] = "application/json"
+        return response
+
     @app.on_cw_event(patterns.dataset_uploaded(env), name="on_dataset_uploaded")
     def on_dataset_uploaded(event):
         return handlers.handle_event(pipeline.dataset_uploaded, ObjectCreated.parse, event.to_dict())

@@ -72,6 +72,7 @@ class TrainingJobStateChange:
     status: str
     tuning_job_arn: str | None
     tags: dict[str, str] = field(default_factory=dict)
+    failure_reason: str | None = None
 
     @classmethod
     def parse(cls, event: Mapping[str, Any]) -> "TrainingJobStateChange":
@@ -81,6 +82,7 @@ class TrainingJobStateChange:
             status=_get(event, "detail", "TrainingJobStatus"),
             tuning_job_arn=_get(event, "detail", "TuningJobArn", required=False),
             tags=_tags(detail),
+            failure_reason=_get(event, "detail", "FailureReason", required=False),
         )
 
 

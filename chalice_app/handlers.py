@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Callable, Mapping, TypeVar
 
 from chalice_app import bootstrap, observability, predict as predict_module
@@ -31,10 +32,12 @@ def services() -> Services:
     return _services
 
 
-def use_services(svc: Services | None) -> None:
-    """Install the services to use (tests, the local runtime); ``None`` rebuilds from the environment."""
+def use_services(svc: Services | None, replacing: Services | None = None) -> None:
+    """Install the services to use (tests, the local runtime); ``None`` rebuilds from the environment.
+    With ``replacing``, only if those are the ones installed (a runtime that stops removes its own)."""
     global _services
-    _services = svc
+    if replacing is None or _services is replacing:
+        _services = svc
 
 
 def _report_config_error(exc: ConfigError, step: str) -> None:
@@ -81,6 +84,21 @@ def handle_event(step: Callable[[Services, E], str], parse: Callable[[Mapping[st
     return outcome
 
 
+def error_body(code: str, message: str) -> dict[str, Any]:
+    """The REST API's one error shape."""
+    return {"error": {"code": code, "message": message}}
+
+
+def api_error(status: int, body: Any) -> dict[str, Any] | None:
+    """Chalice's own error answers (``{"Code", "Message"}``: a method the route lacks, an unhandled
+    exception) in the API's shape; ``None`` for anything that is already a handler's answer."""
+    if status < 400 or not isinstance(body, dict) or set(body) != {"Code", "Message"}:
+        return None
+    code = re.sub(r"(?<!^)(?=[A-Z])", "_", str(body["Code"]).removesuffix("Error")).lower() or "error"
+    message = "the server failed; see its logs" if status >= 500 else str(body["Message"])
+    return error_body("internal_error" if status >= 500 else code, message)
+
+
 def predict(body: bytes | None, content_type: str | None, top_k: str | None) -> tuple[int, dict[str, Any]]:
     """``(status, JSON body)`` for ``POST /predict``."""
     try:
@@ -88,7 +106,7 @@ def predict(body: bytes | None, content_type: str | None, top_k: str | None) -> 
         result = predict_module.predict(svc.runtime, svc.config, body, content_type, top_k, svc.sleep)
     except ConfigError as exc:
         observability.logger().error(str(exc), extra={"variable": exc.variable})
-        return 503, {"error": {"code": "misconfigured", "message": "the service is not configured; see its logs"}}
+        return 503, error_body("misconfigured", "the service is not configured; see its logs")
     except predict_module.PredictError as exc:
         observability.count(f"Predict{exc.status}")
         return exc.status, exc.body()
@@ -99,9 +117,12 @@ def predict(body: bytes | None, content_type: str | None, top_k: str | None) -> 
 def status() -> tuple[int, dict[str, Any]]:
     try:
         svc = services()
+        problems = svc.problems()
+        if problems:
+            return 503, error_body("unhealthy", "; ".join(problems))
         return 200, predict_module.status(svc.sagemaker, svc.config)
     except ConfigError as exc:
         observability.logger().error(str(exc), extra={"variable": exc.variable})
-        return 503, {"error": {"code": "misconfigured", "message": "the service is not configured; see its logs"}}
+        return 503, error_body("misconfigured", "the service is not configured; see its logs")
     except predict_module.PredictError as exc:
         return exc.status, exc.body()

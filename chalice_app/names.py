@@ -152,3 +152,14 @@ def tags(run: str, dataset_uri: str | None = None, role: str | None = None) -> l
     if role:
         out.append({"Key": TAG_ROLE, "Value": role})
     return out
+
+
+# train.py writes a job's failure as "<kind>: <message>" (SageMaker shows it after "AlgorithmError: ").
+# These kinds (training/trainlib/errors.py) fail every trial of a tuning job alike: the dataset or
+# the weights, not the hyperparameters. The tuning job is stopped at the first such trial.
+REPEATING_FAILURES = ("DatasetError", "ArchiveError", "WeightsUnavailableError")
+_REPEATING = re.compile(r"(?:^|: )(?:" + "|".join(REPEATING_FAILURES) + r"): ")
+
+
+def repeats_in_every_trial(failure_reason: str | None) -> bool:
+    return bool(failure_reason and _REPEATING.search(failure_reason))

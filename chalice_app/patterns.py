@@ -30,12 +30,16 @@ def tuning_job_state_change(env: Mapping[str, str]) -> dict[str, Any]:
 
 
 def training_job_state_change(env: Mapping[str, str]) -> dict[str, Any]:
-    # Only the final job is tagged role=final; a tuning job's trials emit this event too.
+    # The final job's end (tagged role=final), and any tuning trial's failure: one that failed on
+    # the dataset stops its tuning job (pipeline.trial_changed). Trials' events carry no tags to
+    # match on; the handler reads the tuning job's.
     return {
         "source": ["aws.sagemaker"],
         "detail-type": ["SageMaker Training Job State Change"],
-        "detail": {"TrainingJobStatus": ["Completed", "Failed", "Stopped"],
-                   "Tags": {"droptrain:role": ["final"]}},
+        "detail": {"$or": [
+            {"TrainingJobStatus": ["Completed", "Failed", "Stopped"], "Tags": {"droptrain:role": ["final"]}},
+            {"TrainingJobStatus": ["Failed"], "TuningJobArn": [{"exists": True}]},
+        ]},
     }
 
 

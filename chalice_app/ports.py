@@ -42,6 +42,13 @@ class SageMaker(Protocol):
 
     def describe_tuning_job(self, name: str) -> dict[str, Any]: ...
 
+    def stop_tuning_job(self, name: str) -> bool:
+        """Stop it and its running trials; ``False`` when it had already ended."""
+
+    def list_trials(self, tuning_job: str) -> list[dict[str, Any]]:
+        """The training jobs it launched, as ``HyperParameterTrainingJobSummary`` (name, status,
+        ``FailureReason`` where one failed)."""
+
     def create_training_job(self, request: Mapping[str, Any]) -> bool: ...
 
     def describe_training_job(self, name: str) -> dict[str, Any]: ...

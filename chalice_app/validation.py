@@ -2,13 +2,21 @@
 
 The rules mirror ``training/trainlib/datasets.py`` (layouts, classes, splits, image extensions),
 applied to object keys rather than files: a listing for a folder, the central directory for a zip
-(read with a handful of ranged GETs, never the whole archive). Tar archives cannot be listed
-without reading them; they are checked for size and format, and the training job checks the rest.
+(read with a handful of ranged GETs, never the whole archive), the member headers of a tar (read
+in one pass, for archives up to ``TAR_SCAN_BYTES``; the training job checks larger ones).
+
+Archives are untrusted: members with absolute paths, ``..``, links or devices are refused, and so is
+an archive that would expand beyond what the training volume holds or more than ``MAX_RATIO`` times
+its own size (photos barely compress: that is an archive bomb). The training job applies the same
+limits again while it extracts, counting what it writes (``trainlib.archives``).
 """
 
 from __future__ import annotations
 
+import io
+import tarfile
 import zipfile
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
@@ -21,6 +29,11 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 SPLITS = ("train", "valid", "test")
 MAX_ARCHIVE_BYTES = 50 * 1024**3
 MAX_MEMBERS = 2_000_000
+MAX_RATIO = 100  # expanded size over archive size
+TAR_SCAN_BYTES = 4 * 1024**3  # read whole in the Lambda (~40 s at S3's per-stream speed)
+# What the training volume must keep beside the extracted dataset: the archive itself, checkpoints,
+# the model and its packing.
+VOLUME_HEADROOM = 0.8
 _IGNORED = {READY_MARKER, "__MACOSX", "Thumbs.db", "desktop.ini"}
 
 
@@ -115,27 +128,45 @@ def check_folder(s3: ObjectStore, dataset: DatasetRef) -> DatasetReport:
     return check_keys(keys)
 
 
-def check_archive(s3: ObjectStore, dataset: DatasetRef, size: int) -> DatasetReport:
+def expansion_limit(volume_size_gb: int, archive_size: int) -> int:
+    """The most an archive may expand to on a training volume of this size (it is there too)."""
+    return min(MAX_ARCHIVE_BYTES, int(volume_size_gb * 1024**3 * VOLUME_HEADROOM) - archive_size)
+
+
+def check_archive(s3: ObjectStore, dataset: DatasetRef, size: int, volume_size_gb: int = 50) -> DatasetReport:
     report = DatasetReport(checked="archive")
     if size == 0:
         report.reasons.append(f"{dataset.key} is empty")
         return report
-    if size > MAX_ARCHIVE_BYTES:
-        report.reasons.append(f"{dataset.key} is {size} bytes, over the limit of {MAX_ARCHIVE_BYTES}")
+    limit = expansion_limit(volume_size_gb, size)
+    if size > MAX_ARCHIVE_BYTES or limit <= 0:
+        report.reasons.append(f"{dataset.key} is {size} bytes: too large for the {volume_size_gb} GB training volume "
+                              f"(TRAINING_VOLUME_GB) or over the limit of {MAX_ARCHIVE_BYTES} bytes")
         return report
     if dataset.key.lower().endswith(".zip"):
-        return _check_zip(s3, dataset, size)
-    head = s3.read_range(dataset.bucket, dataset.key, 0, min(size, 512) - 1)
-    compressed = dataset.key.lower().endswith((".tar.gz", ".tgz"))
-    if compressed and not head.startswith(b"\x1f\x8b"):
-        report.reasons.append(f"{dataset.key} is not gzip-compressed")
-    elif not compressed and head[257:262] != b"ustar":
-        report.reasons.append(f"{dataset.key} is not a tar archive")
-    report.checked = "archive format only (tar contents are checked by the training job)"
-    return report
+        return _check_zip(s3, dataset, size, limit)
+    return _check_tar(s3, dataset, size, limit)
 
 
-def _check_zip(s3: ObjectStore, dataset: DatasetRef, size: int) -> DatasetReport:
+def _check_members(report: DatasetReport, members: list[tuple[str, int]], unsafe: list[str], size: int, limit: int) -> None:
+    if unsafe:
+        report.reasons.insert(0, f"the archive has unsafe members (absolute, '..', links or devices): {', '.join(unsafe[:5])}")
+    if len(members) > MAX_MEMBERS:
+        report.reasons.append(f"the archive has more than {MAX_MEMBERS} members")
+    total = sum(member_size for _, member_size in members)
+    if total > limit:
+        report.reasons.append(f"the archive expands to {total} bytes, more than the training volume can hold ({limit} bytes)")
+    if total > MAX_RATIO * size:
+        report.reasons.append(f"the archive expands {total // size} times its size (limit {MAX_RATIO}): "
+                              "images barely compress, so this looks like an archive bomb")
+
+
+def _unsafe_name(name: str) -> bool:
+    normalised = name.replace("\\", "/")
+    return normalised.startswith("/") or ".." in PurePosixPath(normalised).parts or (len(normalised) > 1 and normalised[1] == ":")
+
+
+def _check_zip(s3: ObjectStore, dataset: DatasetRef, size: int, limit: int) -> DatasetReport:
     reader = s3.open_ranged(dataset.bucket, dataset.key, size)
     try:
         with zipfile.ZipFile(reader) as zf:
@@ -145,15 +176,36 @@ def _check_zip(s3: ObjectStore, dataset: DatasetRef, size: int) -> DatasetReport
         report.reasons.append(f"{dataset.key} is not a readable zip archive ({exc})")
         return report
     unsafe = [i.filename for i in infos
-              if i.filename.startswith("/") or ".." in PurePosixPath(i.filename.replace("\\", "/")).parts
-              or (i.external_attr >> 16) & 0o170000 == 0o120000]
+              if _unsafe_name(i.filename) or (i.external_attr >> 16) & 0o170000 == 0o120000]
     report = check_keys((i.filename, i.file_size) for i in infos if not i.is_dir())
     report.checked = "zip central directory"
-    if unsafe:
-        report.reasons.insert(0, f"the archive has unsafe members (absolute, '..' or links): {', '.join(unsafe[:5])}")
-    if len(infos) > MAX_MEMBERS:
-        report.reasons.append(f"the archive has more than {MAX_MEMBERS} members")
-    total = sum(i.file_size for i in infos)
-    if total > MAX_ARCHIVE_BYTES:
-        report.reasons.append(f"the archive expands to {total} bytes, over the limit of {MAX_ARCHIVE_BYTES}")
+    _check_members(report, [(i.filename, i.file_size) for i in infos], unsafe, size, limit)
+    return report
+
+
+def _check_tar(s3: ObjectStore, dataset: DatasetRef, size: int, limit: int) -> DatasetReport:
+    compressed = dataset.key.lower().endswith((".tar.gz", ".tgz"))
+    head = s3.read_range(dataset.bucket, dataset.key, 0, min(size, 512) - 1)
+    if compressed and not head.startswith(b"\x1f\x8b"):
+        return DatasetReport(checked="archive format", reasons=[f"{dataset.key} is not gzip-compressed"])
+    if not compressed and head[257:262] != b"ustar":
+        return DatasetReport(checked="archive format", reasons=[f"{dataset.key} is not a tar archive"])
+    if size > TAR_SCAN_BYTES:
+        return DatasetReport(checked=f"archive format only (over {TAR_SCAN_BYTES // 1024**3} GiB: the training job checks the members)")
+    members, unsafe = [], []
+    stream = io.BufferedReader(s3.open_ranged(dataset.bucket, dataset.key, size), buffer_size=8 * 1024 * 1024)
+    try:
+        with tarfile.open(fileobj=stream, mode="r|*") as tar:
+            for info in tar:  # stream mode: each member's data is skipped by reading past it
+                if _unsafe_name(info.name) or not (info.isfile() or info.isdir()):
+                    unsafe.append(info.name)
+                elif info.isfile():
+                    members.append((info.name, info.size))
+                if len(members) > MAX_MEMBERS:
+                    break
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+        return DatasetReport(checked="tar member headers", reasons=[f"{dataset.key} is not a readable tar archive ({exc})"])
+    report = check_keys(members)
+    report.checked = "tar member headers"
+    _check_members(report, members, unsafe, size, limit)
     return report

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from droptrain.policies import arn_parts, failed_events_queue, sagemaker_role_policy
+from droptrain.policies import arn_parts, failed_events_queue, lambda_policy, sagemaker_role_policy
 
 ROOT = Path(__file__).resolve().parent.parent
 CHALICE_DIR = ROOT / ".chalice"
@@ -52,6 +52,7 @@ def merge_template(env: Mapping[str, str], stage: str, layer_uri: str = "./layer
         "Resources": {
             **_stage_resources(env, stage, layer_uri),
             **{name: (event_function if name in EVENT_FUNCTIONS else function) for name in HANDLER_FUNCTIONS},
+            **gateway_responses(),
         },
         "Outputs": {
             "DataBucketName": {"Value": {"Ref": "DataBucket"}},
@@ -96,6 +97,28 @@ def _stage_resources(env: Mapping[str, str], stage: str, layer_uri: str) -> dict
     }
 
 
+# API Gateway answers some requests itself (no such route or method, a missing or wrong API key,
+# throttling, a body over its limit, its own failures). These gateway responses give those answers
+# the API's error shape; their templates allow variable substitution only (no VTL), so each response
+# type names its code.
+GATEWAY_ERROR_CODES = {
+    "MISSING_AUTHENTICATION_TOKEN": "missing_authentication_token", "INVALID_API_KEY": "forbidden",
+    "REQUEST_TOO_LARGE": "payload_too_large", "THROTTLED": "throttled", "QUOTA_EXCEEDED": "throttled",
+    "INTEGRATION_TIMEOUT": "timeout", "DEFAULT_4XX": "bad_request", "DEFAULT_5XX": "internal_error",
+}
+
+
+def gateway_responses() -> dict[str, Any]:
+    return {
+        f"GatewayResponse{kind.title().replace('_', '')}": {
+            "Type": "AWS::ApiGateway::GatewayResponse",
+            "Properties": {"RestApiId": {"Ref": "RestAPI"}, "ResponseType": kind, "ResponseTemplates": {
+                "application/json": '{"error": {"code": "%s", "message": $context.error.messageString}}' % code}},
+        }
+        for kind, code in GATEWAY_ERROR_CODES.items()
+    }
+
+
 def _api_key_resources(stage: str) -> dict[str, Any]:
     return {
         "ApiKey": {"Type": "AWS::ApiGateway::ApiKey", "DependsOn": ["RestAPI"],
@@ -124,6 +147,11 @@ def package(stage: str, out: Path, layer_zip: Path, chalice_dir: Path = CHALICE_
     out.mkdir(parents=True)
     merge = out.parent / f"merge-{stage}.json"
     merge.write_text(json.dumps(merge_template(env, stage), indent=2))
+    # The functions' role is the code's current policy for this stage, never a stale copy.
+    policy = chalice_dir / f"policy-{stage}.json"
+    current = json.dumps(lambda_policy(env), indent=2) + "\n"
+    if not policy.exists() or policy.read_text() != current:
+        policy.write_text(current)
     chalice = Path(sys.executable).with_name("chalice")
     try:
         run([str(chalice if chalice.exists() else "chalice"), "package", "--stage", stage, "--merge-template", str(merge), str(out)],

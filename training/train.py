@@ -336,7 +336,9 @@ def run(argv: list[str] | None = None) -> int:
         main(args)
     except TrainingError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
-        write_failure(str(exc))
+        # The kind leads the FailureReason: the orchestrator stops a tuning job at the first trial
+        # that fails with a kind every trial would repeat (chalice_app.names.REPEATING_FAILURES).
+        write_failure(f"{type(exc).__name__}: {exc}")
         return 1
     return 0
 

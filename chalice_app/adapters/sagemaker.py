@@ -10,7 +10,7 @@ from typing import Any, Mapping
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from chalice_app.adapters.errors import AlreadyExistsError, NotFoundError, translate
+from chalice_app.adapters.errors import AlreadyExistsError, NotFoundError, ServiceError, translate
 
 
 class SageMakerAdapter:
@@ -35,6 +35,29 @@ class SageMakerAdapter:
 
     def describe_tuning_job(self, name: str) -> dict[str, Any]:
         return self._call("describe_hyper_parameter_tuning_job", f"describing tuning job {name}", HyperParameterTuningJobName=name)
+
+    def stop_tuning_job(self, name: str) -> bool:
+        """Stop the tuning job and its running trials; ``False`` when it had already ended."""
+        try:
+            self._call("stop_hyper_parameter_tuning_job", f"stopping tuning job {name}", HyperParameterTuningJobName=name)
+        except ServiceError as exc:
+            # SageMaker refuses to stop a job that has ended (ValidationException): that is the outcome wanted.
+            if exc.code == "ValidationException" and \
+                    self.describe_tuning_job(name).get("HyperParameterTuningJobStatus") not in ("InProgress", "Stopping"):
+                return False
+            raise
+        return True
+
+    def list_trials(self, tuning_job: str) -> list[dict[str, Any]]:
+        """Every training job the tuning job launched (``HyperParameterTrainingJobSummary``), all pages."""
+        trials: list[dict[str, Any]] = []
+        request: dict[str, Any] = {"HyperParameterTuningJobName": tuning_job, "MaxResults": 100}
+        while True:
+            page = self._call("list_training_jobs_for_hyper_parameter_tuning_job", f"listing the trials of {tuning_job}", **request)
+            trials.extend(page.get("TrainingJobSummaries", []))
+            if not page.get("NextToken"):
+                return trials
+            request["NextToken"] = page["NextToken"]
 
     def create_training_job(self, request: Mapping[str, Any]) -> bool:
         return self._create("create_training_job", f"creating training job {request['TrainingJobName']}", request)

@@ -49,6 +49,10 @@ def _match_value(matcher: Any, value: Any) -> bool:
 def matches(pattern: Mapping[str, Any], event: Mapping[str, Any]) -> bool:
     """Does ``event`` match the EventBridge ``pattern``?"""
     for key, expected in pattern.items():
+        if key == "$or":  # any one of the alternatives, each a pattern at this level
+            if not any(matches(alternative, event) for alternative in expected):
+                return False
+            continue
         value = event.get(key) if isinstance(event, Mapping) else None
         if isinstance(expected, Mapping):
             if not isinstance(value, Mapping) or not matches(expected, value):

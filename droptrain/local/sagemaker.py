@@ -43,6 +43,7 @@ class LocalSageMaker:
     def start(self) -> None:
         """Resume what a previous runtime left in progress."""
         self._stopping.clear()
+        self.training.clean_ended()
         for name in self.store.names("tuning-job", "InProgress"):
             self._spawn(self.tuner.run, name)
         for name, status, record in self.store.records("training-job"):
@@ -83,6 +84,12 @@ class LocalSageMaker:
 
     def describe_tuning_job(self, name: str) -> dict[str, Any]:
         return self.tuner.describe(name)
+
+    def stop_tuning_job(self, name: str) -> bool:
+        return self.tuner.stop(name)
+
+    def list_trials(self, tuning_job: str) -> list[dict[str, Any]]:
+        return self.tuner.trials(tuning_job)
 
     def create_model(self, request: Mapping[str, Any]) -> bool:
         return self.resources.create_model(request)

@@ -1,98 +1,33 @@
-"""Local hyperparameter tuning jobs, searched with Optuna, their trials run as local training jobs.
+"""Local hyperparameter tuning jobs: CreateHyperParameterTuningJob's request in, DescribeHyperParameterTuningJob,
+ListTrainingJobsForHyperParameterTuningJob and StopHyperParameterTuningJob, and "SageMaker HyperParameter
+Tuning Job State Change" events out. The search itself is ``droptrain.local.search`` (Optuna); its
+trials run as local training jobs.
 
-Strategies as SageMaker's: TPE for Bayesian, random, grid, and Hyperband pruning on the per-epoch
-objective (median-rule pruning for ``TrainingJobEarlyStoppingType: Auto``), within
-MaxNumberOfTrainingJobs and MaxParallelTrainingJobs. Everything is in the store, so a restarted
-runtime picks up where it stopped: finished trials are replayed into the study, interrupted ones run
-again with their hyperparameters and resume from their checkpoints.
+Everything is in the store, so a restarted runtime picks up where it stopped: finished trials are
+replayed into the study, interrupted ones run again with their hyperparameters and resume from
+their checkpoints.
 """
 
 from __future__ import annotations
 
-import hashlib
-import logging
-import math
 import threading
 from typing import Any, Callable, Mapping
 
-import optuna
-
 from chalice_app.adapters.errors import NotFoundError
 from droptrain.local.resources import arn, as_described, now, request_tags, state_change_event
+from droptrain.local.search import Search, final_metric
 from droptrain.local.store import Store
 from droptrain.local.training import TrainingJobs
 
-log = logging.getLogger(__name__)
-optuna.logging.set_verbosity(optuna.logging.WARNING)
-TERMINAL = ("Completed", "Failed", "Stopped")
 Spawn = Callable[..., threading.Thread]
-
-
-def final_metric(record: Mapping[str, Any] | None, metric: str) -> float | None:
-    for item in (record or {}).get("FinalMetricDataList", []):
-        if item["MetricName"] == metric:
-            return float(item["Value"])
-    return None
-
-
-def _text(value: Any) -> str:
-    return repr(value) if isinstance(value, float) else str(value)
-
-
-def _typed(text: str, distribution: optuna.distributions.BaseDistribution) -> Any:
-    if isinstance(distribution, optuna.distributions.IntDistribution):
-        return int(float(text))
-    if isinstance(distribution, optuna.distributions.FloatDistribution):
-        return float(text)
-    return text
-
-
-def distributions_of(ranges: Mapping[str, Any]) -> dict[str, optuna.distributions.BaseDistribution]:
-    out: dict[str, optuna.distributions.BaseDistribution] = {}
-    for r in ranges.get("ContinuousParameterRanges", []):
-        out[r["Name"]] = optuna.distributions.FloatDistribution(float(r["MinValue"]), float(r["MaxValue"]),
-                                                                log=r.get("ScalingType") == "Logarithmic")
-    for r in ranges.get("IntegerParameterRanges", []):
-        out[r["Name"]] = optuna.distributions.IntDistribution(int(r["MinValue"]), int(r["MaxValue"]),
-                                                              log=r.get("ScalingType") == "Logarithmic")
-    for r in ranges.get("CategoricalParameterRanges", []):
-        out[r["Name"]] = optuna.distributions.CategoricalDistribution(list(r["Values"]))
-    return out
-
-
-class _AskAndTellGrid(optuna.samplers.GridSampler):
-    """Optuna's grid for ask-and-tell: the tuning loop ends the grid itself (it knows its size), and
-    the sampler's own ``study.stop()`` at the last point works only inside ``optimize()``."""
-
-    def after_trial(self, study, trial, state, values) -> None:
-        pass
-
-
-def _sampler(config: Mapping[str, Any], distributions: Mapping[str, Any], seed: int) -> optuna.samplers.BaseSampler:
-    strategy = config["Strategy"]
-    if strategy == "Random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if strategy == "Grid":
-        return _AskAndTellGrid({k: list(d.choices) for k, d in distributions.items()}, seed=seed)
-    # Bayesian (and Hyperband's sampler): TPE, with a few random trials to start from.
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=2)
-
-
-def _pruner(config: Mapping[str, Any]) -> optuna.pruners.BasePruner:
-    if config["Strategy"] == "Hyperband":
-        hb = config.get("StrategyConfig", {}).get("HyperbandStrategyConfig", {})
-        return optuna.pruners.HyperbandPruner(min_resource=hb.get("MinResource", 1), max_resource=hb.get("MaxResource", 10))
-    if config.get("TrainingJobEarlyStoppingType") == "Auto":
-        # SageMaker's automatic early stopping is a median rule too; early epochs are noisy, so
-        # nothing is stopped before its third epoch or before three trials have finished.
-        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2)
-    return optuna.pruners.NopPruner()
 
 
 class Tuner:
     def __init__(self, store: Store, training: TrainingJobs, emit: Callable[[dict], None], spawn: Spawn,
                  stopping: threading.Event):
         self.store, self.training, self.emit, self.spawn, self.stopping = store, training, emit, spawn, stopping
+        self._searches: dict[str, Search] = {}
+        self._searches_lock = threading.Lock()
 
     def create(self, request: Mapping[str, Any]) -> bool:
         name = request["HyperParameterTuningJobName"]
@@ -109,7 +44,47 @@ class Tuner:
         record = self.store.get("tuning-job", name)
         if record is None:
             raise NotFoundError(f"Could not find hyper parameter tuning job '{name}'", "ResourceNotFound")
-        return as_described({**record, **self.counters(name)}, hidden=("Tags",))
+        if record.get("StopRequested") and record["HyperParameterTuningJobStatus"] == "InProgress":
+            record["HyperParameterTuningJobStatus"] = "Stopping"
+        return as_described({**record, **self.counters(name)}, hidden=("Tags", "StopRequested"))
+
+    def stop(self, name: str) -> bool:
+        """StopHyperParameterTuningJob: no new trial starts, running ones are stopped, the job ends
+        Stopped. ``False`` when it had already ended."""
+        record = self.store.get("tuning-job", name)
+        if record is None:
+            raise NotFoundError(f"Could not find hyper parameter tuning job '{name}'", "ResourceNotFound")
+        if self.store.status("tuning-job", name) != "InProgress":
+            return False
+        self.store.update("tuning-job", name, StopRequested=True, LastModifiedTime=now())
+        with self._searches_lock:
+            search = self._searches.get(name)
+        if search is not None:
+            search.wake()
+        return True
+
+    def trials(self, name: str) -> list[dict[str, Any]]:
+        """ListTrainingJobsForHyperParameterTuningJob: its children as HyperParameterTrainingJobSummary."""
+        if self.store.get("tuning-job", name) is None:
+            raise NotFoundError(f"Could not find hyper parameter tuning job '{name}'", "ResourceNotFound")
+        config = self.store.get("tuning-job", name)["HyperParameterTuningJobConfig"]
+        tuned = {r["Name"] for ranges in config["ParameterRanges"].values() for r in ranges}
+        objective = config["HyperParameterTuningJobObjective"]
+        out = []
+        for child, status, record in self.children(name):
+            summary = {"TrainingJobName": child, "TrainingJobArn": record["TrainingJobArn"], "TuningJobName": name,
+                       "CreationTime": record["CreationTime"], "TrainingJobStatus": status,
+                       "TunedHyperParameters": {k: v for k, v in record["HyperParameters"].items() if k in tuned}}
+            for key in ("TrainingStartTime", "TrainingEndTime", "FailureReason"):
+                if key in record:
+                    summary[key] = record[key]
+            value = final_metric(record, objective["MetricName"])
+            if value is not None:
+                summary["FinalHyperParameterTuningJobObjectiveMetric"] = {"MetricName": objective["MetricName"], "Value": value}
+            summary["ObjectiveStatus"] = "Succeeded" if status == "Completed" and value is not None else \
+                "Pending" if status == "InProgress" else "Failed"
+            out.append(as_described(summary))
+        return out
 
     def children(self, name: str) -> list[tuple[str, str | None, dict[str, Any]]]:
         return [(n, s, r) for n, s, r in self.store.records("training-job") if r.get("TuningJobName") == name]
@@ -130,18 +105,26 @@ class Tuner:
     # -- the search --------------------------------------------------------------------------------
 
     def run(self, name: str) -> None:
-        search = _Search(self, name)
-        search.replay()
-        if search.run() and not self.stopping.is_set():
-            self.finish(name)
+        search = Search(self, name)
+        with self._searches_lock:
+            self._searches[name] = search
+        try:
+            search.replay()
+            if search.run() and not self.stopping.is_set():
+                self.finish(name, stopped=bool(self.store.get("tuning-job", name).get("StopRequested")))
+        finally:
+            with self._searches_lock:
+                self._searches.pop(name, None)
 
-    def finish(self, name: str, reason: str | None = None) -> None:
+    def finish(self, name: str, reason: str | None = None, stopped: bool = False) -> None:
         record = self.store.get("tuning-job", name)
         config = record["HyperParameterTuningJobConfig"]
         objective = config["HyperParameterTuningJobObjective"]
         best = self._best(name, objective)
         changes: dict[str, Any] = {"HyperParameterTuningEndTime": now(), "LastModifiedTime": now()}
-        if best and not reason:
+        if stopped:
+            status = "Stopped"
+        elif best and not reason:
             tuned = {r["Name"] for ranges in config["ParameterRanges"].values() for r in ranges}
             changes["BestTrainingJob"] = {
                 "TrainingJobName": best["TrainingJobName"], "TrainingJobArn": best["TrainingJobArn"],
@@ -172,89 +155,3 @@ class Tuner:
         return max(scored, key=lambda item: item[0])[1] if scored else None
 
 
-class _Search:
-    """One tuning job's study: its trials launched within the limits, waited for on a condition."""
-
-    def __init__(self, tuner: Tuner, name: str):
-        self.tuner, self.name = tuner, name
-        record = tuner.store.get("tuning-job", name)
-        self.config, self.definition = record["HyperParameterTuningJobConfig"], record["TrainingJobDefinition"]
-        self.objective = self.config["HyperParameterTuningJobObjective"]
-        self.distributions = distributions_of(self.config["ParameterRanges"])
-        self.study = optuna.create_study(
-            direction="maximize" if self.objective["Type"] == "Maximize" else "minimize",
-            sampler=_sampler(self.config, self.distributions, seed=int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)),
-            pruner=_pruner(self.config))
-        limits = self.config["ResourceLimits"]
-        self.max_jobs = limits.get("MaxNumberOfTrainingJobs") or math.prod(
-            len(d.choices) for d in self.distributions.values() if isinstance(d, optuna.distributions.CategoricalDistribution))
-        self.parallel = max(1, limits["MaxParallelTrainingJobs"])
-        self.launched = 0
-        self.running: set[str] = set()
-        self.changed = threading.Condition()
-
-    def replay(self) -> None:
-        """What a previous runtime finished goes into the study; what it left running runs again."""
-        for child, status, record in self.tuner.children(self.name):
-            self.launched += 1
-            params = {k: _typed(record["HyperParameters"][k], d) for k, d in self.distributions.items()}
-            if status in TERMINAL:
-                value = final_metric(record, self.objective["MetricName"])
-                state = (optuna.trial.TrialState.COMPLETE if status == "Completed" and value is not None
-                         else optuna.trial.TrialState.PRUNED if status == "Stopped" else optuna.trial.TrialState.FAIL)
-                self.study.add_trial(optuna.trial.create_trial(params=params, distributions=self.distributions, state=state,
-                                                               value=value if state == optuna.trial.TrialState.COMPLETE else None))
-            else:
-                self.study.enqueue_trial(params)  # the relaunched trial keeps its values
-                with self.changed:
-                    self._start(child, self.study.ask(self.distributions))
-
-    def run(self) -> bool:
-        """Launch and wait until every trial has run; ``False`` if the runtime stopped first."""
-        with self.changed:
-            while not self.tuner.stopping.is_set():
-                if self.launched >= self.max_jobs and not self.running:
-                    return True
-                if self.launched < self.max_jobs and len(self.running) < self.parallel:
-                    self._launch()
-                    continue
-                self.changed.wait(1.0)  # a trial ending (or the runtime stopping) wakes it
-        return False
-
-    def _launch(self) -> None:
-        trial = self.study.ask(self.distributions)
-        self.launched += 1
-        child = f"{self.name}-{self.launched:03d}-{hashlib.sha256(f'{self.name}/{self.launched}'.encode()).hexdigest()[:8]}"
-        hyperparameters = {**self.definition.get("StaticHyperParameters", {}),
-                           **{k: _text(v) for k, v in trial.params.items()},
-                           "_tuning_objective_metric": self.objective["MetricName"]}
-        request = {k: v for k, v in self.definition.items() if k != "StaticHyperParameters"}
-        request.update(TrainingJobName=child, HyperParameters=hyperparameters)
-        self.tuner.training.create(request, tuning_job=self.name, trial=trial.number)
-        self._start(child, trial)
-
-    def _start(self, child: str, trial: optuna.trial.Trial) -> None:
-        self.running.add(child)
-        self.tuner.spawn(self._trial, child, trial)
-
-    def _trial(self, child: str, trial: optuna.trial.Trial) -> None:
-        metric = self.objective["MetricName"]
-
-        def report(name: str, value: float, step: int) -> bool:
-            if name != metric:
-                return False
-            trial.report(value, step)
-            return trial.should_prune()
-
-        try:
-            status = self.tuner.training.run(child, on_metric=report)
-            if status != "InProgress":  # InProgress: the runtime is stopping; the next start relaunches it
-                value = final_metric(self.tuner.store.get("training-job", child), metric)
-                if status == "Completed" and value is not None:
-                    self.study.tell(trial, value)
-                else:
-                    self.study.tell(trial, state=optuna.trial.TrialState.PRUNED if status == "Stopped" else optuna.trial.TrialState.FAIL)
-        finally:
-            with self.changed:
-                self.running.discard(child)
-                self.changed.notify_all()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import time
 import zipfile
 
 import boto3
@@ -127,8 +128,19 @@ class _SecondCreateRefused:
         self.stub = Stubber(self.stub_client)
         self.stub.activate()
         self.seen: set[str] = set()
+        self.stubbed: set[str] = set()
+
+    def answer(self, operation: str, response: dict | None = None, error: tuple[str, str] | None = None) -> None:
+        """What moto cannot answer, as SageMaker answers it (the Stubber checks the shape)."""
+        self.stubbed.add(operation)
+        if error:
+            self.stub.add_client_error(operation, *error)
+        else:
+            self.stub.add_response(operation, response or {})
 
     def __getattr__(self, name):
+        if name in self.stubbed:
+            return getattr(self.stub_client, name)
         if name in ALREADY_EXISTS:
             if name in self.seen:
                 self.stub.add_client_error(name, *ALREADY_EXISTS[name])
@@ -188,6 +200,45 @@ def test_describe_after_create_and_tags(sagemaker):
     assert described["HyperParameterTuningJobName"] == RUN
     assert described["HyperParameterTuningJobConfig"]["Strategy"] == CONFIG.tuning_strategy
     assert described["TrainingJobDefinition"]["StaticHyperParameters"] == tuning["TrainingJobDefinition"]["StaticHyperParameters"]
+
+
+def _answer(sagemaker, operation: str, response: dict | None = None, error: tuple[str, str] | None = None) -> None:
+    """For the AWS family only: the answer SageMaker gives where moto has none."""
+    client = getattr(sagemaker, "_client", None)
+    if isinstance(client, _SecondCreateRefused):
+        client.answer(operation, response, error)
+
+
+def test_stopping_and_listing_a_tuning_jobs_trials(sagemaker):
+    _answer(sagemaker, "stop_hyper_parameter_tuning_job", error=("ResourceNotFound", "Amazon SageMaker can't find a tuning job with name no-such-tuning"))
+    with pytest.raises(NotFoundError):
+        sagemaker.stop_tuning_job("no-such-tuning")
+    _answer(sagemaker, "list_training_jobs_for_hyper_parameter_tuning_job",
+            error=("ResourceNotFound", "Amazon SageMaker can't find a tuning job with name no-such-tuning"))
+    with pytest.raises(NotFoundError):
+        sagemaker.list_trials("no-such-tuning")
+
+    sagemaker.create_tuning_job(requests.tuning_job_request(CONFIG, RUN, DATASET))
+    _answer(sagemaker, "list_training_jobs_for_hyper_parameter_tuning_job", {"TrainingJobSummaries": []})
+    trials = sagemaker.list_trials(RUN)
+    assert all({"TrainingJobName", "TrainingJobStatus", "TunedHyperParameters"} <= set(t) for t in trials)
+    _answer(sagemaker, "stop_hyper_parameter_tuning_job", {})
+    assert sagemaker.stop_tuning_job(RUN) is True
+    # Once it has ended, stopping it again is no error and says so.
+    _answer(sagemaker, "stop_hyper_parameter_tuning_job",
+            error=("ValidationException", "The request was rejected because the tuning job is in status Stopped."))
+    if isinstance(getattr(sagemaker, "_client", None), _SecondCreateRefused):
+        described = sagemaker.describe_tuning_job(RUN)
+        described["HyperParameterTuningJobStatus"] = "Stopped"
+        described.pop("ResponseMetadata", None)
+        _answer(sagemaker, "describe_hyper_parameter_tuning_job", {k: v for k, v in described.items()
+                                                                   if k not in ("TuningJobCompletionDetails", "ConsumedResources", "Autotune")})
+    else:  # the local search ends the job on its own thread, once its trials have stopped
+        deadline = time.monotonic() + 30
+        while sagemaker.describe_tuning_job(RUN)["HyperParameterTuningJobStatus"] != "Stopped" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sagemaker.describe_tuning_job(RUN)["HyperParameterTuningJobStatus"] == "Stopped"
+    assert sagemaker.stop_tuning_job(RUN) is False
 
 
 # -- SNS and SageMaker Runtime ------------------------------------------------------------------------

@@ -24,7 +24,8 @@ from orchestrator.test_requests import BASE_ENV
 BUCKET = BASE_ENV["DATA_BUCKET"]
 # Operations moto lacks or cannot shape realistically; a Stubber answers them, validating our
 # canned responses against the service model.
-STUBBED_SAGEMAKER = ("describe_hyper_parameter_tuning_job", "update_endpoint")
+STUBBED_SAGEMAKER = ("describe_hyper_parameter_tuning_job", "update_endpoint",
+                     "list_training_jobs_for_hyper_parameter_tuning_job", "stop_hyper_parameter_tuning_job")
 
 
 @dataclass

@@ -253,11 +253,32 @@ def test_zip_validation_reads_only_the_central_directory(stage):
 # -- failures ---------------------------------------------------------------------------------
 
 
+def _trial(run: str, number: int, status: str, reason: str | None = None) -> dict:
+    name = f"{run}-{number:03d}-0000000{number}"
+    summary = {"TrainingJobName": name, "TrainingJobArn": f"arn:aws:sagemaker:us-east-1:123456789012:training-job/{name}",
+               "TuningJobName": run, "CreationTime": datetime.datetime(2026, 11, 20, 19, number, tzinfo=datetime.timezone.utc),
+               "TrainingJobStatus": status, "TunedHyperParameters": {"lr": "0.01"}}
+    if reason:
+        summary["FailureReason"] = reason
+    return summary
+
+
+def _list_trials(stage, run: str, *trials: dict) -> None:
+    """Two pages, as a tuning job with many trials answers."""
+    half = len(trials) // 2
+    stage.stub.add_response("list_training_jobs_for_hyper_parameter_tuning_job",
+                            {"TrainingJobSummaries": list(trials[:half]), "NextToken": "page-2"},
+                            {"HyperParameterTuningJobName": run, "MaxResults": 100})
+    stage.stub.add_response("list_training_jobs_for_hyper_parameter_tuning_job", {"TrainingJobSummaries": list(trials[half:])},
+                            {"HyperParameterTuningJobName": run, "MaxResults": 100, "NextToken": "page-2"})
+
+
 @pytest.mark.parametrize("status,reason", [("Failed", "ResourceLimitExceeded: the account's limit"), ("Stopped", None)])
 def test_tuning_failed_or_stopped(stage, client, status, reason):
     _, run = _run_to_tuning(stage, client)
     stage.notifications()
     stage.stub.add_response("describe_hyper_parameter_tuning_job", _tuning_description(stage, run, status, best=None, reason=reason))
+    _list_trials(stage, run, _trial(run, 1, "Stopped"))
     assert invoke(client, "on_tuning_job_state_change", _tuning_event(run, "s3://x/", status)) == f"tuning {status.lower()}"
     notes = stage.notifications()
     assert [n["event"] for n in notes] == ["tuning.failed"]
@@ -265,16 +286,59 @@ def test_tuning_failed_or_stopped(stage, client, status, reason):
     assert stage.sagemaker.list_training_jobs()["TrainingJobSummaries"] == []
 
 
-def test_tuning_with_no_successful_trial(stage, client):
+def test_tuning_failed_says_why_its_trials_failed(stage, client):
     _, run = _run_to_tuning(stage, client)
     stage.notifications()
     described = _tuning_description(stage, run, best=None)
-    described["TrainingJobStatusCounters"] = {"Completed": 0, "InProgress": 0, "RetryableError": 0, "NonRetryableError": 8, "Stopped": 0}
+    described["TrainingJobStatusCounters"] = {"Completed": 0, "InProgress": 0, "RetryableError": 0, "NonRetryableError": 3, "Stopped": 1}
     stage.stub.add_response("describe_hyper_parameter_tuning_job", described)
+    no_images = "AlgorithmError: DatasetError: no readable training images: beagle"
+    _list_trials(stage, run, _trial(run, 1, "Failed", no_images), _trial(run, 2, "Stopped"),
+                 _trial(run, 3, "Failed", "AlgorithmError: DivergedError: the training loss became NaN"),
+                 _trial(run, 4, "Failed", no_images))
     assert invoke(client, "on_tuning_job_state_change", _tuning_event(run, "s3://x/")) == "tuning had no successful trial"
-    notes = stage.notifications()
-    assert [n["event"] for n in notes] == ["tuning.failed"] and "8 failed" in notes[0]["subject"]
-    assert stage.sagemaker.list_training_jobs()["TrainingJobSummaries"] == []
+    (note,) = stage.notifications()
+    assert note["event"] == "tuning.failed" and note["subject"].startswith(f"droptrain tuning.failed: tuning {run} had no successful trial: AlgorithmError")
+    assert note["detail"]["trial_failures"] == [
+        {"reason": no_images, "trials": [f"{run}-001-00000001", f"{run}-004-00000004"]},
+        {"reason": "AlgorithmError: DivergedError: the training loss became NaN", "trials": [f"{run}-003-00000003"]},
+    ]
+    assert note["detail"]["reason"] == no_images + " (and 1 other reasons, in detail.trial_failures)"
+    stage.stub.assert_no_pending_responses()
+
+
+def _trial_event(run: str, status: str, reason: str | None) -> dict:
+    out = event("training-job-tuning-child.json", TrainingJobName=f"{run}-001-00000001", TrainingJobStatus=status,
+                TuningJobArn=f"arn:aws:sagemaker:us-east-1:123456789012:hyper-parameter-tuning-job/{run}")
+    if reason:
+        out["detail"]["FailureReason"] = reason
+    return out
+
+
+def test_a_trial_failing_on_the_dataset_stops_its_tuning_job(stage, client):
+    _, run = _run_to_tuning(stage, client)
+    stage.stub.add_response("stop_hyper_parameter_tuning_job", {}, {"HyperParameterTuningJobName": run})
+    outcome = invoke(client, "on_training_job_state_change",
+                     _trial_event(run, "Failed", "AlgorithmError: ArchiveError: archive member '../x' escapes the extraction directory"))
+    assert outcome.startswith(f"stopped tuning job {run}: every trial would fail: AlgorithmError: ArchiveError")
+    stage.stub.assert_no_pending_responses()
+
+
+@pytest.mark.parametrize("status, reason", [("Failed", "AlgorithmError: DivergedError: the training loss became NaN"),
+                                            ("Completed", None), ("Stopped", None)])
+def test_other_trial_endings_leave_the_tuning_job_running(stage, client, status, reason):
+    _, run = _run_to_tuning(stage, client)
+    assert invoke(client, "on_training_job_state_change", _trial_event(run, status, reason)).startswith("ignored: trial")
+    stage.stub.assert_no_pending_responses()
+
+
+def test_a_tuning_job_that_ended_already_is_not_stopped_twice(stage, client):
+    _, run = _run_to_tuning(stage, client)
+    stage.stub.add_client_error("stop_hyper_parameter_tuning_job", "ValidationException",
+                                "The request was rejected because the tuning job is in status Stopped.")
+    stage.stub.add_response("describe_hyper_parameter_tuning_job", _tuning_description(stage, run, "Stopped", best=None))
+    outcome = invoke(client, "on_training_job_state_change", _trial_event(run, "Failed", "AlgorithmError: DatasetError: found 0 classes"))
+    assert outcome.startswith(f"already ended: tuning job {run}")
 
 
 def test_training_failed_leaves_the_endpoint(stage, client):
@@ -493,3 +557,18 @@ def test_an_archive_with_an_upper_case_suffix_starts_a_run(stage, client):
 
     assert matches(patterns.dataset_uploaded(os.environ), s3_event), "EventBridge's rule lets it through"
     assert invoke(client, "on_dataset_uploaded", s3_event) == "tuning job created"
+
+
+def test_spot_checkpoints_are_pruned_once_nothing_can_resume_them(stage, client):
+    import dataclasses
+
+    stage.services.config = dataclasses.replace(stage.services.config, use_spot=True)
+    _, run = _run_to_tuning(stage, client)
+    kept = f"runs/{run}/reports/profile.json"
+    for key in (f"runs/{run}/checkpoints/tuning/checkpoint-a.pt", f"runs/{run}/checkpoints/tuning/checkpoint-b.pt",
+                f"runs/{run}/checkpoints/final/checkpoint-c.pt", kept):
+        stage.put(key, b"x" * 10)
+    assert _complete_tuning(stage, client, run, f"s3://{BUCKET}/datasets/pets/") == "final training job created"
+    left = {o["Key"] for o in stage.s3.list_objects_v2(Bucket=BUCKET, Prefix=f"runs/{run}/").get("Contents", [])}
+    assert not any("/checkpoints/tuning/" in key for key in left), "the trials' checkpoints went"
+    assert {f"runs/{run}/checkpoints/final/checkpoint-c.pt", kept} <= left, "the final job's, and everything else, stay"

@@ -7,8 +7,6 @@ from __future__ import annotations
 import http.client
 import io
 import json
-import struct
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -16,7 +14,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from helpers import extract, png_bytes
+from helpers import extract, png_bytes, png_header_only
 from trainlib import predictor
 from trainlib.predictor import Classifier, decode
 
@@ -40,16 +38,6 @@ def _jpeg(size=(64, 64), color="red") -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", size, color).save(buffer, format="JPEG")
     return buffer.getvalue()
-
-
-def _png_header_only(width: int, height: int) -> bytes:
-    """A PNG whose header claims ``width`` x ``height`` and whose pixel data is a few bytes: what an
-    attacker sends to make a server allocate the whole image."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
 
 
 # -- the predictor, in-process ---------------------------------------------------------------------
@@ -111,8 +99,8 @@ def test_sixteen_bit_and_grayscale_pngs_keep_their_brightness():
     (b"\x89PNG\r\n\x1a\n garbage", predictor.InvalidImageError, "invalid_image"),
     (b"GIF89a" + b"\0" * 64, predictor.InvalidImageError, "invalid_image"),
     (_jpeg()[:200], predictor.InvalidImageError, "invalid_image"),
-    (_png_header_only(100_000, 1), predictor.ImageTooLargeError, "image_too_large"),
-    (_png_header_only(7_000, 7_000), predictor.ImageTooLargeError, "image_too_large"),
+    (png_header_only(100_000, 1), predictor.ImageTooLargeError, "image_too_large"),
+    (png_header_only(7_000, 7_000), predictor.ImageTooLargeError, "image_too_large"),
     (b"\xff\xd8\xff" + b"\0" * (predictor.MAX_BODY_BYTES + 1), predictor.PayloadTooLargeError, "payload_too_large"),
 ])
 def test_bad_bodies_get_their_error(body, error, code):
@@ -161,7 +149,7 @@ def test_the_container_answers_jpeg_and_png_as_the_model_does(container, classif
     (b"", 400, "invalid_image"),
     (b"not an image at all", 400, "invalid_image"),
     (_jpeg()[:300], 400, "invalid_image"),
-    (_png_header_only(100_000, 1), 400, "image_too_large"),
+    (png_header_only(100_000, 1), 400, "image_too_large"),
     (b"\xff\xd8\xff" + b"\0" * (predictor.MAX_BODY_BYTES + 10), 413, "payload_too_large"),
 ])
 def test_the_container_answers_bad_input_with_its_documented_status(container, body, status, code):

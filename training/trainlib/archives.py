@@ -3,7 +3,10 @@
 An uploaded archive is untrusted input: no member may land outside the target directory
 (zip-slip, absolute paths, ``..``), links and device files are refused rather than followed, and
 the bytes written are bounded, counted as they are written rather than trusted from the headers,
-so a zip bomb stops at the limit.
+so a zip bomb stops at the limit: the smallest of ``--max-extract-bytes``, the free space of the
+disk being written (less a reserve for checkpoints and the model), and ``MAX_RATIO`` times the
+archive's size (photos barely compress). The orchestrator applies the same limits before a job
+starts, where the archive format lets it read them (``chalice_app/validation.py``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from trainlib.errors import ArchiveError
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
 DEFAULT_MAX_BYTES = 50 * 1024**3
 DEFAULT_MAX_MEMBERS = 2_000_000
+MAX_RATIO = 100  # as chalice_app.validation.MAX_RATIO
+DISK_RESERVE_BYTES = 2 * 1024**3  # left free for checkpoints, the model and its archive
 _CHUNK = 1024 * 1024
 
 
@@ -55,6 +60,7 @@ def extract_archive(
     the partial extraction is removed.
     """
     dest.mkdir(parents=True, exist_ok=True)
+    max_bytes = extraction_limit(archive, dest, max_bytes)
     try:
         if zipfile.is_zipfile(archive):
             members = _zip_members(archive)
@@ -70,6 +76,13 @@ def extract_archive(
         shutil.rmtree(dest, ignore_errors=True)
         raise ArchiveError(f"{archive.name} could not be read as an archive: {exc}") from exc
     return dest
+
+
+def extraction_limit(archive: Path, dest: Path, max_bytes: int) -> int:
+    """What ``archive`` may expand to in ``dest``: the configured limit, what the disk has free
+    (less a reserve), and ``MAX_RATIO`` times the archive's own size, whichever is smallest."""
+    free = shutil.disk_usage(dest).free - DISK_RESERVE_BYTES
+    return max(0, min(max_bytes, free, MAX_RATIO * archive.stat().st_size))
 
 
 def _is_tar(path: Path) -> bool:
@@ -121,7 +134,7 @@ def _write_members(members: Iterator[Member], dest: Path, max_bytes: int, max_me
         if count > max_members:
             raise ArchiveError(f"archive has more than {max_members} members")
         if written + declared_size > max_bytes:
-            raise ArchiveError(f"archive content exceeds the limit of {max_bytes} bytes")
+            raise ArchiveError(_too_large(max_bytes))
         target = root.joinpath(*rel.parts)
         # Belt and braces: the resolved parent must still be inside the root.
         if os.path.commonpath([root, target.parent.resolve()]) != str(root):
@@ -134,5 +147,10 @@ def _write_members(members: Iterator[Member], dest: Path, max_bytes: int, max_me
                     break
                 written += len(chunk)
                 if written > max_bytes:
-                    raise ArchiveError(f"archive content exceeds the limit of {max_bytes} bytes")
+                    raise ArchiveError(_too_large(max_bytes))
                 out.write(chunk)
+
+
+def _too_large(limit: int) -> str:
+    return (f"the archive expands to more than {limit} bytes, the limit here (the smallest of --max-extract-bytes, "
+            f"the disk's free space and {MAX_RATIO} times the archive's size)")

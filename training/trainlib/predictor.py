@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -23,7 +24,7 @@ import torch
 from PIL import Image
 
 from trainlib.models import build_model
-from trainlib.transforms import eval_transform, to_rgb
+from trainlib.transforms import eval_transform, to_rgb, to_rgb_reduced
 
 # SageMaker's real-time InvokeEndpoint takes payloads up to 6 MB.
 MAX_BODY_BYTES = 6 * 1024 * 1024
@@ -32,6 +33,9 @@ MAX_BODY_BYTES = 6 * 1024 * 1024
 # would blow it up (a 100000x1 PNG of 373 bytes would need gigabytes).
 MAX_PIXELS = 40_000_000
 MAX_ASPECT = 20
+# A decoded image is reduced by a whole factor while its short side stays at least this (far above
+# any network's input), before any conversion touches its pixels.
+WORKING_SIDE = 1024
 # The endpoint answers this many labels (all of them when there are fewer); the API trims to top_k.
 TOP_LABELS = 20
 FORMATS = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG"}
@@ -84,10 +88,18 @@ def decode(body: bytes | bytearray | memoryview | None) -> Image.Image:
     try:
         with Image.open(io.BytesIO(body), formats=[fmt]) as img:
             check_dimensions(*img.size)  # from the header: nothing is decoded yet
+            if fmt == "JPEG":
+                img.draft("RGB", (WORKING_SIDE, WORKING_SIDE))  # JPEG decodes at 1/2, 1/4 or 1/8 scale directly
             img.load()
-            return to_rgb(img)
+            factor = min(img.size) // WORKING_SIDE
+            return to_rgb_reduced(img, factor) if factor >= 2 else to_rgb(img)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise InvalidImageError(f"the body is not a decodable {fmt} image ({exc})") from None
+        raise InvalidImageError(f"the body is not a decodable {fmt} image ({_plain(exc)})") from None
+
+
+def _plain(exc: BaseException) -> str:
+    """The decoder's reason without Python object reprs (``<_io.BytesIO object at 0x…>``)."""
+    return re.sub(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>", "", str(exc)).strip() or type(exc).__name__
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Image decoding and transforms: the one source that training and inference both use.
 
 Inference must see exactly what evaluation saw, so ``eval_transform`` and ``to_rgb`` are
-imported by ``inference.py`` from here rather than rewritten.
+imported by the serving code (``trainlib.predictor``) from here rather than rewritten.
 """
 
 from __future__ import annotations
@@ -23,20 +23,47 @@ def resize_size(image_size: int) -> int:
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Any mode (grayscale, 16-bit, palette, with or without transparency) to 8-bit RGB.
+    """Any mode (grayscale, 16-bit, palette, with or without transparency) to 8-bit RGB, upright.
 
     Transparent pixels are composited onto white rather than dropped, because a dropped alpha
     channel exposes whatever colour the encoder left under it (often black).
     """
-    img = ImageOps.exif_transpose(img) or img
+    return _flatten(ImageOps.exif_transpose(img) or img)
+
+
+# EXIF orientation → the transpose that makes the image upright (as ImageOps.exif_transpose).
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}
+_STRIP_ROWS = 64  # output rows per strip when reducing
+
+
+def to_rgb_reduced(img: Image.Image, factor: int) -> Image.Image:
+    """``to_rgb(img)`` reduced by a whole ``factor`` (box filter), worked strip by strip: memory
+    beyond the decoded image stays a few megabytes whatever its size or mode (a full-size RGB or
+    premultiplied copy of a 40-megapixel PNG would double it)."""
+    width, height = img.width // factor, img.height // factor
+    out = Image.new("RGB", (width, height))
+    for top in range(0, height, _STRIP_ROWS):
+        rows = min(_STRIP_ROWS, height - top)
+        strip = img.crop((0, top * factor, width * factor, (top + rows) * factor))
+        out.paste(_flatten(strip).reduce(factor), (0, top))
+    method = _UPRIGHT.get(img.getexif().get(0x0112))
+    return out.transpose(method) if method is not None else out
+
+
+def _flatten(img: Image.Image) -> Image.Image:
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         img = img.point(lambda v: v * (1 / 256)).convert("L")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(background, rgba)
+        rgba = img if img.mode == "RGBA" else img.convert("RGBA")
+        # Pasted through its alpha onto white: one RGB image and one channel beside the original,
+        # not three RGBA copies as alpha_composite would need.
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
     return img.convert("RGB") if img.mode != "RGB" else img
 
 
