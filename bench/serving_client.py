@@ -59,7 +59,8 @@ def main(url: str, image: Path, concurrency: int, seconds: float) -> dict:
     elapsed = time.perf_counter() - began
     ordered = sorted(latencies)
     return {"rps": len(ordered) / elapsed, "requests": len(ordered), "errors": errors[0],
-            "p50_ms": ordered[len(ordered) // 2] * 1e3 if ordered else float("nan")}
+            "p50_ms": ordered[len(ordered) // 2] * 1e3 if ordered else float("nan"),
+            "p99_ms": ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))] * 1e3 if ordered else float("nan")}
 
 
 if __name__ == "__main__":

@@ -34,22 +34,48 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _terminate_like_ctrl_c() -> None:
+    """SIGTERM (``kill``, a service manager, a container stop) takes the Ctrl-C path: jobs ended,
+    state saved, no ``train.py`` left running."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
 def _cmd_up(args: argparse.Namespace) -> int:
+    import os
     import threading
 
+    from droptrain.local.lock import HomeBusyError
     from droptrain.local.runtime import LocalRuntime
+    from droptrain.local.notify import WebhookError
 
     def show(job: str, line: str) -> None:
         if line.startswith(("epoch=", "test_", "error:")):
             print(f"  [{job}] {line}", flush=True)
 
-    runtime = LocalRuntime(args.home, webhook=args.webhook, on_line=show)
+    api_key = args.api_key or os.environ.get("DROPTRAIN_API_KEY") or None
+    if args.host not in LOOPBACK:
+        print(f"droptrain up: warning: the API on {args.host} is reachable from other machines"
+              + ("; requests need the x-api-key header" if api_key else
+                 " and anyone who can reach it can use it: pass --api-key (or set DROPTRAIN_API_KEY)"),
+              file=sys.stderr, flush=True)
     try:
-        runtime.start(host=args.host, port=args.port)
-    except OSError as exc:
-        print(f"droptrain up: cannot serve on {args.host}:{args.port}: {exc}", file=sys.stderr)
-        runtime.stop()
+        runtime = LocalRuntime(args.home, webhook=args.webhook, on_line=show)
+        runtime.start(host=args.host, port=args.port, api_key=api_key)
+    except (HomeBusyError, WebhookError) as exc:
+        print(f"droptrain up: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        print(f"droptrain up: cannot serve on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    _terminate_like_ctrl_c()  # after Ray has started: it installs a SIGTERM handler of its own
     print(f"droptrain is up: API {runtime.api_url}; drop datasets into {runtime.bucket.path('datasets/')}/ "
           f"(or: droptrain upload PATH --name NAME); notifications in {runtime.publisher.path}. Ctrl-C stops.", flush=True)
     try:
@@ -159,7 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--home", type=Path, default=Path(".droptrain"), help="the local stack's state: bucket, jobs, notifications")
     p.add_argument("--host", default="127.0.0.1", help="API bind address (loopback by default)")
     p.add_argument("--port", type=int, default=8000, help="API port")
-    p.add_argument("--webhook", default=None, help="also POST every notification to this URL")
+    p.add_argument("--webhook", default=None, help="also POST every notification to this http(s) URL")
+    p.add_argument("--api-key", default=None, help="require this key in the x-api-key header, as a stage with "
+                   "API_KEY_REQUIRED does (default: $DROPTRAIN_API_KEY, else none)")
     p.set_defaults(func=_cmd_up)
 
     p = sub.add_parser("upload", help="a dataset folder or archive into the local bucket, or to s3://BUCKET")

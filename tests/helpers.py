@@ -67,3 +67,35 @@ def extract(archive: Path, dest: Path) -> Path:
     with tarfile.open(archive) as tar:
         tar.extractall(dest, filter="data")
     return dest
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` and whose pixel data is a few bytes: what an
+    attacker sends to make a server allocate the whole image."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+
+
+def deploy_archive(runtime, archive: Path, config: str) -> str:
+    """The local stack's endpoint created with (or updated to) a model archive, as the pipeline does it;
+    returns the endpoint's name once it serves the archive."""
+    key = f"runs/{config}/final/model.tar.gz"
+    runtime.bucket.put_file(key, archive)
+    runtime.sagemaker.create_model({"ModelName": config, "PrimaryContainer": {"ModelDataUrl": runtime.bucket.uri(key)}})
+    runtime.sagemaker.create_endpoint_config({"EndpointConfigName": config, "ProductionVariants": [{"ModelName": config}]})
+    endpoint = runtime.env["ENDPOINT_NAME"]
+    if runtime.endpoints.describe(endpoint) is None:
+        runtime.sagemaker.create_endpoint({"EndpointName": endpoint, "EndpointConfigName": config, "Tags": []})
+    else:
+        runtime.sagemaker.update_endpoint({"EndpointName": endpoint, "EndpointConfigName": config})
+    runtime.endpoints.join()
+    described = runtime.endpoints.describe(endpoint)
+    if (described["EndpointStatus"], described["EndpointConfigName"]) != ("InService", config):
+        raise RuntimeError(f"the endpoint did not come up: {described}")
+    return endpoint

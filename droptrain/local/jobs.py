@@ -72,6 +72,16 @@ class JobPaths:
     def failure(self) -> Path:
         return self.root / "output" / "failure"
 
+    @property
+    def scratch(self) -> Path:
+        """The job's temporary folder (``TMPDIR``): an extracted dataset archive lives here."""
+        return self.root / "tmp"
+
+    @property
+    def log(self) -> Path:
+        """Everything the job printed, across the attempts a restart made (CloudWatch's log stream)."""
+        return self.root / "job.log"
+
 
 def resource_config(instance_type: str) -> dict[str, Any]:
     return {
@@ -107,7 +117,7 @@ def write_config(paths: JobPaths, hyperparameters: Mapping[str, str], channels: 
         files["checkpointconfig.json"] = {"LocalPath": checkpoint.get("LocalPath", "/opt/ml/checkpoints"), "S3Path": checkpoint["S3Uri"]}
     for name, content in files.items():
         (paths.input_config / name).write_text(json.dumps(content))
-    for folder in (paths.model, paths.output_data, paths.checkpoints):
+    for folder in (paths.model, paths.output_data, paths.checkpoints, paths.scratch):
         folder.mkdir(parents=True, exist_ok=True)
 
 
@@ -136,6 +146,60 @@ def stage_channel(paths: JobPaths, name: str, source: Path) -> Path:
     return target
 
 
+def record_runner(paths: JobPaths, process: subprocess.Popen) -> None:
+    """Which process group runs the job (the toolkit leads it), for ``end_leftovers`` after a crash."""
+    (paths.root / "runner.pid").write_text(str(process.pid))
+
+
+def end_leftovers(paths: JobPaths) -> int:
+    """End what a killed runtime left running in this job's folder (its ``kill -9`` does not reach
+    the job's own process group): every process of the recorded group that works in the folder.
+    Returns how many were ended."""
+    import psutil
+
+    try:
+        group = int((paths.root / "runner.pid").read_text())
+    except (OSError, ValueError):
+        return 0
+    ended = 0
+    for process in psutil.process_iter(["pid", "cwd"]):
+        try:
+            cwd = process.info["cwd"]
+            if os.getpgid(process.pid) != group or not cwd or not Path(cwd).is_relative_to(paths.root):
+                continue
+            process.kill()
+            ended += 1
+        except (psutil.Error, ProcessLookupError, PermissionError):
+            continue
+    return ended
+
+
+def fresh_scratch(paths: JobPaths) -> None:
+    """An empty scratch folder for an attempt (an interrupted one may have left an extraction)."""
+    shutil.rmtree(paths.scratch, ignore_errors=True)
+    paths.scratch.mkdir(parents=True, exist_ok=True)
+
+
+def clean_up(paths: JobPaths) -> None:
+    """What an ended job no longer needs: its scratch space, its checkpoints (nothing resumes it),
+    its staged inputs and its model folder (packed into the bucket). Its log, config and output
+    files stay. Best effort: a folder that cannot be removed is left, never an error."""
+    for folder in (paths.scratch, paths.checkpoints, paths.input_data, paths.model):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def open_log(paths: JobPaths):
+    paths.root.mkdir(parents=True, exist_ok=True)
+    return paths.log.open("a", buffering=1)
+
+
+def read_log(paths: JobPaths) -> list[str]:
+    try:
+        return paths.log.read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return []
+
+
 def toolkit_env(paths: JobPaths, job_name: str, job_arn: str, environment: Mapping[str, str],
                 extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The container's environment: the job's ``Environment``, the toolkit relocated to the job's folder."""
@@ -149,6 +213,8 @@ def toolkit_env(paths: JobPaths, job_name: str, job_arn: str, environment: Mappi
         "TRAINING_JOB_NAME": job_name,
         "TRAINING_JOB_ARN": job_arn,
         "PYTHONUNBUFFERED": "1",
+        # Temporary files (an extracted dataset) in the job's own scratch folder, removed with it.
+        "TMPDIR": str(paths.scratch),
         # Not on SageMaker: train.py leaves uploads to whoever runs it (the local executor).
         "DROPTRAIN_LOCAL": "1",
     })

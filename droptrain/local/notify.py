@@ -1,12 +1,19 @@
 """Local notifications: the same SNS messages, printed readably, appended to a JSON-lines file,
-and posted to an optional webhook."""
+and posted to an optional webhook.
+
+The webhook is an http(s) URL, checked when the runtime starts. Deliveries run on their own thread, in
+order, each with a timeout: a slow or dead webhook delays nobody (the event bus publishes and moves
+on), and the file keeps every message whatever the webhook does.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import queue
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
@@ -15,6 +22,65 @@ from typing import Callable, Mapping
 from chalice_app.adapters.errors import NotFoundError
 
 log = logging.getLogger(__name__)
+WEBHOOK_SCHEMES = ("http", "https")
+MAX_PENDING = 1000  # deliveries queued for a webhook that is slower than the pipeline
+
+
+class WebhookError(ValueError):
+    """A webhook URL the runtime will not post to."""
+
+
+def check_webhook(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme.lower() not in WEBHOOK_SCHEMES or not parts.hostname:
+        raise WebhookError(f"the webhook must be an http:// or https:// URL with a host, not {url[:100]!r}")
+    return url
+
+
+def _opener() -> urllib.request.OpenerDirector:
+    """HTTP and HTTPS only, redirects included: no file:, data: or ftp: handler to be sent to."""
+    opener = urllib.request.OpenerDirector()
+    for handler in (urllib.request.HTTPHandler(), urllib.request.HTTPSHandler(), urllib.request.HTTPRedirectHandler(),
+                    urllib.request.HTTPDefaultErrorHandler(), urllib.request.HTTPErrorProcessor()):
+        opener.add_handler(handler)
+    return opener
+
+
+class Webhook:
+    """Posts records to one URL from its own thread, in order."""
+
+    def __init__(self, url: str, timeout: float = 5):
+        self.url, self.timeout = check_webhook(url), timeout
+        self._opener = _opener()
+        self._pending: queue.Queue[dict] = queue.Queue(MAX_PENDING)
+        self._thread = threading.Thread(target=self._deliver, daemon=True, name="webhook")
+        self._thread.start()
+
+    def post(self, record: dict) -> None:
+        try:
+            self._pending.put_nowait(record)
+        except queue.Full:
+            log.warning("webhook %s is %d messages behind: this one is only in the file", self.url, MAX_PENDING)
+
+    def flush(self, timeout: float = 10) -> bool:
+        """Wait until every queued record has been tried; ``False`` if that took longer than ``timeout``."""
+        done = threading.Event()
+        threading.Thread(target=lambda: (self._pending.join(), done.set()), daemon=True).start()
+        return done.wait(timeout)
+
+    def _deliver(self) -> None:
+        while True:
+            record = self._pending.get()
+            try:
+                request = urllib.request.Request(self.url, data=json.dumps(record).encode(),
+                                                 headers={"Content-Type": "application/json"}, method="POST")
+                with self._opener.open(request, timeout=self.timeout):
+                    pass
+            except (urllib.error.URLError, OSError, ValueError) as exc:
+                # A webhook that is down must not stop the pipeline; the file still has every message.
+                log.warning("webhook %s did not take the notification: %s", self.url, exc)
+            finally:
+                self._pending.task_done()
 
 
 class LocalPublisher:
@@ -25,8 +91,7 @@ class LocalPublisher:
         self.path = path
         self.topic_arn = topic_arn
         self.say = say
-        self.webhook = webhook
-        self.timeout = timeout
+        self.webhook = Webhook(webhook, timeout) if webhook else None
         self._lock = threading.Lock()
         self._count = 0
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -44,18 +109,12 @@ class LocalPublisher:
                 handle.write(json.dumps(record) + "\n")
         self.say(f"  ✉ {body['event']:<22} {subject.removeprefix('droptrain ' + body['event'] + ': ')}")
         if self.webhook:
-            self._post(record)
+            self.webhook.post(record)
         return message_id
 
-    def _post(self, record: dict) -> None:
-        request = urllib.request.Request(self.webhook, data=json.dumps(record).encode(),
-                                         headers={"Content-Type": "application/json"}, method="POST")
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout):
-                pass
-        except (urllib.error.URLError, OSError) as exc:
-            # A webhook that is down must not stop the pipeline; the file still has every message.
-            log.warning("webhook %s did not take the notification: %s", self.webhook, exc)
+    def flush(self, timeout: float = 10) -> None:
+        if self.webhook and not self.webhook.flush(timeout):
+            log.warning("webhook %s: some notifications were not delivered before the stop", self.webhook.url)
 
 
 def read(path: Path) -> list[dict]:

@@ -20,6 +20,9 @@ from chalice_app import config as config_module, handlers, observability
 from chalice_app.names import ARCHIVE_SUFFIXES
 from chalice_app.notifications import Notifier
 from chalice_app.pipeline import Services
+from chalice_app.adapters.errors import AdapterError
+from droptrain.local import api
+from droptrain.local.lock import HomeLock
 from droptrain.local.resources import ACCOUNT
 from droptrain.local.sagemaker import LocalSageMaker
 from droptrain.local.bucket import LocalBucket
@@ -94,6 +97,10 @@ class LocalRuntime:
         self._watcher: threading.Thread | None = None
         self._server = None
         self._server_thread: threading.Thread | None = None
+        self._watcher_error: str | None = None
+        self._skipped: dict[str, str] = {}
+        self._services: Services | None = None
+        self._lock = HomeLock(self.home)
         self.api_url: str | None = None
 
     # -- what bootstrap asks for --------------------------------------------------------------
@@ -106,6 +113,7 @@ class LocalRuntime:
             runtime=LocalRuntimeClient(self.endpoints),
             notifier=Notifier(self.publisher, self.bucket, config.notify_topic_arn, config.data_bucket),
             sleep=time.sleep,
+            problems=self.problems,
         )
 
     def _emit(self, event: dict) -> None:
@@ -114,15 +122,30 @@ class LocalRuntime:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def start(self, serve_api: bool = True, host: str = "127.0.0.1", port: int = 8000, watch: bool = True) -> "LocalRuntime":
+    def start(self, serve_api: bool = True, host: str = "127.0.0.1", port: int = 8000, watch: bool = True,
+              api_key: str | None = None) -> "LocalRuntime":
+        """Take the home folder, bind the API, then run: a second stack on this home, or a port in use,
+        is refused (``HomeBusyError``, ``OSError``) before any job or event has run."""
         # The same Chalice app that Lambda runs, built for this runtime's environment: its
         # EventBridge patterns name the local bucket, and the bus routes by them.
         from app import create_app
 
+        self._lock.acquire()
+        try:
+            app_obj = create_app(self.env)
+            if serve_api:
+                self._bind(app_obj, host, port, api_key)
+            self._run(app_obj, watch)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _run(self, app_obj: Any, watch: bool) -> None:
         # Lambda's logs, metrics and traces have nowhere to go here: warnings only, on the console.
         observability.configure(level="WARNING", metrics_enabled=False)
-        app_obj = create_app(self.env)
-        handlers.use_services(self.services(config_module.load(self.env)))
+        self._services = self.services(config_module.load(self.env))
+        handlers.use_services(self._services)
         self.bucket.put(self.env["SOURCE_DIR_S3_URI"].removeprefix(f"s3://{BUCKET}/"), self._sourcedir)
         if self._owns_serving:
             self.serving.start()
@@ -134,9 +157,9 @@ class LocalRuntime:
         if watch:
             self._watcher = threading.Thread(target=self._watch, daemon=True, name="bucket-watcher")
             self._watcher.start()
-        if serve_api:
-            self._serve(app_obj, host, port)
-        return self
+        if self._server is not None:
+            self._server_thread = threading.Thread(target=self._server.server.serve_forever, daemon=True, name="api")
+            self._server_thread.start()
 
     def stop(self) -> None:
         """Stop cleanly: no new events, jobs ended (they resume on the next start), state saved."""
@@ -144,61 +167,85 @@ class LocalRuntime:
         if self._watcher:
             self._watcher.join(10)
         if self._server is not None:
-            self._server.shutdown()
+            if self._server_thread is not None:
+                self._server.shutdown()
             self._server.server.server_close()
-            self._server = None
+            self._server = self._server_thread = None
         self.sagemaker.stop()
         if self.bus:
             self.bus.stop()
+        self.publisher.flush()
         self.endpoints.join(5)
         self.endpoints.close()
         if self._owns_serving:
             self.serving.stop()
-        handlers.use_services(None)
+        if self._services is not None:
+            handlers.use_services(None, replacing=self._services)
+            self._services = None
+        self._lock.release()
 
-    def _serve(self, app_obj: Any, host: str, port: int) -> None:
+    def _bind(self, app_obj: Any, host: str, port: int, api_key: str | None) -> None:
         from chalice.config import Config
-        from chalice.local import create_local_server
 
         config = Config.create(chalice_stage="local", app_name="droptrain", project_dir=str(Path.cwd()),
                                environment_variables=self.env, lambda_timeout=60)
-        self._server = create_local_server(app_obj, config, host, port)
+        self._server = api.create_server(app_obj, config, host, port, api_key=api_key)
         self.api_url = f"http://{host}:{self._server.server.server_address[1]}"
-        self._server_thread = threading.Thread(target=self._server.server.serve_forever, daemon=True, name="api")
-        self._server_thread.start()
+
+    def problems(self) -> list[str]:
+        """What is broken in the stack itself (``GET /status`` answers 503 while there is any)."""
+        if self._watcher is not None and not self._watcher.is_alive() and not self._stop.is_set():
+            return [f"the bucket watcher stopped: {self._watcher_error or 'unknown cause'}; restart droptrain up"]
+        return []
 
     # -- the bucket's "Object Created" events --------------------------------------------------
 
     def _watch(self) -> None:
         prefix = self.env["DATASET_PREFIX"]
-        while not self._stop.is_set():
-            self.scan(prefix)
-            self._stop.wait(self.poll_seconds)
+        try:
+            while not self._stop.is_set():
+                self.scan(prefix)
+                self._stop.wait(self.poll_seconds)
+        except BaseException as exc:  # recorded for /status before the thread ends; not swallowed
+            self._watcher_error = f"{type(exc).__name__}: {exc}"
+            log.error("the bucket watcher stopped: %s", self._watcher_error)
+            raise
 
     def scan(self, prefix: str | None = None) -> int:
         """Emit "Object Created" for every object under the prefix not seen before (with this ETag),
-        including those written while the runtime was down. Returns how many."""
-        from droptrain.local.bucket import etag
-
+        including those written while the runtime was down. Returns how many. An object that cannot
+        be read (gone mid-scan, unreadable) is logged and skipped: it never stops the scan."""
         emitted = 0
         for key, size in self.bucket.list_objects(BUCKET, prefix or self.env["DATASET_PREFIX"]):
             if not (key.endswith("/_READY") or key.lower().endswith(ARCHIVE_SUFFIXES)):
                 continue  # only what could start a run; EventBridge would drop the rest anyway
-            path = self.bucket.path(key)
-            stat = path.stat()
-            seen = self.store.get("object", key)
-            if seen and seen.get("mtime_ns") == stat.st_mtime_ns and seen.get("size") == size:
-                continue
-            tag = etag(path)
-            if seen and seen.get("etag") == tag:
-                self.store.update("object", key, mtime_ns=stat.st_mtime_ns, size=size)
-                continue
-            record = {"etag": tag, "mtime_ns": stat.st_mtime_ns, "size": size}
-            if not self.store.insert("object", key, record):
-                self.store.update("object", key, **record)
-            self._emit(object_created(key, size, tag))
-            emitted += 1
+            try:
+                emitted += self._notice(key, size)
+            except (OSError, AdapterError) as exc:
+                if self._skipped.get(key) != str(exc):  # once per object and cause, not every poll
+                    self._skipped[key] = str(exc)
+                    log.warning("skipping %s in the local bucket: %s", key, exc)
+                    self.say(f"skipping {key}: {exc}")
         return emitted
+
+    def _notice(self, key: str, size: int) -> int:
+        from droptrain.local.bucket import etag
+
+        path = self.bucket.path(key)
+        stat = path.stat()
+        seen = self.store.get("object", key)
+        if seen and seen.get("mtime_ns") == stat.st_mtime_ns and seen.get("size") == size:
+            return 0
+        tag = etag(path)
+        if seen and seen.get("etag") == tag:
+            self.store.update("object", key, mtime_ns=stat.st_mtime_ns, size=size)
+            return 0
+        record = {"etag": tag, "mtime_ns": stat.st_mtime_ns, "size": size}
+        if not self.store.insert("object", key, record):
+            self.store.update("object", key, **record)
+        self._emit(object_created(key, size, tag))
+        self._skipped.pop(key, None)
+        return 1
 
     # -- uploads -------------------------------------------------------------------------------
 

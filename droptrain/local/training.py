@@ -27,6 +27,7 @@ from droptrain.local.resources import arn, as_described, now, request_tags, stat
 from droptrain.local.store import Store
 
 log = logging.getLogger(__name__)
+TERMINAL = ("Completed", "Failed", "Stopped")
 Emit = Callable[[dict[str, Any]], None]
 OnLine = Callable[[str, str], None]
 OnMetric = Callable[[str, float, int], bool]
@@ -74,6 +75,7 @@ class TrainingJobs:
         self.job_env = dict(job_env)
         self.stopping = stopping
         self._processes: dict[str, subprocess.Popen] = {}
+        self._stop_requested: set[str] = set()
         self._lock = threading.Lock()
 
     def create(self, request: Mapping[str, Any], tuning_job: str | None = None, trial: int | None = None) -> bool:
@@ -100,6 +102,14 @@ class TrainingJobs:
             raise NotFoundError(f"Could not find training job '{arn('training-job', name)}'", "ValidationException")
         return as_described(record, hidden=("Tags", "TuningJobName", "Trial"))
 
+    def stop(self, name: str) -> None:
+        """StopTrainingJob: the job ends Stopped (its process group is ended if it is running)."""
+        with self._lock:
+            self._stop_requested.add(name)
+            process = self._processes.get(name)
+        if process is not None:
+            kill(process)
+
     def kill_all(self) -> None:
         with self._lock:
             processes = list(self._processes.values())
@@ -111,23 +121,41 @@ class TrainingJobs:
     def run(self, name: str, on_metric: OnMetric | None = None) -> str:
         """Run the job to its end and return its status; ``on_metric`` returning ``True`` stops it (pruning).
         Whatever fails in the runner fails the job, with the reason, as SageMaker would."""
+        paths = jobs.JobPaths(self.jobs_root / name)
         try:
-            return self._run(name, on_metric)
+            status = self._attempt(name, self.store.get("training-job", name), paths, on_metric)
         except Exception as exc:  # noqa: BLE001 - not the user's error: reported on the job as SageMaker's own failure
             log.exception("local training job %s failed in its runner", name)
-            return self.finish(name, "Failed", SecondaryStatus="Failed",
-                               FailureReason=f"InternalServerError: the local runner failed: {type(exc).__name__}: {exc}"[:1024])
+            status = self.finish(name, "Failed", SecondaryStatus="Failed",
+                                 FailureReason=f"InternalServerError: the local runner failed: {type(exc).__name__}: {exc}"[:1024])
+        if status in TERMINAL:
+            jobs.clean_up(paths)  # nothing will resume it: scratch space and checkpoints go
+        return status
 
-    def _run(self, name: str, on_metric: OnMetric | None) -> str:
-        record = self.store.get("training-job", name)
+    def clean_ended(self) -> None:
+        """Scratch space and checkpoints of jobs that ended while a killed runtime could not clean up."""
+        for name, status, _ in self.store.records("training-job"):
+            if status in TERMINAL:
+                jobs.clean_up(jobs.JobPaths(self.jobs_root / name))
+
+    def _attempt(self, name: str, record: Mapping[str, Any], paths: jobs.JobPaths, on_metric: OnMetric | None) -> str:
+        if name in self._stop_requested:
+            return self.finish(name, "Stopped", SecondaryStatus="Stopped")
+        if jobs.end_leftovers(paths):  # a runtime killed with -9 left this job's last attempt running
+            log.warning("ended what a previous runtime left running of %s", name)
         try:
-            paths = self._prepare(name, record)
+            self._prepare(paths, record)
         except (jobs.JobSetupError, AdapterError) as exc:  # no such object, or a key the bucket refuses
             return self.finish(name, "Failed", SecondaryStatus="Failed", FailureReason=f"ClientError: {exc}")
         self.store.update("training-job", name, SecondaryStatus="Training", TrainingStartTime=now(), LastModifiedTime=now())
         output = _Output([(d["Name"], re.compile(d["Regex"])) for d in record["AlgorithmSpecification"].get("MetricDefinitions", [])])
-        status_code, pruned = self._stream(name, paths, record, output, on_metric)
+        # An attempt a restart interrupted printed metrics that this one, resuming from its
+        # checkpoint, will not print again: they count, as CloudWatch keeps a restarted job's log.
+        pruned = self._replay(paths, output, on_metric)
+        status_code, pruned = self._stream(name, paths, record, output, on_metric) if not pruned else (0, True)
         self.store.update("training-job", name, FinalMetricDataList=output.final())
+        if name in self._stop_requested:
+            return self.finish(name, "Stopped", SecondaryStatus="Stopped")
         if self.stopping.is_set() and not pruned:
             return "InProgress"  # the runtime is stopping: the job resumes on the next start
         if pruned:
@@ -137,15 +165,22 @@ class TrainingJobs:
         return self.finish(name, "Completed", SecondaryStatus="Completed",
                            ModelArtifacts={"S3ModelArtifacts": self._upload_outputs(name, paths, record)})
 
+    def _replay(self, paths: jobs.JobPaths, output: _Output, on_metric: OnMetric | None) -> bool:
+        """Feed the job's earlier output through the metric parser; ``True`` if it says prune."""
+        pruned = False
+        for line in jobs.read_log(paths):
+            for metric, value, count in output.read(line):
+                pruned = pruned or bool(on_metric and on_metric(metric, value, count))
+        return pruned
+
     def _local_file(self, uri: str, what: str) -> Path:
         path = self.bucket.path_of_uri(uri)
         if not path.exists():
             raise jobs.JobSetupError(f"no {what} at {uri}")
         return path
 
-    def _prepare(self, name: str, record: Mapping[str, Any]) -> jobs.JobPaths:
+    def _prepare(self, paths: jobs.JobPaths, record: Mapping[str, Any]) -> None:
         """The job's /opt/ml as SageMaker lays it out before the container starts."""
-        paths = jobs.JobPaths(self.jobs_root / name)
         hyperparameters = dict(record["HyperParameters"])
         if "sagemaker_submit_directory" in hyperparameters:
             hyperparameters["sagemaker_submit_directory"] = str(
@@ -157,23 +192,26 @@ class TrainingJobs:
                           record.get("CheckpointConfig"))
         for stale in (paths.failure, paths.output / "success"):  # from an attempt a restart interrupted
             stale.unlink(missing_ok=True)
-        return paths
+        jobs.fresh_scratch(paths)
 
     def _stream(self, name: str, paths: jobs.JobPaths, record: Mapping[str, Any], output: _Output,
                 on_metric: OnMetric | None) -> tuple[int, bool]:
         env = jobs.toolkit_env(paths, name, record["TrainingJobArn"], record.get("Environment", {}), extra=self.job_env)
         process = jobs.start(paths, env)
+        jobs.record_runner(paths, process)
         with self._lock:
             self._processes[name] = process
         pruned = False
         try:
-            for line in process.stdout:
-                line = line.rstrip("\n")
-                self.on_line(name, line)
-                for metric, value, count in output.read(line):
-                    if on_metric and not pruned and on_metric(metric, value, count):
-                        pruned = True
-                        kill(process)
+            with jobs.open_log(paths) as log_file:
+                for line in process.stdout:
+                    line = line.rstrip("\n")
+                    log_file.write(line + "\n")
+                    self.on_line(name, line)
+                    for metric, value, count in output.read(line):
+                        if on_metric and not pruned and on_metric(metric, value, count):
+                            pruned = True
+                            kill(process)
             return process.wait(), pruned
         finally:
             with self._lock:

@@ -136,3 +136,19 @@ def test_watcher_emits_once_per_new_object(tmp_path):
     runtime.bucket.put("datasets/a/_READY", b"2")
     assert runtime.scan() == 1, "a new marker (new ETag) is a new event"
     assert object_created("k", 1, "e")["detail-type"] == "Object Created"
+
+
+def test_a_jobs_scratch_space_is_its_own_and_goes_when_it_ends(tmp_path):
+    from droptrain.local import jobs
+
+    paths = jobs.JobPaths(tmp_path / "job")
+    jobs.write_config(paths, {}, [], "ml.m5.large")
+    env = jobs.toolkit_env(paths, "job", "arn:job", {})
+    assert env["TMPDIR"] == str(paths.scratch) and paths.scratch.is_dir(), "an extracted dataset lands in the job's folder"
+    (paths.scratch / "dataset").mkdir()
+    (paths.checkpoints / "checkpoint-x.pt").write_bytes(b"x")
+    with jobs.open_log(paths) as log:
+        log.write("epoch=1 valid_accuracy=0.5\n")
+    jobs.clean_up(paths)
+    assert not paths.scratch.exists() and not paths.checkpoints.exists()
+    assert jobs.read_log(paths) == ["epoch=1 valid_accuracy=0.5"], "the log stays"

@@ -1,0 +1,187 @@
+"""Hostile requests to the local API: bodies judged before they are read, clients that stall, bursts of
+clients, images that claim gigabytes, framework errors in the API's shape, an API key when asked."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from faults.conftest import raw_http, status_and_json
+from helpers import png_bytes, png_header_only
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _post(url: str, body: bytes, content_type: str = "image/png", headers: dict | None = None) -> tuple[int, dict]:
+    request = urllib.request.Request(f"{url}/predict", data=body, method="POST",
+                                     headers={"Content-Type": content_type, **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def _get(url: str, headers: dict | None = None) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def _standalone(**options):
+    """The local API's server around the app alone (no stack): what it does before any handler runs."""
+    from app import create_app
+    from chalice.config import Config
+    from droptrain.local import api
+    from droptrain.local.runtime import local_environment
+
+    server = api.create_server(create_app(local_environment()), Config.create(chalice_stage="local", app_name="droptrain"),
+                               "127.0.0.1", 0, **options)
+    threading.Thread(target=server.server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server.server_address[1]}"
+
+
+# -- bodies, judged by their Content-Length ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("header, status, code", [
+    ("Content-Length: 400000000", 413, "payload_too_large"),  # refused before a byte of it is sent
+    ("Content-Length: abc", 400, "bad_request"),
+    ("Content-Length: 100000000000000000000000", 400, "bad_request"),
+    ("Content-Length: -5", 400, "bad_request"),
+    ("Transfer-Encoding: chunked", 411, "length_required"),
+])
+def test_the_body_is_judged_by_its_length_before_it_is_read(served, header, status, code):
+    request = f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n{header}\r\n\r\n".encode()
+    answered, body = status_and_json(raw_http(served.api_url, request, timeout=10))
+    assert (answered, body["error"]["code"]) == (status, code), body
+
+
+def test_a_body_shorter_than_its_length_is_refused_not_waited_for_forever(served):
+    request = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 100\r\n\r\n\xff\xd8\xff"
+    host, port = served.api_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(request)
+        conn.shutdown(socket.SHUT_WR)  # the client is done sending: 97 bytes short
+        answer = b""
+        while chunk := conn.recv(65536):  # until the server closes the connection
+            answer += chunk
+    status, body = status_and_json(answer)
+    assert (status, body["error"]["code"]) == (400, "bad_request")
+
+
+def test_clients_that_never_send_their_body_are_timed_out_and_free_their_threads():
+    server, url = _standalone(request_timeout=0.5)
+    try:
+        port = server.server.server_address[1]
+        stalled = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(8)]
+        for i, conn in enumerate(stalled):
+            # Half stop in the headers (a slowloris client), half before the body they announced.
+            conn.sendall(b"GET /status HTTP/1.1\r\nHost: x\r\n" if i % 2 else
+                         b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 10\r\n\r\n")
+        for conn in stalled:  # each is dropped by the server (EOF), not left hanging
+            assert conn.recv(1024) == b""
+            conn.close()
+        healthy = raw_http(url, b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert status_and_json(healthy)[0] == 403, "the server still answers"
+    finally:
+        server.shutdown()
+        server.server.server_close()
+
+
+# -- framework errors, routes that do not exist, the API key -----------------------------------------
+
+
+def test_framework_errors_answer_in_the_api_shape(served):
+    status, body = _get(f"{served.api_url}/predict")
+    assert status == 405 and body == {"error": {"code": "method_not_allowed", "message": "Unsupported method: GET"}}
+    status, body = _get(f"{served.api_url}/no/such/route")
+    assert status == 403 and body["error"]["code"] == "missing_authentication_token"
+    status, body = _post(served.api_url, b"\xff\xd8\xff", content_type="text/plain")
+    assert status == 415 and set(body) == {"error"} and body["error"]["code"] == "unsupported_media_type"
+
+
+def test_an_api_key_is_required_when_the_stack_has_one():
+    server, url = _standalone(api_key="s3cret-key")
+    try:
+        for headers in ({}, {"x-api-key": "wrong"}, {"x-api-key": "s3cret-key-and-more"}):
+            status, body = _get(f"{url}/status", headers)
+            assert (status, body["error"]["code"]) == (403, "forbidden")
+        status, body = _get(f"{url}/no/such/route", {"x-api-key": "s3cret-key"})
+        assert (status, body["error"]["code"]) == (403, "missing_authentication_token"), "past the key check"
+    finally:
+        server.shutdown()
+        server.server.server_close()
+
+
+def test_a_burst_of_clients_is_held_with_no_connection_refused_or_reset(served):
+    results: list[int | str] = []
+
+    def client():
+        try:
+            results.append(_get(f"{served.api_url}/status")[0])
+        except OSError as exc:
+            results.append(type(exc).__name__)
+
+    threads = [threading.Thread(target=client) for _ in range(48)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert results == [200] * 48
+
+
+# -- images that claim more than they are ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("body", [png_header_only(100_000, 1), png_header_only(400_000, 1), png_header_only(13_000, 13_000)],
+                         ids=["100000x1", "400000x1", "13000x13000"])
+def test_images_that_claim_gigabytes_get_image_too_large(served, body):
+    status, answer = _post(served.api_url, body)
+    assert (status, answer["error"]["code"]) == (400, "image_too_large"), answer
+
+
+def test_undecodable_images_are_described_without_python_reprs(served):
+    status, answer = _post(served.api_url, b"\x89PNG\r\n\x1a\n" + b"not really a png" * 10)
+    assert (status, answer["error"]["code"]) == (400, "invalid_image")
+    assert " at 0x" not in answer["error"]["message"] and "<" not in answer["error"]["message"]
+
+
+def test_a_large_transparent_png_is_served(served):
+    image = Image.new("RGBA", (7000, 5700), (0, 0, 0, 0))  # 39.9 megapixels, all transparent: white
+    status, answer = _post(served.api_url, png_bytes(image))
+    assert status == 200 and answer["predictions"], answer
+
+
+_MEASURE = """
+import resource, sys
+sys.path.insert(0, {training!r})
+from trainlib import predictor
+body = open({path!r}, "rb").read()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+image = predictor.decode(body)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+"""
+
+
+@pytest.mark.parametrize("mode, fmt", [("RGBA", "PNG"), ("P", "PNG"), ("RGB", "JPEG")])
+def test_decoding_the_largest_image_allowed_costs_under_300_mb(tmp_path, mode, fmt):
+    """Peak memory of one decode in a fresh process: the 40-megapixel image itself, never copies of it."""
+    path = tmp_path / f"big.{fmt.lower()}"
+    fill = {"RGBA": (10, 200, 30, 128), "RGB": (10, 200, 30), "P": 3}[mode]
+    Image.new(mode, (7000, 5700), fill).save(path, fmt)
+    out = subprocess.run([sys.executable, "-c", _MEASURE.format(training=str(ROOT / "training"), path=str(path))],
+                         capture_output=True, text=True, check=True)
+    peak = int(out.stdout.strip().splitlines()[-1])
+    assert peak < 300 * 1024**2, f"{mode} {fmt}: {peak / 1024**2:.0f} MB"

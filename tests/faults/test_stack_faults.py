@@ -1,0 +1,269 @@
+"""The local stack under faults: bad objects in the bucket, a runner that breaks, two stacks on one home,
+a busy port, SIGTERM, kill -9 in the middle of a tuning job. Nothing stalls silently, nothing runs twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import psutil
+import pytest
+
+from droptrain.local.lock import HomeBusyError
+from droptrain.local.runtime import LocalRuntime
+from local.test_local_sagemaker import DATASET, FAKE_SOURCE, Executor, config
+from chalice_app import sagemaker_requests as requests
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _status(url: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(f"{url}/status", timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def _one_class_dataset(root: Path) -> Path:
+    (root / "train" / "only").mkdir(parents=True)
+    (root / "train" / "only" / "1.jpg").write_bytes(b"\xff\xd8\xff" + bytes(100))
+    return root
+
+
+def _notified(runtime: LocalRuntime, event: str, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for note in runtime.notifications():
+            if note["message"]["event"] == event:
+                return note
+        time.sleep(0.1)
+    raise AssertionError(f"no {event}: {[n['message']['event'] for n in runtime.notifications()]}")
+
+
+# -- the bucket watcher -------------------------------------------------------------------------------
+
+
+def test_a_link_in_the_bucket_is_skipped_and_the_watcher_keeps_watching(tmp_path, ray_serve):
+    runtime = LocalRuntime(tmp_path / "home", say=lambda m: None, serving=ray_serve, poll_seconds=0.05)
+    elsewhere = tmp_path / "elsewhere.zip"
+    elsewhere.write_bytes(b"PK\x05\x06" + bytes(18))
+    (runtime.bucket.root / "datasets").mkdir(parents=True)
+    (runtime.bucket.root / "datasets" / "x.zip").symlink_to(elsewhere)
+    (runtime.bucket.root / "datasets" / "gone.zip").symlink_to(tmp_path / "nothing-there.zip")  # dangling
+    runtime.start(port=0)
+    try:
+        runtime.upload(_one_class_dataset(tmp_path / "one"), "one")
+        note = _notified(runtime, "dataset.rejected")
+        assert note["message"]["dataset"].endswith("datasets/one/")
+        assert runtime.problems() == [] and _status(runtime.api_url)[0] == 200
+        assert runtime.store.get("object", "datasets/x.zip") is None, "the link was never taken for an object"
+    finally:
+        runtime.stop()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # its death is the point
+def test_a_watcher_that_dies_takes_status_to_unhealthy(tmp_path, ray_serve):
+    runtime = LocalRuntime(tmp_path / "home", say=lambda m: None, serving=ray_serve, poll_seconds=0.05)
+    died = threading.Event()
+
+    def broken_scan(prefix=None):
+        died.set()
+        raise RuntimeError("the bucket's disk went away")
+
+    runtime.scan = broken_scan  # an in-memory fault: the watcher's loop meets an error it cannot skip
+    runtime.start(port=0)
+    try:
+        assert died.wait(10)
+        runtime._watcher.join(10)
+        status, body = _status(runtime.api_url)
+        assert status == 503 and body["error"]["code"] == "unhealthy"
+        assert "bucket watcher stopped: RuntimeError: the bucket's disk went away" in body["error"]["message"]
+    finally:
+        runtime.stop()
+
+
+# -- the job runner -----------------------------------------------------------------------------------
+
+
+def test_a_runner_that_cannot_lay_out_the_job_fails_it_with_the_reason(tmp_path):
+    executor = Executor(tmp_path)
+    jobs_root = tmp_path / "jobs"
+    jobs_root.write_text("a file where the jobs folder should be")
+    try:
+        final = requests.final_training_request(config(), "pets-1a2b3c4d", "s3://droptrain-local/datasets/pets/",
+                                                requests.static_hyperparameters(config()), {"lr": "0.005"})
+        executor.sagemaker.create_training_job(final)
+        event = executor.wait_for("SageMaker Training Job State Change", "pets-1a2b3c4d-final")
+        assert event["detail"]["TrainingJobStatus"] == "Failed"
+        assert event["detail"]["FailureReason"].startswith("InternalServerError: the local runner failed")
+    finally:
+        executor.sagemaker.stop()
+
+
+def test_a_model_that_cannot_be_written_fails_the_job_and_its_tuning_job(tmp_path, monkeypatch):
+    executor = Executor(tmp_path)
+    monkeypatch.setenv("FAKE_LOG", str(executor.log))
+    # Where the trials' model.tar.gz would go is taken by a file: packing the model fails after training.
+    blocker = executor.bucket.root / "runs" / "pets-1a2b3c4d" / "tuning"
+    blocker.parent.mkdir(parents=True)
+    blocker.write_text("not a folder")
+    try:
+        request = requests.tuning_job_request(config(MAX_TUNING_JOBS=2, MAX_PARALLEL_JOBS=1), "pets-1a2b3c4d", DATASET)
+        executor.sagemaker.create_tuning_job(request)
+        event = executor.wait_for("SageMaker HyperParameter Tuning Job State Change", "pets-1a2b3c4d")
+        assert event["detail"]["HyperParameterTuningJobStatus"] == "Failed"
+        trials = executor.sagemaker.list_trials("pets-1a2b3c4d")
+        assert [t["TrainingJobStatus"] for t in trials] == ["Failed", "Failed"]
+        assert all("the local runner failed" in t["FailureReason"] for t in trials)
+    finally:
+        executor.sagemaker.stop()
+
+
+# -- one stack per home, the port first ----------------------------------------------------------------
+
+
+def test_a_second_stack_on_the_same_home_is_refused(tmp_path, ray_serve):
+    first = LocalRuntime(tmp_path / "home", say=lambda m: None, serving=ray_serve)
+    first.start(serve_api=False)
+    try:
+        second = LocalRuntime(tmp_path / "home", say=lambda m: None, serving=ray_serve)
+        with pytest.raises(HomeBusyError, match=f"in use by another droptrain \\(pid {os.getpid()}\\)"):
+            second.start(serve_api=False)
+        assert second.bus is None, "nothing of the second stack ran"
+    finally:
+        first.stop()
+    third = LocalRuntime(tmp_path / "home", say=lambda m: None, serving=ray_serve)
+    third.start(serve_api=False)  # the first let go of the home when it stopped
+    third.stop()
+
+
+def test_a_busy_port_is_refused_before_any_pending_dataset_is_processed(tmp_path, ray_serve):
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    runtime = LocalRuntime(tmp_path / "home", say=lambda m: None, serving=ray_serve)
+    runtime.upload(_one_class_dataset(tmp_path / "one"), "one")  # waiting in the bucket
+    try:
+        with pytest.raises(OSError):
+            runtime.start(port=busy.getsockname()[1])
+    finally:
+        busy.close()
+    assert runtime.notifications() == [] and list(runtime.store.names("object")) == []
+    again = LocalRuntime(tmp_path / "home", say=lambda m: None, serving=ray_serve)
+    again.start(port=0)  # the failed start let go of the home
+    try:
+        _notified(again, "dataset.rejected")
+    finally:
+        again.stop()
+
+
+# -- signals ------------------------------------------------------------------------------------------
+
+
+def _processes_in(folder: Path) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter(["cwd", "status"]):
+        try:
+            cwd = process.info["cwd"]
+            if cwd and Path(cwd).is_relative_to(folder) and process.info["status"] != psutil.STATUS_ZOMBIE:
+                found.append(process)
+        except psutil.Error:
+            continue
+    return found
+
+
+def test_sigterm_stops_the_stack_like_ctrl_c_with_no_job_left_running(tmp_path, tiny_dataset):
+    home = tmp_path / "home"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "DROPTRAIN_API_KEY": "k"}
+    assert subprocess.run([sys.executable, "-m", "droptrain.cli", "upload", str(tiny_dataset), "--name", "pets", "--home", str(home)],
+                          env=env, capture_output=True, timeout=60).returncode == 0
+    up = subprocess.Popen([sys.executable, "-m", "droptrain.cli", "up", "--home", str(home), "--port", "0", "--host", "0.0.0.0"],
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not any("train.py" in " ".join(p.cmdline()) for p in _processes_in(home / "jobs")):
+            assert up.poll() is None, up.stderr.read()
+            time.sleep(0.2)
+        assert _processes_in(home / "jobs"), "a trial is running"
+        up.send_signal(signal.SIGTERM)
+        out, err = up.communicate(timeout=90)
+    finally:
+        if up.poll() is None:
+            up.kill()
+    assert up.returncode == 0, err
+    assert "stopping: jobs in progress resume on the next start" in out
+    assert "reachable from other machines; requests need the x-api-key header" in err
+    assert _processes_in(home / "jobs") == [], "no train.py outlived the stack"
+
+
+_CRASHING_STACK = """
+import sys, time
+from pathlib import Path
+from droptrain.local.runtime import LocalRuntime
+
+class NoServing:  # this stack is killed long before it would serve a model
+    url = host = port = None
+    def start(self): return self
+    def stop(self): pass
+
+home, source, data = map(Path, sys.argv[1:4])
+runtime = LocalRuntime(home, env={"MAX_TUNING_JOBS": "3", "MAX_PARALLEL_JOBS": "1", "TUNING_RANGES": '{"lr": [0.001, 0.02], "epochs": [3, 4]}'},
+                       say=lambda m: None, source_dir=source, serving=NoServing())
+runtime.start(serve_api=False)
+runtime.upload(data, "pets")
+time.sleep(600)
+"""
+
+
+def test_kill_9_mid_tuning_then_a_restart_resumes_the_study_exactly(tmp_path, tiny_dataset, trained_job, ray_serve, monkeypatch):
+    home, log = tmp_path / "home", tmp_path / "fake.log"
+    env = {**os.environ, "FAKE_LOG": str(log), "FAKE_EPOCH_SECONDS": "3", "FAKE_MODEL_SOURCE": str(trained_job["paths"].model)}
+    crashing = subprocess.Popen([sys.executable, "-c", _CRASHING_STACK, str(home), str(FAKE_SOURCE), str(tiny_dataset)],
+                                env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def starts() -> list[dict]:
+        return [e for e in map(json.loads, log.read_text().splitlines()) if "start" in e] if log.exists() else []
+
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len({e["job"] for e in starts()}) < 2:
+            assert crashing.poll() is None, crashing.stderr.read()
+            time.sleep(0.05)
+    finally:
+        crashing.kill()  # SIGKILL: no clean-up of any kind
+        crashing.wait(10)
+    interrupted = starts()[-1]
+    assert psutil.pid_exists(interrupted["pid"]), "kill -9 leaves the trial running, outside the dead stack"
+
+    for key, value in {"FAKE_LOG": str(log), "FAKE_EPOCH_SECONDS": "0.05", "FAKE_MODEL_SOURCE": str(trained_job["paths"].model)}.items():
+        monkeypatch.setenv(key, value)
+    env_vars = {"MAX_TUNING_JOBS": "3", "MAX_PARALLEL_JOBS": "1", "TUNING_RANGES": '{"lr": [0.001, 0.02], "epochs": [3, 4]}'}
+    restarted = LocalRuntime(home, env=env_vars, say=lambda m: None, source_dir=FAKE_SOURCE, serving=ray_serve)
+    restarted.start(serve_api=False)
+    try:
+        _notified(restarted, "tuning.completed", timeout=120)
+        orphan_gone = not psutil.pid_exists(interrupted["pid"]) or psutil.Process(interrupted["pid"]).status() == psutil.STATUS_ZOMBIE
+    finally:
+        restarted.stop()
+    assert orphan_gone, "the restart ended what the killed stack left running"
+    trials = restarted.sagemaker.list_trials(next(iter(restarted.store.names("tuning-job"))))
+    assert len(trials) == 3 and all(t["TrainingJobStatus"] == "Completed" for t in trials)
+    configurations = [tuple(sorted(t["TunedHyperParameters"].items())) for t in trials]
+    assert len(set(configurations)) == 3, f"no configuration trained twice: {configurations}"
+    assert all(t["FinalHyperParameterTuningJobObjectiveMetric"]["Value"] > 0 for t in trials), "every finished trial kept its metric"
+    runs = Counter(e["job"] for e in starts() if not e["job"].endswith("-final"))
+    assert runs[interrupted["job"]] == 2 and sum(runs.values()) == 4, f"only the interrupted trial ran again: {runs}"
+    ended = [home / "jobs" / t["TrainingJobName"] for t in trials]
+    leftovers = [p for job in ended for p in job.iterdir() if p.name in ("tmp", "checkpoints")]
+    assert leftovers == [], "ended jobs keep neither scratch space nor checkpoints (the final job, interrupted, keeps its own)"
