@@ -21,12 +21,14 @@ $(STAMP): pyproject.toml training/requirements.txt
 demo: setup
 	$(VENV)/bin/droptrain demo
 
-# The report test opens the training report in Debian's headless Chromium (never a downloaded
-# browser); installed here when missing, as root on a Debian machine like CI's.
+# The report test opens the training report in Debian's headless Chromium, and the console test
+# drives it through Debian's chromedriver (never a downloaded browser); installed here when
+# missing, as root on a Debian machine like CI's.
 browser:
-	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
-	  { echo "installing Debian's chromium for the report test"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	@{ command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; } && \
+	  command -v chromedriver >/dev/null 2>&1 || \
+	  { echo "installing Debian's chromium and chromium-driver for the browser tests"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
 # pytest exits 5 when it collected no tests; make treats any non-zero exit as a failure.
 test: setup browser

@@ -13,19 +13,31 @@ from typing import Mapping
 
 from chalice import Chalice, Response
 
-from chalice_app import config, handlers, observability, patterns, pipeline
-from chalice_app.events import EndpointStateChange, ObjectCreated, TrainingJobStateChange, TuningJobStateChange
+from chalice_app import config, console, handlers, observability, patterns, pipeline
+from chalice_app.events import (EndpointStateChange, ModelPackageStateChange, ObjectCreated, TrainingJobStateChange,
+                                TuningJobStateChange)
 
 
 def _json(status: int, body: dict) -> Response:
     return Response(body=body, status_code=status, headers={"Content-Type": "application/json"})
 
 
+def _asset(name: str, content_type: str) -> Response:
+    return Response(body=console.asset(name), status_code=200, headers={"Content-Type": content_type, **console.HEADERS})
+
+
 def create_app(env: Mapping[str, str]) -> Chalice:
     app = Chalice(app_name="droptrain")
     app.api.binary_types.extend(["application/x-image"])
     key_required = config.api_key_required(env)
+    _middleware(app)
+    _event_handlers(app, env)
+    _api_routes(app, key_required)
+    _console_routes(app, key_required)
+    return app
 
+
+def _middleware(app: Chalice) -> None:
     @app.middleware("all")
     def _observe(event, get_response):
         log = observability.logger()
@@ -47,6 +59,8 @@ def create_app(env: Mapping[str, str]) -> Chalice:
             response.headers["Content-Type"] = "application/json"
         return response
 
+
+def _event_handlers(app: Chalice, env: Mapping[str, str]) -> None:
     @app.on_cw_event(patterns.dataset_uploaded(env), name="on_dataset_uploaded")
     def on_dataset_uploaded(event):
         return handlers.handle_event(pipeline.dataset_uploaded, ObjectCreated.parse, event.to_dict())
@@ -63,17 +77,77 @@ def create_app(env: Mapping[str, str]) -> Chalice:
     def on_endpoint_state_change(event):
         return handlers.handle_event(pipeline.endpoint_changed, EndpointStateChange.parse, event.to_dict())
 
+    @app.on_cw_event(patterns.model_package_state_change(env), name="on_model_package_state_change")
+    def on_model_package_state_change(event):
+        return handlers.handle_event(pipeline.package_changed, ModelPackageStateChange.parse, event.to_dict())
+
+
+def _api_routes(app: Chalice, key_required: bool) -> None:
+    def _predict(project):
+        request = app.current_request
+        return _json(*handlers.predict(project, request.raw_body, request.headers.get("content-type"),
+                                       (request.query_params or {}).get("top_k")))
+
     @app.route("/predict", methods=["POST"], content_types=["*/*"], api_key_required=key_required)
     def predict():
-        request = app.current_request
-        return _json(*handlers.predict(request.raw_body, request.headers.get("content-type"),
-                                       (request.query_params or {}).get("top_k")))
+        return _predict(None)
+
+    @app.route("/predict/{project}", methods=["POST"], content_types=["*/*"], api_key_required=key_required)
+    def predict_project(project):
+        return _predict(project)
+
+    @app.route("/projects", methods=["GET"], api_key_required=key_required)
+    def projects():
+        return _json(*handlers.projects())
+
+    @app.route("/projects/{project}", methods=["GET"], api_key_required=key_required)
+    def project(project):
+        return _json(*handlers.project(project))
+
+    # Approving a version and deploying it changes what every client gets: always behind the API key
+    # where the stage has one, even if predictions are open.
+    @app.route("/projects/{project}/versions/{run_id}/deploy", methods=["POST"], api_key_required=key_required)
+    def deploy_version(project, run_id):
+        return _json(*handlers.deploy_version(project, None if run_id == "previous" else run_id))
 
     @app.route("/status", methods=["GET"], api_key_required=key_required)
     def status():
         return _json(*handlers.status())
 
-    return app
+
+def _console_routes(app: Chalice, key_required: bool) -> None:
+    # The console: a page and its two files, served by the app itself (no secrets in them: the API
+    # key, where the stage needs one, is typed by the user), and the JSON routes it reads.
+    @app.route("/", methods=["GET"])
+    def console_page():
+        return _asset("index.html", "text/html; charset=utf-8")
+
+    @app.route("/console.js", methods=["GET"])
+    def console_script():
+        return _asset("console.js", "text/javascript; charset=utf-8")
+
+    @app.route("/console.css", methods=["GET"])
+    def console_style():
+        return _asset("console.css", "text/css; charset=utf-8")
+
+    @app.route("/runs", methods=["GET"], api_key_required=key_required)
+    def runs():
+        return _json(*handlers.runs())
+
+    @app.route("/runs/{run_id}", methods=["GET"], api_key_required=key_required)
+    def run(run_id):
+        return _json(*handlers.run(run_id))
+
+    @app.route("/runs/{run_id}/report", methods=["GET"], api_key_required=key_required)
+    def run_report(run_id):
+        status, answer = handlers.run_report(run_id)
+        if status != 200:
+            return _json(status, answer)
+        kind, value = answer
+        if kind == "redirect":  # a short-lived presigned URL of the report in S3
+            return Response(body="", status_code=302, headers={"Location": value, "Cache-Control": "no-store"})
+        return Response(body=value.decode("utf-8", "replace"), status_code=200,
+                        headers={"Content-Type": "text/html; charset=utf-8", **console.REPORT_HEADERS})
 
 
 app = create_app(os.environ)

@@ -47,23 +47,24 @@ def handler_overhead(requests: int = 2000) -> tuple[float, float]:
         "SAGEMAKER_ROLE_ARN": "arn:aws:iam::123456789012:role/r",
         "TRAINING_IMAGE_URI": "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:2.10.0-gpu-py313",
         "INFERENCE_IMAGE_URI": "763104351884.dkr.ecr.us-east-1.amazonaws.com/ray:serve-ml-sagemaker-cpu-v1.4",
-        "SOURCE_DIR_S3_URI": "s3://droptrain-bench/code/s.tar.gz", "ENDPOINT_NAME": "droptrain-bench",
+        "SOURCE_DIR_S3_URI": "s3://droptrain-bench/code/s.tar.gz", "ENDPOINT_PREFIX": "droptrain-bench",
         "POWERTOOLS_METRICS_NAMESPACE": "bench", "POWERTOOLS_LOG_LEVEL": "WARNING",
     })
     import app
     from chalice_app import config, handlers
     from chalice_app.pipeline import Services
 
-    handlers.use_services(Services(config.load(os.environ), None, None, _StubRuntime(), None, lambda s: None))
+    handlers.use_services(Services(config.load(os.environ), None, None, _StubRuntime(), None, lambda s: None, None))
     from PIL import Image
 
     buffer = io.BytesIO()
     Image.new("RGB", (224, 224), "red").save(buffer, format="JPEG")
     event = {
-        "resource": "/predict", "path": "/predict", "httpMethod": "POST",
+        # A project's own route: the path names the endpoint, no registry lookup.
+        "resource": "/predict/{project}", "path": "/predict/bench", "httpMethod": "POST",
         "headers": {"Content-Type": "image/jpeg"}, "multiValueHeaders": {}, "queryStringParameters": {"top_k": "3"},
-        "multiValueQueryStringParameters": {"top_k": ["3"]}, "pathParameters": None, "stageVariables": None,
-        "requestContext": {"resourcePath": "/predict", "httpMethod": "POST", "requestId": "bench", "stage": "api"},
+        "multiValueQueryStringParameters": {"top_k": ["3"]}, "pathParameters": {"project": "bench"}, "stageVariables": None,
+        "requestContext": {"resourcePath": "/predict/{project}", "httpMethod": "POST", "requestId": "bench", "stage": "api"},
         "body": base64.b64encode(buffer.getvalue()).decode(), "isBase64Encoded": True,
     }
 

@@ -133,13 +133,13 @@ def measure(runtime, arch: str, data: Path, work: Path, image: Path) -> list[Row
         assert response.status == 200, response.status
 
     def api():
-        status, _ = post_image(runtime.api_url, image)
+        status, _ = post_image(runtime.api_url, image, project="bench")
         assert status == 200, status
 
     rows = []
     for label, fn in (("local endpoint (InvokeEndpoint: Ray Serve handle)", lambda: runtime.endpoints.invoke(endpoint, body, "image/jpeg", "application/json")),
                       ("Ray Serve HTTP route (the container's /invocations path)", ray_route),
-                      ("local API, POST /predict over HTTP", api)):
+                      ("local API, POST /predict/{project} over HTTP", api)):
         ours = timings(fn, 200, warmup=10)
         for q, name_q in ((0.5, "p50"), (0.99, "p99")):
             rows.append(Row(f"serving {arch}, 224 px JPEG, one client: {label}, {name_q}", percentile(ours, q) * 1e3,

@@ -6,6 +6,7 @@ import time
 from typing import Mapping
 
 from chalice_app import config as config_module, predict as predict_module
+from chalice_app.adapters.cloudwatch import CloudWatchAdapter
 from chalice_app.adapters.runtime import RuntimeAdapter
 from chalice_app.adapters.s3 import S3Adapter
 from chalice_app.adapters.sagemaker import SageMakerAdapter
@@ -28,6 +29,7 @@ def _clients(region: str):
         "s3": session.client("s3", config=standard),
         "sns": session.client("sns", config=standard),
         "sagemaker": session.client("sagemaker", config=standard),
+        "cloudwatch": session.client("cloudwatch", config=standard),
         "runtime": session.client("sagemaker-runtime", config=invoke),
     }
 
@@ -45,6 +47,7 @@ def build(env: Mapping[str, str]) -> Services:
         s3=s3,
         sagemaker=SageMakerAdapter(clients["sagemaker"]),
         runtime=RuntimeAdapter(clients["runtime"]),
+        alarms=CloudWatchAdapter(clients["cloudwatch"]),
         notifier=Notifier(SnsAdapter(clients["sns"]), s3, config.notify_topic_arn, config.data_bucket),
         sleep=time.sleep,
     )

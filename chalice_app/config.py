@@ -11,12 +11,18 @@ import re
 from dataclasses import dataclass, field
 from typing import Mapping
 
+from chalice_app import names
+
 STRATEGIES = ("Bayesian", "Random", "Hyperband", "Grid")
 _ARN = re.compile(r"^arn:aws[a-z-]*:[a-z0-9-]+:[a-z0-9-]*:\d{12}:.+$")
 _INSTANCE = re.compile(r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
 _IMAGE = re.compile(r"^[\w.-]+(:\d+)?/[\w./-]+(:[\w.-]+|@sha256:[0-9a-f]{64})$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-_ENDPOINT = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
+# Endpoints and model package groups are named <prefix>-<project slug> (at most 63 characters, the
+# slug at most 19): the prefix may take 43.
+_PREFIX = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,42}$")
+_PROJECT = re.compile(r"^[a-z0-9](-?[a-z0-9]){0,18}$")
+APPROVAL_MODES = ("auto", "manual")
 
 # What train.py gets besides the tuned hyperparameters, unless STATIC_HYPERPARAMETERS overrides.
 DEFAULT_STATIC_HYPERPARAMETERS = {
@@ -50,7 +56,7 @@ class Config:
     training_image_uri: str
     inference_image_uri: str
     source_dir_s3_uri: str
-    endpoint_name: str
+    endpoint_prefix: str
     region: str
     dataset_prefix: str = "datasets/"
     training_instance_type: str = "ml.g4dn.xlarge"
@@ -69,10 +75,26 @@ class Config:
     tuning_ranges: Mapping[str, list] = field(default_factory=lambda: dict(DEFAULT_TUNING_RANGES))
     max_body_bytes: int = MAX_BODY_BYTES
     api_key_required: bool = False
+    default_project: str | None = None
+    approval_mode: str = "auto"
+    gate_max_f1_drop: float = 0.01
+    gate_max_recall_drop: float = 0.05
+    inference_instance_count: int = 1
+    rollout_bake_seconds: int = 600
+    rollback_latency_ms: int = 5000
 
     @property
     def serverless(self) -> bool:
         return self.inference_instance_type == "serverless"
+
+    @property
+    def canary(self) -> bool:
+        """SageMaker's canary needs a canary smaller than half the fleet: two instances at least."""
+        return not self.serverless and self.inference_instance_count >= 2
+
+    def endpoint(self, project: str) -> str:
+        """The project's endpoint, and its model package group: ``<ENDPOINT_PREFIX>-<project>``."""
+        return names.project_resource(self.endpoint_prefix, project)
 
 
 def _required(env: Mapping[str, str], name: str, pattern: re.Pattern | None = None, what: str = "") -> str:
@@ -128,6 +150,35 @@ def _tuning_ranges(env: Mapping[str, str]) -> dict[str, list]:
             raise ConfigError("TUNING_RANGES", f"{name} must be whole numbers")
         ranges[name] = [int(v) for v in value] if name in ("epochs", "batch-size") else [float(v) for v in value]
     return ranges
+
+
+def _float(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
+    value = env.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(name, f"must be a number, got {value!r}") from None
+    if not low <= number <= high:
+        raise ConfigError(name, f"must be from {low} to {high}, got {number}")
+    return number
+
+
+def endpoint_prefix(env: Mapping[str, str]) -> str:
+    """``ENDPOINT_PREFIX``; ``ENDPOINT_NAME`` (a stage from before projects) is read as the prefix."""
+    name = "ENDPOINT_NAME" if env.get("ENDPOINT_NAME", "").strip() and not env.get("ENDPOINT_PREFIX", "").strip() else "ENDPOINT_PREFIX"
+    return _required(env, name, _PREFIX, "letters, digits and '-', at most 43 characters")
+
+
+def _default_project(env: Mapping[str, str]) -> str | None:
+    value = env.get("DEFAULT_PROJECT", "").strip()
+    if not value:
+        return None
+    project = names.slug(value)
+    if not re.search(r"[a-zA-Z0-9]", value) or not _PROJECT.match(project):
+        raise ConfigError("DEFAULT_PROJECT", f"is not a project name: {value!r}")
+    return project
 
 
 def topic_arn(env: Mapping[str, str]) -> str | None:
@@ -209,7 +260,7 @@ def load(env: Mapping[str, str]) -> Config:
         training_image_uri=_required(env, "TRAINING_IMAGE_URI", _IMAGE, "an ECR image URI"),
         inference_image_uri=_required(env, "INFERENCE_IMAGE_URI", _IMAGE, "an ECR image URI"),
         source_dir_s3_uri=_source_dir(env),
-        endpoint_name=_required(env, "ENDPOINT_NAME", _ENDPOINT, "a SageMaker endpoint name"),
+        endpoint_prefix=endpoint_prefix(env),
         region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
         dataset_prefix=dataset_prefix(env),
         training_instance_type=_choice(env, "TRAINING_INSTANCE_TYPE", "ml.g4dn.xlarge", _INSTANCE, what="e.g. ml.g4dn.xlarge"),
@@ -228,4 +279,11 @@ def load(env: Mapping[str, str]) -> Config:
         tuning_ranges=_tuning_ranges(env),
         max_body_bytes=_int(env, "MAX_BODY_BYTES", MAX_BODY_BYTES, 1024, 4_400_000),
         api_key_required=api_key_required(env),
+        default_project=_default_project(env),
+        approval_mode=_choice(env, "APPROVAL_MODE", "auto", choices=APPROVAL_MODES),
+        gate_max_f1_drop=_float(env, "GATE_MAX_F1_DROP", 0.01, 0.0, 1.0),
+        gate_max_recall_drop=_float(env, "GATE_MAX_RECALL_DROP", 0.05, 0.0, 1.0),
+        inference_instance_count=_int(env, "INFERENCE_INSTANCE_COUNT", 1, 1, 20),
+        rollout_bake_seconds=_int(env, "ROLLOUT_BAKE_SECONDS", 600, 0, 3600),
+        rollback_latency_ms=_int(env, "ROLLBACK_LATENCY_MS", 5000, 10, 600_000),
     )

@@ -92,14 +92,49 @@ class EndpointStateChange:
     status: str
     config_name: str | None
     tags: dict[str, str] = field(default_factory=dict)
+    # Which change this is (epoch milliseconds, as EventBridge writes it): one per deployment.
+    last_modified: str | None = None
 
     @classmethod
     def parse(cls, event: Mapping[str, Any]) -> "EndpointStateChange":
         detail = _get(event, "detail", kind=Mapping)
+        modified = detail.get("LastModifiedTime")
         return cls(
+            last_modified=str(modified) if isinstance(modified, (int, float, str)) and str(modified).isalnum() else None,
             name=_get(event, "detail", "EndpointName"),
             # EventBridge says IN_SERVICE; the API says InService. Both mean the same.
             status=_get(event, "detail", "EndpointStatus").upper().replace("INSERVICE", "IN_SERVICE"),
             config_name=_get(event, "detail", "EndpointConfigName", required=False),
             tags=_tags(detail),
+        )
+
+
+@dataclass(frozen=True)
+class ModelPackageStateChange:
+    """A version in a model package group changed (its approval, usually)."""
+
+    group: str
+    version: int
+    arn: str
+    approval: str
+    model_data: str | None
+    metadata: dict[str, str] = field(default_factory=dict)
+    event_id: str = ""  # EventBridge keeps it across redeliveries: one approval, one notification
+
+    @classmethod
+    def parse(cls, event: Mapping[str, Any]) -> "ModelPackageStateChange":
+        detail = _get(event, "detail", kind=Mapping)
+        containers = _get(event, "detail", "InferenceSpecification", "Containers", kind=list, required=False) or []
+        model_data = containers[0].get("ModelDataUrl") if containers and isinstance(containers[0], Mapping) else None
+        metadata = detail.get("CustomerMetadataProperties") or {}
+        if not isinstance(metadata, Mapping):
+            raise EventError("event field detail.CustomerMetadataProperties should be an object")
+        return cls(
+            group=_get(event, "detail", "ModelPackageGroupName"),
+            version=_get(event, "detail", "ModelPackageVersion", kind=int),
+            arn=_get(event, "detail", "ModelPackageArn"),
+            approval=_get(event, "detail", "ModelApprovalStatus"),
+            model_data=model_data if isinstance(model_data, str) else None,
+            metadata={str(k): str(v) for k, v in metadata.items()},
+            event_id=str(event.get("id") or ""),
         )

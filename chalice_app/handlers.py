@@ -13,31 +13,45 @@ import os
 import re
 from typing import Any, Callable, Mapping, TypeVar
 
-from chalice_app import bootstrap, observability, predict as predict_module
+from chalice_app import bootstrap, observability, predict as predict_module, runs as runs_module
 from chalice_app.adapters.errors import AdapterError
 from chalice_app.config import ConfigError
 from chalice_app.events import EventError
+from chalice_app import names
 from chalice_app.names import InvalidNameError
 from chalice_app.notifications import Notification
-from chalice_app.pipeline import Services
+from chalice_app.pipeline import Services, versions
 
 E = TypeVar("E")
 _services: Services | None = None
+# Services installed over the environment's, newest last (a local runtime's, a test's).
+_installed: list[Services] = []
 
 
 def services() -> Services:
     global _services
+    if _installed:
+        return _installed[-1]
     if _services is None:
         _services = bootstrap.build(os.environ)
     return _services
 
 
 def use_services(svc: Services | None, replacing: Services | None = None) -> None:
-    """Install the services to use (tests, the local runtime); ``None`` rebuilds from the environment.
-    With ``replacing``, only if those are the ones installed (a runtime that stops removes its own)."""
+    """Install the services to use (tests, the local runtime); ``None`` forgets every installed one
+    and rebuilds from the environment. With ``replacing``, those are removed (a runtime that stops
+    removes its own) and ``svc``, if any, installed: whatever was installed before them is back."""
     global _services
-    if replacing is None or _services is replacing:
-        _services = svc
+    if replacing is not None:
+        _installed[:] = [installed for installed in _installed if installed is not replacing]
+        if svc is not None:
+            _installed.append(svc)
+        return
+    if svc is None:
+        _installed.clear()
+        _services = None
+    else:
+        _installed.append(svc)
 
 
 def _report_config_error(exc: ConfigError, step: str) -> None:
@@ -99,19 +113,69 @@ def api_error(status: int, body: Any) -> dict[str, Any] | None:
     return error_body("internal_error" if status >= 500 else code, message)
 
 
-def predict(body: bytes | None, content_type: str | None, top_k: str | None) -> tuple[int, dict[str, Any]]:
-    """``(status, JSON body)`` for ``POST /predict``."""
+def _misconfigured(exc: ConfigError) -> tuple[int, dict[str, Any]]:
+    observability.logger().error(str(exc), extra={"variable": exc.variable})
+    return 503, error_body("misconfigured", "the service is not configured; see its logs")
+
+
+def _unavailable(exc: AdapterError) -> tuple[int, dict[str, Any]]:
+    observability.logger().error(f"reading projects failed: {exc}")
+    return 503, error_body("unavailable", f"could not read the projects ({exc.code or 'error'}); try again shortly")
+
+
+def predict(project: str | None, body: bytes | None, content_type: str | None, top_k: str | None) -> tuple[int, dict[str, Any]]:
+    """``(status, JSON body)`` for ``POST /predict/{project}`` (``project`` None: ``POST /predict``)."""
     try:
         svc = services()
-        result = predict_module.predict(svc.runtime, svc.config, body, content_type, top_k, svc.sleep)
+        # The request is checked before any AWS call: bad input costs nothing.
+        predict_module.check_request(body, content_type, top_k, svc.config.max_body_bytes)
+        name = versions.resolve_project(svc, project)
+        result = predict_module.predict(svc.runtime, svc.config, svc.config.endpoint(name), body, content_type, top_k, svc.sleep)
     except ConfigError as exc:
-        observability.logger().error(str(exc), extra={"variable": exc.variable})
-        return 503, error_body("misconfigured", "the service is not configured; see its logs")
+        return _misconfigured(exc)
     except predict_module.PredictError as exc:
         observability.count(f"Predict{exc.status}")
         return exc.status, exc.body()
+    except versions.VersionError as exc:
+        observability.count(f"Predict{exc.status}")
+        return exc.status, error_body(exc.code, str(exc))
+    except AdapterError as exc:
+        return _unavailable(exc)
     observability.count("Predictions")
     return 200, result
+
+
+def projects() -> tuple[int, dict[str, Any]]:
+    """``GET /projects``."""
+    return _versions_call(lambda svc: {"projects": versions.projects(svc)})
+
+
+def project(name: str) -> tuple[int, dict[str, Any]]:
+    """``GET /projects/{project}``: its versions, oldest first, and which one serves."""
+    def read(svc: Services) -> dict[str, Any]:
+        slug = names.project_of(name)
+        found = versions.project_versions(svc, slug)
+        return {"project": slug, "endpoint": svc.config.endpoint(slug), "versions": found,
+                "serving": next((v["run_id"] for v in found if v["serving"]), None)}
+    return _versions_call(read)
+
+
+def deploy_version(name: str, run: str | None) -> tuple[int, dict[str, Any]]:
+    """``POST /projects/{project}/versions/{run_id}/deploy`` (and ``droptrain rollback``)."""
+    return _versions_call(lambda svc: versions.deploy_version(svc, name, run), status=202)
+
+
+def _versions_call(call: Callable[[Services], dict[str, Any]], status: int = 200) -> tuple[int, dict[str, Any]]:
+    try:
+        return status, call(services())
+    except ConfigError as exc:
+        return _misconfigured(exc)
+    except versions.VersionError as exc:
+        return exc.status, error_body(exc.code, str(exc))
+    except InvalidNameError as exc:
+        return 400, error_body("bad_request", str(exc))
+    except AdapterError as exc:
+        return _unavailable(exc)
 
 
 def status() -> tuple[int, dict[str, Any]]:
@@ -120,9 +184,41 @@ def status() -> tuple[int, dict[str, Any]]:
         problems = svc.problems()
         if problems:
             return 503, error_body("unhealthy", "; ".join(problems))
-        return 200, predict_module.status(svc.sagemaker, svc.config)
+        return 200, predict_module.status(svc.sagemaker, svc.config, versions.project_names(svc))
     except ConfigError as exc:
-        observability.logger().error(str(exc), extra={"variable": exc.variable})
-        return 503, error_body("misconfigured", "the service is not configured; see its logs")
+        return _misconfigured(exc)
+    except AdapterError as exc:
+        return _unavailable(exc)
     except predict_module.PredictError as exc:
         return exc.status, exc.body()
+
+
+_RUN_ID = re.compile(r"^[a-z0-9](-?[a-z0-9]){0,40}$")
+
+
+def _run_call(call: Callable[[Services], Any], run: str | None = None) -> tuple[int, Any]:
+    if run is not None and not _RUN_ID.match(run):
+        return 404, error_body("unknown_run", f"there is no run {run[:80]!r}")
+    try:
+        return 200, call(services())
+    except ConfigError as exc:
+        return _misconfigured(exc)
+    except runs_module.RunNotFoundError as exc:
+        return 404, error_body(exc.code, str(exc))
+    except AdapterError as exc:
+        return _unavailable(exc)
+
+
+def runs() -> tuple[int, Any]:
+    """``GET /runs``."""
+    return _run_call(lambda svc: {"runs": runs_module.list_runs(svc)})
+
+
+def run(run_id: str) -> tuple[int, Any]:
+    """``GET /runs/{run_id}``."""
+    return _run_call(lambda svc: runs_module.as_json(runs_module.run_detail(svc, run_id)), run_id)
+
+
+def run_report(run_id: str) -> tuple[int, Any]:
+    """``GET /runs/{run_id}/report``: ``(200, ("redirect", url) | ("html", bytes))`` or an error."""
+    return _run_call(lambda svc: runs_module.report(svc, run_id), run_id)

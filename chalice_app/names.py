@@ -13,13 +13,15 @@ from dataclasses import dataclass
 
 SLUG_MAX = 19
 _NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
-MAX_LENGTH = {"tuning job": 32, "training job": 63, "model": 63, "endpoint config": 63, "endpoint": 63}
+MAX_LENGTH = {"tuning job": 32, "training job": 63, "model": 63, "endpoint config": 63, "endpoint": 63,
+              "model package group": 63}
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
 READY_MARKER = "_READY"
 
 TAG_RUN_ID = "droptrain:run-id"
 TAG_DATASET = "droptrain:dataset"
 TAG_ROLE = "droptrain:role"
+TAG_PROJECT = "droptrain:project"
 
 
 class InvalidNameError(ValueError):
@@ -87,6 +89,30 @@ def slug(name: str) -> str:
     return text or "dataset"
 
 
+# -- projects (ARCHITECTURE.md, "Projects and versions") ------------------------------------------
+# A project is a dataset name, as its slug: "Dog Breeds" and "dog-breeds" are one project. Its
+# endpoint and model package group are both "<ENDPOINT_PREFIX>-<project>".
+
+
+def project_of(dataset_name: str) -> str:
+    return slug(dataset_name)
+
+
+def project_of_run(run: str) -> str:
+    """Run ids are ``<project>-<8 hex digits>``."""
+    return run.rsplit("-", 1)[0]
+
+
+def project_resource(prefix: str, project: str) -> str:
+    return check(f"{prefix}-{project}", "endpoint")
+
+
+def project_of_resource(prefix: str, name: str) -> str | None:
+    """The project an endpoint or model package group of this prefix belongs to, else ``None``."""
+    head = f"{prefix}-".lower()
+    return name[len(head):].lower() if name.lower().startswith(head) and len(name) > len(head) else None
+
+
 def run_id(dataset: DatasetRef, etag: str) -> str:
     digest = hashlib.sha256(f"{dataset.bucket}/{dataset.key}/{etag.strip(chr(34))}".encode()).hexdigest()[:8]
     return check(f"{slug(dataset.name)}-{digest}", "tuning job")
@@ -126,9 +152,12 @@ def _tag_safe(char: str) -> bool:
     return char in _TAG_SAFE_PUNCTUATION or unicodedata.category(char)[0] in "LZN"
 
 
-def tag_value(text: str) -> str:
-    """``text`` as a valid SageMaker tag value; raises ``InvalidNameError`` when even encoded it is too long."""
+def tag_value(text: str, truncate: bool = False) -> str:
+    """``text`` as a valid SageMaker tag value; raises ``InvalidNameError`` when even encoded it is too
+    long, unless ``truncate`` (then it is cut, never inside an escape)."""
     value = "".join(c if _tag_safe(c) else "".join(f"+{b:02X}" for b in c.encode()) for c in text)
+    if truncate:
+        return re.sub(r"\+[0-9A-F]?$", "", value[:TAG_VALUE_MAX])
     if len(value) > TAG_VALUE_MAX:
         raise InvalidNameError(f"{text!r} is too long to tag SageMaker resources with "
                                f"({len(value)} characters encoded, the limit is {TAG_VALUE_MAX}): use a shorter dataset name")

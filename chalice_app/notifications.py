@@ -17,7 +17,8 @@ from chalice_app.ports import ObjectStore, Publisher
 
 EVENTS = (
     "dataset.accepted", "dataset.rejected", "tuning.started", "tuning.completed", "tuning.failed",
-    "training.started", "training.completed", "training.failed", "deployment.started",
+    "training.started", "training.completed", "training.failed", "model.registered", "model.approved", "model.held",
+    "deployment.started",
     "deployment.completed", "deployment.failed", "pipeline.failed",
 )
 # SNS: a Subject of printable ASCII "less than 100 characters long", a Message under 256 KB (attributes

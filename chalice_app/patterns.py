@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from chalice_app.config import dataset_prefix
+from chalice_app.config import ConfigError, dataset_prefix, endpoint_prefix
 from chalice_app.names import ARCHIVE_SUFFIXES
 
 
@@ -43,8 +43,26 @@ def training_job_state_change(env: Mapping[str, str]) -> dict[str, Any]:
     }
 
 
+def _project_names(env: Mapping[str, str]) -> list[Any] | None:
+    """The stage's project resources, ``<ENDPOINT_PREFIX>-*``; ``None`` when the prefix is unset or bad
+    (the handler then reports the configuration error)."""
+    try:
+        prefix = endpoint_prefix(env)
+    except ConfigError:
+        return None
+    return [{"prefix": f"{prefix}-"}]
+
+
 def endpoint_state_change(env: Mapping[str, str]) -> dict[str, Any]:
     detail: dict[str, Any] = {"EndpointStatus": ["IN_SERVICE", "FAILED", "InService", "Failed"]}
-    if env.get("ENDPOINT_NAME"):
-        detail["EndpointName"] = [env["ENDPOINT_NAME"]]
+    if (project_names := _project_names(env)) is not None:
+        detail["EndpointName"] = project_names
     return {"source": ["aws.sagemaker"], "detail-type": ["SageMaker Endpoint State Change"], "detail": detail}
+
+
+def model_package_state_change(env: Mapping[str, str]) -> dict[str, Any]:
+    # Approval deploys; the other changes (pending, rejected) reach no function.
+    detail: dict[str, Any] = {"ModelApprovalStatus": ["Approved"]}
+    if (project_names := _project_names(env)) is not None:
+        detail["ModelPackageGroupName"] = project_names
+    return {"source": ["aws.sagemaker"], "detail-type": ["SageMaker Model Package State Change"], "detail": detail}

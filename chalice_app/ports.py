@@ -1,4 +1,4 @@
-"""The ports the pipeline talks through: what it needs of S3, SageMaker, SageMaker Runtime and SNS.
+"""The ports the pipeline talks through: what it needs of S3, SageMaker, SageMaker Runtime, CloudWatch and SNS.
 
 ``chalice_app.adapters`` implements them over boto3 for Lambda; the local runtime implements them on
 one machine. Both families raise only ``chalice_app.adapters.errors`` types (``NotFoundError``,
@@ -16,6 +16,13 @@ from typing import Any, Iterator, Mapping, Protocol
 class ObjectStore(Protocol):
     def list_objects(self, bucket: str, prefix: str) -> Iterator[tuple[str, int]]:
         """``(key, size)`` of every object under ``prefix``, in key order."""
+
+    def list_prefixes(self, bucket: str, prefix: str) -> list[str]:
+        """The "folders" directly under ``prefix`` (``runs/dogs-1a2b3c4d/``…), in key order."""
+
+    def presigned_url(self, bucket: str, key: str, seconds: int) -> str | None:
+        """A URL a browser can GET the object from for ``seconds``; ``None`` where there is no such
+        thing (the local bucket: the API serves the object itself)."""
 
     def head(self, bucket: str, key: str) -> dict[str, Any]:
         """``{"size", "etag"}``; ``NotFoundError`` when there is no such object."""
@@ -73,11 +80,34 @@ class SageMaker(Protocol):
 
     def list_tags(self, arn: str) -> dict[str, str]: ...
 
+    # -- the model registry --
+
+    def create_model_package_group(self, request: Mapping[str, Any]) -> bool: ...
+
+    def list_model_package_groups(self, prefix: str) -> list[dict[str, Any]]:
+        """Every group whose name starts with ``prefix`` (``ModelPackageGroupSummary``), all pages."""
+
+    def create_model_package(self, request: Mapping[str, Any]) -> str:
+        """The new version's ARN (the same one again for a repeated ``ClientToken``)."""
+
+    def list_model_packages(self, group: str) -> list[dict[str, Any]]:
+        """The group's versions (``ModelPackageSummary``), oldest first, all pages; ``[]`` for no such group."""
+
+    def describe_model_package(self, arn: str) -> dict[str, Any]: ...
+
+    def update_model_package(self, request: Mapping[str, Any]) -> None:
+        """A change of ``ModelApprovalStatus`` sends "SageMaker Model Package State Change"."""
+
 
 class EndpointRuntime(Protocol):
     def invoke(self, endpoint: str, body: bytes, content_type: str, accept: str) -> bytes:
         """The endpoint's answer; ``EndpointNotFoundError``, ``EndpointNotReadyError``, or ``ModelError``
         with the container's status and body."""
+
+
+class Alarms(Protocol):
+    def put_alarm(self, request: Mapping[str, Any]) -> None:
+        """Create or replace a CloudWatch alarm (``PutMetricAlarm``)."""
 
 
 class Publisher(Protocol):

@@ -124,6 +124,7 @@ def worst_case_seconds() -> float:
 def predict(
     runtime: EndpointRuntime,
     config: Config,
+    endpoint: str,
     body: bytes | None,
     content_type: str | None,
     top_k: str | None,
@@ -135,7 +136,7 @@ def predict(
     started = clock()
     for delay in (*RETRY_DELAYS, None):
         try:
-            raw = runtime.invoke(config.endpoint_name, body, media, accept)
+            raw = runtime.invoke(endpoint, body, media, accept)
             break
         except (ThrottledError, EndpointNotReadyError) as exc:
             fits = delay is not None and clock() - started + delay + INVOKE_CONNECT_TIMEOUT + INVOKE_READ_TIMEOUT <= PREDICT_BUDGET_SECONDS
@@ -143,7 +144,7 @@ def predict(
                 raise UnavailableError(f"the endpoint is busy or not ready; try again shortly ({exc.code or 'throttled'})", "endpoint_busy") from exc
             sleep(delay)
         except EndpointNotFoundError as exc:
-            raise UnavailableError(f"no model is deployed (endpoint {config.endpoint_name} does not exist)", "no_model") from exc
+            raise UnavailableError(f"no model is deployed (endpoint {endpoint} does not exist)", "no_model") from exc
         except ModelError as exc:
             raise model_error(exc) from exc
         except AdapterError as exc:
@@ -157,13 +158,18 @@ def predict(
     return {"predictions": predictions[:k], "model": answer.get("model", "")}
 
 
-def status(sagemaker: SageMaker, config: Config) -> dict[str, Any]:
+def status(sagemaker: SageMaker, config: Config, projects: list[str]) -> dict[str, Any]:
+    """Per project: its endpoint's state and the model it serves."""
+    return {"projects": {project: _endpoint_status(sagemaker, config.endpoint(project)) for project in projects}}
+
+
+def _endpoint_status(sagemaker: SageMaker, name: str) -> dict[str, Any]:
     try:
-        endpoint = sagemaker.describe_endpoint(config.endpoint_name)
+        endpoint = sagemaker.describe_endpoint(name)
     except AdapterError as exc:
         raise UnavailableError(f"could not read the endpoint's state ({exc.code or 'error'})") from exc
     if endpoint is None:
-        return {"endpoint": {"name": config.endpoint_name, "status": "NotDeployed"}, "model": None}
+        return {"endpoint": {"name": name, "status": "NotDeployed"}, "model": None}
     run = endpoint.get("EndpointConfigName")
     model: dict[str, Any] = {"run_id": run, "test_accuracy": None, "deployed_at": None}
     if endpoint.get("EndpointStatus") == "InService" and endpoint.get("LastModifiedTime"):
@@ -175,7 +181,6 @@ def status(sagemaker: SageMaker, config: Config) -> dict[str, Any]:
     except AdapterError:
         pass  # the model was deployed by hand, or its job was deleted: the endpoint's state still stands
     return {
-        "endpoint": {"name": config.endpoint_name, "status": endpoint.get("EndpointStatus"),
-                     "failure_reason": endpoint.get("FailureReason")},
+        "endpoint": {"name": name, "status": endpoint.get("EndpointStatus"), "failure_reason": endpoint.get("FailureReason")},
         "model": model,
     }

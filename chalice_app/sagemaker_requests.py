@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from chalice_app import names
+from chalice_app import alarm_requests, names
 from chalice_app.config import Config
 
 OBJECTIVE = "valid:accuracy"
@@ -171,8 +171,11 @@ def final_training_request(
     dataset_uri: str,
     static: Mapping[str, str],
     tuned: Mapping[str, str],
+    baseline_model_data: str | None = None,
 ) -> dict[str, Any]:
-    """The best trial's hyperparameters on top of the tuning job's static ones, with debugging."""
+    """The best trial's hyperparameters on top of the tuning job's static ones, with debugging. With
+    the project's serving ``model.tar.gz`` as the ``baseline`` channel, train.py evaluates that model
+    on the same test split (the promotion gate compares the two: ``chalice_app.gate``)."""
     hyperparameters = {k: v for k, v in static.items() if not k.startswith("_")}
     hyperparameters.update({k: v for k, v in tuned.items() if not k.startswith("_")})
     # The job writes its rule verdicts and profiling report here (runs/<run-id>/reports/).
@@ -185,6 +188,12 @@ def final_training_request(
         **_training_core(config, dataset_uri, _s3(config, run, "final"), _s3(config, run, "checkpoints", "final")),
         "Tags": names.tags(run, dataset_uri, "final"),
     }
+    if baseline_model_data:
+        request["InputDataConfig"].append({
+            "ChannelName": "baseline",
+            "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": baseline_model_data,
+                                            "S3DataDistributionType": "FullyReplicated"}},
+        })
     if config.managed_debugger:
         request["DebugHookConfig"] = {
             "S3OutputPath": _s3(config, run, "debug"),
@@ -223,11 +232,12 @@ def model_request(config: Config, run: str, model_data_url: str, dataset_uri: st
 
 
 def endpoint_config_request(config: Config, run: str, dataset_uri: str | None) -> dict[str, Any]:
-    variant: dict[str, Any] = {"VariantName": "AllTraffic", "ModelName": run}
+    variant: dict[str, Any] = {"VariantName": alarm_requests.VARIANT, "ModelName": run}
     if config.serverless:
         variant["ServerlessConfig"] = {"MemorySizeInMB": 6144, "MaxConcurrency": 10}
     else:
-        variant.update({"InstanceType": config.inference_instance_type, "InitialInstanceCount": 1, "InitialVariantWeight": 1.0})
+        variant.update({"InstanceType": config.inference_instance_type, "InitialInstanceCount": config.inference_instance_count,
+                        "InitialVariantWeight": 1.0})
         if gpu_instance(config.inference_instance_type):
             variant["InferenceAmiVersion"] = GPU_INFERENCE_AMI
     return {
@@ -237,29 +247,36 @@ def endpoint_config_request(config: Config, run: str, dataset_uri: str | None) -
     }
 
 
-def create_endpoint_request(config: Config, run: str, dataset_uri: str | None) -> dict[str, Any]:
+
+def create_endpoint_request(config: Config, project: str, run: str, dataset_uri: str | None) -> dict[str, Any]:
     return {
-        "EndpointName": names.check(config.endpoint_name, "endpoint"),
+        "EndpointName": config.endpoint(project),
         "EndpointConfigName": run,
-        "Tags": names.tags(run, dataset_uri),
+        "Tags": [*names.tags(run, dataset_uri), {"Key": names.TAG_PROJECT, "Value": project}],
     }
 
 
-def update_endpoint_request(config: Config, run: str) -> dict[str, Any]:
-    request: dict[str, Any] = {
-        "EndpointName": names.check(config.endpoint_name, "endpoint"),
-        "EndpointConfigName": run,
+CANARY_PERCENT = 10
+
+
+def update_endpoint_request(config: Config, project: str, run: str) -> dict[str, Any]:
+    """Blue/green with guardrails on instances: a 10% canary then all when there are two instances or
+    more (SageMaker's canary must be at most half the fleet), else all at once; both bake
+    ``ROLLOUT_BAKE_SECONDS`` watched by the project's alarms, which roll back. Serverless endpoints
+    take no deployment config: they update in place."""
+    request: dict[str, Any] = {"EndpointName": config.endpoint(project), "EndpointConfigName": run}
+    if config.serverless:
+        return request
+    routing: dict[str, Any] = {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": config.rollout_bake_seconds}
+    if config.canary:
+        routing = {"Type": "CANARY", "CanarySize": {"Type": "CAPACITY_PERCENT", "Value": CANARY_PERCENT},
+                   "WaitIntervalInSeconds": config.rollout_bake_seconds}
+    request["DeploymentConfig"] = {
+        "BlueGreenUpdatePolicy": {
+            "TrafficRoutingConfiguration": routing,
+            "TerminationWaitInSeconds": 120,
+            "MaximumExecutionTimeoutInSeconds": max(600, 2 * config.rollout_bake_seconds + 1800),
+        },
+        "AutoRollbackConfiguration": {"Alarms": [{"AlarmName": a} for a in alarm_requests.rollback_alarm_names(config, project)]},
     }
-    # Deployment guardrails are for instance-backed endpoints; serverless ones update in place.
-    if not config.serverless:
-        deployment: dict[str, Any] = {
-            "BlueGreenUpdatePolicy": {
-                "TrafficRoutingConfiguration": {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 0},
-                "TerminationWaitInSeconds": 120,
-                "MaximumExecutionTimeoutInSeconds": 3600,
-            },
-        }
-        if config.rollback_alarms:
-            deployment["AutoRollbackConfiguration"] = {"Alarms": [{"AlarmName": a} for a in config.rollback_alarms]}
-        request["DeploymentConfig"] = deployment
     return request

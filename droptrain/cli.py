@@ -76,7 +76,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         print(f"droptrain up: cannot serve on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     _terminate_like_ctrl_c()  # after Ray has started: it installs a SIGTERM handler of its own
-    print(f"droptrain is up: API {runtime.api_url}; drop datasets into {runtime.bucket.path('datasets/')}/ "
+    print(f"droptrain is up: console {runtime.api_url}/ ; API {runtime.api_url}; drop datasets into {runtime.bucket.path('datasets/')}/ "
           f"(or: droptrain upload PATH --name NAME); notifications in {runtime.publisher.path}. Ctrl-C stops.", flush=True)
     try:
         threading.Event().wait()
@@ -111,13 +111,16 @@ def _cmd_upload(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    import os
+
     from droptrain.demo import post_image
 
     if not args.image.is_file():
         print(f"droptrain predict: {args.image} does not exist", file=sys.stderr)
         return 1
     try:
-        status, body = post_image(args.url.rstrip("/"), args.image, args.top_k)
+        status, body = post_image(args.url.rstrip("/"), args.image, args.top_k, project=args.project,
+                                  api_key=args.api_key or os.environ.get("DROPTRAIN_API_KEY"))
     except OSError as exc:
         print(f"droptrain predict: cannot reach {args.url} ({exc}); is droptrain up running?", file=sys.stderr)
         return 1
@@ -127,6 +130,29 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     for p in body["predictions"]:
         print(f"{p['probability']:.4f}  {p['label']}")
     print(f"(model {body['model']})")
+    return 0
+
+
+def _cmd_rollback(args: argparse.Namespace) -> int:
+    """Approve and deploy an earlier version through the API (the local stack's, or a stage's)."""
+    import os
+    import urllib.parse
+
+    from droptrain.demo import call_api
+
+    path = (f"/projects/{urllib.parse.quote(args.project, safe='')}/versions/"
+            f"{urllib.parse.quote(args.to or 'previous', safe='')}/deploy")
+    try:
+        status, body = call_api(args.url, path, "POST", b"", "application/json",
+                                api_key=args.api_key or os.environ.get("DROPTRAIN_API_KEY"))
+    except OSError as exc:
+        print(f"droptrain rollback: cannot reach {args.url} ({exc}); is droptrain up running?", file=sys.stderr)
+        return 1
+    if status >= 400:
+        print(f"droptrain rollback: {status} {body.get('error', {}).get('message', body)}", file=sys.stderr)
+        return 1
+    was = f" (was {body['previous']})" if body.get("previous") else ""
+    print(f"{body['project']}: version {body['version']} ({body['run_id']}){was}: {body['action']}")
     return 0
 
 
@@ -161,18 +187,7 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="droptrain", description="From a folder of labelled images to a tuned classifier behind an API.")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("make-dataset", help="write a synthetic image-classification dataset (train/valid/test/<class>/*.jpg)")
-    p.add_argument("out", type=Path, help="folder to write the dataset into")
-    p.add_argument("--classes", type=int, default=4, help="number of classes (2-256)")
-    p.add_argument("--per-class", type=int, default=40, help="images per class, split 70/15/15 into train/valid/test")
-    p.add_argument("--size", type=int, default=64, help="image side in pixels")
-    p.add_argument("--seed", type=int, default=0, help="the same seed writes the same images")
-    p.set_defaults(func=_cmd_make_dataset)
-
+def _local_stack_commands(sub) -> None:
     p = sub.add_parser("demo", help="the whole pipeline locally: dataset → tuning → final training → deployment → predictions")
     p.add_argument("--data", type=Path, default=None, help="use this dataset (folder or archive) instead of a synthetic one")
     p.add_argument("--home", type=Path, default=Path(".droptrain/demo"), help="where the demo's local stack keeps its state (reset each run)")
@@ -197,15 +212,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--home", type=Path, default=Path(".droptrain"), help="the local stack's state")
     p.set_defaults(func=_cmd_upload)
 
+    p = sub.add_parser("status", help="runs, jobs, trials with their metrics, the deployed model")
+    p.add_argument("--home", type=Path, default=Path(".droptrain"), help="the local stack's state")
+    p.set_defaults(func=_cmd_status)
+
+
+def _api_commands(sub) -> None:
+    """What talks to the REST API: the local stack's, or a deployed stage's (--url)."""
     p = sub.add_parser("predict", help="POST an image to the API and print the top-k")
     p.add_argument("image", type=Path, help="a JPEG or PNG file")
     p.add_argument("--url", default="http://127.0.0.1:8000", help="the API (droptrain up's, or a deployed stage's)")
     p.add_argument("--top-k", type=int, default=5, help="how many labels (1-20)")
+    p.add_argument("--project", default=None, help="the project (dataset name) whose model answers; "
+                   "default: the only project, or the stage's DEFAULT_PROJECT")
+    p.add_argument("--api-key", default=None, help="x-api-key for a stage that requires one (default: $DROPTRAIN_API_KEY)")
     p.set_defaults(func=_cmd_predict)
 
-    p = sub.add_parser("status", help="runs, jobs, trials with their metrics, the deployed model")
-    p.add_argument("--home", type=Path, default=Path(".droptrain"), help="the local stack's state")
-    p.set_defaults(func=_cmd_status)
+    p = sub.add_parser("rollback", help="approve and deploy an earlier version of a project (default: the newest "
+                       "approved one before the serving one)")
+    p.add_argument("project", help="the project (dataset name)")
+    p.add_argument("--to", default=None, metavar="RUN_ID", help="deploy this run's version instead (approving it if it was held)")
+    p.add_argument("--url", default="http://127.0.0.1:8000", help="the API (droptrain up's, or a deployed stage's)")
+    p.add_argument("--api-key", default=None, help="x-api-key for a stage that requires one (default: $DROPTRAIN_API_KEY)")
+    p.set_defaults(func=_cmd_rollback)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="droptrain", description="From a folder of labelled images to a tuned classifier behind an API.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("make-dataset", help="write a synthetic image-classification dataset (train/valid/test/<class>/*.jpg)")
+    p.add_argument("out", type=Path, help="folder to write the dataset into")
+    p.add_argument("--classes", type=int, default=4, help="number of classes (2-256)")
+    p.add_argument("--per-class", type=int, default=40, help="images per class, split 70/15/15 into train/valid/test")
+    p.add_argument("--size", type=int, default=64, help="image side in pixels")
+    p.add_argument("--seed", type=int, default=0, help="the same seed writes the same images")
+    p.set_defaults(func=_cmd_make_dataset)
+
+    _local_stack_commands(sub)
+    _api_commands(sub)
 
     p = sub.add_parser("package", help="build the layer and the stage's SAM template (chalice package + merge template), offline")
     p.add_argument("--stage", default="dev", choices=["dev", "prod"], help="the Chalice stage to package")

@@ -11,6 +11,7 @@ import json
 import random
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Callable
@@ -18,7 +19,7 @@ from typing import Callable
 from chalice_app import names
 from droptrain.synthetic import make_dataset
 
-FINAL_EVENTS = ("deployment.completed", "deployment.failed", "dataset.rejected", "tuning.failed",
+FINAL_EVENTS = ("deployment.completed", "deployment.failed", "model.held", "dataset.rejected", "tuning.failed",
                 "training.failed", "pipeline.failed")
 
 
@@ -26,15 +27,28 @@ class DemoError(Exception):
     pass
 
 
-def post_image(url: str, image: Path, top_k: int = 3, timeout: float = 30) -> tuple[int, dict]:
+def post_image(url: str, image: Path, top_k: int = 3, timeout: float = 30, project: str | None = None,
+               api_key: str | None = None) -> tuple[int, dict]:
     content_type = "image/png" if image.suffix.lower() == ".png" else "image/jpeg"
-    request = urllib.request.Request(f"{url}/predict?top_k={top_k}", data=image.read_bytes(),
-                                     headers={"Content-Type": content_type}, method="POST")
+    path = f"/predict/{urllib.parse.quote(project, safe='')}" if project else "/predict"
+    return call_api(url, path + f"?top_k={top_k}", "POST", image.read_bytes(), content_type, timeout, api_key)
+
+
+def call_api(url: str, path: str, method: str = "GET", body: bytes | None = None, content_type: str | None = None,
+             timeout: float = 30, api_key: str | None = None) -> tuple[int, dict]:
+    """``(status, JSON body)`` of one call to the REST API (the local stack's or a stage's)."""
+    headers = {"Content-Type": content_type} if content_type else {}
+    if api_key:
+        headers["x-api-key"] = api_key
+    request = urllib.request.Request(f"{url.rstrip('/')}{path}", data=body, headers=headers, method=method)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"{}")
+        try:
+            return exc.code, json.loads(exc.read() or b"{}")
+        except ValueError:
+            return exc.code, {"error": {"code": "http_error", "message": exc.reason}}
 
 
 class _Progress:
@@ -74,7 +88,7 @@ def run_demo(home: Path, data: Path | None = None, port: int = 0, max_trials: in
     runtime = LocalRuntime(home, env={"MAX_TUNING_JOBS": str(max_trials), **(env or {})}, say=say, on_line=_Progress(say))
     runtime.start(port=port)
     try:
-        say(f"local stack up: API {runtime.api_url}, bucket {runtime.bucket.root}")
+        say(f"local stack up: console {runtime.api_url}/ (API {runtime.api_url}), bucket {runtime.bucket.root}")
         key = runtime.upload(data, data.name.replace("_", "-") or "dataset")
         say(f"uploaded to s3://{runtime.bucket.name}/{key}; the events take it from here")
         seen = _wait_for(runtime, started, timeout, phases)

@@ -91,14 +91,15 @@ def stage_environment(stage: str, account: str, region: str, images: Mapping[str
     partition = partition_of(region)
     bucket = f"droptrain-data-{stage}-{account}"
     return {
-        **current,
+        **{k: v for k, v in current.items() if k != "ENDPOINT_NAME"},
         "DATA_BUCKET": bucket,
         "NOTIFY_TOPIC_ARN": f"arn:{partition}:sns:{region}:{account}:droptrain-{stage}",
         "SAGEMAKER_ROLE_ARN": f"arn:{partition}:iam::{account}:role/droptrain-sagemaker-{stage}",
         "TRAINING_IMAGE_URI": images["TRAINING_IMAGE_URI"],
         "INFERENCE_IMAGE_URI": images["INFERENCE_IMAGE_URI"],
         "SOURCE_DIR_S3_URI": f"s3://{bucket}/{sourcedir_key}",
-        "ENDPOINT_NAME": current.get("ENDPOINT_NAME") or f"droptrain-{stage}",
+        # A stage from before projects named one endpoint; its name becomes the projects' prefix.
+        "ENDPOINT_PREFIX": current.get("ENDPOINT_PREFIX") or current.get("ENDPOINT_NAME") or f"droptrain-{stage}",
         "API_KEY_REQUIRED": current.get("API_KEY_REQUIRED", "true" if stage == "prod" else "false"),
     }
 

@@ -2,7 +2,8 @@
 execution role's.
 
 The functions create SageMaker resources only with a ``droptrain:run-id`` request tag, touch one
-endpoint (its name lower-cased in the ARN, as SageMaker writes it), pass one role, publish to one
+project's endpoint, model package group and alarms (``<ENDPOINT_PREFIX>-<project>``, lower-cased in
+the ARN as SageMaker writes it), pass one role, publish to one
 topic, send to one queue, read the bucket and write only under ``runs/`` (a write under
 ``datasets/`` would start a run). The execution role reads ``datasets/``, ``code/`` and ``runs/``,
 writes only ``runs/``, pulls its images from the accounts their URIs name (that account differs by
@@ -51,12 +52,23 @@ def failed_events_queue(env: Mapping[str, str]) -> str:
     return f"droptrain-{stage_of(env)}-failed-events"
 
 
+def project_prefix(env: Mapping[str, str]) -> str:
+    """``<ENDPOINT_PREFIX>-``: every project's endpoint, model package group and alarms start so."""
+    return f"{env.get('ENDPOINT_PREFIX') or env['ENDPOINT_NAME']}-"
+
+
+def own_alarm_arns(env: Mapping[str, str]) -> list[str]:
+    """The alarms the functions create for the projects' endpoints (``<prefix>-<project>-…``)."""
+    partition, region, account = arn_parts(env)
+    return [f"arn:{partition}:cloudwatch:{region}:{account}:alarm:{project_prefix(env)}*"]
+
+
 def alarm_arns(env: Mapping[str, str]) -> list[str]:
-    """The rollback alarms a deployment may name: the stage's own and any ROLLBACK_ALARMS."""
+    """The rollback alarms a deployment may name: the projects' own and any ROLLBACK_ALARMS."""
     partition, region, account = arn_parts(env)
     prefix = f"arn:{partition}:cloudwatch:{region}:{account}:alarm:"
     named = [a.strip() for a in env.get("ROLLBACK_ALARMS", "").split(",") if a.strip()]
-    return [f"{prefix}droptrain-{stage_of(env)}-*", *(prefix + name for name in named)]
+    return [*own_alarm_arns(env), *(prefix + name for name in named)]
 
 
 def lambda_policy(env: Mapping[str, str]) -> dict[str, Any]:
@@ -66,8 +78,10 @@ def lambda_policy(env: Mapping[str, str]) -> dict[str, Any]:
     partition, region, account = arn_parts(env)
     sm = f"arn:{partition}:sagemaker:{region}:{account}"
     bucket = f"arn:{partition}:s3:::{env['DATA_BUCKET']}"
-    # SageMaker lower-cases resource names in ARNs.
-    endpoint = f"{sm}:endpoint/{env['ENDPOINT_NAME'].lower()}"
+    # SageMaker lower-cases resource names in ARNs. Every project's endpoint and model package group is
+    # <prefix>-<project>: the functions touch those and no other.
+    projects = project_prefix(env).lower()
+    endpoints = f"{sm}:endpoint/{projects}*"
     tagged = {"StringLike": {"aws:RequestTag/droptrain:run-id": "?*"}}
     return {
         "Version": "2012-10-17",
@@ -85,11 +99,20 @@ def lambda_policy(env: Mapping[str, str]) -> dict[str, Any]:
             {"Sid": "StopRunsThatCannotSucceed", "Effect": "Allow", "Action": "sagemaker:StopHyperParameterTuningJob",
              "Resource": f"{sm}:hyper-parameter-tuning-job/*",
              "Condition": {"StringLike": {"aws:ResourceTag/droptrain:run-id": "?*"}}},
-            {"Sid": "TheEndpoint", "Effect": "Allow",
+            {"Sid": "ProjectEndpoints", "Effect": "Allow",
              "Action": ["sagemaker:CreateEndpoint", "sagemaker:UpdateEndpoint", "sagemaker:DeleteEndpoint",
                         "sagemaker:DescribeEndpoint", "sagemaker:InvokeEndpoint", "sagemaker:AddTags",
                         "sagemaker:DeleteTags", "sagemaker:ListTags"],
-             "Resource": [endpoint, f"{sm}:endpoint-config/*"]},
+             "Resource": [endpoints, f"{sm}:endpoint-config/*"]},
+            {"Sid": "ProjectModelRegistry", "Effect": "Allow",
+             "Action": ["sagemaker:CreateModelPackageGroup", "sagemaker:CreateModelPackage",
+                        "sagemaker:ListModelPackages", "sagemaker:DescribeModelPackage", "sagemaker:UpdateModelPackage",
+                        "sagemaker:AddTags"],
+             "Resource": [f"{sm}:model-package-group/{projects}*", f"{sm}:model-package/{projects}*/*"]},
+            # List operations take no resource: the functions filter to <prefix>-* themselves.
+            {"Sid": "ListProjects", "Effect": "Allow", "Action": "sagemaker:ListModelPackageGroups", "Resource": "*"},
+            {"Sid": "ProjectAlarms", "Effect": "Allow", "Action": ["cloudwatch:PutMetricAlarm", "cloudwatch:TagResource"],
+             "Resource": own_alarm_arns(env)},
             {"Sid": "RollbackAlarms", "Effect": "Allow", "Action": "cloudwatch:DescribeAlarms", "Resource": alarm_arns(env)},
             {"Sid": "PassTheSageMakerRole", "Effect": "Allow", "Action": "iam:PassRole",
              "Resource": env["SAGEMAKER_ROLE_ARN"],

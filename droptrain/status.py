@@ -35,9 +35,33 @@ def render(home: Path) -> str:
                 metrics = {m["MetricName"]: m["Value"] for m in final.get("FinalMetricDataList", [])}
                 lines.append(f"  final {final_name}: {store.status('training-job', final_name)}, test:accuracy {metrics.get('test:accuracy', '-')}"
                              + (f" ({final['FailureReason']})" if final.get("FailureReason") else ""))
-        for name, status, endpoint in store.records("endpoint"):
-            lines.append(f"endpoint {name}: {status}, serving {endpoint['EndpointConfigName']}"
-                         + (f" (last deployment: {endpoint['FailureReason']})" if endpoint.get("FailureReason") else ""))
+        lines += _projects(store)
     finally:
         store.close()
     return "\n".join(lines) or "no runs yet"
+
+
+def _projects(store) -> list[str]:
+    """Per project: its endpoint and its versions, with the one serving marked."""
+    from chalice_app.pipeline.versions import run_of_model_data
+
+    lines = []
+    packages = list(store.records("model-package"))
+    endpoints = {name: (status, record) for name, status, record in store.records("endpoint")}
+    for group, _, _ in store.records("model-package-group"):
+        status, endpoint = endpoints.pop(group, (None, None))
+        serving = endpoint["EndpointConfigName"] if endpoint else None
+        lines.append(f"project {group}: endpoint {status or 'not deployed'}"
+                     + (f", serving {serving}" if serving else "")
+                     + (f" (last deployment: {endpoint['FailureReason']})" if endpoint and endpoint.get("FailureReason") else ""))
+        for name, approval, package in sorted(packages, key=lambda p: p[2]["ModelPackageVersion"]):
+            if name.rsplit("/", 1)[0] != group:
+                continue
+            meta = package.get("CustomerMetadataProperties", {})
+            run = meta.get("droptrain:run-id") or run_of_model_data(package["InferenceSpecification"]["Containers"][0]["ModelDataUrl"])
+            mark = "▶" if run == serving else " "
+            lines.append(f"  {mark} v{package['ModelPackageVersion']:<3} {run:<30} {approval:<22} "
+                         f"test:accuracy {meta.get('test:accuracy', '-'):<8} macro_f1 {meta.get('macro_f1', '-'):<8} {package['CreationTime'][:19]}")
+    for name, (status, endpoint) in endpoints.items():
+        lines.append(f"endpoint {name}: {status}, serving {endpoint['EndpointConfigName']}")
+    return lines

@@ -82,20 +82,28 @@ def png_header_only(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
 
 
-def deploy_archive(runtime, archive: Path, config: str) -> str:
-    """The local stack's endpoint created with (or updated to) a model archive, as the pipeline does it;
-    returns the endpoint's name once it serves the archive."""
+def deploy_archive(runtime, archive: Path, config: str, deployment: dict | None = None) -> str:
+    """A project's endpoint on the local stack created with (or updated to) a model archive, as the
+    pipeline does it (the project is the run's: ``pets`` for ``pets-1a2b3c4d``); returns the endpoint's
+    name once it serves the archive, or has rolled back from it."""
     key = f"runs/{config}/final/model.tar.gz"
     runtime.bucket.put_file(key, archive)
     runtime.sagemaker.create_model({"ModelName": config, "PrimaryContainer": {"ModelDataUrl": runtime.bucket.uri(key)}})
     runtime.sagemaker.create_endpoint_config({"EndpointConfigName": config, "ProductionVariants": [{"ModelName": config}]})
-    endpoint = runtime.env["ENDPOINT_NAME"]
+    endpoint = f"{runtime.env['ENDPOINT_PREFIX']}-{config.rsplit('-', 1)[0]}"
+    # The project exists once it has a model package group: /predict finds it.
+    runtime.sagemaker.create_model_package_group({"ModelPackageGroupName": endpoint})
     if runtime.endpoints.describe(endpoint) is None:
         runtime.sagemaker.create_endpoint({"EndpointName": endpoint, "EndpointConfigName": config, "Tags": []})
     else:
-        runtime.sagemaker.update_endpoint({"EndpointName": endpoint, "EndpointConfigName": config})
+        request = {"EndpointName": endpoint, "EndpointConfigName": config}
+        if deployment:
+            request["DeploymentConfig"] = deployment
+        runtime.sagemaker.update_endpoint(request)
     runtime.endpoints.join()
     described = runtime.endpoints.describe(endpoint)
+    if deployment and described["EndpointStatus"] == "InService" and described.get("FailureReason"):
+        return endpoint
     if (described["EndpointStatus"], described["EndpointConfigName"]) != ("InService", config):
         raise RuntimeError(f"the endpoint did not come up: {described}")
     return endpoint

@@ -22,7 +22,6 @@ import argparse
 import contextlib
 import logging
 import math
-import os
 import sys
 import tempfile
 import time
@@ -36,10 +35,11 @@ from torch import nn
 
 from trainlib import artifact, checkpoints, profiling
 from trainlib.arguments import get_args_parser, hyperparameters, parse_args  # noqa: F401 - train.parse_args is the CLI's
+from trainlib.baseline import baseline_line, evaluate_baseline
 from trainlib.batches import Data, make_batches, pick_device, pick_workers
 from trainlib.datasets import Splits, discover, resolve_dataset_root
 from trainlib.debugging import create_hook
-from trainlib.errors import DatasetError, DivergedError, TrainingError
+from trainlib.errors import DatasetError, DivergedError, TrainingError, write_failure
 from trainlib.evaluation import classification_report
 from trainlib.job_reports import Observers, stop_on_rule_issues, upload_reports, write_report, write_verdicts
 from trainlib.models import build_model, freeze_backbone
@@ -163,7 +163,7 @@ def main(args: argparse.Namespace) -> dict:
         fit = prepare(args, splits, device)
         observers = stack.enter_context(contextlib.closing(observe(args, fit, len(splits.train), device)))
         history = run_epochs(args, fit, observers, resume(args, fit, splits))
-        return finish(args, splits, fit, observers, history)
+        return finish(args, splits, fit, observers, history, work_dir)
 
 
 # -- the steps of main -----------------------------------------------------------------------
@@ -277,7 +277,7 @@ def run_epochs(args: argparse.Namespace, fit: Fit, observers: Observers, progres
     return progress.history
 
 
-def finish(args: argparse.Namespace, splits: Splits, fit: Fit, observers: Observers, history: list[dict]) -> dict:
+def finish(args: argparse.Namespace, splits: Splits, fit: Fit, observers: Observers, history: list[dict], work_dir: Path) -> dict:
     """The held-out evaluation, the reports, and the model artifact."""
     metrics = {k: history[-1][k] for k in ("valid_loss", "valid_accuracy")} if history else {}
     eval_split = "test" if "test" in fit.data.eval_batches else "valid"
@@ -289,9 +289,14 @@ def finish(args: argparse.Namespace, splits: Splits, fit: Fit, observers: Observ
         metrics.update({"test_loss": stats.loss, "test_accuracy": stats.accuracy})
     observers.close()
     evaluation = {**classification_report(targets, predictions, splits.classes), "split": eval_split}
+    if args.baseline_dir is not None:  # the serving model, on the same split, for the promotion gate
+        evaluation["baseline"] = evaluate_baseline(args.baseline_dir, work_dir, getattr(splits, eval_split), splits.classes, fit.device)
+        print(baseline_line(evaluation["baseline"]), flush=True)
     artifact.write_json(args.output_data_dir / "evaluation.json", evaluation)
     artifact.write_json(args.output_data_dir / "history.json", history)
     report_dir = args.output_data_dir / "reports"
+    # Beside the other reports, where the pipeline reads it (runs/<run-id>/reports/evaluation.json).
+    artifact.write_json(report_dir / "evaluation.json", evaluation)
     verdicts = write_verdicts(observers.hook.out_dir, report_dir)
     if observers.sampler is not None:
         write_report(args.run_id, report_dir, fit.device.type, pick_workers(args, fit.device), history, evaluation,
@@ -319,14 +324,6 @@ def model_metadata(args: argparse.Namespace, splits: Splits, fit: Fit, metrics: 
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "framework": {"torch": torch.__version__, "torchvision": torchvision.__version__},
     }
-
-
-def write_failure(message: str) -> None:
-    """SageMaker shows the content of ``$SM_OUTPUT_DIR/failure`` as the job's FailureReason."""
-    output_dir = os.environ.get("SM_OUTPUT_DIR")
-    if output_dir:
-        Path(output_dir).mkdir(parents=True, exist_ok=True)
-        (Path(output_dir) / "failure").write_text(message[:1024])
 
 
 def run(argv: list[str] | None = None) -> int:

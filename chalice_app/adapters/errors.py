@@ -51,6 +51,8 @@ def translate(exc: ClientError | BotoCoreError, action: str) -> AdapterError:
         return ThrottledError(text, code)
     if code == "ResourceInUse" or "already exist" in lowered:
         return AlreadyExistsError(text, code)
-    if code in ("ResourceNotFound", "NoSuchKey", "NoSuchBucket", "NotFound", "404") or "could not find" in lowered:
+    # SageMaker says "Could not find endpoint …" and "ModelPackage … does not exist." (ValidationException).
+    if code in ("ResourceNotFound", "NoSuchKey", "NoSuchBucket", "NotFound", "404") or "could not find" in lowered \
+            or "does not exist" in lowered:
         return NotFoundError(text, code)
     return ServiceError(text, code, retryable=status >= 500)

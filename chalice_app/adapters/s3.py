@@ -30,6 +30,20 @@ class S3Adapter:
         except (ClientError, BotoCoreError) as exc:
             raise translate(exc, f"listing s3://{bucket}/{prefix}") from exc
 
+    def list_prefixes(self, bucket: str, prefix: str) -> list[str]:
+        """Common prefixes one level under ``prefix`` (a delimited listing: objects below are not read)."""
+        found: list[str] = []
+        try:
+            for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
+                found += [p["Prefix"] for p in page.get("CommonPrefixes", [])]
+        except (ClientError, BotoCoreError) as exc:
+            raise translate(exc, f"listing s3://{bucket}/{prefix}") from exc
+        return sorted(found)
+
+    def presigned_url(self, bucket: str, key: str, seconds: int) -> str:
+        """Signed locally (no call to S3): a missing object is the browser's 404, later."""
+        return self._client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=seconds)
+
     def head(self, bucket: str, key: str) -> dict[str, Any]:
         try:
             response = self._client.head_object(Bucket=bucket, Key=key)

@@ -106,3 +106,40 @@ class SageMakerAdapter:
             if not page.get("NextToken"):
                 return tags
             request["NextToken"] = page["NextToken"]
+
+    # -- the model registry --------------------------------------------------------------------
+
+    def create_model_package_group(self, request: Mapping[str, Any]) -> bool:
+        return self._create("create_model_package_group", f"creating model package group {request['ModelPackageGroupName']}", request)
+
+    def _pages(self, operation: str, action: str, key: str, **request: Any) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        while True:
+            page = self._call(operation, action, **request)
+            items.extend(page.get(key, []))
+            if not page.get("NextToken"):
+                return items
+            request["NextToken"] = page["NextToken"]
+
+    def list_model_package_groups(self, prefix: str) -> list[dict[str, Any]]:
+        groups = self._pages("list_model_package_groups", f"listing model package groups {prefix}*", "ModelPackageGroupSummaryList",
+                             NameContains=prefix, MaxResults=100)
+        return [g for g in groups if g["ModelPackageGroupName"].startswith(prefix)]
+
+    def create_model_package(self, request: Mapping[str, Any]) -> str:
+        return self._call("create_model_package", f"registering a version in {request['ModelPackageGroupName']}",
+                          **request)["ModelPackageArn"]
+
+    def list_model_packages(self, group: str) -> list[dict[str, Any]]:
+        try:
+            packages = self._pages("list_model_packages", f"listing the versions of {group}", "ModelPackageSummaryList",
+                                   ModelPackageGroupName=group, ModelPackageType="Versioned", MaxResults=100)
+        except NotFoundError:
+            return []
+        return sorted(packages, key=lambda p: p.get("ModelPackageVersion", 0))
+
+    def describe_model_package(self, arn: str) -> dict[str, Any]:
+        return self._call("describe_model_package", f"describing model package {arn}", ModelPackageName=arn)
+
+    def update_model_package(self, request: Mapping[str, Any]) -> None:
+        self._call("update_model_package", f"updating model package {request['ModelPackageArn']}", **request)

@@ -9,7 +9,7 @@ from typing import Any, Callable
 from chalice_app.adapters.errors import NotFoundError
 from chalice_app.config import Config
 from chalice_app.notifications import Notifier
-from chalice_app.ports import EndpointRuntime, ObjectStore, SageMaker
+from chalice_app.ports import Alarms, EndpointRuntime, ObjectStore, SageMaker
 
 TERMINAL = ("Completed", "Failed", "Stopped")
 
@@ -24,6 +24,7 @@ class Services:
     runtime: EndpointRuntime
     notifier: Notifier
     sleep: Callable[[float], None]
+    alarms: Alarms
     # What is broken in the stack itself, beyond AWS's services (the local runtime's own threads).
     problems: Callable[[], list[str]] = lambda: []
 
@@ -37,6 +38,16 @@ def rule_verdicts(svc: Services, run: str) -> list[dict] | None:
     try:
         verdicts = json.loads(data)
         return [v for v in verdicts if isinstance(v, dict) and {"rule", "status"} <= set(v)]
+    except (ValueError, TypeError):
+        return None
+
+
+def read_json(svc: Services, key: str) -> Any:
+    """A JSON object the pipeline wrote or a job uploaded to the data bucket; ``None`` if absent or unreadable."""
+    try:
+        return json.loads(svc.s3.get(svc.config.data_bucket, key))
+    except NotFoundError:
+        return None
     except (ValueError, TypeError):
         return None
 

@@ -1,13 +1,13 @@
-"""The final training job ended: report it, then deploy what it made."""
+"""The final training job ended: report it, then register what it made as a version of its project."""
 
 from __future__ import annotations
 
-from chalice_app import names, sagemaker_requests as requests
+from chalice_app import names, registry_requests, sagemaker_requests as requests
 from chalice_app.events import TrainingJobStateChange
 from chalice_app.notifications import Notification
-from chalice_app.pipeline.deployment import deploy
 from chalice_app.pipeline.services import TERMINAL, Services, dataset_of, prune_checkpoints, rule_verdicts
 from chalice_app.pipeline.tuning import trial_changed
+from chalice_app.pipeline.versions import register
 
 
 def training_changed(svc: Services, event: TrainingJobStateChange) -> str:
@@ -31,12 +31,14 @@ def training_changed(svc: Services, event: TrainingJobStateChange) -> str:
         reason = description.get("FailureReason") or f"the training job was {event.status.lower()}"
         svc.notifier.send(Notification(
             "training.failed", run, dataset_uri, event.status, f"final training {event.name} {event.status.lower()}: {reason}",
-            job=event.name, detail={"reason": reason, "metrics": metrics, "endpoint_unchanged": svc.config.endpoint_name},
+            job=event.name, detail={"reason": reason, "metrics": metrics, "endpoint_unchanged": svc.config.endpoint(names.project_of_run(run))},
         ))
         return f"training {event.status.lower()}"
     model_data = description["ModelArtifacts"]["S3ModelArtifacts"]
     accuracy = metrics.get("test:accuracy")
     verdicts = rule_verdicts(svc, run)
+    hyperparameters = {k: v for k, v in description.get("HyperParameters", {}).items()
+                       if not k.startswith("sagemaker_") and k not in ("reports-uri", "debug-out")}
     issues = [v["rule"] for v in verdicts or [] if v["status"] == "IssuesFound"]
     blocked = bool(issues) and svc.config.block_on_rule_issues
     summary = f"final training {event.name} done" + (f": test accuracy {accuracy:.4f}" if accuracy is not None else "")
@@ -50,10 +52,11 @@ def training_changed(svc: Services, event: TrainingJobStateChange) -> str:
             "reports": requests.reports_uri(svc.config, run),
             "report": requests.reports_uri(svc.config, run) + "report.html" if verdicts is not None else None,
             "rules": verdicts, "rule_issues": issues, "deployment_blocked": blocked,
-            "hyperparameters": {k: v for k, v in description.get("HyperParameters", {}).items() if not k.startswith("sagemaker_")},
+            "evaluation": registry_requests.evaluation_uri(svc.config, run),
+            "hyperparameters": hyperparameters,
             "billable_seconds": description.get("BillableTimeInSeconds"),
         },
     ))
     if blocked:
-        return f"not deployed: rule issues ({', '.join(issues)}) and BLOCK_ON_RULE_ISSUES=true"
-    return deploy(svc, run, dataset_uri, model_data)
+        return f"not registered: rule issues ({', '.join(issues)}) and BLOCK_ON_RULE_ISSUES=true"
+    return register(svc, run, dataset_uri, model_data, metrics, hyperparameters)

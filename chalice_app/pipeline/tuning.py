@@ -7,7 +7,21 @@ from typing import Any, Mapping
 from chalice_app import names, sagemaker_requests as requests
 from chalice_app.events import TrainingJobStateChange, TuningJobStateChange
 from chalice_app.notifications import Notification
+from chalice_app.adapters.errors import NotFoundError
+from chalice_app.pipeline.deployment import serving_run
 from chalice_app.pipeline.services import TERMINAL, Services, dataset_of, prune_checkpoints
+
+
+def serving_model_data(svc: Services, project: str, run: str) -> str | None:
+    """The ``model.tar.gz`` the project's endpoint serves (the gate's baseline), if it is a droptrain run's."""
+    serving = serving_run(svc, project)
+    if not serving or serving == run:
+        return None
+    try:
+        job = svc.sagemaker.describe_training_job(names.final_job_name(serving))
+    except NotFoundError:
+        return None  # deployed by hand, or its job is gone: the gate falls back to the serving run's own evaluation
+    return job.get("ModelArtifacts", {}).get("S3ModelArtifacts") or None
 
 
 def tuning_changed(svc: Services, event: TuningJobStateChange) -> str:
@@ -33,12 +47,14 @@ def tuning_changed(svc: Services, event: TuningJobStateChange) -> str:
                 "objective": objective, "training_jobs": counters},
     ))
     static = description["TrainingJobDefinition"].get("StaticHyperParameters", {})
-    request = requests.final_training_request(svc.config, run, dataset_uri, static, tuned)
+    baseline = serving_model_data(svc, names.project_of_run(run), run)
+    request = requests.final_training_request(svc.config, run, dataset_uri, static, tuned, baseline)
     created = svc.sagemaker.create_training_job(request)
     svc.notifier.send(Notification(
         "training.started", run, dataset_uri, "InProgress", f"final training {request['TrainingJobName']} started",
         job=request["TrainingJobName"],
         detail={"hyperparameters": {k: v for k, v in request["HyperParameters"].items() if not k.startswith("sagemaker_")},
+                "baseline": baseline,
                 "instance_type": svc.config.training_instance_type, "managed_debugger": svc.config.managed_debugger},
     ))
     return "final training job created" if created else "final training job already existed"

@@ -31,6 +31,7 @@ BACKLOG = 128
 # Bodies API Gateway would accept at all (10 MB); the route applies its own, smaller limit.
 MAX_CONTENT_LENGTH = 10 * 1024 * 1024
 BODY_METHODS = ("POST", "PUT", "PATCH")
+OPEN_PATHS = ("/", "/console.js", "/console.css")
 
 
 class RequestRejected(Exception):
@@ -106,7 +107,8 @@ class ApiRequestHandler(ChaliceRequestHandler):
     do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = do_PATCH = do_OPTIONS = _generic_handle
 
     def _check_key(self) -> None:
-        if self.api_key is None:
+        # The console's page and files carry no data and no secret: open, as on API Gateway.
+        if self.api_key is None or (self.command == "GET" and self.path.split("?")[0] in OPEN_PATHS):
             return
         given = self.headers.get("x-api-key") or ""
         if not hmac.compare_digest(given.encode(), self.api_key.encode()):

@@ -96,6 +96,23 @@ class LocalBucket:
                     found.append((key, path.stat().st_size))
         yield from sorted(found)
 
+    def list_prefixes(self, bucket: str, prefix: str) -> list[str]:
+        self._check(bucket)
+        folder, _, start = prefix.rpartition("/")
+        try:
+            base = self.path(folder) if folder else self.root
+        except InvalidKeyError:
+            return []
+        if not base.is_dir() or base.is_symlink():
+            return []
+        return sorted(f"{self.key_of(child)}/" for child in base.iterdir()
+                      if child.is_dir() and not child.is_symlink() and child.name.startswith(start))
+
+    def presigned_url(self, bucket: str, key: str, seconds: int) -> None:
+        """The local bucket has no URLs of its own: the API serves what the console links to."""
+        self._check(bucket)
+        return None
+
     def head(self, bucket: str, key: str) -> dict:
         path = self._existing(bucket, key)
         return {"size": path.stat().st_size, "etag": etag(path)}

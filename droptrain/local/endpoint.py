@@ -6,20 +6,30 @@ would start it. An update is blue/green, as SageMaker's: the new version is depl
 one, traffic moves to it once it serves, and the old one is deleted after (Ray Serve lets its
 requests in flight finish). A version that fails to start is removed and the old one keeps serving,
 with the reason on the endpoint (``FailureReason``), as SageMaker rolls back.
+
+An update with a ``DeploymentConfig`` rolls out as SageMaker's guardrails do: a canary takes its
+share of the traffic (a random 10% of requests here, 10% of the instances there) for the bake time,
+then all traffic bakes on the new version; the alarms the config names are judged on what the new
+version answered (``droptrain.local.alarms``), and one in ALARM sends the traffic back to the old
+version, which served throughout.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import random
 import shutil
 import tarfile
 import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from chalice_app.adapters.errors import AdapterError, ServiceError
 from chalice_app.adapters.runtime import EndpointNotFoundError, EndpointNotReadyError, ModelError
+from droptrain.local.alarms import LocalAlarms, Measurements, breached
 from droptrain.local.bucket import LocalBucket
 from droptrain.local.resources import arn, as_described, now, state_change_event
 from droptrain.local.serving import ApplicationGoneError, RayServe, ServingError
@@ -28,19 +38,36 @@ from droptrain.local.store import Store
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class _Route:
+    """Where an endpoint's traffic goes: ``app``, or ``canary`` for a ``share`` of the requests; what
+    ``watch.app`` answers is measured for the rollout's alarms."""
+
+    app: str
+    canary: str | None = None
+    share: float = 0.0
+    watch: Measurements | None = None
+
+    def pick(self, draw: float) -> str:
+        return self.canary if self.canary is not None and draw < self.share else self.app
+
+
 class LocalEndpoints:
-    def __init__(self, store: Store, bucket: LocalBucket, root: Path, emit: Callable[[dict], None], serving: RayServe):
+    def __init__(self, store: Store, bucket: LocalBucket, root: Path, emit: Callable[[dict], None], serving: RayServe,
+                 alarms: LocalAlarms | None = None):
         self.store, self.bucket, self.root, self.emit = store, bucket, root, emit
         self.serving = serving
-        self._routes: dict[str, str] = {}  # endpoint -> the Ray Serve application taking its traffic
+        self.alarms = alarms or LocalAlarms(store)
+        self._routes: dict[str, _Route] = {}  # endpoint -> where its traffic goes
         self._routes_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+        self._closing = threading.Event()
 
     # -- SageMaker's side -------------------------------------------------------------------------
 
     def describe(self, name: str) -> dict[str, Any] | None:
         record = self.store.get("endpoint", name)
-        return None if record is None else as_described(record, hidden=("Tags", "Pending"))
+        return None if record is None else as_described(record, hidden=("Tags", "Pending", "Deployment"))
 
     def create(self, name: str, config: str, tags: dict[str, str]) -> bool:
         record = {"EndpointName": name, "EndpointArn": arn("endpoint", name), "EndpointConfigName": config,
@@ -51,25 +78,27 @@ class LocalEndpoints:
         self._deploy_async(name)
         return True
 
-    def update(self, name: str, config: str) -> None:
+    def update(self, name: str, config: str, deployment: Mapping[str, Any] | None = None) -> None:
         record = self.store.get("endpoint", name)
         if record is None:
             raise ServiceError(f"Could not find endpoint '{name}'", "ValidationException")
         if not self.store.transition("endpoint", name, ("InService", "Failed"), "Updating", EndpointStatus="Updating",
-                                     Pending=config, LastModifiedTime=now()):
+                                     Pending=config, Deployment=dict(deployment or {}), LastModifiedTime=now()):
             raise ServiceError(f"Cannot update in-progress endpoint '{name}'", "ValidationException")
         self._deploy_async(name)
 
     def delete(self, name: str) -> None:
         """DeleteEndpoint: gone at once here (SageMaker takes a while); its configs and models stay."""
         with self._routes_lock:
-            app = self._routes.pop(name, None)
-        if app is not None:
-            self.serving.delete(app)
+            route = self._routes.pop(name, None)
+        for app in (route.app, route.canary) if route is not None else ():
+            if app is not None:
+                self.serving.delete(app)
         self.store.delete("endpoint", name)
 
     def start(self) -> None:
         """After a restart (a new Ray instance): serve again what was serving, finish what was deploying."""
+        self._closing.clear()
         for name, status, record in self.store.records("endpoint"):
             if status in ("InService", "Updating"):
                 try:
@@ -84,10 +113,13 @@ class LocalEndpoints:
             thread.join(timeout)
 
     def close(self) -> None:
-        """The runtime is stopping: its applications leave Ray Serve (which may be shared, in tests)."""
+        """The runtime is stopping: rollouts stop baking (an update left Updating resumes on the next
+        start) and the applications leave Ray Serve (which may be shared, in tests)."""
+        self._closing.set()
+        self.join(5)
         with self._routes_lock:
-            apps, self._routes = list(self._routes.values()), {}
-        for app in apps:
+            routes, self._routes = list(self._routes.values()), {}
+        for app in {a for route in routes for a in (route.app, route.canary) if a}:
             self.serving.delete(app)
 
     # -- deployments ------------------------------------------------------------------------------
@@ -128,15 +160,48 @@ class LocalEndpoints:
         return app
 
     def _route(self, endpoint: str, app: str) -> str | None:
-        """Send the endpoint's traffic to ``app``; returns the application it took it from."""
+        """Send all the endpoint's traffic to ``app``; returns the application it took it from."""
         with self._routes_lock:
-            previous, self._routes[endpoint] = self._routes.get(endpoint), app
-        return previous if previous != app else None
+            previous, self._routes[endpoint] = self._routes.get(endpoint), _Route(app)
+        return previous.app if previous is not None and previous.app != app else None
+
+    def _serving_app(self, endpoint: str) -> str | None:
+        with self._routes_lock:
+            route = self._routes.get(endpoint)
+        return route.app if route else None
+
+    def _rollout(self, name: str, old: str, new: str, deployment: Mapping[str, Any]) -> str | None:
+        """Shift traffic from ``old`` to ``new`` as the deployment config says, baking under its alarms;
+        returns why it rolled back, or ``None`` once ``new`` takes all traffic. ``old`` serves until then."""
+        policy = deployment.get("BlueGreenUpdatePolicy", {})
+        routing = policy.get("TrafficRoutingConfiguration", {})
+        bake = float(routing.get("WaitIntervalInSeconds", 0))
+        canary = routing.get("CanarySize", {})
+        shares = [canary["Value"] / 100] if routing.get("Type") == "CANARY" and canary.get("Type") == "CAPACITY_PERCENT" else []
+        alarms = [(a["AlarmName"], self.alarms.get(a["AlarmName"]))
+                  for a in deployment.get("AutoRollbackConfiguration", {}).get("Alarms", [])]
+        for share in [*shares, 1.0]:
+            watch = Measurements(new)
+            with self._routes_lock:
+                self._routes[name] = _Route(old, new, share, watch) if share < 1 else _Route(new, watch=watch)
+            if self._closing.wait(bake):
+                return None  # stopping: the record stays Updating and the next start deploys again
+            for alarm_name, alarm in alarms:
+                why = breached(alarm, watch) if alarm else None
+                if why:
+                    with self._routes_lock:
+                        self._routes[name] = _Route(old)
+                    return (f"Deployment rolled back: alarm {alarm_name} went into ALARM while "
+                            f"{'the canary' if share < 1 else 'all traffic'} baked on the new version: {why}")
+        with self._routes_lock:
+            self._routes[name] = _Route(new)
+        return None
 
     def _deploy(self, name: str) -> None:
         record = self.store.get("endpoint", name)
         config = record["Pending"]
         previous_status = record["EndpointStatus"]
+        deployment = record.get("Deployment") or {}
         try:
             app = self._serve(config)
         except ServingError as exc:
@@ -150,6 +215,18 @@ class LocalEndpoints:
             if moved:
                 self._announce(name)
             return
+        current = self._serving_app(name)
+        if previous_status == "Updating" and deployment and current is not None and current != app:
+            rolled_back = self._rollout(name, current, app, deployment)
+            if self._closing.is_set():
+                return
+            if rolled_back:
+                self.serving.delete(app)
+                if self.store.transition("endpoint", name, ("Updating",), "InService", EndpointStatus="InService",
+                                         FailureReason=rolled_back, LastModifiedTime=now()):
+                    self._announce(name)
+                return
+            self.serving.delete(current)  # baked without an alarm: the old version goes
         old = self._route(name, app)
         if old is not None:
             self.serving.delete(old)  # its requests in flight finish; new ones already go to `app`
@@ -173,17 +250,24 @@ class LocalEndpoints:
         reports a container's 4xx/5xx (the content type travels, but the application reads the bytes)."""
         for _ in range(2):  # a swap can delete the application between routing and calling: route again
             with self._routes_lock:
-                app = self._routes.get(endpoint)
-            if app is None:
+                route = self._routes.get(endpoint)
+            if route is None:
                 if self.store.get("endpoint", endpoint) is None:
                     raise EndpointNotFoundError(f"Endpoint {endpoint} of account local not found.", "ValidationError")
                 raise EndpointNotReadyError(f"Endpoint {endpoint} is not ready", "ModelNotReadyException")
+            app = route.pick(random.random())
+            watch = route.watch if route.watch is not None and route.watch.app == app else None
+            started = time.monotonic()
             try:
                 status, payload = self.serving.call(app, body)
             except ApplicationGoneError:
                 continue
             except ServingError as exc:
+                if watch is not None:
+                    watch.record(500, time.monotonic() - started)
                 raise ModelError(f"the model container failed: {exc}", 500) from exc
+            if watch is not None:
+                watch.record(status, time.monotonic() - started)
             answer = json.dumps(payload)
             if status != 200:
                 raise ModelError(answer, status)

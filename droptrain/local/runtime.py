@@ -22,6 +22,7 @@ from chalice_app.notifications import Notifier
 from chalice_app.pipeline import Services
 from chalice_app.adapters.errors import AdapterError
 from droptrain.local import api
+from droptrain.local.alarms import LocalAlarms
 from droptrain.local.lock import HomeLock
 from droptrain.local.resources import ACCOUNT
 from droptrain.local.sagemaker import LocalSageMaker
@@ -56,7 +57,11 @@ def local_environment(overrides: dict[str, str] | None = None) -> dict[str, str]
         "TRAINING_IMAGE_URI": "local/droptrain-training:latest",
         "INFERENCE_IMAGE_URI": "local/droptrain-inference:latest",
         "SOURCE_DIR_S3_URI": f"s3://{BUCKET}/code/sourcedir-local.tar.gz",
-        "ENDPOINT_NAME": "droptrain-local",
+        "ENDPOINT_PREFIX": "droptrain-local",
+        # Two "instances" so that an update rolls out as a canary (10% of requests) before taking all
+        # traffic, each step baking this long under the project's alarms.
+        "INFERENCE_INSTANCE_COUNT": "2",
+        "ROLLOUT_BAKE_SECONDS": "3",
         "TRAINING_INSTANCE_TYPE": "ml.m5.large",
         "INFERENCE_INSTANCE_TYPE": "ml.m5.large",
         "TUNING_STRATEGY": "Bayesian",
@@ -89,7 +94,8 @@ class LocalRuntime:
         # One Ray instance per runtime, unless the caller shares one (the tests do).
         self._owns_serving = serving is None
         self.serving = serving or RayServe()
-        self.endpoints = LocalEndpoints(self.store, self.bucket, self.home / "endpoints", self._emit, self.serving)
+        self.alarms = LocalAlarms(self.store)
+        self.endpoints = LocalEndpoints(self.store, self.bucket, self.home / "endpoints", self._emit, self.serving, self.alarms)
         self.sagemaker = LocalSageMaker(self.store, self.bucket, self.home / "jobs", self._emit,
                                                         self.endpoints, on_line or (lambda job, line: None),
                                                         feature_cache=self.home / "cache" / "features")
@@ -111,6 +117,7 @@ class LocalRuntime:
             s3=self.bucket,
             sagemaker=self.sagemaker,
             runtime=LocalRuntimeClient(self.endpoints),
+            alarms=self.alarms,
             notifier=Notifier(self.publisher, self.bucket, config.notify_topic_arn, config.data_bucket),
             sleep=time.sleep,
             problems=self.problems,

@@ -2,7 +2,7 @@
 EventBridge state-change events out (``chalice_app.ports.SageMaker``).
 
 Its parts: ``training`` (jobs run by AWS's training toolkit), ``tuner`` (Optuna), ``resources``
-(models, endpoint configs, tags) and ``endpoint`` (endpoints on Ray Serve). This class holds them
+(models, endpoint configs, tags), ``registry`` (model packages) and ``endpoint`` (endpoints on Ray Serve). This class holds them
 together and runs the jobs' threads: every job ends with a status, and a stopping runtime leaves the
 unfinished ones InProgress for the next start to resume.
 """
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from droptrain.local.bucket import LocalBucket
+from droptrain.local.registry import LocalRegistry
 from droptrain.local.resources import StoredResources, request_tags
 from droptrain.local.store import Store
 from droptrain.local.training import Emit, OnLine, TrainingJobs
@@ -37,6 +38,7 @@ class LocalSageMaker:
         self.training = TrainingJobs(store, bucket, jobs_root, emit, on_line, job_env, self._stopping)
         self.tuner = Tuner(store, self.training, emit, self._spawn, self._stopping)
         self.resources = StoredResources(store)
+        self.registry = LocalRegistry(store, emit)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -104,7 +106,7 @@ class LocalSageMaker:
         return self.endpoints.create(request["EndpointName"], request["EndpointConfigName"], request_tags(request))
 
     def update_endpoint(self, request: Mapping[str, Any]) -> None:
-        self.endpoints.update(request["EndpointName"], request["EndpointConfigName"])
+        self.endpoints.update(request["EndpointName"], request["EndpointConfigName"], request.get("DeploymentConfig"))
 
     def delete_endpoint(self, name: str) -> None:
         self.endpoints.delete(name)
@@ -117,3 +119,23 @@ class LocalSageMaker:
 
     def list_tags(self, resource_arn: str) -> dict[str, str]:
         return self.resources.list_tags(resource_arn)
+
+    # -- the model registry --
+
+    def create_model_package_group(self, request: Mapping[str, Any]) -> bool:
+        return self.registry.create_group(request)
+
+    def list_model_package_groups(self, prefix: str) -> list[dict[str, Any]]:
+        return self.registry.list_groups(prefix)
+
+    def create_model_package(self, request: Mapping[str, Any]) -> str:
+        return self.registry.create_package(request)
+
+    def list_model_packages(self, group: str) -> list[dict[str, Any]]:
+        return self.registry.list_packages(group)
+
+    def describe_model_package(self, arn: str) -> dict[str, Any]:
+        return self.registry.describe(arn)
+
+    def update_model_package(self, request: Mapping[str, Any]) -> None:
+        self.registry.update(request)

@@ -14,7 +14,7 @@ import pytest
 from botocore.stub import Stubber
 from moto import mock_aws
 
-from chalice_app import names, sagemaker_requests as requests
+from chalice_app import alarm_requests, names, registry_requests, sagemaker_requests as requests
 from chalice_app.adapters.errors import AdapterError, NotFoundError
 from chalice_app.adapters.runtime import EndpointNotFoundError, RuntimeAdapter
 from chalice_app.adapters.s3 import S3Adapter
@@ -81,6 +81,14 @@ def test_write_once_then_read_back(store):
     assert store.head(BUCKET, "runs/r/notifications/a.json") == {"size": 8, "etag": hashlib.md5(b'{"n": 1}').hexdigest()}
     store.delete(BUCKET, "runs/r/notifications/a.json")
     assert store.put_if_absent(BUCKET, "runs/r/notifications/a.json", b"{}") is True, "gone, so writable again"
+
+
+def test_folders_under_a_prefix(store):
+    for key in ("runs/a-1/notifications/x.json", "runs/a-1/reports/r.json", "runs/b-2/x.json", "runs/top.json", "datasets/d/_READY"):
+        store.put_if_absent(BUCKET, key, b"{}")
+    assert store.list_prefixes(BUCKET, "runs/") == ["runs/a-1/", "runs/b-2/"], "one level, objects beside them left out"
+    assert store.list_prefixes(BUCKET, "runs/a-1/") == ["runs/a-1/notifications/", "runs/a-1/reports/"]
+    assert store.list_prefixes(BUCKET, "nothing/") == []
 
 
 def test_ranged_reads_and_a_zip_read_through_them(store):
@@ -171,9 +179,9 @@ def test_a_second_create_is_already_exists(sagemaker):
     assert sagemaker.create_model(model) is True and sagemaker.create_model(model) is False
     endpoint_config = requests.endpoint_config_request(CONFIG, RUN, DATASET.uri)
     assert sagemaker.create_endpoint_config(endpoint_config) is True and sagemaker.create_endpoint_config(endpoint_config) is False
-    endpoint = requests.create_endpoint_request(CONFIG, RUN, DATASET.uri)
+    endpoint = requests.create_endpoint_request(CONFIG, "pets", RUN, DATASET.uri)
     assert sagemaker.create_endpoint(endpoint) is True and sagemaker.create_endpoint(endpoint) is False
-    assert sagemaker.describe_endpoint(CONFIG.endpoint_name)["EndpointConfigName"] == RUN
+    assert sagemaker.describe_endpoint(CONFIG.endpoint("pets"))["EndpointConfigName"] == RUN
     final = requests.final_training_request(CONFIG, RUN, DATASET.uri, requests.static_hyperparameters(CONFIG), {"lr": "0.01"})
     assert sagemaker.create_training_job(final) is True and sagemaker.create_training_job(final) is False
     tuning = requests.tuning_job_request(CONFIG, RUN, DATASET)
@@ -279,3 +287,73 @@ def test_invoking_what_does_not_exist(runtime):
     with pytest.raises(EndpointNotFoundError):
         runtime.invoke("nope", b"\xff\xd8\xff", "image/jpeg", "application/json")
     assert issubclass(EndpointNotFoundError, AdapterError)
+
+
+# -- the model registry -------------------------------------------------------------------------------
+
+# What SageMaker answers where moto falls short: a repeated ClientToken is the same version, and a
+# second group by a name is refused (moto creates both).
+GROUP_EXISTS = ("ValidationException", "Model Package Group already exists: arn:aws:sagemaker:us-east-1:123456789012:model-package-group/x")
+
+
+def test_model_registry(sagemaker):
+    group = registry_requests.model_package_group_request(CONFIG, "pets", "pets")
+    assert sagemaker.create_model_package_group(group) is True
+    _answer(sagemaker, "create_model_package_group", error=GROUP_EXISTS)
+    assert sagemaker.create_model_package_group(group) is False
+    assert [g["ModelPackageGroupName"] for g in sagemaker.list_model_package_groups("droptrain-dev-")] == ["droptrain-dev-pets"]
+    assert sagemaker.list_model_package_groups("droptrain-prod-") == []
+    assert sagemaker.list_model_packages("droptrain-dev-cats") == [], "no such group: no versions"
+
+    first = registry_requests.model_package_request(CONFIG, "pets", RUN, f"s3://{BUCKET}/runs/{RUN}/final/model.tar.gz", DATASET.uri,
+                                           {"test:accuracy": 0.9}, {"lr": "0.01"})
+    arn = sagemaker.create_model_package(first)
+    assert arn.endswith(":model-package/droptrain-dev-pets/1")
+    second = registry_requests.model_package_request(CONFIG, "pets", "pets-99999999", f"s3://{BUCKET}/runs/pets-99999999/final/model.tar.gz",
+                                            DATASET.uri, {"test:accuracy": 0.8}, {"lr": "0.02"})
+    assert sagemaker.create_model_package(second).endswith(":model-package/droptrain-dev-pets/2")
+    listed = sagemaker.list_model_packages("droptrain-dev-pets")
+    assert [(p["ModelPackageVersion"], p["ModelApprovalStatus"]) for p in listed] == [(1, "PendingManualApproval"),
+                                                                                      (2, "PendingManualApproval")]
+    described = sagemaker.describe_model_package(arn)
+    assert described["ModelPackageArn"] == arn and described["ModelPackageVersion"] == 1
+    assert described["InferenceSpecification"]["Containers"] == first["InferenceSpecification"]["Containers"]
+    sagemaker.update_model_package(registry_requests.approval_request(arn, "Approved", "droptrain gate: first version"))
+    described = sagemaker.describe_model_package(arn)
+    assert described["ModelApprovalStatus"] == "Approved" and described["ApprovalDescription"] == "droptrain gate: first version"
+    with pytest.raises(NotFoundError):
+        _answer(sagemaker, "describe_model_package", error=("ValidationException", "ModelPackage arn:x does not exist."))
+        sagemaker.describe_model_package(arn.replace("/1", "/7"))
+
+
+def test_a_version_for_a_group_that_does_not_exist_is_refused(sagemaker):
+    request = registry_requests.model_package_request(CONFIG, "cats", RUN, f"s3://{BUCKET}/runs/{RUN}/final/model.tar.gz", None, {}, {})
+    _answer(sagemaker, "create_model_package", error=("ValidationException", "Model Package Group droptrain-dev-cats does not exist."))
+    with pytest.raises(AdapterError):
+        sagemaker.create_model_package(request)
+
+
+@pytest.fixture(params=FAMILIES)
+def alarms(request):
+    if request.param == "aws":
+        request.getfixturevalue("aws")
+        from chalice_app.adapters.cloudwatch import CloudWatchAdapter
+
+        return CloudWatchAdapter(boto3.client("cloudwatch")), lambda name: boto3.client("cloudwatch").describe_alarms(
+            AlarmNames=[name])["MetricAlarms"][0]
+    from droptrain.local.alarms import LocalAlarms
+
+    local_alarms = LocalAlarms(request.getfixturevalue("local")["store"])
+    return local_alarms, local_alarms.get
+
+
+def test_alarms_are_put_and_replaced(alarms):
+    port, read = alarms
+    for alarm in alarm_requests.alarm_requests(CONFIG, "pets"):
+        port.put_alarm(alarm)
+        port.put_alarm(alarm)  # idempotent
+        stored = read(alarm["AlarmName"])
+        assert stored["AlarmName"] == alarm["AlarmName"] and stored["Threshold"] == alarm["Threshold"]
+    changed = {**alarm_requests.alarm_requests(CONFIG, "pets")[1], "Threshold": 1.0}
+    port.put_alarm(changed)
+    assert read(changed["AlarmName"])["Threshold"] == 1.0

@@ -120,6 +120,13 @@ def test_an_api_key_is_required_when_the_stack_has_one():
             assert (status, body["error"]["code"]) == (403, "forbidden")
         status, body = _get(f"{url}/no/such/route", {"x-api-key": "s3cret-key"})
         assert (status, body["error"]["code"]) == (403, "missing_authentication_token"), "past the key check"
+        for path in ("/runs", "/projects", "/projects/pets/versions/previous/deploy"):
+            status, _ = _get(f"{url}{path}")
+            assert status == 403, path
+        # The console's page and files hold no data and no secret: open, as on API Gateway.
+        for path in ("/", "/console.js", "/console.css"):
+            with urllib.request.urlopen(f"{url}{path}") as response:
+                assert response.status == 200 and response.headers["Content-Security-Policy"], path
     finally:
         server.shutdown()
         server.server.server_close()

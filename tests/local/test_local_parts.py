@@ -35,19 +35,25 @@ def test_pattern_matching(pattern, event_, expected):
 
 def test_routes_are_the_apps_rules(monkeypatch):
     monkeypatch.setenv("DATA_BUCKET", "droptrain-data-dev")
-    monkeypatch.setenv("ENDPOINT_NAME", "droptrain-dev")
+    monkeypatch.setenv("ENDPOINT_PREFIX", "droptrain-dev")
     import importlib
 
     import app
     app = importlib.reload(app)
     routes = {r.name: r for r in routes_of(app.app)}
-    assert set(routes) == {"on_dataset_uploaded", "on_tuning_job_state_change", "on_training_job_state_change", "on_endpoint_state_change"}
+    assert set(routes) == {"on_dataset_uploaded", "on_tuning_job_state_change", "on_training_job_state_change", "on_endpoint_state_change",
+                           "on_model_package_state_change"}
     samples = {"s3-object-created.json": "on_dataset_uploaded", "tuning-job-completed.json": "on_tuning_job_state_change",
                "training-job-completed.json": "on_training_job_state_change", "endpoint-in-service.json": "on_endpoint_state_change",
-               "training-job-tuning-child.json": None}
+               "training-job-tuning-child.json": None, "model-package-approved.json": "on_model_package_state_change"}
     for sample, expected in samples.items():
         matched = [name for name, r in routes.items() if matches(r.pattern, event(sample))]
         assert matched == ([expected] if expected else []), sample
+    # Another stage's endpoints and model package groups, and versions not approved, reach no function.
+    for sample, change in (("endpoint-in-service.json", {"EndpointName": "droptrain-prod-dogs"}),
+                           ("model-package-approved.json", {"ModelPackageGroupName": "droptrain-prod-dogs"}),
+                           ("model-package-approved.json", {"ModelApprovalStatus": "Rejected"})):
+        assert not any(matches(r.pattern, event(sample, **change)) for r in routes.values()), change
 
 
 def test_bus_retries_a_failing_handler_like_lambda():
@@ -152,3 +158,39 @@ def test_a_jobs_scratch_space_is_its_own_and_goes_when_it_ends(tmp_path):
     jobs.clean_up(paths)
     assert not paths.scratch.exists() and not paths.checkpoints.exists()
     assert jobs.read_log(paths) == ["epoch=1 valid_accuracy=0.5"], "the log stays"
+
+
+def test_the_local_registry_sends_sagemakers_approval_event(tmp_path, monkeypatch):
+    """An approval change is an event in SageMaker's shape, that the app's rule routes and its parser reads;
+    a repeated registration (same ClientToken) is the same version."""
+    from chalice_app import registry_requests
+    from chalice_app.events import ModelPackageStateChange
+    from droptrain.local.registry import LocalRegistry
+    from droptrain.local.store import Store
+    from orchestrator.test_requests import make_config
+
+    monkeypatch.setenv("ENDPOINT_PREFIX", "droptrain-dev")
+    import importlib
+
+    import app
+    app = importlib.reload(app)
+    rule = {r.name: r for r in routes_of(app.app)}["on_model_package_state_change"]
+    emitted: list[dict] = []
+    registry = LocalRegistry(Store(tmp_path / "state.db"), emitted.append)
+    config = make_config()
+    assert registry.create_group(registry_requests.model_package_group_request(config, "pets", "pets")) is True
+    assert registry.create_group(registry_requests.model_package_group_request(config, "pets", "pets")) is False
+    request = registry_requests.model_package_request(config, "pets", "pets-1a2b3c4d", "s3://droptrain-data-dev/runs/pets-1a2b3c4d/final/model.tar.gz",
+                                             "s3://droptrain-data-dev/datasets/pets/", {"test:accuracy": 0.9}, {"lr": "0.01"})
+    arn = registry.create_package(request)
+    assert registry.create_package(request) == arn, "the same ClientToken is the same version"
+    assert emitted == [], "a version pending approval sends nothing"
+    registry.update(registry_requests.approval_request(arn, "Approved", "gate passed"))
+    registry.update(registry_requests.approval_request(arn, "Approved", "again"))
+    assert len(emitted) == 1, "only a change of approval is an event"
+    assert matches(rule.pattern, emitted[0])
+    parsed = ModelPackageStateChange.parse(emitted[0])
+    assert (parsed.group, parsed.version, parsed.approval) == ("droptrain-dev-pets", 1, "Approved")
+    assert parsed.metadata["droptrain:run-id"] == "pets-1a2b3c4d" and parsed.model_data.endswith("model.tar.gz")
+    with pytest.raises(Exception, match="does not exist"):
+        registry.create_package({**request, "ModelPackageGroupName": "droptrain-dev-cats"})

@@ -9,14 +9,16 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 
 from droptrain import cli
-from droptrain.demo import post_image
+from droptrain.demo import call_api, post_image
 from droptrain.local.runtime import LocalRuntime
 
 FAKE_SOURCE = Path(__file__).resolve().parent / "fake_source"
 CHAIN = ["dataset.accepted", "tuning.started", "tuning.completed", "training.started",
-         "training.completed", "deployment.started", "deployment.completed"]
+         "training.completed", "model.registered", "model.approved", "deployment.started", "deployment.completed"]
 
 
 def wait_for(runtime: LocalRuntime, event: str, timeout: float = 300) -> list[str]:
@@ -31,46 +33,214 @@ def wait_for(runtime: LocalRuntime, event: str, timeout: float = 300) -> list[st
     raise AssertionError(f"no {event} in {timeout}s: {[n['message']['event'] for n in runtime.notifications()]}")
 
 
-def test_dataset_to_predictions_with_the_real_training_code(tiny_dataset, tmp_path, capsys, ray_serve):
+@pytest.fixture(scope="module")
+def stack(tiny_dataset, tmp_path_factory, ray_serve):
+    """One local stack for the module, after a real run of the pipeline on the tiny dataset (project
+    ``pets``): the end-to-end test goes on from there, and the console's browser test reads it."""
     env = {"MAX_TUNING_JOBS": "2", "STATIC_HYPERPARAMETERS": '{"arch": "resnet18", "weights": "none", "train-mode": "head", "image-size": "48"}'}
-    runtime = LocalRuntime(tmp_path / "home", env=env, say=lambda m: None, serving=ray_serve)
+    runtime = LocalRuntime(tmp_path_factory.mktemp("stack") / "home", env=env, say=lambda m: None, serving=ray_serve)
     runtime.start(port=0)
     try:
         runtime.upload(tiny_dataset, "pets")
-        seen = wait_for(runtime, "deployment.completed")
-        assert seen == CHAIN, "every notification once, in order"
-        messages = [n["message"] for n in runtime.notifications()]
-        run = messages[0]["run_id"]
-        assert all(m["run_id"] == run for m in messages)
-        assert messages[2]["detail"]["training_jobs"]["Completed"] == 2, "two trials ran"
-        completed = messages[4]["detail"]
-        assert [v["rule"] for v in completed["rules"]] == ["VanishingGradient", "ExplodingTensor", "Overfit", "Overtraining",
-                                                           "PoorWeightInitialization", "LossNotDecreasing"]
-        assert completed["report"] == f"s3://droptrain-local/runs/{run}/reports/report.html"
-        assert runtime.bucket.path_of_uri(completed["report"]).is_file()
-        classes = {p.name for p in (tiny_dataset / "train").iterdir()}
-        image = sorted((tiny_dataset / "test").rglob("*.jpg"))[0]
-        status, body = post_image(runtime.api_url, image, top_k=2)
-        assert status == 200 and body["model"] == run
-        assert len(body["predictions"]) == 2 and {p["label"] for p in body["predictions"]} <= classes
-        status, body = post_image(runtime.api_url, Path(__file__))  # sent as image/jpeg, but it is Python
-        assert status == 400 and body["error"]["code"] == "invalid_image"
-        # JPEG magic bytes pass the API's own check; the model's 400 comes back as a 400, not a 502.
-        truncated = tmp_path / "truncated.jpg"
-        truncated.write_bytes(image.read_bytes()[:300])
-        status, body = post_image(runtime.api_url, truncated)
-        assert (status, body["error"]["code"]) == (400, "invalid_image"), body
-        assert cli.main(["predict", str(image), "--url", runtime.api_url, "--top-k", "1"]) == 0
-        assert "(model " + run + ")" in capsys.readouterr().out
-        with __import__("urllib.request").request.urlopen(runtime.api_url + "/status") as response:
-            state = json.loads(response.read())
-        assert state["endpoint"]["status"] == "InService" and state["model"]["run_id"] == run
-        assert state["model"]["test_accuracy"] is not None
+        wait_for(runtime, "deployment.completed")
+        yield runtime
     finally:
         runtime.stop()
-    assert cli.main(["status", "--home", str(tmp_path / "home")]) == 0
+
+
+def test_dataset_to_predictions_with_the_real_training_code(stack, tiny_dataset, tmp_path, capsys):
+    runtime = stack
+    # The stack's first run is done: what it announced, then what it serves.
+    seen = [n["message"]["event"] for n in runtime.notifications()]
+    assert seen == CHAIN, "every notification once, in order"
+    messages = [n["message"] for n in runtime.notifications()]
+    run = messages[0]["run_id"]
+    assert all(m["run_id"] == run for m in messages)
+    assert messages[2]["detail"]["training_jobs"]["Completed"] == 2, "two trials ran"
+    completed = messages[4]["detail"]
+    assert [v["rule"] for v in completed["rules"]] == ["VanishingGradient", "ExplodingTensor", "Overfit", "Overtraining",
+                                                       "PoorWeightInitialization", "LossNotDecreasing"]
+    assert completed["report"] == f"s3://droptrain-local/runs/{run}/reports/report.html"
+    assert runtime.bucket.path_of_uri(completed["report"]).is_file()
+    classes = {p.name for p in (tiny_dataset / "train").iterdir()}
+    image = sorted((tiny_dataset / "test").rglob("*.jpg"))[0]
+    status, body = post_image(runtime.api_url, image, top_k=2)
+    assert status == 200 and body["model"] == run
+    assert len(body["predictions"]) == 2 and {p["label"] for p in body["predictions"]} <= classes
+    status, body = post_image(runtime.api_url, Path(__file__))  # sent as image/jpeg, but it is Python
+    assert status == 400 and body["error"]["code"] == "invalid_image"
+    # JPEG magic bytes pass the API's own check; the model's 400 comes back as a 400, not a 502.
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(image.read_bytes()[:300])
+    status, body = post_image(runtime.api_url, truncated)
+    assert (status, body["error"]["code"]) == (400, "invalid_image"), body
+    assert cli.main(["predict", str(image), "--url", runtime.api_url, "--top-k", "1"]) == 0
+    assert "(model " + run + ")" in capsys.readouterr().out
+    with __import__("urllib.request").request.urlopen(runtime.api_url + "/status") as response:
+        state = json.loads(response.read())["projects"]["pets"]
+    assert state["endpoint"]["status"] == "InService" and state["model"]["run_id"] == run
+    assert state["model"]["test_accuracy"] is not None
+    registered = messages[5]["detail"]
+    assert registered["model_package_group"] == "droptrain-local-pets" and registered["version"] == 1
+    assert "macro_f1" in registered["metrics"], "the job's evaluation.json reached the registry"
+
+    # A second dataset is a second project: its own endpoint, and the first one keeps serving.
+    runtime.upload(tiny_dataset, "flowers")
+    wait_for_count(runtime, "deployment.completed", 2)
+    flowers = [n["message"] for n in runtime.notifications() if n["message"]["event"] == "deployment.completed"][-1]["run_id"]
+    assert flowers.startswith("flowers-")
+    for project, expected in (("pets", run), ("flowers", flowers)):
+        status, body = post_image(runtime.api_url, image, project=project)
+        assert status == 200 and body["model"] == expected, body
+    status, body = post_image(runtime.api_url, image)
+    assert status == 400 and body["error"]["code"] == "project_required"
+    status, body = call_api(runtime.api_url, "/projects")
+    assert [(p["project"], p["endpoint"], p["serving"]) for p in body["projects"]] == [
+        ("flowers", "droptrain-local-flowers", flowers), ("pets", "droptrain-local-pets", run)]
+    # `droptrain status` reads the store, beside the running stack.
+    assert cli.main(["status", "--home", str(runtime.home)]) == 0
     out = capsys.readouterr().out
-    assert f"run {run}: tuning Completed" in out and f"endpoint droptrain-local: InService, serving {run}" in out
+    assert f"run {run}: tuning Completed" in out and f"project droptrain-local-pets: endpoint InService, serving {run}" in out
+    assert f"▶ v1   {run}" in out and "project droptrain-local-flowers" in out
+
+
+def wait_for_count(runtime: LocalRuntime, event: str, count: int, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        seen = [n["message"]["event"] for n in runtime.notifications()]
+        if seen.count(event) >= count:
+            return
+        if any(e.endswith(("failed", "rejected")) or e == "model.held" for e in seen):
+            raise AssertionError(f"the pipeline stopped: {runtime.notifications()[-1]['subject']}")
+        time.sleep(0.3)
+    raise AssertionError(f"fewer than {count} {event} in {timeout}s")
+
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "build" / "test-artifacts"
+
+
+def _chromium_driver(width: int):
+    """Debian's headless Chromium through Debian's chromedriver (``make test`` installs both)."""
+    import shutil
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_path = shutil.which("chromedriver")
+    assert chromium and driver_path, "make test installs Debian's chromium and chromium-driver (see Makefile)"
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", f"--window-size={max(width, 800)},2400"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    # A window cannot be narrower than Chromium's minimum: a phone's viewport is emulated, as DevTools does.
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                           {"width": width, "height": 2400, "deviceScaleFactor": 1, "mobile": width < 800})
+    return driver
+
+
+def _requested_urls(driver) -> list[str]:
+    urls = []
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message.get("method") == "Network.requestWillBeSent":
+            urls.append(message["params"]["request"]["url"])
+    return urls
+
+
+def _contrast(foreground: str, background: str) -> float:
+    """WCAG 2 contrast ratio of two CSS rgb()/rgba() colours."""
+    def luminance(css: str) -> float:
+        channels = [float(c) / 255 for c in css[css.index("(") + 1:css.index(")")].split(",")[:3]]
+        linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+        return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+    high, low = sorted((luminance(foreground), luminance(background)), reverse=True)
+    return (high + 0.05) / (low + 0.05)
+
+
+def test_the_console_in_a_real_browser(stack, tiny_dataset):
+    """Chromium loads the console from the local stack, asks the model about a test image, opens the
+    run and finds its evaluation, and never reaches beyond the app."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ready
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    runtime = stack
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    pets = next(n["message"]["run_id"] for n in runtime.notifications() if n["message"]["run_id"].startswith("pets-"))
+    classes = sorted(p.name for p in (tiny_dataset / "train").iterdir())
+    image = sorted((tiny_dataset / "test" / classes[0]).glob("*.jpg"))[0]
+    for width, name in ((360, "phone"), (1280, "desktop")):
+        driver = _chromium_driver(width)
+        try:
+            wait = WebDriverWait(driver, 30)
+            driver.get(runtime.api_url + "/")
+            wait.until(lambda d: any(o.get_attribute("value") == "pets" for o in Select(d.find_element(By.ID, "project")).options))
+            Select(driver.find_element(By.ID, "project")).select_by_value("pets")
+            driver.find_element(By.ID, "image").send_keys(str(image))
+            wait.until(ready.presence_of_element_located((By.CSS_SELECTOR, "#predictions li .label")))
+            labels = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#predictions li .label")]
+            assert labels and set(labels) <= set(classes), labels
+            assert pets in driver.find_element(By.ID, "predict-status").text
+
+            wait.until(ready.element_to_be_clickable((By.CSS_SELECTOR, f'button[data-run="{pets}"]'))).click()
+            wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#per-class tbody tr")) == len(classes))
+            per_class = [r.find_element(By.TAG_NAME, "td").text for r in driver.find_elements(By.CSS_SELECTOR, "#per-class tbody tr")]
+            assert per_class == classes
+            matrix_rows = driver.find_elements(By.CSS_SELECTOR, "#confusion tbody tr")
+            assert [r.find_element(By.TAG_NAME, "th").text for r in matrix_rows] == classes
+            assert all(len(r.find_elements(By.TAG_NAME, "td")) == len(classes) for r in matrix_rows)
+            timeline = driver.find_element(By.ID, "timeline").text
+            assert "dataset.accepted" in timeline and "deployment.completed" in timeline
+            assert driver.find_elements(By.CSS_SELECTOR, "#trials tbody tr.best"), "the best trial is marked"
+            assert driver.find_element(By.ID, "report-link").get_attribute("href").endswith(f"/runs/{pets}/report")
+            wait.until(lambda d: "v1" in d.find_element(By.ID, "projects").text)
+            assert driver.execute_script("return window.innerWidth") == width
+            driver.execute_script("window.scrollTo(0, 0)")
+            driver.save_screenshot(str(ARTIFACTS / f"console-{name}.png"))
+
+            # Basic accessibility: every control is labelled, the page does not scroll sideways at
+            # this width, and text is readable (WCAG AA contrast).
+            unlabelled = driver.execute_script(
+                "return [...document.querySelectorAll('input, select, button')].filter(e => "
+                "!(e.labels && e.labels.length) && !e.getAttribute('aria-label') && !e.textContent.trim()).map(e => e.id || e.outerHTML)")
+            assert unlabelled == []
+            assert driver.execute_script("return document.documentElement.scrollWidth <= window.innerWidth + 1")
+            for selector in ("body", "button", "th", "#timeline li"):
+                element = driver.find_element(By.CSS_SELECTOR, selector)
+                color, background = element.value_of_css_property("color"), driver.execute_script(
+                    "let e = arguments[0]; while (e) { const b = getComputedStyle(e).backgroundColor;"
+                    " if (b && !b.endsWith(', 0)') && b !== 'transparent') return b; e = e.parentElement; } return 'rgb(255, 255, 255)';", element)
+                assert _contrast(color, background) >= 4.5, (selector, color, background)
+            # Everything came from the app (blob: is the chosen image's preview).
+            outside = [u for u in _requested_urls(driver) if not u.startswith((runtime.api_url, "blob:", "data:"))]
+            assert outside == [], outside
+            errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+            assert errors == [], errors
+        finally:
+            driver.quit()
+
+
+def test_the_console_page_and_its_json_routes(stack):
+    """The page holds no script of its own and a policy that lets it reach the app alone; the runs'
+    JSON routes read what the pipeline wrote."""
+    import urllib.error
+    import urllib.request
+
+    with urllib.request.urlopen(stack.api_url + "/") as response:
+        page = response.read().decode()
+        policy = response.headers["Content-Security-Policy"]
+    assert 'src="console.js"' in page and "<script>" not in page, "no inline script"
+    assert "default-src 'none'" in policy and "connect-src 'self'" in policy and "script-src 'self'" in policy
+    status, body = call_api(stack.api_url, "/runs")
+    assert status == 200 and [r["state"] for r in body["runs"] if r["run_id"].startswith("pets-")] == ["deployed"]
+    status, body = call_api(stack.api_url, "/runs/nope-00000000")
+    assert status == 404 and body["error"]["code"] == "unknown_run"
+    status, body = call_api(stack.api_url, "/runs/..%2F..%2Fetc")
+    assert status == 404
 
 
 class _Webhook(http.server.BaseHTTPRequestHandler):
@@ -150,3 +320,4 @@ def test_a_bad_dataset_is_rejected_locally(tmp_path, ray_serve):
     (note,) = runtime.notifications()
     assert note["message"]["event"] == "dataset.rejected" and "at least 2 classes" in note["subject"]
     assert list(runtime.store.names("tuning-job")) == []
+

@@ -39,6 +39,7 @@ class Stage:
     sleeps: list
     services: Any
     stub_client: Any
+    cloudwatch: Any = None
 
     def route(self, *operations: str) -> None:
         """Send these SageMaker operations to the Stubber too (for states moto cannot produce)."""
@@ -64,12 +65,13 @@ class Stage:
     def put(self, key: str, body: bytes = b"\xff\xd8\xff\xe0 fake jpeg") -> str:
         return self.s3.put_object(Bucket=BUCKET, Key=key, Body=body)["ETag"].strip('"')
 
-    def upload_folder(self, name: str, classes=("beagle", "corgi", "pug"), splits=("train", "valid", "test"), per=3) -> dict:
+    def upload_folder(self, name: str, classes=("beagle", "corgi", "pug"), splits=("train", "valid", "test"), per=3,
+                      marker: bytes = b"") -> dict:
         for split in splits:
             for cls in classes:
                 for i in range(per):
                     self.put(f"datasets/{name}/{split}/{cls}/{i}.jpg")
-        etag = self.put(f"datasets/{name}/_READY", b"")
+        etag = self.put(f"datasets/{name}/_READY", marker)
         return event("s3-object-created.json", object={"key": f"datasets/{name}/_READY", "size": 0, "etag": etag})
 
     def upload_zip(self, name: str, members: dict[str, bytes]) -> dict:
@@ -108,7 +110,8 @@ def stage(monkeypatch):
         runtime_client = boto3.client("sagemaker-runtime", region_name="us-east-1")
         runtime_stub = Stubber(runtime_client)
         services.runtime = RuntimeAdapter(runtime_client)
-        stage = Stage(s3, moto_sagemaker, stub, runtime_stub, queue, sqs, sleeps, services, stub_client)
+        stage = Stage(s3, moto_sagemaker, stub, runtime_stub, queue, sqs, sleeps, services, stub_client,
+                      boto3.client("cloudwatch", region_name="us-east-1"))
         stage.route()
         handlers.use_services(services)
         with stub, runtime_stub:

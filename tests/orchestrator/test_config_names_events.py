@@ -1,7 +1,8 @@
 import pytest
 
 from chalice_app import config as config_module, names
-from chalice_app.events import EndpointStateChange, EventError, ObjectCreated, TrainingJobStateChange, TuningJobStateChange
+from chalice_app.events import (EndpointStateChange, EventError, ModelPackageStateChange, ObjectCreated,
+                                TrainingJobStateChange, TuningJobStateChange)
 from orchestrator.support import event
 from orchestrator.test_requests import BASE_ENV
 
@@ -13,7 +14,7 @@ def test_config_defaults():
 
 
 @pytest.mark.parametrize("variable", ["DATA_BUCKET", "NOTIFY_TOPIC_ARN", "SAGEMAKER_ROLE_ARN", "TRAINING_IMAGE_URI",
-                                      "INFERENCE_IMAGE_URI", "SOURCE_DIR_S3_URI", "ENDPOINT_NAME"])
+                                      "INFERENCE_IMAGE_URI", "SOURCE_DIR_S3_URI", "ENDPOINT_PREFIX"])
 def test_missing_variable_is_named(variable):
     env = {k: v for k, v in BASE_ENV.items() if k != variable}
     with pytest.raises(config_module.ConfigError, match=f"{variable} is not set") as info:
@@ -26,6 +27,8 @@ def test_missing_variable_is_named(variable):
     ("NOTIFY_TOPIC_ARN", "droptrain-dev"), ("INFERENCE_INSTANCE_TYPE", "m5.large"), ("DATASET_PREFIX", "datasets"),
     ("SOURCE_DIR_S3_URI", "/tmp/src.tar.gz"), ("MANAGED_DEBUGGER", "true"), ("STATIC_HYPERPARAMETERS", "[1]"),
     ("TUNING_RANGES", '{"lr": [0.1, 0.01]}'), ("TUNING_RANGES", '{"momentum": [0.1, 0.9]}'), ("TUNING_RANGES", '{"epochs": [2.5, 4]}'),
+    ("APPROVAL_MODE", "sometimes"), ("GATE_MAX_F1_DROP", "a lot"), ("GATE_MAX_RECALL_DROP", "2"), ("INFERENCE_INSTANCE_COUNT", "0"),
+    ("ROLLOUT_BAKE_SECONDS", "-5"), ("DEFAULT_PROJECT", "!!!"), ("ENDPOINT_PREFIX", "droptrain_dev"),
 ])
 def test_malformed_variable_is_named(variable, value):
     with pytest.raises(config_module.ConfigError, match=variable):
@@ -85,6 +88,34 @@ def test_events_parse_the_samples():
     endpoint = EndpointStateChange.parse(event("endpoint-in-service.json"))
     assert endpoint.status == "IN_SERVICE" and endpoint.config_name == "dogs-3f9a1c2e"
     assert EndpointStateChange.parse(event("endpoint-in-service.json", EndpointStatus="InService")).status == "IN_SERVICE"
+    assert endpoint.last_modified == "1795211891000"
+    package = ModelPackageStateChange.parse(event("model-package-approved.json"))
+    assert (package.group, package.version, package.approval) == ("droptrain-dev-dogs", 3, "Approved")
+    assert package.metadata["droptrain:run-id"] == "dogs-1a2b3c4d" and package.model_data.endswith("/model.tar.gz")
+    assert package.event_id == "5bf3d1a4-8c2e-4d6b-9a77-0c1f1e2d3b4a"
+
+
+def test_project_config_defaults_and_names():
+    config = config_module.load({**BASE_ENV, "DEFAULT_PROJECT": "Dog Breeds"})
+    assert (config.approval_mode, config.gate_max_f1_drop, config.gate_max_recall_drop) == ("auto", 0.01, 0.05)
+    assert config.default_project == "dog-breeds" and config.endpoint("dog-breeds") == "droptrain-dev-dog-breeds"
+    assert not config.canary and config_module.load({**BASE_ENV, "INFERENCE_INSTANCE_COUNT": "2"}).canary
+    assert names.project_of("Dog Breeds (2024)!") == "dog-breeds-2024"
+    assert names.project_of_run(names.run_id(names.DatasetRef("b", "datasets/Dog Breeds/_READY", "Dog Breeds", "folder",
+                                                              "datasets/Dog Breeds/"), "e")) == "dog-breeds"
+    assert names.project_of_resource("droptrain-dev", "droptrain-dev-dogs") == "dogs"
+    assert names.project_of_resource("droptrain-dev", "droptrain-prod-dogs") is None
+
+
+def test_malformed_model_package_events_name_the_field():
+    raw = event("model-package-approved.json")
+    raw["detail"]["ModelPackageVersion"] = "3"
+    with pytest.raises(EventError, match="ModelPackageVersion"):
+        ModelPackageStateChange.parse(raw)
+    raw = event("model-package-approved.json")
+    raw["detail"]["CustomerMetadataProperties"] = ["droptrain:run-id"]
+    with pytest.raises(EventError, match="CustomerMetadataProperties"):
+        ModelPackageStateChange.parse(raw)
 
 
 @pytest.mark.parametrize("mutate,field", [

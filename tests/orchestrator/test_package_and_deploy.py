@@ -41,6 +41,7 @@ def test_function_zip_is_the_app_and_chalice_app_only(packaged):
     with zipfile.ZipFile(archive) as zf:
         names = zf.namelist()
     assert "app.py" in names and "chalice_app/pipeline/deployment.py" in names and "chalice_app/adapters/sagemaker.py" in names
+    assert {f"chalice_app/assets/{n}" for n in ("index.html", "console.js", "console.css")} <= set(names), "the console ships with the app"
     tops = {n.split("/")[0] for n in names}
     assert tops == {"app.py", "chalice_app", "chalice"}, tops
     assert not any(n.split("/")[0] in HEAVY for n in names)
@@ -111,9 +112,16 @@ def test_template_resources(packaged):
     assert {"wildcard": "datasets/*/_READY"} in s3_pattern["detail"]["object"]["key"]
     assert {"suffix": {"equals-ignore-case": ".zip"}} in s3_pattern["detail"]["object"]["key"]
     endpoint_pattern = rules["OnEndpointStateChangeEvent"]["Properties"]["Pattern"]
-    assert endpoint_pattern["detail"]["EndpointName"] == [env["ENDPOINT_NAME"]]
+    assert endpoint_pattern["detail"]["EndpointName"] == [{"prefix": f"{env['ENDPOINT_PREFIX']}-"}]
     api = resources["RestAPI"]["Properties"]["DefinitionBody"]
     assert {"image/jpeg", "image/png"} <= set(api["x-amazon-apigateway-binary-media-types"])
+    package_pattern = rules["OnModelPackageStateChangeEvent"]["Properties"]["Pattern"]
+    assert package_pattern["detail-type"] == ["SageMaker Model Package State Change"]
+    assert package_pattern["detail"] == {"ModelApprovalStatus": ["Approved"],
+                                         "ModelPackageGroupName": [{"prefix": f"{env['ENDPOINT_PREFIX']}-"}]}
+    for route in ("/predict/{project}", "/projects", "/projects/{project}", "/projects/{project}/versions/{run_id}/deploy"):
+        assert route in api["paths"], route
+    assert ("security" in api["paths"]["/projects/{project}/versions/{run_id}/deploy"]["post"]) is (stage == "prod")
     needs_key = "security" in api["paths"]["/predict"]["post"]
     assert needs_key is (stage == "prod")
     assert ("UsagePlanKey" in resources) is needs_key
@@ -134,13 +142,22 @@ def test_function_roles_are_least_privilege(packaged):
     assert statements["ReadTheBucket"]["Resource"] == f"arn:aws:s3:::{env['DATA_BUCKET']}/*"
     assert statements["WriteRunsOnly"]["Resource"] == f"arn:aws:s3:::{env['DATA_BUCKET']}/runs/*", \
         "writing datasets/ starts runs: only runs/ is writable"
-    assert statements["TheEndpoint"]["Resource"][0].endswith(f":endpoint/{env['ENDPOINT_NAME'].lower()}")
-    assert "sagemaker:DeleteEndpoint" in statements["TheEndpoint"]["Action"], "a Failed endpoint is deleted and created again"
+    projects = f"{env['ENDPOINT_PREFIX'].lower()}-"
+    assert statements["ProjectEndpoints"]["Resource"][0].endswith(f":endpoint/{projects}*")
+    assert "sagemaker:DeleteEndpoint" in statements["ProjectEndpoints"]["Action"], "a Failed endpoint is deleted and created again"
+    registry = statements["ProjectModelRegistry"]
+    assert registry["Resource"] == [f"arn:aws:sagemaker:us-east-1:123456789012:model-package-group/{projects}*",
+                                    f"arn:aws:sagemaker:us-east-1:123456789012:model-package/{projects}*/*"]
+    assert {"sagemaker:CreateModelPackageGroup", "sagemaker:CreateModelPackage", "sagemaker:UpdateModelPackage",
+            "sagemaker:DescribeModelPackage", "sagemaker:ListModelPackages"} <= set(registry["Action"])
+    assert statements["ProjectAlarms"]["Action"] == ["cloudwatch:PutMetricAlarm", "cloudwatch:TagResource"]
+    assert statements["ProjectAlarms"]["Resource"] == [f"arn:aws:cloudwatch:us-east-1:123456789012:alarm:{projects}*"]
     assert statements["KeepFailedEvents"]["Resource"].endswith(f":droptrain-{stage}-failed-events")
     assert statements["RollbackAlarms"]["Action"] == "cloudwatch:DescribeAlarms"
     assert statements["CreateRunResourcesTagged"]["Condition"] == {"StringLike": {"aws:RequestTag/droptrain:run-id": "?*"}}
     wildcard_actions = [s for s in expected["Statement"] if s["Resource"] == "*"]
-    assert [s["Sid"] for s in wildcard_actions] == ["Traces"], "only X-Ray takes no resource ARN"
+    # X-Ray and ListModelPackageGroups take no resource ARN (the functions filter the groups to their prefix).
+    assert [s["Sid"] for s in wildcard_actions] == ["ListProjects", "Traces"]
 
 
 CHINA_ENV = {
@@ -149,7 +166,7 @@ CHINA_ENV = {
     "SAGEMAKER_ROLE_ARN": "arn:aws-cn:iam::123456789012:role/droptrain-sagemaker-dev",
     "TRAINING_IMAGE_URI": "727897471807.dkr.ecr.cn-north-1.amazonaws.com.cn/pytorch-training:2.10.0-gpu-py313",
     "INFERENCE_IMAGE_URI": "727897471807.dkr.ecr.cn-north-1.amazonaws.com.cn/ray:serve-ml-sagemaker-cpu-v1.4",
-    "ENDPOINT_NAME": "DropTrain-Dev",
+    "ENDPOINT_PREFIX": "DropTrain-Dev",
     "ROLLBACK_ALARMS": "my-5xx-alarm",
 }
 
@@ -166,7 +183,8 @@ def test_policies_follow_the_partition_and_lower_case_endpoint_names():
     for document in (policies.lambda_policy(CHINA_ENV), policies.sagemaker_role_policy(CHINA_ENV)):
         arns = _arns(document)
         assert arns and all(a.startswith("arn:aws-cn:") for a in arns), [a for a in arns if not a.startswith("arn:aws-cn:")]
-    assert "arn:aws-cn:sagemaker:cn-north-1:123456789012:endpoint/droptrain-dev" in _arns(policies.lambda_policy(CHINA_ENV))
+    assert "arn:aws-cn:sagemaker:cn-north-1:123456789012:endpoint/droptrain-dev-*" in _arns(policies.lambda_policy(CHINA_ENV))
+    assert "arn:aws-cn:sagemaker:cn-north-1:123456789012:model-package-group/droptrain-dev-*" in _arns(policies.lambda_policy(CHINA_ENV))
     alarms = {s["Sid"]: s for s in policies.lambda_policy(CHINA_ENV)["Statement"]}["RollbackAlarms"]["Resource"]
     assert "arn:aws-cn:cloudwatch:cn-north-1:123456789012:alarm:my-5xx-alarm" in alarms
 

@@ -49,12 +49,36 @@ def _training_event(run: str, status: str = "Completed") -> dict:
                  Tags={"droptrain:run-id": run, "droptrain:role": "final"})
 
 
-def _endpoint_event(run: str, status: str = "IN_SERVICE") -> dict:
-    return event("endpoint-in-service.json", EndpointConfigName=run, EndpointStatus=status, Tags={"droptrain:run-id": run})
+def _endpoint_name(run: str) -> str:
+    return f"droptrain-dev-{names.project_of_run(run)}"
 
 
-def _run_to_tuning(stage, client, name="pets"):
-    s3_event = stage.upload_folder(name)
+def _endpoint_event(run: str, status: str = "IN_SERVICE", endpoint: str | None = None) -> dict:
+    return event("endpoint-in-service.json", EndpointConfigName=run, EndpointStatus=status, Tags={"droptrain:run-id": run},
+                 EndpointName=endpoint or _endpoint_name(run))
+
+
+def package_event(stage, run: str) -> dict:
+    """SageMaker's "Model Package State Change" for the version registered from ``run``, as it is now."""
+    group = _endpoint_name(run)
+    for summary in stage.sagemaker.list_model_packages(ModelPackageGroupName=group)["ModelPackageSummaryList"]:
+        described = stage.sagemaker.describe_model_package(ModelPackageName=summary["ModelPackageArn"])
+        if f"/runs/{run}/" in described["InferenceSpecification"]["Containers"][0]["ModelDataUrl"]:
+            return event("model-package-approved.json", ModelPackageGroupName=group, ModelPackageVersion=described["ModelPackageVersion"],
+                         ModelPackageArn=described["ModelPackageArn"], ModelApprovalStatus=described["ModelApprovalStatus"],
+                         InferenceSpecification={"Containers": described["InferenceSpecification"]["Containers"]},
+                         CustomerMetadataProperties={"droptrain:run-id": run})
+    raise AssertionError(f"no version of {group} from {run}")
+
+
+def _register_and_deploy(stage, client, run: str) -> str:
+    """The final job's end registers the version (the gate approves a first one); its approval event deploys it."""
+    assert invoke(client, "on_training_job_state_change", _training_event(run)).startswith("registered as version")
+    return invoke(client, "on_model_package_state_change", package_event(stage, run))
+
+
+def _run_to_tuning(stage, client, name="pets", marker: bytes = b""):
+    s3_event = stage.upload_folder(name, marker=marker)
     assert invoke(client, "on_dataset_uploaded", s3_event) == "tuning job created"
     run = names.run_id(names.parse_dataset_key(BUCKET, f"datasets/{name}/_READY", "datasets/"), s3_event["detail"]["object"]["etag"])
     return s3_event, run
@@ -93,26 +117,38 @@ def test_happy_path_event_by_event(stage, client):
     assert [n["event"] for n in notes] == ["tuning.completed", "training.started"]
     assert notes[0]["detail"]["best_hyperparameters"] == BEST and notes[0]["detail"]["objective"]["Value"] == 0.912
 
-    assert invoke(client, "on_training_job_state_change", _training_event(run)) == "deployment: creating the endpoint"
+    assert invoke(client, "on_training_job_state_change", _training_event(run)) == "registered as version 1; approved by the gate"
+    notes = stage.notifications()
+    assert [n["event"] for n in notes] == ["training.completed", "model.registered"]
+    assert notes[0]["detail"]["model_artifact"].endswith("model.tar.gz")
+    assert notes[0]["detail"]["reports"] == f"s3://{BUCKET}/runs/{run}/reports/"
+    assert notes[1]["detail"]["model_package_group"] == "droptrain-dev-pets" and notes[1]["detail"]["version"] == 1
+    package = stage.sagemaker.describe_model_package(ModelPackageName=notes[1]["detail"]["model_package_arn"])
+    assert package["ModelApprovalStatus"] == "Approved" and "first version" in package["ApprovalDescription"]
+    assert package["InferenceSpecification"]["Containers"][0]["ModelDataUrl"] == final["ModelArtifacts"]["S3ModelArtifacts"]
+
+    assert invoke(client, "on_model_package_state_change", package_event(stage, run)) == "deployment: creating the endpoint"
     model = stage.sagemaker.describe_model(ModelName=run)
     assert model["PrimaryContainer"]["ModelDataUrl"] == final["ModelArtifacts"]["S3ModelArtifacts"]
     assert model["PrimaryContainer"]["Image"] == os.environ["INFERENCE_IMAGE_URI"]
-    endpoint = stage.sagemaker.describe_endpoint(EndpointName="droptrain-dev")
+    endpoint = stage.sagemaker.describe_endpoint(EndpointName="droptrain-dev-pets")
     assert endpoint["EndpointConfigName"] == run
     notes = stage.notifications()
-    assert [n["event"] for n in notes] == ["training.completed", "deployment.started"]
-    assert notes[0]["detail"]["model_artifact"].endswith("model.tar.gz")
-    assert notes[0]["detail"]["reports"] == f"s3://{BUCKET}/runs/{run}/reports/"
+    assert [n["event"] for n in notes] == ["model.approved", "deployment.started"]
+    assert notes[1]["detail"]["alarms"] == ["droptrain-dev-pets-5xx-rate", "droptrain-dev-pets-model-latency"]
+    alarms = stage.cloudwatch.describe_alarms(AlarmNamePrefix="droptrain-dev-pets-")["MetricAlarms"]
+    assert sorted(a["AlarmName"] for a in alarms) == ["droptrain-dev-pets-5xx-rate", "droptrain-dev-pets-model-latency"]
 
     assert invoke(client, "on_endpoint_state_change", _endpoint_event(run)) == "deployment completed"
     notes = stage.notifications()
     assert [n["event"] for n in notes] == ["deployment.completed"]
-    assert notes[0]["run_id"] == run and notes[0]["detail"]["endpoint"] == "droptrain-dev"
+    assert notes[0]["run_id"] == run and notes[0]["detail"]["endpoint"] == "droptrain-dev-pets"
 
     status = client.http.get("/status")
     assert status.status_code == 200
-    assert status.json_body["endpoint"] == {"name": "droptrain-dev", "status": "InService", "failure_reason": None}
-    assert status.json_body["model"]["run_id"] == run
+    pets = status.json_body["projects"]["pets"]
+    assert pets["endpoint"] == {"name": "droptrain-dev-pets", "status": "InService", "failure_reason": None}
+    assert pets["model"]["run_id"] == run
 
 
 def test_every_event_delivered_twice_and_out_of_order(stage, client):
@@ -123,14 +159,19 @@ def test_every_event_delivered_twice_and_out_of_order(stage, client):
         _complete_tuning(stage, client, run, dataset_uri)
     # The endpoint's IN_SERVICE arrives before the training job's Completed is handled a second time.
     invoke(client, "on_training_job_state_change", _training_event(run))
+    approved = package_event(stage, run)
+    invoke(client, "on_model_package_state_change", approved)
     invoke(client, "on_endpoint_state_change", _endpoint_event(run))
     invoke(client, "on_training_job_state_change", _training_event(run))
+    invoke(client, "on_model_package_state_change", approved)
     invoke(client, "on_endpoint_state_change", _endpoint_event(run))
     invoke(client, "on_dataset_uploaded", s3_event)
 
     counts = Counter(n["event"] for n in stage.notifications())
     assert counts == {e: 1 for e in ("dataset.accepted", "tuning.started", "tuning.completed", "training.started",
-                                     "training.completed", "deployment.started", "deployment.completed")}
+                                     "training.completed", "model.registered", "model.approved", "deployment.started",
+                                     "deployment.completed")}
+    assert len(stage.sagemaker.list_model_packages(ModelPackageGroupName="droptrain-dev-pets")["ModelPackageSummaryList"]) == 1
     assert len(stage.sagemaker.list_hyper_parameter_tuning_jobs()["HyperParameterTuningJobSummaries"]) == 1
     assert [j["TrainingJobName"] for j in stage.sagemaker.list_training_jobs()["TrainingJobSummaries"]] == [f"{run}-final"]
     assert len(stage.sagemaker.list_endpoints()["Endpoints"]) == 1
@@ -149,21 +190,50 @@ def test_already_exists_from_sagemaker_is_success(stage, client):
 def test_second_run_updates_the_endpoint_blue_green(stage, client):
     _, first = _run_to_tuning(stage, client, "pets")
     _complete_tuning(stage, client, first, f"s3://{BUCKET}/datasets/pets/")
-    invoke(client, "on_training_job_state_change", _training_event(first))
+    _register_and_deploy(stage, client, first)
     stage.notifications()
-    _, second = _run_to_tuning(stage, client, "pets-v2")
-    _complete_tuning(stage, client, second, f"s3://{BUCKET}/datasets/pets-v2/")
-    stage.stub.add_response("update_endpoint", {"EndpointArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint/droptrain-dev"}, {
-        "EndpointName": "droptrain-dev", "EndpointConfigName": second,
-        "DeploymentConfig": {"BlueGreenUpdatePolicy": {
-            "TrafficRoutingConfiguration": {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 0},
-            "TerminationWaitInSeconds": 120, "MaximumExecutionTimeoutInSeconds": 3600}},
+    _, second = _run_to_tuning(stage, client, "pets", marker=b"again")
+    assert second != first
+    _complete_tuning(stage, client, second, f"s3://{BUCKET}/datasets/pets/")
+    final = stage.sagemaker.describe_training_job(TrainingJobName=f"{second}-final")
+    baseline = [c for c in final["InputDataConfig"] if c["ChannelName"] == "baseline"]
+    first_model = stage.sagemaker.describe_training_job(TrainingJobName=f"{first}-final")["ModelArtifacts"]["S3ModelArtifacts"]
+    assert baseline[0]["DataSource"]["S3DataSource"]["S3Uri"] == first_model, "the serving model is evaluated beside the new one"
+    put_evaluations(stage, second, {"beagle": 0.9, "corgi": 0.9, "pug": 0.9}, baseline_run=first,
+                    baseline={"beagle": 0.9, "corgi": 0.9, "pug": 0.9})
+    assert invoke(client, "on_training_job_state_change", _training_event(second)) == "registered as version 2; approved by the gate"
+    stage.stub.add_response("update_endpoint", {"EndpointArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint/droptrain-dev-pets"}, {
+        "EndpointName": "droptrain-dev-pets", "EndpointConfigName": second,
+        "DeploymentConfig": {
+            "BlueGreenUpdatePolicy": {
+                "TrafficRoutingConfiguration": {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 600},
+                "TerminationWaitInSeconds": 120, "MaximumExecutionTimeoutInSeconds": 3000},
+            "AutoRollbackConfiguration": {"Alarms": [{"AlarmName": "droptrain-dev-pets-5xx-rate"},
+                                                     {"AlarmName": "droptrain-dev-pets-model-latency"}]}},
     })
-    assert invoke(client, "on_training_job_state_change", _training_event(second)) == "deployment: updating the endpoint (blue/green)"
+    outcome = invoke(client, "on_model_package_state_change", package_event(stage, second))
+    assert outcome == "deployment: updating the endpoint (blue/green, all at once, baking 600s under alarms)"
     stage.stub.assert_no_pending_responses()
-    endpoint_arn = stage.sagemaker.describe_endpoint(EndpointName="droptrain-dev")["EndpointArn"]
+    endpoint_arn = stage.sagemaker.describe_endpoint(EndpointName="droptrain-dev-pets")["EndpointArn"]
     tags = {t["Key"]: t["Value"] for t in stage.sagemaker.list_tags(ResourceArn=endpoint_arn)["Tags"]}
-    assert tags["droptrain:run-id"] == second and tags["droptrain:dataset"] == f"s3://{BUCKET}/datasets/pets-v2/"
+    assert tags["droptrain:run-id"] == second and tags["droptrain:dataset"] == f"s3://{BUCKET}/datasets/pets/"
+
+
+def put_evaluations(stage, run: str, recalls: dict[str, float], baseline_run: str | None = None,
+                    baseline: dict[str, float] | None = None) -> None:
+    """The final job's evaluation.json (as train.py writes it) in the run's reports."""
+    import json as _json
+
+    def report(values: dict[str, float]) -> dict:
+        f1 = sum(values.values()) / len(values)
+        return {"classes": sorted(values), "split": "test", "accuracy": f1,
+                "per_class": {c: {"precision": r, "recall": r, "f1": r, "support": 3} for c, r in values.items()},
+                "macro_avg": {"precision": f1, "recall": f1, "f1": f1}}
+
+    evaluation = report(recalls)
+    if baseline_run:
+        evaluation["baseline"] = {"run_id": baseline_run, "classes_match": True, **report(baseline)}
+    stage.put(f"runs/{run}/reports/evaluation.json", _json.dumps(evaluation).encode())
 
 
 def test_ignored_events(stage, client):
@@ -361,9 +431,9 @@ def test_training_failed_leaves_the_endpoint(stage, client):
     assert stage.sagemaker.list_endpoints()["Endpoints"] == [] and stage.sagemaker.list_models()["Models"] == []
 
 
-def _endpoint_description(run: str, status: str, reason: str | None = None) -> dict:
+def _endpoint_description(run: str, status: str, reason: str | None = None, endpoint: str = "droptrain-dev-pets") -> dict:
     now = datetime.datetime(2026, 11, 20, 20, 44, tzinfo=datetime.timezone.utc)
-    described = {"EndpointName": "droptrain-dev", "EndpointArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint/droptrain-dev",
+    described = {"EndpointName": endpoint, "EndpointArn": f"arn:aws:sagemaker:us-east-1:123456789012:endpoint/{endpoint}",
                  "EndpointConfigName": run, "EndpointStatus": status, "CreationTime": now, "LastModifiedTime": now}
     if reason:
         described["FailureReason"] = reason
@@ -392,12 +462,14 @@ def test_update_rolled_back_is_a_failed_deployment(stage, client):
 def test_deployment_queued_while_the_endpoint_updates(stage, client):
     _, run = _run_to_tuning(stage, client)
     _complete_tuning(stage, client, run, f"s3://{BUCKET}/datasets/pets/")
+    assert invoke(client, "on_training_job_state_change", _training_event(run)).startswith("registered as version 1")
+    approved = package_event(stage, run)
     stage.route("describe_endpoint", "add_tags", "list_tags", "delete_tags")
     stage.stub.add_response("describe_endpoint", _endpoint_description("old-run-11111111", "Updating"))
-    stage.stub.add_response("add_tags", {"Tags": []}, {"ResourceArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint/droptrain-dev",
+    stage.stub.add_response("add_tags", {"Tags": []}, {"ResourceArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint/droptrain-dev-pets",
                                                        "Tags": [{"Key": "droptrain:pending-run-id", "Value": run},
                                                                 {"Key": "droptrain:pending-dataset", "Value": f"s3://{BUCKET}/datasets/pets/"}]})
-    assert invoke(client, "on_training_job_state_change", _training_event(run)).startswith("deployment: queued")
+    assert invoke(client, "on_model_package_state_change", approved).startswith("deployment: queued")
     # The endpoint finishes its update: the queued run is deployed next.
     stage.stub.add_response("describe_endpoint", _endpoint_description("old-run-11111111", "InService"))
     stage.stub.add_response("list_tags", {"Tags": [{"Key": "droptrain:run-id", "Value": "old-run-11111111"},
@@ -405,7 +477,7 @@ def test_deployment_queued_while_the_endpoint_updates(stage, client):
     stage.stub.add_response("update_endpoint", {"EndpointArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint/droptrain-dev"})
     stage.stub.add_response("add_tags", {"Tags": []})
     stage.stub.add_response("delete_tags", {})
-    outcome = invoke(client, "on_endpoint_state_change", _endpoint_event("old-run-11111111"))
+    outcome = invoke(client, "on_endpoint_state_change", _endpoint_event("old-run-11111111", endpoint="droptrain-dev-pets"))
     assert outcome == f"deployment completed; deploying queued run {run}"
     stage.stub.assert_no_pending_responses()
 
@@ -490,22 +562,25 @@ def test_rule_verdicts_reach_the_notification_and_can_block_deployment(stage, cl
     assert note["detail"]["report"] == f"s3://{BUCKET}/runs/{run}/reports/report.html"
     assert "rule issues: Overfit" in note["subject"]
     if block:
-        assert outcome.startswith("not deployed") and stage.sagemaker.list_endpoints()["Endpoints"] == []
+        assert outcome.startswith("not registered") and stage.sagemaker.list_endpoints()["Endpoints"] == []
+        assert stage.sagemaker.list_model_package_groups()["ModelPackageGroupSummaryList"] == []
     else:
-        assert outcome == "deployment: creating the endpoint"
+        assert outcome == "registered as version 1; approved by the gate"
 
 
 def test_a_failed_endpoint_is_deleted_and_created_again(stage, client):
     """SageMaker cannot update an endpoint in Failed state: the next run's deployment recreates it."""
     _, run = _run_to_tuning(stage, client)
     _complete_tuning(stage, client, run, f"s3://{BUCKET}/datasets/pets/")
+    assert invoke(client, "on_training_job_state_change", _training_event(run)).startswith("registered as version 1")
+    approved = package_event(stage, run)
     stage.route("describe_endpoint", "delete_endpoint", "create_endpoint")
     stage.stub.add_response("describe_endpoint", _endpoint_description("old-run-11111111", "Failed", "ping health check"))
-    stage.stub.add_response("delete_endpoint", {}, {"EndpointName": "droptrain-dev"})
+    stage.stub.add_response("delete_endpoint", {}, {"EndpointName": "droptrain-dev-pets"})
     stage.stub.add_response("describe_endpoint", _endpoint_description("old-run-11111111", "Deleting"))
-    stage.stub.add_client_error("describe_endpoint", "ValidationException", "Could not find endpoint \"droptrain-dev\".")
-    stage.stub.add_response("create_endpoint", {"EndpointArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint/droptrain-dev"})
-    assert invoke(client, "on_training_job_state_change", _training_event(run)) == "deployment: recreating the endpoint, which had failed"
+    stage.stub.add_client_error("describe_endpoint", "ValidationException", "Could not find endpoint \"droptrain-dev-pets\".")
+    stage.stub.add_response("create_endpoint", {"EndpointArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint/droptrain-dev-pets"})
+    assert invoke(client, "on_model_package_state_change", approved) == "deployment: recreating the endpoint, which had failed"
     stage.stub.assert_no_pending_responses()
     assert stage.sleeps == [5], "waited for the deletion, with the injected sleep"
     started = [n for n in stage.notifications() if n["event"] == "deployment.started"]
@@ -515,12 +590,14 @@ def test_a_failed_endpoint_is_deleted_and_created_again(stage, client):
 def test_an_endpoint_still_deleting_is_retried_by_lambda(stage, client):
     _, run = _run_to_tuning(stage, client)
     _complete_tuning(stage, client, run, f"s3://{BUCKET}/datasets/pets/")
+    assert invoke(client, "on_training_job_state_change", _training_event(run)).startswith("registered as version 1")
+    approved = package_event(stage, run)
     stage.route("describe_endpoint")
     stage.stub.add_response("describe_endpoint", _endpoint_description("old-run-11111111", "Deleting"))
     from chalice_app.adapters.errors import AdapterError
 
     with pytest.raises(AdapterError, match="being deleted"):
-        invoke(client, "on_training_job_state_change", _training_event(run))
+        invoke(client, "on_model_package_state_change", approved)
 
 
 @pytest.mark.parametrize("name", ["Dogs (2024) & Cats #1", "o'brien's photos!"])

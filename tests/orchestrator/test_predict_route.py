@@ -1,4 +1,5 @@
-"""POST /predict through the Chalice route, with InvokeEndpoint stubbed (moto cannot carry binary bodies)."""
+"""POST /predict/{project} and POST /predict through the Chalice route, with InvokeEndpoint stubbed
+(moto cannot carry binary bodies)."""
 
 from __future__ import annotations
 
@@ -20,19 +21,62 @@ def _png() -> bytes:
     return buffer.getvalue()
 
 
-def _answer(stage, body: bytes, content_type: str, answer: dict = ANSWER):
+def _answer(stage, body: bytes, content_type: str, answer: dict = ANSWER, endpoint: str = "droptrain-dev-dogs"):
     """The endpoint answers its most probable labels (up to 20); the route trims them to top_k."""
     data = json.dumps(answer).encode()
     stage.runtime_stub.add_response(
         "invoke_endpoint",
         {"Body": StreamingBody(io.BytesIO(data), len(data)), "ContentType": "application/json"},
-        {"EndpointName": "droptrain-dev", "Body": body, "ContentType": content_type, "Accept": "application/json"},
+        {"EndpointName": endpoint, "Body": body, "ContentType": content_type, "Accept": "application/json"},
     )
 
 
-def _post(client, body: bytes, content_type: str | None = "image/jpeg", query: str = ""):
+def _post(client, body: bytes, content_type: str | None = "image/jpeg", query: str = "", path: str = "/predict/dogs"):
     headers = {"Content-Type": content_type} if content_type else {}
-    return client.http.post(f"/predict{query}", headers=headers, body=body)
+    return client.http.post(f"{path}{query}", headers=headers, body=body)
+
+
+def _projects(stage, *projects: str) -> None:
+    for project in projects:
+        stage.sagemaker.create_model_package_group(ModelPackageGroupName=f"droptrain-dev-{project}")
+
+
+def test_predict_without_a_project_uses_the_only_one(stage, client):
+    _projects(stage, "cats")
+    _answer(stage, JPEG, "image/jpeg", endpoint="droptrain-dev-cats")
+    assert _post(client, JPEG, path="/predict").status_code == 200
+    stage.runtime_stub.assert_no_pending_responses()
+
+
+def test_predict_without_a_project_among_several_names_them(stage, client):
+    _projects(stage, "cats", "dogs", "flowers")
+    response = _post(client, JPEG, path="/predict")
+    assert response.status_code == 400 and response.json_body["error"]["code"] == "project_required"
+    assert "cats, dogs, flowers" in response.json_body["error"]["message"]
+
+
+def test_predict_without_a_project_and_no_model_yet(stage, client):
+    response = _post(client, JPEG, path="/predict")
+    assert response.status_code == 503 and response.json_body["error"]["code"] == "no_model"
+
+
+def test_default_project_answers_predict_without_a_project(stage, tmp_path, monkeypatch):
+    from chalice_app import handlers
+    from orchestrator.conftest import make_client
+
+    _projects(stage, "cats", "dogs")
+    stage.services.config = __import__("dataclasses").replace(stage.services.config, default_project="dogs")
+    handlers.use_services(stage.services)
+    _answer(stage, JPEG, "image/jpeg", endpoint="droptrain-dev-dogs")
+    with make_client(tmp_path) as client:
+        assert _post(client, JPEG, path="/predict").status_code == 200
+
+
+def test_bad_input_is_refused_before_any_aws_call(stage, client):
+    """Even the project lookup waits until the image is known good: bad input costs nothing."""
+    stage.route("list_model_package_groups")  # an unanswered Stubber call would fail the request
+    response = _post(client, b"not an image", path="/predict")
+    assert response.status_code == 400 and response.json_body["error"]["code"] == "invalid_image"
 
 
 @pytest.mark.parametrize("body,content_type", [(JPEG, "image/jpeg"), (_png(), "image/png")])
@@ -133,9 +177,11 @@ def test_endpoint_answering_garbage_is_502(stage, client):
 
 
 def test_status_without_an_endpoint(stage, client):
+    assert client.http.get("/status").json_body == {"projects": {}}
+    _projects(stage, "dogs")
     response = client.http.get("/status")
     assert response.status_code == 200
-    assert response.json_body == {"endpoint": {"name": "droptrain-dev", "status": "NotDeployed"}, "model": None}
+    assert response.json_body == {"projects": {"dogs": {"endpoint": {"name": "droptrain-dev-dogs", "status": "NotDeployed"}, "model": None}}}
 
 
 def test_the_predict_path_fits_inside_api_gateways_29_seconds(monkeypatch):
@@ -168,6 +214,6 @@ def test_no_retry_starts_that_could_not_finish_in_time():
 
     sleeps = []
     with pytest.raises(predict.UnavailableError):
-        predict.predict(SlowThenThrottled(), config_module.load(BASE_ENV), JPEG, "image/jpeg", None,
+        predict.predict(SlowThenThrottled(), config_module.load(BASE_ENV), "droptrain-dev-dogs", JPEG, "image/jpeg", None,
                         sleep=lambda s: (sleeps.append(s), now.__setitem__(0, now[0] + s)), clock=lambda: now[0])
     assert len(calls) == 1 and sleeps == [], "10 s spent + another 22 s attempt would pass the 26 s budget"

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from chalice_app import config as config_module, names, sagemaker_requests as requests
+from chalice_app import alarm_requests, config as config_module, names, registry_requests, sagemaker_requests as requests
 from orchestrator.support import validate
 
 BASE_ENV = {
@@ -14,7 +14,7 @@ BASE_ENV = {
     "TRAINING_IMAGE_URI": "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:2.10.0-gpu-py313",
     "INFERENCE_IMAGE_URI": "763104351884.dkr.ecr.us-east-1.amazonaws.com/ray:serve-ml-sagemaker-cpu-v1.4",
     "SOURCE_DIR_S3_URI": "s3://droptrain-data-dev/code/sourcedir-0123456789abcdef.tar.gz",
-    "ENDPOINT_NAME": "droptrain-dev",
+    "ENDPOINT_PREFIX": "droptrain-dev",
     "AWS_REGION": "us-east-1",
 }
 DEBUGGER_IMAGE = "503895931360.dkr.ecr.us-east-1.amazonaws.com/sagemaker-debugger-rules:latest"
@@ -120,8 +120,10 @@ def test_final_training_request(managed):
 
 
 @pytest.mark.parametrize("instance", ["ml.m5.large", "ml.g5.xlarge", "serverless"])
-def test_model_and_endpoint_requests(instance):
-    config = make_config(INFERENCE_INSTANCE_TYPE=instance, ROLLBACK_ALARMS="droptrain-5xx, droptrain-latency")
+@pytest.mark.parametrize("count", [1, 2])
+def test_model_and_endpoint_requests(instance, count):
+    config = make_config(INFERENCE_INSTANCE_TYPE=instance, INFERENCE_INSTANCE_COUNT=count, ROLLOUT_BAKE_SECONDS=300,
+                         ROLLBACK_ALARMS="team-5xx, team-latency")
     artifact = "s3://droptrain-data-dev/runs/dogs-3f9a1c2e/final/dogs-3f9a1c2e-final/output/model.tar.gz"
     model = requests.model_request(config, "dogs-3f9a1c2e", artifact, DATASET.uri)
     validate("sagemaker", "CreateModel", model)
@@ -131,21 +133,81 @@ def test_model_and_endpoint_requests(instance):
     validate("sagemaker", "CreateEndpointConfig", endpoint_config)
     variant = endpoint_config["ProductionVariants"][0]
     assert ("ServerlessConfig" in variant) is (instance == "serverless")
+    assert variant.get("InitialInstanceCount") == (None if instance == "serverless" else count)
     # GPU instances need the host AMI the Ray Serve container's documentation names.
     assert variant.get("InferenceAmiVersion") == ("al2-ami-sagemaker-inference-gpu-3-1" if instance == "ml.g5.xlarge" else None)
     final = requests.final_training_request(config, "dogs-3f9a1c2e", DATASET.uri, requests.static_hyperparameters(config), {})
     assert final["HyperParameters"]["serving-gpus"] == ("1" if instance == "ml.g5.xlarge" else "0")
-    create = requests.create_endpoint_request(config, "dogs-3f9a1c2e", DATASET.uri)
+    create = requests.create_endpoint_request(config, "dogs", "dogs-3f9a1c2e", DATASET.uri)
     validate("sagemaker", "CreateEndpoint", create)
-    assert create["EndpointName"] == "droptrain-dev"
-    update = requests.update_endpoint_request(config, "dogs-3f9a1c2e")
+    assert create["EndpointName"] == "droptrain-dev-dogs"
+    assert {"Key": "droptrain:project", "Value": "dogs"} in create["Tags"]
+    update = requests.update_endpoint_request(config, "dogs", "dogs-3f9a1c2e")
     validate("sagemaker", "UpdateEndpoint", update)
+    assert update["EndpointName"] == "droptrain-dev-dogs"
     if instance == "serverless":
         assert "DeploymentConfig" not in update
+        return
+    policy = update["DeploymentConfig"]["BlueGreenUpdatePolicy"]
+    routing = policy["TrafficRoutingConfiguration"]
+    # A canary must be at most half the fleet: one instance shifts all at once, and bakes just the same.
+    if count == 1:
+        assert routing == {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 300}
     else:
-        policy = update["DeploymentConfig"]["BlueGreenUpdatePolicy"]
-        assert policy["TrafficRoutingConfiguration"]["Type"] == "ALL_AT_ONCE"
-        assert [a["AlarmName"] for a in update["DeploymentConfig"]["AutoRollbackConfiguration"]["Alarms"]] == ["droptrain-5xx", "droptrain-latency"]
+        assert routing == {"Type": "CANARY", "CanarySize": {"Type": "CAPACITY_PERCENT", "Value": 10}, "WaitIntervalInSeconds": 300}
+    assert policy["MaximumExecutionTimeoutInSeconds"] >= 2 * 300 + policy["TerminationWaitInSeconds"]
+    assert [a["AlarmName"] for a in update["DeploymentConfig"]["AutoRollbackConfiguration"]["Alarms"]] == [
+        "droptrain-dev-dogs-5xx-rate", "droptrain-dev-dogs-model-latency", "team-5xx", "team-latency"]
+    alarms = alarm_requests.alarm_requests(config, "dogs")
+    assert [a["AlarmName"] for a in alarms] == ["droptrain-dev-dogs-5xx-rate", "droptrain-dev-dogs-model-latency"]
+    for alarm in alarms:
+        validate("cloudwatch", "PutMetricAlarm", alarm)
+    rate = alarms[0]
+    assert {m["MetricStat"]["Metric"]["MetricName"] for m in rate["Metrics"] if "MetricStat" in m} == {"Invocation5XXErrors", "Invocations"}
+    assert [m["Id"] for m in rate["Metrics"] if m["ReturnData"]] == ["rate"], "exactly one series is the alarm's"
+    for metric in rate["Metrics"]:
+        if "MetricStat" in metric:
+            assert {"Name": "EndpointName", "Value": "droptrain-dev-dogs"} in metric["MetricStat"]["Metric"]["Dimensions"]
+    assert alarms[1]["MetricName"] == "ModelLatency" and alarms[1]["Threshold"] == 5000 * 1000  # microseconds
+
+
+def test_model_registry_requests():
+    config = make_config(INFERENCE_INSTANCE_TYPE="ml.m5.large")
+    group = registry_requests.model_package_group_request(config, "dog-breeds", "Dog Breeds (v2) & more")
+    validate("sagemaker", "CreateModelPackageGroup", group)
+    assert group["ModelPackageGroupName"] == "droptrain-dev-dog-breeds"
+    artifact = "s3://droptrain-data-dev/runs/dog-breeds-3f9a1c2e/final/dog-breeds-3f9a1c2e-final/output/model.tar.gz"
+    hps = {"lr": "0.00074", "batch-size": "64", "arch": "resnet50", "train-mode": "head", **{f"z-extra-{i}": "x" * 300 for i in range(60)}}
+    package = registry_requests.model_package_request(config, "dog-breeds", "dog-breeds-3f9a1c2e", artifact,
+                                             "s3://droptrain-data-dev/datasets/Dog Breeds (v2) & more/",
+                                             {"test:accuracy": 0.89123456, "test:loss": 0.4, "macro_f1": 0.8812}, hps)
+    validate("sagemaker", "CreateModelPackage", package)
+    assert package["ModelPackageGroupName"] == "droptrain-dev-dog-breeds"
+    assert package["ModelApprovalStatus"] == "PendingManualApproval", "the gate or a person approves"
+    assert package["ClientToken"] == "dog-breeds-3f9a1c2e", "a repeated event registers the same version"
+    container = package["InferenceSpecification"]["Containers"][0]
+    assert container == {"Image": BASE_ENV["INFERENCE_IMAGE_URI"], "ModelDataUrl": artifact}
+    assert package["ModelMetrics"]["ModelQuality"]["Statistics"]["S3Uri"] == \
+        "s3://droptrain-data-dev/runs/dog-breeds-3f9a1c2e/reports/evaluation.json"
+    metadata = package["CustomerMetadataProperties"]
+    assert metadata["droptrain:run-id"] == "dog-breeds-3f9a1c2e" and metadata["hp:lr"] == "0.00074"
+    assert metadata["test:accuracy"] == "0.891235" and len(metadata) == 50, "as many as SageMaker takes"
+    assert metadata["hp:z-extra-0"] == "x" * 256
+    assert names.untag_value(metadata["droptrain:dataset"]) == "s3://droptrain-data-dev/datasets/Dog Breeds (v2) & more/"
+    approve = registry_requests.approval_request("arn:aws:sagemaker:us-east-1:123456789012:model-package/droptrain-dev-dog-breeds/3",
+                                        "Approved", "droptrain gate: " + "x" * 2000)
+    validate("sagemaker", "UpdateModelPackage", approve)
+
+
+def test_endpoint_prefix_leaves_room_for_every_project():
+    longest = "x" * names.SLUG_MAX
+    config = make_config(ENDPOINT_PREFIX="p" * 43)
+    validate("sagemaker", "CreateEndpoint", requests.create_endpoint_request(config, longest, "run-1", None))
+    with pytest.raises(config_module.ConfigError, match="ENDPOINT_PREFIX"):
+        make_config(ENDPOINT_PREFIX="p" * 44)
+    # A stage from before projects named its one endpoint: that name is read as the prefix.
+    legacy = {k: v for k, v in BASE_ENV.items() if k != "ENDPOINT_PREFIX"}
+    assert config_module.load({**legacy, "ENDPOINT_NAME": "droptrain-old"}).endpoint("dogs") == "droptrain-old-dogs"
 
 
 def test_validator_catches_what_botocore_skips():

@@ -6,6 +6,9 @@ SageMaker reads a job's ``FailureReason``, and exits non-zero. Anything else is 
 its traceback.
 """
 
+import os
+from pathlib import Path
+
 
 class TrainingError(Exception):
     """A failure the user can act on; the message says how."""
@@ -25,3 +28,11 @@ class WeightsUnavailableError(TrainingError):
 
 class DivergedError(TrainingError):
     """The loss became NaN or infinite."""
+
+
+def write_failure(message: str) -> None:
+    """SageMaker shows the content of ``$SM_OUTPUT_DIR/failure`` as the job's FailureReason."""
+    output_dir = os.environ.get("SM_OUTPUT_DIR")
+    if output_dir:
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(output_dir) / "failure").write_text(message[:1024])
