@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 from typing import Mapping
 
-from chalice import Chalice, Response
+from chalice import Chalice, Rate, Response
 
 from chalice_app import config, console, handlers, observability, patterns, pipeline
+from chalice_app.pipeline.idle import ScheduledTick
 from chalice_app.events import (EndpointStateChange, ModelPackageStateChange, ObjectCreated, TrainingJobStateChange,
                                 TuningJobStateChange)
 
@@ -80,6 +81,11 @@ def _event_handlers(app: Chalice, env: Mapping[str, str]) -> None:
     @app.on_cw_event(patterns.model_package_state_change(env), name="on_model_package_state_change")
     def on_model_package_state_change(event):
         return handlers.handle_event(pipeline.package_changed, ModelPackageStateChange.parse, event.to_dict())
+
+    # Hourly: endpoints nobody invoked for IDLE_STOP_HOURS are stopped (off when it is 0).
+    @app.schedule(Rate(1, unit=Rate.HOURS), name="stop_idle_endpoints")
+    def stop_idle_endpoints(event):
+        return handlers.handle_event(pipeline.stop_idle, ScheduledTick.parse, event.to_dict())
 
 
 def _api_routes(app: Chalice, key_required: bool) -> None:

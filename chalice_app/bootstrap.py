@@ -7,6 +7,7 @@ from typing import Mapping
 
 from chalice_app import config as config_module, predict as predict_module
 from chalice_app.adapters.cloudwatch import CloudWatchAdapter
+from chalice_app.adapters.pricing import PricingAdapter
 from chalice_app.adapters.runtime import RuntimeAdapter
 from chalice_app.adapters.s3 import S3Adapter
 from chalice_app.adapters.sagemaker import SageMakerAdapter
@@ -30,6 +31,8 @@ def _clients(region: str):
         "sns": session.client("sns", config=standard),
         "sagemaker": session.client("sagemaker", config=standard),
         "cloudwatch": session.client("cloudwatch", config=standard),
+        # The Price List API answers from us-east-1 for every region.
+        "pricing": session.client("pricing", region_name="us-east-1", config=standard),
         "runtime": session.client("sagemaker-runtime", config=invoke),
     }
 
@@ -48,6 +51,7 @@ def build(env: Mapping[str, str]) -> Services:
         sagemaker=SageMakerAdapter(clients["sagemaker"]),
         runtime=RuntimeAdapter(clients["runtime"]),
         alarms=CloudWatchAdapter(clients["cloudwatch"]),
+        prices=PricingAdapter(clients["pricing"], config.region),
         notifier=Notifier(SnsAdapter(clients["sns"]), s3, config.notify_topic_arn, config.data_bucket),
         sleep=time.sleep,
     )

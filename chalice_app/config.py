@@ -82,6 +82,8 @@ class Config:
     inference_instance_count: int = 1
     rollout_bake_seconds: int = 600
     rollback_latency_ms: int = 5000
+    max_run_cost_usd: float | None = None
+    idle_stop_hours: int = 0  # 0: endpoints are never stopped for idleness
 
     @property
     def serverless(self) -> bool:
@@ -286,4 +288,6 @@ def load(env: Mapping[str, str]) -> Config:
         inference_instance_count=_int(env, "INFERENCE_INSTANCE_COUNT", 1, 1, 20),
         rollout_bake_seconds=_int(env, "ROLLOUT_BAKE_SECONDS", 600, 0, 3600),
         rollback_latency_ms=_int(env, "ROLLBACK_LATENCY_MS", 5000, 10, 600_000),
+        idle_stop_hours=_int(env, "IDLE_STOP_HOURS", 0, 0, 24 * 30),
+        max_run_cost_usd=_float(env, "MAX_RUN_COST_USD", 0.0, 0.01, 1_000_000.0) if env.get("MAX_RUN_COST_USD", "").strip() else None,
     )

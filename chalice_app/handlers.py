@@ -20,7 +20,7 @@ from chalice_app.events import EventError
 from chalice_app import names
 from chalice_app.names import InvalidNameError
 from chalice_app.notifications import Notification
-from chalice_app.pipeline import Services, versions
+from chalice_app.pipeline import Services, idle, versions
 
 E = TypeVar("E")
 _services: Services | None = None
@@ -125,6 +125,7 @@ def _unavailable(exc: AdapterError) -> tuple[int, dict[str, Any]]:
 
 def predict(project: str | None, body: bytes | None, content_type: str | None, top_k: str | None) -> tuple[int, dict[str, Any]]:
     """``(status, JSON body)`` for ``POST /predict/{project}`` (``project`` None: ``POST /predict``)."""
+    name = ""
     try:
         svc = services()
         # The request is checked before any AWS call: bad input costs nothing.
@@ -135,6 +136,9 @@ def predict(project: str | None, body: bytes | None, content_type: str | None, t
         return _misconfigured(exc)
     except predict_module.PredictError as exc:
         observability.count(f"Predict{exc.status}")
+        if exc.code == "no_model" and _woke(svc, name):
+            return 503, error_body("model_sleeping", f"project {name}'s endpoint was stopped for idleness and is starting "
+                                                     "again: try again in a few minutes")
         return exc.status, exc.body()
     except versions.VersionError as exc:
         observability.count(f"Predict{exc.status}")
@@ -143,6 +147,15 @@ def predict(project: str | None, body: bytes | None, content_type: str | None, t
         return _unavailable(exc)
     observability.count("Predictions")
     return 200, result
+
+
+def _woke(svc: Services, project: str) -> bool:
+    """Whether the project's endpoint had been stopped for idleness, and is now starting again."""
+    try:
+        return idle.wake(svc, project)
+    except AdapterError as exc:
+        observability.logger().error(f"waking {project}'s endpoint failed: {exc}")
+        return False
 
 
 def projects() -> tuple[int, dict[str, Any]]:

@@ -19,7 +19,7 @@ EVENTS = (
     "dataset.accepted", "dataset.rejected", "tuning.started", "tuning.completed", "tuning.failed",
     "training.started", "training.completed", "training.failed", "model.registered", "model.approved", "model.held",
     "deployment.started",
-    "deployment.completed", "deployment.failed", "pipeline.failed",
+    "deployment.completed", "deployment.failed", "deployment.stopped", "pipeline.failed",
 )
 # SNS: a Subject of printable ASCII "less than 100 characters long", a Message under 256 KB (attributes
 # count too: room is left for them).

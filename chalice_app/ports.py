@@ -10,6 +10,7 @@ policy holds whichever is installed; one contract suite (``tests/contract``) run
 from __future__ import annotations
 
 import io
+from datetime import datetime
 from typing import Any, Iterator, Mapping, Protocol
 
 
@@ -105,9 +106,20 @@ class EndpointRuntime(Protocol):
         with the container's status and body."""
 
 
+class Prices(Protocol):
+    def hourly(self, instance_type: str, component: str) -> Any:
+        """``chalice_app.cost.Price`` of an hour of ``instance_type`` for ``component`` (``Training`` or
+        ``Hosting``), or ``None`` when no price is known."""
+
+
 class Alarms(Protocol):
+    """CloudWatch: the alarms that watch endpoints, and the metrics that say whether one is used."""
+
     def put_alarm(self, request: Mapping[str, Any]) -> None:
         """Create or replace a CloudWatch alarm (``PutMetricAlarm``)."""
+
+    def invocations(self, endpoint: str, start: datetime, end: datetime) -> float:
+        """How many times the endpoint was invoked between ``start`` and ``end`` (0 when no data)."""
 
 
 class Publisher(Protocol):

@@ -93,6 +93,16 @@ def _strategy_config(config: Config) -> dict[str, Any]:
     return job_config
 
 
+def configured_trials(config: Config) -> int:
+    """How many trials the tuning job runs at most: Grid runs every combination of its grid."""
+    if config.tuning_strategy != "Grid":
+        return config.max_tuning_jobs
+    count = 1
+    for parameter in grid_ranges(config)["CategoricalParameterRanges"]:
+        count *= len(parameter["Values"])
+    return count
+
+
 def max_epochs(config: Config) -> int:
     return int(config.tuning_ranges["epochs"][1])
 
@@ -124,7 +134,9 @@ def gpu_instance(instance_type: str) -> bool:
     return family[:1] in ("g", "p")
 
 
-def _training_core(config: Config, dataset_uri: str, output_path: str, checkpoint_path: str) -> dict[str, Any]:
+def _training_core(config: Config, dataset_uri: str, output_path: str, checkpoint_path: str,
+                   max_runtime: int | None = None) -> dict[str, Any]:
+    runtime = max_runtime or config.max_runtime_seconds
     core: dict[str, Any] = {
         "AlgorithmSpecification": {
             "TrainingImage": config.training_image_uri,
@@ -144,22 +156,27 @@ def _training_core(config: Config, dataset_uri: str, output_path: str, checkpoin
             "InstanceCount": 1,
             "VolumeSizeInGB": config.volume_size_gb,
         },
-        "StoppingCondition": {"MaxRuntimeInSeconds": config.max_runtime_seconds},
+        "StoppingCondition": {"MaxRuntimeInSeconds": runtime},
         "EnableManagedSpotTraining": config.use_spot,
         "Environment": dict(TRAINING_ENVIRONMENT),
     }
     if config.use_spot:
         # Spot capacity can take a while; the job may wait up to as long again as it may run.
-        core["StoppingCondition"]["MaxWaitTimeInSeconds"] = min(2 * config.max_runtime_seconds, 28 * 24 * 3600)
+        core["StoppingCondition"]["MaxWaitTimeInSeconds"] = min(2 * runtime, 28 * 24 * 3600)
         core["CheckpointConfig"] = {"S3Uri": checkpoint_path, "LocalPath": "/opt/ml/checkpoints"}
     return core
 
 
-def tuning_job_request(config: Config, run: str, dataset: names.DatasetRef) -> dict[str, Any]:
-    core = _training_core(config, dataset.uri, _s3(config, run, "tuning"), _s3(config, run, "checkpoints", "tuning"))
+def tuning_job_request(config: Config, run: str, dataset: names.DatasetRef, plan: Any = None) -> dict[str, Any]:
+    """With a ``chalice_app.cost.Plan``, its trial count and runtime limit (a run's budget) replace the configured ones."""
+    core = _training_core(config, dataset.uri, _s3(config, run, "tuning"), _s3(config, run, "checkpoints", "tuning"),
+                          plan.max_runtime_seconds if plan else None)
+    job_config = _strategy_config(config)
+    if plan is not None and "MaxNumberOfTrainingJobs" in job_config["ResourceLimits"]:
+        job_config["ResourceLimits"] = {"MaxNumberOfTrainingJobs": plan.trials, "MaxParallelTrainingJobs": plan.parallel}
     return {
         "HyperParameterTuningJobName": names.check(run, "tuning job"),
-        "HyperParameterTuningJobConfig": _strategy_config(config),
+        "HyperParameterTuningJobConfig": job_config,
         "TrainingJobDefinition": {"StaticHyperParameters": static_hyperparameters(config), **core},
         "Tags": names.tags(run, dataset.uri, "tuning"),
     }
@@ -172,6 +189,7 @@ def final_training_request(
     static: Mapping[str, str],
     tuned: Mapping[str, str],
     baseline_model_data: str | None = None,
+    max_runtime: int | None = None,
 ) -> dict[str, Any]:
     """The best trial's hyperparameters on top of the tuning job's static ones, with debugging. With
     the project's serving ``model.tar.gz`` as the ``baseline`` channel, train.py evaluates that model
@@ -185,7 +203,7 @@ def final_training_request(
     request: dict[str, Any] = {
         "TrainingJobName": names.final_job_name(run),
         "HyperParameters": hyperparameters,
-        **_training_core(config, dataset_uri, _s3(config, run, "final"), _s3(config, run, "checkpoints", "final")),
+        **_training_core(config, dataset_uri, _s3(config, run, "final"), _s3(config, run, "checkpoints", "final"), max_runtime),
         "Tags": names.tags(run, dataset_uri, "final"),
     }
     if baseline_model_data:

@@ -101,6 +101,8 @@ def stage_environment(stage: str, account: str, region: str, images: Mapping[str
         # A stage from before projects named one endpoint; its name becomes the projects' prefix.
         "ENDPOINT_PREFIX": current.get("ENDPOINT_PREFIX") or current.get("ENDPOINT_NAME") or f"droptrain-{stage}",
         "API_KEY_REQUIRED": current.get("API_KEY_REQUIRED", "true" if stage == "prod" else "false"),
+        # dev endpoints nobody uses stop after a day; prod's stay up unless the stage says otherwise.
+        "IDLE_STOP_HOURS": current.get("IDLE_STOP_HOURS", "0" if stage == "prod" else "24"),
     }
 
 

@@ -71,6 +71,34 @@ def alarm_arns(env: Mapping[str, str]) -> list[str]:
     return [*own_alarm_arns(env), *(prefix + name for name in named)]
 
 
+def _project_statements(env: Mapping[str, str], sm: str) -> list[dict[str, Any]]:
+    """The projects' endpoints, model registry and alarms (all ``<prefix>-*``), and the reads that
+    take no resource ARN: the projects' listing, prices and invocations."""
+    # SageMaker lower-cases resource names in ARNs.
+    projects = project_prefix(env).lower()
+    endpoints = f"{sm}:endpoint/{projects}*"
+    return [
+        {"Sid": "ProjectEndpoints", "Effect": "Allow",
+         "Action": ["sagemaker:CreateEndpoint", "sagemaker:UpdateEndpoint", "sagemaker:DeleteEndpoint",
+                    "sagemaker:DescribeEndpoint", "sagemaker:InvokeEndpoint", "sagemaker:AddTags",
+                    "sagemaker:DeleteTags", "sagemaker:ListTags"],
+         "Resource": [endpoints, f"{sm}:endpoint-config/*"]},
+        {"Sid": "ProjectModelRegistry", "Effect": "Allow",
+         "Action": ["sagemaker:CreateModelPackageGroup", "sagemaker:CreateModelPackage",
+                    "sagemaker:ListModelPackages", "sagemaker:DescribeModelPackage", "sagemaker:UpdateModelPackage",
+                    "sagemaker:AddTags", "sagemaker:ListTags", "sagemaker:DeleteTags"],
+         "Resource": [f"{sm}:model-package-group/{projects}*", f"{sm}:model-package/{projects}*/*"]},
+        # List operations take no resource: the functions filter to <prefix>-* themselves.
+        {"Sid": "ListProjects", "Effect": "Allow", "Action": "sagemaker:ListModelPackageGroups", "Resource": "*"},
+        # The Price List API takes no resource ARN either (the run's cost forecast).
+        {"Sid": "Prices", "Effect": "Allow", "Action": "pricing:GetProducts", "Resource": "*"},
+        # Metric reads take no resource ARN either (whether an endpoint was invoked: IDLE_STOP_HOURS).
+        {"Sid": "EndpointInvocations", "Effect": "Allow", "Action": "cloudwatch:GetMetricStatistics", "Resource": "*"},
+        {"Sid": "ProjectAlarms", "Effect": "Allow", "Action": ["cloudwatch:PutMetricAlarm", "cloudwatch:TagResource"],
+         "Resource": own_alarm_arns(env)},
+    ]
+
+
 def lambda_policy(env: Mapping[str, str]) -> dict[str, Any]:
     """What the functions may do: SageMaker on resources tagged as droptrain's, one endpoint, one
     role to pass, one topic, one queue, the bucket (writing only under ``runs/``), their own logs
@@ -78,10 +106,6 @@ def lambda_policy(env: Mapping[str, str]) -> dict[str, Any]:
     partition, region, account = arn_parts(env)
     sm = f"arn:{partition}:sagemaker:{region}:{account}"
     bucket = f"arn:{partition}:s3:::{env['DATA_BUCKET']}"
-    # SageMaker lower-cases resource names in ARNs. Every project's endpoint and model package group is
-    # <prefix>-<project>: the functions touch those and no other.
-    projects = project_prefix(env).lower()
-    endpoints = f"{sm}:endpoint/{projects}*"
     tagged = {"StringLike": {"aws:RequestTag/droptrain:run-id": "?*"}}
     return {
         "Version": "2012-10-17",
@@ -99,20 +123,7 @@ def lambda_policy(env: Mapping[str, str]) -> dict[str, Any]:
             {"Sid": "StopRunsThatCannotSucceed", "Effect": "Allow", "Action": "sagemaker:StopHyperParameterTuningJob",
              "Resource": f"{sm}:hyper-parameter-tuning-job/*",
              "Condition": {"StringLike": {"aws:ResourceTag/droptrain:run-id": "?*"}}},
-            {"Sid": "ProjectEndpoints", "Effect": "Allow",
-             "Action": ["sagemaker:CreateEndpoint", "sagemaker:UpdateEndpoint", "sagemaker:DeleteEndpoint",
-                        "sagemaker:DescribeEndpoint", "sagemaker:InvokeEndpoint", "sagemaker:AddTags",
-                        "sagemaker:DeleteTags", "sagemaker:ListTags"],
-             "Resource": [endpoints, f"{sm}:endpoint-config/*"]},
-            {"Sid": "ProjectModelRegistry", "Effect": "Allow",
-             "Action": ["sagemaker:CreateModelPackageGroup", "sagemaker:CreateModelPackage",
-                        "sagemaker:ListModelPackages", "sagemaker:DescribeModelPackage", "sagemaker:UpdateModelPackage",
-                        "sagemaker:AddTags"],
-             "Resource": [f"{sm}:model-package-group/{projects}*", f"{sm}:model-package/{projects}*/*"]},
-            # List operations take no resource: the functions filter to <prefix>-* themselves.
-            {"Sid": "ListProjects", "Effect": "Allow", "Action": "sagemaker:ListModelPackageGroups", "Resource": "*"},
-            {"Sid": "ProjectAlarms", "Effect": "Allow", "Action": ["cloudwatch:PutMetricAlarm", "cloudwatch:TagResource"],
-             "Resource": own_alarm_arns(env)},
+            *_project_statements(env, sm),
             {"Sid": "RollbackAlarms", "Effect": "Allow", "Action": "cloudwatch:DescribeAlarms", "Resource": alarm_arns(env)},
             {"Sid": "PassTheSageMakerRole", "Effect": "Allow", "Action": "iam:PassRole",
              "Resource": env["SAGEMAKER_ROLE_ARN"],

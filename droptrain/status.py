@@ -35,6 +35,7 @@ def render(home: Path) -> str:
                 metrics = {m["MetricName"]: m["Value"] for m in final.get("FinalMetricDataList", [])}
                 lines.append(f"  final {final_name}: {store.status('training-job', final_name)}, test:accuracy {metrics.get('test:accuracy', '-')}"
                              + (f" ({final['FailureReason']})" if final.get("FailureReason") else ""))
+            lines.append("  " + _cost_line(name, [r for _, _, r in trainings if r.get("TuningJobName") == name] + ([final] if final else [])))
         lines += _projects(store)
     finally:
         store.close()
@@ -65,3 +66,15 @@ def _projects(store) -> list[str]:
     for name, (status, endpoint) in endpoints.items():
         lines.append(f"endpoint {name}: {status}, serving {endpoint['EndpointConfigName']}")
     return lines
+
+
+def _cost_line(run: str, jobs: list[dict]) -> str:
+    """What the run's jobs would have cost on SageMaker: their billable seconds at the bundled price
+    of the instance type they asked for (locally, this machine's time stands in for the instance's)."""
+    from chalice_app import cost
+
+    billed = {j["TrainingJobName"]: j["BillableTimeInSeconds"] for j in jobs if j.get("BillableTimeInSeconds") is not None}
+    instance = next((j["ResourceConfig"]["InstanceType"] for j in jobs if j.get("ResourceConfig")), "")
+    spent = cost.actual(billed, cost.bundled_price(instance, "Training"))
+    price = f"${spent['usd']:.4f} at {instance}'s bundled price" if "usd" in spent else "no price known"
+    return f"cost: {spent['billable_seconds']:.0f} billable s over {spent['jobs']} jobs, {price}"

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CHALICE_DIR = ROOT / ".chalice"
 LAMBDA_RUNTIME = "python3.12"
 HANDLER_FUNCTIONS = ("OnDatasetUploaded", "OnTuningJobStateChange", "OnTrainingJobStateChange", "OnEndpointStateChange",
-                     "OnModelPackageStateChange", "APIHandler")
+                     "OnModelPackageStateChange", "StopIdleEndpoints", "APIHandler")
 EVENT_FUNCTIONS = HANDLER_FUNCTIONS[:-1]
 # Events the event handlers still fail on after Lambda's retries are kept here (14 days).
 FAILED_EVENTS_RETENTION_SECONDS = 14 * 24 * 3600

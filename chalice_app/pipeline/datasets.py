@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from chalice_app import names, sagemaker_requests as requests, validation
+from chalice_app import cost, names, sagemaker_requests as requests, validation
 from chalice_app.events import ObjectCreated
 from chalice_app.notifications import Notification
 from chalice_app.pipeline.services import Services
@@ -24,12 +24,16 @@ def dataset_uploaded(svc: Services, event: ObjectCreated) -> str:
     else:
         report = validation.check_archive(svc.s3, dataset, event.size or svc.s3.head(dataset.bucket, dataset.key)["size"],
                                           svc.config.volume_size_gb)
-    request = None
+    request = forecast = None
     if report.ok:
-        # Built before anything is announced: a name or tag SageMaker would refuse rejects the dataset.
+        # Built before anything is announced: a name or tag SageMaker would refuse, or a budget the
+        # run cannot fit, rejects the dataset.
+        training, hosting = _prices(svc)
         try:
-            request = requests.tuning_job_request(config, run, dataset)
-        except names.InvalidNameError as exc:
+            run_plan = cost.plan(config, report.images, training, requests.configured_trials(config))
+            forecast = cost.forecast(config, report.images, run_plan, training, hosting)
+            request = requests.tuning_job_request(config, run, dataset, run_plan)
+        except (names.InvalidNameError, cost.BudgetError) as exc:
             report.reasons.append(str(exc))
     if not report.ok:
         svc.notifier.send(Notification(
@@ -44,17 +48,29 @@ def dataset_uploaded(svc: Services, event: ObjectCreated) -> str:
     ))
     created = svc.sagemaker.create_tuning_job(request)
     job_config = request["HyperParameterTuningJobConfig"]
+    trials = job_config["ResourceLimits"].get("MaxNumberOfTrainingJobs") or forecast["trials"]
+    price = f", about ${forecast['run_usd']:.2f}" if forecast.get("run_usd") is not None else ""
     svc.notifier.send(Notification(
         "tuning.started", run, dataset.uri, "InProgress",
-        f"tuning {run}: {config.tuning_strategy}, up to {config.max_tuning_jobs} trials", job=run,
+        f"tuning {run}: {config.tuning_strategy}, up to {trials} trials{price}", job=run,
         detail={
             "strategy": config.tuning_strategy,
             "objective": requests.OBJECTIVE,
             "max_training_jobs": job_config["ResourceLimits"].get("MaxNumberOfTrainingJobs"),
-            "max_parallel_jobs": config.max_parallel_jobs,
+            "max_parallel_jobs": job_config["ResourceLimits"]["MaxParallelTrainingJobs"],
+            "forecast": forecast,
             "instance_type": config.training_instance_type,
             "spot": config.use_spot,
             "tuned": sorted(r["Name"] for ranges in job_config["ParameterRanges"].values() for r in ranges),
         },
     ))
     return "tuning job created" if created else "tuning job already existed"
+
+
+def _prices(svc: Services) -> tuple[cost.Price | None, cost.Price | None]:
+    """The training and hosting prices of the stage's instance types, where known."""
+    if svc.prices is None:
+        return None, None
+    config = svc.config
+    hosting = None if config.serverless else svc.prices.hourly(config.inference_instance_type, "Hosting")
+    return svc.prices.hourly(config.training_instance_type, "Training"), hosting

@@ -9,7 +9,7 @@ from typing import Any, Callable
 from chalice_app.adapters.errors import NotFoundError
 from chalice_app.config import Config
 from chalice_app.notifications import Notifier
-from chalice_app.ports import Alarms, EndpointRuntime, ObjectStore, SageMaker
+from chalice_app.ports import Alarms, EndpointRuntime, ObjectStore, Prices, SageMaker
 
 TERMINAL = ("Completed", "Failed", "Stopped")
 
@@ -27,6 +27,7 @@ class Services:
     alarms: Alarms
     # What is broken in the stack itself, beyond AWS's services (the local runtime's own threads).
     problems: Callable[[], list[str]] = lambda: []
+    prices: Prices | None = None  # None: no prices (the forecast says so)
 
 
 def rule_verdicts(svc: Services, run: str) -> list[dict] | None:
@@ -70,3 +71,23 @@ def prune_checkpoints(svc: Services, run: str, stage: str) -> int:
     for key in keys:
         svc.s3.delete(bucket, key)
     return len(keys)
+
+
+def billable_seconds(svc: Services, run: str, final: dict[str, Any]) -> dict[str, float]:
+    """Every job of the run that SageMaker billed: the tuning job's trials and the final job
+    (``BillableTimeInSeconds``: spot savings included)."""
+    seconds: dict[str, float] = {}
+    try:
+        trials = svc.sagemaker.list_trials(run)
+    except NotFoundError:
+        trials = []
+    for trial in trials:
+        try:
+            described = svc.sagemaker.describe_training_job(trial["TrainingJobName"])
+        except NotFoundError:
+            continue
+        if described.get("BillableTimeInSeconds") is not None:
+            seconds[trial["TrainingJobName"]] = float(described["BillableTimeInSeconds"])
+    if final.get("BillableTimeInSeconds") is not None:
+        seconds[final["TrainingJobName"]] = float(final["BillableTimeInSeconds"])
+    return seconds

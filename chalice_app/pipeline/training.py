@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from chalice_app import names, registry_requests, sagemaker_requests as requests
+from chalice_app import cost, names, registry_requests, sagemaker_requests as requests
 from chalice_app.events import TrainingJobStateChange
 from chalice_app.notifications import Notification
-from chalice_app.pipeline.services import TERMINAL, Services, dataset_of, prune_checkpoints, rule_verdicts
+from chalice_app.pipeline.services import TERMINAL, Services, billable_seconds, dataset_of, prune_checkpoints, rule_verdicts
 from chalice_app.pipeline.tuning import trial_changed
 from chalice_app.pipeline.versions import register
 
@@ -27,11 +27,14 @@ def training_changed(svc: Services, event: TrainingJobStateChange) -> str:
     description = description or svc.sagemaker.describe_training_job(event.name)
     dataset_uri = names.dataset_of_tags(tags) or dataset_of(description)
     metrics = {m["MetricName"]: m["Value"] for m in description.get("FinalMetricDataList", [])}
+    price = svc.prices.hourly(svc.config.training_instance_type, "Training") if svc.prices is not None else None
+    spent = cost.actual(billable_seconds(svc, run, description), price)
     if event.status != "Completed":
         reason = description.get("FailureReason") or f"the training job was {event.status.lower()}"
         svc.notifier.send(Notification(
             "training.failed", run, dataset_uri, event.status, f"final training {event.name} {event.status.lower()}: {reason}",
-            job=event.name, detail={"reason": reason, "metrics": metrics, "endpoint_unchanged": svc.config.endpoint(names.project_of_run(run))},
+            job=event.name, detail={"reason": reason, "metrics": metrics, "cost": spent,
+                                    "endpoint_unchanged": svc.config.endpoint(names.project_of_run(run))},
         ))
         return f"training {event.status.lower()}"
     model_data = description["ModelArtifacts"]["S3ModelArtifacts"]
@@ -55,6 +58,7 @@ def training_changed(svc: Services, event: TrainingJobStateChange) -> str:
             "evaluation": registry_requests.evaluation_uri(svc.config, run),
             "hyperparameters": hyperparameters,
             "billable_seconds": description.get("BillableTimeInSeconds"),
+            "cost": spent,
         },
     ))
     if blocked:

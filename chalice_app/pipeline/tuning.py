@@ -48,7 +48,9 @@ def tuning_changed(svc: Services, event: TuningJobStateChange) -> str:
     ))
     static = description["TrainingJobDefinition"].get("StaticHyperParameters", {})
     baseline = serving_model_data(svc, names.project_of_run(run), run)
-    request = requests.final_training_request(svc.config, run, dataset_uri, static, tuned, baseline)
+    # The final job gets the trials' runtime limit: a run's budget bounded them both.
+    limit = description["TrainingJobDefinition"].get("StoppingCondition", {}).get("MaxRuntimeInSeconds")
+    request = requests.final_training_request(svc.config, run, dataset_uri, static, tuned, baseline, limit)
     created = svc.sagemaker.create_training_job(request)
     svc.notifier.send(Notification(
         "training.started", run, dataset_uri, "InProgress", f"final training {request['TrainingJobName']} started",

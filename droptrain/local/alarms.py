@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from datetime import datetime
+from typing import Any, Callable, Mapping
 
 from droptrain.local.store import Store
 
@@ -76,10 +77,14 @@ def breached(alarm: Mapping[str, Any], seen: Measurements) -> str | None:
 
 
 class LocalAlarms:
-    """``chalice_app.ports.Alarms`` over the state database."""
+    """``chalice_app.ports.Alarms`` over the state database; invocations as the local endpoints count them."""
 
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, invocations: Callable[[str, datetime, datetime], float] | None = None):
         self.store = store
+        self.count_invocations = invocations or (lambda endpoint, start, end: 0.0)
+
+    def invocations(self, endpoint: str, start: datetime, end: datetime) -> float:
+        return self.count_invocations(endpoint, start, end)
 
     def put_alarm(self, request: Mapping[str, Any]) -> None:
         record = {k: v for k, v in request.items() if k != "Tags"}

@@ -16,6 +16,7 @@ version, which served throughout.
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import random
@@ -24,6 +25,7 @@ import tarfile
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -62,6 +64,8 @@ class LocalEndpoints:
         self._routes_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._closing = threading.Event()
+        # When each endpoint was invoked (the last 10,000 times): CloudWatch's Invocations, locally.
+        self._invoked: dict[str, collections.deque] = collections.defaultdict(lambda: collections.deque(maxlen=10_000))
 
     # -- SageMaker's side -------------------------------------------------------------------------
 
@@ -243,11 +247,16 @@ class LocalEndpoints:
             detail["FailureReason"] = record["FailureReason"]
         self.emit(state_change_event("SageMaker Endpoint State Change", "endpoint", name, detail))
 
+    def invocations(self, endpoint: str, start: datetime, end: datetime) -> float:
+        """How many times ``endpoint`` was invoked between ``start`` and ``end`` (since this runtime started)."""
+        return float(sum(start <= moment <= end for moment in list(self._invoked.get(endpoint, ()))))
+
     # -- sagemaker-runtime's side -----------------------------------------------------------------
 
     def invoke(self, endpoint: str, body: bytes, content_type: str, accept: str) -> bytes:
         """InvokeEndpoint: the container's answer, or ``ModelError`` with its status and body, as SageMaker
         reports a container's 4xx/5xx (the content type travels, but the application reads the bytes)."""
+        self._invoked[endpoint].append(datetime.now(timezone.utc))
         for _ in range(2):  # a swap can delete the application between routing and calling: route again
             with self._routes_lock:
                 route = self._routes.get(endpoint)

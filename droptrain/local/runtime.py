@@ -13,6 +13,7 @@ import shutil
 import threading
 import time
 import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,6 +22,7 @@ from chalice_app.names import ARCHIVE_SUFFIXES
 from chalice_app.notifications import Notifier
 from chalice_app.pipeline import Services
 from chalice_app.adapters.errors import AdapterError
+from chalice_app.adapters.pricing import BundledPrices
 from droptrain.local import api
 from droptrain.local.alarms import LocalAlarms
 from droptrain.local.lock import HomeLock
@@ -37,6 +39,7 @@ from droptrain.upload import upload_dataset
 
 log = logging.getLogger(__name__)
 BUCKET = "droptrain-local"
+SCHEDULE_SECONDS = 3600  # the app's schedules are hourly
 # Local runs train small models on the CPU: these override the cloud defaults (ResNet-50 on ImageNet weights).
 LOCAL_HYPERPARAMETERS = '{"arch": "resnet18", "weights": "none", "train-mode": "full", "image-size": "64", "optimizer": "adamw"}'
 # ...and ranges for training from scratch on small images: ImageNet fine-tuning wants lr down to 1e-5.
@@ -62,6 +65,8 @@ def local_environment(overrides: dict[str, str] | None = None) -> dict[str, str]
         # traffic, each step baking this long under the project's alarms.
         "INFERENCE_INSTANCE_COUNT": "2",
         "ROLLOUT_BAKE_SECONDS": "3",
+        # Local endpoints cost nothing but memory: they are not stopped for idleness unless asked.
+        "IDLE_STOP_HOURS": "0",
         "TRAINING_INSTANCE_TYPE": "ml.m5.large",
         "INFERENCE_INSTANCE_TYPE": "ml.m5.large",
         "TUNING_STRATEGY": "Bayesian",
@@ -96,6 +101,7 @@ class LocalRuntime:
         self.serving = serving or RayServe()
         self.alarms = LocalAlarms(self.store)
         self.endpoints = LocalEndpoints(self.store, self.bucket, self.home / "endpoints", self._emit, self.serving, self.alarms)
+        self.alarms.count_invocations = self.endpoints.invocations
         self.sagemaker = LocalSageMaker(self.store, self.bucket, self.home / "jobs", self._emit,
                                                         self.endpoints, on_line or (lambda job, line: None),
                                                         feature_cache=self.home / "cache" / "features")
@@ -106,6 +112,8 @@ class LocalRuntime:
         self._watcher_error: str | None = None
         self._skipped: dict[str, str] = {}
         self._services: Services | None = None
+        self._schedules: dict[str, Callable] = {}
+        self._last_tick = time.monotonic()
         self._lock = HomeLock(self.home)
         self.api_url: str | None = None
 
@@ -118,6 +126,7 @@ class LocalRuntime:
             sagemaker=self.sagemaker,
             runtime=LocalRuntimeClient(self.endpoints),
             alarms=self.alarms,
+            prices=BundledPrices(),
             notifier=Notifier(self.publisher, self.bucket, config.notify_topic_arn, config.data_bucket),
             sleep=time.sleep,
             problems=self.problems,
@@ -157,6 +166,8 @@ class LocalRuntime:
         if self._owns_serving:
             self.serving.start()
         self.bus = LocalEventBus(routes_of(app_obj))
+        self._schedules = schedules_of(app_obj)
+        self._last_tick = time.monotonic()
         self.bus.start()
         self._stop.clear()
         self.endpoints.start()
@@ -212,6 +223,9 @@ class LocalRuntime:
         try:
             while not self._stop.is_set():
                 self.scan(prefix)
+                if time.monotonic() - self._last_tick >= SCHEDULE_SECONDS:
+                    self._last_tick = time.monotonic()
+                    self.run_schedules()
                 self._stop.wait(self.poll_seconds)
         except BaseException as exc:  # recorded for /status before the thread ends; not swallowed
             self._watcher_error = f"{type(exc).__name__}: {exc}"
@@ -254,6 +268,14 @@ class LocalRuntime:
         self._skipped.pop(key, None)
         return 1
 
+    def run_schedules(self, now: datetime | None = None) -> dict[str, Any]:
+        """EventBridge's scheduled events, as the app's ``@app.schedule`` functions receive them (hourly
+        while the stack runs; tests call it with the time they need)."""
+        moment = (now or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {"version": "0", "id": str(uuid.uuid4()), "detail-type": "Scheduled Event", "source": "aws.events",
+                 "account": ACCOUNT, "time": moment, "region": "local", "resources": [], "detail": {}}
+        return {name: handler(event, None) for name, handler in self._schedules.items()}
+
     # -- uploads -------------------------------------------------------------------------------
 
     def upload(self, source: Path, name: str) -> str:
@@ -261,6 +283,12 @@ class LocalRuntime:
 
     def notifications(self) -> list[dict]:
         return read(self.publisher.path)
+
+
+def schedules_of(app: Any) -> dict[str, Callable]:
+    """The app's scheduled functions (what ``chalice package`` turns into schedule rules)."""
+    return {source.name: app.handler_map[source.name] for source in app.event_sources
+            if getattr(source, "schedule_expression", None) is not None}
 
 
 def object_created(key: str, size: int, tag: str) -> dict:

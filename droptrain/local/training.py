@@ -17,6 +17,7 @@ import signal
 import subprocess
 import threading
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -232,6 +233,11 @@ class TrainingJobs:
     def finish(self, name: str, status: str, **changes: Any) -> str:
         """Move the job out of InProgress (once, whoever tries) and announce it."""
         changes.update(TrainingJobStatus=status, TrainingEndTime=now(), LastModifiedTime=now())
+        started = (self.store.get("training-job", name) or {}).get("TrainingStartTime")
+        if started:
+            # What SageMaker bills: the job's running time (locally, this machine's).
+            seconds = max(1, round((datetime.fromisoformat(changes["TrainingEndTime"]) - datetime.fromisoformat(started)).total_seconds()))
+            changes.update(TrainingTimeInSeconds=seconds, BillableTimeInSeconds=seconds)
         if self.store.transition("training-job", name, ("InProgress",), status, **changes):
             record = self.store.get("training-job", name)
             detail = {k: record[k] for k in ("TrainingJobName", "TrainingJobArn", "TrainingJobStatus", "SecondaryStatus",

@@ -343,7 +343,8 @@ def alarms(request):
             AlarmNames=[name])["MetricAlarms"][0]
     from droptrain.local.alarms import LocalAlarms
 
-    local_alarms = LocalAlarms(request.getfixturevalue("local")["store"])
+    local = request.getfixturevalue("local")
+    local_alarms = LocalAlarms(local["store"], local["endpoints"].invocations)
     return local_alarms, local_alarms.get
 
 
@@ -357,3 +358,11 @@ def test_alarms_are_put_and_replaced(alarms):
     changed = {**alarm_requests.alarm_requests(CONFIG, "pets")[1], "Threshold": 1.0}
     port.put_alarm(changed)
     assert read(changed["AlarmName"])["Threshold"] == 1.0
+
+
+def test_an_endpoint_nobody_invoked_has_no_invocations(alarms):
+    from datetime import datetime, timedelta, timezone
+
+    port, _ = alarms
+    now = datetime.now(timezone.utc)
+    assert port.invocations("droptrain-dev-pets", now - timedelta(hours=24), now) == 0

@@ -136,3 +136,17 @@ def test_the_alarms_judgement():
     for _ in range(20):
         seen.record(200, 0.5)
     assert "model latency" in breached(latency, seen)
+
+
+def test_invocations_are_counted_as_cloudwatch_would(stack):
+    """What IDLE_STOP_HOURS reads locally: the endpoint's invocations in a time window."""
+    from datetime import datetime, timedelta, timezone
+
+    _start(stack, "pets-11111111")
+    before = datetime.now(timezone.utc)
+    for _ in range(3):
+        stack["endpoints"].invoke(ENDPOINT, b"x", "image/jpeg", "application/json")
+    after = datetime.now(timezone.utc)
+    assert stack["endpoints"].invocations(ENDPOINT, before, after) == 3
+    assert stack["endpoints"].invocations(ENDPOINT, after + timedelta(seconds=1), after + timedelta(hours=1)) == 0
+    assert stack["endpoints"].invocations("droptrain-dev-other", before, after) == 0

@@ -58,6 +58,9 @@ def test_dataset_to_predictions_with_the_real_training_code(stack, tiny_dataset,
     assert all(m["run_id"] == run for m in messages)
     assert messages[2]["detail"]["training_jobs"]["Completed"] == 2, "two trials ran"
     completed = messages[4]["detail"]
+    forecast = messages[1]["detail"]["forecast"]
+    assert forecast["trials"] == 2 and forecast["images"] > 0 and forecast["prices"]["training"]["source"] == "bundled"
+    assert completed["cost"]["jobs"] == 3 and completed["cost"]["billable_seconds"] > 0, "two trials and the final job"
     assert [v["rule"] for v in completed["rules"]] == ["VanishingGradient", "ExplodingTensor", "Overfit", "Overtraining",
                                                        "PoorWeightInitialization", "LossNotDecreasing"]
     assert completed["report"] == f"s3://droptrain-local/runs/{run}/reports/report.html"
@@ -97,11 +100,14 @@ def test_dataset_to_predictions_with_the_real_training_code(stack, tiny_dataset,
     status, body = call_api(runtime.api_url, "/projects")
     assert [(p["project"], p["endpoint"], p["serving"]) for p in body["projects"]] == [
         ("flowers", "droptrain-local-flowers", flowers), ("pets", "droptrain-local-pets", run)]
+    # The hourly schedule runs the same function as Lambda's (idle stop: off locally unless asked).
+    assert runtime.run_schedules() == {"stop_idle_endpoints": "idle stop is off (IDLE_STOP_HOURS=0)"}
     # `droptrain status` reads the store, beside the running stack.
     assert cli.main(["status", "--home", str(runtime.home)]) == 0
     out = capsys.readouterr().out
     assert f"run {run}: tuning Completed" in out and f"project droptrain-local-pets: endpoint InService, serving {run}" in out
     assert f"▶ v1   {run}" in out and "project droptrain-local-flowers" in out
+    assert "cost: " in out and "billable s over 3 jobs" in out
 
 
 def wait_for_count(runtime: LocalRuntime, event: str, count: int, timeout: float = 300) -> None:

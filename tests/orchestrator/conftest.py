@@ -44,7 +44,7 @@ class Stage:
     def route(self, *operations: str) -> None:
         """Send these SageMaker operations to the Stubber too (for states moto cannot produce)."""
         overrides = {op: self.stub_client for op in (*STUBBED_SAGEMAKER, *operations)}
-        self.services.sagemaker = SageMakerAdapter(Routed(self.sagemaker, overrides))
+        self.services.sagemaker = SageMakerAdapter(Routed(self.sagemaker, overrides, self.stub))
 
     def notifications(self) -> list[dict]:
         """Every message the topic's subscriber has received so far, oldest first."""

@@ -72,13 +72,23 @@ def validate(service: str, operation: str, params: dict[str, Any]) -> None:
 
 
 class Routed:
-    """A boto3 client whose named operations go to another client (a Stubber's), the rest to moto."""
+    """A boto3 client whose named operations go to another client (a Stubber's), the rest to moto.
 
-    def __init__(self, default: Any, overrides: dict[str, Any]):
+    A tuning job's trials (ListTrainingJobsForHyperParameterTuningJob, which moto lacks) are the
+    Stubber's when a test queued them, and none otherwise (as for a tuning job whose trials are gone)."""
+
+    EMPTY_WHEN_NOT_QUEUED = {"list_training_jobs_for_hyper_parameter_tuning_job": {"TrainingJobSummaries": []}}
+
+    def __init__(self, default: Any, overrides: dict[str, Any], stubber: Any = None):
         self._default = default
         self._overrides = overrides
+        self._stubber = stubber
 
     def __getattr__(self, name: str) -> Any:
+        if name in self.EMPTY_WHEN_NOT_QUEUED and self._stubber is not None and name in self._overrides:
+            queue = self._stubber._queue  # botocore's Stubber keeps its expected calls in order here
+            if not queue or queue[0]["operation_name"] != self._stubber.client.meta.method_to_api_mapping[name]:
+                return lambda **kwargs: dict(self.EMPTY_WHEN_NOT_QUEUED[name])
         return getattr(self._overrides.get(name, self._default), name)
 
 

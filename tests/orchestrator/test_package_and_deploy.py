@@ -156,8 +156,10 @@ def test_function_roles_are_least_privilege(packaged):
     assert statements["RollbackAlarms"]["Action"] == "cloudwatch:DescribeAlarms"
     assert statements["CreateRunResourcesTagged"]["Condition"] == {"StringLike": {"aws:RequestTag/droptrain:run-id": "?*"}}
     wildcard_actions = [s for s in expected["Statement"] if s["Resource"] == "*"]
-    # X-Ray and ListModelPackageGroups take no resource ARN (the functions filter the groups to their prefix).
-    assert [s["Sid"] for s in wildcard_actions] == ["ListProjects", "Traces"]
+    # X-Ray, the Price List and ListModelPackageGroups take no resource ARN (the functions filter the
+    # groups to their prefix).
+    assert [s["Sid"] for s in wildcard_actions] == ["ListProjects", "Prices", "EndpointInvocations", "Traces"]
+    assert statements["Prices"]["Action"] == "pricing:GetProducts"
 
 
 CHINA_ENV = {

@@ -1,0 +1,152 @@
+"""What a run will cost before it starts, the budget that bounds it, and what it cost (ARCHITECTURE.md,
+"Dataset audit and cost"). Pure: prices and image counts in, numbers out.
+
+Prices are on-demand USD per instance-hour, from the AWS Price List API where the stage can read it
+(``chalice_app.adapters.pricing``), else the bundled table below: us-east-1 list prices as of
+``BUNDLED_PRICES_AS_OF``, approximate, and said to be so in every forecast that uses them.
+
+Expected time per job comes from the dataset's image count and ``THROUGHPUT``: images per second per
+instance type for the two training modes. Rows measured by ``make bench`` say so; the others are
+estimates, marked as such, and the forecast says which it used.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+BUNDLED_PRICES_AS_OF = "2025-06"
+# (training, hosting) USD per hour, us-east-1 on-demand list prices (approximate; see the module doc).
+BUNDLED_PRICES = {
+    "ml.m5.large": (0.115, 0.115), "ml.m5.xlarge": (0.23, 0.23), "ml.m5.2xlarge": (0.461, 0.461),
+    "ml.m5.4xlarge": (0.922, 0.922), "ml.c5.large": (0.102, 0.102), "ml.c5.xlarge": (0.204, 0.204),
+    "ml.c5.2xlarge": (0.408, 0.408), "ml.c5.4xlarge": (0.816, 0.816), "ml.g4dn.xlarge": (0.736, 0.736),
+    "ml.g4dn.2xlarge": (0.94, 0.94), "ml.g5.xlarge": (1.408, 1.408), "ml.g5.2xlarge": (1.515, 1.515),
+    "ml.p3.2xlarge": (3.825, 3.825),
+}
+# Images per second: (head mode: the frozen backbone's one pass, full mode: training), ResNet-50 at 224 px.
+# "measured": make bench on a 2-core CPU (ResNet-18 rows, scaled by ResNet-50's 2.2x cost per image).
+THROUGHPUT = {
+    "ml.m5.large": ((25.0, 9.0), "measured (2-core CPU, scaled to ResNet-50)"),
+    "ml.c5.large": ((25.0, 9.0), "measured (2-core CPU, scaled to ResNet-50)"),
+    "ml.m5.xlarge": ((50.0, 18.0), "estimate (twice the measured 2-core rate)"),
+    "ml.c5.xlarge": ((50.0, 18.0), "estimate (twice the measured 2-core rate)"),
+    "ml.m5.2xlarge": ((100.0, 36.0), "estimate"), "ml.c5.2xlarge": ((100.0, 36.0), "estimate"),
+    "ml.m5.4xlarge": ((200.0, 70.0), "estimate"), "ml.c5.4xlarge": ((200.0, 70.0), "estimate"),
+    "ml.g4dn.xlarge": ((350.0, 180.0), "estimate (T4, input-bound on 4 vCPUs)"),
+    "ml.g4dn.2xlarge": ((500.0, 200.0), "estimate (T4)"),
+    "ml.g5.xlarge": ((450.0, 260.0), "estimate (A10G, input-bound on 4 vCPUs)"),
+    "ml.g5.2xlarge": ((700.0, 300.0), "estimate (A10G)"),
+    "ml.p3.2xlarge": ((700.0, 380.0), "estimate (V100)"),
+}
+UNKNOWN_THROUGHPUT = ((25.0, 9.0), "estimate (unknown instance type: the slowest row)")
+# Billed seconds every job spends before and after the script: image pull, data download, upload.
+JOB_OVERHEAD_SECONDS = 180
+HOURS_PER_DAY = 24
+
+
+class BudgetError(Exception):
+    """The run cannot fit ``MAX_RUN_COST_USD``; the message has the numbers."""
+
+
+@dataclass(frozen=True)
+class Price:
+    usd_per_hour: float
+    source: str  # "price-list-api" | "bundled"
+    as_of: str
+
+
+def bundled_price(instance_type: str, component: str) -> Price | None:
+    prices = BUNDLED_PRICES.get(instance_type)
+    if prices is None:
+        return None
+    return Price(prices[0] if component == "Training" else prices[1], "bundled", BUNDLED_PRICES_AS_OF)
+
+
+def job_seconds(instance_type: str, images: int, epochs: int, mode: str) -> tuple[float, str]:
+    """Expected billed seconds of one training job, and where its throughput came from."""
+    (head, full), source = THROUGHPUT.get(instance_type, UNKNOWN_THROUGHPUT)
+    work = images / head if mode == "head" else images * max(epochs, 1) / full
+    return JOB_OVERHEAD_SECONDS + work, source
+
+
+def _epochs(config: Any) -> int:
+    return int(config.static_hyperparameters.get("epochs") or config.tuning_ranges["epochs"][1])
+
+
+def _mode(config: Any) -> str:
+    return "full" if config.static_hyperparameters.get("train-mode") == "full" else "head"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How the tuning job is bounded: its trial count and every job's runtime limit."""
+
+    trials: int
+    parallel: int
+    max_runtime_seconds: int
+    bounded_by_budget: bool
+
+
+def plan(config: Any, images: int, training: Price | None, trials: int) -> Plan:
+    """The configured limits (``trials``: what the tuning job would run), tightened so that even every
+    job running to its limit stays within ``MAX_RUN_COST_USD``; ``BudgetError`` when not even one trial
+    and the final job fit (for Grid, which runs its whole grid: when the grid does not fit)."""
+    runtime = config.max_runtime_seconds
+    configured = trials
+    budget = config.max_run_cost_usd
+    if budget is None:
+        return Plan(trials, min(config.max_parallel_jobs, trials), runtime, False)
+    if training is None:
+        raise BudgetError(f"MAX_RUN_COST_USD is set but no price is known for {config.training_instance_type}: "
+                          "unset the budget or use an instance type of the bundled table")
+    expected, _ = job_seconds(config.training_instance_type, images, _epochs(config), _mode(config))
+    # A job may run to twice its expected time before it is stopped; never less than 10 minutes.
+    limit = int(min(runtime, max(600, math.ceil(2 * expected))))
+    per_job = limit / 3600 * training.usd_per_hour
+    fitting = math.floor(budget / per_job) - 1  # the final job is one of them
+    if fitting < 1:
+        raise BudgetError(f"the run needs at least one trial and the final job, each allowed {limit / 60:.0f} min on "
+                          f"{config.training_instance_type} at ${training.usd_per_hour:.3f}/h: ${2 * per_job:.2f} "
+                          f"at most, over MAX_RUN_COST_USD ${budget:.2f}")
+    if config.tuning_strategy == "Grid" and fitting < configured:
+        raise BudgetError(f"Grid search runs all {configured} combinations plus the final job, each allowed {limit / 60:.0f} min "
+                          f"at ${training.usd_per_hour:.3f}/h: ${(configured + 1) * per_job:.2f} at most, over MAX_RUN_COST_USD "
+                          f"${budget:.2f}; raise the budget or use another strategy")
+    trials = min(trials, fitting)
+    return Plan(trials, min(config.max_parallel_jobs, trials), limit, trials < configured or limit < runtime)
+
+
+def forecast(config: Any, images: int, run_plan: Plan, training: Price | None, hosting: Price | None) -> dict[str, Any]:
+    """``tuning.started``'s forecast: the trials, the final job and the endpoint's cost per day."""
+    seconds, throughput = job_seconds(config.training_instance_type, images, _epochs(config), _mode(config))
+    out: dict[str, Any] = {
+        "images": images, "trials": run_plan.trials, "minutes_per_job": round(seconds / 60, 1),
+        "throughput": throughput, "max_runtime_seconds": run_plan.max_runtime_seconds,
+        "budget_usd": config.max_run_cost_usd, "bounded_by_budget": run_plan.bounded_by_budget,
+    }
+    if training is not None:
+        per_job = seconds / 3600 * training.usd_per_hour
+        out.update({"training_usd_per_hour": training.usd_per_hour, "tuning_usd": round(run_plan.trials * per_job, 2),
+                    "final_usd": round(per_job, 2), "run_usd": round((run_plan.trials + 1) * per_job, 2),
+                    "worst_case_usd": round((run_plan.trials + 1) * run_plan.max_runtime_seconds / 3600 * training.usd_per_hour, 2)})
+    if config.serverless:
+        out["endpoint_usd_per_day"] = None  # billed per request and memory-second: nothing while idle
+    elif hosting is not None:
+        out["endpoint_usd_per_day"] = round(hosting.usd_per_hour * HOURS_PER_DAY * config.inference_instance_count, 2)
+    out["prices"] = {"training": _source(training), "hosting": _source(hosting)}
+    return out
+
+
+def _source(price: Price | None) -> dict[str, Any] | None:
+    return None if price is None else {"source": price.source, "as_of": price.as_of, "usd_per_hour": price.usd_per_hour}
+
+
+def actual(billable_seconds: Mapping[str, float], training: Price | None) -> dict[str, Any]:
+    """What the run cost: every job's billable seconds (spot savings included) at the training price."""
+    total = sum(billable_seconds.values())
+    out: dict[str, Any] = {"billable_seconds": round(total, 1), "jobs": len(billable_seconds)}
+    if training is not None:
+        out.update({"usd": round(total / 3600 * training.usd_per_hour, 4), "price": _source(training)})
+    return out
