@@ -15,8 +15,8 @@ from chalice import Chalice, Rate, Response
 
 from chalice_app import config, console, handlers, observability, patterns, pipeline
 from chalice_app.pipeline.idle import ScheduledTick
-from chalice_app.events import (EndpointStateChange, ModelPackageStateChange, ObjectCreated, TrainingJobStateChange,
-                                TuningJobStateChange)
+from chalice_app.events import (EndpointStateChange, ModelPackageStateChange, ObjectCreated, ProcessingJobStateChange,
+                                TrainingJobStateChange, TuningJobStateChange)
 
 
 def _json(status: int, body: dict) -> Response:
@@ -65,6 +65,10 @@ def _event_handlers(app: Chalice, env: Mapping[str, str]) -> None:
     @app.on_cw_event(patterns.dataset_uploaded(env), name="on_dataset_uploaded")
     def on_dataset_uploaded(event):
         return handlers.handle_event(pipeline.dataset_uploaded, ObjectCreated.parse, event.to_dict())
+
+    @app.on_cw_event(patterns.processing_job_state_change(env), name="on_processing_job_state_change")
+    def on_processing_job_state_change(event):
+        return handlers.handle_event(pipeline.audit_changed, ProcessingJobStateChange.parse, event.to_dict())
 
     @app.on_cw_event(patterns.tuning_job_state_change(env), name="on_tuning_job_state_change")
     def on_tuning_job_state_change(event):

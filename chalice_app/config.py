@@ -84,6 +84,11 @@ class Config:
     rollback_latency_ms: int = 5000
     max_run_cost_usd: float | None = None
     idle_stop_hours: int = 0  # 0: endpoints are never stopped for idleness
+    audit: bool = True
+    audit_fix: bool = False
+    audit_instance_type: str = "ml.m5.xlarge"
+    audit_min_train_images: int = 5
+    audit_max_leaked_test_share: float = 0.01
 
     @property
     def serverless(self) -> bool:
@@ -289,5 +294,10 @@ def load(env: Mapping[str, str]) -> Config:
         rollout_bake_seconds=_int(env, "ROLLOUT_BAKE_SECONDS", 600, 0, 3600),
         rollback_latency_ms=_int(env, "ROLLBACK_LATENCY_MS", 5000, 10, 600_000),
         idle_stop_hours=_int(env, "IDLE_STOP_HOURS", 0, 0, 24 * 30),
+        audit=_bool(env, "AUDIT", True),
+        audit_fix=_bool(env, "AUDIT_FIX", False),
+        audit_instance_type=_choice(env, "AUDIT_INSTANCE_TYPE", "ml.m5.xlarge", _INSTANCE, what="e.g. ml.m5.xlarge"),
+        audit_min_train_images=_int(env, "AUDIT_MIN_TRAIN_IMAGES", 5, 1, 100_000),
+        audit_max_leaked_test_share=_float(env, "AUDIT_MAX_LEAKED_TEST_SHARE", 0.01, 0.0, 1.0),
         max_run_cost_usd=_float(env, "MAX_RUN_COST_USD", 0.0, 0.01, 1_000_000.0) if env.get("MAX_RUN_COST_USD", "").strip() else None,
     )

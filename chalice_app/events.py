@@ -138,3 +138,19 @@ class ModelPackageStateChange:
             metadata={str(k): str(v) for k, v in metadata.items()},
             event_id=str(event.get("id") or ""),
         )
+
+
+@dataclass(frozen=True)
+class ProcessingJobStateChange:
+    name: str
+    status: str
+    failure_reason: str | None = None
+
+    @classmethod
+    def parse(cls, event: Mapping[str, Any]) -> "ProcessingJobStateChange":
+        _get(event, "detail", kind=Mapping)
+        return cls(
+            name=_get(event, "detail", "ProcessingJobName"),
+            status=_get(event, "detail", "ProcessingJobStatus"),
+            failure_reason=_get(event, "detail", "FailureReason", required=False),
+        )

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 SLUG_MAX = 19
 _NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
 MAX_LENGTH = {"tuning job": 32, "training job": 63, "model": 63, "endpoint config": 63, "endpoint": 63,
-              "model package group": 63}
+              "model package group": 63, "processing job": 63}
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
 READY_MARKER = "_READY"
 
@@ -123,6 +123,13 @@ FINAL_JOB_SUFFIX = "-final"
 
 def final_job_name(run: str) -> str:
     return check(f"{run}{FINAL_JOB_SUFFIX}", "training job")
+
+
+AUDIT_JOB_SUFFIX = "-audit"
+
+
+def audit_job_name(run: str) -> str:
+    return check(f"{run}{AUDIT_JOB_SUFFIX}", "processing job")
 
 
 def run_of_final_job(job_name: str) -> str:

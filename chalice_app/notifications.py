@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping
 from chalice_app.ports import ObjectStore, Publisher
 
 EVENTS = (
-    "dataset.accepted", "dataset.rejected", "tuning.started", "tuning.completed", "tuning.failed",
+    "dataset.accepted", "dataset.audited", "dataset.rejected", "tuning.started", "tuning.completed", "tuning.failed",
     "training.started", "training.completed", "training.failed", "model.registered", "model.approved", "model.held",
     "deployment.started",
     "deployment.completed", "deployment.failed", "deployment.stopped", "pipeline.failed",

@@ -21,6 +21,15 @@ def dataset_uploaded(env: Mapping[str, str]) -> dict[str, Any]:
     return {"source": ["aws.s3"], "detail-type": ["Object Created"], "detail": detail}
 
 
+def processing_job_state_change(env: Mapping[str, str]) -> dict[str, Any]:
+    # The dataset audits' ends (<run-id>-audit); the handler checks the job's tags.
+    return {
+        "source": ["aws.sagemaker"],
+        "detail-type": ["SageMaker Processing Job State Change"],
+        "detail": {"ProcessingJobStatus": ["Completed", "Failed", "Stopped"], "ProcessingJobName": [{"suffix": "-audit"}]},
+    }
+
+
 def tuning_job_state_change(env: Mapping[str, str]) -> dict[str, Any]:
     return {
         "source": ["aws.sagemaker"],

@@ -167,10 +167,20 @@ def _training_core(config: Config, dataset_uri: str, output_path: str, checkpoin
     return core
 
 
-def tuning_job_request(config: Config, run: str, dataset: names.DatasetRef, plan: Any = None) -> dict[str, Any]:
-    """With a ``chalice_app.cost.Plan``, its trial count and runtime limit (a run's budget) replace the configured ones."""
+def audit_channel(audit_uri: str) -> dict[str, Any]:
+    """The audit's report as the ``audit`` channel: train.py drops its cross-split duplicates (AUDIT_FIX)."""
+    return {"ChannelName": "audit", "DataSource": {"S3DataSource": {
+        "S3DataType": "S3Prefix", "S3Uri": audit_uri, "S3DataDistributionType": "FullyReplicated"}}}
+
+
+def tuning_job_request(config: Config, run: str, dataset: names.DatasetRef, plan: Any = None,
+                       audit_uri: str | None = None) -> dict[str, Any]:
+    """With a ``chalice_app.cost.Plan``, its trial count and runtime limit (a run's budget) replace the
+    configured ones; with ``audit_uri``, the trials drop the audit's cross-split duplicates."""
     core = _training_core(config, dataset.uri, _s3(config, run, "tuning"), _s3(config, run, "checkpoints", "tuning"),
                           plan.max_runtime_seconds if plan else None)
+    if audit_uri:
+        core["InputDataConfig"].append(audit_channel(audit_uri))
     job_config = _strategy_config(config)
     if plan is not None and "MaxNumberOfTrainingJobs" in job_config["ResourceLimits"]:
         job_config["ResourceLimits"] = {"MaxNumberOfTrainingJobs": plan.trials, "MaxParallelTrainingJobs": plan.parallel}
@@ -190,6 +200,7 @@ def final_training_request(
     tuned: Mapping[str, str],
     baseline_model_data: str | None = None,
     max_runtime: int | None = None,
+    audit_uri: str | None = None,
 ) -> dict[str, Any]:
     """The best trial's hyperparameters on top of the tuning job's static ones, with debugging. With
     the project's serving ``model.tar.gz`` as the ``baseline`` channel, train.py evaluates that model
@@ -206,6 +217,8 @@ def final_training_request(
         **_training_core(config, dataset_uri, _s3(config, run, "final"), _s3(config, run, "checkpoints", "final"), max_runtime),
         "Tags": names.tags(run, dataset_uri, "final"),
     }
+    if audit_uri:
+        request["InputDataConfig"].append(audit_channel(audit_uri))
     if baseline_model_data:
         request["InputDataConfig"].append({
             "ChannelName": "baseline",
@@ -298,3 +311,39 @@ def update_endpoint_request(config: Config, project: str, run: str) -> dict[str,
         "AutoRollbackConfiguration": {"Alarms": [{"AlarmName": a} for a in alarm_requests.rollback_alarm_names(config, project)]},
     }
     return request
+
+
+# -- the dataset audit (a Processing job in the training image) -------------------------------------
+
+PROCESSING = "/opt/ml/processing"
+# The source dir is one tar.gz (what the training toolkit unpacks for training jobs): the audit
+# unpacks it itself, then runs training/audit.py from it. "$@" are the ContainerArguments.
+AUDIT_ENTRYPOINT = ["/bin/sh", "-c", f"mkdir -p {PROCESSING}/code && tar -xzf {PROCESSING}/input/code/*.tar.gz -C {PROCESSING}/code "
+                    f"&& cd {PROCESSING}/code && exec python3 audit.py \"$@\"", "audit"]
+
+
+def audit_job_request(config: Config, run: str, dataset_uri: str) -> dict[str, Any]:
+    """``<run-id>-audit``: training/audit.py over the dataset, writing audit.json and audit.html to the
+    run's reports (where the next step reads them)."""
+    return {
+        "ProcessingJobName": names.audit_job_name(run),
+        "RoleArn": config.sagemaker_role_arn,
+        "AppSpecification": {
+            "ImageUri": config.training_image_uri, "ContainerEntrypoint": AUDIT_ENTRYPOINT,
+            "ContainerArguments": ["--data-dir", f"{PROCESSING}/input/data", "--out-dir", f"{PROCESSING}/output",
+                                   "--min-train-images", str(config.audit_min_train_images),
+                                   "--max-leaked-test-share", f"{config.audit_max_leaked_test_share:g}"],
+        },
+        "ProcessingInputs": [
+            {"InputName": "data", "S3Input": {"S3Uri": dataset_uri, "LocalPath": f"{PROCESSING}/input/data",
+                                              "S3DataType": "S3Prefix", "S3InputMode": "File"}},
+            {"InputName": "code", "S3Input": {"S3Uri": config.source_dir_s3_uri, "LocalPath": f"{PROCESSING}/input/code",
+                                              "S3DataType": "S3Prefix", "S3InputMode": "File"}},
+        ],
+        "ProcessingOutputConfig": {"Outputs": [{"OutputName": "reports", "S3Output": {
+            "S3Uri": reports_uri(config, run), "LocalPath": f"{PROCESSING}/output", "S3UploadMode": "EndOfJob"}}]},
+        "ProcessingResources": {"ClusterConfig": {"InstanceCount": 1, "InstanceType": config.audit_instance_type,
+                                                  "VolumeSizeInGB": config.volume_size_gb}},
+        "StoppingCondition": {"MaxRuntimeInSeconds": min(config.max_runtime_seconds, 6 * 3600)},
+        "Tags": names.tags(run, dataset_uri, "audit"),
+    }

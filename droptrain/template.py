@@ -20,7 +20,7 @@ from droptrain.policies import arn_parts, failed_events_queue, lambda_policy, sa
 ROOT = Path(__file__).resolve().parent.parent
 CHALICE_DIR = ROOT / ".chalice"
 LAMBDA_RUNTIME = "python3.12"
-HANDLER_FUNCTIONS = ("OnDatasetUploaded", "OnTuningJobStateChange", "OnTrainingJobStateChange", "OnEndpointStateChange",
+HANDLER_FUNCTIONS = ("OnDatasetUploaded", "OnProcessingJobStateChange", "OnTuningJobStateChange", "OnTrainingJobStateChange", "OnEndpointStateChange",
                      "OnModelPackageStateChange", "StopIdleEndpoints", "APIHandler")
 EVENT_FUNCTIONS = HANDLER_FUNCTIONS[:-1]
 # Events the event handlers still fail on after Lambda's retries are kept here (14 days).

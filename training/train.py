@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import math
 import sys
@@ -37,7 +38,7 @@ from trainlib import artifact, checkpoints, profiling
 from trainlib.arguments import get_args_parser, hyperparameters, parse_args  # noqa: F401 - train.parse_args is the CLI's
 from trainlib.baseline import baseline_line, evaluate_baseline
 from trainlib.batches import Data, make_batches, pick_device, pick_workers
-from trainlib.datasets import Splits, discover, resolve_dataset_root
+from trainlib.datasets import Splits, discover, drop_held_out, resolve_dataset_root
 from trainlib.debugging import create_hook
 from trainlib.errors import DatasetError, DivergedError, TrainingError, write_failure
 from trainlib.evaluation import classification_report
@@ -52,6 +53,9 @@ def load_data(args: argparse.Namespace, work_dir: Path) -> Splits:
     """Find the dataset in the channel (extracting an archive into ``work_dir``) and split it."""
     root = resolve_dataset_root(args.data_dir, work_dir, max_bytes=args.max_extract_bytes)
     splits = discover(root, seed=args.seed, valid_fraction=args.valid_fraction, test_fraction=args.test_fraction)
+    if args.audit_dir is not None:  # AUDIT_FIX: the audit's cross-split duplicates leave valid/test
+        leaked = set(json.loads((args.audit_dir / "audit.json").read_text()).get("leaked", []))
+        print(f"audit: {drop_held_out(splits, root, leaked)} held-out images dropped as duplicates of other splits", flush=True)
     print(splits.summary(), flush=True)
     return splits
 

@@ -62,6 +62,12 @@ class SageMakerAdapter:
     def create_training_job(self, request: Mapping[str, Any]) -> bool:
         return self._create("create_training_job", f"creating training job {request['TrainingJobName']}", request)
 
+    def create_processing_job(self, request: Mapping[str, Any]) -> bool:
+        return self._create("create_processing_job", f"creating processing job {request['ProcessingJobName']}", request)
+
+    def describe_processing_job(self, name: str) -> dict[str, Any]:
+        return self._call("describe_processing_job", f"describing processing job {name}", ProcessingJobName=name)
+
     def describe_training_job(self, name: str) -> dict[str, Any]:
         return self._call("describe_training_job", f"describing training job {name}", TrainingJobName=name)
 

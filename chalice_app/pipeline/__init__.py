@@ -4,13 +4,13 @@ Each step takes the services and a typed event and returns a short outcome for t
 step is safe to run twice: resource names are derived from the run, "already exists" is success,
 and notifications are sent once per run and kind (``notifications.Notifier``).
 
-``datasets`` (an upload: validation, the tuning job), ``tuning`` (the tuning job's end, a trial's
+``datasets`` (an upload: validation, the audit job, the tuning job), ``tuning`` (the tuning job's end, a trial's
 failure), ``training`` (the final job's end), ``versions`` (a project's model versions: registration, the
 gate, approval and rollback), ``deployment`` (a project's endpoint, its state changes), ``idle``
 (endpoints nobody uses: stopped, and started again on demand).
 """
 
-from chalice_app.pipeline.datasets import dataset_uploaded
+from chalice_app.pipeline.datasets import audit_changed, dataset_uploaded
 from chalice_app.pipeline.deployment import deploy, endpoint_changed
 from chalice_app.pipeline.services import Services, rule_verdicts
 from chalice_app.pipeline.training import training_changed
@@ -18,5 +18,5 @@ from chalice_app.pipeline.tuning import trial_changed, trial_failures, tuning_ch
 from chalice_app.pipeline.versions import package_changed
 from chalice_app.pipeline.idle import stop_idle
 
-__all__ = ["Services", "dataset_uploaded", "deploy", "endpoint_changed", "package_changed", "stop_idle", "rule_verdicts", "training_changed",
+__all__ = ["Services", "audit_changed", "dataset_uploaded", "deploy", "endpoint_changed", "package_changed", "stop_idle", "rule_verdicts", "training_changed",
            "trial_changed", "trial_failures", "tuning_changed"]

@@ -1,11 +1,11 @@
-"""A dataset arrived: check it, then start its tuning job."""
+"""A dataset arrived: check it cheaply, audit it (a Processing job), then start its tuning job."""
 
 from __future__ import annotations
 
 from chalice_app import cost, names, sagemaker_requests as requests, validation
-from chalice_app.events import ObjectCreated
+from chalice_app.events import ObjectCreated, ProcessingJobStateChange
 from chalice_app.notifications import Notification
-from chalice_app.pipeline.services import Services
+from chalice_app.pipeline.services import TERMINAL, Services, read_json
 
 
 def dataset_uploaded(svc: Services, event: ObjectCreated) -> str:
@@ -24,15 +24,13 @@ def dataset_uploaded(svc: Services, event: ObjectCreated) -> str:
     else:
         report = validation.check_archive(svc.s3, dataset, event.size or svc.s3.head(dataset.bucket, dataset.key)["size"],
                                           svc.config.volume_size_gb)
-    request = forecast = None
+    request = forecast = audit = None
     if report.ok:
         # Built before anything is announced: a name or tag SageMaker would refuse, or a budget the
         # run cannot fit, rejects the dataset.
-        training, hosting = _prices(svc)
         try:
-            run_plan = cost.plan(config, report.images, training, requests.configured_trials(config))
-            forecast = cost.forecast(config, report.images, run_plan, training, hosting)
-            request = requests.tuning_job_request(config, run, dataset, run_plan)
+            request, forecast = _tuning_request(svc, run, dataset, report.images)
+            audit = requests.audit_job_request(config, run, dataset.uri) if config.audit else None
         except (names.InvalidNameError, cost.BudgetError) as exc:
             report.reasons.append(str(exc))
     if not report.ok:
@@ -44,14 +42,30 @@ def dataset_uploaded(svc: Services, event: ObjectCreated) -> str:
     classes = f"{len(report.classes)} classes" if report.classes else "archive"
     svc.notifier.send(Notification(
         "dataset.accepted", run, dataset.uri, "Accepted", f"{dataset.name} accepted ({classes}), run {run}",
-        detail=report.detail(),
+        detail={**report.detail(), "audit": audit["ProcessingJobName"] if audit else None},
     ))
+    if audit is not None:
+        # The audit decodes every image: its end (audit_changed) starts the tuning job, or rejects the run.
+        return "audit job created" if svc.sagemaker.create_processing_job(audit) else "audit job already existed"
+    return _start_tuning(svc, run, dataset.uri, request, forecast)
+
+
+def _tuning_request(svc: Services, run: str, dataset: names.DatasetRef, images: int,
+                    audit_uri: str | None = None) -> tuple[dict, dict]:
+    training, hosting = _prices(svc)
+    run_plan = cost.plan(svc.config, images, training, requests.configured_trials(svc.config))
+    forecast = cost.forecast(svc.config, images, run_plan, training, hosting)
+    return requests.tuning_job_request(svc.config, run, dataset, run_plan, audit_uri), forecast
+
+
+def _start_tuning(svc: Services, run: str, dataset_uri: str, request: dict, forecast: dict) -> str:
+    config = svc.config
     created = svc.sagemaker.create_tuning_job(request)
     job_config = request["HyperParameterTuningJobConfig"]
     trials = job_config["ResourceLimits"].get("MaxNumberOfTrainingJobs") or forecast["trials"]
     price = f", about ${forecast['run_usd']:.2f}" if forecast.get("run_usd") is not None else ""
     svc.notifier.send(Notification(
-        "tuning.started", run, dataset.uri, "InProgress",
+        "tuning.started", run, dataset_uri, "InProgress",
         f"tuning {run}: {config.tuning_strategy}, up to {trials} trials{price}", job=run,
         detail={
             "strategy": config.tuning_strategy,
@@ -65,6 +79,77 @@ def dataset_uploaded(svc: Services, event: ObjectCreated) -> str:
         },
     ))
     return "tuning job created" if created else "tuning job already existed"
+
+
+def audit_changed(svc: Services, event: ProcessingJobStateChange) -> str:
+    """The audit job ended: blocking findings reject the run, the rest travel in ``dataset.audited``,
+    and the tuning job starts."""
+    if not event.name.endswith(names.AUDIT_JOB_SUFFIX):
+        return f"ignored: {event.name} is not a droptrain audit job"
+    if event.status not in TERMINAL:
+        return f"ignored: audit status {event.status}"
+    description = svc.sagemaker.describe_processing_job(event.name)
+    tags = svc.sagemaker.list_tags(description["ProcessingJobArn"])
+    if tags.get(names.TAG_ROLE) != "audit" or names.TAG_RUN_ID not in tags:
+        return f"ignored: {event.name} is not a droptrain audit job"
+    run, dataset_uri = tags[names.TAG_RUN_ID], names.dataset_of_tags(tags)
+    reports = requests.reports_uri(svc.config, run)
+    audit = read_json(svc, f"runs/{run}/reports/audit.json") if event.status == "Completed" else None
+    if not isinstance(audit, dict):
+        reason = description.get("FailureReason") or event.failure_reason or "the audit job wrote no audit.json"
+        return _reject(svc, run, dataset_uri, [f"the dataset audit failed: {reason}"], {"audit_job": event.name})
+    evidence = {"audit": reports + "audit.json", "page": reports + "audit.html", "counts": audit.get("counts"),
+                "leaked": audit.get("leaked", [])[:100], "duplicate_summary": audit.get("duplicate_summary")}
+    blocking = list(audit.get("blocking") or [])
+    fixed = svc.config.audit_fix and bool(audit.get("leaked"))
+    if fixed:  # AUDIT_FIX: leakage is mended (the held-out copies dropped), not a reason to stop
+        blocking = [b for b, kind in zip(blocking, audit.get("blocking_kinds") or []) if kind != "leakage"]
+    if blocking:
+        return _reject(svc, run, dataset_uri, blocking, evidence)
+    warnings = _warnings(audit)
+    if fixed:
+        warnings.insert(0, f"AUDIT_FIX: {len(audit['leaked'])} held-out image(s) duplicating other splits are dropped from valid/test")
+    svc.notifier.send(Notification(
+        "dataset.audited", run, dataset_uri, "Audited",
+        f"{run} audited: {len(warnings)} warning(s)" + (f"; {warnings[0]}" if warnings else ""), job=event.name,
+        detail={**evidence, "warnings": warnings, "images": audit.get("images"), "imbalance_ratio": audit.get("imbalance_ratio")},
+    ))
+    dataset = _dataset_ref(dataset_uri or description["ProcessingInputs"][0]["S3Input"]["S3Uri"])
+    try:
+        request, forecast = _tuning_request(svc, run, dataset, int(audit.get("images") or 0),
+                                            reports + "audit.json" if fixed else None)
+    except cost.BudgetError as exc:
+        return _reject(svc, run, dataset.uri, [str(exc)], evidence)
+    return _start_tuning(svc, run, dataset.uri, request, forecast)
+
+
+def _warnings(audit: dict) -> list[str]:
+    out = []
+    summary = audit.get("duplicate_summary") or {}
+    out += [f"{n} {kind} duplicate pair(s)" for kind, n in sorted(summary.items())]
+    for key, words in (("unreadable", "unreadable file(s)"), ("not_rgb", "image(s) not in RGB"),
+                       ("tiny_images", "tiny image(s)"), ("extreme_aspect", "image(s) of extreme aspect ratio"),
+                       ("hidden_folders", "hidden folder(s) ignored"), ("class_name_twins", "class names differing only in case or spaces")):
+        if audit.get(key):
+            out.append(f"{len(audit[key])} {words}")
+    ratio = audit.get("imbalance_ratio")
+    if ratio and ratio > 10:
+        out.append(f"classes imbalanced {ratio}:1")
+    return out
+
+
+def _reject(svc: Services, run: str, dataset_uri: str | None, reasons: list[str], detail: dict) -> str:
+    svc.notifier.send(Notification(
+        "dataset.rejected", run, dataset_uri, "Rejected", f"{run} rejected: {reasons[0]}",
+        detail={"reasons": reasons, "checked": "audit", **detail},
+    ))
+    return f"rejected: {'; '.join(reasons)}"
+
+
+def _dataset_ref(uri: str) -> names.DatasetRef:
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    name = prefix.rstrip("/").rsplit("/", 1)[-1]
+    return names.DatasetRef(bucket, prefix, name, "folder" if prefix.endswith("/") else "archive", prefix)
 
 
 def _prices(svc: Services) -> tuple[cost.Price | None, cost.Price | None]:

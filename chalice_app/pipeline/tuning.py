@@ -50,7 +50,10 @@ def tuning_changed(svc: Services, event: TuningJobStateChange) -> str:
     baseline = serving_model_data(svc, names.project_of_run(run), run)
     # The final job gets the trials' runtime limit: a run's budget bounded them both.
     limit = description["TrainingJobDefinition"].get("StoppingCondition", {}).get("MaxRuntimeInSeconds")
-    request = requests.final_training_request(svc.config, run, dataset_uri, static, tuned, baseline, limit)
+    # The trials' audit channel (AUDIT_FIX), if they had one: the final job drops the same images.
+    audit = next((c["DataSource"]["S3DataSource"]["S3Uri"] for c in description["TrainingJobDefinition"].get("InputDataConfig", [])
+                  if c.get("ChannelName") == "audit"), None)
+    request = requests.final_training_request(svc.config, run, dataset_uri, static, tuned, baseline, limit, audit)
     created = svc.sagemaker.create_training_job(request)
     svc.notifier.send(Notification(
         "training.started", run, dataset_uri, "InProgress", f"final training {request['TrainingJobName']} started",

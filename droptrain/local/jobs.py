@@ -121,7 +121,7 @@ def write_config(paths: JobPaths, hyperparameters: Mapping[str, str], channels: 
         folder.mkdir(parents=True, exist_ok=True)
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
+def link_or_copy(source: Path, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists():
         return
@@ -135,11 +135,11 @@ def stage_channel(paths: JobPaths, name: str, source: Path) -> Path:
     """``input/data/<name>/`` with the channel's files (one archive, or a folder's tree)."""
     target = paths.input_data / name
     if source.is_file():
-        _link_or_copy(source, target / source.name)
+        link_or_copy(source, target / source.name)
     elif source.is_dir():
         for path in sorted(source.rglob("*")):
             if path.is_file() and not path.is_symlink():
-                _link_or_copy(path, target / path.relative_to(source))
+                link_or_copy(path, target / path.relative_to(source))
     else:
         raise JobSetupError(f"no data at {source}")
     target.mkdir(parents=True, exist_ok=True)

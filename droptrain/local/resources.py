@@ -20,7 +20,7 @@ ACCOUNT, REGION = "000000000000", "local"
 # Stored kinds by the resource type in an ARN.
 _KINDS = {"hyper-parameter-tuning-job": "tuning-job", "training-job": "training-job", "model": "model",
           "endpoint-config": "endpoint-config", "endpoint": "endpoint", "model-package": "model-package",
-          "model-package-group": "model-package-group"}
+          "model-package-group": "model-package-group", "processing-job": "processing-job"}
 
 
 def now() -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from droptrain.local.bucket import LocalBucket
+from droptrain.local.processing import ProcessingJobs
 from droptrain.local.registry import LocalRegistry
 from droptrain.local.resources import StoredResources, request_tags
 from droptrain.local.store import Store
@@ -39,6 +40,7 @@ class LocalSageMaker:
         self.tuner = Tuner(store, self.training, emit, self._spawn, self._stopping)
         self.resources = StoredResources(store)
         self.registry = LocalRegistry(store, emit)
+        self.processing = ProcessingJobs(store, bucket, jobs_root, emit, self._stopping)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -51,12 +53,15 @@ class LocalSageMaker:
         for name, status, record in self.store.records("training-job"):
             if status == "InProgress" and not record.get("TuningJobName"):
                 self._spawn(self.training.run, name)
+        for name in self.store.names("processing-job", "InProgress"):
+            self._spawn(self.processing.run, name)
 
     def stop(self, timeout: float = 30) -> None:
         """End running jobs (their process groups) and wait for the threads; the store keeps them
         in progress, so the next start resumes them."""
         self._stopping.set()
         self.training.kill_all()
+        self.processing.kill_all()
         deadline = time.time() + timeout
         for thread in list(self._threads):
             thread.join(max(0.1, deadline - time.time()))
@@ -77,6 +82,15 @@ class LocalSageMaker:
 
     def describe_training_job(self, name: str) -> dict[str, Any]:
         return self.training.describe(name)
+
+    def create_processing_job(self, request: Mapping[str, Any]) -> bool:
+        if not self.processing.create(request):
+            return False
+        self._spawn(self.processing.run, request["ProcessingJobName"])
+        return True
+
+    def describe_processing_job(self, name: str) -> dict[str, Any]:
+        return self.processing.describe(name)
 
     def create_tuning_job(self, request: Mapping[str, Any]) -> bool:
         if not self.tuner.create(request):

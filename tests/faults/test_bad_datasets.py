@@ -134,7 +134,8 @@ def test_a_dataset_every_trial_fails_on_stops_the_tuning_job_with_its_reason(tmp
         (data / "train" / cls).mkdir(parents=True)
         for i in range(3):  # names and sizes pass validation; not one of them decodes
             (data / "train" / cls / f"{i}.jpg").write_bytes(b"\xff\xd8\xff" + b"not a jpeg at all" * 20)
-    env = {"MAX_TUNING_JOBS": "4", "MAX_PARALLEL_JOBS": "1"}
+    # The audit would reject this dataset first (tests/training/test_audit.py): here, the trials meet it.
+    env = {"MAX_TUNING_JOBS": "4", "MAX_PARALLEL_JOBS": "1", "AUDIT": "false"}
     runtime = LocalRuntime(tmp_path / "home", env=env, say=lambda m: None, serving=ray_serve)
     runtime.start(serve_api=False)
     try:

@@ -218,7 +218,7 @@ class NoServing:  # this stack is killed long before it would serve a model
     def stop(self): pass
 
 home, source, data = map(Path, sys.argv[1:4])
-runtime = LocalRuntime(home, env={"MAX_TUNING_JOBS": "3", "MAX_PARALLEL_JOBS": "1", "TUNING_RANGES": '{"lr": [0.001, 0.02], "epochs": [3, 4]}'},
+runtime = LocalRuntime(home, env={"MAX_TUNING_JOBS": "3", "MAX_PARALLEL_JOBS": "1", "TUNING_RANGES": '{"lr": [0.001, 0.02], "epochs": [3, 4]}', "AUDIT": "false"},
                        say=lambda m: None, source_dir=source, serving=NoServing())
 runtime.start(serve_api=False)
 runtime.upload(data, "pets")
@@ -248,7 +248,7 @@ def test_kill_9_mid_tuning_then_a_restart_resumes_the_study_exactly(tmp_path, ti
 
     for key, value in {"FAKE_LOG": str(log), "FAKE_EPOCH_SECONDS": "0.05", "FAKE_MODEL_SOURCE": str(trained_job["paths"].model)}.items():
         monkeypatch.setenv(key, value)
-    env_vars = {"MAX_TUNING_JOBS": "3", "MAX_PARALLEL_JOBS": "1", "TUNING_RANGES": '{"lr": [0.001, 0.02], "epochs": [3, 4]}'}
+    env_vars = {"MAX_TUNING_JOBS": "3", "MAX_PARALLEL_JOBS": "1", "TUNING_RANGES": '{"lr": [0.001, 0.02], "epochs": [3, 4]}', "AUDIT": "false"}
     restarted = LocalRuntime(home, env=env_vars, say=lambda m: None, source_dir=FAKE_SOURCE, serving=ray_serve)
     restarted.start(serve_api=False)
     try:

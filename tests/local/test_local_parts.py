@@ -41,8 +41,8 @@ def test_routes_are_the_apps_rules(monkeypatch):
     import app
     app = importlib.reload(app)
     routes = {r.name: r for r in routes_of(app.app)}
-    assert set(routes) == {"on_dataset_uploaded", "on_tuning_job_state_change", "on_training_job_state_change", "on_endpoint_state_change",
-                           "on_model_package_state_change"}
+    assert set(routes) == {"on_dataset_uploaded", "on_processing_job_state_change", "on_tuning_job_state_change",
+                           "on_training_job_state_change", "on_endpoint_state_change", "on_model_package_state_change"}
     samples = {"s3-object-created.json": "on_dataset_uploaded", "tuning-job-completed.json": "on_tuning_job_state_change",
                "training-job-completed.json": "on_training_job_state_change", "endpoint-in-service.json": "on_endpoint_state_change",
                "training-job-tuning-child.json": None, "model-package-approved.json": "on_model_package_state_change"}

@@ -17,7 +17,7 @@ from droptrain.demo import call_api, post_image
 from droptrain.local.runtime import LocalRuntime
 
 FAKE_SOURCE = Path(__file__).resolve().parent / "fake_source"
-CHAIN = ["dataset.accepted", "tuning.started", "tuning.completed", "training.started",
+CHAIN = ["dataset.accepted", "dataset.audited", "tuning.started", "tuning.completed", "training.started",
          "training.completed", "model.registered", "model.approved", "deployment.started", "deployment.completed"]
 
 
@@ -56,9 +56,13 @@ def test_dataset_to_predictions_with_the_real_training_code(stack, tiny_dataset,
     messages = [n["message"] for n in runtime.notifications()]
     run = messages[0]["run_id"]
     assert all(m["run_id"] == run for m in messages)
-    assert messages[2]["detail"]["training_jobs"]["Completed"] == 2, "two trials ran"
-    completed = messages[4]["detail"]
-    forecast = messages[1]["detail"]["forecast"]
+    by_event = {m["event"]: m["detail"] for m in messages}
+    assert by_event["tuning.completed"]["training_jobs"]["Completed"] == 2, "two trials ran"
+    completed = by_event["training.completed"]
+    forecast = by_event["tuning.started"]["forecast"]
+    audited = by_event["dataset.audited"]
+    assert audited["page"] == f"s3://droptrain-local/runs/{run}/reports/audit.html"
+    assert runtime.bucket.path_of_uri(audited["audit"]).is_file(), "the audit job's report, where the pipeline reads it"
     assert forecast["trials"] == 2 and forecast["images"] > 0 and forecast["prices"]["training"]["source"] == "bundled"
     assert completed["cost"]["jobs"] == 3 and completed["cost"]["billable_seconds"] > 0, "two trials and the final job"
     assert [v["rule"] for v in completed["rules"]] == ["VanishingGradient", "ExplodingTensor", "Overfit", "Overtraining",
@@ -83,7 +87,7 @@ def test_dataset_to_predictions_with_the_real_training_code(stack, tiny_dataset,
         state = json.loads(response.read())["projects"]["pets"]
     assert state["endpoint"]["status"] == "InService" and state["model"]["run_id"] == run
     assert state["model"]["test_accuracy"] is not None
-    registered = messages[5]["detail"]
+    registered = by_event["model.registered"]
     assert registered["model_package_group"] == "droptrain-local-pets" and registered["version"] == 1
     assert "macro_f1" in registered["metrics"], "the job's evaluation.json reached the registry"
 
@@ -268,7 +272,8 @@ def test_restart_mid_tuning_finishes_the_run_once(tiny_dataset, trained_job, tmp
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Webhook)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     webhook = f"http://127.0.0.1:{server.server_address[1]}/hook"
-    env = {"MAX_TUNING_JOBS": "3", "MAX_PARALLEL_JOBS": "1", "TUNING_RANGES": '{"epochs": [3, 5]}'}
+    # The fake source has no audit.py: this test is about resuming the tuning job, not the audit.
+    env = {"MAX_TUNING_JOBS": "3", "MAX_PARALLEL_JOBS": "1", "TUNING_RANGES": '{"epochs": [3, 5]}', "AUDIT": "false"}
     home = tmp_path / "home"
 
     jobs_with_output: set[str] = set()
@@ -297,13 +302,14 @@ def test_restart_mid_tuning_finishes_the_run_once(tiny_dataset, trained_job, tmp
     finally:
         second.stop()
     server.shutdown()
-    assert seen == CHAIN, "nothing sent twice across the restart"
+    unaudited = [e for e in CHAIN if e != "dataset.audited"]  # AUDIT=false here
+    assert seen == unaudited, "nothing sent twice across the restart"
     trials = [n for n, _, r in second.store.records("training-job") if r.get("TuningJobName")]
     assert len(trials) == 3, "the interrupted trial resumed; no extra trial was started"
     log = [json.loads(line) for line in (tmp_path / "fake.log").read_text().splitlines()]
     starts = Counter(e["job"] for e in log if "start" in e)
     assert max(starts.values()) == 2 and sum(1 for v in starts.values() if v == 2) == 1, "only the interrupted trial ran again"
-    assert [r["message"]["event"] for r in _Webhook.received] == CHAIN
+    assert [r["message"]["event"] for r in _Webhook.received] == unaudited
 
 
 def test_a_bad_dataset_is_rejected_locally(tmp_path, ray_serve):

@@ -16,6 +16,8 @@ BASE_ENV = {
     "SOURCE_DIR_S3_URI": "s3://droptrain-data-dev/code/sourcedir-0123456789abcdef.tar.gz",
     "ENDPOINT_PREFIX": "droptrain-dev",
     "AWS_REGION": "us-east-1",
+    # The upload starts the tuning job directly here; the audit step has its own tests (test_audit_step.py).
+    "AUDIT": "false",
 }
 DEBUGGER_IMAGE = "503895931360.dkr.ecr.us-east-1.amazonaws.com/sagemaker-debugger-rules:latest"
 DATASET = names.DatasetRef("droptrain-data-dev", "datasets/dogs/_READY", "dogs", "folder", "datasets/dogs/")

@@ -89,6 +89,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     data = p.add_argument_group("data")
     data.add_argument("--data-dir", type=Path, default=_env_path("SM_CHANNEL_TRAINING", None), help="the training channel: a dataset folder or one archive (default $SM_CHANNEL_TRAINING)")
     data.add_argument("--baseline-dir", type=Path, default=_env_path("SM_CHANNEL_BASELINE", None), help="the project's serving model (a model.tar.gz, or its extracted folder), evaluated on the same held-out split for the promotion gate (default $SM_CHANNEL_BASELINE; none: no comparison)")
+    data.add_argument("--audit-dir", type=Path, default=_env_path("SM_CHANNEL_AUDIT", None), help="the dataset audit's audit.json (AUDIT_FIX): its cross-split duplicates are dropped from valid and test, never from train (default $SM_CHANNEL_AUDIT; none: nothing dropped)")
     data.add_argument("--valid-fraction", type=_float, default=0.1, help="share of each class carved from train/ when valid/ is missing")
     data.add_argument("--test-fraction", type=_float, default=0.1, help="share of each class carved from train/ when test/ is missing")
     data.add_argument("--max-extract-bytes", type=_int, default=DEFAULT_MAX_BYTES, help="refuse archives whose content is larger than this")

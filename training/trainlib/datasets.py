@@ -240,3 +240,12 @@ def _carve_missing(per_split: dict[str, dict[str, list[Path]]], classes: list[st
     if not any(per_split["valid"].values()):
         raise DatasetError("too few images to carve a validation split from train/")
     return list(to_carve)
+
+
+def drop_held_out(splits: Splits, root: Path, relative_paths: set[str]) -> int:
+    """Take these images (paths relative to ``root``, as the audit names them) out of valid and test —
+    never out of train; returns how many went. What AUDIT_FIX does with the audit's cross-split duplicates."""
+    before = len(splits.valid) + len(splits.test)
+    keep = lambda samples: [(p, i) for p, i in samples if p.relative_to(root).as_posix() not in relative_paths]  # noqa: E731
+    splits.valid, splits.test = keep(splits.valid), keep(splits.test)
+    return before - len(splits.valid) - len(splits.test)

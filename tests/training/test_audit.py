@@ -1,0 +1,139 @@
+"""The dataset audit finds what was planted in a dataset, names the files, and blocks on what matters."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from droptrain.synthetic import make_dataset
+from helpers import TRAINING_DIR
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("planted") / "data"
+    make_dataset(root, classes=4, per_class=40, size=64, seed=11)
+    classes = sorted(p.name for p in (root / "train").iterdir())
+    first = lambda split, label: sorted((root / split / label).glob("*.jpg"))[0]  # noqa: E731
+    plants = {}
+    # 1. a test image also in train (exact), 2. a resized copy of another test image in train (near)
+    plants["exact_leak"] = (first("test", classes[0]), root / "train" / classes[0] / "copied-from-test.jpg")
+    shutil.copy(*plants["exact_leak"])
+    source = first("test", classes[1])
+    plants["near_leak"] = (source, root / "train" / classes[1] / "resized-from-test.jpg")
+    with Image.open(source) as image:
+        image.resize((52, 52)).save(plants["near_leak"][1], quality=90)
+    # 3. a training image copied into another class (a labelling mistake)
+    plants["mislabelled"] = (first("train", classes[2]), root / "train" / classes[3] / "belongs-elsewhere.jpg")
+    shutil.copy(*plants["mislabelled"])
+    # 4. a class of three images, 5. a __MACOSX folder, 6. a CMYK JPEG
+    (root / "train" / "rare").mkdir()
+    for i, path in enumerate(sorted((root / "train" / classes[0]).glob("*.jpg"))[1:4]):
+        with Image.open(path) as image:
+            image.rotate(90 * (i + 1)).save(root / "train" / "rare" / f"{i}.jpg")
+    (root / "train" / "__MACOSX").mkdir()
+    (root / "train" / "__MACOSX" / "._x.jpg").write_bytes(b"\x00\x05\x16\x07 resource fork")
+    with Image.open(first("train", classes[2])) as image:
+        image.convert("CMYK").save(root / "train" / classes[2] / "cmyk.jpg")
+    out = tmp_path_factory.mktemp("audit-out")
+    result = subprocess.run([sys.executable, str(TRAINING_DIR / "audit.py"), "--data-dir", str(root), "--out-dir", str(out)],
+                            cwd=TRAINING_DIR, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return {"root": root, "plants": plants, "report": json.loads((out / "audit.json").read_text()), "out": out, "classes": classes}
+
+
+def _rel(planted, path) -> str:
+    return path.relative_to(planted["root"]).as_posix()
+
+
+def _pair(report, a: str, b: str) -> dict:
+    for duplicate in report["duplicates"]:
+        if {f["path"] for f in duplicate["files"]} == {a, b}:
+            return duplicate
+    raise AssertionError(f"no duplicate pair {a} / {b}")
+
+
+def test_every_planted_problem_is_reported_with_its_files(planted):
+    report, plants = planted["report"], planted["plants"]
+    exact = _pair(report, *(_rel(planted, p) for p in plants["exact_leak"]))
+    assert (exact["kind"], exact["where"]) == ("exact", "across splits")
+    near = _pair(report, *(_rel(planted, p) for p in plants["near_leak"]))
+    assert (near["kind"], near["where"]) == ("near", "across splits") and near["distance"] <= 6
+    wrong = _pair(report, *(_rel(planted, p) for p in plants["mislabelled"]))
+    assert (wrong["kind"], wrong["where"]) == ("exact", "across classes")
+    assert report["counts"]["train"]["rare"] == 3
+    assert report["hidden_folders"] == ["train/__MACOSX"] and "__MACOSX" not in report["classes"]
+    assert {"path": f"train/{planted['classes'][2]}/cmyk.jpg", "mode": "CMYK"} in report["not_rgb"]
+    assert _rel(planted, plants["exact_leak"][0]) in report["leaked"] and _rel(planted, plants["near_leak"][0]) in report["leaked"]
+
+
+def test_the_blocking_findings_stop_the_run(planted):
+    blocking = planted["report"]["blocking"]
+    assert any("test images duplicate images of other splits" in b for b in blocking)
+    assert any("fewer than 5 training images: rare (3)" in b for b in blocking)
+    page = (planted["out"] / "audit.html").read_text()
+    assert "data:image/jpeg;base64," in page and "rare" in page, "thumbnails of the pairs and the class histogram"
+
+
+def test_a_clean_dataset_has_no_blocking_finding(tmp_path):
+    root = tmp_path / "clean"
+    make_dataset(root, classes=3, per_class=20, size=64, seed=5)
+    result = subprocess.run([sys.executable, str(TRAINING_DIR / "audit.py"), "--data-dir", str(root), "--out-dir", str(tmp_path / "o")],
+                            cwd=TRAINING_DIR, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((tmp_path / "o" / "audit.json").read_text())
+    assert report["blocking"] == [] and report["unreadable"] == [] and report["hidden_folders"] == []
+    assert not [d for d in report["duplicates"] if d["where"] == "across splits"], report["duplicate_summary"]
+
+
+def test_audit_fix_drops_the_held_out_duplicates_from_training_s_splits(tmp_path):
+    """AUDIT_FIX: train.py gets the audit's report as its ``audit`` channel and leaves the leaked
+    valid/test images out (never train's)."""
+    from helpers import FAST_HYPERPARAMETERS, hyperparameter_args, run_train
+
+    root = tmp_path / "data"
+    make_dataset(root, classes=3, per_class=30, size=48, seed=2)
+    label = sorted(p.name for p in (root / "train").iterdir())[0]
+    leak = sorted((root / "test" / label).glob("*.jpg"))[0]
+    shutil.copy(leak, root / "train" / label / "leak.jpg")
+    audit_dir = tmp_path / "audit"
+    assert subprocess.run([sys.executable, str(TRAINING_DIR / "audit.py"), "--data-dir", str(root), "--out-dir", str(audit_dir)],
+                          cwd=TRAINING_DIR, capture_output=True, timeout=300).returncode == 0
+    assert json.loads((audit_dir / "audit.json").read_text())["leaked"] == [leak.relative_to(root).as_posix()]
+    result = run_train([*hyperparameter_args({**FAST_HYPERPARAMETERS, "epochs": "1"}), "--data-dir", str(root), "--no-checkpoints",
+                        "--model-dir", str(tmp_path / "m"), "--output-data-dir", str(tmp_path / "o"), "--audit-dir", str(audit_dir)])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "audit: 1 held-out images dropped as duplicates of other splits" in result.stdout
+    evaluation = json.loads((tmp_path / "o" / "evaluation.json").read_text())
+    test_images = len(list((root / "test").rglob("*.jpg")))
+    assert sum(c["support"] for c in evaluation["per_class"].values()) == test_images - 1
+
+
+def test_the_local_stack_audits_and_rejects_the_planted_dataset(planted, tmp_path, ray_serve):
+    """Through the local runtime: the upload's audit job (a local Processing job running audit.py from
+    the source dir) ends, and its blocking findings reject the run before any training."""
+    import time
+
+    from droptrain.local.runtime import LocalRuntime
+
+    runtime = LocalRuntime(tmp_path / "home", say=lambda m: None, serving=ray_serve)
+    runtime.start(serve_api=False)
+    try:
+        runtime.upload(planted["root"], "planted")
+        deadline = time.time() + 120
+        while time.time() < deadline and not any(n["message"]["event"] == "dataset.rejected" for n in runtime.notifications()):
+            time.sleep(0.3)
+        events = [n["message"] for n in runtime.notifications()]
+        assert [e["event"] for e in events] == ["dataset.accepted", "dataset.rejected"], events
+        rejected = events[-1]["detail"]
+        assert rejected["checked"] == "audit" and any("rare (3)" in r for r in rejected["reasons"])
+        assert _rel(planted, planted["plants"]["exact_leak"][0]) in rejected["leaked"]
+        assert runtime.bucket.path_of_uri(rejected["page"]).is_file()
+        assert runtime.store.names("tuning-job") == [], "nothing trained"
+    finally:
+        runtime.stop()
