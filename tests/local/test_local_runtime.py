@@ -253,6 +253,46 @@ def test_the_console_page_and_its_json_routes(stack):
     assert status == 404
 
 
+def test_budget_and_the_idle_cycle_on_the_local_stack(stack, tiny_dataset, tmp_path):
+    """MAX_RUN_COST_USD rejects a run that cannot fit before anything starts; IDLE_STOP_HOURS stops an
+    endpoint nobody invoked, and the next prediction starts it again."""
+    import dataclasses
+    from datetime import datetime, timedelta, timezone
+
+    runtime = stack
+    services = runtime._services
+    original = services.config
+    try:
+        services.config = dataclasses.replace(original, max_run_cost_usd=0.001)
+        runtime.upload(tiny_dataset, "budget")
+        wait_for_event(runtime, "dataset.rejected")
+        rejected = [n["message"] for n in runtime.notifications() if n["message"]["event"] == "dataset.rejected"][-1]
+        assert "over MAX_RUN_COST_USD $0.00" in rejected["detail"]["reasons"][0]
+        assert not [n for n in runtime.store.names("tuning-job") if n.startswith("budget-")]
+
+        services.config = dataclasses.replace(original, idle_stop_hours=1)
+        later = datetime.now(timezone.utc) + timedelta(hours=3)
+        outcome = runtime.run_schedules(later)["stop_idle_endpoints"]
+        assert outcome.startswith("stopped ") and "pets" in outcome.split(": ", 1)[1].split(", "), outcome
+        assert runtime.endpoints.describe("droptrain-local-pets") is None
+        image = sorted((tiny_dataset / "test").rglob("*.jpg"))[0]
+        status, body = post_image(runtime.api_url, image, project="pets")
+        assert (status, body["error"]["code"]) == (503, "model_sleeping")
+        deadline = time.time() + 120
+        while time.time() < deadline and (post_image(runtime.api_url, image, project="pets")[0] != 200):
+            time.sleep(0.5)
+        status, body = post_image(runtime.api_url, image, project="pets")
+        assert status == 200 and body["model"].startswith("pets-"), "awake again, serving the same run"
+    finally:
+        services.config = original
+
+
+def wait_for_event(runtime: LocalRuntime, event: str, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline and event not in [n["message"]["event"] for n in runtime.notifications()]:
+        time.sleep(0.2)
+
+
 class _Webhook(http.server.BaseHTTPRequestHandler):
     received: list = []
 

@@ -163,3 +163,21 @@ def test_an_idle_endpoint_is_stopped_and_the_next_prediction_starts_it_again(sta
     assert [n["event"] for n in woke] == ["deployment.started"] and "waking" in woke[0]["detail"]["action"]
     group = stage.sagemaker.list_model_package_groups()["ModelPackageGroupSummaryList"][0]["ModelPackageGroupArn"]
     assert "droptrain:sleeping-run" not in {t["Key"] for t in stage.sagemaker.list_tags(ResourceArn=group)["Tags"]}
+
+
+def test_invocations_are_read_from_cloudwatch_as_botocore_models_the_call():
+    from datetime import datetime, timedelta, timezone
+
+    from chalice_app.adapters.cloudwatch import CloudWatchAdapter
+
+    client = boto3.client("cloudwatch", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="y")
+    end = datetime(2026, 11, 24, 12, tzinfo=timezone.utc)
+    start = end - timedelta(hours=24)
+    expected = {"Namespace": "AWS/SageMaker", "MetricName": "Invocations", "StartTime": start, "EndTime": end, "Period": 3600,
+                "Statistics": ["Sum"], "Dimensions": [{"Name": "EndpointName", "Value": "droptrain-dev-dogs"},
+                                                      {"Name": "VariantName", "Value": "AllTraffic"}]}
+    with Stubber(client) as stub:
+        stub.add_response("get_metric_statistics", {"Label": "Invocations", "Datapoints": [
+            {"Timestamp": end, "Sum": 4.0}, {"Timestamp": start, "Sum": 3.0}]}, expected)
+        assert CloudWatchAdapter(client).invocations("droptrain-dev-dogs", start, end) == 7.0
+        stub.assert_no_pending_responses()

@@ -17,7 +17,10 @@ Blocking findings (``BLOCKING``, thresholds overridable) stop the run; the rest 
 from __future__ import annotations
 
 import hashlib
+import io
 import itertools
+import os
+from concurrent.futures import ProcessPoolExecutor
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,24 +95,42 @@ def scan(root: Path) -> Audit:
         per_split = {split: _class_images(root / split)[0] for split in SPLITS if (root / split).is_dir()}
     else:
         per_split = {"train": _class_images(root)[0]}
-    for split, classes in per_split.items():
-        for label, paths in classes.items():
-            for path in paths:
-                relative = path.relative_to(root).as_posix()
-                sample = Sample(relative, split, label)
-                try:
-                    data = path.read_bytes()
-                    sample.digest = hashlib.sha256(data).hexdigest()
-                    with Image.open(path) as image:
-                        sample.mode, sample.size = image.mode, image.size
-                        image.draft("RGB", (64, 64))  # large JPEGs decode reduced (64 px at least): the hash reads 9×8
-                        image.load()
-                        sample.dhash = difference_hash(image)
-                except _DECODE_ERRORS as exc:
-                    audit.unreadable.append({"path": relative, "reason": f"{type(exc).__name__}: {exc}"[:200]})
-                    continue
-                audit.samples.append(sample)
+    work = [(str(path), path.relative_to(root).as_posix(), split, label)
+            for split, classes in per_split.items() for label, paths in classes.items() for path in paths]
+    # Decoding is the cost: every core of the instance takes a share (chunks keep the hand-offs few).
+    workers = max(1, min(os.cpu_count() or 1, len(work) // 200))
+    if workers > 1:
+        chunks = [work[i::workers * 4] for i in range(workers * 4)]
+        with ProcessPoolExecutor(workers) as pool:
+            results = [r for chunk in pool.map(_read_all, chunks) for r in chunk]
+    else:
+        results = _read_all(work)
+    for sample, problem in sorted(results, key=lambda r: (r[0].split, r[0].label, r[0].path)):
+        if problem:
+            audit.unreadable.append({"path": sample.path, "reason": problem})
+        else:
+            audit.samples.append(sample)
     return audit
+
+
+def _read_all(work: list[tuple[str, str, str, str]]) -> list[tuple[Sample, str | None]]:
+    return [_read(*item) for item in work]
+
+
+def _read(path: str, relative: str, split: str, label: str) -> tuple[Sample, str | None]:
+    """One image decoded once: its content hash, perceptual hash, size and mode; or why it cannot be read."""
+    sample = Sample(relative, split, label)
+    try:
+        data = Path(path).read_bytes()
+        sample.digest = hashlib.sha256(data).hexdigest()
+        with Image.open(io.BytesIO(data)) as image:  # the bytes already read: no second read
+            sample.mode, sample.size = image.mode, image.size
+            image.draft("RGB", (64, 64))  # large JPEGs decode reduced (64 px at least): the hash reads 9×8
+            image.load()
+            sample.dhash = difference_hash(image)
+    except _DECODE_ERRORS as exc:
+        return sample, f"{type(exc).__name__}: {exc}"[:200]
+    return sample, None
 
 
 def _pairs(samples: list[Sample]) -> Iterable[tuple[Sample, Sample, int]]:
