@@ -13,7 +13,7 @@ from typing import Mapping
 
 from chalice import Chalice, Rate, Response
 
-from chalice_app import config, console, handlers, observability, patterns, pipeline
+from chalice_app import config, console, handlers, observability, openapi, patterns, pipeline
 from chalice_app.pipeline.idle import ScheduledTick
 from chalice_app.events import (EndpointStateChange, ModelPackageStateChange, ObjectCreated, ProcessingJobStateChange,
                                 TrainingJobStateChange, TuningJobStateChange)
@@ -139,6 +139,10 @@ def _console_routes(app: Chalice, key_required: bool) -> None:
     @app.route("/console.css", methods=["GET"])
     def console_style():
         return _asset("console.css", "text/css; charset=utf-8")
+
+    @app.route("/openapi.json", methods=["GET"])
+    def openapi_document():
+        return Response(body=openapi.document(), status_code=200, headers={"Content-Type": "application/json", **console.HEADERS})
 
     @app.route("/runs", methods=["GET"], api_key_required=key_required)
     def runs():

@@ -7,6 +7,7 @@ const KEY = "droptrain-api-key";
 const REFRESH_MS = 4000;
 let refreshTimer = null;
 let openRun = null;
+let errorWords = {};  // code → what it means, from the API's own description (openapi.json)
 
 function $(id) { return document.getElementById(id); }
 
@@ -48,7 +49,8 @@ function problem(answer) {
     413: "the image is too large",
     415: "send a JPEG or PNG image",
   };
-  return (words[answer.status] ? words[answer.status] + " — " : "") + (error.message || ("error " + answer.status));
+  const meaning = errorWords[error.code] ? " (" + errorWords[error.code] + ")" : "";
+  return (words[answer.status] ? words[answer.status] + " — " : "") + (error.message || ("error " + answer.status)) + meaning;
 }
 
 function say(id, text, kind) {
@@ -293,6 +295,11 @@ async function deployVersion(project, runId) {
 
 // -- start -------------------------------------------------------------------------------------
 
+async function loadErrorWords() {
+  const answer = await api("openapi.json");
+  if (answer.ok) errorWords = answer.body.components.schemas.Error["x-error-codes"] || {};
+}
+
 async function refreshAll() {
   const projects = await loadProjects();
   await Promise.all([loadRuns(), loadVersions(projects)]);
@@ -307,5 +314,5 @@ document.addEventListener("DOMContentLoaded", () => {
     refreshAll();
   });
   wireTryIt();
-  refreshAll();
+  loadErrorWords().then(refreshAll);
 });

@@ -31,7 +31,7 @@ BACKLOG = 128
 # Bodies API Gateway would accept at all (10 MB); the route applies its own, smaller limit.
 MAX_CONTENT_LENGTH = 10 * 1024 * 1024
 BODY_METHODS = ("POST", "PUT", "PATCH")
-OPEN_PATHS = ("/", "/console.js", "/console.css")
+OPEN_PATHS = ("/", "/console.js", "/console.css", "/openapi.json")
 
 
 class RequestRejected(Exception):
