@@ -94,7 +94,12 @@ def document() -> dict[str, Any]:
             "/console.css": _text("text/css", "The console's style"),
             "/openapi.json": {"get": {"summary": "This document", "responses": {"200": _json({"type": "object"}, "OpenAPI 3")}}},
         },
-        "components": {
+        "components": _components(),
+    }
+
+
+def _components() -> dict[str, Any]:
+    return {
             "securitySchemes": {"ApiKey": {"type": "apiKey", "in": "header", "name": "x-api-key",
                                            "description": "required where the stage sets API_KEY_REQUIRED"}},
             "responses": {"Error": _json(_ref("Error"), "an error, in the API's one shape")},
@@ -122,5 +127,4 @@ def document() -> dict[str, Any]:
                                                          "state": {"type": "string"}, "started_at": {"type": "string", "nullable": True},
                                                          "events": {"type": "array", "items": {"type": "string"}}}},
             },
-        },
     }
