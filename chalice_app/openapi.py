@@ -100,31 +100,31 @@ def document() -> dict[str, Any]:
 
 def _components() -> dict[str, Any]:
     return {
-            "securitySchemes": {"ApiKey": {"type": "apiKey", "in": "header", "name": "x-api-key",
-                                           "description": "required where the stage sets API_KEY_REQUIRED"}},
-            "responses": {"Error": _json(_ref("Error"), "an error, in the API's one shape")},
-            "schemas": {
-                "Error": {"type": "object", "required": ["error"], "properties": {"error": {
-                    "type": "object", "required": ["code", "message"],
-                    "properties": {"code": {"type": "string", "enum": sorted(ERROR_CODES)}, "message": {"type": "string"}}}},
-                    "x-error-codes": ERROR_CODES},
-                "Predictions": {"type": "object", "required": ["predictions", "model"], "properties": {
-                    "predictions": {"type": "array", "items": {"type": "object", "properties": {
-                        "label": {"type": "string"}, "probability": {"type": "number"}}}},
-                    "model": {"type": "string", "description": "the run id of the serving version"}}},
-                "Project": {"type": "object", "properties": {k: {"type": "string", "nullable": True} for k in
-                                                             ("project", "endpoint", "endpoint_status", "serving")}},
-                "Version": {"type": "object", "properties": {
-                    "version": {"type": "integer"}, "run_id": {"type": "string"}, "status": {"type": "string",
-                    "enum": ["Approved", "PendingManualApproval", "Rejected"]}, "metrics": {"type": "object"},
-                    "created_at": {"type": "string", "nullable": True}, "serving": {"type": "boolean"}}},
-                "ProjectVersions": {"type": "object", "properties": {"project": {"type": "string"}, "endpoint": {"type": "string"},
-                                                                     "serving": {"type": "string", "nullable": True},
-                                                                     "versions": {"type": "array", "items": _ref("Version")}}},
-                "DeployAnswer": {"type": "object", "properties": {k: {"type": "string", "nullable": True} for k in
-                                                                  ("project", "run_id", "previous", "action")}},
-                "Run": {"type": "object", "properties": {"run_id": {"type": "string"}, "project": {"type": "string"},
-                                                         "state": {"type": "string"}, "started_at": {"type": "string", "nullable": True},
-                                                         "events": {"type": "array", "items": {"type": "string"}}}},
-            },
+        "securitySchemes": {"ApiKey": {"type": "apiKey", "in": "header", "name": "x-api-key",
+                                       "description": "required where the stage sets API_KEY_REQUIRED"}},
+        "responses": {"Error": _json(_ref("Error"), "an error, in the API's one shape")},
+        "schemas": {
+            "Error": {"type": "object", "required": ["error"], "properties": {"error": {
+                "type": "object", "required": ["code", "message"],
+                "properties": {"code": {"type": "string", "enum": sorted(ERROR_CODES)}, "message": {"type": "string"}}}},
+                "x-error-codes": ERROR_CODES},
+            "Predictions": {"type": "object", "required": ["predictions", "model"], "properties": {
+                "predictions": {"type": "array", "items": {"type": "object", "properties": {
+                    "label": {"type": "string"}, "probability": {"type": "number"}}}},
+                "model": {"type": "string", "description": "the run id of the serving version"}}},
+            "Project": {"type": "object", "properties": {k: {"type": "string", "nullable": True} for k in
+                                                         ("project", "endpoint", "endpoint_status", "serving")}},
+            "Version": {"type": "object", "properties": {
+                "version": {"type": "integer"}, "run_id": {"type": "string"}, "status": {"type": "string",
+                "enum": ["Approved", "PendingManualApproval", "Rejected"]}, "metrics": {"type": "object"},
+                "created_at": {"type": "string", "nullable": True}, "serving": {"type": "boolean"}}},
+            "ProjectVersions": {"type": "object", "properties": {"project": {"type": "string"}, "endpoint": {"type": "string"},
+                                                                 "serving": {"type": "string", "nullable": True},
+                                                                 "versions": {"type": "array", "items": _ref("Version")}}},
+            "DeployAnswer": {"type": "object", "properties": {k: {"type": "string", "nullable": True} for k in
+                                                              ("project", "run_id", "previous", "action")}},
+            "Run": {"type": "object", "properties": {"run_id": {"type": "string"}, "project": {"type": "string"},
+                                                     "state": {"type": "string"}, "started_at": {"type": "string", "nullable": True},
+                                                     "events": {"type": "array", "items": {"type": "string"}}}},
+        },
     }
