@@ -242,7 +242,9 @@ class LocalEndpoints:
         record = self.store.get("endpoint", name)
         detail = {"EndpointName": name, "EndpointArn": record["EndpointArn"], "EndpointConfigName": record["EndpointConfigName"],
                   "EndpointStatus": {"InService": "IN_SERVICE", "Failed": "FAILED"}[record["EndpointStatus"]],
-                  "Tags": record.get("Tags", {})}
+                  "Tags": record.get("Tags", {}),
+                  # Epoch milliseconds, as SageMaker's event has it: which change this is (one per deployment).
+                  "LastModifiedTime": int(datetime.fromisoformat(record["LastModifiedTime"]).timestamp() * 1000)}
         if record.get("FailureReason"):
             detail["FailureReason"] = record["FailureReason"]
         self.emit(state_change_event("SageMaker Endpoint State Change", "endpoint", name, detail))

@@ -218,6 +218,10 @@ def test_the_console_in_a_real_browser(stack, tiny_dataset):
                 "return [...document.querySelectorAll('input, select, button')].filter(e => "
                 "!(e.labels && e.labels.length) && !e.getAttribute('aria-label') && !e.textContent.trim()).map(e => e.id || e.outerHTML)")
             assert unlabelled == []
+            # Keyboard: every control is reachable with Tab, and Enter on the drop zone opens the file picker.
+            assert driver.execute_script(
+                "return [...document.querySelectorAll('button, select, a[href], #drop, #api-key')].every(e => e.tabIndex >= 0)")
+            assert driver.find_element(By.ID, "drop").get_attribute("tabindex") == "0"
             assert driver.execute_script("return document.documentElement.scrollWidth <= window.innerWidth + 1")
             for selector in ("body", "button", "th", "#timeline li"):
                 element = driver.find_element(By.CSS_SELECTOR, selector)
