@@ -34,7 +34,7 @@ browser:
 test: setup browser
 	$(PY) -m pytest
 
-# Benchmarks are not tests: no timing assertions, results in bench/results/ (README, "Performance").
+# Benchmarks are not tests: no timing assertions, results in bench/results/ (docs/performance.md).
 bench: setup
 	$(PY) bench/run.py
 
@@ -44,7 +44,7 @@ STAGE ?= dev
 package: setup
 	$(VENV)/bin/droptrain package --stage $(STAGE)
 
-# Needs AWS credentials; the SageMaker SDK (the deploy extra) resolves the region's images (README, "Deploy").
+# Needs AWS credentials; the SageMaker SDK (the deploy extra) resolves the region's images (docs/operations.md).
 deploy: setup
 	$(PY) -m pip install --quiet -e '.[deploy]'
 	$(VENV)/bin/droptrain deploy --stage $(STAGE)

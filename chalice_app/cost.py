@@ -1,4 +1,4 @@
-"""What a run will cost before it starts, the budget that bounds it, and what it cost (ARCHITECTURE.md,
+"""What a run will cost before it starts, the budget that bounds it, and what it cost (docs/architecture.md,
 "Dataset audit and cost"). Pure: prices and image counts in, numbers out.
 
 Prices are on-demand USD per instance-hour, from the AWS Price List API where the stage can read it

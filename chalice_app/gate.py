@@ -1,4 +1,4 @@
-"""The promotion gate (ARCHITECTURE.md, "Projects and versions"): does a new version of a project
+"""The promotion gate (docs/architecture.md, "Projects and versions"): does a new version of a project
 replace the serving one?
 
 Pure: two evaluations (``evaluation.json`` as train.py writes it) in, a verdict out. The new version

@@ -1,4 +1,4 @@
-"""Run identity and SageMaker resource names (ARCHITECTURE.md, "Names, identity, idempotency").
+"""Run identity and SageMaker resource names (docs/architecture.md, "Names, identity, idempotency").
 
 botocore does not check SageMaker's length and pattern constraints, so every name is checked here
 before it is sent.
@@ -89,7 +89,7 @@ def slug(name: str) -> str:
     return text or "dataset"
 
 
-# -- projects (ARCHITECTURE.md, "Projects and versions") ------------------------------------------
+# -- projects (docs/architecture.md, "Projects and versions") ------------------------------------------
 # A project is a dataset name, as its slug: "Dog Breeds" and "dog-breeds" are one project. Its
 # endpoint and model package group are both "<ENDPOINT_PREFIX>-<project>".
 

@@ -1,4 +1,4 @@
-"""Notifications (ARCHITECTURE.md, "Notifications"): the message, and sending it once per run.
+"""Notifications (docs/notifications.md): the message, and sending it once per run.
 
 Events arrive more than once. Before publishing, a marker ``runs/<run-id>/notifications/<event>.json``
 is written with an S3 conditional write (``If-None-Match: *``): only the first delivery writes

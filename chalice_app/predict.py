@@ -1,4 +1,4 @@
-"""``POST /predict`` and ``GET /status`` (ARCHITECTURE.md, "REST API").
+"""``POST /predict`` and ``GET /status`` (docs/rest-api.md).
 
 The request is checked here (content type, size, JPEG/PNG magic bytes, ``top_k``) so that bad
 input never reaches, or is billed by, the endpoint. Errors are ``PredictError`` subclasses with an

@@ -1,5 +1,5 @@
 """Pure builders for the SageMaker Model Registry: a project's model package group, a version of it,
-and its approval (ARCHITECTURE.md, "Projects and versions")."""
+and its approval (docs/architecture.md, "Projects and versions")."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ from chalice_app import alarm_requests, names
 from chalice_app.config import Config
 
 OBJECTIVE = "valid:accuracy"
-# The lines train.py prints (ARCHITECTURE.md): epoch=3 train_loss=0.8123 valid_loss=0.7012 valid_accuracy=0.8120
+# The lines train.py prints (docs/architecture.md): epoch=3 train_loss=0.8123 valid_loss=0.7012 valid_accuracy=0.8120
 _NUMBER = r"([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
 METRIC_DEFINITIONS = [
     {"Name": "train:loss", "Regex": rf"train_loss={_NUMBER}"},

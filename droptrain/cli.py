@@ -256,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage", default="dev", choices=["dev", "prod"], help="the Chalice stage to package")
     p.set_defaults(func=_cmd_package)
 
-    p = sub.add_parser("deploy", help="deploy the stage to the AWS account of your credentials (see README)")
+    p = sub.add_parser("deploy", help="deploy the stage to the AWS account of your credentials (see docs/operations.md)")
     p.add_argument("--stage", default="dev", choices=["dev", "prod"], help="the Chalice stage to deploy")
     p.add_argument("--training-image", default=None, help="PyTorch training image URI (default: resolved with the SageMaker SDK)")
     p.add_argument("--inference-image", default=None, help="Ray Serve inference image URI (default: resolved with the SageMaker SDK)")

@@ -73,7 +73,7 @@ def merge_template(env: Mapping[str, str], stage: str, layer_uri: str = "./layer
 def _stage_resources(env: Mapping[str, str], stage: str, layer_uri: str) -> dict[str, Any]:
     bucket_properties = {
         "BucketName": env["DATA_BUCKET"],
-        # Uploads reach the app through EventBridge, not bucket notifications (ARCHITECTURE.md).
+        # Uploads reach the app through EventBridge, not bucket notifications (docs/architecture.md).
         "NotificationConfiguration": {"EventBridgeConfiguration": {"EventBridgeEnabled": True}},
         "PublicAccessBlockConfiguration": {"BlockPublicAcls": True, "BlockPublicPolicy": True,
                                            "IgnorePublicAcls": True, "RestrictPublicBuckets": True},

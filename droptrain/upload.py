@@ -1,7 +1,7 @@
 """Putting a dataset where the pipeline looks for it: the local bucket or a deployed stage's S3 bucket.
 
 A folder is uploaded file by file and its ``_READY`` marker last, with fresh content (a new ETag is
-a new run, ARCHITECTURE.md); an archive is one object whose key ends in its suffix.
+a new run, docs/architecture.md); an archive is one object whose key ends in its suffix.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The Ray Serve application that serves a droptrain model (ARCHITECTURE.md, "Model artifact and serving").
+"""The Ray Serve application that serves a droptrain model (docs/architecture.md, "Model artifact and serving").
 
 ``train.py`` copies this module, with the ``trainlib`` modules it imports, to the root of the model
 artifact next to ``model.pth``, ``model.json`` and ``config.yaml``. AWS's Ray Serve inference

@@ -1,4 +1,4 @@
-"""The pipeline's steps, one per event (ARCHITECTURE.md, "The flow").
+"""The pipeline's steps, one per event (docs/architecture.md, "The flow").
 
 Each step takes the services and a typed event and returns a short outcome for the log. Every
 step is safe to run twice: resource names are derived from the run, "already exists" is success,

@@ -1,4 +1,4 @@
-"""Idle endpoints (ARCHITECTURE.md, "Dataset audit and cost"): an endpoint nobody invoked for
+"""Idle endpoints (docs/architecture.md, "Dataset audit and cost"): an endpoint nobody invoked for
 ``IDLE_STOP_HOURS`` is deleted — its model and endpoint config stay — and the next prediction for
 its project starts it again.
 

@@ -1,4 +1,4 @@
-"""Projects and their model versions (ARCHITECTURE.md, "Projects and versions").
+"""Projects and their model versions (docs/architecture.md, "Projects and versions").
 
 Every completed final job is registered as a version in its project's model package group; the
 promotion gate (``chalice_app.gate``) approves it or holds it; approval — by the gate, a person, or

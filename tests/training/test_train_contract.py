@@ -11,7 +11,7 @@ import pytest
 
 from helpers import FAST_HYPERPARAMETERS, TRAINING_DIR, hyperparameter_args, run_train
 
-# The tuning job's MetricDefinitions (ARCHITECTURE.md): the lines must match exactly these.
+# The tuning job's MetricDefinitions (docs/architecture.md): the lines must match exactly these.
 EPOCH_LINE = re.compile(r"^epoch=(\d+) train_loss=([0-9.]+) valid_loss=([0-9.]+) valid_accuracy=([0-9.]+)$")
 TEST_LINE = re.compile(r"^test_loss=([0-9.]+) test_accuracy=([0-9.]+)$")
 
@@ -33,7 +33,7 @@ def test_learns_far_above_chance(trained_job):
 def test_artifact_layout(trained_job):
     with tarfile.open(trained_job["archive"]) as tar:
         names = set(tar.getnames())
-    # What AWS's Ray Serve container reads from /opt/ml/model (ARCHITECTURE.md, "Model artifact and serving").
+    # What AWS's Ray Serve container reads from /opt/ml/model (docs/architecture.md, "Model artifact and serving").
     for required in ("model.pth", "model.json", "config.yaml", "serve_app.py", "code/requirements.txt",
                      "trainlib/predictor.py", "trainlib/transforms.py", "trainlib/models.py"):
         assert required in names

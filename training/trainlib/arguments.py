@@ -20,7 +20,7 @@ DESCRIPTION = "droptrain's training entry point: SageMaker script mode, and plai
 # The final training job is named <run-id>-final (chalice_app/names.py final_job_name; the two are
 # kept equal by tests/test_parity.py, since the training code cannot import the orchestrator's).
 FINAL_JOB_SUFFIX = "-final"
-# The tunable and static hyperparameters (ARCHITECTURE.md), as flag names. Recorded in model.json.
+# The tunable and static hyperparameters (docs/architecture.md), as flag names. Recorded in model.json.
 HYPERPARAMETERS = (
     "lr", "batch-size", "epochs", "weight-decay", "optimizer", "arch", "weights", "train-mode",
     "image-size", "augment", "seed",

@@ -1,4 +1,4 @@
-"""The model artifact (ARCHITECTURE.md, "Model artifact and serving"): what SageMaker tars into ``model.tar.gz``.
+"""The model artifact (docs/architecture.md, "Model artifact and serving"): what SageMaker tars into ``model.tar.gz``.
 
 At the root, as AWS's Ray Serve inference container reads it from ``/opt/ml/model/``:
 

@@ -1,4 +1,4 @@
-"""The dataset audit (ARCHITECTURE.md, "Dataset audit and cost"): every image decoded once, and what
+"""The dataset audit (docs/architecture.md, "Dataset audit and cost"): every image decoded once, and what
 would make a model look better than it is, or worse, reported with the files involved.
 
 * unreadable files;

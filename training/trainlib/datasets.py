@@ -1,6 +1,6 @@
 """Finding the dataset in the training channel and splitting it.
 
-Layouts (ARCHITECTURE.md, "Bucket layout"):
+Layouts (docs/architecture.md, "Bucket layout"):
 
 * ``<root>/{train,valid,test}/<class>/<image>`` — ``valid/`` and ``test/`` optional; a missing
   split is carved from ``train/``, stratified per class and deterministic for a seed.

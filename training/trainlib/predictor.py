@@ -8,7 +8,7 @@ one evaluation used (``trainlib.transforms``), so the endpoint answers as the jo
 scored.
 
 Errors are typed, each with its HTTP status and code (the ``{"error": {"code", "message"}}`` body
-of ``ARCHITECTURE.md``'s REST API); the serving edge maps them and nothing else.
+of docs/rest-api.md); the serving edge maps them and nothing else.
 """
 
 from __future__ import annotations
