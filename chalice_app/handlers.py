@@ -13,11 +13,10 @@ import os
 import re
 from typing import Any, Callable, Mapping, TypeVar
 
-from chalice_app import bootstrap, observability, predict as predict_module, runs as runs_module
+from chalice_app import bootstrap, names, observability, predict as predict_module, runs as runs_module
 from chalice_app.adapters.errors import AdapterError
 from chalice_app.config import ConfigError
 from chalice_app.events import EventError
-from chalice_app import names
 from chalice_app.names import InvalidNameError
 from chalice_app.notifications import Notification
 from chalice_app.pipeline import Services, idle, versions
