@@ -66,8 +66,15 @@ def _cmd_up(args: argparse.Namespace) -> int:
               + ("; requests need the x-api-key header" if api_key else
                  " and anyone who can reach it can use it: pass --api-key (or set DROPTRAIN_API_KEY)"),
               file=sys.stderr, flush=True)
+    from droptrain.local.settings import SettingsError, read
+
     try:
-        runtime = LocalRuntime(args.home, webhook=args.webhook, on_line=show)
+        settings = read(args.config, args.set)
+    except SettingsError as exc:
+        print(f"droptrain up: {exc}", file=sys.stderr)
+        return 1
+    try:
+        runtime = LocalRuntime(args.home, env=settings.env, webhook=args.webhook, on_line=show)
         runtime.start(host=args.host, port=args.port, api_key=api_key)
     except (HomeBusyError, WebhookError) as exc:
         print(f"droptrain up: {exc}", file=sys.stderr)
@@ -156,6 +163,17 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_config(args: argparse.Namespace) -> int:
+    from droptrain.local.settings import SettingsError, describe, read
+
+    try:
+        print("\n".join(describe(read(args.config, args.set))))
+    except SettingsError as exc:
+        print(f"droptrain config: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     from droptrain.status import render
 
@@ -187,6 +205,11 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _settings_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, default=None, help="the stage variables to use (default: ./droptrain.toml when there is one)")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="one variable for this run, over the file (repeatable)")
+
+
 def _local_stack_commands(sub) -> None:
     p = sub.add_parser("demo", help="the whole pipeline locally: dataset → tuning → final training → deployment → predictions")
     p.add_argument("--data", type=Path, default=None, help="use this dataset (folder or archive) instead of a synthetic one")
@@ -203,7 +226,12 @@ def _local_stack_commands(sub) -> None:
     p.add_argument("--webhook", default=None, help="also POST every notification to this http(s) URL")
     p.add_argument("--api-key", default=None, help="require this key in the x-api-key header, as a stage with "
                    "API_KEY_REQUIRED does (default: $DROPTRAIN_API_KEY, else none)")
+    _settings_flags(p)
     p.set_defaults(func=_cmd_up)
+
+    p = sub.add_parser("config", help="the variables in force for droptrain up, and where each came from")
+    _settings_flags(p)
+    p.set_defaults(func=_cmd_config)
 
     p = sub.add_parser("upload", help="a dataset folder or archive into the local bucket, or to s3://BUCKET")
     p.add_argument("path", type=Path, help="dataset folder or .zip/.tar/.tar.gz/.tgz")

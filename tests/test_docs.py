@@ -48,6 +48,9 @@ def test_every_variable_the_configuration_reads_is_documented_and_nothing_else()
     assert read - documented == set(), "read but not documented"
     assert documented - read == set(), "documented but never read"
     assert "ENDPOINT_NAME" in table, "the old name is explained where its successor is"
+    from chalice_app.config import VARIABLES
+
+    assert set(VARIABLES) == read, "config.VARIABLES (what droptrain.toml may set) is what the loader reads"
     assert len(read) > 30
 
 
