@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from droptrain.control import control_commands
 from droptrain.synthetic import SyntheticDatasetError, make_dataset
 
 
@@ -232,6 +233,7 @@ def _local_stack_commands(sub) -> None:
     p = sub.add_parser("config", help="the variables in force for droptrain up, and where each came from")
     _settings_flags(p)
     p.set_defaults(func=_cmd_config)
+    control_commands(sub)
 
     p = sub.add_parser("upload", help="a dataset folder or archive into the local bucket, or to s3://BUCKET")
     p.add_argument("path", type=Path, help="dataset folder or .zip/.tar/.tar.gz/.tgz")

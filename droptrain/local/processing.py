@@ -30,6 +30,14 @@ class ProcessingJobs:
     def __init__(self, store: Store, bucket: LocalBucket, root: Path, emit: Callable[[dict], None], stopping: threading.Event):
         self.store, self.bucket, self.root, self.emit, self.stopping = store, bucket, root, emit, stopping
         self._processes: dict[str, subprocess.Popen] = {}
+        self._stop_requested: set[str] = set()
+
+    def stop(self, name: str) -> None:
+        """StopProcessingJob: the job ends Stopped (its process group ended if it is running)."""
+        self._stop_requested.add(name)
+        process = self._processes.get(name)
+        if process is not None:
+            jobs_kill(process)
 
     def create(self, request: Mapping[str, Any]) -> bool:
         name = request["ProcessingJobName"]
@@ -101,6 +109,8 @@ class ProcessingJobs:
                 return "Failed", "the job ran past its MaxRuntimeInSeconds"
             finally:
                 self._processes.pop(name, None)
+        if name in self._stop_requested:
+            return "Stopped", None
         if self.stopping.is_set():
             return None, None
         if code != 0:

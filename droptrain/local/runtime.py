@@ -223,6 +223,7 @@ class LocalRuntime:
         try:
             while not self._stop.is_set():
                 self.scan(prefix)
+                self.honour_stop_requests()
                 if time.monotonic() - self._last_tick >= SCHEDULE_SECONDS:
                     self._last_tick = time.monotonic()
                     self.run_schedules()
@@ -267,6 +268,24 @@ class LocalRuntime:
         self._emit(object_created(key, size, tag))
         self._skipped.pop(key, None)
         return 1
+
+    def honour_stop_requests(self) -> list[str]:
+        """``droptrain stop RUN`` (another process) leaves a request in the store: the run's jobs in
+        progress are stopped as SageMaker stops them (their state-change events follow)."""
+        from chalice_app import names
+
+        done = []
+        for run in self.store.names("stop-request"):
+            if self.store.status("tuning-job", run) == "InProgress":
+                self.sagemaker.stop_tuning_job(run)
+            if self.store.status("training-job", names.final_job_name(run)) == "InProgress":
+                self.sagemaker.training.stop(names.final_job_name(run))
+            if self.store.status("processing-job", names.audit_job_name(run)) == "InProgress":
+                self.sagemaker.processing.stop(names.audit_job_name(run))
+            self.store.delete("stop-request", run)
+            self.say(f"stopping {run}, as asked")
+            done.append(run)
+        return done
 
     def run_schedules(self, now: datetime | None = None) -> dict[str, Any]:
         """EventBridge's scheduled events, as the app's ``@app.schedule`` functions receive them (hourly
