@@ -138,17 +138,26 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise ConfigError(name, f"must be true or false, got {value!r}")
 
 
-def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+def _number(env: Mapping[str, str], name: str, default, low, high, parse=int, kind: str = "an integer"):
+    """``name`` as a number from ``low`` to ``high`` (``parse``: int or float); ``default`` when unset."""
     value = env.get(name, "").strip()
     if not value:
         return default
     try:
-        number = int(value)
+        number = parse(value)
     except ValueError:
-        raise ConfigError(name, f"must be an integer, got {value!r}") from None
+        raise ConfigError(name, f"must be {kind}, got {value!r}") from None
     if not low <= number <= high:
         raise ConfigError(name, f"must be from {low} to {high}, got {number}")
     return number
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    return _number(env, name, default, low, high)
+
+
+def _float(env: Mapping[str, str], name: str, default: float | None, low: float, high: float) -> float | None:
+    return _number(env, name, default, low, high, float, "a number")
 
 
 def _tuning_ranges(env: Mapping[str, str]) -> dict[str, list]:
@@ -171,19 +180,6 @@ def _tuning_ranges(env: Mapping[str, str]) -> dict[str, list]:
             raise ConfigError("TUNING_RANGES", f"{name} must be whole numbers")
         ranges[name] = [int(v) for v in value] if name in ("epochs", "batch-size") else [float(v) for v in value]
     return ranges
-
-
-def _float(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
-    value = env.get(name, "").strip()
-    if not value:
-        return default
-    try:
-        number = float(value)
-    except ValueError:
-        raise ConfigError(name, f"must be a number, got {value!r}") from None
-    if not low <= number <= high:
-        raise ConfigError(name, f"must be from {low} to {high}, got {number}")
-    return number
 
 
 def endpoint_prefix(env: Mapping[str, str]) -> str:
@@ -313,5 +309,5 @@ def load(env: Mapping[str, str]) -> Config:
         audit_instance_type=_choice(env, "AUDIT_INSTANCE_TYPE", "ml.m5.xlarge", _INSTANCE, what="e.g. ml.m5.xlarge"),
         audit_min_train_images=_int(env, "AUDIT_MIN_TRAIN_IMAGES", 5, 1, 100_000),
         audit_max_leaked_test_share=_float(env, "AUDIT_MAX_LEAKED_TEST_SHARE", 0.01, 0.0, 1.0),
-        max_run_cost_usd=_float(env, "MAX_RUN_COST_USD", 0.0, 0.01, 1_000_000.0) if env.get("MAX_RUN_COST_USD", "").strip() else None,
+        max_run_cost_usd=_float(env, "MAX_RUN_COST_USD", None, 0.01, 1_000_000.0),
     )

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Mapping
 
-from chalice_app import names, sagemaker_requests as requests
+from chalice_app import sagemaker_requests as requests
 from chalice_app.events import EventError
 from chalice_app.notifications import Notification
 from chalice_app.pipeline.services import Services
+from chalice_app.pipeline.versions import project_groups
 
 TAG_SLEEPING = "droptrain:sleeping-run"
 
@@ -35,13 +36,6 @@ class ScheduledTick:
             raise EventError(f"event field time should be an ISO 8601 time, got {raw!r}") from None
 
 
-def _groups(svc: Services) -> dict[str, str]:
-    """Project → its model package group's ARN."""
-    prefix = svc.config.endpoint_prefix
-    return {project: g["ModelPackageGroupArn"] for g in svc.sagemaker.list_model_package_groups(f"{prefix}-")
-            if (project := names.project_of_resource(prefix, g["ModelPackageGroupName"]))}
-
-
 def stop_idle(svc: Services, tick: ScheduledTick) -> str:
     """Delete every project endpoint in service that nobody invoked for ``IDLE_STOP_HOURS``."""
     hours = svc.config.idle_stop_hours
@@ -50,7 +44,7 @@ def stop_idle(svc: Services, tick: ScheduledTick) -> str:
     now = tick.time if tick.time.tzinfo else tick.time.replace(tzinfo=timezone.utc)
     since = now - timedelta(hours=hours)
     stopped = []
-    for project, group_arn in _groups(svc).items():
+    for project, group_arn in project_groups(svc).items():
         name = svc.config.endpoint(project)
         endpoint = svc.sagemaker.describe_endpoint(name)
         if endpoint is None or endpoint.get("EndpointStatus") != "InService":
@@ -76,7 +70,7 @@ def stop_idle(svc: Services, tick: ScheduledTick) -> str:
 
 def wake(svc: Services, project: str) -> bool:
     """Start the endpoint of a project that was stopped for idleness; ``False`` if it was not."""
-    group_arn = _groups(svc).get(project)
+    group_arn = project_groups(svc).get(project)
     if group_arn is None:
         return False
     run = svc.sagemaker.list_tags(group_arn).get(TAG_SLEEPING)

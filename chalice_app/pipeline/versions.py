@@ -230,10 +230,15 @@ def project_versions(svc: Services, project: str) -> list[dict[str, Any]]:
     return versions
 
 
+def project_groups(svc: Services) -> dict[str, str]:
+    """Every project of the stage → its model package group's ARN."""
+    prefix = svc.config.endpoint_prefix
+    return {project: g["ModelPackageGroupArn"] for g in svc.sagemaker.list_model_package_groups(f"{prefix}-")
+            if (project := names.project_of_resource(prefix, g["ModelPackageGroupName"]))}
+
+
 def project_names(svc: Services) -> list[str]:
-    prefix = f"{svc.config.endpoint_prefix}-"
-    groups = svc.sagemaker.list_model_package_groups(prefix)
-    return sorted(p for g in groups if (p := names.project_of_resource(svc.config.endpoint_prefix, g["ModelPackageGroupName"])))
+    return sorted(project_groups(svc))
 
 
 def _known(svc: Services) -> str:
