@@ -8,6 +8,7 @@ patterns; the process's environment is left alone.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import threading
@@ -23,7 +24,7 @@ from chalice_app.notifications import Notifier
 from chalice_app.pipeline import Services
 from chalice_app.adapters.errors import AdapterError
 from chalice_app.adapters.pricing import BundledPrices
-from droptrain.local import api
+from droptrain.local import api, defaults
 from droptrain.local.alarms import LocalAlarms
 from droptrain.local.lock import HomeLock
 from droptrain.local.resources import ACCOUNT
@@ -40,10 +41,10 @@ from droptrain.upload import upload_dataset
 log = logging.getLogger(__name__)
 BUCKET = "droptrain-local"
 SCHEDULE_SECONDS = 3600  # the app's schedules are hourly
-# Local runs train small models on the CPU: these override the cloud defaults (ResNet-50 on ImageNet weights).
-LOCAL_HYPERPARAMETERS = '{"arch": "resnet18", "weights": "none", "train-mode": "full", "image-size": "64", "optimizer": "adamw"}'
-# ...and ranges for training from scratch on small images: ImageNet fine-tuning wants lr down to 1e-5.
-LOCAL_TUNING_RANGES = '{"lr": [0.001, 0.02], "weight-decay": [0.00001, 0.001], "epochs": [3, 8], "batch-size": [16, 32]}'
+# Without a word from the machine (droptrain.local.defaults decides for droptrain up), local runs
+# train small models from scratch: these override the cloud defaults (ResNet-50 on ImageNet weights).
+LOCAL_HYPERPARAMETERS = json.dumps(defaults.SCRATCH)
+LOCAL_TUNING_RANGES = json.dumps(defaults.SCRATCH_RANGES)
 
 
 class LocalRuntimeError(Exception):

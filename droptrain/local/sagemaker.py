@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from droptrain.local import defaults
 from droptrain.local.bucket import LocalBucket
 from droptrain.local.processing import ProcessingJobs
 from droptrain.local.registry import LocalRegistry
@@ -22,13 +23,15 @@ from droptrain.local.resources import StoredResources, request_tags
 from droptrain.local.store import Store
 from droptrain.local.training import Emit, OnLine, TrainingJobs
 from droptrain.local.tuner import Tuner
+from droptrain.local.warm import WarmInterpreter, WarmInterpreterError
 
 log = logging.getLogger(__name__)
 
 
 class LocalSageMaker:
     def __init__(self, store: Store, bucket: LocalBucket, jobs_root: Path, emit: Emit, endpoints: Any,
-                 on_line: OnLine = lambda job, line: None, feature_cache: Path | None = None):
+                 on_line: OnLine = lambda job, line: None, feature_cache: Path | None = None, warm_jobs: bool = True,
+                 gpus: int | None = None):
         self.store = store
         self.endpoints = endpoints
         self._stopping = threading.Event()
@@ -36,7 +39,10 @@ class LocalSageMaker:
         # Shared by every job on this machine: head-mode trials of one tuning job compute the
         # frozen backbone's features once (train.py --feature-cache).
         job_env = {"DROPTRAIN_FEATURE_CACHE": str(feature_cache)} if feature_cache else {}
-        self.training = TrainingJobs(store, bucket, jobs_root, emit, on_line, job_env, self._stopping)
+        # Training jobs fork from one interpreter that has imported torch once (droptrain.local.warm).
+        self.warm = WarmInterpreter(jobs_root.parent / "cache", pycache=jobs_root.parent / "cache" / "pycache") if warm_jobs else None
+        self.training = TrainingJobs(store, bucket, jobs_root, emit, on_line, job_env, self._stopping, warm=self.warm,
+                                     gpus=defaults.gpu_count() if gpus is None else gpus)
         self.tuner = Tuner(store, self.training, emit, self._spawn, self._stopping)
         self.resources = StoredResources(store)
         self.registry = LocalRegistry(store, emit)
@@ -47,6 +53,8 @@ class LocalSageMaker:
     def start(self) -> None:
         """Resume what a previous runtime left in progress."""
         self._stopping.clear()
+        if self.warm is not None:  # ready before the first job wants it
+            self._spawn(self._warm_up, "warm-interpreter")
         self.training.clean_ended()
         for name in self.store.names("tuning-job", "InProgress"):
             self._spawn(self.tuner.run, name)
@@ -65,6 +73,14 @@ class LocalSageMaker:
         deadline = time.time() + timeout
         for thread in list(self._threads):
             thread.join(max(0.1, deadline - time.time()))
+        if self.warm is not None:
+            self.warm.close()
+
+    def _warm_up(self, _: str) -> None:
+        try:
+            self.warm.start_server()
+        except WarmInterpreterError as exc:
+            log.warning("jobs will start cold: %s", exc)
 
     def _spawn(self, target: Callable, *args: Any) -> threading.Thread:
         thread = threading.Thread(target=target, args=args, daemon=True, name=f"{target.__name__}:{args[0]}")

@@ -114,7 +114,9 @@ class Search:
         limits = self.config["ResourceLimits"]
         self.max_jobs = limits.get("MaxNumberOfTrainingJobs") or math.prod(
             len(d.choices) for d in self.distributions.values() if isinstance(d, optuna.distributions.CategoricalDistribution))
-        self.parallel = max(1, limits["MaxParallelTrainingJobs"])
+        # One trial per GPU where there are GPUs (a trial beyond them would share one and slow both).
+        gpus = tuner.training.gpus
+        self.parallel = max(1, min(limits["MaxParallelTrainingJobs"], gpus) if gpus else limits["MaxParallelTrainingJobs"])
         self.launched = 0
         self.running: set[str] = set()
         self.trained: set[tuple] = set()  # the tuned values of every trial launched, as SageMaker got them
@@ -206,7 +208,7 @@ class Search:
             return trial.should_prune()
 
         try:
-            status = self.tuner.training.run(child, on_metric=report)
+            status = self.tuner.training.run(child, on_metric=report, share=self.parallel)
             if status != "InProgress":  # InProgress: the runtime is stopping; the next start relaunches it
                 value = final_metric(self.tuner.store.get("training-job", child), metric)
                 if status == "Completed" and value is not None:

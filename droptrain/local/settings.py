@@ -9,12 +9,14 @@ bucket, topic, role, images, source dir) cannot be set.
 from __future__ import annotations
 
 import json
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from chalice_app import config as config_module
+from droptrain.local import defaults
 
 # The local stack's own resources: set by it, never by a user.
 OWNED = ("DATA_BUCKET", "NOTIFY_TOPIC_ARN", "SAGEMAKER_ROLE_ARN", "SOURCE_DIR_S3_URI", "TRAINING_IMAGE_URI",
@@ -30,18 +32,38 @@ class SettingsError(Exception):
 class Settings:
     env: dict[str, str] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
+    # The hyperparameters the user named (over the local defaults, which the machine decides).
+    static: dict[str, str] = field(default_factory=dict)
+
+    def use(self, situation: defaults.Situation) -> None:
+        """The machine's defaults (``defaults.choose``) under what the user set."""
+        self.env["STATIC_HYPERPARAMETERS"] = json.dumps({**situation.hyperparameters, **self.static})
+        if situation.ranges is not None and "TUNING_RANGES" not in self.sources:
+            self.env["TUNING_RANGES"] = json.dumps(situation.ranges)
+        if "MAX_PARALLEL_JOBS" not in self.sources:  # never more at once than the tuning job has trials
+            from droptrain.local.runtime import local_environment
+
+            trials = int(local_environment(self.env)["MAX_TUNING_JOBS"])
+            self.env["MAX_PARALLEL_JOBS"] = str(max(1, min(situation.parallel, trials)))
 
 
-def _text(name: str, value: Any) -> str:
+def _text(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (dict, list)):
-        if name == "STATIC_HYPERPARAMETERS" and isinstance(value, dict):
-            from droptrain.local.runtime import LOCAL_HYPERPARAMETERS
-
-            value = {**json.loads(LOCAL_HYPERPARAMETERS), **{k: str(v) for k, v in value.items()}}
         return json.dumps(value)
     return str(value)
+
+
+def _static(value: Any, source: str) -> dict[str, str]:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise SettingsError(f"{source}: STATIC_HYPERPARAMETERS is not JSON") from None
+    if not isinstance(value, dict):
+        raise SettingsError(f"{source}: STATIC_HYPERPARAMETERS must be a table of hyperparameters")
+    return {str(k): _text(v) for k, v in value.items()}
 
 
 def _put(settings: Settings, name: str, value: Any, source: str) -> None:
@@ -49,7 +71,10 @@ def _put(settings: Settings, name: str, value: Any, source: str) -> None:
         raise SettingsError(f"{source}: unknown variable {name} (see docs/configuration.md)")
     if name in OWNED:
         raise SettingsError(f"{source}: {name} is set by the local stack itself")
-    settings.env[name] = _text(name, value)
+    if name == "STATIC_HYPERPARAMETERS":  # merged over the local defaults, not instead of them
+        settings.static.update(_static(value, source))
+        value = {**defaults.SCRATCH, **settings.static}
+    settings.env[name] = _text(value)
     settings.sources[name] = source
 
 
@@ -79,6 +104,19 @@ def read(path: Path | None = None, sets: list[str] = ()) -> Settings:
     except config_module.ConfigError as exc:
         raise SettingsError(f"{settings.sources.get(exc.variable, 'the local stack')}: {exc}") from None
     return settings
+
+
+def for_this_machine(settings: Settings, say: Callable[[str], None], fetch: Callable = defaults.download,
+                     gpus: int | None = None) -> defaults.Situation:
+    """Settle what the user left open by what this machine has (``defaults.choose``), and say it once."""
+    situation = defaults.choose(settings.static, "TUNING_RANGES" in settings.sources, fetch=fetch, gpus=gpus)
+    settings.use(situation)
+    parallel = int(settings.env.get("MAX_PARALLEL_JOBS", "1"))
+    at_once = [f"tuning trials run {parallel} at a time" + ("" if situation.notes else
+               f", each on {max(1, (os.cpu_count() or 1) // parallel)} of the {os.cpu_count()} CPU cores")] if parallel > 1 else []
+    for line in [situation.message, *situation.notes, *at_once]:
+        say(line)
+    return situation
 
 
 def describe(settings: Settings) -> list[str]:

@@ -26,6 +26,7 @@ from droptrain.local import jobs
 from droptrain.local.bucket import LocalBucket
 from droptrain.local.resources import arn, as_described, now, request_tags, state_change_event
 from droptrain.local.store import Store
+from droptrain.local.warm import WarmInterpreter, WarmInterpreterError
 
 log = logging.getLogger(__name__)
 TERMINAL = ("Completed", "Failed", "Stopped")
@@ -70,8 +71,12 @@ class _Output:
 
 class TrainingJobs:
     def __init__(self, store: Store, bucket: LocalBucket, jobs_root: Path, emit: Emit, on_line: OnLine,
-                 job_env: Mapping[str, str], stopping: threading.Event):
+                 job_env: Mapping[str, str], stopping: threading.Event, warm: WarmInterpreter | None = None,
+                 gpus: int = 0):
         self.store, self.bucket, self.jobs_root, self.emit = store, bucket, jobs_root, emit
+        self.warm = warm
+        self.gpus = gpus
+        self._gpus_in_use: set[int] = set()
         self.on_line = on_line
         self.job_env = dict(job_env)
         self.stopping = stopping
@@ -119,12 +124,13 @@ class TrainingJobs:
 
     # -- running one ------------------------------------------------------------------------------
 
-    def run(self, name: str, on_metric: OnMetric | None = None) -> str:
+    def run(self, name: str, on_metric: OnMetric | None = None, share: int = 1) -> str:
         """Run the job to its end and return its status; ``on_metric`` returning ``True`` stops it (pruning).
-        Whatever fails in the runner fails the job, with the reason, as SageMaker would."""
+        ``share``: how many jobs run at once (a tuning job's parallel trials), each given its part
+        of the machine. Whatever fails in the runner fails the job, with the reason, as SageMaker would."""
         paths = jobs.JobPaths(self.jobs_root / name)
         try:
-            status = self._attempt(name, self.store.get("training-job", name), paths, on_metric)
+            status = self._attempt(name, self.store.get("training-job", name), paths, on_metric, share)
         except Exception as exc:  # noqa: BLE001 - not the user's error: reported on the job as SageMaker's own failure
             log.exception("local training job %s failed in its runner", name)
             status = self.finish(name, "Failed", SecondaryStatus="Failed",
@@ -139,7 +145,8 @@ class TrainingJobs:
             if status in TERMINAL:
                 jobs.clean_up(jobs.JobPaths(self.jobs_root / name))
 
-    def _attempt(self, name: str, record: Mapping[str, Any], paths: jobs.JobPaths, on_metric: OnMetric | None) -> str:
+    def _attempt(self, name: str, record: Mapping[str, Any], paths: jobs.JobPaths, on_metric: OnMetric | None,
+                 share: int = 1) -> str:
         if name in self._stop_requested:
             return self.finish(name, "Stopped", SecondaryStatus="Stopped")
         if jobs.end_leftovers(paths):  # a runtime killed with -9 left this job's last attempt running
@@ -153,7 +160,7 @@ class TrainingJobs:
         # An attempt a restart interrupted printed metrics that this one, resuming from its
         # checkpoint, will not print again: they count, as CloudWatch keeps a restarted job's log.
         pruned = self._replay(paths, output, on_metric)
-        status_code, pruned = self._stream(name, paths, record, output, on_metric) if not pruned else (0, True)
+        status_code, pruned = self._stream(name, paths, record, output, on_metric, share) if not pruned else (0, True)
         self.store.update("training-job", name, FinalMetricDataList=output.final())
         if name in self._stop_requested:
             return self.finish(name, "Stopped", SecondaryStatus="Stopped")
@@ -196,9 +203,40 @@ class TrainingJobs:
         jobs.fresh_scratch(paths)
 
     def _stream(self, name: str, paths: jobs.JobPaths, record: Mapping[str, Any], output: _Output,
+                on_metric: OnMetric | None, share: int = 1) -> tuple[int, bool]:
+        gpu = self._take_gpu()
+        try:
+            env = jobs.toolkit_env(paths, name, record["TrainingJobArn"], record.get("Environment", {}),
+                                   extra={**self.job_env, **self._part_of_machine(share, gpu)})
+            return self._follow(name, paths, env, output, on_metric)
+        finally:
+            self._give_back_gpu(gpu)
+
+    def _part_of_machine(self, share: int, gpu: int | None) -> dict[str, str]:
+        """One GPU per job where there are GPUs; else, with jobs at once, an equal part of the cores
+        (OpenMP threads): two jobs both using every core would slow each other down."""
+        if gpu is not None:  # the n-th of the GPUs this runtime may use
+            visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+            return {"CUDA_VISIBLE_DEVICES": visible[gpu] if gpu < len(visible) else str(gpu)}
+        if share > 1 and not self.gpus:
+            return {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // share))}
+        return {}
+
+    def _take_gpu(self) -> int | None:
+        with self._lock:
+            free = sorted(set(range(self.gpus)) - self._gpus_in_use)
+            if not free:
+                return None  # no GPU (or more jobs than GPUs: this one shares what the driver gives it)
+            self._gpus_in_use.add(free[0])
+            return free[0]
+
+    def _give_back_gpu(self, gpu: int | None) -> None:
+        with self._lock:
+            self._gpus_in_use.discard(gpu)
+
+    def _follow(self, name: str, paths: jobs.JobPaths, env: Mapping[str, str], output: _Output,
                 on_metric: OnMetric | None) -> tuple[int, bool]:
-        env = jobs.toolkit_env(paths, name, record["TrainingJobArn"], record.get("Environment", {}), extra=self.job_env)
-        process = jobs.start(paths, env)
+        process = self._start_process(name, paths, env)
         jobs.record_runner(paths, process)
         with self._lock:
             self._processes[name] = process
@@ -215,14 +253,24 @@ class TrainingJobs:
                             kill(process)
             return process.wait(), pruned
         finally:
+            process.stdout.close()
             with self._lock:
                 self._processes.pop(name, None)
+
+    def _start_process(self, name: str, paths: jobs.JobPaths, env: Mapping[str, str]):
+        """The toolkit forked from the warm interpreter (torch already imported), else in a fresh one."""
+        if self.warm is not None:
+            try:
+                return self.warm.start(["train"], paths.root, env)
+            except WarmInterpreterError as exc:
+                log.warning("job %s starts cold: %s", name, exc)
+        return jobs.start(paths, env)
 
     def _upload_outputs(self, name: str, paths: jobs.JobPaths, record: Mapping[str, Any]) -> str:
         """``model.tar.gz`` and ``output.tar.gz`` where SageMaker puts them; the final job's reports where
         train.py uploads them on SageMaker (``runs/<run-id>/reports/``). Returns the model's URI."""
         prefix = record["OutputDataConfig"]["S3OutputPath"].rstrip("/") + f"/{name}/output"
-        jobs.package_dir(paths.model, self.bucket.path_of_uri(f"{prefix}/model.tar.gz"))
+        jobs.package_dir(paths.model, self.bucket.path_of_uri(f"{prefix}/model.tar.gz"), compresslevel=0)
         jobs.package_dir(paths.output_data, self.bucket.path_of_uri(f"{prefix}/output.tar.gz"))
         reports, target = paths.output_data / "reports", record["HyperParameters"].get("reports-uri")
         if target and reports.is_dir():

@@ -24,7 +24,9 @@ args.checkpoint_dir = Path(os.environ.get("SAGEMAKER_BASE_DIR", "/opt/ml")) / "c
 log = Path(os.environ["FAKE_LOG"]) if os.environ.get("FAKE_LOG") else None
 if log:
     with log.open("a") as handle:
-        handle.write(json.dumps({"job": os.environ["TRAINING_JOB_NAME"], "start": time.time(), "pid": os.getpid()}) + "\n")
+        handle.write(json.dumps({"job": os.environ["TRAINING_JOB_NAME"], "start": time.time(), "pid": os.getpid(),
+                                 "threads": os.environ.get("OMP_NUM_THREADS"),
+                                 "gpu": os.environ.get("CUDA_VISIBLE_DEVICES")}) + "\n")
 # FAKE_RENDEZVOUS=DIR:N: announce this job in DIR, wait (up to 20 s) until N jobs are running at once,
 # and record how many were: the executor's parallelism seen from the jobs, not guessed from the clock.
 rendezvous = os.environ.get("FAKE_RENDEZVOUS")

@@ -1,0 +1,126 @@
+"""The warm interpreter runs a job exactly as a fresh one does: AWS's toolkit, then the script with the
+same arguments, environment, folder, sys.path and exit status; a stop ends the whole job."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from droptrain.local import jobs
+from droptrain.local.warm import WarmInterpreter
+
+PROBE = '''
+import json, logging, os, sys, time
+print("probe " + json.dumps({
+    "argv": sys.argv, "cwd": os.getcwd(), "path0": sys.path[0], "main": __name__,
+    "channel": os.environ.get("SM_CHANNEL_TRAINING"), "lr": os.environ.get("SM_HP_LR"),
+    "job": os.environ.get("TRAINING_JOB_NAME"), "root_handlers": len(logging.getLogger().handlers),
+    "session_leader": os.getpgid(0) != os.getpid(),
+}), flush=True)
+print("to stderr", file=sys.stderr, flush=True)
+if os.environ.get("PROBE_SLEEP"):
+    open(os.environ["PROBE_PID"], "w").write(str(os.getpid()))
+    time.sleep(float(os.environ["PROBE_SLEEP"]))
+if os.environ.get("PROBE_FAIL"):
+    raise ValueError("the probe fails as asked")
+sys.exit(int(os.environ.get("PROBE_EXIT", "0")))
+'''
+
+
+@pytest.fixture(scope="module")
+def warm(tmp_path_factory):
+    interpreter = WarmInterpreter(tmp_path_factory.mktemp("warm"))
+    yield interpreter
+    interpreter.close()
+
+
+def _job(root: Path, name: str) -> jobs.JobPaths:
+    source = root / "source"
+    source.mkdir(parents=True)
+    (source / "train.py").write_text(PROBE)
+    with tarfile.open(root / "sourcedir.tar.gz", "w:gz") as tar:
+        tar.add(source / "train.py", "train.py")
+    (root / "data").mkdir()
+    (root / "data" / "a.txt").write_text("x")
+    paths = jobs.JobPaths(root / name)
+    channel = [{"ChannelName": "training", "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": "s3://b/d/"}}}]
+    jobs.write_config(paths, {"lr": "0.01", "epochs": "2", "sagemaker_program": "train.py",
+                              "sagemaker_submit_directory": str(root / "sourcedir.tar.gz")}, channel, "ml.m5.large")
+    jobs.stage_channel(paths, "training", root / "data")
+    return paths
+
+
+def _run(process) -> tuple[int, list[str]]:
+    lines = [line.rstrip("\n") for line in process.stdout]
+    process.stdout.close()
+    return process.wait(), lines
+
+
+def _probe(lines: list[str]) -> dict:
+    found = json.loads(next(line for line in lines if line.startswith("probe ")).removeprefix("probe "))
+    return found
+
+
+@pytest.mark.parametrize("extra,status", [({}, 0), ({"PROBE_EXIT": "3"}, 3), ({"PROBE_FAIL": "1"}, 1)])
+def test_a_job_runs_in_the_warm_interpreter_as_in_a_fresh_one(tmp_path, warm, extra, status):
+    results = {}
+    for mode in ("cold", "warm"):
+        paths = _job(tmp_path / mode, "probe-job")
+        env = jobs.toolkit_env(paths, "probe-job", "arn:aws:sagemaker:local:0:training-job/probe-job", extra)
+        process = jobs.start(paths, env) if mode == "cold" else warm.start(["train"], paths.root, env)
+        results[mode] = (*_run(process), paths)
+    assert results["cold"][0] == results["warm"][0], "the toolkit's own exit status"
+    for mode, (code, lines, paths) in results.items():
+        assert (code == 0) == (status == 0), f"{mode}\n" + "\n".join(lines[-20:])
+        probe = _probe(lines)
+        assert probe["argv"] == ["train.py", "--epochs", "2", "--lr", "0.01"]
+        assert probe["cwd"] == probe["path0"] == str(paths.root / "code") and probe["main"] == "__main__"
+        assert probe["channel"] == str(paths.input_data / "training") and probe["lr"] == "0.01" and probe["job"] == "probe-job"
+        assert probe["root_handlers"] == 0, "logging as a fresh interpreter has it"
+        assert "to stderr" in lines
+        assert (paths.output / "success").exists() == (status == 0)
+        if status:
+            assert paths.failure.exists()
+            assert (f"ExitCode {status}" in paths.failure.read_text()) or "ValueError" in paths.failure.read_text()
+    assert _probe(results["cold"][1]) | {"cwd": "", "path0": "", "channel": ""} == \
+        _probe(results["warm"][1]) | {"cwd": "", "path0": "", "channel": ""}
+
+
+def test_stopping_a_warm_job_ends_the_toolkit_and_the_script(tmp_path, warm):
+    paths = _job(tmp_path, "probe-stop")
+    env = jobs.toolkit_env(paths, "probe-stop", "arn:aws:sagemaker:local:0:training-job/probe-stop",
+                           {"PROBE_SLEEP": "60", "PROBE_PID": str(tmp_path / "script.pid")})
+    process = warm.start(["train"], paths.root, env)
+    deadline = time.time() + 60
+    while not (tmp_path / "script.pid").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    script = int((tmp_path / "script.pid").read_text())
+    assert os.getpgid(script) == process.pid, "the script runs in the job's own process group"
+    from droptrain.local.training import kill
+
+    kill(process)
+    code, _ = _run(process)
+    assert code == -signal.SIGTERM
+    with pytest.raises(ProcessLookupError):
+        for _ in range(50):
+            os.kill(script, 0)
+            time.sleep(0.05)
+
+
+def test_the_interpreter_ends_with_its_runtime_and_a_new_one_starts(tmp_path):
+    interpreter = WarmInterpreter(tmp_path / "w")
+    path = interpreter.start_server()
+    assert Path(path).exists()
+    server = interpreter._server
+    interpreter.close()
+    assert server.poll() is not None and not Path(path).exists()
+    paths = _job(tmp_path / "again", "probe-again")
+    process = interpreter.start(["train"], paths.root, jobs.toolkit_env(paths, "probe-again", "arn", {}))
+    assert _run(process)[0] == 0, "a closed interpreter starts again on the next job"
+    interpreter.close()
