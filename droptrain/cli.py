@@ -56,10 +56,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
     from droptrain.local.lock import HomeBusyError
     from droptrain.local.runtime import LocalRuntime
     from droptrain.local.notify import WebhookError
-
-    def show(job: str, line: str) -> None:
-        if line.startswith(("epoch=", "test_", "error:")):
-            print(f"  [{job}] {line}", flush=True)
+    from droptrain.progress import LiveProgress
 
     api_key = args.api_key or os.environ.get("DROPTRAIN_API_KEY") or None
     if args.host not in LOOPBACK:
@@ -67,15 +64,16 @@ def _cmd_up(args: argparse.Namespace) -> int:
               + ("; requests need the x-api-key header" if api_key else
                  " and anyone who can reach it can use it: pass --api-key (or set DROPTRAIN_API_KEY)"),
               file=sys.stderr, flush=True)
-    from droptrain.local.settings import SettingsError, read
+    from droptrain.local.settings import SettingsError, for_this_machine, read
 
     try:
         settings = read(args.config, args.set)
     except SettingsError as exc:
         print(f"droptrain up: {exc}", file=sys.stderr)
         return 1
+    for_this_machine(settings, lambda line: print(line, flush=True))
     try:
-        runtime = LocalRuntime(args.home, env=settings.env, webhook=args.webhook, on_line=show)
+        runtime = LocalRuntime(args.home, env=settings.env, webhook=args.webhook, on_line=LiveProgress(print))
         runtime.start(host=args.host, port=args.port, api_key=api_key)
     except (HomeBusyError, WebhookError) as exc:
         print(f"droptrain up: {exc}", file=sys.stderr)

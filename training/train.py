@@ -86,8 +86,27 @@ def _to_device(inputs: torch.Tensor, targets: torch.Tensor, device: torch.device
     return inputs, targets.to(device, non_blocking=True)
 
 
+class ProgressLine:
+    """``progress: epoch 2/5, 640/1260 images, 512.3 images/s`` at most every ``every`` seconds of an
+    epoch (never for one shorter than that): what ``droptrain up`` draws its bars from, and a sign of
+    life in a long epoch's log. No metric definition matches it."""
+
+    def __init__(self, epoch: int, epochs: int, images: int, every: float = 2.0, clock=time.monotonic, say=print):
+        self.epoch, self.epochs, self.images, self.every, self.clock, self.say = epoch, epochs, images, every, clock, say
+        self.started = self.last = clock()
+        self.seen = 0
+
+    def step(self, images: int) -> None:
+        self.seen += images
+        now = self.clock()
+        if now - self.last >= self.every and self.seen < self.images:
+            self.last = now
+            rate = self.seen / max(now - self.started, 1e-9)
+            self.say(f"progress: epoch {self.epoch}/{self.epochs}, {self.seen}/{self.images} images, {rate:.1f} images/s", flush=True)
+
+
 def train_one_epoch(model, criterion, optimizer, batches, device, scaler, hook, epoch, amp, check_every=10,
-                    timer=profiling.NullTimer()) -> EpochStats:
+                    timer=profiling.NullTimer(), progress: ProgressLine | None = None) -> EpochStats:
     model.train()
     hook.set_mode("train")
     timer.epoch_start()
@@ -114,6 +133,8 @@ def train_one_epoch(model, criterion, optimizer, batches, device, scaler, hook, 
         total_loss += loss.detach().float() * len(targets)
         correct += (logits.argmax(1) == targets).sum()
         seen += len(targets)
+        if progress is not None:
+            progress.step(len(targets))
         # A host sync every step would stall the GPU; a NaN is still caught within a few steps.
         if step % check_every == 0:
             _check_finite(total_loss, epoch, step, lr)
@@ -199,6 +220,7 @@ class Progress:
     start_epoch: int
     checkpoint_dir: Path | None
     fingerprint: str
+    train_images: int = 0
 
 
 def prepare(args: argparse.Namespace, splits: Splits, device: torch.device) -> Fit:
@@ -235,14 +257,14 @@ def resume(args: argparse.Namespace, fit: Fit, splits: Splits) -> Progress:
         {"hyperparameters": hyperparameters(args), "classes": splits.classes, "train": len(splits.train)})
     state = checkpoints.load(checkpoint_dir, fingerprint)
     if state is None:
-        return Progress([], 1, checkpoint_dir, fingerprint)
+        return Progress([], 1, checkpoint_dir, fingerprint, len(splits.train))
     fit.model.load_state_dict(state["model"])
     fit.optimizer.load_state_dict(state["optimizer"])
     fit.scheduler.load_state_dict(state["scheduler"])
     fit.scaler.load_state_dict(state["scaler"])
     torch.set_rng_state(state["rng"])
     print(f"resumed from checkpoint at epoch {state['epoch']}", flush=True)
-    return Progress(state["history"], state["epoch"] + 1, checkpoint_dir, fingerprint)
+    return Progress(state["history"], state["epoch"] + 1, checkpoint_dir, fingerprint, len(splits.train))
 
 
 def run_epochs(args: argparse.Namespace, fit: Fit, observers: Observers, progress: Progress) -> list[dict]:
@@ -251,7 +273,8 @@ def run_epochs(args: argparse.Namespace, fit: Fit, observers: Observers, progres
         started = time.perf_counter()
         try:
             train_stats = train_one_epoch(fit.trainable, fit.criterion, fit.optimizer, fit.data.train_batches(epoch),
-                                          fit.device, fit.scaler, observers.hook, epoch, fit.amp, timer=observers.timer)
+                                          fit.device, fit.scaler, observers.hook, epoch, fit.amp, timer=observers.timer,
+                                          progress=ProgressLine(epoch, args.epochs, progress.train_images))
         except DivergedError:
             # A diverging job is the one whose rule verdicts matter most: judge what was saved, then fail.
             observers.close()
@@ -304,7 +327,7 @@ def finish(args: argparse.Namespace, splits: Splits, fit: Fit, observers: Observ
     verdicts = write_verdicts(observers.hook.out_dir, report_dir)
     if observers.sampler is not None:
         write_report(args.run_id, report_dir, fit.device.type, pick_workers(args, fit.device), history, evaluation,
-                     verdicts, observers)
+                     verdicts, observers, setting={k: str(v) for k, v in hyperparameters(args).items()})
     if args.reports_uri:
         upload_reports(report_dir, args.reports_uri)
     artifact.write_model_dir(args.model_dir, fit.model, model_metadata(args, splits, fit, metrics, history),

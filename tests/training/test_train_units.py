@@ -222,3 +222,17 @@ def test_an_unwritable_feature_cache_only_turns_caching_off(tiny_dataset, tmp_pa
         data = train.make_batches(args, splits, model, torch.device("cpu"))
     assert "feature cache disabled" in caplog.text
     assert sum(len(t) for _, t, _ in data.train_batches(1)) == len(splits.train)
+
+
+def test_progress_lines_come_at_most_every_interval_and_match_no_metric():
+    import re
+
+    from chalice_app.sagemaker_requests import METRIC_DEFINITIONS
+
+    said, now = [], [0.0]
+    line = train.ProgressLine(2, 5, 1000, every=2.0, clock=lambda: now[0], say=lambda text, flush: said.append(text))
+    for _ in range(10):
+        now[0] += 0.5
+        line.step(64)
+    assert said == ["progress: epoch 2/5, 256/1000 images, 128.0 images/s", "progress: epoch 2/5, 512/1000 images, 128.0 images/s"]
+    assert not any(re.search(d["Regex"], text) for d in METRIC_DEFINITIONS for text in said)
