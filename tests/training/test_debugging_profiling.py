@@ -162,3 +162,51 @@ def test_reports_are_uploaded_to_the_runs_reports_prefix_on_sagemaker(tmp_path, 
         assert s3.get_object(Bucket="droptrain-data-dev", Key=written[1])["Body"].read() == b"report.html"
         monkeypatch.setenv("DROPTRAIN_LOCAL", "1")
         assert upload_reports(reports, "s3://droptrain-data-dev/elsewhere/", client=s3) == [], "locally the executor copies them"
+
+
+SCRATCH = {"weights": "none", "train-mode": "full"}
+TREND = [{"rule": "LossNotDecreasing", "status": "IssuesFound", "step": 3, "message": "the loss did not decrease"},
+         {"rule": "VanishingGradient", "status": "NoIssuesFound", "step": None, "message": ""}]
+OVERTRAINING = [{"rule": "Overtraining", "status": "IssuesFound", "step": 33, "message": "stopped improving"}]
+
+
+def _expected(history, verdicts, setting):
+    from trainlib.profiling import findings
+
+    return [n for n in findings({}, {}, history, verdicts, "cpu", 0, None, setting=setting) if n.startswith("Expected")]
+
+
+def _history(epochs, accuracies=None):
+    accuracies = accuracies or [0.5] * epochs
+    return [{"epoch": e, "train_loss": 1.0, "valid_loss": 1.0, "valid_accuracy": a} for e, a in zip(range(1, epochs + 1), accuracies)]
+
+
+def test_the_report_says_when_trend_verdicts_are_expected_for_the_setting():
+    expected = _expected(_history(3), TREND, SCRATCH)
+    assert len(expected) == 1 and "LossNotDecreasing after 3 epoch(s)" in expected[0] and "random weights" in expected[0]
+    # With ImageNet weights, in head mode, or after many epochs, the same verdict is a real finding.
+    for setting, epochs in (({"weights": "imagenet", "train-mode": "full"}, 3), ({"weights": "none", "train-mode": "head"}, 3),
+                            (SCRATCH, 12)):
+        assert not _expected(_history(epochs), TREND, setting)
+    assert not _expected(_history(3), TREND[1:], SCRATCH), "nothing to explain when no rule found an issue"
+
+
+def test_overtraining_after_the_data_was_learnt_is_said_to_be_expected():
+    learnt_early = _expected(_history(5, [0.8, 0.9, 1.0, 1.0, 1.0]), OVERTRAINING, {"weights": "imagenet"})
+    assert learnt_early == ["Expected when the data is learnt early: validation accuracy reached 1.000 at epoch 3 of 5, so the "
+                            "last epochs had little left to improve, which is what Overtraining reports; fewer epochs would "
+                            "give the same model."]
+    assert not _expected(_history(5, [0.5, 0.6, 0.7, 0.8, 0.9]), OVERTRAINING, {"weights": "imagenet"}), \
+        "still improving at the end: a real finding"
+
+
+@pytest.mark.parametrize("valid_losses,scale", [([2.0e7, 3.1e3, 1.2], "log"), ([1.4, 1.1, 0.9], "linear")])
+def test_losses_spanning_decades_are_plotted_on_a_log_axis(valid_losses, scale, monkeypatch):
+    import matplotlib.axes
+    from trainlib import report
+
+    scales = []
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_yscale", lambda self, value, **kw: scales.append(value))
+    history = [{"epoch": i + 1, "train_loss": 1.5 - 0.1 * i, "valid_loss": v, "valid_accuracy": 0.5} for i, v in enumerate(valid_losses)]
+    report._figure_png(report._curves(history))
+    assert ("log" in scales) == (scale == "log")

@@ -53,13 +53,13 @@ def stop_on_rule_issues(out_dir: Path, epoch: int) -> None:
 
 
 def write_report(run_id: str, report_dir: Path, device_type: str, workers: int, history: list[dict], evaluation: dict,
-                 verdicts: list[dict], observers: Observers) -> Path:
+                 verdicts: list[dict], observers: Observers, setting: dict[str, str] | None = None) -> Path:
     timer, sampler = observers.timer, observers.sampler
     breakdown, system = timer.breakdown(), sampler.summary()
     profile = {"device": device_type, "workers": workers, "breakdown": breakdown, "step_ms": timer.mean_step_ms(),
                "system": system, "steps": timer.steps, "samples": sampler.samples, "torch_ops": timer.torch_summary}
     artifact.write_json(report_dir / "profile.json", profile)
-    notes = profiling.findings(breakdown, system, history, verdicts, device_type, workers, evaluation, profile["step_ms"])
+    notes = profiling.findings(breakdown, system, history, verdicts, device_type, workers, evaluation, profile["step_ms"], setting)
     path = report.render(report_dir / "report.html", run_id=run_id, history=history, evaluation=evaluation,
                          verdicts=verdicts, profile=profile, findings=notes)
     print(f"report={path}", flush=True)

@@ -181,9 +181,36 @@ class SystemSampler:
         return out
 
 
+# Trend rules that early epochs of a network learning from random weights trip.
+EARLY_RULES = ("LossNotDecreasing", "Overfit")
+EARLY_EPOCHS = 5
+
+
+def expected_verdicts(verdicts: list[dict], history: list[dict], setting: dict[str, str] | None) -> list[str]:
+    """In words, when a rule's finding is what this setting and run are expected to produce."""
+    setting = setting or {}
+    flagged = [v["rule"] for v in verdicts if v["status"] == "IssuesFound"]
+    out = []
+    early = [rule for rule in EARLY_RULES if rule in flagged]
+    if early and setting.get("weights") == "none" and setting.get("train-mode") != "head" and len(history) <= EARLY_EPOCHS:
+        out.append(f"Expected for this setting: {', '.join(early)} after {len(history)} epoch(s) of a network trained "
+                   "from random weights. Its validation loss swings while BatchNorm's running statistics settle, so "
+                   "these trend rules fire early; they say more about a run with ImageNet weights (--weights imagenet) "
+                   "or more epochs.")
+    if "Overtraining" in flagged and history:
+        best = max(history, key=lambda h: h["valid_accuracy"])
+        if best["epoch"] < history[-1]["epoch"]:
+            out.append(f"Expected when the data is learnt early: validation accuracy reached {best['valid_accuracy']:.3f} "
+                       f"at epoch {best['epoch']} of {history[-1]['epoch']}, so the last epochs had little left to "
+                       "improve, which is what Overtraining reports; fewer epochs would give the same model.")
+    return out
+
+
 def findings(breakdown: dict[str, float], system: dict[str, float], history: list[dict], verdicts: list[dict],
-             device: str, workers: int, evaluation: dict | None, step_ms: float = 0.0) -> list[str]:
-    """Plain-language observations, as SageMaker's ProfilerReport gives them."""
+             device: str, workers: int, evaluation: dict | None, step_ms: float = 0.0,
+             setting: dict[str, str] | None = None) -> list[str]:
+    """Plain-language observations, as SageMaker's ProfilerReport gives them. ``setting``: the job's
+    hyperparameters, for what to expect of the rules."""
     out = []
     where = "GPU" if device == "cuda" else "CPU"
     # A share of a microsecond step is no bottleneck: only waits that cost real time count.
@@ -207,6 +234,7 @@ def findings(breakdown: dict[str, float], system: dict[str, float], history: lis
     issues = [v for v in verdicts if v["status"] == "IssuesFound"]
     if issues:
         out.extend(f"Rule {v['rule']}: {v['message']}" for v in issues)
+        out.extend(expected_verdicts(verdicts, history, setting))
     elif verdicts:
         out.append("No debugger rule found an issue.")
     if evaluation:

@@ -32,13 +32,21 @@ def _img(png: str, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{png}">'
 
 
+LOG_SCALE_SPAN = 100  # a loss plot whose largest value is this many times its smallest is drawn on a log axis
+
+
 def _curves(history: list[dict]):
     def draw(ax):
         epochs = [h["epoch"] for h in history]
         ax.plot(epochs, [h["train_loss"] for h in history], "o-", label="train loss")
         ax.plot(epochs, [h["valid_loss"] for h in history], "o-", label="valid loss")
         ax.set_xlabel("epoch")
-        ax.set_ylabel("loss")
+        losses = [h[k] for h in history for k in ("train_loss", "valid_loss") if h[k] > 0]
+        if losses and max(losses) / min(losses) >= LOG_SCALE_SPAN:
+            ax.set_yscale("log")  # losses spanning decades (early epochs from scratch) flatten on a linear axis
+            ax.set_ylabel("loss (log scale)")
+        else:
+            ax.set_ylabel("loss")
         twin = ax.twinx()
         twin.plot(epochs, [h["valid_accuracy"] for h in history], "s--", color="tab:green", label="valid accuracy")
         twin.set_ylim(0, 1)
