@@ -113,13 +113,20 @@ def _accept(connection: socket.socket, listener: socket.socket, children: dict[i
     if len(fds) != 1:
         connection.close()
         return
+    # The pid goes back only once the job leads its own process group: a stop that came sooner
+    # would find no group to end.
+    in_session, session_ready = os.pipe()
     pid = os.fork()
     if pid == 0:
         listener.close()
         for other in children.values():
             other.close()
         connection.close()
-        _job(request, fds[0])  # never returns
+        os.close(in_session)
+        _job(request, fds[0], session_ready)  # never returns
+    os.close(session_ready)
+    os.read(in_session, 1)
+    os.close(in_session)
     os.close(fds[0])
     children[pid] = connection
     connection.send(json.dumps({"pid": pid}).encode())
@@ -162,11 +169,13 @@ def _exit_code(exc: SystemExit) -> int:
     return 1
 
 
-def _job(request: Mapping[str, Any], output: int) -> None:
+def _job(request: Mapping[str, Any], output: int, session_ready: int) -> None:
     """The forked job process: a fresh session with the job's environment, running the toolkit."""
     code = 1
     try:
         os.setsid()
+        os.write(session_ready, b"1")
+        os.close(session_ready)
         signal.set_wakeup_fd(-1)
         for number in (signal.SIGCHLD, signal.SIGTERM):
             signal.signal(number, signal.SIG_DFL)
