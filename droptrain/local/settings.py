@@ -22,6 +22,8 @@ from droptrain.local import defaults
 OWNED = ("DATA_BUCKET", "NOTIFY_TOPIC_ARN", "SAGEMAKER_ROLE_ARN", "SOURCE_DIR_S3_URI", "TRAINING_IMAGE_URI",
          "INFERENCE_IMAGE_URI", "AWS_REGION")
 DEFAULT_FILE = Path("droptrain.toml")
+# What droptrain up decides by the machine when the user leaves it open (droptrain.local.defaults).
+MACHINE = ("STATIC_HYPERPARAMETERS", "TUNING_RANGES", "MAX_PARALLEL_JOBS")
 
 
 class SettingsError(Exception):
@@ -128,6 +130,8 @@ def describe(settings: Settings) -> list[str]:
     for name in config_module.VARIABLES:
         if name in settings.sources:
             source = settings.sources[name]
+        elif name in MACHINE:
+            source = "the local stack; droptrain up settles it by this machine's weights, GPUs and cores"
         elif name in base:
             source = "the local stack"
         else:

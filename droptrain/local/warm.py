@@ -71,6 +71,12 @@ def _preload() -> None:
             print(f"warm interpreter: not preloading {name}: {exc}", file=sys.stderr, flush=True)
     for name in [m for m in sys.modules if m.split(".")[0] in PER_JOB]:
         del sys.modules[name]
+    try:  # set up while argv and environ are still where the kernel put them (a job replaces environ)
+        import setproctitle
+
+        setproctitle.getproctitle()
+    except ImportError:
+        pass
 
 
 def serve(path: str) -> None:
@@ -149,6 +155,16 @@ def _reap(children: dict[int, socket.socket]) -> None:
             connection.close()
 
 
+def _title(cmd: list[str]) -> None:
+    """What ``ps`` shows for this fork: the command a cold start would have run."""
+    try:
+        import setproctitle
+
+        setproctitle.setproctitle(" ".join(cmd))
+    except ImportError:
+        pass
+
+
 def _exit(code: int) -> None:
     """End a forked process as the interpreter would: exit functions, non-daemon threads, buffers."""
     try:
@@ -191,6 +207,7 @@ def _job(request: Mapping[str, Any], output: int, session_ready: int) -> None:
         os.environ.update(request["env"])
         sys.argv = list(request["argv"])
         sys.path[0] = os.getcwd()  # as for ``python -m`` started in the job's folder
+        _title([sys.executable, "-m", "sagemaker_training.cli.train"])
         from sagemaker_training import process
 
         process.subprocess = _Subprocess(process.python_executable())  # the toolkit's Popen of the entry point
@@ -255,6 +272,7 @@ def _script(cmd: list[str], env: Mapping[str, str] | None, cwd: str | None) -> N
 
     code = 1
     try:
+        _title(cmd)
         if cwd:
             os.chdir(cwd)
         if env is not None:

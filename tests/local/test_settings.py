@@ -73,5 +73,7 @@ def test_up_stops_before_starting_anything_and_config_says_where_values_came_fro
     out = capsys.readouterr().out
     assert f"TUNING_STRATEGY = Random    # {good}" in out and "APPROVAL_MODE = manual    # --set" in out
     assert "ENDPOINT_PREFIX = droptrain-local    # the local stack" in out and "GATE_MAX_F1_DROP = (default)    # default" in out
+    ranges = next(line for line in out.splitlines() if line.startswith("TUNING_RANGES = "))
+    assert ranges.endswith("# the local stack; droptrain up settles it by this machine's weights, GPUs and cores")
     static = json.loads(next(line for line in out.splitlines() if line.startswith("STATIC_HYPERPARAMETERS")).split(" = ", 1)[1].split("    #")[0])
     assert static["arch"] == "resnet34" and static["train-mode"] == "full"

@@ -102,6 +102,9 @@ def test_stopping_a_warm_job_ends_the_toolkit_and_the_script(tmp_path, warm):
         time.sleep(0.05)
     script = int((tmp_path / "script.pid").read_text())
     assert os.getpgid(script) == process.pid, "the script runs in the job's own process group"
+    import psutil
+
+    assert "-- train.py" in " ".join(psutil.Process(script).cmdline()), "ps shows the script as if started cold"
     from droptrain.local.training import kill
 
     kill(process)
