@@ -37,7 +37,8 @@ from torch import nn
 from trainlib import artifact, checkpoints, profiling
 from trainlib.arguments import get_args_parser, hyperparameters, parse_args  # noqa: F401 - train.parse_args is the CLI's
 from trainlib.baseline import baseline_line, evaluate_baseline
-from trainlib.batches import Data, make_batches, pick_device, pick_workers
+from trainlib.batches import Data, make_batches, pick_device, pick_workers, to_device
+from trainlib.progress import ProgressLine
 from trainlib.datasets import Splits, discover, drop_held_out, resolve_dataset_root
 from trainlib.debugging import create_hook
 from trainlib.errors import DatasetError, DivergedError, TrainingError, write_failure
@@ -79,32 +80,6 @@ def _check_finite(total_loss: torch.Tensor, epoch: int, step: int, lr: float) ->
         )
 
 
-def _to_device(inputs: torch.Tensor, targets: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    inputs = inputs.to(device, non_blocking=True)
-    if device.type == "cuda" and inputs.dim() == 4:
-        inputs = inputs.contiguous(memory_format=torch.channels_last)
-    return inputs, targets.to(device, non_blocking=True)
-
-
-class ProgressLine:
-    """``progress: epoch 2/5, 640/1260 images, 512.3 images/s`` at most every ``every`` seconds of an
-    epoch (never for one shorter than that): what ``droptrain up`` draws its bars from, and a sign of
-    life in a long epoch's log. No metric definition matches it."""
-
-    def __init__(self, epoch: int, epochs: int, images: int, every: float = 2.0, clock=time.monotonic, say=print):
-        self.epoch, self.epochs, self.images, self.every, self.clock, self.say = epoch, epochs, images, every, clock, say
-        self.started = self.last = clock()
-        self.seen = 0
-
-    def step(self, images: int) -> None:
-        self.seen += images
-        now = self.clock()
-        if now - self.last >= self.every and self.seen < self.images:
-            self.last = now
-            rate = self.seen / max(now - self.started, 1e-9)
-            self.say(f"progress: epoch {self.epoch}/{self.epochs}, {self.seen}/{self.images} images, {rate:.1f} images/s", flush=True)
-
-
 def train_one_epoch(model, criterion, optimizer, batches, device, scaler, hook, epoch, amp, check_every=10,
                     timer=profiling.NullTimer(), progress: ProgressLine | None = None) -> EpochStats:
     model.train()
@@ -118,7 +93,7 @@ def train_one_epoch(model, criterion, optimizer, batches, device, scaler, hook, 
         skipped += n_skipped
         if inputs is None:
             continue
-        inputs, targets = _to_device(inputs, targets, device)
+        inputs, targets = to_device(inputs, targets, device)
         timer.batch_ready()
         with torch.autocast(device_type=device.type, enabled=amp):
             logits = model(inputs)
@@ -155,7 +130,7 @@ def evaluate(model, criterion, batches, device, hook, amp) -> tuple[EpochStats, 
         skipped += n_skipped
         if inputs is None:
             continue
-        inputs, targets = _to_device(inputs, targets, device)
+        inputs, targets = to_device(inputs, targets, device)
         with torch.autocast(device_type=device.type, enabled=amp):
             logits = model(inputs)
             loss = criterion(logits.float(), targets)
