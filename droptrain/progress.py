@@ -116,7 +116,7 @@ class LiveProgress:
         self.say(text)
 
     def status(self, now: float | None = None) -> str:
-        """The status line: a bar per running job, then the best trial so far."""
+        """The status line: a bar per running job (with its last validation accuracy), then the best trial so far."""
         now = self.clock() if now is None else now
         parts = []
         for state in self.jobs.values():
@@ -126,7 +126,8 @@ class LiveProgress:
             eta = state.eta(now)
             parts.append(f"{state.label} [{bar:<10}] epoch {min(state.epoch + 1, state.epochs or 1)}/{state.epochs or '?'}"
                          + (f" {state.rate:.0f} img/s" if state.rate else "")
-                         + (f" ETA {eta:.0f}s" if eta is not None else ""))
+                         + (f" ETA {eta:.0f}s" if eta is not None else "")
+                         + (f" valid_accuracy {state.accuracy:.3f}" if state.accuracy is not None else ""))
         parts += [f"best {accuracy:.3f} ({who})" for accuracy, who in self.best.values()]
         return " | ".join(parts)
 

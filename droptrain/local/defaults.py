@@ -87,10 +87,11 @@ def download(url: str, target: Path, out=None, timeout: float = DOWNLOAD_SECONDS
     out = out or sys.stderr
     target.parent.mkdir(parents=True, exist_ok=True)
     expected = re.search(r"-([a-f0-9]{8,})\.", target.name)
-    digest = hashlib.sha256()
+    digest, partial = hashlib.sha256(), None
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response, \
                 tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as tmp:
+            partial = Path(tmp.name)
             total, done, tty = int(response.headers.get("Content-Length") or 0), 0, out.isatty()
             print(f"downloading {url} ({total / 1e6:.0f} MB) to {target}", file=out, flush=True)
             while chunk := response.read(1 << 20):
@@ -103,11 +104,13 @@ def download(url: str, target: Path, out=None, timeout: float = DOWNLOAD_SECONDS
             if tty:
                 print(file=out)
     except (urllib.error.URLError, OSError) as exc:
+        if partial is not None:
+            partial.unlink(missing_ok=True)  # a download cut short leaves nothing behind
         raise WeightsDownloadError(str(getattr(exc, "reason", None) or exc)) from None
     if expected and not digest.hexdigest().startswith(expected.group(1)):
-        Path(tmp.name).unlink(missing_ok=True)
+        partial.unlink(missing_ok=True)
         raise WeightsDownloadError(f"the file downloaded from {url} does not match its hash {expected.group(1)}")
-    shutil.move(tmp.name, target)
+    shutil.move(partial, target)
     print(f"downloaded {target.name}: used offline from now on", file=out, flush=True)
 
 
