@@ -55,19 +55,27 @@ class WarmProcess:
     def __init__(self, pid: int, stdout: IO[str], connection: socket.socket):
         self.pid, self.stdout, self._connection = pid, stdout, connection
         self.returncode: int | None = None
+        # The job's thread and a stop (kill_all) may wait at once, as on a Popen: one reads the status.
+        self._waiting = threading.Lock()
 
     def wait(self, timeout: float | None = None) -> int:
-        if self.returncode is not None:
-            return self.returncode
-        self._connection.settimeout(timeout)
+        started = time.monotonic()
+        if not self._waiting.acquire(timeout=-1 if timeout is None else timeout):
+            raise subprocess.TimeoutExpired(str(self.pid), timeout)
         try:
-            message = self._connection.recv(MESSAGE_BYTES)
-        except TimeoutError:
-            raise subprocess.TimeoutExpired(str(self.pid), timeout) from None
-        # No answer: the server went away; the job's own exit status is lost with it.
-        self.returncode = json.loads(message)["status"] if message else -signal.SIGKILL
-        self._connection.close()
-        return self.returncode
+            if self.returncode is not None:
+                return self.returncode
+            self._connection.settimeout(None if timeout is None else max(0.0, timeout - (time.monotonic() - started)))
+            try:
+                message = self._connection.recv(MESSAGE_BYTES)
+            except TimeoutError:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout) from None
+            # No answer: the server went away; the job's own exit status is lost with it.
+            self.returncode = json.loads(message)["status"] if message else -signal.SIGKILL
+            self._connection.close()
+            return self.returncode
+        finally:
+            self._waiting.release()
 
 
 class WarmInterpreter:

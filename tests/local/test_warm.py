@@ -127,3 +127,29 @@ def test_the_interpreter_ends_with_its_runtime_and_a_new_one_starts(tmp_path):
     process = interpreter.start(["train"], paths.root, jobs.toolkit_env(paths, "probe-again", "arn", {}))
     assert _run(process)[0] == 0, "a closed interpreter starts again on the next job"
     interpreter.close()
+
+
+def test_two_threads_may_wait_for_one_job(tmp_path, warm):
+    # The job's own thread waits for its status while a stop waits for it too (kill_all), as on a Popen.
+    import threading
+
+    paths = _job(tmp_path, "probe-waits")
+    process = warm.start(["train"], paths.root, jobs.toolkit_env(paths, "probe-waits", "arn", {"PROBE_SLEEP": "1",
+                                                                                                "PROBE_PID": str(tmp_path / "pid")}))
+    codes, errors = [], []
+
+    def waiter():
+        try:
+            codes.append(process.wait())
+        except Exception as exc:  # noqa: BLE001 - collected for the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=waiter) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    with pytest.raises(__import__("subprocess").TimeoutExpired):
+        process.wait(0.05)
+    _run(process)
+    for thread in threads:
+        thread.join(30)
+    assert errors == [] and codes == [0, 0, 0]
