@@ -16,7 +16,7 @@ import urllib.request
 from pathlib import Path
 from typing import Callable
 
-from chalice_app import names
+from droptrain.local import defaults
 from droptrain.progress import LiveProgress
 from droptrain.synthetic import make_dataset
 
@@ -24,7 +24,7 @@ from droptrain.synthetic import make_dataset
 # (up to 0.02) BatchNorm's running statistics lag far behind the weights after a handful of steps, so
 # the first epochs' validation losses reach 10^2-10^7 and trip the debugger's trend rules. At 1e-4 to
 # 6e-4, with batches of 8 or 16, validation loss falls from the first epoch (measured on this dataset).
-DEMO_HYPERPARAMETERS = {"arch": "resnet18", "weights": "none", "train-mode": "full", "image-size": "64", "optimizer": "adamw"}
+DEMO_HYPERPARAMETERS = defaults.SCRATCH  # ResNet-18 from scratch at 64 px, whatever weights this machine has
 DEMO_RANGES = {"lr": [0.0001, 0.0006], "weight-decay": [0.00001, 0.001], "epochs": [3, 6], "batch-size": [8, 16]}
 FINAL_EVENTS = ("deployment.completed", "deployment.failed", "model.held", "dataset.rejected", "tuning.failed",
                 "training.failed", "pipeline.failed")
