@@ -13,10 +13,17 @@ For two models at 224 px: ResNet-18, and ResNet-50, the architecture a stage tra
   API and on the application's route, with ``@serve.batch`` as shipped and, for comparison, the same
   application with batches of one.
 
+* floor: an empty body through the handle, answered 400 by the application before any model work,
+  each sent right after a prediction (as the one-client loop sends them): what Ray's hops cost
+  here, whatever the model.
+
 The references run in their own process: torch gives every thread that computes its own OpenMP
 team, and on a small machine two teams throttle each other (ResNet-18 at 224 px on two cores:
 17 ms alone, 27 ms once a second thread has computed). The server's model lives in the Ray
-replica's process, where one thread computes.
+replica's process, where one thread computes. That process stays up while its model is measured and is
+measured in turns with ours (blocks of requests, alternately; the ceiling just before and just
+after each client run): this machine's speed drifts by tens of percent over minutes, and a ratio
+of two time windows would measure the drift as much as the server.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -65,8 +73,9 @@ def train_model(data: Path, work: Path, arch: str = "resnet18") -> Path:
     return package_dir(paths.model, work / "model.tar.gz")
 
 
-def reference(archive: Path, image: Path) -> dict:
-    """In a fresh process: decoding and predicting in-process, and the bare model's ceiling."""
+def reference(archive: Path, image: Path) -> None:
+    """The reference worker (in its own process): decode and predict in-process, and the bare model's
+    ceiling, each on request; reads commands on stdin and answers one JSON line each."""
     from trainlib.predictor import Classifier, decode
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -74,16 +83,63 @@ def reference(archive: Path, image: Path) -> dict:
             tar.extractall(tmp, filter="data")
         classifier = Classifier.load(Path(tmp))
         body = image.read_bytes()
-        latencies = timings(lambda: classifier.predict([decode(body)]), 200, warmup=10)
-        ceiling, batch = best_batched_forward(classifier.model, classifier.transform(decode(body)))
-    return {"latencies": latencies, "ceiling": ceiling, "batch": batch}
+        x = classifier.transform(decode(body))
+        print(json.dumps("ready"), flush=True)
+        for line in sys.stdin:
+            command, *args = line.split()
+            if command == "latencies":
+                answer = timings(lambda: classifier.predict([decode(body)]), int(args[0]), warmup=1)
+            else:  # "ceiling [batch]": every batch size from 1 to 16, or the one given
+                answer = best_batched_forward(classifier.model, x, [int(a) for a in args] or (1, 2, 4, 8, 16))
+            print(json.dumps(answer), flush=True)
 
 
-def best_batched_forward(model, x) -> tuple[float, int]:
-    """Images/s of the bare model on tensors in memory, at its best batch size from 1 to 16."""
+class Reference:
+    """The reference worker, driven from the benchmark's process."""
+
+    def __init__(self, archive: Path, image: Path):
+        self.process = subprocess.Popen([sys.executable, __file__, "reference", str(archive), str(image)],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.best_batch = 0
+        assert self._ask("") == "ready"
+
+    def _ask(self, command: str):
+        if command:
+            self.process.stdin.write(command + "\n")
+            self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the reference worker exited ({self.process.wait()})")
+        return json.loads(line)
+
+    def latencies(self, n: int) -> list[float]:
+        return self._ask(f"latencies {n}")
+
+    def ceiling(self) -> float:
+        """Images/s at the model's best batch size (found on the first call)."""
+        rate, self.best_batch = self._ask(f"ceiling {self.best_batch}" if self.best_batch else "ceiling")
+        return rate
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait(timeout=60)
+
+
+def in_turns(fn, reference: Reference, blocks: int = 10, per_block: int = 20) -> tuple[list[float], list[float]]:
+    """Seconds per call of ``fn`` and of the in-process reference, in alternating blocks."""
+    ours, theirs = [], []
+    timings(fn, 0, warmup=10)
+    for _ in range(blocks):
+        theirs += reference.latencies(per_block)
+        ours += timings(fn, per_block, warmup=1)
+    return ours, theirs
+
+
+def best_batched_forward(model, x, batches=(1, 2, 4, 8, 16)) -> tuple[float, int]:
+    """Images/s of the bare model on tensors in memory, at its best of the ``batches`` sizes."""
     best = (0.0, 1)
     with torch.inference_mode():
-        for batch in (1, 2, 4, 8, 16):
+        for batch in batches:
             data = x.unsqueeze(0).repeat(batch, 1, 1, 1)
             rounds = max(2, 32 // batch)
             seconds = statistics.median(timings(lambda: model(data), rounds, warmup=2))
@@ -109,22 +165,29 @@ def unbatched_copy(runtime, config: str) -> str:
 
 
 def measure(runtime, arch: str, data: Path, work: Path, image: Path) -> list[Row]:
-    import http.client
-
-    from droptrain.demo import post_image
     from helpers import deploy_archive
 
-    body = image.read_bytes()
     archive = train_model(data, work / arch, arch)
     config = f"bench-{arch}"
     endpoint = deploy_archive(runtime, archive, config)
+    reference = Reference(archive, image)
+    try:
+        return latency_rows(runtime, arch, endpoint, config, image, reference) + throughput_rows(runtime, arch, config, image, reference)
+    finally:
+        reference.close()
+
+
+def latency_rows(runtime, arch: str, endpoint: str, config: str, image: Path, reference: Reference) -> list[Row]:
+    import http.client
+
+    from droptrain.demo import post_image
+
+    body = image.read_bytes()
     app = runtime.endpoints._app_name(config)
-    route = f"{runtime.serving.url}/{app}"
-    out = subprocess.run([sys.executable, __file__, "reference", str(archive), str(image)],
-                         capture_output=True, text=True, check=True).stdout
-    measured = json.loads(out.strip().splitlines()[-1])
-    reference_ms, ceiling, best_batch = measured["latencies"], measured["ceiling"], measured["batch"]
     connection = http.client.HTTPConnection(runtime.serving.host, runtime.serving.port, timeout=60)
+
+    def invoke():
+        runtime.endpoints.invoke(endpoint, body, "image/jpeg", "application/json")
 
     def ray_route():
         connection.request("POST", f"/{app}", body=body, headers={"Content-Type": "image/jpeg"})
@@ -136,22 +199,44 @@ def measure(runtime, arch: str, data: Path, work: Path, image: Path) -> list[Row
         status, _ = post_image(runtime.api_url, image, project="bench")
         assert status == 200, status
 
+    def empty_after_prediction() -> float:
+        invoke()
+        began = time.perf_counter()
+        status, _ = runtime.serving.call(app, b"")
+        assert status == 400, status
+        return time.perf_counter() - began
+
     rows = []
-    for label, fn in (("local endpoint (InvokeEndpoint: Ray Serve handle)", lambda: runtime.endpoints.invoke(endpoint, body, "image/jpeg", "application/json")),
+    for label, fn in (("local endpoint (InvokeEndpoint: Ray Serve handle)", invoke),
                       ("Ray Serve HTTP route (the container's /invocations path)", ray_route),
                       ("local API, POST /predict/{project} over HTTP", api)):
-        ours = timings(fn, 200, warmup=10)
+        ours, theirs = in_turns(fn, reference)
         for q, name_q in ((0.5, "p50"), (0.99, "p99")):
             rows.append(Row(f"serving {arch}, 224 px JPEG, one client: {label}, {name_q}", percentile(ours, q) * 1e3,
-                            percentile(reference_ms, q) * 1e3, f"decode + predict in-process, {name_q}", "ms",
+                            percentile(theirs, q) * 1e3, f"decode + predict in-process, {name_q}, in turns", "ms",
                             target="overhead <= 15% at p50" if name_q == "p50" and "handle" in label else ""))
     connection.close()
-    reference_name = f"bare model's best batched forward (batch {best_batch})"
-    for label, url in (("local API, POST /predict", f"{runtime.api_url}/predict?top_k=3"), ("Ray Serve route", route)):
+    floor = [empty_after_prediction() for _ in range(100)]
+    rows.append(Row(f"serving {arch}: Ray Serve handle round trip, empty body answered 400 before any model work, "
+                    "each right after a prediction, p50", percentile(floor, 0.5) * 1e3,
+                    percentile(reference.latencies(100), 0.5) * 1e3, "decode + predict in-process, p50", "ms",
+                    note="the floor of every request's overhead here, whatever the model"))
+    return rows
+
+
+def throughput_rows(runtime, arch: str, config: str, image: Path, reference: Reference) -> list[Row]:
+    app = runtime.endpoints._app_name(config)
+
+    def against_ceiling(what: str, url: str, target: str = "") -> Row:
+        before = reference.ceiling()
         result = clients(url, image, 8, 15)
-        rows.append(Row(f"serving {arch}, 8 concurrent HTTP clients, {label}, @serve.batch", result["rps"], ceiling,
-                        reference_name, "img/s", target=">= 0.85",
-                        note=f"p50 latency {result['p50_ms']:.0f} ms, {result['errors']} errors"))
+        ceiling = (before + reference.ceiling()) / 2
+        return Row(f"serving {arch}, 8 concurrent HTTP clients, {what}", result["rps"], ceiling,
+                   f"bare model's best batched forward (batch {reference.best_batch}), just before and after", "img/s",
+                   target=target, note=f"p50 latency {result['p50_ms']:.0f} ms, {result['errors']} errors")
+
+    rows = [against_ceiling("local API, POST /predict, @serve.batch", f"{runtime.api_url}/predict?top_k=3", ">= 0.85"),
+            against_ceiling("Ray Serve route, @serve.batch", f"{runtime.serving.url}/{app}", ">= 0.85")]
     if arch == "resnet18":
         # The local API's own server under a burst: no connection refused or reset, and the slowest
         # requests queue behind the model rather than behind the listen backlog.
@@ -159,9 +244,7 @@ def measure(runtime, arch: str, data: Path, work: Path, image: Path) -> list[Row
         rows.append(Row(f"local API, 16 concurrent clients, POST /predict ({arch}): p99 latency", burst["p99_ms"], burst["p50_ms"],
                         "p50 latency, same run", "ms", target="p99 <= 5x p50, 0 errors",
                         note=f"{burst['errors']} errors in {burst['requests']} requests"))
-    result = clients(unbatched_copy(runtime, config), image, 8, 15)
-    rows.append(Row(f"serving {arch}, 8 concurrent HTTP clients, Ray Serve route, batches of one", result["rps"], ceiling,
-                    reference_name, "img/s", note=f"p50 latency {result['p50_ms']:.0f} ms, {result['errors']} errors"))
+    rows.append(against_ceiling("Ray Serve route, batches of one", unbatched_copy(runtime, config)))
     runtime.serving.delete("bench-batches-of-one")
     return rows
 
@@ -186,7 +269,7 @@ def run() -> list[Row]:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["reference"]:
-        print(json.dumps(reference(Path(sys.argv[2]), Path(sys.argv[3]))))
+        reference(Path(sys.argv[2]), Path(sys.argv[3]))
     else:
         from common import table, write
 

@@ -15,7 +15,8 @@ error (``trainlib.predictor``); no bad input ever causes a 5xx. Concurrent reque
 passes through ``@serve.batch``; a lone request runs at once (no wait for company).
 
 Its requests go through Ray (HTTP proxy or handle, then the replica): on a two-core machine that
-costs about 3 ms a request (``make bench``), which a GPU instance or a bigger model hides.
+costs about 3.7 ms a request before any model work (``make bench``, its floor row), which a bigger
+machine or a bigger model hides.
 """
 
 from __future__ import annotations
