@@ -1,7 +1,7 @@
 """Training throughput: train.py against the bare model's ceiling and the course projects' approach.
 
 * ceiling: ResNet-18 forward (head mode) or forward+backward+step (full) on tensors already in
-  memory, same batch size and threads.
+  memory, same batch size and threads; measured just before and just after ours, averaged.
 * course approach: ImageFolder, PIL decode and transforms every epoch, default DataLoader, a backbone
   frozen with requires_grad=False but run forward on every image in every epoch; written plainly.
 * ours: train.py on the same images; head mode computes frozen features once (first epoch), then
@@ -64,6 +64,14 @@ def ceiling(size: int, mode: str, batches: int = 4) -> float:
     return _images_per_second(run, BATCH * batches)
 
 
+def around(measure, size: int, mode: str) -> tuple[dict, float]:
+    """``measure()`` and the ceiling as the mean of one taken just before and one just after it: this
+    machine's speed drifts over minutes, and a ceiling from another time window would measure that."""
+    before = ceiling(size, mode)
+    result = measure()
+    return result, (before + ceiling(size, mode)) / 2
+
+
 def course_approach(data: Path, size: int, epochs: int = 2) -> float:
     """Per-epoch images/s of the common notebook loop: decode and transform every epoch,
     frozen backbone still run forward on every image."""
@@ -116,10 +124,8 @@ def run() -> list[Row]:
         for size, per_class in ((64, 300), (224, 100)):
             data = Path(tmp) / f"d{size}"
             make_dataset(data, classes=4, per_class=per_class, size=size, seed=0)
-            head_ceiling = ceiling(size, "head")
-            full_ceiling = ceiling(size, "full")
-            head = ours(data, size, "head")
-            full = ours(data, size, "full", epochs=2)
+            head, head_ceiling = around(lambda: ours(data, size, "head"), size, "head")
+            full, full_ceiling = around(lambda: ours(data, size, "full", epochs=2), size, "full")
             course = course_approach(data, size)
             rows += [
                 Row(f"head mode, {size} px: frozen features (one pass)", head["features"], head_ceiling,
