@@ -101,7 +101,8 @@ class Reference:
         self.process = subprocess.Popen([sys.executable, __file__, "reference", str(archive), str(image)],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.best_batch = 0
-        assert self._ask("") == "ready"
+        if self._ask("") != "ready":
+            raise RuntimeError("the reference worker did not start")
 
     def _ask(self, command: str):
         if command:

@@ -15,7 +15,7 @@ error (``trainlib.predictor``); no bad input ever causes a 5xx. Concurrent reque
 passes through ``@serve.batch``; a lone request runs at once (no wait for company).
 
 Its requests go through Ray (HTTP proxy or handle, then the replica): on a two-core machine that
-costs about 3.7 ms a request before any model work (``make bench``, its floor row), which a bigger
+costs 3.5-5.6 ms a request before any model work (``make bench``, its floor row), which a bigger
 machine or a bigger model hides.
 """
 
