@@ -143,3 +143,25 @@ def test_a_new_endpoint_whose_model_cannot_start_fails(endpoints):
     assert type(info.value).__name__ == "EndpointNotReadyError"
     with pytest.raises(EndpointNotFoundError):
         endpoints.invoke("nope", b"x", "image/jpeg", "application/json")
+
+
+def test_throughput_mode_fits_haproxy_in_the_file_descriptor_limit():
+    from droptrain.local.serving import throughput_mode
+
+    for hard in (1024, 4096, 20000, 65536, -1):
+        env = throughput_mode(nofile_hard=hard, haproxy="/usr/sbin/haproxy")
+        assert env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+        connections = int(env["RAY_SERVE_HAPROXY_MAXCONN"])
+        # HAProxy 2.8 wants 2.5 descriptors a connection and more for itself; Ray's default is 20000.
+        assert connections <= 20000 and (hard == -1 or connections * 5 // 2 + 100 < hard), (hard, connections)
+    assert throughput_mode(nofile_hard=65536, haproxy="") == {}, "no HAProxy: Ray Serve's defaults"
+
+
+def test_an_environment_that_chose_ray_serves_mode_keeps_it():
+    from droptrain.local.serving import ray_environment, throughput_mode
+
+    assert ray_environment({"RAY_SERVE_ENABLE_HA_PROXY": "0"}) == {}
+    assert ray_environment({"RAY_SERVE_THROUGHPUT_OPTIMIZED": "0", "PATH": "/bin"}) == {}
+    chosen = ray_environment({"RAY_SERVE_HAPROXY_MAXCONN": "1000"})
+    assert "RAY_SERVE_HAPROXY_MAXCONN" not in chosen, "a variable already set keeps its value"
+    assert chosen == {k: v for k, v in throughput_mode().items() if k != "RAY_SERVE_HAPROXY_MAXCONN"}
