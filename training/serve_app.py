@@ -12,11 +12,13 @@ path, so the archive serves from any folder.
 ``{"predictions": [{"label", "probability"}, ...], "model": "<run-id>"}`` with the 20 most probable
 labels, most probable first. An empty, undecodable or oversized body gets its 4xx and the JSON
 error (``trainlib.predictor``); no bad input ever causes a 5xx. Concurrent requests share forward
-passes through ``@serve.batch``; a lone request runs at once (no wait for company).
+passes through ``@serve.batch``; a lone request runs at once (no wait for company). A batch holds
+at most as many requests as the model runs fastest per image at on this machine (timed once when
+the replica starts, up to 16): all 16 on a GPU, 2 or 4 for ResNet-50 on two CPU cores.
 
-Its requests go through Ray (HTTP proxy or handle, then the replica): on a two-core machine that
-costs 3.5-5.6 ms a request before any model work (``make bench``, its floor row), which a bigger
-machine or a bigger model hides.
+Its requests go through Ray before any model work: with Ray Serve's default proxy that cost 3.5-5.6
+ms a request on a two-core machine, in high-throughput mode (HAProxy and gRPC, how the local
+runtime starts Ray) about 2 ms (``make bench``, its floor row).
 """
 
 from __future__ import annotations
@@ -45,15 +47,21 @@ def _json(status: int, payload: dict[str, Any]) -> Response:
 
 @serve.deployment(max_ongoing_requests=4 * MAX_BATCH)
 class ImageClassifier:
-    """One model per replica, loaded once. Ray Serve runs this code on its own event loop, apart from
-    the replica's: while a batch computes here, new requests queue in the replica and enter the next
-    batch together, one batch at a time."""
+    """One model per replica, loaded once. The forward pass runs on the event loop that runs this code
+    (its own thread by default, the replica's in Ray Serve's high-throughput mode): while a batch
+    computes, new requests wait and then enter the next batch together, one batch at a time."""
 
     def __init__(self, model_dir: str | None = None):
         self.classifier = Classifier.load(Path(model_dir) if model_dir else HERE)
         # Ray starts replicas with OMP_NUM_THREADS=1 unless they reserve CPUs, and OpenMP's thread count
         # is per thread: the thread that computes is given every core of the instance.
         self._cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        # Batches no bigger than the model runs fastest at here (timed once, at start): a larger one would
+        # answer fewer images a second, and keep its first requests waiting for the last.
+        torch.set_num_threads(self._cores)
+        largest = self.classifier.fastest_batch(MAX_BATCH)
+        self._predict.set_max_batch_size(largest)
+        log.info("batches of up to %d requests: the fastest per image on this machine", largest)
 
     @serve.batch(max_batch_size=MAX_BATCH, batch_wait_timeout_s=0.0)
     async def _predict(self, images: list) -> list[dict[str, Any]]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import io
 import json
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -70,6 +71,34 @@ def test_a_batch_answers_as_single_requests_do(classifier, tiny_dataset):
         assert [p["label"] for p in single["predictions"]] == [p["label"] for p in answer["predictions"]]
         for a, b in zip(single["predictions"], answer["predictions"]):
             assert a["probability"] == pytest.approx(b["probability"], abs=1e-4)
+
+
+def test_the_fastest_batch_is_the_size_with_the_most_images_a_second():
+    # ResNet-50 on two cores, seconds per batch: 2 images at once beat 1, and bigger batches lose.
+    seconds = {1: 0.032, 2: 0.058, 4: 0.140, 8: 0.300, 16: 0.800}
+    assert predictor.fastest([1, 2, 4, 8, 16], seconds.__getitem__) == 2
+    assert predictor.fastest([1, 2, 4, 8, 16], lambda size: 0.01 + 0.001 * size) == 16, "a GPU's fixed cost: biggest wins"
+
+
+def test_the_classifier_times_itself_at_powers_of_two_up_to_the_largest(classifier, monkeypatch):
+    timed = []
+    predict = classifier.predict
+    monkeypatch.setattr(classifier, "predict", lambda images: timed.append(len(images)) or predict(images))
+    best = classifier.fastest_batch(12)
+    assert sorted(set(timed)) == [1, 2, 4, 8] and best in (1, 2, 4, 8)
+    timed.clear()
+    assert classifier.fastest_batch(1) == 1 and set(timed) == {1}
+
+
+def test_the_application_batches_no_more_than_its_model_runs_fastest_at(model_dir, monkeypatch):
+    import serve_app
+
+    monkeypatch.setattr(Classifier, "fastest_batch", lambda self, largest: 2 if largest == serve_app.MAX_BATCH else 0)
+    replica = serve_app.ImageClassifier.func_or_class(str(model_dir))
+    try:
+        assert replica._predict._get_max_batch_size() == 2
+    finally:  # the batch queue's settings belong to the class, in this process
+        replica._predict.set_max_batch_size(serve_app.MAX_BATCH)
 
 
 @pytest.mark.parametrize("mode", ["RGBA", "LA", "P"])
@@ -166,3 +195,24 @@ def test_concurrent_requests_are_answered_each_their_own(container, tiny_dataset
     for (_, answer), wanted in zip(answers, expected):
         assert answer["predictions"][0]["label"] == wanted["predictions"][0]["label"]
         assert answer["predictions"][0]["probability"] == pytest.approx(wanted["predictions"][0]["probability"], abs=1e-4)
+
+
+def test_the_local_ray_serves_http_through_haproxy(container, tiny_dataset):
+    """Ray Serve's high-throughput mode, as the local runtime starts Ray on Linux (``ray[serve]`` bundles
+    HAProxy there): the route is answered through this Ray's own HAProxy, not Ray's Python proxy."""
+    import ray
+
+    from droptrain.local.serving import throughput_mode
+
+    assert throughput_mode(), "ray[serve] brings an HAProxy binary on Linux"
+    status, _ = _post(container, _test_images(tiny_dataset, 1)[0].read_bytes())
+    node = ray.get_runtime_context().get_node_id()
+    ours = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if Path(args[0].decode()).name == "haproxy" and any(node.encode() in arg for arg in args):
+            ours.append(pid)
+    assert status == 200 and ours, "an HAProxy configured for this Ray node serves the route"
