@@ -3,17 +3,17 @@
 For two models at 224 px: ResNet-18, and ResNet-50, the architecture a stage trains by default.
 
 * latency: one 224 px JPEG, one request at a time, through (a) the local endpoint (InvokeEndpoint:
-  a Ray Serve deployment handle to the application's ``answer``), (b) the application's own HTTP
-  route on Ray Serve's proxy (what the container's SageMaker adapter forwards ``/invocations`` to),
-  and (c) the local API's ``POST /predict`` over HTTP (the Chalice handler, its checks, then the
-  endpoint), against decoding and predicting the same bytes in-process (``trainlib.predictor``).
-  p50 and p99 over many requests.
+  the endpoint's routing, then the body POSTed to the application's HTTP route, as SageMaker posts
+  it to the container), (b) that HTTP route alone, on one connection (what the container's SageMaker
+  adapter forwards ``/invocations`` to), and (c) the local API's ``POST /predict`` over HTTP (the
+  Chalice handler, its checks, then the endpoint), against decoding and predicting the same bytes
+  in-process (``trainlib.predictor``). p50 and p99 over many requests.
 * throughput: 8 concurrent HTTP clients (threads in a separate process, as clients are) against the
   bare model's best batched forward on tensors already in memory (batch 1 to 16); through the local
   API and on the application's route, with ``@serve.batch`` as shipped and, for comparison, the same
   application with batches of one.
 
-* floor: an empty body through the handle, answered 400 by the application before any model work,
+* floor: an empty body through the local endpoint's call, answered 400 by the application before any model work,
   each sent right after a prediction (as the one-client loop sends them): what Ray's hops cost
   here, whatever the model.
 
@@ -208,17 +208,17 @@ def latency_rows(runtime, arch: str, endpoint: str, config: str, image: Path, re
         return time.perf_counter() - began
 
     rows = []
-    for label, fn in (("local endpoint (InvokeEndpoint: Ray Serve handle)", invoke),
+    for label, fn in (("local endpoint (InvokeEndpoint: HTTP to the application's route)", invoke),
                       ("Ray Serve HTTP route (the container's /invocations path)", ray_route),
                       ("local API, POST /predict/{project} over HTTP", api)):
         ours, theirs = in_turns(fn, reference)
         for q, name_q in ((0.5, "p50"), (0.99, "p99")):
             rows.append(Row(f"serving {arch}, 224 px JPEG, one client: {label}, {name_q}", percentile(ours, q) * 1e3,
                             percentile(theirs, q) * 1e3, f"decode + predict in-process, {name_q}, in turns", "ms",
-                            target="overhead <= 15% at p50" if name_q == "p50" and "handle" in label else ""))
+                            target="overhead <= 15% at p50" if name_q == "p50" and "InvokeEndpoint" in label else ""))
     connection.close()
     floor = [empty_after_prediction() for _ in range(100)]
-    rows.append(Row(f"serving {arch}: Ray Serve handle round trip, empty body answered 400 before any model work, "
+    rows.append(Row(f"serving {arch}: Ray Serve round trip, empty body answered 400 before any model work, "
                     "each right after a prediction, p50", percentile(floor, 0.5) * 1e3,
                     percentile(reference.latencies(100), 0.5) * 1e3, "decode + predict in-process, p50", "ms",
                     note="the floor of every request's overhead here, whatever the model"))

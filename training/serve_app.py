@@ -69,7 +69,7 @@ class ImageClassifier:
         return self.classifier.predict(images)
 
     async def answer(self, body: bytes) -> tuple[int, dict[str, Any]]:
-        """``(HTTP status, JSON body)`` for the image bytes; what the local runtime calls through a handle."""
+        """``(HTTP status, JSON body)`` for the image bytes."""
         try:
             image = decode(body)
         except PredictionError as exc:

@@ -270,7 +270,7 @@ class LocalEndpoints:
             watch = route.watch if route.watch is not None and route.watch.app == app else None
             started = time.monotonic()
             try:
-                status, payload = self.serving.call(app, body)
+                status, payload = self.serving.call(app, body, content_type, accept)
             except ApplicationGoneError:
                 continue
             except ServingError as exc:

@@ -15,9 +15,8 @@ deployment is the same, with what one machine serving many models needs on top:
 
 Ray Serve takes one declarative config for all applications (``serve run`` does the same through
 ``ServeControllerClient.deploy_apps``): this module keeps that config, one per process (whoever
-started Ray in it), and changes one application at a time. Requests reach an application's ingress
-through a deployment handle (``answer(body)``, the same method its HTTP route runs); the route is
-there too.
+started Ray in it), and changes one application at a time. A request reaches an application as
+SageMaker's InvokeEndpoint reaches the container: its body POSTed to the application's HTTP route.
 
 Ray starts in Ray Serve's high-throughput mode where it can (``throughput_mode``): the same
 applications, with HAProxy in front of them instead of Ray's Python proxy and gRPC between Ray's
@@ -28,6 +27,8 @@ proxy alone took a tenth of the CPU the model needed under load. ``RAY_SERVE_ENA
 
 from __future__ import annotations
 
+import http.client
+import json
 import logging
 import os
 import socket
@@ -87,8 +88,6 @@ def throughput_mode(nofile_hard: int | None = None, haproxy: str | None = None) 
     return {
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
-        # The local API calls handles from plain threads, with no event loop of their own for the router.
-        "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "1",
         # HAProxy asks for about 2.5 file descriptors a connection and will not start above the hard limit.
         "RAY_SERVE_HAPROXY_MAXCONN": str(max(256, min(20000, (nofile_hard - 200) * 2 // 5))),
         # The drain gives load balancers outside Ray time to stop routing to a replica; here the only one is
@@ -159,6 +158,33 @@ def missing_requirements(model_dir: Path) -> list[str]:
     return missing
 
 
+class _Connections:
+    """Keep-alive HTTP connections to Ray Serve's ingress, one per thread (an ``HTTPConnection`` serves one
+    request at a time); one closed while idle is opened again once."""
+
+    def __init__(self, host: str, port: int):
+        self.host, self.port = host, port
+        self._local = threading.local()
+
+    def post(self, path: str, body: bytes, headers: dict[str, str], timeout: float) -> tuple[int, bytes]:
+        while True:
+            connection = getattr(self._local, "connection", None)
+            reused = connection is not None
+            if not reused:
+                connection = self._local.connection = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+            elif connection.sock is not None:
+                connection.sock.settimeout(timeout)
+            try:
+                connection.request("POST", path, body=body, headers=headers)
+                response = connection.getresponse()
+                return response.status, response.read()
+            except (OSError, http.client.HTTPException) as exc:
+                connection.close()
+                self._local.connection = None
+                if not (reused and isinstance(exc, (ConnectionError, http.client.BadStatusLine))):
+                    raise
+
+
 @dataclass
 class _App:
     name: str
@@ -171,7 +197,6 @@ class _Applications:
 
     def __init__(self):
         self.apps: dict[str, _App] = {}
-        self.handles: dict[str, Any] = {}
         self.lock = threading.Lock()
 
 
@@ -218,6 +243,7 @@ class RayServe:
         self._client = serve_start(http_options={"host": self.host, "port": self.port or free_port(self.host)})
         proxy = self._client.http_config
         self.host, self.port = proxy.host, proxy.port
+        self._http = _Connections(self.host, self.port)
         return self
 
     def stop(self) -> None:
@@ -230,7 +256,6 @@ class RayServe:
         if self._owns_ray:
             with self._shared.lock:
                 self._shared.apps.clear()
-                self._shared.handles.clear()
             serve.shutdown()
             ray.shutdown()
         else:
@@ -270,7 +295,6 @@ class RayServe:
 
     def delete(self, name: str) -> None:
         with self._shared.lock:
-            self._shared.handles.pop(name, None)
             self._mine.discard(name)
             if self._shared.apps.pop(name, None) is not None:
                 self._apply()
@@ -279,24 +303,25 @@ class RayServe:
         with self._shared.lock:
             return list(self._shared.apps)
 
-    def call(self, name: str, body: bytes, timeout: float = 60) -> tuple[int, dict[str, Any]]:
-        """``(status, JSON body)`` from application ``name``'s ingress, as its HTTP route would answer."""
-        from ray import serve
-        from ray.serve.exceptions import RayServeException
-
+    def call(self, name: str, body: bytes, content_type: str = "application/octet-stream",
+             accept: str = "application/json", timeout: float = 60) -> tuple[int, dict[str, Any]]:
+        """``(status, JSON body)`` from application ``name``: the body POSTed to its HTTP route, as SageMaker
+        posts an InvokeEndpoint's body to the container's ``/invocations``."""
         with self._shared.lock:
-            if name not in self._shared.apps:
-                raise ApplicationGoneError(f"no application {name}")
-            handle = self._shared.handles.get(name)
-            if handle is None:
-                handle = self._shared.handles[name] = serve.get_app_handle(name)
+            app = self._shared.apps.get(name)
+        if app is None:
+            raise ApplicationGoneError(f"no application {name}")
+        headers = {"Content-Type": content_type, "Accept": accept}
         try:
-            status, payload = handle.answer.remote(body).result(timeout_s=timeout)
-        except RayServeException as exc:
+            status, data = self._http.post(app.config["route_prefix"], body, headers, timeout)
+        except (OSError, http.client.HTTPException) as exc:
+            raise ServingError(f"application {name} could not be reached: {exc}") from exc
+        try:
+            return status, json.loads(data)
+        except ValueError:  # the application answers JSON, always: this is Ray's (no route, no replica)
             if name not in self.names():
-                raise ApplicationGoneError(f"application {name} was deleted") from exc
-            raise ServingError(f"application {name} failed: {exc}") from exc
-        return int(status), payload
+                raise ApplicationGoneError(f"application {name} was deleted") from None
+            raise ServingError(f"application {name}'s route answered {status}: {data[:200]!r}") from None
 
     # -- internals -----------------------------------------------------------------------------
 

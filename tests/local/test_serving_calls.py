@@ -1,0 +1,94 @@
+"""How the local endpoint's calls to Ray Serve's HTTP ingress fail, against a plain HTTP server standing in
+for it (the real ingress is exercised in test_local_endpoint.py and tests/training/test_serving.py)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from droptrain.local.serving import ApplicationGoneError, RayServe, ServingError, _App, _Applications, _Connections
+
+
+class Ingress(BaseHTTPRequestHandler):
+    """Answers every POST with ``server.answer`` = (status, body); with ``server.drop_after_answer`` it
+    closes the connection after answering without saying so (an idle keep-alive timing out)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.server.seen.append((self.path, self.headers.get("Content-Type"), self.headers.get("Accept")))
+        status, body = self.server.answer(self) if callable(self.server.answer) else self.server.answer
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        self.close_connection = self.server.drop_after_answer
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def ingress():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Ingress)
+    server.answer, server.drop_after_answer, server.seen = (200, b"{}"), False, []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def serving(ingress):
+    """A ``RayServe`` whose one application, ``app``, is routed to the stand-in ingress."""
+    engine = RayServe()
+    engine._shared = _Applications()
+    engine._shared.apps["app"] = _App("app", Path("."), {"route_prefix": "/app"})
+    engine._http = _Connections(*ingress.server_address[:2])
+    return engine
+
+
+def test_the_body_goes_to_the_applications_route_with_its_content_type(serving, ingress):
+    ingress.answer = (400, json.dumps({"error": {"code": "invalid_image"}}).encode())
+    assert serving.call("app", b"x", "image/png", "application/json") == (400, {"error": {"code": "invalid_image"}})
+    assert ingress.seen == [("/app", "image/png", "application/json")]
+
+
+def test_a_connection_the_ingress_closed_while_idle_is_opened_again(serving, ingress):
+    ingress.drop_after_answer = True
+    for _ in range(3):
+        assert serving.call("app", b"x") == (200, {})
+    assert len(ingress.seen) == 3, "each request reached the ingress once"
+
+
+def test_an_ingress_that_is_down_is_a_serving_error(serving, ingress):
+    ingress.shutdown()
+    ingress.server_close()
+    with pytest.raises(ServingError, match="could not be reached"):
+        serving.call("app", b"x")
+
+
+def test_an_answer_that_is_not_the_applications_is_a_serving_error(serving, ingress):
+    ingress.answer = (503, b"no replicas available")
+    with pytest.raises(ServingError, match="answered 503") as raised:
+        serving.call("app", b"x")
+    assert not isinstance(raised.value, ApplicationGoneError)
+
+
+def test_an_application_deleted_on_the_way_is_gone(serving, ingress):
+    def deleted_meanwhile(handler):
+        serving._shared.apps.pop("app", None)
+        return 404, b"Path '/app' not found."
+
+    ingress.answer = deleted_meanwhile
+    with pytest.raises(ApplicationGoneError):
+        serving.call("app", b"x")
+    with pytest.raises(ApplicationGoneError):
+        serving.call("app", b"x")
+    assert len(ingress.seen) == 1, "an application this process deleted is not called"
