@@ -98,10 +98,14 @@ def throughput_mode(nofile_hard: int | None = None, haproxy: str | None = None) 
 
 def ray_environment(environ: Mapping[str, str]) -> dict[str, str]:
     """What to add to ``environ`` before Ray starts: the high-throughput mode, unless the environment
-    chose Ray Serve's mode itself; a variable already set keeps its value."""
-    if USER_CHOSEN_MODE & set(environ):
-        return {}
-    return {key: value for key, value in throughput_mode().items() if key not in environ}
+    chose Ray Serve's mode itself; a variable already set keeps its value. With HAProxy, whoever chose
+    it, its stats and metrics listeners get free ports."""
+    chosen = {} if USER_CHOSEN_MODE & set(environ) else throughput_mode()
+    if chosen.get("RAY_SERVE_ENABLE_HA_PROXY", environ.get("RAY_SERVE_ENABLE_HA_PROXY")) == "1":
+        # HAProxy's stats page and metrics listen on fixed ports by default (8404, 9101), so a second Ray on
+        # the machine (another `droptrain up`, a test's) could not start: each instance gets free ones.
+        chosen.update(RAY_SERVE_HAPROXY_STATS_PORT=str(free_port("")), RAY_SERVE_HAPROXY_METRICS_PORT=str(free_port("")))
+    return {key: value for key, value in chosen.items() if key not in environ}
 
 
 def _haproxy_binary() -> str:
@@ -226,21 +230,25 @@ class RayServe:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no report home from a user's machine
         import ray
 
-        if not ray.is_initialized():
-            # Before Ray starts (its processes inherit the environment) and before ray.serve is imported here
-            # (it reads these once, on import).
-            os.environ.update(ray_environment(os.environ))
-        from ray.serve._private.api import serve_start
+        # Set while Ray and Serve start (Ray's processes inherit them; ray.serve reads them once, on import),
+        # then taken out again: the jobs and tools this process starts keep the environment they were given.
+        added = {} if ray.is_initialized() else ray_environment(os.environ)
+        os.environ.update(added)
+        try:
+            from ray.serve._private.api import serve_start
 
-        if not ray.is_initialized():
-            ray.init(num_cpus=self.num_cpus, include_dashboard=False, log_to_driver=False,
-                     object_store_memory=128 * 1024 * 1024, _node_ip_address=self.host,
-                     namespace="serve")
-            self._owns_ray = True
-            self.port = self.port or free_port(self.host)
-        # What `serve run` does with a config file: start Serve, then deploy_apps (below). Serve
-        # already running in this process keeps its proxy, wherever it listens.
-        self._client = serve_start(http_options={"host": self.host, "port": self.port or free_port(self.host)})
+            if not ray.is_initialized():
+                ray.init(num_cpus=self.num_cpus, include_dashboard=False, log_to_driver=False,
+                         object_store_memory=128 * 1024 * 1024, _node_ip_address=self.host,
+                         namespace="serve")
+                self._owns_ray = True
+                self.port = self.port or free_port(self.host)
+            # What `serve run` does with a config file: start Serve, then deploy_apps (below). Serve
+            # already running in this process keeps its proxy, wherever it listens.
+            self._client = serve_start(http_options={"host": self.host, "port": self.port or free_port(self.host)})
+        finally:
+            for key in added:
+                os.environ.pop(key, None)
         proxy = self._client.http_config
         self.host, self.port = proxy.host, proxy.port
         self._http = _Connections(self.host, self.port)

@@ -161,7 +161,19 @@ def test_an_environment_that_chose_ray_serves_mode_keeps_it():
     from droptrain.local.serving import ray_environment, throughput_mode
 
     assert ray_environment({"RAY_SERVE_ENABLE_HA_PROXY": "0"}) == {}
+    assert set(ray_environment({"RAY_SERVE_ENABLE_HA_PROXY": "1"})) == {"RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT"}
     assert ray_environment({"RAY_SERVE_THROUGHPUT_OPTIMIZED": "0", "PATH": "/bin"}) == {}
     chosen = ray_environment({"RAY_SERVE_HAPROXY_MAXCONN": "1000"})
     assert "RAY_SERVE_HAPROXY_MAXCONN" not in chosen, "a variable already set keeps its value"
-    assert chosen == {k: v for k, v in throughput_mode().items() if k != "RAY_SERVE_HAPROXY_MAXCONN"}
+    assert chosen.items() >= {k: v for k, v in throughput_mode().items() if k != "RAY_SERVE_HAPROXY_MAXCONN"}.items()
+    # HAProxy's stats and metrics listeners: free ports, not Ray's fixed 8404 and 9101 (a second Ray would fail).
+    ports = {chosen["RAY_SERVE_HAPROXY_STATS_PORT"], chosen["RAY_SERVE_HAPROXY_METRICS_PORT"]}
+    assert len(ports) == 2 and not ports & {"8404", "9101"}
+
+
+def test_starting_ray_leaves_this_processs_environment_as_it_was(ray_serve):
+    """The jobs and tools the local runtime starts (another ``droptrain up`` among them) get the environment
+    it was given, not the variables it started Ray with."""
+    import os
+
+    assert not {key for key in os.environ if key.startswith("RAY_SERVE_")}
