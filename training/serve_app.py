@@ -16,9 +16,9 @@ passes through ``@serve.batch``; a lone request runs at once (no wait for compan
 at most as many requests as the model runs fastest per image at on this machine (timed once when
 the replica starts, up to 16): all 16 on a GPU, 2 or 4 for ResNet-50 on two CPU cores.
 
-Its requests go through Ray before any model work: with Ray Serve's default proxy that cost 3.5-5.6
-ms a request on a two-core machine, in high-throughput mode (HAProxy and gRPC, how the local
-runtime starts Ray) about 2 ms (``make bench``, its floor row).
+Its requests go through Ray before any model work: on a two-core machine that cost 3.5-5.6 ms a
+request with Ray Serve's Python proxy or a deployment handle, and about 1.1-1.3 ms through HAProxy
+in Ray Serve's high-throughput mode, how the local runtime starts Ray (``make bench``, its floor row).
 """
 
 from __future__ import annotations
