@@ -261,7 +261,7 @@ class RayServe:
         try:
             status, data = self._http.post(app.config["route_prefix"], body, headers, timeout)
         except (OSError, http.client.HTTPException) as exc:
-            raise ServingError(f"application {name} could not be reached: {exc}") from exc
+            raise ServingError(f"application {name} gave no answer: {exc}") from exc
         try:
             return status, json.loads(data)
         except ValueError:  # the application answers JSON, always: this is Ray's (no route, no replica)
