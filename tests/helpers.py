@@ -21,8 +21,21 @@ FAST_HYPERPARAMETERS = {
 
 
 def hyperparameter_args(hyperparameters: dict[str, str]) -> list[str]:
-    """``--name value`` pairs, as the training toolkit passes hyperparameters to train.py."""
-    return [item for name, value in hyperparameters.items() for item in (f"--{name}", str(value))]
+    """The arguments AWS's training toolkit gives train.py for these hyperparameters, by the toolkit's
+    own code: ``hyperparameters.json`` read as the container reads it (each value through
+    ``json.loads``: ``"true"`` becomes ``True``), then turned into ``--name value`` pairs."""
+    import json
+    import tempfile
+    from unittest import mock
+
+    from sagemaker_training import environment, mapping
+
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "hyperparameters.json"
+        config.write_text(json.dumps({str(name): str(value) for name, value in hyperparameters.items()}))
+        # The toolkit reads the file at a path fixed when it is imported (/opt/ml or SAGEMAKER_BASE_DIR).
+        with mock.patch.object(environment, "hyperparameters_file_dir", str(config)):
+            return mapping.to_cmd_args(environment.read_hyperparameters())
 
 
 def run_training_job(root: Path, data: Path, hyperparameters: dict[str, str], job_name: str,

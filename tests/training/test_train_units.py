@@ -22,6 +22,21 @@ def _args(tiny_dataset, **overrides):
     return train.parse_args([*hyperparameter_args(hps), "--data-dir", str(tiny_dataset), "--workers", "0"])
 
 
+def test_hyperparameters_as_aws_training_toolkit_passes_them(tmp_path):
+    """The toolkit JSON-decodes each hyperparameter before it builds the command line, so a
+    ``stop-on-rule-issues`` of ``"true"`` arrives as ``True`` (a job run through the toolkit failed on
+    it); the SDK's JSON-quoted strings arrive unquoted. Every choice flag takes its value in any case."""
+    hps = {"stop-on-rule-issues": "true", "profile": "OFF", "device": "cpu", "augment": "on", "optimizer": '"sgd"',
+           "arch": "ResNet34", "weights": "none", "train-mode": "full", "lr": "1e-3", "batch-size": "32", "epochs": "2"}
+    argv = hyperparameter_args(hps)
+    assert argv[argv.index("--stop-on-rule-issues") + 1] == "True"
+    args = train.parse_args([*argv, "--data-dir", str(tmp_path)])
+    assert (args.stop_on_rule_issues, args.profile, args.device, args.augment, args.optimizer, args.arch) == (
+        "true", "off", "cpu", "on", "sgd", "resnet34")
+    assert (args.weights, args.train_mode, args.lr, args.batch_size, args.epochs) == ("none", "full", 0.001, 32, 2)
+    assert train.parse_args([*hyperparameter_args({"stop-on-rule-issues": "false"}), "--data-dir", str(tmp_path)]).stop_on_rule_issues == "false"
+
+
 def test_head_mode_never_touches_the_backbone(tiny_dataset):
     args = _args(tiny_dataset, **{"train-mode": "head", "augment": "on"})
     splits = discover(tiny_dataset)

@@ -37,6 +37,12 @@ def _text(value: str) -> str:
     return value
 
 
+def _word(value: str) -> str:
+    """One of a flag's choices, in any case: AWS's training toolkit passes each hyperparameter through
+    ``json.loads`` and then ``str``, so ``"true"`` reaches the script as ``True``."""
+    return _text(value).lower()
+
+
 def _int(value: str) -> int:
     number = float(_text(value))
     if not number.is_integer():
@@ -78,12 +84,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     hp.add_argument("--batch-size", type=_int, default=32, help="images per training batch")
     hp.add_argument("--epochs", type=_int, default=5, help="passes over the training split")
     hp.add_argument("--weight-decay", type=_float, default=1e-4, help="L2 weight decay")
-    hp.add_argument("--optimizer", type=_text, default="adamw", choices=["adam", "adamw", "sgd"], help="optimizer (sgd uses Nesterov momentum 0.9)")
-    hp.add_argument("--arch", type=_text, default="resnet18", choices=list(ARCHS), help="torchvision ResNet architecture")
-    hp.add_argument("--weights", type=_text, default="imagenet", choices=["imagenet", "none"], help="start from ImageNet weights (torch hub cache, else download) or from scratch")
-    hp.add_argument("--train-mode", type=_text, default="head", choices=["head", "full"], help="head: frozen backbone, train the classifier only; full: fine-tune everything")
+    hp.add_argument("--optimizer", type=_word, default="adamw", choices=["adam", "adamw", "sgd"], help="optimizer (sgd uses Nesterov momentum 0.9)")
+    hp.add_argument("--arch", type=_word, default="resnet18", choices=list(ARCHS), help="torchvision ResNet architecture")
+    hp.add_argument("--weights", type=_word, default="imagenet", choices=["imagenet", "none"], help="start from ImageNet weights (torch hub cache, else download) or from scratch")
+    hp.add_argument("--train-mode", type=_word, default="head", choices=["head", "full"], help="head: frozen backbone, train the classifier only; full: fine-tune everything")
     hp.add_argument("--image-size", type=_int, default=224, help="side of the square crop fed to the network")
-    hp.add_argument("--augment", type=_text, default="auto", choices=["auto", "on", "off"], help="random crops and flips; auto = off in head mode (frozen features are computed once and reused), on in full mode")
+    hp.add_argument("--augment", type=_word, default="auto", choices=["auto", "on", "off"], help="random crops and flips; auto = off in head mode (frozen features are computed once and reused), on in full mode")
     hp.add_argument("--seed", type=_int, default=42, help="seed for splits, shuffling and initialisation")
 
     data = p.add_argument_group("data")
@@ -103,14 +109,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     out.add_argument("--no-checkpoints", action="store_true", help="write no checkpoints and resume from none")
     out.add_argument("--debug-out", type=_container_path, default=None, help="save smdebug tensors here (SageMaker's DebugHookConfig also turns the hook on)")
     out.add_argument("--run-id", type=_text, default=_default_run_id(), help="run id recorded in model.json (default: the job name without -final)")
-    out.add_argument("--profile", type=_text, default="auto", choices=["auto", "on", "off"], help="system metrics, step-time breakdown, torch.profiler window and the HTML report; auto = with the debugger hook")
-    out.add_argument("--stop-on-rule-issues", type=_text, default="false", choices=["true", "false"], help="evaluate the debugger rules after every epoch and stop the job at the first issue")
+    out.add_argument("--profile", type=_word, default="auto", choices=["auto", "on", "off"], help="system metrics, step-time breakdown, torch.profiler window and the HTML report; auto = with the debugger hook")
+    out.add_argument("--stop-on-rule-issues", type=_word, default="false", choices=["true", "false"], help="evaluate the debugger rules after every epoch and stop the job at the first issue")
     out.add_argument("--reports-uri", type=_text, default=None, help="s3:// prefix to upload the report and rule verdicts to, when running on SageMaker")
     out.add_argument("--serving-gpus", type=_int, default=0, choices=[0, 1], help="GPUs the Ray Serve deployment asks for in the artifact's config.yaml: 1 for a GPU inference instance type, else 0")
 
     dev = p.add_argument_group("device")
     dev.add_argument("--num-gpus", type=_int, default=int(os.environ.get("SM_NUM_GPUS", "-1")), help="GPUs to use; -1 uses all visible (default $SM_NUM_GPUS)")
-    dev.add_argument("--device", type=_text, default="auto", choices=["auto", "cpu", "cuda"], help="auto: CUDA when present (with mixed precision), else CPU")
+    dev.add_argument("--device", type=_word, default="auto", choices=["auto", "cpu", "cuda"], help="auto: CUDA when present (with mixed precision), else CPU")
     return p
 
 
