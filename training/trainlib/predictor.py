@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -127,17 +128,22 @@ class Classifier:
 
     def fastest_batch(self, largest: int, rounds: int = 2) -> int:
         """The batch size (a power of two up to ``largest``) at which ``predict`` answers the most images a
-        second on this machine, timed once on blank images. On a GPU that is usually the largest; on a
+        second on this machine, timed on blank images. On a GPU that is usually the largest; on a
         few CPU cores a big model slows down past a small batch (ResNet-50 on two cores: batches of 8
-        answer 10-25% fewer images a second than batches of 2, and of 16 a third fewer)."""
+        answer 10-25% fewer images a second than batches of 2, and of 16 a third fewer).
+
+        Every size runs once untimed first (a new shape allocates), then the sizes are timed in turns,
+        ``rounds`` times, each keeping its best: timed one after the other, a drift in the machine's
+        speed (tens of percent over minutes on a shared VM) would favour whichever ran in a fast moment."""
         blank = Image.new("RGB", (self.image_size, self.image_size))
-
-        def seconds(size: int) -> float:
-            images = [blank] * size
-            self.predict(images)  # the first pass at a new shape allocates: not timed
-            return min(_timed(lambda: self.predict(images)) for _ in range(rounds))
-
-        return fastest(_powers_of_two(largest), seconds)
+        sizes = _powers_of_two(largest)
+        for size in sizes:
+            self.predict([blank] * size)
+        best = {size: math.inf for size in sizes}
+        for _ in range(max(1, rounds)):
+            for size in sizes:
+                best[size] = min(best[size], _timed(lambda: self.predict([blank] * size)))
+        return fastest(sizes, best.__getitem__)
 
     @torch.no_grad()
     def predict(self, images: Sequence[Image.Image]) -> list[dict[str, Any]]:
