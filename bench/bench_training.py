@@ -1,7 +1,8 @@
 """Training throughput: train.py against the bare model's ceiling and the course projects' approach.
 
 * ceiling: ResNet-18 forward (head mode) or forward+backward+step (full) on tensors already in
-  memory, same batch size and threads; measured just before and just after ours, averaged.
+  memory, same batch size and threads, on the device train.py uses (a GPU with mixed precision and
+  channels-last, as train.py trains there); measured just before and just after ours, averaged.
 * course approach: ImageFolder, PIL decode and transforms every epoch, default DataLoader, a backbone
   frozen with requires_grad=False but run forward on every image in every epoch; written plainly.
 * ours: train.py on the same images; head mode computes frozen features once (first epoch), then
@@ -26,14 +27,23 @@ from common import Row
 
 ROOT = Path(__file__).resolve().parent.parent
 BATCH = 32
+# Where train.py trains: the GPU when there is one (mixed precision, channels-last), else the CPU.
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def _images_per_second(fn, images: int, repeats: int = 3) -> float:
     fn()  # warm-up
     best = []
     for _ in range(repeats):
+        _sync()
         started = time.perf_counter()
         fn()
+        _sync()
         best.append(images / (time.perf_counter() - started))
     return sorted(best)[len(best) // 2]
 
@@ -41,14 +51,15 @@ def _images_per_second(fn, images: int, repeats: int = 3) -> float:
 def ceiling(size: int, mode: str, batches: int = 4) -> float:
     from torchvision.models import resnet18
 
-    model = resnet18(num_classes=4)
-    data = [torch.randn(BATCH, 3, size, size) for _ in range(batches)]
-    labels = torch.randint(0, 4, (BATCH,))
+    cuda = DEVICE.type == "cuda"
+    model = resnet18(num_classes=4).to(DEVICE, memory_format=torch.channels_last if cuda else torch.preserve_format)
+    data = [torch.randn(BATCH, 3, size, size, device=DEVICE) for _ in range(batches)]
+    labels = torch.randint(0, 4, (BATCH,), device=DEVICE)
     if mode == "head":
         model.eval()
 
         def run():
-            with torch.inference_mode():
+            with torch.inference_mode(), torch.autocast(DEVICE.type, enabled=cuda):
                 for x in data:
                     model(x)
     else:
@@ -56,11 +67,16 @@ def ceiling(size: int, mode: str, batches: int = 4) -> float:
         loss_fn = nn.CrossEntropyLoss()
         model.train()
 
+        scaler = torch.amp.GradScaler(DEVICE.type, enabled=cuda)
+
         def run():
             for x in data:
                 optimizer.zero_grad()
-                loss_fn(model(x), labels).backward()
-                optimizer.step()
+                with torch.autocast(DEVICE.type, enabled=cuda):
+                    loss = loss_fn(model(x), labels)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
     return _images_per_second(run, BATCH * batches)
 
 
@@ -85,6 +101,7 @@ def course_approach(data: Path, size: int, epochs: int = 2) -> float:
     for p in model.parameters():
         p.requires_grad = False
     model.fc = nn.Linear(model.fc.in_features, len(dataset.classes))
+    model.to(DEVICE)
     optimizer = torch.optim.Adam(model.fc.parameters(), lr=1e-3)
     loss_fn = nn.CrossEntropyLoss()
     rates = []
@@ -92,9 +109,11 @@ def course_approach(data: Path, size: int, epochs: int = 2) -> float:
         started = time.perf_counter()
         model.train()
         for x, y in loader:
+            x, y = x.to(DEVICE), y.to(DEVICE)
             optimizer.zero_grad()
             loss_fn(model(x), y).backward()
             optimizer.step()
+        _sync()
         rates.append(len(dataset) / (time.perf_counter() - started))
     return sorted(rates)[len(rates) // 2]
 
@@ -104,7 +123,9 @@ def ours(data: Path, size: int, mode: str, epochs: int = 3) -> dict:
         out = subprocess.run(
             [sys.executable, str(ROOT / "training" / "train.py"), "--data-dir", str(data), "--model-dir", f"{tmp}/m",
              "--output-data-dir", f"{tmp}/o", "--no-checkpoints", "--weights", "none", "--train-mode", mode,
-             "--image-size", str(size), "--epochs", str(epochs), "--batch-size", str(BATCH), "--workers", "0"],
+             "--image-size", str(size), "--epochs", str(epochs), "--batch-size", str(BATCH),
+            # On the CPU, loader processes would take the model's cores; on a GPU machine train.py picks.
+            *(["--workers", "0"] if DEVICE.type == "cpu" else [])],
             cwd=ROOT / "training", capture_output=True, text=True, check=True)
         history = json.loads(Path(tmp, "o", "history.json").read_text())
     rates = [h["images"] / h["seconds"] for h in history]
