@@ -124,8 +124,8 @@ def ours(data: Path, size: int, mode: str, epochs: int = 3) -> dict:
             [sys.executable, str(ROOT / "training" / "train.py"), "--data-dir", str(data), "--model-dir", f"{tmp}/m",
              "--output-data-dir", f"{tmp}/o", "--no-checkpoints", "--weights", "none", "--train-mode", mode,
              "--image-size", str(size), "--epochs", str(epochs), "--batch-size", str(BATCH),
-            # On the CPU, loader processes would take the model's cores; on a GPU machine train.py picks.
-            *(["--workers", "0"] if DEVICE.type == "cpu" else [])],
+             # On the CPU, loader processes would take the model's cores; on a GPU machine train.py picks.
+             *(["--workers", "0"] if DEVICE.type == "cpu" else [])],
             cwd=ROOT / "training", capture_output=True, text=True, check=True)
         history = json.loads(Path(tmp, "o", "history.json").read_text())
     rates = [h["images"] / h["seconds"] for h in history]
