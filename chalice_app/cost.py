@@ -76,7 +76,9 @@ def _epochs(config: Any) -> int:
 
 
 def _mode(config: Any) -> str:
-    return "full" if config.static_hyperparameters.get("train-mode") == "full" else "head"
+    # As train.py reads it: in any case, and unquoted where the SDK's JSON encoding quoted it.
+    mode = str(config.static_hyperparameters.get("train-mode", "")).strip().strip('"').lower()
+    return "full" if mode == "full" else "head"
 
 
 @dataclass(frozen=True)

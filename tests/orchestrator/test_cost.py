@@ -35,6 +35,20 @@ def test_the_forecast_adds_up():
     assert cost.forecast(serverless, 10, cost.plan(serverless, 10, TRAINING, 8), TRAINING, None)["endpoint_usd_per_day"] is None
 
 
+def test_the_forecast_reads_the_training_mode_as_train_py_does():
+    head = make_config(TRAINING_INSTANCE_TYPE="ml.g4dn.xlarge", STATIC_HYPERPARAMETERS=json.dumps({"train-mode": "head"}))
+    full = make_config(TRAINING_INSTANCE_TYPE="ml.g4dn.xlarge", STATIC_HYPERPARAMETERS=json.dumps({"train-mode": "full", "epochs": 3}))
+
+    def minutes(config):
+        return cost.forecast(config, 8000, cost.plan(config, 8000, TRAINING, 4), TRAINING, HOSTING)["minutes_per_job"]
+
+    assert minutes(full) > minutes(head)
+    for spelling in ("Full", "FULL", '"full"'):
+        config = make_config(TRAINING_INSTANCE_TYPE="ml.g4dn.xlarge",
+                             STATIC_HYPERPARAMETERS=json.dumps({"train-mode": spelling, "epochs": 3}))
+        assert minutes(config) == minutes(full), spelling
+
+
 def test_a_budget_bounds_the_trials_and_every_jobs_runtime():
     config = make_config(TRAINING_INSTANCE_TYPE="ml.g4dn.xlarge", MAX_TUNING_JOBS=20, MAX_RUN_COST_USD="2.00")
     run_plan = cost.plan(config, 8000, TRAINING, 20)
