@@ -22,7 +22,7 @@ from trainlib.datasets import Splits
 from trainlib.errors import DatasetError, TrainingError
 from trainlib.loading import Batch, FeatureSet, extract_features, image_loader
 from trainlib.models import FrozenBackboneClassifier, backbone_of
-from trainlib.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, resize_size, train_transform
+from trainlib.transforms import IMAGENET_MEAN, IMAGENET_STD, RESIZE, eval_transform, resize_size, train_transform
 
 log = logging.getLogger("train")
 
@@ -114,7 +114,7 @@ def frozen_features(args, backbone: nn.Module, samples_by_split: dict, compute: 
     cache = featurecache.open_cache(args.feature_cache)
     digest = featurecache.backbone_digest(backbone) if cache is not None else ""
     # CUDA computes them in mixed precision: not the same numbers as a CPU run's.
-    transform = f"eval:{args.image_size}:{resize_size(args.image_size)}:{IMAGENET_MEAN}:{IMAGENET_STD}:{device.type}"
+    transform = f"eval:{args.image_size}:{resize_size(args.image_size)}:{RESIZE}:{IMAGENET_MEAN}:{IMAGENET_STD}:{device.type}"
     out: dict[str, FeatureSet] = {}
     images = {True: 0, False: 0}  # by whether they came from the cache
     seconds = {True: 0.0, False: 0.0}
