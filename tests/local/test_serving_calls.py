@@ -92,3 +92,37 @@ def test_an_application_deleted_on_the_way_is_gone(serving, ingress):
     with pytest.raises(ApplicationGoneError):
         serving.call("app", b"x")
     assert len(ingress.seen) == 1, "an application this process deleted is not called"
+
+
+def test_threads_share_the_kept_connections(serving, ingress):
+    """The local API runs each client connection on a thread of its own: a later thread's request
+    goes over a connection an earlier one opened, rather than opening one more."""
+    peers = []
+    ingress.answer = lambda handler: (peers.append(handler.client_address), (200, b"{}"))[1]
+    for _ in range(4):
+        worker = threading.Thread(target=serving.call, args=("app", b"x"))
+        worker.start()
+        worker.join()
+    assert len(peers) == 4 and len(set(peers)) == 1, "one connection carried all four requests"
+
+
+def test_connections_beyond_the_idle_limit_are_closed_after_a_burst(serving, ingress, monkeypatch):
+    monkeypatch.setattr(_Connections, "MAX_IDLE", 2)
+    started, release = threading.Barrier(5), threading.Event()
+
+    def held(handler):
+        started.wait(timeout=10)  # four requests in flight at once: four connections
+        release.wait(timeout=10)
+        return 200, b"{}"
+
+    ingress.answer = held
+    workers = [threading.Thread(target=serving.call, args=("app", b"x")) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    started.wait(timeout=10)
+    release.set()
+    for worker in workers:
+        worker.join()
+    assert len(serving._http._idle) == 2
+    serving._http.close()
+    assert serving._http._idle == []
