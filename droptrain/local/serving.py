@@ -114,10 +114,11 @@ class _Connections:
         self._idle: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
 
-    def post(self, path: str, body: bytes, headers: dict[str, str], timeout: float) -> tuple[int, bytes]:
+    def post(self, path: str, body: bytes, headers: dict[str, str], timeout: float, fresh: bool = False) -> tuple[int, bytes]:
+        """``(status, body)``; over a new connection when ``fresh``."""
         while True:
             with self._lock:
-                connection = self._idle.pop() if self._idle else None
+                connection = self._idle.pop() if self._idle and not fresh else None
             reused = connection is not None
             if connection is None:
                 connection = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
@@ -281,16 +282,22 @@ class RayServe:
         if app is None:
             raise ApplicationGoneError(f"no application {name}")
         headers = {"Content-Type": content_type, "Accept": accept}
-        try:
-            status, data = self._http.post(app.config["route_prefix"], body, headers, timeout)
-        except (OSError, http.client.HTTPException) as exc:
-            raise ServingError(f"application {name} gave no answer: {exc}") from exc
-        try:
-            return status, json.loads(data)
-        except ValueError:  # the application answers JSON, always: this is Ray's (no route, no replica)
-            if name not in self.names():
-                raise ApplicationGoneError(f"application {name} was deleted") from None
-            raise ServingError(f"application {name}'s route answered {status}: {data[:200]!r}") from None
+        for fresh in (False, True):
+            try:
+                status, data = self._http.post(app.config["route_prefix"], body, headers, timeout, fresh=fresh)
+            except (OSError, http.client.HTTPException) as exc:
+                raise ServingError(f"application {name} gave no answer: {exc}") from exc
+            try:
+                return status, json.loads(data)
+            except ValueError:  # the application answers JSON, always: this is Ray's (no route, no replica)
+                if name not in self.names():
+                    raise ApplicationGoneError(f"application {name} was deleted") from None
+            # HAProxy reloads to add a route, and a kept-alive connection stays with its previous process,
+            # which answers 404 for the routes added since, once, then closes it: asked again on a new
+            # connection (the request reached no application).
+            if status != 404:
+                break
+        raise ServingError(f"application {name}'s route answered {status}: {data[:200]!r}")
 
     # -- internals -----------------------------------------------------------------------------
 

@@ -126,3 +126,30 @@ def test_connections_beyond_the_idle_limit_are_closed_after_a_burst(serving, ing
     assert len(serving._http._idle) == 2
     serving._http.close()
     assert serving._http._idle == []
+
+
+def test_a_kept_connection_that_lacks_a_new_route_is_asked_again_on_a_new_one(serving, ingress):
+    """HAProxy reloads to add a route; a connection kept from before stays with the previous process,
+    which answers Ray's 404 for the new route once. The request reached no application: sent again."""
+    peers, stale = [], set()
+
+    def answer(handler):
+        peers.append(handler.client_address)
+        if handler.client_address in stale:
+            return 404, b"Path '/app' not found. Ping http://.../-/routes for available routes."
+        return 200, b'{"predictions": []}'
+
+    ingress.answer = answer
+    assert serving.call("app", b"x") == (200, {"predictions": []})
+    stale.add(peers[0])  # the reload: the kept connection now reaches the old process
+    assert serving.call("app", b"x") == (200, {"predictions": []})
+    assert peers[1] == peers[0] and peers[2] != peers[0]
+
+
+def test_a_route_missing_on_a_new_connection_too_is_a_serving_error(serving, ingress):
+    ingress.answer = (404, b"Path '/app' not found.")
+    serving._http.post("/warm", b"", {}, 10)  # one kept connection to begin with
+    ingress.seen.clear()
+    with pytest.raises(ServingError, match="answered 404"):
+        serving.call("app", b"x")
+    assert len(ingress.seen) == 2, "asked once more on a new connection, then given up"
