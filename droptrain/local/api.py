@@ -69,6 +69,9 @@ class ApiServer(ThreadedHTTPServer):
 
 class ApiRequestHandler(ChaliceRequestHandler):
     timeout = REQUEST_TIMEOUT_SECONDS  # socket timeout: a stalled client frees its thread
+    # An answer goes out as two writes (headers, then body). With Nagle's algorithm on, the body waited
+    # for the client's delayed ACK of the headers on a kept-alive connection: 40 ms more a request.
+    disable_nagle_algorithm = True
     max_content_length = MAX_CONTENT_LENGTH
     api_key: str | None = None
 

@@ -3,6 +3,7 @@ clients, images that claim gigabytes, framework errors in the API's shape, an AP
 
 from __future__ import annotations
 
+import functools
 import json
 import socket
 import subprocess
@@ -147,6 +148,34 @@ def test_a_burst_of_clients_is_held_with_no_connection_refused_or_reset(served):
     for thread in threads:
         thread.join(60)
     assert results == [200] * 48
+
+
+def test_kept_alive_connections_send_answers_without_nagles_delay():
+    """An answer is written in two parts (headers, body); with Nagle's algorithm on, the body waits for
+    a kept-alive client's delayed ACK of the headers (40 ms on Linux). The server's sockets turn it off."""
+    import http.client
+
+    server, _ = _standalone()
+    accepted: list[int] = []
+    handler = server.server.RequestHandlerClass  # Chalice's partial(handler class, app, config)
+
+    class Probe(handler.func):
+        def setup(self):
+            super().setup()
+            accepted.append(self.connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+    server.server.RequestHandlerClass = functools.partial(Probe, *handler.args, **handler.keywords)
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", server.server.server_address[1], timeout=30)
+        for _ in range(2):  # two requests on one connection
+            connection.request("GET", "/openapi.json")
+            response = connection.getresponse()
+            assert response.status == 200 and response.read()
+        connection.close()
+        assert len(accepted) == 1 and accepted[0] != 0
+    finally:
+        server.shutdown()
+        server.server.server_close()
 
 
 # -- images that claim more than they are ------------------------------------------------------------
