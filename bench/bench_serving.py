@@ -8,7 +8,8 @@ For two models at 224 px: ResNet-18, and ResNet-50, the architecture a stage tra
   adapter forwards ``/invocations`` to), and (c) the local API's ``POST /predict`` over HTTP (the
   Chalice handler, its checks, then the endpoint), against decoding and predicting the same bytes
   in-process (``trainlib.predictor``). p50 and p99 over many requests.
-* throughput: 8 concurrent HTTP clients (threads in a separate process, as clients are) against the
+* throughput: 8 concurrent HTTP clients (threads in a separate process, as clients are, each keeping
+  its connection as a client with a session does; one row opens one per request) against the
   bare model's best batched forward on tensors already in memory (batch 1 to 16); through the local
   API and on the application's route, with ``@serve.batch`` as shipped and, for comparison, the same
   application with batches of one.
@@ -148,8 +149,10 @@ def best_batched_forward(model, x, batches=(1, 2, 4, 8, 16)) -> tuple[float, int
     return best
 
 
-def clients(url: str, image: Path, concurrency: int, seconds: float) -> dict:
-    out = subprocess.run([sys.executable, str(CLIENT), url, str(image), str(concurrency), str(seconds)],
+def clients(url: str, image: Path, concurrency: int, seconds: float, connections: str = "kept") -> dict:
+    """``connections``: "kept" (each client keeps its connection, as an HTTP client with a session does)
+    or "new" (a new connection for every request)."""
+    out = subprocess.run([sys.executable, str(CLIENT), url, str(image), str(concurrency), str(seconds), connections],
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout)
 
@@ -228,9 +231,9 @@ def latency_rows(runtime, arch: str, endpoint: str, config: str, image: Path, re
 def throughput_rows(runtime, arch: str, config: str, image: Path, reference: Reference) -> list[Row]:
     app = runtime.endpoints._app_name(config)
 
-    def against_ceiling(what: str, url: str, target: str = "") -> Row:
+    def against_ceiling(what: str, url: str, target: str = "", connections: str = "kept") -> Row:
         before = reference.ceiling()
-        result = clients(url, image, 8, 15)
+        result = clients(url, image, 8, 15, connections)
         ceiling = (before + reference.ceiling()) / 2
         return Row(f"serving {arch}, 8 concurrent HTTP clients, {what}", result["rps"], ceiling,
                    f"bare model's best batched forward (batch {reference.best_batch}), just before and after", "img/s",
@@ -239,9 +242,11 @@ def throughput_rows(runtime, arch: str, config: str, image: Path, reference: Ref
     rows = [against_ceiling("local API, POST /predict, @serve.batch", f"{runtime.api_url}/predict?top_k=3", ">= 0.85"),
             against_ceiling("Ray Serve route, @serve.batch", f"{runtime.serving.url}/{app}", ">= 0.85")]
     if arch == "resnet18":
+        rows.append(against_ceiling("local API, POST /predict, @serve.batch, a new connection for every request",
+                                    f"{runtime.api_url}/predict?top_k=3", connections="new"))
         # The local API's own server under a burst: no connection refused or reset, and the slowest
         # requests queue behind the model rather than behind the listen backlog.
-        burst = clients(f"{runtime.api_url}/predict?top_k=3", image, 16, 15)
+        burst = clients(f"{runtime.api_url}/predict?top_k=3", image, 16, 15, "new")
         rows.append(Row(f"local API, 16 concurrent clients, POST /predict ({arch}): p99 latency", burst["p99_ms"], burst["p50_ms"],
                         "p50 latency, same run", "ms", target="p99 <= 5x p50, 0 errors",
                         note=f"{burst['errors']} errors in {burst['requests']} requests"))

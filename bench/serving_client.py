@@ -1,6 +1,7 @@
 """Closed-loop HTTP clients for the serving benchmark: N threads POST one image to a URL (the local
 API's /predict, or a Ray Serve application's route) for a while; prints requests/s, latency
-percentiles and errors as JSON.
+percentiles and errors as JSON. Each client keeps its connection, as an HTTP client with a session
+does; with ``new`` as the fifth argument it opens one for every request.
 
 Run as its own process, so that the clients' work is not counted inside the server's process."""
 
@@ -15,7 +16,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 
-def main(url: str, image: Path, concurrency: int, seconds: float) -> dict:
+def main(url: str, image: Path, concurrency: int, seconds: float, reuse: bool = True) -> dict:
     body = image.read_bytes()
     target = urlsplit(url)
     path = target.path + (f"?{target.query}" if target.query else "")
@@ -27,16 +28,20 @@ def main(url: str, image: Path, concurrency: int, seconds: float) -> dict:
 
     def client():
         start.wait()
+        connection = None
         while time.perf_counter() < stop_at[0]:
             began = time.perf_counter()
-            connection = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
+            connection = connection or http.client.HTTPConnection(target.hostname, target.port, timeout=60)
             try:
                 connection.request("POST", path, body=body, headers={"Content-Type": "image/jpeg"})
-                ok = connection.getresponse().status == 200
-            except OSError:
+                response = connection.getresponse()
+                response.read()
+                ok = response.status == 200
+            except (OSError, http.client.HTTPException):
                 ok = False
-            finally:
+            if not (ok and reuse) or response.will_close:
                 connection.close()
+                connection = None
             with lock:
                 if ok:
                     latencies.append(time.perf_counter() - began)
@@ -64,4 +69,4 @@ def main(url: str, image: Path, concurrency: int, seconds: float) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]))))
+    print(json.dumps(main(sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), sys.argv[5:6] != ["new"])))
