@@ -292,11 +292,10 @@ class RayServe:
             except ValueError:  # the application answers JSON, always: this is Ray's (no route, no replica)
                 if name not in self.names():
                     raise ApplicationGoneError(f"application {name} was deleted") from None
-            # HAProxy reloads to add a route, and a kept-alive connection stays with its previous process,
-            # which answers 404 for the routes added since, once, then closes it: asked again on a new
-            # connection (the request reached no application).
-            if status != 404:
-                break
+            # Not the application's answer. HAProxy reloads whenever the applications change, and a
+            # connection kept from before stays with the previous process, whose routes are the old ones
+            # (a 404 for an application added since; a 500 or 503 for one deleted and deployed again):
+            # asked once more on a new connection.
         raise ServingError(f"application {name}'s route answered {status}: {data[:200]!r}")
 
     # -- internals -----------------------------------------------------------------------------
@@ -306,6 +305,7 @@ class RayServe:
 
         schema = ServeDeploySchema(applications=[app.config for app in self._shared.apps.values()])
         self._client.deploy_apps(schema)
+        self._http.close()  # the idle connections belong to HAProxy's process before this change
 
     def _wait(self, name: str) -> tuple[str, str]:
         from ray import serve

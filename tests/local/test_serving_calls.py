@@ -128,22 +128,36 @@ def test_connections_beyond_the_idle_limit_are_closed_after_a_burst(serving, ing
     assert serving._http._idle == []
 
 
-def test_a_kept_connection_that_lacks_a_new_route_is_asked_again_on_a_new_one(serving, ingress):
-    """HAProxy reloads to add a route; a connection kept from before stays with the previous process,
-    which answers Ray's 404 for the new route once. The request reached no application: sent again."""
+@pytest.mark.parametrize("status, text", [
+    (404, b"Path '/app' not found. Ping http://.../-/routes for available routes."),  # a route added since
+    (500, b"Internal Server Error"),  # an application deleted and deployed again: its old replica is gone
+])
+def test_a_kept_connection_from_before_haproxy_reloaded_is_asked_again_on_a_new_one(serving, ingress, status, text):
+    """HAProxy reloads whenever the applications change; a connection kept from before stays with the
+    previous process and its old routes, which answer in Ray's words, not the application's JSON."""
     peers, stale = [], set()
 
     def answer(handler):
         peers.append(handler.client_address)
-        if handler.client_address in stale:
-            return 404, b"Path '/app' not found. Ping http://.../-/routes for available routes."
-        return 200, b'{"predictions": []}'
+        return (status, text) if handler.client_address in stale else (200, b'{"predictions": []}')
 
     ingress.answer = answer
     assert serving.call("app", b"x") == (200, {"predictions": []})
     stale.add(peers[0])  # the reload: the kept connection now reaches the old process
     assert serving.call("app", b"x") == (200, {"predictions": []})
     assert peers[1] == peers[0] and peers[2] != peers[0]
+
+
+def test_changing_the_applications_closes_the_idle_connections(serving, ingress):
+    class Client:
+        def deploy_apps(self, schema):
+            self.schema = schema
+
+    serving._client = Client()
+    serving.call("app", b"x")
+    assert len(serving._http._idle) == 1
+    serving.delete("app")
+    assert serving._http._idle == [], "kept from before HAProxy's reload: not used again"
 
 
 def test_a_route_missing_on_a_new_connection_too_is_a_serving_error(serving, ingress):
