@@ -59,14 +59,15 @@ def render(report: dict, root: Path) -> str:
         cells = "".join(f'<figure><img alt="{e(f["path"])}" src="{_thumbnail(root / f["path"])}">'
                         f'<figcaption>{e(f["split"])}/{e(f["class"])}<br>{e(Path(f["path"]).name)}</figcaption></figure>'
                         for f in duplicate["files"])
-        pairs.append(f'<div class="pair"><p>{e(duplicate["kind"])} duplicate, {e(duplicate["where"])}</p>{cells}</div>')
+        pairs.append(f'<div class="pair"><p>{e(duplicate["kind"])} duplicate, {e(duplicate["where"])}, '
+                     f'similarity {duplicate["score"]:.2f}</p>{cells}</div>')
     listed = lambda items: "".join(f"<li>{e(json.dumps(i) if not isinstance(i, str) else i)}</li>" for i in items)  # noqa: E731
     sections = [
         ("Blocking", listed(report["blocking"]) or "<li>none</li>"),
+        ("Warnings", listed(report["warnings"]) or "<li>none</li>"),
         ("Unreadable files", listed(report["unreadable"]) or "<li>none</li>"),
         ("Class-name twins", listed(report["class_name_twins"]) or "<li>none</li>"),
         ("Hidden folders", listed(report["hidden_folders"]) or "<li>none</li>"),
-        ("Not RGB", listed(report["not_rgb"][:50]) or "<li>none</li>"),
         ("Tiny or extreme images", listed((report["tiny_images"] + report["extreme_aspect"])[:50]) or "<li>none</li>"),
     ]
     body = "".join(f"<h2>{title}</h2><ul>{items}</ul>" for title, items in sections)

@@ -124,6 +124,10 @@ def audit_changed(svc: Services, event: ProcessingJobStateChange) -> str:
 
 
 def _warnings(audit: dict) -> list[str]:
+    """The audit's own lines (each finding kind once, with a few files); counted here for a report
+    written before the audit told them."""
+    if isinstance(audit.get("warnings"), list):
+        return [str(w) for w in audit["warnings"]]
     out = []
     summary = audit.get("duplicate_summary") or {}
     out += [f"{n} {kind} duplicate pair(s)" for kind, n in sorted(summary.items())]

@@ -63,9 +63,12 @@ def test_every_planted_problem_is_reported_with_its_files(planted):
     exact = _pair(report, *(_rel(planted, p) for p in plants["exact_leak"]))
     assert (exact["kind"], exact["where"]) == ("exact", "across splits")
     near = _pair(report, *(_rel(planted, p) for p in plants["near_leak"]))
-    assert (near["kind"], near["where"]) == ("near", "across splits") and near["distance"] <= 6
+    assert (near["kind"], near["where"]) == ("near", "across splits") and near["score"] >= 0.92
+    assert [f["split"] for f in near["files"]] == ["train", "test"], "the earlier split first: the later copy is the leak"
     wrong = _pair(report, *(_rel(planted, p) for p in plants["mislabelled"]))
     assert (wrong["kind"], wrong["where"]) == ("exact", "across classes")
+    assert wrong in report["possible_mislabels"]
+    assert any(w.startswith("1 possible mislabel(s)") and plants["mislabelled"][1].name in w for w in report["warnings"])
     assert report["counts"]["train"]["rare"] == 3
     assert report["hidden_folders"] == ["train/__MACOSX"] and "__MACOSX" not in report["classes"]
     assert {"path": f"train/{planted['classes'][2]}/cmyk.jpg", "mode": "CMYK"} in report["not_rgb"]
@@ -74,7 +77,8 @@ def test_every_planted_problem_is_reported_with_its_files(planted):
 
 def test_the_blocking_findings_stop_the_run(planted):
     blocking = planted["report"]["blocking"]
-    assert any("test images duplicate images of other splits" in b for b in blocking)
+    leak = next(b for b in blocking if "test images duplicate images of other splits" in b)
+    assert "similarity 1.00" in leak and "AUDIT_FIX=true" in leak and "AUDIT_MAX_LEAKED_TEST_SHARE" in leak
     assert any("fewer than 5 training images: rare (3)" in b for b in blocking)
     page = (planted["out"] / "audit.html").read_text()
     assert "data:image/jpeg;base64," in page and "rare" in page, "thumbnails of the pairs and the class histogram"

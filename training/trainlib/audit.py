@@ -2,23 +2,22 @@
 would make a model look better than it is, or worse, reported with the files involved.
 
 * unreadable files;
-* exact duplicates (the same bytes) and near duplicates (a 64-bit difference hash within
-  ``NEAR_DISTANCE`` bits: resized, recompressed or lightly edited copies) — inside a class, across
-  classes (one of the two labels is likely wrong) and across splits (leakage: a test image the model
-  trained on);
+* duplicates (``trainlib.duplicates``: exact copies, and near ones a hash proposes and a comparison
+  of the two images verifies) — inside a class, across classes (a possible mislabel: a warning,
+  never a reason to stop) and across splits within a class (leakage: a test image the model trained on);
 * class counts and the imbalance ratio; tiny images and extreme aspect ratios; colour modes other
   than RGB (grayscale, CMYK, 16-bit) that training converts silently;
 * class names that differ only in case or spaces, and hidden folders (``__MACOSX``,
   ``.ipynb_checkpoints``) that a naive loader would have taken for classes.
 
-Blocking findings (``BLOCKING``, thresholds overridable) stop the run; the rest are warnings.
+Blocking findings (thresholds overridable) stop the run; the rest are warnings, each kind told once
+with a few examples (``warnings``), the full lists in the report.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import itertools
 import os
 from concurrent.futures import ProcessPoolExecutor
 from collections import Counter, defaultdict
@@ -28,12 +27,12 @@ from typing import Any, Iterable
 
 from PIL import Image, UnidentifiedImageError
 
+from trainlib import duplicates
 from trainlib.datasets import SPLITS, _IGNORED_NAMES, _class_images, _descend_single_folder
 
-NEAR_DISTANCE = 6  # of 64 bits: resized and recompressed copies sit at 0-4, different photos far above 10
 TINY_SIDE = 32
 EXTREME_ASPECT = 5.0
-HASH_SIDE = 8
+EXAMPLES = 3  # files named in a warning or a blocking finding; the report lists them all
 # Defaults of the blocking rules; the job's arguments override them.
 MAX_LEAKED_TEST_SHARE = 0.01
 MIN_TRAIN_IMAGES = 5
@@ -47,7 +46,7 @@ class Sample:
     split: str
     label: str
     digest: str = ""
-    dhash: int = 0
+    signature: duplicates.Signature | None = None
     size: tuple[int, int] = (0, 0)
     mode: str = ""
 
@@ -58,18 +57,6 @@ class Audit:
     unreadable: list[dict[str, str]] = field(default_factory=list)
     hidden_folders: list[str] = field(default_factory=list)
     layout: str = "flat"
-
-
-def difference_hash(image: Image.Image) -> int:
-    """64-bit dHash: brightness gradients of a 9×8 grayscale thumbnail. Survives resizing and JPEG."""
-    small = image.convert("L").resize((HASH_SIDE + 1, HASH_SIDE), Image.Resampling.BILINEAR)
-    pixels = list(small.getdata())
-    bits = 0
-    for row in range(HASH_SIDE):
-        for column in range(HASH_SIDE):
-            left, right = pixels[row * (HASH_SIDE + 1) + column], pixels[row * (HASH_SIDE + 1) + column + 1]
-            bits = (bits << 1) | (left > right)
-    return bits
 
 
 def _hidden_folders(root: Path) -> list[str]:
@@ -125,42 +112,54 @@ def _read(path: str, relative: str, split: str, label: str) -> tuple[Sample, str
         sample.digest = hashlib.sha256(data).hexdigest()
         with Image.open(io.BytesIO(data)) as image:  # the bytes already read: no second read
             sample.mode, sample.size = image.mode, image.size
-            image.draft("RGB", (64, 64))  # large JPEGs decode reduced (64 px at least): the hash reads 9×8
+            image.draft("RGB", (duplicates.SOURCE, duplicates.SOURCE))  # large JPEGs decode reduced: the check reads 64×64
             image.load()
-            sample.dhash = difference_hash(image)
+            sample.signature = duplicates.signature(image)
     except _DECODE_ERRORS as exc:
         return sample, f"{type(exc).__name__}: {exc}"[:200]
     return sample, None
 
 
-def _pairs(samples: list[Sample]) -> Iterable[tuple[Sample, Sample, int]]:
-    """Pairs of samples whose hashes are within ``NEAR_DISTANCE``, by bucketing on hash bands (any pair
-    that close shares at least one of 8 eight-bit bands unchanged when distance ≤ 7)."""
-    bands: dict[tuple[int, int], list[int]] = defaultdict(list)
-    for index, sample in enumerate(samples):
-        for band in range(8):
-            bands[(band, (sample.dhash >> (8 * band)) & 0xFF)].append(index)
-    seen: set[tuple[int, int]] = set()
-    for members in bands.values():
-        for a, b in itertools.combinations(members, 2):
-            if (a, b) in seen:
-                continue
-            seen.add((a, b))
-            distance = bin(samples[a].dhash ^ samples[b].dhash).count("1")
-            if distance <= NEAR_DISTANCE:
-                yield samples[a], samples[b], distance
+_ORDER = {split: rank for rank, split in enumerate(SPLITS)}  # train, valid, test: the later copy is the leak
 
 
-def _duplicate(a: Sample, b: Sample, distance: int) -> dict[str, Any]:
-    exact = a.digest == b.digest
-    if a.split != b.split:
-        where = "across splits"
-    elif a.label != b.label:
-        where = "across classes"
-    else:
-        where = "within a class"
-    return {"kind": "exact" if exact else "near", "where": where, "distance": 0 if exact else distance,
+def _where(a: Sample, b: Sample) -> str:
+    if a.label != b.label:
+        return "across classes"  # label noise, whichever splits: a copy labelled otherwise inflates nothing
+    return "across splits" if a.split != b.split else "within a class"
+
+
+def _duplicate(a: Sample, b: Sample, pair: duplicates.Pair) -> dict[str, Any]:
+    if _ORDER.get(a.split, 0) > _ORDER.get(b.split, 0):
+        a, b = b, a
+    return {"kind": pair.kind, "where": _where(a, b), "score": pair.score, "hash_bits": pair.bits,
             "files": [{"path": s.path, "split": s.split, "class": s.label} for s in (a, b)]}
+
+
+def _indirect_leaks(samples: list[Sample], pairs: list[duplicates.Pair]) -> list[duplicates.Pair]:
+    """Held-out images in a group of duplicates with an earlier split's image of their class but no
+    verified pair with one (both matched a third): compared directly, a few candidates each."""
+    group = duplicates.groups(len(samples), pairs)
+    members: dict[int, list[int]] = defaultdict(list)
+    for index, root in enumerate(group):
+        members[root].append(index)
+    direct = {(p.a, p.b) for p in pairs} | {(p.b, p.a) for p in pairs}
+    found = []
+    for indices in members.values():
+        if len({samples[i].split for i in indices}) < 2:
+            continue
+        for m in indices:
+            earlier = [i for i in indices if samples[i].label == samples[m].label
+                       and _ORDER.get(samples[i].split, 0) < _ORDER.get(samples[m].split, 0)]
+            if not earlier or any((m, i) in direct for i in earlier):
+                continue
+            mine = duplicates.Views(duplicates.thumbnail(samples[m].signature))
+            for i in earlier[:8]:
+                score = duplicates.similarity(mine, duplicates.Views(duplicates.thumbnail(samples[i].signature)))
+                if score >= duplicates.SIMILARITY:
+                    found.append(duplicates.Pair(i, m, "near", round(score, 4), None))
+                    break
+    return found
 
 
 def _twins(labels: Iterable[str]) -> list[list[str]]:
@@ -170,29 +169,92 @@ def _twins(labels: Iterable[str]) -> list[list[str]]:
     return [sorted(names) for names in groups.values() if len(names) > 1]
 
 
+def _examples(paths: list[str]) -> str:
+    shown = ", ".join(paths[:EXAMPLES])
+    return f" (e.g. {shown}{', …' if len(paths) > EXAMPLES else ''})" if paths else ""
+
+
+def _pair_words(duplicate: dict[str, Any]) -> str:
+    a, b = (f["path"] for f in duplicate["files"])
+    return f"{a} ≈ {b} ({duplicate['kind']}, similarity {duplicate['score']:.2f})"
+
+
+def _mode_lines(samples: list[Sample]) -> list[str]:
+    """Colour modes other than RGB, a line a mode: a fact of the dataset, not a finding per image."""
+    by_mode: dict[str, list[str]] = defaultdict(list)
+    for sample in samples:
+        if sample.mode != "RGB":
+            by_mode[sample.mode].append(sample.path)
+    names = {"L": "grey", "LA": "grey with alpha", "1": "black and white", "P": "palette", "CMYK": "CMYK",
+             "RGBA": "RGB with alpha", "I;16": "16-bit grey", "I": "32-bit grey", "F": "floating-point grey"}
+    lines = []
+    for mode, paths in sorted(by_mode.items(), key=lambda item: -len(item[1])):
+        what = names.get(mode, mode)
+        count = "all " if len(paths) == len(samples) else ""
+        lines.append(f"{count}{len(paths):,} image(s) are {what} ({mode}); training converts them to RGB"
+                     + ("" if count else _examples(paths)))
+    return lines
+
+
+def _warnings(report: dict[str, Any], samples: list[Sample]) -> list[str]:
+    """Every warning kind once, counted, with a few files; the report holds the full lists."""
+    out = []
+    by_where: dict[str, list[dict]] = defaultdict(list)
+    for duplicate in report["duplicates"]:
+        by_where[duplicate["where"]].append(duplicate)
+    for where, words in (("across splits", "duplicate pair(s) across splits"), ("within a class", "duplicate pair(s) within a class")):
+        if by_where[where]:
+            out.append(f"{len(by_where[where])} {words}, e.g. " + "; ".join(_pair_words(d) for d in by_where[where][:EXAMPLES]))
+    if by_where["across classes"]:
+        out.append(f"{len(by_where['across classes'])} possible mislabel(s): the same image under two classes, e.g. "
+                   + "; ".join(_pair_words(d) + f" [{' / '.join(f['class'] for f in d['files'])}]"
+                               for d in by_where["across classes"][:EXAMPLES]))
+    out += _mode_lines(samples)
+    for key, words in (("unreadable", "unreadable file(s)"), ("tiny_images", f"image(s) under {TINY_SIDE} px"),
+                       ("extreme_aspect", f"image(s) more than {EXTREME_ASPECT:g}:1")):
+        if report[key]:
+            out.append(f"{len(report[key])} {words}" + _examples([i["path"] for i in report[key]]))
+    if report["hidden_folders"]:
+        out.append(f"{len(report['hidden_folders'])} hidden folder(s) ignored" + _examples(report["hidden_folders"]))
+    if report["class_name_twins"]:
+        out.append("class names differing only in case or spaces: " + "; ".join(" / ".join(t) for t in report["class_name_twins"]))
+    if report["low_detail"]:
+        out.append(f"{report['low_detail']} image(s) with almost no detail: only their exact copies are looked for")
+    ratio = report["imbalance_ratio"]
+    if ratio and ratio > 10:
+        out.append(f"classes imbalanced {ratio}:1")
+    return out
+
+
+def _leakage(duplicates_found: list[dict], test_total: int, share: float) -> tuple[list[str], list[str], str | None]:
+    """The held-out copies of earlier splits' images (what AUDIT_FIX drops), the test ones among them,
+    and the blocking finding when the test ones are more than ``share`` of the test split."""
+    leaks = [d for d in duplicates_found if d["where"] == "across splits"]
+    held_out = sorted({d["files"][1]["path"] for d in leaks if d["files"][1]["split"] in ("valid", "test")})
+    test_leaks = [d for d in leaks if d["files"][1]["split"] == "test"]
+    leaked_test = sorted({d["files"][1]["path"] for d in test_leaks})
+    if not test_total or len(leaked_test) / test_total <= share:
+        return held_out, leaked_test, None
+    return held_out, leaked_test, (
+        f"{len(leaked_test)} test images duplicate images of other splits ({len(leaked_test) / test_total:.1%} of the test "
+        f"split; at most {share:.0%} allowed): the test accuracy would be inflated. E.g. "
+        + "; ".join(_pair_words(d) for d in test_leaks[:EXAMPLES])
+        + ". Set AUDIT_FIX=true to drop the held-out copies, or raise AUDIT_MAX_LEAKED_TEST_SHARE to accept them")
+
+
 def findings(audit: Audit, max_leaked_test_share: float = MAX_LEAKED_TEST_SHARE,
              min_train_images: int = MIN_TRAIN_IMAGES, min_classes: int = MIN_CLASSES) -> dict[str, Any]:
     """The report: every finding with its files, the blocking ones named, and the counts behind them."""
-    duplicates = [_duplicate(a, b, d) for a, b, d in _pairs(audit.samples)]
+    samples = audit.samples
+    pairs, cost = duplicates.find([s.signature for s in samples], [s.digest for s in samples])
+    pairs += _indirect_leaks(samples, pairs)
+    found = [_duplicate(samples[p.a], samples[p.b], p) for p in pairs]
     counts: dict[str, Counter] = defaultdict(Counter)
-    for sample in audit.samples:
+    for sample in samples:
         counts[sample.split][sample.label] += 1
     train = counts.get("train", Counter())
-    modes = Counter(sample.mode for sample in audit.samples)
-    odd_modes = [{"path": s.path, "mode": s.mode} for s in audit.samples if s.mode != "RGB"]
-    tiny = [{"path": s.path, "size": list(s.size)} for s in audit.samples if min(s.size) < TINY_SIDE]
-    extreme = [{"path": s.path, "size": list(s.size)} for s in audit.samples
-               if min(s.size) and max(s.size) / min(s.size) > EXTREME_ASPECT]
-    # Leakage: a held-out image that duplicates one in another split (AUDIT_FIX drops these, never train's).
-    leaked = [d for d in duplicates if d["where"] == "across splits"]
-    held_out = sorted({f["path"] for d in leaked for f in d["files"] if f["split"] in ("valid", "test")})
-    leaked_test = [p for p in held_out if any(f["path"] == p and f["split"] == "test" for d in leaked for f in d["files"])]
-    test_total = sum(counts.get("test", Counter()).values())
-    blocking, kinds = [], []
-    if test_total and len(leaked_test) / test_total > max_leaked_test_share:
-        kinds.append("leakage")
-        blocking.append(f"{len(leaked_test)} test images duplicate images of other splits ({len(leaked_test) / test_total:.1%} "
-                        f"of the test split; at most {max_leaked_test_share:.0%} allowed): the test accuracy would be inflated")
+    held_out, leaked_test, leak = _leakage(found, sum(counts.get("test", Counter()).values()), max_leaked_test_share)
+    blocking, kinds = ([leak], ["leakage"]) if leak else ([], [])
     small = sorted(label for label, n in train.items() if n < min_train_images)
     if small:
         kinds.append("small_classes")
@@ -203,17 +265,25 @@ def findings(audit: Audit, max_leaked_test_share: float = MAX_LEAKED_TEST_SHARE,
         kinds.append("few_classes")
         blocking.append(f"fewer than {min_classes} classes with enough images ({len(usable)})")
     sizes = [n for n in train.values() if n]
-    return {
-        "layout": audit.layout, "images": len(audit.samples) + len(audit.unreadable),
+    report = {
+        "layout": audit.layout, "images": len(samples) + len(audit.unreadable),
         "classes": sorted(train), "counts": {split: dict(sorted(c.items())) for split, c in counts.items()},
         "imbalance_ratio": round(max(sizes) / min(sizes), 2) if sizes else None,
-        "unreadable": audit.unreadable, "duplicates": duplicates,
-        "duplicate_summary": dict(Counter(f"{d['kind']} {d['where']}" for d in duplicates)),
-        "tiny_images": tiny, "extreme_aspect": extreme, "colour_modes": dict(modes), "not_rgb": odd_modes,
+        "unreadable": audit.unreadable, "duplicates": found,
+        "duplicate_summary": dict(Counter(f"{d['kind']} {d['where']}" for d in found)),
+        "possible_mislabels": [d for d in found if d["where"] == "across classes"],
+        "tiny_images": [{"path": s.path, "size": list(s.size)} for s in samples if min(s.size) < TINY_SIDE],
+        "extreme_aspect": [{"path": s.path, "size": list(s.size)} for s in samples
+                           if min(s.size) and max(s.size) / min(s.size) > EXTREME_ASPECT],
+        "colour_modes": dict(Counter(s.mode for s in samples)),
+        "not_rgb": [{"path": s.path, "mode": s.mode} for s in samples if s.mode != "RGB"],
         "class_name_twins": _twins(set().union(*[set(c) for c in counts.values()]) if counts else set()),
         "hidden_folders": audit.hidden_folders, "blocking": blocking, "blocking_kinds": kinds,
-        "thresholds": {"near_distance_bits": NEAR_DISTANCE, "max_leaked_test_share": max_leaked_test_share,
-                       "min_train_images": min_train_images, "min_classes": min_classes, "tiny_side": TINY_SIDE,
-                       "extreme_aspect": EXTREME_ASPECT},
-        "leaked": held_out,
+        "low_detail": cost["low_detail"], "duplicate_search": cost,
+        "thresholds": {"similarity": duplicates.SIMILARITY, "hash_bits": duplicates.NEAR_BITS, "min_detail": duplicates.MIN_DETAIL,
+                       "max_leaked_test_share": max_leaked_test_share, "min_train_images": min_train_images,
+                       "min_classes": min_classes, "tiny_side": TINY_SIDE, "extreme_aspect": EXTREME_ASPECT},
+        "leaked": held_out, "leaked_test": leaked_test,
     }
+    report["warnings"] = _warnings(report, samples)
+    return report
