@@ -65,6 +65,18 @@ def test_a_clean_audit_starts_the_tuning_job_with_its_warnings_told(stage, clien
     assert stage.notifications() == []
 
 
+def test_the_audit_s_own_warning_lines_are_told_as_they_are(stage, client):
+    """An audit that tells its warnings (each kind once, with examples) is quoted, not recounted."""
+    run = _audited_upload(stage, client)
+    lines = ["all 27 image(s) are grey (L); training converts them to RGB",
+             "1 possible mislabel(s): the same image under two classes, e.g. train/pug/1.jpg ≈ train/corgi/2.jpg"]
+    report = {**json.loads(_report()), "warnings": lines}
+    stage.put(f"runs/{run}/reports/audit.json", json.dumps(report).encode())
+    assert invoke(client, "on_processing_job_state_change", _audit_ended(run)) == "tuning job created"
+    audited = stage.notifications()[0]
+    assert audited["detail"]["warnings"] == lines
+
+
 def test_blocking_findings_reject_the_run_with_the_evidence(stage, client):
     run = _audited_upload(stage, client)
     stage.put(f"runs/{run}/reports/audit.json", _report(blocking=["2 test images duplicate images of other splits (11.1% ...)"]))

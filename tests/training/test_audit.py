@@ -141,3 +141,45 @@ def test_the_local_stack_audits_and_rejects_the_planted_dataset(planted, tmp_pat
         assert runtime.store.names("tuning-job") == [], "nothing trained"
     finally:
         runtime.stop()
+
+
+def _run_until(runtime, events: set[str], timeout: float = 600) -> list[dict]:
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        messages = [n["message"] for n in runtime.notifications()]
+        if any(m["event"] in events or m["event"].endswith(("failed", "rejected")) for m in messages):
+            return messages
+        time.sleep(0.3)
+    raise AssertionError(f"none of {events} in {timeout}s: {[n['message']['event'] for n in runtime.notifications()]}")
+
+
+def test_distinct_scans_deploy_and_copies_of_test_scans_are_rejected_on_the_local_stack(tmp_path, ray_serve):
+    """Hundreds of distinct grey scans in ten classes go through the local stack with the audit's
+    defaults and deploy; the same scans with 5% of the test images copied into train (resized,
+    re-encoded) are rejected, naming those copies."""
+    import duplicate_benchmark as benchmark
+    from droptrain.local.runtime import LocalRuntime
+
+    benchmark.write_scans(tmp_path / "scans", limit=400)
+    leaked = benchmark.write_scans(tmp_path / "leaky", limit=400, leak_share=0.05)
+    env = {"MAX_TUNING_JOBS": "1", "STATIC_HYPERPARAMETERS": '{"arch": "resnet18", "weights": "none", "train-mode": "head", '
+           '"image-size": "32", "epochs": "1"}'}
+    runtime = LocalRuntime(tmp_path / "home", env=env, say=lambda m: None, serving=ray_serve)
+    runtime.start(serve_api=False)
+    try:
+        runtime.upload(tmp_path / "scans", "scans")
+        messages = _run_until(runtime, {"deployment.completed"})
+        assert [m["event"] for m in messages][-1] == "deployment.completed", messages[-1]
+        audited = next(m for m in messages if m["event"] == "dataset.audited")["detail"]
+        assert audited["leaked"] == [] and audited["warnings"] == ["all 400 image(s) are grey (L); training converts them to RGB"]
+        before = len(messages)
+        runtime.upload(tmp_path / "leaky", "leaky")
+        messages = _run_until(runtime, {"dataset.rejected"})[before:]
+        assert [m["event"] for m in messages] == ["dataset.accepted", "dataset.rejected"], messages
+        rejected = messages[-1]["detail"]
+        assert rejected["checked"] == "audit" and rejected["leaked"] == leaked
+        assert any(leaked[0] in reason and "AUDIT_FIX=true" in reason for reason in rejected["reasons"])
+    finally:
+        runtime.stop()
