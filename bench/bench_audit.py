@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 from common import Row
 
@@ -63,43 +64,61 @@ def _near_identical(folder: Path, count: int) -> None:
         photo.rotate(90).save(folder / "train" / "other" / f"{k}.jpg", quality=50 + 4 * k)
 
 
-def run() -> list[Row]:
-    sys.path.insert(0, str(ROOT / "training"))
-    from droptrain.synthetic import make_dataset
-
-    rows = []
+def _measured(make: Callable[[Path], None], what: str, target: str, note: Callable[[int, dict], str]) -> Row:
+    """One row: the dataset ``make`` writes, audited, against decoding the same images alone."""
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
-        make_dataset(data, classes=CLASSES, per_class=PER_CLASS, size=SIZE, seed=0)
+        make(data)
         images = sorted(data.rglob("*.jpg"))
         for path in images[:50]:  # warm the page cache for both passes alike
             path.read_bytes()
         decode = _decode_rate(images)
         ours, report = _audit(data)
-        rows.append(Row(f"dataset audit, {len(images)} JPEGs at {SIZE} px: decode + sha256 + duplicate signatures and "
-                        f"verification + findings ({len(report['duplicates'])} pairs)", ours, decode,
-                        "decoding the same images alone (full decode)", "img/s", ">= 0.8 of decoding alone",
-                        note=f"audit on {os.cpu_count()} cores, decoding alone on one"))
+    return Row(
+        what.format(n=len(images)),
+        ours,
+        decode,
+        "decoding the same images alone",
+        "img/s",
+        target,
+        note=note(len(images), report),
+    )
+
+
+def _per_image(n: int, report: dict) -> str:
+    return (
+        f"{report['duplicate_search']['proposed'] / n:.2f} verifications per image, {len(report['duplicates'])} pairs"
+    )
+
+
+def run() -> list[Row]:
+    sys.path.insert(0, str(ROOT / "training"))
+    from droptrain.synthetic import make_dataset
+
+    rows = [
+        _measured(
+            lambda d: make_dataset(d, classes=CLASSES, per_class=PER_CLASS, size=SIZE, seed=0),
+            f"dataset audit, {{n}} JPEGs at {SIZE} px: decode + sha256 + duplicate signatures and verification "
+            "+ findings",
+            ">= 0.8 of decoding alone",
+            lambda n, r: f"{len(r['duplicates'])} pairs; audit on {os.cpu_count()} cores, decoding alone on one",
+        )
+    ]
     for count in SCALES:
-        with tempfile.TemporaryDirectory() as tmp:
-            data = Path(tmp) / "data"
-            make_dataset(data, classes=10, per_class=count // 10, size=64, seed=1)
-            images = sorted(data.rglob("*.jpg"))
-            decode = _decode_rate(images)
-            ours, report = _audit(data)
-            cost = report["duplicate_search"]
-            rows.append(Row(f"dataset audit at scale: {len(images):,} JPEGs at 64 px", ours, decode,
-                            "decoding the same images alone", "img/s", "no target: the trend",
-                            note=f"{cost['proposed'] / len(images):.2f} verifications per image, {len(report['duplicates'])} pairs"))
-    with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / "data"
-        _near_identical(data, NEAR_IDENTICAL)
-        images = sorted(data.rglob("*.jpg"))
-        decode = _decode_rate(images)
-        ours, report = _audit(data)
-        cost = report["duplicate_search"]
-        rows.append(Row(f"dataset audit, worst case: {len(images):,} near-identical JPEGs (one photograph re-encoded)",
-                        ours, decode, "decoding the same images alone", "img/s", "sub-quadratic: a few verifications per image",
-                        note=f"{cost['proposed'] / len(images):.2f} verifications per image (all pairs: "
-                             f"{len(images) * (len(images) - 1) // 2:,}), {len(report['duplicates'])} pairs reported"))
+        rows.append(
+            _measured(
+                lambda d, count=count: make_dataset(d, classes=10, per_class=count // 10, size=64, seed=1),
+                "dataset audit at scale: {n:,} JPEGs at 64 px",
+                "no target: the trend",
+                _per_image,
+            )
+        )
+    rows.append(
+        _measured(
+            lambda d: _near_identical(d, NEAR_IDENTICAL),
+            "dataset audit, worst case: {n:,} near-identical JPEGs (one photograph re-encoded)",
+            "sub-quadratic: a few verifications per image",
+            lambda n, r: _per_image(n, r) + f" (all pairs: {n * (n - 1) // 2:,})",
+        )
+    )
     return rows

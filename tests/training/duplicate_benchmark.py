@@ -27,9 +27,28 @@ def _skimage(name: str) -> Image.Image:
         return image.convert("RGB")
 
 
-PHOTOS = ["astronaut.png", "brick.png", "camera.png", "cell.png", "chelsea.png", "clock_motion.png", "coffee.png",
-          "coins.png", "color.png", "grass.png", "gravel.png", "hubble_deep_field.jpg", "ihc.png", "logo.png",
-          "moon.png", "motorcycle_left.png", "page.png", "retina.jpg", "rocket.jpg", "text.png"]
+PHOTOS = [
+    "astronaut.png",
+    "brick.png",
+    "camera.png",
+    "cell.png",
+    "chelsea.png",
+    "clock_motion.png",
+    "coffee.png",
+    "coins.png",
+    "color.png",
+    "grass.png",
+    "gravel.png",
+    "hubble_deep_field.jpg",
+    "ihc.png",
+    "logo.png",
+    "moon.png",
+    "motorcycle_left.png",
+    "page.png",
+    "retina.jpg",
+    "rocket.jpg",
+    "text.png",
+]
 
 
 def photos() -> list[Image.Image]:
@@ -48,14 +67,22 @@ def digits() -> list[Image.Image]:
     from sklearn.datasets import load_digits
 
     images = load_digits().images
-    return [Image.fromarray((255 - d * 255 / 16).astype(np.uint8)).resize((32, 32), Image.Resampling.BILINEAR) for d in images]
+    return [
+        Image.fromarray((255 - d * 255 / 16).astype(np.uint8)).resize((32, 32), Image.Resampling.BILINEAR)
+        for d in images
+    ]
 
 
 def faces() -> list[Image.Image]:
-    """scikit-image's LFW subset: real 25×25 grey crops (faces and not), kept as 64×64 images, the blank ones left out."""
+    """scikit-image's LFW subset: real 25×25 grey crops (faces and not), kept as 64×64 images, the
+    blank ones left out."""
     with (files("skimage") / "data" / "lfw_subset.npy").open("rb") as f:
         stack = np.load(f)
-    return [Image.fromarray((s * 255).astype(np.uint8)).resize((64, 64), Image.Resampling.BICUBIC) for s in stack if s.std() > 0.02]
+    return [
+        Image.fromarray((s * 255).astype(np.uint8)).resize((64, 64), Image.Resampling.BICUBIC)
+        for s in stack
+        if s.std() > 0.02
+    ]
 
 
 def texts(count: int, seed: int) -> list[Image.Image]:
@@ -104,8 +131,12 @@ def copy_of(image: Image.Image, rng: random.Random) -> Image.Image:
 def build(seed: int = 0, digit_count: int = 600, text_count: int = 150, copies_share: float = 0.3) -> list[Item]:
     """The benchmark's images: every original once, and one or two copies of a share of them."""
     rng = random.Random(seed)
-    originals = ([(image, "photo") for image in photos()] + [(image, "digit") for image in digits()[:digit_count]]
-                 + [(image, "face") for image in faces()] + [(image, "text") for image in texts(text_count, seed)])
+    originals = (
+        [(image, "photo") for image in photos()]
+        + [(image, "digit") for image in digits()[:digit_count]]
+        + [(image, "face") for image in faces()]
+        + [(image, "text") for image in texts(text_count, seed)]
+    )
     items = []
     for source, (image, family) in enumerate(originals):
         items.append(Item(image, source, family))
@@ -129,7 +160,9 @@ def write_scans(root, limit: int | None = None, leak_share: float = 0.0, seed: i
         label = int(data.target[index])
         rank = seen[label] = seen.get(label, -1) + 1
         split = "test" if rank % 20 >= 17 else ("valid" if rank % 20 >= 14 else "train")
-        image = Image.fromarray((255 - data.images[index] * 255 / 16).astype(np.uint8)).resize((32, 32), Image.Resampling.BILINEAR)
+        image = Image.fromarray((255 - data.images[index] * 255 / 16).astype(np.uint8)).resize(
+            (32, 32), Image.Resampling.BILINEAR
+        )
         folder = root / split / f"digit-{label}"
         folder.mkdir(parents=True, exist_ok=True)
         image.save(folder / f"{index:04d}.png")
@@ -138,8 +171,9 @@ def write_scans(root, limit: int | None = None, leak_share: float = 0.0, seed: i
     leaked = []
     for path, image, label in rng.sample(tests, round(len(tests) * leak_share)):
         side = rng.choice([40, 48, 64])
-        image.resize((side, side), Image.Resampling.BICUBIC).save(root / "train" / f"digit-{label}" / f"copy-{path.stem}.jpg",
-                                                                    quality=rng.randint(75, 95))
+        image.resize((side, side), Image.Resampling.BICUBIC).save(
+            root / "train" / f"digit-{label}" / f"copy-{path.stem}.jpg", quality=rng.randint(75, 95)
+        )
         leaked.append(path.relative_to(root).as_posix())
     return sorted(leaked)
 

@@ -64,11 +64,12 @@ def test_every_planted_problem_is_reported_with_its_files(planted):
     assert (exact["kind"], exact["where"]) == ("exact", "across splits")
     near = _pair(report, *(_rel(planted, p) for p in plants["near_leak"]))
     assert (near["kind"], near["where"]) == ("near", "across splits") and near["score"] >= 0.92
-    assert [f["split"] for f in near["files"]] == ["train", "test"], "the earlier split first: the later copy is the leak"
+    assert [f["split"] for f in near["files"]] == ["train", "test"], "the earlier split first: the later copy leaks"
     wrong = _pair(report, *(_rel(planted, p) for p in plants["mislabelled"]))
     assert (wrong["kind"], wrong["where"]) == ("exact", "across classes")
     assert wrong in report["possible_mislabels"]
-    assert any(w.startswith("1 possible mislabel(s)") and plants["mislabelled"][1].name in w for w in report["warnings"])
+    mislabel = plants["mislabelled"][1].name
+    assert any(w.startswith("1 possible mislabel(s)") and mislabel in w for w in report["warnings"])
     assert report["counts"]["train"]["rare"] == 3
     assert report["hidden_folders"] == ["train/__MACOSX"] and "__MACOSX" not in report["classes"]
     assert {"path": f"train/{planted['classes'][2]}/cmyk.jpg", "mode": "CMYK"} in report["not_rgb"]
@@ -164,8 +165,8 @@ def test_distinct_scans_deploy_and_copies_of_test_scans_are_rejected_on_the_loca
 
     benchmark.write_scans(tmp_path / "scans", limit=400)
     leaked = benchmark.write_scans(tmp_path / "leaky", limit=400, leak_share=0.05)
-    env = {"MAX_TUNING_JOBS": "1", "STATIC_HYPERPARAMETERS": '{"arch": "resnet18", "weights": "none", "train-mode": "head", '
-           '"image-size": "32", "epochs": "1"}'}
+    static = {"arch": "resnet18", "weights": "none", "train-mode": "head", "image-size": "32", "epochs": "1"}
+    env = {"MAX_TUNING_JOBS": "1", "STATIC_HYPERPARAMETERS": json.dumps(static)}
     runtime = LocalRuntime(tmp_path / "home", env=env, say=lambda m: None, serving=ray_serve)
     runtime.start(serve_api=False)
     try:
@@ -173,7 +174,8 @@ def test_distinct_scans_deploy_and_copies_of_test_scans_are_rejected_on_the_loca
         messages = _run_until(runtime, {"deployment.completed"})
         assert [m["event"] for m in messages][-1] == "deployment.completed", messages[-1]
         audited = next(m for m in messages if m["event"] == "dataset.audited")["detail"]
-        assert audited["leaked"] == [] and audited["warnings"] == ["all 400 image(s) are grey (L); training converts them to RGB"]
+        assert audited["leaked"] == []
+        assert audited["warnings"] == ["all 400 image(s) are grey (L); training converts them to RGB"]
         before = len(messages)
         runtime.upload(tmp_path / "leaky", "leaky")
         messages = _run_until(runtime, {"dataset.rejected"})[before:]

@@ -16,8 +16,10 @@ from trainlib import audit, duplicates
 
 def _groups_of(report: dict, files: list[str]) -> dict[str, int]:
     index = {path: i for i, path in enumerate(files)}
-    pairs = [duplicates.Pair(index[d["files"][0]["path"]], index[d["files"][1]["path"]], d["kind"], d["score"], 0)
-             for d in report["duplicates"]]
+    pairs = [
+        duplicates.Pair(index[d["files"][0]["path"]], index[d["files"][1]["path"]], d["kind"], d["score"], 0)
+        for d in report["duplicates"]
+    ]
     return dict(zip(files, duplicates.groups(len(files), pairs)))
 
 
@@ -30,20 +32,23 @@ def test_the_benchmark_meets_its_precision_and_recall_and_blocks_no_negative(tmp
     by_source = defaultdict(list)
     for path in files:
         by_source[sources[path]].append(path)
-    true_pairs = [(a, b) for paths in by_source.values() for i, a in enumerate(paths) for b in paths[i + 1:]]
+    true_pairs = [(a, b) for paths in by_source.values() for i, a in enumerate(paths) for b in paths[i + 1 :]]
     recalled = sum(group[a] == group[b] for a, b in true_pairs)
     found = [tuple(f["path"] for f in d["files"]) for d in report["duplicates"]]
     false = [pair for pair in found if sources[pair[0]] != sources[pair[1]]]
     recall, precision = recalled / len(true_pairs), 1 - len(false) / len(found)
-    blocked_negatives = [p for p in report["leaked_test"]
-                         if any(sources[a] != sources[b] and p in (a, b) for a, b in found)]
+    blocked_negatives = [
+        p for p in report["leaked_test"] if any(sources[a] != sources[b] and p in (a, b) for a, b in found)
+    ]
     families = defaultdict(lambda: [0, 0])
     for a, b in true_pairs:
         families[a.split("/")[1]][0] += group[a] == group[b]
         families[a.split("/")[1]][1] += 1
-    print(f"\nduplicate benchmark: {len(items)} images, {len(true_pairs)} true pairs; pair recall {recall:.3f} "
-          f"({', '.join(f'{k} {v[0]}/{v[1]}' for k, v in sorted(families.items()))}), pair precision {precision:.3f} "
-          f"({len(false)} false of {len(found)}), negatives blocked: {len(blocked_negatives)}")
+    print(
+        f"\nduplicate benchmark: {len(items)} images, {len(true_pairs)} true pairs; pair recall {recall:.3f} "
+        f"({', '.join(f'{k} {v[0]}/{v[1]}' for k, v in sorted(families.items()))}), pair precision {precision:.3f} "
+        f"({len(false)} false of {len(found)}), negatives blocked: {len(blocked_negatives)}"
+    )
     assert len(true_pairs) > 300 and len(items) > 1000
     assert recall >= 0.95 and precision >= 0.99, (recall, precision, false[:5])
     assert blocked_negatives == []
@@ -84,7 +89,9 @@ def test_near_identical_images_cost_a_few_comparisons_each():
     signatures = [duplicates.signature(_variant(photo, rng)) for _ in range(600)]
     pairs, cost = duplicates.find(signatures, [str(i) for i in range(len(signatures))])
     assert len(set(duplicates.groups(len(signatures), pairs))) <= 3
-    assert cost["proposed"] <= duplicates.MAX_PROPOSED * len(signatures) and cost["proposed"] < 3 * len(signatures), cost
+    assert cost["proposed"] <= duplicates.MAX_PROPOSED * len(signatures) and cost["proposed"] < 3 * len(signatures), (
+        cost
+    )
     assert len(pairs) < 2 * len(signatures) and all(p.score >= duplicates.SIMILARITY for p in pairs)
 
 

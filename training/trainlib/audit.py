@@ -112,7 +112,8 @@ def _read(path: str, relative: str, split: str, label: str) -> tuple[Sample, str
         sample.digest = hashlib.sha256(data).hexdigest()
         with Image.open(io.BytesIO(data)) as image:  # the bytes already read: no second read
             sample.mode, sample.size = image.mode, image.size
-            image.draft("RGB", (duplicates.SOURCE, duplicates.SOURCE))  # large JPEGs decode reduced: the check reads 64×64
+            # Large JPEGs decode reduced: the duplicate check reads 64×64.
+            image.draft("RGB", (duplicates.SOURCE, duplicates.SOURCE))
             image.load()
             sample.signature = duplicates.signature(image)
     except _DECODE_ERRORS as exc:
@@ -202,9 +203,10 @@ def _warnings(report: dict[str, Any], samples: list[Sample]) -> list[str]:
     by_where: dict[str, list[dict]] = defaultdict(list)
     for duplicate in report["duplicates"]:
         by_where[duplicate["where"]].append(duplicate)
-    for where, words in (("across splits", "duplicate pair(s) across splits"), ("within a class", "duplicate pair(s) within a class")):
+    for where in ("across splits", "within a class"):
         if by_where[where]:
-            out.append(f"{len(by_where[where])} {words}, e.g. " + "; ".join(_pair_words(d) for d in by_where[where][:EXAMPLES]))
+            examples = "; ".join(_pair_words(d) for d in by_where[where][:EXAMPLES])
+            out.append(f"{len(by_where[where])} duplicate pair(s) {where}, e.g. {examples}")
     if by_where["across classes"]:
         out.append(f"{len(by_where['across classes'])} possible mislabel(s): the same image under two classes, e.g. "
                    + "; ".join(_pair_words(d) + f" [{' / '.join(f['class'] for f in d['files'])}]"
@@ -217,7 +219,8 @@ def _warnings(report: dict[str, Any], samples: list[Sample]) -> list[str]:
     if report["hidden_folders"]:
         out.append(f"{len(report['hidden_folders'])} hidden folder(s) ignored" + _examples(report["hidden_folders"]))
     if report["class_name_twins"]:
-        out.append("class names differing only in case or spaces: " + "; ".join(" / ".join(t) for t in report["class_name_twins"]))
+        twins = "; ".join(" / ".join(t) for t in report["class_name_twins"])
+        out.append(f"class names differing only in case or spaces: {twins}")
     if report["low_detail"]:
         out.append(f"{report['low_detail']} image(s) with almost no detail: only their exact copies are looked for")
     ratio = report["imbalance_ratio"]
@@ -236,8 +239,9 @@ def _leakage(duplicates_found: list[dict], test_total: int, share: float) -> tup
     if not test_total or len(leaked_test) / test_total <= share:
         return held_out, leaked_test, None
     return held_out, leaked_test, (
-        f"{len(leaked_test)} test images duplicate images of other splits ({len(leaked_test) / test_total:.1%} of the test "
-        f"split; at most {share:.0%} allowed): the test accuracy would be inflated. E.g. "
+        f"{len(leaked_test)} test images duplicate images of other splits "
+        f"({len(leaked_test) / test_total:.1%} of the test split; at most {share:.0%} allowed): "
+        "the test accuracy would be inflated. E.g. "
         + "; ".join(_pair_words(d) for d in test_leaks[:EXAMPLES])
         + ". Set AUDIT_FIX=true to drop the held-out copies, or raise AUDIT_MAX_LEAKED_TEST_SHARE to accept them")
 
@@ -280,7 +284,8 @@ def findings(audit: Audit, max_leaked_test_share: float = MAX_LEAKED_TEST_SHARE,
         "class_name_twins": _twins(set().union(*[set(c) for c in counts.values()]) if counts else set()),
         "hidden_folders": audit.hidden_folders, "blocking": blocking, "blocking_kinds": kinds,
         "low_detail": cost["low_detail"], "duplicate_search": cost,
-        "thresholds": {"similarity": duplicates.SIMILARITY, "hash_bits": duplicates.NEAR_BITS, "min_detail": duplicates.MIN_DETAIL,
+        "thresholds": {"similarity": duplicates.SIMILARITY, "plain_similarity": duplicates.SURE,
+                       "hash_bits": duplicates.NEAR_BITS, "min_detail": duplicates.MIN_DETAIL,
                        "max_leaked_test_share": max_leaked_test_share, "min_train_images": min_train_images,
                        "min_classes": min_classes, "tiny_side": TINY_SIDE, "extreme_aspect": EXTREME_ASPECT},
         "leaked": held_out, "leaked_test": leaked_test,
