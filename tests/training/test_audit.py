@@ -176,6 +176,8 @@ def test_distinct_scans_deploy_and_copies_of_test_scans_are_rejected_on_the_loca
         audited = next(m for m in messages if m["event"] == "dataset.audited")["detail"]
         assert audited["leaked"] == []
         assert audited["warnings"] == ["all 400 image(s) are grey (L); training converts them to RGB"]
+        report = json.loads(runtime.bucket.path_of_uri(audited["audit"]).read_text())
+        assert report["duplicates"] == [] and len(report["not_rgb"]) == 400, "one line told, the full list kept"
         before = len(messages)
         runtime.upload(tmp_path / "leaky", "leaky")
         messages = _run_until(runtime, {"dataset.rejected"})[before:]

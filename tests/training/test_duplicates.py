@@ -54,25 +54,6 @@ def test_the_benchmark_meets_its_precision_and_recall_and_blocks_no_negative(tmp
     assert blocked_negatives == []
 
 
-def test_distinct_scans_are_not_duplicates_and_copies_of_them_are(tmp_path):
-    """scikit-learn's scanned digits: 32×32 grey, many alike. None is paired with another; copies of
-    5% of the test images put into train (resized, JPEG) are each found, and block."""
-    honest = audit.findings(audit.scan(_scans(tmp_path / "honest")))
-    assert honest["duplicates"] == [] and honest["blocking"] == [], honest["warnings"]
-    assert "all 600 image(s) are grey (L); training converts them to RGB" in honest["warnings"]
-    assert len(honest["not_rgb"]) == 600, "the full list is in the report, the warning is one line"
-    root = tmp_path / "leaky"
-    leaked = benchmark.write_scans(root, limit=600, leak_share=0.05)
-    report = audit.findings(audit.scan(root))
-    assert report["leaked_test"] == leaked and report["blocking_kinds"] == ["leakage"]
-    assert leaked[0] in report["blocking"][0]
-
-
-def _scans(root):
-    benchmark.write_scans(root, limit=600)
-    return root
-
-
 def _variant(image: Image.Image, rng: random.Random) -> Image.Image:
     side = rng.randint(160, 260)
     image = ImageEnhance.Brightness(image.resize((side, side))).enhance(rng.uniform(0.85, 1.15))
