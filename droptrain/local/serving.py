@@ -14,9 +14,11 @@ deployment is the same, with what one machine serving many models needs on top:
   project's ``.venv`` is the local image (``make setup`` built it).
 
 Ray Serve takes one declarative config for all applications (``serve run`` does the same through
-``ServeControllerClient.deploy_apps``): this module keeps that config, one per process (whoever
-started Ray in it), and changes one application at a time. A request reaches an application as
-SageMaker's InvokeEndpoint reaches the container: its body POSTed to the application's HTTP route.
+``ServeControllerClient.deploy_apps``): each change reads the config Serve runs now from its
+controller, changes one application and deploys the whole again, so that every ``RayServe`` joined
+to one Ray instance keeps the others' applications (none keeps a copy of them). A request reaches an
+application as SageMaker's InvokeEndpoint reaches the container: its body POSTed to the
+application's HTTP route.
 
 Ray starts in Ray Serve's high-throughput mode where it can (``ray_mode``): the same
 applications, with HAProxy in front of them instead of Ray's Python proxy and gRPC between Ray's
@@ -33,7 +35,6 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
@@ -150,26 +151,12 @@ class _Connections:
             connection.close()
 
 
-@dataclass
-class _App:
-    name: str
-    model_dir: Path
-    config: dict[str, Any]
-
-
-class _Applications:
-    """The process's Ray Serve config: every application, whichever ``RayServe`` deployed it."""
-
-    def __init__(self):
-        self.apps: dict[str, _App] = {}
-        self.lock = threading.Lock()
-
-
-_APPLICATIONS = _Applications()
-
-
 class RayServe:
     """Ray and Serve for this process; ``start`` joins a Ray instance already running in it (tests share one)."""
+
+    # Serve's config is one per Ray instance, and this process's Ray connection is one: the
+    # read-change-deploy of ``_apply`` by any ``RayServe`` of the process goes one at a time.
+    _config_lock = threading.Lock()
 
     def __init__(self, host: str = "127.0.0.1", port: int | None = None, num_cpus: int | None = None,
                  ready_timeout: float = 300, sleep: Callable[[float], None] = time.sleep):
@@ -180,8 +167,9 @@ class RayServe:
         self.num_cpus = num_cpus or max(8, 4 * (os.cpu_count() or 1))
         self.ready_timeout = ready_timeout
         self.sleep = sleep
-        self._shared = _APPLICATIONS
-        self._mine: set[str] = set()
+        # The routes of the applications this instance deployed: what ``call`` may reach.
+        self._routes: dict[str, str] = {}
+        self._lock = threading.Lock()
         self._client = None
         self._owns_ray = False
 
@@ -224,14 +212,12 @@ class RayServe:
             return
         self._http.close()
         if self._owns_ray:
-            with self._shared.lock:
-                self._shared.apps.clear()
             serve.shutdown()
             ray.shutdown()
         else:
-            for name in list(self._mine):
+            for name in list(self._routes):
                 self.delete(name)
-        self._mine.clear()
+        self._routes.clear()
         self._client = None
 
     @property
@@ -254,37 +240,39 @@ class RayServe:
         env_vars["PYTHONPATH"] = str(model_dir.resolve())  # as the container's PYTHONPATH=/opt/ml/model
         runtime_env["env_vars"] = env_vars
         config.update(name=name, route_prefix=route_prefix or f"/{name}", runtime_env=runtime_env)
-        with self._shared.lock:
-            self._shared.apps[name] = _App(name, model_dir, config)
-            self._mine.add(name)
-            self._apply()
+        self._wait_gone(name, config["route_prefix"])
+        with self._lock:
+            self._routes[name] = config["route_prefix"]
+            self._apply(name, config)
         status, message = self._wait(name)
+        if status == READY:
+            status, message = self._wait_routed(config["route_prefix"])
         if status != READY:
             self.delete(name)
             raise ModelNotServableError(f"Ray Serve could not start the model: {message or status}")
 
     def delete(self, name: str) -> None:
-        with self._shared.lock:
-            self._mine.discard(name)
-            if self._shared.apps.pop(name, None) is not None:
-                self._apply()
+        with self._lock:
+            if self._routes.pop(name, None) is not None:
+                self._apply(name, None)
 
     def names(self) -> list[str]:
-        with self._shared.lock:
-            return list(self._shared.apps)
+        """The applications this instance deployed and has not deleted."""
+        with self._lock:
+            return list(self._routes)
 
     def call(self, name: str, body: bytes, content_type: str = "application/octet-stream",
              accept: str = "application/json", timeout: float = 60) -> tuple[int, dict[str, Any]]:
         """``(status, JSON body)`` from application ``name``: the body POSTed to its HTTP route, as SageMaker
         posts an InvokeEndpoint's body to the container's ``/invocations``."""
-        with self._shared.lock:
-            app = self._shared.apps.get(name)
-        if app is None:
+        with self._lock:
+            route = self._routes.get(name)
+        if route is None:
             raise ApplicationGoneError(f"no application {name}")
         headers = {"Content-Type": content_type, "Accept": accept}
         for fresh in (False, True):
             try:
-                status, data = self._http.post(app.config["route_prefix"], body, headers, timeout, fresh=fresh)
+                status, data = self._http.post(route, body, headers, timeout, fresh=fresh)
             except (OSError, http.client.HTTPException) as exc:
                 raise ServingError(f"application {name} gave no answer: {exc}") from exc
             try:
@@ -300,11 +288,18 @@ class RayServe:
 
     # -- internals -----------------------------------------------------------------------------
 
-    def _apply(self) -> None:
+    def _apply(self, name: str, config: dict[str, Any] | None) -> None:
+        """Deploy Serve's current config with application ``name`` set to ``config`` (``None``: removed)."""
         from ray.serve.schema import ServeDeploySchema
 
-        schema = ServeDeploySchema(applications=[app.config for app in self._shared.apps.values()])
-        self._client.deploy_apps(schema)
+        with RayServe._config_lock:
+            running = self._client.get_serve_details().get("applications") or {}
+            # An application being deleted has no config any more: left out, its deletion goes on.
+            apps = {app_name: details["deployed_app_config"] for app_name, details in running.items()
+                    if details.get("deployed_app_config") and app_name != name}
+            if config is not None:
+                apps[name] = config
+            self._client.deploy_apps(ServeDeploySchema(applications=list(apps.values())))
         self._http.close()  # the idle connections belong to HAProxy's process before this change
 
     def _wait(self, name: str) -> tuple[str, str]:
@@ -319,6 +314,43 @@ class RayServe:
             if time.monotonic() > deadline:
                 return "TIMEOUT", f"not running after {self.ready_timeout:.0f}s"
             self.sleep(0.2)
+
+    def _wait_gone(self, name: str, route: str) -> None:
+        """A name deployed again while Serve still deletes it would be READY at once (the old one) and
+        then lose its route when the deletion reaches HAProxy: wait for the deletion to end first."""
+        from ray import serve
+
+        if name in self.names():
+            return  # an update of an application this instance serves: not a deletion
+        deadline = time.monotonic() + self.ready_timeout
+        while name in serve.status().applications or route in self._routes_served():
+            if time.monotonic() > deadline:
+                raise ModelNotServableError(f"Ray Serve did not finish deleting {name} in {self.ready_timeout:.0f}s")
+            self.sleep(0.1)
+
+    def _wait_routed(self, route: str) -> tuple[str, str]:
+        """Serve calls an application RUNNING once its replicas are, and HAProxy reloads with its route
+        after that: on a busy machine a request in between was answered 404. The ingress's own
+        ``/-/routes`` lists the routes it serves now (HAProxy and Ray's proxy alike)."""
+        deadline = time.monotonic() + self.ready_timeout
+        while True:
+            if route in self._routes_served():
+                return READY, ""
+            if time.monotonic() > deadline:
+                return "TIMEOUT", f"the ingress did not route {route} after {self.ready_timeout:.0f}s"
+            self.sleep(0.1)
+
+    def _routes_served(self) -> dict[str, str]:
+        connection = http.client.HTTPConnection(self.host, self.port, timeout=10)
+        try:
+            connection.request("GET", "/-/routes")
+            response = connection.getresponse()
+            body = response.read()
+            return json.loads(body) if response.status == 200 else {}
+        except (OSError, http.client.HTTPException, ValueError):
+            return {}
+        finally:
+            connection.close()
 
     def _check_resources(self, config: dict[str, Any]) -> None:
         import ray

@@ -6,11 +6,10 @@ from __future__ import annotations
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
-from droptrain.local.serving import ApplicationGoneError, RayServe, ServingError, _App, _Applications, _Connections
+from droptrain.local.serving import ApplicationGoneError, RayServe, ServingError, _Connections
 
 
 class Ingress(BaseHTTPRequestHandler):
@@ -29,6 +28,15 @@ class Ingress(BaseHTTPRequestHandler):
         self.wfile.write(body)
         self.close_connection = self.server.drop_after_answer
 
+    def do_GET(self):
+        """``/-/routes``: what ``server.routes`` lists now (a list is consumed one answer per request)."""
+        routes = self.server.routes.pop(0) if isinstance(self.server.routes, list) else self.server.routes
+        body = json.dumps(routes).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
     def log_message(self, *args):
         pass
 
@@ -36,7 +44,7 @@ class Ingress(BaseHTTPRequestHandler):
 @pytest.fixture
 def ingress():
     server = ThreadingHTTPServer(("127.0.0.1", 0), Ingress)
-    server.answer, server.drop_after_answer, server.seen = (200, b"{}"), False, []
+    server.answer, server.drop_after_answer, server.seen, server.routes = (200, b"{}"), False, [], {}
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server
@@ -48,10 +56,25 @@ def ingress():
 def serving(ingress):
     """A ``RayServe`` whose one application, ``app``, is routed to the stand-in ingress."""
     engine = RayServe()
-    engine._shared = _Applications()
-    engine._shared.apps["app"] = _App("app", Path("."), {"route_prefix": "/app"})
+    engine._routes["app"] = "/app"
     engine._http = _Connections(*ingress.server_address[:2])
+    engine.host, engine.port = ingress.server_address[:2]
     return engine
+
+
+def test_a_deploy_waits_until_the_ingress_routes_the_application(serving, ingress):
+    """Serve calls an application RUNNING before HAProxy has reloaded with its route."""
+    naps = []
+    serving.sleep = naps.append
+    ingress.routes = [{}, {}, {"/other": "other"}, {"/other": "other", "/app": "app"}]
+    assert serving._wait_routed("/app") == ("RUNNING", "")
+    assert len(naps) == 3, "asked again until the route was there"
+
+
+def test_a_route_that_never_comes_is_a_timeout_not_a_hang(serving, ingress):
+    serving.ready_timeout, serving.sleep = 0, lambda seconds: None
+    status, message = serving._wait_routed("/app")
+    assert status == "TIMEOUT" and "did not route /app" in message
 
 
 def test_the_body_goes_to_the_applications_route_with_its_content_type(serving, ingress):
@@ -83,7 +106,7 @@ def test_an_answer_that_is_not_the_applications_is_a_serving_error(serving, ingr
 
 def test_an_application_deleted_on_the_way_is_gone(serving, ingress):
     def deleted_meanwhile(handler):
-        serving._shared.apps.pop("app", None)
+        serving._routes.pop("app", None)
         return 404, b"Path '/app' not found."
 
     ingress.answer = deleted_meanwhile
@@ -148,16 +171,44 @@ def test_a_kept_connection_from_before_haproxy_reloaded_is_asked_again_on_a_new_
     assert peers[1] == peers[0] and peers[2] != peers[0]
 
 
-def test_changing_the_applications_closes_the_idle_connections(serving, ingress):
-    class Client:
-        def deploy_apps(self, schema):
-            self.schema = schema
+class Controller:
+    """Serve's controller as ``RayServe`` reads and changes it: the submitted configs of the applications."""
 
-    serving._client = Client()
+    def __init__(self, **configs):
+        self.configs = configs
+
+    def get_serve_details(self):
+        return {"applications": {name: {"deployed_app_config": config} for name, config in self.configs.items()}}
+
+    def deploy_apps(self, schema):
+        self.configs = {app.name: app.model_dump(exclude_unset=True) for app in schema.applications}
+
+
+def _app_config(name):
+    return {"name": name, "route_prefix": f"/{name}", "import_path": "serve_app:app"}
+
+
+def test_changing_the_applications_closes_the_idle_connections(serving, ingress):
+    serving._client = Controller(app=_app_config("app"))
     serving.call("app", b"x")
     assert len(serving._http._idle) == 1
     serving.delete("app")
     assert serving._http._idle == [], "kept from before HAProxy's reload: not used again"
+
+
+def test_an_instance_keeps_the_applications_another_instance_deployed(serving):
+    """Two ``RayServe`` joined to one Ray instance (two local stacks, tests beside them) share Serve's one
+    config: each change keeps what the controller runs, whoever deployed it, and nothing is kept in a global."""
+    controller = Controller(app=_app_config("app"), theirs=_app_config("theirs"))
+    other = RayServe()
+    other._client, other._http = controller, serving._http
+    serving._client = controller
+    serving.delete("app")
+    assert set(controller.configs) == {"theirs"}, "another instance's application stays"
+    assert other.names() == [] and serving.names() == [], "each instance answers for its own applications only"
+    other._routes["theirs"] = "/theirs"
+    other.delete("theirs")
+    assert controller.configs == {}
 
 
 def test_a_route_missing_on_a_new_connection_too_is_a_serving_error(serving, ingress):
