@@ -1,9 +1,10 @@
 """droptrain's Chalice app: thin handlers that parse the event and call one function in chalice_app.
 
-``create_app(env)`` builds the app for a stage's environment: its EventBridge patterns name the
-stage's bucket and endpoint, and its routes ask for an API key where the stage does. Chalice (deploy,
-package, Lambda) loads the module-level ``app``, built from ``os.environ``; the local runtime builds
-its own from its own environment.
+``create_app(env, services)`` builds the app for a stage's environment: its EventBridge patterns name
+the stage's bucket and endpoint, its routes ask for an API key where the stage does, and its handlers
+close over the services they use. Chalice (deploy, package, Lambda) loads the module-level ``app``,
+built from ``os.environ`` with AWS's adapters built at first use; the local runtime builds its own
+from its own environment and passes its own services.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from chalice_app import config, console, handlers, observability, openapi, patte
 from chalice_app.pipeline.idle import ScheduledTick
 from chalice_app.events import (EndpointStateChange, ModelPackageStateChange, ObjectCreated, ProcessingJobStateChange,
                                 TrainingJobStateChange, TuningJobStateChange)
+from chalice_app.handlers import Handlers
 
 
 def _json(status: int, body: dict) -> Response:
@@ -27,14 +29,16 @@ def _asset(name: str, content_type: str) -> Response:
     return Response(body=console.asset(name), status_code=200, headers={"Content-Type": content_type, **console.HEADERS})
 
 
-def create_app(env: Mapping[str, str]) -> Chalice:
+def create_app(env: Mapping[str, str], services: pipeline.Services | None = None) -> Chalice:
+    """The app for ``env``; its handlers use ``services`` (None: AWS's, built from ``env`` at first use)."""
     app = Chalice(app_name="droptrain")
     app.api.binary_types.extend(["application/x-image"])
     key_required = config.api_key_required(env)
+    steps = Handlers(env, services)
     _middleware(app)
-    _event_handlers(app, env)
-    _api_routes(app, key_required)
-    _console_routes(app, key_required)
+    _event_handlers(app, env, steps)
+    _api_routes(app, key_required, steps)
+    _console_routes(app, key_required, steps)
     return app
 
 
@@ -61,41 +65,41 @@ def _middleware(app: Chalice) -> None:
         return response
 
 
-def _event_handlers(app: Chalice, env: Mapping[str, str]) -> None:
+def _event_handlers(app: Chalice, env: Mapping[str, str], steps: Handlers) -> None:
     @app.on_cw_event(patterns.dataset_uploaded(env), name="on_dataset_uploaded")
     def on_dataset_uploaded(event):
-        return handlers.handle_event(pipeline.dataset_uploaded, ObjectCreated.parse, event.to_dict())
+        return steps.handle_event(pipeline.dataset_uploaded, ObjectCreated.parse, event.to_dict())
 
     @app.on_cw_event(patterns.processing_job_state_change(env), name="on_processing_job_state_change")
     def on_processing_job_state_change(event):
-        return handlers.handle_event(pipeline.audit_changed, ProcessingJobStateChange.parse, event.to_dict())
+        return steps.handle_event(pipeline.audit_changed, ProcessingJobStateChange.parse, event.to_dict())
 
     @app.on_cw_event(patterns.tuning_job_state_change(env), name="on_tuning_job_state_change")
     def on_tuning_job_state_change(event):
-        return handlers.handle_event(pipeline.tuning_changed, TuningJobStateChange.parse, event.to_dict())
+        return steps.handle_event(pipeline.tuning_changed, TuningJobStateChange.parse, event.to_dict())
 
     @app.on_cw_event(patterns.training_job_state_change(env), name="on_training_job_state_change")
     def on_training_job_state_change(event):
-        return handlers.handle_event(pipeline.training_changed, TrainingJobStateChange.parse, event.to_dict())
+        return steps.handle_event(pipeline.training_changed, TrainingJobStateChange.parse, event.to_dict())
 
     @app.on_cw_event(patterns.endpoint_state_change(env), name="on_endpoint_state_change")
     def on_endpoint_state_change(event):
-        return handlers.handle_event(pipeline.endpoint_changed, EndpointStateChange.parse, event.to_dict())
+        return steps.handle_event(pipeline.endpoint_changed, EndpointStateChange.parse, event.to_dict())
 
     @app.on_cw_event(patterns.model_package_state_change(env), name="on_model_package_state_change")
     def on_model_package_state_change(event):
-        return handlers.handle_event(pipeline.package_changed, ModelPackageStateChange.parse, event.to_dict())
+        return steps.handle_event(pipeline.package_changed, ModelPackageStateChange.parse, event.to_dict())
 
     # Hourly: endpoints nobody invoked for IDLE_STOP_HOURS are stopped (off when it is 0).
     @app.schedule(Rate(1, unit=Rate.HOURS), name="stop_idle_endpoints")
     def stop_idle_endpoints(event):
-        return handlers.handle_event(pipeline.stop_idle, ScheduledTick.parse, event.to_dict())
+        return steps.handle_event(pipeline.stop_idle, ScheduledTick.parse, event.to_dict())
 
 
-def _api_routes(app: Chalice, key_required: bool) -> None:
+def _api_routes(app: Chalice, key_required: bool, steps: Handlers) -> None:
     def _predict(project):
         request = app.current_request
-        return _json(*handlers.predict(project, request.raw_body, request.headers.get("content-type"),
+        return _json(*steps.predict(project, request.raw_body, request.headers.get("content-type"),
                                        (request.query_params or {}).get("top_k")))
 
     @app.route("/predict", methods=["POST"], content_types=["*/*"], api_key_required=key_required)
@@ -108,24 +112,24 @@ def _api_routes(app: Chalice, key_required: bool) -> None:
 
     @app.route("/projects", methods=["GET"], api_key_required=key_required)
     def projects():
-        return _json(*handlers.projects())
+        return _json(*steps.projects())
 
     @app.route("/projects/{project}", methods=["GET"], api_key_required=key_required)
     def project(project):
-        return _json(*handlers.project(project))
+        return _json(*steps.project(project))
 
     # Approving a version and deploying it changes what every client gets: always behind the API key
     # where the stage has one, even if predictions are open.
     @app.route("/projects/{project}/versions/{run_id}/deploy", methods=["POST"], api_key_required=key_required)
     def deploy_version(project, run_id):
-        return _json(*handlers.deploy_version(project, None if run_id == "previous" else run_id))
+        return _json(*steps.deploy_version(project, None if run_id == "previous" else run_id))
 
     @app.route("/status", methods=["GET"], api_key_required=key_required)
     def status():
-        return _json(*handlers.status())
+        return _json(*steps.status())
 
 
-def _console_routes(app: Chalice, key_required: bool) -> None:
+def _console_routes(app: Chalice, key_required: bool, steps: Handlers) -> None:
     # The console: a page and its two files, served by the app itself (no secrets in them: the API
     # key, where the stage needs one, is typed by the user), and the JSON routes it reads.
     @app.route("/", methods=["GET"])
@@ -146,15 +150,15 @@ def _console_routes(app: Chalice, key_required: bool) -> None:
 
     @app.route("/runs", methods=["GET"], api_key_required=key_required)
     def runs():
-        return _json(*handlers.runs())
+        return _json(*steps.runs())
 
     @app.route("/runs/{run_id}", methods=["GET"], api_key_required=key_required)
     def run(run_id):
-        return _json(*handlers.run(run_id))
+        return _json(*steps.run(run_id))
 
     @app.route("/runs/{run_id}/report", methods=["GET"], api_key_required=key_required)
     def run_report(run_id):
-        status, answer = handlers.run_report(run_id)
+        status, answer = steps.run_report(run_id)
         if status != 200:
             return _json(status, answer)
         kind, value = answer

@@ -50,11 +50,13 @@ def handler_overhead(requests: int = 2000) -> tuple[float, float]:
         "SOURCE_DIR_S3_URI": "s3://droptrain-bench/code/s.tar.gz", "ENDPOINT_PREFIX": "droptrain-bench",
         "POWERTOOLS_METRICS_NAMESPACE": "bench", "POWERTOOLS_LOG_LEVEL": "WARNING",
     })
-    import app
-    from chalice_app import config, handlers
+    from app import create_app
+    from chalice_app import config
     from chalice_app.pipeline import Services
 
-    handlers.use_services(Services(config.load(os.environ), None, None, _StubRuntime(), None, lambda s: None, None))
+    # The Lambda entry point as Chalice builds it, with the endpoint's runtime stubbed.
+    lambda_app = create_app(os.environ, Services(config.load(os.environ), None, None, _StubRuntime(), None,
+                                                 lambda s: None, None))
     from PIL import Image
 
     buffer = io.BytesIO()
@@ -76,9 +78,9 @@ def handler_overhead(requests: int = 2000) -> tuple[float, float]:
         stdout = sys.stdout
         sys.stdout = devnull  # powertools writes its logs and metrics to stdout
         try:
-            response = app.app(event, Context())
+            response = lambda_app(event, Context())
             assert response["statusCode"] == 200, response
-            per_request = median_time(lambda: app.app(event, Context()), repeats=requests, warmup=50)
+            per_request = median_time(lambda: lambda_app(event, Context()), repeats=requests, warmup=50)
         finally:
             sys.stdout = stdout
     stub = _StubRuntime()

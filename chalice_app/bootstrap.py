@@ -40,8 +40,8 @@ def _clients(region: str):
 def build(env: Mapping[str, str]) -> Services:
     """The AWS adapters for the stage described by ``env``; raises ``ConfigError`` naming a bad variable.
 
-    The local runtime builds its own ``Services`` from the same ports and installs them
-    (``handlers.use_services``): this module never hears of it."""
+    The local runtime builds its own ``Services`` from the same ports and passes them to its app
+    (``app.create_app(env, services)``): this module never hears of it."""
     config = config_module.load(env)
     clients = _clients(config.region)
     s3 = S3Adapter(clients["s3"])

@@ -1,16 +1,19 @@
-"""What ``app.py``'s thin handlers call: parse, get the services, run one step, apply the error policy.
+"""What ``app.py``'s thin handlers call: parse, take the app's services, run one step, apply the error policy.
 
 * A malformed event is logged (one line naming the field) and dropped: retrying cannot fix it.
 * Missing or malformed configuration is logged (one line naming the variable) and reported as
   ``pipeline.failed`` when the topic is known.
 * An AWS failure is reported as ``pipeline.failed`` once per event; a retryable one is re-raised
   so that Lambda retries the delivery, a permanent one is not.
+
+Each app owns one ``Handlers`` (``app.create_app(env, services)``): two apps in one process (two local
+stacks, a test beside them) never see each other's services.
 """
 
 from __future__ import annotations
 
-import os
 import re
+import threading
 from typing import Any, Callable, Mapping, TypeVar
 
 from chalice_app import bootstrap, names, observability, predict as predict_module, runs as runs_module
@@ -22,40 +25,151 @@ from chalice_app.notifications import Notification
 from chalice_app.pipeline import Services, idle, versions
 
 E = TypeVar("E")
-_services: Services | None = None
-# Services installed over the environment's, newest last (a local runtime's, a test's).
-_installed: list[Services] = []
 
 
-def services() -> Services:
-    global _services
-    if _installed:
-        return _installed[-1]
-    if _services is None:
-        _services = bootstrap.build(os.environ)
-    return _services
+class Handlers:
+    """The steps and routes of one app, over its services: given (the local runtime, tests), or built
+    from ``env`` at first use (Lambda: boto3's clients cost nothing until an event needs them, and a
+    configuration error is reported per event rather than failing the import)."""
+
+    def __init__(self, env: Mapping[str, str], services: Services | None = None):
+        self._env = env
+        self._services = services
+        self._lock = threading.Lock()
+
+    def services(self) -> Services:
+        with self._lock:
+            if self._services is None:
+                self._services = bootstrap.build(self._env)
+            return self._services
+
+    def handle_event(self, step: Callable[[Services, E], str], parse: Callable[[Mapping[str, Any]], E],
+                     raw: Mapping[str, Any]) -> str:
+        name = step.__name__
+        log = observability.logger()
+        try:
+            event = parse(raw)
+        except EventError as exc:
+            log.error(f"malformed event dropped: {exc}", extra={"step": name, "event_id": raw.get("id")})
+            observability.count("MalformedEvents")
+            return f"malformed: {exc}"
+        try:
+            svc = self.services()
+        except ConfigError as exc:
+            _report_config_error(self._env, exc, name)
+            observability.count("ConfigurationErrors")
+            return f"configuration error: {exc}"
+        try:
+            outcome = step(svc, event)
+        except (AdapterError, InvalidNameError) as exc:
+            _report_step_failure(svc, name, exc, str(raw.get("id") or ""))
+            if getattr(exc, "retryable", False):
+                raise
+            return f"failed: {exc}"
+        log.info(f"{name}: {outcome}", extra={"step": name})
+        return outcome
+
+    def predict(self, project: str | None, body: bytes | None, content_type: str | None,
+                top_k: str | None) -> tuple[int, dict[str, Any]]:
+        """``(status, JSON body)`` for ``POST /predict/{project}`` (``project`` None: ``POST /predict``)."""
+        name = ""
+        try:
+            svc = self.services()
+            # The request is checked before any AWS call: bad input costs nothing.
+            predict_module.check_request(body, content_type, top_k, svc.config.max_body_bytes)
+            name = versions.resolve_project(svc, project)
+            result = predict_module.predict(svc.runtime, svc.config, svc.config.endpoint(name), body, content_type,
+                                            top_k, svc.sleep)
+        except ConfigError as exc:
+            return _misconfigured(exc)
+        except predict_module.PredictError as exc:
+            observability.count(f"Predict{exc.status}")
+            if exc.code == "no_model" and _woke(svc, name):
+                return 503, error_body("model_sleeping", f"project {name}'s endpoint was stopped for idleness and "
+                                                         "is starting again: try again in a few minutes")
+            return exc.status, exc.body()
+        except versions.VersionError as exc:
+            observability.count(f"Predict{exc.status}")
+            return exc.status, error_body(exc.code, str(exc))
+        except AdapterError as exc:
+            return _unavailable(exc)
+        observability.count("Predictions")
+        return 200, result
+
+    def projects(self) -> tuple[int, dict[str, Any]]:
+        """``GET /projects``."""
+        return self._versions_call(lambda svc: {"projects": versions.projects(svc)})
+
+    def project(self, name: str) -> tuple[int, dict[str, Any]]:
+        """``GET /projects/{project}``: its versions, oldest first, and which one serves."""
+        def read(svc: Services) -> dict[str, Any]:
+            slug = names.project_of(name)
+            found = versions.project_versions(svc, slug)
+            return {"project": slug, "endpoint": svc.config.endpoint(slug), "versions": found,
+                    "serving": next((v["run_id"] for v in found if v["serving"]), None)}
+        return self._versions_call(read)
+
+    def deploy_version(self, name: str, run: str | None) -> tuple[int, dict[str, Any]]:
+        """``POST /projects/{project}/versions/{run_id}/deploy`` (and ``droptrain rollback``)."""
+        return self._versions_call(lambda svc: versions.deploy_version(svc, name, run), status=202)
+
+    def _versions_call(self, call: Callable[[Services], dict[str, Any]], status: int = 200) -> tuple[int, dict[str, Any]]:
+        try:
+            return status, call(self.services())
+        except ConfigError as exc:
+            return _misconfigured(exc)
+        except versions.VersionError as exc:
+            return exc.status, error_body(exc.code, str(exc))
+        except InvalidNameError as exc:
+            return 400, error_body("bad_request", str(exc))
+        except AdapterError as exc:
+            return _unavailable(exc)
+
+    def status(self) -> tuple[int, dict[str, Any]]:
+        try:
+            svc = self.services()
+            problems = svc.problems()
+            if problems:
+                return 503, error_body("unhealthy", "; ".join(problems))
+            return 200, predict_module.status(svc.sagemaker, svc.config, versions.project_names(svc))
+        except ConfigError as exc:
+            return _misconfigured(exc)
+        except AdapterError as exc:
+            return _unavailable(exc)
+        except predict_module.PredictError as exc:
+            return exc.status, exc.body()
+
+    def _run_call(self, call: Callable[[Services], Any], run: str | None = None) -> tuple[int, Any]:
+        if run is not None and not _RUN_ID.match(run):
+            return 404, error_body("unknown_run", f"there is no run {run[:80]!r}")
+        try:
+            return 200, call(self.services())
+        except ConfigError as exc:
+            return _misconfigured(exc)
+        except runs_module.RunNotFoundError as exc:
+            return 404, error_body(exc.code, str(exc))
+        except AdapterError as exc:
+            return _unavailable(exc)
+
+    def runs(self) -> tuple[int, Any]:
+        """``GET /runs``."""
+        return self._run_call(lambda svc: {"runs": runs_module.list_runs(svc)})
+
+    def run(self, run_id: str) -> tuple[int, Any]:
+        """``GET /runs/{run_id}``."""
+        return self._run_call(lambda svc: runs_module.as_json(runs_module.run_detail(svc, run_id)), run_id)
+
+    def run_report(self, run_id: str) -> tuple[int, Any]:
+        """``GET /runs/{run_id}/report``: ``(200, ("redirect", url) | ("html", bytes))`` or an error."""
+        return self._run_call(lambda svc: runs_module.report(svc, run_id), run_id)
 
 
-def use_services(svc: Services | None, replacing: Services | None = None) -> None:
-    """Install the services to use (tests, the local runtime); ``None`` forgets every installed one
-    and rebuilds from the environment. With ``replacing``, those are removed (a runtime that stops
-    removes its own) and ``svc``, if any, installed: whatever was installed before them is back."""
-    global _services
-    if replacing is not None:
-        _installed[:] = [installed for installed in _installed if installed is not replacing]
-        if svc is not None:
-            _installed.append(svc)
-        return
-    if svc is None:
-        _installed.clear()
-        _services = None
-    else:
-        _installed.append(svc)
+_RUN_ID = re.compile(r"^[a-z0-9](-?[a-z0-9]){0,40}$")
 
 
-def _report_config_error(exc: ConfigError, step: str) -> None:
+def _report_config_error(env: Mapping[str, str], exc: ConfigError, step: str) -> None:
     observability.logger().error(str(exc), extra={"variable": exc.variable, "step": step})
-    notifier = bootstrap.config_error_notifier(os.environ)
+    notifier = bootstrap.config_error_notifier(env)
     if notifier is not None:
         notifier.send(Notification(
             "pipeline.failed", None, None, "ConfigurationError", f"{step}: {exc}",
@@ -63,38 +177,15 @@ def _report_config_error(exc: ConfigError, step: str) -> None:
         ))
 
 
-def handle_event(step: Callable[[Services, E], str], parse: Callable[[Mapping[str, Any]], E], raw: Mapping[str, Any]) -> str:
-    name = step.__name__
-    log = observability.logger()
-    try:
-        event = parse(raw)
-    except EventError as exc:
-        log.error(f"malformed event dropped: {exc}", extra={"step": name, "event_id": raw.get("id")})
-        observability.count("MalformedEvents")
-        return f"malformed: {exc}"
-    try:
-        svc = services()
-    except ConfigError as exc:
-        _report_config_error(exc, name)
-        observability.count("ConfigurationErrors")
-        return f"configuration error: {exc}"
-    try:
-        outcome = step(svc, event)
-    except (AdapterError, InvalidNameError) as exc:
-        retryable = getattr(exc, "retryable", False)
-        log.error(f"{name} failed: {exc}", extra={"retryable": retryable, "event_id": raw.get("id")})
-        observability.count("StepFailures")
-        event_id = str(raw.get("id") or "")
-        svc.notifier.send(Notification(
-            "pipeline.failed", None, None, "Failed", f"{name}: {exc}",
-            detail={"step": name, "reason": str(exc), "event_id": event_id, "retrying": retryable},
-            dedupe=f"_events/{event_id}" if event_id else None,
-        ))
-        if retryable:
-            raise
-        return f"failed: {exc}"
-    log.info(f"{name}: {outcome}", extra={"step": name})
-    return outcome
+def _report_step_failure(svc: Services, step: str, exc: Exception, event_id: str) -> None:
+    retryable = getattr(exc, "retryable", False)
+    observability.logger().error(f"{step} failed: {exc}", extra={"retryable": retryable, "event_id": event_id})
+    observability.count("StepFailures")
+    svc.notifier.send(Notification(
+        "pipeline.failed", None, None, "Failed", f"{step}: {exc}",
+        detail={"step": step, "reason": str(exc), "event_id": event_id, "retrying": retryable},
+        dedupe=f"_events/{event_id}" if event_id else None,
+    ))
 
 
 def error_body(code: str, message: str) -> dict[str, Any]:
@@ -122,32 +213,6 @@ def _unavailable(exc: AdapterError) -> tuple[int, dict[str, Any]]:
     return 503, error_body("unavailable", f"could not read the projects ({exc.code or 'error'}); try again shortly")
 
 
-def predict(project: str | None, body: bytes | None, content_type: str | None, top_k: str | None) -> tuple[int, dict[str, Any]]:
-    """``(status, JSON body)`` for ``POST /predict/{project}`` (``project`` None: ``POST /predict``)."""
-    name = ""
-    try:
-        svc = services()
-        # The request is checked before any AWS call: bad input costs nothing.
-        predict_module.check_request(body, content_type, top_k, svc.config.max_body_bytes)
-        name = versions.resolve_project(svc, project)
-        result = predict_module.predict(svc.runtime, svc.config, svc.config.endpoint(name), body, content_type, top_k, svc.sleep)
-    except ConfigError as exc:
-        return _misconfigured(exc)
-    except predict_module.PredictError as exc:
-        observability.count(f"Predict{exc.status}")
-        if exc.code == "no_model" and _woke(svc, name):
-            return 503, error_body("model_sleeping", f"project {name}'s endpoint was stopped for idleness and is starting "
-                                                     "again: try again in a few minutes")
-        return exc.status, exc.body()
-    except versions.VersionError as exc:
-        observability.count(f"Predict{exc.status}")
-        return exc.status, error_body(exc.code, str(exc))
-    except AdapterError as exc:
-        return _unavailable(exc)
-    observability.count("Predictions")
-    return 200, result
-
-
 def _woke(svc: Services, project: str) -> bool:
     """Whether the project's endpoint had been stopped for idleness, and is now starting again."""
     try:
@@ -155,82 +220,3 @@ def _woke(svc: Services, project: str) -> bool:
     except AdapterError as exc:
         observability.logger().error(f"waking {project}'s endpoint failed: {exc}")
         return False
-
-
-def projects() -> tuple[int, dict[str, Any]]:
-    """``GET /projects``."""
-    return _versions_call(lambda svc: {"projects": versions.projects(svc)})
-
-
-def project(name: str) -> tuple[int, dict[str, Any]]:
-    """``GET /projects/{project}``: its versions, oldest first, and which one serves."""
-    def read(svc: Services) -> dict[str, Any]:
-        slug = names.project_of(name)
-        found = versions.project_versions(svc, slug)
-        return {"project": slug, "endpoint": svc.config.endpoint(slug), "versions": found,
-                "serving": next((v["run_id"] for v in found if v["serving"]), None)}
-    return _versions_call(read)
-
-
-def deploy_version(name: str, run: str | None) -> tuple[int, dict[str, Any]]:
-    """``POST /projects/{project}/versions/{run_id}/deploy`` (and ``droptrain rollback``)."""
-    return _versions_call(lambda svc: versions.deploy_version(svc, name, run), status=202)
-
-
-def _versions_call(call: Callable[[Services], dict[str, Any]], status: int = 200) -> tuple[int, dict[str, Any]]:
-    try:
-        return status, call(services())
-    except ConfigError as exc:
-        return _misconfigured(exc)
-    except versions.VersionError as exc:
-        return exc.status, error_body(exc.code, str(exc))
-    except InvalidNameError as exc:
-        return 400, error_body("bad_request", str(exc))
-    except AdapterError as exc:
-        return _unavailable(exc)
-
-
-def status() -> tuple[int, dict[str, Any]]:
-    try:
-        svc = services()
-        problems = svc.problems()
-        if problems:
-            return 503, error_body("unhealthy", "; ".join(problems))
-        return 200, predict_module.status(svc.sagemaker, svc.config, versions.project_names(svc))
-    except ConfigError as exc:
-        return _misconfigured(exc)
-    except AdapterError as exc:
-        return _unavailable(exc)
-    except predict_module.PredictError as exc:
-        return exc.status, exc.body()
-
-
-_RUN_ID = re.compile(r"^[a-z0-9](-?[a-z0-9]){0,40}$")
-
-
-def _run_call(call: Callable[[Services], Any], run: str | None = None) -> tuple[int, Any]:
-    if run is not None and not _RUN_ID.match(run):
-        return 404, error_body("unknown_run", f"there is no run {run[:80]!r}")
-    try:
-        return 200, call(services())
-    except ConfigError as exc:
-        return _misconfigured(exc)
-    except runs_module.RunNotFoundError as exc:
-        return 404, error_body(exc.code, str(exc))
-    except AdapterError as exc:
-        return _unavailable(exc)
-
-
-def runs() -> tuple[int, Any]:
-    """``GET /runs``."""
-    return _run_call(lambda svc: {"runs": runs_module.list_runs(svc)})
-
-
-def run(run_id: str) -> tuple[int, Any]:
-    """``GET /runs/{run_id}``."""
-    return _run_call(lambda svc: runs_module.as_json(runs_module.run_detail(svc, run_id)), run_id)
-
-
-def run_report(run_id: str) -> tuple[int, Any]:
-    """``GET /runs/{run_id}/report``: ``(200, ("redirect", url) | ("html", bytes))`` or an error."""
-    return _run_call(lambda svc: runs_module.report(svc, run_id), run_id)

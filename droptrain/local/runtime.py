@@ -1,9 +1,9 @@
 """The local runtime: bucket, SageMaker, endpoints, event bus, notifications and the REST API on
 one machine, driving the same Chalice handlers and ``chalice_app`` code as Lambda.
 
-It builds its own Chalice app from its own environment (``app.create_app``), installs its adapters
-as the handlers' services (``handlers.use_services``) and routes its event bus by that app's
-patterns; the process's environment is left alone.
+It builds its own Chalice app from its own environment and its own adapters
+(``app.create_app(env, services)``) and routes its event bus by that app's patterns; the process's
+environment is left alone, and another runtime in the same process never sees these services.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from chalice_app import config as config_module, handlers, observability
+from chalice_app import config as config_module, observability
 from chalice_app.names import ARCHIVE_SUFFIXES
 from chalice_app.notifications import Notifier
 from chalice_app.pipeline import Services
@@ -149,7 +149,8 @@ class LocalRuntime:
 
         self._lock.acquire()
         try:
-            app_obj = create_app(self.env)
+            self._services = self.services(config_module.load(self.env))
+            app_obj = create_app(self.env, self._services)
             if serve_api:
                 self._bind(app_obj, host, port, api_key)
             self._run(app_obj, watch)
@@ -161,8 +162,6 @@ class LocalRuntime:
     def _run(self, app_obj: Any, watch: bool) -> None:
         # Lambda's logs, metrics and traces have nowhere to go here: warnings only, on the console.
         observability.configure(level="WARNING", metrics_enabled=False)
-        self._services = self.services(config_module.load(self.env))
-        handlers.use_services(self._services)
         self.bucket.put(self.env["SOURCE_DIR_S3_URI"].removeprefix(f"s3://{BUCKET}/"), self._sourcedir)
         if self._owns_serving:
             self.serving.start()
@@ -198,9 +197,7 @@ class LocalRuntime:
         self.endpoints.close()
         if self._owns_serving:
             self.serving.stop()
-        if self._services is not None:
-            handlers.use_services(None, replacing=self._services)
-            self._services = None
+        self._services = None
         self._lock.release()
 
     def _bind(self, app_obj: Any, host: str, port: int, api_key: str | None) -> None:

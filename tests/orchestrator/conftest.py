@@ -15,7 +15,7 @@ import pytest
 from botocore.stub import Stubber
 from moto import mock_aws
 
-from chalice_app import bootstrap, handlers
+from chalice_app import bootstrap
 from chalice_app.adapters.runtime import RuntimeAdapter
 from chalice_app.adapters.sagemaker import SageMakerAdapter
 from orchestrator.support import Routed, event
@@ -113,30 +113,29 @@ def stage(monkeypatch):
         stage = Stage(s3, moto_sagemaker, stub, runtime_stub, queue, sqs, sleeps, services, stub_client,
                       boto3.client("cloudwatch", region_name="us-east-1"))
         stage.route()
-        handlers.use_services(services)
         with stub, runtime_stub:
             yield stage
-        handlers.use_services(None)
 
 
-def make_client(project: Path):
-    """chalice.test.Client applies a stage's environment from config.json on every call: give it
+def make_client(project: Path, services: Any = None):
+    """A client of the app built over ``services`` (None: the AWS adapters from the environment, as on
+    Lambda). chalice.test.Client applies a stage's environment from config.json on every call: give it
     the test stage's (whatever of BASE_ENV the process has now)."""
     from chalice.test import Client
 
-    import app
+    from app import create_app
 
     (project / ".chalice").mkdir(parents=True, exist_ok=True)
     (project / ".chalice" / "config.json").write_text(json.dumps({
         "version": "2.0", "app_name": "droptrain",
         "stages": {"test": {"environment_variables": {k: os.environ[k] for k in BASE_ENV if k in os.environ}}},
     }))
-    return Client(app.app, project_dir=str(project), stage_name="test")
+    return Client(create_app(os.environ, services), project_dir=str(project), stage_name="test")
 
 
 @pytest.fixture
 def client(stage, tmp_path):
-    with make_client(tmp_path / "project") as c:
+    with make_client(tmp_path / "project", stage.services) as c:
         yield c
 
 

@@ -483,12 +483,10 @@ def test_deployment_queued_while_the_endpoint_updates(stage, client):
 
 
 def test_missing_configuration(stage, monkeypatch, tmp_path):
-    from chalice_app import handlers
     from orchestrator.conftest import make_client
 
-    handlers.use_services(None)
     monkeypatch.delenv("SAGEMAKER_ROLE_ARN")
-    client = make_client(tmp_path)
+    client = make_client(tmp_path)  # the app builds AWS's adapters from the environment, as on Lambda
     assert invoke(client, "on_dataset_uploaded", stage.upload_folder("pets")).startswith("configuration error: configuration variable SAGEMAKER_ROLE_ARN is not set")
     notes = stage.notifications()
     assert [n["event"] for n in notes] == ["pipeline.failed"] and notes[0]["detail"]["variable"] == "SAGEMAKER_ROLE_ARN"

@@ -61,14 +61,12 @@ def test_predict_without_a_project_and_no_model_yet(stage, client):
 
 
 def test_default_project_answers_predict_without_a_project(stage, tmp_path, monkeypatch):
-    from chalice_app import handlers
     from orchestrator.conftest import make_client
 
     _projects(stage, "cats", "dogs")
     stage.services.config = __import__("dataclasses").replace(stage.services.config, default_project="dogs")
-    handlers.use_services(stage.services)
     _answer(stage, JPEG, "image/jpeg", endpoint="droptrain-dev-dogs")
-    with make_client(tmp_path) as client:
+    with make_client(tmp_path, stage.services) as client:
         assert _post(client, JPEG, path="/predict").status_code == 200
 
 
