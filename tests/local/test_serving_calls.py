@@ -9,7 +9,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from droptrain.local.serving import ApplicationGoneError, RayServe, ServingError, _Connections
+from droptrain.local.ingress import Connections
+from droptrain.local.serving import ApplicationGoneError, RayServe, ServingError
 
 
 class Ingress(BaseHTTPRequestHandler):
@@ -57,7 +58,7 @@ def serving(ingress):
     """A ``RayServe`` whose one application, ``app``, is routed to the stand-in ingress."""
     engine = RayServe()
     engine._routes["app"] = "/app"
-    engine._http = _Connections(*ingress.server_address[:2])
+    engine._http = Connections(*ingress.server_address[:2])
     engine.host, engine.port = ingress.server_address[:2]
     return engine
 
@@ -130,7 +131,7 @@ def test_threads_share_the_kept_connections(serving, ingress):
 
 
 def test_connections_beyond_the_idle_limit_are_closed_after_a_burst(serving, ingress, monkeypatch):
-    monkeypatch.setattr(_Connections, "MAX_IDLE", 2)
+    monkeypatch.setattr(Connections, "MAX_IDLE", 2)
     started, release = threading.Barrier(5), threading.Event()
 
     def held(handler):
