@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup browser demo test bench package deploy clean
+.PHONY: setup browser demo lint test bench package deploy clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,11 @@ browser:
 	  command -v chromedriver >/dev/null 2>&1 || \
 	  { echo "installing Debian's chromium and chromium-driver for the browser tests"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
+
+# ruff (pyproject.toml's rules) over the whole tree, and mypy over the Lambda's code.
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy app.py chalice_app
 
 # pytest exits 5 when it collected no tests; make treats any non-zero exit as a failure.
 test: setup browser

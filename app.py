@@ -10,15 +10,21 @@ from its own environment and passes its own services.
 from __future__ import annotations
 
 import os
-from typing import Mapping
+from collections.abc import Mapping
 
 from chalice import Chalice, Rate, Response
 
 from chalice_app import config, console, handlers, observability, openapi, patterns, pipeline
-from chalice_app.pipeline.idle import ScheduledTick
-from chalice_app.events import (EndpointStateChange, ModelPackageStateChange, ObjectCreated, ProcessingJobStateChange,
-                                TrainingJobStateChange, TuningJobStateChange)
+from chalice_app.events import (
+    EndpointStateChange,
+    ModelPackageStateChange,
+    ObjectCreated,
+    ProcessingJobStateChange,
+    TrainingJobStateChange,
+    TuningJobStateChange,
+)
 from chalice_app.handlers import Handlers
+from chalice_app.pipeline.idle import ScheduledTick
 
 
 def _json(status: int, body: dict) -> Response:

@@ -41,7 +41,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from common import Row, timings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -144,7 +143,7 @@ def best_batched_forward(model, x, batches=(1, 2, 4, 8, 16)) -> tuple[float, int
         for batch in batches:
             data = x.unsqueeze(0).repeat(batch, 1, 1, 1)
             rounds = max(2, 32 // batch)
-            seconds = statistics.median(timings(lambda: model(data), rounds, warmup=2))
+            seconds = statistics.median(timings(lambda data=data: model(data), rounds, warmup=2))
             best = max(best, (batch / seconds, batch))
     return best
 

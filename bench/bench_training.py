@@ -21,9 +21,8 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
-
 from common import Row
+from torch import nn
 
 ROOT = Path(__file__).resolve().parent.parent
 BATCH = 32
@@ -145,8 +144,8 @@ def run() -> list[Row]:
         for size, per_class in ((64, 300), (224, 100)):
             data = Path(tmp) / f"d{size}"
             make_dataset(data, classes=4, per_class=per_class, size=size, seed=0)
-            head, head_ceiling = around(lambda: ours(data, size, "head"), size, "head")
-            full, full_ceiling = around(lambda: ours(data, size, "full", epochs=2), size, "full")
+            head, head_ceiling = around(lambda data=data, size=size: ours(data, size, "head"), size, "head")
+            full, full_ceiling = around(lambda data=data, size=size: ours(data, size, "full", epochs=2), size, "full")
             course = course_approach(data, size)
             rows += [
                 Row(f"head mode, {size} px: frozen features (one pass)", head["features"], head_ceiling,

@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import Row
 
 HERE = Path(__file__).resolve().parent
@@ -41,13 +40,11 @@ class _Executor:
     """A local SageMaker with the dataset in its bucket; runs one request and times it."""
 
     def __init__(self, root: Path, data: Path, feature_cache: Path | None, warm: bool = True):
+        from droptrain import sourcedir
         from droptrain.local.bucket import LocalBucket
-        from droptrain.local.runtime import BUCKET
+        from droptrain.local.runtime import BUCKET, local_environment
         from droptrain.local.sagemaker import LocalSageMaker
         from droptrain.local.store import Store
-
-        from droptrain import sourcedir
-        from droptrain.local.runtime import local_environment
 
         self.bucket = LocalBucket(root / "bucket", BUCKET)
         code, _ = sourcedir.build(include_requirements=False)  # where the jobs' toolkit reads the training code

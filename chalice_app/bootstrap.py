@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import time
-from typing import Mapping
+from collections.abc import Mapping
 
-from chalice_app import config as config_module, predict as predict_module
+from chalice_app import config as config_module
+from chalice_app import predict as predict_module
 from chalice_app.adapters.cloudwatch import CloudWatchAdapter
 from chalice_app.adapters.pricing import PricingAdapter
 from chalice_app.adapters.runtime import RuntimeAdapter

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Any, overload
 
 from chalice_app import names
 
@@ -34,7 +35,7 @@ DEFAULT_STATIC_HYPERPARAMETERS = {
 }
 MAX_BODY_BYTES = 4 * 1024 * 1024
 # Search ranges: [min, max] (lr and weight-decay on a log scale, epochs as integers) and the batch sizes.
-DEFAULT_TUNING_RANGES = {
+DEFAULT_TUNING_RANGES: dict[str, list[Any]] = {
     "lr": [0.00001, 0.01],
     "weight-decay": [0.000001, 0.01],
     "epochs": [2, 10],
@@ -156,6 +157,10 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -
     return _number(env, name, default, low, high)
 
 
+@overload
+def _float(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float: ...
+@overload
+def _float(env: Mapping[str, str], name: str, default: None, low: float, high: float) -> float | None: ...
 def _float(env: Mapping[str, str], name: str, default: float | None, low: float, high: float) -> float | None:
     return _number(env, name, default, low, high, float, "a number")
 

@@ -3,7 +3,7 @@ from elsewhere, so it works offline, and its content security policy lets it rea
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -18,6 +18,6 @@ REPORT_HEADERS = {"Content-Security-Policy": "default-src 'none'; img-src data:;
                   "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
 
 
-@lru_cache(maxsize=None)
+@cache
 def asset(name: str) -> str:
     return (ASSETS / name).read_text(encoding="utf-8")

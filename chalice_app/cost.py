@@ -13,8 +13,9 @@ estimates, marked as such, and the forecast says which it used.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 BUNDLED_PRICES_AS_OF = "2025-06"
 # (training, hosting) USD per hour, us-east-1 on-demand list prices (approximate; see the module doc).

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 
 class EventError(ValueError):
@@ -40,7 +41,7 @@ class ObjectCreated:
     etag: str
 
     @classmethod
-    def parse(cls, event: Mapping[str, Any]) -> "ObjectCreated":
+    def parse(cls, event: Mapping[str, Any]) -> ObjectCreated:
         size = _get(event, "detail", "object", "size", kind=int, required=False)
         return cls(
             bucket=_get(event, "detail", "bucket", "name"),
@@ -57,7 +58,7 @@ class TuningJobStateChange:
     tags: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def parse(cls, event: Mapping[str, Any]) -> "TuningJobStateChange":
+    def parse(cls, event: Mapping[str, Any]) -> TuningJobStateChange:
         detail = _get(event, "detail", kind=Mapping)
         return cls(
             name=_get(event, "detail", "HyperParameterTuningJobName"),
@@ -75,7 +76,7 @@ class TrainingJobStateChange:
     failure_reason: str | None = None
 
     @classmethod
-    def parse(cls, event: Mapping[str, Any]) -> "TrainingJobStateChange":
+    def parse(cls, event: Mapping[str, Any]) -> TrainingJobStateChange:
         detail = _get(event, "detail", kind=Mapping)
         return cls(
             name=_get(event, "detail", "TrainingJobName"),
@@ -96,7 +97,7 @@ class EndpointStateChange:
     last_modified: str | None = None
 
     @classmethod
-    def parse(cls, event: Mapping[str, Any]) -> "EndpointStateChange":
+    def parse(cls, event: Mapping[str, Any]) -> EndpointStateChange:
         detail = _get(event, "detail", kind=Mapping)
         modified = detail.get("LastModifiedTime")
         return cls(
@@ -122,7 +123,7 @@ class ModelPackageStateChange:
     event_id: str = ""  # EventBridge keeps it across redeliveries: one approval, one notification
 
     @classmethod
-    def parse(cls, event: Mapping[str, Any]) -> "ModelPackageStateChange":
+    def parse(cls, event: Mapping[str, Any]) -> ModelPackageStateChange:
         detail = _get(event, "detail", kind=Mapping)
         containers = _get(event, "detail", "InferenceSpecification", "Containers", kind=list, required=False) or []
         model_data = containers[0].get("ModelDataUrl") if containers and isinstance(containers[0], Mapping) else None
@@ -147,7 +148,7 @@ class ProcessingJobStateChange:
     failure_reason: str | None = None
 
     @classmethod
-    def parse(cls, event: Mapping[str, Any]) -> "ProcessingJobStateChange":
+    def parse(cls, event: Mapping[str, Any]) -> ProcessingJobStateChange:
         _get(event, "detail", kind=Mapping)
         return cls(
             name=_get(event, "detail", "ProcessingJobName"),

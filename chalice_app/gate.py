@@ -10,8 +10,9 @@ on the same test split: train.py evaluates the serving model on the new job's te
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 
 @dataclass(frozen=True)

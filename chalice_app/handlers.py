@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import re
 import threading
-from typing import Any, Callable, Mapping, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
-from chalice_app import bootstrap, names, observability, predict as predict_module, runs as runs_module
+from chalice_app import bootstrap, names, observability
+from chalice_app import predict as predict_module
+from chalice_app import runs as runs_module
 from chalice_app.adapters.errors import AdapterError
 from chalice_app.config import ConfigError
 from chalice_app.events import EventError

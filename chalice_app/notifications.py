@@ -9,9 +9,10 @@ retry sends it. No database is involved.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from chalice_app.ports import ObjectStore, Publisher
 
@@ -147,7 +148,7 @@ class Notifier:
         except Exception:
             # Not a user error being swallowed: the marker is undone and the failure re-raised,
             # so the retried delivery publishes.
-            if marker is not None:
+            if marker is not None and self._bucket:
                 self._markers.delete(self._bucket, marker)
             raise
         return True

@@ -24,21 +24,21 @@ def configure(level: str | None = None, metrics_enabled: bool = True) -> None:
         logger().setLevel(level)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def logger():
     from aws_lambda_powertools import Logger
 
     return Logger(service=SERVICE)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def metrics():
     from aws_lambda_powertools import Metrics
 
     return Metrics(namespace="droptrain", service=SERVICE)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tracer():
     from aws_lambda_powertools import Tracer
 

@@ -3,7 +3,8 @@ the app. They narrow what reaches the Lambda; the handlers still check bucket, k
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from chalice_app.config import ConfigError, dataset_prefix, endpoint_prefix
 from chalice_app.names import ARCHIVE_SUFFIXES

@@ -10,8 +10,9 @@ policy holds whichever is installed; one contract suite (``tests/contract``) run
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator, Mapping
 from datetime import datetime
-from typing import Any, Iterator, Mapping, Protocol
+from typing import Any, Protocol
 
 
 class ObjectStore(Protocol):

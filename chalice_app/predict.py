@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from chalice_app import names
 from chalice_app.adapters.errors import AdapterError, ThrottledError
@@ -132,15 +133,15 @@ def predict(
     clock: Callable[[], float] = time.monotonic,
 ) -> dict[str, Any]:
     media, k = check_request(body, content_type, top_k, config.max_body_bytes)
+    image = body or b""  # check_request refused an empty or missing body
     accept = "application/json"  # the endpoint answers its 20 most probable labels; trimmed to top_k below
     started = clock()
     for delay in (*RETRY_DELAYS, None):
         try:
-            raw = runtime.invoke(endpoint, body, media, accept)
+            raw = runtime.invoke(endpoint, image, media, accept)
             break
         except (ThrottledError, EndpointNotReadyError) as exc:
-            fits = delay is not None and clock() - started + delay + INVOKE_CONNECT_TIMEOUT + INVOKE_READ_TIMEOUT <= PREDICT_BUDGET_SECONDS
-            if not fits:
+            if delay is None or clock() - started + delay + INVOKE_CONNECT_TIMEOUT + INVOKE_READ_TIMEOUT > PREDICT_BUDGET_SECONDS:
                 raise UnavailableError(f"the endpoint is busy or not ready; try again shortly ({exc.code or 'throttled'})", "endpoint_busy") from exc
             sleep(delay)
         except EndpointNotFoundError as exc:
@@ -170,7 +171,7 @@ def _endpoint_status(sagemaker: SageMaker, name: str) -> dict[str, Any]:
         raise UnavailableError(f"could not read the endpoint's state ({exc.code or 'error'})") from exc
     if endpoint is None:
         return {"endpoint": {"name": name, "status": "NotDeployed"}, "model": None}
-    run = endpoint.get("EndpointConfigName")
+    run = endpoint["EndpointConfigName"]  # DescribeEndpoint always has it
     model: dict[str, Any] = {"run_id": run, "test_accuracy": None, "deployed_at": None}
     if endpoint.get("EndpointStatus") == "InService" and endpoint.get("LastModifiedTime"):
         model["deployed_at"] = endpoint["LastModifiedTime"].isoformat()

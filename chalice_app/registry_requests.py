@@ -3,12 +3,12 @@ and its approval (docs/architecture.md, "Projects and versions")."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from chalice_app import names
 from chalice_app.config import Config
 from chalice_app.sagemaker_requests import reports_uri
-
 
 IMAGE_TYPES = ["image/jpeg", "image/png"]
 
@@ -37,8 +37,8 @@ def model_package_request(config: Config, project: str, run: str, model_data: st
         metadata[names.TAG_DATASET] = _metadata_value(dataset_uri)
     for name, value in sorted(metrics.items()):
         metadata[name] = f"{value:.6g}"
-    for name, value in sorted(hyperparameters.items())[:50 - len(metadata)]:  # 50 entries at most in all
-        metadata[f"hp:{name}"[:128]] = _metadata_value(value) or "-"
+    for name, setting in sorted(hyperparameters.items())[:50 - len(metadata)]:  # 50 entries at most in all
+        metadata[f"hp:{name}"[:128]] = _metadata_value(setting) or "-"
     specification: dict[str, Any] = {
         "Containers": [{"Image": config.inference_image_uri, "ModelDataUrl": model_data}],
         "SupportedContentTypes": IMAGE_TYPES, "SupportedResponseMIMETypes": ["application/json"],

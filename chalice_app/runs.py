@@ -83,7 +83,7 @@ def run_detail(svc: Services, run: str) -> dict[str, Any]:
         if isinstance(message, dict):
             timeline.append({k: message.get(k) for k in ("event", "time", "status", "job", "detail")})
     timeline.sort(key=lambda m: (m["time"] or "", _order(m["event"] or "")))
-    events = [m["event"] for m in timeline]
+    events = [m["event"] or "" for m in timeline]
     reports = f"runs/{run}/reports/"
     evaluation = read_json(svc, reports + "evaluation.json")
     return {

@@ -6,7 +6,8 @@ API's own length/pattern/enum constraints (``tests/orchestrator/test_requests.py
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from chalice_app import alarm_requests, names
 from chalice_app.config import Config

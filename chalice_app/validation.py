@@ -18,12 +18,12 @@ import tarfile
 import zipfile
 import zlib
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import Iterable
 
-from chalice_app.ports import ObjectStore
 from chalice_app.names import READY_MARKER, DatasetRef
+from chalice_app.ports import ObjectStore
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 SPLITS = ("train", "valid", "test")

@@ -54,8 +54,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
     import threading
 
     from droptrain.local.lock import HomeBusyError
-    from droptrain.local.runtime import LocalRuntime
     from droptrain.local.notify import WebhookError
+    from droptrain.local.runtime import LocalRuntime
     from droptrain.progress import LiveProgress
 
     api_key = args.api_key or os.environ.get("DROPTRAIN_API_KEY") or None

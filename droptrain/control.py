@@ -11,8 +11,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from chalice_app import names
 
@@ -40,7 +41,7 @@ def runs(home: Path) -> list[str]:
             audit = store.status("processing-job", names.audit_job_name(name)) or "-"
             lines.append(f"{name:<30} tuning {status:<10} final {final:<10} audit {audit:<10} "
                          f"{names.dataset_of_tags(record.get('Tags', {})) or ''}")
-        for name, status, record in store.records("processing-job"):
+        for name, status, _record in store.records("processing-job"):
             run = name.removesuffix(names.AUDIT_JOB_SUFFIX)
             if store.get("tuning-job", run) is None:
                 lines.append(f"{run:<30} audit {status:<10} (no tuning job)")

@@ -25,8 +25,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from droptrain import sourcedir
 from droptrain.policies import PolicyError, arn_parts, lambda_policy, partition_of

@@ -12,8 +12,9 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from droptrain.policies import arn_parts, failed_events_queue, lambda_policy, sagemaker_role_policy
 
@@ -114,7 +115,7 @@ def gateway_responses() -> dict[str, Any]:
         f"GatewayResponse{kind.title().replace('_', '')}": {
             "Type": "AWS::ApiGateway::GatewayResponse",
             "Properties": {"RestApiId": {"Ref": "RestAPI"}, "ResponseType": kind, "ResponseTemplates": {
-                "application/json": '{"error": {"code": "%s", "message": $context.error.messageString}}' % code}},
+                "application/json": f'{{"error": {{"code": "{code}", "message": $context.error.messageString}}}}'}},
         }
         for kind, code in GATEWAY_ERROR_CODES.items()
     }

@@ -7,8 +7,8 @@ a new run, docs/architecture.md); an archive is one object whose key ends in its
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from chalice_app.names import ARCHIVE_SUFFIXES
 

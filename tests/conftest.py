@@ -17,6 +17,7 @@ from droptrain.local.jobs import package_dir
 from droptrain.synthetic import make_dataset
 from helpers import FAST_HYPERPARAMETERS, TINY, run_training_job
 
+
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tiny") / "dataset"

@@ -38,13 +38,13 @@ from trainlib import artifact, checkpoints, profiling
 from trainlib.arguments import get_args_parser, hyperparameters, parse_args  # noqa: F401 - train.parse_args is the CLI's
 from trainlib.baseline import baseline_line, evaluate_baseline
 from trainlib.batches import Data, make_batches, pick_device, pick_workers, to_device
-from trainlib.progress import ProgressLine
 from trainlib.datasets import Splits, discover, drop_held_out, resolve_dataset_root
 from trainlib.debugging import create_hook
 from trainlib.errors import DatasetError, DivergedError, TrainingError, write_failure
 from trainlib.evaluation import classification_report
 from trainlib.job_reports import Observers, stop_on_rule_issues, upload_reports, write_report, write_verdicts
 from trainlib.models import build_model, freeze_backbone
+from trainlib.progress import ProgressLine
 from trainlib.transforms import IMAGENET_MEAN, IMAGENET_STD, resize_size
 
 log = logging.getLogger("train")
@@ -80,8 +80,12 @@ def _check_finite(total_loss: torch.Tensor, epoch: int, step: int, lr: float) ->
         )
 
 
+# Stateless: one instance stands in for every unprofiled epoch.
+_NOT_TIMED = profiling.NullTimer()
+
+
 def train_one_epoch(model, criterion, optimizer, batches, device, scaler, hook, epoch, amp, check_every=10,
-                    timer=profiling.NullTimer(), progress: ProgressLine | None = None) -> EpochStats:
+                    timer=_NOT_TIMED, progress: ProgressLine | None = None) -> EpochStats:
     model.train()
     hook.set_mode("train")
     timer.epoch_start()

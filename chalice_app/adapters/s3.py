@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import io
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from chalice_app.adapters.errors import ThrottledError, translate
-
 
 # S3 answers 409 ConditionalRequestConflict when another conditional write to the key is in flight:
 # try again shortly (the other write usually settles it: 412, already there).
@@ -65,7 +65,7 @@ class S3Adapter:
         except (ClientError, BotoCoreError) as exc:
             raise translate(exc, f"reading s3://{bucket}/{key}") from exc
 
-    def open_ranged(self, bucket: str, key: str, size: int) -> "RangedReader":
+    def open_ranged(self, bucket: str, key: str, size: int) -> RangedReader:
         return RangedReader(self, bucket, key, size)
 
     def put_if_absent(self, bucket: str, key: str, body: bytes) -> bool:

@@ -12,11 +12,11 @@ gate, approval and rollback), ``deployment`` (a project's endpoint, its state ch
 
 from chalice_app.pipeline.datasets import audit_changed, dataset_uploaded
 from chalice_app.pipeline.deployment import deploy, endpoint_changed
+from chalice_app.pipeline.idle import stop_idle
 from chalice_app.pipeline.services import Services, rule_verdicts
 from chalice_app.pipeline.training import training_changed
 from chalice_app.pipeline.tuning import trial_changed, trial_failures, tuning_changed
 from chalice_app.pipeline.versions import package_changed
-from chalice_app.pipeline.idle import stop_idle
 
 __all__ = ["Services", "audit_changed", "dataset_uploaded", "deploy", "endpoint_changed", "package_changed", "stop_idle", "rule_verdicts", "training_changed",
            "trial_changed", "trial_failures", "tuning_changed"]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from chalice_app import cost, names, sagemaker_requests as requests, validation
+from chalice_app import cost, names, validation
+from chalice_app import sagemaker_requests as requests
 from chalice_app.events import ObjectCreated, ProcessingJobStateChange
 from chalice_app.notifications import Notification
 from chalice_app.pipeline.services import TERMINAL, Services, read_json
@@ -47,6 +48,7 @@ def dataset_uploaded(svc: Services, event: ObjectCreated) -> str:
     if audit is not None:
         # The audit decodes every image: its end (audit_changed) starts the tuning job, or rejects the run.
         return "audit job created" if svc.sagemaker.create_processing_job(audit) else "audit job already existed"
+    assert request is not None and forecast is not None  # built above whenever the report is ok
     return _start_tuning(svc, run, dataset.uri, request, forecast)
 
 

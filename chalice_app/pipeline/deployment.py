@@ -3,7 +3,8 @@ recreated when it failed, and its state changes reported."""
 
 from __future__ import annotations
 
-from chalice_app import alarm_requests, names, sagemaker_requests as requests
+from chalice_app import alarm_requests, names
+from chalice_app import sagemaker_requests as requests
 from chalice_app.adapters.errors import ServiceError
 from chalice_app.events import EndpointStateChange
 from chalice_app.notifications import Notification
@@ -131,7 +132,7 @@ def endpoint_changed(svc: Services, event: EndpointStateChange) -> str:
     return outcome
 
 
-def _deployment_key(event: EndpointStateChange, run: str) -> str:
+def _deployment_key(event: EndpointStateChange, run: str | None) -> str:
     """A run may be deployed again (a rollback to it): each deployment is told once, keyed by the
     endpoint's modification time, which a repeated delivery of the same event shares."""
     return f"{run}/deployments/{event.last_modified or 'unknown'}"

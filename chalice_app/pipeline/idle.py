@@ -8,9 +8,10 @@ Which run a stopped project served is kept as a tag on the project's model packa
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Mapping
+from typing import Any
 
 from chalice_app import sagemaker_requests as requests
 from chalice_app.events import EventError
@@ -28,7 +29,7 @@ class ScheduledTick:
     time: datetime
 
     @classmethod
-    def parse(cls, event: Mapping[str, Any]) -> "ScheduledTick":
+    def parse(cls, event: Mapping[str, Any]) -> ScheduledTick:
         raw = event.get("time")
         try:
             return cls(datetime.fromisoformat(str(raw).replace("Z", "+00:00")))

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
-from chalice_app import cost, names, registry_requests, sagemaker_requests as requests
+from chalice_app import cost, names, registry_requests
+from chalice_app import sagemaker_requests as requests
 from chalice_app.events import TrainingJobStateChange
 from chalice_app.notifications import Notification
-from chalice_app.pipeline.services import TERMINAL, Services, billable_seconds, dataset_of, prune_checkpoints, rule_verdicts
+from chalice_app.pipeline.services import (
+    TERMINAL,
+    Services,
+    billable_seconds,
+    dataset_of,
+    prune_checkpoints,
+    rule_verdicts,
+)
 from chalice_app.pipeline.tuning import trial_changed
 from chalice_app.pipeline.versions import register
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
-from chalice_app import names, sagemaker_requests as requests
+from chalice_app import names
+from chalice_app import sagemaker_requests as requests
+from chalice_app.adapters.errors import NotFoundError
 from chalice_app.events import TrainingJobStateChange, TuningJobStateChange
 from chalice_app.notifications import Notification
-from chalice_app.adapters.errors import NotFoundError
 from chalice_app.pipeline.deployment import serving_run
 from chalice_app.pipeline.services import TERMINAL, Services, dataset_of, prune_checkpoints
 
@@ -37,6 +39,8 @@ def tuning_changed(svc: Services, event: TuningJobStateChange) -> str:
     best = description.get("BestTrainingJob") or {}
     if event.status != "Completed" or not best.get("TrainingJobName") or not best.get("TunedHyperParameters"):
         return _tuning_failed(svc, event, run, dataset_uri, description)
+    if dataset_uri is None:  # its training channel names it: only a tuning job made by hand lacks one
+        return f"ignored: tuning job {event.name} names no dataset"
     objective = best.get("FinalHyperParameterTuningJobObjectiveMetric", {})
     tuned = best["TunedHyperParameters"]
     svc.notifier.send(Notification(

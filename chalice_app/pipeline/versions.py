@@ -13,10 +13,10 @@ from datetime import datetime
 from typing import Any
 
 from chalice_app import gate, names, registry_requests
+from chalice_app.adapters.errors import NotFoundError
 from chalice_app.events import ModelPackageStateChange
 from chalice_app.notifications import Notification
 from chalice_app.pipeline.deployment import deploy, serving_run
-from chalice_app.adapters.errors import NotFoundError
 from chalice_app.pipeline.services import Services, dataset_of, read_json
 
 

@@ -11,9 +11,10 @@ an alarm on a metric the local endpoint does not measure never fires here.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from droptrain.local.store import Store
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hmac
 import json
-import socket
 from typing import Any
 
 from chalice.local import ChaliceRequestHandler, LocalDevServer, LocalGatewayException, ThreadedHTTPServer
@@ -90,7 +89,7 @@ class ApiRequestHandler(ChaliceRequestHandler):
             self.close_connection = True  # the unread body must not be taken for the next request
             self._send_json(exc.status, exc.code, str(exc))
             return
-        except (socket.timeout, ConnectionError):
+        except (TimeoutError, ConnectionError):
             self.close_connection = True
             return
         try:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
-from typing import Iterator
 
 from chalice_app.adapters.errors import NotFoundError, ServiceError
 from chalice_app.adapters.s3 import RangedReader
@@ -86,7 +86,7 @@ class LocalBucket:
         """Regular files only (links and half-written files are not objects), sorted by key as S3 lists."""
         self._check(bucket)
         found = []
-        for dirpath, dirnames, filenames in os.walk(self.root):  # os.walk does not descend into links
+        for dirpath, _dirnames, filenames in os.walk(self.root):  # os.walk does not descend into links
             for filename in filenames:
                 path = Path(dirpath) / filename
                 if filename.endswith(PARTIAL_SUFFIX) or path.is_symlink() or not path.is_file():

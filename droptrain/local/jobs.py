@@ -27,9 +27,10 @@ import shutil
 import subprocess
 import sys
 import tarfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 HOST = "algo-1"
 

@@ -21,7 +21,7 @@ class HomeLock:
         self.path = home / "droptrain.lock"
         self._fd: int | None = None
 
-    def acquire(self) -> "HomeLock":
+    def acquire(self) -> HomeLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:

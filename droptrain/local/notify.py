@@ -15,9 +15,9 @@ import threading
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Mapping
 
 from chalice_app.adapters.errors import NotFoundError
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-from typing import Mapping
+from collections.abc import Mapping
 
 # Either set in the environment (to 0, say): Ray Serve runs as set there, and ``throughput_mode`` stays out.
 USER_CHOSEN_MODE = {"RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_SERVE_ENABLE_HA_PROXY"}

@@ -9,7 +9,8 @@ exist, an unknown approval status, an ARN that names nothing.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from chalice_app.adapters.errors import AlreadyExistsError, NotFoundError, ServiceError
 from droptrain.local.resources import arn, as_described, now, parse_arn, request_tags, state_change_event

@@ -14,26 +14,28 @@ import shutil
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from chalice_app import config as config_module, observability
+from chalice_app import config as config_module
+from chalice_app import observability
+from chalice_app.adapters.errors import AdapterError
+from chalice_app.adapters.pricing import BundledPrices
 from chalice_app.names import ARCHIVE_SUFFIXES
 from chalice_app.notifications import Notifier
 from chalice_app.pipeline import Services
-from chalice_app.adapters.errors import AdapterError
-from chalice_app.adapters.pricing import BundledPrices
+from droptrain import sourcedir
 from droptrain.local import api, defaults
 from droptrain.local.alarms import LocalAlarms
-from droptrain.local.lock import HomeLock
-from droptrain.local.resources import ACCOUNT
-from droptrain.local.sagemaker import LocalSageMaker
 from droptrain.local.bucket import LocalBucket
 from droptrain.local.bus import LocalEventBus, routes_of
-from droptrain import sourcedir
 from droptrain.local.endpoint import LocalEndpoints, LocalRuntimeClient
+from droptrain.local.lock import HomeLock
 from droptrain.local.notify import LocalPublisher, read
+from droptrain.local.resources import ACCOUNT
+from droptrain.local.sagemaker import LocalSageMaker
 from droptrain.local.serving import RayServe
 from droptrain.local.store import Store
 from droptrain.upload import upload_dataset
@@ -140,7 +142,7 @@ class LocalRuntime:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self, serve_api: bool = True, host: str = "127.0.0.1", port: int = 8000, watch: bool = True,
-              api_key: str | None = None) -> "LocalRuntime":
+              api_key: str | None = None) -> LocalRuntime:
         """Take the home folder, bind the API, then run: a second stack on this home, or a port in use,
         is refused (``HomeBusyError``, ``OSError``) before any job or event has run."""
         # The same Chalice app that Lambda runs, built for this runtime's environment: its

@@ -14,7 +14,8 @@ import hashlib
 import logging
 import math
 import threading
-from typing import TYPE_CHECKING, Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import optuna
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+
+import tomllib
 
 from chalice_app import config as config_module
 from droptrain.local import defaults

@@ -16,10 +16,11 @@ import re
 import signal
 import subprocess
 import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from chalice_app.adapters.errors import AdapterError, NotFoundError
 from droptrain.local import jobs

@@ -11,7 +11,8 @@ their checkpoints.
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from chalice_app.adapters.errors import NotFoundError
 from droptrain.local.resources import arn, as_described, now, request_tags, state_change_event

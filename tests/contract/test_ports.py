@@ -14,7 +14,8 @@ import pytest
 from botocore.stub import Stubber
 from moto import mock_aws
 
-from chalice_app import alarm_requests, names, registry_requests, sagemaker_requests as requests
+from chalice_app import alarm_requests, names, registry_requests
+from chalice_app import sagemaker_requests as requests
 from chalice_app.adapters.errors import AdapterError, NotFoundError
 from chalice_app.adapters.runtime import EndpointNotFoundError, RuntimeAdapter
 from chalice_app.adapters.s3 import S3Adapter

@@ -14,13 +14,13 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from local.test_local_sagemaker import DATASET, Executor, config
 
 from chalice_app import names, validation
+from chalice_app import sagemaker_requests as requests
 from droptrain.local.bucket import LocalBucket
 from droptrain.local.notify import LocalPublisher, WebhookError
 from droptrain.local.runtime import LocalRuntime
-from chalice_app import sagemaker_requests as requests
-from local.test_local_sagemaker import DATASET, Executor, config
 from trainlib.archives import extract_archive
 from trainlib.errors import ArchiveError
 

@@ -14,9 +14,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from faults.conftest import raw_http, status_and_json
 from PIL import Image
 
-from faults.conftest import raw_http, status_and_json
 from helpers import png_bytes, png_header_only
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,8 +42,9 @@ def _get(url: str, headers: dict | None = None) -> tuple[int, dict]:
 
 def _standalone(**options):
     """The local API's server around the app alone (no stack): what it does before any handler runs."""
-    from app import create_app
     from chalice.config import Config
+
+    from app import create_app
     from droptrain.local import api
     from droptrain.local.runtime import local_environment
 

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import psutil
 import pytest
+from local.test_local_sagemaker import DATASET, FAKE_SOURCE, Executor, config
 
+from chalice_app import sagemaker_requests as requests
 from droptrain.local.lock import HomeBusyError
 from droptrain.local.runtime import LocalRuntime
-from local.test_local_sagemaker import DATASET, FAKE_SOURCE, Executor, config
-from chalice_app import sagemaker_requests as requests
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import threading
 import time
 
+from local.test_local_runtime import FAKE_SOURCE
+
 from droptrain import cli
 from droptrain.control import follow
 from droptrain.local.runtime import LocalRuntime
-from local.test_local_runtime import FAKE_SOURCE
 
 
 def test_a_run_is_listed_its_logs_read_and_it_stops_when_asked(tmp_path, tiny_dataset, trained_job, monkeypatch, capsys, ray_serve):

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from chalice_app import alarm_requests, sagemaker_requests as requests
+from chalice_app import alarm_requests
+from chalice_app import sagemaker_requests as requests
 from chalice_app.adapters.runtime import ModelError
 from droptrain.local.alarms import LocalAlarms, Measurements, breached
 from droptrain.local.bucket import LocalBucket

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-
 from droptrain import cli
 from droptrain.demo import call_api, post_image
 from droptrain.local.runtime import LocalRuntime

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from chalice_app import config as config_module, names, sagemaker_requests as requests
+from chalice_app import config as config_module
+from chalice_app import names
+from chalice_app import sagemaker_requests as requests
 from chalice_app.events import TrainingJobStateChange, TuningJobStateChange
 from droptrain import sourcedir
 from droptrain.local.bucket import LocalBucket
@@ -254,4 +256,4 @@ def test_head_mode_trials_share_frozen_features(tmp_path, tiny_dataset):
     n_images = sum(1 for _ in tiny_dataset.rglob("*.jpg"))
     computed = [t for t in trials if f"computed frozen features for {n_images} images" in "\n".join(lines[t])]
     loaded = [t for t in trials if f"loaded frozen features for {n_images} images from the feature cache" in "\n".join(lines[t])]
-    assert computed == trials[:1] and loaded == trials[1:], {t: [l for l in lines[t] if "frozen" in l] for t in trials}
+    assert computed == trials[:1] and loaded == trials[1:], {t: [line for line in lines[t] if "frozen" in line] for t in trials}

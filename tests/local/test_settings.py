@@ -6,11 +6,11 @@ import json
 import time
 
 import pytest
+from local.test_local_runtime import FAKE_SOURCE
 
 from droptrain import cli
 from droptrain.local.runtime import LocalRuntime
 from droptrain.local.settings import SettingsError, read
-from local.test_local_runtime import FAKE_SOURCE
 
 TOML = """
 TUNING_STRATEGY = "Random"

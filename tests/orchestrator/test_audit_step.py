@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from chalice_app import names, sagemaker_requests as requests
+from chalice_app import names
+from chalice_app import sagemaker_requests as requests
 from orchestrator.conftest import BUCKET, invoke
 from orchestrator.support import validate
 from orchestrator.test_requests import make_config
@@ -96,8 +97,8 @@ def test_an_audit_that_wrote_nothing_rejects_the_run(stage, client):
 
 
 def test_the_rule_routes_only_audit_endings():
-    from droptrain.local.bus import matches
     from chalice_app import patterns
+    from droptrain.local.bus import matches
 
     rule = patterns.processing_job_state_change({})
     assert matches(rule, _audit_ended("pets-1a2b3c4d"))

@@ -1,8 +1,15 @@
 import pytest
 
-from chalice_app import config as config_module, names
-from chalice_app.events import (EndpointStateChange, EventError, ModelPackageStateChange, ObjectCreated,
-                                TrainingJobStateChange, TuningJobStateChange)
+from chalice_app import config as config_module
+from chalice_app import names
+from chalice_app.events import (
+    EndpointStateChange,
+    EventError,
+    ModelPackageStateChange,
+    ObjectCreated,
+    TrainingJobStateChange,
+    TuningJobStateChange,
+)
 from orchestrator.support import event
 from orchestrator.test_requests import BASE_ENV
 

@@ -8,7 +8,8 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
-from chalice_app import cost, names, sagemaker_requests as requests
+from chalice_app import cost, names
+from chalice_app import sagemaker_requests as requests
 from chalice_app.adapters.pricing import PricingAdapter
 from orchestrator.conftest import BUCKET, invoke
 from orchestrator.support import validate

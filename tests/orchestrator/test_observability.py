@@ -22,7 +22,7 @@ def _fresh(monkeypatch):
 def test_a_recorded_metric_is_flushed_as_one_emf_line(capsys):
     observability.count("Predictions")
     observability.flush()
-    (line,) = [json.loads(l) for l in capsys.readouterr().out.splitlines() if l.startswith("{")]
+    (line,) = [json.loads(out) for out in capsys.readouterr().out.splitlines() if out.startswith("{")]
     assert line["Predictions"] == [1.0] and line["_aws"]["CloudWatchMetrics"][0]["Metrics"][0]["Name"] == "Predictions"
     observability.flush()
     assert capsys.readouterr().out == "", "nothing recorded since: nothing flushed"

@@ -48,7 +48,7 @@ def test_function_zip_is_the_app_and_chalice_app_only(packaged):
 
 
 def test_chalice_app_imports_nothing_heavy():
-    code = ("import sys, app; heavy = [m for m in %r if m in sys.modules]; print(heavy)" % (HEAVY,))
+    code = f"import sys, app; heavy = [m for m in {HEAVY!r} if m in sys.modules]; print(heavy)"
     result = subprocess.run([sys.executable, "-c", code], cwd=sam.ROOT, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
 
@@ -285,6 +285,7 @@ def test_an_unknown_region_is_one_clear_error():
 def test_the_local_ray_is_the_ray_of_the_serving_image():
     """Version 1.4 of AWS's Ray Serve image runs Ray 2.57.0: the local runtime serves with the same Ray."""
     import importlib.metadata
+
     import tomllib
 
     dependencies = tomllib.loads((sam.ROOT / "pyproject.toml").read_text())["project"]["dependencies"]

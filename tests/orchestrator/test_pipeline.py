@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import os
-
 import datetime
+import os
 from collections import Counter
 
 import pytest

@@ -197,7 +197,8 @@ def test_the_predict_path_fits_inside_api_gateways_29_seconds(monkeypatch):
 
 
 def test_no_retry_starts_that_could_not_finish_in_time():
-    from chalice_app import config as config_module, predict
+    from chalice_app import config as config_module
+    from chalice_app import predict
     from chalice_app.adapters.errors import ThrottledError
     from orchestrator.test_requests import BASE_ENV
 

@@ -6,8 +6,16 @@ from __future__ import annotations
 import dataclasses
 
 from orchestrator.conftest import BUCKET, invoke
-from orchestrator.test_pipeline import (_complete_tuning, _endpoint_description, _endpoint_event, _register_and_deploy, _run_to_tuning, _training_event,
-                                        package_event, put_evaluations)
+from orchestrator.test_pipeline import (
+    _complete_tuning,
+    _endpoint_description,
+    _endpoint_event,
+    _register_and_deploy,
+    _run_to_tuning,
+    _training_event,
+    package_event,
+    put_evaluations,
+)
 
 CLASSES = {"beagle": 0.9, "corgi": 0.9, "pug": 0.9}
 
@@ -48,6 +56,7 @@ def test_two_datasets_are_served_by_their_own_endpoints(stage, client):
     assert [(p["project"], p["serving"]) for p in listing] == [("dogs", dogs), ("flowers", flowers)]
     # Each project's predictions go to its own endpoint; /predict alone must say which.
     import io
+
     from botocore.response import StreamingBody
 
     jpeg = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(100)

@@ -4,7 +4,9 @@ import re
 
 import pytest
 
-from chalice_app import alarm_requests, config as config_module, names, registry_requests, sagemaker_requests as requests
+from chalice_app import alarm_requests, names, registry_requests
+from chalice_app import config as config_module
+from chalice_app import sagemaker_requests as requests
 from orchestrator.support import validate
 
 BASE_ENV = {

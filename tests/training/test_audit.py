@@ -161,6 +161,7 @@ def test_distinct_scans_deploy_and_copies_of_test_scans_are_rejected_on_the_loca
     defaults and deploy; the same scans with 5% of the test images copied into train (resized,
     re-encoded) are rejected, naming those copies."""
     import duplicate_benchmark as benchmark
+
     from droptrain.local.runtime import LocalRuntime
 
     benchmark.write_scans(tmp_path / "scans", limit=400)

@@ -203,6 +203,7 @@ def test_overtraining_after_the_data_was_learnt_is_said_to_be_expected():
 @pytest.mark.parametrize("valid_losses,scale", [([2.0e7, 3.1e3, 1.2], "log"), ([1.4, 1.1, 0.9], "linear")])
 def test_losses_spanning_decades_are_plotted_on_a_log_axis(valid_losses, scale, monkeypatch):
     import matplotlib.axes
+
     from trainlib import report
 
     scales = []

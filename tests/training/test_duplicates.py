@@ -7,10 +7,10 @@ import io
 import random
 from collections import defaultdict
 
+import duplicate_benchmark as benchmark
 import numpy as np
 from PIL import Image, ImageEnhance
 
-import duplicate_benchmark as benchmark
 from trainlib import audit, duplicates
 
 

@@ -40,8 +40,8 @@ def test_artifact_layout(trained_job):
     assert not any("__pycache__" in n for n in names)
     assert not any(n.startswith("trainlib/") and n.endswith(("rules.py", "debugging.py", "report.py")) for n in names), \
         "only what serving imports"
-    from ray.serve.schema import ServeDeploySchema
     import yaml
+    from ray.serve.schema import ServeDeploySchema
 
     config = ServeDeploySchema.model_validate(yaml.safe_load((trained_job["paths"].model / "config.yaml").read_text()))
     (app,) = config.applications

@@ -7,9 +7,9 @@ import urllib.error
 
 import pytest
 import torch
+import train
 from torch import nn
 
-import train
 from helpers import FAST_HYPERPARAMETERS, ROOT, hyperparameter_args, run_train
 from trainlib import models
 from trainlib.datasets import discover

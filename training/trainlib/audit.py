@@ -19,16 +19,17 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-from concurrent.futures import ProcessPoolExecutor
 from collections import Counter, defaultdict
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
 from trainlib import duplicates
-from trainlib.datasets import SPLITS, _IGNORED_NAMES, _class_images, _descend_single_folder
+from trainlib.datasets import _IGNORED_NAMES, SPLITS, _class_images, _descend_single_folder
 
 TINY_SIDE = 32
 EXTREME_ASPECT = 5.0

@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import logging
 import tarfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from PIL import Image

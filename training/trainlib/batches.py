@@ -11,8 +11,8 @@ import argparse
 import logging
 import os
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -104,7 +104,7 @@ def make_batches(args: argparse.Namespace, splits: Splits, model: nn.Module, dev
     eval_loaders = {name: loader(samples, eval_tf, eval_bs, False) for name, samples in eval_samples.items() if samples}
     return Data(
         train_batches=lambda epoch: train_loader,
-        eval_batches={name: (lambda l=l: l) for name, l in eval_loaders.items()},
+        eval_batches={name: (lambda loader=loader: loader) for name, loader in eval_loaders.items()},
         trainable=FrozenBackboneClassifier(model) if head_mode else model,
     )
 

@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import numpy as np
 from PIL import Image
 
-from trainlib.similarity import SOURCE, THUMB, Views, standard, unit, similarity, ssim, windows
+from trainlib.similarity import SOURCE, THUMB, Views, similarity, ssim, standard, unit, windows
 
 HASH_SIDE = 8
 NEAR_BITS = 16

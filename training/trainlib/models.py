@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import urllib.error
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 from urllib.parse import urlparse
 
 import torch

@@ -18,9 +18,10 @@ import json
 import math
 import re
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from PIL import Image
@@ -114,7 +115,7 @@ class Classifier:
     image_size: int = 224
 
     @classmethod
-    def load(cls, model_dir: Path, device: str | None = None) -> "Classifier":
+    def load(cls, model_dir: Path, device: str | None = None) -> Classifier:
         """The model in ``model_dir`` (``model.json`` + ``model.pth``), on the GPU when there is one."""
         meta = json.loads((model_dir / "model.json").read_text())
         target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -142,7 +143,7 @@ class Classifier:
         best = {size: math.inf for size in sizes}
         for _ in range(max(1, rounds)):
             for size in sizes:
-                best[size] = min(best[size], _timed(lambda: self.predict([blank] * size)))
+                best[size] = min(best[size], _timed(lambda size=size: self.predict([blank] * size)))
         return fastest(sizes, best.__getitem__)
 
     @torch.no_grad()

@@ -123,7 +123,7 @@ class SystemSampler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def start(self) -> "SystemSampler":
+    def start(self) -> SystemSampler:
         self._thread = threading.Thread(target=self._run, daemon=True, name="system-sampler")
         self._thread.start()
         return self

@@ -52,7 +52,7 @@ def _curves(history: list[dict]):
         twin.set_ylim(0, 1)
         twin.set_ylabel("accuracy")
         lines = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
-        ax.legend(lines, [l.get_label() for l in lines], loc="center right")
+        ax.legend(lines, [line.get_label() for line in lines], loc="center right")
         ax.set_title("Training curves")
     return draw
 

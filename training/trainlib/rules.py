@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-log = logging.getLogger(__name__)
-
 from trainlib import smdebug_support
+
+log = logging.getLogger(__name__)
 
 if smdebug_support.available():
     from smdebug.core.modes import ModeKeys

@@ -9,7 +9,7 @@ score is the ``LOCAL_QUANTILE`` of the windows, not their mean.
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -108,7 +108,7 @@ class Views:
         self.tones = (float(self.source.mean()), float(self.source.std()))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _refining(best: int) -> tuple[np.ndarray, np.ndarray]:
     """The resamplers of the windows around grid alignment ``best`` at half the grid's steps (made once each)."""
     scale, x, y = _GRID[best]
