@@ -11,6 +11,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAINING_DIR = ROOT / "training"
+# Every wait in the suite is for a condition (an event, a state, a process's end) with this deadline:
+# far past what the slowest wait, a whole local pipeline, takes on a two-core machine whose cores
+# another process keeps busy. Only a test that is failing ever waits this long.
+DEADLINE = 900.0
 
 # Small enough to train in seconds on two CPU cores, large enough to be far above chance.
 TINY = {"classes": 4, "per_class": 30, "size": 48, "seed": 3}
@@ -58,7 +62,7 @@ def run_training_job(root: Path, data: Path, hyperparameters: dict[str, str], jo
     return paths, status
 
 
-def run_train(args: list[str], env: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+def run_train(args: list[str], env: dict[str, str] | None = None, timeout: float = DEADLINE) -> subprocess.CompletedProcess:
     """``python train.py ARGS`` in the source dir, as the container runs it."""
     return subprocess.run(
         [sys.executable, str(TRAINING_DIR / "train.py"), *args],
@@ -113,7 +117,7 @@ def deploy_archive(runtime, archive: Path, config: str, deployment: dict | None 
         if deployment:
             request["DeploymentConfig"] = deployment
         runtime.sagemaker.update_endpoint(request)
-    runtime.endpoints.join()
+    runtime.endpoints.join(DEADLINE)
     described = runtime.endpoints.describe(endpoint)
     if deployment and described["EndpointStatus"] == "InService" and described.get("FailureReason"):
         return endpoint

@@ -21,6 +21,7 @@ from chalice_app.adapters.runtime import EndpointNotFoundError, RuntimeAdapter
 from chalice_app.adapters.s3 import S3Adapter
 from chalice_app.adapters.sagemaker import SageMakerAdapter
 from chalice_app.adapters.sns import SnsAdapter
+from helpers import DEADLINE
 from orchestrator.test_requests import BASE_ENV, make_config
 
 BUCKET = BASE_ENV["DATA_BUCKET"]
@@ -51,7 +52,7 @@ def local(tmp_path):
     sagemaker = local_sagemaker.LocalSageMaker(store, bucket, tmp_path / "jobs", lambda e: None, endpoints)
     yield {"bucket": bucket, "store": store, "endpoints": endpoints, "sagemaker": sagemaker, "tmp": tmp_path}
     sagemaker.stop()
-    endpoints.join()
+    endpoints.join(DEADLINE)
 
 
 @pytest.fixture(params=FAMILIES)
@@ -243,7 +244,7 @@ def test_stopping_and_listing_a_tuning_jobs_trials(sagemaker):
         _answer(sagemaker, "describe_hyper_parameter_tuning_job", {k: v for k, v in described.items()
                                                                    if k not in ("TuningJobCompletionDetails", "ConsumedResources", "Autotune")})
     else:  # the local search ends the job on its own thread, once its trials have stopped
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + DEADLINE
         while sagemaker.describe_tuning_job(RUN)["HyperParameterTuningJobStatus"] != "Stopped" and time.monotonic() < deadline:
             time.sleep(0.05)
         assert sagemaker.describe_tuning_job(RUN)["HyperParameterTuningJobStatus"] == "Stopped"

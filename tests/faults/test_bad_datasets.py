@@ -21,6 +21,7 @@ from chalice_app import sagemaker_requests as requests
 from droptrain.local.bucket import LocalBucket
 from droptrain.local.notify import LocalPublisher, WebhookError
 from droptrain.local.runtime import LocalRuntime
+from helpers import DEADLINE
 from trainlib.archives import extract_archive
 from trainlib.errors import ArchiveError
 
@@ -115,7 +116,7 @@ def test_an_archive_named_dot_dot_zip_is_rejected(tmp_path, ray_serve):
     runtime.start(serve_api=False, watch=False)
     try:
         assert runtime.scan() == 1
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + DEADLINE
         while not runtime.notifications() and time.monotonic() < deadline:
             time.sleep(0.05)
     finally:
@@ -140,7 +141,7 @@ def test_a_dataset_every_trial_fails_on_stops_the_tuning_job_with_its_reason(tmp
     runtime.start(serve_api=False)
     try:
         runtime.upload(data, "garbage")
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + DEADLINE
         while time.monotonic() < deadline and "tuning.failed" not in [n["message"]["event"] for n in runtime.notifications()]:
             time.sleep(0.2)
     finally:

@@ -11,6 +11,7 @@ from chalice_app.adapters.errors import AdapterError
 from droptrain import cli
 from droptrain.local.bucket import InvalidKeyError, LocalBucket
 from droptrain.local.runtime import BUCKET, LocalRuntime, object_created
+from helpers import DEADLINE
 
 
 @pytest.mark.parametrize("key", ["../x", "datasets/../../x", "/etc/passwd", "a\\..\\b", "a//b", "./a", "a/./b", "..",
@@ -79,6 +80,6 @@ def test_the_runtime_never_reads_a_model_outside_the_bucket(tmp_path, ray_serve)
     runtime.sagemaker.create_model({"ModelName": "m", "PrimaryContainer": {"ModelDataUrl": f"s3://{BUCKET}/../../etc/model.tar.gz"}})
     runtime.sagemaker.create_endpoint_config({"EndpointConfigName": "c", "ProductionVariants": [{"ModelName": "m"}]})
     runtime.sagemaker.create_endpoint({"EndpointName": "ep", "EndpointConfigName": "c"})
-    runtime.endpoints.join()
+    runtime.endpoints.join(DEADLINE)
     described = runtime.endpoints.describe("ep")
     assert described["EndpointStatus"] == "Failed" and "cannot be read" in described["FailureReason"]

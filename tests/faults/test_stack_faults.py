@@ -23,6 +23,7 @@ from local.test_local_sagemaker import DATASET, FAKE_SOURCE, Executor, config
 from chalice_app import sagemaker_requests as requests
 from droptrain.local.lock import HomeBusyError
 from droptrain.local.runtime import LocalRuntime
+from helpers import DEADLINE
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,7 +42,7 @@ def _one_class_dataset(root: Path) -> Path:
     return root
 
 
-def _notified(runtime: LocalRuntime, event: str, timeout: float = 60) -> dict:
+def _notified(runtime: LocalRuntime, event: str, timeout: float = DEADLINE) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for note in runtime.notifications():
@@ -84,8 +85,8 @@ def test_a_watcher_that_dies_takes_status_to_unhealthy(tmp_path, ray_serve):
     runtime.scan = broken_scan  # an in-memory fault: the watcher's loop meets an error it cannot skip
     runtime.start(port=0)
     try:
-        assert died.wait(10)
-        runtime._watcher.join(10)
+        assert died.wait(DEADLINE)
+        runtime._watcher.join(DEADLINE)
         status, body = _status(runtime.api_url)
         assert status == 503 and body["error"]["code"] == "unhealthy"
         assert "bucket watcher stopped: RuntimeError: the bucket's disk went away" in body["error"]["message"]
@@ -183,21 +184,22 @@ def _processes_in(folder: Path) -> list[psutil.Process]:
     return found
 
 
+@pytest.mark.ray
 def test_sigterm_stops_the_stack_like_ctrl_c_with_no_job_left_running(tmp_path, tiny_dataset):
     home = tmp_path / "home"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "DROPTRAIN_API_KEY": "k"}
     assert subprocess.run([sys.executable, "-m", "droptrain.cli", "upload", str(tiny_dataset), "--name", "pets", "--home", str(home)],
-                          env=env, capture_output=True, timeout=60).returncode == 0
+                          env=env, capture_output=True, timeout=DEADLINE).returncode == 0
     up = subprocess.Popen([sys.executable, "-m", "droptrain.cli", "up", "--home", str(home), "--port", "0", "--host", "0.0.0.0"],
                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + DEADLINE
         while time.monotonic() < deadline and not any("train.py" in " ".join(p.cmdline()) for p in _processes_in(home / "jobs")):
             assert up.poll() is None, up.stderr.read()
             time.sleep(0.2)
         assert _processes_in(home / "jobs"), "a trial is running"
         up.send_signal(signal.SIGTERM)
-        out, err = up.communicate(timeout=90)
+        out, err = up.communicate(timeout=DEADLINE)
     finally:
         if up.poll() is None:
             up.kill()
@@ -236,13 +238,13 @@ def test_kill_9_mid_tuning_then_a_restart_resumes_the_study_exactly(tmp_path, ti
         return [e for e in map(json.loads, log.read_text().splitlines()) if "start" in e] if log.exists() else []
 
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + DEADLINE
         while time.monotonic() < deadline and len({e["job"] for e in starts()}) < 2:
             assert crashing.poll() is None, crashing.stderr.read()
             time.sleep(0.05)
     finally:
         crashing.kill()  # SIGKILL: no clean-up of any kind
-        crashing.wait(10)
+        crashing.wait(DEADLINE)
     interrupted = starts()[-1]
     assert psutil.pid_exists(interrupted["pid"]), "kill -9 leaves the trial running, outside the dead stack"
 
@@ -252,7 +254,7 @@ def test_kill_9_mid_tuning_then_a_restart_resumes_the_study_exactly(tmp_path, ti
     restarted = LocalRuntime(home, env=env_vars, say=lambda m: None, source_dir=FAKE_SOURCE, serving=ray_serve)
     restarted.start(serve_api=False)
     try:
-        _notified(restarted, "tuning.completed", timeout=120)
+        _notified(restarted, "tuning.completed")
         orphan_gone = not psutil.pid_exists(interrupted["pid"]) or psutil.Process(interrupted["pid"]).status() == psutil.STATUS_ZOMBIE
     finally:
         restarted.stop()

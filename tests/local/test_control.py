@@ -10,6 +10,7 @@ from local.test_local_runtime import FAKE_SOURCE
 from droptrain import cli
 from droptrain.control import follow
 from droptrain.local.runtime import LocalRuntime
+from helpers import DEADLINE
 
 
 def test_a_run_is_listed_its_logs_read_and_it_stops_when_asked(tmp_path, tiny_dataset, trained_job, monkeypatch, capsys, ray_serve):
@@ -22,7 +23,7 @@ def test_a_run_is_listed_its_logs_read_and_it_stops_when_asked(tmp_path, tiny_da
     runtime.start(serve_api=False)
     try:
         runtime.upload(tiny_dataset, "pets")
-        deadline = time.time() + 60
+        deadline = time.time() + DEADLINE
         while time.time() < deadline and not any((home / "jobs").glob("*/job.log")):
             time.sleep(0.2)
         run = runtime.store.names("tuning-job")[0]
@@ -34,16 +35,16 @@ def test_a_run_is_listed_its_logs_read_and_it_stops_when_asked(tmp_path, tiny_da
         seen, stop = [], threading.Event()
         reader = threading.Thread(target=lambda: seen.extend(follow(trial_log, sleep=lambda s: time.sleep(0.05), stop=stop.is_set)))
         reader.start()
-        deadline = time.time() + 30
+        deadline = time.time() + DEADLINE
         while time.time() < deadline and not any(line.startswith("epoch=") for line in seen):
             time.sleep(0.1)
         stop.set()
-        reader.join(5)
+        reader.join(DEADLINE)
         assert any(line.startswith("epoch=") for line in seen), seen[-5:]
 
         assert cli.main(["stop", run, "--home", str(home)]) == 0
         assert f"asked the stack to stop {run}" in capsys.readouterr().out
-        deadline = time.time() + 60
+        deadline = time.time() + DEADLINE
         while time.time() < deadline and runtime.store.status("tuning-job", run) == "InProgress":
             time.sleep(0.2)
         assert runtime.store.status("tuning-job", run) == "Stopped"

@@ -16,6 +16,7 @@ from droptrain.local.bucket import LocalBucket
 from droptrain.local.endpoint import LocalEndpoints
 from droptrain.local.runtime import BUCKET
 from droptrain.local.store import Store
+from helpers import DEADLINE
 from trainlib.predictor import Classifier, decode
 
 
@@ -46,7 +47,7 @@ def endpoints(tmp_path, trained_job, ray_serve):
     eps = LocalEndpoints(store, bucket, tmp_path / "endpoints", events.append, ray_serve)
     eps.events = events
     assert eps.create("ep", "c1", {})
-    eps.join()
+    eps.join(DEADLINE)
     assert eps.describe("ep")["EndpointStatus"] == "InService", eps.describe("ep")
     yield eps
     eps.close()
@@ -106,14 +107,14 @@ def test_an_update_under_load_drops_no_request(endpoints, tiny_dataset, ray_serv
     for t in threads:
         t.start()
     endpoints.update("ep", "c2")
-    endpoints.join()
+    endpoints.join(DEADLINE)
     before = len(answered)
-    deadline = time.time() + 10
+    deadline = time.time() + DEADLINE
     while len(answered) < before + 8 and time.time() < deadline:
         time.sleep(0.05)
     stop.set()
     for t in threads:
-        t.join(30)
+        t.join(DEADLINE)
     assert failures == []
     assert len(answered) >= before + 8, "the new version answers after the swap"
     described = endpoints.describe("ep")
@@ -124,7 +125,7 @@ def test_an_update_under_load_drops_no_request(endpoints, tiny_dataset, ray_serv
 
 def test_a_version_that_fails_to_start_leaves_the_old_one_serving(endpoints, tiny_dataset, ray_serve):
     endpoints.update("ep", "c3")
-    endpoints.join()
+    endpoints.join(DEADLINE)
     described = endpoints.describe("ep")
     assert (described["EndpointStatus"], described["EndpointConfigName"]) == ("InService", "c1")
     assert "could not be deployed" in described["FailureReason"]
@@ -134,7 +135,7 @@ def test_a_version_that_fails_to_start_leaves_the_old_one_serving(endpoints, tin
 
 def test_a_new_endpoint_whose_model_cannot_start_fails(endpoints):
     assert endpoints.create("ep-bad", "c3", {})
-    endpoints.join()
+    endpoints.join(DEADLINE)
     described = endpoints.describe("ep-bad")
     assert described["EndpointStatus"] == "Failed" and "could not be deployed" in described["FailureReason"]
     assert endpoints.events[-1]["detail"]["EndpointStatus"] == "FAILED"

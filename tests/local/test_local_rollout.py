@@ -22,6 +22,7 @@ from droptrain.local.alarms import LocalAlarms, Measurements, breached
 from droptrain.local.bucket import LocalBucket
 from droptrain.local.endpoint import LocalEndpoints
 from droptrain.local.store import Store
+from helpers import DEADLINE
 from orchestrator.test_requests import make_config
 
 ENDPOINT = "droptrain-dev-pets"
@@ -90,7 +91,7 @@ def _traffic_until_done(endpoints: LocalEndpoints, stop_after: float = 10) -> di
 def _start(stack, old: str) -> None:
     stack["version"](old)
     stack["endpoints"].create(ENDPOINT, old, {})
-    stack["endpoints"].join()
+    stack["endpoints"].join(DEADLINE)
     assert stack["endpoints"].describe(ENDPOINT)["EndpointStatus"] == "InService"
 
 

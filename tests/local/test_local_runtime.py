@@ -14,13 +14,14 @@ import pytest
 from droptrain import cli
 from droptrain.demo import call_api, post_image
 from droptrain.local.runtime import LocalRuntime
+from helpers import DEADLINE
 
 FAKE_SOURCE = Path(__file__).resolve().parent / "fake_source"
 CHAIN = ["dataset.accepted", "dataset.audited", "tuning.started", "tuning.completed", "training.started",
          "training.completed", "model.registered", "model.approved", "deployment.started", "deployment.completed"]
 
 
-def wait_for(runtime: LocalRuntime, event: str, timeout: float = 300) -> list[str]:
+def wait_for(runtime: LocalRuntime, event: str, timeout: float = DEADLINE) -> list[str]:
     deadline = time.time() + timeout
     while time.time() < deadline:
         seen = [n["message"]["event"] for n in runtime.notifications()]

@@ -20,6 +20,7 @@ from droptrain.local.bus import matches
 from droptrain.local.runtime import BUCKET, local_environment
 from droptrain.local.sagemaker import LocalSageMaker
 from droptrain.local.store import Store
+from helpers import DEADLINE
 
 FAKE_SOURCE = Path(__file__).resolve().parent / "fake_source"
 DATASET = names.DatasetRef(BUCKET, "datasets/pets/_READY", "pets", "folder", "datasets/pets/")
@@ -47,7 +48,7 @@ class Executor:
             self.events.append(event)
             self.arrived.notify_all()
 
-    def wait_for(self, detail_type: str, name: str, timeout: float = 60) -> dict:
+    def wait_for(self, detail_type: str, name: str, timeout: float = DEADLINE) -> dict:
         deadline = time.time() + timeout
         with self.arrived:
             while True:
@@ -215,7 +216,7 @@ def test_a_killed_process_fails_the_job_with_a_reason(executor, monkeypatch):
     request = requests.final_training_request(config(), "pets-1a2b3c4d", DATASET.uri,
                                               requests.static_hyperparameters(config()), {"epochs": "5"})
     executor.sagemaker.create_training_job(request)
-    deadline = time.time() + 30
+    deadline = time.time() + DEADLINE
     while not executor.runs() and time.time() < deadline:
         time.sleep(0.05)
     import os
@@ -247,7 +248,7 @@ def test_head_mode_trials_share_frozen_features(tmp_path, tiny_dataset):
         "pets-1a2b3c4d", DATASET)
     try:
         sagemaker.create_tuning_job(request)
-        assert done.wait(240), "the tuning job did not finish"
+        assert done.wait(DEADLINE), "the tuning job did not finish"
     finally:
         sagemaker.stop()
     trials = sorted(lines)

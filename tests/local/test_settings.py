@@ -11,6 +11,7 @@ from local.test_local_runtime import FAKE_SOURCE
 from droptrain import cli
 from droptrain.local.runtime import LocalRuntime
 from droptrain.local.settings import SettingsError, read
+from helpers import DEADLINE
 
 TOML = """
 TUNING_STRATEGY = "Random"
@@ -34,7 +35,7 @@ def test_the_jobs_run_with_exactly_what_the_file_says(tmp_path, tiny_dataset, tr
     runtime.start(serve_api=False)
     try:
         runtime.upload(tiny_dataset, "pets")
-        deadline = time.time() + 60
+        deadline = time.time() + DEADLINE
         while time.time() < deadline and not runtime.store.names("training-job"):
             time.sleep(0.2)
         tuning = runtime.store.get("tuning-job", runtime.store.names("tuning-job")[0])

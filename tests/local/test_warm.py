@@ -14,6 +14,7 @@ import pytest
 
 from droptrain.local import jobs
 from droptrain.local.warm import WarmInterpreter
+from helpers import DEADLINE
 
 PROBE = '''
 import json, logging, os, sys, time
@@ -97,7 +98,7 @@ def test_stopping_a_warm_job_ends_the_toolkit_and_the_script(tmp_path, warm):
     env = jobs.toolkit_env(paths, "probe-stop", "arn:aws:sagemaker:local:0:training-job/probe-stop",
                            {"PROBE_SLEEP": "60", "PROBE_PID": str(tmp_path / "script.pid")})
     process = warm.start(["train"], paths.root, env)
-    deadline = time.time() + 60
+    deadline = time.time() + DEADLINE
     while not (tmp_path / "script.pid").exists() and time.time() < deadline:
         time.sleep(0.05)
     script = int((tmp_path / "script.pid").read_text())
@@ -151,5 +152,5 @@ def test_two_threads_may_wait_for_one_job(tmp_path, warm):
         process.wait(0.05)
     _run(process)
     for thread in threads:
-        thread.join(30)
+        thread.join(DEADLINE)
     assert errors == [] and codes == [0, 0, 0]

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from droptrain.synthetic import make_dataset
-from helpers import TRAINING_DIR
+from helpers import DEADLINE, TRAINING_DIR
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def planted(tmp_path_factory):
         image.convert("CMYK").save(root / "train" / classes[2] / "cmyk.jpg")
     out = tmp_path_factory.mktemp("audit-out")
     result = subprocess.run([sys.executable, str(TRAINING_DIR / "audit.py"), "--data-dir", str(root), "--out-dir", str(out)],
-                            cwd=TRAINING_DIR, capture_output=True, text=True, timeout=300)
+                            cwd=TRAINING_DIR, capture_output=True, text=True, timeout=DEADLINE)
     assert result.returncode == 0, result.stderr[-2000:]
     return {"root": root, "plants": plants, "report": json.loads((out / "audit.json").read_text()), "out": out, "classes": classes}
 
@@ -89,7 +89,7 @@ def test_a_clean_dataset_has_no_blocking_finding(tmp_path):
     root = tmp_path / "clean"
     make_dataset(root, classes=3, per_class=20, size=64, seed=5)
     result = subprocess.run([sys.executable, str(TRAINING_DIR / "audit.py"), "--data-dir", str(root), "--out-dir", str(tmp_path / "o")],
-                            cwd=TRAINING_DIR, capture_output=True, text=True, timeout=300)
+                            cwd=TRAINING_DIR, capture_output=True, text=True, timeout=DEADLINE)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads((tmp_path / "o" / "audit.json").read_text())
     assert report["blocking"] == [] and report["unreadable"] == [] and report["hidden_folders"] == []
@@ -108,7 +108,7 @@ def test_audit_fix_drops_the_held_out_duplicates_from_training_s_splits(tmp_path
     shutil.copy(leak, root / "train" / label / "leak.jpg")
     audit_dir = tmp_path / "audit"
     assert subprocess.run([sys.executable, str(TRAINING_DIR / "audit.py"), "--data-dir", str(root), "--out-dir", str(audit_dir)],
-                          cwd=TRAINING_DIR, capture_output=True, timeout=300).returncode == 0
+                          cwd=TRAINING_DIR, capture_output=True, timeout=DEADLINE).returncode == 0
     assert json.loads((audit_dir / "audit.json").read_text())["leaked"] == [leak.relative_to(root).as_posix()]
     result = run_train([*hyperparameter_args({**FAST_HYPERPARAMETERS, "epochs": "1"}), "--data-dir", str(root), "--no-checkpoints",
                         "--model-dir", str(tmp_path / "m"), "--output-data-dir", str(tmp_path / "o"), "--audit-dir", str(audit_dir)])
@@ -130,7 +130,7 @@ def test_the_local_stack_audits_and_rejects_the_planted_dataset(planted, tmp_pat
     runtime.start(serve_api=False)
     try:
         runtime.upload(planted["root"], "planted")
-        deadline = time.time() + 120
+        deadline = time.time() + DEADLINE
         while time.time() < deadline and not any(n["message"]["event"] == "dataset.rejected" for n in runtime.notifications()):
             time.sleep(0.3)
         events = [n["message"] for n in runtime.notifications()]

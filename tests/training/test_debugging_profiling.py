@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from helpers import FAST_HYPERPARAMETERS, hyperparameter_args, run_train
+from helpers import DEADLINE, FAST_HYPERPARAMETERS, hyperparameter_args, run_train
 
 HEALTHY = {**FAST_HYPERPARAMETERS, "train-mode": "head", "epochs": "4", "lr": "0.005", "batch-size": "32"}
 
@@ -131,12 +131,12 @@ window.addEventListener('load', () => {
         [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
          "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
          "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
-        capture_output=True, text=True, timeout=120)
+        capture_output=True, text=True, timeout=DEADLINE)
     assert 'data-plots-shown="4"' in result.stdout, result.stderr[-2000:]
     screenshot = tmp_path / "report.png"
     subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
                     f"--user-data-dir={tmp_path / 'profile2'}", f"--screenshot={screenshot}", "--window-size=1000,2400",
-                    report.as_uri()], capture_output=True, timeout=120)
+                    report.as_uri()], capture_output=True, timeout=DEADLINE)
     assert screenshot.stat().st_size > 20_000
 
 

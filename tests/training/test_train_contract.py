@@ -9,7 +9,7 @@ import tarfile
 
 import pytest
 
-from helpers import FAST_HYPERPARAMETERS, TRAINING_DIR, hyperparameter_args, run_train
+from helpers import DEADLINE, FAST_HYPERPARAMETERS, TRAINING_DIR, hyperparameter_args, run_train
 
 # The tuning job's MetricDefinitions (docs/architecture.md): the lines must match exactly these.
 EPOCH_LINE = re.compile(r"^epoch=(\d+) train_loss=([0-9.]+) valid_loss=([0-9.]+) valid_accuracy=([0-9.]+)$")
@@ -88,7 +88,7 @@ def test_resumes_after_an_interruption(tiny_dataset, tmp_path):
         if line.startswith("epoch=2 "):
             process.send_signal(signal.SIGKILL)
             break
-    process.wait(timeout=60)
+    process.wait(timeout=DEADLINE)
     assert not (tmp_path / "model" / "model.pth").exists()
 
     rerun = run_train(args)
@@ -201,7 +201,7 @@ def test_a_checkpoint_is_written_after_every_epoch(tiny_dataset, tmp_path):
 
             (checkpoint,) = (tmp_path / "ckpt").glob("checkpoint-*.pt")
             seen.append((int(match.group(1)), torch.load(checkpoint, weights_only=True)["epoch"]))
-    assert process.wait(timeout=120) == 0
+    assert process.wait(timeout=DEADLINE) == 0
     assert seen == [(1, 1), (2, 2), (3, 3)]
 
 

@@ -10,7 +10,7 @@ import torch
 import train
 from torch import nn
 
-from helpers import FAST_HYPERPARAMETERS, ROOT, hyperparameter_args, run_train
+from helpers import DEADLINE, FAST_HYPERPARAMETERS, ROOT, hyperparameter_args, run_train
 from trainlib import models
 from trainlib.datasets import discover
 from trainlib.debugging import NullHook
@@ -126,7 +126,7 @@ def _hook_in_fresh_process(tmp_path, prelude: str, env: dict[str, str] | None = 
             "print(type(hook).__name__)\n")
     clean = {k: v for k, v in os.environ.items() if k != "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION"}
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**clean, **(env or {})},
-                            capture_output=True, text=True, timeout=120)
+                            capture_output=True, text=True, timeout=DEADLINE)
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout.strip().splitlines()[-1] + "\n" + result.stderr
 
