@@ -42,6 +42,7 @@ from typing import Any
 
 import yaml
 
+from droptrain.local import privates
 from droptrain.local.ingress import Connections
 from droptrain.local.ray_mode import free_port, ray_environment
 
@@ -128,6 +129,7 @@ class RayServe:
     # -- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> RayServe:
+        privates.check("ray")
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no report home from a user's machine
         import ray
 
@@ -136,8 +138,6 @@ class RayServe:
         added = {} if ray.is_initialized() else ray_environment(os.environ)
         os.environ.update(added)
         try:
-            from ray.serve._private.api import serve_start
-
             if not ray.is_initialized():
                 ray.init(num_cpus=self.num_cpus, include_dashboard=False, log_to_driver=False,
                          object_store_memory=128 * 1024 * 1024, _node_ip_address=self.host,
@@ -146,7 +146,7 @@ class RayServe:
                 self.port = self.port or free_port(self.host)
             # What `serve run` does with a config file: start Serve, then deploy_apps (below). Serve
             # already running in this process keeps its proxy, wherever it listens.
-            self._client = serve_start(http_options={"host": self.host, "port": self.port or free_port(self.host)})
+            self._client = privates.serve_start(http_options={"host": self.host, "port": self.port or free_port(self.host)})
         finally:
             for key in added:
                 os.environ.pop(key, None)

@@ -7,7 +7,6 @@ toolkit would start a fresh ``python -- train.py ...``.
 
 from __future__ import annotations
 
-import atexit
 import importlib
 import json
 import logging
@@ -17,9 +16,10 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Mapping
 from typing import Any
+
+from droptrain.local import privates
 
 log = logging.getLogger(__name__)
 
@@ -137,17 +137,6 @@ def _title(cmd: list[str]) -> None:
         pass
 
 
-def _exit(code: int) -> None:
-    """End a forked process as the interpreter would: exit functions, non-daemon threads, buffers."""
-    try:
-        threading._shutdown()  # type: ignore[attr-defined] - what the interpreter does at exit
-        atexit._run_exitfuncs()
-        sys.stdout.flush()
-        sys.stderr.flush()
-    finally:
-        os._exit(code)
-
-
 def _exit_code(exc: SystemExit) -> int:
     if exc.code is None:
         return 0
@@ -182,7 +171,7 @@ def _job(request: Mapping[str, Any], output: int, session_ready: int) -> None:
         _title([sys.executable, "-m", "sagemaker_training.cli.train"])
         from sagemaker_training import process
 
-        process.subprocess = _Subprocess(process.python_executable())  # the toolkit's Popen of the entry point
+        privates.use_toolkit_popen(_Subprocess(process.python_executable()))  # the toolkit's Popen of the entry point
         from sagemaker_training.cli import train
 
         train.main()
@@ -193,7 +182,7 @@ def _job(request: Mapping[str, Any], output: int, session_ready: int) -> None:
         import traceback
 
         traceback.print_exc()
-    _exit(code)
+    privates.exit_like_interpreter(code)
 
 
 class _Subprocess:
@@ -273,7 +262,7 @@ def _script(cmd: list[str], env: Mapping[str, str] | None, cwd: str | None) -> N
         import traceback
 
         traceback.print_exc()
-    _exit(code)
+    privates.exit_like_interpreter(code)
 
 
 if __name__ == "__main__":
