@@ -50,8 +50,8 @@ def handler_overhead(requests: int = 2000) -> tuple[float, float]:
         "SOURCE_DIR_S3_URI": "s3://droptrain-bench/code/s.tar.gz", "ENDPOINT_PREFIX": "droptrain-bench",
         "POWERTOOLS_METRICS_NAMESPACE": "bench", "POWERTOOLS_LOG_LEVEL": "WARNING",
     })
-    from app import create_app
     from chalice_app import config
+    from chalice_app.application import create_app
     from chalice_app.pipeline import Services
 
     # The Lambda entry point as Chalice builds it, with the endpoint's runtime stubbed.

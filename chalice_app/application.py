@@ -2,14 +2,14 @@
 
 ``create_app(env, services)`` builds the app for a stage's environment: its EventBridge patterns name
 the stage's bucket and endpoint, its routes ask for an API key where the stage does, and its handlers
-close over the services they use. Chalice (deploy, package, Lambda) loads the module-level ``app``,
-built from ``os.environ`` with AWS's adapters built at first use; the local runtime builds its own
-from its own environment and passes its own services.
+close over the services they use. Chalice (deploy, package, Lambda) loads ``app.py``'s ``app``, built
+from ``os.environ`` with AWS's adapters built at first use; the local runtime builds its own from its
+own environment and passes its own services. It lives in the package, not in ``app.py``, so that an
+installed droptrain has no top-level module named ``app``.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 
 from chalice import Chalice, Rate, Response
@@ -173,5 +173,3 @@ def _console_routes(app: Chalice, key_required: bool, steps: Handlers) -> None:
         return Response(body=value.decode("utf-8", "replace"), status_code=200,
                         headers={"Content-Type": "text/html; charset=utf-8", **console.REPORT_HEADERS})
 
-
-app = create_app(os.environ)

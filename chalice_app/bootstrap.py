@@ -42,7 +42,7 @@ def build(env: Mapping[str, str]) -> Services:
     """The AWS adapters for the stage described by ``env``; raises ``ConfigError`` naming a bad variable.
 
     The local runtime builds its own ``Services`` from the same ports and passes them to its app
-    (``app.create_app(env, services)``): this module never hears of it."""
+    (``chalice_app.application.create_app(env, services)``): this module never hears of it."""
     config = config_module.load(env)
     clients = _clients(config.region)
     s3 = S3Adapter(clients["s3"])

@@ -2,7 +2,7 @@
 one machine, driving the same Chalice handlers and ``chalice_app`` code as Lambda.
 
 It builds its own Chalice app from its own environment and its own adapters
-(``app.create_app(env, services)``) and routes its event bus by that app's patterns; the process's
+(``chalice_app.application.create_app(env, services)``) and routes its event bus by that app's patterns; the process's
 environment is left alone, and another runtime in the same process never sees these services.
 """
 
@@ -19,15 +19,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from chalice.config import Config as ChaliceConfig
+
 from chalice_app import config as config_module
 from chalice_app import observability
 from chalice_app.adapters.errors import AdapterError
 from chalice_app.adapters.pricing import BundledPrices
+from chalice_app.application import create_app
 from chalice_app.names import ARCHIVE_SUFFIXES
 from chalice_app.notifications import Notifier
 from chalice_app.pipeline import Services
 from droptrain import sourcedir
-from droptrain.local import api, defaults
+from droptrain.local import api, defaults, privates
 from droptrain.local.alarms import LocalAlarms
 from droptrain.local.bucket import LocalBucket
 from droptrain.local.bus import LocalEventBus, routes_of
@@ -147,8 +150,7 @@ class LocalRuntime:
         is refused (``HomeBusyError``, ``OSError``) before any job or event has run."""
         # The same Chalice app that Lambda runs, built for this runtime's environment: its
         # EventBridge patterns name the local bucket, and the bus routes by them.
-        from app import create_app
-
+        privates.check("sagemaker-training")  # before anything is taken: the jobs run through its private API
         self._lock.acquire()
         try:
             self._services = self.services(config_module.load(self.env))
@@ -203,9 +205,7 @@ class LocalRuntime:
         self._lock.release()
 
     def _bind(self, app_obj: Any, host: str, port: int, api_key: str | None) -> None:
-        from chalice.config import Config
-
-        config = Config.create(chalice_stage="local", app_name="droptrain", project_dir=str(Path.cwd()),
+        config = ChaliceConfig.create(chalice_stage="local", app_name="droptrain", project_dir=str(Path.cwd()),
                                environment_variables=self.env, lambda_timeout=60)
         self._server = api.create_server(app_obj, config, host, port, api_key=api_key)
         self.api_url = f"http://{host}:{self._server.server.server_address[1]}"

@@ -44,7 +44,7 @@ def _standalone(**options):
     """The local API's server around the app alone (no stack): what it does before any handler runs."""
     from chalice.config import Config
 
-    from app import create_app
+    from chalice_app.application import create_app
     from droptrain.local import api
     from droptrain.local.runtime import local_environment
 

@@ -123,7 +123,7 @@ def make_client(project: Path, services: Any = None):
     the test stage's (whatever of BASE_ENV the process has now)."""
     from chalice.test import Client
 
-    from app import create_app
+    from chalice_app.application import create_app
 
     (project / ".chalice").mkdir(parents=True, exist_ok=True)
     (project / ".chalice" / "config.json").write_text(json.dumps({

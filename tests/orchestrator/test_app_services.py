@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from chalice.test import Client
 
-from app import create_app
 from chalice_app import config
+from chalice_app.application import create_app
 from chalice_app.pipeline import Services
 from orchestrator.test_requests import BASE_ENV
 

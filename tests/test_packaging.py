@@ -1,0 +1,31 @@
+"""What ``pip install .`` puts into site-packages: the packages, never a top-level ``app`` module."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from helpers import DEADLINE, ROOT
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--wheel-dir", str(out), str(ROOT)], check=True, capture_output=True, timeout=DEADLINE)
+    (built,) = out.glob("droptrain-*.whl")
+    return built
+
+
+def test_the_wheel_installs_no_top_level_app_module(wheel):
+    names = zipfile.ZipFile(wheel).namelist()
+    top_level = {name.split("/")[0] for name in names if not name.startswith("droptrain-")}
+    assert top_level == {"droptrain", "chalice_app"}, "app.py is Chalice's entry point in the checkout only"
+    assert "chalice_app/application.py" in names and "droptrain/local/runtime.py" in names
+    # The console is served from the package: its files travel with it.
+    assets = {p.name for p in (ROOT / "chalice_app" / "assets").iterdir()}
+    assert {name.removeprefix("chalice_app/assets/") for name in names if name.startswith("chalice_app/assets/")} == assets
