@@ -59,7 +59,7 @@ ARCHS = ("resnet18", "resnet50")
 
 def train_model(data: Path, work: Path, arch: str = "resnet18") -> Path:
     """A real artifact at 224 px, trained as SageMaker trains (head mode, one epoch: what it predicts does not matter)."""
-    from droptrain.local.jobs import package_dir
+    from droptrain.local.sagemaker.jobs import package_dir
     from helpers import run_training_job
 
     lines: list[str] = []

@@ -10,7 +10,7 @@ the local stack does) with the real train.py, each trial through AWS's training 
   loop on the same data (``course_trial.py``, one fresh process per trial, as each was a training
   job), and the fixed cost of a trial (its wall time less its epochs: starting, loading, the test
   split, writing and packing the model) with the warm interpreter and without it (every job
-  in a fresh interpreter, as before ``droptrain.local.warm``).
+  in a fresh interpreter, as before ``droptrain.local.engines.warm``).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class _Executor:
 
     def __init__(self, root: Path, data: Path, feature_cache: Path | None, warm: bool = True):
         from droptrain import sourcedir
-        from droptrain.local.bucket import LocalBucket
+        from droptrain.local.aws.bucket import LocalBucket
         from droptrain.local.runtime import BUCKET, local_environment
         from droptrain.local.sagemaker import LocalSageMaker
         from droptrain.local.store import Store

@@ -53,8 +53,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
     import os
     import threading
 
+    from droptrain.local.aws.notify import WebhookError
     from droptrain.local.lock import HomeBusyError
-    from droptrain.local.notify import WebhookError
     from droptrain.local.runtime import LocalRuntime
     from droptrain.progress import LiveProgress
 
@@ -96,7 +96,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
 def _cmd_upload(args: argparse.Namespace) -> int:
     from chalice_app.adapters.errors import AdapterError
     from chalice_app.names import InvalidNameError, check_dataset_name
-    from droptrain.local.bucket import LocalBucket
+    from droptrain.local.aws.bucket import LocalBucket
     from droptrain.local.runtime import BUCKET, upload_to_bucket
     from droptrain.upload import UploadError, upload_to_s3
 

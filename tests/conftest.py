@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from droptrain.local.jobs import package_dir
+from droptrain.local.sagemaker.jobs import package_dir
 from droptrain.synthetic import make_dataset
 from helpers import FAST_HYPERPARAMETERS, TINY, run_training_job
 
@@ -65,7 +65,7 @@ def trained_job(tiny_zip, tmp_path_factory):
 @pytest.fixture(scope="session")
 def ray_serve():
     """One Ray instance (with Serve) for the whole session, shut down by this process, which started it."""
-    from droptrain.local.serving import RayServe
+    from droptrain.local.engines.serving import RayServe
 
     engine = RayServe().start()
     yield engine

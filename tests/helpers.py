@@ -47,7 +47,7 @@ def run_training_job(root: Path, data: Path, hyperparameters: dict[str, str], jo
     """One training job as SageMaker runs it: the source dir as a tarball, the channel, the config
     files, and AWS's training toolkit relocated to ``root`` (what the local SageMaker does)."""
     from droptrain import sourcedir
-    from droptrain.local import jobs
+    from droptrain.local.sagemaker import jobs
 
     code, _ = sourcedir.build(include_requirements=False)
     (root / "sourcedir.tar.gz").write_bytes(code)

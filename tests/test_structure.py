@@ -98,3 +98,11 @@ def test_no_function_is_too_long_to_read():
                 if length > MAX_FUNCTION_LINES:
                     long[f"{path.relative_to(ROOT)}:{node.name}"] = length
     assert long == {}
+
+
+def test_the_local_runtime_keeps_its_rooms():
+    """droptrain/local/ is a house of subpackages (aws/, sagemaker/, engines/): at most 8 modules loose at its top."""
+    loose = sorted(p.name for p in (ROOT / "droptrain" / "local").glob("*.py"))
+    assert len(loose) <= 8, loose
+    assert {p.name for p in (ROOT / "droptrain" / "local").iterdir() if (p / "__init__.py").exists()} >= {
+        "aws", "sagemaker", "engines"}

@@ -5,7 +5,7 @@ artifact next to ``model.pth``, ``model.json`` and ``config.yaml``. AWS's Ray Se
 container extracts ``model.tar.gz`` to ``/opt/ml/model/``, puts that folder on ``PYTHONPATH``,
 and deploys ``config.yaml`` (``import_path: serve_app:app``, ``route_prefix: /``); its SageMaker
 adapter forwards ``/invocations`` to ``/``. The local runtime deploys the same archive the same
-way (``droptrain/local/serving.py``). The model is found next to this file, never at a fixed
+way (``droptrain/local/engines/serving.py``). The model is found next to this file, never at a fixed
 path, so the archive serves from any folder.
 
 ``POST /`` with JPEG or PNG bytes (recognised by content, whatever the Content-Type) answers 200

@@ -30,16 +30,18 @@ from chalice_app.names import ARCHIVE_SUFFIXES
 from chalice_app.notifications import Notifier
 from chalice_app.pipeline import Services
 from droptrain import sourcedir
-from droptrain.local import api, defaults, privates
-from droptrain.local.alarms import LocalAlarms
-from droptrain.local.bucket import LocalBucket
-from droptrain.local.bus import LocalEventBus, routes_of
-from droptrain.local.endpoint import LocalEndpoints, LocalRuntimeClient
+from droptrain.local import defaults
+from droptrain.local.aws import api
+from droptrain.local.aws.alarms import LocalAlarms
+from droptrain.local.aws.bucket import LocalBucket
+from droptrain.local.aws.bus import LocalEventBus, routes_of
+from droptrain.local.aws.notify import LocalPublisher, read
+from droptrain.local.engines import privates
+from droptrain.local.engines.serving import RayServe
 from droptrain.local.lock import HomeLock
-from droptrain.local.notify import LocalPublisher, read
-from droptrain.local.resources import ACCOUNT
 from droptrain.local.sagemaker import LocalSageMaker
-from droptrain.local.serving import RayServe
+from droptrain.local.sagemaker.endpoint import LocalEndpoints, LocalRuntimeClient
+from droptrain.local.sagemaker.resources import ACCOUNT
 from droptrain.local.store import Store
 from droptrain.upload import upload_dataset
 
@@ -251,7 +253,7 @@ class LocalRuntime:
         return emitted
 
     def _notice(self, key: str, size: int) -> int:
-        from droptrain.local.bucket import etag
+        from droptrain.local.aws.bucket import etag
 
         path = self.bucket.path(key)
         stat = path.stat()

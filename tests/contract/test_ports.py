@@ -42,9 +42,9 @@ def aws(monkeypatch):
 @pytest.fixture
 def local(tmp_path):
     from droptrain.local import sagemaker as local_sagemaker
-    from droptrain.local.bucket import LocalBucket
-    from droptrain.local.endpoint import LocalEndpoints
-    from droptrain.local.serving import RayServe
+    from droptrain.local.aws.bucket import LocalBucket
+    from droptrain.local.engines.serving import RayServe
+    from droptrain.local.sagemaker.endpoint import LocalEndpoints
     from droptrain.local.store import Store
 
     store, bucket = Store(tmp_path / "state.db"), LocalBucket(tmp_path / "bucket", BUCKET)
@@ -259,7 +259,7 @@ def publisher(request):
     if request.param == "aws":
         request.getfixturevalue("aws")
         return SnsAdapter(boto3.client("sns"))
-    from droptrain.local.notify import LocalPublisher
+    from droptrain.local.aws.notify import LocalPublisher
 
     return LocalPublisher(request.getfixturevalue("local")["tmp"] / "notes.jsonl", say=lambda m: None, topic_arn=TOPIC)
 
@@ -280,7 +280,7 @@ def runtime(request):
         stub.add_client_error("invoke_endpoint", "ValidationError", "Endpoint nope of account 123456789012 not found.")
         stub.activate()
         return RuntimeAdapter(client)
-    from droptrain.local.endpoint import LocalRuntimeClient
+    from droptrain.local.sagemaker.endpoint import LocalRuntimeClient
 
     return LocalRuntimeClient(request.getfixturevalue("local")["endpoints"])
 
@@ -343,7 +343,7 @@ def alarms(request):
 
         return CloudWatchAdapter(boto3.client("cloudwatch")), lambda name: boto3.client("cloudwatch").describe_alarms(
             AlarmNames=[name])["MetricAlarms"][0]
-    from droptrain.local.alarms import LocalAlarms
+    from droptrain.local.aws.alarms import LocalAlarms
 
     local = request.getfixturevalue("local")
     local_alarms = LocalAlarms(local["store"], local["endpoints"].invocations)

@@ -18,8 +18,8 @@ from local.test_local_sagemaker import DATASET, Executor, config
 
 from chalice_app import names, validation
 from chalice_app import sagemaker_requests as requests
-from droptrain.local.bucket import LocalBucket
-from droptrain.local.notify import LocalPublisher, WebhookError
+from droptrain.local.aws.bucket import LocalBucket
+from droptrain.local.aws.notify import LocalPublisher, WebhookError
 from droptrain.local.runtime import LocalRuntime
 from helpers import DEADLINE
 from trainlib.archives import extract_archive

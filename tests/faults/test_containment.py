@@ -9,7 +9,7 @@ import pytest
 
 from chalice_app.adapters.errors import AdapterError
 from droptrain import cli
-from droptrain.local.bucket import InvalidKeyError, LocalBucket
+from droptrain.local.aws.bucket import InvalidKeyError, LocalBucket
 from droptrain.local.runtime import BUCKET, LocalRuntime, object_created
 from helpers import DEADLINE
 

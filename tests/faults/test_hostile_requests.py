@@ -45,7 +45,7 @@ def _standalone(**options):
     from chalice.config import Config
 
     from chalice_app.application import create_app
-    from droptrain.local import api
+    from droptrain.local.aws import api
     from droptrain.local.runtime import local_environment
 
     server = api.create_server(create_app(local_environment()), Config.create(chalice_stage="local", app_name="droptrain"),

@@ -12,9 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from chalice_app.adapters.runtime import EndpointNotFoundError, ModelError
-from droptrain.local.bucket import LocalBucket
-from droptrain.local.endpoint import LocalEndpoints
+from droptrain.local.aws.bucket import LocalBucket
 from droptrain.local.runtime import BUCKET
+from droptrain.local.sagemaker.endpoint import LocalEndpoints
 from droptrain.local.store import Store
 from helpers import DEADLINE
 from trainlib.predictor import Classifier, decode
@@ -147,7 +147,7 @@ def test_a_new_endpoint_whose_model_cannot_start_fails(endpoints):
 
 
 def test_throughput_mode_fits_haproxy_in_the_file_descriptor_limit():
-    from droptrain.local.ray_mode import throughput_mode
+    from droptrain.local.engines.ray_mode import throughput_mode
 
     for hard in (1024, 4096, 20000, 65536, -1):
         env = throughput_mode(nofile_hard=hard, haproxy="/usr/sbin/haproxy")
@@ -159,7 +159,7 @@ def test_throughput_mode_fits_haproxy_in_the_file_descriptor_limit():
 
 
 def test_an_environment_that_chose_ray_serves_mode_keeps_it():
-    from droptrain.local.ray_mode import ray_environment, throughput_mode
+    from droptrain.local.engines.ray_mode import ray_environment, throughput_mode
 
     assert ray_environment({"RAY_SERVE_ENABLE_HA_PROXY": "0"}) == {}
     assert set(ray_environment({"RAY_SERVE_ENABLE_HA_PROXY": "1"})) == {"RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT"}

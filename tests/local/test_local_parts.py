@@ -10,8 +10,8 @@ import pytest
 from moto import mock_aws
 
 from droptrain import cli
-from droptrain.local.bucket import InvalidKeyError, LocalBucket
-from droptrain.local.bus import LocalEventBus, Route, matches, routes_of
+from droptrain.local.aws.bucket import InvalidKeyError, LocalBucket
+from droptrain.local.aws.bus import LocalEventBus, Route, matches, routes_of
 from droptrain.local.runtime import BUCKET, object_created, upload_to_bucket
 from droptrain.upload import UploadError, upload_to_s3
 from orchestrator.support import event
@@ -145,7 +145,7 @@ def test_watcher_emits_once_per_new_object(tmp_path):
 
 
 def test_a_jobs_scratch_space_is_its_own_and_goes_when_it_ends(tmp_path):
-    from droptrain.local import jobs
+    from droptrain.local.sagemaker import jobs
 
     paths = jobs.JobPaths(tmp_path / "job")
     jobs.write_config(paths, {}, [], "ml.m5.large")
@@ -165,7 +165,7 @@ def test_the_local_registry_sends_sagemakers_approval_event(tmp_path, monkeypatc
     a repeated registration (same ClientToken) is the same version."""
     from chalice_app import registry_requests
     from chalice_app.events import ModelPackageStateChange
-    from droptrain.local.registry import LocalRegistry
+    from droptrain.local.sagemaker.registry import LocalRegistry
     from droptrain.local.store import Store
     from orchestrator.test_requests import make_config
 

@@ -18,9 +18,9 @@ import pytest
 from chalice_app import alarm_requests
 from chalice_app import sagemaker_requests as requests
 from chalice_app.adapters.runtime import ModelError
-from droptrain.local.alarms import LocalAlarms, Measurements, breached
-from droptrain.local.bucket import LocalBucket
-from droptrain.local.endpoint import LocalEndpoints
+from droptrain.local.aws.alarms import LocalAlarms, Measurements, breached
+from droptrain.local.aws.bucket import LocalBucket
+from droptrain.local.sagemaker.endpoint import LocalEndpoints
 from droptrain.local.store import Store
 from helpers import DEADLINE
 from orchestrator.test_requests import make_config

@@ -15,8 +15,8 @@ from chalice_app import names
 from chalice_app import sagemaker_requests as requests
 from chalice_app.events import TrainingJobStateChange, TuningJobStateChange
 from droptrain import sourcedir
-from droptrain.local.bucket import LocalBucket
-from droptrain.local.bus import matches
+from droptrain.local.aws.bucket import LocalBucket
+from droptrain.local.aws.bus import matches
 from droptrain.local.runtime import BUCKET, local_environment
 from droptrain.local.sagemaker import LocalSageMaker
 from droptrain.local.store import Store

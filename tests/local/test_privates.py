@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from droptrain.local import privates
+from droptrain.local.engines import privates
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,7 +38,7 @@ def test_the_private_names_exist_in_the_pinned_versions():
 
     assert callable(api.serve_start) and hasattr(process, "subprocess")
     # What the toolkit calls on the module it is given: the warm interpreter's stand-in provides it.
-    from droptrain.local.warm_server import _Subprocess
+    from droptrain.local.engines.warm_server import _Subprocess
 
     assert hasattr(_Subprocess, "Popen")
 
@@ -47,7 +47,7 @@ def test_a_forked_process_ends_as_the_interpreter_ends():
     """Non-daemon threads joined and exit functions run before the exit status is the one given."""
     code = (
         "import atexit, threading, time\n"
-        "from droptrain.local import privates\n"
+        "from droptrain.local.engines import privates\n"
         "atexit.register(lambda: print('exit functions ran', flush=True))\n"
         "threading.Thread(target=lambda: (time.sleep(0.2), print('thread finished', flush=True))).start()\n"
         "privates.exit_like_interpreter(7)\n"

@@ -9,8 +9,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from droptrain.local.ingress import Connections
-from droptrain.local.serving import ApplicationGoneError, RayServe, ServingError
+from droptrain.local.engines.ingress import Connections
+from droptrain.local.engines.serving import ApplicationGoneError, RayServe, ServingError
 
 
 class Ingress(BaseHTTPRequestHandler):

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from droptrain.local import jobs
-from droptrain.local.warm import WarmInterpreter
+from droptrain.local.engines.warm import WarmInterpreter
+from droptrain.local.sagemaker import jobs
 from helpers import DEADLINE
 
 PROBE = '''
@@ -106,7 +106,7 @@ def test_stopping_a_warm_job_ends_the_toolkit_and_the_script(tmp_path, warm):
     import psutil
 
     assert "-- train.py" in " ".join(psutil.Process(script).cmdline()), "ps shows the script as if started cold"
-    from droptrain.local.training import kill
+    from droptrain.local.sagemaker.training import kill
 
     kill(process)
     code, _ = _run(process)

@@ -98,7 +98,7 @@ def test_an_audit_that_wrote_nothing_rejects_the_run(stage, client):
 
 def test_the_rule_routes_only_audit_endings():
     from chalice_app import patterns
-    from droptrain.local.bus import matches
+    from droptrain.local.aws.bus import matches
 
     rule = patterns.processing_job_state_change({})
     assert matches(rule, _audit_ended("pets-1a2b3c4d"))

@@ -627,7 +627,7 @@ def test_an_archive_with_an_upper_case_suffix_starts_a_run(stage, client):
     stage.s3.copy_object(Bucket=BUCKET, Key="datasets/Dogs.Zip", CopySource={"Bucket": BUCKET, "Key": key})
     s3_event["detail"]["object"]["key"] = "datasets/Dogs.Zip"
     from chalice_app import patterns
-    from droptrain.local.bus import matches
+    from droptrain.local.aws.bus import matches
 
     assert matches(patterns.dataset_uploaded(os.environ), s3_event), "EventBridge's rule lets it through"
     assert invoke(client, "on_dataset_uploaded", s3_event) == "tuning job created"

@@ -205,7 +205,7 @@ def test_the_local_ray_serves_http_through_haproxy(container, tiny_dataset):
     HAProxy there): the route is answered through this Ray's own HAProxy, not Ray's Python proxy."""
     import ray
 
-    from droptrain.local.ray_mode import throughput_mode
+    from droptrain.local.engines.ray_mode import throughput_mode
 
     assert throughput_mode(), "ray[serve] brings an HAProxy binary on Linux"
     status, _ = _post(container, _test_images(tiny_dataset, 1)[0].read_bytes())

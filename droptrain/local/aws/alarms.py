@@ -1,5 +1,5 @@
 """Local CloudWatch alarms: ``PutMetricAlarm`` requests kept in the state database, and judged by the
-local endpoints on what they measure while a rollout bakes (``droptrain.local.endpoint``).
+local endpoints on what they measure while a rollout bakes (``droptrain.local.sagemaker.endpoint``).
 
 SageMaker watches a rollout through the alarms its ``AutoRollbackConfiguration`` names; locally the
 same alarms are read, and the two kinds droptrain creates are evaluated over the bake window: the

@@ -35,7 +35,7 @@ def check(*distributions: str) -> None:
             continue  # not installed: whatever needs it fails on import, naming it
         if installed != TESTED[name]:
             problems.append(f"{name} {installed} is installed; droptrain's use of its private API was written "
-                            f"for {TESTED[name]} (droptrain/local/privates.py)")
+                            f"for {TESTED[name]} (droptrain/local/engines/privates.py)")
     if not (hasattr(threading, "_shutdown") and hasattr(atexit, "_run_exitfuncs")):
         problems.append(f"Python {sys.version.split()[0]} lacks threading._shutdown or atexit._run_exitfuncs")
     if problems:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 
 if TYPE_CHECKING:
-    from droptrain.local.tuner import Tuner
+    from droptrain.local.sagemaker.tuner import Tuner
 
 log = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -1,6 +1,6 @@
 """Local hyperparameter tuning jobs: CreateHyperParameterTuningJob's request in, DescribeHyperParameterTuningJob,
 ListTrainingJobsForHyperParameterTuningJob and StopHyperParameterTuningJob, and "SageMaker HyperParameter
-Tuning Job State Change" events out. The search itself is ``droptrain.local.search`` (Optuna); its
+Tuning Job State Change" events out. The search itself is ``droptrain.local.sagemaker.search`` (Optuna); its
 trials run as local training jobs.
 
 Everything is in the store, so a restarted runtime picks up where it stopped: finished trials are
@@ -15,10 +15,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from chalice_app.adapters.errors import NotFoundError
-from droptrain.local.resources import arn, as_described, now, request_tags, state_change_event
-from droptrain.local.search import Search, final_metric
+from droptrain.local.sagemaker.resources import arn, as_described, now, request_tags, state_change_event
+from droptrain.local.sagemaker.search import Search, final_metric
+from droptrain.local.sagemaker.training import TrainingJobs
 from droptrain.local.store import Store
-from droptrain.local.training import TrainingJobs
 
 Spawn = Callable[..., threading.Thread]
 

@@ -1,5 +1,5 @@
 """Local training jobs: CreateTrainingJob's request in, DescribeTrainingJob's shape and "SageMaker Training
-Job State Change" events out, each job run by AWS's training toolkit (``droptrain.local.jobs``).
+Job State Change" events out, each job run by AWS's training toolkit (``droptrain.local.sagemaker.jobs``).
 
 A job's output is parsed with the request's MetricDefinitions as it runs; ``model.tar.gz`` and
 ``output.tar.gz`` are packed where SageMaker puts them; the reports the final job writes are copied
@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from chalice_app.adapters.errors import AdapterError, NotFoundError
-from droptrain.local import jobs
-from droptrain.local.bucket import LocalBucket
-from droptrain.local.resources import arn, as_described, now, request_tags, state_change_event
+from droptrain.local.aws.bucket import LocalBucket
+from droptrain.local.engines.warm import WarmInterpreter, WarmInterpreterError
+from droptrain.local.sagemaker import jobs
+from droptrain.local.sagemaker.resources import arn, as_described, now, request_tags, state_change_event
 from droptrain.local.store import Store
-from droptrain.local.warm import WarmInterpreter, WarmInterpreterError
 
 log = logging.getLogger(__name__)
 TERMINAL = ("Completed", "Failed", "Stopped")

@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from droptrain.local import defaults
-from droptrain.local.bucket import LocalBucket
-from droptrain.local.processing import ProcessingJobs
-from droptrain.local.registry import LocalRegistry
-from droptrain.local.resources import StoredResources, request_tags
+from droptrain.local.aws.bucket import LocalBucket
+from droptrain.local.engines.warm import WarmInterpreter, WarmInterpreterError
+from droptrain.local.sagemaker.processing import ProcessingJobs
+from droptrain.local.sagemaker.registry import LocalRegistry
+from droptrain.local.sagemaker.resources import StoredResources, request_tags
+from droptrain.local.sagemaker.training import Emit, OnLine, TrainingJobs
+from droptrain.local.sagemaker.tuner import Tuner
 from droptrain.local.store import Store
-from droptrain.local.training import Emit, OnLine, TrainingJobs
-from droptrain.local.tuner import Tuner
-from droptrain.local.warm import WarmInterpreter, WarmInterpreterError
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class LocalSageMaker:
         # Shared by every job on this machine: head-mode trials of one tuning job compute the
         # frozen backbone's features once (train.py --feature-cache).
         job_env = {"DROPTRAIN_FEATURE_CACHE": str(feature_cache)} if feature_cache else {}
-        # Training jobs fork from one interpreter that has imported torch once (droptrain.local.warm).
+        # Training jobs fork from one interpreter that has imported torch once (droptrain.local.engines.warm).
         self.warm = WarmInterpreter(jobs_root.parent / "cache", pycache=jobs_root.parent / "cache" / "pycache") if warm_jobs else None
         self.training = TrainingJobs(store, bucket, jobs_root, emit, on_line, job_env, self._stopping, warm=self.warm,
                                      gpus=defaults.gpu_count() if gpus is None else gpus)

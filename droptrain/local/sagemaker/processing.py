@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from chalice_app.adapters.errors import NotFoundError
-from droptrain.local import jobs
-from droptrain.local.bucket import LocalBucket
-from droptrain.local.resources import arn, as_described, now, request_tags, state_change_event
+from droptrain.local.aws.bucket import LocalBucket
+from droptrain.local.sagemaker import jobs
+from droptrain.local.sagemaker.resources import arn, as_described, now, request_tags, state_change_event
 from droptrain.local.store import Store
 
 log = logging.getLogger(__name__)
@@ -125,6 +125,6 @@ class ProcessingJobs:
 
 
 def jobs_kill(process: subprocess.Popen) -> None:
-    from droptrain.local.training import kill
+    from droptrain.local.sagemaker.training import kill
 
     kill(process)

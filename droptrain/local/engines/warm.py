@@ -41,7 +41,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO
 
-from droptrain.local.warm_server import MESSAGE_BYTES
+from droptrain.local.engines.warm_server import MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class WarmInterpreter:
             env = dict(os.environ, PYTHONUNBUFFERED="1")
             if self.pycache is not None:  # each job extracts the code afresh: its bytecode is compiled once
                 env["PYTHONPYCACHEPREFIX"] = str(self.pycache)
-            self._server = subprocess.Popen([sys.executable, "-m", "droptrain.local.warm_server", self._path],
+            self._server = subprocess.Popen([sys.executable, "-m", "droptrain.local.engines.warm_server", self._path],
                                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
                                             start_new_session=True, text=True)
             ready = _wait_ready(self._server.stdout, self.ready_seconds)

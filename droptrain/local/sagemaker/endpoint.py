@@ -1,7 +1,7 @@
 """Local endpoints: SageMaker's endpoint lifecycle over Ray Serve, answering InvokeEndpoint.
 
 Each endpoint config's model archive is extracted under ``<home>/endpoints/<config>/`` and deployed
-as its own Ray Serve application (``droptrain.local.serving``), exactly as AWS's Ray Serve container
+as its own Ray Serve application (``droptrain.local.engines.serving``), exactly as AWS's Ray Serve container
 would start it. An update is blue/green, as SageMaker's: the new version is deployed beside the old
 one, traffic moves to it once it serves, and the old one is deleted after (Ray Serve lets its
 requests in flight finish). A version that fails to start is removed and the old one keeps serving,
@@ -10,7 +10,7 @@ with the reason on the endpoint (``FailureReason``), as SageMaker rolls back.
 An update with a ``DeploymentConfig`` rolls out as SageMaker's guardrails do: a canary takes its
 share of the traffic (a random 10% of requests here, 10% of the instances there) for the bake time,
 then all traffic bakes on the new version; the alarms the config names are judged on what the new
-version answered (``droptrain.local.alarms``), and one in ALARM sends the traffic back to the old
+version answered (``droptrain.local.aws.alarms``), and one in ALARM sends the traffic back to the old
 version, which served throughout.
 """
 
@@ -32,10 +32,10 @@ from typing import Any
 
 from chalice_app.adapters.errors import AdapterError, ServiceError
 from chalice_app.adapters.runtime import EndpointNotFoundError, EndpointNotReadyError, ModelError
-from droptrain.local.alarms import LocalAlarms, Measurements, breached
-from droptrain.local.bucket import LocalBucket
-from droptrain.local.resources import arn, as_described, now, state_change_event
-from droptrain.local.serving import ApplicationGoneError, RayServe, ServingError
+from droptrain.local.aws.alarms import LocalAlarms, Measurements, breached
+from droptrain.local.aws.bucket import LocalBucket
+from droptrain.local.engines.serving import ApplicationGoneError, RayServe, ServingError
+from droptrain.local.sagemaker.resources import arn, as_described, now, state_change_event
 from droptrain.local.store import Store
 
 log = logging.getLogger(__name__)

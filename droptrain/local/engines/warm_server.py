@@ -1,4 +1,4 @@
-"""The warm interpreter's server: ``python -m droptrain.local.warm_server SOCKET`` (see ``warm``).
+"""The warm interpreter's server: ``python -m droptrain.local.engines.warm_server SOCKET`` (see ``warm``).
 
 It imports, never computes, then forks: a job process per request (its own session, the job's
 environment and folder, AWS's toolkit run unchanged), and within it a script process where the
@@ -19,7 +19,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from droptrain.local import privates
+from droptrain.local.engines import privates
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from chalice_app.adapters.errors import AlreadyExistsError, NotFoundError, ServiceError
-from droptrain.local.resources import arn, as_described, now, parse_arn, request_tags, state_change_event
+from droptrain.local.sagemaker.resources import arn, as_described, now, parse_arn, request_tags, state_change_event
 from droptrain.local.store import Store
 
 APPROVAL_STATUSES = ("Approved", "Rejected", "PendingManualApproval")

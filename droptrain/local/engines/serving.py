@@ -42,9 +42,9 @@ from typing import Any
 
 import yaml
 
-from droptrain.local import privates
-from droptrain.local.ingress import Connections
-from droptrain.local.ray_mode import free_port, ray_environment
+from droptrain.local.engines import privates
+from droptrain.local.engines.ingress import Connections
+from droptrain.local.engines.ray_mode import free_port, ray_environment
 
 log = logging.getLogger(__name__)
 
