@@ -106,7 +106,7 @@ def test_stopping_a_warm_job_ends_the_toolkit_and_the_script(tmp_path, warm):
     import psutil
 
     assert "-- train.py" in " ".join(psutil.Process(script).cmdline()), "ps shows the script as if started cold"
-    from droptrain.local.sagemaker.training import kill
+    from droptrain.local.sagemaker.lifecycle import kill
 
     kill(process)
     code, _ = _run(process)

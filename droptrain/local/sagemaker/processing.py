@@ -20,42 +20,31 @@ from typing import Any
 from chalice_app.adapters.errors import NotFoundError
 from droptrain.local.aws.bucket import LocalBucket
 from droptrain.local.sagemaker import jobs
-from droptrain.local.sagemaker.resources import arn, as_described, now, request_tags, state_change_event
+from droptrain.local.sagemaker.lifecycle import JobKind, Jobs, kill
+from droptrain.local.sagemaker.resources import request_tags
 from droptrain.local.store import Store
 
 log = logging.getLogger(__name__)
 CONTAINER_ROOT = "/opt/ml/processing"
 
 
-class ProcessingJobs:
-    def __init__(self, store: Store, bucket: LocalBucket, root: Path, emit: Callable[[dict], None], stopping: threading.Event):
-        self.store, self.bucket, self.root, self.emit, self.stopping = store, bucket, root, emit, stopping
-        self._processes: dict[str, subprocess.Popen] = {}
-        self._stop_requested: set[str] = set()
+PROCESSING = JobKind(
+    store_kind="processing-job", arn_kind="processing-job", prefix="ProcessingJob", end_field="ProcessingEndTime",
+    detail_type="SageMaker Processing Job State Change", hidden=("Tags",),
+    missing="Could not find processing job {name}", missing_code="ValidationException",
+)
 
-    def stop(self, name: str) -> None:
-        """StopProcessingJob: the job ends Stopped (its process group ended if it is running)."""
-        self._stop_requested.add(name)
-        process = self._processes.get(name)
-        if process is not None:
-            jobs_kill(process)
+
+class ProcessingJobs(Jobs):
+    kind = PROCESSING
+
+    def __init__(self, store: Store, bucket: LocalBucket, root: Path, emit: Callable[[dict], None], stopping: threading.Event):
+        super().__init__(store, emit)
+        self.bucket, self.root, self.stopping = bucket, root, stopping
 
     def create(self, request: Mapping[str, Any]) -> bool:
-        name = request["ProcessingJobName"]
         record = {k: v for k, v in request.items() if k != "Tags"}
-        record.update(ProcessingJobArn=arn("processing-job", name), ProcessingJobStatus="InProgress", CreationTime=now(),
-                      LastModifiedTime=now(), Tags=request_tags(request))
-        return self.store.insert("processing-job", name, record, status="InProgress")
-
-    def describe(self, name: str) -> dict[str, Any]:
-        record = self.store.get("processing-job", name)
-        if record is None:
-            raise NotFoundError(f"Could not find processing job {name}", "ValidationException")
-        return as_described(record, hidden=("Tags",))
-
-    def kill_all(self) -> None:
-        for process in list(self._processes.values()):
-            jobs_kill(process)
+        return self.insert(request["ProcessingJobName"], {**record, "Tags": request_tags(request)})
 
     def run(self, name: str) -> str:
         record = self.store.get("processing-job", name)
@@ -66,14 +55,7 @@ class ProcessingJobs:
             status, reason = "Failed", f"ClientError: {type(exc).__name__}: {exc}"[:1024]
         if status is None:
             return "InProgress"  # the runtime is stopping: the next start runs it again
-        changes = {"ProcessingJobStatus": status, "ProcessingEndTime": now(), "LastModifiedTime": now()}
-        if reason:
-            changes["FailureReason"] = reason
-        if self.store.transition("processing-job", name, ("InProgress",), status, **changes):
-            detail = {"ProcessingJobName": name, "ProcessingJobArn": record["ProcessingJobArn"], "ProcessingJobStatus": status}
-            if reason:
-                detail["FailureReason"] = reason
-            self.emit(state_change_event("SageMaker Processing Job State Change", "processing-job", name, detail))
+        self.finish(name, status, **({"FailureReason": reason} if reason else {}))
         return status
 
     def _local(self, value: str, folder: Path) -> str:
@@ -102,15 +84,13 @@ class ProcessingJobs:
                **record.get("Environment", {})}
         with open(folder / "job.log", "w") as log_file:
             process = subprocess.Popen(command, cwd=folder, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
-            self._processes[name] = process
-            try:
-                code = process.wait(timeout=record.get("StoppingCondition", {}).get("MaxRuntimeInSeconds", 3600))
-            except subprocess.TimeoutExpired:
-                jobs_kill(process)
-                return "Failed", "the job ran past its MaxRuntimeInSeconds"
-            finally:
-                self._processes.pop(name, None)
-        if name in self._stop_requested:
+            with self.running(name, process):
+                try:
+                    code = process.wait(timeout=record.get("StoppingCondition", {}).get("MaxRuntimeInSeconds", 3600))
+                except subprocess.TimeoutExpired:
+                    kill(process)
+                    return "Failed", "the job ran past its MaxRuntimeInSeconds"
+        if self.stop_requested(name):
             return "Stopped", None
         if self.stopping.is_set():
             return None, None
@@ -122,9 +102,3 @@ class ProcessingJobs:
             for file in sorted(p for p in path.rglob("*") if p.is_file()):
                 self.bucket.put_file(self.bucket.key_of(self.bucket.path_of_uri(f"{prefix}/{file.relative_to(path).as_posix()}")), file)
         return "Completed", None
-
-
-def jobs_kill(process: subprocess.Popen) -> None:
-    from droptrain.local.sagemaker.training import kill
-
-    kill(process)

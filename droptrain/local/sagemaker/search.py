@@ -19,12 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
+from droptrain.local.sagemaker.lifecycle import TERMINAL
+
 if TYPE_CHECKING:
     from droptrain.local.sagemaker.tuner import Tuner
 
 log = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-TERMINAL = ("Completed", "Failed", "Stopped")
 
 
 def final_metric(record: Mapping[str, Any] | None, metric: str) -> float | None:

@@ -13,8 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import signal
-import subprocess
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -22,30 +20,22 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from chalice_app.adapters.errors import AdapterError, NotFoundError
+from chalice_app.adapters.errors import AdapterError
 from droptrain.local.aws.bucket import LocalBucket
 from droptrain.local.engines.warm import WarmInterpreter, WarmInterpreterError
 from droptrain.local.sagemaker import jobs
-from droptrain.local.sagemaker.resources import arn, as_described, now, request_tags, state_change_event
+from droptrain.local.sagemaker.lifecycle import TERMINAL, Emit, JobKind, Jobs, kill
+from droptrain.local.sagemaker.resources import arn, now, request_tags
 from droptrain.local.store import Store
 
 log = logging.getLogger(__name__)
-TERMINAL = ("Completed", "Failed", "Stopped")
-Emit = Callable[[dict[str, Any]], None]
 OnLine = Callable[[str, str], None]
 OnMetric = Callable[[str, float, int], bool]
-
-
-def kill(process: subprocess.Popen) -> None:
-    """End a job's whole process group (the toolkit and the script it runs)."""
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+TRAINING = JobKind(
+    store_kind="training-job", arn_kind="training-job", prefix="TrainingJob", end_field="TrainingEndTime",
+    detail_type="SageMaker Training Job State Change", hidden=("Tags", "TuningJobName", "Trial"),
+    missing="Could not find training job '{arn}'", missing_code="ValidationException",
+)
 
 
 @dataclass
@@ -70,58 +60,36 @@ class _Output:
         return [{"MetricName": n, "Value": v[-1], "Timestamp": now()} for n, v in self.metrics.items() if v]
 
 
-class TrainingJobs:
+class TrainingJobs(Jobs):
+    kind = TRAINING
+
     def __init__(self, store: Store, bucket: LocalBucket, jobs_root: Path, emit: Emit, on_line: OnLine,
                  job_env: Mapping[str, str], stopping: threading.Event, warm: WarmInterpreter | None = None,
                  gpus: int = 0):
-        self.store, self.bucket, self.jobs_root, self.emit = store, bucket, jobs_root, emit
+        super().__init__(store, emit)
+        self.bucket, self.jobs_root = bucket, jobs_root
         self.warm = warm
         self.gpus = gpus
         self._gpus_in_use: set[int] = set()
         self.on_line = on_line
         self.job_env = dict(job_env)
         self.stopping = stopping
-        self._processes: dict[str, subprocess.Popen] = {}
-        self._stop_requested: set[str] = set()
-        self._lock = threading.Lock()
 
     def create(self, request: Mapping[str, Any], tuning_job: str | None = None, trial: int | None = None) -> bool:
         name = request["TrainingJobName"]
         record = {
-            "TrainingJobName": name, "TrainingJobArn": arn("training-job", name),
-            "TrainingJobStatus": "InProgress", "SecondaryStatus": "Starting",
+            "SecondaryStatus": "Starting",
             "HyperParameters": request.get("HyperParameters", {}),
             "AlgorithmSpecification": request["AlgorithmSpecification"], "RoleArn": request["RoleArn"],
             "InputDataConfig": request.get("InputDataConfig", []), "OutputDataConfig": request["OutputDataConfig"],
             "ResourceConfig": request["ResourceConfig"], "StoppingCondition": request["StoppingCondition"],
-            "Environment": request.get("Environment", {}),
-            "CreationTime": now(), "LastModifiedTime": now(), "Tags": request_tags(request),
+            "Environment": request.get("Environment", {}), "Tags": request_tags(request),
         }
         if request.get("CheckpointConfig"):
             record["CheckpointConfig"] = request["CheckpointConfig"]
         if tuning_job:
             record.update(TuningJobArn=arn("hyper-parameter-tuning-job", tuning_job), TuningJobName=tuning_job, Trial=trial)
-        return self.store.insert("training-job", name, record, status="InProgress")
-
-    def describe(self, name: str) -> dict[str, Any]:
-        record = self.store.get("training-job", name)
-        if record is None:
-            raise NotFoundError(f"Could not find training job '{arn('training-job', name)}'", "ValidationException")
-        return as_described(record, hidden=("Tags", "TuningJobName", "Trial"))
-
-    def stop(self, name: str) -> None:
-        """StopTrainingJob: the job ends Stopped (its process group is ended if it is running)."""
-        with self._lock:
-            self._stop_requested.add(name)
-            process = self._processes.get(name)
-        if process is not None:
-            kill(process)
-
-    def kill_all(self) -> None:
-        with self._lock:
-            processes = list(self._processes.values())
-        for process in processes:
-            kill(process)
+        return self.insert(name, record)
 
     # -- running one ------------------------------------------------------------------------------
 
@@ -134,7 +102,7 @@ class TrainingJobs:
             status = self._attempt(name, self.store.get("training-job", name), paths, on_metric, share)
         except Exception as exc:  # noqa: BLE001 - not the user's error: reported on the job as SageMaker's own failure
             log.exception("local training job %s failed in its runner", name)
-            status = self.finish(name, "Failed", SecondaryStatus="Failed",
+            status = self.end(name, "Failed", SecondaryStatus="Failed",
                                  FailureReason=f"InternalServerError: the local runner failed: {type(exc).__name__}: {exc}"[:1024])
         if status in TERMINAL:
             jobs.clean_up(paths)  # nothing will resume it: scratch space and checkpoints go
@@ -148,14 +116,14 @@ class TrainingJobs:
 
     def _attempt(self, name: str, record: Mapping[str, Any], paths: jobs.JobPaths, on_metric: OnMetric | None,
                  share: int = 1) -> str:
-        if name in self._stop_requested:
-            return self.finish(name, "Stopped", SecondaryStatus="Stopped")
+        if self.stop_requested(name):
+            return self.end(name, "Stopped", SecondaryStatus="Stopped")
         if jobs.end_leftovers(paths):  # a runtime killed with -9 left this job's last attempt running
             log.warning("ended what a previous runtime left running of %s", name)
         try:
             self._prepare(paths, record)
         except (jobs.JobSetupError, AdapterError) as exc:  # no such object, or a key the bucket refuses
-            return self.finish(name, "Failed", SecondaryStatus="Failed", FailureReason=f"ClientError: {exc}")
+            return self.end(name, "Failed", SecondaryStatus="Failed", FailureReason=f"ClientError: {exc}")
         self.store.update("training-job", name, SecondaryStatus="Training", TrainingStartTime=now(), LastModifiedTime=now())
         output = _Output([(d["Name"], re.compile(d["Regex"])) for d in record["AlgorithmSpecification"].get("MetricDefinitions", [])])
         # An attempt a restart interrupted printed metrics that this one, resuming from its
@@ -163,15 +131,15 @@ class TrainingJobs:
         pruned = self._replay(paths, output, on_metric)
         status_code, pruned = self._stream(name, paths, record, output, on_metric, share) if not pruned else (0, True)
         self.store.update("training-job", name, FinalMetricDataList=output.final())
-        if name in self._stop_requested:
-            return self.finish(name, "Stopped", SecondaryStatus="Stopped")
+        if self.stop_requested(name):
+            return self.end(name, "Stopped", SecondaryStatus="Stopped")
         if self.stopping.is_set() and not pruned:
             return "InProgress"  # the runtime is stopping: the job resumes on the next start
         if pruned:
-            return self.finish(name, "Stopped", SecondaryStatus="Stopped", FailureReason="stopped early by the tuning job")
+            return self.end(name, "Stopped", SecondaryStatus="Stopped", FailureReason="stopped early by the tuning job")
         if status_code != 0:
-            return self.finish(name, "Failed", SecondaryStatus="Failed", FailureReason=jobs.failure_reason(paths, status_code, output.tail))
-        return self.finish(name, "Completed", SecondaryStatus="Completed",
+            return self.end(name, "Failed", SecondaryStatus="Failed", FailureReason=jobs.failure_reason(paths, status_code, output.tail))
+        return self.end(name, "Completed", SecondaryStatus="Completed",
                            ModelArtifacts={"S3ModelArtifacts": self._upload_outputs(name, paths, record)})
 
     def _replay(self, paths: jobs.JobPaths, output: _Output, on_metric: OnMetric | None) -> bool:
@@ -239,24 +207,21 @@ class TrainingJobs:
                 on_metric: OnMetric | None) -> tuple[int, bool]:
         process = self._start_process(name, paths, env)
         jobs.record_runner(paths, process)
-        with self._lock:
-            self._processes[name] = process
         pruned = False
-        try:
-            with jobs.open_log(paths) as log_file:
-                for line in process.stdout:
-                    line = line.rstrip("\n")
-                    log_file.write(line + "\n")
-                    self.on_line(name, line)
-                    for metric, value, count in output.read(line):
-                        if on_metric and not pruned and on_metric(metric, value, count):
-                            pruned = True
-                            kill(process)
-            return process.wait(), pruned
-        finally:
-            process.stdout.close()
-            with self._lock:
-                self._processes.pop(name, None)
+        with self.running(name, process):
+            try:
+                with jobs.open_log(paths) as log_file:
+                    for line in process.stdout:
+                        line = line.rstrip("\n")
+                        log_file.write(line + "\n")
+                        self.on_line(name, line)
+                        for metric, value, count in output.read(line):
+                            if on_metric and not pruned and on_metric(metric, value, count):
+                                pruned = True
+                                kill(process)
+                return process.wait(), pruned
+            finally:
+                process.stdout.close()
 
     def _start_process(self, name: str, paths: jobs.JobPaths, env: Mapping[str, str]):
         """The toolkit forked from the warm interpreter (torch already imported), else in a fresh one."""
@@ -279,21 +244,20 @@ class TrainingJobs:
                 self.bucket.put_file(self.bucket.key_of(self.bucket.path_of_uri(f"{target.rstrip('/')}/{path.name}")), path)
         return f"{prefix}/model.tar.gz"
 
-    def finish(self, name: str, status: str, **changes: Any) -> str:
-        """Move the job out of InProgress (once, whoever tries) and announce it."""
-        changes.update(TrainingJobStatus=status, TrainingEndTime=now(), LastModifiedTime=now())
+    def end(self, name: str, status: str, **changes: Any) -> str:
+        """``finish`` with what SageMaker bills, the job's running time (locally, this machine's); returns ``status``."""
         started = (self.store.get("training-job", name) or {}).get("TrainingStartTime")
         if started:
-            # What SageMaker bills: the job's running time (locally, this machine's).
-            seconds = max(1, round((datetime.fromisoformat(changes["TrainingEndTime"]) - datetime.fromisoformat(started)).total_seconds()))
+            seconds = max(1, round((datetime.fromisoformat(now()) - datetime.fromisoformat(started)).total_seconds()))
             changes.update(TrainingTimeInSeconds=seconds, BillableTimeInSeconds=seconds)
-        if self.store.transition("training-job", name, ("InProgress",), status, **changes):
-            record = self.store.get("training-job", name)
-            detail = {k: record[k] for k in ("TrainingJobName", "TrainingJobArn", "TrainingJobStatus", "SecondaryStatus",
-                                             "HyperParameters", "OutputDataConfig") if k in record}
-            detail["Tags"] = record.get("Tags", {})
-            for key in ("ModelArtifacts", "FailureReason", "TuningJobArn"):
-                if key in record:
-                    detail[key] = record[key]
-            self.emit(state_change_event("SageMaker Training Job State Change", "training-job", name, detail))
+        self.finish(name, status, **changes)
         return status
+
+    def detail(self, name: str, record: Mapping[str, Any]) -> dict[str, Any]:
+        detail = {k: record[k] for k in ("TrainingJobName", "TrainingJobArn", "TrainingJobStatus", "SecondaryStatus",
+                                         "HyperParameters", "OutputDataConfig") if k in record}
+        detail["Tags"] = record.get("Tags", {})
+        for key in ("ModelArtifacts", "FailureReason", "TuningJobArn"):
+            if key in record:
+                detail[key] = record[key]
+        return detail

@@ -14,8 +14,8 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from chalice_app.adapters.errors import NotFoundError
-from droptrain.local.sagemaker.resources import arn, as_described, now, request_tags, state_change_event
+from droptrain.local.sagemaker.lifecycle import JobKind, Jobs
+from droptrain.local.sagemaker.resources import as_described, now, request_tags
 from droptrain.local.sagemaker.search import Search, final_metric
 from droptrain.local.sagemaker.training import TrainingJobs
 from droptrain.local.store import Store
@@ -23,38 +23,42 @@ from droptrain.local.store import Store
 Spawn = Callable[..., threading.Thread]
 
 
-class Tuner:
+TUNING = JobKind(
+    store_kind="tuning-job", arn_kind="hyper-parameter-tuning-job", prefix="HyperParameterTuningJob",
+    end_field="HyperParameterTuningEndTime", detail_type="SageMaker HyperParameter Tuning Job State Change",
+    hidden=("Tags", "StopRequested"), missing="Could not find hyper parameter tuning job '{name}'",
+    missing_code="ResourceNotFound",
+)
+
+
+class Tuner(Jobs):
+    """Its trials are training jobs: a stop is a flag the search reads, not a process to end."""
+
+    kind = TUNING
+
     def __init__(self, store: Store, training: TrainingJobs, emit: Callable[[dict], None], spawn: Spawn,
                  stopping: threading.Event):
-        self.store, self.training, self.emit, self.spawn, self.stopping = store, training, emit, spawn, stopping
+        super().__init__(store, emit)
+        self.training, self.spawn, self.stopping = training, spawn, stopping
         self._searches: dict[str, Search] = {}
         self._searches_lock = threading.Lock()
 
     def create(self, request: Mapping[str, Any]) -> bool:
-        name = request["HyperParameterTuningJobName"]
-        record = {
-            "HyperParameterTuningJobName": name, "HyperParameterTuningJobArn": arn("hyper-parameter-tuning-job", name),
+        return self.insert(request["HyperParameterTuningJobName"], {
             "HyperParameterTuningJobConfig": request["HyperParameterTuningJobConfig"],
-            "TrainingJobDefinition": request["TrainingJobDefinition"],
-            "HyperParameterTuningJobStatus": "InProgress", "CreationTime": now(), "LastModifiedTime": now(),
-            "Tags": request_tags(request),
-        }
-        return self.store.insert("tuning-job", name, record, status="InProgress")
+            "TrainingJobDefinition": request["TrainingJobDefinition"], "Tags": request_tags(request),
+        })
 
     def describe(self, name: str) -> dict[str, Any]:
-        record = self.store.get("tuning-job", name)
-        if record is None:
-            raise NotFoundError(f"Could not find hyper parameter tuning job '{name}'", "ResourceNotFound")
+        record = self.record(name)
         if record.get("StopRequested") and record["HyperParameterTuningJobStatus"] == "InProgress":
             record["HyperParameterTuningJobStatus"] = "Stopping"
-        return as_described({**record, **self.counters(name)}, hidden=("Tags", "StopRequested"))
+        return as_described({**record, **self.counters(name)}, hidden=self.kind.hidden)
 
     def stop(self, name: str) -> bool:
         """StopHyperParameterTuningJob: no new trial starts, running ones are stopped, the job ends
         Stopped. ``False`` when it had already ended."""
-        record = self.store.get("tuning-job", name)
-        if record is None:
-            raise NotFoundError(f"Could not find hyper parameter tuning job '{name}'", "ResourceNotFound")
+        self.record(name)
         if self.store.status("tuning-job", name) != "InProgress":
             return False
         self.store.update("tuning-job", name, StopRequested=True, LastModifiedTime=now())
@@ -66,9 +70,7 @@ class Tuner:
 
     def trials(self, name: str) -> list[dict[str, Any]]:
         """ListTrainingJobsForHyperParameterTuningJob: its children as HyperParameterTrainingJobSummary."""
-        if self.store.get("tuning-job", name) is None:
-            raise NotFoundError(f"Could not find hyper parameter tuning job '{name}'", "ResourceNotFound")
-        config = self.store.get("tuning-job", name)["HyperParameterTuningJobConfig"]
+        config = self.record(name)["HyperParameterTuningJobConfig"]
         tuned = {r["Name"] for ranges in config["ParameterRanges"].values() for r in ranges}
         objective = config["HyperParameterTuningJobObjective"]
         out = []
@@ -112,17 +114,18 @@ class Tuner:
         try:
             search.replay()
             if search.run() and not self.stopping.is_set():
-                self.finish(name, stopped=bool(self.store.get("tuning-job", name).get("StopRequested")))
+                self.end(name, stopped=bool(self.store.get("tuning-job", name).get("StopRequested")))
         finally:
             with self._searches_lock:
                 self._searches.pop(name, None)
 
-    def finish(self, name: str, reason: str | None = None, stopped: bool = False) -> None:
+    def end(self, name: str, reason: str | None = None, stopped: bool = False) -> None:
+        """The search is over: Stopped, Completed with its best trial, or Failed with ``reason``."""
         record = self.store.get("tuning-job", name)
         config = record["HyperParameterTuningJobConfig"]
         objective = config["HyperParameterTuningJobObjective"]
         best = self._best(name, objective)
-        changes: dict[str, Any] = {"HyperParameterTuningEndTime": now(), "LastModifiedTime": now()}
+        changes: dict[str, Any] = {}
         if stopped:
             status = "Stopped"
         elif best and not reason:
@@ -139,15 +142,11 @@ class Tuner:
         else:
             status = "Failed"
             changes["FailureReason"] = reason or "No training job succeeded: every trial failed or was stopped"
-        changes["HyperParameterTuningJobStatus"] = status
-        if self.store.transition("tuning-job", name, ("InProgress",), status, **changes):
-            record = self.store.get("tuning-job", name)
-            detail = {"HyperParameterTuningJobName": name, "HyperParameterTuningJobArn": record["HyperParameterTuningJobArn"],
-                      "HyperParameterTuningJobStatus": status, **self.counters(name),
-                      "BestTrainingJob": record.get("BestTrainingJob", {}), "Tags": record.get("Tags", {})}
-            if "FailureReason" in record:
-                detail["FailureReason"] = record["FailureReason"]
-            self.emit(state_change_event("SageMaker HyperParameter Tuning Job State Change", "hyper-parameter-tuning-job", name, detail))
+        self.finish(name, status, **changes)
+
+    def detail(self, name: str, record: Mapping[str, Any]) -> dict[str, Any]:
+        return {**super().detail(name, record), **self.counters(name), "BestTrainingJob": record.get("BestTrainingJob", {}),
+                "Tags": record.get("Tags", {})}
 
     def _best(self, name: str, objective: Mapping[str, Any]) -> dict[str, Any] | None:
         sign = 1 if objective["Type"] == "Maximize" else -1
