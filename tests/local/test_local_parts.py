@@ -194,3 +194,39 @@ def test_the_local_registry_sends_sagemakers_approval_event(tmp_path, monkeypatc
     assert parsed.metadata["droptrain:run-id"] == "pets-1a2b3c4d" and parsed.model_data.endswith("model.tar.gz")
     with pytest.raises(Exception, match="does not exist"):
         registry.create_package({**request, "ModelPackageGroupName": "droptrain-dev-cats"})
+
+
+def test_each_ray_instance_gets_replica_ports_of_its_own(tmp_path):
+    """Replicas listen with SO_REUSEPORT: two Ray instances on one machine must never share a port."""
+    import subprocess
+    import sys
+
+    from droptrain.local.engines.ray_mode import PORT_BLOCKS, PortBlock
+
+    first, second = PortBlock.reserve(tmp_path), PortBlock.reserve(tmp_path)
+    assert first.start != second.start
+    ports = []
+    for block in (first, second):
+        env = block.environment()
+        for low, high in (("RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT", "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"),
+                          ("RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT", "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT")):
+            ports += range(int(env[low]), int(env[high]))
+        ports += [int(env["RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"]), int(env["RAY_SERVE_FALLBACK_PROXY_GRPC_PORT"]),
+                  block.grpc_port]
+    assert len(ports) == len(set(ports)), "no port of one instance is another's, nor used twice in one"
+    assert max(ports) < 32768, "below Linux's ephemeral ports"
+    # Another process holding a block keeps it until it ends; a released block is free again.
+    code = ("import sys, time; from pathlib import Path; from droptrain.local.engines.ray_mode import PortBlock; "
+            "b = PortBlock.reserve(Path(sys.argv[1])); print(b.start, flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        held = int(holder.stdout.readline())
+        others = [PortBlock.reserve(tmp_path) for _ in range(len(PORT_BLOCKS) - 3)]  # every block left
+        assert held not in {block.start for block in others} | {first.start, second.start}
+        with pytest.raises(OSError, match="held by other Ray instances"):
+            PortBlock.reserve(tmp_path)
+        first.release()
+        assert PortBlock.reserve(tmp_path).start == first.start, "a released block is free again"
+    finally:
+        holder.kill()
+        holder.wait()

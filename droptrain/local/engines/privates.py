@@ -42,12 +42,12 @@ def check(*distributions: str) -> None:
         raise PrivateApiError("; ".join(problems))
 
 
-def serve_start(http_options: dict[str, Any]) -> Any:
+def serve_start(http_options: dict[str, Any], grpc_options: dict[str, Any] | None = None) -> Any:
     """Start Serve (or join the Serve running in this Ray) and return its controller client: what
     ``serve run`` does before ``deploy_apps``; Ray has no public call that returns the client."""
     from ray.serve._private.api import serve_start as start
 
-    return start(http_options=http_options)
+    return start(http_options=http_options, grpc_options=grpc_options)
 
 
 def use_toolkit_popen(replacement: Any) -> None:

@@ -8,10 +8,15 @@ of the CPU the model needed under load (docs/performance.md).
 
 from __future__ import annotations
 
+import fcntl
 import os
+import random
 import shutil
 import socket
+import tempfile
 from collections.abc import Mapping
+from pathlib import Path
+from typing import IO
 
 # Either set in the environment (to 0, say): Ray Serve runs as set there, and ``throughput_mode`` stays out.
 USER_CHOSEN_MODE = {"RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_SERVE_ENABLE_HA_PROXY"}
@@ -63,6 +68,57 @@ def ray_environment(environ: Mapping[str, str]) -> dict[str, str]:
         # the machine (another `droptrain up`, a test's) could not start: each instance gets free ones.
         chosen.update(RAY_SERVE_HAPROXY_STATS_PORT=str(free_port("")), RAY_SERVE_HAPROXY_METRICS_PORT=str(free_port("")))
     return {key: value for key, value in chosen.items() if key not in environ}
+
+
+# Ray Serve listens with SO_REUSEPORT on ports taken from fixed defaults: the replicas' own ports in the
+# high-throughput mode ("direct ingress", lowest first from 30000), the fallback proxy's (8500, 9500)
+# and the gRPC proxy's (9000). Two Ray instances on one machine would share them, and the kernel would
+# hand one instance's requests to the other's (a 404 for a route only one serves). Each Ray started
+# here takes a block of its own for all of them: below Linux's ephemeral ports (32768+), above Ray's
+# worker ports.
+BLOCK = 256  # 120 replica HTTP ports, 120 replica gRPC ports, then the proxies' three
+PORT_BLOCKS = range(20000, 32768 - BLOCK, BLOCK)
+PORT_LOCKS = Path(tempfile.gettempdir()) / "droptrain-serve-ports"
+
+
+class PortBlock:
+    """A block of Serve's ports held for as long as this process (or ``release``): a lock file per
+    block, ``flock``-ed, so that the operating system frees it whenever the holder ends."""
+
+    def __init__(self, start: int, lock: IO[str]):
+        self.start, self._lock = start, lock
+
+    @classmethod
+    def reserve(cls, locks: Path = PORT_LOCKS) -> PortBlock:
+        locks.mkdir(parents=True, exist_ok=True)
+        starts = list(PORT_BLOCKS)
+        first = random.randrange(len(starts))  # instances starting together seldom try the same block first
+        for start in starts[first:] + starts[:first]:
+            lock = open(locks / f"{start}.lock", "w")  # held open: the open file is the reservation
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.close()
+                continue
+            return cls(start, lock)
+        raise OSError(f"all {len(starts)} blocks of Ray Serve ports are held by other Ray instances on this machine")
+
+    @property
+    def grpc_port(self) -> int:
+        """The gRPC proxy's port (``serve_start``'s ``grpc_options``)."""
+        return self.start + 242
+
+    def environment(self) -> dict[str, str]:
+        """Ray Serve's own variables for the other ports (read by its controller, proxies and replicas)."""
+        return {"RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(self.start),
+                "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(self.start + 120),
+                "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(self.start + 120),
+                "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(self.start + 240),
+                "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(self.start + 240),
+                "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(self.start + 241)}
+
+    def release(self) -> None:
+        self._lock.close()
 
 
 def _haproxy_binary() -> str:

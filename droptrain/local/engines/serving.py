@@ -44,7 +44,7 @@ import yaml
 
 from droptrain.local.engines import privates
 from droptrain.local.engines.ingress import Connections
-from droptrain.local.engines.ray_mode import free_port, ray_environment
+from droptrain.local.engines.ray_mode import PortBlock, free_port, ray_environment
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +125,7 @@ class RayServe:
         self._lock = threading.Lock()
         self._client = None
         self._owns_ray = False
+        self._ports: PortBlock | None = None  # the replicas' ports, when this instance starts Ray
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -135,7 +136,11 @@ class RayServe:
 
         # Set while Ray and Serve start (Ray's processes inherit them; ray.serve reads them once, on import),
         # then taken out again: the jobs and tools this process starts keep the environment they were given.
-        added = {} if ray.is_initialized() else ray_environment(os.environ)
+        added = {}
+        if not ray.is_initialized():
+            self._ports = PortBlock.reserve()
+            added = {**self._ports.environment(), **ray_environment(os.environ)}
+            added = {key: value for key, value in added.items() if key not in os.environ}
         os.environ.update(added)
         try:
             if not ray.is_initialized():
@@ -146,7 +151,9 @@ class RayServe:
                 self.port = self.port or free_port(self.host)
             # What `serve run` does with a config file: start Serve, then deploy_apps (below). Serve
             # already running in this process keeps its proxy, wherever it listens.
-            self._client = privates.serve_start(http_options={"host": self.host, "port": self.port or free_port(self.host)})
+            self._client = privates.serve_start(
+                http_options={"host": self.host, "port": self.port or free_port(self.host)},
+                grpc_options={"port": self._ports.grpc_port} if self._ports is not None else None)
         finally:
             for key in added:
                 os.environ.pop(key, None)
@@ -166,6 +173,9 @@ class RayServe:
         if self._owns_ray:
             serve.shutdown()
             ray.shutdown()
+            if self._ports is not None:
+                self._ports.release()
+                self._ports = None
         else:
             for name in list(self._routes):
                 self.delete(name)
