@@ -36,9 +36,9 @@ lint: setup
 	$(VENV)/bin/mypy app.py chalice_app
 
 # pytest exits 5 when it collected no tests; make treats any non-zero exit as a failure. Two
-# workers: the tests that use Ray share one of them (tests/conftest.py); the slowest are listed.
+# workers, each test file's tests in one of them (its fixtures built once); the slowest are listed.
 test: setup browser
-	$(PY) -m pytest -n 2 --dist loadgroup --durations=15
+	$(PY) -m pytest -n 2 --dist loadfile --durations=15
 
 # Benchmarks are not tests: no timing assertions, results in bench/results/ (docs/performance.md).
 bench: setup

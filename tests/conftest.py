@@ -18,15 +18,6 @@ from droptrain.synthetic import make_dataset
 from helpers import FAST_HYPERPARAMETERS, TINY, run_training_job
 
 
-def pytest_collection_modifyitems(items):
-    """Ray runs once per process, and two Ray instances on two cores only slow each other: every test
-    that uses the session's Ray, or starts a stack (which starts Ray), runs on one xdist worker; the
-    rest spread over the others (``make test`` runs ``-n 2 --dist loadgroup``)."""
-    for item in items:
-        if "ray_serve" in getattr(item, "fixturenames", ()) or item.get_closest_marker("ray"):
-            item.add_marker(pytest.mark.xdist_group("ray"))
-
-
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tiny") / "dataset"

@@ -184,7 +184,6 @@ def _processes_in(folder: Path) -> list[psutil.Process]:
     return found
 
 
-@pytest.mark.ray
 def test_sigterm_stops_the_stack_like_ctrl_c_with_no_job_left_running(tmp_path, tiny_dataset):
     home = tmp_path / "home"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "DROPTRAIN_API_KEY": "k"}
