@@ -24,6 +24,21 @@ FAST_HYPERPARAMETERS = {
 }
 
 
+def browser() -> tuple[str, str]:
+    """Debian's Chromium and its chromedriver, which ``make test`` installs; without them the test
+    fails with one line saying how to get them (never a skip: a green suite has run every test)."""
+    import shutil
+
+    import pytest
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not (chromium and driver):
+        pytest.fail("no Chromium here: `make browser` installs Debian's chromium and chromium-driver "
+                    "(or: apt-get install chromium chromium-driver); make test does it first", pytrace=False)
+    return chromium, driver
+
+
 def hyperparameter_args(hyperparameters: dict[str, str]) -> list[str]:
     """The arguments AWS's training toolkit gives train.py for these hyperparameters, by the toolkit's
     own code: ``hyperparameters.json`` read as the container reads it (each value through

@@ -1,6 +1,10 @@
 """``droptrain demo`` end to end: the real local stack, the real training, the real API."""
 
+import pytest
+
 from droptrain import cli
+
+pytestmark = pytest.mark.e2e
 
 
 def test_demo_runs_the_pipeline_and_predicts(tmp_path, capsys, ray_serve):

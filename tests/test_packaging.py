@@ -12,6 +12,8 @@ import pytest
 
 from helpers import DEADLINE, ROOT
 
+pytestmark = pytest.mark.packaging
+
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:

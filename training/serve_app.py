@@ -14,11 +14,8 @@ labels, most probable first. An empty, undecodable or oversized body gets its 4x
 error (``trainlib.predictor``); no bad input ever causes a 5xx. Concurrent requests share forward
 passes through ``@serve.batch``; a lone request runs at once (no wait for company). A batch holds
 at most as many requests as the model runs fastest per image at on this machine (timed when the
-replica starts, up to 16): 16 on a GPU; 2 or 4 for ResNet-50 on two CPU cores, 4 to 16 for ResNet-18.
-
-Its requests go through Ray before any model work: on a two-core machine that cost 3.5-5.6 ms a
-request with Ray Serve's Python proxy or a deployment handle, and about 1.1-1.3 ms through HAProxy
-in Ray Serve's high-throughput mode, how the local runtime starts Ray (``make bench``, its floor row).
+replica starts, up to 16). What that gives, and what Ray costs a request before any model work in
+each of its modes, is measured by ``make bench`` (docs/performance.md).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import pytest
 from droptrain import cli
 from droptrain.demo import call_api, post_image
 from droptrain.local.runtime import LocalRuntime
-from helpers import DEADLINE
+from helpers import DEADLINE, browser
 
 FAKE_SOURCE = Path(__file__).resolve().parent / "fake_source"
 CHAIN = ["dataset.accepted", "dataset.audited", "tuning.started", "tuning.completed", "training.started",
@@ -48,6 +48,7 @@ def stack(tiny_dataset, tmp_path_factory, ray_serve):
         runtime.stop()
 
 
+@pytest.mark.e2e
 def test_dataset_to_predictions_with_the_real_training_code(stack, tiny_dataset, tmp_path, capsys):
     runtime = stack
     # The stack's first run is done: what it announced, then what it serves.
@@ -131,14 +132,10 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "build" / "test-artifacts"
 
 def _chromium_driver(width: int):
     """Debian's headless Chromium through Debian's chromedriver (``make test`` installs both)."""
-    import shutil
-
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver_path = shutil.which("chromedriver")
-    assert chromium and driver_path, "make test installs Debian's chromium and chromium-driver (see Makefile)"
+    chromium, driver_path = browser()
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
@@ -171,6 +168,7 @@ def _contrast(foreground: str, background: str) -> float:
     return (high + 0.05) / (low + 0.05)
 
 
+@pytest.mark.browser
 def test_the_console_in_a_real_browser(stack, tiny_dataset):
     """Chromium loads the console from the local stack, asks the model about a test image, opens the
     run and finds its evaluation, and never reaches beyond the app."""
@@ -309,6 +307,7 @@ class _Webhook(http.server.BaseHTTPRequestHandler):
         pass
 
 
+@pytest.mark.e2e
 def test_restart_mid_tuning_finishes_the_run_once(tiny_dataset, trained_job, tmp_path, monkeypatch, ray_serve):
     monkeypatch.setenv("FAKE_EPOCH_SECONDS", "0.4")
     monkeypatch.setenv("FAKE_MODEL_SOURCE", str(trained_job["paths"].model))

@@ -20,6 +20,9 @@ from moto import mock_aws
 from droptrain import deploy, policies
 from droptrain import template as sam
 
+pytestmark = pytest.mark.packaging
+
+
 HEAVY = ("torch", "torchvision", "numpy", "PIL", "pandas", "smdebug")
 
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 
 import pytest
 
-from helpers import DEADLINE, FAST_HYPERPARAMETERS, hyperparameter_args, run_train
+from helpers import DEADLINE, FAST_HYPERPARAMETERS, browser, hyperparameter_args, run_train
 
 HEALTHY = {**FAST_HYPERPARAMETERS, "train-mode": "head", "epochs": "4", "lr": "0.005", "batch-size": "32"}
 
@@ -116,9 +115,9 @@ def test_findings_do_not_call_a_cheap_wait_a_bottleneck():
     assert notes[0].startswith("Data loading kept up: 60% of step time was spent waiting for batches")
 
 
+@pytest.mark.browser
 def test_the_report_shows_its_plots_in_chromium(healthy, tmp_path):
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert chromium, "make test installs Debian's chromium (see Makefile)"
+    chromium, _ = browser()
     report = healthy[0] / "out" / "reports" / "report.html"
     probe = tmp_path / "probe.html"
     # The report itself, plus a line that counts the images the browser actually decoded and laid out.

@@ -80,9 +80,9 @@ def open_image(path: Path) -> Image.Image:
         return to_rgb(img)
 
 
-# The transforms resize 8-bit tensors, not PIL images: torchvision's uint8 kernels take half of
-# Pillow's time (the eval transform of a 500x375 photo: 0.5 ms against 1.2 ms on one core here),
-# time that a CPU endpoint's replica spends on its event loop and training in its loader. The two
+# The transforms resize 8-bit tensors, not PIL images: torchvision's uint8 kernels take about half of
+# Pillow's time (docs/performance.md), time that a CPU endpoint's replica spends on its event loop and
+# training in its loader. The two
 # antialiased bilinears agree to one grey level. Part of the feature cache's key (batches.py).
 RESIZE = "torch-uint8"
 

@@ -32,8 +32,8 @@ def throughput_mode(nofile_hard: int | None = None, haproxy: str | None = None) 
     """The environment for Ray Serve's high-throughput mode (Ray 2.55+; docs.ray.io, "Enable high throughput"),
     which the local runtime starts Ray with: HAProxy (bundled with ``ray[serve]`` on Linux) routes HTTP straight
     to the replicas in place of Ray's Python proxy, requests reach replicas over gRPC, and the application's
-    code runs on the replica's own event loop. On a two-core machine the Python proxy alone took about
-    3.6 ms of CPU a request, which the model's forward pass then lacked (docs/performance.md).
+    code runs on the replica's own event loop. On a small machine the Python proxy's CPU is taken from
+    the model's forward pass (measured in docs/performance.md).
 
     Without an HAProxy binary (not Linux) the mode is left off: Ray Serve's defaults.
     ``haproxy`` and ``nofile_hard`` are what this machine has (found when not given)."""
