@@ -14,7 +14,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml training/requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[local,test]'
 	PIP_NO_DEPS=1 $(PY) -m pip install --quiet -r training/requirements.txt
 	touch $(STAMP)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -21,7 +22,22 @@ def _cmd_make_dataset(args: argparse.Namespace) -> int:
     return 0
 
 
+# What the local runtime imports beyond the base install: the `local` extra.
+LOCAL_EXTRA = ("torch", "torchvision", "ray", "optuna", "sagemaker_training", "yaml", "matplotlib")
+
+
+def _missing_local_extra(command: str) -> bool:
+    """Say in one line, and return True, when the local runtime's packages are not installed."""
+    missing = [name for name in LOCAL_EXTRA if importlib.util.find_spec(name) is None]
+    if missing:
+        print(f"droptrain {command}: the local runtime needs droptrain's local extra ({', '.join(missing)} "
+              "missing): pip install 'droptrain[local]', or make setup in a checkout", file=sys.stderr)
+    return bool(missing)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
+    if _missing_local_extra("demo"):
+        return 1
     from droptrain.demo import DemoError, run_demo
 
     try:
@@ -52,6 +68,9 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 def _cmd_up(args: argparse.Namespace) -> int:
     import os
     import threading
+
+    if _missing_local_extra("up"):
+        return 1
 
     from droptrain.local.aws.notify import WebhookError
     from droptrain.local.lock import HomeBusyError

@@ -38,3 +38,32 @@ def test_the_wheel_installs_no_top_level_app_module(wheel):
     # The console is served from the package: its files travel with it.
     assets = {p.name for p in (ROOT / "chalice_app" / "assets").iterdir()}
     assert {name.removeprefix("chalice_app/assets/") for name in names if name.startswith("chalice_app/assets/")} == assets
+
+
+# What only the local runtime and the training code import: the `local` extra, never the base install.
+HEAVY = ("torch", "torchvision", "ray", "optuna", "sagemaker_training", "smdebug", "matplotlib", "pandas", "yaml",
+         "setproctitle", "pyinstrument", "psutil")
+
+
+def test_the_base_install_leaves_the_local_runtime_to_its_extra():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    base = " ".join(project["dependencies"]).lower()
+    assert not [name for name in ("torch", "ray", "optuna", "sagemaker-training", "matplotlib") if name in base]
+    assert "torch==2.14.1" in project["optional-dependencies"]["local"]
+
+
+def test_the_orchestrator_and_the_deploy_commands_run_without_the_local_extra(tmp_path):
+    """Without the local extra, everything but the local runtime imports, and `droptrain up` says in
+    one line what to install."""
+    code = (f"import sys\nfor name in {HEAVY!r}: sys.modules[name] = None\n"
+            "import chalice_app.application, droptrain.deploy, droptrain.template, droptrain.upload, droptrain.synthetic\n"
+            "from droptrain import cli\nsys.exit(cli.main(['up', '--home', sys.argv[1]]))\n")
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "home")], cwd=ROOT, capture_output=True,
+                            text=True, timeout=DEADLINE)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "droptrain up: the local runtime needs droptrain's local extra (torch, torchvision, ray, optuna, "
+        "sagemaker_training, yaml, matplotlib missing): pip install 'droptrain[local]', or make setup in a checkout"]
+    assert not (tmp_path / "home").exists(), "nothing was started or written"
