@@ -22,6 +22,8 @@ def _cmd_make_dataset(args: argparse.Namespace) -> int:
     return 0
 
 
+# Each command imports what it uses inside its own function, on purpose: `droptrain --help`, `package`,
+# `deploy` and `upload` start fast and run on the base install, without the local runtime (PyTorch, Ray).
 # What the local runtime imports beyond the base install: the `local` extra.
 LOCAL_EXTRA = ("torch", "torchvision", "ray", "optuna", "sagemaker_training", "yaml", "matplotlib")
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from chalice_app import names
+from droptrain.local.store import Store
 
 
 class ControlError(Exception):
@@ -23,7 +24,6 @@ class ControlError(Exception):
 
 
 def _store(home: Path):
-    from droptrain.local.store import Store
 
     db = home / "state.db"
     if not db.exists():

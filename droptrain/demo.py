@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from droptrain.local import defaults
+from droptrain.local.runtime import LocalRuntime, reset
 from droptrain.progress import LiveProgress
 from droptrain.synthetic import make_dataset
 
@@ -60,8 +61,6 @@ def call_api(url: str, path: str, method: str = "GET", body: bytes | None = None
 
 def run_demo(home: Path, data: Path | None = None, port: int = 0, max_trials: int = 4, timeout: float = 600,
              env: dict[str, str] | None = None, say: Callable[[str], None] = print) -> dict:
-    from droptrain.local.runtime import LocalRuntime, reset
-
     started = time.time()
     phases: dict[str, float] = {}
     reset(home)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from chalice_app import cost, names
+from chalice_app.pipeline.versions import run_of_model_data
+from droptrain.local.store import Store
+
 
 def render(home: Path) -> str:
-    from chalice_app import names
-    from droptrain.local.store import Store
-
     db = home / "state.db"
     if not db.exists():
         return f"no local runs yet ({db} does not exist): droptrain up, then droptrain upload PATH"
@@ -44,7 +45,6 @@ def render(home: Path) -> str:
 
 def _projects(store) -> list[str]:
     """Per project: its endpoint and its versions, with the one serving marked."""
-    from chalice_app.pipeline.versions import run_of_model_data
 
     lines = []
     packages = list(store.records("model-package"))
@@ -71,7 +71,6 @@ def _projects(store) -> list[str]:
 def _cost_line(run: str, jobs: list[dict]) -> str:
     """What the run's jobs would have cost on SageMaker: their billable seconds at the bundled price
     of the instance type they asked for (locally, this machine's time stands in for the instance's)."""
-    from chalice_app import cost
 
     billed = {j["TrainingJobName"]: j["BillableTimeInSeconds"] for j in jobs if j.get("BillableTimeInSeconds") is not None}
     instance = next((j["ResourceConfig"]["InstanceType"] for j in jobs if j.get("ResourceConfig")), "")

@@ -8,7 +8,6 @@ environment is left alone, and another runtime in the same process never sees th
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import threading
@@ -22,7 +21,7 @@ from typing import Any
 from chalice.config import Config as ChaliceConfig
 
 from chalice_app import config as config_module
-from chalice_app import observability
+from chalice_app import names, observability
 from chalice_app.adapters.errors import AdapterError
 from chalice_app.adapters.pricing import BundledPrices
 from chalice_app.application import create_app
@@ -30,10 +29,9 @@ from chalice_app.names import ARCHIVE_SUFFIXES
 from chalice_app.notifications import Notifier
 from chalice_app.pipeline import Services
 from droptrain import sourcedir
-from droptrain.local import defaults
 from droptrain.local.aws import api
 from droptrain.local.aws.alarms import LocalAlarms
-from droptrain.local.aws.bucket import LocalBucket
+from droptrain.local.aws.bucket import LocalBucket, etag
 from droptrain.local.aws.bus import LocalEventBus, routes_of
 from droptrain.local.aws.notify import LocalPublisher, read
 from droptrain.local.engines import privates
@@ -42,50 +40,16 @@ from droptrain.local.lock import HomeLock
 from droptrain.local.sagemaker import LocalSageMaker
 from droptrain.local.sagemaker.endpoint import LocalEndpoints, LocalRuntimeClient
 from droptrain.local.sagemaker.resources import ACCOUNT
+from droptrain.local.stage import BUCKET, local_environment
 from droptrain.local.store import Store
 from droptrain.upload import upload_dataset
 
 log = logging.getLogger(__name__)
-BUCKET = "droptrain-local"
 SCHEDULE_SECONDS = 3600  # the app's schedules are hourly
-# Without a word from the machine (droptrain.local.defaults decides for droptrain up), local runs
-# train small models from scratch: these override the cloud defaults (ResNet-50 on ImageNet weights).
-LOCAL_HYPERPARAMETERS = json.dumps(defaults.SCRATCH)
-LOCAL_TUNING_RANGES = json.dumps(defaults.SCRATCH_RANGES)
 
 
 class LocalRuntimeError(Exception):
     pass
-
-
-def local_environment(overrides: dict[str, str] | None = None) -> dict[str, str]:
-    """The stage variables of the local runtime (the same names as a Chalice stage's)."""
-    env = {
-        "DATA_BUCKET": BUCKET,
-        "DATASET_PREFIX": "datasets/",
-        "NOTIFY_TOPIC_ARN": f"arn:aws:sns:local:{ACCOUNT}:droptrain-local",
-        "SAGEMAKER_ROLE_ARN": f"arn:aws:iam::{ACCOUNT}:role/droptrain-local",
-        "TRAINING_IMAGE_URI": "local/droptrain-training:latest",
-        "INFERENCE_IMAGE_URI": "local/droptrain-inference:latest",
-        "SOURCE_DIR_S3_URI": f"s3://{BUCKET}/code/sourcedir-local.tar.gz",
-        "ENDPOINT_PREFIX": "droptrain-local",
-        # Two "instances" so that an update rolls out as a canary (10% of requests) before taking all
-        # traffic, each step baking this long under the project's alarms.
-        "INFERENCE_INSTANCE_COUNT": "2",
-        "ROLLOUT_BAKE_SECONDS": "3",
-        # Local endpoints cost nothing but memory: they are not stopped for idleness unless asked.
-        "IDLE_STOP_HOURS": "0",
-        "TRAINING_INSTANCE_TYPE": "ml.m5.large",
-        "INFERENCE_INSTANCE_TYPE": "ml.m5.large",
-        "TUNING_STRATEGY": "Bayesian",
-        "MAX_TUNING_JOBS": "4",
-        "MAX_PARALLEL_JOBS": "1",
-        "STATIC_HYPERPARAMETERS": LOCAL_HYPERPARAMETERS,
-        "TUNING_RANGES": LOCAL_TUNING_RANGES,
-        "AWS_REGION": "local",
-    }
-    env.update(overrides or {})
-    return env
 
 
 class LocalRuntime:
@@ -253,8 +217,6 @@ class LocalRuntime:
         return emitted
 
     def _notice(self, key: str, size: int) -> int:
-        from droptrain.local.aws.bucket import etag
-
         path = self.bucket.path(key)
         stat = path.stat()
         seen = self.store.get("object", key)
@@ -274,8 +236,6 @@ class LocalRuntime:
     def honour_stop_requests(self) -> list[str]:
         """``droptrain stop RUN`` (another process) leaves a request in the store: the run's jobs in
         progress are stopped as SageMaker stops them (their state-change events follow)."""
-        from chalice_app import names
-
         done = []
         for run in self.store.names("stop-request"):
             if self.store.status("tuning-job", run) == "InProgress":

@@ -19,6 +19,7 @@ import tomllib
 
 from chalice_app import config as config_module
 from droptrain.local import defaults
+from droptrain.local.stage import local_environment
 
 # The local stack's own resources: set by it, never by a user.
 OWNED = ("DATA_BUCKET", "NOTIFY_TOPIC_ARN", "SAGEMAKER_ROLE_ARN", "SOURCE_DIR_S3_URI", "TRAINING_IMAGE_URI",
@@ -45,8 +46,6 @@ class Settings:
         if situation.ranges is not None and "TUNING_RANGES" not in self.sources:
             self.env["TUNING_RANGES"] = json.dumps(situation.ranges)
         if "MAX_PARALLEL_JOBS" not in self.sources:  # never more at once than the tuning job has trials
-            from droptrain.local.runtime import local_environment
-
             trials = int(local_environment(self.env)["MAX_TUNING_JOBS"])
             self.env["MAX_PARALLEL_JOBS"] = str(max(1, min(situation.parallel, trials)))
 
@@ -101,7 +100,6 @@ def read(path: Path | None = None, sets: list[str] = ()) -> Settings:
         if not equals:
             raise SettingsError(f"--set {item!r}: write NAME=VALUE")
         _put(settings, name.strip(), value.strip(), "--set")
-    from droptrain.local.runtime import local_environment
 
     try:
         config_module.load(local_environment(settings.env))
@@ -125,8 +123,6 @@ def for_this_machine(settings: Settings, say: Callable[[str], None], fetch: Call
 
 def describe(settings: Settings) -> list[str]:
     """Every variable: its value in force, and where it came from."""
-    from droptrain.local.runtime import local_environment
-
     base, env = local_environment(), local_environment(settings.env)
     lines = []
     for name in config_module.VARIABLES:
