@@ -32,7 +32,8 @@ def _json(status: int, body: dict) -> Response:
 
 
 def _asset(name: str, content_type: str) -> Response:
-    return Response(body=console.asset(name), status_code=200, headers={"Content-Type": content_type, **console.HEADERS})
+    return Response(body=console.asset(name), status_code=200,
+                    headers={"Content-Type": content_type, **console.HEADERS})
 
 
 def create_app(env: Mapping[str, str], services: pipeline.Services | None = None) -> Chalice:
@@ -152,7 +153,8 @@ def _console_routes(app: Chalice, key_required: bool, steps: Handlers) -> None:
 
     @app.route("/openapi.json", methods=["GET"])
     def openapi_document():
-        return Response(body=openapi.document(), status_code=200, headers={"Content-Type": "application/json", **console.HEADERS})
+        return Response(body=openapi.document(), status_code=200,
+                        headers={"Content-Type": "application/json", **console.HEADERS})
 
     @app.route("/runs", methods=["GET"], api_key_required=key_required)
     def runs():

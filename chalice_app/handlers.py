@@ -116,7 +116,8 @@ class Handlers:
         """``POST /projects/{project}/versions/{run_id}/deploy`` (and ``droptrain rollback``)."""
         return self._versions_call(lambda svc: versions.deploy_version(svc, name, run), status=202)
 
-    def _versions_call(self, call: Callable[[Services], dict[str, Any]], status: int = 200) -> tuple[int, dict[str, Any]]:
+    def _versions_call(self, call: Callable[[Services], dict[str, Any]],
+                       status: int = 200) -> tuple[int, dict[str, Any]]:
         try:
             return status, call(self.services())
         except ConfigError as exc:

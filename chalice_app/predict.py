@@ -141,7 +141,8 @@ def predict(
             raw = runtime.invoke(endpoint, image, media, accept)
             break
         except (ThrottledError, EndpointNotReadyError) as exc:
-            if delay is None or clock() - started + delay + INVOKE_CONNECT_TIMEOUT + INVOKE_READ_TIMEOUT > PREDICT_BUDGET_SECONDS:
+            attempt = INVOKE_CONNECT_TIMEOUT + INVOKE_READ_TIMEOUT
+            if delay is None or clock() - started + delay + attempt > PREDICT_BUDGET_SECONDS:
                 raise UnavailableError(f"the endpoint is busy or not ready; try again shortly ({exc.code or 'throttled'})", "endpoint_busy") from exc
             sleep(delay)
         except EndpointNotFoundError as exc:

@@ -77,7 +77,8 @@ def run_training_job(root: Path, data: Path, hyperparameters: dict[str, str], jo
     return paths, status
 
 
-def run_train(args: list[str], env: dict[str, str] | None = None, timeout: float = DEADLINE) -> subprocess.CompletedProcess:
+def run_train(args: list[str], env: dict[str, str] | None = None,
+              timeout: float = DEADLINE) -> subprocess.CompletedProcess:
     """``python train.py ARGS`` in the source dir, as the container runs it."""
     return subprocess.run(
         [sys.executable, str(TRAINING_DIR / "train.py"), *args],

@@ -37,7 +37,8 @@ def test_the_wheel_installs_no_top_level_app_module(wheel):
     assert "chalice_app/application.py" in names and "droptrain/local/runtime.py" in names
     # The console is served from the package: its files travel with it.
     assets = {p.name for p in (ROOT / "chalice_app" / "assets").iterdir()}
-    assert {name.removeprefix("chalice_app/assets/") for name in names if name.startswith("chalice_app/assets/")} == assets
+    packaged = {name.removeprefix("chalice_app/assets/") for name in names if name.startswith("chalice_app/assets/")}
+    assert packaged == assets
 
 
 # What only the local runtime and the training code import: the `local` extra, never the base install.
@@ -58,7 +59,8 @@ def test_the_orchestrator_and_the_deploy_commands_run_without_the_local_extra(tm
     """Without the local extra, everything but the local runtime imports, and `droptrain up` says in
     one line what to install."""
     code = (f"import sys\nfor name in {HEAVY!r}: sys.modules[name] = None\n"
-            "import chalice_app.application, droptrain.deploy, droptrain.template, droptrain.upload, droptrain.synthetic\n"
+            "import chalice_app.application, droptrain.deploy, droptrain.template, droptrain.upload\n"
+            "import droptrain.synthetic\n"
             "from droptrain import cli\nsys.exit(cli.main(['up', '--home', sys.argv[1]]))\n")
     result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "home")], cwd=ROOT, capture_output=True,
                             text=True, timeout=DEADLINE)

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomllib
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser, as the package it came from
+    import tomli as tomllib
 
 from chalice_app import config as config_module
 from droptrain.local import defaults

@@ -257,4 +257,5 @@ def test_head_mode_trials_share_frozen_features(tmp_path, tiny_dataset):
     n_images = sum(1 for _ in tiny_dataset.rglob("*.jpg"))
     computed = [t for t in trials if f"computed frozen features for {n_images} images" in "\n".join(lines[t])]
     loaded = [t for t in trials if f"loaded frozen features for {n_images} images from the feature cache" in "\n".join(lines[t])]
-    assert computed == trials[:1] and loaded == trials[1:], {t: [line for line in lines[t] if "frozen" in line] for t in trials}
+    frozen = {t: [line for line in lines[t] if "frozen" in line] for t in trials}
+    assert computed == trials[:1] and loaded == trials[1:], frozen

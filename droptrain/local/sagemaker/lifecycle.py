@@ -125,7 +125,8 @@ class Jobs:
 
     def detail(self, name: str, record: Mapping[str, Any]) -> dict[str, Any]:
         """The state-change event's detail: the job's name, ARN and status, and its failure reason."""
-        detail = {key: record[key] for key in (f"{self.kind.prefix}Name", f"{self.kind.prefix}Arn", self.kind.status_field)}
+        fields = (f"{self.kind.prefix}Name", f"{self.kind.prefix}Arn", self.kind.status_field)
+        detail = {key: record[key] for key in fields}
         if "FailureReason" in record:
             detail["FailureReason"] = record["FailureReason"]
         return detail

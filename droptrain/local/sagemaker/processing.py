@@ -38,7 +38,8 @@ PROCESSING = JobKind(
 class ProcessingJobs(Jobs):
     kind = PROCESSING
 
-    def __init__(self, store: Store, bucket: LocalBucket, root: Path, emit: Callable[[dict], None], stopping: threading.Event):
+    def __init__(self, store: Store, bucket: LocalBucket, root: Path, emit: Callable[[dict], None],
+                 stopping: threading.Event):
         super().__init__(store, emit)
         self.bucket, self.root, self.stopping = bucket, root, stopping
 

@@ -138,7 +138,8 @@ class TrainingJobs(Jobs):
         if pruned:
             return self.end(name, "Stopped", SecondaryStatus="Stopped", FailureReason="stopped early by the tuning job")
         if status_code != 0:
-            return self.end(name, "Failed", SecondaryStatus="Failed", FailureReason=jobs.failure_reason(paths, status_code, output.tail))
+            return self.end(name, "Failed", SecondaryStatus="Failed",
+                            FailureReason=jobs.failure_reason(paths, status_code, output.tail))
         return self.end(name, "Completed", SecondaryStatus="Completed",
                            ModelArtifacts={"S3ModelArtifacts": self._upload_outputs(name, paths, record)})
 
@@ -245,7 +246,8 @@ class TrainingJobs(Jobs):
         return f"{prefix}/model.tar.gz"
 
     def end(self, name: str, status: str, **changes: Any) -> str:
-        """``finish`` with what SageMaker bills, the job's running time (locally, this machine's); returns ``status``."""
+        """``finish`` with what SageMaker bills, the job's running time (locally, this machine's);
+        returns ``status``."""
         started = (self.store.get("training-job", name) or {}).get("TrainingStartTime")
         if started:
             seconds = max(1, round((datetime.fromisoformat(now()) - datetime.fromisoformat(started)).total_seconds()))

@@ -145,8 +145,8 @@ class Tuner(Jobs):
         self.finish(name, status, **changes)
 
     def detail(self, name: str, record: Mapping[str, Any]) -> dict[str, Any]:
-        return {**super().detail(name, record), **self.counters(name), "BestTrainingJob": record.get("BestTrainingJob", {}),
-                "Tags": record.get("Tags", {})}
+        return {**super().detail(name, record), **self.counters(name),
+                "BestTrainingJob": record.get("BestTrainingJob", {}), "Tags": record.get("Tags", {})}
 
     def _best(self, name: str, objective: Mapping[str, Any]) -> dict[str, Any] | None:
         sign = 1 if objective["Type"] == "Maximize" else -1
