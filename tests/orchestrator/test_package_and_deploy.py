@@ -291,8 +291,9 @@ def test_the_local_ray_is_the_ray_of_the_serving_image():
 
     import tomllib
 
-    dependencies = tomllib.loads((sam.ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    assert f"ray[serve]=={deploy.RAY_SERVE_RAY_VERSION}" in dependencies
+    # The local runtime's packages are the local extra (the base install has no Ray).
+    local = tomllib.loads((sam.ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["local"]
+    assert f"ray[serve]=={deploy.RAY_SERVE_RAY_VERSION}" in local
     assert importlib.metadata.version("ray") == deploy.RAY_SERVE_RAY_VERSION
 
 
