@@ -30,10 +30,13 @@ browser:
 	  { echo "installing Debian's chromium and chromium-driver for the browser tests"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
-# ruff (pyproject.toml's rules) over the whole tree, and mypy over the Lambda's code.
+# ruff (pyproject.toml's rules, 120 columns) and its formatter over the whole tree, mypy over the
+# Lambda's code, and the code's shape: sizes and dependencies (tests/test_structure.py).
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy app.py chalice_app
+	$(PY) -m pytest -q -p no:cacheprovider tests/test_structure.py
 
 # pytest exits 5 when it collected no tests; make treats any non-zero exit as a failure. Two
 # workers, each test file's tests in one of them (its fixtures built once); the slowest are listed.

@@ -21,8 +21,9 @@ def cold_import(module: str, repeats: int = 15) -> float:
     """Median seconds to import ``module`` in a fresh interpreter (what a Lambda cold start pays)."""
     samples = []
     for _ in range(repeats):
-        out = subprocess.run([sys.executable, "-c", IMPORT.format(module=module)], cwd=ROOT,
-                             capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            [sys.executable, "-c", IMPORT.format(module=module)], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout
         samples.append(float(out.strip().splitlines()[-1]))
     return statistics.median(samples)
 
@@ -42,32 +43,50 @@ def handler_overhead(requests: int = 2000) -> tuple[float, float]:
     sys.path.insert(0, str(ROOT))
     import os
 
-    os.environ.update({
-        "DATA_BUCKET": "droptrain-bench", "NOTIFY_TOPIC_ARN": "arn:aws:sns:us-east-1:123456789012:t",
-        "SAGEMAKER_ROLE_ARN": "arn:aws:iam::123456789012:role/r",
-        "TRAINING_IMAGE_URI": "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:2.10.0-gpu-py313",
-        "INFERENCE_IMAGE_URI": "763104351884.dkr.ecr.us-east-1.amazonaws.com/ray:serve-ml-sagemaker-cpu-v1.4",
-        "SOURCE_DIR_S3_URI": "s3://droptrain-bench/code/s.tar.gz", "ENDPOINT_PREFIX": "droptrain-bench",
-        "POWERTOOLS_METRICS_NAMESPACE": "bench", "POWERTOOLS_LOG_LEVEL": "WARNING",
-    })
+    os.environ.update(
+        {
+            "DATA_BUCKET": "droptrain-bench",
+            "NOTIFY_TOPIC_ARN": "arn:aws:sns:us-east-1:123456789012:t",
+            "SAGEMAKER_ROLE_ARN": "arn:aws:iam::123456789012:role/r",
+            "TRAINING_IMAGE_URI": "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:2.10.0-gpu-py313",
+            "INFERENCE_IMAGE_URI": "763104351884.dkr.ecr.us-east-1.amazonaws.com/ray:serve-ml-sagemaker-cpu-v1.4",
+            "SOURCE_DIR_S3_URI": "s3://droptrain-bench/code/s.tar.gz",
+            "ENDPOINT_PREFIX": "droptrain-bench",
+            "POWERTOOLS_METRICS_NAMESPACE": "bench",
+            "POWERTOOLS_LOG_LEVEL": "WARNING",
+        }
+    )
     from chalice_app import config
     from chalice_app.application import create_app
     from chalice_app.pipeline import Services
 
     # The Lambda entry point as Chalice builds it, with the endpoint's runtime stubbed.
-    lambda_app = create_app(os.environ, Services(config.load(os.environ), None, None, _StubRuntime(), None,
-                                                 lambda s: None, None))
+    lambda_app = create_app(
+        os.environ, Services(config.load(os.environ), None, None, _StubRuntime(), None, lambda s: None, None)
+    )
     from PIL import Image
 
     buffer = io.BytesIO()
     Image.new("RGB", (224, 224), "red").save(buffer, format="JPEG")
     event = {
         # A project's own route: the path names the endpoint, no registry lookup.
-        "resource": "/predict/{project}", "path": "/predict/bench", "httpMethod": "POST",
-        "headers": {"Content-Type": "image/jpeg"}, "multiValueHeaders": {}, "queryStringParameters": {"top_k": "3"},
-        "multiValueQueryStringParameters": {"top_k": ["3"]}, "pathParameters": {"project": "bench"}, "stageVariables": None,
-        "requestContext": {"resourcePath": "/predict/{project}", "httpMethod": "POST", "requestId": "bench", "stage": "api"},
-        "body": base64.b64encode(buffer.getvalue()).decode(), "isBase64Encoded": True,
+        "resource": "/predict/{project}",
+        "path": "/predict/bench",
+        "httpMethod": "POST",
+        "headers": {"Content-Type": "image/jpeg"},
+        "multiValueHeaders": {},
+        "queryStringParameters": {"top_k": "3"},
+        "multiValueQueryStringParameters": {"top_k": ["3"]},
+        "pathParameters": {"project": "bench"},
+        "stageVariables": None,
+        "requestContext": {
+            "resourcePath": "/predict/{project}",
+            "httpMethod": "POST",
+            "requestId": "bench",
+            "stage": "api",
+        },
+        "body": base64.b64encode(buffer.getvalue()).decode(),
+        "isBase64Encoded": True,
     }
 
     class Context:
@@ -103,10 +122,22 @@ def run() -> list[Row]:
     chalice_import = cold_import("chalice")
     per_request, floor = handler_overhead()
     rows = [
-        Row("Lambda cold import of app", app_import * 1000, chalice_import * 1000, "import chalice alone", "ms",
-            target="< 150 ms"),
-        Row("/predict handler overhead per request (stubbed endpoint)", per_request * 1000, floor * 1000,
-            "the stub call alone", "ms", target="< 5 ms"),
+        Row(
+            "Lambda cold import of app",
+            app_import * 1000,
+            chalice_import * 1000,
+            "import chalice alone",
+            "ms",
+            target="< 150 ms",
+        ),
+        Row(
+            "/predict handler overhead per request (stubbed endpoint)",
+            per_request * 1000,
+            floor * 1000,
+            "the stub call alone",
+            "ms",
+            target="< 5 ms",
+        ),
     ]
     try:
         rows.append(Row("function zip", function_zip_size() / 1024, 5 * 1024, "the 5 MB bound", "KiB", target="< 5 MB"))

@@ -19,9 +19,19 @@ def run() -> list[Row]:
     with tempfile.TemporaryDirectory() as tmp:
         result = run_demo(Path(tmp) / "home", say=lambda line: None)
     total = result["total"]
-    rows = [Row(f"droptrain demo: {phase}", seconds, total, "the whole demo", "s") for phase, seconds in result["phases"].items()]
-    rows.append(Row("droptrain demo: total", total, 0, f"{len(result['predictions'])} test images predicted, "
-                    f"test accuracy {result['test_accuracy']:.2f}", "s"))
+    rows = [
+        Row(f"droptrain demo: {phase}", seconds, total, "the whole demo", "s")
+        for phase, seconds in result["phases"].items()
+    ]
+    rows.append(
+        Row(
+            "droptrain demo: total",
+            total,
+            0,
+            f"{len(result['predictions'])} test images predicted, test accuracy {result['test_accuracy']:.2f}",
+            "s",
+        )
+    )
     return rows
 
 

@@ -58,16 +58,28 @@ ARCHS = ("resnet18", "resnet50")
 
 
 def train_model(data: Path, work: Path, arch: str = "resnet18") -> Path:
-    """A real artifact at 224 px, trained as SageMaker trains (head mode, one epoch: what it predicts does not matter)."""
+    """A real artifact at 224 px, trained as SageMaker trains (head mode, one epoch: what it
+    predicts does not matter)."""
     from droptrain.local.sagemaker.jobs import package_dir
     from helpers import run_training_job
 
     lines: list[str] = []
     work.mkdir(parents=True, exist_ok=True)
-    paths, status = run_training_job(work, data, {
-        "arch": arch, "weights": "none", "train-mode": "head", "image-size": str(SIZE), "epochs": "1",
-        "batch-size": "16", "workers": "0",
-    }, "bench-serving-final", on_line=lines.append)
+    paths, status = run_training_job(
+        work,
+        data,
+        {
+            "arch": arch,
+            "weights": "none",
+            "train-mode": "head",
+            "image-size": str(SIZE),
+            "epochs": "1",
+            "batch-size": "16",
+            "workers": "0",
+        },
+        "bench-serving-final",
+        on_line=lines.append,
+    )
     if status != 0:
         raise RuntimeError("training the benchmark's model failed:\n" + "\n".join(lines[-20:]))
     return package_dir(paths.model, work / "model.tar.gz")
@@ -98,8 +110,12 @@ class Reference:
     """The reference worker, driven from the benchmark's process."""
 
     def __init__(self, archive: Path, image: Path):
-        self.process = subprocess.Popen([sys.executable, __file__, "reference", str(archive), str(image)],
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.process = subprocess.Popen(
+            [sys.executable, __file__, "reference", str(archive), str(image)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         self.best_batch = 0
         if self._ask("") != "ready":
             raise RuntimeError("the reference worker did not start")
@@ -151,8 +167,12 @@ def best_batched_forward(model, x, batches=(1, 2, 4, 8, 16)) -> tuple[float, int
 def clients(url: str, image: Path, concurrency: int, seconds: float, connections: str = "kept") -> dict:
     """``connections``: "kept" (each client keeps its connection, as an HTTP client with a session does)
     or "new" (a new connection for every request)."""
-    out = subprocess.run([sys.executable, str(CLIENT), url, str(image), str(concurrency), str(seconds), connections],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, str(CLIENT), url, str(image), str(concurrency), str(seconds), connections],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout)
 
 
@@ -175,7 +195,9 @@ def measure(runtime, arch: str, data: Path, work: Path, image: Path) -> list[Row
     endpoint = deploy_archive(runtime, archive, config)
     reference = Reference(archive, image)
     try:
-        return latency_rows(runtime, arch, endpoint, config, image, reference) + throughput_rows(runtime, arch, config, image, reference)
+        return latency_rows(runtime, arch, endpoint, config, image, reference) + throughput_rows(
+            runtime, arch, config, image, reference
+        )
     finally:
         reference.close()
 
@@ -210,20 +232,36 @@ def latency_rows(runtime, arch: str, endpoint: str, config: str, image: Path, re
         return time.perf_counter() - began
 
     rows = []
-    for label, fn in (("local endpoint (InvokeEndpoint: HTTP to the application's route)", invoke),
-                      ("Ray Serve HTTP route (the container's /invocations path)", ray_route),
-                      ("local API, POST /predict/{project} over HTTP", api)):
+    for label, fn in (
+        ("local endpoint (InvokeEndpoint: HTTP to the application's route)", invoke),
+        ("Ray Serve HTTP route (the container's /invocations path)", ray_route),
+        ("local API, POST /predict/{project} over HTTP", api),
+    ):
         ours, theirs = in_turns(fn, reference)
         for q, name_q in ((0.5, "p50"), (0.99, "p99")):
-            rows.append(Row(f"serving {arch}, 224 px JPEG, one client: {label}, {name_q}", percentile(ours, q) * 1e3,
-                            percentile(theirs, q) * 1e3, f"decode + predict in-process, {name_q}, in turns", "ms",
-                            target="overhead <= 15% at p50" if name_q == "p50" and "InvokeEndpoint" in label else ""))
+            rows.append(
+                Row(
+                    f"serving {arch}, 224 px JPEG, one client: {label}, {name_q}",
+                    percentile(ours, q) * 1e3,
+                    percentile(theirs, q) * 1e3,
+                    f"decode + predict in-process, {name_q}, in turns",
+                    "ms",
+                    target="overhead <= 15% at p50" if name_q == "p50" and "InvokeEndpoint" in label else "",
+                )
+            )
     connection.close()
     floor = [empty_after_prediction() for _ in range(100)]
-    rows.append(Row(f"serving {arch}: Ray Serve round trip, empty body answered 400 before any model work, "
-                    "each right after a prediction, p50", percentile(floor, 0.5) * 1e3,
-                    percentile(reference.latencies(100), 0.5) * 1e3, "decode + predict in-process, p50", "ms",
-                    note="the floor of every request's overhead here, whatever the model"))
+    rows.append(
+        Row(
+            f"serving {arch}: Ray Serve round trip, empty body answered 400 before any model work, "
+            "each right after a prediction, p50",
+            percentile(floor, 0.5) * 1e3,
+            percentile(reference.latencies(100), 0.5) * 1e3,
+            "decode + predict in-process, p50",
+            "ms",
+            note="the floor of every request's overhead here, whatever the model",
+        )
+    )
     return rows
 
 
@@ -234,21 +272,42 @@ def throughput_rows(runtime, arch: str, config: str, image: Path, reference: Ref
         before = reference.ceiling()
         result = clients(url, image, 8, 15, connections)
         ceiling = (before + reference.ceiling()) / 2
-        return Row(f"serving {arch}, 8 concurrent HTTP clients, {what}", result["rps"], ceiling,
-                   f"bare model's best batched forward (batch {reference.best_batch}), just before and after", "img/s",
-                   target=target, note=f"p50 latency {result['p50_ms']:.0f} ms, {result['errors']} errors")
+        return Row(
+            f"serving {arch}, 8 concurrent HTTP clients, {what}",
+            result["rps"],
+            ceiling,
+            f"bare model's best batched forward (batch {reference.best_batch}), just before and after",
+            "img/s",
+            target=target,
+            note=f"p50 latency {result['p50_ms']:.0f} ms, {result['errors']} errors",
+        )
 
-    rows = [against_ceiling("local API, POST /predict, @serve.batch", f"{runtime.api_url}/predict?top_k=3", ">= 0.85"),
-            against_ceiling("Ray Serve route, @serve.batch", f"{runtime.serving.url}/{app}", ">= 0.85")]
+    rows = [
+        against_ceiling("local API, POST /predict, @serve.batch", f"{runtime.api_url}/predict?top_k=3", ">= 0.85"),
+        against_ceiling("Ray Serve route, @serve.batch", f"{runtime.serving.url}/{app}", ">= 0.85"),
+    ]
     if arch == "resnet18":
-        rows.append(against_ceiling("local API, POST /predict, @serve.batch, a new connection for every request",
-                                    f"{runtime.api_url}/predict?top_k=3", connections="new"))
+        rows.append(
+            against_ceiling(
+                "local API, POST /predict, @serve.batch, a new connection for every request",
+                f"{runtime.api_url}/predict?top_k=3",
+                connections="new",
+            )
+        )
         # The local API's own server under a burst: no connection refused or reset, and the slowest
         # requests queue behind the model rather than behind the listen backlog.
         burst = clients(f"{runtime.api_url}/predict?top_k=3", image, 16, 15, "new")
-        rows.append(Row(f"local API, 16 concurrent clients, POST /predict ({arch}): p99 latency", burst["p99_ms"], burst["p50_ms"],
-                        "p50 latency, same run", "ms", target="p99 <= 5x p50, 0 errors",
-                        note=f"{burst['errors']} errors in {burst['requests']} requests"))
+        rows.append(
+            Row(
+                f"local API, 16 concurrent clients, POST /predict ({arch}): p99 latency",
+                burst["p99_ms"],
+                burst["p50_ms"],
+                "p50 latency, same run",
+                "ms",
+                target="p99 <= 5x p50, 0 errors",
+                note=f"{burst['errors']} errors in {burst['requests']} requests",
+            )
+        )
     rows.append(against_ceiling("Ray Serve route, batches of one", unbatched_copy(runtime, config)))
     runtime.serving.delete("bench-batches-of-one")
     return rows

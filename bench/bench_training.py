@@ -76,6 +76,7 @@ def ceiling(size: int, mode: str, batches: int = 4) -> float:
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
+
     return _images_per_second(run, BATCH * batches)
 
 
@@ -92,8 +93,14 @@ def course_approach(data: Path, size: int, epochs: int = 2) -> float:
     frozen backbone still run forward on every image."""
     from torchvision import datasets, models, transforms
 
-    tf = transforms.Compose([transforms.Resize(int(size * 256 / 224)), transforms.CenterCrop(size), transforms.ToTensor(),
-                             transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    tf = transforms.Compose(
+        [
+            transforms.Resize(int(size * 256 / 224)),
+            transforms.CenterCrop(size),
+            transforms.ToTensor(),
+            transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+        ]
+    )
     dataset = datasets.ImageFolder(str(data / "train"), transform=tf)
     loader = torch.utils.data.DataLoader(dataset, batch_size=BATCH, shuffle=True)
     model = models.resnet18(weights=None)
@@ -120,15 +127,40 @@ def course_approach(data: Path, size: int, epochs: int = 2) -> float:
 def ours(data: Path, size: int, mode: str, epochs: int = 3) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = subprocess.run(
-            [sys.executable, str(ROOT / "training" / "train.py"), "--data-dir", str(data), "--model-dir", f"{tmp}/m",
-             "--output-data-dir", f"{tmp}/o", "--no-checkpoints", "--weights", "none", "--train-mode", mode,
-             "--image-size", str(size), "--epochs", str(epochs), "--batch-size", str(BATCH),
-             # On the CPU, loader processes would take the model's cores; on a GPU machine train.py picks.
-             *(["--workers", "0"] if DEVICE.type == "cpu" else [])],
-            cwd=ROOT / "training", capture_output=True, text=True, check=True)
+            [
+                sys.executable,
+                str(ROOT / "training" / "train.py"),
+                "--data-dir",
+                str(data),
+                "--model-dir",
+                f"{tmp}/m",
+                "--output-data-dir",
+                f"{tmp}/o",
+                "--no-checkpoints",
+                "--weights",
+                "none",
+                "--train-mode",
+                mode,
+                "--image-size",
+                str(size),
+                "--epochs",
+                str(epochs),
+                "--batch-size",
+                str(BATCH),
+                # On the CPU, loader processes would take the model's cores; on a GPU machine train.py picks.
+                *(["--workers", "0"] if DEVICE.type == "cpu" else []),
+            ],
+            cwd=ROOT / "training",
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         history = json.loads(Path(tmp, "o", "history.json").read_text())
     rates = [h["images"] / h["seconds"] for h in history]
-    result = {"later_epochs": sorted(rates[1:])[len(rates[1:]) // 2] if len(rates) > 1 else rates[0], "first_epoch": rates[0]}
+    result = {
+        "later_epochs": sorted(rates[1:])[len(rates[1:]) // 2] if len(rates) > 1 else rates[0],
+        "first_epoch": rates[0],
+    }
     features = re.search(r"computed frozen features for (\d+) images in ([0-9.]+)s", out.stderr)
     if features:  # head mode: the backbone's one pass over every image, the part the ceiling bounds
         result["features"] = int(features.group(1)) / max(float(features.group(2)), 1e-6)
@@ -148,15 +180,37 @@ def run() -> list[Row]:
             full, full_ceiling = around(lambda data=data, size=size: ours(data, size, "full", epochs=2), size, "full")
             course = course_approach(data, size)
             rows += [
-                Row(f"head mode, {size} px: frozen features (one pass)", head["features"], head_ceiling,
-                    "bare forward, tensors in memory", "img/s", target=">= 0.8 of ceiling",
-                    note="decode + resize + forward, once per image"),
-                Row(f"head mode, {size} px: epochs after the first", head["later_epochs"], head_ceiling,
-                    "bare forward, tensors in memory", "img/s", target="far above the first"),
-                Row(f"head mode, {size} px: epochs after the first", head["later_epochs"], course,
-                    "course approach, per epoch", "img/s"),
-                Row(f"full mode, {size} px: epochs", full["later_epochs"], full_ceiling,
-                    "bare forward+backward+step", "img/s"),
+                Row(
+                    f"head mode, {size} px: frozen features (one pass)",
+                    head["features"],
+                    head_ceiling,
+                    "bare forward, tensors in memory",
+                    "img/s",
+                    target=">= 0.8 of ceiling",
+                    note="decode + resize + forward, once per image",
+                ),
+                Row(
+                    f"head mode, {size} px: epochs after the first",
+                    head["later_epochs"],
+                    head_ceiling,
+                    "bare forward, tensors in memory",
+                    "img/s",
+                    target="far above the first",
+                ),
+                Row(
+                    f"head mode, {size} px: epochs after the first",
+                    head["later_epochs"],
+                    course,
+                    "course approach, per epoch",
+                    "img/s",
+                ),
+                Row(
+                    f"full mode, {size} px: epochs",
+                    full["later_epochs"],
+                    full_ceiling,
+                    "bare forward+backward+step",
+                    "img/s",
+                ),
             ]
     return rows
 

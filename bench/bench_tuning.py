@@ -53,8 +53,15 @@ class _Executor:
             self.bucket.put_file(f"datasets/bench/{path.relative_to(data)}", path)
         self.finished: dict[str, dict] = {}
         self.arrived = threading.Condition()
-        self.sagemaker = LocalSageMaker(Store(root / "state.db"), self.bucket, root / "jobs", self._emit,
-                                        endpoints=None, feature_cache=feature_cache, warm_jobs=warm)
+        self.sagemaker = LocalSageMaker(
+            Store(root / "state.db"),
+            self.bucket,
+            root / "jobs",
+            self._emit,
+            endpoints=None,
+            feature_cache=feature_cache,
+            warm_jobs=warm,
+        )
         if warm:  # as droptrain up does when it starts, before any dataset arrives
             self.sagemaker.warm.start_server()
 
@@ -78,9 +85,16 @@ def _config(static: str = STATIC, trials: int = N_TRIALS, parallel: int = 1):
     from chalice_app import config as config_module
     from droptrain.local.runtime import local_environment
 
-    return config_module.load(local_environment({
-        "MAX_TUNING_JOBS": str(trials), "MAX_PARALLEL_JOBS": str(parallel), "STATIC_HYPERPARAMETERS": static, "TUNING_RANGES": RANGES,
-    }))
+    return config_module.load(
+        local_environment(
+            {
+                "MAX_TUNING_JOBS": str(trials),
+                "MAX_PARALLEL_JOBS": str(parallel),
+                "STATIC_HYPERPARAMETERS": static,
+                "TUNING_RANGES": RANGES,
+            }
+        )
+    )
 
 
 def _dataset_ref():
@@ -90,8 +104,16 @@ def _dataset_ref():
     return names.DatasetRef(BUCKET, "datasets/bench/_READY", "bench", "folder", "datasets/bench/")
 
 
-def tuning_seconds(root: Path, data: Path, feature_cache: Path | None, static: str = STATIC, epochs: int | None = None,
-                   warm: bool = True, trials: int = N_TRIALS, parallel: int = 1) -> tuple[float, list[float]]:
+def tuning_seconds(
+    root: Path,
+    data: Path,
+    feature_cache: Path | None,
+    static: str = STATIC,
+    epochs: int | None = None,
+    warm: bool = True,
+    trials: int = N_TRIALS,
+    parallel: int = 1,
+) -> tuple[float, list[float]]:
     """The tuning job's wall time, and each trial's fixed cost (its wall time less its epochs).
     ``epochs``: a fixed epoch count instead of the tuned range."""
     from chalice_app import sagemaker_requests as requests
@@ -109,9 +131,14 @@ def tuning_seconds(root: Path, data: Path, feature_cache: Path | None, static: s
         executor.sagemaker.create_tuning_job(request)
         detail = executor.wait("bench-0000tune")
         seconds = time.perf_counter() - started
-        if detail["HyperParameterTuningJobStatus"] != "Completed" or detail["TrainingJobStatusCounters"]["Completed"] != trials:
+        if (
+            detail["HyperParameterTuningJobStatus"] != "Completed"
+            or detail["TrainingJobStatusCounters"]["Completed"] != trials
+        ):
             raise RuntimeError(f"the benchmark's tuning job did not complete its {trials} trials: {detail}")
-        return seconds, [_fixed_cost(executor, name, record) for name, _, record in executor.sagemaker.store.records("training-job")]
+        return seconds, [
+            _fixed_cost(executor, name, record) for name, _, record in executor.sagemaker.store.records("training-job")
+        ]
     finally:
         executor.close()
 
@@ -120,8 +147,12 @@ def _fixed_cost(executor: _Executor, name: str, record: dict) -> float:
     """From CreateTrainingJob to the job's end, less the epochs train.py timed (history.json)."""
     from datetime import datetime
 
-    history = json.loads((executor.sagemaker.training.jobs_root / name / "output" / "data" / "history.json").read_text())
-    wall = (datetime.fromisoformat(record["TrainingEndTime"]) - datetime.fromisoformat(record["CreationTime"])).total_seconds()
+    history = json.loads(
+        (executor.sagemaker.training.jobs_root / name / "output" / "data" / "history.json").read_text()
+    )
+    wall = (
+        datetime.fromisoformat(record["TrainingEndTime"]) - datetime.fromisoformat(record["CreationTime"])
+    ).total_seconds()
     return wall - sum(epoch["seconds"] for epoch in history)
 
 
@@ -129,9 +160,24 @@ def course_loop_seconds(data: Path, root: Path, epochs: int, size: int) -> float
     """N trials of the course project's script, one after the other, each in a fresh interpreter."""
     started = time.perf_counter()
     for trial, lr in enumerate(np.geomspace(1e-3, 2e-2, N_TRIALS)):
-        subprocess.run([sys.executable, str(HERE / "course_trial.py"), "--data", str(data), "--epochs", str(epochs),
-                        "--lr", str(lr), "--size", str(size), "--out", str(root / f"trial-{trial}.pth")],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                str(HERE / "course_trial.py"),
+                "--data",
+                str(data),
+                "--epochs",
+                str(epochs),
+                "--lr",
+                str(lr),
+                "--size",
+                str(size),
+                "--out",
+                str(root / f"trial-{trial}.pth"),
+            ],
+            check=True,
+            capture_output=True,
+        )
     return time.perf_counter() - started
 
 
@@ -142,8 +188,11 @@ def single_trial_seconds(root: Path, data: Path) -> float:
     config = _config()
     definition = requests.tuning_job_request(config, "bench-0000tune", _dataset_ref())["TrainingJobDefinition"]
     request = {k: v for k, v in definition.items() if k != "StaticHyperParameters"}
-    request.update(TrainingJobName="bench-0000tune-alone", Tags=[],
-                   HyperParameters={**definition["StaticHyperParameters"], "lr": "0.005", "epochs": "4"})
+    request.update(
+        TrainingJobName="bench-0000tune-alone",
+        Tags=[],
+        HyperParameters={**definition["StaticHyperParameters"], "lr": "0.005", "epochs": "4"},
+    )
     executor = _Executor(root, data, feature_cache=None, warm=False)
     try:
         started = time.perf_counter()
@@ -168,33 +217,66 @@ def run() -> list[Row]:
         # ~1,800 images at 64 px, 4 trials × 3 epochs in head mode: ours against the course loop.
         make_dataset(tmp / "small", classes=10, per_class=180, size=SMALL, seed=0)
         small_static = STATIC.replace(f'"image-size": "{SIZE}"', f'"image-size": "{SMALL}"')
-        ours, fixed = tuning_seconds(tmp / "small-warm", tmp / "small", tmp / "small-warm" / "features", small_static, epochs=3)
-        _, fixed_cold = tuning_seconds(tmp / "small-cold", tmp / "small", tmp / "small-cold" / "features", small_static,
-                                       epochs=3, warm=False)
+        ours, fixed = tuning_seconds(
+            tmp / "small-warm", tmp / "small", tmp / "small-warm" / "features", small_static, epochs=3
+        )
+        _, fixed_cold = tuning_seconds(
+            tmp / "small-cold", tmp / "small", tmp / "small-cold" / "features", small_static, epochs=3, warm=False
+        )
         course = course_loop_seconds(tmp / "small", tmp, epochs=3, size=SMALL)
         # Two full-mode trials at once on this machine's cores (each given half), against one after the other.
         full_static = small_static.replace('"train-mode": "head"', '"train-mode": "full"')
-        together, _ = tuning_seconds(tmp / "two-at-once", tmp / "small", None, full_static, epochs=1, trials=2, parallel=2)
+        together, _ = tuning_seconds(
+            tmp / "two-at-once", tmp / "small", None, full_static, epochs=1, trials=2, parallel=2
+        )
         in_a_row, _ = tuning_seconds(tmp / "in-a-row", tmp / "small", None, full_static, epochs=1, trials=2, parallel=1)
     linear = N_TRIALS * alone
     # The first trial computes the frozen features the others reuse: the fixed cost is the later ones'.
     later, later_cold = statistics.median(fixed[1:]), statistics.median(fixed_cold[1:])
     return [
-        Row(f"tuning, {N_TRIALS} head-mode trials at {SIZE} px, feature cache shared", shared, linear,
-            f"{N_TRIALS} × one trial run alone in a fresh interpreter", "s", target="sub-linear (< 1)"),
-        Row(f"tuning, {N_TRIALS} head-mode trials at {SIZE} px, feature cache off", separate, linear,
-            f"{N_TRIALS} × one trial run alone in a fresh interpreter", "s"),
-        Row(f"tuning, {N_TRIALS} × 3 epochs head mode, {SMALL} px, ~1,800 images: ours vs the course loop", ours, course,
-            f"the course loop: {N_TRIALS} × course_trial.py", "s", target="<= 0.2 (>= 5x faster)"),
-        Row(f"per-trial fixed cost (wall time less epochs), head mode, {SMALL} px, median of trials 2-{N_TRIALS}", later,
-            later_cold, "the same trials, each job in a fresh interpreter", "s", target="< 1.5 s"),
-        Row(f"tuning, 2 full-mode trials at {SMALL} px, ~1,800 images, run at once on {os.cpu_count()} cores", together,
-            in_a_row, "the same 2 trials one after the other", "s", target="<= 1 (not slower)"),
+        Row(
+            f"tuning, {N_TRIALS} head-mode trials at {SIZE} px, feature cache shared",
+            shared,
+            linear,
+            f"{N_TRIALS} × one trial run alone in a fresh interpreter",
+            "s",
+            target="sub-linear (< 1)",
+        ),
+        Row(
+            f"tuning, {N_TRIALS} head-mode trials at {SIZE} px, feature cache off",
+            separate,
+            linear,
+            f"{N_TRIALS} × one trial run alone in a fresh interpreter",
+            "s",
+        ),
+        Row(
+            f"tuning, {N_TRIALS} × 3 epochs head mode, {SMALL} px, ~1,800 images: ours vs the course loop",
+            ours,
+            course,
+            f"the course loop: {N_TRIALS} × course_trial.py",
+            "s",
+            target="<= 0.2 (>= 5x faster)",
+        ),
+        Row(
+            f"per-trial fixed cost (wall time less epochs), head mode, {SMALL} px, median of trials 2-{N_TRIALS}",
+            later,
+            later_cold,
+            "the same trials, each job in a fresh interpreter",
+            "s",
+            target="< 1.5 s",
+        ),
+        Row(
+            f"tuning, 2 full-mode trials at {SMALL} px, ~1,800 images, run at once on {os.cpu_count()} cores",
+            together,
+            in_a_row,
+            "the same 2 trials one after the other",
+            "s",
+            target="<= 1 (not slower)",
+        ),
     ]
 
 
 if __name__ == "__main__":
-
     from common import table, write
 
     print(table(json.loads(write(run(), "tuning").read_text())))

@@ -68,8 +68,11 @@ def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> floa
 
 def write(rows: list[Row], name: str = "latest") -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    data = {"machine": machine(), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "rows": [{**asdict(r), "ratio": r.ratio} for r in rows]}
+    data = {
+        "machine": machine(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "rows": [{**asdict(r), "ratio": r.ratio} for r in rows],
+    }
     (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
     (RESULTS / f"{name}.md").write_text(table(data))
     return RESULTS / f"{name}.json"
@@ -78,7 +81,8 @@ def write(rows: list[Row], name: str = "latest") -> Path:
 def table(data: dict) -> str:
     m = data["machine"]
     lines = [
-        f"Machine: {m['cpu']}, {m['cores']} cores, GPU: {m['gpu'] or 'none'}; Python {m['python']}, torch {m.get('torch', '-')}; {data['time']}",
+        f"Machine: {m['cpu']}, {m['cores']} cores, GPU: {m['gpu'] or 'none'}; "
+        f"Python {m['python']}, torch {m.get('torch', '-')}; {data['time']}",
         "",
         "| what | ours | reference (same run) | ratio | target |",
         "|---|---|---|---|---|",

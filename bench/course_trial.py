@@ -19,9 +19,17 @@ from torchvision import datasets, models, transforms  # noqa: E402
 
 
 def loader(root: str, split: str, size: int, shuffle: bool) -> torch.utils.data.DataLoader:
-    tf = transforms.Compose([transforms.Resize(int(size * 256 / 224)), transforms.CenterCrop(size), transforms.ToTensor(),
-                             transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
-    return torch.utils.data.DataLoader(datasets.ImageFolder(f"{root}/{split}", transform=tf), batch_size=32, shuffle=shuffle)
+    tf = transforms.Compose(
+        [
+            transforms.Resize(int(size * 256 / 224)),
+            transforms.CenterCrop(size),
+            transforms.ToTensor(),
+            transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+        ]
+    )
+    return torch.utils.data.DataLoader(
+        datasets.ImageFolder(f"{root}/{split}", transform=tf), batch_size=32, shuffle=shuffle
+    )
 
 
 def test(model: nn.Module, batches: torch.utils.data.DataLoader) -> float:

@@ -63,10 +63,16 @@ def main(url: str, image: Path, concurrency: int, seconds: float, reuse: bool = 
         thread.join()
     elapsed = time.perf_counter() - began
     ordered = sorted(latencies)
-    return {"rps": len(ordered) / elapsed, "requests": len(ordered), "errors": errors[0],
-            "p50_ms": ordered[len(ordered) // 2] * 1e3 if ordered else float("nan"),
-            "p99_ms": ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))] * 1e3 if ordered else float("nan")}
+    return {
+        "rps": len(ordered) / elapsed,
+        "requests": len(ordered),
+        "errors": errors[0],
+        "p50_ms": ordered[len(ordered) // 2] * 1e3 if ordered else float("nan"),
+        "p99_ms": ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))] * 1e3 if ordered else float("nan"),
+    }
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), sys.argv[5:6] != ["new"])))
+    print(
+        json.dumps(main(sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), sys.argv[5:6] != ["new"]))
+    )

@@ -32,20 +32,49 @@ def alarm_requests(config: Config, project: str) -> list[dict[str, Any]]:
     errors_name, latency_name = alarm_names(config, project)
 
     def metric(metric_id: str, name: str) -> dict[str, Any]:
-        return {"Id": metric_id, "ReturnData": False, "MetricStat": {
-            "Metric": {"Namespace": "AWS/SageMaker", "MetricName": name, "Dimensions": dimensions},
-            "Period": 60, "Stat": "Sum"}}
+        watched = {"Namespace": "AWS/SageMaker", "MetricName": name, "Dimensions": dimensions}
+        return {"Id": metric_id, "ReturnData": False, "MetricStat": {"Metric": watched, "Period": 60, "Stat": "Sum"}}
 
-    common = {"EvaluationPeriods": 2, "DatapointsToAlarm": 2, "ComparisonOperator": "GreaterThanThreshold",
-              "TreatMissingData": "notBreaching", "Tags": [{"Key": names.TAG_PROJECT, "Value": project}]}
+    common = {
+        "EvaluationPeriods": 2,
+        "DatapointsToAlarm": 2,
+        "ComparisonOperator": "GreaterThanThreshold",
+        "TreatMissingData": "notBreaching",
+        "Tags": [{"Key": names.TAG_PROJECT, "Value": project}],
+    }
     return [
-        {"AlarmName": errors_name, **common, "Threshold": float(ERROR_RATE_PERCENT),
-         "AlarmDescription": f"droptrain: more than {ERROR_RATE_PERCENT}% of {endpoint}'s invocations fail (5xx); rolls a deployment back",
-         "Metrics": [metric("errors", "Invocation5XXErrors"), metric("invocations", "Invocations"),
-                     {"Id": "rate", "Expression": "IF(invocations > 0, 100 * errors / invocations, 0)",
-                      "Label": "5xx per 100 invocations", "ReturnData": True}]},
-        {"AlarmName": latency_name, **common, "Threshold": float(config.rollback_latency_ms * 1000),
-         "AlarmDescription": f"droptrain: {endpoint}'s p90 model latency is over {config.rollback_latency_ms} ms; rolls a deployment back",
-         "Namespace": "AWS/SageMaker", "MetricName": "ModelLatency", "Dimensions": dimensions,
-         "ExtendedStatistic": "p90", "Period": 60, "Unit": "Microseconds"},
+        {
+            "AlarmName": errors_name,
+            **common,
+            "Threshold": float(ERROR_RATE_PERCENT),
+            "AlarmDescription": (
+                f"droptrain: more than {ERROR_RATE_PERCENT}% of {endpoint}'s invocations fail (5xx); "
+                "rolls a deployment back"
+            ),
+            "Metrics": [
+                metric("errors", "Invocation5XXErrors"),
+                metric("invocations", "Invocations"),
+                {
+                    "Id": "rate",
+                    "Expression": "IF(invocations > 0, 100 * errors / invocations, 0)",
+                    "Label": "5xx per 100 invocations",
+                    "ReturnData": True,
+                },
+            ],
+        },
+        {
+            "AlarmName": latency_name,
+            **common,
+            "Threshold": float(config.rollback_latency_ms * 1000),
+            "AlarmDescription": (
+                f"droptrain: {endpoint}'s p90 model latency is over {config.rollback_latency_ms} ms; "
+                "rolls a deployment back"
+            ),
+            "Namespace": "AWS/SageMaker",
+            "MetricName": "ModelLatency",
+            "Dimensions": dimensions,
+            "ExtendedStatistic": "p90",
+            "Period": 60,
+            "Unit": "Microseconds",
+        },
     ]

@@ -32,8 +32,9 @@ def _json(status: int, body: dict) -> Response:
 
 
 def _asset(name: str, content_type: str) -> Response:
-    return Response(body=console.asset(name), status_code=200,
-                    headers={"Content-Type": content_type, **console.HEADERS})
+    return Response(
+        body=console.asset(name), status_code=200, headers={"Content-Type": content_type, **console.HEADERS}
+    )
 
 
 def create_app(env: Mapping[str, str], services: pipeline.Services | None = None) -> Chalice:
@@ -106,8 +107,14 @@ def _event_handlers(app: Chalice, env: Mapping[str, str], steps: Handlers) -> No
 def _api_routes(app: Chalice, key_required: bool, steps: Handlers) -> None:
     def _predict(project):
         request = app.current_request
-        return _json(*steps.predict(project, request.raw_body, request.headers.get("content-type"),
-                                       (request.query_params or {}).get("top_k")))
+        return _json(
+            *steps.predict(
+                project,
+                request.raw_body,
+                request.headers.get("content-type"),
+                (request.query_params or {}).get("top_k"),
+            )
+        )
 
     @app.route("/predict", methods=["POST"], content_types=["*/*"], api_key_required=key_required)
     def predict():
@@ -153,8 +160,9 @@ def _console_routes(app: Chalice, key_required: bool, steps: Handlers) -> None:
 
     @app.route("/openapi.json", methods=["GET"])
     def openapi_document():
-        return Response(body=openapi.document(), status_code=200,
-                        headers={"Content-Type": "application/json", **console.HEADERS})
+        return Response(
+            body=openapi.document(), status_code=200, headers={"Content-Type": "application/json", **console.HEADERS}
+        )
 
     @app.route("/runs", methods=["GET"], api_key_required=key_required)
     def runs():
@@ -172,6 +180,8 @@ def _console_routes(app: Chalice, key_required: bool, steps: Handlers) -> None:
         kind, value = answer
         if kind == "redirect":  # a short-lived presigned URL of the report in S3
             return Response(body="", status_code=302, headers={"Location": value, "Cache-Control": "no-store"})
-        return Response(body=value.decode("utf-8", "replace"), status_code=200,
-                        headers={"Content-Type": "text/html; charset=utf-8", **console.REPORT_HEADERS})
-
+        return Response(
+            body=value.decode("utf-8", "replace"),
+            status_code=200,
+            headers={"Content-Type": "text/html; charset=utf-8", **console.REPORT_HEADERS},
+        )

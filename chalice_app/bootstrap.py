@@ -25,8 +25,11 @@ def _clients(region: str):
     session = boto3.session.Session(region_name=region)
     standard = BotoConfig(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=30)
     # API Gateway gives up after 29 s: one attempt per call, predict() retries within its budget.
-    invoke = BotoConfig(retries={"mode": "standard", "total_max_attempts": 1}, connect_timeout=predict_module.INVOKE_CONNECT_TIMEOUT,
-                        read_timeout=predict_module.INVOKE_READ_TIMEOUT)
+    invoke = BotoConfig(
+        retries={"mode": "standard", "total_max_attempts": 1},
+        connect_timeout=predict_module.INVOKE_CONNECT_TIMEOUT,
+        read_timeout=predict_module.INVOKE_READ_TIMEOUT,
+    )
     return {
         "s3": session.client("s3", config=standard),
         "sns": session.client("sns", config=standard),

@@ -45,15 +45,44 @@ DEFAULT_TUNING_RANGES: dict[str, list[Any]] = {
 
 # Every variable the stage's configuration reads (docs/configuration.md; tests/test_docs.py keeps both in step).
 VARIABLES = (
-    "API_KEY_REQUIRED", "APPROVAL_MODE", "AUDIT", "AUDIT_FIX", "AUDIT_INSTANCE_TYPE",
-    "AUDIT_MAX_LEAKED_TEST_SHARE", "AUDIT_MIN_TRAIN_IMAGES", "BLOCK_ON_RULE_ISSUES", "DATASET_PREFIX",
-    "DATA_BUCKET", "DEBUGGER_IMAGE_URI", "DEFAULT_PROJECT", "ENDPOINT_PREFIX", "GATE_MAX_F1_DROP",
-    "GATE_MAX_RECALL_DROP", "IDLE_STOP_HOURS", "INFERENCE_IMAGE_URI", "INFERENCE_INSTANCE_COUNT",
-    "INFERENCE_INSTANCE_TYPE", "MANAGED_DEBUGGER", "MAX_BODY_BYTES", "MAX_PARALLEL_JOBS",
-    "MAX_RUNTIME_SECONDS", "MAX_RUN_COST_USD", "MAX_TUNING_JOBS", "NOTIFY_TOPIC_ARN", "ROLLBACK_ALARMS",
-    "ROLLBACK_LATENCY_MS", "ROLLOUT_BAKE_SECONDS", "SAGEMAKER_ROLE_ARN", "SOURCE_DIR_S3_URI",
-    "STATIC_HYPERPARAMETERS", "TRAINING_IMAGE_URI", "TRAINING_INSTANCE_TYPE", "TRAINING_VOLUME_GB",
-    "TUNING_RANGES", "TUNING_STRATEGY", "USE_SPOT",
+    "API_KEY_REQUIRED",
+    "APPROVAL_MODE",
+    "AUDIT",
+    "AUDIT_FIX",
+    "AUDIT_INSTANCE_TYPE",
+    "AUDIT_MAX_LEAKED_TEST_SHARE",
+    "AUDIT_MIN_TRAIN_IMAGES",
+    "BLOCK_ON_RULE_ISSUES",
+    "DATASET_PREFIX",
+    "DATA_BUCKET",
+    "DEBUGGER_IMAGE_URI",
+    "DEFAULT_PROJECT",
+    "ENDPOINT_PREFIX",
+    "GATE_MAX_F1_DROP",
+    "GATE_MAX_RECALL_DROP",
+    "IDLE_STOP_HOURS",
+    "INFERENCE_IMAGE_URI",
+    "INFERENCE_INSTANCE_COUNT",
+    "INFERENCE_INSTANCE_TYPE",
+    "MANAGED_DEBUGGER",
+    "MAX_BODY_BYTES",
+    "MAX_PARALLEL_JOBS",
+    "MAX_RUNTIME_SECONDS",
+    "MAX_RUN_COST_USD",
+    "MAX_TUNING_JOBS",
+    "NOTIFY_TOPIC_ARN",
+    "ROLLBACK_ALARMS",
+    "ROLLBACK_LATENCY_MS",
+    "ROLLOUT_BAKE_SECONDS",
+    "SAGEMAKER_ROLE_ARN",
+    "SOURCE_DIR_S3_URI",
+    "STATIC_HYPERPARAMETERS",
+    "TRAINING_IMAGE_URI",
+    "TRAINING_INSTANCE_TYPE",
+    "TRAINING_VOLUME_GB",
+    "TUNING_RANGES",
+    "TUNING_STRATEGY",
+    "USE_SPOT",
 )
 
 
@@ -189,7 +218,11 @@ def _tuning_ranges(env: Mapping[str, str]) -> dict[str, list]:
 
 def endpoint_prefix(env: Mapping[str, str]) -> str:
     """``ENDPOINT_PREFIX``; ``ENDPOINT_NAME`` (a stage from before projects) is read as the prefix."""
-    name = "ENDPOINT_NAME" if env.get("ENDPOINT_NAME", "").strip() and not env.get("ENDPOINT_PREFIX", "").strip() else "ENDPOINT_PREFIX"
+    name = (
+        "ENDPOINT_NAME"
+        if env.get("ENDPOINT_NAME", "").strip() and not env.get("ENDPOINT_PREFIX", "").strip()
+        else "ENDPOINT_PREFIX"
+    )
     return _required(env, name, _PREFIX, "letters, digits and '-', at most 43 characters")
 
 
@@ -223,8 +256,14 @@ def api_key_required(env: Mapping[str, str]) -> bool:
     return _bool(env, "API_KEY_REQUIRED", False)
 
 
-def _choice(env: Mapping[str, str], name: str, default: str, pattern: re.Pattern | None = None,
-            choices: tuple[str, ...] = (), what: str = "") -> str:
+def _choice(
+    env: Mapping[str, str],
+    name: str,
+    default: str,
+    pattern: re.Pattern | None = None,
+    choices: tuple[str, ...] = (),
+    what: str = "",
+) -> str:
     value = env.get(name, default).strip() or default
     if choices and value not in choices:
         raise ConfigError(name, f"must be one of {', '.join(choices)}, got {value!r}")
@@ -285,7 +324,9 @@ def load(env: Mapping[str, str]) -> Config:
         endpoint_prefix=endpoint_prefix(env),
         region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
         dataset_prefix=dataset_prefix(env),
-        training_instance_type=_choice(env, "TRAINING_INSTANCE_TYPE", "ml.g4dn.xlarge", _INSTANCE, what="e.g. ml.g4dn.xlarge"),
+        training_instance_type=_choice(
+            env, "TRAINING_INSTANCE_TYPE", "ml.g4dn.xlarge", _INSTANCE, what="e.g. ml.g4dn.xlarge"
+        ),
         inference_instance_type=inference,
         tuning_strategy=_choice(env, "TUNING_STRATEGY", "Bayesian", choices=STRATEGIES),
         max_tuning_jobs=max_jobs,

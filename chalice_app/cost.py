@@ -20,10 +20,18 @@ from typing import Any
 BUNDLED_PRICES_AS_OF = "2025-06"
 # (training, hosting) USD per hour, us-east-1 on-demand list prices (approximate; see the module doc).
 BUNDLED_PRICES = {
-    "ml.m5.large": (0.115, 0.115), "ml.m5.xlarge": (0.23, 0.23), "ml.m5.2xlarge": (0.461, 0.461),
-    "ml.m5.4xlarge": (0.922, 0.922), "ml.c5.large": (0.102, 0.102), "ml.c5.xlarge": (0.204, 0.204),
-    "ml.c5.2xlarge": (0.408, 0.408), "ml.c5.4xlarge": (0.816, 0.816), "ml.g4dn.xlarge": (0.736, 0.736),
-    "ml.g4dn.2xlarge": (0.94, 0.94), "ml.g5.xlarge": (1.408, 1.408), "ml.g5.2xlarge": (1.515, 1.515),
+    "ml.m5.large": (0.115, 0.115),
+    "ml.m5.xlarge": (0.23, 0.23),
+    "ml.m5.2xlarge": (0.461, 0.461),
+    "ml.m5.4xlarge": (0.922, 0.922),
+    "ml.c5.large": (0.102, 0.102),
+    "ml.c5.xlarge": (0.204, 0.204),
+    "ml.c5.2xlarge": (0.408, 0.408),
+    "ml.c5.4xlarge": (0.816, 0.816),
+    "ml.g4dn.xlarge": (0.736, 0.736),
+    "ml.g4dn.2xlarge": (0.94, 0.94),
+    "ml.g5.xlarge": (1.408, 1.408),
+    "ml.g5.2xlarge": (1.515, 1.515),
     "ml.p3.2xlarge": (3.825, 3.825),
 }
 # Images per second: (head mode: the frozen backbone's one pass, full mode: training), ResNet-50 at 224 px.
@@ -33,8 +41,10 @@ THROUGHPUT = {
     "ml.c5.large": ((25.0, 9.0), "measured (2-core CPU, scaled to ResNet-50)"),
     "ml.m5.xlarge": ((50.0, 18.0), "estimate (twice the measured 2-core rate)"),
     "ml.c5.xlarge": ((50.0, 18.0), "estimate (twice the measured 2-core rate)"),
-    "ml.m5.2xlarge": ((100.0, 36.0), "estimate"), "ml.c5.2xlarge": ((100.0, 36.0), "estimate"),
-    "ml.m5.4xlarge": ((200.0, 70.0), "estimate"), "ml.c5.4xlarge": ((200.0, 70.0), "estimate"),
+    "ml.m5.2xlarge": ((100.0, 36.0), "estimate"),
+    "ml.c5.2xlarge": ((100.0, 36.0), "estimate"),
+    "ml.m5.4xlarge": ((200.0, 70.0), "estimate"),
+    "ml.c5.4xlarge": ((200.0, 70.0), "estimate"),
     "ml.g4dn.xlarge": ((350.0, 180.0), "estimate (T4, input-bound on 4 vCPUs)"),
     "ml.g4dn.2xlarge": ((500.0, 200.0), "estimate (T4)"),
     "ml.g5.xlarge": ((450.0, 260.0), "estimate (A10G, input-bound on 4 vCPUs)"),
@@ -102,21 +112,27 @@ def plan(config: Any, images: int, training: Price | None, trials: int) -> Plan:
     if budget is None:
         return Plan(trials, min(config.max_parallel_jobs, trials), runtime, False)
     if training is None:
-        raise BudgetError(f"MAX_RUN_COST_USD is set but no price is known for {config.training_instance_type}: "
-                          "unset the budget or use an instance type of the bundled table")
+        raise BudgetError(
+            f"MAX_RUN_COST_USD is set but no price is known for {config.training_instance_type}: "
+            "unset the budget or use an instance type of the bundled table"
+        )
     expected, _ = job_seconds(config.training_instance_type, images, _epochs(config), _mode(config))
     # A job may run to twice its expected time before it is stopped; never less than 10 minutes.
     limit = int(min(runtime, max(600, math.ceil(2 * expected))))
     per_job = limit / 3600 * training.usd_per_hour
     fitting = math.floor(budget / per_job) - 1  # the final job is one of them
     if fitting < 1:
-        raise BudgetError(f"the run needs at least one trial and the final job, each allowed {limit / 60:.0f} min on "
-                          f"{config.training_instance_type} at ${training.usd_per_hour:.3f}/h: ${2 * per_job:.2f} "
-                          f"at most, over MAX_RUN_COST_USD ${budget:.2f}")
+        raise BudgetError(
+            f"the run needs at least one trial and the final job, each allowed {limit / 60:.0f} min on "
+            f"{config.training_instance_type} at ${training.usd_per_hour:.3f}/h: ${2 * per_job:.2f} "
+            f"at most, over MAX_RUN_COST_USD ${budget:.2f}"
+        )
     if config.tuning_strategy == "Grid" and fitting < configured:
-        raise BudgetError(f"Grid search runs all {configured} combinations plus the final job, each allowed {limit / 60:.0f} min "
-                          f"at ${training.usd_per_hour:.3f}/h: ${(configured + 1) * per_job:.2f} at most, over MAX_RUN_COST_USD "
-                          f"${budget:.2f}; raise the budget or use another strategy")
+        raise BudgetError(
+            f"Grid search runs all {configured} combinations plus the final job, each allowed {limit / 60:.0f} min "
+            f"at ${training.usd_per_hour:.3f}/h: ${(configured + 1) * per_job:.2f} at most, over MAX_RUN_COST_USD "
+            f"${budget:.2f}; raise the budget or use another strategy"
+        )
     trials = min(trials, fitting)
     return Plan(trials, min(config.max_parallel_jobs, trials), limit, trials < configured or limit < runtime)
 
@@ -125,15 +141,27 @@ def forecast(config: Any, images: int, run_plan: Plan, training: Price | None, h
     """``tuning.started``'s forecast: the trials, the final job and the endpoint's cost per day."""
     seconds, throughput = job_seconds(config.training_instance_type, images, _epochs(config), _mode(config))
     out: dict[str, Any] = {
-        "images": images, "trials": run_plan.trials, "minutes_per_job": round(seconds / 60, 1),
-        "throughput": throughput, "max_runtime_seconds": run_plan.max_runtime_seconds,
-        "budget_usd": config.max_run_cost_usd, "bounded_by_budget": run_plan.bounded_by_budget,
+        "images": images,
+        "trials": run_plan.trials,
+        "minutes_per_job": round(seconds / 60, 1),
+        "throughput": throughput,
+        "max_runtime_seconds": run_plan.max_runtime_seconds,
+        "budget_usd": config.max_run_cost_usd,
+        "bounded_by_budget": run_plan.bounded_by_budget,
     }
     if training is not None:
         per_job = seconds / 3600 * training.usd_per_hour
-        out.update({"training_usd_per_hour": training.usd_per_hour, "tuning_usd": round(run_plan.trials * per_job, 2),
-                    "final_usd": round(per_job, 2), "run_usd": round((run_plan.trials + 1) * per_job, 2),
-                    "worst_case_usd": round((run_plan.trials + 1) * run_plan.max_runtime_seconds / 3600 * training.usd_per_hour, 2)})
+        out.update(
+            {
+                "training_usd_per_hour": training.usd_per_hour,
+                "tuning_usd": round(run_plan.trials * per_job, 2),
+                "final_usd": round(per_job, 2),
+                "run_usd": round((run_plan.trials + 1) * per_job, 2),
+                "worst_case_usd": round(
+                    (run_plan.trials + 1) * run_plan.max_runtime_seconds / 3600 * training.usd_per_hour, 2
+                ),
+            }
+        )
     if config.serverless:
         out["endpoint_usd_per_day"] = None  # billed per request and memory-second: nothing while idle
     elif hosting is not None:

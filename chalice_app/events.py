@@ -101,7 +101,9 @@ class EndpointStateChange:
         detail = _get(event, "detail", kind=Mapping)
         modified = detail.get("LastModifiedTime")
         return cls(
-            last_modified=str(modified) if isinstance(modified, (int, float, str)) and str(modified).isalnum() else None,
+            last_modified=str(modified)
+            if isinstance(modified, (int, float, str)) and str(modified).isalnum()
+            else None,
             name=_get(event, "detail", "EndpointName"),
             # EventBridge says IN_SERVICE; the API says InService. Both mean the same.
             status=_get(event, "detail", "EndpointStatus").upper().replace("INSERVICE", "IN_SERVICE"),

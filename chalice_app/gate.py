@@ -35,8 +35,13 @@ def _macro_f1(evaluation: Mapping[str, Any]) -> float:
     return float(evaluation["macro_avg"]["f1"])
 
 
-def judge(new: Mapping[str, Any] | None, serving_run: str | None, serving_own: Mapping[str, Any] | None,
-          max_f1_drop: float, max_recall_drop: float) -> Verdict:
+def judge(
+    new: Mapping[str, Any] | None,
+    serving_run: str | None,
+    serving_own: Mapping[str, Any] | None,
+    max_f1_drop: float,
+    max_recall_drop: float,
+) -> Verdict:
     """``new`` is the new version's evaluation; ``serving_own`` the serving version's evaluation from
     its own job, used only when ``new`` holds no baseline for ``serving_run``."""
     if serving_run is None:
@@ -51,22 +56,34 @@ def judge(new: Mapping[str, Any] | None, serving_run: str | None, serving_own: M
     elif serving_own and "per_class" in serving_own:
         reference, basis = serving_own, f"the new version's split against {serving_run}'s own evaluation"
     else:
-        return Verdict(False, [f"the serving version {serving_run} could not be evaluated: "
-                               f"{baseline.get('error') or 'no evaluation of it'}"], basis="no baseline")
+        return Verdict(
+            False,
+            [
+                f"the serving version {serving_run} could not be evaluated: "
+                f"{baseline.get('error') or 'no evaluation of it'}"
+            ],
+            basis="no baseline",
+        )
     new_recalls, old_recalls = _recalls(new), _recalls(reference)
     if set(new_recalls) != set(old_recalls):
         return Verdict(True, [f"the class sets differ from {serving_run}'s: not compared"], basis="different classes")
     reasons: list[str] = []
     f1_new, f1_old = _macro_f1(new), _macro_f1(reference)
-    comparison: dict[str, Any] = {"macro_f1": {"serving": round(f1_old, 4), "new": round(f1_new, 4), "change": round(f1_new - f1_old, 4)},
-                                  "recall": {}}
+    comparison: dict[str, Any] = {
+        "macro_f1": {"serving": round(f1_old, 4), "new": round(f1_new, 4), "change": round(f1_new - f1_old, 4)},
+        "recall": {},
+    }
     if f1_old - f1_new > max_f1_drop + 1e-9:
-        reasons.append(f"macro-F1 {f1_new:.4f} is {f1_old - f1_new:.4f} below the serving version's {f1_old:.4f} "
-                       f"(at most {max_f1_drop} allowed)")
+        reasons.append(
+            f"macro-F1 {f1_new:.4f} is {f1_old - f1_new:.4f} below the serving version's {f1_old:.4f} "
+            f"(at most {max_f1_drop} allowed)"
+        )
     for name in sorted(new_recalls):
         old, now = old_recalls[name], new_recalls[name]
         comparison["recall"][name] = {"serving": round(old, 4), "new": round(now, 4), "change": round(now - old, 4)}
         if old - now > max_recall_drop + 1e-9:
-            reasons.append(f"recall of {name!r} {now:.4f} is {old - now:.4f} below the serving version's {old:.4f} "
-                           f"(at most {max_recall_drop} allowed)")
+            reasons.append(
+                f"recall of {name!r} {now:.4f} is {old - now:.4f} below the serving version's {old:.4f} "
+                f"(at most {max_recall_drop} allowed)"
+            )
     return Verdict(not reasons, reasons or ["not worse than the serving version"], comparison, basis)

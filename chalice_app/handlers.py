@@ -46,8 +46,9 @@ class Handlers:
                 self._services = bootstrap.build(self._env)
             return self._services
 
-    def handle_event(self, step: Callable[[Services, E], str], parse: Callable[[Mapping[str, Any]], E],
-                     raw: Mapping[str, Any]) -> str:
+    def handle_event(
+        self, step: Callable[[Services, E], str], parse: Callable[[Mapping[str, Any]], E], raw: Mapping[str, Any]
+    ) -> str:
         name = step.__name__
         log = observability.logger()
         try:
@@ -72,8 +73,9 @@ class Handlers:
         log.info(f"{name}: {outcome}", extra={"step": name})
         return outcome
 
-    def predict(self, project: str | None, body: bytes | None, content_type: str | None,
-                top_k: str | None) -> tuple[int, dict[str, Any]]:
+    def predict(
+        self, project: str | None, body: bytes | None, content_type: str | None, top_k: str | None
+    ) -> tuple[int, dict[str, Any]]:
         """``(status, JSON body)`` for ``POST /predict/{project}`` (``project`` None: ``POST /predict``)."""
         name = ""
         try:
@@ -81,15 +83,19 @@ class Handlers:
             # The request is checked before any AWS call: bad input costs nothing.
             predict_module.check_request(body, content_type, top_k, svc.config.max_body_bytes)
             name = versions.resolve_project(svc, project)
-            result = predict_module.predict(svc.runtime, svc.config, svc.config.endpoint(name), body, content_type,
-                                            top_k, svc.sleep)
+            result = predict_module.predict(
+                svc.runtime, svc.config, svc.config.endpoint(name), body, content_type, top_k, svc.sleep
+            )
         except ConfigError as exc:
             return _misconfigured(exc)
         except predict_module.PredictError as exc:
             observability.count(f"Predict{exc.status}")
             if exc.code == "no_model" and _woke(svc, name):
-                return 503, error_body("model_sleeping", f"project {name}'s endpoint was stopped for idleness and "
-                                                         "is starting again: try again in a few minutes")
+                return 503, error_body(
+                    "model_sleeping",
+                    f"project {name}'s endpoint was stopped for idleness and "
+                    "is starting again: try again in a few minutes",
+                )
             return exc.status, exc.body()
         except versions.VersionError as exc:
             observability.count(f"Predict{exc.status}")
@@ -105,19 +111,26 @@ class Handlers:
 
     def project(self, name: str) -> tuple[int, dict[str, Any]]:
         """``GET /projects/{project}``: its versions, oldest first, and which one serves."""
+
         def read(svc: Services) -> dict[str, Any]:
             slug = names.project_of(name)
             found = versions.project_versions(svc, slug)
-            return {"project": slug, "endpoint": svc.config.endpoint(slug), "versions": found,
-                    "serving": next((v["run_id"] for v in found if v["serving"]), None)}
+            return {
+                "project": slug,
+                "endpoint": svc.config.endpoint(slug),
+                "versions": found,
+                "serving": next((v["run_id"] for v in found if v["serving"]), None),
+            }
+
         return self._versions_call(read)
 
     def deploy_version(self, name: str, run: str | None) -> tuple[int, dict[str, Any]]:
         """``POST /projects/{project}/versions/{run_id}/deploy`` (and ``droptrain rollback``)."""
         return self._versions_call(lambda svc: versions.deploy_version(svc, name, run), status=202)
 
-    def _versions_call(self, call: Callable[[Services], dict[str, Any]],
-                       status: int = 200) -> tuple[int, dict[str, Any]]:
+    def _versions_call(
+        self, call: Callable[[Services], dict[str, Any]], status: int = 200
+    ) -> tuple[int, dict[str, Any]]:
         try:
             return status, call(self.services())
         except ConfigError as exc:
@@ -175,21 +188,33 @@ def _report_config_error(env: Mapping[str, str], exc: ConfigError, step: str) ->
     observability.logger().error(str(exc), extra={"variable": exc.variable, "step": step})
     notifier = bootstrap.config_error_notifier(env)
     if notifier is not None:
-        notifier.send(Notification(
-            "pipeline.failed", None, None, "ConfigurationError", f"{step}: {exc}",
-            detail={"step": step, "variable": exc.variable, "reason": str(exc)},
-        ))
+        notifier.send(
+            Notification(
+                "pipeline.failed",
+                None,
+                None,
+                "ConfigurationError",
+                f"{step}: {exc}",
+                detail={"step": step, "variable": exc.variable, "reason": str(exc)},
+            )
+        )
 
 
 def _report_step_failure(svc: Services, step: str, exc: Exception, event_id: str) -> None:
     retryable = getattr(exc, "retryable", False)
     observability.logger().error(f"{step} failed: {exc}", extra={"retryable": retryable, "event_id": event_id})
     observability.count("StepFailures")
-    svc.notifier.send(Notification(
-        "pipeline.failed", None, None, "Failed", f"{step}: {exc}",
-        detail={"step": step, "reason": str(exc), "event_id": event_id, "retrying": retryable},
-        dedupe=f"_events/{event_id}" if event_id else None,
-    ))
+    svc.notifier.send(
+        Notification(
+            "pipeline.failed",
+            None,
+            None,
+            "Failed",
+            f"{step}: {exc}",
+            detail={"step": step, "reason": str(exc), "event_id": event_id, "retrying": retryable},
+            dedupe=f"_events/{event_id}" if event_id else None,
+        )
+    )
 
 
 def error_body(code: str, message: str) -> dict[str, Any]:

@@ -13,8 +13,15 @@ from dataclasses import dataclass
 
 SLUG_MAX = 19
 _NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
-MAX_LENGTH = {"tuning job": 32, "training job": 63, "model": 63, "endpoint config": 63, "endpoint": 63,
-              "model package group": 63, "processing job": 63}
+MAX_LENGTH = {
+    "tuning job": 32,
+    "training job": 63,
+    "model": 63,
+    "endpoint config": 63,
+    "endpoint": 63,
+    "model package group": 63,
+    "processing job": 63,
+}
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
 READY_MARKER = "_READY"
 
@@ -70,7 +77,7 @@ def parse_dataset_key(bucket: str, key: str, dataset_prefix: str) -> DatasetRef 
     """The dataset an object key starts, or ``None`` for any other key."""
     if not key.startswith(dataset_prefix):
         return None
-    rest = key[len(dataset_prefix):]
+    rest = key[len(dataset_prefix) :]
     if "/" in rest:
         name, _, tail = rest.partition("/")
         if tail != READY_MARKER or not name:
@@ -110,7 +117,7 @@ def project_resource(prefix: str, project: str) -> str:
 def project_of_resource(prefix: str, name: str) -> str | None:
     """The project an endpoint or model package group of this prefix belongs to, else ``None``."""
     head = f"{prefix}-".lower()
-    return name[len(head):].lower() if name.lower().startswith(head) and len(name) > len(head) else None
+    return name[len(head) :].lower() if name.lower().startswith(head) and len(name) > len(head) else None
 
 
 def run_id(dataset: DatasetRef, etag: str) -> str:
@@ -166,14 +173,18 @@ def tag_value(text: str, truncate: bool = False) -> str:
     if truncate:
         return re.sub(r"\+[0-9A-F]?$", "", value[:TAG_VALUE_MAX])
     if len(value) > TAG_VALUE_MAX:
-        raise InvalidNameError(f"{text!r} is too long to tag SageMaker resources with "
-                               f"({len(value)} characters encoded, the limit is {TAG_VALUE_MAX}): use a shorter dataset name")
+        raise InvalidNameError(
+            f"{text!r} is too long to tag SageMaker resources with "
+            f"({len(value)} characters encoded, the limit is {TAG_VALUE_MAX}): use a shorter dataset name"
+        )
     return value
 
 
 def untag_value(value: str) -> str:
     """The text ``tag_value`` encoded."""
-    return re.sub(r"(?:\+[0-9A-F]{2})+", lambda m: bytes.fromhex(m.group(0).replace("+", "")).decode("utf-8", "replace"), value)
+    return re.sub(
+        r"(?:\+[0-9A-F]{2})+", lambda m: bytes.fromhex(m.group(0).replace("+", "")).decode("utf-8", "replace"), value
+    )
 
 
 def dataset_of_tags(tags: dict[str, str]) -> str | None:

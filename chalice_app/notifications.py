@@ -17,10 +17,23 @@ from typing import Any
 from chalice_app.ports import ObjectStore, Publisher
 
 EVENTS = (
-    "dataset.accepted", "dataset.audited", "dataset.rejected", "tuning.started", "tuning.completed", "tuning.failed",
-    "training.started", "training.completed", "training.failed", "model.registered", "model.approved", "model.held",
+    "dataset.accepted",
+    "dataset.audited",
+    "dataset.rejected",
+    "tuning.started",
+    "tuning.completed",
+    "tuning.failed",
+    "training.started",
+    "training.completed",
+    "training.failed",
+    "model.registered",
+    "model.approved",
+    "model.held",
     "deployment.started",
-    "deployment.completed", "deployment.failed", "deployment.stopped", "pipeline.failed",
+    "deployment.completed",
+    "deployment.failed",
+    "deployment.stopped",
+    "pipeline.failed",
 )
 # SNS: a Subject of printable ASCII "less than 100 characters long", a Message under 256 KB (attributes
 # count too: room is left for them).

@@ -27,7 +27,10 @@ def processing_job_state_change(env: Mapping[str, str]) -> dict[str, Any]:
     return {
         "source": ["aws.sagemaker"],
         "detail-type": ["SageMaker Processing Job State Change"],
-        "detail": {"ProcessingJobStatus": ["Completed", "Failed", "Stopped"], "ProcessingJobName": [{"suffix": "-audit"}]},
+        "detail": {
+            "ProcessingJobStatus": ["Completed", "Failed", "Stopped"],
+            "ProcessingJobName": [{"suffix": "-audit"}],
+        },
     }
 
 
@@ -46,10 +49,12 @@ def training_job_state_change(env: Mapping[str, str]) -> dict[str, Any]:
     return {
         "source": ["aws.sagemaker"],
         "detail-type": ["SageMaker Training Job State Change"],
-        "detail": {"$or": [
-            {"TrainingJobStatus": ["Completed", "Failed", "Stopped"], "Tags": {"droptrain:role": ["final"]}},
-            {"TrainingJobStatus": ["Failed"], "TuningJobArn": [{"exists": True}]},
-        ]},
+        "detail": {
+            "$or": [
+                {"TrainingJobStatus": ["Completed", "Failed", "Stopped"], "Tags": {"droptrain:role": ["final"]}},
+                {"TrainingJobStatus": ["Failed"], "TuningJobArn": [{"exists": True}]},
+            ]
+        },
     }
 
 

@@ -89,7 +89,9 @@ def check_request(body: bytes | None, content_type: str | None, top_k: str | Non
     """The image's real content type and ``top_k``; raises the error the request deserves."""
     media = (content_type or "").split(";")[0].strip().lower()
     if media not in IMAGE_TYPES:
-        raise UnsupportedMediaTypeError(f"send the image bytes as image/jpeg or image/png, not {media or 'no content type'!r}")
+        raise UnsupportedMediaTypeError(
+            f"send the image bytes as image/jpeg or image/png, not {media or 'no content type'!r}"
+        )
     body = body or b""
     if len(body) > max_bytes:
         raise PayloadTooLargeError(f"the image is {len(body)} bytes; the limit is {max_bytes} bytes")
@@ -143,7 +145,9 @@ def predict(
         except (ThrottledError, EndpointNotReadyError) as exc:
             attempt = INVOKE_CONNECT_TIMEOUT + INVOKE_READ_TIMEOUT
             if delay is None or clock() - started + delay + attempt > PREDICT_BUDGET_SECONDS:
-                raise UnavailableError(f"the endpoint is busy or not ready; try again shortly ({exc.code or 'throttled'})", "endpoint_busy") from exc
+                raise UnavailableError(
+                    f"the endpoint is busy or not ready; try again shortly ({exc.code or 'throttled'})", "endpoint_busy"
+                ) from exc
             sleep(delay)
         except EndpointNotFoundError as exc:
             raise UnavailableError(f"no model is deployed (endpoint {endpoint} does not exist)", "no_model") from exc
@@ -183,6 +187,10 @@ def _endpoint_status(sagemaker: SageMaker, name: str) -> dict[str, Any]:
     except AdapterError:
         pass  # the model was deployed by hand, or its job was deleted: the endpoint's state still stands
     return {
-        "endpoint": {"name": name, "status": endpoint.get("EndpointStatus"), "failure_reason": endpoint.get("FailureReason")},
+        "endpoint": {
+            "name": name,
+            "status": endpoint.get("EndpointStatus"),
+            "failure_reason": endpoint.get("FailureReason"),
+        },
         "model": model,
     }

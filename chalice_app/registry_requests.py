@@ -26,8 +26,15 @@ def _metadata_value(value: Any) -> str:
     return names.tag_value(str(value), truncate=True)
 
 
-def model_package_request(config: Config, project: str, run: str, model_data: str, dataset_uri: str | None,
-                          metrics: Mapping[str, float], hyperparameters: Mapping[str, str]) -> dict[str, Any]:
+def model_package_request(
+    config: Config,
+    project: str,
+    run: str,
+    model_data: str,
+    dataset_uri: str | None,
+    metrics: Mapping[str, float],
+    hyperparameters: Mapping[str, str],
+) -> dict[str, Any]:
     """A version in the project's group, pending approval: the Ray Serve image and the final job's
     ``model.tar.gz``, the evaluation report as model metrics, and the run, dataset, test metrics and
     best hyperparameters as metadata (values in SageMaker's tag alphabet, 256 characters at most).
@@ -37,11 +44,12 @@ def model_package_request(config: Config, project: str, run: str, model_data: st
         metadata[names.TAG_DATASET] = _metadata_value(dataset_uri)
     for name, value in sorted(metrics.items()):
         metadata[name] = f"{value:.6g}"
-    for name, setting in sorted(hyperparameters.items())[:50 - len(metadata)]:  # 50 entries at most in all
+    for name, setting in sorted(hyperparameters.items())[: 50 - len(metadata)]:  # 50 entries at most in all
         metadata[f"hp:{name}"[:128]] = _metadata_value(setting) or "-"
     specification: dict[str, Any] = {
         "Containers": [{"Image": config.inference_image_uri, "ModelDataUrl": model_data}],
-        "SupportedContentTypes": IMAGE_TYPES, "SupportedResponseMIMETypes": ["application/json"],
+        "SupportedContentTypes": IMAGE_TYPES,
+        "SupportedResponseMIMETypes": ["application/json"],
     }
     if not config.serverless:
         specification["SupportedRealtimeInferenceInstanceTypes"] = [config.inference_instance_type]
@@ -50,7 +58,9 @@ def model_package_request(config: Config, project: str, run: str, model_data: st
         "ModelPackageDescription": f"run {run}",
         "InferenceSpecification": specification,
         "ModelApprovalStatus": "PendingManualApproval",
-        "ModelMetrics": {"ModelQuality": {"Statistics": {"ContentType": "application/json", "S3Uri": evaluation_uri(config, run)}}},
+        "ModelMetrics": {
+            "ModelQuality": {"Statistics": {"ContentType": "application/json", "S3Uri": evaluation_uri(config, run)}}
+        },
         "CustomerMetadataProperties": metadata,
         "ClientToken": run,
     }

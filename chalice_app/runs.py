@@ -14,8 +14,17 @@ from chalice_app.adapters.errors import NotFoundError
 from chalice_app.pipeline.services import Services, read_json
 
 # The happy path, in order; a run's state is how far along it got, or where it stopped.
-STEPS = ("dataset.accepted", "tuning.started", "tuning.completed", "training.started", "training.completed",
-         "model.registered", "model.approved", "deployment.started", "deployment.completed")
+STEPS = (
+    "dataset.accepted",
+    "tuning.started",
+    "tuning.completed",
+    "training.started",
+    "training.completed",
+    "model.registered",
+    "model.approved",
+    "deployment.started",
+    "deployment.completed",
+)
 STOPPED = ("dataset.rejected", "tuning.failed", "training.failed", "deployment.failed", "model.held")
 REPORT_URL_SECONDS = 300
 MAX_RUNS = 100
@@ -63,8 +72,16 @@ def list_runs(svc: Services) -> list[dict[str, Any]]:
         if not events:
             continue
         first = read_json(svc, f"runs/{run}/notifications/{events[0]}.json") or {}
-        runs.append({"run_id": run, "project": names.project_of_run(run), "dataset": first.get("dataset"),
-                     "started_at": first.get("time"), "state": state_of(events), "events": events})
+        runs.append(
+            {
+                "run_id": run,
+                "project": names.project_of_run(run),
+                "dataset": first.get("dataset"),
+                "started_at": first.get("time"),
+                "state": state_of(events),
+                "events": events,
+            }
+        )
     return sorted(runs, key=lambda r: r["started_at"] or "", reverse=True)
 
 
@@ -87,8 +104,12 @@ def run_detail(svc: Services, run: str) -> dict[str, Any]:
     reports = f"runs/{run}/reports/"
     evaluation = read_json(svc, reports + "evaluation.json")
     return {
-        "run_id": run, "project": names.project_of_run(run), "state": state_of(events), "timeline": timeline,
-        "tuning": _tuning(svc, run), "final": _final(svc, run),
+        "run_id": run,
+        "project": names.project_of_run(run),
+        "state": state_of(events),
+        "timeline": timeline,
+        "tuning": _tuning(svc, run),
+        "final": _final(svc, run),
         "evaluation": evaluation if isinstance(evaluation, dict) else None,
         "rules": read_json(svc, reports + "rules.json"),
         "report": f"runs/{run}/report" if _exists(svc, reports + "report.html") else None,
@@ -112,13 +133,26 @@ def _tuning(svc: Services, run: str) -> dict[str, Any] | None:
     trials = []
     for trial in svc.sagemaker.list_trials(run):
         objective = trial.get("FinalHyperParameterTuningJobObjectiveMetric") or {}
-        trials.append({"name": trial["TrainingJobName"], "status": trial.get("TrainingJobStatus"),
-                       "hyperparameters": trial.get("TunedHyperParameters", {}), "objective": objective.get("Value"),
-                       "failure_reason": trial.get("FailureReason"), "best": trial["TrainingJobName"] == best})
+        trials.append(
+            {
+                "name": trial["TrainingJobName"],
+                "status": trial.get("TrainingJobStatus"),
+                "hyperparameters": trial.get("TunedHyperParameters", {}),
+                "objective": objective.get("Value"),
+                "failure_reason": trial.get("FailureReason"),
+                "best": trial["TrainingJobName"] == best,
+            }
+        )
     trials.sort(key=lambda t: t["name"])
-    return {"status": job.get("HyperParameterTuningJobStatus"), "strategy": job.get("HyperParameterTuningJobConfig", {}).get("Strategy"),
-            "objective": job.get("HyperParameterTuningJobConfig", {}).get("HyperParameterTuningJobObjective", {}).get("MetricName"),
-            "best": best, "trials": trials}
+    return {
+        "status": job.get("HyperParameterTuningJobStatus"),
+        "strategy": job.get("HyperParameterTuningJobConfig", {}).get("Strategy"),
+        "objective": job.get("HyperParameterTuningJobConfig", {})
+        .get("HyperParameterTuningJobObjective", {})
+        .get("MetricName"),
+        "best": best,
+        "trials": trials,
+    }
 
 
 def _final(svc: Services, run: str) -> dict[str, Any] | None:
@@ -126,9 +160,13 @@ def _final(svc: Services, run: str) -> dict[str, Any] | None:
         job = svc.sagemaker.describe_training_job(names.final_job_name(run))
     except NotFoundError:
         return None
-    return {"name": job.get("TrainingJobName"), "status": job.get("TrainingJobStatus"),
-            "metrics": {m["MetricName"]: m["Value"] for m in job.get("FinalMetricDataList", [])},
-            "failure_reason": job.get("FailureReason"), "billable_seconds": job.get("BillableTimeInSeconds")}
+    return {
+        "name": job.get("TrainingJobName"),
+        "status": job.get("TrainingJobStatus"),
+        "metrics": {m["MetricName"]: m["Value"] for m in job.get("FinalMetricDataList", [])},
+        "failure_reason": job.get("FailureReason"),
+        "billable_seconds": job.get("BillableTimeInSeconds"),
+    }
 
 
 def report(svc: Services, run: str) -> tuple[str, str | bytes]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from chalice_app import alarm_requests, names
+from chalice_app import names
 from chalice_app.config import Config
 
 OBJECTIVE = "valid:accuracy"
@@ -32,12 +32,26 @@ def tuned_ranges(config: Config) -> dict[str, Any]:
     r = config.tuning_ranges
     return {
         "ContinuousParameterRanges": [
-            {"Name": "lr", "MinValue": _number(r["lr"][0]), "MaxValue": _number(r["lr"][1]), "ScalingType": "Logarithmic"},
-            {"Name": "weight-decay", "MinValue": _number(r["weight-decay"][0]), "MaxValue": _number(r["weight-decay"][1]),
-             "ScalingType": "Logarithmic"},
+            {
+                "Name": "lr",
+                "MinValue": _number(r["lr"][0]),
+                "MaxValue": _number(r["lr"][1]),
+                "ScalingType": "Logarithmic",
+            },
+            {
+                "Name": "weight-decay",
+                "MinValue": _number(r["weight-decay"][0]),
+                "MaxValue": _number(r["weight-decay"][1]),
+                "ScalingType": "Logarithmic",
+            },
         ],
         "IntegerParameterRanges": [
-            {"Name": "epochs", "MinValue": str(r["epochs"][0]), "MaxValue": str(r["epochs"][1]), "ScalingType": "Linear"},
+            {
+                "Name": "epochs",
+                "MinValue": str(r["epochs"][0]),
+                "MaxValue": str(r["epochs"][1]),
+                "ScalingType": "Linear",
+            },
         ],
         "CategoricalParameterRanges": [{"Name": "batch-size", "Values": [str(v) for v in r["batch-size"]]}],
     }
@@ -48,17 +62,26 @@ def grid_ranges(config: Config) -> dict[str, Any]:
     r = config.tuning_ranges
     low, high = r["lr"]
     decay = (r["weight-decay"][0] * r["weight-decay"][1]) ** 0.5
-    return {"CategoricalParameterRanges": [
-        {"Name": "lr", "Values": [_number(low), _number((low * high) ** 0.5), _number(high)]},
-        {"Name": "weight-decay", "Values": [_number(decay)]},
-        {"Name": "epochs", "Values": [str((r["epochs"][0] + r["epochs"][1]) // 2)]},
-        {"Name": "batch-size", "Values": [str(v) for v in r["batch-size"][:2]]},
-    ]}
+    return {
+        "CategoricalParameterRanges": [
+            {"Name": "lr", "Values": [_number(low), _number((low * high) ** 0.5), _number(high)]},
+            {"Name": "weight-decay", "Values": [_number(decay)]},
+            {"Name": "epochs", "Values": [str((r["epochs"][0] + r["epochs"][1]) // 2)]},
+            {"Name": "batch-size", "Values": [str(v) for v in r["batch-size"][:2]]},
+        ]
+    }
 
 
 # Where in-job smdebug tensors go inside the container; SageMaker uploads output/data with the job.
 IN_JOB_DEBUG_DIR = "/opt/ml/output/data/debug"
-DEBUGGER_RULES = ("VanishingGradient", "ExplodingTensor", "Overfit", "Overtraining", "PoorWeightInitialization", "LossNotDecreasing")
+DEBUGGER_RULES = (
+    "VanishingGradient",
+    "ExplodingTensor",
+    "Overfit",
+    "Overtraining",
+    "PoorWeightInitialization",
+    "LossNotDecreasing",
+)
 
 
 def _s3(config: Config, run: str, *parts: str) -> str:
@@ -89,7 +112,9 @@ def _strategy_config(config: Config) -> dict[str, Any]:
         }
     if strategy == "Hyperband":
         # Hyperband's resource is the epoch: train.py reports valid:accuracy after each one.
-        job_config["StrategyConfig"] = {"HyperbandStrategyConfig": {"MinResource": 1, "MaxResource": max_epochs(config)}}
+        job_config["StrategyConfig"] = {
+            "HyperbandStrategyConfig": {"MinResource": 1, "MaxResource": max_epochs(config)}
+        }
         job_config["ParameterRanges"] = {k: v for k, v in tuned_ranges(config).items() if k != "IntegerParameterRanges"}
     return job_config
 
@@ -112,12 +137,14 @@ def static_hyperparameters(config: Config) -> dict[str, str]:
     hps = dict(config.static_hyperparameters)
     if config.tuning_strategy == "Hyperband":
         hps.setdefault("epochs", str(max_epochs(config)))
-    hps.update({
-        "sagemaker_program": "train.py",
-        "sagemaker_submit_directory": config.source_dir_s3_uri,
-        "sagemaker_region": config.region,
-        "sagemaker_container_log_level": "20",
-    })
+    hps.update(
+        {
+            "sagemaker_program": "train.py",
+            "sagemaker_submit_directory": config.source_dir_s3_uri,
+            "sagemaker_region": config.region,
+            "sagemaker_container_log_level": "20",
+        }
+    )
     return hps
 
 
@@ -125,8 +152,6 @@ def static_hyperparameters(config: Config) -> dict[str, str]:
 # PIP_NO_DEPS makes that install exactly the names listed there and never their dependency pins
 # (smdebug's would downgrade the container's protobuf: training/requirements.txt).
 TRAINING_ENVIRONMENT = {"PIP_NO_DEPS": "1"}
-# What AWS's Ray Serve container documentation asks of GPU instances: a host AMI with current NVIDIA drivers.
-GPU_INFERENCE_AMI = "al2-ami-sagemaker-inference-gpu-3-1"
 
 
 def gpu_instance(instance_type: str) -> bool:
@@ -135,8 +160,9 @@ def gpu_instance(instance_type: str) -> bool:
     return family[:1] in ("g", "p")
 
 
-def _training_core(config: Config, dataset_uri: str, output_path: str, checkpoint_path: str,
-                   max_runtime: int | None = None) -> dict[str, Any]:
+def _training_core(
+    config: Config, dataset_uri: str, output_path: str, checkpoint_path: str, max_runtime: int | None = None
+) -> dict[str, Any]:
     runtime = max_runtime or config.max_runtime_seconds
     core: dict[str, Any] = {
         "AlgorithmSpecification": {
@@ -145,12 +171,7 @@ def _training_core(config: Config, dataset_uri: str, output_path: str, checkpoin
             "MetricDefinitions": METRIC_DEFINITIONS,
         },
         "RoleArn": config.sagemaker_role_arn,
-        "InputDataConfig": [{
-            "ChannelName": "training",
-            "DataSource": {"S3DataSource": {
-                "S3DataType": "S3Prefix", "S3Uri": dataset_uri, "S3DataDistributionType": "FullyReplicated",
-            }},
-        }],
+        "InputDataConfig": [channel("training", dataset_uri)],
         "OutputDataConfig": {"S3OutputPath": output_path},
         "ResourceConfig": {
             "InstanceType": config.training_instance_type,
@@ -168,23 +189,37 @@ def _training_core(config: Config, dataset_uri: str, output_path: str, checkpoin
     return core
 
 
+def channel(name: str, uri: str) -> dict[str, Any]:
+    """An S3 prefix as an input channel, copied whole to every instance."""
+    source = {"S3DataType": "S3Prefix", "S3Uri": uri, "S3DataDistributionType": "FullyReplicated"}
+    return {"ChannelName": name, "DataSource": {"S3DataSource": source}}
+
+
 def audit_channel(audit_uri: str) -> dict[str, Any]:
     """The audit's report as the ``audit`` channel: train.py drops its cross-split duplicates (AUDIT_FIX)."""
-    return {"ChannelName": "audit", "DataSource": {"S3DataSource": {
-        "S3DataType": "S3Prefix", "S3Uri": audit_uri, "S3DataDistributionType": "FullyReplicated"}}}
+    return channel("audit", audit_uri)
 
 
-def tuning_job_request(config: Config, run: str, dataset: names.DatasetRef, plan: Any = None,
-                       audit_uri: str | None = None) -> dict[str, Any]:
+def tuning_job_request(
+    config: Config, run: str, dataset: names.DatasetRef, plan: Any = None, audit_uri: str | None = None
+) -> dict[str, Any]:
     """With a ``chalice_app.cost.Plan``, its trial count and runtime limit (a run's budget) replace the
     configured ones; with ``audit_uri``, the trials drop the audit's cross-split duplicates."""
-    core = _training_core(config, dataset.uri, _s3(config, run, "tuning"), _s3(config, run, "checkpoints", "tuning"),
-                          plan.max_runtime_seconds if plan else None)
+    core = _training_core(
+        config,
+        dataset.uri,
+        _s3(config, run, "tuning"),
+        _s3(config, run, "checkpoints", "tuning"),
+        plan.max_runtime_seconds if plan else None,
+    )
     if audit_uri:
         core["InputDataConfig"].append(audit_channel(audit_uri))
     job_config = _strategy_config(config)
     if plan is not None and "MaxNumberOfTrainingJobs" in job_config["ResourceLimits"]:
-        job_config["ResourceLimits"] = {"MaxNumberOfTrainingJobs": plan.trials, "MaxParallelTrainingJobs": plan.parallel}
+        job_config["ResourceLimits"] = {
+            "MaxNumberOfTrainingJobs": plan.trials,
+            "MaxParallelTrainingJobs": plan.parallel,
+        }
     return {
         "HyperParameterTuningJobName": names.check(run, "tuning job"),
         "HyperParameterTuningJobConfig": job_config,
@@ -211,39 +246,23 @@ def final_training_request(
     # The job writes its rule verdicts and profiling report here (runs/<run-id>/reports/).
     hyperparameters["reports-uri"] = reports_uri(config, run)
     # The artifact's Ray Serve config asks for a GPU where the endpoint will have one.
-    hyperparameters["serving-gpus"] = "1" if not config.serverless and gpu_instance(config.inference_instance_type) else "0"
+    hyperparameters["serving-gpus"] = (
+        "1" if not config.serverless and gpu_instance(config.inference_instance_type) else "0"
+    )
     request: dict[str, Any] = {
         "TrainingJobName": names.final_job_name(run),
         "HyperParameters": hyperparameters,
-        **_training_core(config, dataset_uri, _s3(config, run, "final"), _s3(config, run, "checkpoints", "final"), max_runtime),
+        **_training_core(
+            config, dataset_uri, _s3(config, run, "final"), _s3(config, run, "checkpoints", "final"), max_runtime
+        ),
         "Tags": names.tags(run, dataset_uri, "final"),
     }
     if audit_uri:
         request["InputDataConfig"].append(audit_channel(audit_uri))
     if baseline_model_data:
-        request["InputDataConfig"].append({
-            "ChannelName": "baseline",
-            "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": baseline_model_data,
-                                            "S3DataDistributionType": "FullyReplicated"}},
-        })
+        request["InputDataConfig"].append(channel("baseline", baseline_model_data))
     if config.managed_debugger:
-        request["DebugHookConfig"] = {
-            "S3OutputPath": _s3(config, run, "debug"),
-            "CollectionConfigurations": [
-                {"CollectionName": name, "CollectionParameters": {"save_interval": "10"}}
-                for name in ("losses", "weights", "gradients", "biases", "relu_input")
-            ],
-        }
-        request["DebugRuleConfigurations"] = [
-            {"RuleConfigurationName": rule, "RuleEvaluatorImage": config.debugger_image_uri,
-             "RuleParameters": {"rule_to_invoke": rule}}
-            for rule in DEBUGGER_RULES
-        ]
-        request["ProfilerConfig"] = {"S3OutputPath": _s3(config, run, "profiler"), "ProfilingIntervalInMilliseconds": 500}
-        request["ProfilerRuleConfigurations"] = [{
-            "RuleConfigurationName": "ProfilerReport", "RuleEvaluatorImage": config.debugger_image_uri,
-            "RuleParameters": {"rule_to_invoke": "ProfilerReport"},
-        }]
+        request.update(_managed_debugger(config, run))
     else:
         # In-job debugging works in every account; the service-side profiler is off so that
         # accounts closed to SageMaker Debugger/Profiler can still create the job.
@@ -252,99 +271,33 @@ def final_training_request(
     return request
 
 
-def model_request(config: Config, run: str, model_data_url: str, dataset_uri: str | None) -> dict[str, Any]:
-    """The Ray Serve inference container with the final job's ``model.tar.gz``: it reads the archive's own
-    ``config.yaml``, so the model needs no environment of its own."""
-    return {
-        "ModelName": names.check(run, "model"),
-        "ExecutionRoleArn": config.sagemaker_role_arn,
-        "PrimaryContainer": {"Image": config.inference_image_uri, "ModelDataUrl": model_data_url},
-        "Tags": names.tags(run, dataset_uri),
-    }
-
-
-def endpoint_config_request(config: Config, run: str, dataset_uri: str | None) -> dict[str, Any]:
-    variant: dict[str, Any] = {"VariantName": alarm_requests.VARIANT, "ModelName": run}
-    if config.serverless:
-        variant["ServerlessConfig"] = {"MemorySizeInMB": 6144, "MaxConcurrency": 10}
-    else:
-        variant.update({"InstanceType": config.inference_instance_type, "InitialInstanceCount": config.inference_instance_count,
-                        "InitialVariantWeight": 1.0})
-        if gpu_instance(config.inference_instance_type):
-            variant["InferenceAmiVersion"] = GPU_INFERENCE_AMI
-    return {
-        "EndpointConfigName": names.check(run, "endpoint config"),
-        "ProductionVariants": [variant],
-        "Tags": names.tags(run, dataset_uri),
-    }
-
-
-
-def create_endpoint_request(config: Config, project: str, run: str, dataset_uri: str | None) -> dict[str, Any]:
-    return {
-        "EndpointName": config.endpoint(project),
-        "EndpointConfigName": run,
-        "Tags": [*names.tags(run, dataset_uri), {"Key": names.TAG_PROJECT, "Value": project}],
-    }
-
-
-CANARY_PERCENT = 10
-
-
-def update_endpoint_request(config: Config, project: str, run: str) -> dict[str, Any]:
-    """Blue/green with guardrails on instances: a 10% canary then all when there are two instances or
-    more (SageMaker's canary must be at most half the fleet), else all at once; both bake
-    ``ROLLOUT_BAKE_SECONDS`` watched by the project's alarms, which roll back. Serverless endpoints
-    take no deployment config: they update in place."""
-    request: dict[str, Any] = {"EndpointName": config.endpoint(project), "EndpointConfigName": run}
-    if config.serverless:
-        return request
-    routing: dict[str, Any] = {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": config.rollout_bake_seconds}
-    if config.canary:
-        routing = {"Type": "CANARY", "CanarySize": {"Type": "CAPACITY_PERCENT", "Value": CANARY_PERCENT},
-                   "WaitIntervalInSeconds": config.rollout_bake_seconds}
-    request["DeploymentConfig"] = {
-        "BlueGreenUpdatePolicy": {
-            "TrafficRoutingConfiguration": routing,
-            "TerminationWaitInSeconds": 120,
-            "MaximumExecutionTimeoutInSeconds": max(600, 2 * config.rollout_bake_seconds + 1800),
-        },
-        "AutoRollbackConfiguration": {"Alarms": [{"AlarmName": a} for a in alarm_requests.rollback_alarm_names(config, project)]},
-    }
-    return request
-
-
-# -- the dataset audit (a Processing job in the training image) -------------------------------------
-
-PROCESSING = "/opt/ml/processing"
-# The source dir is one tar.gz (what the training toolkit unpacks for training jobs): the audit
-# unpacks it itself, then runs training/audit.py from it. "$@" are the ContainerArguments.
-AUDIT_ENTRYPOINT = ["/bin/sh", "-c", f"mkdir -p {PROCESSING}/code && tar -xzf {PROCESSING}/input/code/*.tar.gz -C {PROCESSING}/code "
-                    f"&& cd {PROCESSING}/code && exec python3 audit.py \"$@\"", "audit"]
-
-
-def audit_job_request(config: Config, run: str, dataset_uri: str) -> dict[str, Any]:
-    """``<run-id>-audit``: training/audit.py over the dataset, writing audit.json and audit.html to the
-    run's reports (where the next step reads them)."""
-    return {
-        "ProcessingJobName": names.audit_job_name(run),
-        "RoleArn": config.sagemaker_role_arn,
-        "AppSpecification": {
-            "ImageUri": config.training_image_uri, "ContainerEntrypoint": AUDIT_ENTRYPOINT,
-            "ContainerArguments": ["--data-dir", f"{PROCESSING}/input/data", "--out-dir", f"{PROCESSING}/output",
-                                   "--min-train-images", str(config.audit_min_train_images),
-                                   "--max-leaked-test-share", f"{config.audit_max_leaked_test_share:g}"],
-        },
-        "ProcessingInputs": [
-            {"InputName": "data", "S3Input": {"S3Uri": dataset_uri, "LocalPath": f"{PROCESSING}/input/data",
-                                              "S3DataType": "S3Prefix", "S3InputMode": "File"}},
-            {"InputName": "code", "S3Input": {"S3Uri": config.source_dir_s3_uri, "LocalPath": f"{PROCESSING}/input/code",
-                                              "S3DataType": "S3Prefix", "S3InputMode": "File"}},
+def _managed_debugger(config: Config, run: str) -> dict[str, Any]:
+    """SageMaker Debugger's hook, rules and profiler, run by the service (``MANAGED_DEBUGGER``)."""
+    request: dict[str, Any] = {}
+    request["DebugHookConfig"] = {
+        "S3OutputPath": _s3(config, run, "debug"),
+        "CollectionConfigurations": [
+            {"CollectionName": name, "CollectionParameters": {"save_interval": "10"}}
+            for name in ("losses", "weights", "gradients", "biases", "relu_input")
         ],
-        "ProcessingOutputConfig": {"Outputs": [{"OutputName": "reports", "S3Output": {
-            "S3Uri": reports_uri(config, run), "LocalPath": f"{PROCESSING}/output", "S3UploadMode": "EndOfJob"}}]},
-        "ProcessingResources": {"ClusterConfig": {"InstanceCount": 1, "InstanceType": config.audit_instance_type,
-                                                  "VolumeSizeInGB": config.volume_size_gb}},
-        "StoppingCondition": {"MaxRuntimeInSeconds": min(config.max_runtime_seconds, 6 * 3600)},
-        "Tags": names.tags(run, dataset_uri, "audit"),
     }
+    request["DebugRuleConfigurations"] = [
+        {
+            "RuleConfigurationName": rule,
+            "RuleEvaluatorImage": config.debugger_image_uri,
+            "RuleParameters": {"rule_to_invoke": rule},
+        }
+        for rule in DEBUGGER_RULES
+    ]
+    request["ProfilerConfig"] = {
+        "S3OutputPath": _s3(config, run, "profiler"),
+        "ProfilingIntervalInMilliseconds": 500,
+    }
+    request["ProfilerRuleConfigurations"] = [
+        {
+            "RuleConfigurationName": "ProfilerReport",
+            "RuleEvaluatorImage": config.debugger_image_uri,
+            "RuleParameters": {"rule_to_invoke": "ProfilerReport"},
+        }
+    ]
+    return request

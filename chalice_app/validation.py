@@ -56,9 +56,14 @@ class DatasetReport:
 
     def detail(self) -> dict:
         return {
-            "layout": self.layout, "classes": self.classes, "num_classes": len(self.classes),
-            "images": self.images, "images_per_split": {s: sum(c.values()) for s, c in self.counts.items()},
-            "ignored_files": self.ignored, "checked": self.checked, "reasons": self.reasons,
+            "layout": self.layout,
+            "classes": self.classes,
+            "num_classes": len(self.classes),
+            "images": self.images,
+            "images_per_split": {s: sum(c.values()) for s, c in self.counts.items()},
+            "ignored_files": self.ignored,
+            "checked": self.checked,
+            "reasons": self.reasons,
         }
 
 
@@ -106,8 +111,10 @@ def check_keys(relative: Iterable[tuple[str, int]]) -> DatasetReport:
     report.classes = sorted(class_dirs.get("train", set()))
 
     if len(report.classes) < 2:
-        report.reasons.append(f"a classifier needs at least 2 classes; found {len(report.classes)}"
-                              + (f" ({', '.join(report.classes)})" if report.classes else ""))
+        report.reasons.append(
+            f"a classifier needs at least 2 classes; found {len(report.classes)}"
+            + (f" ({', '.join(report.classes)})" if report.classes else "")
+        )
     empty = [c for c in report.classes if not counts["train"].get(c)]
     if empty:
         report.reasons.append(f"these classes have no JPEG or PNG training images: {', '.join(empty)}")
@@ -119,12 +126,14 @@ def check_keys(relative: Iterable[tuple[str, int]]) -> DatasetReport:
             if extra:
                 report.reasons.append(f"{split}/ has classes that train/ lacks: {', '.join(extra)}")
     if "valid" not in class_dirs and report.classes and all(counts["train"].get(c, 0) < 2 for c in report.classes):
-        report.reasons.append("too few images to carve a validation split: give each class at least 2 images, or a valid/ folder")
+        report.reasons.append(
+            "too few images to carve a validation split: give each class at least 2 images, or a valid/ folder"
+        )
     return report
 
 
 def check_folder(s3: ObjectStore, dataset: DatasetRef) -> DatasetReport:
-    keys = ((key[len(dataset.prefix):], size) for key, size in s3.list_objects(dataset.bucket, dataset.prefix))
+    keys = ((key[len(dataset.prefix) :], size) for key, size in s3.list_objects(dataset.bucket, dataset.prefix))
     return check_keys(keys)
 
 
@@ -140,30 +149,44 @@ def check_archive(s3: ObjectStore, dataset: DatasetRef, size: int, volume_size_g
         return report
     limit = expansion_limit(volume_size_gb, size)
     if size > MAX_ARCHIVE_BYTES or limit <= 0:
-        report.reasons.append(f"{dataset.key} is {size} bytes: too large for the {volume_size_gb} GB training volume "
-                              f"(TRAINING_VOLUME_GB) or over the limit of {MAX_ARCHIVE_BYTES} bytes")
+        report.reasons.append(
+            f"{dataset.key} is {size} bytes: too large for the {volume_size_gb} GB training volume "
+            f"(TRAINING_VOLUME_GB) or over the limit of {MAX_ARCHIVE_BYTES} bytes"
+        )
         return report
     if dataset.key.lower().endswith(".zip"):
         return _check_zip(s3, dataset, size, limit)
     return _check_tar(s3, dataset, size, limit)
 
 
-def _check_members(report: DatasetReport, members: list[tuple[str, int]], unsafe: list[str], size: int, limit: int) -> None:
+def _check_members(
+    report: DatasetReport, members: list[tuple[str, int]], unsafe: list[str], size: int, limit: int
+) -> None:
     if unsafe:
-        report.reasons.insert(0, f"the archive has unsafe members (absolute, '..', links or devices): {', '.join(unsafe[:5])}")
+        report.reasons.insert(
+            0, f"the archive has unsafe members (absolute, '..', links or devices): {', '.join(unsafe[:5])}"
+        )
     if len(members) > MAX_MEMBERS:
         report.reasons.append(f"the archive has more than {MAX_MEMBERS} members")
     total = sum(member_size for _, member_size in members)
     if total > limit:
-        report.reasons.append(f"the archive expands to {total} bytes, more than the training volume can hold ({limit} bytes)")
+        report.reasons.append(
+            f"the archive expands to {total} bytes, more than the training volume can hold ({limit} bytes)"
+        )
     if total > MAX_RATIO * size:
-        report.reasons.append(f"the archive expands {total // size} times its size (limit {MAX_RATIO}): "
-                              "images barely compress, so this looks like an archive bomb")
+        report.reasons.append(
+            f"the archive expands {total // size} times its size (limit {MAX_RATIO}): "
+            "images barely compress, so this looks like an archive bomb"
+        )
 
 
 def _unsafe_name(name: str) -> bool:
     normalised = name.replace("\\", "/")
-    return normalised.startswith("/") or ".." in PurePosixPath(normalised).parts or (len(normalised) > 1 and normalised[1] == ":")
+    return (
+        normalised.startswith("/")
+        or ".." in PurePosixPath(normalised).parts
+        or (len(normalised) > 1 and normalised[1] == ":")
+    )
 
 
 def _check_zip(s3: ObjectStore, dataset: DatasetRef, size: int, limit: int) -> DatasetReport:
@@ -175,8 +198,7 @@ def _check_zip(s3: ObjectStore, dataset: DatasetRef, size: int, limit: int) -> D
         report = DatasetReport(checked="zip central directory")
         report.reasons.append(f"{dataset.key} is not a readable zip archive ({exc})")
         return report
-    unsafe = [i.filename for i in infos
-              if _unsafe_name(i.filename) or (i.external_attr >> 16) & 0o170000 == 0o120000]
+    unsafe = [i.filename for i in infos if _unsafe_name(i.filename) or (i.external_attr >> 16) & 0o170000 == 0o120000]
     report = check_keys((i.filename, i.file_size) for i in infos if not i.is_dir())
     report.checked = "zip central directory"
     _check_members(report, [(i.filename, i.file_size) for i in infos], unsafe, size, limit)
@@ -191,7 +213,9 @@ def _check_tar(s3: ObjectStore, dataset: DatasetRef, size: int, limit: int) -> D
     if not compressed and head[257:262] != b"ustar":
         return DatasetReport(checked="archive format", reasons=[f"{dataset.key} is not a tar archive"])
     if size > TAR_SCAN_BYTES:
-        return DatasetReport(checked=f"archive format only (over {TAR_SCAN_BYTES // 1024**3} GiB: the training job checks the members)")
+        return DatasetReport(
+            checked=f"archive format only (over {TAR_SCAN_BYTES // 1024**3} GiB: the training job checks the members)"
+        )
     members, unsafe = [], []
     stream = io.BufferedReader(s3.open_ranged(dataset.bucket, dataset.key, size), buffer_size=8 * 1024 * 1024)
     try:
@@ -204,7 +228,9 @@ def _check_tar(s3: ObjectStore, dataset: DatasetRef, size: int, limit: int) -> D
                 if len(members) > MAX_MEMBERS:
                     break
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
-        return DatasetReport(checked="tar member headers", reasons=[f"{dataset.key} is not a readable tar archive ({exc})"])
+        return DatasetReport(
+            checked="tar member headers", reasons=[f"{dataset.key} is not a readable tar archive ({exc})"]
+        )
     report = check_keys(members)
     report.checked = "tar member headers"
     _check_members(report, members, unsafe, size, limit)

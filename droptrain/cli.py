@@ -32,8 +32,11 @@ def _missing_local_extra(command: str) -> bool:
     """Say in one line, and return True, when the local runtime's packages are not installed."""
     missing = [name for name in LOCAL_EXTRA if importlib.util.find_spec(name) is None]
     if missing:
-        print(f"droptrain {command}: the local runtime needs droptrain's local extra ({', '.join(missing)} "
-              "missing): pip install 'droptrain[local]', or make setup in a checkout", file=sys.stderr)
+        print(
+            f"droptrain {command}: the local runtime needs droptrain's local extra ({', '.join(missing)} "
+            "missing): pip install 'droptrain[local]', or make setup in a checkout",
+            file=sys.stderr,
+        )
     return bool(missing)
 
 
@@ -81,10 +84,16 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
     api_key = args.api_key or os.environ.get("DROPTRAIN_API_KEY") or None
     if args.host not in LOOPBACK:
-        print(f"droptrain up: warning: the API on {args.host} is reachable from other machines"
-              + ("; requests need the x-api-key header" if api_key else
-                 " and anyone who can reach it can use it: pass --api-key (or set DROPTRAIN_API_KEY)"),
-              file=sys.stderr, flush=True)
+        print(
+            f"droptrain up: warning: the API on {args.host} is reachable from other machines"
+            + (
+                "; requests need the x-api-key header"
+                if api_key
+                else " and anyone who can reach it can use it: pass --api-key (or set DROPTRAIN_API_KEY)"
+            ),
+            file=sys.stderr,
+            flush=True,
+        )
     from droptrain.local.settings import SettingsError, for_this_machine, read
 
     try:
@@ -103,8 +112,12 @@ def _cmd_up(args: argparse.Namespace) -> int:
         print(f"droptrain up: cannot serve on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     _terminate_like_ctrl_c()  # after Ray has started: it installs a SIGTERM handler of its own
-    print(f"droptrain is up: console {runtime.api_url}/ ; API {runtime.api_url}; drop datasets into {runtime.bucket.path('datasets/')}/ "
-          f"(or: droptrain upload PATH --name NAME); notifications in {runtime.publisher.path}. Ctrl-C stops.", flush=True)
+    print(
+        f"droptrain is up: console {runtime.api_url}/ ; API {runtime.api_url}; "
+        f"drop datasets into {runtime.bucket.path('datasets/')}/ "
+        f"(or: droptrain upload PATH --name NAME); notifications in {runtime.publisher.path}. Ctrl-C stops.",
+        flush=True,
+    )
     try:
         threading.Event().wait()
     except KeyboardInterrupt:
@@ -146,8 +159,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         print(f"droptrain predict: {args.image} does not exist", file=sys.stderr)
         return 1
     try:
-        status, body = post_image(args.url.rstrip("/"), args.image, args.top_k, project=args.project,
-                                  api_key=args.api_key or os.environ.get("DROPTRAIN_API_KEY"))
+        status, body = post_image(
+            args.url.rstrip("/"),
+            args.image,
+            args.top_k,
+            project=args.project,
+            api_key=args.api_key or os.environ.get("DROPTRAIN_API_KEY"),
+        )
     except OSError as exc:
         print(f"droptrain predict: cannot reach {args.url} ({exc}); is droptrain up running?", file=sys.stderr)
         return 1
@@ -167,11 +185,14 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
 
     from droptrain.demo import call_api
 
-    path = (f"/projects/{urllib.parse.quote(args.project, safe='')}/versions/"
-            f"{urllib.parse.quote(args.to or 'previous', safe='')}/deploy")
+    path = (
+        f"/projects/{urllib.parse.quote(args.project, safe='')}/versions/"
+        f"{urllib.parse.quote(args.to or 'previous', safe='')}/deploy"
+    )
     try:
-        status, body = call_api(args.url, path, "POST", b"", "application/json",
-                                api_key=args.api_key or os.environ.get("DROPTRAIN_API_KEY"))
+        status, body = call_api(
+            args.url, path, "POST", b"", "application/json", api_key=args.api_key or os.environ.get("DROPTRAIN_API_KEY")
+        )
     except OSError as exc:
         print(f"droptrain rollback: cannot reach {args.url} ({exc}); is droptrain up running?", file=sys.stderr)
         return 1
@@ -226,26 +247,52 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
 
 
 def _settings_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, default=None, help="the stage variables to use (default: ./droptrain.toml when there is one)")
-    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="one variable for this run, over the file (repeatable)")
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="the stage variables to use (default: ./droptrain.toml when there is one)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="one variable for this run, over the file (repeatable)",
+    )
 
 
 def _local_stack_commands(sub) -> None:
-    p = sub.add_parser("demo", help="the whole pipeline locally: dataset → tuning → final training → deployment → predictions")
-    p.add_argument("--data", type=Path, default=None, help="use this dataset (folder or archive) instead of a synthetic one")
-    p.add_argument("--home", type=Path, default=Path(".droptrain/demo"), help="where the demo's local stack keeps its state (reset each run)")
+    p = sub.add_parser(
+        "demo", help="the whole pipeline locally: dataset → tuning → final training → deployment → predictions"
+    )
+    p.add_argument(
+        "--data", type=Path, default=None, help="use this dataset (folder or archive) instead of a synthetic one"
+    )
+    p.add_argument(
+        "--home",
+        type=Path,
+        default=Path(".droptrain/demo"),
+        help="where the demo's local stack keeps its state (reset each run)",
+    )
     p.add_argument("--port", type=int, default=0, help="API port (default: any free port)")
     p.add_argument("--trials", type=int, default=4, help="tuning trials")
     p.add_argument("--timeout", type=float, default=900, help="give up after this many seconds")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("up", help="run the local stack: watch the bucket, run jobs, serve the API, until Ctrl-C")
-    p.add_argument("--home", type=Path, default=Path(".droptrain"), help="the local stack's state: bucket, jobs, notifications")
+    p.add_argument(
+        "--home", type=Path, default=Path(".droptrain"), help="the local stack's state: bucket, jobs, notifications"
+    )
     p.add_argument("--host", default="127.0.0.1", help="API bind address (loopback by default)")
     p.add_argument("--port", type=int, default=8000, help="API port")
     p.add_argument("--webhook", default=None, help="also POST every notification to this http(s) URL")
-    p.add_argument("--api-key", default=None, help="require this key in the x-api-key header, as a stage with "
-                   "API_KEY_REQUIRED does (default: $DROPTRAIN_API_KEY, else none)")
+    p.add_argument(
+        "--api-key",
+        default=None,
+        help="require this key in the x-api-key header, as a stage with "
+        "API_KEY_REQUIRED does (default: $DROPTRAIN_API_KEY, else none)",
+    )
     _settings_flags(p)
     p.set_defaults(func=_cmd_up)
 
@@ -272,25 +319,42 @@ def _api_commands(sub) -> None:
     p.add_argument("image", type=Path, help="a JPEG or PNG file")
     p.add_argument("--url", default="http://127.0.0.1:8000", help="the API (droptrain up's, or a deployed stage's)")
     p.add_argument("--top-k", type=int, default=5, help="how many labels (1-20)")
-    p.add_argument("--project", default=None, help="the project (dataset name) whose model answers; "
-                   "default: the only project, or the stage's DEFAULT_PROJECT")
-    p.add_argument("--api-key", default=None, help="x-api-key for a stage that requires one (default: $DROPTRAIN_API_KEY)")
+    p.add_argument(
+        "--project",
+        default=None,
+        help="the project (dataset name) whose model answers; "
+        "default: the only project, or the stage's DEFAULT_PROJECT",
+    )
+    p.add_argument(
+        "--api-key", default=None, help="x-api-key for a stage that requires one (default: $DROPTRAIN_API_KEY)"
+    )
     p.set_defaults(func=_cmd_predict)
 
-    p = sub.add_parser("rollback", help="approve and deploy an earlier version of a project (default: the newest "
-                       "approved one before the serving one)")
+    p = sub.add_parser(
+        "rollback",
+        help="approve and deploy an earlier version of a project (default: the newest "
+        "approved one before the serving one)",
+    )
     p.add_argument("project", help="the project (dataset name)")
-    p.add_argument("--to", default=None, metavar="RUN_ID", help="deploy this run's version instead (approving it if it was held)")
+    p.add_argument(
+        "--to", default=None, metavar="RUN_ID", help="deploy this run's version instead (approving it if it was held)"
+    )
     p.add_argument("--url", default="http://127.0.0.1:8000", help="the API (droptrain up's, or a deployed stage's)")
-    p.add_argument("--api-key", default=None, help="x-api-key for a stage that requires one (default: $DROPTRAIN_API_KEY)")
+    p.add_argument(
+        "--api-key", default=None, help="x-api-key for a stage that requires one (default: $DROPTRAIN_API_KEY)"
+    )
     p.set_defaults(func=_cmd_rollback)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="droptrain", description="From a folder of labelled images to a tuned classifier behind an API.")
+    parser = argparse.ArgumentParser(
+        prog="droptrain", description="From a folder of labelled images to a tuned classifier behind an API."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("make-dataset", help="write a synthetic image-classification dataset (train/valid/test/<class>/*.jpg)")
+    p = sub.add_parser(
+        "make-dataset", help="write a synthetic image-classification dataset (train/valid/test/<class>/*.jpg)"
+    )
     p.add_argument("out", type=Path, help="folder to write the dataset into")
     p.add_argument("--classes", type=int, default=4, help="number of classes (2-256)")
     p.add_argument("--per-class", type=int, default=40, help="images per class, split 70/15/15 into train/valid/test")
@@ -301,14 +365,24 @@ def build_parser() -> argparse.ArgumentParser:
     _local_stack_commands(sub)
     _api_commands(sub)
 
-    p = sub.add_parser("package", help="build the layer and the stage's SAM template (chalice package + merge template), offline")
+    p = sub.add_parser(
+        "package", help="build the layer and the stage's SAM template (chalice package + merge template), offline"
+    )
     p.add_argument("--stage", default="dev", choices=["dev", "prod"], help="the Chalice stage to package")
     p.set_defaults(func=_cmd_package)
 
-    p = sub.add_parser("deploy", help="deploy the stage to the AWS account of your credentials (see docs/operations.md)")
+    p = sub.add_parser(
+        "deploy", help="deploy the stage to the AWS account of your credentials (see docs/operations.md)"
+    )
     p.add_argument("--stage", default="dev", choices=["dev", "prod"], help="the Chalice stage to deploy")
-    p.add_argument("--training-image", default=None, help="PyTorch training image URI (default: resolved with the SageMaker SDK)")
-    p.add_argument("--inference-image", default=None, help="Ray Serve inference image URI (default: resolved with the SageMaker SDK)")
+    p.add_argument(
+        "--training-image", default=None, help="PyTorch training image URI (default: resolved with the SageMaker SDK)"
+    )
+    p.add_argument(
+        "--inference-image",
+        default=None,
+        help="Ray Serve inference image URI (default: resolved with the SageMaker SDK)",
+    )
     p.set_defaults(func=_cmd_deploy)
     return parser
 

@@ -39,8 +39,10 @@ def runs(home: Path) -> list[str]:
         for name, status, record in store.records("tuning-job"):
             final = store.status("training-job", names.final_job_name(name)) or "-"
             audit = store.status("processing-job", names.audit_job_name(name)) or "-"
-            lines.append(f"{name:<30} tuning {status:<10} final {final:<10} audit {audit:<10} "
-                         f"{names.dataset_of_tags(record.get('Tags', {})) or ''}")
+            lines.append(
+                f"{name:<30} tuning {status:<10} final {final:<10} audit {audit:<10} "
+                f"{names.dataset_of_tags(record.get('Tags', {})) or ''}"
+            )
         for name, status, _record in store.records("processing-job"):
             run = name.removesuffix(names.AUDIT_JOB_SUFFIX)
             if store.get("tuning-job", run) is None:
@@ -62,7 +64,9 @@ def job_logs(home: Path, name: str) -> list[Path]:
     return found
 
 
-def follow(path: Path, sleep: Callable[[float], None] = time.sleep, stop: Callable[[], bool] = lambda: False) -> Iterator[str]:
+def follow(
+    path: Path, sleep: Callable[[float], None] = time.sleep, stop: Callable[[], bool] = lambda: False
+) -> Iterator[str]:
     """The file's lines, then every line appended to it, until ``stop()`` (Ctrl-C for the command)."""
     with open(path, errors="replace") as handle:
         while True:
@@ -82,7 +86,10 @@ def ask_stop(home: Path, run: str) -> str:
         if store.get("tuning-job", run) is None and store.get("processing-job", names.audit_job_name(run)) is None:
             raise ControlError(f"there is no run {run!r} in {home}")
         store.insert("stop-request", run, {"run": run})
-        return f"asked the stack to stop {run}: its jobs end as SageMaker's stopped jobs do (a stopped stack does it when it next starts)"
+        return (
+            f"asked the stack to stop {run}: its jobs end as SageMaker's stopped jobs do "
+            "(a stopped stack does it when it next starts)"
+        )
     finally:
         store.close()
 

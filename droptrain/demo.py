@@ -27,23 +27,38 @@ from droptrain.synthetic import make_dataset
 # 6e-4, with batches of 8 or 16, validation loss falls from the first epoch (measured on this dataset).
 DEMO_HYPERPARAMETERS = defaults.SCRATCH  # ResNet-18 from scratch at 64 px, whatever weights this machine has
 DEMO_RANGES = {"lr": [0.0001, 0.0006], "weight-decay": [0.00001, 0.001], "epochs": [3, 6], "batch-size": [8, 16]}
-FINAL_EVENTS = ("deployment.completed", "deployment.failed", "model.held", "dataset.rejected", "tuning.failed",
-                "training.failed", "pipeline.failed")
+FINAL_EVENTS = (
+    "deployment.completed",
+    "deployment.failed",
+    "model.held",
+    "dataset.rejected",
+    "tuning.failed",
+    "training.failed",
+    "pipeline.failed",
+)
 
 
 class DemoError(Exception):
     pass
 
 
-def post_image(url: str, image: Path, top_k: int = 3, timeout: float = 30, project: str | None = None,
-               api_key: str | None = None) -> tuple[int, dict]:
+def post_image(
+    url: str, image: Path, top_k: int = 3, timeout: float = 30, project: str | None = None, api_key: str | None = None
+) -> tuple[int, dict]:
     content_type = "image/png" if image.suffix.lower() == ".png" else "image/jpeg"
     path = f"/predict/{urllib.parse.quote(project, safe='')}" if project else "/predict"
     return call_api(url, path + f"?top_k={top_k}", "POST", image.read_bytes(), content_type, timeout, api_key)
 
 
-def call_api(url: str, path: str, method: str = "GET", body: bytes | None = None, content_type: str | None = None,
-             timeout: float = 30, api_key: str | None = None) -> tuple[int, dict]:
+def call_api(
+    url: str,
+    path: str,
+    method: str = "GET",
+    body: bytes | None = None,
+    content_type: str | None = None,
+    timeout: float = 30,
+    api_key: str | None = None,
+) -> tuple[int, dict]:
     """``(status, JSON body)`` of one call to the REST API (the local stack's or a stage's)."""
     headers = {"Content-Type": content_type} if content_type else {}
     if api_key:
@@ -59,8 +74,15 @@ def call_api(url: str, path: str, method: str = "GET", body: bytes | None = None
             return exc.code, {"error": {"code": "http_error", "message": exc.reason}}
 
 
-def run_demo(home: Path, data: Path | None = None, port: int = 0, max_trials: int = 4, timeout: float = 600,
-             env: dict[str, str] | None = None, say: Callable[[str], None] = print) -> dict:
+def run_demo(
+    home: Path,
+    data: Path | None = None,
+    port: int = 0,
+    max_trials: int = 4,
+    timeout: float = 600,
+    env: dict[str, str] | None = None,
+    say: Callable[[str], None] = print,
+) -> dict:
     started = time.time()
     phases: dict[str, float] = {}
     reset(home)
@@ -68,13 +90,19 @@ def run_demo(home: Path, data: Path | None = None, port: int = 0, max_trials: in
         data = home.parent / "shapes"
         if data.exists():
             import shutil
+
             shutil.rmtree(data)
         summary = make_dataset(data, classes=4, per_class=40, size=64, seed=0)
-        say(f"synthetic dataset: {len(summary['classes'])} classes ({', '.join(summary['classes'])}), "
-            f"{summary['per_split']} images per class and split, in {data}")
+        say(
+            f"synthetic dataset: {len(summary['classes'])} classes ({', '.join(summary['classes'])}), "
+            f"{summary['per_split']} images per class and split, in {data}"
+        )
     phases["dataset"] = time.time() - started
-    demo = {"MAX_TUNING_JOBS": str(max_trials), "STATIC_HYPERPARAMETERS": json.dumps(DEMO_HYPERPARAMETERS),
-            "TUNING_RANGES": json.dumps(DEMO_RANGES)}
+    demo = {
+        "MAX_TUNING_JOBS": str(max_trials),
+        "STATIC_HYPERPARAMETERS": json.dumps(DEMO_HYPERPARAMETERS),
+        "TUNING_RANGES": json.dumps(DEMO_RANGES),
+    }
     runtime = LocalRuntime(home, env={**demo, **(env or {})}, say=say, on_line=LiveProgress(say))
     runtime.start(port=port)
     try:
@@ -102,8 +130,12 @@ def run_demo(home: Path, data: Path | None = None, port: int = 0, max_trials: in
 
 
 def _wait_for(runtime, started: float, timeout: float, phases: dict[str, float]) -> list[str]:
-    marks = {"tuning.started": "upload → tuning", "training.started": "tuning", "deployment.started": "final training",
-             "deployment.completed": "deploy"}
+    marks = {
+        "tuning.started": "upload → tuning",
+        "training.started": "tuning",
+        "deployment.started": "final training",
+        "deployment.completed": "deploy",
+    }
     last = time.time()
     while time.time() - started < timeout:
         seen = [n["message"]["event"] for n in runtime.notifications()]
@@ -128,7 +160,10 @@ def _summary(runtime, predictions, phases, total, say) -> dict:
     say(f"best trial         {tuning['best_training_job']}  valid:accuracy {tuning['objective']['Value']:.4f}")
     say(f"best hyperparams   {json.dumps(tuning['best_hyperparameters'])}")
     metrics = training["metrics"]
-    say(f"final test         accuracy {metrics.get('test:accuracy', float('nan')):.4f}, loss {metrics.get('test:loss', float('nan')):.4f}")
+    say(
+        f"final test         accuracy {metrics.get('test:accuracy', float('nan')):.4f}, "
+        f"loss {metrics.get('test:loss', float('nan')):.4f}"
+    )
     say(f"notifications      {len(runtime.notifications())}: {', '.join(notes)}  ({runtime.publisher.path})")
     say(f"model artifact     {training['model_artifact']}")
     say(f"evaluation         {training['output']} (evaluation.json, history.json)")
@@ -136,11 +171,18 @@ def _summary(runtime, predictions, phases, total, say) -> dict:
     issues = [v["rule"] for v in verdicts if v["status"] == "IssuesFound"]
     say(f"debugger rules     {len(verdicts)} evaluated, " + (f"issues: {', '.join(issues)}" if issues else "no issues"))
     report = training.get("report")
-    say(f"report             {runtime.bucket.path_of_uri(report) if report else training['reports']}  (open it in a browser)")
+    where = runtime.bucket.path_of_uri(report) if report else training["reports"]
+    say(f"report             {where}  (open it in a browser)")
     say(f"predictions        {correct}/{len(predictions)} test images right:")
     for image, body in predictions:
         top = body["predictions"][0]
         say(f"   {image.parent.name:<26} → {top['label']:<26} {top['probability']:.3f}")
     say("timings            " + ", ".join(f"{k} {v:.0f}s" for k, v in phases.items()) + f"; total {total:.0f}s")
-    return {"notifications": list(notes), "phases": phases, "total": total, "test_accuracy": metrics.get("test:accuracy"),
-            "predictions": [(str(i), b) for i, b in predictions], "best": tuning}
+    return {
+        "notifications": list(notes),
+        "phases": phases,
+        "total": total,
+        "test_accuracy": metrics.get("test:accuracy"),
+        "predictions": [(str(i), b) for i, b in predictions],
+        "best": tuning,
+    }

@@ -9,10 +9,10 @@ first, so that a machine without credentials gets as far as it can and then one 
 2. ``build_sourcedir``: ``training/`` as a reproducible ``sourcedir.tar.gz``, named by its hash.
 3. (first call that needs credentials) the account, then ``stage_environment`` and
    ``policies.lambda_policy``, written into ``.chalice/config.json`` and ``.chalice/policy-<stage>.json``.
-4. ``template.build_layer`` (``layers/build.py``): the dependency layer (powertools, and the pinned boto3/botocore the handlers
-   need: ``PutObject(IfNoneMatch)`` arrived in botocore 1.35.2).
-5. ``template.package`` (``chalice package`` + ``merge_template``): one SAM template holding the bucket (EventBridge on),
-   the topic, the SageMaker execution role, the failed-events queue, the layer, the functions,
+4. ``template.build_layer`` (``layers/build.py``): the dependency layer (powertools, and the pinned
+   boto3/botocore the handlers need: ``PutObject(IfNoneMatch)`` arrived in botocore 1.35.2).
+5. ``template.package`` (``chalice package`` + ``merge_template``): one SAM template holding the
+   bucket (EventBridge on), the topic, the SageMaker execution role, the failed-events queue, the layer, the functions,
    rules and the REST API.
 6. ``deploy_stack``: upload the artifacts, create or update the CloudFormation stack through a
    change set (none to make is success), wait, and upload the sourcedir into the stack's bucket.
@@ -61,33 +61,49 @@ def _image_uris() -> Any:
 
         return image_uris
     except ImportError:
-        raise DeployError("resolving the region's images needs the SageMaker SDK: pip install -e '.[deploy]' "
-                          "(make deploy does), or pass --training-image and --inference-image") from None
+        raise DeployError(
+            "resolving the region's images needs the SageMaker SDK: pip install -e '.[deploy]' "
+            "(make deploy does), or pass --training-image and --inference-image"
+        ) from None
 
 
-def resolve_images(region: str, training_instance: str, inference_instance: str,
-                   retrieve: Callable[..., str] | None = None) -> dict[str, str]:
+def resolve_images(
+    region: str, training_instance: str, inference_instance: str, retrieve: Callable[..., str] | None = None
+) -> dict[str, str]:
     """The region's PyTorch training image and Ray Serve inference image (CPU or CUDA by instance type)."""
     retrieve = retrieve or _image_uris().retrieve
     inference = "ml.m5.large" if inference_instance == "serverless" else inference_instance
     try:
         return {
-            "TRAINING_IMAGE_URI": retrieve("pytorch", region=region, version=TRAINING_FRAMEWORK_VERSION,
-                                           py_version=TRAINING_PY_VERSION, instance_type=training_instance,
-                                           image_scope="training"),
-            "INFERENCE_IMAGE_URI": retrieve("ray-serve", region=region, version=RAY_SERVE_IMAGE_VERSION,
-                                            instance_type=inference, image_scope="inference"),
+            "TRAINING_IMAGE_URI": retrieve(
+                "pytorch",
+                region=region,
+                version=TRAINING_FRAMEWORK_VERSION,
+                py_version=TRAINING_PY_VERSION,
+                instance_type=training_instance,
+                image_scope="training",
+            ),
+            "INFERENCE_IMAGE_URI": retrieve(
+                "ray-serve",
+                region=region,
+                version=RAY_SERVE_IMAGE_VERSION,
+                instance_type=inference,
+                image_scope="inference",
+            ),
         }
     except (ValueError, KeyError) as exc:
-        raise DeployError(f"the SageMaker SDK has no image for this setting in {region}: {exc} "
-                          "(pip install -U -e '.[deploy]' brings newer image tables)") from None
+        raise DeployError(
+            f"the SageMaker SDK has no image for this setting in {region}: {exc} "
+            "(pip install -U -e '.[deploy]' brings newer image tables)"
+        ) from None
 
 
 # -- 3. the stage's environment ----------------------------------------------------------------
 
 
-def stage_environment(stage: str, account: str, region: str, images: Mapping[str, str], sourcedir_key: str,
-                      current: Mapping[str, str]) -> dict[str, str]:
+def stage_environment(
+    stage: str, account: str, region: str, images: Mapping[str, str], sourcedir_key: str, current: Mapping[str, str]
+) -> dict[str, str]:
     """The stage's variables: names derived from stage and account, other settings kept as they are."""
     partition = partition_of(region)
     bucket = f"droptrain-data-{stage}-{account}"
@@ -134,8 +150,15 @@ def _no_changes(exc: Exception) -> bool:
     return any(text in reason for text in _NO_CHANGES)
 
 
-def deploy_stack(session: Any, stage: str, package_dir: Path, sourcedir_bytes: bytes, sourcedir_key: str,
-                 env: Mapping[str, str], say: Callable[[str], None] = print) -> dict[str, str]:
+def deploy_stack(
+    session: Any,
+    stage: str,
+    package_dir: Path,
+    sourcedir_bytes: bytes,
+    sourcedir_key: str,
+    env: Mapping[str, str],
+    say: Callable[[str], None] = print,
+) -> dict[str, str]:
     """Upload the artifacts, create or update the stack, wait, and put the sourcedir in place."""
     from botocore.exceptions import ClientError, WaiterError
 
@@ -172,7 +195,9 @@ def deploy_stack(session: Any, stage: str, package_dir: Path, sourcedir_bytes: b
         exists = False
     change_set = f"droptrain-{stage}-{template_key.split('/')[1][:16]}"
     cfn.create_change_set(
-        StackName=stack, ChangeSetName=change_set, ChangeSetType="UPDATE" if exists else "CREATE",
+        StackName=stack,
+        ChangeSetName=change_set,
+        ChangeSetType="UPDATE" if exists else "CREATE",
         TemplateURL=f"https://{artifacts}.s3.{region}.amazonaws.com/{template_key}",
         Capabilities=["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM", "CAPABILITY_AUTO_EXPAND"],
         Tags=[{"Key": "droptrain:stage", "Value": stage}],
@@ -190,7 +215,9 @@ def deploy_stack(session: Any, stage: str, package_dir: Path, sourcedir_bytes: b
         say(f"{'updating' if exists else 'creating'} stack {stack}")
         cfn.get_waiter("stack_update_complete" if exists else "stack_create_complete").wait(StackName=stack)
     s3.put_object(Bucket=env["DATA_BUCKET"], Key=sourcedir_key, Body=sourcedir_bytes)
-    outputs = {o["OutputKey"]: o["OutputValue"] for o in cfn.describe_stacks(StackName=stack)["Stacks"][0].get("Outputs", [])}
+    outputs = {
+        o["OutputKey"]: o["OutputValue"] for o in cfn.describe_stacks(StackName=stack)["Stacks"][0].get("Outputs", [])
+    }
     return outputs
 
 
@@ -199,23 +226,32 @@ def _explain(exc: Exception) -> str:
     from botocore.exceptions import ClientError, NoCredentialsError, NoRegionError, WaiterError
 
     if isinstance(exc, NoCredentialsError):
-        return ("no AWS credentials found: configure them (aws configure, AWS_PROFILE, or AWS_ACCESS_KEY_ID and "
-                "AWS_SECRET_ACCESS_KEY) and run it again")
+        return (
+            "no AWS credentials found: configure them (aws configure, AWS_PROFILE, or AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY) and run it again"
+        )
     if isinstance(exc, NoRegionError):
         return "no AWS region configured: set AWS_REGION (or aws configure) and run it again"
     if isinstance(exc, WaiterError):
         response = getattr(exc, "last_response", {}) or {}
         reason = response.get("StatusReason") or next(
-            (s.get("StackStatusReason") for s in response.get("Stacks", []) if s.get("StackStatusReason")), "")
-        return f"{exc.kwargs.get('name')} did not complete: {reason or exc.kwargs.get('reason') or 'see the stack events in the console'}"
+            (s.get("StackStatusReason") for s in response.get("Stacks", []) if s.get("StackStatusReason")), ""
+        )
+        reason = reason or exc.kwargs.get("reason") or "see the stack events in the console"
+        return f"{exc.kwargs.get('name')} did not complete: {reason}"
     if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
         return f"{exc.operation_name} failed: {error.get('Code', '')}: {error.get('Message', '')}"
     return " ".join(str(exc).split())
 
 
-def deploy(stage: str, training_image: str | None = None, inference_image: str | None = None,
-           say: Callable[[str], None] = print, session: Any = None) -> dict[str, str]:
+def deploy(
+    stage: str,
+    training_image: str | None = None,
+    inference_image: str | None = None,
+    say: Callable[[str], None] = print,
+    session: Any = None,
+) -> dict[str, str]:
     """Offline steps first, then the account: every failure becomes one ``DeployError`` line."""
     import boto3
     from botocore.exceptions import BotoCoreError, ClientError
@@ -224,10 +260,15 @@ def deploy(stage: str, training_image: str | None = None, inference_image: str |
         session = session or boto3.session.Session()
         region = session.region_name or os.environ.get("AWS_REGION") or "us-east-1"
         current = stage_env(read_config(), stage)
-        images = ({"TRAINING_IMAGE_URI": training_image, "INFERENCE_IMAGE_URI": inference_image}
-                  if training_image and inference_image
-                  else resolve_images(region, current.get("TRAINING_INSTANCE_TYPE", "ml.g4dn.xlarge"),
-                                      current.get("INFERENCE_INSTANCE_TYPE", "ml.m5.large")))
+        images = (
+            {"TRAINING_IMAGE_URI": training_image, "INFERENCE_IMAGE_URI": inference_image}
+            if training_image and inference_image
+            else resolve_images(
+                region,
+                current.get("TRAINING_INSTANCE_TYPE", "ml.g4dn.xlarge"),
+                current.get("INFERENCE_INSTANCE_TYPE", "ml.m5.large"),
+            )
+        )
         say(f"images for {region}: training {images['TRAINING_IMAGE_URI']}, serving {images['INFERENCE_IMAGE_URI']}")
         code, key = build_sourcedir()
         say(f"training code: {key}")

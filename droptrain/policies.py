@@ -16,7 +16,9 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-_ECR_IMAGE = re.compile(r"^(?P<account>\d{12})\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(?:\.cn)?/(?P<repo>[^:@]+)")
+_ECR_IMAGE = re.compile(
+    r"^(?P<account>\d{12})\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(?:\.cn)?/(?P<repo>[^:@]+)"
+)
 
 
 class PolicyError(Exception):
@@ -36,7 +38,6 @@ def image_repository_arn(image_uri: str, partition: str) -> str | None:
     if match is None:
         return None
     return f"arn:{partition}:ecr:{match['region']}:{match['account']}:repository/{match['repo']}"
-
 
 
 def arn_parts(env: Mapping[str, str]) -> tuple[str, str, str]:
@@ -79,24 +80,48 @@ def _project_statements(env: Mapping[str, str], sm: str) -> list[dict[str, Any]]
     projects = project_prefix(env).lower()
     endpoints = f"{sm}:endpoint/{projects}*"
     return [
-        {"Sid": "ProjectEndpoints", "Effect": "Allow",
-         "Action": ["sagemaker:CreateEndpoint", "sagemaker:UpdateEndpoint", "sagemaker:DeleteEndpoint",
-                    "sagemaker:DescribeEndpoint", "sagemaker:InvokeEndpoint", "sagemaker:AddTags",
-                    "sagemaker:DeleteTags", "sagemaker:ListTags"],
-         "Resource": [endpoints, f"{sm}:endpoint-config/*"]},
-        {"Sid": "ProjectModelRegistry", "Effect": "Allow",
-         "Action": ["sagemaker:CreateModelPackageGroup", "sagemaker:CreateModelPackage",
-                    "sagemaker:ListModelPackages", "sagemaker:DescribeModelPackage", "sagemaker:UpdateModelPackage",
-                    "sagemaker:AddTags", "sagemaker:ListTags", "sagemaker:DeleteTags"],
-         "Resource": [f"{sm}:model-package-group/{projects}*", f"{sm}:model-package/{projects}*/*"]},
+        {
+            "Sid": "ProjectEndpoints",
+            "Effect": "Allow",
+            "Action": [
+                "sagemaker:CreateEndpoint",
+                "sagemaker:UpdateEndpoint",
+                "sagemaker:DeleteEndpoint",
+                "sagemaker:DescribeEndpoint",
+                "sagemaker:InvokeEndpoint",
+                "sagemaker:AddTags",
+                "sagemaker:DeleteTags",
+                "sagemaker:ListTags",
+            ],
+            "Resource": [endpoints, f"{sm}:endpoint-config/*"],
+        },
+        {
+            "Sid": "ProjectModelRegistry",
+            "Effect": "Allow",
+            "Action": [
+                "sagemaker:CreateModelPackageGroup",
+                "sagemaker:CreateModelPackage",
+                "sagemaker:ListModelPackages",
+                "sagemaker:DescribeModelPackage",
+                "sagemaker:UpdateModelPackage",
+                "sagemaker:AddTags",
+                "sagemaker:ListTags",
+                "sagemaker:DeleteTags",
+            ],
+            "Resource": [f"{sm}:model-package-group/{projects}*", f"{sm}:model-package/{projects}*/*"],
+        },
         # List operations take no resource: the functions filter to <prefix>-* themselves.
         {"Sid": "ListProjects", "Effect": "Allow", "Action": "sagemaker:ListModelPackageGroups", "Resource": "*"},
         # The Price List API takes no resource ARN either (the run's cost forecast).
         {"Sid": "Prices", "Effect": "Allow", "Action": "pricing:GetProducts", "Resource": "*"},
         # Metric reads take no resource ARN either (whether an endpoint was invoked: IDLE_STOP_HOURS).
         {"Sid": "EndpointInvocations", "Effect": "Allow", "Action": "cloudwatch:GetMetricStatistics", "Resource": "*"},
-        {"Sid": "ProjectAlarms", "Effect": "Allow", "Action": ["cloudwatch:PutMetricAlarm", "cloudwatch:TagResource"],
-         "Resource": own_alarm_arns(env)},
+        {
+            "Sid": "ProjectAlarms",
+            "Effect": "Allow",
+            "Action": ["cloudwatch:PutMetricAlarm", "cloudwatch:TagResource"],
+            "Resource": own_alarm_arns(env),
+        },
     ]
 
 
@@ -111,34 +136,86 @@ def lambda_policy(env: Mapping[str, str]) -> dict[str, Any]:
     return {
         "Version": "2012-10-17",
         "Statement": [
-            {"Sid": "CreateRunResourcesTagged", "Effect": "Allow",
-             "Action": ["sagemaker:CreateHyperParameterTuningJob", "sagemaker:CreateTrainingJob", "sagemaker:CreateProcessingJob",
-                        "sagemaker:CreateModel", "sagemaker:CreateEndpointConfig", "sagemaker:AddTags"],
-             "Resource": [f"{sm}:hyper-parameter-tuning-job/*", f"{sm}:training-job/*", f"{sm}:processing-job/*",
-                          f"{sm}:model/*", f"{sm}:endpoint-config/*"],
-             "Condition": tagged},
-            {"Sid": "ReadRuns", "Effect": "Allow",
-             "Action": ["sagemaker:DescribeHyperParameterTuningJob", "sagemaker:DescribeTrainingJob", "sagemaker:ListTags",
-                        "sagemaker:ListTrainingJobsForHyperParameterTuningJob", "sagemaker:DescribeProcessingJob"],
-             "Resource": [f"{sm}:hyper-parameter-tuning-job/*", f"{sm}:training-job/*", f"{sm}:processing-job/*"]},
-            {"Sid": "StopRunsThatCannotSucceed", "Effect": "Allow", "Action": "sagemaker:StopHyperParameterTuningJob",
-             "Resource": f"{sm}:hyper-parameter-tuning-job/*",
-             "Condition": {"StringLike": {"aws:ResourceTag/droptrain:run-id": "?*"}}},
+            {
+                "Sid": "CreateRunResourcesTagged",
+                "Effect": "Allow",
+                "Action": [
+                    "sagemaker:CreateHyperParameterTuningJob",
+                    "sagemaker:CreateTrainingJob",
+                    "sagemaker:CreateProcessingJob",
+                    "sagemaker:CreateModel",
+                    "sagemaker:CreateEndpointConfig",
+                    "sagemaker:AddTags",
+                ],
+                "Resource": [
+                    f"{sm}:hyper-parameter-tuning-job/*",
+                    f"{sm}:training-job/*",
+                    f"{sm}:processing-job/*",
+                    f"{sm}:model/*",
+                    f"{sm}:endpoint-config/*",
+                ],
+                "Condition": tagged,
+            },
+            {
+                "Sid": "ReadRuns",
+                "Effect": "Allow",
+                "Action": [
+                    "sagemaker:DescribeHyperParameterTuningJob",
+                    "sagemaker:DescribeTrainingJob",
+                    "sagemaker:ListTags",
+                    "sagemaker:ListTrainingJobsForHyperParameterTuningJob",
+                    "sagemaker:DescribeProcessingJob",
+                ],
+                "Resource": [f"{sm}:hyper-parameter-tuning-job/*", f"{sm}:training-job/*", f"{sm}:processing-job/*"],
+            },
+            {
+                "Sid": "StopRunsThatCannotSucceed",
+                "Effect": "Allow",
+                "Action": "sagemaker:StopHyperParameterTuningJob",
+                "Resource": f"{sm}:hyper-parameter-tuning-job/*",
+                "Condition": {"StringLike": {"aws:ResourceTag/droptrain:run-id": "?*"}},
+            },
             *_project_statements(env, sm),
-            {"Sid": "RollbackAlarms", "Effect": "Allow", "Action": "cloudwatch:DescribeAlarms", "Resource": alarm_arns(env)},
-            {"Sid": "PassTheSageMakerRole", "Effect": "Allow", "Action": "iam:PassRole",
-             "Resource": env["SAGEMAKER_ROLE_ARN"],
-             "Condition": {"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}}},
+            {
+                "Sid": "RollbackAlarms",
+                "Effect": "Allow",
+                "Action": "cloudwatch:DescribeAlarms",
+                "Resource": alarm_arns(env),
+            },
+            {
+                "Sid": "PassTheSageMakerRole",
+                "Effect": "Allow",
+                "Action": "iam:PassRole",
+                "Resource": env["SAGEMAKER_ROLE_ARN"],
+                "Condition": {"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}},
+            },
             {"Sid": "Notify", "Effect": "Allow", "Action": "sns:Publish", "Resource": env["NOTIFY_TOPIC_ARN"]},
-            {"Sid": "KeepFailedEvents", "Effect": "Allow", "Action": "sqs:SendMessage",
-             "Resource": f"arn:{partition}:sqs:{region}:{account}:{failed_events_queue(env)}"},
+            {
+                "Sid": "KeepFailedEvents",
+                "Effect": "Allow",
+                "Action": "sqs:SendMessage",
+                "Resource": f"arn:{partition}:sqs:{region}:{account}:{failed_events_queue(env)}",
+            },
             {"Sid": "ListTheBucket", "Effect": "Allow", "Action": "s3:ListBucket", "Resource": bucket},
             {"Sid": "ReadTheBucket", "Effect": "Allow", "Action": "s3:GetObject", "Resource": f"{bucket}/*"},
-            {"Sid": "WriteRunsOnly", "Effect": "Allow", "Action": ["s3:PutObject", "s3:DeleteObject"],
-             "Resource": f"{bucket}/runs/*"},
-            {"Sid": "OwnLogs", "Effect": "Allow", "Action": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
-             "Resource": f"arn:{partition}:logs:{region}:{account}:log-group:/aws/lambda/droptrain-*"},
-            {"Sid": "Traces", "Effect": "Allow", "Action": ["xray:PutTraceSegments", "xray:PutTelemetryRecords"], "Resource": "*"},
+            {
+                "Sid": "WriteRunsOnly",
+                "Effect": "Allow",
+                "Action": ["s3:PutObject", "s3:DeleteObject"],
+                "Resource": f"{bucket}/runs/*",
+            },
+            {
+                "Sid": "OwnLogs",
+                "Effect": "Allow",
+                "Action": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
+                "Resource": f"arn:{partition}:logs:{region}:{account}:log-group:/aws/lambda/droptrain-*",
+            },
+            {
+                "Sid": "Traces",
+                "Effect": "Allow",
+                "Action": ["xray:PutTraceSegments", "xray:PutTelemetryRecords"],
+                "Resource": "*",
+            },
         ],
     }
 
@@ -149,27 +226,61 @@ def sagemaker_role_policy(env: Mapping[str, str]) -> dict[str, Any]:
     from the accounts the image URIs name, and read the rollback alarms."""
     partition, region, account = arn_parts(env)
     bucket = f"arn:{partition}:s3:::{env['DATA_BUCKET']}"
-    images = sorted({arn for key in ("TRAINING_IMAGE_URI", "INFERENCE_IMAGE_URI", "DEBUGGER_IMAGE_URI")
-                     if (arn := image_repository_arn(env.get(key, ""), partition))})
+    images = sorted(
+        {
+            arn
+            for key in ("TRAINING_IMAGE_URI", "INFERENCE_IMAGE_URI", "DEBUGGER_IMAGE_URI")
+            if (arn := image_repository_arn(env.get(key, ""), partition))
+        }
+    )
     if not images:
         raise PolicyError("TRAINING_IMAGE_URI and INFERENCE_IMAGE_URI must be ECR image URIs")
     return {
         "Version": "2012-10-17",
         "Statement": [
             {"Sid": "ListTheBucket", "Effect": "Allow", "Action": "s3:ListBucket", "Resource": bucket},
-            {"Sid": "ReadInputs", "Effect": "Allow", "Action": "s3:GetObject",
-             "Resource": [f"{bucket}/datasets/*", f"{bucket}/code/*", f"{bucket}/runs/*"]},
-            {"Sid": "WriteRunsOnly", "Effect": "Allow", "Action": ["s3:PutObject", "s3:AbortMultipartUpload"],
-             "Resource": f"{bucket}/runs/*"},
-            {"Sid": "Logs", "Effect": "Allow",
-             "Action": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
-             "Resource": f"arn:{partition}:logs:{region}:{account}:log-group:/aws/sagemaker/*"},
-            {"Sid": "Metrics", "Effect": "Allow", "Action": "cloudwatch:PutMetricData", "Resource": "*",
-             "Condition": {"StringLike": {"cloudwatch:namespace": ["/aws/sagemaker/*", "droptrain*"]}}},
-            {"Sid": "RollbackAlarms", "Effect": "Allow", "Action": "cloudwatch:DescribeAlarms", "Resource": alarm_arns(env)},
+            {
+                "Sid": "ReadInputs",
+                "Effect": "Allow",
+                "Action": "s3:GetObject",
+                "Resource": [f"{bucket}/datasets/*", f"{bucket}/code/*", f"{bucket}/runs/*"],
+            },
+            {
+                "Sid": "WriteRunsOnly",
+                "Effect": "Allow",
+                "Action": ["s3:PutObject", "s3:AbortMultipartUpload"],
+                "Resource": f"{bucket}/runs/*",
+            },
+            {
+                "Sid": "Logs",
+                "Effect": "Allow",
+                "Action": [
+                    "logs:CreateLogGroup",
+                    "logs:CreateLogStream",
+                    "logs:PutLogEvents",
+                    "logs:DescribeLogStreams",
+                ],
+                "Resource": f"arn:{partition}:logs:{region}:{account}:log-group:/aws/sagemaker/*",
+            },
+            {
+                "Sid": "Metrics",
+                "Effect": "Allow",
+                "Action": "cloudwatch:PutMetricData",
+                "Resource": "*",
+                "Condition": {"StringLike": {"cloudwatch:namespace": ["/aws/sagemaker/*", "droptrain*"]}},
+            },
+            {
+                "Sid": "RollbackAlarms",
+                "Effect": "Allow",
+                "Action": "cloudwatch:DescribeAlarms",
+                "Resource": alarm_arns(env),
+            },
             {"Sid": "EcrToken", "Effect": "Allow", "Action": "ecr:GetAuthorizationToken", "Resource": "*"},
-            {"Sid": "PullImages", "Effect": "Allow",
-             "Action": ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"],
-             "Resource": images},
+            {
+                "Sid": "PullImages",
+                "Effect": "Allow",
+                "Action": ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"],
+                "Resource": images,
+            },
         ],
     }

@@ -42,8 +42,13 @@ class _Job:
     def eta(self, now: float) -> float | None:
         if not self.epochs:
             return None
-        per_epoch = (self.images / self.rate if self.rate and self.images else
-                     sum(self.epoch_seconds) / len(self.epoch_seconds) if self.epoch_seconds else None)
+        per_epoch = (
+            self.images / self.rate
+            if self.rate and self.images
+            else sum(self.epoch_seconds) / len(self.epoch_seconds)
+            if self.epoch_seconds
+            else None
+        )
         if per_epoch is None:
             return None
         in_epoch = max(0.0, per_epoch - (now - self.epoch_started))
@@ -63,8 +68,13 @@ def tuning_of(job: str) -> str | None:
 
 
 class LiveProgress:
-    def __init__(self, say: Callable[[str], None] = print, out: TextIO | None = None, live: bool | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        say: Callable[[str], None] = print,
+        out: TextIO | None = None,
+        live: bool | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.say, self.out, self.clock = say, out or sys.stdout, clock
         self.live = self.out.isatty() if live is None else live
         self.jobs: dict[str, _Job] = {}
@@ -99,7 +109,9 @@ class LiveProgress:
             self._print(f"      {line}")
         elif match := ENDED.search(line):
             self.jobs.pop(job, None)
-            self._print(f"  {'✓' if match.group(1) == 'SUCCESS' else '✗'} {state.label} {job}: {now - state.started:.1f}s")
+            self._print(
+                f"  {'✓' if match.group(1) == 'SUCCESS' else '✗'} {state.label} {job}: {now - state.started:.1f}s"
+            )
             self._better(job, state)
 
     def _better(self, job: str, state: _Job) -> None:
@@ -125,10 +137,12 @@ class LiveProgress:
             fraction = done / state.epochs if state.epochs else 0.0
             bar = "#" * int(10 * fraction)
             eta = state.eta(now)
-            parts.append(f"{state.label} [{bar:<10}] epoch {min(state.epoch + 1, state.epochs or 1)}/{state.epochs or '?'}"
-                         + (f" {state.rate:.0f} img/s" if state.rate else "")
-                         + (f" ETA {eta:.0f}s" if eta is not None else "")
-                         + (f" valid_accuracy {state.accuracy:.3f}" if state.accuracy is not None else ""))
+            parts.append(
+                f"{state.label} [{bar:<10}] epoch {min(state.epoch + 1, state.epochs or 1)}/{state.epochs or '?'}"
+                + (f" {state.rate:.0f} img/s" if state.rate else "")
+                + (f" ETA {eta:.0f}s" if eta is not None else "")
+                + (f" valid_accuracy {state.accuracy:.3f}" if state.accuracy is not None else "")
+            )
         parts += [f"best {accuracy:.3f} ({who})" for accuracy, who in self.best.values()]
         return " | ".join(parts)
 

@@ -20,23 +20,40 @@ def render(home: Path) -> str:
         for name, status, tuning in store.records("tuning-job"):
             config = tuning["HyperParameterTuningJobConfig"]
             best = tuning.get("BestTrainingJob", {}).get("TrainingJobName")
-            lines.append(f"run {name}: tuning {status} ({config['Strategy']}, dataset {names.dataset_of_tags(tuning['Tags']) or '?'})")
+            lines.append(
+                f"run {name}: tuning {status} "
+                f"({config['Strategy']}, dataset {names.dataset_of_tags(tuning['Tags']) or '?'})"
+            )
             for child, child_status, record in trainings:
                 if record.get("TuningJobName") != name:
                     continue
                 metrics = {m["MetricName"]: m["Value"] for m in record.get("FinalMetricDataList", [])}
-                tuned = {k: v for k, v in record["HyperParameters"].items()
-                         if k in {r["Name"] for rs in config["ParameterRanges"].values() for r in rs}}
+                tuned = {
+                    k: v
+                    for k, v in record["HyperParameters"].items()
+                    if k in {r["Name"] for rs in config["ParameterRanges"].values() for r in rs}
+                }
                 mark = "★" if child == best else " "
                 acc = metrics.get("valid:accuracy")
-                lines.append(f"  {mark} {child:<34} {child_status:<10} valid:accuracy {acc if acc is not None else '-':<8} {tuned}")
+                lines.append(
+                    f"  {mark} {child:<34} {child_status:<10} "
+                    f"valid:accuracy {acc if acc is not None else '-':<8} {tuned}"
+                )
             final_name = names.final_job_name(name)
             final = store.get("training-job", final_name)
             if final:
                 metrics = {m["MetricName"]: m["Value"] for m in final.get("FinalMetricDataList", [])}
-                lines.append(f"  final {final_name}: {store.status('training-job', final_name)}, test:accuracy {metrics.get('test:accuracy', '-')}"
-                             + (f" ({final['FailureReason']})" if final.get("FailureReason") else ""))
-            lines.append("  " + _cost_line(name, [r for _, _, r in trainings if r.get("TuningJobName") == name] + ([final] if final else [])))
+                lines.append(
+                    f"  final {final_name}: {store.status('training-job', final_name)}, "
+                    f"test:accuracy {metrics.get('test:accuracy', '-')}"
+                    + (f" ({final['FailureReason']})" if final.get("FailureReason") else "")
+                )
+            lines.append(
+                "  "
+                + _cost_line(
+                    name, [r for _, _, r in trainings if r.get("TuningJobName") == name] + ([final] if final else [])
+                )
+            )
         lines += _projects(store)
     finally:
         store.close()
@@ -52,17 +69,24 @@ def _projects(store) -> list[str]:
     for group, _, _ in store.records("model-package-group"):
         status, endpoint = endpoints.pop(group, (None, None))
         serving = endpoint["EndpointConfigName"] if endpoint else None
-        lines.append(f"project {group}: endpoint {status or 'not deployed'}"
-                     + (f", serving {serving}" if serving else "")
-                     + (f" (last deployment: {endpoint['FailureReason']})" if endpoint and endpoint.get("FailureReason") else ""))
+        lines.append(
+            f"project {group}: endpoint {status or 'not deployed'}"
+            + (f", serving {serving}" if serving else "")
+            + (f" (last deployment: {endpoint['FailureReason']})" if endpoint and endpoint.get("FailureReason") else "")
+        )
         for name, approval, package in sorted(packages, key=lambda p: p[2]["ModelPackageVersion"]):
             if name.rsplit("/", 1)[0] != group:
                 continue
             meta = package.get("CustomerMetadataProperties", {})
-            run = meta.get("droptrain:run-id") or run_of_model_data(package["InferenceSpecification"]["Containers"][0]["ModelDataUrl"])
+            run = meta.get("droptrain:run-id") or run_of_model_data(
+                package["InferenceSpecification"]["Containers"][0]["ModelDataUrl"]
+            )
             mark = "▶" if run == serving else " "
-            lines.append(f"  {mark} v{package['ModelPackageVersion']:<3} {run:<30} {approval:<22} "
-                         f"test:accuracy {meta.get('test:accuracy', '-'):<8} macro_f1 {meta.get('macro_f1', '-'):<8} {package['CreationTime'][:19]}")
+            lines.append(
+                f"  {mark} v{package['ModelPackageVersion']:<3} {run:<30} {approval:<22} "
+                f"test:accuracy {meta.get('test:accuracy', '-'):<8} macro_f1 {meta.get('macro_f1', '-'):<8} "
+                f"{package['CreationTime'][:19]}"
+            )
     for name, (status, endpoint) in endpoints.items():
         lines.append(f"endpoint {name}: {status}, serving {endpoint['EndpointConfigName']}")
     return lines
@@ -72,7 +96,9 @@ def _cost_line(run: str, jobs: list[dict]) -> str:
     """What the run's jobs would have cost on SageMaker: their billable seconds at the bundled price
     of the instance type they asked for (locally, this machine's time stands in for the instance's)."""
 
-    billed = {j["TrainingJobName"]: j["BillableTimeInSeconds"] for j in jobs if j.get("BillableTimeInSeconds") is not None}
+    billed = {
+        j["TrainingJobName"]: j["BillableTimeInSeconds"] for j in jobs if j.get("BillableTimeInSeconds") is not None
+    }
     instance = next((j["ResourceConfig"]["InstanceType"] for j in jobs if j.get("ResourceConfig")), "")
     spent = cost.actual(billed, cost.bundled_price(instance, "Training"))
     price = f"${spent['usd']:.4f} at {instance}'s bundled price" if "usd" in spent else "no price known"

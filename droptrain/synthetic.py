@@ -20,8 +20,14 @@ from PIL import Image, ImageDraw
 SHAPES = ("circle", "square", "triangle", "cross", "ring", "diamond", "star", "bar")
 TEXTURES = ("solid", "stripes", "dots", "checks")
 COLOURS = {  # hue in [0, 1)
-    "red": 0.0, "orange": 0.08, "yellow": 0.16, "green": 0.33,
-    "cyan": 0.5, "blue": 0.62, "purple": 0.75, "magenta": 0.87,
+    "red": 0.0,
+    "orange": 0.08,
+    "yellow": 0.16,
+    "green": 0.33,
+    "cyan": 0.5,
+    "blue": 0.62,
+    "purple": 0.75,
+    "magenta": 0.87,
 }
 MAX_CLASSES = len(SHAPES) * len(TEXTURES) * len(COLOURS)
 SPLIT_FRACTIONS = (("train", 0.7), ("valid", 0.15), ("test", 0.15))
@@ -90,8 +96,9 @@ def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[t
         return rot(pts)
     if shape == "cross":
         w = r * 0.35
-        return rot([(-w, -r), (w, -r), (w, -w), (r, -w), (r, w), (w, w), (w, r), (-w, r),
-                    (-w, w), (-r, w), (-r, -w), (-w, -w)])
+        return rot(
+            [(-w, -r), (w, -r), (w, -w), (r, -w), (r, w), (w, w), (w, r), (-w, r), (-w, w), (-r, w), (-r, -w), (-w, -w)]
+        )
     if shape == "bar":
         return rot([(-r, -0.3 * r), (r, -0.3 * r), (r, 0.3 * r), (-r, 0.3 * r)])
     raise AssertionError(shape)

@@ -21,8 +21,16 @@ from droptrain.policies import arn_parts, failed_events_queue, lambda_policy, sa
 ROOT = Path(__file__).resolve().parent.parent
 CHALICE_DIR = ROOT / ".chalice"
 LAMBDA_RUNTIME = "python3.12"
-HANDLER_FUNCTIONS = ("OnDatasetUploaded", "OnProcessingJobStateChange", "OnTuningJobStateChange", "OnTrainingJobStateChange", "OnEndpointStateChange",
-                     "OnModelPackageStateChange", "StopIdleEndpoints", "APIHandler")
+HANDLER_FUNCTIONS = (
+    "OnDatasetUploaded",
+    "OnProcessingJobStateChange",
+    "OnTuningJobStateChange",
+    "OnTrainingJobStateChange",
+    "OnEndpointStateChange",
+    "OnModelPackageStateChange",
+    "StopIdleEndpoints",
+    "APIHandler",
+)
 EVENT_FUNCTIONS = HANDLER_FUNCTIONS[:-1]
 # Events the event handlers still fail on after Lambda's retries are kept here (14 days).
 FAILED_EVENTS_RETENTION_SECONDS = 14 * 24 * 3600
@@ -38,7 +46,9 @@ def read_config(chalice_dir: Path = CHALICE_DIR) -> dict[str, Any]:
 
 def stage_env(config: Mapping[str, Any], stage: str) -> dict[str, str]:
     if stage not in config.get("stages", {}):
-        raise TemplateError(f"stage {stage!r} is not in .chalice/config.json (stages: {', '.join(config.get('stages', {}))})")
+        raise TemplateError(
+            f"stage {stage!r} is not in .chalice/config.json (stages: {', '.join(config.get('stages', {}))})"
+        )
     return {**config.get("environment_variables", {}), **config["stages"][stage].get("environment_variables", {})}
 
 
@@ -46,10 +56,17 @@ def merge_template(env: Mapping[str, str], stage: str, layer_uri: str = "./layer
     """What ``chalice package --merge-template`` adds: the stage's resources, the layer, the runtime,
     and an on-failure destination for events the handlers could not process after Lambda's retries."""
     function = {"Properties": {"Runtime": LAMBDA_RUNTIME, "Layers": [{"Ref": "DependenciesLayer"}]}}
-    event_function = {"Properties": {**function["Properties"], "EventInvokeConfig": {
-        "MaximumRetryAttempts": 2,
-        "DestinationConfig": {"OnFailure": {"Type": "SQS", "Destination": {"Fn::GetAtt": ["FailedEventsQueue", "Arn"]}}},
-    }}}
+    event_function = {
+        "Properties": {
+            **function["Properties"],
+            "EventInvokeConfig": {
+                "MaximumRetryAttempts": 2,
+                "DestinationConfig": {
+                    "OnFailure": {"Type": "SQS", "Destination": {"Fn::GetAtt": ["FailedEventsQueue", "Arn"]}}
+                },
+            },
+        }
+    }
     template = {
         "Resources": {
             **_stage_resources(env, stage, layer_uri),
@@ -66,8 +83,10 @@ def merge_template(env: Mapping[str, str], stage: str, layer_uri: str = "./layer
         # Chalice marks the routes as needing a key but creates none: without a key in a usage
         # plan, every request would be refused.
         template["Resources"].update(_api_key_resources(stage))
-        template["Outputs"]["ApiKeyId"] = {"Value": {"Ref": "ApiKey"},
-                                           "Description": "aws apigateway get-api-key --include-value --api-key <id>"}
+        template["Outputs"]["ApiKeyId"] = {
+            "Value": {"Ref": "ApiKey"},
+            "Description": "aws apigateway get-api-key --include-value --api-key <id>",
+        }
     return template
 
 
@@ -76,26 +95,59 @@ def _stage_resources(env: Mapping[str, str], stage: str, layer_uri: str) -> dict
         "BucketName": env["DATA_BUCKET"],
         # Uploads reach the app through EventBridge, not bucket notifications (docs/architecture.md).
         "NotificationConfiguration": {"EventBridgeConfiguration": {"EventBridgeEnabled": True}},
-        "PublicAccessBlockConfiguration": {"BlockPublicAcls": True, "BlockPublicPolicy": True,
-                                           "IgnorePublicAcls": True, "RestrictPublicBuckets": True},
-        "BucketEncryption": {"ServerSideEncryptionConfiguration": [{"ServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]},
+        "PublicAccessBlockConfiguration": {
+            "BlockPublicAcls": True,
+            "BlockPublicPolicy": True,
+            "IgnorePublicAcls": True,
+            "RestrictPublicBuckets": True,
+        },
+        "BucketEncryption": {
+            "ServerSideEncryptionConfiguration": [{"ServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
+        },
         "OwnershipControls": {"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]},
     }
-    assume = {"Version": "2012-10-17", "Statement": [{
-        "Effect": "Allow", "Principal": {"Service": "sagemaker.amazonaws.com"}, "Action": "sts:AssumeRole"}]}
+    assume = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Principal": {"Service": "sagemaker.amazonaws.com"}, "Action": "sts:AssumeRole"}
+        ],
+    }
     return {
-        "DataBucket": {"Type": "AWS::S3::Bucket", "DeletionPolicy": "Retain", "UpdateReplacePolicy": "Retain",
-                       "Properties": bucket_properties},
-        "NotifyTopic": {"Type": "AWS::SNS::Topic", "Properties": {"TopicName": env["NOTIFY_TOPIC_ARN"].rsplit(":", 1)[1]}},
-        "FailedEventsQueue": {"Type": "AWS::SQS::Queue", "Properties": {
-            "QueueName": failed_events_queue(env), "MessageRetentionPeriod": FAILED_EVENTS_RETENTION_SECONDS,
-            "SqsManagedSseEnabled": True}},
-        "SageMakerExecutionRole": {"Type": "AWS::IAM::Role", "Properties": {
-            "RoleName": env["SAGEMAKER_ROLE_ARN"].rsplit("/", 1)[1], "AssumeRolePolicyDocument": assume,
-            "Policies": [{"PolicyName": "droptrain-sagemaker", "PolicyDocument": sagemaker_role_policy(env)}]}},
-        "DependenciesLayer": {"Type": "AWS::Serverless::LayerVersion", "Properties": {
-            "LayerName": f"droptrain-{stage}-dependencies", "ContentUri": layer_uri,
-            "CompatibleRuntimes": [LAMBDA_RUNTIME], "CompatibleArchitectures": ["x86_64"]}},
+        "DataBucket": {
+            "Type": "AWS::S3::Bucket",
+            "DeletionPolicy": "Retain",
+            "UpdateReplacePolicy": "Retain",
+            "Properties": bucket_properties,
+        },
+        "NotifyTopic": {
+            "Type": "AWS::SNS::Topic",
+            "Properties": {"TopicName": env["NOTIFY_TOPIC_ARN"].rsplit(":", 1)[1]},
+        },
+        "FailedEventsQueue": {
+            "Type": "AWS::SQS::Queue",
+            "Properties": {
+                "QueueName": failed_events_queue(env),
+                "MessageRetentionPeriod": FAILED_EVENTS_RETENTION_SECONDS,
+                "SqsManagedSseEnabled": True,
+            },
+        },
+        "SageMakerExecutionRole": {
+            "Type": "AWS::IAM::Role",
+            "Properties": {
+                "RoleName": env["SAGEMAKER_ROLE_ARN"].rsplit("/", 1)[1],
+                "AssumeRolePolicyDocument": assume,
+                "Policies": [{"PolicyName": "droptrain-sagemaker", "PolicyDocument": sagemaker_role_policy(env)}],
+            },
+        },
+        "DependenciesLayer": {
+            "Type": "AWS::Serverless::LayerVersion",
+            "Properties": {
+                "LayerName": f"droptrain-{stage}-dependencies",
+                "ContentUri": layer_uri,
+                "CompatibleRuntimes": [LAMBDA_RUNTIME],
+                "CompatibleArchitectures": ["x86_64"],
+            },
+        },
     }
 
 
@@ -104,9 +156,14 @@ def _stage_resources(env: Mapping[str, str], stage: str, layer_uri: str) -> dict
 # the API's error shape; their templates allow variable substitution only (no VTL), so each response
 # type names its code.
 GATEWAY_ERROR_CODES = {
-    "MISSING_AUTHENTICATION_TOKEN": "missing_authentication_token", "INVALID_API_KEY": "forbidden",
-    "REQUEST_TOO_LARGE": "payload_too_large", "THROTTLED": "throttled", "QUOTA_EXCEEDED": "throttled",
-    "INTEGRATION_TIMEOUT": "timeout", "DEFAULT_4XX": "bad_request", "DEFAULT_5XX": "internal_error",
+    "MISSING_AUTHENTICATION_TOKEN": "missing_authentication_token",
+    "INVALID_API_KEY": "forbidden",
+    "REQUEST_TOO_LARGE": "payload_too_large",
+    "THROTTLED": "throttled",
+    "QUOTA_EXCEEDED": "throttled",
+    "INTEGRATION_TIMEOUT": "timeout",
+    "DEFAULT_4XX": "bad_request",
+    "DEFAULT_5XX": "internal_error",
 }
 
 
@@ -114,8 +171,13 @@ def gateway_responses() -> dict[str, Any]:
     return {
         f"GatewayResponse{kind.title().replace('_', '')}": {
             "Type": "AWS::ApiGateway::GatewayResponse",
-            "Properties": {"RestApiId": {"Ref": "RestAPI"}, "ResponseType": kind, "ResponseTemplates": {
-                "application/json": f'{{"error": {{"code": "{code}", "message": $context.error.messageString}}}}'}},
+            "Properties": {
+                "RestApiId": {"Ref": "RestAPI"},
+                "ResponseType": kind,
+                "ResponseTemplates": {
+                    "application/json": f'{{"error": {{"code": "{code}", "message": $context.error.messageString}}}}'
+                },
+            },
         }
         for kind, code in GATEWAY_ERROR_CODES.items()
     }
@@ -123,14 +185,23 @@ def gateway_responses() -> dict[str, Any]:
 
 def _api_key_resources(stage: str) -> dict[str, Any]:
     return {
-        "ApiKey": {"Type": "AWS::ApiGateway::ApiKey", "DependsOn": ["RestAPI"],
-                   "Properties": {"Name": f"droptrain-{stage}", "Enabled": True}},
-        "UsagePlan": {"Type": "AWS::ApiGateway::UsagePlan", "Properties": {
-            "UsagePlanName": f"droptrain-{stage}",
-            "ApiStages": [{"ApiId": {"Ref": "RestAPI"}, "Stage": {"Ref": "RestAPI.Stage"}}],
-            "Throttle": {"RateLimit": 50, "BurstLimit": 100}}},
-        "UsagePlanKey": {"Type": "AWS::ApiGateway::UsagePlanKey", "Properties": {
-            "KeyId": {"Ref": "ApiKey"}, "KeyType": "API_KEY", "UsagePlanId": {"Ref": "UsagePlan"}}},
+        "ApiKey": {
+            "Type": "AWS::ApiGateway::ApiKey",
+            "DependsOn": ["RestAPI"],
+            "Properties": {"Name": f"droptrain-{stage}", "Enabled": True},
+        },
+        "UsagePlan": {
+            "Type": "AWS::ApiGateway::UsagePlan",
+            "Properties": {
+                "UsagePlanName": f"droptrain-{stage}",
+                "ApiStages": [{"ApiId": {"Ref": "RestAPI"}, "Stage": {"Ref": "RestAPI.Stage"}}],
+                "Throttle": {"RateLimit": 50, "BurstLimit": 100},
+            },
+        },
+        "UsagePlanKey": {
+            "Type": "AWS::ApiGateway::UsagePlanKey",
+            "Properties": {"KeyId": {"Ref": "ApiKey"}, "KeyType": "API_KEY", "UsagePlanId": {"Ref": "UsagePlan"}},
+        },
     }
 
 
@@ -140,8 +211,9 @@ def _last_line(text: str | bytes | None) -> str:
     return next((line.strip() for line in reversed((text or "").splitlines()) if line.strip()), "")
 
 
-def package(stage: str, out: Path, layer_zip: Path, chalice_dir: Path = CHALICE_DIR,
-            run: Callable[..., Any] = subprocess.run) -> Path:
+def package(
+    stage: str, out: Path, layer_zip: Path, chalice_dir: Path = CHALICE_DIR, run: Callable[..., Any] = subprocess.run
+) -> Path:
     """``chalice package`` with the merge template; returns the SAM template's path."""
     env = stage_env(read_config(chalice_dir), stage)
     if out.exists():
@@ -156,11 +228,26 @@ def package(stage: str, out: Path, layer_zip: Path, chalice_dir: Path = CHALICE_
         policy.write_text(current)
     chalice = Path(sys.executable).with_name("chalice")
     try:
-        run([str(chalice if chalice.exists() else "chalice"), "package", "--stage", stage, "--merge-template", str(merge), str(out)],
-            cwd=chalice_dir.parent, check=True, capture_output=True, text=True,
-            env={**os.environ, "AWS_DEFAULT_REGION": arn_parts(env)[1]})
+        run(
+            [
+                str(chalice if chalice.exists() else "chalice"),
+                "package",
+                "--stage",
+                stage,
+                "--merge-template",
+                str(merge),
+                str(out),
+            ],
+            cwd=chalice_dir.parent,
+            check=True,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "AWS_DEFAULT_REGION": arn_parts(env)[1]},
+        )
     except subprocess.CalledProcessError as exc:
-        raise TemplateError(f"chalice package failed: {_last_line(exc.stderr) or _last_line(exc.stdout) or exc}") from None
+        raise TemplateError(
+            f"chalice package failed: {_last_line(exc.stderr) or _last_line(exc.stdout) or exc}"
+        ) from None
     except OSError as exc:
         raise TemplateError(f"chalice package could not run: {exc}") from None
     shutil.copy(layer_zip, out / "layer.zip")

@@ -17,13 +17,20 @@ class UploadError(Exception):
     pass
 
 
-def upload_dataset(source: Path, name: str, put_file: Callable[[str, Path], object],
-                   put_bytes: Callable[[str, bytes], object], prefix: str = "datasets/") -> str:
+def upload_dataset(
+    source: Path,
+    name: str,
+    put_file: Callable[[str, Path], object],
+    put_bytes: Callable[[str, bytes], object],
+    prefix: str = "datasets/",
+) -> str:
     """Upload through ``put_file(key, path)`` / ``put_bytes(key, data)``; returns the key that starts the run."""
     if not source.exists():
         raise UploadError(f"{source} does not exist")
     if source.is_file():
-        suffix = next((s for s in sorted(ARCHIVE_SUFFIXES, key=len, reverse=True) if source.name.lower().endswith(s)), None)
+        suffix = next(
+            (s for s in sorted(ARCHIVE_SUFFIXES, key=len, reverse=True) if source.name.lower().endswith(s)), None
+        )
         if suffix is None:
             raise UploadError(f"{source.name} is not a .zip, .tar, .tar.gz or .tgz archive")
         key = f"{prefix}{name}{suffix}"
@@ -47,7 +54,12 @@ def upload_to_s3(source: Path, name: str, target: str, client=None, prefix: str 
 
         client = boto3.client("s3")
     try:
-        return upload_dataset(source, name, lambda key, path: client.upload_file(str(path), bucket, key),
-                              lambda key, data: client.put_object(Bucket=bucket, Key=key, Body=data), prefix)
+        return upload_dataset(
+            source,
+            name,
+            lambda key, path: client.upload_file(str(path), bucket, key),
+            lambda key, data: client.put_object(Bucket=bucket, Key=key, Body=data),
+            prefix,
+        )
     except (ClientError, BotoCoreError, S3UploadFailedError) as exc:
         raise UploadError(f"uploading to s3://{bucket} failed: {exc}") from exc

@@ -19,9 +19,25 @@ def build(out: Path, requirements: Path = HERE / "requirements.txt") -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         target = Path(tmp) / "python"
         subprocess.run(
-            [sys.executable, "-m", "pip", "install", "--quiet", "--no-compile", "--target", str(target),
-             "--platform", PLATFORM, "--implementation", "cp", "--python-version", PYTHON_VERSION,
-             "--only-binary=:all:", "-r", str(requirements)],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--no-compile",
+                "--target",
+                str(target),
+                "--platform",
+                PLATFORM,
+                "--implementation",
+                "cp",
+                "--python-version",
+                PYTHON_VERSION,
+                "--only-binary=:all:",
+                "-r",
+                str(requirements),
+            ],
             check=True,
         )
         for entry in list(target.iterdir()):

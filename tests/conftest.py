@@ -46,8 +46,9 @@ def trained_job(tiny_zip, tmp_path_factory):
         "optimizer": '"adamw"',
         "_tuning_objective_metric": "valid:accuracy",
     }
-    paths, status = run_training_job(tmp_path_factory.mktemp("job"), tiny_zip, hyperparameters, "pets-1a2b3c4d-final",
-                                     on_line=lines.append)
+    paths, status = run_training_job(
+        tmp_path_factory.mktemp("job"), tiny_zip, hyperparameters, "pets-1a2b3c4d-final", on_line=lines.append
+    )
     assert status == 0, "\n".join(lines[-30:])
     archive = package_dir(paths.model, paths.output / "model.tar.gz")
     return {"paths": paths, "lines": lines, "archive": archive}

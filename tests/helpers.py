@@ -19,8 +19,15 @@ DEADLINE = 900.0
 # Small enough to train in seconds on two CPU cores, large enough to be far above chance.
 TINY = {"classes": 4, "per_class": 30, "size": 48, "seed": 3}
 FAST_HYPERPARAMETERS = {
-    "arch": "resnet18", "weights": "none", "train-mode": "full", "image-size": "48",
-    "epochs": "4", "batch-size": "16", "lr": "0.002", "optimizer": "adamw", "weight-decay": "0.0001",
+    "arch": "resnet18",
+    "weights": "none",
+    "train-mode": "full",
+    "image-size": "48",
+    "epochs": "4",
+    "batch-size": "16",
+    "lr": "0.002",
+    "optimizer": "adamw",
+    "weight-decay": "0.0001",
 }
 
 
@@ -34,8 +41,11 @@ def browser() -> tuple[str, str]:
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     driver = shutil.which("chromedriver")
     if not (chromium and driver):
-        pytest.fail("no Chromium here: `make browser` installs Debian's chromium and chromium-driver "
-                    "(or: apt-get install chromium chromium-driver); make test does it first", pytrace=False)
+        pytest.fail(
+            "no Chromium here: `make browser` installs Debian's chromium and chromium-driver "
+            "(or: apt-get install chromium chromium-driver); make test does it first",
+            pytrace=False,
+        )
     return chromium, driver
 
 
@@ -57,8 +67,14 @@ def hyperparameter_args(hyperparameters: dict[str, str]) -> list[str]:
             return mapping.to_cmd_args(environment.read_hyperparameters())
 
 
-def run_training_job(root: Path, data: Path, hyperparameters: dict[str, str], job_name: str,
-                     on_line=lambda line: None, environment: dict[str, str] | None = None):
+def run_training_job(
+    root: Path,
+    data: Path,
+    hyperparameters: dict[str, str],
+    job_name: str,
+    on_line=lambda line: None,
+    environment: dict[str, str] | None = None,
+):
     """One training job as SageMaker runs it: the source dir as a tarball, the channel, the config
     files, and AWS's training toolkit relocated to ``root`` (what the local SageMaker does)."""
     from droptrain import sourcedir
@@ -67,18 +83,42 @@ def run_training_job(root: Path, data: Path, hyperparameters: dict[str, str], jo
     code, _ = sourcedir.build(include_requirements=False)
     (root / "sourcedir.tar.gz").write_bytes(code)
     paths = jobs.JobPaths(root / "opt-ml")
-    channel = [{"ChannelName": "training", "DataSource": {"S3DataSource": {
-        "S3DataType": "S3Prefix", "S3Uri": "s3://bucket/datasets/pets/", "S3DataDistributionType": "FullyReplicated"}}}]
-    jobs.write_config(paths, {**hyperparameters, "sagemaker_program": "train.py",
-                              "sagemaker_submit_directory": str(root / "sourcedir.tar.gz")}, channel, "ml.m5.large")
+    channel = [
+        {
+            "ChannelName": "training",
+            "DataSource": {
+                "S3DataSource": {
+                    "S3DataType": "S3Prefix",
+                    "S3Uri": "s3://bucket/datasets/pets/",
+                    "S3DataDistributionType": "FullyReplicated",
+                }
+            },
+        }
+    ]
+    jobs.write_config(
+        paths,
+        {
+            **hyperparameters,
+            "sagemaker_program": "train.py",
+            "sagemaker_submit_directory": str(root / "sourcedir.tar.gz"),
+        },
+        channel,
+        "ml.m5.large",
+    )
     jobs.stage_channel(paths, "training", data)
-    status = jobs.run(paths, jobs.toolkit_env(paths, job_name, f"arn:aws:sagemaker:local:000000000000:training-job/{job_name}",
-                                              environment or {}), on_line)
+    status = jobs.run(
+        paths,
+        jobs.toolkit_env(
+            paths, job_name, f"arn:aws:sagemaker:local:000000000000:training-job/{job_name}", environment or {}
+        ),
+        on_line,
+    )
     return paths, status
 
 
-def run_train(args: list[str], env: dict[str, str] | None = None,
-              timeout: float = DEADLINE) -> subprocess.CompletedProcess:
+def run_train(
+    args: list[str], env: dict[str, str] | None = None, timeout: float = DEADLINE
+) -> subprocess.CompletedProcess:
     """``python train.py ARGS`` in the source dir, as the container runs it."""
     return subprocess.run(
         [sys.executable, str(TRAINING_DIR / "train.py"), *args],
@@ -112,7 +152,9 @@ def png_header_only(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+    )
 
 
 def deploy_archive(runtime, archive: Path, config: str, deployment: dict | None = None) -> str:
@@ -122,7 +164,9 @@ def deploy_archive(runtime, archive: Path, config: str, deployment: dict | None 
     key = f"runs/{config}/final/model.tar.gz"
     runtime.bucket.put_file(key, archive)
     runtime.sagemaker.create_model({"ModelName": config, "PrimaryContainer": {"ModelDataUrl": runtime.bucket.uri(key)}})
-    runtime.sagemaker.create_endpoint_config({"EndpointConfigName": config, "ProductionVariants": [{"ModelName": config}]})
+    runtime.sagemaker.create_endpoint_config(
+        {"EndpointConfigName": config, "ProductionVariants": [{"ModelName": config}]}
+    )
     endpoint = f"{runtime.env['ENDPOINT_PREFIX']}-{config.rsplit('-', 1)[0]}"
     # The project exists once it has a model package group: /predict finds it.
     runtime.sagemaker.create_model_package_group({"ModelPackageGroupName": endpoint})

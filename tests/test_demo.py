@@ -11,10 +11,18 @@ def test_demo_runs_the_pipeline_and_predicts(tmp_path, capsys, ray_serve):
     """The demo joins the session's Ray instance (one per process) rather than starting its own."""
     assert cli.main(["demo", "--home", str(tmp_path / "home"), "--trials", "2"]) == 0
     out = capsys.readouterr().out
-    for event in ("dataset.accepted", "tuning.started", "tuning.completed", "training.started",
-                  "training.completed", "deployment.started", "deployment.completed"):
+    for event in (
+        "dataset.accepted",
+        "tuning.started",
+        "tuning.completed",
+        "training.started",
+        "training.completed",
+        "deployment.started",
+        "deployment.completed",
+    ):
         assert event in out
     assert "── summary" in out and "best hyperparams" in out
     classes = {p.name for p in (tmp_path / "shapes" / "train").iterdir()}
-    predicted = [line.split("→")[1].split()[0] for line in out.splitlines() if line.startswith("   ") and "→" in line]
+    answers = [line for line in out.splitlines() if line.startswith("   ") and "→" in line]
+    predicted = [line.split("→")[1].split()[0] for line in answers]
     assert len(predicted) == 4 and set(predicted) <= classes

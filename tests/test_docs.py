@@ -13,8 +13,18 @@ from chalice_app.notifications import EVENTS
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = sorted((ROOT / "docs").glob("*.md"))
 PAGES = [ROOT / "README.md", *DOCS]
-CODE = [p for pattern in ("app.py", "chalice_app/**/*.py", "droptrain/**/*.py", "training/**/*.py", "tests/**/*.py", "bench/*.py")
-        for p in ROOT.glob(pattern)]
+CODE = [
+    p
+    for pattern in (
+        "app.py",
+        "chalice_app/**/*.py",
+        "droptrain/**/*.py",
+        "training/**/*.py",
+        "tests/**/*.py",
+        "bench/*.py",
+    )
+    for p in ROOT.glob(pattern)
+]
 
 
 def _anchors(page: Path) -> set[str]:
@@ -68,7 +78,9 @@ def test_every_document_the_code_cites_is_here():
     missing = []
     for path in CODE:
         text = path.read_text()
-        assert "ARCHITECTURE.md" not in text or path.name == "test_docs.py", f"{path} cites a file outside the repository"
+        assert "ARCHITECTURE.md" not in text or path.name == "test_docs.py", (
+            f"{path} cites a file outside the repository"
+        )
         for doc, section in re.findall(r'(docs/[a-z-]+\.md)(?:, "([^"]+)")?', text):
             target = ROOT / doc
             if not target.exists():

@@ -24,8 +24,23 @@ def wheel(tmp_path_factory) -> Path:
         if name and (ROOT / name).is_file():
             (source / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, source / name)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--wheel-dir", str(out), str(source)], check=True, capture_output=True, timeout=DEADLINE)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--wheel-dir",
+            str(out),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=DEADLINE,
+    )
     (built,) = out.glob("droptrain-*.whl")
     return built
 
@@ -42,8 +57,20 @@ def test_the_wheel_installs_no_top_level_app_module(wheel):
 
 
 # What only the local runtime and the training code import: the `local` extra, never the base install.
-HEAVY = ("torch", "torchvision", "ray", "optuna", "sagemaker_training", "smdebug", "matplotlib", "pandas", "yaml",
-         "setproctitle", "pyinstrument", "psutil")
+HEAVY = (
+    "torch",
+    "torchvision",
+    "ray",
+    "optuna",
+    "sagemaker_training",
+    "smdebug",
+    "matplotlib",
+    "pandas",
+    "yaml",
+    "setproctitle",
+    "pyinstrument",
+    "psutil",
+)
 
 
 def test_the_base_install_leaves_the_local_runtime_to_its_extra():
@@ -58,14 +85,18 @@ def test_the_base_install_leaves_the_local_runtime_to_its_extra():
 def test_the_orchestrator_and_the_deploy_commands_run_without_the_local_extra(tmp_path):
     """Without the local extra, everything but the local runtime imports, and `droptrain up` says in
     one line what to install."""
-    code = (f"import sys\nfor name in {HEAVY!r}: sys.modules[name] = None\n"
-            "import chalice_app.application, droptrain.deploy, droptrain.template, droptrain.upload\n"
-            "import droptrain.synthetic\n"
-            "from droptrain import cli\nsys.exit(cli.main(['up', '--home', sys.argv[1]]))\n")
-    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "home")], cwd=ROOT, capture_output=True,
-                            text=True, timeout=DEADLINE)
+    code = (
+        f"import sys\nfor name in {HEAVY!r}: sys.modules[name] = None\n"
+        "import chalice_app.application, droptrain.deploy, droptrain.template, droptrain.upload\n"
+        "import droptrain.synthetic\n"
+        "from droptrain import cli\nsys.exit(cli.main(['up', '--home', sys.argv[1]]))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "home")], cwd=ROOT, capture_output=True, text=True, timeout=DEADLINE
+    )
     assert result.returncode == 1, result.stderr
     assert result.stderr.strip().splitlines() == [
         "droptrain up: the local runtime needs droptrain's local extra (torch, torchvision, ray, optuna, "
-        "sagemaker_training, yaml, matplotlib missing): pip install 'droptrain[local]', or make setup in a checkout"]
+        "sagemaker_training, yaml, matplotlib missing): pip install 'droptrain[local]', or make setup in a checkout"
+    ]
     assert not (tmp_path / "home").exists(), "nothing was started or written"

@@ -24,8 +24,12 @@ def _imports(path: Path) -> set[str]:
     out = set()
     tree = ast.parse(path.read_text())
     # Imports under ``if TYPE_CHECKING:`` never run: an annotation is not a dependency at run time.
-    type_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING"
-                 for n in ast.walk(node)}
+    type_only = {
+        id(n)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING"
+        for n in ast.walk(node)
+    }
     for node in ast.walk(tree):
         if id(node) in type_only:
             continue
@@ -47,7 +51,9 @@ def _graph() -> dict[str, set[str]]:
 
 
 def test_the_lambda_core_never_imports_the_tools_around_it():
-    arrows = [(m, d) for m, deps in _graph().items() if m.startswith("chalice_app") for d in deps if d.startswith("droptrain")]
+    arrows = [
+        (m, d) for m, deps in _graph().items() if m.startswith("chalice_app") for d in deps if d.startswith("droptrain")
+    ]
     assert arrows == [], "droptrain → chalice_app only, never back"
 
 
@@ -59,7 +65,7 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
         state[node] = 1
         for dep in sorted(graph.get(node, ())):
             if state.get(dep) == 1:
-                found.append(trail[trail.index(dep):] + [dep])
+                found.append(trail[trail.index(dep) :] + [dep])
             elif dep not in state:
                 visit(dep, [*trail, dep])
         state[node] = 2
@@ -105,4 +111,7 @@ def test_the_local_runtime_keeps_its_rooms():
     loose = sorted(p.name for p in (ROOT / "droptrain" / "local").glob("*.py"))
     assert len(loose) <= 8, loose
     assert {p.name for p in (ROOT / "droptrain" / "local").iterdir() if (p / "__init__.py").exists()} >= {
-        "aws", "sagemaker", "engines"}
+        "aws",
+        "sagemaker",
+        "engines",
+    }

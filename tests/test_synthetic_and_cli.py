@@ -38,7 +38,9 @@ def test_class_names_are_distinct_up_to_the_maximum():
     assert all(a.shape != b.shape and a.colour != b.colour for a, b in zip(first, first[1:]))
 
 
-@pytest.mark.parametrize("kwargs,message", [({"classes": 1}, "--classes"), ({"per_class": 2}, "--per-class"), ({"size": 8}, "--size")])
+@pytest.mark.parametrize(
+    "kwargs,message", [({"classes": 1}, "--classes"), ({"per_class": 2}, "--per-class"), ({"size": 8}, "--size")]
+)
 def test_bad_arguments(tmp_path, kwargs, message):
     with pytest.raises(SyntheticDatasetError, match=message):
         make_dataset(tmp_path / "x", **kwargs)

@@ -30,12 +30,30 @@ MAX_PAIRS_SHOWN = 60
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Audit an image-classification dataset before training on it.")
-    p.add_argument("--data-dir", type=Path, default=Path("/opt/ml/processing/input/data"), help="the dataset: a folder or one archive")
-    p.add_argument("--out-dir", type=Path, default=Path("/opt/ml/processing/output"), help="where audit.json and audit.html go")
-    p.add_argument("--max-leaked-test-share", type=float, default=audit.MAX_LEAKED_TEST_SHARE,
-                   help="block when more than this share of the test split duplicates images of other splits")
-    p.add_argument("--min-train-images", type=int, default=audit.MIN_TRAIN_IMAGES, help="block when a class has fewer training images")
-    p.add_argument("--min-classes", type=int, default=audit.MIN_CLASSES, help="block when fewer classes have enough images")
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("/opt/ml/processing/input/data"),
+        help="the dataset: a folder or one archive",
+    )
+    p.add_argument(
+        "--out-dir", type=Path, default=Path("/opt/ml/processing/output"), help="where audit.json and audit.html go"
+    )
+    p.add_argument(
+        "--max-leaked-test-share",
+        type=float,
+        default=audit.MAX_LEAKED_TEST_SHARE,
+        help="block when more than this share of the test split duplicates images of other splits",
+    )
+    p.add_argument(
+        "--min-train-images",
+        type=int,
+        default=audit.MIN_TRAIN_IMAGES,
+        help="block when a class has fewer training images",
+    )
+    p.add_argument(
+        "--min-classes", type=int, default=audit.MIN_CLASSES, help="block when fewer classes have enough images"
+    )
     return p
 
 
@@ -52,16 +70,25 @@ def render(report: dict, root: Path) -> str:
     e = html.escape
     counts = report["counts"].get("train", {})
     top = max(counts.values(), default=1)
-    bars = "".join(f'<tr><th>{e(label)}</th><td><span class="bar" style="width:{200 * n / top:.0f}px"></span> {n}</td></tr>'
-                   for label, n in counts.items())
+    bars = "".join(
+        f'<tr><th>{e(label)}</th><td><span class="bar" style="width:{200 * n / top:.0f}px"></span> {n}</td></tr>'
+        for label, n in counts.items()
+    )
     pairs = []
     for duplicate in report["duplicates"][:MAX_PAIRS_SHOWN]:
-        cells = "".join(f'<figure><img alt="{e(f["path"])}" src="{_thumbnail(root / f["path"])}">'
-                        f'<figcaption>{e(f["split"])}/{e(f["class"])}<br>{e(Path(f["path"]).name)}</figcaption></figure>'
-                        for f in duplicate["files"])
-        pairs.append(f'<div class="pair"><p>{e(duplicate["kind"])} duplicate, {e(duplicate["where"])}, '
-                     f'similarity {duplicate["score"]:.2f}</p>{cells}</div>')
-    listed = lambda items: "".join(f"<li>{e(json.dumps(i) if not isinstance(i, str) else i)}</li>" for i in items)  # noqa: E731
+        cells = "".join(
+            f'<figure><img alt="{e(f["path"])}" src="{_thumbnail(root / f["path"])}">'
+            f"<figcaption>{e(f['split'])}/{e(f['class'])}<br>{e(Path(f['path']).name)}</figcaption></figure>"
+            for f in duplicate["files"]
+        )
+        pairs.append(
+            f'<div class="pair"><p>{e(duplicate["kind"])} duplicate, {e(duplicate["where"])}, '
+            f"similarity {duplicate['score']:.2f}</p>{cells}</div>"
+        )
+
+    def listed(items) -> str:
+        return "".join(f"<li>{e(json.dumps(i) if not isinstance(i, str) else i)}</li>" for i in items)
+
     sections = [
         ("Blocking", listed(report["blocking"]) or "<li>none</li>"),
         ("Warnings", listed(report["warnings"]) or "<li>none</li>"),
@@ -72,10 +99,14 @@ def render(report: dict, root: Path) -> str:
     ]
     body = "".join(f"<h2>{title}</h2><ul>{items}</ul>" for title, items in sections)
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Dataset audit</title>
-<style>body{{font:15px system-ui,sans-serif;margin:1.5rem;color:#1b1f24}} .bar{{display:inline-block;height:.8rem;background:#0b5cad}}
-.pair{{display:inline-block;border:1px solid #c9d1d9;margin:.3rem;padding:.3rem;vertical-align:top}} figure{{display:inline-block;margin:.2rem}}
-figcaption{{font-size:.75rem;max-width:{THUMB}px;overflow-wrap:anywhere}} th{{text-align:left;padding-right:1rem}}</style></head><body>
-<h1>Dataset audit</h1><p>{report["images"]} images, {len(report["classes"])} classes, imbalance ratio {report["imbalance_ratio"]}.</p>
+<style>body{{font:15px system-ui,sans-serif;margin:1.5rem;color:#1b1f24}}
+.bar{{display:inline-block;height:.8rem;background:#0b5cad}}
+.pair{{display:inline-block;border:1px solid #c9d1d9;margin:.3rem;padding:.3rem;vertical-align:top}}
+figure{{display:inline-block;margin:.2rem}}
+figcaption{{font-size:.75rem;max-width:{THUMB}px;overflow-wrap:anywhere}} th{{text-align:left;padding-right:1rem}}
+</style></head><body>
+<h1>Dataset audit</h1><p>{report["images"]} images, {len(report["classes"])} classes,
+imbalance ratio {report["imbalance_ratio"]}.</p>
 <h2>Training images per class</h2><table>{bars}</table>{body}
 <h2>Duplicates ({len(report["duplicates"])})</h2>{"".join(pairs) or "<p>none</p>"}</body></html>"""
 
@@ -90,8 +121,11 @@ def main(args: argparse.Namespace) -> dict:
         args.out_dir.mkdir(parents=True, exist_ok=True)
         (args.out_dir / "audit.json").write_text(json.dumps(report, indent=2))
         (args.out_dir / "audit.html").write_text(render(report, audit.dataset_folder(root)))
-    print(f"audit: {report['images']} images, {len(report['duplicates'])} duplicate pairs, "
-          f"{len(report['blocking'])} blocking findings", flush=True)
+    print(
+        f"audit: {report['images']} images, {len(report['duplicates'])} duplicate pairs, "
+        f"{len(report['blocking'])} blocking findings",
+        flush=True,
+    )
     return report
 
 

@@ -35,7 +35,9 @@ import torchvision
 from torch import nn
 
 from trainlib import artifact, checkpoints, profiling
-from trainlib.arguments import get_args_parser, hyperparameters, parse_args  # noqa: F401 - train.parse_args is the CLI's
+
+# train.parse_args is the CLI's (and the tests'), hence the re-export.
+from trainlib.arguments import get_args_parser, hyperparameters, parse_args  # noqa: F401
 from trainlib.baseline import baseline_line, evaluate_baseline
 from trainlib.batches import Data, make_batches, pick_device, pick_workers, to_device
 from trainlib.datasets import Splits, discover, drop_held_out, resolve_dataset_root
@@ -56,7 +58,10 @@ def load_data(args: argparse.Namespace, work_dir: Path) -> Splits:
     splits = discover(root, seed=args.seed, valid_fraction=args.valid_fraction, test_fraction=args.test_fraction)
     if args.audit_dir is not None:  # AUDIT_FIX: the audit's cross-split duplicates leave valid/test
         leaked = set(json.loads((args.audit_dir / "audit.json").read_text()).get("leaked", []))
-        print(f"audit: {drop_held_out(splits, root, leaked)} held-out images dropped as duplicates of other splits", flush=True)
+        print(
+            f"audit: {drop_held_out(splits, root, leaked)} held-out images dropped as duplicates of other splits",
+            flush=True,
+        )
     print(splits.summary(), flush=True)
     return splits
 
@@ -84,8 +89,20 @@ def _check_finite(total_loss: torch.Tensor, epoch: int, step: int, lr: float) ->
 _NOT_TIMED = profiling.NullTimer()
 
 
-def train_one_epoch(model, criterion, optimizer, batches, device, scaler, hook, epoch, amp, check_every=10,
-                    timer=_NOT_TIMED, progress: ProgressLine | None = None) -> EpochStats:
+def train_one_epoch(
+    model,
+    criterion,
+    optimizer,
+    batches,
+    device,
+    scaler,
+    hook,
+    epoch,
+    amp,
+    check_every=10,
+    timer=_NOT_TIMED,
+    progress: ProgressLine | None = None,
+) -> EpochStats:
     model.train()
     hook.set_mode("train")
     timer.epoch_start()
@@ -214,26 +231,41 @@ def prepare(args: argparse.Namespace, splits: Splits, device: torch.device) -> F
     if device.type == "cuda" and torch.cuda.device_count() > 1 and args.num_gpus != 1:
         trainable = nn.DataParallel(trainable)
     optimizer = make_optimizer(args, [p for p in trainable.parameters() if p.requires_grad])
-    return Fit(model, data, trainable, nn.CrossEntropyLoss(), optimizer,
-               torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs),
-               torch.amp.GradScaler(device.type, enabled=device.type == "cuda"), device)
+    return Fit(
+        model,
+        data,
+        trainable,
+        nn.CrossEntropyLoss(),
+        optimizer,
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs),
+        torch.amp.GradScaler(device.type, enabled=device.type == "cuda"),
+        device,
+    )
 
 
 def observe(args: argparse.Namespace, fit: Fit, train_images: int, device: torch.device) -> Observers:
     """The debugger hook, and the profiler where one is wanted (with the hook, by default)."""
-    hook = create_hook(fit.trainable, fit.criterion, args.debug_out,
-                       total_steps=math.ceil(train_images / args.batch_size) * args.epochs)
+    hook = create_hook(
+        fit.trainable,
+        fit.criterion,
+        args.debug_out,
+        total_steps=math.ceil(train_images / args.batch_size) * args.epochs,
+    )
     if not (args.profile == "on" or (args.profile == "auto" and hook.out_dir is not None)):
         return Observers(hook=hook)
-    return Observers(hook=hook, timer=profiling.StepTimer(device, trace_dir=args.output_data_dir),
-                     sampler=profiling.SystemSampler().start())
+    return Observers(
+        hook=hook,
+        timer=profiling.StepTimer(device, trace_dir=args.output_data_dir),
+        sampler=profiling.SystemSampler().start(),
+    )
 
 
 def resume(args: argparse.Namespace, fit: Fit, splits: Splits) -> Progress:
     """The last checkpoint of this very run (same hyperparameters and data), if there is one."""
     checkpoint_dir = None if args.no_checkpoints else checkpoints.usable_dir(args.checkpoint_dir)
     fingerprint = checkpoints.fingerprint(
-        {"hyperparameters": hyperparameters(args), "classes": splits.classes, "train": len(splits.train)})
+        {"hyperparameters": hyperparameters(args), "classes": splits.classes, "train": len(splits.train)}
+    )
     state = checkpoints.load(checkpoint_dir, fingerprint)
     if state is None:
         return Progress([], 1, checkpoint_dir, fingerprint, len(splits.train))
@@ -251,44 +283,75 @@ def run_epochs(args: argparse.Namespace, fit: Fit, observers: Observers, progres
     for epoch in range(progress.start_epoch, args.epochs + 1):
         started = time.perf_counter()
         try:
-            train_stats = train_one_epoch(fit.trainable, fit.criterion, fit.optimizer, fit.data.train_batches(epoch),
-                                          fit.device, fit.scaler, observers.hook, epoch, fit.amp, timer=observers.timer,
-                                          progress=ProgressLine(epoch, args.epochs, progress.train_images))
+            train_stats = train_one_epoch(
+                fit.trainable,
+                fit.criterion,
+                fit.optimizer,
+                fit.data.train_batches(epoch),
+                fit.device,
+                fit.scaler,
+                observers.hook,
+                epoch,
+                fit.amp,
+                timer=observers.timer,
+                progress=ProgressLine(epoch, args.epochs, progress.train_images),
+            )
         except DivergedError:
             # A diverging job is the one whose rule verdicts matter most: judge what was saved, then fail.
             observers.close()
             write_verdicts(observers.hook.out_dir, args.output_data_dir / "reports")
             raise
-        valid_stats, _, _ = evaluate(fit.trainable, fit.criterion, fit.data.eval_batches["valid"](), fit.device,
-                                     observers.hook, fit.amp)
+        valid_stats, _, _ = evaluate(
+            fit.trainable, fit.criterion, fit.data.eval_batches["valid"](), fit.device, observers.hook, fit.amp
+        )
         fit.scheduler.step()
         if epoch == progress.start_epoch:
             fit.data.decode_skipped += train_stats.skipped + valid_stats.skipped
-        progress.history.append({
-            "epoch": epoch, "train_loss": train_stats.loss, "train_accuracy": train_stats.accuracy,
-            "valid_loss": valid_stats.loss, "valid_accuracy": valid_stats.accuracy,
-            "seconds": round(time.perf_counter() - started, 6), "images": train_stats.seen,
-        })
+        progress.history.append(
+            {
+                "epoch": epoch,
+                "train_loss": train_stats.loss,
+                "train_accuracy": train_stats.accuracy,
+                "valid_loss": valid_stats.loss,
+                "valid_accuracy": valid_stats.accuracy,
+                "seconds": round(time.perf_counter() - started, 6),
+                "images": train_stats.seen,
+            }
+        )
         if progress.checkpoint_dir is not None:
-            checkpoints.save(progress.checkpoint_dir, {
-                "fingerprint": progress.fingerprint, "epoch": epoch, "model": fit.model.state_dict(),
-                "optimizer": fit.optimizer.state_dict(), "scheduler": fit.scheduler.state_dict(),
-                "scaler": fit.scaler.state_dict(), "rng": torch.get_rng_state(), "history": progress.history,
-            })
+            checkpoints.save(
+                progress.checkpoint_dir,
+                {
+                    "fingerprint": progress.fingerprint,
+                    "epoch": epoch,
+                    "model": fit.model.state_dict(),
+                    "optimizer": fit.optimizer.state_dict(),
+                    "scheduler": fit.scheduler.state_dict(),
+                    "scaler": fit.scaler.state_dict(),
+                    "rng": torch.get_rng_state(),
+                    "history": progress.history,
+                },
+            )
         # Printed after the checkpoint: whoever reads "epoch=N" may rely on checkpoint N existing.
-        print(f"epoch={epoch} train_loss={train_stats.loss:.4f} valid_loss={valid_stats.loss:.4f} "
-              f"valid_accuracy={valid_stats.accuracy:.4f}", flush=True)
+        print(
+            f"epoch={epoch} train_loss={train_stats.loss:.4f} valid_loss={valid_stats.loss:.4f} "
+            f"valid_accuracy={valid_stats.accuracy:.4f}",
+            flush=True,
+        )
         if args.stop_on_rule_issues == "true" and observers.hook.out_dir is not None:
             stop_on_rule_issues(observers.hook.out_dir, epoch)
     return progress.history
 
 
-def finish(args: argparse.Namespace, splits: Splits, fit: Fit, observers: Observers, history: list[dict], work_dir: Path) -> dict:
+def finish(
+    args: argparse.Namespace, splits: Splits, fit: Fit, observers: Observers, history: list[dict], work_dir: Path
+) -> dict:
     """The held-out evaluation, the reports, and the model artifact."""
     metrics = {k: history[-1][k] for k in ("valid_loss", "valid_accuracy")} if history else {}
     eval_split = "test" if "test" in fit.data.eval_batches else "valid"
-    stats, predictions, targets = evaluate(fit.trainable, fit.criterion, fit.data.eval_batches[eval_split](), fit.device,
-                                           observers.hook, fit.amp)
+    stats, predictions, targets = evaluate(
+        fit.trainable, fit.criterion, fit.data.eval_batches[eval_split](), fit.device, observers.hook, fit.amp
+    )
     if eval_split == "test":
         fit.data.decode_skipped += stats.skipped
         print(f"test_loss={stats.loss:.4f} test_accuracy={stats.accuracy:.4f}", flush=True)
@@ -296,7 +359,9 @@ def finish(args: argparse.Namespace, splits: Splits, fit: Fit, observers: Observ
     observers.close()
     evaluation = {**classification_report(targets, predictions, splits.classes), "split": eval_split}
     if args.baseline_dir is not None:  # the serving model, on the same split, for the promotion gate
-        evaluation["baseline"] = evaluate_baseline(args.baseline_dir, work_dir, getattr(splits, eval_split), splits.classes, fit.device)
+        evaluation["baseline"] = evaluate_baseline(
+            args.baseline_dir, work_dir, getattr(splits, eval_split), splits.classes, fit.device
+        )
         print(baseline_line(evaluation["baseline"]), flush=True)
     artifact.write_json(args.output_data_dir / "evaluation.json", evaluation)
     artifact.write_json(args.output_data_dir / "history.json", history)
@@ -305,25 +370,43 @@ def finish(args: argparse.Namespace, splits: Splits, fit: Fit, observers: Observ
     artifact.write_json(report_dir / "evaluation.json", evaluation)
     verdicts = write_verdicts(observers.hook.out_dir, report_dir)
     if observers.sampler is not None:
-        write_report(args.run_id, report_dir, fit.device.type, pick_workers(args, fit.device), history, evaluation,
-                     verdicts, observers, setting={k: str(v) for k, v in hyperparameters(args).items()})
+        write_report(
+            args.run_id,
+            report_dir,
+            fit.device.type,
+            pick_workers(args, fit.device),
+            history,
+            evaluation,
+            verdicts,
+            observers,
+            setting={k: str(v) for k, v in hyperparameters(args).items()},
+        )
     if args.reports_uri:
         upload_reports(report_dir, args.reports_uri)
-    artifact.write_model_dir(args.model_dir, fit.model, model_metadata(args, splits, fit, metrics, history),
-                             num_gpus=args.serving_gpus)
+    artifact.write_model_dir(
+        args.model_dir, fit.model, model_metadata(args, splits, fit, metrics, history), num_gpus=args.serving_gpus
+    )
     return metrics
 
 
 def model_metadata(args: argparse.Namespace, splits: Splits, fit: Fit, metrics: dict, history: list[dict]) -> dict:
     """``model.json``: everything needed to rebuild the model and read its outputs."""
     return {
-        "run_id": args.run_id, "arch": args.arch, "num_classes": len(splits.classes), "classes": splits.classes,
-        "image_size": args.image_size, "resize_size": resize_size(args.image_size),
+        "run_id": args.run_id,
+        "arch": args.arch,
+        "num_classes": len(splits.classes),
+        "classes": splits.classes,
+        "image_size": args.image_size,
+        "resize_size": resize_size(args.image_size),
         "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
-        "metrics": metrics, "hyperparameters": hyperparameters(args),
+        "metrics": metrics,
+        "hyperparameters": hyperparameters(args),
         "dataset": {
-            "layout": splits.layout, "carved": splits.carved,
-            "train": len(splits.train), "valid": len(splits.valid), "test": len(splits.test),
+            "layout": splits.layout,
+            "carved": splits.carved,
+            "train": len(splits.train),
+            "valid": len(splits.valid),
+            "test": len(splits.test),
             "skipped_images": len(splits.unreadable) + fit.data.decode_skipped,
         },
         "training_seconds": round(sum(h["seconds"] for h in history), 3),

@@ -27,9 +27,17 @@ class CloudWatchAdapter:
         """The endpoint's Invocations (its one variant), summed over hourly periods."""
         try:
             answer = self._client.get_metric_statistics(
-                Namespace="AWS/SageMaker", MetricName="Invocations", StartTime=start, EndTime=end, Period=3600,
-                Statistics=["Sum"], Dimensions=[{"Name": "EndpointName", "Value": endpoint},
-                                                {"Name": "VariantName", "Value": "AllTraffic"}])
+                Namespace="AWS/SageMaker",
+                MetricName="Invocations",
+                StartTime=start,
+                EndTime=end,
+                Period=3600,
+                Statistics=["Sum"],
+                Dimensions=[
+                    {"Name": "EndpointName", "Value": endpoint},
+                    {"Name": "VariantName", "Value": "AllTraffic"},
+                ],
+            )
         except (ClientError, BotoCoreError) as exc:
             raise translate(exc, f"reading the invocations of {endpoint}") from exc
         return float(sum(point.get("Sum", 0.0) for point in answer.get("Datapoints", [])))

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-_THROTTLING = {"Throttling", "ThrottlingException", "TooManyRequestsException", "RequestLimitExceeded",
-               "ProvisionedThroughputExceededException", "SlowDown", "ServiceUnavailable"}
+_THROTTLING = {
+    "Throttling",
+    "ThrottlingException",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+    "ProvisionedThroughputExceededException",
+    "SlowDown",
+    "ServiceUnavailable",
+}
 
 
 class AdapterError(Exception):
@@ -52,7 +59,10 @@ def translate(exc: ClientError | BotoCoreError, action: str) -> AdapterError:
     if code == "ResourceInUse" or "already exist" in lowered:
         return AlreadyExistsError(text, code)
     # SageMaker says "Could not find endpoint …" and "ModelPackage … does not exist." (ValidationException).
-    if code in ("ResourceNotFound", "NoSuchKey", "NoSuchBucket", "NotFound", "404") or "could not find" in lowered \
-            or "does not exist" in lowered:
+    if (
+        code in ("ResourceNotFound", "NoSuchKey", "NoSuchBucket", "NotFound", "404")
+        or "could not find" in lowered
+        or "does not exist" in lowered
+    ):
         return NotFoundError(text, code)
     return ServiceError(text, code, retryable=status >= 500)

@@ -30,8 +30,14 @@ class PricingAdapter:
         return self._cache[key]
 
     def _lookup(self, instance_type: str, component: str) -> Price | None:
-        filters = [{"Type": "TERM_MATCH", "Field": field, "Value": value} for field, value in (
-            ("regionCode", self._region), ("instanceName", instance_type), ("component", component))]
+        filters = [
+            {"Type": "TERM_MATCH", "Field": field, "Value": value}
+            for field, value in (
+                ("regionCode", self._region),
+                ("instanceName", instance_type),
+                ("component", component),
+            )
+        ]
         try:
             page = self._client.get_products(ServiceCode="AmazonSageMaker", Filters=filters, MaxResults=10)
         except (ClientError, BotoCoreError):

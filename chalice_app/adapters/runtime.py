@@ -41,7 +41,11 @@ class RuntimeAdapter:
             if code == "ModelError":
                 status = int(exc.response.get("OriginalStatusCode") or 500)
                 raise ModelError(exc.response.get("OriginalMessage") or message, status) from exc
-            if code == "ModelNotReadyException" or "not in service" in message.lower() or "is not ready" in message.lower():
+            if (
+                code == "ModelNotReadyException"
+                or "not in service" in message.lower()
+                or "is not ready" in message.lower()
+            ):
                 raise EndpointNotReadyError(message, code) from exc
             if code == "ValidationError" and "not found" in message.lower():
                 raise EndpointNotFoundError(message, code) from exc

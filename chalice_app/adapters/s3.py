@@ -34,7 +34,9 @@ class S3Adapter:
         """Common prefixes one level under ``prefix`` (a delimited listing: objects below are not read)."""
         found: list[str] = []
         try:
-            for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
+            for page in self._client.get_paginator("list_objects_v2").paginate(
+                Bucket=bucket, Prefix=prefix, Delimiter="/"
+            ):
                 found += [p["Prefix"] for p in page.get("CommonPrefixes", [])]
         except (ClientError, BotoCoreError) as exc:
             raise translate(exc, f"listing s3://{bucket}/{prefix}") from exc
@@ -42,7 +44,9 @@ class S3Adapter:
 
     def presigned_url(self, bucket: str, key: str, seconds: int) -> str:
         """Signed locally (no call to S3): a missing object is the browser's 404, later."""
-        return self._client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=seconds)
+        return self._client.generate_presigned_url(
+            "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=seconds
+        )
 
     def head(self, bucket: str, key: str) -> dict[str, Any]:
         try:
@@ -72,7 +76,9 @@ class S3Adapter:
         """Write ``key`` unless it exists (atomically, S3 conditional write); ``True`` if written."""
         for delay in (*CONFLICT_RETRY_DELAYS, None):
             try:
-                self._client.put_object(Bucket=bucket, Key=key, Body=body, IfNoneMatch="*", ContentType="application/json")
+                self._client.put_object(
+                    Bucket=bucket, Key=key, Body=body, IfNoneMatch="*", ContentType="application/json"
+                )
                 return True
             except ClientError as exc:
                 code = exc.response.get("Error", {}).get("Code")
@@ -82,8 +88,10 @@ class S3Adapter:
                     self._sleep(delay)
                     continue
                 if code == "ConditionalRequestConflict":
-                    raise ThrottledError(f"writing s3://{bucket}/{key}: conflicting conditional writes kept "
-                                         "going; the event is retried", code) from exc
+                    raise ThrottledError(
+                        f"writing s3://{bucket}/{key}: conflicting conditional writes kept going; the event is retried",
+                        code,
+                    ) from exc
                 raise translate(exc, f"writing s3://{bucket}/{key}") from exc
             except BotoCoreError as exc:
                 raise translate(exc, f"writing s3://{bucket}/{key}") from exc
@@ -132,4 +140,3 @@ class RangedReader(io.RawIOBase):
         data = self.read(len(buffer))
         buffer[: len(data)] = data
         return len(data)
-

@@ -32,19 +32,28 @@ class SageMakerAdapter:
         return True
 
     def create_tuning_job(self, request: Mapping[str, Any]) -> bool:
-        return self._create("create_hyper_parameter_tuning_job", f"creating tuning job {request['HyperParameterTuningJobName']}", request)
+        return self._create(
+            "create_hyper_parameter_tuning_job",
+            f"creating tuning job {request['HyperParameterTuningJobName']}",
+            request,
+        )
 
     def describe_tuning_job(self, name: str) -> dict[str, Any]:
-        return self._call("describe_hyper_parameter_tuning_job", f"describing tuning job {name}", HyperParameterTuningJobName=name)
+        return self._call(
+            "describe_hyper_parameter_tuning_job", f"describing tuning job {name}", HyperParameterTuningJobName=name
+        )
 
     def stop_tuning_job(self, name: str) -> bool:
         """Stop the tuning job and its running trials; ``False`` when it had already ended."""
         try:
-            self._call("stop_hyper_parameter_tuning_job", f"stopping tuning job {name}", HyperParameterTuningJobName=name)
+            self._call(
+                "stop_hyper_parameter_tuning_job", f"stopping tuning job {name}", HyperParameterTuningJobName=name
+            )
         except ServiceError as exc:
             # SageMaker refuses to stop a job that has ended (ValidationException): that is the outcome wanted.
-            if exc.code == "ValidationException" and \
-                    self.describe_tuning_job(name).get("HyperParameterTuningJobStatus") not in ("InProgress", "Stopping"):
+            if exc.code == "ValidationException" and self.describe_tuning_job(name).get(
+                "HyperParameterTuningJobStatus"
+            ) not in ("InProgress", "Stopping"):
                 return False
             raise
         return True
@@ -54,7 +63,9 @@ class SageMakerAdapter:
         trials: list[dict[str, Any]] = []
         request: dict[str, Any] = {"HyperParameterTuningJobName": tuning_job, "MaxResults": 100}
         while True:
-            page = self._call("list_training_jobs_for_hyper_parameter_tuning_job", f"listing the trials of {tuning_job}", **request)
+            page = self._call(
+                "list_training_jobs_for_hyper_parameter_tuning_job", f"listing the trials of {tuning_job}", **request
+            )
             trials.extend(page.get("TrainingJobSummaries", []))
             if not page.get("NextToken"):
                 return trials
@@ -76,7 +87,9 @@ class SageMakerAdapter:
         return self._create("create_model", f"creating model {request['ModelName']}", request)
 
     def create_endpoint_config(self, request: Mapping[str, Any]) -> bool:
-        return self._create("create_endpoint_config", f"creating endpoint config {request['EndpointConfigName']}", request)
+        return self._create(
+            "create_endpoint_config", f"creating endpoint config {request['EndpointConfigName']}", request
+        )
 
     def describe_endpoint(self, name: str) -> dict[str, Any] | None:
         """The endpoint, or ``None`` when there is none by that name."""
@@ -117,7 +130,9 @@ class SageMakerAdapter:
     # -- the model registry --------------------------------------------------------------------
 
     def create_model_package_group(self, request: Mapping[str, Any]) -> bool:
-        return self._create("create_model_package_group", f"creating model package group {request['ModelPackageGroupName']}", request)
+        return self._create(
+            "create_model_package_group", f"creating model package group {request['ModelPackageGroupName']}", request
+        )
 
     def _pages(self, operation: str, action: str, key: str, **request: Any) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []
@@ -129,18 +144,30 @@ class SageMakerAdapter:
             request["NextToken"] = page["NextToken"]
 
     def list_model_package_groups(self, prefix: str) -> list[dict[str, Any]]:
-        groups = self._pages("list_model_package_groups", f"listing model package groups {prefix}*", "ModelPackageGroupSummaryList",
-                             NameContains=prefix, MaxResults=100)
+        groups = self._pages(
+            "list_model_package_groups",
+            f"listing model package groups {prefix}*",
+            "ModelPackageGroupSummaryList",
+            NameContains=prefix,
+            MaxResults=100,
+        )
         return [g for g in groups if g["ModelPackageGroupName"].startswith(prefix)]
 
     def create_model_package(self, request: Mapping[str, Any]) -> str:
-        return self._call("create_model_package", f"registering a version in {request['ModelPackageGroupName']}",
-                          **request)["ModelPackageArn"]
+        return self._call(
+            "create_model_package", f"registering a version in {request['ModelPackageGroupName']}", **request
+        )["ModelPackageArn"]
 
     def list_model_packages(self, group: str) -> list[dict[str, Any]]:
         try:
-            packages = self._pages("list_model_packages", f"listing the versions of {group}", "ModelPackageSummaryList",
-                                   ModelPackageGroupName=group, ModelPackageType="Versioned", MaxResults=100)
+            packages = self._pages(
+                "list_model_packages",
+                f"listing the versions of {group}",
+                "ModelPackageSummaryList",
+                ModelPackageGroupName=group,
+                ModelPackageType="Versioned",
+                MaxResults=100,
+            )
         except NotFoundError:
             return []
         return sorted(packages, key=lambda p: p.get("ModelPackageVersion", 0))

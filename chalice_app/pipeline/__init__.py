@@ -18,5 +18,17 @@ from chalice_app.pipeline.training import training_changed
 from chalice_app.pipeline.tuning import trial_changed, trial_failures, tuning_changed
 from chalice_app.pipeline.versions import package_changed
 
-__all__ = ["Services", "audit_changed", "dataset_uploaded", "deploy", "endpoint_changed", "package_changed", "stop_idle", "rule_verdicts", "training_changed",
-           "trial_changed", "trial_failures", "tuning_changed"]
+__all__ = [
+    "Services",
+    "audit_changed",
+    "dataset_uploaded",
+    "deploy",
+    "endpoint_changed",
+    "package_changed",
+    "stop_idle",
+    "rule_verdicts",
+    "training_changed",
+    "trial_changed",
+    "trial_failures",
+    "tuning_changed",
+]

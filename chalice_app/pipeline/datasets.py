@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from chalice_app import cost, names, validation
+from chalice_app import audit_requests, cost, names, validation
 from chalice_app import sagemaker_requests as requests
 from chalice_app.events import ObjectCreated, ProcessingJobStateChange
 from chalice_app.notifications import Notification
@@ -23,28 +23,41 @@ def dataset_uploaded(svc: Services, event: ObjectCreated) -> str:
     elif dataset.kind == "folder":
         report = validation.check_folder(svc.s3, dataset)
     else:
-        report = validation.check_archive(svc.s3, dataset, event.size or svc.s3.head(dataset.bucket, dataset.key)["size"],
-                                          svc.config.volume_size_gb)
+        report = validation.check_archive(
+            svc.s3, dataset, event.size or svc.s3.head(dataset.bucket, dataset.key)["size"], svc.config.volume_size_gb
+        )
     request = forecast = audit = None
     if report.ok:
         # Built before anything is announced: a name or tag SageMaker would refuse, or a budget the
         # run cannot fit, rejects the dataset.
         try:
             request, forecast = _tuning_request(svc, run, dataset, report.images)
-            audit = requests.audit_job_request(config, run, dataset.uri) if config.audit else None
+            audit = audit_requests.audit_job_request(config, run, dataset.uri) if config.audit else None
         except (names.InvalidNameError, cost.BudgetError) as exc:
             report.reasons.append(str(exc))
     if not report.ok:
-        svc.notifier.send(Notification(
-            "dataset.rejected", run, dataset.uri, "Rejected", f"{dataset.name} rejected: {report.reasons[0]}",
-            detail=report.detail(),
-        ))
+        svc.notifier.send(
+            Notification(
+                "dataset.rejected",
+                run,
+                dataset.uri,
+                "Rejected",
+                f"{dataset.name} rejected: {report.reasons[0]}",
+                detail=report.detail(),
+            )
+        )
         return f"rejected: {'; '.join(report.reasons)}"
     classes = f"{len(report.classes)} classes" if report.classes else "archive"
-    svc.notifier.send(Notification(
-        "dataset.accepted", run, dataset.uri, "Accepted", f"{dataset.name} accepted ({classes}), run {run}",
-        detail={**report.detail(), "audit": audit["ProcessingJobName"] if audit else None},
-    ))
+    svc.notifier.send(
+        Notification(
+            "dataset.accepted",
+            run,
+            dataset.uri,
+            "Accepted",
+            f"{dataset.name} accepted ({classes}), run {run}",
+            detail={**report.detail(), "audit": audit["ProcessingJobName"] if audit else None},
+        )
+    )
     if audit is not None:
         # The audit decodes every image: its end (audit_changed) starts the tuning job, or rejects the run.
         return "audit job created" if svc.sagemaker.create_processing_job(audit) else "audit job already existed"
@@ -52,8 +65,9 @@ def dataset_uploaded(svc: Services, event: ObjectCreated) -> str:
     return _start_tuning(svc, run, dataset.uri, request, forecast)
 
 
-def _tuning_request(svc: Services, run: str, dataset: names.DatasetRef, images: int,
-                    audit_uri: str | None = None) -> tuple[dict, dict]:
+def _tuning_request(
+    svc: Services, run: str, dataset: names.DatasetRef, images: int, audit_uri: str | None = None
+) -> tuple[dict, dict]:
     training, hosting = _prices(svc)
     run_plan = cost.plan(svc.config, images, training, requests.configured_trials(svc.config))
     forecast = cost.forecast(svc.config, images, run_plan, training, hosting)
@@ -66,20 +80,26 @@ def _start_tuning(svc: Services, run: str, dataset_uri: str, request: dict, fore
     job_config = request["HyperParameterTuningJobConfig"]
     trials = job_config["ResourceLimits"].get("MaxNumberOfTrainingJobs") or forecast["trials"]
     price = f", about ${forecast['run_usd']:.2f}" if forecast.get("run_usd") is not None else ""
-    svc.notifier.send(Notification(
-        "tuning.started", run, dataset_uri, "InProgress",
-        f"tuning {run}: {config.tuning_strategy}, up to {trials} trials{price}", job=run,
-        detail={
-            "strategy": config.tuning_strategy,
-            "objective": requests.OBJECTIVE,
-            "max_training_jobs": job_config["ResourceLimits"].get("MaxNumberOfTrainingJobs"),
-            "max_parallel_jobs": job_config["ResourceLimits"]["MaxParallelTrainingJobs"],
-            "forecast": forecast,
-            "instance_type": config.training_instance_type,
-            "spot": config.use_spot,
-            "tuned": sorted(r["Name"] for ranges in job_config["ParameterRanges"].values() for r in ranges),
-        },
-    ))
+    svc.notifier.send(
+        Notification(
+            "tuning.started",
+            run,
+            dataset_uri,
+            "InProgress",
+            f"tuning {run}: {config.tuning_strategy}, up to {trials} trials{price}",
+            job=run,
+            detail={
+                "strategy": config.tuning_strategy,
+                "objective": requests.OBJECTIVE,
+                "max_training_jobs": job_config["ResourceLimits"].get("MaxNumberOfTrainingJobs"),
+                "max_parallel_jobs": job_config["ResourceLimits"]["MaxParallelTrainingJobs"],
+                "forecast": forecast,
+                "instance_type": config.training_instance_type,
+                "spot": config.use_spot,
+                "tuned": sorted(r["Name"] for ranges in job_config["ParameterRanges"].values() for r in ranges),
+            },
+        )
+    )
     return "tuning job created" if created else "tuning job already existed"
 
 
@@ -100,8 +120,13 @@ def audit_changed(svc: Services, event: ProcessingJobStateChange) -> str:
     if not isinstance(audit, dict):
         reason = description.get("FailureReason") or event.failure_reason or "the audit job wrote no audit.json"
         return _reject(svc, run, dataset_uri, [f"the dataset audit failed: {reason}"], {"audit_job": event.name})
-    evidence = {"audit": reports + "audit.json", "page": reports + "audit.html", "counts": audit.get("counts"),
-                "leaked": audit.get("leaked", [])[:100], "duplicate_summary": audit.get("duplicate_summary")}
+    evidence = {
+        "audit": reports + "audit.json",
+        "page": reports + "audit.html",
+        "counts": audit.get("counts"),
+        "leaked": audit.get("leaked", [])[:100],
+        "duplicate_summary": audit.get("duplicate_summary"),
+    }
     blocking = list(audit.get("blocking") or [])
     fixed = svc.config.audit_fix and bool(audit.get("leaked"))
     if fixed:  # AUDIT_FIX: leakage is mended (the held-out copies dropped), not a reason to stop
@@ -110,16 +135,31 @@ def audit_changed(svc: Services, event: ProcessingJobStateChange) -> str:
         return _reject(svc, run, dataset_uri, blocking, evidence)
     warnings = _warnings(audit)
     if fixed:
-        warnings.insert(0, f"AUDIT_FIX: {len(audit['leaked'])} held-out image(s) duplicating other splits are dropped from valid/test")
-    svc.notifier.send(Notification(
-        "dataset.audited", run, dataset_uri, "Audited",
-        f"{run} audited: {len(warnings)} warning(s)" + (f"; {warnings[0]}" if warnings else ""), job=event.name,
-        detail={**evidence, "warnings": warnings, "images": audit.get("images"), "imbalance_ratio": audit.get("imbalance_ratio")},
-    ))
+        warnings.insert(
+            0,
+            f"AUDIT_FIX: {len(audit['leaked'])} held-out image(s) duplicating other splits are dropped from valid/test",
+        )
+    svc.notifier.send(
+        Notification(
+            "dataset.audited",
+            run,
+            dataset_uri,
+            "Audited",
+            f"{run} audited: {len(warnings)} warning(s)" + (f"; {warnings[0]}" if warnings else ""),
+            job=event.name,
+            detail={
+                **evidence,
+                "warnings": warnings,
+                "images": audit.get("images"),
+                "imbalance_ratio": audit.get("imbalance_ratio"),
+            },
+        )
+    )
     dataset = _dataset_ref(dataset_uri or description["ProcessingInputs"][0]["S3Input"]["S3Uri"])
     try:
-        request, forecast = _tuning_request(svc, run, dataset, int(audit.get("images") or 0),
-                                            reports + "audit.json" if fixed else None)
+        request, forecast = _tuning_request(
+            svc, run, dataset, int(audit.get("images") or 0), reports + "audit.json" if fixed else None
+        )
     except cost.BudgetError as exc:
         return _reject(svc, run, dataset.uri, [str(exc)], evidence)
     return _start_tuning(svc, run, dataset.uri, request, forecast)
@@ -133,9 +173,14 @@ def _warnings(audit: dict) -> list[str]:
     out = []
     summary = audit.get("duplicate_summary") or {}
     out += [f"{n} {kind} duplicate pair(s)" for kind, n in sorted(summary.items())]
-    for key, words in (("unreadable", "unreadable file(s)"), ("not_rgb", "image(s) not in RGB"),
-                       ("tiny_images", "tiny image(s)"), ("extreme_aspect", "image(s) of extreme aspect ratio"),
-                       ("hidden_folders", "hidden folder(s) ignored"), ("class_name_twins", "class names differing only in case or spaces")):
+    for key, words in (
+        ("unreadable", "unreadable file(s)"),
+        ("not_rgb", "image(s) not in RGB"),
+        ("tiny_images", "tiny image(s)"),
+        ("extreme_aspect", "image(s) of extreme aspect ratio"),
+        ("hidden_folders", "hidden folder(s) ignored"),
+        ("class_name_twins", "class names differing only in case or spaces"),
+    ):
         if audit.get(key):
             out.append(f"{len(audit[key])} {words}")
     ratio = audit.get("imbalance_ratio")
@@ -145,10 +190,16 @@ def _warnings(audit: dict) -> list[str]:
 
 
 def _reject(svc: Services, run: str, dataset_uri: str | None, reasons: list[str], detail: dict) -> str:
-    svc.notifier.send(Notification(
-        "dataset.rejected", run, dataset_uri, "Rejected", f"{run} rejected: {reasons[0]}",
-        detail={"reasons": reasons, "checked": "audit", **detail},
-    ))
+    svc.notifier.send(
+        Notification(
+            "dataset.rejected",
+            run,
+            dataset_uri,
+            "Rejected",
+            f"{run} rejected: {reasons[0]}",
+            detail={"reasons": reasons, "checked": "audit", **detail},
+        )
+    )
     return f"rejected: {'; '.join(reasons)}"
 
 

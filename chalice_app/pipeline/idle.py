@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from chalice_app import sagemaker_requests as requests
+from chalice_app import endpoint_requests
 from chalice_app.events import EventError
 from chalice_app.notifications import Notification
 from chalice_app.pipeline.services import Services
@@ -58,13 +58,24 @@ def stop_idle(svc: Services, tick: ScheduledTick) -> str:
         run = endpoint["EndpointConfigName"]
         svc.sagemaker.add_tags(group_arn, [{"Key": TAG_SLEEPING, "Value": run}])
         svc.sagemaker.delete_endpoint(name)
-        svc.notifier.send(Notification(
-            "deployment.stopped", run, None, "Stopped",
-            f"{name} stopped: no invocation for {hours} h; the next prediction starts it again", job=name,
-            detail={"endpoint": name, "project": project, "model": run, "idle_hours": hours,
-                    "kept": ["model", "endpoint config", "model package"]},
-            dedupe=f"{run}/stops/{now:%Y%m%dT%H%M}",
-        ))
+        svc.notifier.send(
+            Notification(
+                "deployment.stopped",
+                run,
+                None,
+                "Stopped",
+                f"{name} stopped: no invocation for {hours} h; the next prediction starts it again",
+                job=name,
+                detail={
+                    "endpoint": name,
+                    "project": project,
+                    "model": run,
+                    "idle_hours": hours,
+                    "kept": ["model", "endpoint config", "model package"],
+                },
+                dedupe=f"{run}/stops/{now:%Y%m%dT%H%M}",
+            )
+        )
         stopped.append(project)
     return f"stopped {len(stopped)} idle endpoint(s)" + (f": {', '.join(stopped)}" if stopped else "")
 
@@ -79,11 +90,18 @@ def wake(svc: Services, project: str) -> bool:
         return False
     name = svc.config.endpoint(project)
     if svc.sagemaker.describe_endpoint(name) is None:
-        svc.sagemaker.create_endpoint(requests.create_endpoint_request(svc.config, project, run, None))
-        svc.notifier.send(Notification(
-            "deployment.started", run, None, "InProgress", f"starting {name} again for a prediction: serving {run}",
-            job=name, detail={"endpoint": name, "project": project, "model": run, "action": "waking the stopped endpoint"},
-            dedupe=f"{run}/wakes/{datetime.now(timezone.utc):%Y%m%dT%H%M%S}",
-        ))
+        svc.sagemaker.create_endpoint(endpoint_requests.create_endpoint_request(svc.config, project, run, None))
+        svc.notifier.send(
+            Notification(
+                "deployment.started",
+                run,
+                None,
+                "InProgress",
+                f"starting {name} again for a prediction: serving {run}",
+                job=name,
+                detail={"endpoint": name, "project": project, "model": run, "action": "waking the stopped endpoint"},
+                dedupe=f"{run}/wakes/{datetime.now(timezone.utc):%Y%m%dT%H%M%S}",
+            )
+        )
     svc.sagemaker.delete_tags(group_arn, [TAG_SLEEPING])
     return True

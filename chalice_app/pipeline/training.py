@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from chalice_app import cost, names, registry_requests
 from chalice_app import sagemaker_requests as requests
 from chalice_app.events import TrainingJobStateChange
@@ -16,6 +19,18 @@ from chalice_app.pipeline.services import (
 )
 from chalice_app.pipeline.tuning import trial_changed
 from chalice_app.pipeline.versions import register
+
+
+@dataclass(frozen=True)
+class _Ended:
+    """What the notifications of a final job's end say, read once."""
+
+    event: TrainingJobStateChange
+    run: str
+    dataset_uri: str | None
+    description: dict[str, Any]
+    metrics: dict[str, float]
+    spent: Any
 
 
 def training_changed(svc: Services, event: TrainingJobStateChange) -> str:
@@ -36,39 +51,79 @@ def training_changed(svc: Services, event: TrainingJobStateChange) -> str:
     dataset_uri = names.dataset_of_tags(tags) or dataset_of(description)
     metrics = {m["MetricName"]: m["Value"] for m in description.get("FinalMetricDataList", [])}
     price = svc.prices.hourly(svc.config.training_instance_type, "Training") if svc.prices is not None else None
-    spent = cost.actual(billable_seconds(svc, run, description), price)
-    if event.status != "Completed":
-        reason = description.get("FailureReason") or f"the training job was {event.status.lower()}"
-        svc.notifier.send(Notification(
-            "training.failed", run, dataset_uri, event.status, f"final training {event.name} {event.status.lower()}: {reason}",
-            job=event.name, detail={"reason": reason, "metrics": metrics, "cost": spent,
-                                    "endpoint_unchanged": svc.config.endpoint(names.project_of_run(run))},
-        ))
-        return f"training {event.status.lower()}"
+    ended = _Ended(
+        event, run, dataset_uri, description, metrics, cost.actual(billable_seconds(svc, run, description), price)
+    )
+    return _completed(svc, ended) if event.status == "Completed" else _failed(svc, ended)
+
+
+def _failed(svc: Services, ended: _Ended) -> str:
+    event, run, metrics = ended.event, ended.run, ended.metrics
+    reason = ended.description.get("FailureReason") or f"the training job was {event.status.lower()}"
+    svc.notifier.send(
+        Notification(
+            "training.failed",
+            run,
+            ended.dataset_uri,
+            event.status,
+            f"final training {event.name} {event.status.lower()}: {reason}",
+            job=event.name,
+            detail={
+                "reason": reason,
+                "metrics": metrics,
+                "cost": ended.spent,
+                "endpoint_unchanged": svc.config.endpoint(names.project_of_run(run)),
+            },
+        )
+    )
+    return f"training {event.status.lower()}"
+
+
+def _completed(svc: Services, ended: _Ended) -> str:
+    event, run, dataset_uri, description, metrics = (
+        ended.event,
+        ended.run,
+        ended.dataset_uri,
+        ended.description,
+        ended.metrics,
+    )
     model_data = description["ModelArtifacts"]["S3ModelArtifacts"]
     accuracy = metrics.get("test:accuracy")
     verdicts = rule_verdicts(svc, run)
-    hyperparameters = {k: v for k, v in description.get("HyperParameters", {}).items()
-                       if not k.startswith("sagemaker_") and k not in ("reports-uri", "debug-out")}
+    hyperparameters = {
+        k: v
+        for k, v in description.get("HyperParameters", {}).items()
+        if not k.startswith("sagemaker_") and k not in ("reports-uri", "debug-out")
+    }
     issues = [v["rule"] for v in verdicts or [] if v["status"] == "IssuesFound"]
     blocked = bool(issues) and svc.config.block_on_rule_issues
     summary = f"final training {event.name} done" + (f": test accuracy {accuracy:.4f}" if accuracy is not None else "")
     if issues:
         summary += f"; rule issues: {', '.join(issues)}" + ("; not deployed" if blocked else "")
-    svc.notifier.send(Notification(
-        "training.completed", run, dataset_uri, "Completed", summary, job=event.name,
-        detail={
-            "metrics": metrics, "model_artifact": model_data,
-            "output": model_data.rsplit("/", 1)[0] + "/output.tar.gz",
-            "reports": requests.reports_uri(svc.config, run),
-            "report": requests.reports_uri(svc.config, run) + "report.html" if verdicts is not None else None,
-            "rules": verdicts, "rule_issues": issues, "deployment_blocked": blocked,
-            "evaluation": registry_requests.evaluation_uri(svc.config, run),
-            "hyperparameters": hyperparameters,
-            "billable_seconds": description.get("BillableTimeInSeconds"),
-            "cost": spent,
-        },
-    ))
+    svc.notifier.send(
+        Notification(
+            "training.completed",
+            run,
+            dataset_uri,
+            "Completed",
+            summary,
+            job=event.name,
+            detail={
+                "metrics": metrics,
+                "model_artifact": model_data,
+                "output": model_data.rsplit("/", 1)[0] + "/output.tar.gz",
+                "reports": requests.reports_uri(svc.config, run),
+                "report": requests.reports_uri(svc.config, run) + "report.html" if verdicts is not None else None,
+                "rules": verdicts,
+                "rule_issues": issues,
+                "deployment_blocked": blocked,
+                "evaluation": registry_requests.evaluation_uri(svc.config, run),
+                "hyperparameters": hyperparameters,
+                "billable_seconds": description.get("BillableTimeInSeconds"),
+                "cost": ended.spent,
+            },
+        )
+    )
     if blocked:
         return f"not registered: rule issues ({', '.join(issues)}) and BLOCK_ON_RULE_ISSUES=true"
     return register(svc, run, dataset_uri, model_data, metrics, hyperparameters)

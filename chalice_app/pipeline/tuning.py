@@ -43,29 +43,61 @@ def tuning_changed(svc: Services, event: TuningJobStateChange) -> str:
         return f"ignored: tuning job {event.name} names no dataset"
     objective = best.get("FinalHyperParameterTuningJobObjectiveMetric", {})
     tuned = best["TunedHyperParameters"]
-    svc.notifier.send(Notification(
-        "tuning.completed", run, dataset_uri, "Completed",
-        f"tuning {run} done: {objective.get('MetricName', requests.OBJECTIVE)} {objective.get('Value', float('nan')):.4f}",
-        job=event.name,
-        detail={"best_training_job": best["TrainingJobName"], "best_hyperparameters": tuned,
-                "objective": objective, "training_jobs": counters},
-    ))
+    svc.notifier.send(
+        Notification(
+            "tuning.completed",
+            run,
+            dataset_uri,
+            "Completed",
+            f"tuning {run} done: {objective.get('MetricName', requests.OBJECTIVE)} "
+            f"{objective.get('Value', float('nan')):.4f}",
+            job=event.name,
+            detail={
+                "best_training_job": best["TrainingJobName"],
+                "best_hyperparameters": tuned,
+                "objective": objective,
+                "training_jobs": counters,
+            },
+        )
+    )
+    return _start_final(svc, run, dataset_uri, description, tuned)
+
+
+def _start_final(svc: Services, run: str, dataset_uri: str, description: dict[str, Any], tuned: dict[str, str]) -> str:
+    """The final job: the best trial's hyperparameters, the trials' limits and channels, the serving baseline."""
     static = description["TrainingJobDefinition"].get("StaticHyperParameters", {})
     baseline = serving_model_data(svc, names.project_of_run(run), run)
     # The final job gets the trials' runtime limit: a run's budget bounded them both.
     limit = description["TrainingJobDefinition"].get("StoppingCondition", {}).get("MaxRuntimeInSeconds")
     # The trials' audit channel (AUDIT_FIX), if they had one: the final job drops the same images.
-    audit = next((c["DataSource"]["S3DataSource"]["S3Uri"] for c in description["TrainingJobDefinition"].get("InputDataConfig", [])
-                  if c.get("ChannelName") == "audit"), None)
+    audit = next(
+        (
+            c["DataSource"]["S3DataSource"]["S3Uri"]
+            for c in description["TrainingJobDefinition"].get("InputDataConfig", [])
+            if c.get("ChannelName") == "audit"
+        ),
+        None,
+    )
     request = requests.final_training_request(svc.config, run, dataset_uri, static, tuned, baseline, limit, audit)
     created = svc.sagemaker.create_training_job(request)
-    svc.notifier.send(Notification(
-        "training.started", run, dataset_uri, "InProgress", f"final training {request['TrainingJobName']} started",
-        job=request["TrainingJobName"],
-        detail={"hyperparameters": {k: v for k, v in request["HyperParameters"].items() if not k.startswith("sagemaker_")},
+    svc.notifier.send(
+        Notification(
+            "training.started",
+            run,
+            dataset_uri,
+            "InProgress",
+            f"final training {request['TrainingJobName']} started",
+            job=request["TrainingJobName"],
+            detail={
+                "hyperparameters": {
+                    k: v for k, v in request["HyperParameters"].items() if not k.startswith("sagemaker_")
+                },
                 "baseline": baseline,
-                "instance_type": svc.config.training_instance_type, "managed_debugger": svc.config.managed_debugger},
-    ))
+                "instance_type": svc.config.training_instance_type,
+                "managed_debugger": svc.config.managed_debugger,
+            },
+        )
+    )
     return "final training job created" if created else "final training job already existed"
 
 
@@ -80,25 +112,41 @@ def trial_failures(svc: Services, tuning_job: str) -> list[dict[str, Any]]:
     return [{"reason": reason, "trials": sorted(jobs)} for reason, jobs in ordered]
 
 
-def _tuning_failed(svc: Services, event: TuningJobStateChange, run: str, dataset_uri: str | None,
-                   description: Mapping[str, Any]) -> str:
+def _tuning_failed(
+    svc: Services, event: TuningJobStateChange, run: str, dataset_uri: str | None, description: Mapping[str, Any]
+) -> str:
     counters = description.get("TrainingJobStatusCounters", {})
     failures = trial_failures(svc, event.name)
     if failures:
         # What the trials said is what a person can act on; the tuning job's own reason only
         # says that they failed.
-        reason = failures[0]["reason"] + (f" (and {len(failures) - 1} other reasons, in detail.trial_failures)" if len(failures) > 1 else "")
+        reason = failures[0]["reason"] + (
+            f" (and {len(failures) - 1} other reasons, in detail.trial_failures)" if len(failures) > 1 else ""
+        )
     elif event.status == "Completed":
-        reason = f"no trial succeeded ({counters.get('NonRetryableError', 0)} failed, {counters.get('Stopped', 0)} stopped)"
+        reason = (
+            f"no trial succeeded ({counters.get('NonRetryableError', 0)} failed, {counters.get('Stopped', 0)} stopped)"
+        )
     else:
         reason = description.get("FailureReason") or f"the tuning job was {event.status.lower()}"
     status = "NoSuccessfulTrial" if event.status == "Completed" else event.status
     outcome = "had no successful trial" if status == "NoSuccessfulTrial" else status.lower()
-    svc.notifier.send(Notification(
-        "tuning.failed", run, dataset_uri, status, f"tuning {run} {outcome}: {reason}", job=event.name,
-        detail={"reason": reason, "trial_failures": failures, "training_jobs": counters,
-                "tuning_job_reason": description.get("FailureReason")},
-    ))
+    svc.notifier.send(
+        Notification(
+            "tuning.failed",
+            run,
+            dataset_uri,
+            status,
+            f"tuning {run} {outcome}: {reason}",
+            job=event.name,
+            detail={
+                "reason": reason,
+                "trial_failures": failures,
+                "training_jobs": counters,
+                "tuning_job_reason": description.get("FailureReason"),
+            },
+        )
+    )
     return f"tuning {outcome}"
 
 

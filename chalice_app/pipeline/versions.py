@@ -67,44 +67,95 @@ def _evaluation_key(run: str) -> str:
 # -- registration and the gate --------------------------------------------------------------------
 
 
-def register(svc: Services, run: str, dataset_uri: str | None, model_data: str, metrics: dict[str, float],
-             hyperparameters: dict[str, str]) -> str:
+def register(
+    svc: Services,
+    run: str,
+    dataset_uri: str | None,
+    model_data: str,
+    metrics: dict[str, float],
+    hyperparameters: dict[str, str],
+) -> str:
     """Register the final job's model as a version of its project, then approve it or hold it."""
     config = svc.config
     project = names.project_of_run(run)
     group = config.endpoint(project)
-    svc.sagemaker.create_model_package_group(registry_requests.model_package_group_request(config, project, _dataset_name(dataset_uri, project)))
+    svc.sagemaker.create_model_package_group(
+        registry_requests.model_package_group_request(config, project, _dataset_name(dataset_uri, project))
+    )
     evaluation = read_json(svc, _evaluation_key(run))
     if isinstance(evaluation, dict) and "macro_avg" in evaluation:
         metrics = {**metrics, "macro_f1": float(evaluation["macro_avg"]["f1"])}
     version = find_version(svc, project, run)
     if version is None:
-        arn = svc.sagemaker.create_model_package(registry_requests.model_package_request(
-            config, project, run, model_data, dataset_uri, metrics, hyperparameters))
+        arn = svc.sagemaker.create_model_package(
+            registry_requests.model_package_request(
+                config, project, run, model_data, dataset_uri, metrics, hyperparameters
+            )
+        )
         version = describe_version(svc, arn)
     number = version["version"]
-    svc.notifier.send(Notification(
-        "model.registered", run, dataset_uri, version["status"], f"{run} is version {number} of project {project}",
-        job=group, detail={"project": project, "model_package_group": group, "version": number, "model_package_arn": version["arn"],
-                           "metrics": metrics, "approval_mode": config.approval_mode},
-    ))
+    svc.notifier.send(
+        Notification(
+            "model.registered",
+            run,
+            dataset_uri,
+            version["status"],
+            f"{run} is version {number} of project {project}",
+            job=group,
+            detail={
+                "project": project,
+                "model_package_group": group,
+                "version": number,
+                "model_package_arn": version["arn"],
+                "metrics": metrics,
+                "approval_mode": config.approval_mode,
+            },
+        )
+    )
     if version["status"] != "PendingManualApproval":
         return f"registered as version {number} ({version['status']})"
     serving = serving_run(svc, project)
     serving_own = read_json(svc, _evaluation_key(serving)) if serving else None
-    verdict = gate.judge(evaluation if isinstance(evaluation, dict) else None, serving, serving_own if isinstance(serving_own, dict) else None,
-                         config.gate_max_f1_drop, config.gate_max_recall_drop)
+    verdict = gate.judge(
+        evaluation if isinstance(evaluation, dict) else None,
+        serving,
+        serving_own if isinstance(serving_own, dict) else None,
+        config.gate_max_f1_drop,
+        config.gate_max_recall_drop,
+    )
     if verdict.passed and config.approval_mode == "auto":
-        svc.sagemaker.update_model_package(registry_requests.approval_request(version["arn"], "Approved", "droptrain gate: " + "; ".join(verdict.reasons)))
+        svc.sagemaker.update_model_package(
+            registry_requests.approval_request(
+                version["arn"], "Approved", "droptrain gate: " + "; ".join(verdict.reasons)
+            )
+        )
         return f"registered as version {number}; approved by the gate"
-    reasons = verdict.reasons if not verdict.passed else ["APPROVAL_MODE=manual: a person approves each version", *verdict.reasons]
-    svc.notifier.send(Notification(
-        "model.held", run, dataset_uri, "PendingManualApproval",
-        f"version {number} of {project} is held: {reasons[0]}", job=group,
-        detail={"project": project, "version": number, "model_package_arn": version["arn"], "serving": serving,
-                "reasons": reasons, "gate": verdict.as_detail(),
-                "approve": f"POST /projects/{project}/versions/{run}/deploy (or: droptrain rollback {project} --to {run})"},
-    ))
+    reasons = (
+        verdict.reasons
+        if not verdict.passed
+        else ["APPROVAL_MODE=manual: a person approves each version", *verdict.reasons]
+    )
+    svc.notifier.send(
+        Notification(
+            "model.held",
+            run,
+            dataset_uri,
+            "PendingManualApproval",
+            f"version {number} of {project} is held: {reasons[0]}",
+            job=group,
+            detail={
+                "project": project,
+                "version": number,
+                "model_package_arn": version["arn"],
+                "serving": serving,
+                "reasons": reasons,
+                "gate": verdict.as_detail(),
+                "approve": (
+                    f"POST /projects/{project}/versions/{run}/deploy (or: droptrain rollback {project} --to {run})"
+                ),
+            },
+        )
+    )
     return f"registered as version {number}; held: {reasons[0]}"
 
 
@@ -128,11 +179,18 @@ def package_changed(svc: Services, event: ModelPackageStateChange) -> str:
         return f"ignored: version {event.version} of {event.group} is not a droptrain run"
     dataset_uri = names.untag_value(dataset) if dataset else _dataset_of_run(svc, run)
     key = f"{run}/approvals/{re.sub(r'[^A-Za-z0-9-]', '', event.event_id) or event.version}"
-    svc.notifier.send(Notification(
-        "model.approved", run, dataset_uri, "Approved", f"version {event.version} of {project} ({run}) is approved",
-        job=event.group, detail={"project": project, "version": event.version, "model_package_arn": event.arn},
-        dedupe=key,
-    ))
+    svc.notifier.send(
+        Notification(
+            "model.approved",
+            run,
+            dataset_uri,
+            "Approved",
+            f"version {event.version} of {project} ({run}) is approved",
+            job=event.group,
+            detail={"project": project, "version": event.version, "model_package_arn": event.arn},
+            dedupe=key,
+        )
+    )
     return deploy(svc, run, dataset_uri, model_data, dedupe=key)
 
 
@@ -159,18 +217,31 @@ def deploy_version(svc: Services, project: str, run: str | None = None) -> dict[
         before = serving["version"] if serving else max((v["version"] for v in versions), default=0) + 1
         earlier = [v for v in versions if v["status"] == "Approved" and v["version"] < before]
         if not earlier:
-            raise NoEarlierVersionError(f"project {project} has no approved version before "
-                                        f"{'version ' + str(serving['version']) if serving else 'the newest'} to roll back to")
+            raise NoEarlierVersionError(
+                f"project {project} has no approved version before "
+                f"{'version ' + str(serving['version']) if serving else 'the newest'} to roll back to"
+            )
         target = earlier[-1]
-    answer = {"project": project, "version": target["version"], "run_id": target["run_id"],
-              "previous": serving["run_id"] if serving else None}
+    answer = {
+        "project": project,
+        "version": target["version"],
+        "run_id": target["run_id"],
+        "previous": serving["run_id"] if serving else None,
+    }
     if serving is not None and serving["run_id"] == target["run_id"]:
         return {**answer, "action": "already serving"}
     if target["status"] != "Approved":
-        svc.sagemaker.update_model_package(registry_requests.approval_request(target["arn"], "Approved", "approved through droptrain (deploy request)"))
+        svc.sagemaker.update_model_package(
+            registry_requests.approval_request(target["arn"], "Approved", "approved through droptrain (deploy request)")
+        )
         return {**answer, "action": "approved; its approval deploys it"}
-    outcome = deploy(svc, target["run_id"], target.get("dataset") or _dataset_of_run(svc, target["run_id"]), target["model_data"],
-                     dedupe=f"{target['run_id']}/deployments/request-{uuid.uuid4().hex[:12]}")
+    outcome = deploy(
+        svc,
+        target["run_id"],
+        target.get("dataset") or _dataset_of_run(svc, target["run_id"]),
+        target["model_data"],
+        dedupe=f"{target['run_id']}/deployments/request-{uuid.uuid4().hex[:12]}",
+    )
     return {**answer, "action": outcome.removeprefix("deployment: ")}
 
 
@@ -186,8 +257,11 @@ def describe_version(svc: Services, arn: str) -> dict[str, Any]:
     dataset = metadata.get(names.TAG_DATASET)
     created = described.get("CreationTime")
     return {
-        "version": described.get("ModelPackageVersion"), "arn": described["ModelPackageArn"], "run_id": run,
-        "status": described.get("ModelApprovalStatus"), "model_data": model_data,
+        "version": described.get("ModelPackageVersion"),
+        "arn": described["ModelPackageArn"],
+        "run_id": run,
+        "status": described.get("ModelApprovalStatus"),
+        "model_data": model_data,
         "dataset": names.untag_value(dataset) if dataset else None,
         "created_at": created.isoformat() if isinstance(created, datetime) else created,
         "metrics": {k: float(v) for k, v in metadata.items() if k in LISTED_METRICS and _is_number(v)},
@@ -233,8 +307,11 @@ def project_versions(svc: Services, project: str) -> list[dict[str, Any]]:
 def project_groups(svc: Services) -> dict[str, str]:
     """Every project of the stage → its model package group's ARN."""
     prefix = svc.config.endpoint_prefix
-    return {project: g["ModelPackageGroupArn"] for g in svc.sagemaker.list_model_package_groups(f"{prefix}-")
-            if (project := names.project_of_resource(prefix, g["ModelPackageGroupName"]))}
+    return {
+        project: g["ModelPackageGroupArn"]
+        for g in svc.sagemaker.list_model_package_groups(f"{prefix}-")
+        if (project := names.project_of_resource(prefix, g["ModelPackageGroupName"]))
+    }
 
 
 def project_names(svc: Services) -> list[str]:
@@ -251,9 +328,14 @@ def projects(svc: Services) -> list[dict[str, Any]]:
     out = []
     for project in project_names(svc):
         endpoint = svc.sagemaker.describe_endpoint(svc.config.endpoint(project))
-        out.append({"project": project, "endpoint": svc.config.endpoint(project),
-                    "endpoint_status": endpoint.get("EndpointStatus") if endpoint else "NotDeployed",
-                    "serving": endpoint.get("EndpointConfigName") if endpoint else None})
+        out.append(
+            {
+                "project": project,
+                "endpoint": svc.config.endpoint(project),
+                "endpoint_status": endpoint.get("EndpointStatus") if endpoint else "NotDeployed",
+                "serving": endpoint.get("EndpointConfigName") if endpoint else None,
+            }
+        )
     return out
 
 
@@ -268,5 +350,8 @@ def resolve_project(svc: Services, project: str | None) -> str:
         return known[0]
     if not known:
         raise NoModelError("no model is deployed: no project has a version yet (upload a dataset first)")
-    raise VersionError(f"there are {len(known)} projects: POST /predict/{{project}} with one of {', '.join(known)} "
-                       "(or set DEFAULT_PROJECT)", "project_required")
+    raise VersionError(
+        f"there are {len(known)} projects: POST /predict/{{project}} with one of {', '.join(known)} "
+        "(or set DEFAULT_PROJECT)",
+        "project_required",
+    )

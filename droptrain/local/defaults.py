@@ -89,8 +89,10 @@ def download(url: str, target: Path, out=None, timeout: float = DOWNLOAD_SECONDS
     expected = re.search(r"-([a-f0-9]{8,})\.", target.name)
     digest, partial = hashlib.sha256(), None
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response, \
-                tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as tmp:
+        with (
+            urllib.request.urlopen(url, timeout=timeout) as response,
+            tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as tmp,
+        ):
             partial = Path(tmp.name)
             total, done, tty = int(response.headers.get("Content-Length") or 0), 0, out.isatty()
             print(f"downloading {url} ({total / 1e6:.0f} MB) to {target}", file=out, flush=True)
@@ -114,8 +116,12 @@ def download(url: str, target: Path, out=None, timeout: float = DOWNLOAD_SECONDS
     print(f"downloaded {target.name}: used offline from now on", file=out, flush=True)
 
 
-def choose(user_static: dict[str, str], user_ranges: bool, fetch: Callable[[str, Path], None] = download,
-           gpus: int | None = None) -> Situation:
+def choose(
+    user_static: dict[str, str],
+    user_ranges: bool,
+    fetch: Callable[[str, Path], None] = download,
+    gpus: int | None = None,
+) -> Situation:
     """The defaults for this machine, under what the user set (``user_static`` keys win)."""
     gpus = gpu_count() if gpus is None else gpus
     arch = user_static.get("arch") or ("resnet50" if gpus else "resnet18")
@@ -126,17 +132,24 @@ def choose(user_static: dict[str, str], user_ranges: bool, fetch: Callable[[str,
     return situation
 
 
-def _weights(user_static: dict[str, str], user_ranges: bool, fetch: Callable[[str, Path], None], arch: str) -> Situation:
+def _weights(
+    user_static: dict[str, str], user_ranges: bool, fetch: Callable[[str, Path], None], arch: str
+) -> Situation:
     if user_static.get("weights"):
         imagenet = user_static["weights"] == "imagenet"
-        return Situation({**(TRANSFER if imagenet else SCRATCH), "arch": arch, **user_static},
-                         None if user_ranges else (TRANSFER_RANGES if imagenet else SCRATCH_RANGES),
-                         f"training with the weights you chose ({user_static['weights']}), {arch}")
+        return Situation(
+            {**(TRANSFER if imagenet else SCRATCH), "arch": arch, **user_static},
+            None if user_ranges else (TRANSFER_RANGES if imagenet else SCRATCH_RANGES),
+            f"training with the weights you chose ({user_static['weights']}), {arch}",
+        )
     try:
         url = weights_url(arch)
     except (ValueError, KeyError):  # train.py refuses it by name when the first job starts
-        return Situation({**SCRATCH, **user_static}, None if user_ranges else SCRATCH_RANGES,
-                         f"no ImageNet weights known for arch {arch!r}: from scratch")
+        return Situation(
+            {**SCRATCH, **user_static},
+            None if user_ranges else SCRATCH_RANGES,
+            f"no ImageNet weights known for arch {arch!r}: from scratch",
+        )
     path = cache_path(url)
     found = path.is_file()
     if not found:
@@ -146,9 +159,15 @@ def _weights(user_static: dict[str, str], user_ranges: bool, fetch: Callable[[st
         except WeightsDownloadError as exc:
             reason = exc
     if found:
-        return Situation({**TRANSFER, "arch": arch, **user_static}, None if user_ranges else TRANSFER_RANGES,
-                         f"transfer learning: {arch} with ImageNet weights ({path}), 224 px, head mode")
-    return Situation({**SCRATCH, "arch": arch, **user_static}, None if user_ranges else SCRATCH_RANGES,
-                     f"no ImageNet weights for {arch}: not in the torch cache ({path}) and not downloadable ({reason}). "
-                     f"Training from scratch at 64 px, which needs far more images for a good model. To fine-tune "
-                     f"instead, put {os.path.basename(url)} in {path.parent} (or set TORCH_HOME) and start again.")
+        return Situation(
+            {**TRANSFER, "arch": arch, **user_static},
+            None if user_ranges else TRANSFER_RANGES,
+            f"transfer learning: {arch} with ImageNet weights ({path}), 224 px, head mode",
+        )
+    return Situation(
+        {**SCRATCH, "arch": arch, **user_static},
+        None if user_ranges else SCRATCH_RANGES,
+        f"no ImageNet weights for {arch}: not in the torch cache ({path}) and not downloadable ({reason}). "
+        f"Training from scratch at 64 px, which needs far more images for a good model. To fine-tune "
+        f"instead, put {os.path.basename(url)} in {path.parent} (or set TORCH_HOME) and start again.",
+    )

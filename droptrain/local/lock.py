@@ -29,8 +29,10 @@ class HomeLock:
         except BlockingIOError:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
             os.close(fd)
-            raise HomeBusyError(f"{self.path.parent} is in use by another droptrain (pid {holder}): "
-                                "stop it first, or give this one another --home") from None
+            raise HomeBusyError(
+                f"{self.path.parent} is in use by another droptrain (pid {holder}): "
+                "stop it first, or give this one another --home"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self._fd = fd

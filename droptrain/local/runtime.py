@@ -53,10 +53,17 @@ class LocalRuntimeError(Exception):
 
 
 class LocalRuntime:
-    def __init__(self, home: Path = Path(".droptrain"), env: dict[str, str] | None = None,
-                 say: Callable[[str], None] = print, webhook: str | None = None,
-                 source_dir: Path | None = None, on_line: Callable[[str, str], None] | None = None,
-                 poll_seconds: float = 0.5, serving: RayServe | None = None):
+    def __init__(
+        self,
+        home: Path = Path(".droptrain"),
+        env: dict[str, str] | None = None,
+        say: Callable[[str], None] = print,
+        webhook: str | None = None,
+        source_dir: Path | None = None,
+        on_line: Callable[[str, str], None] | None = None,
+        poll_seconds: float = 0.5,
+        serving: RayServe | None = None,
+    ):
         self.home = home.resolve()
         # The training code goes into the local bucket as SageMaker's source dir, where the jobs'
         # toolkit reads it (requirements.txt left out: .venv is the local image, see sourcedir.build).
@@ -66,17 +73,27 @@ class LocalRuntime:
         self.poll_seconds = poll_seconds
         self.bucket = LocalBucket(self.home / "bucket", BUCKET)
         self.store = Store(self.home / "state.db")
-        self.publisher = LocalPublisher(self.home / "notifications.jsonl", say, webhook, topic_arn=self.env["NOTIFY_TOPIC_ARN"])
+        self.publisher = LocalPublisher(
+            self.home / "notifications.jsonl", say, webhook, topic_arn=self.env["NOTIFY_TOPIC_ARN"]
+        )
         self.bus: LocalEventBus | None = None
         # One Ray instance per runtime, unless the caller shares one (the tests do).
         self._owns_serving = serving is None
         self.serving = serving or RayServe()
         self.alarms = LocalAlarms(self.store)
-        self.endpoints = LocalEndpoints(self.store, self.bucket, self.home / "endpoints", self._emit, self.serving, self.alarms)
+        self.endpoints = LocalEndpoints(
+            self.store, self.bucket, self.home / "endpoints", self._emit, self.serving, self.alarms
+        )
         self.alarms.count_invocations = self.endpoints.invocations
-        self.sagemaker = LocalSageMaker(self.store, self.bucket, self.home / "jobs", self._emit,
-                                                        self.endpoints, on_line or (lambda job, line: None),
-                                                        feature_cache=self.home / "cache" / "features")
+        self.sagemaker = LocalSageMaker(
+            self.store,
+            self.bucket,
+            self.home / "jobs",
+            self._emit,
+            self.endpoints,
+            on_line or (lambda job, line: None),
+            feature_cache=self.home / "cache" / "features",
+        )
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self._server = None
@@ -110,8 +127,14 @@ class LocalRuntime:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def start(self, serve_api: bool = True, host: str = "127.0.0.1", port: int = 8000, watch: bool = True,
-              api_key: str | None = None) -> LocalRuntime:
+    def start(
+        self,
+        serve_api: bool = True,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        watch: bool = True,
+        api_key: str | None = None,
+    ) -> LocalRuntime:
         """Take the home folder, bind the API, then run: a second stack on this home, or a port in use,
         is refused (``HomeBusyError``, ``OSError``) before any job or event has run."""
         # The same Chalice app that Lambda runs, built for this runtime's environment: its
@@ -171,8 +194,13 @@ class LocalRuntime:
         self._lock.release()
 
     def _bind(self, app_obj: Any, host: str, port: int, api_key: str | None) -> None:
-        config = ChaliceConfig.create(chalice_stage="local", app_name="droptrain", project_dir=str(Path.cwd()),
-                               environment_variables=self.env, lambda_timeout=60)
+        config = ChaliceConfig.create(
+            chalice_stage="local",
+            app_name="droptrain",
+            project_dir=str(Path.cwd()),
+            environment_variables=self.env,
+            lambda_timeout=60,
+        )
         self._server = api.create_server(app_obj, config, host, port, api_key=api_key)
         self.api_url = f"http://{host}:{self._server.server.server_address[1]}"
 
@@ -253,8 +281,17 @@ class LocalRuntime:
         """EventBridge's scheduled events, as the app's ``@app.schedule`` functions receive them (hourly
         while the stack runs; tests call it with the time they need)."""
         moment = (now or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")
-        event = {"version": "0", "id": str(uuid.uuid4()), "detail-type": "Scheduled Event", "source": "aws.events",
-                 "account": ACCOUNT, "time": moment, "region": "local", "resources": [], "detail": {}}
+        event = {
+            "version": "0",
+            "id": str(uuid.uuid4()),
+            "detail-type": "Scheduled Event",
+            "source": "aws.events",
+            "account": ACCOUNT,
+            "time": moment,
+            "region": "local",
+            "resources": [],
+            "detail": {},
+        }
         return {name: handler(event, None) for name, handler in self._schedules.items()}
 
     # -- uploads -------------------------------------------------------------------------------
@@ -268,18 +305,31 @@ class LocalRuntime:
 
 def schedules_of(app: Any) -> dict[str, Callable]:
     """The app's scheduled functions (what ``chalice package`` turns into schedule rules)."""
-    return {source.name: app.handler_map[source.name] for source in app.event_sources
-            if getattr(source, "schedule_expression", None) is not None}
+    return {
+        source.name: app.handler_map[source.name]
+        for source in app.event_sources
+        if getattr(source, "schedule_expression", None) is not None
+    }
 
 
 def object_created(key: str, size: int, tag: str) -> dict:
     return {
-        "version": "0", "id": str(uuid.uuid4()), "detail-type": "Object Created", "source": "aws.s3",
-        "account": ACCOUNT, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "region": "local", "resources": [f"arn:aws:s3:::{BUCKET}"],
-        "detail": {"version": "0", "bucket": {"name": BUCKET},
-                   "object": {"key": key, "size": size, "etag": tag, "sequencer": f"{time.time_ns():020X}"},
-                   "request-id": "local", "requester": ACCOUNT, "reason": "PutObject"},
+        "version": "0",
+        "id": str(uuid.uuid4()),
+        "detail-type": "Object Created",
+        "source": "aws.s3",
+        "account": ACCOUNT,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "region": "local",
+        "resources": [f"arn:aws:s3:::{BUCKET}"],
+        "detail": {
+            "version": "0",
+            "bucket": {"name": BUCKET},
+            "object": {"key": key, "size": size, "etag": tag, "sequencer": f"{time.time_ns():020X}"},
+            "request-id": "local",
+            "requester": ACCOUNT,
+            "reason": "PutObject",
+        },
     }
 
 

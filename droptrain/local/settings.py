@@ -26,8 +26,15 @@ from droptrain.local import defaults
 from droptrain.local.stage import local_environment
 
 # The local stack's own resources: set by it, never by a user.
-OWNED = ("DATA_BUCKET", "NOTIFY_TOPIC_ARN", "SAGEMAKER_ROLE_ARN", "SOURCE_DIR_S3_URI", "TRAINING_IMAGE_URI",
-         "INFERENCE_IMAGE_URI", "AWS_REGION")
+OWNED = (
+    "DATA_BUCKET",
+    "NOTIFY_TOPIC_ARN",
+    "SAGEMAKER_ROLE_ARN",
+    "SOURCE_DIR_S3_URI",
+    "TRAINING_IMAGE_URI",
+    "INFERENCE_IMAGE_URI",
+    "AWS_REGION",
+)
 DEFAULT_FILE = Path("droptrain.toml")
 # What droptrain up decides by the machine when the user leaves it open (droptrain.local.defaults).
 MACHINE = ("STATIC_HYPERPARAMETERS", "TUNING_RANGES", "MAX_PARALLEL_JOBS")
@@ -112,14 +119,25 @@ def read(path: Path | None = None, sets: list[str] = ()) -> Settings:
     return settings
 
 
-def for_this_machine(settings: Settings, say: Callable[[str], None], fetch: Callable = defaults.download,
-                     gpus: int | None = None) -> defaults.Situation:
+def for_this_machine(
+    settings: Settings, say: Callable[[str], None], fetch: Callable = defaults.download, gpus: int | None = None
+) -> defaults.Situation:
     """Settle what the user left open by what this machine has (``defaults.choose``), and say it once."""
     situation = defaults.choose(settings.static, "TUNING_RANGES" in settings.sources, fetch=fetch, gpus=gpus)
     settings.use(situation)
     parallel = int(settings.env.get("MAX_PARALLEL_JOBS", "1"))
-    at_once = [f"tuning trials run {parallel} at a time" + ("" if situation.notes else
-               f", each on {max(1, (os.cpu_count() or 1) // parallel)} of the {os.cpu_count()} CPU cores")] if parallel > 1 else []
+    at_once = (
+        [
+            f"tuning trials run {parallel} at a time"
+            + (
+                ""
+                if situation.notes
+                else f", each on {max(1, (os.cpu_count() or 1) // parallel)} of the {os.cpu_count()} CPU cores"
+            )
+        ]
+        if parallel > 1
+        else []
+    )
     for line in [situation.message, *situation.notes, *at_once]:
         say(line)
     return situation

@@ -34,8 +34,10 @@ class Store:
         """Add a record; ``False`` when one by that name exists (nothing changes)."""
         with self._lock:
             try:
-                self._db.execute("INSERT INTO resources (kind, name, status, data) VALUES (?, ?, ?, ?)",
-                                 (kind, name, status, json.dumps(data, default=str)))
+                self._db.execute(
+                    "INSERT INTO resources (kind, name, status, data) VALUES (?, ?, ?, ?)",
+                    (kind, name, status, json.dumps(data, default=str)),
+                )
             except sqlite3.IntegrityError:
                 return False
             return True
@@ -57,7 +59,9 @@ class Store:
             if data is None:
                 raise StoreError(f"no {kind} {name}")
             data.update(changes)
-            self._db.execute("UPDATE resources SET data=? WHERE kind=? AND name=?", (json.dumps(data, default=str), kind, name))
+            self._db.execute(
+                "UPDATE resources SET data=? WHERE kind=? AND name=?", (json.dumps(data, default=str), kind, name)
+            )
             return data
 
     def transition(self, kind: str, name: str, from_status: tuple[str, ...], to_status: str, **changes: Any) -> bool:
@@ -84,12 +88,16 @@ class Store:
             if status is None:
                 rows = self._db.execute("SELECT name FROM resources WHERE kind=? ORDER BY created, name", (kind,))
             else:
-                rows = self._db.execute("SELECT name FROM resources WHERE kind=? AND status=? ORDER BY created, name", (kind, status))
+                rows = self._db.execute(
+                    "SELECT name FROM resources WHERE kind=? AND status=? ORDER BY created, name", (kind, status)
+                )
             return [r[0] for r in rows.fetchall()]
 
     def records(self, kind: str) -> Iterator[tuple[str, str | None, dict[str, Any]]]:
         with self._lock:
-            rows = self._db.execute("SELECT name, status, data FROM resources WHERE kind=? ORDER BY created, name", (kind,)).fetchall()
+            rows = self._db.execute(
+                "SELECT name, status, data FROM resources WHERE kind=? ORDER BY created, name", (kind,)
+            ).fetchall()
         for name, status, data in rows:
             yield name, status, json.loads(data)
 

@@ -14,7 +14,7 @@ import pytest
 from botocore.stub import Stubber
 from moto import mock_aws
 
-from chalice_app import alarm_requests, names, registry_requests
+from chalice_app import alarm_requests, endpoint_requests, names, registry_requests
 from chalice_app import sagemaker_requests as requests
 from chalice_app.adapters.errors import AdapterError, NotFoundError
 from chalice_app.adapters.runtime import EndpointNotFoundError, RuntimeAdapter
@@ -31,7 +31,11 @@ FAMILIES = ["aws", "local"]
 
 @pytest.fixture
 def aws(monkeypatch):
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
         monkeypatch.setenv(key, value)
     with mock_aws():
         boto3.client("s3").create_bucket(Bucket=BUCKET)
@@ -67,8 +71,11 @@ def store(request):
 
 
 def test_missing_objects_are_not_found(store):
-    for read in (lambda: store.get(BUCKET, "runs/nope.json"), lambda: store.head(BUCKET, "runs/nope.json"),
-                 lambda: store.read_range(BUCKET, "runs/nope.json", 0, 9)):
+    for read in (
+        lambda: store.get(BUCKET, "runs/nope.json"),
+        lambda: store.head(BUCKET, "runs/nope.json"),
+        lambda: store.read_range(BUCKET, "runs/nope.json", 0, 9),
+    ):
         with pytest.raises(NotFoundError):
             read()
     with pytest.raises(NotFoundError):
@@ -80,13 +87,22 @@ def test_write_once_then_read_back(store):
     assert store.put_if_absent(BUCKET, "runs/r/notifications/a.json", b'{"n": 1}') is True
     assert store.put_if_absent(BUCKET, "runs/r/notifications/a.json", b'{"n": 2}') is False, "the first write stands"
     assert store.get(BUCKET, "runs/r/notifications/a.json") == b'{"n": 1}'
-    assert store.head(BUCKET, "runs/r/notifications/a.json") == {"size": 8, "etag": hashlib.md5(b'{"n": 1}').hexdigest()}
+    assert store.head(BUCKET, "runs/r/notifications/a.json") == {
+        "size": 8,
+        "etag": hashlib.md5(b'{"n": 1}').hexdigest(),
+    }
     store.delete(BUCKET, "runs/r/notifications/a.json")
     assert store.put_if_absent(BUCKET, "runs/r/notifications/a.json", b"{}") is True, "gone, so writable again"
 
 
 def test_folders_under_a_prefix(store):
-    for key in ("runs/a-1/notifications/x.json", "runs/a-1/reports/r.json", "runs/b-2/x.json", "runs/top.json", "datasets/d/_READY"):
+    for key in (
+        "runs/a-1/notifications/x.json",
+        "runs/a-1/reports/r.json",
+        "runs/b-2/x.json",
+        "runs/top.json",
+        "datasets/d/_READY",
+    ):
         store.put_if_absent(BUCKET, key, b"{}")
     assert store.list_prefixes(BUCKET, "runs/") == ["runs/a-1/", "runs/b-2/"], "one level, objects beside them left out"
     assert store.list_prefixes(BUCKET, "runs/a-1/") == ["runs/a-1/notifications/", "runs/a-1/reports/"]
@@ -107,7 +123,13 @@ def test_ranged_reads_and_a_zip_read_through_them(store):
 
 
 def test_listing_is_by_prefix_in_key_order(store):
-    for key in ("datasets/a/_READY", "datasets/a-b/x.jpg", "datasets/a/train/c/1.jpg", "runs/r/x.json", "datasets/b.zip"):
+    for key in (
+        "datasets/a/_READY",
+        "datasets/a-b/x.jpg",
+        "datasets/a/train/c/1.jpg",
+        "runs/r/x.json",
+        "datasets/b.zip",
+    ):
         store.put_if_absent(BUCKET, key, b"12345")
     listed = list(store.list_objects(BUCKET, "datasets/a"))
     assert listed == [("datasets/a-b/x.jpg", 5), ("datasets/a/_READY", 5), ("datasets/a/train/c/1.jpg", 5)]
@@ -121,11 +143,17 @@ RUN = "pets-1a2b3c4d"
 DATASET = names.DatasetRef(BUCKET, "datasets/pets/_READY", "pets", "folder", "datasets/pets/")
 # What SageMaker answers a second create with, where moto does not (it creates again).
 ALREADY_EXISTS = {
-    "create_model": ("ValidationException", "Cannot create already existing model \"arn:aws:sagemaker:us-east-1:123456789012:model/x\"."),
-    "create_endpoint_config": ("ValidationException", "Cannot create already existing endpoint configuration \"arn:x\"."),
-    "create_endpoint": ("ValidationException", "Cannot create already existing endpoint \"arn:x\"."),
-    "create_training_job": ("ResourceInUse", "Training job names must be unique within an AWS account and region, "
-                                             "and a training job with this name already exists (arn:x)"),
+    "create_model": (
+        "ValidationException",
+        'Cannot create already existing model "arn:aws:sagemaker:us-east-1:123456789012:model/x".',
+    ),
+    "create_endpoint_config": ("ValidationException", 'Cannot create already existing endpoint configuration "arn:x".'),
+    "create_endpoint": ("ValidationException", 'Cannot create already existing endpoint "arn:x".'),
+    "create_training_job": (
+        "ResourceInUse",
+        "Training job names must be unique within an AWS account and region, "
+        "and a training job with this name already exists (arn:x)",
+    ),
 }
 
 
@@ -177,21 +205,28 @@ def test_what_does_not_exist(sagemaker):
 
 
 def test_a_second_create_is_already_exists(sagemaker):
-    model = requests.model_request(CONFIG, RUN, f"s3://{BUCKET}/runs/{RUN}/final/model.tar.gz", DATASET.uri)
+    model = endpoint_requests.model_request(CONFIG, RUN, f"s3://{BUCKET}/runs/{RUN}/final/model.tar.gz", DATASET.uri)
     assert sagemaker.create_model(model) is True and sagemaker.create_model(model) is False
-    endpoint_config = requests.endpoint_config_request(CONFIG, RUN, DATASET.uri)
-    assert sagemaker.create_endpoint_config(endpoint_config) is True and sagemaker.create_endpoint_config(endpoint_config) is False
-    endpoint = requests.create_endpoint_request(CONFIG, "pets", RUN, DATASET.uri)
+    endpoint_config = endpoint_requests.endpoint_config_request(CONFIG, RUN, DATASET.uri)
+    assert (
+        sagemaker.create_endpoint_config(endpoint_config) is True
+        and sagemaker.create_endpoint_config(endpoint_config) is False
+    )
+    endpoint = endpoint_requests.create_endpoint_request(CONFIG, "pets", RUN, DATASET.uri)
     assert sagemaker.create_endpoint(endpoint) is True and sagemaker.create_endpoint(endpoint) is False
     assert sagemaker.describe_endpoint(CONFIG.endpoint("pets"))["EndpointConfigName"] == RUN
-    final = requests.final_training_request(CONFIG, RUN, DATASET.uri, requests.static_hyperparameters(CONFIG), {"lr": "0.01"})
+    final = requests.final_training_request(
+        CONFIG, RUN, DATASET.uri, requests.static_hyperparameters(CONFIG), {"lr": "0.01"}
+    )
     assert sagemaker.create_training_job(final) is True and sagemaker.create_training_job(final) is False
     tuning = requests.tuning_job_request(CONFIG, RUN, DATASET)
     assert sagemaker.create_tuning_job(tuning) is True and sagemaker.create_tuning_job(tuning) is False
 
 
 def test_describe_after_create_and_tags(sagemaker):
-    final = requests.final_training_request(CONFIG, RUN, DATASET.uri, requests.static_hyperparameters(CONFIG), {"lr": "0.01"})
+    final = requests.final_training_request(
+        CONFIG, RUN, DATASET.uri, requests.static_hyperparameters(CONFIG), {"lr": "0.01"}
+    )
     sagemaker.create_training_job(final)
     described = sagemaker.describe_training_job(f"{RUN}-final")
     assert described["TrainingJobName"] == f"{RUN}-final"
@@ -209,7 +244,10 @@ def test_describe_after_create_and_tags(sagemaker):
     described = sagemaker.describe_tuning_job(RUN)
     assert described["HyperParameterTuningJobName"] == RUN
     assert described["HyperParameterTuningJobConfig"]["Strategy"] == CONFIG.tuning_strategy
-    assert described["TrainingJobDefinition"]["StaticHyperParameters"] == tuning["TrainingJobDefinition"]["StaticHyperParameters"]
+    assert (
+        described["TrainingJobDefinition"]["StaticHyperParameters"]
+        == tuning["TrainingJobDefinition"]["StaticHyperParameters"]
+    )
 
 
 def _answer(sagemaker, operation: str, response: dict | None = None, error: tuple[str, str] | None = None) -> None:
@@ -220,11 +258,18 @@ def _answer(sagemaker, operation: str, response: dict | None = None, error: tupl
 
 
 def test_stopping_and_listing_a_tuning_jobs_trials(sagemaker):
-    _answer(sagemaker, "stop_hyper_parameter_tuning_job", error=("ResourceNotFound", "Amazon SageMaker can't find a tuning job with name no-such-tuning"))
+    _answer(
+        sagemaker,
+        "stop_hyper_parameter_tuning_job",
+        error=("ResourceNotFound", "Amazon SageMaker can't find a tuning job with name no-such-tuning"),
+    )
     with pytest.raises(NotFoundError):
         sagemaker.stop_tuning_job("no-such-tuning")
-    _answer(sagemaker, "list_training_jobs_for_hyper_parameter_tuning_job",
-            error=("ResourceNotFound", "Amazon SageMaker can't find a tuning job with name no-such-tuning"))
+    _answer(
+        sagemaker,
+        "list_training_jobs_for_hyper_parameter_tuning_job",
+        error=("ResourceNotFound", "Amazon SageMaker can't find a tuning job with name no-such-tuning"),
+    )
     with pytest.raises(NotFoundError):
         sagemaker.list_trials("no-such-tuning")
 
@@ -235,17 +280,30 @@ def test_stopping_and_listing_a_tuning_jobs_trials(sagemaker):
     _answer(sagemaker, "stop_hyper_parameter_tuning_job", {})
     assert sagemaker.stop_tuning_job(RUN) is True
     # Once it has ended, stopping it again is no error and says so.
-    _answer(sagemaker, "stop_hyper_parameter_tuning_job",
-            error=("ValidationException", "The request was rejected because the tuning job is in status Stopped."))
+    _answer(
+        sagemaker,
+        "stop_hyper_parameter_tuning_job",
+        error=("ValidationException", "The request was rejected because the tuning job is in status Stopped."),
+    )
     if isinstance(getattr(sagemaker, "_client", None), _SecondCreateRefused):
         described = sagemaker.describe_tuning_job(RUN)
         described["HyperParameterTuningJobStatus"] = "Stopped"
         described.pop("ResponseMetadata", None)
-        _answer(sagemaker, "describe_hyper_parameter_tuning_job", {k: v for k, v in described.items()
-                                                                   if k not in ("TuningJobCompletionDetails", "ConsumedResources", "Autotune")})
+        _answer(
+            sagemaker,
+            "describe_hyper_parameter_tuning_job",
+            {
+                k: v
+                for k, v in described.items()
+                if k not in ("TuningJobCompletionDetails", "ConsumedResources", "Autotune")
+            },
+        )
     else:  # the local search ends the job on its own thread, once its trials have stopped
         deadline = time.monotonic() + DEADLINE
-        while sagemaker.describe_tuning_job(RUN)["HyperParameterTuningJobStatus"] != "Stopped" and time.monotonic() < deadline:
+        while (
+            sagemaker.describe_tuning_job(RUN)["HyperParameterTuningJobStatus"] != "Stopped"
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.05)
         assert sagemaker.describe_tuning_job(RUN)["HyperParameterTuningJobStatus"] == "Stopped"
     assert sagemaker.stop_tuning_job(RUN) is False
@@ -265,7 +323,9 @@ def publisher(request):
 
 
 def test_publishing(publisher):
-    message_id = publisher.publish(TOPIC, "droptrain test: hello", '{"event": "dataset.accepted"}', {"event": "dataset.accepted"})
+    message_id = publisher.publish(
+        TOPIC, "droptrain test: hello", '{"event": "dataset.accepted"}', {"event": "dataset.accepted"}
+    )
     assert isinstance(message_id, str) and message_id
     with pytest.raises(NotFoundError):
         publisher.publish(TOPIC.replace("droptrain-dev", "no-such-topic"), "s", "{}", {"event": "x"})
@@ -274,7 +334,9 @@ def test_publishing(publisher):
 @pytest.fixture(params=FAMILIES)
 def runtime(request):
     if request.param == "aws":
-        client = boto3.client("sagemaker-runtime", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="y")
+        client = boto3.client(
+            "sagemaker-runtime", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="y"
+        )
         stub = Stubber(client)
         # What SageMaker Runtime answers for an endpoint that does not exist.
         stub.add_client_error("invoke_endpoint", "ValidationError", "Endpoint nope of account 123456789012 not found.")
@@ -295,7 +357,10 @@ def test_invoking_what_does_not_exist(runtime):
 
 # What SageMaker answers where moto falls short: a repeated ClientToken is the same version, and a
 # second group by a name is refused (moto creates both).
-GROUP_EXISTS = ("ValidationException", "Model Package Group already exists: arn:aws:sagemaker:us-east-1:123456789012:model-package-group/x")
+GROUP_EXISTS = (
+    "ValidationException",
+    "Model Package Group already exists: arn:aws:sagemaker:us-east-1:123456789012:model-package-group/x",
+)
 
 
 def test_model_registry(sagemaker):
@@ -303,34 +368,63 @@ def test_model_registry(sagemaker):
     assert sagemaker.create_model_package_group(group) is True
     _answer(sagemaker, "create_model_package_group", error=GROUP_EXISTS)
     assert sagemaker.create_model_package_group(group) is False
-    assert [g["ModelPackageGroupName"] for g in sagemaker.list_model_package_groups("droptrain-dev-")] == ["droptrain-dev-pets"]
+    assert [g["ModelPackageGroupName"] for g in sagemaker.list_model_package_groups("droptrain-dev-")] == [
+        "droptrain-dev-pets"
+    ]
     assert sagemaker.list_model_package_groups("droptrain-prod-") == []
     assert sagemaker.list_model_packages("droptrain-dev-cats") == [], "no such group: no versions"
 
-    first = registry_requests.model_package_request(CONFIG, "pets", RUN, f"s3://{BUCKET}/runs/{RUN}/final/model.tar.gz", DATASET.uri,
-                                           {"test:accuracy": 0.9}, {"lr": "0.01"})
+    first = registry_requests.model_package_request(
+        CONFIG,
+        "pets",
+        RUN,
+        f"s3://{BUCKET}/runs/{RUN}/final/model.tar.gz",
+        DATASET.uri,
+        {"test:accuracy": 0.9},
+        {"lr": "0.01"},
+    )
     arn = sagemaker.create_model_package(first)
     assert arn.endswith(":model-package/droptrain-dev-pets/1")
-    second = registry_requests.model_package_request(CONFIG, "pets", "pets-99999999", f"s3://{BUCKET}/runs/pets-99999999/final/model.tar.gz",
-                                            DATASET.uri, {"test:accuracy": 0.8}, {"lr": "0.02"})
+    second = registry_requests.model_package_request(
+        CONFIG,
+        "pets",
+        "pets-99999999",
+        f"s3://{BUCKET}/runs/pets-99999999/final/model.tar.gz",
+        DATASET.uri,
+        {"test:accuracy": 0.8},
+        {"lr": "0.02"},
+    )
     assert sagemaker.create_model_package(second).endswith(":model-package/droptrain-dev-pets/2")
     listed = sagemaker.list_model_packages("droptrain-dev-pets")
-    assert [(p["ModelPackageVersion"], p["ModelApprovalStatus"]) for p in listed] == [(1, "PendingManualApproval"),
-                                                                                      (2, "PendingManualApproval")]
+    assert [(p["ModelPackageVersion"], p["ModelApprovalStatus"]) for p in listed] == [
+        (1, "PendingManualApproval"),
+        (2, "PendingManualApproval"),
+    ]
     described = sagemaker.describe_model_package(arn)
     assert described["ModelPackageArn"] == arn and described["ModelPackageVersion"] == 1
     assert described["InferenceSpecification"]["Containers"] == first["InferenceSpecification"]["Containers"]
     sagemaker.update_model_package(registry_requests.approval_request(arn, "Approved", "droptrain gate: first version"))
     described = sagemaker.describe_model_package(arn)
-    assert described["ModelApprovalStatus"] == "Approved" and described["ApprovalDescription"] == "droptrain gate: first version"
+    assert (
+        described["ModelApprovalStatus"] == "Approved"
+        and described["ApprovalDescription"] == "droptrain gate: first version"
+    )
     with pytest.raises(NotFoundError):
-        _answer(sagemaker, "describe_model_package", error=("ValidationException", "ModelPackage arn:x does not exist."))
+        _answer(
+            sagemaker, "describe_model_package", error=("ValidationException", "ModelPackage arn:x does not exist.")
+        )
         sagemaker.describe_model_package(arn.replace("/1", "/7"))
 
 
 def test_a_version_for_a_group_that_does_not_exist_is_refused(sagemaker):
-    request = registry_requests.model_package_request(CONFIG, "cats", RUN, f"s3://{BUCKET}/runs/{RUN}/final/model.tar.gz", None, {}, {})
-    _answer(sagemaker, "create_model_package", error=("ValidationException", "Model Package Group droptrain-dev-cats does not exist."))
+    request = registry_requests.model_package_request(
+        CONFIG, "cats", RUN, f"s3://{BUCKET}/runs/{RUN}/final/model.tar.gz", None, {}, {}
+    )
+    _answer(
+        sagemaker,
+        "create_model_package",
+        error=("ValidationException", "Model Package Group droptrain-dev-cats does not exist."),
+    )
     with pytest.raises(AdapterError):
         sagemaker.create_model_package(request)
 
@@ -342,7 +436,8 @@ def alarms(request):
         from chalice_app.adapters.cloudwatch import CloudWatchAdapter
 
         return CloudWatchAdapter(boto3.client("cloudwatch")), lambda name: boto3.client("cloudwatch").describe_alarms(
-            AlarmNames=[name])["MetricAlarms"][0]
+            AlarmNames=[name]
+        )["MetricAlarms"][0]
     from droptrain.local.aws.alarms import LocalAlarms
 
     local = request.getfixturevalue("local")

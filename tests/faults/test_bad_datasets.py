@@ -60,7 +60,7 @@ def test_a_zip_that_claims_more_than_the_training_volume_holds_is_refused(tmp_pa
     honest = _zip(_valid_members(), zipfile.ZIP_STORED)
     # The central directory says one member is 2 GiB: what the volume is checked against.
     entry = honest.rindex(b"PK\x01\x02")
-    lying = honest[:entry + 24] + (2 * 1024**3).to_bytes(4, "little") + honest[entry + 28:]
+    lying = honest[: entry + 24] + (2 * 1024**3).to_bytes(4, "little") + honest[entry + 28 :]
     report = _check(tmp_path, "datasets/claims.zip", lying, volume_size_gb=1)
     assert any("more than the training volume can hold" in r for r in report.reasons), report.reasons
     assert _check(tmp_path, "datasets/fine.zip", honest, volume_size_gb=1).ok
@@ -92,10 +92,17 @@ def _member(name: str, kind: bytes = tarfile.REGTYPE, target: str = "") -> tarfi
     return info
 
 
-@pytest.mark.parametrize("member", [
-    _member("../escape.jpg"), _member("/etc/cron.d/job"), _member("train/a/link.jpg", tarfile.SYMTYPE, "/etc/passwd"),
-    _member("train/a/hard.jpg", tarfile.LNKTYPE, "../../outside"), _member("train/a/fifo", tarfile.FIFOTYPE),
-], ids=["dotdot", "absolute", "symlink", "hardlink", "fifo"])
+@pytest.mark.parametrize(
+    "member",
+    [
+        _member("../escape.jpg"),
+        _member("/etc/cron.d/job"),
+        _member("train/a/link.jpg", tarfile.SYMTYPE, "/etc/passwd"),
+        _member("train/a/hard.jpg", tarfile.LNKTYPE, "../../outside"),
+        _member("train/a/fifo", tarfile.FIFOTYPE),
+    ],
+    ids=["dotdot", "absolute", "symlink", "hardlink", "fifo"],
+)
 @pytest.mark.parametrize("suffix, mode", [(".tar.gz", "w:gz"), (".tar", "w")])
 def test_unsafe_tar_members_are_refused_at_validation(tmp_path, member, suffix, mode):
     report = _check(tmp_path, f"datasets/pets{suffix}", _tar([member], _valid_members(), mode))
@@ -142,14 +149,19 @@ def test_a_dataset_every_trial_fails_on_stops_the_tuning_job_with_its_reason(tmp
     try:
         runtime.upload(data, "garbage")
         deadline = time.monotonic() + DEADLINE
-        while time.monotonic() < deadline and "tuning.failed" not in [n["message"]["event"] for n in runtime.notifications()]:
+        while time.monotonic() < deadline and "tuning.failed" not in [
+            n["message"]["event"] for n in runtime.notifications()
+        ]:
             time.sleep(0.2)
     finally:
         runtime.stop()
     events = [n["message"] for n in runtime.notifications()]
     assert [e["event"] for e in events] == ["dataset.accepted", "tuning.started", "tuning.failed"]
     failed = events[-1]
-    assert failed["status"] == "Stopped" and "DatasetError: the train split has no readable images" in failed["detail"]["reason"]
+    assert (
+        failed["status"] == "Stopped"
+        and "DatasetError: the train split has no readable images" in failed["detail"]["reason"]
+    )
     trials = runtime.sagemaker.list_trials(failed["run_id"])
     assert len(trials) <= 2, "stopped after the first trial, not retried four times"
     assert trials[0]["TrainingJobStatus"] == "Failed"
@@ -158,11 +170,13 @@ def test_a_dataset_every_trial_fails_on_stops_the_tuning_job_with_its_reason(tmp
 def test_a_small_search_space_is_not_trained_twice(tmp_path, monkeypatch):
     executor = Executor(tmp_path)
     monkeypatch.setenv("FAKE_LOG", str(executor.log))
-    request = requests.tuning_job_request(config(TUNING_STRATEGY="Random", MAX_TUNING_JOBS=5, MAX_PARALLEL_JOBS=1),
-                                          "pets-1a2b3c4d", DATASET)
+    request = requests.tuning_job_request(
+        config(TUNING_STRATEGY="Random", MAX_TUNING_JOBS=5, MAX_PARALLEL_JOBS=1), "pets-1a2b3c4d", DATASET
+    )
     # Three configurations in all (epochs 3, 4 or 5), five trials allowed: three run.
     request["HyperParameterTuningJobConfig"]["ParameterRanges"] = {
-        "IntegerParameterRanges": [{"Name": "epochs", "MinValue": "3", "MaxValue": "5", "ScalingType": "Linear"}]}
+        "IntegerParameterRanges": [{"Name": "epochs", "MinValue": "3", "MaxValue": "5", "ScalingType": "Linear"}]
+    }
     try:
         executor.sagemaker.create_tuning_job(request)
         executor.wait_for("SageMaker HyperParameter Tuning Job State Change", "pets-1a2b3c4d")
@@ -176,7 +190,9 @@ def test_a_small_search_space_is_not_trained_twice(tmp_path, monkeypatch):
 # -- the webhook ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("url", ["file:///tmp/droptrain-fifo", "data:text/plain,hello", "ftp://example.com/x", "http://", "gopher://x"])
+@pytest.mark.parametrize(
+    "url", ["file:///tmp/droptrain-fifo", "data:text/plain,hello", "ftp://example.com/x", "http://", "gopher://x"]
+)
 def test_only_http_webhooks_are_taken(tmp_path, url):
     with pytest.raises(WebhookError, match="http:// or https://"):
         LocalPublisher(tmp_path / "notes.jsonl", say=lambda m: None, webhook=url)
@@ -202,14 +218,24 @@ def test_a_webhook_that_hangs_holds_up_nothing_and_redirects_stay_on_http(tmp_pa
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    publisher = LocalPublisher(tmp_path / "notes.jsonl", say=lambda m: None,
-                               webhook=f"http://127.0.0.1:{server.server_address[1]}/hang", timeout=10)
+    publisher = LocalPublisher(
+        tmp_path / "notes.jsonl",
+        say=lambda m: None,
+        webhook=f"http://127.0.0.1:{server.server_address[1]}/hang",
+        timeout=10,
+    )
     try:
         for event in ("dataset.accepted", "tuning.started"):
-            publisher.publish("arn:aws:sns:local:000000000000:droptrain-local", f"droptrain {event}: x", json.dumps({"event": event}), {"event": event})
+            publisher.publish(
+                "arn:aws:sns:local:000000000000:droptrain-local",
+                f"droptrain {event}: x",
+                json.dumps({"event": event}),
+                {"event": event},
+            )
         # Both published (in the file) while the webhook still holds the first: nobody waited on it.
-        assert [json.loads(line)["message"]["event"] for line in (tmp_path / "notes.jsonl").read_text().splitlines()] == \
-            ["dataset.accepted", "tuning.started"]
+        assert [
+            json.loads(line)["message"]["event"] for line in (tmp_path / "notes.jsonl").read_text().splitlines()
+        ] == ["dataset.accepted", "tuning.started"]
         assert received == []
         release.set()
         publisher.flush(20)

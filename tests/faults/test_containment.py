@@ -14,8 +14,22 @@ from droptrain.local.runtime import BUCKET, LocalRuntime, object_created
 from helpers import DEADLINE
 
 
-@pytest.mark.parametrize("key", ["../x", "datasets/../../x", "/etc/passwd", "a\\..\\b", "a//b", "./a", "a/./b", "..",
-                                 "datasets/..", "a/../b/_READY", "\0"])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "../x",
+        "datasets/../../x",
+        "/etc/passwd",
+        "a\\..\\b",
+        "a//b",
+        "./a",
+        "a/./b",
+        "..",
+        "datasets/..",
+        "a/../b/_READY",
+        "\0",
+    ],
+)
 def test_keys_that_would_leave_the_folder_are_refused(tmp_path, key):
     bucket = LocalBucket(tmp_path / "bucket", BUCKET)
     with pytest.raises(InvalidKeyError):
@@ -58,7 +72,9 @@ def test_upload_refuses_bad_names_with_one_line(tmp_path, tiny_dataset, capsys, 
     assert written == [], f"nothing written anywhere: {written}"
 
 
-@pytest.mark.parametrize("key", ["datasets/../../outside/_READY", "datasets/../_READY", "datasets/..zip", "datasets/.hidden/_READY"])
+@pytest.mark.parametrize(
+    "key", ["datasets/../../outside/_READY", "datasets/../_READY", "datasets/..zip", "datasets/.hidden/_READY"]
+)
 def test_events_with_traversal_keys_start_nothing(tmp_path, ray_serve, key):
     """Keys a person could not create locally, sent as events anyway (EventBridge passes S3's keys as they are)."""
     runtime = LocalRuntime(tmp_path / "home", say=lambda m: None, serving=ray_serve)
@@ -77,7 +93,9 @@ def test_events_with_traversal_keys_start_nothing(tmp_path, ray_serve, key):
 
 def test_the_runtime_never_reads_a_model_outside_the_bucket(tmp_path, ray_serve):
     runtime = LocalRuntime(tmp_path / "home", say=lambda m: None, serving=ray_serve)
-    runtime.sagemaker.create_model({"ModelName": "m", "PrimaryContainer": {"ModelDataUrl": f"s3://{BUCKET}/../../etc/model.tar.gz"}})
+    runtime.sagemaker.create_model(
+        {"ModelName": "m", "PrimaryContainer": {"ModelDataUrl": f"s3://{BUCKET}/../../etc/model.tar.gz"}}
+    )
     runtime.sagemaker.create_endpoint_config({"EndpointConfigName": "c", "ProductionVariants": [{"ModelName": "m"}]})
     runtime.sagemaker.create_endpoint({"EndpointName": "ep", "EndpointConfigName": "c"})
     runtime.endpoints.join(DEADLINE)

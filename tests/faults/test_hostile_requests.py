@@ -23,8 +23,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _post(url: str, body: bytes, content_type: str = "image/png", headers: dict | None = None) -> tuple[int, dict]:
-    request = urllib.request.Request(f"{url}/predict", data=body, method="POST",
-                                     headers={"Content-Type": content_type, **(headers or {})})
+    request = urllib.request.Request(
+        f"{url}/predict", data=body, method="POST", headers={"Content-Type": content_type, **(headers or {})}
+    )
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             return response.status, json.loads(response.read())
@@ -48,8 +49,13 @@ def _standalone(**options):
     from droptrain.local.aws import api
     from droptrain.local.runtime import local_environment
 
-    server = api.create_server(create_app(local_environment()), Config.create(chalice_stage="local", app_name="droptrain"),
-                               "127.0.0.1", 0, **options)
+    server = api.create_server(
+        create_app(local_environment()),
+        Config.create(chalice_stage="local", app_name="droptrain"),
+        "127.0.0.1",
+        0,
+        **options,
+    )
     threading.Thread(target=server.server.serve_forever, daemon=True).start()
     return server, f"http://127.0.0.1:{server.server.server_address[1]}"
 
@@ -57,13 +63,16 @@ def _standalone(**options):
 # -- bodies, judged by their Content-Length ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("header, status, code", [
-    ("Content-Length: 400000000", 413, "payload_too_large"),  # refused before a byte of it is sent
-    ("Content-Length: abc", 400, "bad_request"),
-    ("Content-Length: 100000000000000000000000", 400, "bad_request"),
-    ("Content-Length: -5", 400, "bad_request"),
-    ("Transfer-Encoding: chunked", 411, "length_required"),
-])
+@pytest.mark.parametrize(
+    "header, status, code",
+    [
+        ("Content-Length: 400000000", 413, "payload_too_large"),  # refused before a byte of it is sent
+        ("Content-Length: abc", 400, "bad_request"),
+        ("Content-Length: 100000000000000000000000", 400, "bad_request"),
+        ("Content-Length: -5", 400, "bad_request"),
+        ("Transfer-Encoding: chunked", 411, "length_required"),
+    ],
+)
 def test_the_body_is_judged_by_its_length_before_it_is_read(served, header, status, code):
     request = f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n{header}\r\n\r\n".encode()
     answered, body = status_and_json(raw_http(served.api_url, request, timeout=10))
@@ -71,7 +80,9 @@ def test_the_body_is_judged_by_its_length_before_it_is_read(served, header, stat
 
 
 def test_a_body_shorter_than_its_length_is_refused_not_waited_for_forever(served):
-    request = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 100\r\n\r\n\xff\xd8\xff"
+    request = (
+        b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 100\r\n\r\n\xff\xd8\xff"
+    )
     host, port = served.api_url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as conn:
         conn.sendall(request)
@@ -90,8 +101,11 @@ def test_clients_that_never_send_their_body_are_timed_out_and_free_their_threads
         stalled = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(8)]
         for i, conn in enumerate(stalled):
             # Half stop in the headers (a slowloris client), half before the body they announced.
-            conn.sendall(b"GET /status HTTP/1.1\r\nHost: x\r\n" if i % 2 else
-                         b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 10\r\n\r\n")
+            conn.sendall(
+                b"GET /status HTTP/1.1\r\nHost: x\r\n"
+                if i % 2
+                else b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 10\r\n\r\n"
+            )
         for conn in stalled:  # each is dropped by the server (EOF), not left hanging
             assert conn.recv(1024) == b""
             conn.close()
@@ -182,8 +196,11 @@ def test_kept_alive_connections_send_answers_without_nagles_delay():
 # -- images that claim more than they are ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("body", [png_header_only(100_000, 1), png_header_only(400_000, 1), png_header_only(13_000, 13_000)],
-                         ids=["100000x1", "400000x1", "13000x13000"])
+@pytest.mark.parametrize(
+    "body",
+    [png_header_only(100_000, 1), png_header_only(400_000, 1), png_header_only(13_000, 13_000)],
+    ids=["100000x1", "400000x1", "13000x13000"],
+)
 def test_images_that_claim_gigabytes_get_image_too_large(served, body):
     status, answer = _post(served.api_url, body)
     assert (status, answer["error"]["code"]) == (400, "image_too_large"), answer
@@ -218,7 +235,11 @@ def test_decoding_the_largest_image_allowed_costs_under_300_mb(tmp_path, mode, f
     path = tmp_path / f"big.{fmt.lower()}"
     fill = {"RGBA": (10, 200, 30, 128), "RGB": (10, 200, 30), "P": 3}[mode]
     Image.new(mode, (7000, 5700), fill).save(path, fmt)
-    out = subprocess.run([sys.executable, "-c", _MEASURE.format(training=str(ROOT / "training"), path=str(path))],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", _MEASURE.format(training=str(ROOT / "training"), path=str(path))],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     peak = int(out.stdout.strip().splitlines()[-1])
     assert peak < 300 * 1024**2, f"{mode} {fmt}: {peak / 1024**2:.0f} MB"

@@ -102,8 +102,13 @@ def test_a_runner_that_cannot_lay_out_the_job_fails_it_with_the_reason(tmp_path)
     jobs_root = tmp_path / "jobs"
     jobs_root.write_text("a file where the jobs folder should be")
     try:
-        final = requests.final_training_request(config(), "pets-1a2b3c4d", "s3://droptrain-local/datasets/pets/",
-                                                requests.static_hyperparameters(config()), {"lr": "0.005"})
+        final = requests.final_training_request(
+            config(),
+            "pets-1a2b3c4d",
+            "s3://droptrain-local/datasets/pets/",
+            requests.static_hyperparameters(config()),
+            {"lr": "0.005"},
+        )
         executor.sagemaker.create_training_job(final)
         event = executor.wait_for("SageMaker Training Job State Change", "pets-1a2b3c4d-final")
         assert event["detail"]["TrainingJobStatus"] == "Failed"
@@ -187,13 +192,27 @@ def _processes_in(folder: Path) -> list[psutil.Process]:
 def test_sigterm_stops_the_stack_like_ctrl_c_with_no_job_left_running(tmp_path, tiny_dataset):
     home = tmp_path / "home"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "DROPTRAIN_API_KEY": "k"}
-    assert subprocess.run([sys.executable, "-m", "droptrain.cli", "upload", str(tiny_dataset), "--name", "pets", "--home", str(home)],
-                          env=env, capture_output=True, timeout=DEADLINE).returncode == 0
-    up = subprocess.Popen([sys.executable, "-m", "droptrain.cli", "up", "--home", str(home), "--port", "0", "--host", "0.0.0.0"],
-                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert (
+        subprocess.run(
+            [sys.executable, "-m", "droptrain.cli", "upload", str(tiny_dataset), "--name", "pets", "--home", str(home)],
+            env=env,
+            capture_output=True,
+            timeout=DEADLINE,
+        ).returncode
+        == 0
+    )
+    up = subprocess.Popen(
+        [sys.executable, "-m", "droptrain.cli", "up", "--home", str(home), "--port", "0", "--host", "0.0.0.0"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + DEADLINE
-        while time.monotonic() < deadline and not any("train.py" in " ".join(p.cmdline()) for p in _processes_in(home / "jobs")):
+        while time.monotonic() < deadline and not any(
+            "train.py" in " ".join(p.cmdline()) for p in _processes_in(home / "jobs")
+        ):
             assert up.poll() is None, up.stderr.read()
             time.sleep(0.2)
         assert _processes_in(home / "jobs"), "a trial is running"
@@ -219,19 +238,33 @@ class NoServing:  # this stack is killed long before it would serve a model
     def stop(self): pass
 
 home, source, data = map(Path, sys.argv[1:4])
-runtime = LocalRuntime(home, env={"MAX_TUNING_JOBS": "3", "MAX_PARALLEL_JOBS": "1", "TUNING_RANGES": '{"lr": [0.001, 0.02], "epochs": [3, 4]}', "AUDIT": "false"},
-                       say=lambda m: None, source_dir=source, serving=NoServing())
+env = {"MAX_TUNING_JOBS": "3", "MAX_PARALLEL_JOBS": "1", "AUDIT": "false",
+       "TUNING_RANGES": '{"lr": [0.001, 0.02], "epochs": [3, 4]}'}
+runtime = LocalRuntime(home, env=env, say=lambda m: None, source_dir=source, serving=NoServing())
 runtime.start(serve_api=False)
 runtime.upload(data, "pets")
 time.sleep(600)
 """
 
 
-def test_kill_9_mid_tuning_then_a_restart_resumes_the_study_exactly(tmp_path, tiny_dataset, trained_job, ray_serve, monkeypatch):
+def test_kill_9_mid_tuning_then_a_restart_resumes_the_study_exactly(
+    tmp_path, tiny_dataset, trained_job, ray_serve, monkeypatch
+):
     home, log = tmp_path / "home", tmp_path / "fake.log"
-    env = {**os.environ, "FAKE_LOG": str(log), "FAKE_EPOCH_SECONDS": "3", "FAKE_MODEL_SOURCE": str(trained_job["paths"].model)}
-    crashing = subprocess.Popen([sys.executable, "-c", _CRASHING_STACK, str(home), str(FAKE_SOURCE), str(tiny_dataset)],
-                                env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    env = {
+        **os.environ,
+        "FAKE_LOG": str(log),
+        "FAKE_EPOCH_SECONDS": "3",
+        "FAKE_MODEL_SOURCE": str(trained_job["paths"].model),
+    }
+    crashing = subprocess.Popen(
+        [sys.executable, "-c", _CRASHING_STACK, str(home), str(FAKE_SOURCE), str(tiny_dataset)],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
     def starts() -> list[dict]:
         return [e for e in map(json.loads, log.read_text().splitlines()) if "start" in e] if log.exists() else []
@@ -247,14 +280,26 @@ def test_kill_9_mid_tuning_then_a_restart_resumes_the_study_exactly(tmp_path, ti
     interrupted = starts()[-1]
     assert psutil.pid_exists(interrupted["pid"]), "kill -9 leaves the trial running, outside the dead stack"
 
-    for key, value in {"FAKE_LOG": str(log), "FAKE_EPOCH_SECONDS": "0.05", "FAKE_MODEL_SOURCE": str(trained_job["paths"].model)}.items():
+    for key, value in {
+        "FAKE_LOG": str(log),
+        "FAKE_EPOCH_SECONDS": "0.05",
+        "FAKE_MODEL_SOURCE": str(trained_job["paths"].model),
+    }.items():
         monkeypatch.setenv(key, value)
-    env_vars = {"MAX_TUNING_JOBS": "3", "MAX_PARALLEL_JOBS": "1", "TUNING_RANGES": '{"lr": [0.001, 0.02], "epochs": [3, 4]}', "AUDIT": "false"}
+    env_vars = {
+        "MAX_TUNING_JOBS": "3",
+        "MAX_PARALLEL_JOBS": "1",
+        "TUNING_RANGES": '{"lr": [0.001, 0.02], "epochs": [3, 4]}',
+        "AUDIT": "false",
+    }
     restarted = LocalRuntime(home, env=env_vars, say=lambda m: None, source_dir=FAKE_SOURCE, serving=ray_serve)
     restarted.start(serve_api=False)
     try:
         _notified(restarted, "tuning.completed")
-        orphan_gone = not psutil.pid_exists(interrupted["pid"]) or psutil.Process(interrupted["pid"]).status() == psutil.STATUS_ZOMBIE
+        orphan_gone = (
+            not psutil.pid_exists(interrupted["pid"])
+            or psutil.Process(interrupted["pid"]).status() == psutil.STATUS_ZOMBIE
+        )
     finally:
         restarted.stop()
     assert orphan_gone, "the restart ended what the killed stack left running"
@@ -262,9 +307,13 @@ def test_kill_9_mid_tuning_then_a_restart_resumes_the_study_exactly(tmp_path, ti
     assert len(trials) == 3 and all(t["TrainingJobStatus"] == "Completed" for t in trials)
     configurations = [tuple(sorted(t["TunedHyperParameters"].items())) for t in trials]
     assert len(set(configurations)) == 3, f"no configuration trained twice: {configurations}"
-    assert all(t["FinalHyperParameterTuningJobObjectiveMetric"]["Value"] > 0 for t in trials), "every finished trial kept its metric"
+    assert all(t["FinalHyperParameterTuningJobObjectiveMetric"]["Value"] > 0 for t in trials), (
+        "every finished trial kept its metric"
+    )
     runs = Counter(e["job"] for e in starts() if not e["job"].endswith("-final"))
     assert runs[interrupted["job"]] == 2 and sum(runs.values()) == 4, f"only the interrupted trial ran again: {runs}"
     ended = [home / "jobs" / t["TrainingJobName"] for t in trials]
     leftovers = [p for job in ended for p in job.iterdir() if p.name in ("tmp", "checkpoints")]
-    assert leftovers == [], "ended jobs keep neither scratch space nor checkpoints (the final job, interrupted, keeps its own)"
+    assert leftovers == [], (
+        "ended jobs keep neither scratch space nor checkpoints (the final job, interrupted, keeps its own)"
+    )

@@ -13,13 +13,17 @@ from droptrain.local.runtime import LocalRuntime
 from helpers import DEADLINE
 
 
-def test_a_run_is_listed_its_logs_read_and_it_stops_when_asked(tmp_path, tiny_dataset, trained_job, monkeypatch, capsys, ray_serve):
+def test_a_run_is_listed_its_logs_read_and_it_stops_when_asked(
+    tmp_path, tiny_dataset, trained_job, monkeypatch, capsys, ray_serve
+):
     monkeypatch.setenv("FAKE_EPOCH_SECONDS", "0.5")
     monkeypatch.setenv("FAKE_MODEL_SOURCE", str(trained_job["paths"].model))
     monkeypatch.setenv("FAKE_LOG", str(tmp_path / "fake.log"))
     home = tmp_path / "home"
     env = {"MAX_TUNING_JOBS": "4", "MAX_PARALLEL_JOBS": "1", "TUNING_RANGES": '{"epochs": [6, 8]}', "AUDIT": "false"}
-    runtime = LocalRuntime(home, env=env, say=lambda m: None, source_dir=FAKE_SOURCE, serving=ray_serve, poll_seconds=0.1)
+    runtime = LocalRuntime(
+        home, env=env, say=lambda m: None, source_dir=FAKE_SOURCE, serving=ray_serve, poll_seconds=0.1
+    )
     runtime.start(serve_api=False)
     try:
         runtime.upload(tiny_dataset, "pets")
@@ -33,7 +37,9 @@ def test_a_run_is_listed_its_logs_read_and_it_stops_when_asked(tmp_path, tiny_da
         trial_log = next((home / "jobs").glob(f"{run}-*/job.log"))
         # -f: what the job writes next arrives too.
         seen, stop = [], threading.Event()
-        reader = threading.Thread(target=lambda: seen.extend(follow(trial_log, sleep=lambda s: time.sleep(0.05), stop=stop.is_set)))
+        reader = threading.Thread(
+            target=lambda: seen.extend(follow(trial_log, sleep=lambda s: time.sleep(0.05), stop=stop.is_set))
+        )
         reader.start()
         deadline = time.time() + DEADLINE
         while time.time() < deadline and not any(line.startswith("epoch=") for line in seen):

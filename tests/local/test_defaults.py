@@ -46,7 +46,7 @@ def test_weights_in_the_torch_cache_train_the_jobs_without_network(torch_home, t
     torch.save(fake, target)
 
     said: list[str] = []
-    settings = read(None, ["MAX_TUNING_JOBS=1", "AUDIT=false", "TUNING_RANGES={\"epochs\": [1, 2]}"])
+    settings = read(None, ["MAX_TUNING_JOBS=1", "AUDIT=false", 'TUNING_RANGES={"epochs": [1, 2]}'])
     for_this_machine(settings, said.append, fetch=_offline, gpus=0)
     assert said == [f"transfer learning: resnet18 with ImageNet weights ({target}), 224 px, head mode"]
     assert settings.env["MAX_PARALLEL_JOBS"] == "1", "never more trials at once than the tuning job has"
@@ -66,7 +66,11 @@ def test_weights_in_the_torch_cache_train_the_jobs_without_network(torch_home, t
         runtime.stop()
     assert trial is not None and trial["TrainingJobStatus"] == "Completed", trial and trial.get("FailureReason")
     hyperparameters = trial["HyperParameters"]
-    assert (hyperparameters["weights"], hyperparameters["image-size"], hyperparameters["train-mode"]) == ("imagenet", "224", "head")
+    assert (hyperparameters["weights"], hyperparameters["image-size"], hyperparameters["train-mode"]) == (
+        "imagenet",
+        "224",
+        "head",
+    )
     archive = runtime.bucket.path_of_uri(trial["ModelArtifacts"]["S3ModelArtifacts"])
     with tarfile.open(archive) as tar:
         state = torch.load(io.BytesIO(tar.extractfile("model.pth").read()), weights_only=True)
@@ -85,9 +89,10 @@ def test_without_weights_it_says_why_once_and_trains_from_scratch(torch_home):
 
 
 def test_what_the_user_set_wins_over_the_machine(torch_home, tmp_path):
-    (tmp_path / "droptrain.toml").write_text('STATIC_HYPERPARAMETERS = { weights = "none", "image-size" = 96 }\n'
-                                             'TUNING_RANGES = { lr = [0.01, 0.1] }\n')
-    settings = read(None, ["STATIC_HYPERPARAMETERS={\"arch\": \"resnet34\"}"])
+    (tmp_path / "droptrain.toml").write_text(
+        'STATIC_HYPERPARAMETERS = { weights = "none", "image-size" = 96 }\nTUNING_RANGES = { lr = [0.01, 0.1] }\n'
+    )
+    settings = read(None, ['STATIC_HYPERPARAMETERS={"arch": "resnet34"}'])
     for_this_machine(settings, lambda line: None, fetch=_offline, gpus=0)
     static = __import__("json").loads(settings.env["STATIC_HYPERPARAMETERS"])
     assert (static["weights"], static["image-size"], static["arch"]) == ("none", "96", "resnet34")
@@ -98,9 +103,14 @@ def test_a_gpu_machine_fine_tunes_resnet50(torch_home):
     said: list[str] = []
     settings = read(None, [])
     target = defaults.cache_path(defaults.weights_url("resnet50"))
-    situation = for_this_machine(settings, said.append, fetch=lambda url, path: (path.parent.mkdir(parents=True), path.write_bytes(b"x")),
-                                 gpus=2)
-    assert target.exists() and situation.hyperparameters["arch"] == "resnet50" and situation.hyperparameters["weights"] == "imagenet"
+    situation = for_this_machine(
+        settings, said.append, fetch=lambda url, path: (path.parent.mkdir(parents=True), path.write_bytes(b"x")), gpus=2
+    )
+    assert (
+        target.exists()
+        and situation.hyperparameters["arch"] == "resnet50"
+        and situation.hyperparameters["weights"] == "imagenet"
+    )
     assert any("2 CUDA GPU(s)" in line for line in said)
 
 

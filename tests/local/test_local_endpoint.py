@@ -42,7 +42,9 @@ def endpoints(tmp_path, trained_job, ray_serve):
     for model, key in (("m1", "runs/pets/final/model.tar.gz"), ("bad", "runs/broken/final/model.tar.gz")):
         store.insert("model", model, {"ModelName": model, "PrimaryContainer": {"ModelDataUrl": f"s3://{BUCKET}/{key}"}})
     for config, model in (("c1", "m1"), ("c2", "m1"), ("c3", "bad")):
-        store.insert("endpoint-config", config, {"EndpointConfigName": config, "ProductionVariants": [{"ModelName": model}]})
+        store.insert(
+            "endpoint-config", config, {"EndpointConfigName": config, "ProductionVariants": [{"ModelName": model}]}
+        )
     events: list[dict] = []
     eps = LocalEndpoints(store, bucket, tmp_path / "endpoints", events.append, ray_serve)
     eps.events = events
@@ -162,7 +164,10 @@ def test_an_environment_that_chose_ray_serves_mode_keeps_it():
     from droptrain.local.engines.ray_mode import ray_environment, throughput_mode
 
     assert ray_environment({"RAY_SERVE_ENABLE_HA_PROXY": "0"}) == {}
-    assert set(ray_environment({"RAY_SERVE_ENABLE_HA_PROXY": "1"})) == {"RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT"}
+    assert set(ray_environment({"RAY_SERVE_ENABLE_HA_PROXY": "1"})) == {
+        "RAY_SERVE_HAPROXY_STATS_PORT",
+        "RAY_SERVE_HAPROXY_METRICS_PORT",
+    }
     assert ray_environment({"RAY_SERVE_THROUGHPUT_OPTIMIZED": "0", "PATH": "/bin"}) == {}
     chosen = ray_environment({"RAY_SERVE_HAPROXY_MAXCONN": "1000"})
     assert "RAY_SERVE_HAPROXY_MAXCONN" not in chosen, "a variable already set keeps its value"

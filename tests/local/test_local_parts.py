@@ -17,18 +17,21 @@ from droptrain.upload import UploadError, upload_to_s3
 from orchestrator.support import event
 
 
-@pytest.mark.parametrize("pattern,event_,expected", [
-    ({"source": ["aws.s3"]}, {"source": "aws.s3"}, True),
-    ({"source": ["aws.s3"]}, {"source": "aws.sagemaker"}, False),
-    ({"detail": {"key": [{"prefix": "datasets/"}]}}, {"detail": {"key": "datasets/a"}}, True),
-    ({"detail": {"key": [{"suffix": ".zip"}]}}, {"detail": {"key": "a.tgz"}}, False),
-    ({"detail": {"key": [{"wildcard": "datasets/*/_READY"}]}}, {"detail": {"key": "datasets/a/b/_READY"}}, True),
-    ({"detail": {"key": [{"wildcard": "datasets/*/_READY"}]}}, {"detail": {"key": "datasets/_READY"}}, False),
-    ({"detail": {"Tags": {"droptrain:role": ["final"]}}}, {"detail": {"Tags": {}}}, False),
-    ({"detail": {"TuningJobArn": [{"exists": False}]}}, {"detail": {}}, True),
-    ({"detail": {"s": [{"anything-but": ["InProgress"]}]}}, {"detail": {"s": "Completed"}}, True),
-    ({"detail": {"s": ["a", "b"]}}, {"detail": {"s": ["c", "b"]}}, True),
-])
+@pytest.mark.parametrize(
+    "pattern,event_,expected",
+    [
+        ({"source": ["aws.s3"]}, {"source": "aws.s3"}, True),
+        ({"source": ["aws.s3"]}, {"source": "aws.sagemaker"}, False),
+        ({"detail": {"key": [{"prefix": "datasets/"}]}}, {"detail": {"key": "datasets/a"}}, True),
+        ({"detail": {"key": [{"suffix": ".zip"}]}}, {"detail": {"key": "a.tgz"}}, False),
+        ({"detail": {"key": [{"wildcard": "datasets/*/_READY"}]}}, {"detail": {"key": "datasets/a/b/_READY"}}, True),
+        ({"detail": {"key": [{"wildcard": "datasets/*/_READY"}]}}, {"detail": {"key": "datasets/_READY"}}, False),
+        ({"detail": {"Tags": {"droptrain:role": ["final"]}}}, {"detail": {"Tags": {}}}, False),
+        ({"detail": {"TuningJobArn": [{"exists": False}]}}, {"detail": {}}, True),
+        ({"detail": {"s": [{"anything-but": ["InProgress"]}]}}, {"detail": {"s": "Completed"}}, True),
+        ({"detail": {"s": ["a", "b"]}}, {"detail": {"s": ["c", "b"]}}, True),
+    ],
+)
 def test_pattern_matching(pattern, event_, expected):
     assert matches(pattern, event_) is expected
 
@@ -39,20 +42,34 @@ def test_routes_are_the_apps_rules(monkeypatch):
     import importlib
 
     import app
+
     app = importlib.reload(app)
     routes = {r.name: r for r in routes_of(app.app)}
-    assert set(routes) == {"on_dataset_uploaded", "on_processing_job_state_change", "on_tuning_job_state_change",
-                           "on_training_job_state_change", "on_endpoint_state_change", "on_model_package_state_change"}
-    samples = {"s3-object-created.json": "on_dataset_uploaded", "tuning-job-completed.json": "on_tuning_job_state_change",
-               "training-job-completed.json": "on_training_job_state_change", "endpoint-in-service.json": "on_endpoint_state_change",
-               "training-job-tuning-child.json": None, "model-package-approved.json": "on_model_package_state_change"}
+    assert set(routes) == {
+        "on_dataset_uploaded",
+        "on_processing_job_state_change",
+        "on_tuning_job_state_change",
+        "on_training_job_state_change",
+        "on_endpoint_state_change",
+        "on_model_package_state_change",
+    }
+    samples = {
+        "s3-object-created.json": "on_dataset_uploaded",
+        "tuning-job-completed.json": "on_tuning_job_state_change",
+        "training-job-completed.json": "on_training_job_state_change",
+        "endpoint-in-service.json": "on_endpoint_state_change",
+        "training-job-tuning-child.json": None,
+        "model-package-approved.json": "on_model_package_state_change",
+    }
     for sample, expected in samples.items():
         matched = [name for name, r in routes.items() if matches(r.pattern, event(sample))]
         assert matched == ([expected] if expected else []), sample
     # Another stage's endpoints and model package groups, and versions not approved, reach no function.
-    for sample, change in (("endpoint-in-service.json", {"EndpointName": "droptrain-prod-dogs"}),
-                           ("model-package-approved.json", {"ModelPackageGroupName": "droptrain-prod-dogs"}),
-                           ("model-package-approved.json", {"ModelApprovalStatus": "Rejected"})):
+    for sample, change in (
+        ("endpoint-in-service.json", {"EndpointName": "droptrain-prod-dogs"}),
+        ("model-package-approved.json", {"ModelPackageGroupName": "droptrain-prod-dogs"}),
+        ("model-package-approved.json", {"ModelApprovalStatus": "Rejected"}),
+    ):
         assert not any(matches(r.pattern, event(sample, **change)) for r in routes.values()), change
 
 
@@ -76,9 +93,14 @@ def test_bucket_semantics(tmp_path):
     assert etag == "d41d8cd98f00b204e9800998ecf8427e", "S3's ETag of an empty object"
     assert bucket.head(BUCKET, "datasets/a/_READY") == {"size": 0, "etag": etag}
     (tmp_path / "b" / "datasets" / "a" / "big.zip.partial").write_bytes(b"half")
-    assert list(bucket.list_objects(BUCKET, "datasets/")) == [("datasets/a/_READY", 0)], "files being written are invisible"
+    assert list(bucket.list_objects(BUCKET, "datasets/")) == [("datasets/a/_READY", 0)], (
+        "files being written are invisible"
+    )
     wins = []
-    threads = [threading.Thread(target=lambda: wins.append(bucket.put_if_absent(BUCKET, "runs/r/m.json", b"1"))) for _ in range(8)]
+    threads = [
+        threading.Thread(target=lambda: wins.append(bucket.put_if_absent(BUCKET, "runs/r/m.json", b"1")))
+        for _ in range(8)
+    ]
     [t.start() for t in threads]
     [t.join() for t in threads]
     assert wins.count(True) == 1, "one writer wins, as with S3's If-None-Match"
@@ -150,7 +172,9 @@ def test_a_jobs_scratch_space_is_its_own_and_goes_when_it_ends(tmp_path):
     paths = jobs.JobPaths(tmp_path / "job")
     jobs.write_config(paths, {}, [], "ml.m5.large")
     env = jobs.toolkit_env(paths, "job", "arn:job", {})
-    assert env["TMPDIR"] == str(paths.scratch) and paths.scratch.is_dir(), "an extracted dataset lands in the job's folder"
+    assert env["TMPDIR"] == str(paths.scratch) and paths.scratch.is_dir(), (
+        "an extracted dataset lands in the job's folder"
+    )
     (paths.scratch / "dataset").mkdir()
     (paths.checkpoints / "checkpoint-x.pt").write_bytes(b"x")
     with jobs.open_log(paths) as log:
@@ -173,6 +197,7 @@ def test_the_local_registry_sends_sagemakers_approval_event(tmp_path, monkeypatc
     import importlib
 
     import app
+
     app = importlib.reload(app)
     rule = {r.name: r for r in routes_of(app.app)}["on_model_package_state_change"]
     emitted: list[dict] = []
@@ -180,8 +205,15 @@ def test_the_local_registry_sends_sagemakers_approval_event(tmp_path, monkeypatc
     config = make_config()
     assert registry.create_group(registry_requests.model_package_group_request(config, "pets", "pets")) is True
     assert registry.create_group(registry_requests.model_package_group_request(config, "pets", "pets")) is False
-    request = registry_requests.model_package_request(config, "pets", "pets-1a2b3c4d", "s3://droptrain-data-dev/runs/pets-1a2b3c4d/final/model.tar.gz",
-                                             "s3://droptrain-data-dev/datasets/pets/", {"test:accuracy": 0.9}, {"lr": "0.01"})
+    request = registry_requests.model_package_request(
+        config,
+        "pets",
+        "pets-1a2b3c4d",
+        "s3://droptrain-data-dev/runs/pets-1a2b3c4d/final/model.tar.gz",
+        "s3://droptrain-data-dev/datasets/pets/",
+        {"test:accuracy": 0.9},
+        {"lr": "0.01"},
+    )
     arn = registry.create_package(request)
     assert registry.create_package(request) == arn, "the same ClientToken is the same version"
     assert emitted == [], "a version pending approval sends nothing"
@@ -208,16 +240,23 @@ def test_each_ray_instance_gets_replica_ports_of_its_own(tmp_path):
     ports = []
     for block in (first, second):
         env = block.environment()
-        for low, high in (("RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT", "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"),
-                          ("RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT", "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT")):
+        for low, high in (
+            ("RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT", "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"),
+            ("RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT", "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT"),
+        ):
             ports += range(int(env[low]), int(env[high]))
-        ports += [int(env["RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"]), int(env["RAY_SERVE_FALLBACK_PROXY_GRPC_PORT"]),
-                  block.grpc_port]
+        ports += [
+            int(env["RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"]),
+            int(env["RAY_SERVE_FALLBACK_PROXY_GRPC_PORT"]),
+            block.grpc_port,
+        ]
     assert len(ports) == len(set(ports)), "no port of one instance is another's, nor used twice in one"
     assert max(ports) < 32768, "below Linux's ephemeral ports"
     # Another process holding a block keeps it until it ends; a released block is free again.
-    code = ("import sys, time; from pathlib import Path; from droptrain.local.engines.ray_mode import PortBlock; "
-            "b = PortBlock.reserve(Path(sys.argv[1])); print(b.start, flush=True); time.sleep(60)")
+    code = (
+        "import sys, time; from pathlib import Path; from droptrain.local.engines.ray_mode import PortBlock; "
+        "b = PortBlock.reserve(Path(sys.argv[1])); print(b.start, flush=True); time.sleep(60)"
+    )
     holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:
         held = int(holder.stdout.readline())

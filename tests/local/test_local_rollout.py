@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from chalice_app import alarm_requests
-from chalice_app import sagemaker_requests as requests
+from chalice_app import alarm_requests, endpoint_requests
 from chalice_app.adapters.runtime import ModelError
 from droptrain.local.aws.alarms import LocalAlarms, Measurements, breached
 from droptrain.local.aws.bucket import LocalBucket
@@ -47,7 +46,9 @@ class FakeServing:
         with self.lock:
             self.calls[name] = self.calls.get(name, 0) + 1
         status = self.status_of.get(name.removeprefix("ep-"), 200)
-        return status, ({"predictions": [], "model": name} if status == 200 else {"error": {"code": "boom", "message": "x"}})
+        return status, (
+            {"predictions": [], "model": name} if status == 200 else {"error": {"code": "boom", "message": "x"}}
+        )
 
 
 @pytest.fixture
@@ -67,7 +68,11 @@ def stack(tmp_path):
             info.size = 2
             tar.addfile(info, io.BytesIO(b"{}"))
         bucket.put(f"runs/{run}/model.tar.gz", archive.getvalue())
-        store.insert("model", run, {"ModelName": run, "PrimaryContainer": {"ModelDataUrl": bucket.uri(f"runs/{run}/model.tar.gz")}})
+        store.insert(
+            "model",
+            run,
+            {"ModelName": run, "PrimaryContainer": {"ModelDataUrl": bucket.uri(f"runs/{run}/model.tar.gz")}},
+        )
         store.insert("endpoint-config", run, {"EndpointConfigName": run, "ProductionVariants": [{"ModelName": run}]})
 
     yield {"endpoints": endpoints, "serving": serving, "config": config, "version": version}
@@ -80,7 +85,9 @@ def _traffic_until_done(endpoints: LocalEndpoints, stop_after: float = 10) -> di
     deadline = time.time() + stop_after
     while any(t.is_alive() for t in endpoints._threads) and time.time() < deadline:
         try:
-            model = __import__("json").loads(endpoints.invoke(ENDPOINT, b"x", "image/jpeg", "application/json"))["model"]
+            model = __import__("json").loads(endpoints.invoke(ENDPOINT, b"x", "image/jpeg", "application/json"))[
+                "model"
+            ]
         except ModelError:
             model = "error"
         answers[model] = answers.get(model, 0) + 1
@@ -98,7 +105,7 @@ def _start(stack, old: str) -> None:
 def test_a_good_version_takes_a_canary_share_then_all_traffic(stack):
     _start(stack, "pets-11111111")
     stack["version"]("pets-22222222")
-    update = requests.update_endpoint_request(stack["config"], "pets", "pets-22222222")
+    update = endpoint_requests.update_endpoint_request(stack["config"], "pets", "pets-22222222")
     stack["endpoints"].update(ENDPOINT, "pets-22222222", update["DeploymentConfig"])
     answers = _traffic_until_done(stack["endpoints"])
     described = stack["endpoints"].describe(ENDPOINT)
@@ -113,12 +120,14 @@ def test_a_version_that_fails_its_requests_is_rolled_back_by_the_alarm(stack):
     _start(stack, "pets-11111111")
     stack["version"]("pets-33333333")
     stack["serving"].status_of["pets-33333333"] = 500
-    update = requests.update_endpoint_request(stack["config"], "pets", "pets-33333333")
+    update = endpoint_requests.update_endpoint_request(stack["config"], "pets", "pets-33333333")
     stack["endpoints"].update(ENDPOINT, "pets-33333333", update["DeploymentConfig"])
     answers = _traffic_until_done(stack["endpoints"])
     described = stack["endpoints"].describe(ENDPOINT)
     assert (described["EndpointStatus"], described["EndpointConfigName"]) == ("InService", "pets-11111111")
-    assert described["FailureReason"].startswith("Deployment rolled back: alarm droptrain-dev-pets-5xx-rate went into ALARM")
+    assert described["FailureReason"].startswith(
+        "Deployment rolled back: alarm droptrain-dev-pets-5xx-rate went into ALARM"
+    )
     assert "the canary" in described["FailureReason"], "caught at the canary, before it took all traffic"
     assert answers["ep-pets-11111111"] > answers.get("error", 0) > 0
     assert stack["serving"].deployed == {"ep-pets-11111111"}

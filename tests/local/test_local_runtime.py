@@ -17,8 +17,18 @@ from droptrain.local.runtime import LocalRuntime
 from helpers import DEADLINE, browser
 
 FAKE_SOURCE = Path(__file__).resolve().parent / "fake_source"
-CHAIN = ["dataset.accepted", "dataset.audited", "tuning.started", "tuning.completed", "training.started",
-         "training.completed", "model.registered", "model.approved", "deployment.started", "deployment.completed"]
+CHAIN = [
+    "dataset.accepted",
+    "dataset.audited",
+    "tuning.started",
+    "tuning.completed",
+    "training.started",
+    "training.completed",
+    "model.registered",
+    "model.approved",
+    "deployment.started",
+    "deployment.completed",
+]
 
 
 def wait_for(runtime: LocalRuntime, event: str, timeout: float = DEADLINE) -> list[str]:
@@ -37,7 +47,10 @@ def wait_for(runtime: LocalRuntime, event: str, timeout: float = DEADLINE) -> li
 def stack(tiny_dataset, tmp_path_factory, ray_serve):
     """One local stack for the module, after a real run of the pipeline on the tiny dataset (project
     ``pets``): the end-to-end test goes on from there, and the console's browser test reads it."""
-    env = {"MAX_TUNING_JOBS": "2", "STATIC_HYPERPARAMETERS": '{"arch": "resnet18", "weights": "none", "train-mode": "head", "image-size": "48"}'}
+    env = {
+        "MAX_TUNING_JOBS": "2",
+        "STATIC_HYPERPARAMETERS": '{"arch": "resnet18", "weights": "none", "train-mode": "head", "image-size": "48"}',
+    }
     runtime = LocalRuntime(tmp_path_factory.mktemp("stack") / "home", env=env, say=lambda m: None, serving=ray_serve)
     runtime.start(port=0)
     try:
@@ -66,8 +79,14 @@ def test_dataset_to_predictions_with_the_real_training_code(stack, tiny_dataset,
     assert runtime.bucket.path_of_uri(audited["audit"]).is_file(), "the audit job's report, where the pipeline reads it"
     assert forecast["trials"] == 2 and forecast["images"] > 0 and forecast["prices"]["training"]["source"] == "bundled"
     assert completed["cost"]["jobs"] == 3 and completed["cost"]["billable_seconds"] > 0, "two trials and the final job"
-    assert [v["rule"] for v in completed["rules"]] == ["VanishingGradient", "ExplodingTensor", "Overfit", "Overtraining",
-                                                       "PoorWeightInitialization", "LossNotDecreasing"]
+    assert [v["rule"] for v in completed["rules"]] == [
+        "VanishingGradient",
+        "ExplodingTensor",
+        "Overfit",
+        "Overtraining",
+        "PoorWeightInitialization",
+        "LossNotDecreasing",
+    ]
     assert completed["report"] == f"s3://droptrain-local/runs/{run}/reports/report.html"
     assert runtime.bucket.path_of_uri(completed["report"]).is_file()
     classes = {p.name for p in (tiny_dataset / "train").iterdir()}
@@ -95,7 +114,9 @@ def test_dataset_to_predictions_with_the_real_training_code(stack, tiny_dataset,
     # A second dataset is a second project: its own endpoint, and the first one keeps serving.
     runtime.upload(tiny_dataset, "flowers")
     wait_for_count(runtime, "deployment.completed", 2)
-    flowers = [n["message"] for n in runtime.notifications() if n["message"]["event"] == "deployment.completed"][-1]["run_id"]
+    flowers = [n["message"] for n in runtime.notifications() if n["message"]["event"] == "deployment.completed"][-1][
+        "run_id"
+    ]
     assert flowers.startswith("flowers-")
     for project, expected in (("pets", run), ("flowers", flowers)):
         status, body = post_image(runtime.api_url, image, project=project)
@@ -104,13 +125,18 @@ def test_dataset_to_predictions_with_the_real_training_code(stack, tiny_dataset,
     assert status == 400 and body["error"]["code"] == "project_required"
     status, body = call_api(runtime.api_url, "/projects")
     assert [(p["project"], p["endpoint"], p["serving"]) for p in body["projects"]] == [
-        ("flowers", "droptrain-local-flowers", flowers), ("pets", "droptrain-local-pets", run)]
+        ("flowers", "droptrain-local-flowers", flowers),
+        ("pets", "droptrain-local-pets", run),
+    ]
     # The hourly schedule runs the same function as Lambda's (idle stop: off locally unless asked).
     assert runtime.run_schedules() == {"stop_idle_endpoints": "idle stop is off (IDLE_STOP_HOURS=0)"}
     # `droptrain status` reads the store, beside the running stack.
     assert cli.main(["status", "--home", str(runtime.home)]) == 0
     out = capsys.readouterr().out
-    assert f"run {run}: tuning Completed" in out and f"project droptrain-local-pets: endpoint InService, serving {run}" in out
+    assert (
+        f"run {run}: tuning Completed" in out
+        and f"project droptrain-local-pets: endpoint InService, serving {run}" in out
+    )
     assert f"▶ v1   {run}" in out and "project droptrain-local-flowers" in out
     assert "cost: " in out and "billable s over 3 jobs" in out
 
@@ -138,14 +164,24 @@ def _chromium_driver(width: int):
     chromium, driver_path = browser()
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", f"--window-size={max(width, 800)},2400"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        f"--window-size={max(width, 800)},2400",
+    ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
     driver = webdriver.Chrome(service=Service(driver_path), options=options)
     # A window cannot be narrower than Chromium's minimum: a phone's viewport is emulated, as DevTools does.
-    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
-                           {"width": width, "height": 2400, "deviceScaleFactor": 1, "mobile": width < 800})
+    driver.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": width, "height": 2400, "deviceScaleFactor": 1, "mobile": width < 800},
+    )
     return driver
 
 
@@ -160,10 +196,12 @@ def _requested_urls(driver) -> list[str]:
 
 def _contrast(foreground: str, background: str) -> float:
     """WCAG 2 contrast ratio of two CSS rgb()/rgba() colours."""
+
     def luminance(css: str) -> float:
-        channels = [float(c) / 255 for c in css[css.index("(") + 1:css.index(")")].split(",")[:3]]
+        channels = [float(c) / 255 for c in css[css.index("(") + 1 : css.index(")")].split(",")[:3]]
         linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
         return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
     high, low = sorted((luminance(foreground), luminance(background)), reverse=True)
     return (high + 0.05) / (low + 0.05)
 
@@ -186,7 +224,11 @@ def test_the_console_in_a_real_browser(stack, tiny_dataset):
         try:
             wait = WebDriverWait(driver, 30)
             driver.get(runtime.api_url + "/")
-            wait.until(lambda d: any(o.get_attribute("value") == "pets" for o in Select(d.find_element(By.ID, "project")).options))
+            wait.until(
+                lambda d: any(
+                    o.get_attribute("value") == "pets" for o in Select(d.find_element(By.ID, "project")).options
+                )
+            )
             Select(driver.find_element(By.ID, "project")).select_by_value("pets")
             driver.find_element(By.ID, "image").send_keys(str(image))
             wait.until(ready.presence_of_element_located((By.CSS_SELECTOR, "#predictions li .label")))
@@ -196,7 +238,10 @@ def test_the_console_in_a_real_browser(stack, tiny_dataset):
 
             wait.until(ready.element_to_be_clickable((By.CSS_SELECTOR, f'button[data-run="{pets}"]'))).click()
             wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#per-class tbody tr")) == len(classes))
-            per_class = [r.find_element(By.TAG_NAME, "td").text for r in driver.find_elements(By.CSS_SELECTOR, "#per-class tbody tr")]
+            per_class = [
+                r.find_element(By.TAG_NAME, "td").text
+                for r in driver.find_elements(By.CSS_SELECTOR, "#per-class tbody tr")
+            ]
             assert per_class == classes
             matrix_rows = driver.find_elements(By.CSS_SELECTOR, "#confusion tbody tr")
             assert [r.find_element(By.TAG_NAME, "th").text for r in matrix_rows] == classes
@@ -214,18 +259,28 @@ def test_the_console_in_a_real_browser(stack, tiny_dataset):
             # this width, and text is readable (WCAG AA contrast).
             unlabelled = driver.execute_script(
                 "return [...document.querySelectorAll('input, select, button')].filter(e => "
-                "!(e.labels && e.labels.length) && !e.getAttribute('aria-label') && !e.textContent.trim()).map(e => e.id || e.outerHTML)")
+                "!(e.labels && e.labels.length) && !e.getAttribute('aria-label') && !e.textContent.trim())"
+                ".map(e => e.id || e.outerHTML)"
+            )
             assert unlabelled == []
             # Keyboard: every control is reachable with Tab, and Enter on the drop zone opens the file picker.
             assert driver.execute_script(
-                "return [...document.querySelectorAll('button, select, a[href], #drop, #api-key')].every(e => e.tabIndex >= 0)")
+                "return [...document.querySelectorAll('button, select, a[href], #drop, #api-key')]"
+                ".every(e => e.tabIndex >= 0)"
+            )
             assert driver.find_element(By.ID, "drop").get_attribute("tabindex") == "0"
             assert driver.execute_script("return document.documentElement.scrollWidth <= window.innerWidth + 1")
             for selector in ("body", "button", "th", "#timeline li"):
                 element = driver.find_element(By.CSS_SELECTOR, selector)
-                color, background = element.value_of_css_property("color"), driver.execute_script(
-                    "let e = arguments[0]; while (e) { const b = getComputedStyle(e).backgroundColor;"
-                    " if (b && !b.endsWith(', 0)') && b !== 'transparent') return b; e = e.parentElement; } return 'rgb(255, 255, 255)';", element)
+                color, background = (
+                    element.value_of_css_property("color"),
+                    driver.execute_script(
+                        "let e = arguments[0]; while (e) { const b = getComputedStyle(e).backgroundColor;"
+                        " if (b && !b.endsWith(', 0)') && b !== 'transparent') return b; e = e.parentElement; }"
+                        " return 'rgb(255, 255, 255)';",
+                        element,
+                    ),
+                )
                 assert _contrast(color, background) >= 4.5, (selector, color, background)
             # Everything came from the app (blob: is the chosen image's preview).
             outside = [u for u in _requested_urls(driver) if not u.startswith((runtime.api_url, "blob:", "data:"))]
@@ -328,8 +383,9 @@ def test_restart_mid_tuning_finishes_the_run_once(tiny_dataset, trained_job, tmp
         if len(jobs_with_output) >= 2:
             second_trial_running.set()
 
-    first = LocalRuntime(home, env=env, say=lambda m: None, source_dir=FAKE_SOURCE, webhook=webhook,
-                         serving=ray_serve, on_line=on_line)
+    first = LocalRuntime(
+        home, env=env, say=lambda m: None, source_dir=FAKE_SOURCE, webhook=webhook, serving=ray_serve, on_line=on_line
+    )
     first.start(serve_api=False)
     first.upload(tiny_dataset, "pets")
     assert second_trial_running.wait(60), "the second trial never started"
@@ -351,7 +407,9 @@ def test_restart_mid_tuning_finishes_the_run_once(tiny_dataset, trained_job, tmp
     assert len(trials) == 3, "the interrupted trial resumed; no extra trial was started"
     log = [json.loads(line) for line in (tmp_path / "fake.log").read_text().splitlines()]
     starts = Counter(e["job"] for e in log if "start" in e)
-    assert max(starts.values()) == 2 and sum(1 for v in starts.values() if v == 2) == 1, "only the interrupted trial ran again"
+    assert max(starts.values()) == 2 and sum(1 for v in starts.values() if v == 2) == 1, (
+        "only the interrupted trial ran again"
+    )
     assert [r["message"]["event"] for r in _Webhook.received] == unaudited
 
 
@@ -362,6 +420,7 @@ def test_a_bad_dataset_is_rejected_locally(tmp_path, ray_serve):
     make_dataset(tmp_path / "two", classes=2, per_class=5, size=16)
     (data / "train").mkdir(parents=True)
     import shutil
+
     shutil.copytree(next((tmp_path / "two" / "train").iterdir()), data / "train" / "only-class")
     runtime = LocalRuntime(tmp_path / "home", say=lambda m: None, serving=ray_serve)
     runtime.start(serve_api=False)
@@ -375,4 +434,3 @@ def test_a_bad_dataset_is_rejected_locally(tmp_path, ray_serve):
     (note,) = runtime.notifications()
     assert note["message"]["event"] == "dataset.rejected" and "at least 2 classes" in note["subject"]
     assert list(runtime.store.names("tuning-job")) == []
-

@@ -54,10 +54,15 @@ class Executor:
             while True:
                 for event in self.events:
                     detail = event["detail"]
-                    if event["detail-type"] == detail_type and name in (detail.get("HyperParameterTuningJobName"), detail.get("TrainingJobName")):
+                    if event["detail-type"] == detail_type and name in (
+                        detail.get("HyperParameterTuningJobName"),
+                        detail.get("TrainingJobName"),
+                    ):
                         return event
                 if not self.arrived.wait(max(0.0, deadline - time.time())):
-                    raise AssertionError(f"no {detail_type} for {name} in {timeout}s; got {[e['detail-type'] for e in self.events]}")
+                    raise AssertionError(
+                        f"no {detail_type} for {name} in {timeout}s; got {[e['detail-type'] for e in self.events]}"
+                    )
 
     def runs(self) -> list[dict]:
         return [json.loads(line) for line in self.log.read_text().splitlines()] if self.log.exists() else []
@@ -84,7 +89,11 @@ def tune(executor: Executor, run: str = "pets-1a2b3c4d", **env) -> tuple[dict, d
 
 
 def children(executor: Executor, run: str) -> list[dict]:
-    return [executor.sagemaker.describe_training_job(n) for n, _, r in executor.store.records("training-job") if r.get("TuningJobName") == run]
+    return [
+        executor.sagemaker.describe_training_job(n)
+        for n, _, r in executor.store.records("training-job")
+        if r.get("TuningJobName") == run
+    ]
 
 
 def test_one_trial_per_gpu_whatever_the_parallel_limit(tmp_path, monkeypatch):
@@ -118,8 +127,11 @@ def test_bayesian_tuning_within_its_limits(executor, tmp_path, monkeypatch):
     # Two at once on the CPU: each trial gets half the cores, so that they do not slow each other.
     assert {run["threads"] for run in executor.runs() if "start" in run} == {str(max(1, (os.cpu_count() or 1) // 2))}
     best = described["BestTrainingJob"]
-    objectives = {t["TrainingJobName"]: {m["MetricName"]: m["Value"] for m in t["FinalMetricDataList"]}["valid:accuracy"]
-                  for t in trials if t["TrainingJobStatus"] == "Completed"}
+    objectives = {
+        t["TrainingJobName"]: {m["MetricName"]: m["Value"] for m in t["FinalMetricDataList"]}["valid:accuracy"]
+        for t in trials
+        if t["TrainingJobStatus"] == "Completed"
+    }
     assert best["TrainingJobName"] == max(objectives, key=objectives.get)
     assert best["FinalHyperParameterTuningJobObjectiveMetric"]["Value"] == max(objectives.values())
     assert set(best["TunedHyperParameters"]) == {"lr", "weight-decay", "epochs", "batch-size"}
@@ -127,12 +139,17 @@ def test_bayesian_tuning_within_its_limits(executor, tmp_path, monkeypatch):
     parsed = TuningJobStateChange.parse(event)
     assert parsed.status == "Completed" and parsed.tags["droptrain:run-id"] == "pets-1a2b3c4d"
     from chalice_app import patterns
+
     assert matches(patterns.tuning_job_state_change({}), event)
     # The counters are the trials' statuses (the median rule may stop the last trial early: it is
     # started only after three have finished, and how fast they do depends on the machine).
     statuses = [t["TrainingJobStatus"] for t in trials]
     assert described["TrainingJobStatusCounters"]["Completed"] == statuses.count("Completed") >= 3
-    assert described["TrainingJobStatusCounters"]["Stopped"] == statuses.count("Stopped") == 4 - statuses.count("Completed")
+    assert (
+        described["TrainingJobStatusCounters"]["Stopped"]
+        == statuses.count("Stopped")
+        == 4 - statuses.count("Completed")
+    )
 
 
 def test_metric_parsing_uses_the_requests_regexes(executor):
@@ -142,8 +159,9 @@ def test_metric_parsing_uses_the_requests_regexes(executor):
     metrics = {m["MetricName"]: m["Value"] for m in trial["FinalMetricDataList"]}
     lr = float(trial["HyperParameters"]["lr"])
     import math
+
     quality = math.exp(-abs(math.log10(lr) - math.log10(0.005)))
-    assert metrics["valid:accuracy"] == pytest.approx(round(quality * (1 - 0.5 ** epochs), 4))
+    assert metrics["valid:accuracy"] == pytest.approx(round(quality * (1 - 0.5**epochs), 4))
     assert metrics["test:accuracy"] == pytest.approx(round(quality * 0.95, 4))
     assert set(metrics) == {"train:loss", "valid:loss", "valid:accuracy", "test:loss", "test:accuracy"}
     assert trial["HyperParameters"]["_tuning_objective_metric"] == "valid:accuracy"
@@ -166,8 +184,13 @@ def test_random_and_grid(executor):
 
 def test_hyperband_stops_weak_trials_early(executor, monkeypatch):
     monkeypatch.setenv("FAKE_EPOCH_SECONDS", "0.15")
-    _, described = tune(executor, TUNING_STRATEGY="Hyperband", MAX_TUNING_JOBS=8, MAX_PARALLEL_JOBS=2,
-                        TUNING_RANGES='{"lr": [0.00001, 0.1], "epochs": [1, 8]}')
+    _, described = tune(
+        executor,
+        TUNING_STRATEGY="Hyperband",
+        MAX_TUNING_JOBS=8,
+        MAX_PARALLEL_JOBS=2,
+        TUNING_RANGES='{"lr": [0.00001, 0.1], "epochs": [1, 8]}',
+    )
     trials = children(executor, "pets-1a2b3c4d")
     assert all(t["HyperParameters"]["epochs"] == "8" for t in trials), "Hyperband's resource is the epoch"
     stopped = [t for t in trials if t["TrainingJobStatus"] == "Stopped"]
@@ -198,8 +221,13 @@ def test_every_trial_failing_fails_the_tuning_job(executor, monkeypatch):
 
 
 def test_final_training_job_from_the_real_request(executor):
-    request = requests.final_training_request(config(), "pets-1a2b3c4d", DATASET.uri,
-                                              requests.static_hyperparameters(config()), {"lr": "0.005", "epochs": "2"})
+    request = requests.final_training_request(
+        config(),
+        "pets-1a2b3c4d",
+        DATASET.uri,
+        requests.static_hyperparameters(config()),
+        {"lr": "0.005", "epochs": "2"},
+    )
     assert executor.sagemaker.create_training_job(request) is True
     event = executor.wait_for("SageMaker Training Job State Change", "pets-1a2b3c4d-final")
     parsed = TrainingJobStateChange.parse(event)
@@ -207,20 +235,25 @@ def test_final_training_job_from_the_real_request(executor):
     described = executor.sagemaker.describe_training_job("pets-1a2b3c4d-final")
     assert described["HyperParameters"]["debug-out"] == "/opt/ml/output/data/debug"
     prefix = "runs/pets-1a2b3c4d/final/pets-1a2b3c4d-final/output/"
-    assert executor.bucket.path(prefix + "model.tar.gz").is_file() and executor.bucket.path(prefix + "output.tar.gz").is_file()
+    assert (
+        executor.bucket.path(prefix + "model.tar.gz").is_file()
+        and executor.bucket.path(prefix + "output.tar.gz").is_file()
+    )
     assert executor.sagemaker.list_tags(described["TrainingJobArn"])["droptrain:role"] == "final"
 
 
 def test_a_killed_process_fails_the_job_with_a_reason(executor, monkeypatch):
     monkeypatch.setenv("FAKE_EPOCH_SECONDS", "5")
-    request = requests.final_training_request(config(), "pets-1a2b3c4d", DATASET.uri,
-                                              requests.static_hyperparameters(config()), {"epochs": "5"})
+    request = requests.final_training_request(
+        config(), "pets-1a2b3c4d", DATASET.uri, requests.static_hyperparameters(config()), {"epochs": "5"}
+    )
     executor.sagemaker.create_training_job(request)
     deadline = time.time() + DEADLINE
     while not executor.runs() and time.time() < deadline:
         time.sleep(0.05)
     import os
     import signal
+
     os.kill(executor.runs()[0]["pid"], signal.SIGKILL)
     executor.wait_for("SageMaker Training Job State Change", "pets-1a2b3c4d-final")
     described = executor.sagemaker.describe_training_job("pets-1a2b3c4d-final")
@@ -239,13 +272,23 @@ def test_head_mode_trials_share_frozen_features(tmp_path, tiny_dataset):
     store = Store(tmp_path / "state.db")
     lines: dict[str, list[str]] = {}
     done = threading.Event()
-    sagemaker = LocalSageMaker(store, bucket, tmp_path / "jobs", lambda e: done.set() if "Tuning" in e["detail-type"] else None,
-                               endpoints=None, on_line=lambda job, line: lines.setdefault(job, []).append(line),
-                               feature_cache=tmp_path / "cache")
+    sagemaker = LocalSageMaker(
+        store,
+        bucket,
+        tmp_path / "jobs",
+        lambda e: done.set() if "Tuning" in e["detail-type"] else None,
+        endpoints=None,
+        on_line=lambda job, line: lines.setdefault(job, []).append(line),
+        feature_cache=tmp_path / "cache",
+    )
     static = '{"arch": "resnet18", "weights": "none", "train-mode": "head", "image-size": "48"}'
     request = requests.tuning_job_request(
-        config(MAX_TUNING_JOBS=3, STATIC_HYPERPARAMETERS=static, TUNING_RANGES='{"lr": [0.001, 0.01], "epochs": [2, 3]}'),
-        "pets-1a2b3c4d", DATASET)
+        config(
+            MAX_TUNING_JOBS=3, STATIC_HYPERPARAMETERS=static, TUNING_RANGES='{"lr": [0.001, 0.01], "epochs": [2, 3]}'
+        ),
+        "pets-1a2b3c4d",
+        DATASET,
+    )
     try:
         sagemaker.create_tuning_job(request)
         assert done.wait(DEADLINE), "the tuning job did not finish"
@@ -256,6 +299,10 @@ def test_head_mode_trials_share_frozen_features(tmp_path, tiny_dataset):
     assert all(sagemaker.describe_training_job(t)["TrainingJobStatus"] == "Completed" for t in trials)
     n_images = sum(1 for _ in tiny_dataset.rglob("*.jpg"))
     computed = [t for t in trials if f"computed frozen features for {n_images} images" in "\n".join(lines[t])]
-    loaded = [t for t in trials if f"loaded frozen features for {n_images} images from the feature cache" in "\n".join(lines[t])]
+    loaded = [
+        t
+        for t in trials
+        if f"loaded frozen features for {n_images} images from the feature cache" in "\n".join(lines[t])
+    ]
     frozen = {t: [line for line in lines[t] if "frozen" in line] for t in trials}
     assert computed == trials[:1] and loaded == trials[1:], frozen

@@ -55,6 +55,8 @@ def test_a_terminal_gets_a_bar_per_running_job():
     assert line.startswith("trial 002 [#         ] epoch 1/4 315 img/s ETA 14s"), line
     assert "\r\x1b[K" in out.getvalue()
     progress(TRIAL, "epoch=1 train_loss=1.2000 valid_loss=1.1000 valid_accuracy=0.6000")
-    assert progress.status().startswith("trial 002 [##        ] epoch 2/4 315 img/s ETA 12s valid_accuracy 0.600"), progress.status()
+    assert progress.status().startswith("trial 002 [##        ] epoch 2/4 315 img/s ETA 12s valid_accuracy 0.600"), (
+        progress.status()
+    )
     feed(progress, clock)
     assert progress.status().endswith("best 0.700 (trial 002)")

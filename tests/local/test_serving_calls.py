@@ -152,10 +152,13 @@ def test_connections_beyond_the_idle_limit_are_closed_after_a_burst(serving, ing
     assert serving._http._idle == []
 
 
-@pytest.mark.parametrize("status, text", [
-    (404, b"Path '/app' not found. Ping http://.../-/routes for available routes."),  # a route added since
-    (500, b"Internal Server Error"),  # an application deleted and deployed again: its old replica is gone
-])
+@pytest.mark.parametrize(
+    "status, text",
+    [
+        (404, b"Path '/app' not found. Ping http://.../-/routes for available routes."),  # a route added since
+        (500, b"Internal Server Error"),  # an application deleted and deployed again: its old replica is gone
+    ],
+)
 def test_a_kept_connection_from_before_haproxy_reloaded_is_asked_again_on_a_new_one(serving, ingress, status, text):
     """HAProxy reloads whenever the applications change; a connection kept from before stays with the
     previous process and its old routes, which answer in Ray's words, not the application's JSON."""

@@ -28,10 +28,13 @@ def test_the_jobs_run_with_exactly_what_the_file_says(tmp_path, tiny_dataset, tr
     monkeypatch.setenv("FAKE_LOG", str(tmp_path / "fake.log"))
     (tmp_path / "droptrain.toml").write_text(TOML)
     settings = read(tmp_path / "droptrain.toml", ["ROLLOUT_BAKE_SECONDS=1"])
-    assert settings.sources == {name: str(tmp_path / "droptrain.toml") for name in
-                                ("TUNING_STRATEGY", "MAX_TUNING_JOBS", "MAX_PARALLEL_JOBS", "AUDIT", "STATIC_HYPERPARAMETERS")} | \
-        {"ROLLOUT_BAKE_SECONDS": "--set"}
-    runtime = LocalRuntime(tmp_path / "home", env=settings.env, say=lambda m: None, source_dir=FAKE_SOURCE, serving=ray_serve)
+    assert settings.sources == {
+        name: str(tmp_path / "droptrain.toml")
+        for name in ("TUNING_STRATEGY", "MAX_TUNING_JOBS", "MAX_PARALLEL_JOBS", "AUDIT", "STATIC_HYPERPARAMETERS")
+    } | {"ROLLOUT_BAKE_SECONDS": "--set"}
+    runtime = LocalRuntime(
+        tmp_path / "home", env=settings.env, say=lambda m: None, source_dir=FAKE_SOURCE, serving=ray_serve
+    )
     runtime.start(serve_api=False)
     try:
         runtime.upload(tiny_dataset, "pets")
@@ -43,19 +46,25 @@ def test_the_jobs_run_with_exactly_what_the_file_says(tmp_path, tiny_dataset, tr
     finally:
         runtime.stop()
     job = tuning["HyperParameterTuningJobConfig"]
-    assert job["Strategy"] == "Random" and job["ResourceLimits"] == {"MaxNumberOfTrainingJobs": 2, "MaxParallelTrainingJobs": 1}
+    assert job["Strategy"] == "Random" and job["ResourceLimits"] == {
+        "MaxNumberOfTrainingJobs": 2,
+        "MaxParallelTrainingJobs": 1,
+    }
     assert trial["HyperParameters"]["arch"] == "resnet34" and trial["HyperParameters"]["image-size"] == "96"
     assert trial["HyperParameters"]["weights"] == "none", "the local defaults stay under what the file changes"
 
 
-@pytest.mark.parametrize("text,sets,words", [
-    ("NOT_A_VARIABLE = 1", [], "unknown variable NOT_A_VARIABLE"),
-    ("MAX_TUNING_JOBS = 'many'", [], "MAX_TUNING_JOBS must be an integer"),
-    ("DATA_BUCKET = 'mine'", [], "DATA_BUCKET is set by the local stack itself"),
-    ("", ["TUNING_STRATEGY=Genetic"], "--set: configuration variable TUNING_STRATEGY must be one of"),
-    ("", ["MAX_TUNING_JOBS"], "write NAME=VALUE"),
-    ("MAX_TUNING_JOBS = [", [], "not TOML"),
-])
+@pytest.mark.parametrize(
+    "text,sets,words",
+    [
+        ("NOT_A_VARIABLE = 1", [], "unknown variable NOT_A_VARIABLE"),
+        ("MAX_TUNING_JOBS = 'many'", [], "MAX_TUNING_JOBS must be an integer"),
+        ("DATA_BUCKET = 'mine'", [], "DATA_BUCKET is set by the local stack itself"),
+        ("", ["TUNING_STRATEGY=Genetic"], "--set: configuration variable TUNING_STRATEGY must be one of"),
+        ("", ["MAX_TUNING_JOBS"], "write NAME=VALUE"),
+        ("MAX_TUNING_JOBS = [", [], "not TOML"),
+    ],
+)
 def test_what_cannot_be_used_is_refused_naming_it(tmp_path, text, sets, words):
     (tmp_path / "droptrain.toml").write_text(text)
     with pytest.raises(SettingsError, match=words.replace("[", r"\[")):
@@ -73,8 +82,15 @@ def test_up_stops_before_starting_anything_and_config_says_where_values_came_fro
     assert cli.main(["config", "--config", str(good), "--set", "APPROVAL_MODE=manual"]) == 0
     out = capsys.readouterr().out
     assert f"TUNING_STRATEGY = Random    # {good}" in out and "APPROVAL_MODE = manual    # --set" in out
-    assert "ENDPOINT_PREFIX = droptrain-local    # the local stack" in out and "GATE_MAX_F1_DROP = (default)    # default" in out
+    assert (
+        "ENDPOINT_PREFIX = droptrain-local    # the local stack" in out
+        and "GATE_MAX_F1_DROP = (default)    # default" in out
+    )
     ranges = next(line for line in out.splitlines() if line.startswith("TUNING_RANGES = "))
     assert ranges.endswith("# the local stack; droptrain up settles it by this machine's weights, GPUs and cores")
-    static = json.loads(next(line for line in out.splitlines() if line.startswith("STATIC_HYPERPARAMETERS")).split(" = ", 1)[1].split("    #")[0])
+    static = json.loads(
+        next(line for line in out.splitlines() if line.startswith("STATIC_HYPERPARAMETERS"))
+        .split(" = ", 1)[1]
+        .split("    #")[0]
+    )
     assert static["arch"] == "resnet34" and static["train-mode"] == "full"

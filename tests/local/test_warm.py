@@ -16,7 +16,7 @@ from droptrain.local.engines.warm import WarmInterpreter
 from droptrain.local.sagemaker import jobs
 from helpers import DEADLINE
 
-PROBE = '''
+PROBE = """
 import json, logging, os, sys, time
 print("probe " + json.dumps({
     "argv": sys.argv, "cwd": os.getcwd(), "path0": sys.path[0], "main": __name__,
@@ -31,7 +31,7 @@ if os.environ.get("PROBE_SLEEP"):
 if os.environ.get("PROBE_FAIL"):
     raise ValueError("the probe fails as asked")
 sys.exit(int(os.environ.get("PROBE_EXIT", "0")))
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +50,20 @@ def _job(root: Path, name: str) -> jobs.JobPaths:
     (root / "data").mkdir()
     (root / "data" / "a.txt").write_text("x")
     paths = jobs.JobPaths(root / name)
-    channel = [{"ChannelName": "training", "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": "s3://b/d/"}}}]
-    jobs.write_config(paths, {"lr": "0.01", "epochs": "2", "sagemaker_program": "train.py",
-                              "sagemaker_submit_directory": str(root / "sourcedir.tar.gz")}, channel, "ml.m5.large")
+    channel = [
+        {"ChannelName": "training", "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": "s3://b/d/"}}}
+    ]
+    jobs.write_config(
+        paths,
+        {
+            "lr": "0.01",
+            "epochs": "2",
+            "sagemaker_program": "train.py",
+            "sagemaker_submit_directory": str(root / "sourcedir.tar.gz"),
+        },
+        channel,
+        "ml.m5.large",
+    )
     jobs.stage_channel(paths, "training", root / "data")
     return paths
 
@@ -82,21 +93,32 @@ def test_a_job_runs_in_the_warm_interpreter_as_in_a_fresh_one(tmp_path, warm, ex
         probe = _probe(lines)
         assert probe["argv"] == ["train.py", "--epochs", "2", "--lr", "0.01"]
         assert probe["cwd"] == probe["path0"] == str(paths.root / "code") and probe["main"] == "__main__"
-        assert probe["channel"] == str(paths.input_data / "training") and probe["lr"] == "0.01" and probe["job"] == "probe-job"
+        assert (
+            probe["channel"] == str(paths.input_data / "training")
+            and probe["lr"] == "0.01"
+            and probe["job"] == "probe-job"
+        )
         assert probe["root_handlers"] == 0, "logging as a fresh interpreter has it"
         assert "to stderr" in lines
         assert (paths.output / "success").exists() == (status == 0)
         if status:
             assert paths.failure.exists()
             assert (f"ExitCode {status}" in paths.failure.read_text()) or "ValueError" in paths.failure.read_text()
-    assert _probe(results["cold"][1]) | {"cwd": "", "path0": "", "channel": ""} == \
-        _probe(results["warm"][1]) | {"cwd": "", "path0": "", "channel": ""}
+    assert _probe(results["cold"][1]) | {"cwd": "", "path0": "", "channel": ""} == _probe(results["warm"][1]) | {
+        "cwd": "",
+        "path0": "",
+        "channel": "",
+    }
 
 
 def test_stopping_a_warm_job_ends_the_toolkit_and_the_script(tmp_path, warm):
     paths = _job(tmp_path, "probe-stop")
-    env = jobs.toolkit_env(paths, "probe-stop", "arn:aws:sagemaker:local:0:training-job/probe-stop",
-                           {"PROBE_SLEEP": "60", "PROBE_PID": str(tmp_path / "script.pid")})
+    env = jobs.toolkit_env(
+        paths,
+        "probe-stop",
+        "arn:aws:sagemaker:local:0:training-job/probe-stop",
+        {"PROBE_SLEEP": "60", "PROBE_PID": str(tmp_path / "script.pid")},
+    )
     process = warm.start(["train"], paths.root, env)
     deadline = time.time() + DEADLINE
     while not (tmp_path / "script.pid").exists() and time.time() < deadline:
@@ -135,8 +157,11 @@ def test_two_threads_may_wait_for_one_job(tmp_path, warm):
     import threading
 
     paths = _job(tmp_path, "probe-waits")
-    process = warm.start(["train"], paths.root, jobs.toolkit_env(paths, "probe-waits", "arn", {"PROBE_SLEEP": "1",
-                                                                                                "PROBE_PID": str(tmp_path / "pid")}))
+    process = warm.start(
+        ["train"],
+        paths.root,
+        jobs.toolkit_env(paths, "probe-waits", "arn", {"PROBE_SLEEP": "1", "PROBE_PID": str(tmp_path / "pid")}),
+    )
     codes, errors = [], []
 
     def waiter():

@@ -24,8 +24,12 @@ from orchestrator.test_requests import BASE_ENV
 BUCKET = BASE_ENV["DATA_BUCKET"]
 # Operations moto lacks or cannot shape realistically; a Stubber answers them, validating our
 # canned responses against the service model.
-STUBBED_SAGEMAKER = ("describe_hyper_parameter_tuning_job", "update_endpoint",
-                     "list_training_jobs_for_hyper_parameter_tuning_job", "stop_hyper_parameter_tuning_job")
+STUBBED_SAGEMAKER = (
+    "describe_hyper_parameter_tuning_job",
+    "update_endpoint",
+    "list_training_jobs_for_hyper_parameter_tuning_job",
+    "stop_hyper_parameter_tuning_job",
+)
 
 
 @dataclass
@@ -55,18 +59,26 @@ class Stage:
                 return out
             for m in batch:
                 body = json.loads(m["Body"])
-                out.append({
-                    "subject": body["Subject"],
-                    "attributes": {k: v["Value"] for k, v in body.get("MessageAttributes", {}).items()},
-                    **json.loads(body["Message"]),
-                })
+                out.append(
+                    {
+                        "subject": body["Subject"],
+                        "attributes": {k: v["Value"] for k, v in body.get("MessageAttributes", {}).items()},
+                        **json.loads(body["Message"]),
+                    }
+                )
                 self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=m["ReceiptHandle"])
 
     def put(self, key: str, body: bytes = b"\xff\xd8\xff\xe0 fake jpeg") -> str:
         return self.s3.put_object(Bucket=BUCKET, Key=key, Body=body)["ETag"].strip('"')
 
-    def upload_folder(self, name: str, classes=("beagle", "corgi", "pug"), splits=("train", "valid", "test"), per=3,
-                      marker: bytes = b"") -> dict:
+    def upload_folder(
+        self,
+        name: str,
+        classes=("beagle", "corgi", "pug"),
+        splits=("train", "valid", "test"),
+        per=3,
+        marker: bytes = b"",
+    ) -> dict:
         for split in splits:
             for cls in classes:
                 for i in range(per):
@@ -86,8 +98,13 @@ class Stage:
 
 @pytest.fixture
 def stage(monkeypatch):
-    env = {**BASE_ENV, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1", "POWERTOOLS_METRICS_NAMESPACE": "droptrain-test"}
+    env = {
+        **BASE_ENV,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "POWERTOOLS_METRICS_NAMESPACE": "droptrain-test",
+    }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     with mock_aws():
@@ -110,8 +127,18 @@ def stage(monkeypatch):
         runtime_client = boto3.client("sagemaker-runtime", region_name="us-east-1")
         runtime_stub = Stubber(runtime_client)
         services.runtime = RuntimeAdapter(runtime_client)
-        stage = Stage(s3, moto_sagemaker, stub, runtime_stub, queue, sqs, sleeps, services, stub_client,
-                      boto3.client("cloudwatch", region_name="us-east-1"))
+        stage = Stage(
+            s3,
+            moto_sagemaker,
+            stub,
+            runtime_stub,
+            queue,
+            sqs,
+            sleeps,
+            services,
+            stub_client,
+            boto3.client("cloudwatch", region_name="us-east-1"),
+        )
         stage.route()
         with stub, runtime_stub:
             yield stage
@@ -126,10 +153,15 @@ def make_client(project: Path, services: Any = None):
     from chalice_app.application import create_app
 
     (project / ".chalice").mkdir(parents=True, exist_ok=True)
-    (project / ".chalice" / "config.json").write_text(json.dumps({
-        "version": "2.0", "app_name": "droptrain",
-        "stages": {"test": {"environment_variables": {k: os.environ[k] for k in BASE_ENV if k in os.environ}}},
-    }))
+    (project / ".chalice" / "config.json").write_text(
+        json.dumps(
+            {
+                "version": "2.0",
+                "app_name": "droptrain",
+                "stages": {"test": {"environment_variables": {k: os.environ[k] for k in BASE_ENV if k in os.environ}}},
+            }
+        )
+    )
     return Client(create_app(os.environ, services), project_dir=str(project), stage_name="test")
 
 

@@ -12,8 +12,16 @@ from orchestrator.test_requests import BASE_ENV
 
 def _services(problem: str) -> Services:
     """Services whose stack reports one problem: ``GET /status`` answers it without any AWS call."""
-    return Services(config=config.load(BASE_ENV), s3=None, sagemaker=None, runtime=None, notifier=None,
-                    sleep=lambda seconds: None, alarms=None, problems=lambda: [problem])
+    return Services(
+        config=config.load(BASE_ENV),
+        s3=None,
+        sagemaker=None,
+        runtime=None,
+        notifier=None,
+        sleep=lambda seconds: None,
+        alarms=None,
+        problems=lambda: [problem],
+    )
 
 
 def _status(app) -> tuple[int, str]:

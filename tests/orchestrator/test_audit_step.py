@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from chalice_app import names
+from chalice_app import audit_requests, names
 from chalice_app import sagemaker_requests as requests
 from orchestrator.conftest import BUCKET, invoke
 from orchestrator.support import validate
@@ -14,18 +14,25 @@ from orchestrator.test_requests import make_config
 
 def test_the_audit_job_request_is_valid():
     config = make_config(AUDIT="true")
-    request = requests.audit_job_request(config, "dogs-3f9a1c2e", "s3://droptrain-data-dev/datasets/dogs/")
+    request = audit_requests.audit_job_request(config, "dogs-3f9a1c2e", "s3://droptrain-data-dev/datasets/dogs/")
     validate("sagemaker", "CreateProcessingJob", request)
     assert request["ProcessingJobName"] == "dogs-3f9a1c2e-audit"
-    assert request["AppSpecification"]["ImageUri"] == config.training_image_uri, "the training image has PIL and the code's needs"
-    assert request["ProcessingOutputConfig"]["Outputs"][0]["S3Output"]["S3Uri"] == "s3://droptrain-data-dev/runs/dogs-3f9a1c2e/reports/"
+    assert request["AppSpecification"]["ImageUri"] == config.training_image_uri, (
+        "the training image has PIL and the code's needs"
+    )
+    assert (
+        request["ProcessingOutputConfig"]["Outputs"][0]["S3Output"]["S3Uri"]
+        == "s3://droptrain-data-dev/runs/dogs-3f9a1c2e/reports/"
+    )
     assert {t["Key"]: t["Value"] for t in request["Tags"]}["droptrain:role"] == "audit"
 
 
 def _audited_upload(stage, client, name="pets"):
     stage.services.config = dataclasses.replace(stage.services.config, audit=True)
     s3_event = stage.upload_folder(name)
-    run = names.run_id(names.parse_dataset_key(BUCKET, f"datasets/{name}/_READY", "datasets/"), s3_event["detail"]["object"]["etag"])
+    run = names.run_id(
+        names.parse_dataset_key(BUCKET, f"datasets/{name}/_READY", "datasets/"), s3_event["detail"]["object"]["etag"]
+    )
     assert invoke(client, "on_dataset_uploaded", s3_event) == "audit job created"
     tuning = stage.sagemaker.list_hyper_parameter_tuning_jobs()["HyperParameterTuningJobSummaries"]
     assert run not in {j["HyperParameterTuningJobName"] for j in tuning}, "not before the audit"
@@ -35,24 +42,50 @@ def _audited_upload(stage, client, name="pets"):
 
 
 def _audit_ended(run: str, status: str = "Completed") -> dict:
-    return {"version": "0", "id": f"audit-{run}-{status}", "detail-type": "SageMaker Processing Job State Change",
-            "source": "aws.sagemaker", "account": "123456789012", "time": "2026-11-24T12:00:00Z", "region": "us-east-1",
-            "resources": [f"arn:aws:sagemaker:us-east-1:123456789012:processing-job/{run}-audit"],
-            "detail": {"ProcessingJobName": f"{run}-audit", "ProcessingJobStatus": status,
-                       "ProcessingJobArn": f"arn:aws:sagemaker:us-east-1:123456789012:processing-job/{run}-audit"}}
+    return {
+        "version": "0",
+        "id": f"audit-{run}-{status}",
+        "detail-type": "SageMaker Processing Job State Change",
+        "source": "aws.sagemaker",
+        "account": "123456789012",
+        "time": "2026-11-24T12:00:00Z",
+        "region": "us-east-1",
+        "resources": [f"arn:aws:sagemaker:us-east-1:123456789012:processing-job/{run}-audit"],
+        "detail": {
+            "ProcessingJobName": f"{run}-audit",
+            "ProcessingJobStatus": status,
+            "ProcessingJobArn": f"arn:aws:sagemaker:us-east-1:123456789012:processing-job/{run}-audit",
+        },
+    }
 
 
 def _report(blocking=(), duplicates=None) -> bytes:
-    return json.dumps({"images": 27, "classes": ["beagle", "corgi", "pug"], "counts": {"train": {"beagle": 3}},
-                       "imbalance_ratio": 1.0, "unreadable": [], "duplicates": duplicates or [],
-                       "duplicate_summary": {"exact within a class": 1} if duplicates else {}, "not_rgb": [{"path": "x", "mode": "CMYK"}],
-                       "tiny_images": [], "extreme_aspect": [], "hidden_folders": ["train/__MACOSX"], "class_name_twins": [],
-                       "blocking": list(blocking), "leaked": ["test/pug/1.jpg"] if blocking else []}).encode()
+    return json.dumps(
+        {
+            "images": 27,
+            "classes": ["beagle", "corgi", "pug"],
+            "counts": {"train": {"beagle": 3}},
+            "imbalance_ratio": 1.0,
+            "unreadable": [],
+            "duplicates": duplicates or [],
+            "duplicate_summary": {"exact within a class": 1} if duplicates else {},
+            "not_rgb": [{"path": "x", "mode": "CMYK"}],
+            "tiny_images": [],
+            "extreme_aspect": [],
+            "hidden_folders": ["train/__MACOSX"],
+            "class_name_twins": [],
+            "blocking": list(blocking),
+            "leaked": ["test/pug/1.jpg"] if blocking else [],
+        }
+    ).encode()
 
 
 def test_a_clean_audit_starts_the_tuning_job_with_its_warnings_told(stage, client):
     run = _audited_upload(stage, client)
-    stage.put(f"runs/{run}/reports/audit.json", _report(duplicates=[{"kind": "exact", "where": "within a class", "files": []}]))
+    stage.put(
+        f"runs/{run}/reports/audit.json",
+        _report(duplicates=[{"kind": "exact", "where": "within a class", "files": []}]),
+    )
     assert invoke(client, "on_processing_job_state_change", _audit_ended(run)) == "tuning job created"
     notes = stage.notifications()
     assert [n["event"] for n in notes] == ["dataset.audited", "tuning.started"]
@@ -69,8 +102,10 @@ def test_a_clean_audit_starts_the_tuning_job_with_its_warnings_told(stage, clien
 def test_the_audit_s_own_warning_lines_are_told_as_they_are(stage, client):
     """An audit that tells its warnings (each kind once, with examples) is quoted, not recounted."""
     run = _audited_upload(stage, client)
-    lines = ["all 27 image(s) are grey (L); training converts them to RGB",
-             "1 possible mislabel(s): the same image under two classes, e.g. train/pug/1.jpg ≈ train/corgi/2.jpg"]
+    lines = [
+        "all 27 image(s) are grey (L); training converts them to RGB",
+        "1 possible mislabel(s): the same image under two classes, e.g. train/pug/1.jpg ≈ train/corgi/2.jpg",
+    ]
     report = {**json.loads(_report()), "warnings": lines}
     stage.put(f"runs/{run}/reports/audit.json", json.dumps(report).encode())
     assert invoke(client, "on_processing_job_state_change", _audit_ended(run)) == "tuning job created"
@@ -80,7 +115,10 @@ def test_the_audit_s_own_warning_lines_are_told_as_they_are(stage, client):
 
 def test_blocking_findings_reject_the_run_with_the_evidence(stage, client):
     run = _audited_upload(stage, client)
-    stage.put(f"runs/{run}/reports/audit.json", _report(blocking=["2 test images duplicate images of other splits (11.1% ...)"]))
+    stage.put(
+        f"runs/{run}/reports/audit.json",
+        _report(blocking=["2 test images duplicate images of other splits (11.1% ...)"]),
+    )
     outcome = invoke(client, "on_processing_job_state_change", _audit_ended(run))
     assert outcome.startswith("rejected: 2 test images duplicate")
     rejected = stage.notifications()
@@ -91,9 +129,14 @@ def test_blocking_findings_reject_the_run_with_the_evidence(stage, client):
 
 def test_an_audit_that_wrote_nothing_rejects_the_run(stage, client):
     run = _audited_upload(stage, client)
-    assert invoke(client, "on_processing_job_state_change", _audit_ended(run, "Failed")).startswith("rejected: the dataset audit failed")
-    assert invoke(client, "on_processing_job_state_change", {**_audit_ended(run), "detail": {
-        "ProcessingJobName": "someone-elses-job", "ProcessingJobStatus": "Completed"}}).startswith("ignored")
+    assert invoke(client, "on_processing_job_state_change", _audit_ended(run, "Failed")).startswith(
+        "rejected: the dataset audit failed"
+    )
+    assert invoke(
+        client,
+        "on_processing_job_state_change",
+        {**_audit_ended(run), "detail": {"ProcessingJobName": "someone-elses-job", "ProcessingJobStatus": "Completed"}},
+    ).startswith("ignored")
 
 
 def test_the_rule_routes_only_audit_endings():
@@ -116,11 +159,18 @@ def test_audit_fix_mends_leakage_and_the_trials_get_the_report(stage, client):
     stage.put(f"runs/{run}/reports/audit.json", json.dumps(report).encode())
     assert invoke(client, "on_processing_job_state_change", _audit_ended(run)) == "tuning job created"
     audited = stage.notifications()[0]
-    assert audited["event"] == "dataset.audited" and audited["detail"]["warnings"][0].startswith("AUDIT_FIX: 1 held-out image(s)")
+    assert audited["event"] == "dataset.audited" and audited["detail"]["warnings"][0].startswith(
+        "AUDIT_FIX: 1 held-out image(s)"
+    )
     described = stage.sagemaker.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=run)
-    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in described["TrainingJobDefinition"]["InputDataConfig"]}
+    channels = {
+        c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"]
+        for c in described["TrainingJobDefinition"]["InputDataConfig"]
+    }
     assert channels["audit"] == f"s3://{BUCKET}/runs/{run}/reports/audit.json"
-    final = requests.final_training_request(stage.services.config, run, f"s3://{BUCKET}/datasets/pets/", {}, {}, None, None, channels["audit"])
+    final = requests.final_training_request(
+        stage.services.config, run, f"s3://{BUCKET}/datasets/pets/", {}, {}, None, None, channels["audit"]
+    )
     validate("sagemaker", "CreateTrainingJob", final)
     # A class too small still blocks, fix or not.
     report["blocking"].append("classes with fewer than 5 training images: rare (3)")
@@ -128,4 +178,7 @@ def test_audit_fix_mends_leakage_and_the_trials_get_the_report(stage, client):
     second = _audited_upload(stage, client, "flowers")
     stage.services.config = dataclasses.replace(stage.services.config, audit_fix=True)
     stage.put(f"runs/{second}/reports/audit.json", json.dumps(report).encode())
-    assert invoke(client, "on_processing_job_state_change", _audit_ended(second)) == "rejected: classes with fewer than 5 training images: rare (3)"
+    assert (
+        invoke(client, "on_processing_job_state_change", _audit_ended(second))
+        == "rejected: classes with fewer than 5 training images: rare (3)"
+    )

@@ -4,8 +4,12 @@ from chalice_app import gate
 
 
 def _evaluation(recalls: dict[str, float], f1: float, baseline: dict | None = None) -> dict:
-    report = {"classes": sorted(recalls), "per_class": {c: {"precision": r, "recall": r, "f1": r, "support": 10} for c, r in recalls.items()},
-              "macro_avg": {"precision": f1, "recall": f1, "f1": f1}, "split": "test"}
+    report = {
+        "classes": sorted(recalls),
+        "per_class": {c: {"precision": r, "recall": r, "f1": r, "support": 10} for c, r in recalls.items()},
+        "macro_avg": {"precision": f1, "recall": f1, "f1": f1},
+        "split": "test",
+    }
     if baseline is not None:
         report["baseline"] = baseline
     return report
@@ -31,11 +35,16 @@ def test_compared_on_the_same_split_within_the_tolerances():
 
 def test_a_macro_f1_drop_or_a_class_recall_drop_holds_it():
     serving = {"a": 0.90, "b": 0.80}
-    worse_f1 = gate.judge(_evaluation({"a": 0.90, "b": 0.80}, 0.83, _baseline("r-1", serving, 0.85)), "r-1", None, 0.01, 0.05)
+    worse_f1 = gate.judge(
+        _evaluation({"a": 0.90, "b": 0.80}, 0.83, _baseline("r-1", serving, 0.85)), "r-1", None, 0.01, 0.05
+    )
     assert not worse_f1.passed and "macro-F1" in worse_f1.reasons[0]
-    worse_class = gate.judge(_evaluation({"a": 0.84, "b": 0.95}, 0.90, _baseline("r-1", serving, 0.85)), "r-1", None, 0.01, 0.05)
+    worse_class = gate.judge(
+        _evaluation({"a": 0.84, "b": 0.95}, 0.90, _baseline("r-1", serving, 0.85)), "r-1", None, 0.01, 0.05
+    )
     assert not worse_class.passed and worse_class.reasons == [
-        "recall of 'a' 0.8400 is 0.0600 below the serving version's 0.9000 (at most 0.05 allowed)"]
+        "recall of 'a' 0.8400 is 0.0600 below the serving version's 0.9000 (at most 0.05 allowed)"
+    ]
     assert worse_class.comparison["recall"]["b"]["change"] == 0.15
 
 
@@ -50,10 +59,14 @@ def test_the_baseline_must_be_the_serving_run():
 def test_different_class_sets_are_not_compared():
     new = _evaluation({"a": 0.5, "c": 0.5}, 0.5, {"run_id": "r-1", "classes_match": False, "classes": ["a", "b"]})
     assert gate.judge(new, "r-1", None, 0.01, 0.05).passed
-    assert gate.judge(_evaluation({"a": 0.5, "c": 0.5}, 0.5), "r-1", _evaluation({"a": 0.9, "b": 0.9}, 0.9), 0.01, 0.05).passed
+    assert gate.judge(
+        _evaluation({"a": 0.5, "c": 0.5}, 0.5), "r-1", _evaluation({"a": 0.9, "b": 0.9}, 0.9), 0.01, 0.05
+    ).passed
 
 
 def test_nothing_to_compare_holds_it_for_a_person():
     assert not gate.judge(None, "r-1", None, 0.01, 0.05).passed
-    verdict = gate.judge(_evaluation({"a": 0.9}, 0.9, {"error": "the baseline archive cannot be read"}), "r-1", None, 0.01, 0.05)
+    verdict = gate.judge(
+        _evaluation({"a": 0.9}, 0.9, {"error": "the baseline archive cannot be read"}), "r-1", None, 0.01, 0.05
+    )
     assert not verdict.passed and "cannot be read" in verdict.reasons[0]

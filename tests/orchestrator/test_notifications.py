@@ -18,11 +18,14 @@ TOPIC = "arn:aws:sns:us-east-1:123456789012:droptrain-dev"
 BUCKET = "droptrain-data-dev"
 
 
-@pytest.mark.parametrize("summary", [
-    "a\x07bell, a\ttab,\r\na newline and \x1b[31mcolour\x1b[0m",
-    "Müller's 🐕 dataset" * 20,
-    "x" * 500,
-])
+@pytest.mark.parametrize(
+    "summary",
+    [
+        "a\x07bell, a\ttab,\r\na newline and \x1b[31mcolour\x1b[0m",
+        "Müller's 🐕 dataset" * 20,
+        "x" * 500,
+    ],
+)
 def test_subjects_are_one_printable_ascii_line_under_100_characters(summary):
     text = subject(Notification("dataset.accepted", "r-1", None, "Accepted", summary))
     assert len(text) < 100
@@ -49,8 +52,14 @@ def aws(monkeypatch):
 def test_a_message_too_large_for_sns_is_shortened_and_kept_whole_in_s3(aws):
     s3, sns, sqs, queue = aws
     classes = [f"class-{i:05d}-with-a-rather-long-descriptive-name" for i in range(20_000)]
-    note = Notification("dataset.accepted", "dogs-1a2b3c4d", "s3://b/datasets/dogs/", "Accepted", "accepted",
-                        detail={"classes": classes, "num_classes": len(classes), "layout": "splits"})
+    note = Notification(
+        "dataset.accepted",
+        "dogs-1a2b3c4d",
+        "s3://b/datasets/dogs/",
+        "Accepted",
+        "accepted",
+        detail={"classes": classes, "num_classes": len(classes), "layout": "splits"},
+    )
     assert Notifier(SnsAdapter(sns), S3Adapter(s3), TOPIC, BUCKET).send(note)
     (received,) = sqs.receive_message(QueueUrl=queue)["Messages"]
     assert len(received["Body"].encode()) <= MESSAGE_MAX_BYTES
@@ -77,9 +86,19 @@ def test_publishing_failing_takes_the_marker_back_so_the_retry_sends(aws):
 
 
 def _conflict(stub: Stubber) -> None:
-    stub.add_client_error("put_object", "ConditionalRequestConflict", "A conflicting operation is in progress",
-                          http_status_code=409, expected_params={"Bucket": BUCKET, "Key": "k", "Body": b"{}",
-                                                                 "IfNoneMatch": "*", "ContentType": "application/json"})
+    stub.add_client_error(
+        "put_object",
+        "ConditionalRequestConflict",
+        "A conflicting operation is in progress",
+        http_status_code=409,
+        expected_params={
+            "Bucket": BUCKET,
+            "Key": "k",
+            "Body": b"{}",
+            "IfNoneMatch": "*",
+            "ContentType": "application/json",
+        },
+    )
 
 
 def test_a_conditional_write_conflict_is_retried():
@@ -87,8 +106,11 @@ def test_a_conditional_write_conflict_is_retried():
     stub = Stubber(client)
     _conflict(stub)
     _conflict(stub)
-    stub.add_response("put_object", {"ETag": '"abc"'}, {"Bucket": BUCKET, "Key": "k", "Body": ANY, "IfNoneMatch": "*",
-                                                        "ContentType": "application/json"})
+    stub.add_response(
+        "put_object",
+        {"ETag": '"abc"'},
+        {"Bucket": BUCKET, "Key": "k", "Body": ANY, "IfNoneMatch": "*", "ContentType": "application/json"},
+    )
     sleeps: list[float] = []
     with stub:
         assert S3Adapter(client, sleep=sleeps.append).put_if_absent(BUCKET, "k", b"{}") is True

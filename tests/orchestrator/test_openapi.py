@@ -30,8 +30,12 @@ def _codes_in(path: Path) -> set[str]:
     code argument of ``…Error(message, "code")`` / ``RequestRejected(status, "code", …)`` calls."""
     codes = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Tuple) and "code" in [getattr(e, "id", "") for e in t.elts]
-                                                or getattr(t, "id", "") == "code" for t in node.targets):
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Tuple)
+            and "code" in [getattr(e, "id", "") for e in t.elts]
+            or getattr(t, "id", "") == "code"
+            for t in node.targets
+        ):
             values = node.value.elts if isinstance(node.value, ast.Tuple) else [node.value]
             codes |= {v.value for v in values if isinstance(v, ast.Constant) and isinstance(v.value, str)}
         if isinstance(node, ast.Call):

@@ -43,8 +43,14 @@ def test_function_zip_is_the_app_and_chalice_app_only(packaged):
     assert archive.stat().st_size < 5 * 1024 * 1024
     with zipfile.ZipFile(archive) as zf:
         names = zf.namelist()
-    assert "app.py" in names and "chalice_app/pipeline/deployment.py" in names and "chalice_app/adapters/sagemaker.py" in names
-    assert {f"chalice_app/assets/{n}" for n in ("index.html", "console.js", "console.css")} <= set(names), "the console ships with the app"
+    assert (
+        "app.py" in names
+        and "chalice_app/pipeline/deployment.py" in names
+        and "chalice_app/adapters/sagemaker.py" in names
+    )
+    assert {f"chalice_app/assets/{n}" for n in ("index.html", "console.js", "console.css")} <= set(names), (
+        "the console ships with the app"
+    )
     tops = {n.split("/")[0] for n in names}
     assert tops == {"app.py", "chalice_app", "chalice"}, tops
     assert not any(n.split("/")[0] in HEAVY for n in names)
@@ -97,7 +103,9 @@ def test_template_resources(packaged):
         else:
             assert on_failure is None
     queue = resources["FailedEventsQueue"]["Properties"]
-    assert queue["QueueName"] == f"droptrain-{stage}-failed-events" and queue["MessageRetentionPeriod"] == 14 * 24 * 3600
+    assert (
+        queue["QueueName"] == f"droptrain-{stage}-failed-events" and queue["MessageRetentionPeriod"] == 14 * 24 * 3600
+    )
     # A 2-million-member zip's central directory takes ~20 s and ~2 GB to read; the API answers within 29 s.
     assert functions["OnDatasetUploaded"]["Properties"]["MemorySize"] == 3008
     assert functions["OnDatasetUploaded"]["Properties"]["Timeout"] == 300
@@ -120,9 +128,16 @@ def test_template_resources(packaged):
     assert {"image/jpeg", "image/png"} <= set(api["x-amazon-apigateway-binary-media-types"])
     package_pattern = rules["OnModelPackageStateChangeEvent"]["Properties"]["Pattern"]
     assert package_pattern["detail-type"] == ["SageMaker Model Package State Change"]
-    assert package_pattern["detail"] == {"ModelApprovalStatus": ["Approved"],
-                                         "ModelPackageGroupName": [{"prefix": f"{env['ENDPOINT_PREFIX']}-"}]}
-    for route in ("/predict/{project}", "/projects", "/projects/{project}", "/projects/{project}/versions/{run_id}/deploy"):
+    assert package_pattern["detail"] == {
+        "ModelApprovalStatus": ["Approved"],
+        "ModelPackageGroupName": [{"prefix": f"{env['ENDPOINT_PREFIX']}-"}],
+    }
+    for route in (
+        "/predict/{project}",
+        "/projects",
+        "/projects/{project}",
+        "/projects/{project}/versions/{run_id}/deploy",
+    ):
         assert route in api["paths"], route
     assert ("security" in api["paths"]["/projects/{project}/versions/{run_id}/deploy"]["post"]) is (stage == "prod")
     needs_key = "security" in api["paths"]["/predict"]["post"]
@@ -135,7 +150,9 @@ def test_function_roles_are_least_privilege(packaged):
     resources = json.loads(path.read_text())["Resources"]
     env = sam.stage_env(sam.read_config(), stage)
     expected = policies.lambda_policy(env)
-    roles = [r for r in resources.values() if r["Type"] == "AWS::IAM::Role" and r is not resources["SageMakerExecutionRole"]]
+    roles = [
+        r for r in resources.values() if r["Type"] == "AWS::IAM::Role" and r is not resources["SageMakerExecutionRole"]
+    ]
     assert roles
     for role in roles:
         assert [p["PolicyDocument"] for p in role["Properties"]["Policies"]] == [expected]
@@ -143,21 +160,33 @@ def test_function_roles_are_least_privilege(packaged):
     assert statements["PassTheSageMakerRole"]["Resource"] == env["SAGEMAKER_ROLE_ARN"]
     assert statements["Notify"]["Resource"] == env["NOTIFY_TOPIC_ARN"]
     assert statements["ReadTheBucket"]["Resource"] == f"arn:aws:s3:::{env['DATA_BUCKET']}/*"
-    assert statements["WriteRunsOnly"]["Resource"] == f"arn:aws:s3:::{env['DATA_BUCKET']}/runs/*", \
+    assert statements["WriteRunsOnly"]["Resource"] == f"arn:aws:s3:::{env['DATA_BUCKET']}/runs/*", (
         "writing datasets/ starts runs: only runs/ is writable"
+    )
     projects = f"{env['ENDPOINT_PREFIX'].lower()}-"
     assert statements["ProjectEndpoints"]["Resource"][0].endswith(f":endpoint/{projects}*")
-    assert "sagemaker:DeleteEndpoint" in statements["ProjectEndpoints"]["Action"], "a Failed endpoint is deleted and created again"
+    assert "sagemaker:DeleteEndpoint" in statements["ProjectEndpoints"]["Action"], (
+        "a Failed endpoint is deleted and created again"
+    )
     registry = statements["ProjectModelRegistry"]
-    assert registry["Resource"] == [f"arn:aws:sagemaker:us-east-1:123456789012:model-package-group/{projects}*",
-                                    f"arn:aws:sagemaker:us-east-1:123456789012:model-package/{projects}*/*"]
-    assert {"sagemaker:CreateModelPackageGroup", "sagemaker:CreateModelPackage", "sagemaker:UpdateModelPackage",
-            "sagemaker:DescribeModelPackage", "sagemaker:ListModelPackages"} <= set(registry["Action"])
+    assert registry["Resource"] == [
+        f"arn:aws:sagemaker:us-east-1:123456789012:model-package-group/{projects}*",
+        f"arn:aws:sagemaker:us-east-1:123456789012:model-package/{projects}*/*",
+    ]
+    assert {
+        "sagemaker:CreateModelPackageGroup",
+        "sagemaker:CreateModelPackage",
+        "sagemaker:UpdateModelPackage",
+        "sagemaker:DescribeModelPackage",
+        "sagemaker:ListModelPackages",
+    } <= set(registry["Action"])
     assert statements["ProjectAlarms"]["Action"] == ["cloudwatch:PutMetricAlarm", "cloudwatch:TagResource"]
     assert statements["ProjectAlarms"]["Resource"] == [f"arn:aws:cloudwatch:us-east-1:123456789012:alarm:{projects}*"]
     assert statements["KeepFailedEvents"]["Resource"].endswith(f":droptrain-{stage}-failed-events")
     assert statements["RollbackAlarms"]["Action"] == "cloudwatch:DescribeAlarms"
-    assert statements["CreateRunResourcesTagged"]["Condition"] == {"StringLike": {"aws:RequestTag/droptrain:run-id": "?*"}}
+    assert statements["CreateRunResourcesTagged"]["Condition"] == {
+        "StringLike": {"aws:RequestTag/droptrain:run-id": "?*"}
+    }
     wildcard_actions = [s for s in expected["Statement"] if s["Resource"] == "*"]
     # X-Ray, the Price List and ListModelPackageGroups take no resource ARN (the functions filter the
     # groups to their prefix).
@@ -187,19 +216,28 @@ def _arns(document) -> list[str]:
 def test_policies_follow_the_partition_and_lower_case_endpoint_names():
     for document in (policies.lambda_policy(CHINA_ENV), policies.sagemaker_role_policy(CHINA_ENV)):
         arns = _arns(document)
-        assert arns and all(a.startswith("arn:aws-cn:") for a in arns), [a for a in arns if not a.startswith("arn:aws-cn:")]
-    assert "arn:aws-cn:sagemaker:cn-north-1:123456789012:endpoint/droptrain-dev-*" in _arns(policies.lambda_policy(CHINA_ENV))
-    assert "arn:aws-cn:sagemaker:cn-north-1:123456789012:model-package-group/droptrain-dev-*" in _arns(policies.lambda_policy(CHINA_ENV))
+        assert arns and all(a.startswith("arn:aws-cn:") for a in arns), [
+            a for a in arns if not a.startswith("arn:aws-cn:")
+        ]
+    assert "arn:aws-cn:sagemaker:cn-north-1:123456789012:endpoint/droptrain-dev-*" in _arns(
+        policies.lambda_policy(CHINA_ENV)
+    )
+    assert "arn:aws-cn:sagemaker:cn-north-1:123456789012:model-package-group/droptrain-dev-*" in _arns(
+        policies.lambda_policy(CHINA_ENV)
+    )
     alarms = {s["Sid"]: s for s in policies.lambda_policy(CHINA_ENV)["Statement"]}["RollbackAlarms"]["Resource"]
     assert "arn:aws-cn:cloudwatch:cn-north-1:123456789012:alarm:my-5xx-alarm" in alarms
 
 
 def test_the_execution_role_pulls_from_the_accounts_the_images_name_and_writes_only_runs():
-    env = {**CHINA_ENV, "NOTIFY_TOPIC_ARN": "arn:aws:sns:eu-south-1:123456789012:droptrain-dev",
-           "SAGEMAKER_ROLE_ARN": "arn:aws:iam::123456789012:role/droptrain-sagemaker-dev",
-           "TRAINING_IMAGE_URI": "692866216735.dkr.ecr.eu-south-1.amazonaws.com/pytorch-training:2.10.0-gpu-py313",
-           "INFERENCE_IMAGE_URI": "692866216735.dkr.ecr.eu-south-1.amazonaws.com/ray:serve-ml-sagemaker-cpu-v1.4",
-           "DEBUGGER_IMAGE_URI": "563282790590.dkr.ecr.eu-south-1.amazonaws.com/sagemaker-debugger-rules:latest"}
+    env = {
+        **CHINA_ENV,
+        "NOTIFY_TOPIC_ARN": "arn:aws:sns:eu-south-1:123456789012:droptrain-dev",
+        "SAGEMAKER_ROLE_ARN": "arn:aws:iam::123456789012:role/droptrain-sagemaker-dev",
+        "TRAINING_IMAGE_URI": "692866216735.dkr.ecr.eu-south-1.amazonaws.com/pytorch-training:2.10.0-gpu-py313",
+        "INFERENCE_IMAGE_URI": "692866216735.dkr.ecr.eu-south-1.amazonaws.com/ray:serve-ml-sagemaker-cpu-v1.4",
+        "DEBUGGER_IMAGE_URI": "563282790590.dkr.ecr.eu-south-1.amazonaws.com/sagemaker-debugger-rules:latest",
+    }
     statements = {s["Sid"]: s for s in policies.sagemaker_role_policy(env)["Statement"]}
     assert statements["PullImages"]["Resource"] == [
         "arn:aws:ecr:eu-south-1:563282790590:repository/sagemaker-debugger-rules",
@@ -207,8 +245,12 @@ def test_the_execution_role_pulls_from_the_accounts_the_images_name_and_writes_o
         "arn:aws:ecr:eu-south-1:692866216735:repository/ray",
     ]
     bucket = "arn:aws:s3:::droptrain-data-dev-123456789012"
-    assert statements["WriteRunsOnly"] == {"Sid": "WriteRunsOnly", "Effect": "Allow",
-                                           "Action": ["s3:PutObject", "s3:AbortMultipartUpload"], "Resource": f"{bucket}/runs/*"}
+    assert statements["WriteRunsOnly"] == {
+        "Sid": "WriteRunsOnly",
+        "Effect": "Allow",
+        "Action": ["s3:PutObject", "s3:AbortMultipartUpload"],
+        "Resource": f"{bucket}/runs/*",
+    }
     assert f"{bucket}/datasets/*" in statements["ReadInputs"]["Resource"]
     assert statements["RollbackAlarms"]["Action"] == "cloudwatch:DescribeAlarms"
 
@@ -219,7 +261,9 @@ def test_sourcedir_is_reproducible_and_complete():
     assert key == key_again and key.startswith("code/sourcedir-") and key.endswith(".tar.gz")
     with tarfile.open(fileobj=io.BytesIO(first)) as tar:
         names = tar.getnames()
-    assert {"train.py", "serve_app.py", "requirements.txt", "trainlib/transforms.py", "trainlib/predictor.py"} <= set(names)
+    assert {"train.py", "serve_app.py", "requirements.txt", "trainlib/transforms.py", "trainlib/predictor.py"} <= set(
+        names
+    )
     assert not any("__pycache__" in n for n in names)
 
 
@@ -227,8 +271,10 @@ def test_stage_environment_and_writing_it(tmp_path):
     chalice_dir = tmp_path / ".chalice"
     chalice_dir.mkdir()
     (chalice_dir / "config.json").write_text((sam.CHALICE_DIR / "config.json").read_text())
-    images = {"TRAINING_IMAGE_URI": "763104351884.dkr.ecr.eu-west-1.amazonaws.com/pytorch-training:2.10.0-gpu-py313",
-              "INFERENCE_IMAGE_URI": "763104351884.dkr.ecr.eu-west-1.amazonaws.com/ray:serve-ml-sagemaker-cpu-v1.4"}
+    images = {
+        "TRAINING_IMAGE_URI": "763104351884.dkr.ecr.eu-west-1.amazonaws.com/pytorch-training:2.10.0-gpu-py313",
+        "INFERENCE_IMAGE_URI": "763104351884.dkr.ecr.eu-west-1.amazonaws.com/ray:serve-ml-sagemaker-cpu-v1.4",
+    }
     current = sam.stage_env(sam.read_config(chalice_dir), "dev")
     env = deploy.stage_environment("dev", "210987654321", "eu-west-1", images, "code/sourcedir-abc.tar.gz", current)
     assert env["DATA_BUCKET"] == "droptrain-data-dev-210987654321"
@@ -240,20 +286,42 @@ def test_stage_environment_and_writing_it(tmp_path):
     policy = json.loads((chalice_dir / "policy-dev.json").read_text())
     assert policy == policies.lambda_policy(env)
     from chalice_app import config as config_module
+
     config_module.load({**written, "AWS_REGION": "eu-west-1"})  # what deploy writes, the app accepts
 
 
-@pytest.mark.parametrize("region, training, inference, expected", [
-    ("us-east-1", "ml.g4dn.xlarge", "ml.m5.large",
-     ("763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:2.10.0-gpu-py313",
-      "763104351884.dkr.ecr.us-east-1.amazonaws.com/ray:serve-ml-sagemaker-cpu-v1.4")),
-    ("eu-south-1", "ml.m5.xlarge", "ml.g5.xlarge",
-     ("692866216735.dkr.ecr.eu-south-1.amazonaws.com/pytorch-training:2.10.0-cpu-py313",
-      "692866216735.dkr.ecr.eu-south-1.amazonaws.com/ray:serve-ml-sagemaker-cuda-v1.4")),
-    ("us-west-2", "ml.g5.xlarge", "serverless",
-     ("763104351884.dkr.ecr.us-west-2.amazonaws.com/pytorch-training:2.10.0-gpu-py313",
-      "763104351884.dkr.ecr.us-west-2.amazonaws.com/ray:serve-ml-sagemaker-cpu-v1.4")),
-])
+@pytest.mark.parametrize(
+    "region, training, inference, expected",
+    [
+        (
+            "us-east-1",
+            "ml.g4dn.xlarge",
+            "ml.m5.large",
+            (
+                "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:2.10.0-gpu-py313",
+                "763104351884.dkr.ecr.us-east-1.amazonaws.com/ray:serve-ml-sagemaker-cpu-v1.4",
+            ),
+        ),
+        (
+            "eu-south-1",
+            "ml.m5.xlarge",
+            "ml.g5.xlarge",
+            (
+                "692866216735.dkr.ecr.eu-south-1.amazonaws.com/pytorch-training:2.10.0-cpu-py313",
+                "692866216735.dkr.ecr.eu-south-1.amazonaws.com/ray:serve-ml-sagemaker-cuda-v1.4",
+            ),
+        ),
+        (
+            "us-west-2",
+            "ml.g5.xlarge",
+            "serverless",
+            (
+                "763104351884.dkr.ecr.us-west-2.amazonaws.com/pytorch-training:2.10.0-gpu-py313",
+                "763104351884.dkr.ecr.us-west-2.amazonaws.com/ray:serve-ml-sagemaker-cpu-v1.4",
+            ),
+        ),
+    ],
+)
 def test_images_resolve_through_the_sagemaker_sdk(region, training, inference, expected):
     """sagemaker-core (what the SageMaker SDK v3 is built on), offline, as `make deploy` installs it."""
     images = deploy.resolve_images(region, training, inference)
@@ -265,7 +333,9 @@ def test_the_v2_sdk_still_resolves_images(monkeypatch):
 
     calls = []
     v2 = types.ModuleType("sagemaker")
-    v2.image_uris = types.SimpleNamespace(retrieve=lambda framework, **kw: calls.append((framework, kw)) or f"{framework}-uri")
+    v2.image_uris = types.SimpleNamespace(
+        retrieve=lambda framework, **kw: calls.append((framework, kw)) or f"{framework}-uri"
+    )
     monkeypatch.setitem(sys.modules, "sagemaker.core", None)
     monkeypatch.setitem(sys.modules, "sagemaker", v2)
     images = deploy.resolve_images("us-east-1", "ml.g4dn.xlarge", "ml.m5.large")
@@ -304,12 +374,27 @@ def test_make_deploy_without_credentials_gets_as_far_as_it_can_then_says_so(tmp_
     config_before = (sam.CHALICE_DIR / "config.json").read_text()
     keep = ("PATH", "HOME", "LANG", "PIP_CONFIG_FILE", "PIP_CONSTRAINT", "PIP_FIND_LINKS", "PIP_EXTRA_INDEX_URL")
     env = {k: v for k, v in os.environ.items() if k in keep or k.startswith("PIP_")}
-    env.update({"AWS_REGION": "eu-west-1", "AWS_CONFIG_FILE": str(tmp_path / "none"),
-                "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"), "AWS_EC2_METADATA_DISABLED": "true"})
-    result = subprocess.run(["make", "--no-print-directory", "deploy", "STAGE=dev"], cwd=sam.ROOT, env=env,
-                            capture_output=True, text=True, timeout=900)
+    env.update(
+        {
+            "AWS_REGION": "eu-west-1",
+            "AWS_CONFIG_FILE": str(tmp_path / "none"),
+            "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+    )
+    result = subprocess.run(
+        ["make", "--no-print-directory", "deploy", "STAGE=dev"],
+        cwd=sam.ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode != 0
-    assert "images for eu-west-1: training 763104351884.dkr.ecr.eu-west-1.amazonaws.com/pytorch-training:2.10.0-gpu-py313" in result.stdout
+    assert (
+        "images for eu-west-1: training 763104351884.dkr.ecr.eu-west-1.amazonaws.com/pytorch-training:2.10.0-gpu-py313"
+        in result.stdout
+    )
     assert "training code: code/sourcedir-" in result.stdout
     assert "droptrain deploy: no AWS credentials found" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
@@ -327,19 +412,32 @@ def test_chalice_package_failing_is_one_line(tmp_path):
 def test_aws_failures_are_one_line():
     from botocore.exceptions import ClientError, NoCredentialsError, WaiterError
 
-    denied = ClientError({"Error": {"Code": "AccessDenied", "Message": "not authorized to perform: cloudformation:CreateChangeSet"}},
-                         "CreateChangeSet")
-    assert deploy._explain(denied) == "CreateChangeSet failed: AccessDenied: not authorized to perform: cloudformation:CreateChangeSet"
-    stuck = WaiterError("StackCreateComplete", "Waiter encountered a terminal failure state",
-                        {"Stacks": [{"StackStatusReason": "The following resource(s) failed to create: [DataBucket]."}]})
-    assert deploy._explain(stuck) == "StackCreateComplete did not complete: The following resource(s) failed to create: [DataBucket]."
+    denied = ClientError(
+        {"Error": {"Code": "AccessDenied", "Message": "not authorized to perform: cloudformation:CreateChangeSet"}},
+        "CreateChangeSet",
+    )
+    assert (
+        deploy._explain(denied)
+        == "CreateChangeSet failed: AccessDenied: not authorized to perform: cloudformation:CreateChangeSet"
+    )
+    stuck = WaiterError(
+        "StackCreateComplete",
+        "Waiter encountered a terminal failure state",
+        {"Stacks": [{"StackStatusReason": "The following resource(s) failed to create: [DataBucket]."}]},
+    )
+    assert (
+        deploy._explain(stuck)
+        == "StackCreateComplete did not complete: The following resource(s) failed to create: [DataBucket]."
+    )
     assert "no AWS credentials found" in deploy._explain(NoCredentialsError())
 
 
 def test_deploy_turns_an_aws_failure_into_a_deploy_error(tmp_path, monkeypatch):
     sts = boto3.client("sts", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="y")
     stub = Stubber(sts)
-    stub.add_client_error("get_caller_identity", "ExpiredToken", "The security token included in the request is expired")
+    stub.add_client_error(
+        "get_caller_identity", "ExpiredToken", "The security token included in the request is expired"
+    )
 
     class Session:
         region_name = "us-east-1"
@@ -348,8 +446,13 @@ def test_deploy_turns_an_aws_failure_into_a_deploy_error(tmp_path, monkeypatch):
             return sts
 
     with stub, pytest.raises(deploy.DeployError, match="^GetCallerIdentity failed: ExpiredToken: The security token"):
-        deploy.deploy("dev", "1.dkr.ecr.us-east-1.amazonaws.com/t:1", "1.dkr.ecr.us-east-1.amazonaws.com/i:1",
-                      say=lambda m: None, session=Session())
+        deploy.deploy(
+            "dev",
+            "1.dkr.ecr.us-east-1.amazonaws.com/t:1",
+            "1.dkr.ecr.us-east-1.amazonaws.com/i:1",
+            say=lambda m: None,
+            session=Session(),
+        )
 
 
 def test_deploy_stack_up_to_the_boundary(packaged, monkeypatch):
@@ -365,15 +468,41 @@ def test_deploy_stack_up_to_the_boundary(packaged, monkeypatch):
         stub = Stubber(cfn)
         stack = f"droptrain-{stage}"
         stub.add_client_error("describe_stacks", "ValidationError", f"Stack with id {stack} does not exist")
-        stub.add_response("create_change_set", {"Id": "arn:cs", "StackId": "arn:stack"}, {
-            "StackName": stack, "ChangeSetName": ANY, "ChangeSetType": "CREATE", "TemplateURL": ANY,
-            "Capabilities": ["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM", "CAPABILITY_AUTO_EXPAND"],
-            "Tags": [{"Key": "droptrain:stage", "Value": stage}]})
+        stub.add_response(
+            "create_change_set",
+            {"Id": "arn:cs", "StackId": "arn:stack"},
+            {
+                "StackName": stack,
+                "ChangeSetName": ANY,
+                "ChangeSetType": "CREATE",
+                "TemplateURL": ANY,
+                "Capabilities": ["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM", "CAPABILITY_AUTO_EXPAND"],
+                "Tags": [{"Key": "droptrain:stage", "Value": stage}],
+            },
+        )
         stub.add_response("describe_change_set", {"Status": "CREATE_COMPLETE", "Changes": []})
         stub.add_response("execute_change_set", {})
-        stub.add_response("describe_stacks", {"Stacks": [{"StackName": stack, "CreationTime": "2026-11-24T00:00:00Z", "StackStatus": "CREATE_COMPLETE"}]})
-        stub.add_response("describe_stacks", {"Stacks": [{"StackName": stack, "CreationTime": "2026-11-24T00:00:00Z", "StackStatus": "CREATE_COMPLETE",
-                                                          "Outputs": [{"OutputKey": "EndpointURL", "OutputValue": "https://x.execute-api/api/"}]}]})
+        stub.add_response(
+            "describe_stacks",
+            {
+                "Stacks": [
+                    {"StackName": stack, "CreationTime": "2026-11-24T00:00:00Z", "StackStatus": "CREATE_COMPLETE"}
+                ]
+            },
+        )
+        stub.add_response(
+            "describe_stacks",
+            {
+                "Stacks": [
+                    {
+                        "StackName": stack,
+                        "CreationTime": "2026-11-24T00:00:00Z",
+                        "StackStatus": "CREATE_COMPLETE",
+                        "Outputs": [{"OutputKey": "EndpointURL", "OutputValue": "https://x.execute-api/api/"}],
+                    }
+                ]
+            },
+        )
 
         class Session:
             def client(self, name, region_name=None):
@@ -388,9 +517,11 @@ def test_deploy_stack_up_to_the_boundary(packaged, monkeypatch):
         assert any(k.endswith("deployment.zip") for k in artifacts) and any(k.endswith("layer.zip") for k in artifacts)
         uploaded = next(k for k in artifacts if k.endswith("template.json"))
         body = json.loads(s3.get_object(Bucket="droptrain-deploy-123456789012-us-east-1", Key=uploaded)["Body"].read())
-        code_uris = {r["Properties"].get("CodeUri") or r["Properties"].get("ContentUri")
-                     for r in body["Resources"].values() if r["Type"].startswith("AWS::Serverless::")
-                     and r["Type"] != "AWS::Serverless::Api"}
+        code_uris = {
+            r["Properties"].get("CodeUri") or r["Properties"].get("ContentUri")
+            for r in body["Resources"].values()
+            if r["Type"].startswith("AWS::Serverless::") and r["Type"] != "AWS::Serverless::Api"
+        }
         assert all(uri.startswith("s3://droptrain-deploy-") for uri in code_uris), code_uris
         assert s3.get_object(Bucket=env["DATA_BUCKET"], Key=key)["Body"].read() == sourcedir
 
@@ -409,10 +540,21 @@ def test_a_redeploy_with_no_changes_is_success(packaged, monkeypatch):
         stub = Stubber(cfn)
         stub.add_response("describe_stacks", {"Stacks": [created]})
         stub.add_response("create_change_set", {"Id": "arn:cs", "StackId": "arn:stack"})
-        stub.add_response("describe_change_set", {"Status": "FAILED", "StatusReason": (
-            "The submitted information didn't contain changes. Submit different information to create a change set.")})
+        stub.add_response(
+            "describe_change_set",
+            {
+                "Status": "FAILED",
+                "StatusReason": (
+                    "The submitted information didn't contain changes. "
+                    "Submit different information to create a change set."
+                ),
+            },
+        )
         stub.add_response("delete_change_set", {}, {"StackName": stack, "ChangeSetName": ANY})
-        stub.add_response("describe_stacks", {"Stacks": [{**created, "Outputs": [{"OutputKey": "EndpointURL", "OutputValue": "https://x/api/"}]}]})
+        stub.add_response(
+            "describe_stacks",
+            {"Stacks": [{**created, "Outputs": [{"OutputKey": "EndpointURL", "OutputValue": "https://x/api/"}]}]},
+        )
 
         class Session:
             def client(self, name, region_name=None):

@@ -15,12 +15,22 @@ from orchestrator.support import event
 BEST = {"lr": "0.00074", "batch-size": "64", "epochs": "6", "weight-decay": "0.0002"}
 
 
-def _tuning_description(stage, run: str, status: str = "Completed", best: dict | None = BEST, reason: str | None = None) -> dict:
+def _tuning_description(
+    stage, run: str, status: str = "Completed", best: dict | None = BEST, reason: str | None = None
+) -> dict:
     """moto's real description of the job, with what only a real tuning job has."""
     described = stage.sagemaker.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=run)
     described.pop("ResponseMetadata")
-    for key in ("BestTrainingJob", "OverallBestTrainingJob", "WarmStartConfig", "Autotune", "TuningJobCompletionDetails",
-                "ConsumedResources", "FailureReason", "TrainingJobDefinitions"):
+    for key in (
+        "BestTrainingJob",
+        "OverallBestTrainingJob",
+        "WarmStartConfig",
+        "Autotune",
+        "TuningJobCompletionDetails",
+        "ConsumedResources",
+        "FailureReason",
+        "TrainingJobDefinitions",
+    ):
         described.pop(key, None)
     described["HyperParameterTuningJobStatus"] = status
     if reason:
@@ -30,22 +40,36 @@ def _tuning_description(stage, run: str, status: str = "Completed", best: dict |
         described["BestTrainingJob"] = {
             "TrainingJobName": f"{run}-003-7d1e2a4b",
             "TrainingJobArn": f"arn:aws:sagemaker:us-east-1:123456789012:training-job/{run}-003-7d1e2a4b",
-            "CreationTime": now, "TrainingJobStatus": "Completed", "TunedHyperParameters": best,
-            "FinalHyperParameterTuningJobObjectiveMetric": {"Type": "Maximize", "MetricName": "valid:accuracy", "Value": 0.912},
+            "CreationTime": now,
+            "TrainingJobStatus": "Completed",
+            "TunedHyperParameters": best,
+            "FinalHyperParameterTuningJobObjectiveMetric": {
+                "Type": "Maximize",
+                "MetricName": "valid:accuracy",
+                "Value": 0.912,
+            },
             "ObjectiveStatus": "Succeeded",
         }
     return described
 
 
 def _tuning_event(run: str, dataset_uri: str, status: str = "Completed") -> dict:
-    return event("tuning-job-completed.json", HyperParameterTuningJobName=run, HyperParameterTuningJobStatus=status,
-                 HyperParameterTuningJobArn=f"arn:aws:sagemaker:us-east-1:123456789012:hyper-parameter-tuning-job/{run}",
-                 Tags={"droptrain:run-id": run, "droptrain:dataset": dataset_uri})
+    return event(
+        "tuning-job-completed.json",
+        HyperParameterTuningJobName=run,
+        HyperParameterTuningJobStatus=status,
+        HyperParameterTuningJobArn=f"arn:aws:sagemaker:us-east-1:123456789012:hyper-parameter-tuning-job/{run}",
+        Tags={"droptrain:run-id": run, "droptrain:dataset": dataset_uri},
+    )
 
 
 def _training_event(run: str, status: str = "Completed") -> dict:
-    return event("training-job-completed.json", TrainingJobName=f"{run}-final", TrainingJobStatus=status,
-                 Tags={"droptrain:run-id": run, "droptrain:role": "final"})
+    return event(
+        "training-job-completed.json",
+        TrainingJobName=f"{run}-final",
+        TrainingJobStatus=status,
+        Tags={"droptrain:run-id": run, "droptrain:role": "final"},
+    )
 
 
 def _endpoint_name(run: str) -> str:
@@ -53,8 +77,13 @@ def _endpoint_name(run: str) -> str:
 
 
 def _endpoint_event(run: str, status: str = "IN_SERVICE", endpoint: str | None = None) -> dict:
-    return event("endpoint-in-service.json", EndpointConfigName=run, EndpointStatus=status, Tags={"droptrain:run-id": run},
-                 EndpointName=endpoint or _endpoint_name(run))
+    return event(
+        "endpoint-in-service.json",
+        EndpointConfigName=run,
+        EndpointStatus=status,
+        Tags={"droptrain:run-id": run},
+        EndpointName=endpoint or _endpoint_name(run),
+    )
 
 
 def package_event(stage, run: str) -> dict:
@@ -63,10 +92,15 @@ def package_event(stage, run: str) -> dict:
     for summary in stage.sagemaker.list_model_packages(ModelPackageGroupName=group)["ModelPackageSummaryList"]:
         described = stage.sagemaker.describe_model_package(ModelPackageName=summary["ModelPackageArn"])
         if f"/runs/{run}/" in described["InferenceSpecification"]["Containers"][0]["ModelDataUrl"]:
-            return event("model-package-approved.json", ModelPackageGroupName=group, ModelPackageVersion=described["ModelPackageVersion"],
-                         ModelPackageArn=described["ModelPackageArn"], ModelApprovalStatus=described["ModelApprovalStatus"],
-                         InferenceSpecification={"Containers": described["InferenceSpecification"]["Containers"]},
-                         CustomerMetadataProperties={"droptrain:run-id": run})
+            return event(
+                "model-package-approved.json",
+                ModelPackageGroupName=group,
+                ModelPackageVersion=described["ModelPackageVersion"],
+                ModelPackageArn=described["ModelPackageArn"],
+                ModelApprovalStatus=described["ModelApprovalStatus"],
+                InferenceSpecification={"Containers": described["InferenceSpecification"]["Containers"]},
+                CustomerMetadataProperties={"droptrain:run-id": run},
+            )
     raise AssertionError(f"no version of {group} from {run}")
 
 
@@ -79,12 +113,16 @@ def _register_and_deploy(stage, client, run: str) -> str:
 def _run_to_tuning(stage, client, name="pets", marker: bytes = b""):
     s3_event = stage.upload_folder(name, marker=marker)
     assert invoke(client, "on_dataset_uploaded", s3_event) == "tuning job created"
-    run = names.run_id(names.parse_dataset_key(BUCKET, f"datasets/{name}/_READY", "datasets/"), s3_event["detail"]["object"]["etag"])
+    run = names.run_id(
+        names.parse_dataset_key(BUCKET, f"datasets/{name}/_READY", "datasets/"), s3_event["detail"]["object"]["etag"]
+    )
     return s3_event, run
 
 
 def _complete_tuning(stage, client, run, dataset_uri):
-    stage.stub.add_response("describe_hyper_parameter_tuning_job", _tuning_description(stage, run), {"HyperParameterTuningJobName": run})
+    stage.stub.add_response(
+        "describe_hyper_parameter_tuning_job", _tuning_description(stage, run), {"HyperParameterTuningJobName": run}
+    )
     return invoke(client, "on_tuning_job_state_change", _tuning_event(run, dataset_uri))
 
 
@@ -94,11 +132,19 @@ def test_happy_path_event_by_event(stage, client):
     job = stage.sagemaker.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=run)
     assert job["HyperParameterTuningJobConfig"]["HyperParameterTuningJobObjective"]["MetricName"] == "valid:accuracy"
     tags = stage.sagemaker.list_tags(ResourceArn=job["HyperParameterTuningJobArn"])["Tags"]
-    assert {t["Key"]: t["Value"] for t in tags} == {"droptrain:run-id": run, "droptrain:dataset": dataset_uri, "droptrain:role": "tuning"}
+    assert {t["Key"]: t["Value"] for t in tags} == {
+        "droptrain:run-id": run,
+        "droptrain:dataset": dataset_uri,
+        "droptrain:role": "tuning",
+    }
     notes = stage.notifications()
     assert [n["event"] for n in notes] == ["dataset.accepted", "tuning.started"]
     accepted = notes[0]
-    assert accepted["run_id"] == run and accepted["dataset"] == dataset_uri and accepted["attributes"] == {"event": "dataset.accepted"}
+    assert (
+        accepted["run_id"] == run
+        and accepted["dataset"] == dataset_uri
+        and accepted["attributes"] == {"event": "dataset.accepted"}
+    )
     assert accepted["detail"]["classes"] == ["beagle", "corgi", "pug"] and accepted["detail"]["images"] == 27
     assert set(accepted) >= {"event", "run_id", "dataset", "status", "job", "time", "detail", "subject"}
     assert len(accepted["subject"]) <= 100 and "\n" not in accepted["subject"]
@@ -116,7 +162,10 @@ def test_happy_path_event_by_event(stage, client):
     assert [n["event"] for n in notes] == ["tuning.completed", "training.started"]
     assert notes[0]["detail"]["best_hyperparameters"] == BEST and notes[0]["detail"]["objective"]["Value"] == 0.912
 
-    assert invoke(client, "on_training_job_state_change", _training_event(run)) == "registered as version 1; approved by the gate"
+    assert (
+        invoke(client, "on_training_job_state_change", _training_event(run))
+        == "registered as version 1; approved by the gate"
+    )
     notes = stage.notifications()
     assert [n["event"] for n in notes] == ["training.completed", "model.registered"]
     assert notes[0]["detail"]["model_artifact"].endswith("model.tar.gz")
@@ -124,9 +173,15 @@ def test_happy_path_event_by_event(stage, client):
     assert notes[1]["detail"]["model_package_group"] == "droptrain-dev-pets" and notes[1]["detail"]["version"] == 1
     package = stage.sagemaker.describe_model_package(ModelPackageName=notes[1]["detail"]["model_package_arn"])
     assert package["ModelApprovalStatus"] == "Approved" and "first version" in package["ApprovalDescription"]
-    assert package["InferenceSpecification"]["Containers"][0]["ModelDataUrl"] == final["ModelArtifacts"]["S3ModelArtifacts"]
+    assert (
+        package["InferenceSpecification"]["Containers"][0]["ModelDataUrl"]
+        == final["ModelArtifacts"]["S3ModelArtifacts"]
+    )
 
-    assert invoke(client, "on_model_package_state_change", package_event(stage, run)) == "deployment: creating the endpoint"
+    assert (
+        invoke(client, "on_model_package_state_change", package_event(stage, run))
+        == "deployment: creating the endpoint"
+    )
     model = stage.sagemaker.describe_model(ModelName=run)
     assert model["PrimaryContainer"]["ModelDataUrl"] == final["ModelArtifacts"]["S3ModelArtifacts"]
     assert model["PrimaryContainer"]["Image"] == os.environ["INFERENCE_IMAGE_URI"]
@@ -167,12 +222,28 @@ def test_every_event_delivered_twice_and_out_of_order(stage, client):
     invoke(client, "on_dataset_uploaded", s3_event)
 
     counts = Counter(n["event"] for n in stage.notifications())
-    assert counts == {e: 1 for e in ("dataset.accepted", "tuning.started", "tuning.completed", "training.started",
-                                     "training.completed", "model.registered", "model.approved", "deployment.started",
-                                     "deployment.completed")}
-    assert len(stage.sagemaker.list_model_packages(ModelPackageGroupName="droptrain-dev-pets")["ModelPackageSummaryList"]) == 1
+    assert counts == {
+        e: 1
+        for e in (
+            "dataset.accepted",
+            "tuning.started",
+            "tuning.completed",
+            "training.started",
+            "training.completed",
+            "model.registered",
+            "model.approved",
+            "deployment.started",
+            "deployment.completed",
+        )
+    }
+    assert (
+        len(stage.sagemaker.list_model_packages(ModelPackageGroupName="droptrain-dev-pets")["ModelPackageSummaryList"])
+        == 1
+    )
     assert len(stage.sagemaker.list_hyper_parameter_tuning_jobs()["HyperParameterTuningJobSummaries"]) == 1
-    assert [j["TrainingJobName"] for j in stage.sagemaker.list_training_jobs()["TrainingJobSummaries"]] == [f"{run}-final"]
+    assert [j["TrainingJobName"] for j in stage.sagemaker.list_training_jobs()["TrainingJobSummaries"]] == [
+        f"{run}-final"
+    ]
     assert len(stage.sagemaker.list_endpoints()["Endpoints"]) == 1
     assert len(stage.sagemaker.list_models()["Models"]) == 1
 
@@ -180,7 +251,11 @@ def test_every_event_delivered_twice_and_out_of_order(stage, client):
 def test_already_exists_from_sagemaker_is_success(stage, client):
     """Real SageMaker answers duplicates with errors (moto does not): those are success too."""
     stage.route("create_hyper_parameter_tuning_job")
-    stage.stub.add_client_error("create_hyper_parameter_tuning_job", "ResourceInUse", "Tuning job names must be unique within an AWS account and region")
+    stage.stub.add_client_error(
+        "create_hyper_parameter_tuning_job",
+        "ResourceInUse",
+        "Tuning job names must be unique within an AWS account and region",
+    )
     s3_event = stage.upload_folder("pets")
     assert invoke(client, "on_dataset_uploaded", s3_event) == "tuning job already existed"
     assert [n["event"] for n in stage.notifications()] == ["dataset.accepted", "tuning.started"]
@@ -196,20 +271,44 @@ def test_second_run_updates_the_endpoint_blue_green(stage, client):
     _complete_tuning(stage, client, second, f"s3://{BUCKET}/datasets/pets/")
     final = stage.sagemaker.describe_training_job(TrainingJobName=f"{second}-final")
     baseline = [c for c in final["InputDataConfig"] if c["ChannelName"] == "baseline"]
-    first_model = stage.sagemaker.describe_training_job(TrainingJobName=f"{first}-final")["ModelArtifacts"]["S3ModelArtifacts"]
-    assert baseline[0]["DataSource"]["S3DataSource"]["S3Uri"] == first_model, "the serving model is evaluated beside the new one"
-    put_evaluations(stage, second, {"beagle": 0.9, "corgi": 0.9, "pug": 0.9}, baseline_run=first,
-                    baseline={"beagle": 0.9, "corgi": 0.9, "pug": 0.9})
-    assert invoke(client, "on_training_job_state_change", _training_event(second)) == "registered as version 2; approved by the gate"
-    stage.stub.add_response("update_endpoint", {"EndpointArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint/droptrain-dev-pets"}, {
-        "EndpointName": "droptrain-dev-pets", "EndpointConfigName": second,
-        "DeploymentConfig": {
-            "BlueGreenUpdatePolicy": {
-                "TrafficRoutingConfiguration": {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 600},
-                "TerminationWaitInSeconds": 120, "MaximumExecutionTimeoutInSeconds": 3000},
-            "AutoRollbackConfiguration": {"Alarms": [{"AlarmName": "droptrain-dev-pets-5xx-rate"},
-                                                     {"AlarmName": "droptrain-dev-pets-model-latency"}]}},
-    })
+    first_model = stage.sagemaker.describe_training_job(TrainingJobName=f"{first}-final")["ModelArtifacts"][
+        "S3ModelArtifacts"
+    ]
+    assert baseline[0]["DataSource"]["S3DataSource"]["S3Uri"] == first_model, (
+        "the serving model is evaluated beside the new one"
+    )
+    put_evaluations(
+        stage,
+        second,
+        {"beagle": 0.9, "corgi": 0.9, "pug": 0.9},
+        baseline_run=first,
+        baseline={"beagle": 0.9, "corgi": 0.9, "pug": 0.9},
+    )
+    assert (
+        invoke(client, "on_training_job_state_change", _training_event(second))
+        == "registered as version 2; approved by the gate"
+    )
+    stage.stub.add_response(
+        "update_endpoint",
+        {"EndpointArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint/droptrain-dev-pets"},
+        {
+            "EndpointName": "droptrain-dev-pets",
+            "EndpointConfigName": second,
+            "DeploymentConfig": {
+                "BlueGreenUpdatePolicy": {
+                    "TrafficRoutingConfiguration": {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 600},
+                    "TerminationWaitInSeconds": 120,
+                    "MaximumExecutionTimeoutInSeconds": 3000,
+                },
+                "AutoRollbackConfiguration": {
+                    "Alarms": [
+                        {"AlarmName": "droptrain-dev-pets-5xx-rate"},
+                        {"AlarmName": "droptrain-dev-pets-model-latency"},
+                    ]
+                },
+            },
+        },
+    )
     outcome = invoke(client, "on_model_package_state_change", package_event(stage, second))
     assert outcome == "deployment: updating the endpoint (blue/green, all at once, baking 600s under alarms)"
     stage.stub.assert_no_pending_responses()
@@ -218,16 +317,25 @@ def test_second_run_updates_the_endpoint_blue_green(stage, client):
     assert tags["droptrain:run-id"] == second and tags["droptrain:dataset"] == f"s3://{BUCKET}/datasets/pets/"
 
 
-def put_evaluations(stage, run: str, recalls: dict[str, float], baseline_run: str | None = None,
-                    baseline: dict[str, float] | None = None) -> None:
+def put_evaluations(
+    stage,
+    run: str,
+    recalls: dict[str, float],
+    baseline_run: str | None = None,
+    baseline: dict[str, float] | None = None,
+) -> None:
     """The final job's evaluation.json (as train.py writes it) in the run's reports."""
     import json as _json
 
     def report(values: dict[str, float]) -> dict:
         f1 = sum(values.values()) / len(values)
-        return {"classes": sorted(values), "split": "test", "accuracy": f1,
-                "per_class": {c: {"precision": r, "recall": r, "f1": r, "support": 3} for c, r in values.items()},
-                "macro_avg": {"precision": f1, "recall": f1, "f1": f1}}
+        return {
+            "classes": sorted(values),
+            "split": "test",
+            "accuracy": f1,
+            "per_class": {c: {"precision": r, "recall": r, "f1": r, "support": 3} for c, r in values.items()},
+            "macro_avg": {"precision": f1, "recall": f1, "f1": f1},
+        }
 
     evaluation = report(recalls)
     if baseline_run:
@@ -237,10 +345,20 @@ def put_evaluations(stage, run: str, recalls: dict[str, float], baseline_run: st
 
 def test_ignored_events(stage, client):
     assert invoke(client, "on_training_job_state_change", event("training-job-tuning-child.json")).startswith("ignored")
-    assert invoke(client, "on_dataset_uploaded", event("s3-object-created.json", bucket={"name": "someone-else"})).startswith("ignored")
-    assert invoke(client, "on_dataset_uploaded", event("s3-object-created.json", object={"key": "datasets/dogs/train/a/1.jpg", "etag": "x"})).startswith("ignored")
-    assert invoke(client, "on_endpoint_state_change", event("endpoint-in-service.json", EndpointName="other")).startswith("ignored")
-    assert invoke(client, "on_endpoint_state_change", event("endpoint-in-service.json", EndpointStatus="UPDATING")).startswith("ignored")
+    assert invoke(
+        client, "on_dataset_uploaded", event("s3-object-created.json", bucket={"name": "someone-else"})
+    ).startswith("ignored")
+    assert invoke(
+        client,
+        "on_dataset_uploaded",
+        event("s3-object-created.json", object={"key": "datasets/dogs/train/a/1.jpg", "etag": "x"}),
+    ).startswith("ignored")
+    assert invoke(
+        client, "on_endpoint_state_change", event("endpoint-in-service.json", EndpointName="other")
+    ).startswith("ignored")
+    assert invoke(
+        client, "on_endpoint_state_change", event("endpoint-in-service.json", EndpointStatus="UPDATING")
+    ).startswith("ignored")
     untagged = event("tuning-job-completed.json", Tags={})
     assert invoke(client, "on_tuning_job_state_change", untagged).startswith("ignored")
     assert stage.notifications() == []
@@ -257,12 +375,17 @@ def test_malformed_event_is_dropped_with_a_clear_log(stage, client, capsys):
 # -- rejected datasets ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("setup,reason", [
-    (lambda st: st.upload_folder("one", classes=("beagle",)), "at least 2 classes; found 1 (beagle)"),
-    (lambda st: (st.put("datasets/empty/valid/pug/notes.txt"), st.upload_folder("empty", splits=("train",)))[1],
-     "the valid split has no JPEG or PNG images"),
-    (lambda st: st.upload_folder("nothing", classes=()), "found 0"),
-])
+@pytest.mark.parametrize(
+    "setup,reason",
+    [
+        (lambda st: st.upload_folder("one", classes=("beagle",)), "at least 2 classes; found 1 (beagle)"),
+        (
+            lambda st: (st.put("datasets/empty/valid/pug/notes.txt"), st.upload_folder("empty", splits=("train",)))[1],
+            "the valid split has no JPEG or PNG images",
+        ),
+        (lambda st: st.upload_folder("nothing", classes=()), "found 0"),
+    ],
+)
 def test_rejected_folder_datasets(stage, client, setup, reason):
     assert invoke(client, "on_dataset_uploaded", setup(stage)).startswith("rejected")
     notes = stage.notifications()
@@ -275,14 +398,19 @@ def test_zip_dataset_checked_through_its_central_directory(stage, client):
     members = {f"dogs/{cls}/{i}.jpg": b"\xff\xd8\xff data" for cls in ("beagle", "pug") for i in range(4)}
     assert invoke(client, "on_dataset_uploaded", stage.upload_zip("dogs", members)) == "tuning job created"
     accepted = stage.notifications()[0]
-    assert accepted["detail"]["classes"] == ["beagle", "pug"] and accepted["detail"]["checked"] == "zip central directory"
+    assert (
+        accepted["detail"]["classes"] == ["beagle", "pug"] and accepted["detail"]["checked"] == "zip central directory"
+    )
     assert accepted["dataset"] == f"s3://{BUCKET}/datasets/dogs.zip"
 
 
-@pytest.mark.parametrize("members,reason", [
-    ({"../escape/a/1.jpg": b"x", "b/1.jpg": b"x", "c/1.jpg": b"x"}, "unsafe members"),
-    ({"dogs/beagle/1.jpg": b"x"}, "at least 2 classes"),
-])
+@pytest.mark.parametrize(
+    "members,reason",
+    [
+        ({"../escape/a/1.jpg": b"x", "b/1.jpg": b"x", "c/1.jpg": b"x"}, "unsafe members"),
+        ({"dogs/beagle/1.jpg": b"x"}, "at least 2 classes"),
+    ],
+)
 def test_rejected_zip_datasets(stage, client, members, reason):
     assert invoke(client, "on_dataset_uploaded", stage.upload_zip("bad", members)).startswith("rejected")
     assert reason in stage.notifications()[0]["subject"]
@@ -290,9 +418,17 @@ def test_rejected_zip_datasets(stage, client, members, reason):
 
 def test_corrupt_archives_rejected(stage, client):
     etag = stage.put("datasets/junk.zip", b"PK\x03\x04 this is not a zip")
-    assert invoke(client, "on_dataset_uploaded", event("s3-object-created.json", object={"key": "datasets/junk.zip", "size": 27, "etag": etag})).startswith("rejected")
+    assert invoke(
+        client,
+        "on_dataset_uploaded",
+        event("s3-object-created.json", object={"key": "datasets/junk.zip", "size": 27, "etag": etag}),
+    ).startswith("rejected")
     etag = stage.put("datasets/junk.tar.gz", b"plain text, not gzip")
-    assert invoke(client, "on_dataset_uploaded", event("s3-object-created.json", object={"key": "datasets/junk.tar.gz", "size": 20, "etag": etag})).startswith("rejected")
+    assert invoke(
+        client,
+        "on_dataset_uploaded",
+        event("s3-object-created.json", object={"key": "datasets/junk.tar.gz", "size": 20, "etag": etag}),
+    ).startswith("rejected")
     subjects = [n["subject"] for n in stage.notifications()]
     assert "not a readable zip" in subjects[0] and "not gzip" in subjects[1]
 
@@ -324,9 +460,14 @@ def test_zip_validation_reads_only_the_central_directory(stage):
 
 def _trial(run: str, number: int, status: str, reason: str | None = None) -> dict:
     name = f"{run}-{number:03d}-0000000{number}"
-    summary = {"TrainingJobName": name, "TrainingJobArn": f"arn:aws:sagemaker:us-east-1:123456789012:training-job/{name}",
-               "TuningJobName": run, "CreationTime": datetime.datetime(2026, 11, 20, 19, number, tzinfo=datetime.timezone.utc),
-               "TrainingJobStatus": status, "TunedHyperParameters": {"lr": "0.01"}}
+    summary = {
+        "TrainingJobName": name,
+        "TrainingJobArn": f"arn:aws:sagemaker:us-east-1:123456789012:training-job/{name}",
+        "TuningJobName": run,
+        "CreationTime": datetime.datetime(2026, 11, 20, 19, number, tzinfo=datetime.timezone.utc),
+        "TrainingJobStatus": status,
+        "TunedHyperParameters": {"lr": "0.01"},
+    }
     if reason:
         summary["FailureReason"] = reason
     return summary
@@ -335,20 +476,30 @@ def _trial(run: str, number: int, status: str, reason: str | None = None) -> dic
 def _list_trials(stage, run: str, *trials: dict) -> None:
     """Two pages, as a tuning job with many trials answers."""
     half = len(trials) // 2
-    stage.stub.add_response("list_training_jobs_for_hyper_parameter_tuning_job",
-                            {"TrainingJobSummaries": list(trials[:half]), "NextToken": "page-2"},
-                            {"HyperParameterTuningJobName": run, "MaxResults": 100})
-    stage.stub.add_response("list_training_jobs_for_hyper_parameter_tuning_job", {"TrainingJobSummaries": list(trials[half:])},
-                            {"HyperParameterTuningJobName": run, "MaxResults": 100, "NextToken": "page-2"})
+    stage.stub.add_response(
+        "list_training_jobs_for_hyper_parameter_tuning_job",
+        {"TrainingJobSummaries": list(trials[:half]), "NextToken": "page-2"},
+        {"HyperParameterTuningJobName": run, "MaxResults": 100},
+    )
+    stage.stub.add_response(
+        "list_training_jobs_for_hyper_parameter_tuning_job",
+        {"TrainingJobSummaries": list(trials[half:])},
+        {"HyperParameterTuningJobName": run, "MaxResults": 100, "NextToken": "page-2"},
+    )
 
 
 @pytest.mark.parametrize("status,reason", [("Failed", "ResourceLimitExceeded: the account's limit"), ("Stopped", None)])
 def test_tuning_failed_or_stopped(stage, client, status, reason):
     _, run = _run_to_tuning(stage, client)
     stage.notifications()
-    stage.stub.add_response("describe_hyper_parameter_tuning_job", _tuning_description(stage, run, status, best=None, reason=reason))
+    stage.stub.add_response(
+        "describe_hyper_parameter_tuning_job", _tuning_description(stage, run, status, best=None, reason=reason)
+    )
     _list_trials(stage, run, _trial(run, 1, "Stopped"))
-    assert invoke(client, "on_tuning_job_state_change", _tuning_event(run, "s3://x/", status)) == f"tuning {status.lower()}"
+    assert (
+        invoke(client, "on_tuning_job_state_change", _tuning_event(run, "s3://x/", status))
+        == f"tuning {status.lower()}"
+    )
     notes = stage.notifications()
     assert [n["event"] for n in notes] == ["tuning.failed"]
     assert notes[0]["detail"]["reason"] == (reason or "the tuning job was stopped")
@@ -359,15 +510,30 @@ def test_tuning_failed_says_why_its_trials_failed(stage, client):
     _, run = _run_to_tuning(stage, client)
     stage.notifications()
     described = _tuning_description(stage, run, best=None)
-    described["TrainingJobStatusCounters"] = {"Completed": 0, "InProgress": 0, "RetryableError": 0, "NonRetryableError": 3, "Stopped": 1}
+    described["TrainingJobStatusCounters"] = {
+        "Completed": 0,
+        "InProgress": 0,
+        "RetryableError": 0,
+        "NonRetryableError": 3,
+        "Stopped": 1,
+    }
     stage.stub.add_response("describe_hyper_parameter_tuning_job", described)
     no_images = "AlgorithmError: DatasetError: no readable training images: beagle"
-    _list_trials(stage, run, _trial(run, 1, "Failed", no_images), _trial(run, 2, "Stopped"),
-                 _trial(run, 3, "Failed", "AlgorithmError: DivergedError: the training loss became NaN"),
-                 _trial(run, 4, "Failed", no_images))
-    assert invoke(client, "on_tuning_job_state_change", _tuning_event(run, "s3://x/")) == "tuning had no successful trial"
+    _list_trials(
+        stage,
+        run,
+        _trial(run, 1, "Failed", no_images),
+        _trial(run, 2, "Stopped"),
+        _trial(run, 3, "Failed", "AlgorithmError: DivergedError: the training loss became NaN"),
+        _trial(run, 4, "Failed", no_images),
+    )
+    assert (
+        invoke(client, "on_tuning_job_state_change", _tuning_event(run, "s3://x/")) == "tuning had no successful trial"
+    )
     (note,) = stage.notifications()
-    assert note["event"] == "tuning.failed" and note["subject"].startswith(f"droptrain tuning.failed: tuning {run} had no successful trial: AlgorithmError")
+    assert note["event"] == "tuning.failed" and note["subject"].startswith(
+        f"droptrain tuning.failed: tuning {run} had no successful trial: AlgorithmError"
+    )
     assert note["detail"]["trial_failures"] == [
         {"reason": no_images, "trials": [f"{run}-001-00000001", f"{run}-004-00000004"]},
         {"reason": "AlgorithmError: DivergedError: the training loss became NaN", "trials": [f"{run}-003-00000003"]},
@@ -377,8 +543,12 @@ def test_tuning_failed_says_why_its_trials_failed(stage, client):
 
 
 def _trial_event(run: str, status: str, reason: str | None) -> dict:
-    out = event("training-job-tuning-child.json", TrainingJobName=f"{run}-001-00000001", TrainingJobStatus=status,
-                TuningJobArn=f"arn:aws:sagemaker:us-east-1:123456789012:hyper-parameter-tuning-job/{run}")
+    out = event(
+        "training-job-tuning-child.json",
+        TrainingJobName=f"{run}-001-00000001",
+        TrainingJobStatus=status,
+        TuningJobArn=f"arn:aws:sagemaker:us-east-1:123456789012:hyper-parameter-tuning-job/{run}",
+    )
     if reason:
         out["detail"]["FailureReason"] = reason
     return out
@@ -387,26 +557,44 @@ def _trial_event(run: str, status: str, reason: str | None) -> dict:
 def test_a_trial_failing_on_the_dataset_stops_its_tuning_job(stage, client):
     _, run = _run_to_tuning(stage, client)
     stage.stub.add_response("stop_hyper_parameter_tuning_job", {}, {"HyperParameterTuningJobName": run})
-    outcome = invoke(client, "on_training_job_state_change",
-                     _trial_event(run, "Failed", "AlgorithmError: ArchiveError: archive member '../x' escapes the extraction directory"))
+    outcome = invoke(
+        client,
+        "on_training_job_state_change",
+        _trial_event(
+            run, "Failed", "AlgorithmError: ArchiveError: archive member '../x' escapes the extraction directory"
+        ),
+    )
     assert outcome.startswith(f"stopped tuning job {run}: every trial would fail: AlgorithmError: ArchiveError")
     stage.stub.assert_no_pending_responses()
 
 
-@pytest.mark.parametrize("status, reason", [("Failed", "AlgorithmError: DivergedError: the training loss became NaN"),
-                                            ("Completed", None), ("Stopped", None)])
+@pytest.mark.parametrize(
+    "status, reason",
+    [("Failed", "AlgorithmError: DivergedError: the training loss became NaN"), ("Completed", None), ("Stopped", None)],
+)
 def test_other_trial_endings_leave_the_tuning_job_running(stage, client, status, reason):
     _, run = _run_to_tuning(stage, client)
-    assert invoke(client, "on_training_job_state_change", _trial_event(run, status, reason)).startswith("ignored: trial")
+    assert invoke(client, "on_training_job_state_change", _trial_event(run, status, reason)).startswith(
+        "ignored: trial"
+    )
     stage.stub.assert_no_pending_responses()
 
 
 def test_a_tuning_job_that_ended_already_is_not_stopped_twice(stage, client):
     _, run = _run_to_tuning(stage, client)
-    stage.stub.add_client_error("stop_hyper_parameter_tuning_job", "ValidationException",
-                                "The request was rejected because the tuning job is in status Stopped.")
-    stage.stub.add_response("describe_hyper_parameter_tuning_job", _tuning_description(stage, run, "Stopped", best=None))
-    outcome = invoke(client, "on_training_job_state_change", _trial_event(run, "Failed", "AlgorithmError: DatasetError: found 0 classes"))
+    stage.stub.add_client_error(
+        "stop_hyper_parameter_tuning_job",
+        "ValidationException",
+        "The request was rejected because the tuning job is in status Stopped.",
+    )
+    stage.stub.add_response(
+        "describe_hyper_parameter_tuning_job", _tuning_description(stage, run, "Stopped", best=None)
+    )
+    outcome = invoke(
+        client,
+        "on_training_job_state_change",
+        _trial_event(run, "Failed", "AlgorithmError: DatasetError: found 0 classes"),
+    )
     assert outcome.startswith(f"already ended: tuning job {run}")
 
 
@@ -416,11 +604,28 @@ def test_training_failed_leaves_the_endpoint(stage, client):
     stage.notifications()
     described = stage.sagemaker.describe_training_job(TrainingJobName=f"{run}-final")
     described.pop("ResponseMetadata")
-    failed = {k: v for k, v in described.items() if k in ("TrainingJobName", "TrainingJobArn", "AlgorithmSpecification", "CreationTime",
-                                                           "InputDataConfig", "HyperParameters", "RoleArn")}
-    failed.update(TrainingJobStatus="Failed", SecondaryStatus="Failed", FailureReason="AlgorithmError: the training loss became NaN",
-                  ModelArtifacts={"S3ModelArtifacts": ""}, ResourceConfig=described["ResourceConfig"],
-                  StoppingCondition=described["StoppingCondition"])
+    failed = {
+        k: v
+        for k, v in described.items()
+        if k
+        in (
+            "TrainingJobName",
+            "TrainingJobArn",
+            "AlgorithmSpecification",
+            "CreationTime",
+            "InputDataConfig",
+            "HyperParameters",
+            "RoleArn",
+        )
+    }
+    failed.update(
+        TrainingJobStatus="Failed",
+        SecondaryStatus="Failed",
+        FailureReason="AlgorithmError: the training loss became NaN",
+        ModelArtifacts={"S3ModelArtifacts": ""},
+        ResourceConfig=described["ResourceConfig"],
+        StoppingCondition=described["StoppingCondition"],
+    )
     stage.route("describe_training_job")
     stage.stub.add_response("describe_training_job", failed)
     assert invoke(client, "on_training_job_state_change", _training_event(run, "Failed")) == "training failed"
@@ -430,10 +635,18 @@ def test_training_failed_leaves_the_endpoint(stage, client):
     assert stage.sagemaker.list_endpoints()["Endpoints"] == [] and stage.sagemaker.list_models()["Models"] == []
 
 
-def _endpoint_description(run: str, status: str, reason: str | None = None, endpoint: str = "droptrain-dev-pets") -> dict:
+def _endpoint_description(
+    run: str, status: str, reason: str | None = None, endpoint: str = "droptrain-dev-pets"
+) -> dict:
     now = datetime.datetime(2026, 11, 20, 20, 44, tzinfo=datetime.timezone.utc)
-    described = {"EndpointName": endpoint, "EndpointArn": f"arn:aws:sagemaker:us-east-1:123456789012:endpoint/{endpoint}",
-                 "EndpointConfigName": run, "EndpointStatus": status, "CreationTime": now, "LastModifiedTime": now}
+    described = {
+        "EndpointName": endpoint,
+        "EndpointArn": f"arn:aws:sagemaker:us-east-1:123456789012:endpoint/{endpoint}",
+        "EndpointConfigName": run,
+        "EndpointStatus": status,
+        "CreationTime": now,
+        "LastModifiedTime": now,
+    }
     if reason:
         described["FailureReason"] = reason
     return described
@@ -441,7 +654,10 @@ def _endpoint_description(run: str, status: str, reason: str | None = None, endp
 
 def test_endpoint_failed(stage, client):
     stage.route("describe_endpoint", "list_tags")
-    stage.stub.add_response("describe_endpoint", _endpoint_description("dogs-3f9a1c2e", "Failed", "The primary container did not pass the ping health check"))
+    stage.stub.add_response(
+        "describe_endpoint",
+        _endpoint_description("dogs-3f9a1c2e", "Failed", "The primary container did not pass the ping health check"),
+    )
     stage.stub.add_response("list_tags", {"Tags": [{"Key": "droptrain:run-id", "Value": "dogs-3f9a1c2e"}]})
     assert invoke(client, "on_endpoint_state_change", _endpoint_event("dogs-3f9a1c2e", "FAILED")) == "deployment failed"
     notes = stage.notifications()
@@ -450,7 +666,10 @@ def test_endpoint_failed(stage, client):
 
 def test_update_rolled_back_is_a_failed_deployment(stage, client):
     stage.route("describe_endpoint", "list_tags")
-    stage.stub.add_response("describe_endpoint", _endpoint_description("old-run-11111111", "InService", "Deployment rolled back: alarm droptrain-5xx"))
+    stage.stub.add_response(
+        "describe_endpoint",
+        _endpoint_description("old-run-11111111", "InService", "Deployment rolled back: alarm droptrain-5xx"),
+    )
     stage.stub.add_response("list_tags", {"Tags": [{"Key": "droptrain:run-id", "Value": "new-run-22222222"}]})
     assert invoke(client, "on_endpoint_state_change", _endpoint_event("old-run-11111111")) == "deployment failed"
     note = stage.notifications()[0]
@@ -465,18 +684,37 @@ def test_deployment_queued_while_the_endpoint_updates(stage, client):
     approved = package_event(stage, run)
     stage.route("describe_endpoint", "add_tags", "list_tags", "delete_tags")
     stage.stub.add_response("describe_endpoint", _endpoint_description("old-run-11111111", "Updating"))
-    stage.stub.add_response("add_tags", {"Tags": []}, {"ResourceArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint/droptrain-dev-pets",
-                                                       "Tags": [{"Key": "droptrain:pending-run-id", "Value": run},
-                                                                {"Key": "droptrain:pending-dataset", "Value": f"s3://{BUCKET}/datasets/pets/"}]})
+    stage.stub.add_response(
+        "add_tags",
+        {"Tags": []},
+        {
+            "ResourceArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint/droptrain-dev-pets",
+            "Tags": [
+                {"Key": "droptrain:pending-run-id", "Value": run},
+                {"Key": "droptrain:pending-dataset", "Value": f"s3://{BUCKET}/datasets/pets/"},
+            ],
+        },
+    )
     assert invoke(client, "on_model_package_state_change", approved).startswith("deployment: queued")
     # The endpoint finishes its update: the queued run is deployed next.
     stage.stub.add_response("describe_endpoint", _endpoint_description("old-run-11111111", "InService"))
-    stage.stub.add_response("list_tags", {"Tags": [{"Key": "droptrain:run-id", "Value": "old-run-11111111"},
-                                                   {"Key": "droptrain:pending-run-id", "Value": run}]})
-    stage.stub.add_response("update_endpoint", {"EndpointArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint/droptrain-dev"})
+    stage.stub.add_response(
+        "list_tags",
+        {
+            "Tags": [
+                {"Key": "droptrain:run-id", "Value": "old-run-11111111"},
+                {"Key": "droptrain:pending-run-id", "Value": run},
+            ]
+        },
+    )
+    stage.stub.add_response(
+        "update_endpoint", {"EndpointArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint/droptrain-dev"}
+    )
     stage.stub.add_response("add_tags", {"Tags": []})
     stage.stub.add_response("delete_tags", {})
-    outcome = invoke(client, "on_endpoint_state_change", _endpoint_event("old-run-11111111", endpoint="droptrain-dev-pets"))
+    outcome = invoke(
+        client, "on_endpoint_state_change", _endpoint_event("old-run-11111111", endpoint="droptrain-dev-pets")
+    )
     assert outcome == f"deployment completed; deploying queued run {run}"
     stage.stub.assert_no_pending_responses()
 
@@ -486,7 +724,9 @@ def test_missing_configuration(stage, monkeypatch, tmp_path):
 
     monkeypatch.delenv("SAGEMAKER_ROLE_ARN")
     client = make_client(tmp_path)  # the app builds AWS's adapters from the environment, as on Lambda
-    assert invoke(client, "on_dataset_uploaded", stage.upload_folder("pets")).startswith("configuration error: configuration variable SAGEMAKER_ROLE_ARN is not set")
+    assert invoke(client, "on_dataset_uploaded", stage.upload_folder("pets")).startswith(
+        "configuration error: configuration variable SAGEMAKER_ROLE_ARN is not set"
+    )
     notes = stage.notifications()
     assert [n["event"] for n in notes] == ["pipeline.failed"] and notes[0]["detail"]["variable"] == "SAGEMAKER_ROLE_ARN"
     assert stage.sagemaker.list_hyper_parameter_tuning_jobs()["HyperParameterTuningJobSummaries"] == []
@@ -497,7 +737,9 @@ def test_missing_configuration(stage, monkeypatch, tmp_path):
 def test_permanent_aws_failure_reported_once(stage, client):
     stage.route("create_hyper_parameter_tuning_job")
     for _ in range(2):
-        stage.stub.add_client_error("create_hyper_parameter_tuning_job", "ValidationException", "The role cannot be assumed by SageMaker")
+        stage.stub.add_client_error(
+            "create_hyper_parameter_tuning_job", "ValidationException", "The role cannot be assumed by SageMaker"
+        )
     s3_event = stage.upload_folder("pets")
     for _ in range(2):
         assert invoke(client, "on_dataset_uploaded", s3_event).startswith("failed: creating tuning job")
@@ -507,7 +749,9 @@ def test_permanent_aws_failure_reported_once(stage, client):
 
 def test_throttled_aws_call_is_retried_by_lambda(stage, client):
     stage.route("create_hyper_parameter_tuning_job")
-    stage.stub.add_client_error("create_hyper_parameter_tuning_job", "ThrottlingException", "Rate exceeded", http_status_code=400)
+    stage.stub.add_client_error(
+        "create_hyper_parameter_tuning_job", "ThrottlingException", "Rate exceeded", http_status_code=400
+    )
     s3_event = stage.upload_folder("pets")
     with pytest.raises(Exception, match="Rate exceeded"):
         invoke(client, "on_dataset_uploaded", s3_event)
@@ -549,8 +793,10 @@ def test_rule_verdicts_reach_the_notification_and_can_block_deployment(stage, cl
     _, run = _run_to_tuning(stage, client)
     _complete_tuning(stage, client, run, f"s3://{BUCKET}/datasets/pets/")
     stage.notifications()
-    verdicts = [{"rule": "Overfit", "status": "IssuesFound", "step": 15, "message": "validation loss exceeded training loss"},
-                {"rule": "VanishingGradient", "status": "NoIssuesFound", "step": None, "message": "ok"}]
+    verdicts = [
+        {"rule": "Overfit", "status": "IssuesFound", "step": 15, "message": "validation loss exceeded training loss"},
+        {"rule": "VanishingGradient", "status": "NoIssuesFound", "step": None, "message": "ok"},
+    ]
     stage.put(f"runs/{run}/reports/rules.json", _json.dumps(verdicts).encode())
     outcome = invoke(client, "on_training_job_state_change", _training_event(run))
     note = stage.notifications()[0]
@@ -572,12 +818,21 @@ def test_a_failed_endpoint_is_deleted_and_created_again(stage, client):
     assert invoke(client, "on_training_job_state_change", _training_event(run)).startswith("registered as version 1")
     approved = package_event(stage, run)
     stage.route("describe_endpoint", "delete_endpoint", "create_endpoint")
-    stage.stub.add_response("describe_endpoint", _endpoint_description("old-run-11111111", "Failed", "ping health check"))
+    stage.stub.add_response(
+        "describe_endpoint", _endpoint_description("old-run-11111111", "Failed", "ping health check")
+    )
     stage.stub.add_response("delete_endpoint", {}, {"EndpointName": "droptrain-dev-pets"})
     stage.stub.add_response("describe_endpoint", _endpoint_description("old-run-11111111", "Deleting"))
-    stage.stub.add_client_error("describe_endpoint", "ValidationException", "Could not find endpoint \"droptrain-dev-pets\".")
-    stage.stub.add_response("create_endpoint", {"EndpointArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint/droptrain-dev-pets"})
-    assert invoke(client, "on_model_package_state_change", approved) == "deployment: recreating the endpoint, which had failed"
+    stage.stub.add_client_error(
+        "describe_endpoint", "ValidationException", 'Could not find endpoint "droptrain-dev-pets".'
+    )
+    stage.stub.add_response(
+        "create_endpoint", {"EndpointArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint/droptrain-dev-pets"}
+    )
+    assert (
+        invoke(client, "on_model_package_state_change", approved)
+        == "deployment: recreating the endpoint, which had failed"
+    )
     stage.stub.assert_no_pending_responses()
     assert stage.sleeps == [5], "waited for the deletion, with the injected sleep"
     started = [n for n in stage.notifications() if n["event"] == "deployment.started"]
@@ -602,12 +857,16 @@ def test_datasets_with_any_name_start_a_run_with_valid_tags(stage, client, name)
     s3_event = stage.upload_folder(name)
     assert invoke(client, "on_dataset_uploaded", s3_event) == "tuning job created"
     job = stage.sagemaker.list_hyper_parameter_tuning_jobs()["HyperParameterTuningJobSummaries"][0]
-    arn = stage.sagemaker.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=job["HyperParameterTuningJobName"])[
-        "HyperParameterTuningJobArn"]
+    arn = stage.sagemaker.describe_hyper_parameter_tuning_job(
+        HyperParameterTuningJobName=job["HyperParameterTuningJobName"]
+    )["HyperParameterTuningJobArn"]
     tags = {t["Key"]: t["Value"] for t in stage.sagemaker.list_tags(ResourceArn=arn)["Tags"]}
     import regex
 
-    assert regex.fullmatch(r"[\p{L}\p{Z}\p{N}_.:/=+\-@]*", tags["droptrain:dataset"]) and len(tags["droptrain:dataset"]) <= 256
+    assert (
+        regex.fullmatch(r"[\p{L}\p{Z}\p{N}_.:/=+\-@]*", tags["droptrain:dataset"])
+        and len(tags["droptrain:dataset"]) <= 256
+    )
     assert names.dataset_of_tags(tags) == f"s3://{BUCKET}/datasets/{name}/"
     assert [n["dataset"] for n in stage.notifications()] == [f"s3://{BUCKET}/datasets/{name}/"] * 2
 
@@ -622,7 +881,9 @@ def test_a_dataset_whose_name_cannot_be_tagged_is_rejected_before_anything_is_an
 
 
 def test_an_archive_with_an_upper_case_suffix_starts_a_run(stage, client):
-    s3_event = stage.upload_zip("Dogs", {f"dogs/train/{c}/{i}.jpg": b"\xff\xd8\xff" for c in ("a", "b") for i in range(3)})
+    s3_event = stage.upload_zip(
+        "Dogs", {f"dogs/train/{c}/{i}.jpg": b"\xff\xd8\xff" for c in ("a", "b") for i in range(3)}
+    )
     key = s3_event["detail"]["object"]["key"]
     stage.s3.copy_object(Bucket=BUCKET, Key="datasets/Dogs.Zip", CopySource={"Bucket": BUCKET, "Key": key})
     s3_event["detail"]["object"]["key"] = "datasets/Dogs.Zip"
@@ -639,8 +900,12 @@ def test_spot_checkpoints_are_pruned_once_nothing_can_resume_them(stage, client)
     stage.services.config = dataclasses.replace(stage.services.config, use_spot=True)
     _, run = _run_to_tuning(stage, client)
     kept = f"runs/{run}/reports/profile.json"
-    for key in (f"runs/{run}/checkpoints/tuning/checkpoint-a.pt", f"runs/{run}/checkpoints/tuning/checkpoint-b.pt",
-                f"runs/{run}/checkpoints/final/checkpoint-c.pt", kept):
+    for key in (
+        f"runs/{run}/checkpoints/tuning/checkpoint-a.pt",
+        f"runs/{run}/checkpoints/tuning/checkpoint-b.pt",
+        f"runs/{run}/checkpoints/final/checkpoint-c.pt",
+        kept,
+    ):
         stage.put(key, b"x" * 10)
     assert _complete_tuning(stage, client, run, f"s3://{BUCKET}/datasets/pets/") == "final training job created"
     left = {o["Key"] for o in stage.s3.list_objects_v2(Bucket=BUCKET, Prefix=f"runs/{run}/").get("Contents", [])}

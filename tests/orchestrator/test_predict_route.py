@@ -11,8 +11,14 @@ from botocore.response import StreamingBody
 from PIL import Image
 
 JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(200)
-ANSWER = {"predictions": [{"label": "beagle", "probability": 0.93}, {"label": "pug", "probability": 0.05},
-                          {"label": "corgi", "probability": 0.02}], "model": "dogs-3f9a1c2e"}
+ANSWER = {
+    "predictions": [
+        {"label": "beagle", "probability": 0.93},
+        {"label": "pug", "probability": 0.05},
+        {"label": "corgi", "probability": 0.02},
+    ],
+    "model": "dogs-3f9a1c2e",
+}
 
 
 def _png() -> bytes:
@@ -99,17 +105,20 @@ def test_the_real_image_type_is_sent(stage, client):
     assert _post(client, png, "image/jpeg").status_code == 200
 
 
-@pytest.mark.parametrize("body,content_type,query,status,code", [
-    (b"", "image/jpeg", "", 400, "empty_body"),
-    (b"hello", "text/plain", "", 415, "unsupported_media_type"),
-    (b'{"a": 1}', "application/json", "", 415, "unsupported_media_type"),
-    (JPEG, None, "", 415, "unsupported_media_type"),
-    (b"GIF89a not allowed", "image/jpeg", "", 400, "invalid_image"),
-    (JPEG, "image/jpeg", "?top_k=0", 400, "invalid_top_k"),
-    (JPEG, "image/jpeg", "?top_k=21", 400, "invalid_top_k"),
-    (JPEG, "image/jpeg", "?top_k=five", 400, "invalid_top_k"),
-    (b"\xff\xd8\xff" + bytes(4 * 1024 * 1024), "image/jpeg", "", 413, "payload_too_large"),
-])
+@pytest.mark.parametrize(
+    "body,content_type,query,status,code",
+    [
+        (b"", "image/jpeg", "", 400, "empty_body"),
+        (b"hello", "text/plain", "", 415, "unsupported_media_type"),
+        (b'{"a": 1}', "application/json", "", 415, "unsupported_media_type"),
+        (JPEG, None, "", 415, "unsupported_media_type"),
+        (b"GIF89a not allowed", "image/jpeg", "", 400, "invalid_image"),
+        (JPEG, "image/jpeg", "?top_k=0", 400, "invalid_top_k"),
+        (JPEG, "image/jpeg", "?top_k=21", 400, "invalid_top_k"),
+        (JPEG, "image/jpeg", "?top_k=five", 400, "invalid_top_k"),
+        (b"\xff\xd8\xff" + bytes(4 * 1024 * 1024), "image/jpeg", "", 413, "payload_too_large"),
+    ],
+)
 def test_bad_requests_never_reach_the_endpoint(stage, client, body, content_type, query, status, code):
     response = _post(client, body, content_type, query)
     assert response.status_code == status
@@ -120,23 +129,35 @@ def test_bad_requests_never_reach_the_endpoint(stage, client, body, content_type
 
 
 def test_no_endpoint_is_503(stage, client):
-    stage.runtime_stub.add_client_error("invoke_endpoint", "ValidationError", "Endpoint droptrain-dev of account 123456789012 not found.")
+    stage.runtime_stub.add_client_error(
+        "invoke_endpoint", "ValidationError", "Endpoint droptrain-dev of account 123456789012 not found."
+    )
     response = _post(client, JPEG)
     assert response.status_code == 503 and response.json_body["error"]["code"] == "no_model"
 
 
 def test_endpoint_failure_is_502_without_internals(stage, client):
-    stage.runtime_stub.add_client_error("invoke_endpoint", "ModelError", "Received server error (500) from primary",
-                                        http_status_code=424, response_meta={},
-                                        modeled_fields={"OriginalStatusCode": 500, "OriginalMessage": "Traceback (most recent call last): ..."})
+    stage.runtime_stub.add_client_error(
+        "invoke_endpoint",
+        "ModelError",
+        "Received server error (500) from primary",
+        http_status_code=424,
+        response_meta={},
+        modeled_fields={"OriginalStatusCode": 500, "OriginalMessage": "Traceback (most recent call last): ..."},
+    )
     response = _post(client, JPEG)
     assert response.status_code == 502 and response.json_body["error"]["code"] == "endpoint_error"
     assert "Traceback" not in json.dumps(response.json_body)
 
 
 def _model_rejects(stage, status: int, message: str) -> None:
-    stage.runtime_stub.add_client_error("invoke_endpoint", "ModelError", f"Received client error ({status})", http_status_code=424,
-                                        modeled_fields={"OriginalStatusCode": status, "OriginalMessage": message})
+    stage.runtime_stub.add_client_error(
+        "invoke_endpoint",
+        "ModelError",
+        f"Received client error ({status})",
+        http_status_code=424,
+        modeled_fields={"OriginalStatusCode": status, "OriginalMessage": message},
+    )
 
 
 def test_model_rejecting_the_image_is_400(stage, client):
@@ -179,7 +200,9 @@ def test_status_without_an_endpoint(stage, client):
     _projects(stage, "dogs")
     response = client.http.get("/status")
     assert response.status_code == 200
-    assert response.json_body == {"projects": {"dogs": {"endpoint": {"name": "droptrain-dev-dogs", "status": "NotDeployed"}, "model": None}}}
+    assert response.json_body == {
+        "projects": {"dogs": {"endpoint": {"name": "droptrain-dev-dogs", "status": "NotDeployed"}, "model": None}}
+    }
 
 
 def test_the_predict_path_fits_inside_api_gateways_29_seconds(monkeypatch):
@@ -192,7 +215,10 @@ def test_the_predict_path_fits_inside_api_gateways_29_seconds(monkeypatch):
     runtime = bootstrap._clients("us-east-1")["runtime"]
     config = runtime.meta.config
     assert config.retries["total_max_attempts"] == 1
-    assert (config.connect_timeout, config.read_timeout) == (predict.INVOKE_CONNECT_TIMEOUT, predict.INVOKE_READ_TIMEOUT)
+    assert (config.connect_timeout, config.read_timeout) == (
+        predict.INVOKE_CONNECT_TIMEOUT,
+        predict.INVOKE_READ_TIMEOUT,
+    )
     assert predict.worst_case_seconds() < predict.API_GATEWAY_TIMEOUT_SECONDS - 1
 
 
@@ -213,6 +239,14 @@ def test_no_retry_starts_that_could_not_finish_in_time():
 
     sleeps = []
     with pytest.raises(predict.UnavailableError):
-        predict.predict(SlowThenThrottled(), config_module.load(BASE_ENV), "droptrain-dev-dogs", JPEG, "image/jpeg", None,
-                        sleep=lambda s: (sleeps.append(s), now.__setitem__(0, now[0] + s)), clock=lambda: now[0])
+        predict.predict(
+            SlowThenThrottled(),
+            config_module.load(BASE_ENV),
+            "droptrain-dev-dogs",
+            JPEG,
+            "image/jpeg",
+            None,
+            sleep=lambda s: (sleeps.append(s), now.__setitem__(0, now[0] + s)),
+            clock=lambda: now[0],
+        )
     assert len(calls) == 1 and sleeps == [], "10 s spent + another 22 s attempt would pass the 26 s budget"

@@ -23,14 +23,24 @@ CLASSES = {"beagle": 0.9, "corgi": 0.9, "pug": 0.9}
 def _expect_update(stage, endpoint: str, run: str) -> None:
     """UpdateEndpoint (which moto lacks) as the stage's default config sends it: all at once on one
     instance, baking under the project's alarms."""
-    stage.stub.add_response("update_endpoint", {"EndpointArn": f"arn:aws:sagemaker:us-east-1:123456789012:endpoint/{endpoint}"}, {
-        "EndpointName": endpoint, "EndpointConfigName": run,
-        "DeploymentConfig": {
-            "BlueGreenUpdatePolicy": {
-                "TrafficRoutingConfiguration": {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 600},
-                "TerminationWaitInSeconds": 120, "MaximumExecutionTimeoutInSeconds": 3000},
-            "AutoRollbackConfiguration": {"Alarms": [{"AlarmName": f"{endpoint}-5xx-rate"}, {"AlarmName": f"{endpoint}-model-latency"}]}},
-    })
+    stage.stub.add_response(
+        "update_endpoint",
+        {"EndpointArn": f"arn:aws:sagemaker:us-east-1:123456789012:endpoint/{endpoint}"},
+        {
+            "EndpointName": endpoint,
+            "EndpointConfigName": run,
+            "DeploymentConfig": {
+                "BlueGreenUpdatePolicy": {
+                    "TrafficRoutingConfiguration": {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 600},
+                    "TerminationWaitInSeconds": 120,
+                    "MaximumExecutionTimeoutInSeconds": 3000,
+                },
+                "AutoRollbackConfiguration": {
+                    "Alarms": [{"AlarmName": f"{endpoint}-5xx-rate"}, {"AlarmName": f"{endpoint}-model-latency"}]
+                },
+            },
+        },
+    )
 
 
 def _first_version(stage, client, name: str) -> str:
@@ -62,9 +72,16 @@ def test_two_datasets_are_served_by_their_own_endpoints(stage, client):
     jpeg = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(100)
     for project, run in (("dogs", dogs), ("flowers", flowers)):
         answer = f'{{"predictions": [{{"label": "x", "probability": 1.0}}], "model": "{run}"}}'.encode()
-        stage.runtime_stub.add_response("invoke_endpoint", {"Body": StreamingBody(io.BytesIO(answer), len(answer))},
-                                        {"EndpointName": f"droptrain-dev-{project}", "Body": jpeg, "ContentType": "image/jpeg",
-                                         "Accept": "application/json"})
+        stage.runtime_stub.add_response(
+            "invoke_endpoint",
+            {"Body": StreamingBody(io.BytesIO(answer), len(answer))},
+            {
+                "EndpointName": f"droptrain-dev-{project}",
+                "Body": jpeg,
+                "ContentType": "image/jpeg",
+                "Accept": "application/json",
+            },
+        )
         response = client.http.post(f"/predict/{project}", headers={"Content-Type": "image/jpeg"}, body=jpeg)
         assert response.status_code == 200 and response.json_body["model"] == run
     ambiguous = client.http.post("/predict", headers={"Content-Type": "image/jpeg"}, body=jpeg)
@@ -81,7 +98,9 @@ def test_a_worse_retrain_is_held_then_approved_through_the_api_and_rolled_back(s
     _complete_tuning(stage, client, second, f"s3://{BUCKET}/datasets/dogs/")
     # The retrain lost the corgis: its final job evaluated both models on its own test split.
     put_evaluations(stage, second, {"beagle": 0.95, "corgi": 0.6, "pug": 0.95}, baseline_run=first, baseline=CLASSES)
-    assert invoke(client, "on_training_job_state_change", _training_event(second)).startswith("registered as version 2; held: ")
+    assert invoke(client, "on_training_job_state_change", _training_event(second)).startswith(
+        "registered as version 2; held: "
+    )
     held = [n for n in stage.notifications() if n["event"] == "model.held"]
     assert len(held) == 1 and held[0]["run_id"] == second
     detail = held[0]["detail"]
@@ -91,19 +110,25 @@ def test_a_worse_retrain_is_held_then_approved_through_the_api_and_rolled_back(s
     assert detail["gate"]["comparison"]["recall"]["beagle"]["change"] == 0.05
     assert "same" in detail["gate"]["basis"] or "split" in detail["gate"]["basis"]
     assert package_event(stage, second)["detail"]["ModelApprovalStatus"] == "PendingManualApproval"
-    assert stage.sagemaker.describe_endpoint(EndpointName="droptrain-dev-dogs")["EndpointConfigName"] == first, "not deployed"
+    assert stage.sagemaker.describe_endpoint(EndpointName="droptrain-dev-dogs")["EndpointConfigName"] == first, (
+        "not deployed"
+    )
 
     versions = client.http.get("/projects/dogs").json_body
     assert versions["serving"] == first
     assert [(v["version"], v["run_id"], v["status"], v["serving"]) for v in versions["versions"]] == [
-        (1, first, "Approved", True), (2, second, "PendingManualApproval", False)]
+        (1, first, "Approved", True),
+        (2, second, "PendingManualApproval", False),
+    ]
     assert versions["versions"][0]["metrics"]["macro_f1"] == 0.9
 
     # A person approves it through the API; SageMaker's approval event deploys it.
     approved = client.http.post(f"/projects/dogs/versions/{second}/deploy")
     assert approved.status_code == 202 and approved.json_body["action"] == "approved; its approval deploys it"
     _expect_update(stage, "droptrain-dev-dogs", second)
-    assert invoke(client, "on_model_package_state_change", package_event(stage, second)).startswith("deployment: updating the endpoint")
+    assert invoke(client, "on_model_package_state_change", package_event(stage, second)).startswith(
+        "deployment: updating the endpoint"
+    )
     stage.stub.assert_no_pending_responses()
     assert [n["event"] for n in stage.notifications()] == ["model.approved", "deployment.started"]
 
@@ -137,7 +162,9 @@ def test_manual_approval_holds_every_version(stage, client):
     stage.services.config = dataclasses.replace(stage.services.config, approval_mode="manual")
     _, run = _run_to_tuning(stage, client, "dogs")
     _complete_tuning(stage, client, run, f"s3://{BUCKET}/datasets/dogs/")
-    assert invoke(client, "on_training_job_state_change", _training_event(run)).startswith("registered as version 1; held: APPROVAL_MODE=manual")
+    assert invoke(client, "on_training_job_state_change", _training_event(run)).startswith(
+        "registered as version 1; held: APPROVAL_MODE=manual"
+    )
     assert stage.sagemaker.list_endpoints()["Endpoints"] == []
     held = [n for n in stage.notifications() if n["event"] == "model.held"][0]
     assert held["detail"]["approve"].startswith(f"POST /projects/dogs/versions/{run}/deploy")
@@ -145,7 +172,9 @@ def test_manual_approval_holds_every_version(stage, client):
 
 def test_other_stages_groups_and_pending_versions_are_ignored(stage, client):
     other = package_event_for("droptrain-prod-dogs", "Approved")
-    assert invoke(client, "on_model_package_state_change", other).startswith("ignored: model package group droptrain-prod-dogs")
+    assert invoke(client, "on_model_package_state_change", other).startswith(
+        "ignored: model package group droptrain-prod-dogs"
+    )
     pending = package_event_for("droptrain-dev-dogs", "PendingManualApproval")
     assert invoke(client, "on_model_package_state_change", pending).startswith("ignored: version 3")
     assert stage.sagemaker.list_endpoints()["Endpoints"] == []
@@ -170,8 +199,13 @@ def test_the_consoles_run_routes_read_what_the_pipeline_wrote(stage, client):
     assert [(r["run_id"], r["project"], r["state"]) for r in runs] == [(run, "dogs", "deployed")]
     assert runs[0]["events"][0] == "dataset.accepted" and runs[0]["events"][-1] == "deployment.completed"
 
-    stage.stub.add_response("describe_hyper_parameter_tuning_job", _tuning_description(stage, run), {"HyperParameterTuningJobName": run})
-    best = {**_trial(run, 3, "Completed"), "FinalHyperParameterTuningJobObjectiveMetric": {"MetricName": "valid:accuracy", "Value": 0.91}}
+    stage.stub.add_response(
+        "describe_hyper_parameter_tuning_job", _tuning_description(stage, run), {"HyperParameterTuningJobName": run}
+    )
+    best = {
+        **_trial(run, 3, "Completed"),
+        "FinalHyperParameterTuningJobObjectiveMetric": {"MetricName": "valid:accuracy", "Value": 0.91},
+    }
     best["TrainingJobName"] = f"{run}-003-7d1e2a4b"
     _list_trials(stage, run, _trial(run, 1, "Completed"), best)
     stage.put(f"runs/{run}/reports/rules.json", json.dumps([{"rule": "Overfit", "status": "NoIssuesFound"}]).encode())
@@ -179,13 +213,17 @@ def test_the_consoles_run_routes_read_what_the_pipeline_wrote(stage, client):
     detail = client.http.get(f"/runs/{run}").json_body
     assert [m["event"] for m in detail["timeline"]][:2] == ["dataset.accepted", "tuning.started"]
     assert detail["state"] == "deployed" and detail["evaluation"]["classes"] == ["beagle", "corgi", "pug"]
-    assert [t["best"] for t in detail["tuning"]["trials"]] == [False, True] and detail["tuning"]["trials"][1]["objective"] == 0.91
+    assert [t["best"] for t in detail["tuning"]["trials"]] == [False, True] and detail["tuning"]["trials"][1][
+        "objective"
+    ] == 0.91
     assert detail["rules"] == [{"rule": "Overfit", "status": "NoIssuesFound"}]
     assert detail["report"] == f"runs/{run}/report"
     report = client.http.get(f"/runs/{run}/report")
     assert report.status_code == 302
     location = urlparse(report.headers["Location"])
-    assert location.path == f"/runs/{run}/reports/report.html" or location.path.endswith(f"/{BUCKET}/runs/{run}/reports/report.html")
+    assert location.path == f"/runs/{run}/reports/report.html" or location.path.endswith(
+        f"/{BUCKET}/runs/{run}/reports/report.html"
+    )
     assert int(parse_qs(location.query).get("X-Amz-Expires", parse_qs(location.query).get("Expires", ["0"]))[0]) > 0
 
     assert client.http.get("/runs/dogs-00000000").status_code == 404

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from chalice_app import alarm_requests, names, registry_requests
+from chalice_app import alarm_requests, endpoint_requests, names, registry_requests
 from chalice_app import config as config_module
 from chalice_app import sagemaker_requests as requests
 from orchestrator.support import validate
@@ -58,13 +58,19 @@ def test_tuning_request_is_valid_for_every_strategy(strategy, spot):
     static = definition["StaticHyperParameters"]
     assert static["sagemaker_program"] == "train.py"
     assert static["sagemaker_submit_directory"] == BASE_ENV["SOURCE_DIR_S3_URI"]
-    assert definition["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"] == "s3://droptrain-data-dev/datasets/dogs/"
+    assert (
+        definition["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"]
+        == "s3://droptrain-data-dev/datasets/dogs/"
+    )
     assert definition["OutputDataConfig"]["S3OutputPath"] == f"s3://droptrain-data-dev/runs/{run}/tuning/"
     assert definition["EnableManagedSpotTraining"] is spot
     assert ("CheckpointConfig" in definition) is spot
     assert ("MaxWaitTimeInSeconds" in definition["StoppingCondition"]) is spot
     assert {t["Key"]: t["Value"] for t in request["Tags"]} == {
-        "droptrain:run-id": run, "droptrain:dataset": DATASET.uri, "droptrain:role": "tuning"}
+        "droptrain:run-id": run,
+        "droptrain:dataset": DATASET.uri,
+        "droptrain:role": "tuning",
+    }
     # The toolkit installs training/requirements.txt without dependency pins (smdebug's would downgrade protobuf).
     assert definition["Environment"] == {"PIP_NO_DEPS": "1"}
 
@@ -77,8 +83,12 @@ def test_tuning_ranges_are_configurable():
     assert (ranges["lr"]["MinValue"], ranges["lr"]["MaxValue"]) == ("0.001", "0.02")
     assert (ranges["epochs"]["MinValue"], ranges["epochs"]["MaxValue"]) == ("3", "8")
     assert ranges["batch-size"]["Values"] == ["16", "32"]
-    assert (ranges["weight-decay"]["MinValue"], ranges["weight-decay"]["MaxValue"]) == ("1e-06", "0.01"), "defaults kept"
-    grid = requests.tuning_job_request(make_config(TUNING_STRATEGY="Grid", TUNING_RANGES='{"lr": [0.001, 0.1]}'), "pets-12345678", DATASET)
+    assert (ranges["weight-decay"]["MinValue"], ranges["weight-decay"]["MaxValue"]) == ("1e-06", "0.01"), (
+        "defaults kept"
+    )
+    grid = requests.tuning_job_request(
+        make_config(TUNING_STRATEGY="Grid", TUNING_RANGES='{"lr": [0.001, 0.1]}'), "pets-12345678", DATASET
+    )
     validate("sagemaker", "CreateHyperParameterTuningJob", grid)
     lr = grid["HyperParameterTuningJobConfig"]["ParameterRanges"]["CategoricalParameterRanges"][0]
     assert lr == {"Name": "lr", "Values": ["0.001", "0.01", "0.1"]}
@@ -126,27 +136,35 @@ def test_final_training_request(managed):
 @pytest.mark.parametrize("instance", ["ml.m5.large", "ml.g5.xlarge", "serverless"])
 @pytest.mark.parametrize("count", [1, 2])
 def test_model_and_endpoint_requests(instance, count):
-    config = make_config(INFERENCE_INSTANCE_TYPE=instance, INFERENCE_INSTANCE_COUNT=count, ROLLOUT_BAKE_SECONDS=300,
-                         ROLLBACK_ALARMS="team-5xx, team-latency")
+    config = make_config(
+        INFERENCE_INSTANCE_TYPE=instance,
+        INFERENCE_INSTANCE_COUNT=count,
+        ROLLOUT_BAKE_SECONDS=300,
+        ROLLBACK_ALARMS="team-5xx, team-latency",
+    )
     artifact = "s3://droptrain-data-dev/runs/dogs-3f9a1c2e/final/dogs-3f9a1c2e-final/output/model.tar.gz"
-    model = requests.model_request(config, "dogs-3f9a1c2e", artifact, DATASET.uri)
+    model = endpoint_requests.model_request(config, "dogs-3f9a1c2e", artifact, DATASET.uri)
     validate("sagemaker", "CreateModel", model)
     # The Ray Serve container reads the archive's config.yaml: no TorchServe variables, no environment.
     assert model["PrimaryContainer"] == {"Image": BASE_ENV["INFERENCE_IMAGE_URI"], "ModelDataUrl": artifact}
-    endpoint_config = requests.endpoint_config_request(config, "dogs-3f9a1c2e", DATASET.uri)
+    endpoint_config = endpoint_requests.endpoint_config_request(config, "dogs-3f9a1c2e", DATASET.uri)
     validate("sagemaker", "CreateEndpointConfig", endpoint_config)
     variant = endpoint_config["ProductionVariants"][0]
     assert ("ServerlessConfig" in variant) is (instance == "serverless")
     assert variant.get("InitialInstanceCount") == (None if instance == "serverless" else count)
     # GPU instances need the host AMI the Ray Serve container's documentation names.
-    assert variant.get("InferenceAmiVersion") == ("al2-ami-sagemaker-inference-gpu-3-1" if instance == "ml.g5.xlarge" else None)
-    final = requests.final_training_request(config, "dogs-3f9a1c2e", DATASET.uri, requests.static_hyperparameters(config), {})
+    assert variant.get("InferenceAmiVersion") == (
+        "al2-ami-sagemaker-inference-gpu-3-1" if instance == "ml.g5.xlarge" else None
+    )
+    final = requests.final_training_request(
+        config, "dogs-3f9a1c2e", DATASET.uri, requests.static_hyperparameters(config), {}
+    )
     assert final["HyperParameters"]["serving-gpus"] == ("1" if instance == "ml.g5.xlarge" else "0")
-    create = requests.create_endpoint_request(config, "dogs", "dogs-3f9a1c2e", DATASET.uri)
+    create = endpoint_requests.create_endpoint_request(config, "dogs", "dogs-3f9a1c2e", DATASET.uri)
     validate("sagemaker", "CreateEndpoint", create)
     assert create["EndpointName"] == "droptrain-dev-dogs"
     assert {"Key": "droptrain:project", "Value": "dogs"} in create["Tags"]
-    update = requests.update_endpoint_request(config, "dogs", "dogs-3f9a1c2e")
+    update = endpoint_requests.update_endpoint_request(config, "dogs", "dogs-3f9a1c2e")
     validate("sagemaker", "UpdateEndpoint", update)
     assert update["EndpointName"] == "droptrain-dev-dogs"
     if instance == "serverless":
@@ -158,20 +176,33 @@ def test_model_and_endpoint_requests(instance, count):
     if count == 1:
         assert routing == {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": 300}
     else:
-        assert routing == {"Type": "CANARY", "CanarySize": {"Type": "CAPACITY_PERCENT", "Value": 10}, "WaitIntervalInSeconds": 300}
+        assert routing == {
+            "Type": "CANARY",
+            "CanarySize": {"Type": "CAPACITY_PERCENT", "Value": 10},
+            "WaitIntervalInSeconds": 300,
+        }
     assert policy["MaximumExecutionTimeoutInSeconds"] >= 2 * 300 + policy["TerminationWaitInSeconds"]
     assert [a["AlarmName"] for a in update["DeploymentConfig"]["AutoRollbackConfiguration"]["Alarms"]] == [
-        "droptrain-dev-dogs-5xx-rate", "droptrain-dev-dogs-model-latency", "team-5xx", "team-latency"]
+        "droptrain-dev-dogs-5xx-rate",
+        "droptrain-dev-dogs-model-latency",
+        "team-5xx",
+        "team-latency",
+    ]
     alarms = alarm_requests.alarm_requests(config, "dogs")
     assert [a["AlarmName"] for a in alarms] == ["droptrain-dev-dogs-5xx-rate", "droptrain-dev-dogs-model-latency"]
     for alarm in alarms:
         validate("cloudwatch", "PutMetricAlarm", alarm)
     rate = alarms[0]
-    assert {m["MetricStat"]["Metric"]["MetricName"] for m in rate["Metrics"] if "MetricStat" in m} == {"Invocation5XXErrors", "Invocations"}
+    assert {m["MetricStat"]["Metric"]["MetricName"] for m in rate["Metrics"] if "MetricStat" in m} == {
+        "Invocation5XXErrors",
+        "Invocations",
+    }
     assert [m["Id"] for m in rate["Metrics"] if m["ReturnData"]] == ["rate"], "exactly one series is the alarm's"
     for metric in rate["Metrics"]:
         if "MetricStat" in metric:
-            assert {"Name": "EndpointName", "Value": "droptrain-dev-dogs"} in metric["MetricStat"]["Metric"]["Dimensions"]
+            assert {"Name": "EndpointName", "Value": "droptrain-dev-dogs"} in metric["MetricStat"]["Metric"][
+                "Dimensions"
+            ]
     assert alarms[1]["MetricName"] == "ModelLatency" and alarms[1]["Threshold"] == 5000 * 1000  # microseconds
 
 
@@ -181,32 +212,51 @@ def test_model_registry_requests():
     validate("sagemaker", "CreateModelPackageGroup", group)
     assert group["ModelPackageGroupName"] == "droptrain-dev-dog-breeds"
     artifact = "s3://droptrain-data-dev/runs/dog-breeds-3f9a1c2e/final/dog-breeds-3f9a1c2e-final/output/model.tar.gz"
-    hps = {"lr": "0.00074", "batch-size": "64", "arch": "resnet50", "train-mode": "head", **{f"z-extra-{i}": "x" * 300 for i in range(60)}}
-    package = registry_requests.model_package_request(config, "dog-breeds", "dog-breeds-3f9a1c2e", artifact,
-                                             "s3://droptrain-data-dev/datasets/Dog Breeds (v2) & more/",
-                                             {"test:accuracy": 0.89123456, "test:loss": 0.4, "macro_f1": 0.8812}, hps)
+    hps = {
+        "lr": "0.00074",
+        "batch-size": "64",
+        "arch": "resnet50",
+        "train-mode": "head",
+        **{f"z-extra-{i}": "x" * 300 for i in range(60)},
+    }
+    package = registry_requests.model_package_request(
+        config,
+        "dog-breeds",
+        "dog-breeds-3f9a1c2e",
+        artifact,
+        "s3://droptrain-data-dev/datasets/Dog Breeds (v2) & more/",
+        {"test:accuracy": 0.89123456, "test:loss": 0.4, "macro_f1": 0.8812},
+        hps,
+    )
     validate("sagemaker", "CreateModelPackage", package)
     assert package["ModelPackageGroupName"] == "droptrain-dev-dog-breeds"
     assert package["ModelApprovalStatus"] == "PendingManualApproval", "the gate or a person approves"
     assert package["ClientToken"] == "dog-breeds-3f9a1c2e", "a repeated event registers the same version"
     container = package["InferenceSpecification"]["Containers"][0]
     assert container == {"Image": BASE_ENV["INFERENCE_IMAGE_URI"], "ModelDataUrl": artifact}
-    assert package["ModelMetrics"]["ModelQuality"]["Statistics"]["S3Uri"] == \
-        "s3://droptrain-data-dev/runs/dog-breeds-3f9a1c2e/reports/evaluation.json"
+    assert (
+        package["ModelMetrics"]["ModelQuality"]["Statistics"]["S3Uri"]
+        == "s3://droptrain-data-dev/runs/dog-breeds-3f9a1c2e/reports/evaluation.json"
+    )
     metadata = package["CustomerMetadataProperties"]
     assert metadata["droptrain:run-id"] == "dog-breeds-3f9a1c2e" and metadata["hp:lr"] == "0.00074"
     assert metadata["test:accuracy"] == "0.891235" and len(metadata) == 50, "as many as SageMaker takes"
     assert metadata["hp:z-extra-0"] == "x" * 256
-    assert names.untag_value(metadata["droptrain:dataset"]) == "s3://droptrain-data-dev/datasets/Dog Breeds (v2) & more/"
-    approve = registry_requests.approval_request("arn:aws:sagemaker:us-east-1:123456789012:model-package/droptrain-dev-dog-breeds/3",
-                                        "Approved", "droptrain gate: " + "x" * 2000)
+    assert (
+        names.untag_value(metadata["droptrain:dataset"]) == "s3://droptrain-data-dev/datasets/Dog Breeds (v2) & more/"
+    )
+    approve = registry_requests.approval_request(
+        "arn:aws:sagemaker:us-east-1:123456789012:model-package/droptrain-dev-dog-breeds/3",
+        "Approved",
+        "droptrain gate: " + "x" * 2000,
+    )
     validate("sagemaker", "UpdateModelPackage", approve)
 
 
 def test_endpoint_prefix_leaves_room_for_every_project():
     longest = "x" * names.SLUG_MAX
     config = make_config(ENDPOINT_PREFIX="p" * 43)
-    validate("sagemaker", "CreateEndpoint", requests.create_endpoint_request(config, longest, "run-1", None))
+    validate("sagemaker", "CreateEndpoint", endpoint_requests.create_endpoint_request(config, longest, "run-1", None))
     with pytest.raises(config_module.ConfigError, match="ENDPOINT_PREFIX"):
         make_config(ENDPOINT_PREFIX="p" * 44)
     # A stage from before projects named its one endpoint: that name is read as the prefix.

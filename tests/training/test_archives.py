@@ -33,7 +33,9 @@ def test_extracts_nested_members(tmp_path, maker, suffix):
     assert (out / "top/train/b/2.jpg").read_bytes() == b"yy"
 
 
-@pytest.mark.parametrize("name", ["../evil.jpg", "train/../../evil.jpg", "/etc/evil.jpg", "C:/evil.jpg", "..\\evil.jpg"])
+@pytest.mark.parametrize(
+    "name", ["../evil.jpg", "train/../../evil.jpg", "/etc/evil.jpg", "C:/evil.jpg", "..\\evil.jpg"]
+)
 @pytest.mark.parametrize("maker,suffix", [(_zip, ".zip"), (_tar, ".tar")])
 def test_rejects_members_escaping_the_target(tmp_path, name, maker, suffix):
     archive = maker(tmp_path / f"d{suffix}", {"train/a/1.jpg": b"x", name: b"evil"})

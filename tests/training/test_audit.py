@@ -41,10 +41,21 @@ def planted(tmp_path_factory):
     with Image.open(first("train", classes[2])) as image:
         image.convert("CMYK").save(root / "train" / classes[2] / "cmyk.jpg")
     out = tmp_path_factory.mktemp("audit-out")
-    result = subprocess.run([sys.executable, str(TRAINING_DIR / "audit.py"), "--data-dir", str(root), "--out-dir", str(out)],
-                            cwd=TRAINING_DIR, capture_output=True, text=True, timeout=DEADLINE)
+    result = subprocess.run(
+        [sys.executable, str(TRAINING_DIR / "audit.py"), "--data-dir", str(root), "--out-dir", str(out)],
+        cwd=TRAINING_DIR,
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
-    return {"root": root, "plants": plants, "report": json.loads((out / "audit.json").read_text()), "out": out, "classes": classes}
+    return {
+        "root": root,
+        "plants": plants,
+        "report": json.loads((out / "audit.json").read_text()),
+        "out": out,
+        "classes": classes,
+    }
 
 
 def _rel(planted, path) -> str:
@@ -73,7 +84,10 @@ def test_every_planted_problem_is_reported_with_its_files(planted):
     assert report["counts"]["train"]["rare"] == 3
     assert report["hidden_folders"] == ["train/__MACOSX"] and "__MACOSX" not in report["classes"]
     assert {"path": f"train/{planted['classes'][2]}/cmyk.jpg", "mode": "CMYK"} in report["not_rgb"]
-    assert _rel(planted, plants["exact_leak"][0]) in report["leaked"] and _rel(planted, plants["near_leak"][0]) in report["leaked"]
+    assert (
+        _rel(planted, plants["exact_leak"][0]) in report["leaked"]
+        and _rel(planted, plants["near_leak"][0]) in report["leaked"]
+    )
 
 
 def test_the_blocking_findings_stop_the_run(planted):
@@ -88,8 +102,13 @@ def test_the_blocking_findings_stop_the_run(planted):
 def test_a_clean_dataset_has_no_blocking_finding(tmp_path):
     root = tmp_path / "clean"
     make_dataset(root, classes=3, per_class=20, size=64, seed=5)
-    result = subprocess.run([sys.executable, str(TRAINING_DIR / "audit.py"), "--data-dir", str(root), "--out-dir", str(tmp_path / "o")],
-                            cwd=TRAINING_DIR, capture_output=True, text=True, timeout=DEADLINE)
+    result = subprocess.run(
+        [sys.executable, str(TRAINING_DIR / "audit.py"), "--data-dir", str(root), "--out-dir", str(tmp_path / "o")],
+        cwd=TRAINING_DIR,
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads((tmp_path / "o" / "audit.json").read_text())
     assert report["blocking"] == [] and report["unreadable"] == [] and report["hidden_folders"] == []
@@ -107,11 +126,30 @@ def test_audit_fix_drops_the_held_out_duplicates_from_training_s_splits(tmp_path
     leak = sorted((root / "test" / label).glob("*.jpg"))[0]
     shutil.copy(leak, root / "train" / label / "leak.jpg")
     audit_dir = tmp_path / "audit"
-    assert subprocess.run([sys.executable, str(TRAINING_DIR / "audit.py"), "--data-dir", str(root), "--out-dir", str(audit_dir)],
-                          cwd=TRAINING_DIR, capture_output=True, timeout=DEADLINE).returncode == 0
+    assert (
+        subprocess.run(
+            [sys.executable, str(TRAINING_DIR / "audit.py"), "--data-dir", str(root), "--out-dir", str(audit_dir)],
+            cwd=TRAINING_DIR,
+            capture_output=True,
+            timeout=DEADLINE,
+        ).returncode
+        == 0
+    )
     assert json.loads((audit_dir / "audit.json").read_text())["leaked"] == [leak.relative_to(root).as_posix()]
-    result = run_train([*hyperparameter_args({**FAST_HYPERPARAMETERS, "epochs": "1"}), "--data-dir", str(root), "--no-checkpoints",
-                        "--model-dir", str(tmp_path / "m"), "--output-data-dir", str(tmp_path / "o"), "--audit-dir", str(audit_dir)])
+    result = run_train(
+        [
+            *hyperparameter_args({**FAST_HYPERPARAMETERS, "epochs": "1"}),
+            "--data-dir",
+            str(root),
+            "--no-checkpoints",
+            "--model-dir",
+            str(tmp_path / "m"),
+            "--output-data-dir",
+            str(tmp_path / "o"),
+            "--audit-dir",
+            str(audit_dir),
+        ]
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "audit: 1 held-out images dropped as duplicates of other splits" in result.stdout
     evaluation = json.loads((tmp_path / "o" / "evaluation.json").read_text())
@@ -131,7 +169,9 @@ def test_the_local_stack_audits_and_rejects_the_planted_dataset(planted, tmp_pat
     try:
         runtime.upload(planted["root"], "planted")
         deadline = time.time() + DEADLINE
-        while time.time() < deadline and not any(n["message"]["event"] == "dataset.rejected" for n in runtime.notifications()):
+        while time.time() < deadline and not any(
+            n["message"]["event"] == "dataset.rejected" for n in runtime.notifications()
+        ):
             time.sleep(0.3)
         events = [n["message"] for n in runtime.notifications()]
         assert [e["event"] for e in events] == ["dataset.accepted", "dataset.rejected"], events

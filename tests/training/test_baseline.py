@@ -10,10 +10,22 @@ from helpers import FAST_HYPERPARAMETERS, hyperparameter_args, run_train
 
 
 def _train_with_baseline(tiny_dataset, tmp_path, baseline_dir, hps=None):
-    result = run_train([*hyperparameter_args({**FAST_HYPERPARAMETERS, "epochs": "1", **(hps or {})}),
-                        "--data-dir", str(tiny_dataset), "--no-checkpoints", "--run-id", "pets-22222222",
-                        "--model-dir", str(tmp_path / "model"), "--output-data-dir", str(tmp_path / "out"),
-                        "--baseline-dir", str(baseline_dir)])
+    result = run_train(
+        [
+            *hyperparameter_args({**FAST_HYPERPARAMETERS, "epochs": "1", **(hps or {})}),
+            "--data-dir",
+            str(tiny_dataset),
+            "--no-checkpoints",
+            "--run-id",
+            "pets-22222222",
+            "--model-dir",
+            str(tmp_path / "model"),
+            "--output-data-dir",
+            str(tmp_path / "out"),
+            "--baseline-dir",
+            str(baseline_dir),
+        ]
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return json.loads((tmp_path / "out" / "evaluation.json").read_text()), result
 
@@ -27,8 +39,9 @@ def test_the_serving_model_is_evaluated_on_the_same_split(tiny_dataset, trained_
     baseline = evaluation["baseline"]
     assert baseline["run_id"] == "pets-1a2b3c4d" and baseline["classes_match"] is True
     assert baseline["classes"] == evaluation["classes"]
-    assert sum(c["support"] for c in baseline["per_class"].values()) == sum(c["support"] for c in evaluation["per_class"].values()), \
-        "the same images"
+    assert sum(c["support"] for c in baseline["per_class"].values()) == sum(
+        c["support"] for c in evaluation["per_class"].values()
+    ), "the same images"
     assert 0 <= baseline["macro_avg"]["f1"] <= 1
     assert "baseline=pets-1a2b3c4d macro_f1=" in result.stdout
     reported = json.loads((tmp_path / "out" / "reports" / "evaluation.json").read_text())

@@ -26,9 +26,15 @@ from helpers import ROOT, TRAINING_DIR
 # What the container image has before the job's requirements.txt is installed (the Dockerfile of
 # pytorch/training/docker/2.10: numpy, pandas, boto3 unpinned at build time, setuptools 81.0.0,
 # protobuf >= 6 through the SageMaker packages).
-CONTAINER_PACKAGES = {"numpy": "2.4.6", "protobuf": "6.33.6", "pandas": "2.3.3", "setuptools": "81.0.0", "boto3": "1.44.5"}
+CONTAINER_PACKAGES = {
+    "numpy": "2.4.6",
+    "protobuf": "6.33.6",
+    "pandas": "2.3.3",
+    "setuptools": "81.0.0",
+    "boto3": "1.44.5",
+}
 
-ROUND_TRIP = r'''
+ROUND_TRIP = r"""
 import json, pathlib, sys, tempfile
 sys.path.insert(0, sys.argv[1])
 from trainlib import smdebug_support
@@ -55,12 +61,15 @@ training_has_ended(out)
 value = create_trial(out).tensor("gradient/fc.weight").value(2).tolist()
 verdicts = [v.rule for v in rules.evaluate(pathlib.Path(out))]
 print(json.dumps({"value": value, "rules": verdicts, "python": sys.version_info[:2]}))
-'''
+"""
 
 
 def _container_python() -> str:
     """Python 3.13, the container's, where this machine has one (pyenv); else the interpreter running the tests."""
-    candidates = [shutil.which("python3.13"), *sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.13*/bin/python3.13")))]
+    candidates = [
+        shutil.which("python3.13"),
+        *sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.13*/bin/python3.13"))),
+    ]
     for candidate in filter(None, candidates):
         if subprocess.run([candidate, "--version"], capture_output=True).returncode == 0:
             return candidate
@@ -68,7 +77,9 @@ def _container_python() -> str:
 
 
 def _freeze(python: Path) -> dict[str, str]:
-    out = subprocess.run([str(python), "-m", "pip", "list", "--format=json"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [str(python), "-m", "pip", "list", "--format=json"], capture_output=True, text=True, check=True
+    ).stdout
     return {p["name"].lower(): p["version"] for p in json.loads(out)}
 
 
@@ -77,13 +88,23 @@ def container(tmp_path_factory) -> Path:
     venv = tmp_path_factory.mktemp("container") / "venv"
     subprocess.run([_container_python(), "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
-    subprocess.run([str(python), "-m", "pip", "install", "--quiet", *(f"{k}=={v}" for k, v in CONTAINER_PACKAGES.items())],
-                   check=True, capture_output=True, text=True, timeout=600)
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", *(f"{k}=={v}" for k, v in CONTAINER_PACKAGES.items())],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     before = _freeze(python)
     # Exactly what the training toolkit runs, with the environment the training jobs are created with.
-    result = subprocess.run([str(python), "-m", "pip", "install", "-r", "requirements.txt"], cwd=TRAINING_DIR,
-                            env={**os.environ, **sagemaker_requests.TRAINING_ENVIRONMENT},
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [str(python), "-m", "pip", "install", "-r", "requirements.txt"],
+        cwd=TRAINING_DIR,
+        env={**os.environ, **sagemaker_requests.TRAINING_ENVIRONMENT},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return python, before
 
@@ -106,8 +127,13 @@ def test_nothing_the_requirements_need_is_missing(container):
 
 def test_smdebug_writes_and_reads_on_the_containers_versions(container):
     python, _ = container
-    result = subprocess.run([str(python), "-c", ROUND_TRIP, str(TRAINING_DIR)], capture_output=True, text=True, timeout=300,
-                            env={k: v for k, v in os.environ.items() if k != "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION"})
+    result = subprocess.run(
+        [str(python), "-c", ROUND_TRIP, str(TRAINING_DIR)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={k: v for k, v in os.environ.items() if k != "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION"},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["value"] == [3.0, 2.0]
@@ -118,7 +144,9 @@ def test_the_training_and_serving_code_compiles_on_the_containers_python(contain
     """The training container and the Ray Serve container both run Python 3.13."""
     python, _ = container
     files = [str(p) for p in sorted(TRAINING_DIR.rglob("*.py"))]
-    compile_all = "import sys\nfor f in sys.argv[1:]:\n    compile(open(f).read(), f, 'exec')"  # nothing written to training/
+    compile_all = (
+        "import sys\nfor f in sys.argv[1:]:\n    compile(open(f).read(), f, 'exec')"  # nothing written to training/
+    )
     result = subprocess.run([str(python), "-c", compile_all, *files], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert (ROOT / "training" / "serve_app.py").as_posix() in [Path(f).as_posix() for f in files]

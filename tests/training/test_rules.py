@@ -33,8 +33,10 @@ def write_trial(out_dir, steps, reductions_only=False):
 
     probe = Probe()
     hook = (ReducingHook if reductions_only else smd.Hook)(
-        out_dir=str(out_dir), save_config=smd.SaveConfig(save_interval=1),
-        include_collections=["losses", "gradients", "weights", "relu_input"])
+        out_dir=str(out_dir),
+        save_config=smd.SaveConfig(save_interval=1),
+        include_collections=["losses", "gradients", "weights", "relu_input"],
+    )
     hook.get_collection("relu_input").include(".*relu_input")
     if reductions_only:
         for name in ("gradients", "weights"):
@@ -46,7 +48,15 @@ def write_trial(out_dir, steps, reductions_only=False):
     for mode, tensors in steps:
         hook.set_mode(smd.modes.TRAIN if mode == "train" else smd.modes.EVAL)
         for name, value in tensors.items():
-            collection = "losses" if name.endswith("_output_0") else "gradients" if name.startswith("gradient/") else "relu_input" if "relu_input" in name else "weights"
+            collection = (
+                "losses"
+                if name.endswith("_output_0")
+                else "gradients"
+                if name.startswith("gradient/")
+                else "relu_input"
+                if "relu_input" in name
+                else "weights"
+            )
             hook.save_tensor(name, torch.as_tensor(np.asarray(value, dtype=np.float32)), collection)
         probe(torch.zeros(1))
     hook.close()
@@ -62,7 +72,9 @@ def epochs(train_losses, valid_losses, per_epoch=4, rng=None, extra=None):
     steps = []
     for train, valid in zip(train_losses, valid_losses):
         for _ in range(per_epoch):
-            steps.append(("train", {"loss_output_0": train, "gradient/fc.weight": healthy_gradient(rng), **(extra or {})}))
+            steps.append(
+                ("train", {"loss_output_0": train, "gradient/fc.weight": healthy_gradient(rng), **(extra or {})})
+            )
             train *= 0.97
         steps.append(("eval", {"loss_output_0": valid}))
     return steps
@@ -76,11 +88,16 @@ HEALTHY = dict(train_losses=[2.0, 1.2, 0.8, 0.5, 0.3], valid_losses=[2.0, 1.25, 
 
 
 def test_a_healthy_trial_trips_nothing(tmp_path):
-    relus = {"layer1_relu_input": np.random.default_rng(1).normal(0, 1, 64), "layer2_relu_input": np.random.default_rng(2).normal(0, 2, 64)}
+    relus = {
+        "layer1_relu_input": np.random.default_rng(1).normal(0, 1, 64),
+        "layer2_relu_input": np.random.default_rng(2).normal(0, 2, 64),
+    }
     out = write_trial(tmp_path, epochs(**HEALTHY, extra=relus))
     verdicts = rules.evaluate(out)
     assert [v.rule for v in verdicts] == [r.__name__ for r in rules.RULES]
-    assert all(v.status == "NoIssuesFound" for v in verdicts), [(v.rule, v.message) for v in verdicts if v.status != "NoIssuesFound"]
+    assert all(v.status == "NoIssuesFound" for v in verdicts), [
+        (v.rule, v.message) for v in verdicts if v.status != "NoIssuesFound"
+    ]
 
 
 def test_vanishing_gradient(tmp_path):
@@ -102,14 +119,18 @@ def test_exploding_tensor(tmp_path):
 def test_overfit(tmp_path):
     v = verdict(write_trial(tmp_path, epochs([1.0, 0.6, 0.4, 0.2], [1.0, 0.9, 0.95, 1.1])), "Overfit")
     assert v.status == "IssuesFound" and "overfitting" in v.message
-    one_bad_epoch = verdict(write_trial(tmp_path / "b", epochs([1.0, 0.6, 0.4, 0.3], [1.0, 0.9, 0.42, 0.31])), "Overfit")
+    one_bad_epoch = verdict(
+        write_trial(tmp_path / "b", epochs([1.0, 0.6, 0.4, 0.3], [1.0, 0.9, 0.42, 0.31])), "Overfit"
+    )
     assert one_bad_epoch.status == "NoIssuesFound", "a single epoch over the threshold is within patience"
 
 
 def test_overtraining(tmp_path):
     flat = epochs([0.5] * 4, [0.6] * 4, per_epoch=1)
     # Twelve training steps at one loss: the second window of five has not improved on the first.
-    steps = [(m, {**t, "loss_output_0": 0.5 if m == "train" else 0.6}) for m, t in epochs([0.5] * 6, [0.6] * 6, per_epoch=2)]
+    steps = [
+        (m, {**t, "loss_output_0": 0.5 if m == "train" else 0.6}) for m, t in epochs([0.5] * 6, [0.6] * 6, per_epoch=2)
+    ]
     v = verdict(write_trial(tmp_path, steps), "Overtraining")
     assert v.status == "IssuesFound" and "stopped improving" in v.message
     assert flat  # fewer than patience_train steps without improvement:
@@ -123,18 +144,28 @@ def test_poor_weight_initialization(tmp_path):
             tensors["gradient/fc.weight"] = np.zeros((8, 8))
     v = verdict(write_trial(tmp_path, zero), "PoorWeightInitialization")
     assert v.status == "IssuesFound" and "nearly all equal" in v.message
-    skewed = epochs(**HEALTHY, extra={"a_relu_input": np.random.default_rng(1).normal(0, 0.01, 64),
-                                       "b_relu_input": np.random.default_rng(2).normal(0, 5, 64)})
+    skewed = epochs(
+        **HEALTHY,
+        extra={
+            "a_relu_input": np.random.default_rng(1).normal(0, 0.01, 64),
+            "b_relu_input": np.random.default_rng(2).normal(0, 5, 64),
+        },
+    )
     v = verdict(write_trial(tmp_path / "b", skewed), "PoorWeightInitialization")
     assert v.status == "IssuesFound" and "variances" in v.message
 
 
 def test_loss_not_decreasing(tmp_path):
     rng = np.random.default_rng(0)
-    stuck = [("train", {"loss_output_0": 1.386 + rng.normal(0, 0.001), "gradient/fc.weight": healthy_gradient(rng)}) for _ in range(30)]
+    stuck = [
+        ("train", {"loss_output_0": 1.386 + rng.normal(0, 0.001), "gradient/fc.weight": healthy_gradient(rng)})
+        for _ in range(30)
+    ]
     v = verdict(write_trial(tmp_path, stuck), "LossNotDecreasing")
     assert v.status == "IssuesFound" and "over the last 10 steps" in v.message
-    falling = [("train", {"loss_output_0": 2.0 * 0.97 ** i, "gradient/fc.weight": healthy_gradient(rng)}) for i in range(30)]
+    falling = [
+        ("train", {"loss_output_0": 2.0 * 0.97**i, "gradient/fc.weight": healthy_gradient(rng)}) for i in range(30)
+    ]
     assert verdict(write_trial(tmp_path / "b", falling), "LossNotDecreasing").status == "NoIssuesFound"
 
 
@@ -148,7 +179,10 @@ def test_rules_judge_tensors_saved_as_reductions_only(tmp_path):
     from smdebug.exceptions import TensorUnavailableForStep
     from smdebug.trials import create_trial
 
-    relus = {"layer1_relu_input": np.random.default_rng(1).normal(0, 1, 64), "layer2_relu_input": np.random.default_rng(2).normal(0, 2, 64)}
+    relus = {
+        "layer1_relu_input": np.random.default_rng(1).normal(0, 1, 64),
+        "layer2_relu_input": np.random.default_rng(2).normal(0, 2, 64),
+    }
     healthy = write_trial(tmp_path / "healthy", epochs(**HEALTHY, extra=relus), reductions_only=True)
     with pytest.raises(TensorUnavailableForStep):
         create_trial(str(healthy)).tensor("gradient/fc.weight").value(0)
@@ -166,7 +200,12 @@ def test_rules_judge_tensors_saved_as_reductions_only(tmp_path):
     v = verdict(write_trial(tmp_path / "exploding", exploding, reductions_only=True), "ExplodingTensor")
     assert v.status == "IssuesFound" and "gradient/fc.weight" in v.message and v.step == 3
 
-    skewed = epochs(**HEALTHY, extra={"a_relu_input": np.random.default_rng(1).normal(0, 0.01, 64),
-                                       "b_relu_input": np.random.default_rng(2).normal(0, 5, 64)})
+    skewed = epochs(
+        **HEALTHY,
+        extra={
+            "a_relu_input": np.random.default_rng(1).normal(0, 0.01, 64),
+            "b_relu_input": np.random.default_rng(2).normal(0, 5, 64),
+        },
+    )
     v = verdict(write_trial(tmp_path / "skewed", skewed, reductions_only=True), "PoorWeightInitialization")
     assert v.status == "IssuesFound" and "variances" in v.message

@@ -77,7 +77,9 @@ def test_the_fastest_batch_is_the_size_with_the_most_images_a_second():
     # ResNet-50 on two cores, seconds per batch: 2 images at once beat 1, and bigger batches lose.
     seconds = {1: 0.032, 2: 0.058, 4: 0.140, 8: 0.300, 16: 0.800}
     assert predictor.fastest([1, 2, 4, 8, 16], seconds.__getitem__) == 2
-    assert predictor.fastest([1, 2, 4, 8, 16], lambda size: 0.01 + 0.001 * size) == 16, "a GPU's fixed cost: biggest wins"
+    assert predictor.fastest([1, 2, 4, 8, 16], lambda size: 0.01 + 0.001 * size) == 16, (
+        "a GPU's fixed cost: biggest wins"
+    )
 
 
 def test_the_classifier_times_itself_at_powers_of_two_up_to_the_largest(classifier, monkeypatch):
@@ -125,16 +127,19 @@ def test_sixteen_bit_and_grayscale_pngs_keep_their_brightness():
     assert decode(png_bytes(sixteen)).getpixel((0, 0)) == (200, 200, 200)
 
 
-@pytest.mark.parametrize("body, error, code", [
-    (b"", predictor.InvalidImageError, "invalid_image"),
-    (b"hello, I am text", predictor.InvalidImageError, "invalid_image"),
-    (b"\x89PNG\r\n\x1a\n garbage", predictor.InvalidImageError, "invalid_image"),
-    (b"GIF89a" + b"\0" * 64, predictor.InvalidImageError, "invalid_image"),
-    (_jpeg()[:200], predictor.InvalidImageError, "invalid_image"),
-    (png_header_only(100_000, 1), predictor.ImageTooLargeError, "image_too_large"),
-    (png_header_only(7_000, 7_000), predictor.ImageTooLargeError, "image_too_large"),
-    (b"\xff\xd8\xff" + b"\0" * (predictor.MAX_BODY_BYTES + 1), predictor.PayloadTooLargeError, "payload_too_large"),
-])
+@pytest.mark.parametrize(
+    "body, error, code",
+    [
+        (b"", predictor.InvalidImageError, "invalid_image"),
+        (b"hello, I am text", predictor.InvalidImageError, "invalid_image"),
+        (b"\x89PNG\r\n\x1a\n garbage", predictor.InvalidImageError, "invalid_image"),
+        (b"GIF89a" + b"\0" * 64, predictor.InvalidImageError, "invalid_image"),
+        (_jpeg()[:200], predictor.InvalidImageError, "invalid_image"),
+        (png_header_only(100_000, 1), predictor.ImageTooLargeError, "image_too_large"),
+        (png_header_only(7_000, 7_000), predictor.ImageTooLargeError, "image_too_large"),
+        (b"\xff\xd8\xff" + b"\0" * (predictor.MAX_BODY_BYTES + 1), predictor.PayloadTooLargeError, "payload_too_large"),
+    ],
+)
 def test_bad_bodies_get_their_error(body, error, code):
     with pytest.raises(error) as info:
         decode(body)
@@ -177,13 +182,16 @@ def test_the_container_answers_jpeg_and_png_as_the_model_does(container, classif
     assert status == 200 and len(answer["predictions"]) == 4, "decoded by content, whatever the Content-Type"
 
 
-@pytest.mark.parametrize("body, status, code", [
-    (b"", 400, "invalid_image"),
-    (b"not an image at all", 400, "invalid_image"),
-    (_jpeg()[:300], 400, "invalid_image"),
-    (png_header_only(100_000, 1), 400, "image_too_large"),
-    (b"\xff\xd8\xff" + b"\0" * (predictor.MAX_BODY_BYTES + 10), 413, "payload_too_large"),
-])
+@pytest.mark.parametrize(
+    "body, status, code",
+    [
+        (b"", 400, "invalid_image"),
+        (b"not an image at all", 400, "invalid_image"),
+        (_jpeg()[:300], 400, "invalid_image"),
+        (png_header_only(100_000, 1), 400, "image_too_large"),
+        (b"\xff\xd8\xff" + b"\0" * (predictor.MAX_BODY_BYTES + 10), 413, "payload_too_large"),
+    ],
+)
 def test_the_container_answers_bad_input_with_its_documented_status(container, body, status, code):
     answered, payload = _post(container, body)
     assert (answered, payload["error"]["code"]) == (status, code), payload
@@ -197,7 +205,9 @@ def test_concurrent_requests_are_answered_each_their_own(container, tiny_dataset
     assert all(status == 200 for status, _ in answers)
     for (_, answer), wanted in zip(answers, expected):
         assert answer["predictions"][0]["label"] == wanted["predictions"][0]["label"]
-        assert answer["predictions"][0]["probability"] == pytest.approx(wanted["predictions"][0]["probability"], abs=1e-4)
+        assert answer["predictions"][0]["probability"] == pytest.approx(
+            wanted["predictions"][0]["probability"], abs=1e-4
+        )
 
 
 def test_the_local_ray_serves_http_through_haproxy(container, tiny_dataset):

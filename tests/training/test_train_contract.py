@@ -34,12 +34,21 @@ def test_artifact_layout(trained_job):
     with tarfile.open(trained_job["archive"]) as tar:
         names = set(tar.getnames())
     # What AWS's Ray Serve container reads from /opt/ml/model (docs/architecture.md, "Model artifact and serving").
-    for required in ("model.pth", "model.json", "config.yaml", "serve_app.py", "code/requirements.txt",
-                     "trainlib/predictor.py", "trainlib/transforms.py", "trainlib/models.py"):
+    for required in (
+        "model.pth",
+        "model.json",
+        "config.yaml",
+        "serve_app.py",
+        "code/requirements.txt",
+        "trainlib/predictor.py",
+        "trainlib/transforms.py",
+        "trainlib/models.py",
+    ):
         assert required in names
     assert not any("__pycache__" in n for n in names)
-    assert not any(n.startswith("trainlib/") and n.endswith(("rules.py", "debugging.py", "report.py")) for n in names), \
-        "only what serving imports"
+    assert not any(
+        n.startswith("trainlib/") and n.endswith(("rules.py", "debugging.py", "report.py")) for n in names
+    ), "only what serving imports"
     import yaml
     from ray.serve.schema import ServeDeploySchema
 
@@ -80,10 +89,24 @@ def test_checkpoint_written_each_epoch(trained_job):
 def test_resumes_after_an_interruption(tiny_dataset, tmp_path):
     """Kill the job after epoch 2 (as a spot interruption would); the rerun picks up at epoch 3."""
     hps = {**FAST_HYPERPARAMETERS, "epochs": "4"}
-    args = [*hyperparameter_args(hps), "--data-dir", str(tiny_dataset), "--model-dir", str(tmp_path / "model"),
-            "--output-data-dir", str(tmp_path / "out"), "--checkpoint-dir", str(tmp_path / "ckpt")]
-    process = subprocess.Popen([sys.executable, str(TRAINING_DIR / "train.py"), *args], cwd=TRAINING_DIR,
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    args = [
+        *hyperparameter_args(hps),
+        "--data-dir",
+        str(tiny_dataset),
+        "--model-dir",
+        str(tmp_path / "model"),
+        "--output-data-dir",
+        str(tmp_path / "out"),
+        "--checkpoint-dir",
+        str(tmp_path / "ckpt"),
+    ]
+    process = subprocess.Popen(
+        [sys.executable, str(TRAINING_DIR / "train.py"), *args],
+        cwd=TRAINING_DIR,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     for line in process.stdout:
         if line.startswith("epoch=2 "):
             process.send_signal(signal.SIGKILL)
@@ -101,8 +124,16 @@ def test_resumes_after_an_interruption(tiny_dataset, tmp_path):
 
 
 def test_checkpoint_of_another_run_is_not_resumed(tiny_dataset, tmp_path):
-    common = ["--data-dir", str(tiny_dataset), "--checkpoint-dir", str(tmp_path / "ckpt"),
-              "--model-dir", str(tmp_path / "model"), "--output-data-dir", str(tmp_path / "out")]
+    common = [
+        "--data-dir",
+        str(tiny_dataset),
+        "--checkpoint-dir",
+        str(tmp_path / "ckpt"),
+        "--model-dir",
+        str(tmp_path / "model"),
+        "--output-data-dir",
+        str(tmp_path / "out"),
+    ]
     first = run_train([*hyperparameter_args({**FAST_HYPERPARAMETERS, "epochs": "1"}), *common])
     assert first.returncode == 0, first.stderr[-2000:]
     second = run_train([*hyperparameter_args({**FAST_HYPERPARAMETERS, "epochs": "1", "lr": "0.001"}), *common])
@@ -121,8 +152,19 @@ def _fail(args, tmp_path, env=None):
 
 def test_diverging_loss_stops_the_job(tiny_dataset, tmp_path):
     hps = {**FAST_HYPERPARAMETERS, "optimizer": "sgd", "lr": "1e6", "epochs": "3"}
-    result, failure = _fail([*hyperparameter_args(hps), "--data-dir", str(tiny_dataset), "--no-checkpoints",
-                             "--model-dir", str(tmp_path / "m"), "--output-data-dir", str(tmp_path / "o")], tmp_path)
+    result, failure = _fail(
+        [
+            *hyperparameter_args(hps),
+            "--data-dir",
+            str(tiny_dataset),
+            "--no-checkpoints",
+            "--model-dir",
+            str(tmp_path / "m"),
+            "--output-data-dir",
+            str(tmp_path / "o"),
+        ],
+        tmp_path,
+    )
     assert result.returncode == 1
     assert "NaN or infinite" in failure and "lower the learning rate" in failure
     assert "Traceback" not in result.stderr
@@ -133,6 +175,7 @@ def test_single_class_dataset_fails_fast(tmp_path, tiny_dataset):
     only = tmp_path / "one"
     cls = sorted((tiny_dataset / "train").iterdir())[0]
     import shutil
+
     shutil.copytree(cls, only / "train" / cls.name)
     result, failure = _fail(["--data-dir", str(only), "--weights", "none", "--no-checkpoints"], tmp_path)
     assert result.returncode == 1
@@ -142,6 +185,7 @@ def test_single_class_dataset_fails_fast(tmp_path, tiny_dataset):
 
 def test_zip_slip_archive_fails_cleanly(tmp_path):
     import zipfile
+
     channel = tmp_path / "channel"
     channel.mkdir()
     with zipfile.ZipFile(channel / "evil.zip", "w") as zf:
@@ -178,8 +222,18 @@ def test_truncated_images_are_skipped_and_counted(tiny_dataset, tmp_path):
         path.write_bytes(data_bytes[: len(data_bytes) * 6 // 10])
     for mode in ("full", "head"):
         hps = {**FAST_HYPERPARAMETERS, "epochs": "2", "train-mode": mode}
-        result = run_train([*hyperparameter_args(hps), "--data-dir", str(data), "--no-checkpoints",
-                            "--model-dir", str(tmp_path / mode), "--output-data-dir", str(tmp_path / f"o-{mode}")])
+        result = run_train(
+            [
+                *hyperparameter_args(hps),
+                "--data-dir",
+                str(data),
+                "--no-checkpoints",
+                "--model-dir",
+                str(tmp_path / mode),
+                "--output-data-dir",
+                str(tmp_path / f"o-{mode}"),
+            ]
+        )
         assert result.returncode == 0, result.stderr[-2000:]
         meta = json.loads((tmp_path / mode / "model.json").read_text())
         assert meta["dataset"]["skipped_images"] == 3, mode
@@ -189,10 +243,24 @@ def test_truncated_images_are_skipped_and_counted(tiny_dataset, tmp_path):
 def test_a_checkpoint_is_written_after_every_epoch(tiny_dataset, tmp_path):
     """Each epoch line is printed after its checkpoint: reading the checkpoint at that moment finds that epoch."""
     hps = {**FAST_HYPERPARAMETERS, "epochs": "3"}
-    args = [*hyperparameter_args(hps), "--data-dir", str(tiny_dataset), "--model-dir", str(tmp_path / "model"),
-            "--output-data-dir", str(tmp_path / "out"), "--checkpoint-dir", str(tmp_path / "ckpt")]
-    process = subprocess.Popen([sys.executable, str(TRAINING_DIR / "train.py"), *args], cwd=TRAINING_DIR,
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    args = [
+        *hyperparameter_args(hps),
+        "--data-dir",
+        str(tiny_dataset),
+        "--model-dir",
+        str(tmp_path / "model"),
+        "--output-data-dir",
+        str(tmp_path / "out"),
+        "--checkpoint-dir",
+        str(tmp_path / "ckpt"),
+    ]
+    process = subprocess.Popen(
+        [sys.executable, str(TRAINING_DIR / "train.py"), *args],
+        cwd=TRAINING_DIR,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     seen = []
     for line in process.stdout:
         match = EPOCH_LINE.match(line.strip())

@@ -26,15 +26,37 @@ def test_hyperparameters_as_aws_training_toolkit_passes_them(tmp_path):
     """The toolkit JSON-decodes each hyperparameter before it builds the command line, so a
     ``stop-on-rule-issues`` of ``"true"`` arrives as ``True`` (a job run through the toolkit failed on
     it); the SDK's JSON-quoted strings arrive unquoted. Every choice flag takes its value in any case."""
-    hps = {"stop-on-rule-issues": "true", "profile": "OFF", "device": "cpu", "augment": "on", "optimizer": '"sgd"',
-           "arch": "ResNet34", "weights": "none", "train-mode": "full", "lr": "1e-3", "batch-size": "32", "epochs": "2"}
+    hps = {
+        "stop-on-rule-issues": "true",
+        "profile": "OFF",
+        "device": "cpu",
+        "augment": "on",
+        "optimizer": '"sgd"',
+        "arch": "ResNet34",
+        "weights": "none",
+        "train-mode": "full",
+        "lr": "1e-3",
+        "batch-size": "32",
+        "epochs": "2",
+    }
     argv = hyperparameter_args(hps)
     assert argv[argv.index("--stop-on-rule-issues") + 1] == "True"
     args = train.parse_args([*argv, "--data-dir", str(tmp_path)])
     assert (args.stop_on_rule_issues, args.profile, args.device, args.augment, args.optimizer, args.arch) == (
-        "true", "off", "cpu", "on", "sgd", "resnet34")
+        "true",
+        "off",
+        "cpu",
+        "on",
+        "sgd",
+        "resnet34",
+    )
     assert (args.weights, args.train_mode, args.lr, args.batch_size, args.epochs) == ("none", "full", 0.001, 32, 2)
-    assert train.parse_args([*hyperparameter_args({"stop-on-rule-issues": "false"}), "--data-dir", str(tmp_path)]).stop_on_rule_issues == "false"
+    assert (
+        train.parse_args(
+            [*hyperparameter_args({"stop-on-rule-issues": "false"}), "--data-dir", str(tmp_path)]
+        ).stop_on_rule_issues
+        == "false"
+    )
 
 
 def test_head_mode_never_touches_the_backbone(tiny_dataset):
@@ -47,8 +69,17 @@ def test_head_mode_never_touches_the_backbone(tiny_dataset):
     assert isinstance(data.trainable, models.FrozenBackboneClassifier)
     optimizer = train.make_optimizer(args, [p for p in data.trainable.parameters() if p.requires_grad])
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    stats = train.train_one_epoch(data.trainable, nn.CrossEntropyLoss(), optimizer, data.train_batches(1),
-                                  torch.device("cpu"), scaler, NullHook(), 1, amp=False)
+    stats = train.train_one_epoch(
+        data.trainable,
+        nn.CrossEntropyLoss(),
+        optimizer,
+        data.train_batches(1),
+        torch.device("cpu"),
+        scaler,
+        NullHook(),
+        1,
+        amp=False,
+    )
     assert stats.seen == len(splits.train)
     after = model.state_dict()
     for name, value in before.items():
@@ -105,9 +136,20 @@ def test_smdebug_hook_with_a_frozen_backbone(tiny_dataset, tmp_path):
     from smdebug.trials import create_trial
 
     hps = {**FAST_HYPERPARAMETERS, "train-mode": "head", "epochs": "2", "lr": "0.01"}
-    result = run_train([*hyperparameter_args(hps), "--data-dir", str(tiny_dataset), "--no-checkpoints",
-                        "--model-dir", str(tmp_path / "m"), "--output-data-dir", str(tmp_path / "o"),
-                        "--debug-out", str(tmp_path / "debug")])
+    result = run_train(
+        [
+            *hyperparameter_args(hps),
+            "--data-dir",
+            str(tiny_dataset),
+            "--no-checkpoints",
+            "--model-dir",
+            str(tmp_path / "m"),
+            "--output-data-dir",
+            str(tmp_path / "o"),
+            "--debug-out",
+            str(tmp_path / "debug"),
+        ]
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     trial = create_trial(str(tmp_path / "debug"))
     names = trial.tensor_names()
@@ -118,15 +160,24 @@ def test_smdebug_hook_with_a_frozen_backbone(tiny_dataset, tmp_path):
 
 def _hook_in_fresh_process(tmp_path, prelude: str, env: dict[str, str] | None = None) -> str:
     """What create_hook gives in a new interpreter after ``prelude`` ran (smdebug's state is per process)."""
-    code = (f"{prelude}\n"
-            "import sys; sys.path.insert(0, 'training')\n"
-            "from torch import nn\n"
-            "from trainlib.debugging import create_hook\n"
-            f"hook = create_hook(nn.Linear(2, 2), nn.CrossEntropyLoss(), __import__('pathlib').Path({str(tmp_path / 'debug')!r}))\n"
-            "print(type(hook).__name__)\n")
+    code = (
+        f"{prelude}\n"
+        "import sys; sys.path.insert(0, 'training')\n"
+        "from torch import nn\n"
+        "from trainlib.debugging import create_hook\n"
+        "from pathlib import Path\n"
+        f"hook = create_hook(nn.Linear(2, 2), nn.CrossEntropyLoss(), Path({str(tmp_path / 'debug')!r}))\n"
+        "print(type(hook).__name__)\n"
+    )
     clean = {k: v for k, v in os.environ.items() if k != "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION"}
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**clean, **(env or {})},
-                            capture_output=True, text=True, timeout=DEADLINE)
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={**clean, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout.strip().splitlines()[-1] + "\n" + result.stderr
 
@@ -249,5 +300,8 @@ def test_progress_lines_come_at_most_every_interval_and_match_no_metric():
     for _ in range(10):
         now[0] += 0.5
         line.step(64)
-    assert said == ["progress: epoch 2/5, 256/1000 images, 128.0 images/s", "progress: epoch 2/5, 512/1000 images, 128.0 images/s"]
+    assert said == [
+        "progress: epoch 2/5, 256/1000 images, 128.0 images/s",
+        "progress: epoch 2/5, 512/1000 images, 128.0 images/s",
+    ]
     assert not any(re.search(d["Regex"], text) for d in METRIC_DEFINITIONS for text in said)

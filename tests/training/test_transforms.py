@@ -19,8 +19,15 @@ def photo(width: int, height: int, seed: int = 0) -> Image.Image:
 
 def pillow_eval(image_size: int) -> v2.Compose:
     """The eval transform as Pillow computes it (what earlier models were evaluated with)."""
-    return v2.Compose([v2.Resize(resize_size(image_size), antialias=True), v2.CenterCrop(image_size), v2.ToImage(),
-                       v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD))])
+    return v2.Compose(
+        [
+            v2.Resize(resize_size(image_size), antialias=True),
+            v2.CenterCrop(image_size),
+            v2.ToImage(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD)),
+        ]
+    )
 
 
 @pytest.mark.parametrize("size", [(500, 375), (375, 500), (200, 150), (224, 224), (1024, 683)])

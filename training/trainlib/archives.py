@@ -153,5 +153,7 @@ def _write_members(members: Iterator[Member], dest: Path, max_bytes: int, max_me
 
 
 def _too_large(limit: int) -> str:
-    return (f"the archive expands to more than {limit} bytes, the limit here (the smallest of --max-extract-bytes, "
-            f"the disk's free space and {MAX_RATIO} times the archive's size)")
+    return (
+        f"the archive expands to more than {limit} bytes, the limit here (the smallest of --max-extract-bytes, "
+        f"the disk's free space and {MAX_RATIO} times the archive's size)"
+    )

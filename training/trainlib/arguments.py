@@ -22,8 +22,17 @@ DESCRIPTION = "droptrain's training entry point: SageMaker script mode, and plai
 FINAL_JOB_SUFFIX = "-final"
 # The tunable and static hyperparameters (docs/architecture.md), as flag names. Recorded in model.json.
 HYPERPARAMETERS = (
-    "lr", "batch-size", "epochs", "weight-decay", "optimizer", "arch", "weights", "train-mode",
-    "image-size", "augment", "seed",
+    "lr",
+    "batch-size",
+    "epochs",
+    "weight-decay",
+    "optimizer",
+    "arch",
+    "weights",
+    "train-mode",
+    "image-size",
+    "augment",
+    "seed",
 )
 # SageMaker adds these to a tuning job's children; they are not ours to interpret.
 _FOREIGN_PREFIXES = ("--_", "--sagemaker_")
@@ -63,7 +72,7 @@ def _container_path(value: str) -> Path:
     value = _text(value)
     base = os.environ.get("SAGEMAKER_BASE_DIR")
     if base and (value == "/opt/ml" or value.startswith("/opt/ml/")):
-        return Path(base) / value[len("/opt/ml"):].lstrip("/")
+        return Path(base) / value[len("/opt/ml") :].lstrip("/")
     return Path(value)
 
 
@@ -84,39 +93,163 @@ def get_args_parser() -> argparse.ArgumentParser:
     hp.add_argument("--batch-size", type=_int, default=32, help="images per training batch")
     hp.add_argument("--epochs", type=_int, default=5, help="passes over the training split")
     hp.add_argument("--weight-decay", type=_float, default=1e-4, help="L2 weight decay")
-    hp.add_argument("--optimizer", type=_word, default="adamw", choices=["adam", "adamw", "sgd"], help="optimizer (sgd uses Nesterov momentum 0.9)")
-    hp.add_argument("--arch", type=_word, default="resnet18", choices=list(ARCHS), help="torchvision ResNet architecture")
-    hp.add_argument("--weights", type=_word, default="imagenet", choices=["imagenet", "none"], help="start from ImageNet weights (torch hub cache, else download) or from scratch")
-    hp.add_argument("--train-mode", type=_word, default="head", choices=["head", "full"], help="head: frozen backbone, train the classifier only; full: fine-tune everything")
+    hp.add_argument(
+        "--optimizer",
+        type=_word,
+        default="adamw",
+        choices=["adam", "adamw", "sgd"],
+        help="optimizer (sgd uses Nesterov momentum 0.9)",
+    )
+    hp.add_argument(
+        "--arch", type=_word, default="resnet18", choices=list(ARCHS), help="torchvision ResNet architecture"
+    )
+    hp.add_argument(
+        "--weights",
+        type=_word,
+        default="imagenet",
+        choices=["imagenet", "none"],
+        help="start from ImageNet weights (torch hub cache, else download) or from scratch",
+    )
+    hp.add_argument(
+        "--train-mode",
+        type=_word,
+        default="head",
+        choices=["head", "full"],
+        help="head: frozen backbone, train the classifier only; full: fine-tune everything",
+    )
     hp.add_argument("--image-size", type=_int, default=224, help="side of the square crop fed to the network")
-    hp.add_argument("--augment", type=_word, default="auto", choices=["auto", "on", "off"], help="random crops and flips; auto = off in head mode (frozen features are computed once and reused), on in full mode")
+    hp.add_argument(
+        "--augment",
+        type=_word,
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="random crops and flips; auto = off in head mode (frozen features are computed once and "
+        "reused), on in full mode",
+    )
     hp.add_argument("--seed", type=_int, default=42, help="seed for splits, shuffling and initialisation")
 
     data = p.add_argument_group("data")
-    data.add_argument("--data-dir", type=Path, default=_env_path("SM_CHANNEL_TRAINING", None), help="the training channel: a dataset folder or one archive (default $SM_CHANNEL_TRAINING)")
-    data.add_argument("--baseline-dir", type=Path, default=_env_path("SM_CHANNEL_BASELINE", None), help="the project's serving model (a model.tar.gz, or its extracted folder), evaluated on the same held-out split for the promotion gate (default $SM_CHANNEL_BASELINE; none: no comparison)")
-    data.add_argument("--audit-dir", type=Path, default=_env_path("SM_CHANNEL_AUDIT", None), help="the dataset audit's audit.json (AUDIT_FIX): its cross-split duplicates are dropped from valid and test, never from train (default $SM_CHANNEL_AUDIT; none: nothing dropped)")
-    data.add_argument("--valid-fraction", type=_float, default=0.1, help="share of each class carved from train/ when valid/ is missing")
-    data.add_argument("--test-fraction", type=_float, default=0.1, help="share of each class carved from train/ when test/ is missing")
-    data.add_argument("--max-extract-bytes", type=_int, default=DEFAULT_MAX_BYTES, help="refuse archives whose content is larger than this")
+    data.add_argument(
+        "--data-dir",
+        type=Path,
+        default=_env_path("SM_CHANNEL_TRAINING", None),
+        help="the training channel: a dataset folder or one archive (default $SM_CHANNEL_TRAINING)",
+    )
+    data.add_argument(
+        "--baseline-dir",
+        type=Path,
+        default=_env_path("SM_CHANNEL_BASELINE", None),
+        help="the project's serving model (a model.tar.gz, or its extracted folder), evaluated on the "
+        "same held-out split for the promotion gate (default $SM_CHANNEL_BASELINE; none: no comparison)",
+    )
+    data.add_argument(
+        "--audit-dir",
+        type=Path,
+        default=_env_path("SM_CHANNEL_AUDIT", None),
+        help="the dataset audit's audit.json (AUDIT_FIX): its cross-split duplicates are dropped from "
+        "valid and test, never from train (default $SM_CHANNEL_AUDIT; none: nothing dropped)",
+    )
+    data.add_argument(
+        "--valid-fraction",
+        type=_float,
+        default=0.1,
+        help="share of each class carved from train/ when valid/ is missing",
+    )
+    data.add_argument(
+        "--test-fraction", type=_float, default=0.1, help="share of each class carved from train/ when test/ is missing"
+    )
+    data.add_argument(
+        "--max-extract-bytes",
+        type=_int,
+        default=DEFAULT_MAX_BYTES,
+        help="refuse archives whose content is larger than this",
+    )
     data.add_argument("--workers", type=_int, default=-1, help="data-loading worker processes; -1 picks for the device")
-    data.add_argument("--feature-cache", type=Path, default=_env_path("DROPTRAIN_FEATURE_CACHE", None), help="head mode: keep the frozen backbone's features in this folder, so that other runs on the same images and backbone (a tuning job's trials) load them instead of computing them (default $DROPTRAIN_FEATURE_CACHE; none: off)")
+    data.add_argument(
+        "--feature-cache",
+        type=Path,
+        default=_env_path("DROPTRAIN_FEATURE_CACHE", None),
+        help="head mode: keep the frozen backbone's features in this folder, so that other runs on the "
+        "same images and backbone (a tuning job's trials) load them instead of computing them "
+        "(default $DROPTRAIN_FEATURE_CACHE; none: off)",
+    )
 
     out = p.add_argument_group("outputs")
-    out.add_argument("--model-dir", type=Path, default=_env_path("SM_MODEL_DIR", "model"), help="where the model artifact is written (default $SM_MODEL_DIR)")
-    out.add_argument("--output-data-dir", type=Path, default=_env_path("SM_OUTPUT_DATA_DIR", "output"), help="where evaluation.json is written (default $SM_OUTPUT_DATA_DIR)")
-    out.add_argument("--checkpoint-dir", type=_container_path, default=_container_path("/opt/ml/checkpoints"), help="per-epoch checkpoints, resumed when they match this run (SageMaker syncs this folder for spot training)")
+    out.add_argument(
+        "--model-dir",
+        type=Path,
+        default=_env_path("SM_MODEL_DIR", "model"),
+        help="where the model artifact is written (default $SM_MODEL_DIR)",
+    )
+    out.add_argument(
+        "--output-data-dir",
+        type=Path,
+        default=_env_path("SM_OUTPUT_DATA_DIR", "output"),
+        help="where evaluation.json is written (default $SM_OUTPUT_DATA_DIR)",
+    )
+    out.add_argument(
+        "--checkpoint-dir",
+        type=_container_path,
+        default=_container_path("/opt/ml/checkpoints"),
+        help="per-epoch checkpoints, resumed when they match this run (SageMaker syncs this folder for spot training)",
+    )
     out.add_argument("--no-checkpoints", action="store_true", help="write no checkpoints and resume from none")
-    out.add_argument("--debug-out", type=_container_path, default=None, help="save smdebug tensors here (SageMaker's DebugHookConfig also turns the hook on)")
-    out.add_argument("--run-id", type=_text, default=_default_run_id(), help="run id recorded in model.json (default: the job name without -final)")
-    out.add_argument("--profile", type=_word, default="auto", choices=["auto", "on", "off"], help="system metrics, step-time breakdown, torch.profiler window and the HTML report; auto = with the debugger hook")
-    out.add_argument("--stop-on-rule-issues", type=_word, default="false", choices=["true", "false"], help="evaluate the debugger rules after every epoch and stop the job at the first issue")
-    out.add_argument("--reports-uri", type=_text, default=None, help="s3:// prefix to upload the report and rule verdicts to, when running on SageMaker")
-    out.add_argument("--serving-gpus", type=_int, default=0, choices=[0, 1], help="GPUs the Ray Serve deployment asks for in the artifact's config.yaml: 1 for a GPU inference instance type, else 0")
+    out.add_argument(
+        "--debug-out",
+        type=_container_path,
+        default=None,
+        help="save smdebug tensors here (SageMaker's DebugHookConfig also turns the hook on)",
+    )
+    out.add_argument(
+        "--run-id",
+        type=_text,
+        default=_default_run_id(),
+        help="run id recorded in model.json (default: the job name without -final)",
+    )
+    out.add_argument(
+        "--profile",
+        type=_word,
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="system metrics, step-time breakdown, torch.profiler window and the HTML report; "
+        "auto = with the debugger hook",
+    )
+    out.add_argument(
+        "--stop-on-rule-issues",
+        type=_word,
+        default="false",
+        choices=["true", "false"],
+        help="evaluate the debugger rules after every epoch and stop the job at the first issue",
+    )
+    out.add_argument(
+        "--reports-uri",
+        type=_text,
+        default=None,
+        help="s3:// prefix to upload the report and rule verdicts to, when running on SageMaker",
+    )
+    out.add_argument(
+        "--serving-gpus",
+        type=_int,
+        default=0,
+        choices=[0, 1],
+        help="GPUs the Ray Serve deployment asks for in the artifact's config.yaml: 1 for a GPU "
+        "inference instance type, else 0",
+    )
 
     dev = p.add_argument_group("device")
-    dev.add_argument("--num-gpus", type=_int, default=int(os.environ.get("SM_NUM_GPUS", "-1")), help="GPUs to use; -1 uses all visible (default $SM_NUM_GPUS)")
-    dev.add_argument("--device", type=_word, default="auto", choices=["auto", "cpu", "cuda"], help="auto: CUDA when present (with mixed precision), else CPU")
+    dev.add_argument(
+        "--num-gpus",
+        type=_int,
+        default=int(os.environ.get("SM_NUM_GPUS", "-1")),
+        help="GPUs to use; -1 uses all visible (default $SM_NUM_GPUS)",
+    )
+    dev.add_argument(
+        "--device",
+        type=_word,
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
+        help="auto: CUDA when present (with mixed precision), else CPU",
+    )
     return p
 
 

@@ -53,8 +53,10 @@ def serve_config(num_gpus: int) -> str:
 
 def write_model_dir(model_dir: Path, model: nn.Module, metadata: dict[str, Any], num_gpus: int = 0) -> None:
     model_dir.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu", torch.float32) if v.is_floating_point() else v.cpu()
-             for k, v in model.state_dict().items()}
+    state = {
+        k: v.detach().to("cpu", torch.float32) if v.is_floating_point() else v.cpu()
+        for k, v in model.state_dict().items()
+    }
     torch.save(state, model_dir / "model.pth")
     write_json(model_dir / "model.json", {"format_version": FORMAT_VERSION, **metadata})
     copy_serving_code(model_dir, num_gpus)

@@ -83,12 +83,16 @@ def scan(root: Path) -> Audit:
         per_split = {split: _class_images(root / split)[0] for split in SPLITS if (root / split).is_dir()}
     else:
         per_split = {"train": _class_images(root)[0]}
-    work = [(str(path), path.relative_to(root).as_posix(), split, label)
-            for split, classes in per_split.items() for label, paths in classes.items() for path in paths]
+    work = [
+        (str(path), path.relative_to(root).as_posix(), split, label)
+        for split, classes in per_split.items()
+        for label, paths in classes.items()
+        for path in paths
+    ]
     # Decoding is the cost: every core of the instance takes a share (chunks keep the hand-offs few).
     workers = max(1, min(os.cpu_count() or 1, len(work) // 200))
     if workers > 1:
-        chunks = [work[i::workers * 4] for i in range(workers * 4)]
+        chunks = [work[i :: workers * 4] for i in range(workers * 4)]
         with ProcessPoolExecutor(workers) as pool:
             results = [r for chunk in pool.map(_read_all, chunks) for r in chunk]
     else:
@@ -134,8 +138,13 @@ def _where(a: Sample, b: Sample) -> str:
 def _duplicate(a: Sample, b: Sample, pair: duplicates.Pair) -> dict[str, Any]:
     if _ORDER.get(a.split, 0) > _ORDER.get(b.split, 0):
         a, b = b, a
-    return {"kind": pair.kind, "where": _where(a, b), "score": pair.score, "hash_bits": pair.bits,
-            "files": [{"path": s.path, "split": s.split, "class": s.label} for s in (a, b)]}
+    return {
+        "kind": pair.kind,
+        "where": _where(a, b),
+        "score": pair.score,
+        "hash_bits": pair.bits,
+        "files": [{"path": s.path, "split": s.split, "class": s.label} for s in (a, b)],
+    }
 
 
 def _indirect_leaks(samples: list[Sample], pairs: list[duplicates.Pair]) -> list[duplicates.Pair]:
@@ -151,8 +160,12 @@ def _indirect_leaks(samples: list[Sample], pairs: list[duplicates.Pair]) -> list
         if len({samples[i].split for i in indices}) < 2:
             continue
         for m in indices:
-            earlier = [i for i in indices if samples[i].label == samples[m].label
-                       and _ORDER.get(samples[i].split, 0) < _ORDER.get(samples[m].split, 0)]
+            earlier = [
+                i
+                for i in indices
+                if samples[i].label == samples[m].label
+                and _ORDER.get(samples[i].split, 0) < _ORDER.get(samples[m].split, 0)
+            ]
             if not earlier or any((m, i) in direct for i in earlier):
                 continue
             mine = duplicates.Views(duplicates.thumbnail(samples[m].signature))
@@ -187,14 +200,25 @@ def _mode_lines(samples: list[Sample]) -> list[str]:
     for sample in samples:
         if sample.mode != "RGB":
             by_mode[sample.mode].append(sample.path)
-    names = {"L": "grey", "LA": "grey with alpha", "1": "black and white", "P": "palette", "CMYK": "CMYK",
-             "RGBA": "RGB with alpha", "I;16": "16-bit grey", "I": "32-bit grey", "F": "floating-point grey"}
+    names = {
+        "L": "grey",
+        "LA": "grey with alpha",
+        "1": "black and white",
+        "P": "palette",
+        "CMYK": "CMYK",
+        "RGBA": "RGB with alpha",
+        "I;16": "16-bit grey",
+        "I": "32-bit grey",
+        "F": "floating-point grey",
+    }
     lines = []
     for mode, paths in sorted(by_mode.items(), key=lambda item: -len(item[1])):
         what = names.get(mode, mode)
         count = "all " if len(paths) == len(samples) else ""
-        lines.append(f"{count}{len(paths):,} image(s) are {what} ({mode}); training converts them to RGB"
-                     + ("" if count else _examples(paths)))
+        lines.append(
+            f"{count}{len(paths):,} image(s) are {what} ({mode}); training converts them to RGB"
+            + ("" if count else _examples(paths))
+        )
     return lines
 
 
@@ -209,12 +233,19 @@ def _warnings(report: dict[str, Any], samples: list[Sample]) -> list[str]:
             examples = "; ".join(_pair_words(d) for d in by_where[where][:EXAMPLES])
             out.append(f"{len(by_where[where])} duplicate pair(s) {where}, e.g. {examples}")
     if by_where["across classes"]:
-        out.append(f"{len(by_where['across classes'])} possible mislabel(s): the same image under two classes, e.g. "
-                   + "; ".join(_pair_words(d) + f" [{' / '.join(f['class'] for f in d['files'])}]"
-                               for d in by_where["across classes"][:EXAMPLES]))
+        out.append(
+            f"{len(by_where['across classes'])} possible mislabel(s): the same image under two classes, e.g. "
+            + "; ".join(
+                _pair_words(d) + f" [{' / '.join(f['class'] for f in d['files'])}]"
+                for d in by_where["across classes"][:EXAMPLES]
+            )
+        )
     out += _mode_lines(samples)
-    for key, words in (("unreadable", "unreadable file(s)"), ("tiny_images", f"image(s) under {TINY_SIDE} px"),
-                       ("extreme_aspect", f"image(s) more than {EXTREME_ASPECT:g}:1")):
+    for key, words in (
+        ("unreadable", "unreadable file(s)"),
+        ("tiny_images", f"image(s) under {TINY_SIDE} px"),
+        ("extreme_aspect", f"image(s) more than {EXTREME_ASPECT:g}:1"),
+    ):
         if report[key]:
             out.append(f"{len(report[key])} {words}" + _examples([i["path"] for i in report[key]]))
     if report["hidden_folders"]:
@@ -239,16 +270,25 @@ def _leakage(duplicates_found: list[dict], test_total: int, share: float) -> tup
     leaked_test = sorted({d["files"][1]["path"] for d in test_leaks})
     if not test_total or len(leaked_test) / test_total <= share:
         return held_out, leaked_test, None
-    return held_out, leaked_test, (
-        f"{len(leaked_test)} test images duplicate images of other splits "
-        f"({len(leaked_test) / test_total:.1%} of the test split; at most {share:.0%} allowed): "
-        "the test accuracy would be inflated. E.g. "
-        + "; ".join(_pair_words(d) for d in test_leaks[:EXAMPLES])
-        + ". Set AUDIT_FIX=true to drop the held-out copies, or raise AUDIT_MAX_LEAKED_TEST_SHARE to accept them")
+    return (
+        held_out,
+        leaked_test,
+        (
+            f"{len(leaked_test)} test images duplicate images of other splits "
+            f"({len(leaked_test) / test_total:.1%} of the test split; at most {share:.0%} allowed): "
+            "the test accuracy would be inflated. E.g. "
+            + "; ".join(_pair_words(d) for d in test_leaks[:EXAMPLES])
+            + ". Set AUDIT_FIX=true to drop the held-out copies, or raise AUDIT_MAX_LEAKED_TEST_SHARE to accept them"
+        ),
+    )
 
 
-def findings(audit: Audit, max_leaked_test_share: float = MAX_LEAKED_TEST_SHARE,
-             min_train_images: int = MIN_TRAIN_IMAGES, min_classes: int = MIN_CLASSES) -> dict[str, Any]:
+def findings(
+    audit: Audit,
+    max_leaked_test_share: float = MAX_LEAKED_TEST_SHARE,
+    min_train_images: int = MIN_TRAIN_IMAGES,
+    min_classes: int = MIN_CLASSES,
+) -> dict[str, Any]:
     """The report: every finding with its files, the blocking ones named, and the counts behind them."""
     samples = audit.samples
     pairs, cost = duplicates.find([s.signature for s in samples], [s.digest for s in samples])
@@ -263,33 +303,52 @@ def findings(audit: Audit, max_leaked_test_share: float = MAX_LEAKED_TEST_SHARE,
     small = sorted(label for label, n in train.items() if n < min_train_images)
     if small:
         kinds.append("small_classes")
-        blocking.append(f"classes with fewer than {min_train_images} training images: "
-                        + ", ".join(f"{label} ({train[label]})" for label in small))
+        blocking.append(
+            f"classes with fewer than {min_train_images} training images: "
+            + ", ".join(f"{label} ({train[label]})" for label in small)
+        )
     usable = [label for label, n in train.items() if n >= min_train_images]
     if len(usable) < min_classes:
         kinds.append("few_classes")
         blocking.append(f"fewer than {min_classes} classes with enough images ({len(usable)})")
     sizes = [n for n in train.values() if n]
     report = {
-        "layout": audit.layout, "images": len(samples) + len(audit.unreadable),
-        "classes": sorted(train), "counts": {split: dict(sorted(c.items())) for split, c in counts.items()},
+        "layout": audit.layout,
+        "images": len(samples) + len(audit.unreadable),
+        "classes": sorted(train),
+        "counts": {split: dict(sorted(c.items())) for split, c in counts.items()},
         "imbalance_ratio": round(max(sizes) / min(sizes), 2) if sizes else None,
-        "unreadable": audit.unreadable, "duplicates": found,
+        "unreadable": audit.unreadable,
+        "duplicates": found,
         "duplicate_summary": dict(Counter(f"{d['kind']} {d['where']}" for d in found)),
         "possible_mislabels": [d for d in found if d["where"] == "across classes"],
         "tiny_images": [{"path": s.path, "size": list(s.size)} for s in samples if min(s.size) < TINY_SIDE],
-        "extreme_aspect": [{"path": s.path, "size": list(s.size)} for s in samples
-                           if min(s.size) and max(s.size) / min(s.size) > EXTREME_ASPECT],
+        "extreme_aspect": [
+            {"path": s.path, "size": list(s.size)}
+            for s in samples
+            if min(s.size) and max(s.size) / min(s.size) > EXTREME_ASPECT
+        ],
         "colour_modes": dict(Counter(s.mode for s in samples)),
         "not_rgb": [{"path": s.path, "mode": s.mode} for s in samples if s.mode != "RGB"],
         "class_name_twins": _twins(set().union(*[set(c) for c in counts.values()]) if counts else set()),
-        "hidden_folders": audit.hidden_folders, "blocking": blocking, "blocking_kinds": kinds,
-        "low_detail": cost["low_detail"], "duplicate_search": cost,
-        "thresholds": {"similarity": duplicates.SIMILARITY, "plain_similarity": duplicates.SURE,
-                       "hash_bits": duplicates.NEAR_BITS, "min_detail": duplicates.MIN_DETAIL,
-                       "max_leaked_test_share": max_leaked_test_share, "min_train_images": min_train_images,
-                       "min_classes": min_classes, "tiny_side": TINY_SIDE, "extreme_aspect": EXTREME_ASPECT},
-        "leaked": held_out, "leaked_test": leaked_test,
+        "hidden_folders": audit.hidden_folders,
+        "blocking": blocking,
+        "blocking_kinds": kinds,
+        "low_detail": cost["low_detail"],
+        "duplicate_search": cost,
+        "thresholds": {
+            "similarity": duplicates.SIMILARITY,
+            "plain_similarity": duplicates.SURE,
+            "hash_bits": duplicates.NEAR_BITS,
+            "min_detail": duplicates.MIN_DETAIL,
+            "max_leaked_test_share": max_leaked_test_share,
+            "min_train_images": min_train_images,
+            "min_classes": min_classes,
+            "tiny_side": TINY_SIDE,
+            "extreme_aspect": EXTREME_ASPECT,
+        },
+        "leaked": held_out,
+        "leaked_test": leaked_test,
     }
     report["warnings"] = _warnings(report, samples)
     return report

@@ -53,8 +53,9 @@ def _model_dir(channel: Path, work_dir: Path) -> Path:
     return target
 
 
-def evaluate_baseline(channel: Path, work_dir: Path, samples: Sequence[tuple[Path, int]], classes: list[str],
-                      device: torch.device) -> dict[str, Any]:
+def evaluate_baseline(
+    channel: Path, work_dir: Path, samples: Sequence[tuple[Path, int]], classes: list[str], device: torch.device
+) -> dict[str, Any]:
     """The baseline's report on ``samples`` (``classification_report`` plus ``run_id``), or
     ``{"run_id", "classes_match": False}`` when it knows other classes, or ``{"error"}``."""
     try:
@@ -73,7 +74,7 @@ def evaluate_baseline(channel: Path, work_dir: Path, samples: Sequence[tuple[Pat
     with torch.no_grad():
         for start in range(0, len(samples), BATCH):
             batch, batch_targets = [], []
-            for path, target in samples[start:start + BATCH]:
+            for path, target in samples[start : start + BATCH]:
                 try:
                     batch.append(model.transform(open_image(path)))
                 except _READ_ERRORS:
@@ -87,11 +88,17 @@ def evaluate_baseline(channel: Path, work_dir: Path, samples: Sequence[tuple[Pat
             targets += batch_targets
     if not targets:
         return {"run_id": model.run_id, "error": "no held-out image could be read"}
-    return {"run_id": model.run_id, "classes_match": True, "skipped_images": skipped,
-            **classification_report(targets, predictions, classes)}
+    return {
+        "run_id": model.run_id,
+        "classes_match": True,
+        "skipped_images": skipped,
+        **classification_report(targets, predictions, classes),
+    }
 
 
 def baseline_line(baseline: dict[str, Any]) -> str:
     """The job log's line about the baseline: ``baseline=<run> macro_f1=0.8123`` (and why not, if not)."""
     f1 = baseline.get("macro_avg", {}).get("f1", float("nan"))
-    return f"baseline={baseline.get('run_id', '?')} macro_f1={f1:.4f}" + (f" ({baseline['error']})" if "error" in baseline else "")
+    return f"baseline={baseline.get('run_id', '?')} macro_f1={f1:.4f}" + (
+        f" ({baseline['error']})" if "error" in baseline else ""
+    )

@@ -95,7 +95,9 @@ def make_batches(args: argparse.Namespace, splits: Splits, model: nn.Module, dev
         generator = torch.Generator().manual_seed(args.seed)
         return Data(
             train_batches=lambda epoch: cached["train"].batches(args.batch_size, True, generator),
-            eval_batches={name: (lambda f=f: f.batches(eval_bs, False)) for name, f in cached.items() if name != "train"},
+            eval_batches={
+                name: (lambda f=f: f.batches(eval_bs, False)) for name, f in cached.items() if name != "train"
+            },
             trainable=model.fc,
             decode_skipped=sum(f.skipped for f in cached.values()),
         )
@@ -109,12 +111,16 @@ def make_batches(args: argparse.Namespace, splits: Splits, model: nn.Module, dev
     )
 
 
-def frozen_features(args, backbone: nn.Module, samples_by_split: dict, compute: Callable, device: torch.device) -> dict[str, FeatureSet]:
+def frozen_features(
+    args, backbone: nn.Module, samples_by_split: dict, compute: Callable, device: torch.device
+) -> dict[str, FeatureSet]:
     """Each non-empty split's features: from ``--feature-cache`` when another run computed them, else computed."""
     cache = featurecache.open_cache(args.feature_cache)
     digest = featurecache.backbone_digest(backbone) if cache is not None else ""
     # CUDA computes them in mixed precision: not the same numbers as a CPU run's.
-    transform = f"eval:{args.image_size}:{resize_size(args.image_size)}:{RESIZE}:{IMAGENET_MEAN}:{IMAGENET_STD}:{device.type}"
+    transform = (
+        f"eval:{args.image_size}:{resize_size(args.image_size)}:{RESIZE}:{IMAGENET_MEAN}:{IMAGENET_STD}:{device.type}"
+    )
     out: dict[str, FeatureSet] = {}
     images = {True: 0, False: 0}  # by whether they came from the cache
     seconds = {True: 0.0, False: 0.0}

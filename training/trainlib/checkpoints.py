@@ -21,7 +21,6 @@ import torch
 log = logging.getLogger(__name__)
 
 
-
 def fingerprint(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -80,9 +80,7 @@ def resolve_dataset_root(channel: Path, work_dir: Path, max_bytes: int = DEFAULT
                 "give either one archive or one dataset folder"
             )
     if len(candidates) > 1:
-        raise DatasetError(
-            f"training channel {channel} holds {len(candidates)} archives; give exactly one"
-        )
+        raise DatasetError(f"training channel {channel} holds {len(candidates)} archives; give exactly one")
     if candidates:
         archive = candidates[0]
         if not is_archive(archive):
@@ -136,9 +134,7 @@ def _readable(path: Path) -> bool:
         return False
 
 
-def _carve(
-    images: list[Path], fractions: dict[str, float], seed: int, class_name: str
-) -> dict[str, list[Path]]:
+def _carve(images: list[Path], fractions: dict[str, float], seed: int, class_name: str) -> dict[str, list[Path]]:
     """Deterministic, per-class split of ``images`` into ``train`` and the given fractions."""
     shuffled = sorted(images)
     random.Random(f"{seed}:{class_name}").shuffle(shuffled)
@@ -170,8 +166,16 @@ def discover(root: Path, seed: int = 42, valid_fraction: float = 0.1, test_fract
     def flatten(split: str) -> list[tuple[Path, int]]:
         return [(path, index) for index, name in enumerate(classes) for path in per_split.get(split, {}).get(name, [])]
 
-    return Splits(classes=classes, train=flatten("train"), valid=flatten("valid"), test=flatten("test"), layout=layout,
-                  carved=carved, unreadable=unreadable, ignored_files=ignored)
+    return Splits(
+        classes=classes,
+        train=flatten("train"),
+        valid=flatten("valid"),
+        test=flatten("test"),
+        layout=layout,
+        carved=carved,
+        unreadable=unreadable,
+        ignored_files=ignored,
+    )
 
 
 def _find_classes(root: Path) -> tuple[str, dict[str, dict[str, list[Path]]], int]:
@@ -195,8 +199,10 @@ def _check_classes(root: Path, layout: str, per_split: dict[str, dict[str, list[
     classes = sorted(per_split["train"])
     if len(classes) < 2:
         found = ", ".join(classes) or "none"
-        raise DatasetError(f"a classifier needs at least 2 classes; found {len(classes)} ({found}) in "
-                           f"{root / 'train' if layout == 'splits' else root}")
+        raise DatasetError(
+            f"a classifier needs at least 2 classes; found {len(classes)} ({found}) in "
+            f"{root / 'train' if layout == 'splits' else root}"
+        )
     for split in ("valid", "test"):
         extra = sorted(set(per_split.get(split, {})) - set(classes))
         if extra:
@@ -226,8 +232,9 @@ def _check_not_empty(per_split: dict[str, dict[str, list[Path]]], classes: list[
         raise DatasetError(f"these classes have no readable training images: {', '.join(empty)}")
 
 
-def _carve_missing(per_split: dict[str, dict[str, list[Path]]], classes: list[str], fractions: dict[str, float],
-                   seed: int) -> list[str]:
+def _carve_missing(
+    per_split: dict[str, dict[str, list[Path]]], classes: list[str], fractions: dict[str, float], seed: int
+) -> list[str]:
     """The splits the dataset lacks, carved from ``train/`` per class; returns their names."""
     to_carve = {split: fraction for split, fraction in fractions.items() if split not in per_split}
     if not to_carve:
@@ -246,6 +253,9 @@ def drop_held_out(splits: Splits, root: Path, relative_paths: set[str]) -> int:
     """Take these images (paths relative to ``root``, as the audit names them) out of valid and test —
     never out of train; returns how many went. What AUDIT_FIX does with the audit's cross-split duplicates."""
     before = len(splits.valid) + len(splits.test)
-    keep = lambda samples: [(p, i) for p, i in samples if p.relative_to(root).as_posix() not in relative_paths]  # noqa: E731
+
+    def keep(samples):
+        return [(p, i) for p, i in samples if p.relative_to(root).as_posix() not in relative_paths]
+
     splits.valid, splits.test = keep(splits.valid), keep(splits.test)
     return before - len(splits.valid) - len(splits.test)

@@ -1,8 +1,9 @@
 """The smdebug hook, when SageMaker Debugger asks for one or ``--debug-out`` is given.
 
-smdebug is optional: the PyTorch 2.x training containers no longer ship it (``training/requirements.txt``
-installs it, ``smdebug_support`` makes it work there), and a job without it still trains. The hook is registered on the module that is actually trained (the head alone when
-the backbone is frozen and its features are cached), so it works with a frozen backbone.
+smdebug is optional: the PyTorch 2.x training containers no longer ship it
+(``training/requirements.txt`` installs it, ``smdebug_support`` makes it work there), and a job
+without it still trains. The hook is registered on the module that is actually trained (the head
+alone when the backbone is frozen and its features are cached), so it works with a frozen backbone.
 """
 
 from __future__ import annotations
@@ -58,15 +59,23 @@ def create_hook(
     if not smdebug_support.available():
         return NullHook()
     import smdebug.pytorch as smd
+
     if debug_out is not None:
+
         def train_only(**when) -> Any:
             never = smd.SaveConfigMode(save_steps=[], start_step=0, end_step=0)
-            return smd.SaveConfig(mode_save_configs={mode: smd.SaveConfigMode(**when) if mode == smd.modes.TRAIN else never
-                                                     for mode in smd.modes})
+            return smd.SaveConfig(
+                mode_save_configs={
+                    mode: smd.SaveConfigMode(**when) if mode == smd.modes.TRAIN else never for mode in smd.modes
+                }
+            )
 
         magnitudes = smd.ReductionConfig(abs_reductions=["mean", "max"])
-        hook = smd.Hook(out_dir=str(debug_out), save_config=smd.SaveConfig(save_interval=max(1, total_steps // 10)),
-                        include_collections=[*DEFAULT_COLLECTIONS, GRADIENT_STATS])
+        hook = smd.Hook(
+            out_dir=str(debug_out),
+            save_config=smd.SaveConfig(save_interval=max(1, total_steps // 10)),
+            include_collections=[*DEFAULT_COLLECTIONS, GRADIENT_STATS],
+        )
         hook.get_collection("losses").save_config = smd.SaveConfig(save_interval=1)
         hook.get_collection("gradients").save_config = train_only(save_steps=[0, 1, 2])
         stats = hook.get_collection(GRADIENT_STATS)

@@ -7,9 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def classification_report(
-    targets: Sequence[int], predictions: Sequence[int], classes: Sequence[str]
-) -> dict:
+def classification_report(targets: Sequence[int], predictions: Sequence[int], classes: Sequence[str]) -> dict:
     """The evaluation written beside the model (``evaluation.json``).
 
     ``confusion_matrix[i][j]`` counts images of class ``i`` predicted as class ``j``. A class

@@ -67,7 +67,9 @@ class FeatureCache:
     def __init__(self, root: Path):
         self.root = root
 
-    def get_or_compute(self, key: str, compute: Callable[[], FeatureSet], device: torch.device) -> tuple[FeatureSet, bool]:
+    def get_or_compute(
+        self, key: str, compute: Callable[[], FeatureSet], device: torch.device
+    ) -> tuple[FeatureSet, bool]:
         """The features for ``key`` and whether they came from the cache."""
         path = self.root / f"{key}.pt"
         with self._locked(key):
@@ -94,8 +96,16 @@ class FeatureCache:
         try:
             entry = torch.load(path, map_location=device, weights_only=True)
             features = FeatureSet(entry["features"], entry["targets"], int(entry["skipped"]))
-        except (OSError, RuntimeError, EOFError, KeyError, TypeError, ValueError,
-                pickle.UnpicklingError, zipfile.BadZipFile) as exc:
+        except (
+            OSError,
+            RuntimeError,
+            EOFError,
+            KeyError,
+            TypeError,
+            ValueError,
+            pickle.UnpicklingError,
+            zipfile.BadZipFile,
+        ) as exc:
             log.warning("recomputing frozen features: the cached entry %s is unreadable (%s)", path.name, exc)
             return None
         if features.features.shape[0] != features.targets.shape[0]:
@@ -107,8 +117,10 @@ class FeatureCache:
     def _store(path: Path, features: FeatureSet) -> None:
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         try:
-            torch.save({"features": features.features.cpu(), "targets": features.targets.cpu(),
-                        "skipped": features.skipped}, tmp)
+            torch.save(
+                {"features": features.features.cpu(), "targets": features.targets.cpu(), "skipped": features.skipped},
+                tmp,
+            )
             os.replace(tmp, path)  # readers see a whole entry or none
         except OSError as exc:
             tmp.unlink(missing_ok=True)

@@ -41,7 +41,11 @@ def write_verdicts(out_dir: Path | None, report_dir: Path) -> list[dict]:
         return []
     verdicts = [asdict(v) for v in rules.evaluate(out_dir)]
     for verdict in verdicts:
-        print(f"rule={verdict['rule']} status={verdict['status']}" + (f" step={verdict['step']}" if verdict["step"] is not None else ""), flush=True)
+        print(
+            f"rule={verdict['rule']} status={verdict['status']}"
+            + (f" step={verdict['step']}" if verdict["step"] is not None else ""),
+            flush=True,
+        )
     artifact.write_json(report_dir / "rules.json", verdicts)
     return verdicts
 
@@ -49,19 +53,47 @@ def write_verdicts(out_dir: Path | None, report_dir: Path) -> list[dict]:
 def stop_on_rule_issues(out_dir: Path, epoch: int) -> None:
     issues = [v for v in rules.evaluate(out_dir) if v.status == "IssuesFound"]
     if issues:
-        raise TrainingError(f"stopped after epoch {epoch}: debugger rule {issues[0].rule} found an issue: {issues[0].message}")
+        raise TrainingError(
+            f"stopped after epoch {epoch}: debugger rule {issues[0].rule} found an issue: {issues[0].message}"
+        )
 
 
-def write_report(run_id: str, report_dir: Path, device_type: str, workers: int, history: list[dict], evaluation: dict,
-                 verdicts: list[dict], observers: Observers, setting: dict[str, str] | None = None) -> Path:
+def write_report(
+    run_id: str,
+    report_dir: Path,
+    device_type: str,
+    workers: int,
+    history: list[dict],
+    evaluation: dict,
+    verdicts: list[dict],
+    observers: Observers,
+    setting: dict[str, str] | None = None,
+) -> Path:
     timer, sampler = observers.timer, observers.sampler
     breakdown, system = timer.breakdown(), sampler.summary()
-    profile = {"device": device_type, "workers": workers, "breakdown": breakdown, "step_ms": timer.mean_step_ms(),
-               "system": system, "steps": timer.steps, "samples": sampler.samples, "torch_ops": timer.torch_summary}
+    profile = {
+        "device": device_type,
+        "workers": workers,
+        "breakdown": breakdown,
+        "step_ms": timer.mean_step_ms(),
+        "system": system,
+        "steps": timer.steps,
+        "samples": sampler.samples,
+        "torch_ops": timer.torch_summary,
+    }
     artifact.write_json(report_dir / "profile.json", profile)
-    notes = profiling.findings(breakdown, system, history, verdicts, device_type, workers, evaluation, profile["step_ms"], setting)
-    path = report.render(report_dir / "report.html", run_id=run_id, history=history, evaluation=evaluation,
-                         verdicts=verdicts, profile=profile, findings=notes)
+    notes = profiling.findings(
+        breakdown, system, history, verdicts, device_type, workers, evaluation, profile["step_ms"], setting
+    )
+    path = report.render(
+        report_dir / "report.html",
+        run_id=run_id,
+        history=history,
+        evaluation=evaluation,
+        verdicts=verdicts,
+        profile=profile,
+        findings=notes,
+    )
     print(f"report={path}", flush=True)
     return path
 

@@ -95,9 +95,7 @@ class FeatureSet:
 
 
 @torch.no_grad()  # not inference_mode: the head trains on these tensors
-def extract_features(
-    backbone: nn.Module, loader: DataLoader, device: torch.device, amp: bool
-) -> FeatureSet:
+def extract_features(backbone: nn.Module, loader: DataLoader, device: torch.device, amp: bool) -> FeatureSet:
     """Run ``backbone`` once over ``loader``; features stay on ``device`` (they are small)."""
     backbone.eval()
     features, targets, skipped = [], [], 0

@@ -73,9 +73,13 @@ def check_dimensions(width: int, height: int) -> None:
     if width < 1 or height < 1:
         raise InvalidImageError(f"the image has no pixels ({width}x{height})")
     if width * height > MAX_PIXELS:
-        raise ImageTooLargeError(f"the image is {width}x{height} pixels; the limit is {MAX_PIXELS // 1_000_000} megapixels")
+        raise ImageTooLargeError(
+            f"the image is {width}x{height} pixels; the limit is {MAX_PIXELS // 1_000_000} megapixels"
+        )
     if max(width, height) > MAX_ASPECT * min(width, height):
-        raise ImageTooLargeError(f"the image is {width}x{height} pixels; one side may be at most {MAX_ASPECT} times the other")
+        raise ImageTooLargeError(
+            f"the image is {width}x{height} pixels; one side may be at most {MAX_ASPECT} times the other"
+        )
 
 
 def decode(body: bytes | bytearray | memoryview | None) -> Image.Image:
@@ -124,8 +128,14 @@ class Classifier:
         model.load_state_dict(torch.load(model_dir / "model.pth", map_location="cpu", weights_only=True))
         model.to(target).eval()
         norm = meta["normalization"]
-        return cls(model, list(meta["classes"]), meta.get("run_id", ""),
-                   eval_transform(int(meta["image_size"]), norm["mean"], norm["std"]), target, int(meta["image_size"]))
+        return cls(
+            model,
+            list(meta["classes"]),
+            meta.get("run_id", ""),
+            eval_transform(int(meta["image_size"]), norm["mean"], norm["std"]),
+            target,
+            int(meta["image_size"]),
+        )
 
     def fastest_batch(self, largest: int, rounds: int = 2) -> int:
         """The batch size (a power of two up to ``largest``) at which ``predict`` answers the most images a
@@ -155,9 +165,13 @@ class Classifier:
         probabilities = torch.softmax(logits.float(), dim=1).cpu()
         values, indices = torch.topk(probabilities, min(TOP_LABELS, len(self.classes)), dim=1)
         return [
-            {"predictions": [{"label": self.classes[i], "probability": round(float(v), 6)}
-                             for v, i in zip(row_values.tolist(), row_indices.tolist())],
-             "model": self.run_id}
+            {
+                "predictions": [
+                    {"label": self.classes[i], "probability": round(float(v), 6)}
+                    for v, i in zip(row_values.tolist(), row_indices.tolist())
+                ],
+                "model": self.run_id,
+            }
             for row_values, row_indices in zip(values, indices)
         ]
 

@@ -69,8 +69,13 @@ class StepTimer(NullTimer):
 
     def step_done(self) -> None:
         end = self._sync()
-        self.steps.append({"data": self._ready - self._mark, "compute": self._computed - self._ready,
-                           "optimizer": end - self._computed})
+        self.steps.append(
+            {
+                "data": self._ready - self._mark,
+                "compute": self._computed - self._ready,
+                "optimizer": end - self._computed,
+            }
+        )
         self._mark = end
         if self._torch is not None:
             self._torch_steps += 1
@@ -93,11 +98,12 @@ class StepTimer(NullTimer):
     def _stop_torch_profiler(self) -> None:
         profiler, self._torch = self._torch, None
         profiler.__exit__(None, None, None)
-        self._torch_steps = -10**9  # one window per job
+        self._torch_steps = -(10**9)  # one window per job
         device_key = "self_device_time_total" if self.device.type == "cuda" else "self_cpu_time_total"
         events = sorted(profiler.key_averages(), key=lambda e: getattr(e, device_key, 0), reverse=True)[:12]
-        self.torch_summary = [{"op": e.key, "calls": e.count, "self_ms": getattr(e, device_key, 0) / 1000}
-                              for e in events]
+        self.torch_summary = [
+            {"op": e.key, "calls": e.count, "self_ms": getattr(e, device_key, 0) / 1000} for e in events
+        ]
         if self._trace_dir is not None:
             self._trace_dir.mkdir(parents=True, exist_ok=True)
             profiler.export_chrome_trace(str(self._trace_dir / "torch-trace.json"))
@@ -173,7 +179,15 @@ class SystemSampler:
 
     def summary(self) -> dict[str, float]:
         out: dict[str, float] = {}
-        for key in ("cpu_percent", "process_cpu_percent", "memory_percent", "rss_mb", "gpu_percent", "gpu_memory_mb", "read_mb_s"):
+        for key in (
+            "cpu_percent",
+            "process_cpu_percent",
+            "memory_percent",
+            "rss_mb",
+            "gpu_percent",
+            "gpu_memory_mb",
+            "read_mb_s",
+        ):
             values = [s[key] for s in self.samples if key in s]
             if values:
                 out[f"{key}_mean"] = sum(values) / len(values)
@@ -192,45 +206,74 @@ def expected_verdicts(verdicts: list[dict], history: list[dict], setting: dict[s
     flagged = [v["rule"] for v in verdicts if v["status"] == "IssuesFound"]
     out = []
     early = [rule for rule in EARLY_RULES if rule in flagged]
-    if early and setting.get("weights") == "none" and setting.get("train-mode") != "head" and len(history) <= EARLY_EPOCHS:
-        out.append(f"Expected for this setting: {', '.join(early)} after {len(history)} epoch(s) of a network trained "
-                   "from random weights. Its validation loss swings while BatchNorm's running statistics settle, so "
-                   "these trend rules fire early; they say more about a run with ImageNet weights (--weights imagenet) "
-                   "or more epochs.")
+    if (
+        early
+        and setting.get("weights") == "none"
+        and setting.get("train-mode") != "head"
+        and len(history) <= EARLY_EPOCHS
+    ):
+        out.append(
+            f"Expected for this setting: {', '.join(early)} after {len(history)} epoch(s) of a network trained "
+            "from random weights. Its validation loss swings while BatchNorm's running statistics settle, so "
+            "these trend rules fire early; they say more about a run with ImageNet weights (--weights imagenet) "
+            "or more epochs."
+        )
     if "Overtraining" in flagged and history:
         best = max(history, key=lambda h: h["valid_accuracy"])
         if best["epoch"] < history[-1]["epoch"]:
-            out.append(f"Expected when the data is learnt early: validation accuracy reached {best['valid_accuracy']:.3f} "
-                       f"at epoch {best['epoch']} of {history[-1]['epoch']}, so the last epochs had little left to "
-                       "improve, which is what Overtraining reports; fewer epochs would give the same model.")
+            out.append(
+                f"Expected when the data is learnt early: validation accuracy reached {best['valid_accuracy']:.3f} "
+                f"at epoch {best['epoch']} of {history[-1]['epoch']}, so the last epochs had little left to "
+                "improve, which is what Overtraining reports; fewer epochs would give the same model."
+            )
     return out
 
 
-def findings(breakdown: dict[str, float], system: dict[str, float], history: list[dict], verdicts: list[dict],
-             device: str, workers: int, evaluation: dict | None, step_ms: float = 0.0,
-             setting: dict[str, str] | None = None) -> list[str]:
+def findings(
+    breakdown: dict[str, float],
+    system: dict[str, float],
+    history: list[dict],
+    verdicts: list[dict],
+    device: str,
+    workers: int,
+    evaluation: dict | None,
+    step_ms: float = 0.0,
+    setting: dict[str, str] | None = None,
+) -> list[str]:
     """Plain-language observations, as SageMaker's ProfilerReport gives them. ``setting``: the job's
     hyperparameters, for what to expect of the rules."""
     out = []
     where = "GPU" if device == "cuda" else "CPU"
     # A share of a microsecond step is no bottleneck: only waits that cost real time count.
     if breakdown.get("data", 0) > 0.3 and breakdown["data"] * step_ms > 5:
-        out.append(f"The {where} waited on data {breakdown['data']:.0%} of the time: raise the data loader's worker "
-                   f"count (it was {workers}) or cache decoded images; in head mode turn augmentation off to reuse features.")
+        out.append(
+            f"The {where} waited on data {breakdown['data']:.0%} of the time: raise the data loader's worker "
+            f"count (it was {workers}) or cache decoded images; in head mode turn augmentation off to reuse features."
+        )
     elif breakdown:
-        out.append(f"Data loading kept up: {breakdown.get('data', 0):.0%} of step time was spent waiting for batches, "
-                   f"{breakdown.get('compute', 0):.0%} in forward and backward, {breakdown.get('optimizer', 0):.0%} in the optimizer.")
+        out.append(
+            f"Data loading kept up: {breakdown.get('data', 0):.0%} of step time was spent waiting for batches, "
+            f"{breakdown.get('compute', 0):.0%} in forward and backward, "
+            f"{breakdown.get('optimizer', 0):.0%} in the optimizer."
+        )
     if device == "cuda" and system.get("gpu_percent_mean") is not None and system["gpu_percent_mean"] < 50:
-        out.append(f"The GPU was busy only {system['gpu_percent_mean']:.0f}% of the time on average: a larger batch "
-                   "or a cheaper input pipeline would use it better.")
+        out.append(
+            f"The GPU was busy only {system['gpu_percent_mean']:.0f}% of the time on average: a larger batch "
+            "or a cheaper input pipeline would use it better."
+        )
     if system.get("memory_percent_max", 0) > 90:
         out.append(f"Host memory peaked at {system['memory_percent_max']:.0f}%: close to the instance's limit.")
     if device == "cpu" and system.get("process_cpu_percent_mean") is not None:
-        out.append(f"Training used {system['process_cpu_percent_mean']:.0f}% of the machine's CPU on average; no GPU was used.")
+        out.append(
+            f"Training used {system['process_cpu_percent_mean']:.0f}% of the machine's CPU on average; no GPU was used."
+        )
     if len(history) >= 2:
         first, last = history[0], history[-1]
-        out.append(f"Validation accuracy went from {first['valid_accuracy']:.3f} after epoch 1 to {last['valid_accuracy']:.3f} "
-                   f"after epoch {last['epoch']}; training loss from {first['train_loss']:.3f} to {last['train_loss']:.3f}.")
+        out.append(
+            f"Validation accuracy went from {first['valid_accuracy']:.3f} after epoch 1 "
+            f"to {last['valid_accuracy']:.3f} "
+            f"after epoch {last['epoch']}; training loss from {first['train_loss']:.3f} to {last['train_loss']:.3f}."
+        )
     issues = [v for v in verdicts if v["status"] == "IssuesFound"]
     if issues:
         out.extend(f"Rule {v['rule']}: {v['message']}" for v in issues)
@@ -239,6 +282,8 @@ def findings(breakdown: dict[str, float], system: dict[str, float], history: lis
         out.append("No debugger rule found an issue.")
     if evaluation:
         worst = min(evaluation["per_class"].items(), key=lambda kv: kv[1]["f1"])
-        out.append(f"The weakest class on the {evaluation.get('split', 'test')} split is {worst[0]} "
-                   f"(F1 {worst[1]['f1']:.2f}, {worst[1]['support']} images).")
+        out.append(
+            f"The weakest class on the {evaluation.get('split', 'test')} split is {worst[0]} "
+            f"(F1 {worst[1]['f1']:.2f}, {worst[1]['support']} images)."
+        )
     return out

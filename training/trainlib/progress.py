@@ -11,7 +11,14 @@ class ProgressLine:
     life in a long epoch's log. No metric definition matches it."""
 
     def __init__(self, epoch: int, epochs: int, images: int, every: float = 2.0, clock=time.monotonic, say=print):
-        self.epoch, self.epochs, self.images, self.every, self.clock, self.say = epoch, epochs, images, every, clock, say
+        self.epoch, self.epochs, self.images, self.every, self.clock, self.say = (
+            epoch,
+            epochs,
+            images,
+            every,
+            clock,
+            say,
+        )
         self.started = self.last = clock()
         self.seen = 0
 
@@ -21,4 +28,7 @@ class ProgressLine:
         if now - self.last >= self.every and self.seen < self.images:
             self.last = now
             rate = self.seen / max(now - self.started, 1e-9)
-            self.say(f"progress: epoch {self.epoch}/{self.epochs}, {self.seen}/{self.images} images, {rate:.1f} images/s", flush=True)
+            self.say(
+                f"progress: epoch {self.epoch}/{self.epochs}, {self.seen}/{self.images} images, {rate:.1f} images/s",
+                flush=True,
+            )

@@ -54,6 +54,7 @@ def _curves(history: list[dict]):
         lines = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
         ax.legend(lines, [line.get_label() for line in lines], loc="center right")
         ax.set_title("Training curves")
+
     return draw
 
 
@@ -69,6 +70,7 @@ def _breakdown(steps: list[dict]):
         ax.set_ylabel("ms")
         ax.legend()
         ax.set_title("Where each step's time went")
+
     return draw
 
 
@@ -82,6 +84,7 @@ def _utilisation(samples: list[dict]):
         ax.set_xlabel("seconds")
         ax.legend()
         ax.set_title("Utilisation over time")
+
     return draw
 
 
@@ -98,11 +101,20 @@ def _confusion(evaluation: dict):
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         ax.set_title(f"Confusion matrix ({evaluation.get('split', 'test')} split)")
+
     return draw
 
 
-def render(path: Path, *, run_id: str, history: list[dict], evaluation: dict | None, verdicts: list[dict],
-           profile: dict[str, Any], findings: list[str]) -> Path:
+def render(
+    path: Path,
+    *,
+    run_id: str,
+    history: list[dict],
+    evaluation: dict | None,
+    verdicts: list[dict],
+    profile: dict[str, Any],
+    findings: list[str],
+) -> Path:
     figures = []
     if history:
         figures.append(_img(_figure_png(_curves(history)), "training curves"))
@@ -114,25 +126,31 @@ def render(path: Path, *, run_id: str, history: list[dict], evaluation: dict | N
         figures.append(_img(_figure_png(_confusion(evaluation)), "confusion matrix"))
     rows = "".join(
         f"<tr class='{html.escape(v['status'])}'><td>{html.escape(v['rule'])}</td><td>{html.escape(v['status'])}</td>"
-        f"<td>{'' if v['step'] is None else v['step']}</td><td>{html.escape(v['message'])}</td></tr>" for v in verdicts)
-    ops = "".join(f"<tr><td>{html.escape(o['op'])}</td><td>{o['calls']}</td><td>{o['self_ms']:.2f}</td></tr>"
-                  for o in profile.get("torch_ops", []))
+        f"<td>{'' if v['step'] is None else v['step']}</td><td>{html.escape(v['message'])}</td></tr>"
+        for v in verdicts
+    )
+    ops = "".join(
+        f"<tr><td>{html.escape(o['op'])}</td><td>{o['calls']}</td><td>{o['self_ms']:.2f}</td></tr>"
+        for o in profile.get("torch_ops", [])
+    )
     items = "".join(f"<li>{html.escape(f)}</li>" for f in findings)
     doc = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>droptrain report: {html.escape(run_id)}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; max-width: 980px; margin: 2em auto; color: #222; }}
-table {{ border-collapse: collapse; width: 100%; margin: 1em 0; }} td, th {{ border: 1px solid #ccc; padding: 4px 8px; text-align: left; }}
+table {{ border-collapse: collapse; width: 100%; margin: 1em 0; }}
+td, th {{ border: 1px solid #ccc; padding: 4px 8px; text-align: left; }}
 tr.IssuesFound td {{ background: #fde2e1; }} tr.Error td {{ background: #fff4cc; }}
 img {{ display: block; margin: 1em 0; max-width: 100%; }}
 </style></head><body>
 <h1>Training report: {html.escape(run_id)}</h1>
-<p>Device: {html.escape(profile.get('device', '?'))}; {len(history)} epochs; {len(profile.get('steps', []))} profiled steps.</p>
+<p>Device: {html.escape(profile.get("device", "?"))}; {len(history)} epochs;
+{len(profile.get("steps", []))} profiled steps.</p>
 <h2>Findings</h2><ul id="findings">{items}</ul>
 <h2>Debugger rules</h2>
 <table id="rules"><tr><th>rule</th><th>status</th><th>step</th><th>message</th></tr>{rows}</table>
 <h2>Plots</h2>
-{''.join(figures)}
+{"".join(figures)}
 <h2>Heaviest operators (torch.profiler window)</h2>
 <table id="ops"><tr><th>operator</th><th>calls</th><th>self time (ms)</th></tr>{ops}</table>
 </body></html>

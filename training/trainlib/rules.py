@@ -70,7 +70,9 @@ class _DroptrainRule(Rule):
         tensor = self.base_trial.tensor(name)
         if step not in tensor.steps():
             return {}
-        return {key: float(np.asarray(value)) for key, value in tensor.reduction_values(step).items() if value is not None}
+        return {
+            key: float(np.asarray(value)) for key, value in tensor.reduction_values(step).items() if value is not None
+        }
 
     def _reduction(self, name: str, step: int, reduction: str, abs: bool) -> float | None:
         """One reduction: as saved, else computed from the full tensor; ``None`` when neither exists."""
@@ -110,8 +112,10 @@ class VanishingGradient(_DroptrainRule):
         for name in self._tensors("gradients"):
             magnitude = self._reduction(name, step, "mean", abs=True)
             if magnitude is not None and magnitude < self.threshold:
-                self.message = (f"the mean absolute gradient of {name} fell to {magnitude:.2e} "
-                                f"(threshold {self.threshold:g}) at step {step}: learning has stalled")
+                self.message = (
+                    f"the mean absolute gradient of {name} fell to {magnitude:.2e} "
+                    f"(threshold {self.threshold:g}) at step {step}: learning has stalled"
+                )
                 return True
         return False
 
@@ -130,9 +134,16 @@ class ExplodingTensor(_DroptrainRule):
             value = self._value(name, step)
             if value is None:
                 # Saved as magnitudes only: a NaN or an infinity anywhere shows in its mean and maximum.
-                bad_reductions = [r for r, v in self._reductions(name, step).items() if (np.isnan(v) if self.only_nan else not np.isfinite(v))]
+                bad_reductions = [
+                    r
+                    for r, v in self._reductions(name, step).items()
+                    if (np.isnan(v) if self.only_nan else not np.isfinite(v))
+                ]
                 if bad_reductions:
-                    self.message = f"{name} held non-finite values at step {step} (its {bad_reductions[0][0]} is not finite): lower the learning rate"
+                    self.message = (
+                        f"{name} held non-finite values at step {step} "
+                        f"(its {bad_reductions[0][0]} is not finite): lower the learning rate"
+                    )
                     return True
                 continue
             if not np.issubdtype(np.asarray(value).dtype, np.floating):
@@ -185,9 +196,11 @@ class Overfit(_DroptrainRule):
             streak = streak + 1 if train > 0 and (valid - train) / train > self.ratio_threshold else 0
         if streak > self.patience:
             train, valid, _ = epochs[-1]
-            self.message = (f"validation loss {valid:.4f} exceeded training loss {train:.4f} by more than "
-                            f"{self.ratio_threshold:.0%} for {streak} epochs in a row: the model is overfitting; "
-                            "add augmentation or weight decay, or stop earlier")
+            self.message = (
+                f"validation loss {valid:.4f} exceeded training loss {train:.4f} by more than "
+                f"{self.ratio_threshold:.0%} for {streak} epochs in a row: the model is overfitting; "
+                "add augmentation or weight decay, or stop earlier"
+            )
             return True
         return False
 
@@ -200,7 +213,9 @@ class Overtraining(_DroptrainRule):
     explanation = "training and validation losses kept improving"
 
     def __init__(self, base_trial: Any, patience_train: int = 5, patience_validation: int = 10, delta: float = 0.01):
-        super().__init__(base_trial, patience_train=patience_train, patience_validation=patience_validation, delta=delta)
+        super().__init__(
+            base_trial, patience_train=patience_train, patience_validation=patience_validation, delta=delta
+        )
         self.patience = {ModeKeys.TRAIN: patience_train, ModeKeys.EVAL: patience_validation}
         self.delta = delta
         self.losses: dict[Any, list[float]] = {ModeKeys.TRAIN: [], ModeKeys.EVAL: []}
@@ -214,11 +229,13 @@ class Overtraining(_DroptrainRule):
         losses.append(loss)
         if len(losses) < 2 * n or len(losses) % n:
             return False
-        before, now = float(np.mean(losses[-2 * n:-n])), float(np.mean(losses[-n:]))
+        before, now = float(np.mean(losses[-2 * n : -n])), float(np.mean(losses[-n:]))
         if before - now < self.delta:
             which = "training" if mode == ModeKeys.TRAIN else "validation"
-            self.message = (f"{which} loss improved by only {before - now:.4f} (< {self.delta}) over the last {n} steps, "
-                            f"to {now:.4f}: the model has stopped improving; use fewer epochs")
+            self.message = (
+                f"{which} loss improved by only {before - now:.4f} (< {self.delta}) over the last {n} steps, "
+                f"to {now:.4f}: the model has stopped improving; use fewer epochs"
+            )
             return True
         return False
 
@@ -229,10 +246,23 @@ class PoorWeightInitialization(_DroptrainRule):
 
     explanation = "activations and gradients were well spread from the start"
 
-    def __init__(self, base_trial: Any, activation_inputs_regex: str = ".*relu_input", threshold: float = 10.0,
-                 distribution_range: float = 0.001, patience: int = 5, steps: int = 10):
-        super().__init__(base_trial, activation_inputs_regex=activation_inputs_regex, threshold=threshold,
-                         distribution_range=distribution_range, patience=patience, steps=steps)
+    def __init__(
+        self,
+        base_trial: Any,
+        activation_inputs_regex: str = ".*relu_input",
+        threshold: float = 10.0,
+        distribution_range: float = 0.001,
+        patience: int = 5,
+        steps: int = 10,
+    ):
+        super().__init__(
+            base_trial,
+            activation_inputs_regex=activation_inputs_regex,
+            threshold=threshold,
+            distribution_range=distribution_range,
+            patience=patience,
+            steps=steps,
+        )
         import re
 
         self.regex = re.compile(activation_inputs_regex, re.IGNORECASE)
@@ -253,16 +283,20 @@ class PoorWeightInitialization(_DroptrainRule):
         if variances:
             high, low = max(variances.values()), min(variances.values())
             if high == 0 or (low == 0 or high / low > self.threshold):
-                self.message = (f"ReLU input variances range from {low:.3g} to {high:.3g} across layers at step {step}: "
-                                "poor weight initialisation")
+                self.message = (
+                    f"ReLU input variances range from {low:.3g} to {high:.3g} across layers at step {step}: "
+                    "poor weight initialisation"
+                )
                 return True
         for name in self._tensors("gradients"):
             value = self._value(name, step)
             if value is not None and value.size > 1:
                 spread = float(np.percentile(value, 95) - np.percentile(value, 5))
                 if spread < self.distribution_range:
-                    self.message = (f"the gradients of {name} are nearly all equal (5th–95th percentile spread {spread:.2e}) "
-                                    f"at step {step}: poor weight initialisation (all-zero or constant weights?)")
+                    self.message = (
+                        f"the gradients of {name} are nearly all equal (5th–95th percentile spread {spread:.2e}) "
+                        f"at step {step}: poor weight initialisation (all-zero or constant weights?)"
+                    )
                     return True
         return False
 
@@ -274,9 +308,15 @@ class LossNotDecreasing(_DroptrainRule):
 
     explanation = "the training loss kept decreasing"
 
-    def __init__(self, base_trial: Any, num_steps: int = 10, diff_percent: float = 0.1, increase_threshold_percent: float = 5):
-        super().__init__(base_trial, num_steps=num_steps, diff_percent=diff_percent,
-                         increase_threshold_percent=increase_threshold_percent)
+    def __init__(
+        self, base_trial: Any, num_steps: int = 10, diff_percent: float = 0.1, increase_threshold_percent: float = 5
+    ):
+        super().__init__(
+            base_trial,
+            num_steps=num_steps,
+            diff_percent=diff_percent,
+            increase_threshold_percent=increase_threshold_percent,
+        )
         self.num_steps, self.diff_percent, self.increase = num_steps, diff_percent, increase_threshold_percent
         self.losses: list[float] = []
 
@@ -288,12 +328,14 @@ class LossNotDecreasing(_DroptrainRule):
         n = self.num_steps
         if len(self.losses) < 2 * n or len(self.losses) % n:
             return False
-        before, now = float(np.mean(self.losses[-2 * n:-n])), float(np.mean(self.losses[-n:]))
+        before, now = float(np.mean(self.losses[-2 * n : -n])), float(np.mean(self.losses[-n:]))
         change = (before - now) / abs(before) * 100 if before else 0.0
         if change < self.diff_percent:
             direction = f"rose by {-change:.1f}%" if change < -self.increase else f"fell only {change:.2f}%"
-            self.message = (f"the training loss {direction} over the last {n} steps (to {now:.4f}) at step {step}: "
-                            "check the learning rate and the labels")
+            self.message = (
+                f"the training loss {direction} over the last {n} steps (to {now:.4f}) at step {step}: "
+                "check the learning rate and the labels"
+            )
             return True
         return False
 

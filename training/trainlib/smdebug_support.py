@@ -35,8 +35,10 @@ def _protobuf_backend_problem() -> str | None:
 
     backend = api_implementation.Type()
     if backend != "python":
-        return (f"protobuf was already imported with its {backend!r} backend; smdebug needs "
-                f"{PROTOBUF_BACKEND}=python set before protobuf is first imported")
+        return (
+            f"protobuf was already imported with its {backend!r} backend; smdebug needs "
+            f"{PROTOBUF_BACKEND}=python set before protobuf is first imported"
+        )
     return None
 
 

@@ -32,9 +32,15 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 # EXIF orientation → the transpose that makes the image upright (as ImageOps.exif_transpose).
-_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
-            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
-            8: Image.Transpose.ROTATE_90}
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 _STRIP_ROWS = 64  # output rows per strip when reducing
 
 
@@ -92,9 +98,14 @@ def _normalize(mean, std) -> list:
 
 
 def eval_transform(image_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> v2.Compose:
-    return v2.Compose([
-        v2.ToImage(), v2.Resize(resize_size(image_size), antialias=True), v2.CenterCrop(image_size), *_normalize(mean, std),
-    ])
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.Resize(resize_size(image_size), antialias=True),
+            v2.CenterCrop(image_size),
+            *_normalize(mean, std),
+        ]
+    )
 
 
 def train_transform(image_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> v2.Compose:

@@ -68,7 +68,10 @@ def breached(alarm: Mapping[str, Any], seen: Measurements) -> str | None:
     if {"Invocation5XXErrors", "Invocations"} <= _metric_names(alarm):
         rate = 100 * seen.errors / seen.invocations if seen.invocations else 0.0
         if compare(rate, threshold):
-            return f"{seen.errors} of {seen.invocations} invocations failed ({rate:.0f}% against a threshold of {threshold:g}%)"
+            return (
+                f"{seen.errors} of {seen.invocations} invocations failed "
+                f"({rate:.0f}% against a threshold of {threshold:g}%)"
+            )
         return None
     if alarm.get("MetricName") == "ModelLatency":
         value = _percentile(seen.latencies_us, alarm.get("ExtendedStatistic") or alarm.get("Statistic", "Average"))

@@ -93,13 +93,18 @@ class ApiRequestHandler(ChaliceRequestHandler):
             self.close_connection = True
             return
         try:
-            response = self.local_gateway.handle_request(method=self.command, path=self.path, headers=headers, body=body)
+            response = self.local_gateway.handle_request(
+                method=self.command, path=self.path, headers=headers, body=body
+            )
         except LocalGatewayException as exc:  # no such route, or the authorizer's refusal
             message = _message_of(exc.body)
             # API Gateway's own answer for a route it does not have is a 403 "Missing Authentication
             # Token"; the stack's gateway responses give it this shape and code (template.py).
-            code = "missing_authentication_token" if message == "Missing Authentication Token" else \
-                {401: "unauthorized"}.get(exc.CODE, "forbidden")
+            code = (
+                "missing_authentication_token"
+                if message == "Missing Authentication Token"
+                else {401: "unauthorized"}.get(exc.CODE, "forbidden")
+            )
             self._send_json(exc.CODE, code, message)
             return
         out_headers = {**response["headers"], **response["multiValueHeaders"]}
@@ -135,12 +140,26 @@ def _message_of(body: bytes | str | None) -> str:
         parsed = json.loads(body or b"{}")
     except ValueError:
         return "the request was refused"
-    return str(parsed.get("message") or parsed.get("Message") or "the request was refused") if isinstance(parsed, dict) else "the request was refused"
+    return (
+        str(parsed.get("message") or parsed.get("Message") or "the request was refused")
+        if isinstance(parsed, dict)
+        else "the request was refused"
+    )
 
 
-def create_server(app_obj: Any, config: Any, host: str, port: int, api_key: str | None = None,
-                  max_content_length: int = MAX_CONTENT_LENGTH, request_timeout: float = REQUEST_TIMEOUT_SECONDS) -> LocalDevServer:
+def create_server(
+    app_obj: Any,
+    config: Any,
+    host: str,
+    port: int,
+    api_key: str | None = None,
+    max_content_length: int = MAX_CONTENT_LENGTH,
+    request_timeout: float = REQUEST_TIMEOUT_SECONDS,
+) -> LocalDevServer:
     """A ``LocalDevServer`` bound to ``host:port`` (``OSError`` when it cannot be)."""
-    handler = type("Handler", (ApiRequestHandler,), {"api_key": api_key, "max_content_length": max_content_length,
-                                                     "timeout": request_timeout})
+    handler = type(
+        "Handler",
+        (ApiRequestHandler,),
+        {"api_key": api_key, "max_content_length": max_content_length, "timeout": request_timeout},
+    )
     return LocalDevServer(app_obj, config, host, port, handler_cls=handler, server_cls=ApiServer)

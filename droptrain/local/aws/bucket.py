@@ -105,8 +105,11 @@ class LocalBucket:
             return []
         if not base.is_dir() or base.is_symlink():
             return []
-        return sorted(f"{self.key_of(child)}/" for child in base.iterdir()
-                      if child.is_dir() and not child.is_symlink() and child.name.startswith(start))
+        return sorted(
+            f"{self.key_of(child)}/"
+            for child in base.iterdir()
+            if child.is_dir() and not child.is_symlink() and child.name.startswith(start)
+        )
 
     def presigned_url(self, bucket: str, key: str, seconds: int) -> None:
         """The local bucket has no URLs of its own: the API serves what the console links to."""

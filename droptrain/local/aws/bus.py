@@ -139,7 +139,13 @@ class LocalEventBus:
                     break
                 except Exception as exc:  # noqa: BLE001 - what Lambda does with any error: log, retry, give up
                     if delay is None:
-                        log.error("%s gave up on event %s after %d attempts: %s", route.name, event.get("id"), attempt + 1, exc)
+                        log.error(
+                            "%s gave up on event %s after %d attempts: %s",
+                            route.name,
+                            event.get("id"),
+                            attempt + 1,
+                            exc,
+                        )
                         break
                     log.warning("%s failed (%s); retrying in %.0fs", route.name, exc, delay)
                     self._sleep(delay)

@@ -40,8 +40,13 @@ def check_webhook(url: str) -> str:
 def _opener() -> urllib.request.OpenerDirector:
     """HTTP and HTTPS only, redirects included: no file:, data: or ftp: handler to be sent to."""
     opener = urllib.request.OpenerDirector()
-    for handler in (urllib.request.HTTPHandler(), urllib.request.HTTPSHandler(), urllib.request.HTTPRedirectHandler(),
-                    urllib.request.HTTPDefaultErrorHandler(), urllib.request.HTTPErrorProcessor()):
+    for handler in (
+        urllib.request.HTTPHandler(),
+        urllib.request.HTTPSHandler(),
+        urllib.request.HTTPRedirectHandler(),
+        urllib.request.HTTPDefaultErrorHandler(),
+        urllib.request.HTTPErrorProcessor(),
+    ):
         opener.add_handler(handler)
     return opener
 
@@ -72,8 +77,12 @@ class Webhook:
         while True:
             record = self._pending.get()
             try:
-                request = urllib.request.Request(self.url, data=json.dumps(record).encode(),
-                                                 headers={"Content-Type": "application/json"}, method="POST")
+                request = urllib.request.Request(
+                    self.url,
+                    data=json.dumps(record).encode(),
+                    headers={"Content-Type": "application/json"},
+                    method="POST",
+                )
                 with self._opener.open(request, timeout=self.timeout):
                     pass
             except (urllib.error.URLError, OSError, ValueError) as exc:
@@ -86,8 +95,14 @@ class Webhook:
 class LocalPublisher:
     """``chalice_app.ports.Publisher`` for the local runtime: one topic, as the stage has one."""
 
-    def __init__(self, path: Path, say: Callable[[str], None] = print, webhook: str | None = None, timeout: float = 5,
-                 topic_arn: str | None = None):
+    def __init__(
+        self,
+        path: Path,
+        say: Callable[[str], None] = print,
+        webhook: str | None = None,
+        timeout: float = 5,
+        topic_arn: str | None = None,
+    ):
         self.path = path
         self.topic_arn = topic_arn
         self.say = say
@@ -100,8 +115,13 @@ class LocalPublisher:
         if self.topic_arn is not None and topic_arn != self.topic_arn:
             raise NotFoundError(f"publishing to {topic_arn} failed: NotFound: Topic does not exist", "NotFound")
         body = json.loads(message)
-        record = {"topic": topic_arn, "subject": subject, "attributes": dict(attributes), "message": body,
-                  "published": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        record = {
+            "topic": topic_arn,
+            "subject": subject,
+            "attributes": dict(attributes),
+            "message": body,
+            "published": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
         with self._lock:
             self._count += 1
             message_id = f"local-{self._count}"

@@ -20,8 +20,9 @@ class Connections:
         self._idle: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
 
-    def post(self, path: str, body: bytes, headers: dict[str, str], timeout: float,
-             fresh: bool = False) -> tuple[int, bytes]:
+    def post(
+        self, path: str, body: bytes, headers: dict[str, str], timeout: float, fresh: bool = False
+    ) -> tuple[int, bytes]:
         """``(status, body)``; over a new connection when ``fresh``."""
         while True:
             with self._lock:

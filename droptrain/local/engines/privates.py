@@ -34,8 +34,10 @@ def check(*distributions: str) -> None:
         except metadata.PackageNotFoundError:
             continue  # not installed: whatever needs it fails on import, naming it
         if installed != TESTED[name]:
-            problems.append(f"{name} {installed} is installed; droptrain's use of its private API was written "
-                            f"for {TESTED[name]} (droptrain/local/engines/privates.py)")
+            problems.append(
+                f"{name} {installed} is installed; droptrain's use of its private API was written "
+                f"for {TESTED[name]} (droptrain/local/engines/privates.py)"
+            )
     if not (hasattr(threading, "_shutdown") and hasattr(atexit, "_run_exitfuncs")):
         problems.append(f"Python {sys.version.split()[0]} lacks threading._shutdown or atexit._run_exitfuncs")
     if problems:

@@ -66,7 +66,9 @@ def ray_environment(environ: Mapping[str, str]) -> dict[str, str]:
     if chosen.get("RAY_SERVE_ENABLE_HA_PROXY", environ.get("RAY_SERVE_ENABLE_HA_PROXY")) == "1":
         # HAProxy's stats page and metrics listen on fixed ports by default (8404, 9101), so a second Ray on
         # the machine (another `droptrain up`, a test's) could not start: each instance gets free ones.
-        chosen.update(RAY_SERVE_HAPROXY_STATS_PORT=str(free_port("")), RAY_SERVE_HAPROXY_METRICS_PORT=str(free_port("")))
+        chosen.update(
+            RAY_SERVE_HAPROXY_STATS_PORT=str(free_port("")), RAY_SERVE_HAPROXY_METRICS_PORT=str(free_port(""))
+        )
     return {key: value for key, value in chosen.items() if key not in environ}
 
 
@@ -110,12 +112,14 @@ class PortBlock:
 
     def environment(self) -> dict[str, str]:
         """Ray Serve's own variables for the other ports (read by its controller, proxies and replicas)."""
-        return {"RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(self.start),
-                "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(self.start + 120),
-                "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(self.start + 120),
-                "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(self.start + 240),
-                "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(self.start + 240),
-                "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(self.start + 241)}
+        return {
+            "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(self.start),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(self.start + 120),
+            "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(self.start + 120),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(self.start + 240),
+            "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(self.start + 240),
+            "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(self.start + 241),
+        }
 
     def release(self) -> None:
         self._lock.close()

@@ -67,8 +67,10 @@ def read_app_config(model_dir: Path) -> dict[str, Any]:
     """The one application of the archive's ``config.yaml``, checked; raises ``ModelNotServableError``."""
     path = model_dir / "config.yaml"
     if not path.is_file():
-        raise ModelNotServableError("the model archive has no config.yaml (archives built for the retired TorchServe "
-                                    "container cannot be served: train the model again)")
+        raise ModelNotServableError(
+            "the model archive has no config.yaml (archives built for the retired TorchServe "
+            "container cannot be served: train the model again)"
+        )
     try:
         config = yaml.safe_load(path.read_text())
         apps = config["applications"]
@@ -111,8 +113,14 @@ class RayServe:
     # read-change-deploy of ``_apply`` by any ``RayServe`` of the process goes one at a time.
     _config_lock = threading.Lock()
 
-    def __init__(self, host: str = "127.0.0.1", port: int | None = None, num_cpus: int | None = None,
-                 ready_timeout: float = 300, sleep: Callable[[float], None] = time.sleep):
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        num_cpus: int | None = None,
+        ready_timeout: float = 300,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
         self.host = host
         self.port = port
         # Logical CPUs: replicas of several models (and two versions of one during an update) must
@@ -144,16 +152,22 @@ class RayServe:
         os.environ.update(added)
         try:
             if not ray.is_initialized():
-                ray.init(num_cpus=self.num_cpus, include_dashboard=False, log_to_driver=False,
-                         object_store_memory=128 * 1024 * 1024, _node_ip_address=self.host,
-                         namespace="serve")
+                ray.init(
+                    num_cpus=self.num_cpus,
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    object_store_memory=128 * 1024 * 1024,
+                    _node_ip_address=self.host,
+                    namespace="serve",
+                )
                 self._owns_ray = True
                 self.port = self.port or free_port(self.host)
             # What `serve run` does with a config file: start Serve, then deploy_apps (below). Serve
             # already running in this process keeps its proxy, wherever it listens.
             self._client = privates.serve_start(
                 http_options={"host": self.host, "port": self.port or free_port(self.host)},
-                grpc_options={"port": self._ports.grpc_port} if self._ports is not None else None)
+                grpc_options={"port": self._ports.grpc_port} if self._ports is not None else None,
+            )
         finally:
             for key in added:
                 os.environ.pop(key, None)
@@ -223,8 +237,14 @@ class RayServe:
         with self._lock:
             return list(self._routes)
 
-    def call(self, name: str, body: bytes, content_type: str = "application/octet-stream",
-             accept: str = "application/json", timeout: float = 60) -> tuple[int, dict[str, Any]]:
+    def call(
+        self,
+        name: str,
+        body: bytes,
+        content_type: str = "application/octet-stream",
+        accept: str = "application/json",
+        timeout: float = 60,
+    ) -> tuple[int, dict[str, Any]]:
         """``(status, JSON body)`` from application ``name``: the body POSTed to its HTTP route, as SageMaker
         posts an InvokeEndpoint's body to the container's ``/invocations``."""
         with self._lock:
@@ -257,8 +277,11 @@ class RayServe:
         with RayServe._config_lock:
             running = self._client.get_serve_details().get("applications") or {}
             # An application being deleted has no config any more: left out, its deletion goes on.
-            apps = {app_name: details["deployed_app_config"] for app_name, details in running.items()
-                    if details.get("deployed_app_config") and app_name != name}
+            apps = {
+                app_name: details["deployed_app_config"]
+                for app_name, details in running.items()
+                if details.get("deployed_app_config") and app_name != name
+            }
             if config is not None:
                 apps[name] = config
             self._client.deploy_apps(ServeDeploySchema(applications=list(apps.values())))
@@ -317,8 +340,12 @@ class RayServe:
     def _check_resources(self, config: dict[str, Any]) -> None:
         import ray
 
-        wanted = max((float((d.get("ray_actor_options") or {}).get("num_gpus") or 0) for d in config.get("deployments") or []),
-                     default=0.0)
+        wanted = max(
+            (float((d.get("ray_actor_options") or {}).get("num_gpus") or 0) for d in config.get("deployments") or []),
+            default=0.0,
+        )
         have = float(ray.cluster_resources().get("GPU", 0))
         if wanted > have:
-            raise ModelNotServableError(f"the model's config.yaml asks for {wanted:g} GPU per replica; this machine has {have:g}")
+            raise ModelNotServableError(
+                f"the model's config.yaml asks for {wanted:g} GPU per replica; this machine has {have:g}"
+            )

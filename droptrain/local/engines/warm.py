@@ -99,9 +99,14 @@ class WarmInterpreter:
             env = dict(os.environ, PYTHONUNBUFFERED="1")
             if self.pycache is not None:  # each job extracts the code afresh: its bytecode is compiled once
                 env["PYTHONPYCACHEPREFIX"] = str(self.pycache)
-            self._server = subprocess.Popen([sys.executable, "-m", "droptrain.local.engines.warm_server", self._path],
-                                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
-                                            start_new_session=True, text=True)
+            self._server = subprocess.Popen(
+                [sys.executable, "-m", "droptrain.local.engines.warm_server", self._path],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                env=env,
+                start_new_session=True,
+                text=True,
+            )
             ready = _wait_ready(self._server.stdout, self.ready_seconds)
             if ready != "ready":
                 self._end_server()

@@ -24,8 +24,19 @@ from droptrain.local.engines import privates
 log = logging.getLogger(__name__)
 
 # What train.py and the toolkit import that costs time; imported, never run, before forking.
-PRELOAD = ("torch", "torchvision", "torchvision.models", "torchvision.transforms", "torch.utils.data", "numpy",
-           "PIL.Image", "matplotlib", "matplotlib.pyplot", "smdebug.pytorch", "sagemaker_training.cli.train")
+PRELOAD = (
+    "torch",
+    "torchvision",
+    "torchvision.models",
+    "torchvision.transforms",
+    "torch.utils.data",
+    "numpy",
+    "PIL.Image",
+    "matplotlib",
+    "matplotlib.pyplot",
+    "smdebug.pytorch",
+    "sagemaker_training.cli.train",
+)
 # Modules that read the job's environment at import: imported again in each job.
 PER_JOB = ("sagemaker_training",)
 MESSAGE_BYTES = 1 << 20
@@ -204,8 +215,9 @@ class _Subprocess:
 class _ForkedScript:
     """``python -- script args`` or ``python -m module args`` in a fork, with Popen's ``wait``."""
 
-    def __init__(self, cmd: list[str], env: Mapping[str, str] | None = None, cwd: str | None = None,
-                 stderr: Any = None, **_: Any):
+    def __init__(
+        self, cmd: list[str], env: Mapping[str, str] | None = None, cwd: str | None = None, stderr: Any = None, **_: Any
+    ):
         self.args, self.returncode = cmd, None
         env = dict(env) if env is not None else None  # the toolkit passes os.environ itself
         sys.stdout.flush()

@@ -2,9 +2,9 @@
 EventBridge state-change events out (``chalice_app.ports.SageMaker``).
 
 Its parts: ``training`` (jobs run by AWS's training toolkit), ``tuner`` (Optuna), ``resources``
-(models, endpoint configs, tags), ``registry`` (model packages) and ``endpoint`` (endpoints on Ray Serve). This class holds them
-together and runs the jobs' threads: every job ends with a status, and a stopping runtime leaves the
-unfinished ones InProgress for the next start to resume.
+(models, endpoint configs, tags), ``registry`` (model packages) and ``endpoint`` (endpoints on Ray
+Serve). This class holds them together and runs the jobs' threads: every job ends with a status,
+and a stopping runtime leaves the unfinished ones InProgress for the next start to resume.
 """
 
 from __future__ import annotations
@@ -30,9 +30,18 @@ log = logging.getLogger(__name__)
 
 
 class LocalSageMaker:
-    def __init__(self, store: Store, bucket: LocalBucket, jobs_root: Path, emit: Emit, endpoints: Any,
-                 on_line: OnLine = lambda job, line: None, feature_cache: Path | None = None, warm_jobs: bool = True,
-                 gpus: int | None = None):
+    def __init__(
+        self,
+        store: Store,
+        bucket: LocalBucket,
+        jobs_root: Path,
+        emit: Emit,
+        endpoints: Any,
+        on_line: OnLine = lambda job, line: None,
+        feature_cache: Path | None = None,
+        warm_jobs: bool = True,
+        gpus: int | None = None,
+    ):
         self.store = store
         self.endpoints = endpoints
         self._stopping = threading.Event()
@@ -41,9 +50,22 @@ class LocalSageMaker:
         # frozen backbone's features once (train.py --feature-cache).
         job_env = {"DROPTRAIN_FEATURE_CACHE": str(feature_cache)} if feature_cache else {}
         # Training jobs fork from one interpreter that has imported torch once (droptrain.local.engines.warm).
-        self.warm = WarmInterpreter(jobs_root.parent / "cache", pycache=jobs_root.parent / "cache" / "pycache") if warm_jobs else None
-        self.training = TrainingJobs(store, bucket, jobs_root, emit, on_line, job_env, self._stopping, warm=self.warm,
-                                     gpus=defaults.gpu_count() if gpus is None else gpus)
+        self.warm = (
+            WarmInterpreter(jobs_root.parent / "cache", pycache=jobs_root.parent / "cache" / "pycache")
+            if warm_jobs
+            else None
+        )
+        self.training = TrainingJobs(
+            store,
+            bucket,
+            jobs_root,
+            emit,
+            on_line,
+            job_env,
+            self._stopping,
+            warm=self.warm,
+            gpus=defaults.gpu_count() if gpus is None else gpus,
+        )
         self.tuner = Tuner(store, self.training, emit, self._spawn, self._stopping)
         self.resources = StoredResources(store)
         self.registry = LocalRegistry(store, emit)

@@ -56,8 +56,15 @@ class _Route:
 
 
 class LocalEndpoints:
-    def __init__(self, store: Store, bucket: LocalBucket, root: Path, emit: Callable[[dict], None], serving: RayServe,
-                 alarms: LocalAlarms | None = None):
+    def __init__(
+        self,
+        store: Store,
+        bucket: LocalBucket,
+        root: Path,
+        emit: Callable[[dict], None],
+        serving: RayServe,
+        alarms: LocalAlarms | None = None,
+    ):
         self.store, self.bucket, self.root, self.emit = store, bucket, root, emit
         self.serving = serving
         self.alarms = alarms or LocalAlarms(store)
@@ -75,9 +82,16 @@ class LocalEndpoints:
         return None if record is None else as_described(record, hidden=("Tags", "Pending", "Deployment"))
 
     def create(self, name: str, config: str, tags: dict[str, str]) -> bool:
-        record = {"EndpointName": name, "EndpointArn": arn("endpoint", name), "EndpointConfigName": config,
-                  "EndpointStatus": "Creating", "CreationTime": now(), "LastModifiedTime": now(),
-                  "Tags": tags, "Pending": config}
+        record = {
+            "EndpointName": name,
+            "EndpointArn": arn("endpoint", name),
+            "EndpointConfigName": config,
+            "EndpointStatus": "Creating",
+            "CreationTime": now(),
+            "LastModifiedTime": now(),
+            "Tags": tags,
+            "Pending": config,
+        }
         if not self.store.insert("endpoint", name, record, status="Creating"):
             return False
         self._deploy_async(name)
@@ -87,8 +101,16 @@ class LocalEndpoints:
         record = self.store.get("endpoint", name)
         if record is None:
             raise ServiceError(f"Could not find endpoint '{name}'", "ValidationException")
-        if not self.store.transition("endpoint", name, ("InService", "Failed"), "Updating", EndpointStatus="Updating",
-                                     Pending=config, Deployment=dict(deployment or {}), LastModifiedTime=now()):
+        if not self.store.transition(
+            "endpoint",
+            name,
+            ("InService", "Failed"),
+            "Updating",
+            EndpointStatus="Updating",
+            Pending=config,
+            Deployment=dict(deployment or {}),
+            LastModifiedTime=now(),
+        ):
             raise ServiceError(f"Cannot update in-progress endpoint '{name}'", "ValidationException")
         self._deploy_async(name)
 
@@ -182,9 +204,15 @@ class LocalEndpoints:
         routing = policy.get("TrafficRoutingConfiguration", {})
         bake = float(routing.get("WaitIntervalInSeconds", 0))
         canary = routing.get("CanarySize", {})
-        shares = [canary["Value"] / 100] if routing.get("Type") == "CANARY" and canary.get("Type") == "CAPACITY_PERCENT" else []
-        alarms = [(a["AlarmName"], self.alarms.get(a["AlarmName"]))
-                  for a in deployment.get("AutoRollbackConfiguration", {}).get("Alarms", [])]
+        shares = (
+            [canary["Value"] / 100]
+            if routing.get("Type") == "CANARY" and canary.get("Type") == "CAPACITY_PERCENT"
+            else []
+        )
+        alarms = [
+            (a["AlarmName"], self.alarms.get(a["AlarmName"]))
+            for a in deployment.get("AutoRollbackConfiguration", {}).get("Alarms", [])
+        ]
         for share in [*shares, 1.0]:
             watch = Measurements(new)
             with self._routes_lock:
@@ -196,8 +224,10 @@ class LocalEndpoints:
                 if why:
                     with self._routes_lock:
                         self._routes[name] = _Route(old)
-                    return (f"Deployment rolled back: alarm {alarm_name} went into ALARM while "
-                            f"{'the canary' if share < 1 else 'all traffic'} baked on the new version: {why}")
+                    return (
+                        f"Deployment rolled back: alarm {alarm_name} went into ALARM while "
+                        f"{'the canary' if share < 1 else 'all traffic'} baked on the new version: {why}"
+                    )
         with self._routes_lock:
             self._routes[name] = _Route(new)
         return None
@@ -212,11 +242,25 @@ class LocalEndpoints:
         except ServingError as exc:
             reason = f"the model could not be deployed: {exc}"
             if previous_status == "Updating":  # roll back: the old version keeps serving
-                moved = self.store.transition("endpoint", name, ("Updating",), "InService", EndpointStatus="InService",
-                                              FailureReason=reason, LastModifiedTime=now())
+                moved = self.store.transition(
+                    "endpoint",
+                    name,
+                    ("Updating",),
+                    "InService",
+                    EndpointStatus="InService",
+                    FailureReason=reason,
+                    LastModifiedTime=now(),
+                )
             else:
-                moved = self.store.transition("endpoint", name, ("Creating",), "Failed", EndpointStatus="Failed",
-                                              FailureReason=reason, LastModifiedTime=now())
+                moved = self.store.transition(
+                    "endpoint",
+                    name,
+                    ("Creating",),
+                    "Failed",
+                    EndpointStatus="Failed",
+                    FailureReason=reason,
+                    LastModifiedTime=now(),
+                )
             if moved:
                 self._announce(name)
             return
@@ -227,25 +271,44 @@ class LocalEndpoints:
                 return
             if rolled_back:
                 self.serving.delete(app)
-                if self.store.transition("endpoint", name, ("Updating",), "InService", EndpointStatus="InService",
-                                         FailureReason=rolled_back, LastModifiedTime=now()):
+                if self.store.transition(
+                    "endpoint",
+                    name,
+                    ("Updating",),
+                    "InService",
+                    EndpointStatus="InService",
+                    FailureReason=rolled_back,
+                    LastModifiedTime=now(),
+                ):
                     self._announce(name)
                 return
             self.serving.delete(current)  # baked without an alarm: the old version goes
         old = self._route(name, app)
         if old is not None:
             self.serving.delete(old)  # its requests in flight finish; new ones already go to `app`
-        if self.store.transition("endpoint", name, ("Creating", "Updating"), "InService", EndpointStatus="InService",
-                                 EndpointConfigName=config, FailureReason=None, LastModifiedTime=now()):
+        if self.store.transition(
+            "endpoint",
+            name,
+            ("Creating", "Updating"),
+            "InService",
+            EndpointStatus="InService",
+            EndpointConfigName=config,
+            FailureReason=None,
+            LastModifiedTime=now(),
+        ):
             self._announce(name)
 
     def _announce(self, name: str) -> None:
         record = self.store.get("endpoint", name)
-        detail = {"EndpointName": name, "EndpointArn": record["EndpointArn"], "EndpointConfigName": record["EndpointConfigName"],
-                  "EndpointStatus": {"InService": "IN_SERVICE", "Failed": "FAILED"}[record["EndpointStatus"]],
-                  "Tags": record.get("Tags", {}),
-                  # Epoch milliseconds, as SageMaker's event has it: which change this is (one per deployment).
-                  "LastModifiedTime": int(datetime.fromisoformat(record["LastModifiedTime"]).timestamp() * 1000)}
+        detail = {
+            "EndpointName": name,
+            "EndpointArn": record["EndpointArn"],
+            "EndpointConfigName": record["EndpointConfigName"],
+            "EndpointStatus": {"InService": "IN_SERVICE", "Failed": "FAILED"}[record["EndpointStatus"]],
+            "Tags": record.get("Tags", {}),
+            # Epoch milliseconds, as SageMaker's event has it: which change this is (one per deployment).
+            "LastModifiedTime": int(datetime.fromisoformat(record["LastModifiedTime"]).timestamp() * 1000),
+        }
         if record.get("FailureReason"):
             detail["FailureReason"] = record["FailureReason"]
         self.emit(state_change_event("SageMaker Endpoint State Change", "endpoint", name, detail))

@@ -86,9 +86,14 @@ class JobPaths:
 
 def resource_config(instance_type: str) -> dict[str, Any]:
     return {
-        "current_host": HOST, "current_instance_type": instance_type, "current_group_name": "homogeneousCluster",
-        "hosts": [HOST], "network_interface_name": "eth0",
-        "instance_groups": [{"instance_group_name": "homogeneousCluster", "instance_type": instance_type, "hosts": [HOST]}],
+        "current_host": HOST,
+        "current_instance_type": instance_type,
+        "current_group_name": "homogeneousCluster",
+        "hosts": [HOST],
+        "network_interface_name": "eth0",
+        "instance_groups": [
+            {"instance_group_name": "homogeneousCluster", "instance_type": instance_type, "hosts": [HOST]}
+        ],
     }
 
 
@@ -96,17 +101,24 @@ def input_data_config(channels: list[Mapping[str, Any]]) -> dict[str, Any]:
     out = {}
     for channel in channels:
         source = channel["DataSource"]["S3DataSource"]
-        entry = {"TrainingInputMode": channel.get("InputMode", "File"),
-                 "S3DistributionType": source.get("S3DataDistributionType", "FullyReplicated"),
-                 "RecordWrapperType": channel.get("RecordWrapperType", "None")}
+        entry = {
+            "TrainingInputMode": channel.get("InputMode", "File"),
+            "S3DistributionType": source.get("S3DataDistributionType", "FullyReplicated"),
+            "RecordWrapperType": channel.get("RecordWrapperType", "None"),
+        }
         if channel.get("ContentType"):
             entry["ContentType"] = channel["ContentType"]
         out[channel["ChannelName"]] = entry
     return out
 
 
-def write_config(paths: JobPaths, hyperparameters: Mapping[str, str], channels: list[Mapping[str, Any]],
-                 instance_type: str, checkpoint: Mapping[str, str] | None = None) -> None:
+def write_config(
+    paths: JobPaths,
+    hyperparameters: Mapping[str, str],
+    channels: list[Mapping[str, Any]],
+    instance_type: str,
+    checkpoint: Mapping[str, str] | None = None,
+) -> None:
     """The files SageMaker writes to ``/opt/ml/input/config`` before the container starts."""
     paths.input_config.mkdir(parents=True, exist_ok=True)
     files = {
@@ -115,7 +127,10 @@ def write_config(paths: JobPaths, hyperparameters: Mapping[str, str], channels: 
         "resourceconfig.json": resource_config(instance_type),
     }
     if checkpoint:
-        files["checkpointconfig.json"] = {"LocalPath": checkpoint.get("LocalPath", "/opt/ml/checkpoints"), "S3Path": checkpoint["S3Uri"]}
+        files["checkpointconfig.json"] = {
+            "LocalPath": checkpoint.get("LocalPath", "/opt/ml/checkpoints"),
+            "S3Path": checkpoint["S3Uri"],
+        }
     for name, content in files.items():
         (paths.input_config / name).write_text(json.dumps(content))
     for folder in (paths.model, paths.output_data, paths.checkpoints, paths.scratch):
@@ -201,24 +216,27 @@ def read_log(paths: JobPaths) -> list[str]:
         return []
 
 
-def toolkit_env(paths: JobPaths, job_name: str, job_arn: str, environment: Mapping[str, str],
-                extra: Mapping[str, str] | None = None) -> dict[str, str]:
+def toolkit_env(
+    paths: JobPaths, job_name: str, job_arn: str, environment: Mapping[str, str], extra: Mapping[str, str] | None = None
+) -> dict[str, str]:
     """The container's environment: the job's ``Environment``, the toolkit relocated to the job's folder."""
     env = dict(os.environ)
     for inherited in ("SM_TRAINING_ENV", "SM_CHANNEL_TRAINING", "SAGEMAKER_PROGRAM", "PIP_NO_DEPS"):
         env.pop(inherited, None)
     env.update({str(k): str(v) for k, v in environment.items()})
-    env.update({
-        "SAGEMAKER_BASE_DIR": str(paths.root),
-        "SM_STUDIO_LOCAL_MODE": "true",
-        "TRAINING_JOB_NAME": job_name,
-        "TRAINING_JOB_ARN": job_arn,
-        "PYTHONUNBUFFERED": "1",
-        # Temporary files (an extracted dataset) in the job's own scratch folder, removed with it.
-        "TMPDIR": str(paths.scratch),
-        # Not on SageMaker: train.py leaves uploads to whoever runs it (the local executor).
-        "DROPTRAIN_LOCAL": "1",
-    })
+    env.update(
+        {
+            "SAGEMAKER_BASE_DIR": str(paths.root),
+            "SM_STUDIO_LOCAL_MODE": "true",
+            "TRAINING_JOB_NAME": job_name,
+            "TRAINING_JOB_ARN": job_arn,
+            "PYTHONUNBUFFERED": "1",
+            # Temporary files (an extracted dataset) in the job's own scratch folder, removed with it.
+            "TMPDIR": str(paths.scratch),
+            # Not on SageMaker: train.py leaves uploads to whoever runs it (the local executor).
+            "DROPTRAIN_LOCAL": "1",
+        }
+    )
     env.update(extra or {})
     return env
 
@@ -228,8 +246,13 @@ def start(paths: JobPaths, env: Mapping[str, str]) -> subprocess.Popen:
     stop ends it and the script it runs; stdout and stderr as one text stream."""
     return subprocess.Popen(
         [sys.executable, "-m", "sagemaker_training.cli.train"],
-        cwd=paths.root, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, bufsize=1, start_new_session=True,
+        cwd=paths.root,
+        env=dict(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+        start_new_session=True,
     )
 
 

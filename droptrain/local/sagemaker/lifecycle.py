@@ -72,8 +72,14 @@ class Jobs:
     def insert(self, name: str, record: dict[str, Any]) -> bool:
         """Create the job InProgress; ``False`` if a job of that name exists (SageMaker's is an error;
         the pipeline takes it as "already created")."""
-        record = {f"{self.kind.prefix}Name": name, f"{self.kind.prefix}Arn": self.kind.arn(name),
-                  self.kind.status_field: "InProgress", "CreationTime": now(), "LastModifiedTime": now(), **record}
+        record = {
+            f"{self.kind.prefix}Name": name,
+            f"{self.kind.prefix}Arn": self.kind.arn(name),
+            self.kind.status_field: "InProgress",
+            "CreationTime": now(),
+            "LastModifiedTime": now(),
+            **record,
+        }
         return self.store.insert(self.kind.store_kind, name, record, status="InProgress")
 
     def record(self, name: str) -> dict[str, Any]:

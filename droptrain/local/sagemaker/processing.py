@@ -29,17 +29,23 @@ CONTAINER_ROOT = "/opt/ml/processing"
 
 
 PROCESSING = JobKind(
-    store_kind="processing-job", arn_kind="processing-job", prefix="ProcessingJob", end_field="ProcessingEndTime",
-    detail_type="SageMaker Processing Job State Change", hidden=("Tags",),
-    missing="Could not find processing job {name}", missing_code="ValidationException",
+    store_kind="processing-job",
+    arn_kind="processing-job",
+    prefix="ProcessingJob",
+    end_field="ProcessingEndTime",
+    detail_type="SageMaker Processing Job State Change",
+    hidden=("Tags",),
+    missing="Could not find processing job {name}",
+    missing_code="ValidationException",
 )
 
 
 class ProcessingJobs(Jobs):
     kind = PROCESSING
 
-    def __init__(self, store: Store, bucket: LocalBucket, root: Path, emit: Callable[[dict], None],
-                 stopping: threading.Event):
+    def __init__(
+        self, store: Store, bucket: LocalBucket, root: Path, emit: Callable[[dict], None], stopping: threading.Event
+    ):
         super().__init__(store, emit)
         self.bucket, self.root, self.stopping = bucket, root, stopping
 
@@ -69,22 +75,36 @@ class ProcessingJobs(Jobs):
             if not source.exists():
                 raise jobs.JobSetupError(f"no input at {item['S3Input']['S3Uri']}")
             # As SageMaker downloads it (hard links where it can): one object, or a prefix's tree.
-            files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file() and not p.is_symlink())
+            files = (
+                [source]
+                if source.is_file()
+                else sorted(p for p in source.rglob("*") if p.is_file() and not p.is_symlink())
+            )
             for file in files:
                 destination = target / (file.name if source.is_file() else file.relative_to(source))
                 if not destination.exists():
                     jobs.link_or_copy(file, destination)
             target.mkdir(parents=True, exist_ok=True)
-        outputs = [(Path(self._local(o["S3Output"]["LocalPath"], folder)), o["S3Output"]["S3Uri"])
-                   for o in record.get("ProcessingOutputConfig", {}).get("Outputs", [])]
+        outputs = [
+            (Path(self._local(o["S3Output"]["LocalPath"], folder)), o["S3Output"]["S3Uri"])
+            for o in record.get("ProcessingOutputConfig", {}).get("Outputs", [])
+        ]
         for path, _ in outputs:
             path.mkdir(parents=True, exist_ok=True)
         spec = record["AppSpecification"]
-        command = [self._local(part, folder) for part in [*spec.get("ContainerEntrypoint", []), *spec.get("ContainerArguments", [])]]
-        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-               **record.get("Environment", {})}
+        command = [
+            self._local(part, folder)
+            for part in [*spec.get("ContainerEntrypoint", []), *spec.get("ContainerArguments", [])]
+        ]
+        env = {
+            **os.environ,
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            **record.get("Environment", {}),
+        }
         with open(folder / "job.log", "w") as log_file:
-            process = subprocess.Popen(command, cwd=folder, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+            process = subprocess.Popen(
+                command, cwd=folder, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+            )
             with self.running(name, process):
                 try:
                     code = process.wait(timeout=record.get("StoppingCondition", {}).get("MaxRuntimeInSeconds", 3600))
@@ -101,5 +121,7 @@ class ProcessingJobs(Jobs):
         for path, uri in outputs:
             prefix = uri.rstrip("/")
             for file in sorted(p for p in path.rglob("*") if p.is_file()):
-                self.bucket.put_file(self.bucket.key_of(self.bucket.path_of_uri(f"{prefix}/{file.relative_to(path).as_posix()}")), file)
+                self.bucket.put_file(
+                    self.bucket.key_of(self.bucket.path_of_uri(f"{prefix}/{file.relative_to(path).as_posix()}")), file
+                )
         return "Completed", None

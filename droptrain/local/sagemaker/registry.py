@@ -25,14 +25,22 @@ class LocalRegistry:
 
     def create_group(self, request: Mapping[str, Any]) -> bool:
         name = request["ModelPackageGroupName"]
-        record = {"ModelPackageGroupName": name, "ModelPackageGroupArn": arn("model-package-group", name),
-                  "ModelPackageGroupDescription": request.get("ModelPackageGroupDescription", ""),
-                  "CreationTime": now(), "ModelPackageGroupStatus": "Completed", "Tags": request_tags(request)}
+        record = {
+            "ModelPackageGroupName": name,
+            "ModelPackageGroupArn": arn("model-package-group", name),
+            "ModelPackageGroupDescription": request.get("ModelPackageGroupDescription", ""),
+            "CreationTime": now(),
+            "ModelPackageGroupStatus": "Completed",
+            "Tags": request_tags(request),
+        }
         return self.store.insert("model-package-group", name, record)
 
     def list_groups(self, prefix: str) -> list[dict[str, Any]]:
-        return [as_described(record, hidden=("Tags",)) for name, _, record in self.store.records("model-package-group")
-                if name.startswith(prefix)]
+        return [
+            as_described(record, hidden=("Tags",))
+            for name, _, record in self.store.records("model-package-group")
+            if name.startswith(prefix)
+        ]
 
     def create_package(self, request: Mapping[str, Any]) -> str:
         group = request["ModelPackageGroupName"]
@@ -49,9 +57,15 @@ class LocalRegistry:
         for _ in range(5):  # another thread may take the same number: take the next
             version = len(versions) + 1
             package_arn = arn("model-package", f"{group}/{version}")
-            record = {**{k: v for k, v in request.items() if k != "Tags"}, "ModelPackageVersion": version,
-                      "ModelPackageArn": package_arn, "ModelPackageStatus": "Completed", "ModelApprovalStatus": status,
-                      "CreationTime": now(), "LastModifiedTime": now()}
+            record = {
+                **{k: v for k, v in request.items() if k != "Tags"},
+                "ModelPackageVersion": version,
+                "ModelPackageArn": package_arn,
+                "ModelPackageStatus": "Completed",
+                "ModelApprovalStatus": status,
+                "CreationTime": now(),
+                "LastModifiedTime": now(),
+            }
             if self.store.insert("model-package", f"{group}/{version}", record, status=status):
                 return package_arn
             versions = self._versions(group)
@@ -62,8 +76,15 @@ class LocalRegistry:
         return sorted(records, key=lambda r: r["ModelPackageVersion"])
 
     def list_packages(self, group: str) -> list[dict[str, Any]]:
-        keys = ("ModelPackageGroupName", "ModelPackageVersion", "ModelPackageArn", "CreationTime",
-                "ModelPackageStatus", "ModelApprovalStatus", "ModelPackageDescription")
+        keys = (
+            "ModelPackageGroupName",
+            "ModelPackageVersion",
+            "ModelPackageArn",
+            "CreationTime",
+            "ModelPackageStatus",
+            "ModelApprovalStatus",
+            "ModelPackageDescription",
+        )
         return [as_described({k: r[k] for k in keys if k in r}) for r in self._versions(group)]
 
     def _get(self, package_arn: str) -> tuple[str, dict[str, Any]]:
@@ -90,5 +111,11 @@ class LocalRegistry:
             # As SageMaker does: an approval change is an event (what deploys an approved version).
             detail = self.describe(request["ModelPackageArn"])
             detail = {k: v for k, v in detail.items() if k not in ("ClientToken",)}
-            self.emit(state_change_event("SageMaker Model Package State Change", "model-package", name,
-                                         {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in detail.items()}))
+            self.emit(
+                state_change_event(
+                    "SageMaker Model Package State Change",
+                    "model-package",
+                    name,
+                    {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in detail.items()},
+                )
+            )

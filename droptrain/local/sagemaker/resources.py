@@ -19,9 +19,16 @@ from droptrain.local.store import Store
 
 ACCOUNT, REGION = "000000000000", "local"
 # Stored kinds by the resource type in an ARN.
-_KINDS = {"hyper-parameter-tuning-job": "tuning-job", "training-job": "training-job", "model": "model",
-          "endpoint-config": "endpoint-config", "endpoint": "endpoint", "model-package": "model-package",
-          "model-package-group": "model-package-group", "processing-job": "processing-job"}
+_KINDS = {
+    "hyper-parameter-tuning-job": "tuning-job",
+    "training-job": "training-job",
+    "model": "model",
+    "endpoint-config": "endpoint-config",
+    "endpoint": "endpoint",
+    "model-package": "model-package",
+    "model-package-group": "model-package-group",
+    "processing-job": "processing-job",
+}
 
 
 def now() -> str:
@@ -62,10 +69,15 @@ def as_described(record: Mapping[str, Any], hidden: tuple[str, ...] = ()) -> dic
 def state_change_event(detail_type: str, kind: str, name: str, detail: dict[str, Any]) -> dict[str, Any]:
     """An EventBridge event as SageMaker sends it for a state change."""
     return {
-        "version": "0", "id": hashlib.sha256(f"{kind}/{name}/{detail}/{time.time_ns()}".encode()).hexdigest()[:32],
-        "detail-type": detail_type, "source": "aws.sagemaker", "account": ACCOUNT,
-        "time": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "region": REGION,
-        "resources": [arn(kind, name)], "detail": detail,
+        "version": "0",
+        "id": hashlib.sha256(f"{kind}/{name}/{detail}/{time.time_ns()}".encode()).hexdigest()[:32],
+        "detail-type": detail_type,
+        "source": "aws.sagemaker",
+        "account": ACCOUNT,
+        "time": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "region": REGION,
+        "resources": [arn(kind, name)],
+        "detail": detail,
     }
 
 
@@ -77,13 +89,24 @@ class StoredResources:
 
     def create_model(self, request: Mapping[str, Any]) -> bool:
         name = request["ModelName"]
-        return self.store.insert("model", name, {**request, "ModelArn": arn("model", name), "CreationTime": now(),
-                                                 "Tags": request_tags(request)})
+        return self.store.insert(
+            "model",
+            name,
+            {**request, "ModelArn": arn("model", name), "CreationTime": now(), "Tags": request_tags(request)},
+        )
 
     def create_endpoint_config(self, request: Mapping[str, Any]) -> bool:
         name = request["EndpointConfigName"]
-        return self.store.insert("endpoint-config", name, {**request, "EndpointConfigArn": arn("endpoint-config", name),
-                                                           "CreationTime": now(), "Tags": request_tags(request)})
+        return self.store.insert(
+            "endpoint-config",
+            name,
+            {
+                **request,
+                "EndpointConfigArn": arn("endpoint-config", name),
+                "CreationTime": now(),
+                "Tags": request_tags(request),
+            },
+        )
 
     def _record(self, resource_arn: str) -> tuple[str, str, dict[str, Any]]:
         kind, name = parse_arn(resource_arn)

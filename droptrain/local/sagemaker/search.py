@@ -50,11 +50,13 @@ def _typed(text: str, distribution: optuna.distributions.BaseDistribution) -> An
 def distributions_of(ranges: Mapping[str, Any]) -> dict[str, optuna.distributions.BaseDistribution]:
     out: dict[str, optuna.distributions.BaseDistribution] = {}
     for r in ranges.get("ContinuousParameterRanges", []):
-        out[r["Name"]] = optuna.distributions.FloatDistribution(float(r["MinValue"]), float(r["MaxValue"]),
-                                                                log=r.get("ScalingType") == "Logarithmic")
+        out[r["Name"]] = optuna.distributions.FloatDistribution(
+            float(r["MinValue"]), float(r["MaxValue"]), log=r.get("ScalingType") == "Logarithmic"
+        )
     for r in ranges.get("IntegerParameterRanges", []):
-        out[r["Name"]] = optuna.distributions.IntDistribution(int(r["MinValue"]), int(r["MaxValue"]),
-                                                              log=r.get("ScalingType") == "Logarithmic")
+        out[r["Name"]] = optuna.distributions.IntDistribution(
+            int(r["MinValue"]), int(r["MaxValue"]), log=r.get("ScalingType") == "Logarithmic"
+        )
     for r in ranges.get("CategoricalParameterRanges", []):
         out[r["Name"]] = optuna.distributions.CategoricalDistribution(list(r["Values"]))
     return out
@@ -81,7 +83,9 @@ def _sampler(config: Mapping[str, Any], distributions: Mapping[str, Any], seed: 
 def _pruner(config: Mapping[str, Any]) -> optuna.pruners.BasePruner:
     if config["Strategy"] == "Hyperband":
         hb = config.get("StrategyConfig", {}).get("HyperbandStrategyConfig", {})
-        return optuna.pruners.HyperbandPruner(min_resource=hb.get("MinResource", 1), max_resource=hb.get("MaxResource", 10))
+        return optuna.pruners.HyperbandPruner(
+            min_resource=hb.get("MinResource", 1), max_resource=hb.get("MaxResource", 10)
+        )
     if config.get("TrainingJobEarlyStoppingType") == "Auto":
         # SageMaker's automatic early stopping is a median rule too; early epochs are noisy, so
         # nothing is stopped before its third epoch or before three trials have finished.
@@ -112,13 +116,20 @@ class Search:
         self.distributions = distributions_of(self.config["ParameterRanges"])
         self.study = optuna.create_study(
             direction="maximize" if self.objective["Type"] == "Maximize" else "minimize",
-            sampler=_sampler(self.config, self.distributions, seed=_seed(name, 0)), pruner=_pruner(self.config))
+            sampler=_sampler(self.config, self.distributions, seed=_seed(name, 0)),
+            pruner=_pruner(self.config),
+        )
         limits = self.config["ResourceLimits"]
         self.max_jobs = limits.get("MaxNumberOfTrainingJobs") or math.prod(
-            len(d.choices) for d in self.distributions.values() if isinstance(d, optuna.distributions.CategoricalDistribution))
+            len(d.choices)
+            for d in self.distributions.values()
+            if isinstance(d, optuna.distributions.CategoricalDistribution)
+        )
         # One trial per GPU where there are GPUs (a trial beyond them would share one and slow both).
         gpus = tuner.training.gpus
-        self.parallel = max(1, min(limits["MaxParallelTrainingJobs"], gpus) if gpus else limits["MaxParallelTrainingJobs"])
+        self.parallel = max(
+            1, min(limits["MaxParallelTrainingJobs"], gpus) if gpus else limits["MaxParallelTrainingJobs"]
+        )
         self.launched = 0
         self.running: set[str] = set()
         self.trained: set[tuple] = set()  # the tuned values of every trial launched, as SageMaker got them
@@ -135,10 +146,21 @@ class Search:
             self.trained.add(self._key(params))
             if status in TERMINAL:
                 value = final_metric(record, self.objective["MetricName"])
-                state = (optuna.trial.TrialState.COMPLETE if status == "Completed" and value is not None
-                         else optuna.trial.TrialState.PRUNED if status == "Stopped" else optuna.trial.TrialState.FAIL)
-                self.study.add_trial(optuna.trial.create_trial(params=params, distributions=self.distributions, state=state,
-                                                               value=value if state == optuna.trial.TrialState.COMPLETE else None))
+                state = (
+                    optuna.trial.TrialState.COMPLETE
+                    if status == "Completed" and value is not None
+                    else optuna.trial.TrialState.PRUNED
+                    if status == "Stopped"
+                    else optuna.trial.TrialState.FAIL
+                )
+                self.study.add_trial(
+                    optuna.trial.create_trial(
+                        params=params,
+                        distributions=self.distributions,
+                        state=state,
+                        value=value if state == optuna.trial.TrialState.COMPLETE else None,
+                    )
+                )
             else:
                 self.study.enqueue_trial(params)  # the relaunched trial keeps its values
                 with self.changed:
@@ -186,10 +208,14 @@ class Search:
             return
         self.launched += 1
         self.trained.add(self._key(trial.params))
-        child = f"{self.name}-{self.launched:03d}-{hashlib.sha256(f'{self.name}/{self.launched}'.encode()).hexdigest()[:8]}"
-        hyperparameters = {**self.definition.get("StaticHyperParameters", {}),
-                           **{k: _text(v) for k, v in trial.params.items()},
-                           "_tuning_objective_metric": self.objective["MetricName"]}
+        child = (
+            f"{self.name}-{self.launched:03d}-{hashlib.sha256(f'{self.name}/{self.launched}'.encode()).hexdigest()[:8]}"
+        )
+        hyperparameters = {
+            **self.definition.get("StaticHyperParameters", {}),
+            **{k: _text(v) for k, v in trial.params.items()},
+            "_tuning_objective_metric": self.objective["MetricName"],
+        }
         request = {k: v for k, v in self.definition.items() if k != "StaticHyperParameters"}
         # SageMaker adds the tuning job's tags to every training job it launches.
         request.update(TrainingJobName=child, HyperParameters=hyperparameters, Tags=self.tags)
@@ -216,7 +242,10 @@ class Search:
                 if status == "Completed" and value is not None:
                     self.study.tell(trial, value)
                 else:
-                    self.study.tell(trial, state=optuna.trial.TrialState.PRUNED if status == "Stopped" else optuna.trial.TrialState.FAIL)
+                    self.study.tell(
+                        trial,
+                        state=optuna.trial.TrialState.PRUNED if status == "Stopped" else optuna.trial.TrialState.FAIL,
+                    )
         finally:
             with self.changed:
                 self.running.discard(child)

@@ -32,9 +32,14 @@ log = logging.getLogger(__name__)
 OnLine = Callable[[str, str], None]
 OnMetric = Callable[[str, float, int], bool]
 TRAINING = JobKind(
-    store_kind="training-job", arn_kind="training-job", prefix="TrainingJob", end_field="TrainingEndTime",
-    detail_type="SageMaker Training Job State Change", hidden=("Tags", "TuningJobName", "Trial"),
-    missing="Could not find training job '{arn}'", missing_code="ValidationException",
+    store_kind="training-job",
+    arn_kind="training-job",
+    prefix="TrainingJob",
+    end_field="TrainingEndTime",
+    detail_type="SageMaker Training Job State Change",
+    hidden=("Tags", "TuningJobName", "Trial"),
+    missing="Could not find training job '{arn}'",
+    missing_code="ValidationException",
 )
 
 
@@ -63,9 +68,18 @@ class _Output:
 class TrainingJobs(Jobs):
     kind = TRAINING
 
-    def __init__(self, store: Store, bucket: LocalBucket, jobs_root: Path, emit: Emit, on_line: OnLine,
-                 job_env: Mapping[str, str], stopping: threading.Event, warm: WarmInterpreter | None = None,
-                 gpus: int = 0):
+    def __init__(
+        self,
+        store: Store,
+        bucket: LocalBucket,
+        jobs_root: Path,
+        emit: Emit,
+        on_line: OnLine,
+        job_env: Mapping[str, str],
+        stopping: threading.Event,
+        warm: WarmInterpreter | None = None,
+        gpus: int = 0,
+    ):
         super().__init__(store, emit)
         self.bucket, self.jobs_root = bucket, jobs_root
         self.warm = warm
@@ -80,15 +94,21 @@ class TrainingJobs(Jobs):
         record = {
             "SecondaryStatus": "Starting",
             "HyperParameters": request.get("HyperParameters", {}),
-            "AlgorithmSpecification": request["AlgorithmSpecification"], "RoleArn": request["RoleArn"],
-            "InputDataConfig": request.get("InputDataConfig", []), "OutputDataConfig": request["OutputDataConfig"],
-            "ResourceConfig": request["ResourceConfig"], "StoppingCondition": request["StoppingCondition"],
-            "Environment": request.get("Environment", {}), "Tags": request_tags(request),
+            "AlgorithmSpecification": request["AlgorithmSpecification"],
+            "RoleArn": request["RoleArn"],
+            "InputDataConfig": request.get("InputDataConfig", []),
+            "OutputDataConfig": request["OutputDataConfig"],
+            "ResourceConfig": request["ResourceConfig"],
+            "StoppingCondition": request["StoppingCondition"],
+            "Environment": request.get("Environment", {}),
+            "Tags": request_tags(request),
         }
         if request.get("CheckpointConfig"):
             record["CheckpointConfig"] = request["CheckpointConfig"]
         if tuning_job:
-            record.update(TuningJobArn=arn("hyper-parameter-tuning-job", tuning_job), TuningJobName=tuning_job, Trial=trial)
+            record.update(
+                TuningJobArn=arn("hyper-parameter-tuning-job", tuning_job), TuningJobName=tuning_job, Trial=trial
+            )
         return self.insert(name, record)
 
     # -- running one ------------------------------------------------------------------------------
@@ -102,8 +122,12 @@ class TrainingJobs(Jobs):
             status = self._attempt(name, self.store.get("training-job", name), paths, on_metric, share)
         except Exception as exc:  # noqa: BLE001 - not the user's error: reported on the job as SageMaker's own failure
             log.exception("local training job %s failed in its runner", name)
-            status = self.end(name, "Failed", SecondaryStatus="Failed",
-                                 FailureReason=f"InternalServerError: the local runner failed: {type(exc).__name__}: {exc}"[:1024])
+            status = self.end(
+                name,
+                "Failed",
+                SecondaryStatus="Failed",
+                FailureReason=f"InternalServerError: the local runner failed: {type(exc).__name__}: {exc}"[:1024],
+            )
         if status in TERMINAL:
             jobs.clean_up(paths)  # nothing will resume it: scratch space and checkpoints go
         return status
@@ -114,8 +138,9 @@ class TrainingJobs(Jobs):
             if status in TERMINAL:
                 jobs.clean_up(jobs.JobPaths(self.jobs_root / name))
 
-    def _attempt(self, name: str, record: Mapping[str, Any], paths: jobs.JobPaths, on_metric: OnMetric | None,
-                 share: int = 1) -> str:
+    def _attempt(
+        self, name: str, record: Mapping[str, Any], paths: jobs.JobPaths, on_metric: OnMetric | None, share: int = 1
+    ) -> str:
         if self.stop_requested(name):
             return self.end(name, "Stopped", SecondaryStatus="Stopped")
         if jobs.end_leftovers(paths):  # a runtime killed with -9 left this job's last attempt running
@@ -124,8 +149,12 @@ class TrainingJobs(Jobs):
             self._prepare(paths, record)
         except (jobs.JobSetupError, AdapterError) as exc:  # no such object, or a key the bucket refuses
             return self.end(name, "Failed", SecondaryStatus="Failed", FailureReason=f"ClientError: {exc}")
-        self.store.update("training-job", name, SecondaryStatus="Training", TrainingStartTime=now(), LastModifiedTime=now())
-        output = _Output([(d["Name"], re.compile(d["Regex"])) for d in record["AlgorithmSpecification"].get("MetricDefinitions", [])])
+        self.store.update(
+            "training-job", name, SecondaryStatus="Training", TrainingStartTime=now(), LastModifiedTime=now()
+        )
+        output = _Output(
+            [(d["Name"], re.compile(d["Regex"])) for d in record["AlgorithmSpecification"].get("MetricDefinitions", [])]
+        )
         # An attempt a restart interrupted printed metrics that this one, resuming from its
         # checkpoint, will not print again: they count, as CloudWatch keeps a restarted job's log.
         pruned = self._replay(paths, output, on_metric)
@@ -138,10 +167,18 @@ class TrainingJobs(Jobs):
         if pruned:
             return self.end(name, "Stopped", SecondaryStatus="Stopped", FailureReason="stopped early by the tuning job")
         if status_code != 0:
-            return self.end(name, "Failed", SecondaryStatus="Failed",
-                            FailureReason=jobs.failure_reason(paths, status_code, output.tail))
-        return self.end(name, "Completed", SecondaryStatus="Completed",
-                           ModelArtifacts={"S3ModelArtifacts": self._upload_outputs(name, paths, record)})
+            return self.end(
+                name,
+                "Failed",
+                SecondaryStatus="Failed",
+                FailureReason=jobs.failure_reason(paths, status_code, output.tail),
+            )
+        return self.end(
+            name,
+            "Completed",
+            SecondaryStatus="Completed",
+            ModelArtifacts={"S3ModelArtifacts": self._upload_outputs(name, paths, record)},
+        )
 
     def _replay(self, paths: jobs.JobPaths, output: _Output, on_metric: OnMetric | None) -> bool:
         """Feed the job's earlier output through the metric parser; ``True`` if it says prune."""
@@ -162,22 +199,40 @@ class TrainingJobs(Jobs):
         hyperparameters = dict(record["HyperParameters"])
         if "sagemaker_submit_directory" in hyperparameters:
             hyperparameters["sagemaker_submit_directory"] = str(
-                self._local_file(hyperparameters["sagemaker_submit_directory"], "training code"))
+                self._local_file(hyperparameters["sagemaker_submit_directory"], "training code")
+            )
         for channel in record["InputDataConfig"]:
             uri = channel["DataSource"]["S3DataSource"]["S3Uri"]
             jobs.stage_channel(paths, channel["ChannelName"], self._local_file(uri, "data"))
-        jobs.write_config(paths, hyperparameters, record["InputDataConfig"], record["ResourceConfig"]["InstanceType"],
-                          record.get("CheckpointConfig"))
+        jobs.write_config(
+            paths,
+            hyperparameters,
+            record["InputDataConfig"],
+            record["ResourceConfig"]["InstanceType"],
+            record.get("CheckpointConfig"),
+        )
         for stale in (paths.failure, paths.output / "success"):  # from an attempt a restart interrupted
             stale.unlink(missing_ok=True)
         jobs.fresh_scratch(paths)
 
-    def _stream(self, name: str, paths: jobs.JobPaths, record: Mapping[str, Any], output: _Output,
-                on_metric: OnMetric | None, share: int = 1) -> tuple[int, bool]:
+    def _stream(
+        self,
+        name: str,
+        paths: jobs.JobPaths,
+        record: Mapping[str, Any],
+        output: _Output,
+        on_metric: OnMetric | None,
+        share: int = 1,
+    ) -> tuple[int, bool]:
         gpu = self._take_gpu()
         try:
-            env = jobs.toolkit_env(paths, name, record["TrainingJobArn"], record.get("Environment", {}),
-                                   extra={**self.job_env, **self._part_of_machine(share, gpu)})
+            env = jobs.toolkit_env(
+                paths,
+                name,
+                record["TrainingJobArn"],
+                record.get("Environment", {}),
+                extra={**self.job_env, **self._part_of_machine(share, gpu)},
+            )
             return self._follow(name, paths, env, output, on_metric)
         finally:
             self._give_back_gpu(gpu)
@@ -204,8 +259,9 @@ class TrainingJobs(Jobs):
         with self._lock:
             self._gpus_in_use.discard(gpu)
 
-    def _follow(self, name: str, paths: jobs.JobPaths, env: Mapping[str, str], output: _Output,
-                on_metric: OnMetric | None) -> tuple[int, bool]:
+    def _follow(
+        self, name: str, paths: jobs.JobPaths, env: Mapping[str, str], output: _Output, on_metric: OnMetric | None
+    ) -> tuple[int, bool]:
         process = self._start_process(name, paths, env)
         jobs.record_runner(paths, process)
         pruned = False
@@ -242,7 +298,9 @@ class TrainingJobs(Jobs):
         reports, target = paths.output_data / "reports", record["HyperParameters"].get("reports-uri")
         if target and reports.is_dir():
             for path in sorted(reports.iterdir()):
-                self.bucket.put_file(self.bucket.key_of(self.bucket.path_of_uri(f"{target.rstrip('/')}/{path.name}")), path)
+                self.bucket.put_file(
+                    self.bucket.key_of(self.bucket.path_of_uri(f"{target.rstrip('/')}/{path.name}")), path
+                )
         return f"{prefix}/model.tar.gz"
 
     def end(self, name: str, status: str, **changes: Any) -> str:
@@ -256,8 +314,18 @@ class TrainingJobs(Jobs):
         return status
 
     def detail(self, name: str, record: Mapping[str, Any]) -> dict[str, Any]:
-        detail = {k: record[k] for k in ("TrainingJobName", "TrainingJobArn", "TrainingJobStatus", "SecondaryStatus",
-                                         "HyperParameters", "OutputDataConfig") if k in record}
+        detail = {
+            k: record[k]
+            for k in (
+                "TrainingJobName",
+                "TrainingJobArn",
+                "TrainingJobStatus",
+                "SecondaryStatus",
+                "HyperParameters",
+                "OutputDataConfig",
+            )
+            if k in record
+        }
         detail["Tags"] = record.get("Tags", {})
         for key in ("ModelArtifacts", "FailureReason", "TuningJobArn"):
             if key in record:

@@ -24,9 +24,13 @@ Spawn = Callable[..., threading.Thread]
 
 
 TUNING = JobKind(
-    store_kind="tuning-job", arn_kind="hyper-parameter-tuning-job", prefix="HyperParameterTuningJob",
-    end_field="HyperParameterTuningEndTime", detail_type="SageMaker HyperParameter Tuning Job State Change",
-    hidden=("Tags", "StopRequested"), missing="Could not find hyper parameter tuning job '{name}'",
+    store_kind="tuning-job",
+    arn_kind="hyper-parameter-tuning-job",
+    prefix="HyperParameterTuningJob",
+    end_field="HyperParameterTuningEndTime",
+    detail_type="SageMaker HyperParameter Tuning Job State Change",
+    hidden=("Tags", "StopRequested"),
+    missing="Could not find hyper parameter tuning job '{name}'",
     missing_code="ResourceNotFound",
 )
 
@@ -36,18 +40,28 @@ class Tuner(Jobs):
 
     kind = TUNING
 
-    def __init__(self, store: Store, training: TrainingJobs, emit: Callable[[dict], None], spawn: Spawn,
-                 stopping: threading.Event):
+    def __init__(
+        self,
+        store: Store,
+        training: TrainingJobs,
+        emit: Callable[[dict], None],
+        spawn: Spawn,
+        stopping: threading.Event,
+    ):
         super().__init__(store, emit)
         self.training, self.spawn, self.stopping = training, spawn, stopping
         self._searches: dict[str, Search] = {}
         self._searches_lock = threading.Lock()
 
     def create(self, request: Mapping[str, Any]) -> bool:
-        return self.insert(request["HyperParameterTuningJobName"], {
-            "HyperParameterTuningJobConfig": request["HyperParameterTuningJobConfig"],
-            "TrainingJobDefinition": request["TrainingJobDefinition"], "Tags": request_tags(request),
-        })
+        return self.insert(
+            request["HyperParameterTuningJobName"],
+            {
+                "HyperParameterTuningJobConfig": request["HyperParameterTuningJobConfig"],
+                "TrainingJobDefinition": request["TrainingJobDefinition"],
+                "Tags": request_tags(request),
+            },
+        )
 
     def describe(self, name: str) -> dict[str, Any]:
         record = self.record(name)
@@ -75,17 +89,30 @@ class Tuner(Jobs):
         objective = config["HyperParameterTuningJobObjective"]
         out = []
         for child, status, record in self.children(name):
-            summary = {"TrainingJobName": child, "TrainingJobArn": record["TrainingJobArn"], "TuningJobName": name,
-                       "CreationTime": record["CreationTime"], "TrainingJobStatus": status,
-                       "TunedHyperParameters": {k: v for k, v in record["HyperParameters"].items() if k in tuned}}
+            summary = {
+                "TrainingJobName": child,
+                "TrainingJobArn": record["TrainingJobArn"],
+                "TuningJobName": name,
+                "CreationTime": record["CreationTime"],
+                "TrainingJobStatus": status,
+                "TunedHyperParameters": {k: v for k, v in record["HyperParameters"].items() if k in tuned},
+            }
             for key in ("TrainingStartTime", "TrainingEndTime", "FailureReason"):
                 if key in record:
                     summary[key] = record[key]
             value = final_metric(record, objective["MetricName"])
             if value is not None:
-                summary["FinalHyperParameterTuningJobObjectiveMetric"] = {"MetricName": objective["MetricName"], "Value": value}
-            summary["ObjectiveStatus"] = "Succeeded" if status == "Completed" and value is not None else \
-                "Pending" if status == "InProgress" else "Failed"
+                summary["FinalHyperParameterTuningJobObjectiveMetric"] = {
+                    "MetricName": objective["MetricName"],
+                    "Value": value,
+                }
+            summary["ObjectiveStatus"] = (
+                "Succeeded"
+                if status == "Completed" and value is not None
+                else "Pending"
+                if status == "InProgress"
+                else "Failed"
+            )
             out.append(as_described(summary))
         return out
 
@@ -95,14 +122,23 @@ class Tuner(Jobs):
     def counters(self, name: str) -> dict[str, Any]:
         children = self.children(name)
         statuses = [s for _, s, _ in children]
-        objective = self.store.get("tuning-job", name)["HyperParameterTuningJobConfig"]["HyperParameterTuningJobObjective"]["MetricName"]
+        objective = self.store.get("tuning-job", name)["HyperParameterTuningJobConfig"][
+            "HyperParameterTuningJobObjective"
+        ]["MetricName"]
         succeeded = sum(1 for _, s, r in children if s == "Completed" and final_metric(r, objective) is not None)
         return {
-            "TrainingJobStatusCounters": {"Completed": statuses.count("Completed"), "InProgress": statuses.count("InProgress"),
-                                          "RetryableError": 0, "NonRetryableError": statuses.count("Failed"),
-                                          "Stopped": statuses.count("Stopped")},
-            "ObjectiveStatusCounters": {"Succeeded": succeeded, "Pending": statuses.count("InProgress"),
-                                        "Failed": len(children) - succeeded - statuses.count("InProgress")},
+            "TrainingJobStatusCounters": {
+                "Completed": statuses.count("Completed"),
+                "InProgress": statuses.count("InProgress"),
+                "RetryableError": 0,
+                "NonRetryableError": statuses.count("Failed"),
+                "Stopped": statuses.count("Stopped"),
+            },
+            "ObjectiveStatusCounters": {
+                "Succeeded": succeeded,
+                "Pending": statuses.count("InProgress"),
+                "Failed": len(children) - succeeded - statuses.count("InProgress"),
+            },
         }
 
     # -- the search --------------------------------------------------------------------------------
@@ -131,11 +167,16 @@ class Tuner(Jobs):
         elif best and not reason:
             tuned = {r["Name"] for ranges in config["ParameterRanges"].values() for r in ranges}
             changes["BestTrainingJob"] = {
-                "TrainingJobName": best["TrainingJobName"], "TrainingJobArn": best["TrainingJobArn"],
-                "CreationTime": best["CreationTime"], "TrainingJobStatus": "Completed",
+                "TrainingJobName": best["TrainingJobName"],
+                "TrainingJobArn": best["TrainingJobArn"],
+                "CreationTime": best["CreationTime"],
+                "TrainingJobStatus": "Completed",
                 "TunedHyperParameters": {k: v for k, v in best["HyperParameters"].items() if k in tuned},
-                "FinalHyperParameterTuningJobObjectiveMetric": {"Type": objective["Type"], "MetricName": objective["MetricName"],
-                                                                "Value": final_metric(best, objective["MetricName"])},
+                "FinalHyperParameterTuningJobObjectiveMetric": {
+                    "Type": objective["Type"],
+                    "MetricName": objective["MetricName"],
+                    "Value": final_metric(best, objective["MetricName"]),
+                },
                 "ObjectiveStatus": "Succeeded",
             }
             status = "Completed"
@@ -145,13 +186,18 @@ class Tuner(Jobs):
         self.finish(name, status, **changes)
 
     def detail(self, name: str, record: Mapping[str, Any]) -> dict[str, Any]:
-        return {**super().detail(name, record), **self.counters(name),
-                "BestTrainingJob": record.get("BestTrainingJob", {}), "Tags": record.get("Tags", {})}
+        return {
+            **super().detail(name, record),
+            **self.counters(name),
+            "BestTrainingJob": record.get("BestTrainingJob", {}),
+            "Tags": record.get("Tags", {}),
+        }
 
     def _best(self, name: str, objective: Mapping[str, Any]) -> dict[str, Any] | None:
         sign = 1 if objective["Type"] == "Maximize" else -1
-        scored = [(sign * value, record) for _, status, record in self.children(name)
-                  if status == "Completed" and (value := final_metric(record, objective["MetricName"])) is not None]
+        scored = [
+            (sign * value, record)
+            for _, status, record in self.children(name)
+            if status == "Completed" and (value := final_metric(record, objective["MetricName"])) is not None
+        ]
         return max(scored, key=lambda item: item[0])[1] if scored else None
-
-

@@ -55,7 +55,8 @@ for epoch in range(start, args.epochs + 1):
     if done:
         done.parent.mkdir(parents=True, exist_ok=True)
         done.write_text(str(epoch))
-    print(f"epoch={epoch} train_loss={1 - accuracy:.4f} valid_loss={1.1 - accuracy:.4f} valid_accuracy={accuracy:.4f}", flush=True)
+    print(f"epoch={epoch} train_loss={1 - accuracy:.4f} valid_loss={1.1 - accuracy:.4f} "
+          f"valid_accuracy={accuracy:.4f}", flush=True)
 print(f"test_loss={1 - quality:.4f} test_accuracy={quality * 0.95:.4f}", flush=True)
 model_dir = Path(os.environ["SM_MODEL_DIR"])
 if os.environ.get("FAKE_MODEL_SOURCE"):

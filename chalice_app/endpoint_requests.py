@@ -1,0 +1,85 @@
+"""Pure builders for a project's model, endpoint configuration and endpoint: configuration + run in,
+boto3 SageMaker request dicts out (validated against botocore in ``tests/orchestrator/test_requests.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chalice_app import alarm_requests, names
+from chalice_app.config import Config
+from chalice_app.sagemaker_requests import gpu_instance
+
+# What AWS's Ray Serve container documentation asks of GPU instances: a host AMI with current NVIDIA drivers.
+GPU_INFERENCE_AMI = "al2-ami-sagemaker-inference-gpu-3-1"
+
+
+def model_request(config: Config, run: str, model_data_url: str, dataset_uri: str | None) -> dict[str, Any]:
+    """The Ray Serve inference container with the final job's ``model.tar.gz``: it reads the archive's own
+    ``config.yaml``, so the model needs no environment of its own."""
+    return {
+        "ModelName": names.check(run, "model"),
+        "ExecutionRoleArn": config.sagemaker_role_arn,
+        "PrimaryContainer": {"Image": config.inference_image_uri, "ModelDataUrl": model_data_url},
+        "Tags": names.tags(run, dataset_uri),
+    }
+
+
+def endpoint_config_request(config: Config, run: str, dataset_uri: str | None) -> dict[str, Any]:
+    variant: dict[str, Any] = {"VariantName": alarm_requests.VARIANT, "ModelName": run}
+    if config.serverless:
+        variant["ServerlessConfig"] = {"MemorySizeInMB": 6144, "MaxConcurrency": 10}
+    else:
+        variant.update(
+            {
+                "InstanceType": config.inference_instance_type,
+                "InitialInstanceCount": config.inference_instance_count,
+                "InitialVariantWeight": 1.0,
+            }
+        )
+        if gpu_instance(config.inference_instance_type):
+            variant["InferenceAmiVersion"] = GPU_INFERENCE_AMI
+    return {
+        "EndpointConfigName": names.check(run, "endpoint config"),
+        "ProductionVariants": [variant],
+        "Tags": names.tags(run, dataset_uri),
+    }
+
+
+def create_endpoint_request(config: Config, project: str, run: str, dataset_uri: str | None) -> dict[str, Any]:
+    return {
+        "EndpointName": config.endpoint(project),
+        "EndpointConfigName": run,
+        "Tags": [*names.tags(run, dataset_uri), {"Key": names.TAG_PROJECT, "Value": project}],
+    }
+
+
+CANARY_PERCENT = 10
+
+
+def update_endpoint_request(config: Config, project: str, run: str) -> dict[str, Any]:
+    """Blue/green with guardrails on instances: a 10% canary then all when there are two instances or
+    more (SageMaker's canary must be at most half the fleet), else all at once; both bake
+    ``ROLLOUT_BAKE_SECONDS`` watched by the project's alarms, which roll back. Serverless endpoints
+    take no deployment config: they update in place."""
+    request: dict[str, Any] = {"EndpointName": config.endpoint(project), "EndpointConfigName": run}
+    if config.serverless:
+        return request
+    routing: dict[str, Any] = {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": config.rollout_bake_seconds}
+    if config.canary:
+        routing = {
+            "Type": "CANARY",
+            "CanarySize": {"Type": "CAPACITY_PERCENT", "Value": CANARY_PERCENT},
+            "WaitIntervalInSeconds": config.rollout_bake_seconds,
+        }
+    request["DeploymentConfig"] = {
+        "BlueGreenUpdatePolicy": {
+            "TrafficRoutingConfiguration": routing,
+            "TerminationWaitInSeconds": 120,
+            "MaximumExecutionTimeoutInSeconds": max(600, 2 * config.rollout_bake_seconds + 1800),
+        },
+        "AutoRollbackConfiguration": {
+            "Alarms": [{"AlarmName": a} for a in alarm_requests.rollback_alarm_names(config, project)]
+        },
+    }
+    return request
