@@ -205,7 +205,7 @@ def measure(runtime, arch: str, data: Path, work: Path, image: Path) -> list[Row
 def latency_rows(runtime, arch: str, endpoint: str, config: str, image: Path, reference: Reference) -> list[Row]:
     import http.client
 
-    from droptrain.demo import post_image
+    from droptrain.api_client import post_image
 
     body = image.read_bytes()
     app = runtime.endpoints._app_name(config)

@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from droptrain.api_client import api_commands
 from droptrain.control import control_commands
 from droptrain.synthetic import SyntheticDatasetError, make_dataset
 
@@ -150,60 +151,6 @@ def _cmd_upload(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_predict(args: argparse.Namespace) -> int:
-    import os
-
-    from droptrain.demo import post_image
-
-    if not args.image.is_file():
-        print(f"droptrain predict: {args.image} does not exist", file=sys.stderr)
-        return 1
-    try:
-        status, body = post_image(
-            args.url.rstrip("/"),
-            args.image,
-            args.top_k,
-            project=args.project,
-            api_key=args.api_key or os.environ.get("DROPTRAIN_API_KEY"),
-        )
-    except OSError as exc:
-        print(f"droptrain predict: cannot reach {args.url} ({exc}); is droptrain up running?", file=sys.stderr)
-        return 1
-    if status != 200:
-        print(f"droptrain predict: {status} {body.get('error', {}).get('message', body)}", file=sys.stderr)
-        return 1
-    for p in body["predictions"]:
-        print(f"{p['probability']:.4f}  {p['label']}")
-    print(f"(model {body['model']})")
-    return 0
-
-
-def _cmd_rollback(args: argparse.Namespace) -> int:
-    """Approve and deploy an earlier version through the API (the local stack's, or a stage's)."""
-    import os
-    import urllib.parse
-
-    from droptrain.demo import call_api
-
-    path = (
-        f"/projects/{urllib.parse.quote(args.project, safe='')}/versions/"
-        f"{urllib.parse.quote(args.to or 'previous', safe='')}/deploy"
-    )
-    try:
-        status, body = call_api(
-            args.url, path, "POST", b"", "application/json", api_key=args.api_key or os.environ.get("DROPTRAIN_API_KEY")
-        )
-    except OSError as exc:
-        print(f"droptrain rollback: cannot reach {args.url} ({exc}); is droptrain up running?", file=sys.stderr)
-        return 1
-    if status >= 400:
-        print(f"droptrain rollback: {status} {body.get('error', {}).get('message', body)}", file=sys.stderr)
-        return 1
-    was = f" (was {body['previous']})" if body.get("previous") else ""
-    print(f"{body['project']}: version {body['version']} ({body['run_id']}){was}: {body['action']}")
-    return 0
-
-
 def _cmd_config(args: argparse.Namespace) -> int:
     from droptrain.local.settings import SettingsError, describe, read
 
@@ -313,39 +260,6 @@ def _local_stack_commands(sub) -> None:
     p.set_defaults(func=_cmd_status)
 
 
-def _api_commands(sub) -> None:
-    """What talks to the REST API: the local stack's, or a deployed stage's (--url)."""
-    p = sub.add_parser("predict", help="POST an image to the API and print the top-k")
-    p.add_argument("image", type=Path, help="a JPEG or PNG file")
-    p.add_argument("--url", default="http://127.0.0.1:8000", help="the API (droptrain up's, or a deployed stage's)")
-    p.add_argument("--top-k", type=int, default=5, help="how many labels (1-20)")
-    p.add_argument(
-        "--project",
-        default=None,
-        help="the project (dataset name) whose model answers; "
-        "default: the only project, or the stage's DEFAULT_PROJECT",
-    )
-    p.add_argument(
-        "--api-key", default=None, help="x-api-key for a stage that requires one (default: $DROPTRAIN_API_KEY)"
-    )
-    p.set_defaults(func=_cmd_predict)
-
-    p = sub.add_parser(
-        "rollback",
-        help="approve and deploy an earlier version of a project (default: the newest "
-        "approved one before the serving one)",
-    )
-    p.add_argument("project", help="the project (dataset name)")
-    p.add_argument(
-        "--to", default=None, metavar="RUN_ID", help="deploy this run's version instead (approving it if it was held)"
-    )
-    p.add_argument("--url", default="http://127.0.0.1:8000", help="the API (droptrain up's, or a deployed stage's)")
-    p.add_argument(
-        "--api-key", default=None, help="x-api-key for a stage that requires one (default: $DROPTRAIN_API_KEY)"
-    )
-    p.set_defaults(func=_cmd_rollback)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="droptrain", description="From a folder of labelled images to a tuned classifier behind an API."
@@ -363,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_make_dataset)
 
     _local_stack_commands(sub)
-    _api_commands(sub)
+    api_commands(sub)
 
     p = sub.add_parser(
         "package", help="build the layer and the stage's SAM template (chalice package + merge template), offline"

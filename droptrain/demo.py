@@ -10,12 +10,10 @@ from __future__ import annotations
 import json
 import random
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from droptrain.api_client import post_image
 from droptrain.local import defaults
 from droptrain.local.runtime import LocalRuntime, reset
 from droptrain.progress import LiveProgress
@@ -40,38 +38,6 @@ FINAL_EVENTS = (
 
 class DemoError(Exception):
     pass
-
-
-def post_image(
-    url: str, image: Path, top_k: int = 3, timeout: float = 30, project: str | None = None, api_key: str | None = None
-) -> tuple[int, dict]:
-    content_type = "image/png" if image.suffix.lower() == ".png" else "image/jpeg"
-    path = f"/predict/{urllib.parse.quote(project, safe='')}" if project else "/predict"
-    return call_api(url, path + f"?top_k={top_k}", "POST", image.read_bytes(), content_type, timeout, api_key)
-
-
-def call_api(
-    url: str,
-    path: str,
-    method: str = "GET",
-    body: bytes | None = None,
-    content_type: str | None = None,
-    timeout: float = 30,
-    api_key: str | None = None,
-) -> tuple[int, dict]:
-    """``(status, JSON body)`` of one call to the REST API (the local stack's or a stage's)."""
-    headers = {"Content-Type": content_type} if content_type else {}
-    if api_key:
-        headers["x-api-key"] = api_key
-    request = urllib.request.Request(f"{url.rstrip('/')}{path}", data=body, headers=headers, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        try:
-            return exc.code, json.loads(exc.read() or b"{}")
-        except ValueError:
-            return exc.code, {"error": {"code": "http_error", "message": exc.reason}}
 
 
 def run_demo(

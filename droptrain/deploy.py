@@ -150,6 +150,27 @@ def _no_changes(exc: Exception) -> bool:
     return any(text in reason for text in _NO_CHANGES)
 
 
+def _upload_template(s3: Any, artifacts: str, stage: str, package_dir: Path) -> str:
+    """The code, the layer and the template (pointing at them) into the deployment bucket, each named
+    by its hash; returns the template's key."""
+    template = json.loads((package_dir / "sam.json").read_text())
+    uploaded: dict[str, str] = {}
+    for name in ("deployment.zip", "layer.zip"):
+        data = (package_dir / name).read_bytes()
+        key = f"{stage}/{hashlib.sha256(data).hexdigest()[:16]}-{name}"
+        s3.put_object(Bucket=artifacts, Key=key, Body=data)
+        uploaded[f"./{name}"] = f"s3://{artifacts}/{key}"
+    for resource in template["Resources"].values():
+        props = resource.get("Properties", {})
+        for field in ("CodeUri", "ContentUri"):
+            if props.get(field) in uploaded:
+                props[field] = uploaded[props[field]]
+    body = json.dumps(template)
+    template_key = f"{stage}/{hashlib.sha256(body.encode()).hexdigest()[:16]}-template.json"
+    s3.put_object(Bucket=artifacts, Key=template_key, Body=body.encode())
+    return template_key
+
+
 def deploy_stack(
     session: Any,
     stage: str,
@@ -172,21 +193,7 @@ def deploy_stack(
         say(f"creating the deployment bucket {artifacts}")
         kwargs = {} if region == "us-east-1" else {"CreateBucketConfiguration": {"LocationConstraint": region}}
         s3.create_bucket(Bucket=artifacts, **kwargs)
-    template = json.loads((package_dir / "sam.json").read_text())
-    uploaded: dict[str, str] = {}
-    for name in ("deployment.zip", "layer.zip"):
-        data = (package_dir / name).read_bytes()
-        key = f"{stage}/{hashlib.sha256(data).hexdigest()[:16]}-{name}"
-        s3.put_object(Bucket=artifacts, Key=key, Body=data)
-        uploaded[f"./{name}"] = f"s3://{artifacts}/{key}"
-    for resource in template["Resources"].values():
-        props = resource.get("Properties", {})
-        for field in ("CodeUri", "ContentUri"):
-            if props.get(field) in uploaded:
-                props[field] = uploaded[props[field]]
-    body = json.dumps(template)
-    template_key = f"{stage}/{hashlib.sha256(body.encode()).hexdigest()[:16]}-template.json"
-    s3.put_object(Bucket=artifacts, Key=template_key, Body=body.encode())
+    template_key = _upload_template(s3, artifacts, stage, package_dir)
     stack = f"droptrain-{stage}"
     exists = True
     try:

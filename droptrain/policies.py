@@ -125,6 +125,11 @@ def _project_statements(env: Mapping[str, str], sm: str) -> list[dict[str, Any]]
     ]
 
 
+def _allow(sid: str, action: str | list[str], resource: str | list[str], condition: dict | None = None) -> dict:
+    statement = {"Sid": sid, "Effect": "Allow", "Action": action, "Resource": resource}
+    return {**statement, "Condition": condition} if condition else statement
+
+
 def lambda_policy(env: Mapping[str, str]) -> dict[str, Any]:
     """What the functions may do: SageMaker on resources tagged as droptrain's, one endpoint, one
     role to pass, one topic, one queue, the bucket (writing only under ``runs/``), their own logs
@@ -132,92 +137,47 @@ def lambda_policy(env: Mapping[str, str]) -> dict[str, Any]:
     partition, region, account = arn_parts(env)
     sm = f"arn:{partition}:sagemaker:{region}:{account}"
     bucket = f"arn:{partition}:s3:::{env['DATA_BUCKET']}"
-    tagged = {"StringLike": {"aws:RequestTag/droptrain:run-id": "?*"}}
-    return {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Sid": "CreateRunResourcesTagged",
-                "Effect": "Allow",
-                "Action": [
-                    "sagemaker:CreateHyperParameterTuningJob",
-                    "sagemaker:CreateTrainingJob",
-                    "sagemaker:CreateProcessingJob",
-                    "sagemaker:CreateModel",
-                    "sagemaker:CreateEndpointConfig",
-                    "sagemaker:AddTags",
-                ],
-                "Resource": [
-                    f"{sm}:hyper-parameter-tuning-job/*",
-                    f"{sm}:training-job/*",
-                    f"{sm}:processing-job/*",
-                    f"{sm}:model/*",
-                    f"{sm}:endpoint-config/*",
-                ],
-                "Condition": tagged,
-            },
-            {
-                "Sid": "ReadRuns",
-                "Effect": "Allow",
-                "Action": [
-                    "sagemaker:DescribeHyperParameterTuningJob",
-                    "sagemaker:DescribeTrainingJob",
-                    "sagemaker:ListTags",
-                    "sagemaker:ListTrainingJobsForHyperParameterTuningJob",
-                    "sagemaker:DescribeProcessingJob",
-                ],
-                "Resource": [f"{sm}:hyper-parameter-tuning-job/*", f"{sm}:training-job/*", f"{sm}:processing-job/*"],
-            },
-            {
-                "Sid": "StopRunsThatCannotSucceed",
-                "Effect": "Allow",
-                "Action": "sagemaker:StopHyperParameterTuningJob",
-                "Resource": f"{sm}:hyper-parameter-tuning-job/*",
-                "Condition": {"StringLike": {"aws:ResourceTag/droptrain:run-id": "?*"}},
-            },
-            *_project_statements(env, sm),
-            {
-                "Sid": "RollbackAlarms",
-                "Effect": "Allow",
-                "Action": "cloudwatch:DescribeAlarms",
-                "Resource": alarm_arns(env),
-            },
-            {
-                "Sid": "PassTheSageMakerRole",
-                "Effect": "Allow",
-                "Action": "iam:PassRole",
-                "Resource": env["SAGEMAKER_ROLE_ARN"],
-                "Condition": {"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}},
-            },
-            {"Sid": "Notify", "Effect": "Allow", "Action": "sns:Publish", "Resource": env["NOTIFY_TOPIC_ARN"]},
-            {
-                "Sid": "KeepFailedEvents",
-                "Effect": "Allow",
-                "Action": "sqs:SendMessage",
-                "Resource": f"arn:{partition}:sqs:{region}:{account}:{failed_events_queue(env)}",
-            },
-            {"Sid": "ListTheBucket", "Effect": "Allow", "Action": "s3:ListBucket", "Resource": bucket},
-            {"Sid": "ReadTheBucket", "Effect": "Allow", "Action": "s3:GetObject", "Resource": f"{bucket}/*"},
-            {
-                "Sid": "WriteRunsOnly",
-                "Effect": "Allow",
-                "Action": ["s3:PutObject", "s3:DeleteObject"],
-                "Resource": f"{bucket}/runs/*",
-            },
-            {
-                "Sid": "OwnLogs",
-                "Effect": "Allow",
-                "Action": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
-                "Resource": f"arn:{partition}:logs:{region}:{account}:log-group:/aws/lambda/droptrain-*",
-            },
-            {
-                "Sid": "Traces",
-                "Effect": "Allow",
-                "Action": ["xray:PutTraceSegments", "xray:PutTelemetryRecords"],
-                "Resource": "*",
-            },
-        ],
-    }
+    runs = [f"{sm}:hyper-parameter-tuning-job/*", f"{sm}:training-job/*", f"{sm}:processing-job/*"]
+    creates = ["HyperParameterTuningJob", "TrainingJob", "ProcessingJob", "Model", "EndpointConfig"]
+    reads = ["DescribeHyperParameterTuningJob", "DescribeTrainingJob", "ListTags"]
+    reads += ["ListTrainingJobsForHyperParameterTuningJob", "DescribeProcessingJob"]
+    statements = [
+        _allow(
+            "CreateRunResourcesTagged",
+            [*(f"sagemaker:Create{c}" for c in creates), "sagemaker:AddTags"],
+            [*runs, f"{sm}:model/*", f"{sm}:endpoint-config/*"],
+            {"StringLike": {"aws:RequestTag/droptrain:run-id": "?*"}},
+        ),
+        _allow("ReadRuns", [f"sagemaker:{r}" for r in reads], runs),
+        _allow(
+            "StopRunsThatCannotSucceed",
+            "sagemaker:StopHyperParameterTuningJob",
+            f"{sm}:hyper-parameter-tuning-job/*",
+            {"StringLike": {"aws:ResourceTag/droptrain:run-id": "?*"}},
+        ),
+        *_project_statements(env, sm),
+        _allow("RollbackAlarms", "cloudwatch:DescribeAlarms", alarm_arns(env)),
+        _allow(
+            "PassTheSageMakerRole",
+            "iam:PassRole",
+            env["SAGEMAKER_ROLE_ARN"],
+            {"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}},
+        ),
+        _allow("Notify", "sns:Publish", env["NOTIFY_TOPIC_ARN"]),
+        _allow(
+            "KeepFailedEvents", "sqs:SendMessage", f"arn:{partition}:sqs:{region}:{account}:{failed_events_queue(env)}"
+        ),
+        _allow("ListTheBucket", "s3:ListBucket", bucket),
+        _allow("ReadTheBucket", "s3:GetObject", f"{bucket}/*"),
+        _allow("WriteRunsOnly", ["s3:PutObject", "s3:DeleteObject"], f"{bucket}/runs/*"),
+        _allow(
+            "OwnLogs",
+            ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
+            f"arn:{partition}:logs:{region}:{account}:log-group:/aws/lambda/droptrain-*",
+        ),
+        _allow("Traces", ["xray:PutTraceSegments", "xray:PutTelemetryRecords"], "*"),
+    ]
+    return {"Version": "2012-10-17", "Statement": statements}
 
 
 def sagemaker_role_policy(env: Mapping[str, str]) -> dict[str, Any]:
@@ -235,52 +195,22 @@ def sagemaker_role_policy(env: Mapping[str, str]) -> dict[str, Any]:
     )
     if not images:
         raise PolicyError("TRAINING_IMAGE_URI and INFERENCE_IMAGE_URI must be ECR image URIs")
-    return {
-        "Version": "2012-10-17",
-        "Statement": [
-            {"Sid": "ListTheBucket", "Effect": "Allow", "Action": "s3:ListBucket", "Resource": bucket},
-            {
-                "Sid": "ReadInputs",
-                "Effect": "Allow",
-                "Action": "s3:GetObject",
-                "Resource": [f"{bucket}/datasets/*", f"{bucket}/code/*", f"{bucket}/runs/*"],
-            },
-            {
-                "Sid": "WriteRunsOnly",
-                "Effect": "Allow",
-                "Action": ["s3:PutObject", "s3:AbortMultipartUpload"],
-                "Resource": f"{bucket}/runs/*",
-            },
-            {
-                "Sid": "Logs",
-                "Effect": "Allow",
-                "Action": [
-                    "logs:CreateLogGroup",
-                    "logs:CreateLogStream",
-                    "logs:PutLogEvents",
-                    "logs:DescribeLogStreams",
-                ],
-                "Resource": f"arn:{partition}:logs:{region}:{account}:log-group:/aws/sagemaker/*",
-            },
-            {
-                "Sid": "Metrics",
-                "Effect": "Allow",
-                "Action": "cloudwatch:PutMetricData",
-                "Resource": "*",
-                "Condition": {"StringLike": {"cloudwatch:namespace": ["/aws/sagemaker/*", "droptrain*"]}},
-            },
-            {
-                "Sid": "RollbackAlarms",
-                "Effect": "Allow",
-                "Action": "cloudwatch:DescribeAlarms",
-                "Resource": alarm_arns(env),
-            },
-            {"Sid": "EcrToken", "Effect": "Allow", "Action": "ecr:GetAuthorizationToken", "Resource": "*"},
-            {
-                "Sid": "PullImages",
-                "Effect": "Allow",
-                "Action": ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"],
-                "Resource": images,
-            },
-        ],
-    }
+    logs = ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"]
+    statements = [
+        _allow("ListTheBucket", "s3:ListBucket", bucket),
+        _allow("ReadInputs", "s3:GetObject", [f"{bucket}/datasets/*", f"{bucket}/code/*", f"{bucket}/runs/*"]),
+        _allow("WriteRunsOnly", ["s3:PutObject", "s3:AbortMultipartUpload"], f"{bucket}/runs/*"),
+        _allow("Logs", logs, f"arn:{partition}:logs:{region}:{account}:log-group:/aws/sagemaker/*"),
+        _allow(
+            "Metrics",
+            "cloudwatch:PutMetricData",
+            "*",
+            {"StringLike": {"cloudwatch:namespace": ["/aws/sagemaker/*", "droptrain*"]}},
+        ),
+        _allow("RollbackAlarms", "cloudwatch:DescribeAlarms", alarm_arns(env)),
+        _allow("EcrToken", "ecr:GetAuthorizationToken", "*"),
+        _allow(
+            "PullImages", ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"], images
+        ),
+    ]
+    return {"Version": "2012-10-17", "Statement": statements}

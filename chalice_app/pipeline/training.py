@@ -9,6 +9,7 @@ from chalice_app import cost, names, registry_requests
 from chalice_app import sagemaker_requests as requests
 from chalice_app.events import TrainingJobStateChange
 from chalice_app.notifications import Notification
+from chalice_app.pipeline.registration import register
 from chalice_app.pipeline.services import (
     TERMINAL,
     Services,
@@ -18,7 +19,6 @@ from chalice_app.pipeline.services import (
     rule_verdicts,
 )
 from chalice_app.pipeline.tuning import trial_changed
-from chalice_app.pipeline.versions import register
 
 
 @dataclass(frozen=True)

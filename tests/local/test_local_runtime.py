@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from droptrain import cli
-from droptrain.demo import call_api, post_image
+from droptrain.api_client import call_api, post_image
 from droptrain.local.runtime import LocalRuntime
 from helpers import DEADLINE, browser
 

@@ -17,13 +17,12 @@ Ray Serve takes one declarative config for all applications (``serve run`` does 
 ``ServeControllerClient.deploy_apps``): each change reads the config Serve runs now from its
 controller, changes one application and deploys the whole again, so that every ``RayServe`` joined
 to one Ray instance keeps the others' applications (none keeps a copy of them). A request reaches an
-application as SageMaker's InvokeEndpoint reaches the container: its body POSTed to the
-application's HTTP route.
+application as InvokeEndpoint reaches the container: its body POSTed to the application's route.
 
 Ray starts in Ray Serve's high-throughput mode where it can (``ray_mode``): the same
 applications, with HAProxy in front of them instead of Ray's Python proxy and gRPC between Ray's
-processes. One machine runs the clients, the local API and the model, and on two cores the Python
-proxy alone took a tenth of the CPU the model needed under load. ``RAY_SERVE_ENABLE_HA_PROXY`` or
+processes: one machine runs the clients, the local API and the model, and the Python proxy's CPU is
+the model's loss (docs/performance.md). ``RAY_SERVE_ENABLE_HA_PROXY`` or
 ``RAY_SERVE_THROUGHPUT_OPTIMIZED`` set before ``droptrain up`` (to 0, say) leaves Ray Serve as set.
 """
 

@@ -242,27 +242,9 @@ class LocalEndpoints:
         except ServingError as exc:
             reason = f"the model could not be deployed: {exc}"
             if previous_status == "Updating":  # roll back: the old version keeps serving
-                moved = self.store.transition(
-                    "endpoint",
-                    name,
-                    ("Updating",),
-                    "InService",
-                    EndpointStatus="InService",
-                    FailureReason=reason,
-                    LastModifiedTime=now(),
-                )
+                self._settle(name, ("Updating",), "InService", FailureReason=reason)
             else:
-                moved = self.store.transition(
-                    "endpoint",
-                    name,
-                    ("Creating",),
-                    "Failed",
-                    EndpointStatus="Failed",
-                    FailureReason=reason,
-                    LastModifiedTime=now(),
-                )
-            if moved:
-                self._announce(name)
+                self._settle(name, ("Creating",), "Failed", FailureReason=reason)
             return
         current = self._serving_app(name)
         if previous_status == "Updating" and deployment and current is not None and current != app:
@@ -271,30 +253,18 @@ class LocalEndpoints:
                 return
             if rolled_back:
                 self.serving.delete(app)
-                if self.store.transition(
-                    "endpoint",
-                    name,
-                    ("Updating",),
-                    "InService",
-                    EndpointStatus="InService",
-                    FailureReason=rolled_back,
-                    LastModifiedTime=now(),
-                ):
-                    self._announce(name)
+                self._settle(name, ("Updating",), "InService", FailureReason=rolled_back)
                 return
             self.serving.delete(current)  # baked without an alarm: the old version goes
         old = self._route(name, app)
         if old is not None:
             self.serving.delete(old)  # its requests in flight finish; new ones already go to `app`
+        self._settle(name, ("Creating", "Updating"), "InService", EndpointConfigName=config, FailureReason=None)
+
+    def _settle(self, name: str, expected: tuple[str, ...], status: str, **fields: Any) -> None:
+        """Move the endpoint from one of ``expected`` to ``status``, and announce it if this moved it."""
         if self.store.transition(
-            "endpoint",
-            name,
-            ("Creating", "Updating"),
-            "InService",
-            EndpointStatus="InService",
-            EndpointConfigName=config,
-            FailureReason=None,
-            LastModifiedTime=now(),
+            "endpoint", name, expected, status, EndpointStatus=status, LastModifiedTime=now(), **fields
         ):
             self._announce(name)
 
