@@ -37,6 +37,34 @@ class _StubRuntime:
         return self.ANSWER
 
 
+def _proxy_event() -> dict:
+    """An API Gateway proxy event POSTing a JPEG to a project's own route (no registry lookup)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (224, 224), "red").save(buffer, format="JPEG")
+    event = {
+        "resource": "/predict/{project}",
+        "path": "/predict/bench",
+        "httpMethod": "POST",
+        "headers": {"Content-Type": "image/jpeg"},
+        "multiValueHeaders": {},
+        "queryStringParameters": {"top_k": "3"},
+        "multiValueQueryStringParameters": {"top_k": ["3"]},
+        "pathParameters": {"project": "bench"},
+        "stageVariables": None,
+        "requestContext": {
+            "resourcePath": "/predict/{project}",
+            "httpMethod": "POST",
+            "requestId": "bench",
+            "stage": "api",
+        },
+        "body": base64.b64encode(buffer.getvalue()).decode(),
+        "isBase64Encoded": True,
+    }
+    return event
+
+
 def handler_overhead(requests: int = 2000) -> tuple[float, float]:
     """Median seconds per /predict through the Lambda entry point (API Gateway proxy event), and
     the stub's own cost alone."""
@@ -64,30 +92,7 @@ def handler_overhead(requests: int = 2000) -> tuple[float, float]:
     lambda_app = create_app(
         os.environ, Services(config.load(os.environ), None, None, _StubRuntime(), None, lambda s: None, None)
     )
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.new("RGB", (224, 224), "red").save(buffer, format="JPEG")
-    event = {
-        # A project's own route: the path names the endpoint, no registry lookup.
-        "resource": "/predict/{project}",
-        "path": "/predict/bench",
-        "httpMethod": "POST",
-        "headers": {"Content-Type": "image/jpeg"},
-        "multiValueHeaders": {},
-        "queryStringParameters": {"top_k": "3"},
-        "multiValueQueryStringParameters": {"top_k": ["3"]},
-        "pathParameters": {"project": "bench"},
-        "stageVariables": None,
-        "requestContext": {
-            "resourcePath": "/predict/{project}",
-            "httpMethod": "POST",
-            "requestId": "bench",
-            "stage": "api",
-        },
-        "body": base64.b64encode(buffer.getvalue()).decode(),
-        "isBase64Encoded": True,
-    }
+    event = _proxy_event()
 
     class Context:
         function_name = "bench"

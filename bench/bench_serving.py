@@ -224,13 +224,6 @@ def latency_rows(runtime, arch: str, endpoint: str, config: str, image: Path, re
         status, _ = post_image(runtime.api_url, image, project="bench")
         assert status == 200, status
 
-    def empty_after_prediction() -> float:
-        invoke()
-        began = time.perf_counter()
-        status, _ = runtime.serving.call(app, b"")
-        assert status == 400, status
-        return time.perf_counter() - began
-
     rows = []
     for label, fn in (
         ("local endpoint (InvokeEndpoint: HTTP to the application's route)", invoke),
@@ -250,19 +243,30 @@ def latency_rows(runtime, arch: str, endpoint: str, config: str, image: Path, re
                 )
             )
     connection.close()
-    floor = [empty_after_prediction() for _ in range(100)]
-    rows.append(
-        Row(
-            f"serving {arch}: Ray Serve round trip, empty body answered 400 before any model work, "
-            "each right after a prediction, p50",
-            percentile(floor, 0.5) * 1e3,
-            percentile(reference.latencies(100), 0.5) * 1e3,
-            "decode + predict in-process, p50",
-            "ms",
-            note="the floor of every request's overhead here, whatever the model",
-        )
-    )
+    rows.append(_floor_row(runtime, arch, app, invoke, reference))
     return rows
+
+
+def _floor_row(runtime, arch: str, app: str, invoke, reference: Reference) -> Row:
+    """Serve's own round trip: an empty body is answered 400 before any model work."""
+
+    def empty_after_prediction() -> float:
+        invoke()
+        began = time.perf_counter()
+        status, _ = runtime.serving.call(app, b"")
+        assert status == 400, status
+        return time.perf_counter() - began
+
+    floor = [empty_after_prediction() for _ in range(100)]
+    return Row(
+        f"serving {arch}: Ray Serve round trip, empty body answered 400 before any model work, "
+        "each right after a prediction, p50",
+        percentile(floor, 0.5) * 1e3,
+        percentile(reference.latencies(100), 0.5) * 1e3,
+        "decode + predict in-process, p50",
+        "ms",
+        note="the floor of every request's overhead here, whatever the model",
+    )
 
 
 def throughput_rows(runtime, arch: str, config: str, image: Path, reference: Reference) -> list[Row]:

@@ -206,30 +206,46 @@ def single_trial_seconds(root: Path, data: Path) -> float:
 
 
 def run() -> list[Row]:
+    with tempfile.TemporaryDirectory() as tmp:
+        return _rows(**_measure(Path(tmp)))
+
+
+def _measure(tmp: Path) -> dict:
+    """Every timing the rows compare, each in its own folder under ``tmp``."""
     from droptrain.synthetic import make_dataset
 
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        make_dataset(tmp / "data", classes=4, per_class=100, size=SIZE, seed=0)
-        alone = single_trial_seconds(tmp / "alone", tmp / "data")
-        shared, _ = tuning_seconds(tmp / "shared", tmp / "data", feature_cache=tmp / "shared" / "features")
-        separate, _ = tuning_seconds(tmp / "separate", tmp / "data", feature_cache=None)
-        # ~1,800 images at 64 px, 4 trials × 3 epochs in head mode: ours against the course loop.
-        make_dataset(tmp / "small", classes=10, per_class=180, size=SMALL, seed=0)
-        small_static = STATIC.replace(f'"image-size": "{SIZE}"', f'"image-size": "{SMALL}"')
-        ours, fixed = tuning_seconds(
-            tmp / "small-warm", tmp / "small", tmp / "small-warm" / "features", small_static, epochs=3
-        )
-        _, fixed_cold = tuning_seconds(
-            tmp / "small-cold", tmp / "small", tmp / "small-cold" / "features", small_static, epochs=3, warm=False
-        )
-        course = course_loop_seconds(tmp / "small", tmp, epochs=3, size=SMALL)
-        # Two full-mode trials at once on this machine's cores (each given half), against one after the other.
-        full_static = small_static.replace('"train-mode": "head"', '"train-mode": "full"')
-        together, _ = tuning_seconds(
-            tmp / "two-at-once", tmp / "small", None, full_static, epochs=1, trials=2, parallel=2
-        )
-        in_a_row, _ = tuning_seconds(tmp / "in-a-row", tmp / "small", None, full_static, epochs=1, trials=2, parallel=1)
+    make_dataset(tmp / "data", classes=4, per_class=100, size=SIZE, seed=0)
+    alone = single_trial_seconds(tmp / "alone", tmp / "data")
+    shared, _ = tuning_seconds(tmp / "shared", tmp / "data", feature_cache=tmp / "shared" / "features")
+    separate, _ = tuning_seconds(tmp / "separate", tmp / "data", feature_cache=None)
+    # ~1,800 images at 64 px, 4 trials × 3 epochs in head mode: ours against the course loop.
+    make_dataset(tmp / "small", classes=10, per_class=180, size=SMALL, seed=0)
+    small_static = STATIC.replace(f'"image-size": "{SIZE}"', f'"image-size": "{SMALL}"')
+    ours, fixed = tuning_seconds(
+        tmp / "small-warm", tmp / "small", tmp / "small-warm" / "features", small_static, epochs=3
+    )
+    _, fixed_cold = tuning_seconds(
+        tmp / "small-cold", tmp / "small", tmp / "small-cold" / "features", small_static, epochs=3, warm=False
+    )
+    course = course_loop_seconds(tmp / "small", tmp, epochs=3, size=SMALL)
+    # Two full-mode trials at once on this machine's cores (each given half), against one after the other.
+    full_static = small_static.replace('"train-mode": "head"', '"train-mode": "full"')
+    together, _ = tuning_seconds(tmp / "two-at-once", tmp / "small", None, full_static, epochs=1, trials=2, parallel=2)
+    in_a_row, _ = tuning_seconds(tmp / "in-a-row", tmp / "small", None, full_static, epochs=1, trials=2, parallel=1)
+    return {
+        "alone": alone,
+        "shared": shared,
+        "separate": separate,
+        "ours": ours,
+        "fixed": fixed,
+        "fixed_cold": fixed_cold,
+        "course": course,
+        "together": together,
+        "in_a_row": in_a_row,
+    }
+
+
+def _rows(alone, shared, separate, ours, fixed, fixed_cold, course, together, in_a_row) -> list[Row]:
     linear = N_TRIALS * alone
     # The first trial computes the frozen features the others reuse: the fixed cost is the later ones'.
     later, later_cold = statistics.median(fixed[1:]), statistics.median(fixed_cold[1:])

@@ -39,12 +39,13 @@ from trainlib import artifact, checkpoints, profiling
 # train.parse_args is the CLI's (and the tests'), hence the re-export.
 from trainlib.arguments import get_args_parser, hyperparameters, parse_args  # noqa: F401
 from trainlib.baseline import baseline_line, evaluate_baseline
-from trainlib.batches import Data, make_batches, pick_device, pick_workers, to_device
+from trainlib.batches import Data, make_batches, pick_device, pick_workers
 from trainlib.datasets import Splits, discover, drop_held_out, resolve_dataset_root
 from trainlib.debugging import create_hook
-from trainlib.errors import DatasetError, DivergedError, TrainingError, write_failure
+from trainlib.errors import DivergedError, TrainingError, write_failure
 from trainlib.evaluation import classification_report
 from trainlib.job_reports import Observers, stop_on_rule_issues, upload_reports, write_report, write_verdicts
+from trainlib.loop import evaluate, make_optimizer, train_one_epoch
 from trainlib.models import build_model, freeze_backbone
 from trainlib.progress import ProgressLine
 from trainlib.transforms import IMAGENET_MEAN, IMAGENET_STD, resize_size
@@ -64,113 +65,6 @@ def load_data(args: argparse.Namespace, work_dir: Path) -> Splits:
         )
     print(splits.summary(), flush=True)
     return splits
-
-
-# -- the loop --------------------------------------------------------------------------------
-
-
-@dataclass
-class EpochStats:
-    loss: float
-    accuracy: float
-    seen: int
-    skipped: int
-
-
-def _check_finite(total_loss: torch.Tensor, epoch: int, step: int, lr: float) -> None:
-    if not torch.isfinite(total_loss):
-        raise DivergedError(
-            f"the training loss became NaN or infinite at epoch {epoch}, step {step} (lr={lr:g}): "
-            "lower the learning rate or the weight decay"
-        )
-
-
-# Stateless: one instance stands in for every unprofiled epoch.
-_NOT_TIMED = profiling.NullTimer()
-
-
-def train_one_epoch(
-    model,
-    criterion,
-    optimizer,
-    batches,
-    device,
-    scaler,
-    hook,
-    epoch,
-    amp,
-    check_every=10,
-    timer=_NOT_TIMED,
-    progress: ProgressLine | None = None,
-) -> EpochStats:
-    model.train()
-    hook.set_mode("train")
-    timer.epoch_start()
-    total_loss = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    seen = skipped = step = 0
-    lr = optimizer.param_groups[0]["lr"]
-    for inputs, targets, n_skipped in batches:
-        skipped += n_skipped
-        if inputs is None:
-            continue
-        inputs, targets = to_device(inputs, targets, device)
-        timer.batch_ready()
-        with torch.autocast(device_type=device.type, enabled=amp):
-            logits = model(inputs)
-            loss = criterion(logits, targets)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        timer.compute_done()
-        scaler.step(optimizer)
-        scaler.update()
-        timer.step_done()
-        step += 1
-        total_loss += loss.detach().float() * len(targets)
-        correct += (logits.argmax(1) == targets).sum()
-        seen += len(targets)
-        if progress is not None:
-            progress.step(len(targets))
-        # A host sync every step would stall the GPU; a NaN is still caught within a few steps.
-        if step % check_every == 0:
-            _check_finite(total_loss, epoch, step, lr)
-    _check_finite(total_loss, epoch, step, lr)
-    if seen == 0:
-        raise DatasetError("no training image could be decoded")
-    return EpochStats(total_loss.item() / seen, correct.item() / seen, seen, skipped)
-
-
-@torch.no_grad()
-def evaluate(model, criterion, batches, device, hook, amp) -> tuple[EpochStats, list[int], list[int]]:
-    model.eval()
-    hook.set_mode("eval")
-    total_loss, seen, skipped = 0.0, 0, 0
-    predictions: list[int] = []
-    targets_all: list[int] = []
-    for inputs, targets, n_skipped in batches:
-        skipped += n_skipped
-        if inputs is None:
-            continue
-        inputs, targets = to_device(inputs, targets, device)
-        with torch.autocast(device_type=device.type, enabled=amp):
-            logits = model(inputs)
-            loss = criterion(logits.float(), targets)
-        total_loss += loss.item() * len(targets)
-        seen += len(targets)
-        predictions.extend(logits.argmax(1).tolist())
-        targets_all.extend(targets.tolist())
-    if seen == 0:
-        raise DatasetError("no evaluation image could be decoded")
-    accuracy = sum(p == t for p, t in zip(predictions, targets_all)) / seen
-    return EpochStats(total_loss / seen, accuracy, seen, skipped), predictions, targets_all
-
-
-def make_optimizer(args: argparse.Namespace, params) -> torch.optim.Optimizer:
-    if args.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=args.lr, momentum=0.9, nesterov=True, weight_decay=args.weight_decay)
-    if args.optimizer == "adam":
-        return torch.optim.Adam(params, lr=args.lr, weight_decay=args.weight_decay)
-    return torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -319,19 +213,7 @@ def run_epochs(args: argparse.Namespace, fit: Fit, observers: Observers, progres
             }
         )
         if progress.checkpoint_dir is not None:
-            checkpoints.save(
-                progress.checkpoint_dir,
-                {
-                    "fingerprint": progress.fingerprint,
-                    "epoch": epoch,
-                    "model": fit.model.state_dict(),
-                    "optimizer": fit.optimizer.state_dict(),
-                    "scheduler": fit.scheduler.state_dict(),
-                    "scaler": fit.scaler.state_dict(),
-                    "rng": torch.get_rng_state(),
-                    "history": progress.history,
-                },
-            )
+            save_checkpoint(fit, progress, epoch)
         # Printed after the checkpoint: whoever reads "epoch=N" may rely on checkpoint N existing.
         print(
             f"epoch={epoch} train_loss={train_stats.loss:.4f} valid_loss={valid_stats.loss:.4f} "
@@ -341,6 +223,23 @@ def run_epochs(args: argparse.Namespace, fit: Fit, observers: Observers, progres
         if args.stop_on_rule_issues == "true" and observers.hook.out_dir is not None:
             stop_on_rule_issues(observers.hook.out_dir, epoch)
     return progress.history
+
+
+def save_checkpoint(fit: Fit, progress: Progress, epoch: int) -> None:
+    """Everything a resumed job needs to go on as if never stopped, under this run's fingerprint."""
+    checkpoints.save(
+        progress.checkpoint_dir,
+        {
+            "fingerprint": progress.fingerprint,
+            "epoch": epoch,
+            "model": fit.model.state_dict(),
+            "optimizer": fit.optimizer.state_dict(),
+            "scheduler": fit.scheduler.state_dict(),
+            "scaler": fit.scaler.state_dict(),
+            "rng": torch.get_rng_state(),
+            "history": progress.history,
+        },
+    )
 
 
 def finish(

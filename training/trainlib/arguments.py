@@ -12,6 +12,7 @@ import json
 import math
 import os
 from pathlib import Path
+from typing import Any
 
 from trainlib.archives import DEFAULT_MAX_BYTES
 from trainlib.models import ARCHS
@@ -88,37 +89,47 @@ def _default_run_id() -> str:
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=DESCRIPTION, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    hp = p.add_argument_group("hyperparameters")
-    hp.add_argument("--lr", type=_float, default=1e-3, help="learning rate")
-    hp.add_argument("--batch-size", type=_int, default=32, help="images per training batch")
-    hp.add_argument("--epochs", type=_int, default=5, help="passes over the training split")
-    hp.add_argument("--weight-decay", type=_float, default=1e-4, help="L2 weight decay")
-    hp.add_argument(
+    _hyperparameters(p.add_argument_group("hyperparameters"))
+    _data(p.add_argument_group("data"))
+    outputs = p.add_argument_group("outputs")
+    _outputs(outputs)
+    _diagnostics(outputs)
+    _device(p.add_argument_group("device"))
+    return p
+
+
+def _hyperparameters(group: Any) -> None:
+    """What a tuning job tunes or passes as static hyperparameters."""
+    group.add_argument("--lr", type=_float, default=1e-3, help="learning rate")
+    group.add_argument("--batch-size", type=_int, default=32, help="images per training batch")
+    group.add_argument("--epochs", type=_int, default=5, help="passes over the training split")
+    group.add_argument("--weight-decay", type=_float, default=1e-4, help="L2 weight decay")
+    group.add_argument(
         "--optimizer",
         type=_word,
         default="adamw",
         choices=["adam", "adamw", "sgd"],
         help="optimizer (sgd uses Nesterov momentum 0.9)",
     )
-    hp.add_argument(
+    group.add_argument(
         "--arch", type=_word, default="resnet18", choices=list(ARCHS), help="torchvision ResNet architecture"
     )
-    hp.add_argument(
+    group.add_argument(
         "--weights",
         type=_word,
         default="imagenet",
         choices=["imagenet", "none"],
         help="start from ImageNet weights (torch hub cache, else download) or from scratch",
     )
-    hp.add_argument(
+    group.add_argument(
         "--train-mode",
         type=_word,
         default="head",
         choices=["head", "full"],
         help="head: frozen backbone, train the classifier only; full: fine-tune everything",
     )
-    hp.add_argument("--image-size", type=_int, default=224, help="side of the square crop fed to the network")
-    hp.add_argument(
+    group.add_argument("--image-size", type=_int, default=224, help="side of the square crop fed to the network")
+    group.add_argument(
         "--augment",
         type=_word,
         default="auto",
@@ -126,46 +137,50 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="random crops and flips; auto = off in head mode (frozen features are computed once and "
         "reused), on in full mode",
     )
-    hp.add_argument("--seed", type=_int, default=42, help="seed for splits, shuffling and initialisation")
+    group.add_argument("--seed", type=_int, default=42, help="seed for splits, shuffling and initialisation")
 
-    data = p.add_argument_group("data")
-    data.add_argument(
+
+def _data(group: Any) -> None:
+    """The channels read and how the dataset is split."""
+    group.add_argument(
         "--data-dir",
         type=Path,
         default=_env_path("SM_CHANNEL_TRAINING", None),
         help="the training channel: a dataset folder or one archive (default $SM_CHANNEL_TRAINING)",
     )
-    data.add_argument(
+    group.add_argument(
         "--baseline-dir",
         type=Path,
         default=_env_path("SM_CHANNEL_BASELINE", None),
         help="the project's serving model (a model.tar.gz, or its extracted folder), evaluated on the "
         "same held-out split for the promotion gate (default $SM_CHANNEL_BASELINE; none: no comparison)",
     )
-    data.add_argument(
+    group.add_argument(
         "--audit-dir",
         type=Path,
         default=_env_path("SM_CHANNEL_AUDIT", None),
         help="the dataset audit's audit.json (AUDIT_FIX): its cross-split duplicates are dropped from "
         "valid and test, never from train (default $SM_CHANNEL_AUDIT; none: nothing dropped)",
     )
-    data.add_argument(
+    group.add_argument(
         "--valid-fraction",
         type=_float,
         default=0.1,
         help="share of each class carved from train/ when valid/ is missing",
     )
-    data.add_argument(
+    group.add_argument(
         "--test-fraction", type=_float, default=0.1, help="share of each class carved from train/ when test/ is missing"
     )
-    data.add_argument(
+    group.add_argument(
         "--max-extract-bytes",
         type=_int,
         default=DEFAULT_MAX_BYTES,
         help="refuse archives whose content is larger than this",
     )
-    data.add_argument("--workers", type=_int, default=-1, help="data-loading worker processes; -1 picks for the device")
-    data.add_argument(
+    group.add_argument(
+        "--workers", type=_int, default=-1, help="data-loading worker processes; -1 picks for the device"
+    )
+    group.add_argument(
         "--feature-cache",
         type=Path,
         default=_env_path("DROPTRAIN_FEATURE_CACHE", None),
@@ -174,60 +189,35 @@ def get_args_parser() -> argparse.ArgumentParser:
         "(default $DROPTRAIN_FEATURE_CACHE; none: off)",
     )
 
-    out = p.add_argument_group("outputs")
-    out.add_argument(
+
+def _outputs(group: Any) -> None:
+    """What the job writes and where."""
+    group.add_argument(
         "--model-dir",
         type=Path,
         default=_env_path("SM_MODEL_DIR", "model"),
         help="where the model artifact is written (default $SM_MODEL_DIR)",
     )
-    out.add_argument(
+    group.add_argument(
         "--output-data-dir",
         type=Path,
         default=_env_path("SM_OUTPUT_DATA_DIR", "output"),
         help="where evaluation.json is written (default $SM_OUTPUT_DATA_DIR)",
     )
-    out.add_argument(
+    group.add_argument(
         "--checkpoint-dir",
         type=_container_path,
         default=_container_path("/opt/ml/checkpoints"),
         help="per-epoch checkpoints, resumed when they match this run (SageMaker syncs this folder for spot training)",
     )
-    out.add_argument("--no-checkpoints", action="store_true", help="write no checkpoints and resume from none")
-    out.add_argument(
-        "--debug-out",
-        type=_container_path,
-        default=None,
-        help="save smdebug tensors here (SageMaker's DebugHookConfig also turns the hook on)",
-    )
-    out.add_argument(
+    group.add_argument("--no-checkpoints", action="store_true", help="write no checkpoints and resume from none")
+    group.add_argument(
         "--run-id",
         type=_text,
         default=_default_run_id(),
         help="run id recorded in model.json (default: the job name without -final)",
     )
-    out.add_argument(
-        "--profile",
-        type=_word,
-        default="auto",
-        choices=["auto", "on", "off"],
-        help="system metrics, step-time breakdown, torch.profiler window and the HTML report; "
-        "auto = with the debugger hook",
-    )
-    out.add_argument(
-        "--stop-on-rule-issues",
-        type=_word,
-        default="false",
-        choices=["true", "false"],
-        help="evaluate the debugger rules after every epoch and stop the job at the first issue",
-    )
-    out.add_argument(
-        "--reports-uri",
-        type=_text,
-        default=None,
-        help="s3:// prefix to upload the report and rule verdicts to, when running on SageMaker",
-    )
-    out.add_argument(
+    group.add_argument(
         "--serving-gpus",
         type=_int,
         default=0,
@@ -236,21 +226,53 @@ def get_args_parser() -> argparse.ArgumentParser:
         "inference instance type, else 0",
     )
 
-    dev = p.add_argument_group("device")
-    dev.add_argument(
+
+def _diagnostics(group: Any) -> None:
+    """The debugger hook, its rules, profiling and where their reports go."""
+    group.add_argument(
+        "--debug-out",
+        type=_container_path,
+        default=None,
+        help="save smdebug tensors here (SageMaker's DebugHookConfig also turns the hook on)",
+    )
+    group.add_argument(
+        "--profile",
+        type=_word,
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="system metrics, step-time breakdown, torch.profiler window and the HTML report; "
+        "auto = with the debugger hook",
+    )
+    group.add_argument(
+        "--stop-on-rule-issues",
+        type=_word,
+        default="false",
+        choices=["true", "false"],
+        help="evaluate the debugger rules after every epoch and stop the job at the first issue",
+    )
+    group.add_argument(
+        "--reports-uri",
+        type=_text,
+        default=None,
+        help="s3:// prefix to upload the report and rule verdicts to, when running on SageMaker",
+    )
+
+
+def _device(group: Any) -> None:
+    """Where it trains."""
+    group.add_argument(
         "--num-gpus",
         type=_int,
         default=int(os.environ.get("SM_NUM_GPUS", "-1")),
         help="GPUs to use; -1 uses all visible (default $SM_NUM_GPUS)",
     )
-    dev.add_argument(
+    group.add_argument(
         "--device",
         type=_word,
         default="auto",
         choices=["auto", "cpu", "cuda"],
         help="auto: CUDA when present (with mixed precision), else CPU",
     )
-    return p
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

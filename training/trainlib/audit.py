@@ -29,11 +29,11 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from trainlib import duplicates
+from trainlib.audit_words import EXAMPLES, pair_words, warning_lines
 from trainlib.datasets import _IGNORED_NAMES, SPLITS, _class_images, _descend_single_folder
 
 TINY_SIDE = 32
 EXTREME_ASPECT = 5.0
-EXAMPLES = 3  # files named in a warning or a blocking finding; the report lists them all
 # Defaults of the blocking rules; the job's arguments override them.
 MAX_LEAKED_TEST_SHARE = 0.01
 MIN_TRAIN_IMAGES = 5
@@ -184,83 +184,6 @@ def _twins(labels: Iterable[str]) -> list[list[str]]:
     return [sorted(names) for names in groups.values() if len(names) > 1]
 
 
-def _examples(paths: list[str]) -> str:
-    shown = ", ".join(paths[:EXAMPLES])
-    return f" (e.g. {shown}{', …' if len(paths) > EXAMPLES else ''})" if paths else ""
-
-
-def _pair_words(duplicate: dict[str, Any]) -> str:
-    a, b = (f["path"] for f in duplicate["files"])
-    return f"{a} ≈ {b} ({duplicate['kind']}, similarity {duplicate['score']:.2f})"
-
-
-def _mode_lines(samples: list[Sample]) -> list[str]:
-    """Colour modes other than RGB, a line a mode: a fact of the dataset, not a finding per image."""
-    by_mode: dict[str, list[str]] = defaultdict(list)
-    for sample in samples:
-        if sample.mode != "RGB":
-            by_mode[sample.mode].append(sample.path)
-    names = {
-        "L": "grey",
-        "LA": "grey with alpha",
-        "1": "black and white",
-        "P": "palette",
-        "CMYK": "CMYK",
-        "RGBA": "RGB with alpha",
-        "I;16": "16-bit grey",
-        "I": "32-bit grey",
-        "F": "floating-point grey",
-    }
-    lines = []
-    for mode, paths in sorted(by_mode.items(), key=lambda item: -len(item[1])):
-        what = names.get(mode, mode)
-        count = "all " if len(paths) == len(samples) else ""
-        lines.append(
-            f"{count}{len(paths):,} image(s) are {what} ({mode}); training converts them to RGB"
-            + ("" if count else _examples(paths))
-        )
-    return lines
-
-
-def _warnings(report: dict[str, Any], samples: list[Sample]) -> list[str]:
-    """Every warning kind once, counted, with a few files; the report holds the full lists."""
-    out = []
-    by_where: dict[str, list[dict]] = defaultdict(list)
-    for duplicate in report["duplicates"]:
-        by_where[duplicate["where"]].append(duplicate)
-    for where in ("across splits", "within a class"):
-        if by_where[where]:
-            examples = "; ".join(_pair_words(d) for d in by_where[where][:EXAMPLES])
-            out.append(f"{len(by_where[where])} duplicate pair(s) {where}, e.g. {examples}")
-    if by_where["across classes"]:
-        out.append(
-            f"{len(by_where['across classes'])} possible mislabel(s): the same image under two classes, e.g. "
-            + "; ".join(
-                _pair_words(d) + f" [{' / '.join(f['class'] for f in d['files'])}]"
-                for d in by_where["across classes"][:EXAMPLES]
-            )
-        )
-    out += _mode_lines(samples)
-    for key, words in (
-        ("unreadable", "unreadable file(s)"),
-        ("tiny_images", f"image(s) under {TINY_SIDE} px"),
-        ("extreme_aspect", f"image(s) more than {EXTREME_ASPECT:g}:1"),
-    ):
-        if report[key]:
-            out.append(f"{len(report[key])} {words}" + _examples([i["path"] for i in report[key]]))
-    if report["hidden_folders"]:
-        out.append(f"{len(report['hidden_folders'])} hidden folder(s) ignored" + _examples(report["hidden_folders"]))
-    if report["class_name_twins"]:
-        twins = "; ".join(" / ".join(t) for t in report["class_name_twins"])
-        out.append(f"class names differing only in case or spaces: {twins}")
-    if report["low_detail"]:
-        out.append(f"{report['low_detail']} image(s) with almost no detail: only their exact copies are looked for")
-    ratio = report["imbalance_ratio"]
-    if ratio and ratio > 10:
-        out.append(f"classes imbalanced {ratio}:1")
-    return out
-
-
 def _leakage(duplicates_found: list[dict], test_total: int, share: float) -> tuple[list[str], list[str], str | None]:
     """The held-out copies of earlier splits' images (what AUDIT_FIX drops), the test ones among them,
     and the blocking finding when the test ones are more than ``share`` of the test split."""
@@ -277,10 +200,33 @@ def _leakage(duplicates_found: list[dict], test_total: int, share: float) -> tup
             f"{len(leaked_test)} test images duplicate images of other splits "
             f"({len(leaked_test) / test_total:.1%} of the test split; at most {share:.0%} allowed): "
             "the test accuracy would be inflated. E.g. "
-            + "; ".join(_pair_words(d) for d in test_leaks[:EXAMPLES])
+            + "; ".join(pair_words(d) for d in test_leaks[:EXAMPLES])
             + ". Set AUDIT_FIX=true to drop the held-out copies, or raise AUDIT_MAX_LEAKED_TEST_SHARE to accept them"
         ),
     )
+
+
+_SEARCH_THRESHOLDS = {
+    "similarity": duplicates.SIMILARITY,
+    "plain_similarity": duplicates.SURE,
+    "hash_bits": duplicates.NEAR_BITS,
+    "min_detail": duplicates.MIN_DETAIL,
+    "tiny_side": TINY_SIDE,
+    "extreme_aspect": EXTREME_ASPECT,
+}
+
+
+def _too_few(train: Counter, min_train_images: int, min_classes: int) -> list[tuple[str, str]]:
+    """The blocking findings about counts: classes too small to learn, too few classes to classify."""
+    found = []
+    small = sorted(label for label, n in train.items() if n < min_train_images)
+    if small:
+        listed = ", ".join(f"{label} ({train[label]})" for label in small)
+        found.append(("small_classes", f"classes with fewer than {min_train_images} training images: {listed}"))
+    usable = [label for label, n in train.items() if n >= min_train_images]
+    if len(usable) < min_classes:
+        found.append(("few_classes", f"fewer than {min_classes} classes with enough images ({len(usable)})"))
+    return found
 
 
 def findings(
@@ -300,17 +246,9 @@ def findings(
     train = counts.get("train", Counter())
     held_out, leaked_test, leak = _leakage(found, sum(counts.get("test", Counter()).values()), max_leaked_test_share)
     blocking, kinds = ([leak], ["leakage"]) if leak else ([], [])
-    small = sorted(label for label, n in train.items() if n < min_train_images)
-    if small:
-        kinds.append("small_classes")
-        blocking.append(
-            f"classes with fewer than {min_train_images} training images: "
-            + ", ".join(f"{label} ({train[label]})" for label in small)
-        )
-    usable = [label for label, n in train.items() if n >= min_train_images]
-    if len(usable) < min_classes:
-        kinds.append("few_classes")
-        blocking.append(f"fewer than {min_classes} classes with enough images ({len(usable)})")
+    for kind, reason in _too_few(train, min_train_images, min_classes):
+        kinds.append(kind)
+        blocking.append(reason)
     sizes = [n for n in train.values() if n]
     report = {
         "layout": audit.layout,
@@ -337,18 +275,13 @@ def findings(
         "low_detail": cost["low_detail"],
         "duplicate_search": cost,
         "thresholds": {
-            "similarity": duplicates.SIMILARITY,
-            "plain_similarity": duplicates.SURE,
-            "hash_bits": duplicates.NEAR_BITS,
-            "min_detail": duplicates.MIN_DETAIL,
+            **_SEARCH_THRESHOLDS,
             "max_leaked_test_share": max_leaked_test_share,
             "min_train_images": min_train_images,
             "min_classes": min_classes,
-            "tiny_side": TINY_SIDE,
-            "extreme_aspect": EXTREME_ASPECT,
         },
         "leaked": held_out,
         "leaked_test": leaked_test,
     }
-    report["warnings"] = _warnings(report, samples)
+    report["warnings"] = warning_lines(report, samples)
     return report

@@ -13,93 +13,26 @@ steps followed by its EVAL steps.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from trainlib import smdebug_support
+from trainlib.rule_base import DroptrainRule, Verdict
 
 log = logging.getLogger(__name__)
 
 if smdebug_support.available():
     from smdebug.core.modes import ModeKeys
-    from smdebug.exceptions import RuleEvaluationConditionMet, SMDebugError, TensorUnavailableForStep
-    from smdebug.rules.rule import Rule
+    from smdebug.exceptions import RuleEvaluationConditionMet, SMDebugError
     from smdebug.rules.rule_invoker import invoke_rule
     from smdebug.trials import create_trial
 else:  # without smdebug there is no trial to judge
-    Rule = object  # type: ignore[assignment,misc]
     create_trial = None
 
 
-@dataclass
-class Verdict:
-    rule: str
-    status: str
-    step: int | None
-    message: str
-
-
-class _DroptrainRule(Rule):
-    """Shared plumbing: the first triggering step's explanation, and loss series by mode."""
-
-    explanation = ""
-
-    def __init__(self, base_trial: Any, **params: Any):
-        super().__init__(base_trial, action_str="")
-        self.params = params
-        self.message = ""
-
-    def _tensors(self, collection: str) -> list[str]:
-        return self.base_trial.tensor_names(collection=collection)
-
-    def _value(self, name: str, step: int) -> np.ndarray | None:
-        """The full tensor, or ``None`` where the step saved none (or only its reductions)."""
-        tensor = self.base_trial.tensor(name)
-        if step not in tensor.steps():
-            return None
-        try:
-            return tensor.value(step)
-        except TensorUnavailableForStep:
-            return None
-
-    def _reductions(self, name: str, step: int) -> dict[tuple[str, bool], float]:
-        """The reductions saved for the step, ``{(name, abs): value}``; empty where none were."""
-        tensor = self.base_trial.tensor(name)
-        if step not in tensor.steps():
-            return {}
-        return {
-            key: float(np.asarray(value)) for key, value in tensor.reduction_values(step).items() if value is not None
-        }
-
-    def _reduction(self, name: str, step: int, reduction: str, abs: bool) -> float | None:
-        """One reduction: as saved, else computed from the full tensor; ``None`` when neither exists."""
-        saved = self._reductions(name, step).get((reduction, abs))
-        if saved is not None:
-            return saved
-        value = self._value(name, step)
-        if value is None or not np.asarray(value).size:
-            return None
-        value = np.abs(value) if abs else np.asarray(value)
-        return float({"mean": np.mean, "max": np.max, "min": np.min, "variance": np.var}[reduction](value))
-
-    def _mode(self, step: int):
-        return self.base_trial.mode(step)
-
-    def _loss(self, step: int) -> float | None:
-        for name in self._tensors("losses"):
-            value = self._value(name, step)
-            if value is not None:
-                return float(np.mean(value))
-        return None
-
-    def ok_message(self) -> str:
-        return self.explanation
-
-
-class VanishingGradient(_DroptrainRule):
+class VanishingGradient(DroptrainRule):
     """Mean absolute gradient below ``threshold`` (default 1e-7)."""
 
     explanation = "gradients kept a healthy magnitude"
@@ -120,7 +53,7 @@ class VanishingGradient(_DroptrainRule):
         return False
 
 
-class ExplodingTensor(_DroptrainRule):
+class ExplodingTensor(DroptrainRule):
     """Any saved tensor with NaN or infinite values."""
 
     explanation = "no tensor held a NaN or an infinite value"
@@ -155,7 +88,7 @@ class ExplodingTensor(_DroptrainRule):
         return False
 
 
-def _epochs(rule: _DroptrainRule, up_to: int) -> list[tuple[float, float, int]]:
+def _epochs(rule: DroptrainRule, up_to: int) -> list[tuple[float, float, int]]:
     """``(mean train loss, mean validation loss, last step)`` per finished epoch up to ``up_to``."""
     epochs, train, valid, last = [], [], [], None
     for step in sorted(s for s in rule.base_trial.steps() if s <= up_to):
@@ -175,7 +108,7 @@ def _epochs(rule: _DroptrainRule, up_to: int) -> list[tuple[float, float, int]]:
     return epochs
 
 
-class Overfit(_DroptrainRule):
+class Overfit(DroptrainRule):
     """Validation loss above training loss by more than ``ratio_threshold`` (0.1) for more than
     ``patience`` (1) consecutive epochs, from ``start_step`` (0)."""
 
@@ -205,7 +138,7 @@ class Overfit(_DroptrainRule):
         return False
 
 
-class Overtraining(_DroptrainRule):
+class Overtraining(DroptrainRule):
     """Training loss improving by less than ``delta`` (0.01) over ``patience_train`` (5) training
     steps, or validation loss over ``patience_validation`` (10) validation steps. Losses of single
     batches are noisy, so each window's mean is compared with the mean of the window before."""
@@ -240,7 +173,7 @@ class Overtraining(_DroptrainRule):
         return False
 
 
-class PoorWeightInitialization(_DroptrainRule):
+class PoorWeightInitialization(DroptrainRule):
     """In the first ``steps`` (10) steps: ReLU-input variances across layers differ by more than
     ``threshold`` (10) times, or a gradient's 5th–95th percentile spread is under ``distribution_range`` (0.001)."""
 
@@ -301,7 +234,7 @@ class PoorWeightInitialization(_DroptrainRule):
         return False
 
 
-class LossNotDecreasing(_DroptrainRule):
+class LossNotDecreasing(DroptrainRule):
     """The mean training loss over a window of ``num_steps`` (10) saved steps fails to drop by
     ``diff_percent`` (0.1 %) against the window before, or rises by more than
     ``increase_threshold_percent`` (5 %)."""

@@ -1,0 +1,118 @@
+"""One epoch of training and one pass of evaluation, as torchvision's references write them: mixed
+precision where the device has it, the debugger hook told which mode it is in, a NaN caught early."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+import torch
+
+from trainlib import profiling
+from trainlib.batches import to_device
+from trainlib.errors import DatasetError, DivergedError
+from trainlib.progress import ProgressLine
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    accuracy: float
+    seen: int
+    skipped: int
+
+
+def _check_finite(total_loss: torch.Tensor, epoch: int, step: int, lr: float) -> None:
+    if not torch.isfinite(total_loss):
+        raise DivergedError(
+            f"the training loss became NaN or infinite at epoch {epoch}, step {step} (lr={lr:g}): "
+            "lower the learning rate or the weight decay"
+        )
+
+
+# Stateless: one instance stands in for every unprofiled epoch.
+_NOT_TIMED = profiling.NullTimer()
+
+
+def train_one_epoch(
+    model,
+    criterion,
+    optimizer,
+    batches,
+    device,
+    scaler,
+    hook,
+    epoch,
+    amp,
+    check_every=10,
+    timer=_NOT_TIMED,
+    progress: ProgressLine | None = None,
+) -> EpochStats:
+    model.train()
+    hook.set_mode("train")
+    timer.epoch_start()
+    total_loss = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = skipped = step = 0
+    lr = optimizer.param_groups[0]["lr"]
+    for inputs, targets, n_skipped in batches:
+        skipped += n_skipped
+        if inputs is None:
+            continue
+        inputs, targets = to_device(inputs, targets, device)
+        timer.batch_ready()
+        with torch.autocast(device_type=device.type, enabled=amp):
+            logits = model(inputs)
+            loss = criterion(logits, targets)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        timer.compute_done()
+        scaler.step(optimizer)
+        scaler.update()
+        timer.step_done()
+        step += 1
+        total_loss += loss.detach().float() * len(targets)
+        correct += (logits.argmax(1) == targets).sum()
+        seen += len(targets)
+        if progress is not None:
+            progress.step(len(targets))
+        # A host sync every step would stall the GPU; a NaN is still caught within a few steps.
+        if step % check_every == 0:
+            _check_finite(total_loss, epoch, step, lr)
+    _check_finite(total_loss, epoch, step, lr)
+    if seen == 0:
+        raise DatasetError("no training image could be decoded")
+    return EpochStats(total_loss.item() / seen, correct.item() / seen, seen, skipped)
+
+
+@torch.no_grad()
+def evaluate(model, criterion, batches, device, hook, amp) -> tuple[EpochStats, list[int], list[int]]:
+    model.eval()
+    hook.set_mode("eval")
+    total_loss, seen, skipped = 0.0, 0, 0
+    predictions: list[int] = []
+    targets_all: list[int] = []
+    for inputs, targets, n_skipped in batches:
+        skipped += n_skipped
+        if inputs is None:
+            continue
+        inputs, targets = to_device(inputs, targets, device)
+        with torch.autocast(device_type=device.type, enabled=amp):
+            logits = model(inputs)
+            loss = criterion(logits.float(), targets)
+        total_loss += loss.item() * len(targets)
+        seen += len(targets)
+        predictions.extend(logits.argmax(1).tolist())
+        targets_all.extend(targets.tolist())
+    if seen == 0:
+        raise DatasetError("no evaluation image could be decoded")
+    accuracy = sum(p == t for p, t in zip(predictions, targets_all)) / seen
+    return EpochStats(total_loss / seen, accuracy, seen, skipped), predictions, targets_all
+
+
+def make_optimizer(args: argparse.Namespace, params) -> torch.optim.Optimizer:
+    if args.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=args.lr, momentum=0.9, nesterov=True, weight_decay=args.weight_decay)
+    if args.optimizer == "adam":
+        return torch.optim.Adam(params, lr=args.lr, weight_decay=args.weight_decay)
+    return torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
