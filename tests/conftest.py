@@ -8,12 +8,15 @@ import os
 # pure-Python backend (training/trainlib/smdebug_support.py), and the rule tests run in this process.
 os.environ.setdefault("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", "python")
 
+import fcntl
+import json
+import shutil
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from droptrain.local.sagemaker.jobs import package_dir
+from droptrain.local.sagemaker.jobs import JobPaths, package_dir
 from droptrain.synthetic import make_dataset
 from helpers import FAST_HYPERPARAMETERS, TINY, run_training_job
 
@@ -35,23 +38,39 @@ def tiny_zip(tiny_dataset, tmp_path_factory) -> Path:
     return archive
 
 
+def _run_dir(tmp_path_factory, worker_id: str) -> Path:
+    """A folder every worker of this test run shares (pytest-xdist gives each its own below it)."""
+    base = tmp_path_factory.getbasetemp()
+    return base if worker_id == "master" else base.parent
+
+
 @pytest.fixture(scope="session")
-def trained_job(tiny_zip, tmp_path_factory):
+def trained_job(tiny_zip, tmp_path_factory, worker_id):
     """One training job run exactly as SageMaker runs it: AWS's training toolkit, the archive channel,
-    hyperparameters as a tuning job passes them."""
-    lines: list[str] = []
-    hyperparameters = {
-        **FAST_HYPERPARAMETERS,
-        # As a tuning job passes them: JSON-quoted strings from the SDK, and its own objective.
-        "optimizer": '"adamw"',
-        "_tuning_objective_metric": "valid:accuracy",
-    }
-    paths, status = run_training_job(
-        tmp_path_factory.mktemp("job"), tiny_zip, hyperparameters, "pets-1a2b3c4d-final", on_line=lines.append
-    )
-    assert status == 0, "\n".join(lines[-30:])
-    archive = package_dir(paths.model, paths.output / "model.tar.gz")
-    return {"paths": paths, "lines": lines, "archive": archive}
+    hyperparameters as a tuning job passes them. Trained once per test run: the first worker that
+    needs it trains it under a lock, the others wait for the lock and read what it wrote."""
+    shared = _run_dir(tmp_path_factory, worker_id) / "trained-job"
+    finished = shared / "lines.json"
+    with open(f"{shared}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not finished.exists():
+            shutil.rmtree(shared, ignore_errors=True)  # what a failed attempt left
+            shared.mkdir()
+            lines: list[str] = []
+            hyperparameters = {
+                **FAST_HYPERPARAMETERS,
+                # As a tuning job passes them: JSON-quoted strings from the SDK, and its own objective.
+                "optimizer": '"adamw"',
+                "_tuning_objective_metric": "valid:accuracy",
+            }
+            paths, status = run_training_job(
+                shared, tiny_zip, hyperparameters, "pets-1a2b3c4d-final", on_line=lines.append
+            )
+            assert status == 0, "\n".join(lines[-30:])
+            package_dir(paths.model, paths.output / "model.tar.gz")
+            finished.write_text(json.dumps(lines))
+    paths = JobPaths(shared / "opt-ml")
+    return {"paths": paths, "lines": json.loads(finished.read_text()), "archive": paths.output / "model.tar.gz"}
 
 
 @pytest.fixture(scope="session")

@@ -56,8 +56,8 @@ def warning_lines(report: dict[str, Any], samples: Sequence[Any]) -> list[str]:
         by_where[duplicate["where"]].append(duplicate)
     for where in ("across splits", "within a class"):
         if by_where[where]:
-            examples = "; ".join(pair_words(d) for d in by_where[where][:EXAMPLES])
-            out.append(f"{len(by_where[where])} duplicate pair(s) {where}, e.g. {examples}")
+            pairs = "; ".join(pair_words(d) for d in by_where[where][:EXAMPLES])
+            out.append(f"{len(by_where[where])} duplicate pair(s) {where}, e.g. {pairs}")
     if by_where["across classes"]:
         out.append(
             f"{len(by_where['across classes'])} possible mislabel(s): the same image under two classes, e.g. "
