@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
 import threading
 import time
@@ -163,18 +164,34 @@ def test_throughput_mode_fits_haproxy_in_the_file_descriptor_limit():
 def test_an_environment_that_chose_ray_serves_mode_keeps_it():
     from droptrain.local.engines.ray_mode import ray_environment, throughput_mode
 
-    assert ray_environment({"RAY_SERVE_ENABLE_HA_PROXY": "0"}) == {}
+    niceness = {"RAY_worker_niceness": "0"}  # whatever the mode: the replicas share the CPU as equals
+    assert ray_environment({"RAY_SERVE_ENABLE_HA_PROXY": "0"}) == niceness
     assert set(ray_environment({"RAY_SERVE_ENABLE_HA_PROXY": "1"})) == {
         "RAY_SERVE_HAPROXY_STATS_PORT",
         "RAY_SERVE_HAPROXY_METRICS_PORT",
+        *niceness,
     }
-    assert ray_environment({"RAY_SERVE_THROUGHPUT_OPTIMIZED": "0", "PATH": "/bin"}) == {}
+    assert ray_environment({"RAY_SERVE_THROUGHPUT_OPTIMIZED": "0", "PATH": "/bin"}) == niceness
+    assert "RAY_worker_niceness" not in ray_environment({"RAY_worker_niceness": "5"})
     chosen = ray_environment({"RAY_SERVE_HAPROXY_MAXCONN": "1000"})
     assert "RAY_SERVE_HAPROXY_MAXCONN" not in chosen, "a variable already set keeps its value"
     assert chosen.items() >= {k: v for k, v in throughput_mode().items() if k != "RAY_SERVE_HAPROXY_MAXCONN"}.items()
     # HAProxy's stats and metrics listeners: free ports, not Ray's fixed 8404 and 9101 (a second Ray would fail).
     ports = {chosen["RAY_SERVE_HAPROXY_STATS_PORT"], chosen["RAY_SERVE_HAPROXY_METRICS_PORT"]}
     assert len(ports) == 2 and not ports & {"8404", "9101"}
+
+
+def test_the_model_shares_the_cpu_with_the_jobs_as_an_equal(ray_serve):
+    """Ray starts its workers at nice 15 unless told; the Serve controller, proxy and replicas of the
+    local runtime run at this process's own priority, or a busy CPU (a training job) starves them."""
+    import psutil
+
+    ours = os.nice(0)
+    workers = [
+        p for p in psutil.Process().children(recursive=True) if p.cmdline()[:1] and p.cmdline()[0].startswith("ray::")
+    ]
+    assert any("ServeController" in " ".join(p.cmdline()) for p in workers), [p.cmdline()[:1] for p in workers]
+    assert {p.cmdline()[0]: p.nice() for p in workers if p.nice() != ours} == {}
 
 
 def test_starting_ray_leaves_this_processs_environment_as_it_was(ray_serve):

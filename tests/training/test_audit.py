@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -228,3 +229,22 @@ def test_distinct_scans_deploy_and_copies_of_test_scans_are_rejected_on_the_loca
         assert any(leaked[0] in reason and "AUDIT_FIX=true" in reason for reason in rejected["reasons"])
     finally:
         runtime.stop()
+
+
+def test_the_audits_processes_run_one_numerical_thread_each():
+    """The audit parallelises over processes; numpy's BLAS threads on top of them spin-wait for cores
+    the other processes hold (on a busy machine: four times the CPU, five times the time)."""
+    code = (
+        "import os, runpy, sys\n"
+        "for name in ('OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS'): os.environ.pop(name, None)\n"
+        "runpy.run_path('audit.py', run_name='audit')\n"
+        "import numpy, threadpoolctl\n"
+        "numpy.ones((64, 64)) @ numpy.ones((64, 64))\n"
+        "print(max(pool['num_threads'] for pool in threadpoolctl.threadpool_info()))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=TRAINING_DIR, env=env, capture_output=True, text=True, timeout=DEADLINE
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[-1] == "1"

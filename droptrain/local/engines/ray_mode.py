@@ -63,6 +63,11 @@ def ray_environment(environ: Mapping[str, str]) -> dict[str, str]:
     chose Ray Serve's mode itself; a variable already set keeps its value. With HAProxy, whoever chose
     it, its stats and metrics listeners get free ports."""
     chosen = {} if USER_CHOSEN_MODE & set(environ) else throughput_mode()
+    # Ray starts its workers (Serve's controller, proxy and replicas: the model) at nice 15, for a
+    # cluster where the raylet must win. Here they share the machine with the training jobs and the
+    # API at nice 0, and at 15 they get a few percent of a busy CPU: a deploy took minutes, requests
+    # waited. Ray's job manager sets the same for the jobs it starts.
+    chosen["RAY_worker_niceness"] = "0"
     if chosen.get("RAY_SERVE_ENABLE_HA_PROXY", environ.get("RAY_SERVE_ENABLE_HA_PROXY")) == "1":
         # HAProxy's stats page and metrics listen on fixed ports by default (8404, 9101), so a second Ray on
         # the machine (another `droptrain up`, a test's) could not start: each instance gets free ones.
