@@ -39,9 +39,10 @@ lint: setup
 	$(PY) -m pytest -q -p no:cacheprovider tests/test_structure.py
 
 # pytest exits 5 when it collected no tests; make treats any non-zero exit as a failure. Two
-# workers, each test file's tests in one of them (its fixtures built once); the slowest are listed.
+# workers, each test file's tests in one of them (its fixtures built once), the slowest files first
+# (tests/conftest.py); the slowest tests are listed.
 test: setup browser
-	$(PY) -m pytest -n 2 --dist loadfile --durations=15
+	$(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=15
 
 # Benchmarks are not tests: no timing assertions, results in bench/results/ (docs/performance.md).
 bench: setup
