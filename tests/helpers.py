@@ -184,3 +184,23 @@ def deploy_archive(runtime, archive: Path, config: str, deployment: dict | None 
     if (described["EndpointStatus"], described["EndpointConfigName"]) != ("InService", config):
         raise RuntimeError(f"the endpoint did not come up: {described}")
     return endpoint
+
+
+# The slowest test files, slowest first (docs/development.md, "Tests"). make test's two workers take
+# whole files in collection order (--dist loadfile --no-loadscope-reorder; xdist's default order
+# is by test count, which sends a one-test file of a minute last): these start first, and the many
+# quick files fill in at the end, so that the workers finish together.
+SLOWEST_FIRST = (
+    "tests/training/test_audit.py",
+    "tests/local/test_local_runtime.py",
+    "tests/local/test_local_endpoint.py",
+    "tests/faults/test_stack_faults.py",
+    "tests/local/test_local_sagemaker.py",
+    "tests/training/test_train_contract.py",
+    "tests/test_demo.py",
+    "tests/faults/test_containment.py",
+    "tests/faults/test_bad_datasets.py",
+    "tests/training/test_debugging_profiling.py",
+    "tests/training/test_serving.py",
+    "tests/training/test_duplicates.py",
+)

@@ -119,6 +119,6 @@ def test_the_local_runtime_keeps_its_rooms():
 
 def test_the_slowest_files_listed_for_scheduling_exist():
     """tests/conftest.py starts these first; a renamed file would silently lose its place."""
-    from conftest import SLOWEST_FIRST
+    from helpers import SLOWEST_FIRST
 
     assert [name for name in SLOWEST_FIRST if not (ROOT / name).is_file()] == []
