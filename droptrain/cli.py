@@ -170,10 +170,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_package(args: argparse.Namespace) -> int:
-    from droptrain import template
+    from droptrain import project, template
 
     try:
-        build = template.ROOT / "build"
+        build = project.root() / "build"
         path = template.package(args.stage, build / f"package-{args.stage}", template.build_layer(build / "layer.zip"))
     except template.TemplateError as exc:
         print(f"droptrain package: {exc}", file=sys.stderr)

@@ -29,11 +29,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from droptrain import sourcedir
+from droptrain import project, sourcedir
 from droptrain.policies import PolicyError, arn_parts, lambda_policy, partition_of
-from droptrain.template import CHALICE_DIR, ROOT, TemplateError, build_layer, package, read_config, stage_env
+from droptrain.template import TemplateError, build_layer, package, read_config, stage_env
 
-TRAINING_DIR = ROOT / "training"
+TRAINING_DIR = project.TRAINING_DIR
 STAGES = ("dev", "prod")
 # The images, pinned here and resolved per region through the SageMaker SDK's tables. PyTorch 2.10
 # is the newest training image the SDK lists (Python 3.13); version 1.4 of AWS's Ray Serve inference
@@ -266,7 +266,8 @@ def deploy(
     try:
         session = session or boto3.session.Session()
         region = session.region_name or os.environ.get("AWS_REGION") or "us-east-1"
-        current = stage_env(read_config(), stage)
+        chalice_dir = project.chalice_dir()
+        current = stage_env(read_config(chalice_dir), stage)
         images = (
             {"TRAINING_IMAGE_URI": training_image, "INFERENCE_IMAGE_URI": inference_image}
             if training_image and inference_image
@@ -281,12 +282,12 @@ def deploy(
         say(f"training code: {key}")
         account = session.client("sts", region_name=region).get_caller_identity()["Account"]
         env = stage_environment(stage, account, region, images, key, current)
-        write_stage(CHALICE_DIR, stage, env)
+        write_stage(chalice_dir, stage, env)
         say(f"stage {stage}: account {account}, region {region}, bucket {env['DATA_BUCKET']}")
-        build_dir = ROOT / "build"
+        build_dir = project.root() / "build"
         layer = build_layer(build_dir / "layer.zip")
         package_dir = build_dir / f"package-{stage}"
-        package(stage, package_dir, layer)
+        package(stage, package_dir, layer, chalice_dir)
         outputs = deploy_stack(session, stage, package_dir, code, key, env, say)
     except (BotoCoreError, ClientError) as exc:
         raise DeployError(_explain(exc)) from None

@@ -13,7 +13,9 @@ import io
 import tarfile
 from pathlib import Path
 
-TRAINING_DIR = Path(__file__).resolve().parent.parent / "training"
+from droptrain import project
+
+TRAINING_DIR = project.TRAINING_DIR
 
 
 def build(training_dir: Path = TRAINING_DIR, include_requirements: bool = True) -> tuple[bytes, str]:
@@ -25,9 +27,12 @@ def build(training_dir: Path = TRAINING_DIR, include_requirements: bool = True) 
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=9) as tar:
         for path in sorted(training_dir.rglob("*")):
-            if "__pycache__" in path.parts or path.suffix == ".pyc" or not path.is_file():
-                continue
             relative = path.relative_to(training_dir)
+            # Caches beside the code (__pycache__, .mypy_cache, .pytest_cache) are not the code.
+            if any(part == "__pycache__" or part.startswith(".") for part in relative.parts):
+                continue
+            if path.suffix == ".pyc" or not path.is_file():
+                continue
             if not include_requirements and relative.as_posix() == "requirements.txt":
                 continue
             info = tar.gettarinfo(str(path), arcname=str(relative))

@@ -16,10 +16,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from droptrain import project
 from droptrain.policies import arn_parts, failed_events_queue, lambda_policy, sagemaker_role_policy
 
-ROOT = Path(__file__).resolve().parent.parent
-CHALICE_DIR = ROOT / ".chalice"
+# The checkout's stages (a wheel's commands use project.chalice_dir(): see droptrain/project.py).
+CHALICE_DIR = project.CHECKOUT / ".chalice"
 LAMBDA_RUNTIME = "python3.12"
 HANDLER_FUNCTIONS = (
     "OnDatasetUploaded",
@@ -40,8 +41,8 @@ class TemplateError(Exception):
     pass
 
 
-def read_config(chalice_dir: Path = CHALICE_DIR) -> dict[str, Any]:
-    return json.loads((chalice_dir / "config.json").read_text())
+def read_config(chalice_dir: Path | None = None) -> dict[str, Any]:
+    return json.loads(((chalice_dir or project.chalice_dir()) / "config.json").read_text())
 
 
 def stage_env(config: Mapping[str, Any], stage: str) -> dict[str, str]:
@@ -212,9 +213,14 @@ def _last_line(text: str | bytes | None) -> str:
 
 
 def package(
-    stage: str, out: Path, layer_zip: Path, chalice_dir: Path = CHALICE_DIR, run: Callable[..., Any] = subprocess.run
+    stage: str,
+    out: Path,
+    layer_zip: Path,
+    chalice_dir: Path | None = None,
+    run: Callable[..., Any] = subprocess.run,
 ) -> Path:
     """``chalice package`` with the merge template; returns the SAM template's path."""
+    chalice_dir = chalice_dir or project.chalice_dir()
     env = stage_env(read_config(chalice_dir), stage)
     if out.exists():
         shutil.rmtree(out)
@@ -256,7 +262,7 @@ def package(
 
 def build_layer(out: Path) -> Path:
     """``layers/build.py`` (a script beside the app, not an installed module)."""
-    spec = importlib.util.spec_from_file_location("droptrain_layer_build", ROOT / "layers" / "build.py")
+    spec = importlib.util.spec_from_file_location("droptrain_layer_build", project.LAYER_BUILD)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     try:

@@ -1,7 +1,10 @@
-"""What ``pip install .`` puts into site-packages: the packages, never a top-level ``app`` module."""
+"""What ``pip install .`` puts into site-packages: the packages and the project's files the commands
+need, never a top-level ``app`` module; and the commands working from it, outside any checkout."""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import subprocess
 import sys
@@ -21,9 +24,12 @@ def wheel(tmp_path_factory) -> Path:
     source, out = tmp_path_factory.mktemp("source"), tmp_path_factory.mktemp("wheel")
     tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
     for name in tracked.decode().split("\0"):
-        if name and (ROOT / name).is_file():
+        if name and ((ROOT / name).is_file() or (ROOT / name).is_symlink()):
             (source / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, source / name)
+            if (ROOT / name).is_symlink():  # droptrain/bundled/: links to the project's files
+                os.symlink(os.readlink(ROOT / name), source / name)
+            else:
+                shutil.copy2(ROOT / name, source / name)
     subprocess.run(
         [
             sys.executable,
@@ -100,3 +106,56 @@ def test_the_orchestrator_and_the_deploy_commands_run_without_the_local_extra(tm
         "sagemaker_training, yaml, matplotlib missing): pip install 'droptrain[local]', or make setup in a checkout"
     ]
     assert not (tmp_path / "home").exists(), "nothing was started or written"
+
+
+def _installed(wheel: Path, where: Path) -> Path:
+    """The wheel unpacked as pip installs it (its dependencies are this environment's)."""
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(where)
+    return where
+
+
+def _run_installed(site: Path, code: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(site)}  # the wheel's droptrain, not the checkout's
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=DEADLINE
+    )
+
+
+def test_the_local_runtime_trains_the_same_code_from_a_wheel(wheel, tmp_path):
+    """Outside a checkout, the training code the jobs run is the wheel's copy, byte for byte the source
+    dir a checkout builds."""
+    from droptrain import sourcedir
+
+    site = _installed(wheel, tmp_path / "site")
+    code = (
+        "from droptrain import project, sourcedir\n"
+        "print(project.in_checkout(), project.TRAINING_DIR, sourcedir.build()[1])\n"
+    )
+    result = _run_installed(site, code, tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    in_checkout, where, key = result.stdout.split()
+    assert in_checkout == "False" and where.startswith(str(site))
+    assert key == sourcedir.build()[1]
+
+
+def test_droptrain_package_runs_from_a_wheel_in_an_empty_folder(wheel, tmp_path):
+    """The stages start from droptrain's defaults in ./.chalice, Chalice packages the wheel's app, and
+    the function zip holds app.py and the orchestrator."""
+    site = _installed(wheel, tmp_path / "site")
+    project = tmp_path / "project"
+    project.mkdir()
+    layer = project / "layer.zip"
+    zipfile.ZipFile(layer, "w").close()  # the layer's own build is tested with the checkout's
+    code = (
+        "from pathlib import Path\nfrom droptrain import template\n"
+        f"print(template.package('dev', Path({str(project / 'out')!r}), Path({str(layer)!r})))\n"
+    )
+    result = _run_installed(site, code, project)
+    assert result.returncode == 0, result.stderr[-2000:]
+    template = json.loads(Path(result.stdout.strip()).read_text())
+    assert "APIHandler" in template["Resources"] and "DataBucket" in json.dumps(template)
+    assert json.loads((project / ".chalice" / "config.json").read_text())["stages"].keys() >= {"dev", "prod"}
+    names = zipfile.ZipFile(project / "out" / "deployment.zip").namelist()
+    assert "app.py" in names and "chalice_app/application.py" in names
+    assert not any(name.startswith(("droptrain/", "training/")) for name in names), "the functions carry no more"

@@ -19,6 +19,7 @@ from moto import mock_aws
 
 from droptrain import deploy, policies
 from droptrain import template as sam
+from helpers import ROOT
 
 pytestmark = pytest.mark.packaging
 
@@ -58,7 +59,7 @@ def test_function_zip_is_the_app_and_chalice_app_only(packaged):
 
 def test_chalice_app_imports_nothing_heavy():
     code = f"import sys, app; heavy = [m for m in {HEAVY!r} if m in sys.modules]; print(heavy)"
-    result = subprocess.run([sys.executable, "-c", code], cwd=sam.ROOT, capture_output=True, text=True, check=True)
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
 
 
@@ -267,6 +268,18 @@ def test_sourcedir_is_reproducible_and_complete():
     assert not any("__pycache__" in n for n in names)
 
 
+def test_caches_beside_the_training_code_stay_out_of_the_sourcedir(tmp_path):
+    import shutil
+
+    copy = tmp_path / "training"
+    shutil.copytree(deploy.TRAINING_DIR, copy, ignore=shutil.ignore_patterns("__pycache__", ".*"))
+    _, clean = deploy.build_sourcedir(copy)
+    for cache in (".mypy_cache/3.10/cache.db", "trainlib/__pycache__/x.pyc", ".pytest_cache/v/x"):
+        (copy / cache).parent.mkdir(parents=True, exist_ok=True)
+        (copy / cache).write_bytes(b"not code")
+    assert deploy.build_sourcedir(copy)[1] == clean
+
+
 def test_stage_environment_and_writing_it(tmp_path):
     chalice_dir = tmp_path / ".chalice"
     chalice_dir.mkdir()
@@ -362,7 +375,7 @@ def test_the_local_ray_is_the_ray_of_the_serving_image():
     import tomllib
 
     # The local runtime's packages are the local extra (the base install has no Ray).
-    local = tomllib.loads((sam.ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["local"]
+    local = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["local"]
     assert f"ray[serve]=={deploy.RAY_SERVE_RAY_VERSION}" in local
     assert importlib.metadata.version("ray") == deploy.RAY_SERVE_RAY_VERSION
 
@@ -384,7 +397,7 @@ def test_make_deploy_without_credentials_gets_as_far_as_it_can_then_says_so(tmp_
     )
     result = subprocess.run(
         ["make", "--no-print-directory", "deploy", "STAGE=dev"],
-        cwd=sam.ROOT,
+        cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
