@@ -26,21 +26,21 @@ def configure(level: str | None = None, metrics_enabled: bool = True) -> None:
 
 @functools.cache
 def logger():
-    from aws_lambda_powertools import Logger
+    from aws_lambda_powertools import Logger  # deferred: a handler pays for what it uses, once
 
     return Logger(service=SERVICE)
 
 
 @functools.cache
 def metrics():
-    from aws_lambda_powertools import Metrics
+    from aws_lambda_powertools import Metrics  # deferred, as above
 
     return Metrics(namespace="droptrain", service=SERVICE)
 
 
 @functools.cache
 def tracer():
-    from aws_lambda_powertools import Tracer
+    from aws_lambda_powertools import Tracer  # deferred, as above
 
     return Tracer(service=SERVICE)
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from droptrain.api_client import api_commands
@@ -60,7 +63,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _terminate_like_ctrl_c() -> None:
     """SIGTERM (``kill``, a service manager, a container stop) takes the Ctrl-C path: jobs ended,
     state saved, no ``train.py`` left running."""
-    import signal
 
     def interrupt(signum, frame):
         raise KeyboardInterrupt
@@ -72,9 +74,6 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    import os
-    import threading
-
     if _missing_local_extra("up"):
         return 1
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -55,8 +56,6 @@ def run_demo(
     if data is None:
         data = home.parent / "shapes"
         if data.exists():
-            import shutil
-
             shutil.rmtree(data)
         summary = make_dataset(data, classes=4, per_class=40, size=64, seed=0)
         say(

@@ -29,6 +29,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import boto3
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError, WaiterError
+
 from droptrain import project, sourcedir
 from droptrain.policies import PolicyError, arn_parts, lambda_policy, partition_of
 from droptrain.template import TemplateError, build_layer, package, read_config, stage_env
@@ -181,8 +184,6 @@ def deploy_stack(
     say: Callable[[str], None] = print,
 ) -> dict[str, str]:
     """Upload the artifacts, create or update the stack, wait, and put the sourcedir in place."""
-    from botocore.exceptions import ClientError, WaiterError
-
     _, region, account = arn_parts(env)
     s3 = session.client("s3", region_name=region)
     cfn = session.client("cloudformation", region_name=region)
@@ -230,8 +231,6 @@ def deploy_stack(
 
 def _explain(exc: Exception) -> str:
     """One line for an AWS failure: what failed and what AWS said."""
-    from botocore.exceptions import ClientError, NoCredentialsError, NoRegionError, WaiterError
-
     if isinstance(exc, NoCredentialsError):
         return (
             "no AWS credentials found: configure them (aws configure, AWS_PROFILE, or AWS_ACCESS_KEY_ID and "
@@ -260,9 +259,6 @@ def deploy(
     session: Any = None,
 ) -> dict[str, str]:
     """Offline steps first, then the account: every failure becomes one ``DeployError`` line."""
-    import boto3
-    from botocore.exceptions import BotoCoreError, ClientError
-
     try:
         session = session or boto3.session.Session()
         region = session.region_name or os.environ.get("AWS_REGION") or "us-east-1"

@@ -16,6 +16,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+import botocore.session
+
 _ECR_IMAGE = re.compile(
     r"^(?P<account>\d{12})\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(?:\.cn)?/(?P<repo>[^:@]+)"
 )
@@ -27,8 +29,6 @@ class PolicyError(Exception):
 
 def partition_of(region: str) -> str:
     """``aws``, ``aws-cn``, ``aws-us-gov``...: ARNs are never written with a hard-coded partition."""
-    import botocore.session
-
     return botocore.session.get_session().get_partition_for_region(region)
 
 

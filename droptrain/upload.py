@@ -10,6 +10,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import boto3
+from boto3.exceptions import S3UploadFailedError
+from botocore.exceptions import BotoCoreError, ClientError
+
 from chalice_app.names import ARCHIVE_SUFFIXES
 
 
@@ -45,13 +49,9 @@ def upload_dataset(
 
 
 def upload_to_s3(source: Path, name: str, target: str, client=None, prefix: str = "datasets/") -> str:
-    from boto3.exceptions import S3UploadFailedError
-    from botocore.exceptions import BotoCoreError, ClientError
 
     bucket = target.removeprefix("s3://").split("/")[0]
     if client is None:
-        import boto3
-
         client = boto3.client("s3")
     try:
         return upload_dataset(

@@ -55,13 +55,13 @@ def parallel_trials(gpus: int, cores: int | None = None) -> int:
 
 def weights_url(arch: str) -> str:
     """The file train.py loads for ``--weights imagenet`` (torchvision's default weights of ``arch``)."""
-    from torchvision import models
+    from torchvision import models  # deferred: `droptrain config` must not wait seconds for torch
 
     return models.get_model_weights(arch).DEFAULT.url
 
 
 def cache_path(url: str) -> Path:
-    import torch
+    import torch  # deferred, as above
 
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
 

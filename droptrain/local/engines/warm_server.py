@@ -11,11 +11,13 @@ import importlib
 import json
 import logging
 import os
+import runpy
 import selectors
 import signal
 import socket
 import subprocess
 import sys
+import traceback
 from collections.abc import Mapping
 from typing import Any
 
@@ -55,7 +57,7 @@ def _preload() -> None:
     for name in [m for m in sys.modules if m.split(".")[0] in PER_JOB]:
         del sys.modules[name]
     try:  # set up while argv and environ are still where the kernel put them (a job replaces environ)
-        import setproctitle
+        import setproctitle  # optional: ps then shows the warm server's own command line
 
         setproctitle.getproctitle()
     except ImportError:
@@ -141,7 +143,7 @@ def _reap(children: dict[int, socket.socket]) -> None:
 def _title(cmd: list[str]) -> None:
     """What ``ps`` shows for this fork: the command a cold start would have run."""
     try:
-        import setproctitle
+        import setproctitle  # optional, as above
 
         setproctitle.setproctitle(" ".join(cmd))
     except ImportError:
@@ -180,6 +182,7 @@ def _job(request: Mapping[str, Any], output: int, session_ready: int) -> None:
         sys.argv = list(request["argv"])
         sys.path[0] = os.getcwd()  # as for ``python -m`` started in the job's folder
         _title([sys.executable, "-m", "sagemaker_training.cli.train"])
+        # Imported afresh in each job (dropped from sys.modules before forking): it reads the job's environment.
         from sagemaker_training import process
 
         privates.use_toolkit_popen(_Subprocess(process.python_executable()))  # the toolkit's Popen of the entry point
@@ -190,8 +193,6 @@ def _job(request: Mapping[str, Any], output: int, session_ready: int) -> None:
     except SystemExit as exc:
         code = _exit_code(exc)
     except BaseException:  # noqa: BLE001 - printed as the interpreter would, then the job's exit status
-        import traceback
-
         traceback.print_exc()
     privates.exit_like_interpreter(code)
 
@@ -241,8 +242,6 @@ class _ForkedScript:
 
 
 def _script(cmd: list[str], env: Mapping[str, str] | None, cwd: str | None) -> None:
-    import runpy
-
     code = 1
     try:
         _title(cmd)
@@ -271,8 +270,6 @@ def _script(cmd: list[str], env: Mapping[str, str] | None, cwd: str | None) -> N
     except SystemExit as exc:
         code = _exit_code(exc)
     except BaseException:  # noqa: BLE001 - printed as the interpreter would, then exit status 1
-        import traceback
-
         traceback.print_exc()
     privates.exit_like_interpreter(code)
 

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 HOST = "algo-1"
 
 
@@ -171,8 +173,6 @@ def end_leftovers(paths: JobPaths) -> int:
     """End what a killed runtime left running in this job's folder (its ``kill -9`` does not reach
     the job's own process group): every process of the recorded group that works in the folder.
     Returns how many were ended."""
-    import psutil
-
     try:
         group = int((paths.root / "runner.pid").read_text())
     except (OSError, ValueError):
