@@ -34,8 +34,9 @@ def _broken_archive(good, tmp_path):
     return broken
 
 
-@pytest.fixture
-def endpoints(tmp_path, trained_job, ray_serve):
+def _endpoints(tmp_path, trained_job, ray_serve):
+    """Endpoint ``ep`` serving the trained job (config ``c1``), and configs ``c2`` (the same model) and
+    ``c3`` (a model that cannot load) to update it to."""
     bucket = LocalBucket(tmp_path / "bucket", BUCKET)
     bucket.put_file("runs/pets/final/model.tar.gz", trained_job["archive"])
     bucket.put_file("runs/broken/final/model.tar.gz", _broken_archive(trained_job["archive"], tmp_path))
@@ -57,6 +58,19 @@ def endpoints(tmp_path, trained_job, ray_serve):
     assert not [n for n in ray_serve.names() if n.startswith("ep-c")], "closing takes the endpoint's applications down"
 
 
+@pytest.fixture(scope="class")
+def serving(tmp_path_factory, trained_job, ray_serve):
+    """One endpoint for the tests that only call it (or create one of their own beside it); gone
+    before the tests that update one deploy theirs under the same names."""
+    yield from _endpoints(tmp_path_factory.mktemp("serving"), trained_job, ray_serve)
+
+
+@pytest.fixture
+def endpoints(tmp_path, trained_job, ray_serve):
+    """A fresh endpoint for each test that updates it."""
+    yield from _endpoints(tmp_path, trained_job, ray_serve)
+
+
 def _images(tiny_dataset, n):
     return [p.read_bytes() for p in sorted((tiny_dataset / "test").rglob("*.jpg"))[:n]]
 
@@ -65,33 +79,47 @@ def _invoke(endpoints, body):
     return json.loads(endpoints.invoke("ep", body, "image/jpeg", "application/json"))
 
 
-def test_concurrent_requests_get_their_own_answers(endpoints, tiny_dataset, trained_job):
-    bodies = _images(tiny_dataset, 12)
-    classifier = Classifier.load(trained_job["paths"].model)
-    expected = classifier.predict([decode(b) for b in bodies])
-    with ThreadPoolExecutor(8) as pool:
-        answers = list(pool.map(lambda b: _invoke(endpoints, b), bodies))
-    for answer, wanted in zip(answers, expected):
-        assert answer["model"] == "pets-1a2b3c4d"
-        by_label = {p["label"]: p["probability"] for p in answer["predictions"]}
-        for p in wanted["predictions"]:
-            assert by_label[p["label"]] == pytest.approx(p["probability"], abs=1e-4)
+class TestOneEndpoint:
+    """Calls to one deployed endpoint, which none of these tests changes."""
 
+    def test_concurrent_requests_get_their_own_answers(self, serving, tiny_dataset, trained_job):
+        bodies = _images(tiny_dataset, 12)
+        classifier = Classifier.load(trained_job["paths"].model)
+        expected = classifier.predict([decode(b) for b in bodies])
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda b: _invoke(serving, b), bodies))
+        for answer, wanted in zip(answers, expected):
+            assert answer["model"] == "pets-1a2b3c4d"
+            by_label = {p["label"]: p["probability"] for p in answer["predictions"]}
+            for p in wanted["predictions"]:
+                assert by_label[p["label"]] == pytest.approx(p["probability"], abs=1e-4)
 
-def test_a_bad_request_among_concurrent_ones_fails_alone(endpoints, tiny_dataset):
-    bodies = _images(tiny_dataset, 6)
-    bodies.insert(3, b"\xff\xd8 not really a jpeg")
+    def test_a_bad_request_among_concurrent_ones_fails_alone(self, serving, tiny_dataset):
+        bodies = _images(tiny_dataset, 6)
+        bodies.insert(3, b"\xff\xd8 not really a jpeg")
 
-    def call(body):
-        try:
-            return _invoke(endpoints, body)["model"]
-        except ModelError as exc:
-            return exc.status, json.loads(str(exc))["error"]["code"]
+        def call(body):
+            try:
+                return _invoke(serving, body)["model"]
+            except ModelError as exc:
+                return exc.status, json.loads(str(exc))["error"]["code"]
 
-    with ThreadPoolExecutor(7) as pool:
-        outcomes = list(pool.map(call, bodies))
-    assert outcomes[3] == (400, "invalid_image"), "the container's own 400, passed on as SageMaker's ModelError"
-    assert [o for i, o in enumerate(outcomes) if i != 3] == ["pets-1a2b3c4d"] * 6
+        with ThreadPoolExecutor(7) as pool:
+            outcomes = list(pool.map(call, bodies))
+        assert outcomes[3] == (400, "invalid_image"), "the container's own 400, passed on as SageMaker's ModelError"
+        assert [o for i, o in enumerate(outcomes) if i != 3] == ["pets-1a2b3c4d"] * 6
+
+    def test_a_new_endpoint_whose_model_cannot_start_fails(self, serving):
+        assert serving.create("ep-bad", "c3", {})
+        serving.join(DEADLINE)
+        described = serving.describe("ep-bad")
+        assert described["EndpointStatus"] == "Failed" and "could not be deployed" in described["FailureReason"]
+        assert serving.events[-1]["detail"]["EndpointStatus"] == "FAILED"
+        with pytest.raises(Exception) as info:
+            serving.invoke("ep-bad", b"x", "image/jpeg", "application/json")
+        assert type(info.value).__name__ == "EndpointNotReadyError"
+        with pytest.raises(EndpointNotFoundError):
+            serving.invoke("nope", b"x", "image/jpeg", "application/json")
 
 
 def test_an_update_under_load_drops_no_request(endpoints, tiny_dataset, ray_serve):
@@ -134,19 +162,6 @@ def test_a_version_that_fails_to_start_leaves_the_old_one_serving(endpoints, tin
     assert "could not be deployed" in described["FailureReason"]
     assert _invoke(endpoints, _images(tiny_dataset, 1)[0])["model"] == "pets-1a2b3c4d"
     assert "ep-c3" not in ray_serve.names(), "the failed version was removed"
-
-
-def test_a_new_endpoint_whose_model_cannot_start_fails(endpoints):
-    assert endpoints.create("ep-bad", "c3", {})
-    endpoints.join(DEADLINE)
-    described = endpoints.describe("ep-bad")
-    assert described["EndpointStatus"] == "Failed" and "could not be deployed" in described["FailureReason"]
-    assert endpoints.events[-1]["detail"]["EndpointStatus"] == "FAILED"
-    with pytest.raises(Exception) as info:
-        endpoints.invoke("ep-bad", b"x", "image/jpeg", "application/json")
-    assert type(info.value).__name__ == "EndpointNotReadyError"
-    with pytest.raises(EndpointNotFoundError):
-        endpoints.invoke("nope", b"x", "image/jpeg", "application/json")
 
 
 def test_throughput_mode_fits_haproxy_in_the_file_descriptor_limit():

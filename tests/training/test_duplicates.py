@@ -4,14 +4,18 @@ low-detail dataset left alone, and the cost bounded on near-identical images."""
 from __future__ import annotations
 
 import io
+import json
 import random
+import subprocess
+import sys
 from collections import defaultdict
 
 import duplicate_benchmark as benchmark
 import numpy as np
 from PIL import Image, ImageEnhance
 
-from trainlib import audit, duplicates
+from helpers import DEADLINE, TRAINING_DIR
+from trainlib import duplicates
 
 
 def _groups_of(report: dict, files: list[str]) -> dict[str, int]:
@@ -24,9 +28,18 @@ def _groups_of(report: dict, files: list[str]) -> dict[str, int]:
 
 
 def test_the_benchmark_meets_its_precision_and_recall_and_blocks_no_negative(tmp_path):
+    """Run as the Processing job runs the audit (training/audit.py, its report read back)."""
     items = benchmark.build(seed=0)
     sources = benchmark.write(items, tmp_path / "data")
-    report = audit.findings(audit.scan(tmp_path / "data"))
+    result = subprocess.run(
+        [sys.executable, "audit.py", "--data-dir", str(tmp_path / "data"), "--out-dir", str(tmp_path / "out")],
+        cwd=TRAINING_DIR,
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((tmp_path / "out" / "audit.json").read_text())
     files = sorted(sources)
     group = _groups_of(report, files)
     by_source = defaultdict(list)
