@@ -222,3 +222,38 @@ def test_a_route_missing_on_a_new_connection_too_is_a_serving_error(serving, ing
     with pytest.raises(ServingError, match="answered 404"):
         serving.call("app", b"x")
     assert len(ingress.seen) == 2, "asked once more on a new connection, then given up"
+
+
+FAILED_START = """
+import fcntl, sys
+from droptrain.local.engines import privates, ray_mode, serving
+
+taken = []
+reserve = ray_mode.PortBlock.reserve
+serving.PortBlock.reserve = classmethod(lambda cls: taken.append(reserve()) or taken[-1])
+
+def serve_start(**options):
+    raise RuntimeError("Serve did not start")
+
+privates.serve_start = serve_start
+try:
+    serving.RayServe().start()
+except RuntimeError:
+    pass
+import ray
+with open(ray_mode.PORT_LOCKS / f"{taken[0].start}.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises while the block is still held
+print(ray.is_initialized())
+"""
+
+
+def test_a_start_that_fails_leaves_no_ray_and_frees_its_ports():
+    """In a process of its own: Ray starts, Serve fails to; nothing stays held for a next try."""
+    import subprocess
+    import sys
+
+    from helpers import DEADLINE
+
+    result = subprocess.run([sys.executable, "-c", FAILED_START], capture_output=True, text=True, timeout=DEADLINE)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[-1] == "False"

@@ -19,11 +19,8 @@ controller, changes one application and deploys the whole again, so that every `
 to one Ray instance keeps the others' applications (none keeps a copy of them). A request reaches an
 application as InvokeEndpoint reaches the container: its body POSTed to the application's route.
 
-Ray starts in Ray Serve's high-throughput mode where it can (``ray_mode``): the same
-applications, with HAProxy in front of them instead of Ray's Python proxy and gRPC between Ray's
-processes: one machine runs the clients, the local API and the model, and the Python proxy's CPU is
-the model's loss (docs/performance.md). ``RAY_SERVE_ENABLE_HA_PROXY`` or
-``RAY_SERVE_THROUGHPUT_OPTIMIZED`` set before ``droptrain up`` (to 0, say) leaves Ray Serve as set.
+Ray starts in Ray Serve's high-throughput mode where it can, with the ports it reserved
+(``ray_mode``).
 """
 
 from __future__ import annotations
@@ -122,8 +119,7 @@ class RayServe:
     ):
         self.host = host
         self.port = port
-        # Logical CPUs: replicas of several models (and two versions of one during an update) must
-        # all be schedulable; they share the machine's real cores.
+        # Logical CPUs: every replica (several models, two versions in an update) must be schedulable.
         self.num_cpus = num_cpus or max(8, 4 * (os.cpu_count() or 1))
         self.ready_timeout = ready_timeout
         self.sleep = sleep
@@ -161,12 +157,17 @@ class RayServe:
                 )
                 self._owns_ray = True
                 self.port = self.port or free_port(self.host)
-            # What `serve run` does with a config file: start Serve, then deploy_apps (below). Serve
-            # already running in this process keeps its proxy, wherever it listens.
+            # What `serve run` does: start Serve (or join it, keeping its proxy), then deploy_apps (below).
             self._client = privates.serve_start(
                 http_options={"host": self.host, "port": self.port or free_port(self.host)},
                 grpc_options={"port": self._ports.grpc_port} if self._ports is not None else None,
             )
+        except BaseException:  # a start that failed holds nothing: the Ray it started, the ports it took
+            if self._ports is not None:
+                ray.shutdown()
+                self._ports.release()
+            self._ports, self._owns_ray = None, False
+            raise
         finally:
             for key in added:
                 os.environ.pop(key, None)
@@ -261,10 +262,9 @@ class RayServe:
             except ValueError:  # the application answers JSON, always: this is Ray's (no route, no replica)
                 if name not in self.names():
                     raise ApplicationGoneError(f"application {name} was deleted") from None
-            # Not the application's answer. HAProxy reloads whenever the applications change, and a
-            # connection kept from before stays with the previous process, whose routes are the old ones
-            # (a 404 for an application added since; a 500 or 503 for one deleted and deployed again):
-            # asked once more on a new connection.
+            # Not the application's answer: HAProxy reloads at each change, and a kept connection stays
+            # with the previous process and its old routes (a 404, or a 500/503 for an app redeployed).
+            # Asked once more on a new connection.
         raise ServingError(f"application {name}'s route answered {status}: {data[:200]!r}")
 
     # -- internals -----------------------------------------------------------------------------
