@@ -141,7 +141,7 @@ def test_dataset_to_predictions_with_the_real_training_code(stack, tiny_dataset,
     assert "cost: " in out and "billable s over 3 jobs" in out
 
 
-def wait_for_count(runtime: LocalRuntime, event: str, count: int, timeout: float = 300) -> None:
+def wait_for_count(runtime: LocalRuntime, event: str, count: int, timeout: float = DEADLINE) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         seen = [n["message"]["event"] for n in runtime.notifications()]
@@ -344,7 +344,7 @@ def test_budget_and_the_idle_cycle_on_the_local_stack(stack, tiny_dataset, tmp_p
         services.config = original
 
 
-def wait_for_event(runtime: LocalRuntime, event: str, timeout: float = 60) -> None:
+def wait_for_event(runtime: LocalRuntime, event: str, timeout: float = DEADLINE) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline and event not in [n["message"]["event"] for n in runtime.notifications()]:
         time.sleep(0.2)
@@ -388,7 +388,7 @@ def test_restart_mid_tuning_finishes_the_run_once(tiny_dataset, trained_job, tmp
     )
     first.start(serve_api=False)
     first.upload(tiny_dataset, "pets")
-    assert second_trial_running.wait(60), "the second trial never started"
+    assert second_trial_running.wait(DEADLINE), "the second trial never started"
     first.stop()  # mid-tuning: the first trial done, the second one running
     statuses = Counter(s for _, s, _ in first.store.records("training-job"))
     assert statuses["Completed"] >= 1 and statuses["InProgress"] == 1
@@ -397,7 +397,7 @@ def test_restart_mid_tuning_finishes_the_run_once(tiny_dataset, trained_job, tmp
     second = LocalRuntime(home, env=env, say=lambda m: None, source_dir=FAKE_SOURCE, webhook=webhook, serving=ray_serve)
     second.start(serve_api=False)
     try:
-        seen = wait_for(second, "deployment.completed", timeout=120)
+        seen = wait_for(second, "deployment.completed")
     finally:
         second.stop()
     server.shutdown()

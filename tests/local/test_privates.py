@@ -6,13 +6,11 @@ import re
 import subprocess
 import sys
 from importlib import metadata
-from pathlib import Path
 
 import pytest
 
 from droptrain.local.engines import privates
-
-ROOT = Path(__file__).resolve().parents[2]
+from helpers import DEADLINE, ROOT
 
 
 def test_the_installed_libraries_are_the_ones_the_private_code_was_read_in():
@@ -52,5 +50,5 @@ def test_a_forked_process_ends_as_the_interpreter_ends():
         "threading.Thread(target=lambda: (time.sleep(0.2), print('thread finished', flush=True))).start()\n"
         "privates.exit_like_interpreter(7)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=DEADLINE)
     assert result.returncode == 7 and result.stdout.splitlines() == ["thread finished", "exit functions ran"]

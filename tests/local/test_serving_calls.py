@@ -4,6 +4,8 @@ for it (the real ingress is exercised in test_local_endpoint.py and tests/traini
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -11,6 +13,7 @@ import pytest
 
 from droptrain.local.engines.ingress import Connections
 from droptrain.local.engines.serving import ApplicationGoneError, RayServe, ServingError
+from helpers import DEADLINE
 
 
 class Ingress(BaseHTTPRequestHandler):
@@ -135,15 +138,15 @@ def test_connections_beyond_the_idle_limit_are_closed_after_a_burst(serving, ing
     started, release = threading.Barrier(5), threading.Event()
 
     def held(handler):
-        started.wait(timeout=10)  # four requests in flight at once: four connections
-        release.wait(timeout=10)
+        started.wait(timeout=DEADLINE)  # four requests in flight at once: four connections
+        release.wait(timeout=DEADLINE)
         return 200, b"{}"
 
     ingress.answer = held
     workers = [threading.Thread(target=serving.call, args=("app", b"x")) for _ in range(4)]
     for worker in workers:
         worker.start()
-    started.wait(timeout=10)
+    started.wait(timeout=DEADLINE)
     release.set()
     for worker in workers:
         worker.join()
@@ -249,11 +252,6 @@ print(ray.is_initialized())
 
 def test_a_start_that_fails_leaves_no_ray_and_frees_its_ports():
     """In a process of its own: Ray starts, Serve fails to; nothing stays held for a next try."""
-    import subprocess
-    import sys
-
-    from helpers import DEADLINE
-
     result = subprocess.run([sys.executable, "-c", FAILED_START], capture_output=True, text=True, timeout=DEADLINE)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split()[-1] == "False"
