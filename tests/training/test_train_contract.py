@@ -86,11 +86,10 @@ def test_checkpoint_written_each_epoch(trained_job):
     assert len(list(trained_job["paths"].checkpoints.glob("checkpoint-*.pt"))) == 1
 
 
-def test_resumes_after_an_interruption(tiny_dataset, tmp_path):
-    """Kill the job after epoch 2 (as a spot interruption would); the rerun picks up at epoch 3."""
-    hps = {**FAST_HYPERPARAMETERS, "epochs": "4"}
-    args = [
-        *hyperparameter_args(hps),
+def _checkpointed_args(tiny_dataset, tmp_path, epochs: int) -> list[str]:
+    """train.py's arguments with checkpoints in ``tmp_path/ckpt``."""
+    return [
+        *hyperparameter_args({**FAST_HYPERPARAMETERS, "epochs": str(epochs)}),
         "--data-dir",
         str(tiny_dataset),
         "--model-dir",
@@ -100,13 +99,23 @@ def test_resumes_after_an_interruption(tiny_dataset, tmp_path):
         "--checkpoint-dir",
         str(tmp_path / "ckpt"),
     ]
-    process = subprocess.Popen(
+
+
+def _started(args: list[str]) -> subprocess.Popen:
+    """train.py running, its epoch lines readable as they come."""
+    return subprocess.Popen(
         [sys.executable, str(TRAINING_DIR / "train.py"), *args],
         cwd=TRAINING_DIR,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
     )
+
+
+def test_resumes_after_an_interruption(tiny_dataset, tmp_path):
+    """Kill the job after epoch 2 (as a spot interruption would); the rerun picks up at epoch 3."""
+    args = _checkpointed_args(tiny_dataset, tmp_path, epochs=4)
+    process = _started(args)
     for line in process.stdout:
         if line.startswith("epoch=2 "):
             process.send_signal(signal.SIGKILL)
@@ -242,25 +251,7 @@ def test_truncated_images_are_skipped_and_counted(tiny_dataset, tmp_path):
 
 def test_a_checkpoint_is_written_after_every_epoch(tiny_dataset, tmp_path):
     """Each epoch line is printed after its checkpoint: reading the checkpoint at that moment finds that epoch."""
-    hps = {**FAST_HYPERPARAMETERS, "epochs": "3"}
-    args = [
-        *hyperparameter_args(hps),
-        "--data-dir",
-        str(tiny_dataset),
-        "--model-dir",
-        str(tmp_path / "model"),
-        "--output-data-dir",
-        str(tmp_path / "out"),
-        "--checkpoint-dir",
-        str(tmp_path / "ckpt"),
-    ]
-    process = subprocess.Popen(
-        [sys.executable, str(TRAINING_DIR / "train.py"), *args],
-        cwd=TRAINING_DIR,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    process = _started(_checkpointed_args(tiny_dataset, tmp_path, epochs=3))
     seen = []
     for line in process.stdout:
         match = EPOCH_LINE.match(line.strip())
