@@ -58,6 +58,7 @@ class Webhook:
         self.url, self.timeout = check_webhook(url), timeout
         self._opener = _opener()
         self._pending: queue.Queue[dict] = queue.Queue(MAX_PENDING)
+        self.undelivered = 0  # refused by a full queue or by the webhook: each is still in the file
         self._thread = threading.Thread(target=self._deliver, daemon=True, name="webhook")
         self._thread.start()
 
@@ -65,13 +66,17 @@ class Webhook:
         try:
             self._pending.put_nowait(record)
         except queue.Full:
+            self.undelivered += 1
             log.warning("webhook %s is %d messages behind: this one is only in the file", self.url, MAX_PENDING)
 
-    def flush(self, timeout: float = 10) -> bool:
-        """Wait until every queued record has been tried; ``False`` if that took longer than ``timeout``."""
+    def flush(self, timeout: float = 10) -> int:
+        """Wait up to ``timeout`` for the queued records to be tried; the number never delivered (those
+        refused, failed, or still queued or in flight when the wait ended)."""
         done = threading.Event()
         threading.Thread(target=lambda: (self._pending.join(), done.set()), daemon=True).start()
-        return done.wait(timeout)
+        done.wait(timeout)
+        # unfinished_tasks counts the queued and the one being posted.
+        return self.undelivered + self._pending.unfinished_tasks
 
     def _deliver(self) -> None:
         while True:
@@ -86,6 +91,7 @@ class Webhook:
                 with self._opener.open(request, timeout=self.timeout):
                     pass
             except (urllib.error.URLError, OSError, ValueError) as exc:
+                self.undelivered += 1
                 # A webhook that is down must not stop the pipeline; the file still has every message.
                 log.warning("webhook %s did not take the notification: %s", self.url, exc)
             finally:
@@ -125,19 +131,40 @@ class LocalPublisher:
         with self._lock:
             self._count += 1
             message_id = f"local-{self._count}"
-            with self.path.open("a") as handle:
-                handle.write(json.dumps(record) + "\n")
+            with self.path.open("a+b") as handle:
+                # A write torn by a crash leaves a last line with no newline: start on a fresh one, so
+                # the torn line stays one unreadable line and this message is whole.
+                handle.seek(0, 2)
+                torn = handle.tell() > 0 and (handle.seek(-1, 2), handle.read(1))[1] != b"\n"
+                handle.write((b"\n" if torn else b"") + json.dumps(record).encode() + b"\n")
         self.say(f"  ✉ {body['event']:<22} {subject.removeprefix('droptrain ' + body['event'] + ': ')}")
         if self.webhook:
             self.webhook.post(record)
         return message_id
 
-    def flush(self, timeout: float = 10) -> None:
-        if self.webhook and not self.webhook.flush(timeout):
-            log.warning("webhook %s: some notifications were not delivered before the stop", self.webhook.url)
+    def flush(self, timeout: float = 10) -> int:
+        """At stop: wait a bounded time for the webhook and say how many messages it did not get."""
+        if not self.webhook:
+            return 0
+        missed = self.webhook.flush(timeout)
+        if missed:
+            self.say(
+                f"  webhook {self.webhook.url}: {missed} of {self._count} notifications were not delivered"
+                f" (every one is in {self.path})"
+            )
+        return missed
 
 
 def read(path: Path) -> list[dict]:
+    """Every whole message in the file; a line torn by a crash is left out, with a warning."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            log.warning("%s line %d is not a whole message (a write torn by a crash): left out", path, number)
+    return records
