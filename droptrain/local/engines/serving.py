@@ -41,7 +41,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 
 from droptrain.local.engines import privates
 from droptrain.local.engines.ingress import Connections
-from droptrain.local.engines.ray_mode import PortBlock, free_port, ray_environment
+from droptrain.local.engines.ray_mode import PortBlock, environment_while_starting, free_port, ray_environment
 
 # Ray is imported where used, on purpose: a second to import, for code that may never start it.
 log = logging.getLogger(__name__)
@@ -116,8 +116,10 @@ class RayServe:
         num_cpus: int | None = None,
         ready_timeout: float = 300,
         sleep: Callable[[float], None] = time.sleep,
+        haproxy_dir: Path | None = None,
     ):
         self.host = host
+        self.haproxy_dir = haproxy_dir  # where the stack keeps HAProxy's wrapper and PIDs (engines/haproxy.py)
         self.port = port
         # Logical CPUs: every replica (several models, two versions in an update) must be schedulable.
         self.num_cpus = num_cpus or max(8, 4 * (os.cpu_count() or 1))
@@ -137,40 +139,35 @@ class RayServe:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no report home from a user's machine
         import ray
 
-        # Set while Ray and Serve start (Ray's processes inherit them; ray.serve reads them once, on import),
-        # then taken out again: the jobs and tools this process starts keep the environment they were given.
-        added = {}
+        added: dict[str, str] = {}
         if not ray.is_initialized():
             self._ports = PortBlock.reserve()
-            added = {**self._ports.environment(), **ray_environment(os.environ)}
-            added = {key: value for key, value in added.items() if key not in os.environ}
-        os.environ.update(added)
+            ports = {key: value for key, value in self._ports.environment().items() if key not in os.environ}
+            added = {**ports, **ray_environment(os.environ, self.haproxy_dir)}
         try:
-            if not ray.is_initialized():
-                ray.init(
-                    num_cpus=self.num_cpus,
-                    include_dashboard=False,
-                    log_to_driver=False,
-                    object_store_memory=128 * 1024 * 1024,
-                    _node_ip_address=self.host,
-                    namespace="serve",
+            with environment_while_starting(added):
+                if not ray.is_initialized():
+                    ray.init(
+                        num_cpus=self.num_cpus,
+                        include_dashboard=False,
+                        log_to_driver=False,
+                        object_store_memory=128 * 1024 * 1024,
+                        _node_ip_address=self.host,
+                        namespace="serve",
+                    )
+                    self._owns_ray = True
+                    self.port = self.port or free_port(self.host)
+                # What `serve run` does: start Serve (or join it, keeping its proxy), then deploy_apps.
+                self._client = privates.serve_start(
+                    http_options={"host": self.host, "port": self.port or free_port(self.host)},
+                    grpc_options={"port": self._ports.grpc_port} if self._ports is not None else None,
                 )
-                self._owns_ray = True
-                self.port = self.port or free_port(self.host)
-            # What `serve run` does: start Serve (or join it, keeping its proxy), then deploy_apps (below).
-            self._client = privates.serve_start(
-                http_options={"host": self.host, "port": self.port or free_port(self.host)},
-                grpc_options={"port": self._ports.grpc_port} if self._ports is not None else None,
-            )
         except BaseException:  # a start that failed holds nothing: the Ray it started, the ports it took
             if self._ports is not None:
                 ray.shutdown()
                 self._ports.release()
             self._ports, self._owns_ray = None, False
             raise
-        finally:
-            for key in added:
-                os.environ.pop(key, None)
         proxy = self._client.http_config
         self.host, self.port = proxy.host, proxy.port
         self._http = Connections(self.host, self.port)

@@ -1,0 +1,85 @@
+"""The HAProxy that Ray Serve's high-throughput mode starts: on loopback only, and never outliving its stack.
+
+Ray Serve's HAProxy template binds its stats page and Prometheus exporter to every interface
+(``bind *:port``), with no setting to choose the address. A local stack listens on loopback only, so
+Ray is given this wrapper as its HAProxy binary (``RAY_SERVE_HAPROXY_BINARY_PATH``): it narrows the
+config's wildcard binds to 127.0.0.1, notes its PID in the stack's folder, and ``exec``s the real
+binary, so that Ray's process handle, its reloads (``-sf <pid>``) and its signals reach HAProxy itself.
+
+A stack killed with SIGKILL (or stopped before Ray was up) leaves its HAProxy running: Ray's own
+processes end with their driver, HAProxy is a grandchild that nobody signals. The next start on the
+same home ends those PIDs, once it holds the home's lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import signal
+import time
+from pathlib import Path
+
+import psutil
+
+log = logging.getLogger(__name__)
+
+PIDS = "haproxy.pids"
+WRAPPER = "haproxy"
+
+_SCRIPT = """#!/bin/sh
+# Written by droptrain (droptrain/local/engines/haproxy.py): Ray Serve's HAProxy on loopback only.
+real={real}
+echo $$ >> {pids}
+for arg do
+  if [ "$config" = next ]; then
+    sed -E 's/^([[:space:]]*bind[[:space:]]+)(\\*|0\\.0\\.0\\.0)?:([0-9]+)/\\1127.0.0.1:\\3/' \\
+      "$arg" > "$arg.loopback" || exit 1
+    arg="$arg.loopback"
+    config=done
+  elif [ "$arg" = -f ]; then
+    config=next
+  fi
+  set -- "$@" "$arg"
+  shift
+done
+exec "$real" "$@"
+"""
+
+
+def loopback_wrapper(real: str, folder: Path) -> Path:
+    """Write the wrapper for the HAProxy binary ``real`` into ``folder``; its path, for Ray."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / WRAPPER
+    path.write_text(_SCRIPT.format(real=shlex.quote(real), pids=shlex.quote(str(folder / PIDS))))
+    path.chmod(0o755)
+    return path
+
+
+def end_leftovers(folder: Path, timeout: float = 10) -> list[int]:
+    """End each HAProxy an earlier stack on this home recorded in ``folder`` and left running; the PIDs
+    ended. A recorded PID now used by another program is left alone."""
+    pids_file = folder / PIDS
+    try:
+        recorded = {int(line) for line in pids_file.read_text().split() if line.isdigit()}
+    except FileNotFoundError:
+        return []
+    leftovers = []
+    for pid in sorted(recorded):
+        try:
+            process = psutil.Process(pid)
+            if process.status() != psutil.STATUS_ZOMBIE and os.path.basename(process.exe()) == "haproxy":
+                leftovers.append(process)
+        except psutil.Error:
+            continue
+    for process in leftovers:
+        log.warning("ending HAProxy (PID %d) left running by a stack that did not stop cleanly", process.pid)
+        process.send_signal(signal.SIGTERM)
+    _, alive = psutil.wait_procs(leftovers, timeout=timeout)
+    for process in alive:
+        process.kill()
+    deadline = time.monotonic() + timeout
+    while alive and time.monotonic() < deadline:
+        _, alive = psutil.wait_procs(alive, timeout=0.5)
+    pids_file.unlink(missing_ok=True)
+    return [process.pid for process in leftovers]
