@@ -184,6 +184,7 @@ def test_an_environment_that_chose_ray_serves_mode_keeps_it():
     assert set(ray_environment({"RAY_SERVE_ENABLE_HA_PROXY": "1"})) == {
         "RAY_SERVE_HAPROXY_STATS_PORT",
         "RAY_SERVE_HAPROXY_METRICS_PORT",
+        "RAY_SERVE_HAPROXY_BINARY_PATH",  # the loopback wrapper, whoever chose HAProxy
         *niceness,
     }
     assert ray_environment({"RAY_SERVE_THROUGHPUT_OPTIMIZED": "0", "PATH": "/bin"}) == niceness
