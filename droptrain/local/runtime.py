@@ -71,7 +71,7 @@ class LocalRuntime:
         self.env = local_environment({"SOURCE_DIR_S3_URI": f"s3://{BUCKET}/{key}", **(env or {})})
         self.say = say
         self.poll_seconds = poll_seconds
-        self.bucket = LocalBucket(self.home / "bucket", BUCKET)
+        self.bucket = LocalBucket(self.home / "bucket", BUCKET, on_skip=self._skipping)
         self.store = Store(self.home / "state.db")
         self.publisher = LocalPublisher(
             self.home / "notifications.jsonl", say, webhook, topic_arn=self.env["NOTIFY_TOPIC_ARN"]
@@ -242,9 +242,12 @@ class LocalRuntime:
             except (OSError, AdapterError) as exc:
                 if self._skipped.get(key) != str(exc):  # once per object and cause, not every poll
                     self._skipped[key] = str(exc)
-                    log.warning("skipping %s in the local bucket: %s", key, exc)
-                    self.say(f"skipping {key}: {exc}")
+                    self._skipping(key, str(exc))
         return emitted
+
+    def _skipping(self, key: str, why: str) -> None:
+        log.warning("skipping %s in the local bucket: %s", key, why)
+        self.say(f"skipping {key}: {why}")
 
     def _notice(self, key: str, size: int) -> int:
         path = self.bucket.path(key)

@@ -73,6 +73,26 @@ def test_a_link_in_the_bucket_is_skipped_and_the_watcher_keeps_watching(tmp_path
         runtime.stop()
 
 
+def test_a_file_name_that_is_not_utf8_is_skipped_named_and_the_watcher_keeps_watching(tmp_path, ray_serve):
+    home = tmp_path / "home"
+    datasets = home / "bucket" / "datasets"
+    datasets.mkdir(parents=True)
+    # S3 keys are UTF-8; a folder can hold any bytes. Also there at the start, as after a restart.
+    (Path(os.fsdecode(bytes(datasets))) / os.fsdecode(b"bad\xff.zip")).write_bytes(b"PK\x05\x06" + bytes(18))
+    said: list[str] = []
+    runtime = LocalRuntime(home, say=said.append, serving=ray_serve, poll_seconds=0.05)
+    runtime.start(port=0)
+    try:
+        runtime.upload(_one_class_dataset(tmp_path / "one"), "one")
+        note = _notified(runtime, "dataset.rejected")
+        assert note["message"]["dataset"].endswith("datasets/one/"), "a later upload is still seen"
+        assert runtime.problems() == [] and _status(runtime.api_url)[0] == 200
+    finally:
+        runtime.stop()
+    named = [line for line in said if "not UTF-8" in line]
+    assert named == ["skipping datasets/bad\\xff.zip: its name is not UTF-8, as S3 keys are; rename it"], said
+
+
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # its death is the point
 def test_a_watcher_that_dies_takes_status_to_unhealthy(tmp_path, ray_serve):
     runtime = LocalRuntime(tmp_path / "home", say=lambda m: None, serving=ray_serve, poll_seconds=0.05)

@@ -10,12 +10,15 @@ as plain characters; a folder cannot), and links are neither followed nor listed
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 
 from chalice_app.adapters.errors import NotFoundError, ServiceError
 from chalice_app.adapters.s3 import RangedReader
+
+log = logging.getLogger(__name__)
 
 # Files being written are hidden from listings and from the watcher until they are renamed.
 PARTIAL_SUFFIX = ".partial"
@@ -39,10 +42,13 @@ def check_key(key: str) -> str:
 
 
 class LocalBucket:
-    def __init__(self, root: Path, name: str):
+    def __init__(self, root: Path, name: str, on_skip: Callable[[str, str], None] | None = None):
         root.mkdir(parents=True, exist_ok=True)
         self.root = root.resolve()
         self.name = name
+        # Told (file, why) once for each file the listing leaves out for a reason its owner should hear.
+        self.on_skip = on_skip or (lambda shown, why: log.warning("skipping %s in the local bucket: %s", shown, why))
+        self._not_keys: set[str] = set()  # names already reported as no key can have them
 
     # -- paths ---------------------------------------------------------------------------------
 
@@ -92,9 +98,18 @@ class LocalBucket:
                 if filename.endswith(PARTIAL_SUFFIX) or path.is_symlink() or not path.is_file():
                     continue
                 key = self.key_of(path)
-                if key.startswith(prefix):
+                if not _is_utf8(key):
+                    self._report_not_a_key(path)
+                elif key.startswith(prefix):
                     found.append((key, path.stat().st_size))
         yield from sorted(found)
+
+    def _report_not_a_key(self, path: Path) -> None:
+        """Once per file: S3 keys are UTF-8, so a file whose name is not cannot be an object."""
+        shown = os.fsencode(path.relative_to(self.root)).decode("utf-8", "backslashreplace")
+        if shown not in self._not_keys:
+            self._not_keys.add(shown)
+            self.on_skip(shown, "its name is not UTF-8, as S3 keys are; rename it")
 
     def list_prefixes(self, bucket: str, prefix: str) -> list[str]:
         self._check(bucket)
@@ -108,7 +123,7 @@ class LocalBucket:
         return sorted(
             f"{self.key_of(child)}/"
             for child in base.iterdir()
-            if child.is_dir() and not child.is_symlink() and child.name.startswith(start)
+            if child.is_dir() and not child.is_symlink() and child.name.startswith(start) and _is_utf8(child.name)
         )
 
     def presigned_url(self, bucket: str, key: str, seconds: int) -> None:
@@ -167,6 +182,15 @@ class LocalBucket:
                 dst.write(chunk)
         os.replace(partial, path)
         return etag(path)
+
+
+def _is_utf8(name: str) -> bool:
+    """False for a file name that was not UTF-8 on disk (Python keeps its bytes as lone surrogates)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def etag(path: Path) -> str:
