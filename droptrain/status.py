@@ -55,6 +55,7 @@ def render(home: Path) -> str:
                 )
             )
         lines += _projects(store)
+        lines += [f"skipped: {line}; droptrain up moves it aside" for line in store.unreadable]
     finally:
         store.close()
     return "\n".join(lines) or "no runs yet"

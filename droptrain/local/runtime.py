@@ -40,7 +40,7 @@ from droptrain.local.lock import HomeLock
 from droptrain.local.sagemaker import LocalSageMaker
 from droptrain.local.sagemaker.endpoint import LocalEndpoints, LocalRuntimeClient
 from droptrain.local.sagemaker.resources import ACCOUNT
-from droptrain.local.stage import BUCKET, local_environment
+from droptrain.local.stage import BUCKET, local_environment, object_created
 from droptrain.local.store import Store
 from droptrain.upload import upload_dataset
 
@@ -142,6 +142,9 @@ class LocalRuntime:
         privates.check("sagemaker-training")  # before anything is taken: the jobs run through its private API
         self._lock.acquire()
         try:
+            for line in self.store.quarantine():  # a torn record never stops the stack
+                log.warning("%s", line)
+                self.say(line)
             self._services = self.services(config_module.load(self.env))
             app_obj = create_app(self.env, self._services)
             if serve_api:
@@ -314,27 +317,6 @@ def schedules_of(app: Any) -> dict[str, Callable]:
         source.name: app.handler_map[source.name]
         for source in app.event_sources
         if getattr(source, "schedule_expression", None) is not None
-    }
-
-
-def object_created(key: str, size: int, tag: str) -> dict:
-    return {
-        "version": "0",
-        "id": str(uuid.uuid4()),
-        "detail-type": "Object Created",
-        "source": "aws.s3",
-        "account": ACCOUNT,
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "region": "local",
-        "resources": [f"arn:aws:s3:::{BUCKET}"],
-        "detail": {
-            "version": "0",
-            "bucket": {"name": BUCKET},
-            "object": {"key": key, "size": size, "etag": tag, "sequencer": f"{time.time_ns():020X}"},
-            "request-id": "local",
-            "requester": ACCOUNT,
-            "reason": "PutObject",
-        },
     }
 
 

@@ -6,6 +6,8 @@ Light on purpose: ``droptrain config`` and the settings read it without starting
 from __future__ import annotations
 
 import json
+import time
+import uuid
 
 from droptrain.local import defaults
 from droptrain.local.sagemaker.resources import ACCOUNT
@@ -45,3 +47,25 @@ def local_environment(overrides: dict[str, str] | None = None) -> dict[str, str]
     }
     env.update(overrides or {})
     return env
+
+
+def object_created(key: str, size: int, tag: str) -> dict:
+    """The EventBridge event S3 sends when ``key`` is written to the stage's bucket."""
+    return {
+        "version": "0",
+        "id": str(uuid.uuid4()),
+        "detail-type": "Object Created",
+        "source": "aws.s3",
+        "account": ACCOUNT,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "region": "local",
+        "resources": [f"arn:aws:s3:::{BUCKET}"],
+        "detail": {
+            "version": "0",
+            "bucket": {"name": BUCKET},
+            "object": {"key": key, "size": size, "etag": tag, "sequencer": f"{time.time_ns():020X}"},
+            "request-id": "local",
+            "requester": ACCOUNT,
+            "reason": "PutObject",
+        },
+    }

@@ -3,6 +3,9 @@
 Status changes go through ``transition``, a compare-and-set: of two threads (or two runtimes)
 that try to move a job out of the same state, exactly one wins, so each state-change event is
 emitted once.
+
+A record whose JSON cannot be read (a write torn by a full disk or a crash) never stops the stack:
+``quarantine`` moves it aside, and ``records`` leaves it out and names it in ``unreadable``.
 """
 
 from __future__ import annotations
@@ -29,6 +32,31 @@ class Store:
             "CREATE TABLE IF NOT EXISTS resources (kind TEXT NOT NULL, name TEXT NOT NULL, status TEXT,"
             " data TEXT NOT NULL, created REAL DEFAULT (julianday('now')), PRIMARY KEY (kind, name))"
         )
+        self.unreadable: list[str] = []  # what ``records`` left out, one line each
+
+    def quarantine(self) -> list[str]:
+        """Move every record whose JSON cannot be read into the ``quarantined`` table, where a person
+        can still read it; one line for each, naming it."""
+        with self._lock:
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS quarantined (kind TEXT, name TEXT, status TEXT, data TEXT, why TEXT,"
+                " moved REAL DEFAULT (julianday('now')))"
+            )
+            rows = self._db.execute("SELECT kind, name, status, data FROM resources").fetchall()
+            lines = []
+            for kind, name, status, data in rows:
+                why = _unreadable(data)
+                if why is None:
+                    continue
+                self._db.execute("BEGIN")
+                self._db.execute(
+                    "INSERT INTO quarantined (kind, name, status, data, why) VALUES (?, ?, ?, ?, ?)",
+                    (kind, name, status, data, why),
+                )
+                self._db.execute("DELETE FROM resources WHERE kind=? AND name=?", (kind, name))
+                self._db.execute("COMMIT")
+                lines.append(_line(kind, name, why) + ": moved to the table 'quarantined' of state.db")
+            return lines
 
     def insert(self, kind: str, name: str, data: dict[str, Any], status: str | None = None) -> bool:
         """Add a record; ``False`` when one by that name exists (nothing changes)."""
@@ -99,8 +127,25 @@ class Store:
                 "SELECT name, status, data FROM resources WHERE kind=? ORDER BY created, name", (kind,)
             ).fetchall()
         for name, status, data in rows:
-            yield name, status, json.loads(data)
+            why = _unreadable(data)
+            if why is None:
+                yield name, status, json.loads(data)
+            elif _line(kind, name, why) not in self.unreadable:
+                self.unreadable.append(_line(kind, name, why))
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _unreadable(data: str) -> str | None:
+    """Why ``data`` is not a record (``None`` when it is one)."""
+    try:
+        record = json.loads(data)
+    except (json.JSONDecodeError, TypeError) as exc:
+        return f"its JSON ends or breaks at character {getattr(exc, 'pos', '?')} of {len(data or '')}"
+    return None if isinstance(record, dict) else f"its JSON is a {type(record).__name__}, not an object"
+
+
+def _line(kind: str, name: str, why: str) -> str:
+    return f"the {kind} record {name!r} in state.db cannot be read ({why})"

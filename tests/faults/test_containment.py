@@ -10,7 +10,8 @@ import pytest
 from chalice_app.adapters.errors import AdapterError
 from droptrain import cli
 from droptrain.local.aws.bucket import InvalidKeyError, LocalBucket
-from droptrain.local.runtime import BUCKET, LocalRuntime, object_created
+from droptrain.local.runtime import BUCKET, LocalRuntime
+from droptrain.local.stage import object_created
 from helpers import DEADLINE
 
 

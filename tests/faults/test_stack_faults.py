@@ -387,3 +387,38 @@ def test_haproxy_listens_on_loopback_and_a_killed_stacks_is_ended_at_the_next_st
     finally:
         restarted.stop()
     assert gone, "the next start on the home ended the HAProxy the killed stack left"
+
+
+# -- the store ----------------------------------------------------------------------------------------
+
+
+def test_a_torn_record_in_the_store_is_quarantined_and_the_stack_starts(tmp_path, ray_serve):
+    from droptrain.local.store import Store
+    from droptrain.status import render
+
+    home = tmp_path / "home"
+    store = Store(home / "state.db")
+    store.insert("training-job", "pets-1a2b3c4d-final", {"TrainingJobName": "pets-1a2b3c4d-final"}, "Completed")
+    store.insert("training-job", "pets-5e6f7a8b-001", {"TrainingJobName": "pets-5e6f7a8b-001"}, "InProgress")
+    # What a write torn by a full disk or a crash leaves: the record's JSON cut short.
+    store._db.execute("UPDATE resources SET data=substr(data, 1, 20) WHERE name='pets-5e6f7a8b-001'")
+    store.close()
+
+    report = render(home)  # droptrain status reads the store as it is, and changes nothing
+    assert "skipped: the training-job record 'pets-5e6f7a8b-001' in state.db cannot be read" in report
+
+    said: list[str] = []
+    runtime = LocalRuntime(home, say=said.append, serving=ray_serve)
+    runtime.start(port=0, watch=False)
+    try:
+        assert _status(runtime.api_url)[0] == 200
+        assert runtime.store.names("training-job") == ["pets-1a2b3c4d-final"], "the readable record stays"
+        kept = runtime.store._db.execute("SELECT name, data FROM quarantined").fetchall()
+        assert kept == [("pets-5e6f7a8b-001", '{"TrainingJobName": ')], "the torn record is kept aside, as it was"
+    finally:
+        runtime.stop()
+    assert [line for line in said if "cannot be read" in line] == [
+        "the training-job record 'pets-5e6f7a8b-001' in state.db cannot be read (its JSON ends or breaks at"
+        " character 20 of 20): moved to the table 'quarantined' of state.db"
+    ]
+    assert "cannot be read" not in render(home), "once moved aside, nothing is left to skip"

@@ -12,7 +12,8 @@ from moto import mock_aws
 from droptrain import cli
 from droptrain.local.aws.bucket import InvalidKeyError, LocalBucket
 from droptrain.local.aws.bus import LocalEventBus, Route, matches, routes_of
-from droptrain.local.runtime import BUCKET, object_created, upload_to_bucket
+from droptrain.local.runtime import BUCKET, upload_to_bucket
+from droptrain.local.stage import object_created
 from droptrain.upload import UploadError, upload_to_s3
 from orchestrator.support import event
 
