@@ -136,7 +136,8 @@ def _api_routes(app: Chalice, key_required: bool, steps: Handlers) -> None:
     # where the stage has one, even if predictions are open.
     @app.route("/projects/{project}/versions/{run_id}/deploy", methods=["POST"], api_key_required=key_required)
     def deploy_version(project, run_id):
-        return _json(*steps.deploy_version(project, None if run_id == "previous" else run_id))
+        run = None if run_id == "previous" else run_id
+        return _json(*steps.deploy_version(project, run, app.current_request.headers))
 
     @app.route("/status", methods=["GET"], api_key_required=key_required)
     def status():

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import threading
+import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -28,6 +29,24 @@ from chalice_app.notifications import Notification
 from chalice_app.pipeline import Services, idle, versions
 
 E = TypeVar("E")
+
+
+def cross_site_refusal(headers: Mapping[str, str]) -> tuple[int, dict[str, Any]] | None:
+    """The answer to a state-changing call that a page of another site could have sent; ``None`` if
+    it is fine. Without CORS (this API grants none) a page can send only a form's or plain text's
+    Content-Type, so requiring ``application/json`` leaves it out; a browser names the page's site in
+    ``Origin``, which must then be this API's own host (DNS rebinding is the local server's to refuse)."""
+    lowered = {key.lower(): value for key, value in headers.items()}
+    content_type = (lowered.get("content-type") or "").split(";")[0].strip().lower()
+    if content_type != "application/json":
+        return 415, error_body(
+            "unsupported_media_type",
+            "send Content-Type: application/json (this call changes what every client of the project gets)",
+        )
+    origin = lowered.get("origin")
+    if origin is not None and urllib.parse.urlsplit(origin).netloc.lower() != (lowered.get("host") or "").lower():
+        return 403, error_body("foreign_origin", f"a page of {origin[:100]!r} cannot change this API's versions")
+    return None
 
 
 class Handlers:
@@ -124,8 +143,11 @@ class Handlers:
 
         return self._versions_call(read)
 
-    def deploy_version(self, name: str, run: str | None) -> tuple[int, dict[str, Any]]:
+    def deploy_version(self, name: str, run: str | None, headers: Mapping[str, str]) -> tuple[int, dict[str, Any]]:
         """``POST /projects/{project}/versions/{run_id}/deploy`` (and ``droptrain rollback``)."""
+        refused = cross_site_refusal(headers)
+        if refused:
+            return refused
         return self._versions_call(lambda svc: versions.deploy_version(svc, name, run), status=202)
 
     def _versions_call(

@@ -15,7 +15,13 @@ ERROR_CODES = {
     "invalid_top_k": "top_k must be an integer from 1 to 20",
     "image_too_large": "the image has too many pixels, or an extreme shape",
     "payload_too_large": "the body is over the limit (MAX_BODY_BYTES)",
-    "unsupported_media_type": "send image/jpeg or image/png",
+    "unsupported_media_type": "send the Content-Type the route takes: image/jpeg or image/png to predict, "
+    "application/json to deploy",
+    "foreign_origin": "a page of another site (its Origin) cannot change versions",
+    "bad_host": "the Host header does not name the local server (DNS rebinding is refused)",
+    "uri_too_long": "the request line is over 64 KiB",
+    "headers_too_large": "too many headers, or one over 64 KiB",
+    "too_many_connections": "the local API is at its connection limit: retry",
     "length_required": "send the body with a Content-Length header",
     "project_required": "there are several projects: name one in the path",
     "unknown_project": "no project by that name",
@@ -140,7 +146,16 @@ def _project_paths() -> dict[str, Any]:
                 "summary": "Approve and deploy a version (run_id 'previous': roll back)",
                 "parameters": [PROJECT, RUN],
                 "security": [{}, {"ApiKey": []}],
-                "responses": {"202": _json(_ref("DeployAnswer"), "what was done"), **_errors(404, 409, 503)},
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                    "description": "Content-Type application/json (any JSON object): what a page of another"
+                    " site cannot send",
+                },
+                "responses": {
+                    "202": _json(_ref("DeployAnswer"), "what was done"),
+                    **_errors(403, 404, 409, 415, 503),
+                },
             }
         },
     }

@@ -287,7 +287,7 @@ async function loadVersions(projects) {
 }
 
 async function deployVersion(project, runId) {
-  const answer = await api("projects/" + encodeURIComponent(project) + "/versions/" + encodeURIComponent(runId) + "/deploy", { method: "POST" });
+  const answer = await api("projects/" + encodeURIComponent(project) + "/versions/" + encodeURIComponent(runId) + "/deploy", { method: "POST", headers: { "Content-Type": "application/json" }, body: "{}" });
   if (!answer.ok) { say("versions-status", problem(answer), "error"); return; }
   say("versions-status", project + ": version " + answer.body.version + " (" + answer.body.run_id + "): " + answer.body.action, "ok");
   setTimeout(refreshAll, 1500);

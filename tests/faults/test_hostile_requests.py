@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import functools
 import json
+import select
 import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -17,7 +19,7 @@ import pytest
 from faults.conftest import raw_http, status_and_json
 from PIL import Image
 
-from helpers import png_bytes, png_header_only
+from helpers import DEADLINE, png_bytes, png_header_only
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -74,14 +76,15 @@ def _standalone(**options):
     ],
 )
 def test_the_body_is_judged_by_its_length_before_it_is_read(served, header, status, code):
-    request = f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n{header}\r\n\r\n".encode()
+    request = f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n{header}\r\n\r\n".encode()
     answered, body = status_and_json(raw_http(served.api_url, request, timeout=10))
     assert (answered, body["error"]["code"]) == (status, code), body
 
 
 def test_a_body_shorter_than_its_length_is_refused_not_waited_for_forever(served):
     request = (
-        b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 100\r\n\r\n\xff\xd8\xff"
+        b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
+        b"Content-Length: 100\r\n\r\n\xff\xd8\xff"
     )
     host, port = served.api_url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as conn:
@@ -102,14 +105,15 @@ def test_clients_that_never_send_their_body_are_timed_out_and_free_their_threads
         for i, conn in enumerate(stalled):
             # Half stop in the headers (a slowloris client), half before the body they announced.
             conn.sendall(
-                b"GET /status HTTP/1.1\r\nHost: x\r\n"
+                b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                 if i % 2
-                else b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 10\r\n\r\n"
+                else b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
+                b"Content-Length: 10\r\n\r\n"
             )
         for conn in stalled:  # each is dropped by the server (EOF), not left hanging
             assert conn.recv(1024) == b""
             conn.close()
-        healthy = raw_http(url, b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        healthy = raw_http(url, b"GET /nope HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
         assert status_and_json(healthy)[0] == 403, "the server still answers"
     finally:
         server.shutdown()
@@ -243,3 +247,123 @@ def test_decoding_the_largest_image_allowed_costs_under_300_mb(tmp_path, mode, f
     )
     peak = int(out.stdout.strip().splitlines()[-1])
     assert peak < 300 * 1024**2, f"{mode} {fmt}: {peak / 1024**2:.0f} MB"
+
+
+# -- other sites, smuggled requests, requests http.server cannot take, clients that trickle ----------
+
+
+def _code(answer: bytes) -> tuple[int, str]:
+    status, body = status_and_json(answer)
+    return status, body.get("error", {}).get("code", "")
+
+
+def test_a_page_of_another_site_cannot_deploy_and_a_rebound_host_reaches_nothing(served):
+    url = served.api_url
+    host, port = url.removeprefix("http://").split(":")
+    endpoint = served.store.names("endpoint")[0]
+    serving = served.endpoints.describe(endpoint)["EndpointConfigName"]
+    deploys = len([n for n in served.notifications() if n["message"]["event"] == "deployment.started"])
+    for extra, refusal in (
+        # What fetch(..., {mode: "no-cors"}) from any page sends: no JSON Content-Type, the page's Origin.
+        ("Origin: http://evil.example\r\n", (415, "unsupported_media_type")),
+        ("Content-Type: text/plain\r\nOrigin: http://evil.example\r\n", (415, "unsupported_media_type")),
+        ("Content-Type: application/json\r\nOrigin: http://evil.example\r\n", (403, "foreign_origin")),
+        ("Content-Type: application/json\r\nOrigin: null\r\n", (403, "foreign_origin")),
+    ):
+        request = (
+            f"POST /projects/pets/versions/previous/deploy HTTP/1.1\r\nHost: {host}:{port}\r\n{extra}"
+            "Content-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        assert _code(raw_http(url, request.encode())) == refusal, extra
+    # DNS rebinding: the page's own name, pointed at 127.0.0.1, in Host.
+    for rebound in ("evil.example", f"evil.example:{port}"):
+        request = f"GET /projects HTTP/1.1\r\nHost: {rebound}\r\nConnection: close\r\n\r\n"
+        assert _code(raw_http(url, request.encode())) == (400, "bad_host"), rebound
+    assert served.endpoints.describe(endpoint)["EndpointConfigName"] == serving
+    assert len([n for n in served.notifications() if n["message"]["event"] == "deployment.started"]) == deploys
+    request = f"GET /projects HTTP/1.1\r\nHost: localhost:{port}\r\nConnection: close\r\n\r\n"
+    assert status_and_json(raw_http(url, request.encode()))[0] == 200, "this machine's own names are fine"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        "Content-Length: 0\r\nContent-Length: 66\r\n",
+        "Content-Length: 66\r\nTransfer-Encoding: chunked\r\n",
+        "Transfer-Encoding: chunked\r\nContent-Length: 66\r\n",
+    ],
+)
+def test_a_smuggled_second_request_is_never_run(headers):
+    server, url = _standalone()
+    try:
+        smuggled = b"GET /openapi.json HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        assert len(smuggled) == 66
+        answer = raw_http(
+            url,
+            f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n{headers}\r\n".encode()
+            + smuggled,
+        )
+        assert answer.count(b"HTTP/1.1 ") == 1, answer[:500]
+        assert _code(answer) == (400, "bad_request")
+    finally:
+        server.shutdown()
+        server.server.server_close()
+
+
+@pytest.mark.parametrize(
+    "request_bytes, status, code",
+    [
+        (b"GARBAGE\r\n\r\n", 400, "bad_request"),
+        (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 414, "uri_too_long"),
+        (b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(200)) + b"\r\n", 431, "headers_too_large"),
+    ],
+)
+def test_requests_http_server_refuses_are_answered_in_the_api_shape(request_bytes, status, code):
+    server, url = _standalone()
+    try:
+        answer = raw_http(url, request_bytes)
+        head = answer.partition(b"\r\n\r\n")[0]
+        assert b"Content-Type: application/json" in head and b"text/html" not in answer
+        assert _code(answer) == (status, code)
+    finally:
+        server.shutdown()
+        server.server.server_close()
+
+
+def _trickle(port: int, ended: list, start: bytes) -> None:
+    """A client that sends its request a byte every 0.2 s, forever: never idle long enough to time out."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(start)
+        try:
+            while True:
+                readable, _, _ = select.select([conn], [], [], 0.2)
+                if readable and conn.recv(4096) == b"":
+                    break
+                conn.sendall(b"x")
+        except OSError:
+            pass
+    ended.append(True)
+
+
+def test_clients_that_trickle_are_cut_at_the_deadline_and_connections_are_capped():
+    server, url = _standalone(request_timeout=5, request_deadline=1, max_connections=4, connection_wait=0.5)
+    port = server.server.server_address[1]
+    ended: list[bool] = []
+    try:
+        trickling = [
+            threading.Thread(target=_trickle, args=(port, ended, start), daemon=True)
+            for start in (b"GET /openapi.json HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ", b"G", *[b"GET /"] * 2)
+        ]
+        for thread in trickling:
+            thread.start()
+        time.sleep(0.3)  # the four hold every connection the server allows
+        busy = raw_http(url, b"GET /openapi.json HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert _code(busy) == (503, "too_many_connections")
+        for thread in trickling:
+            thread.join(DEADLINE)
+        assert len(ended) == 4, "the server cut each at its deadline, though none ever stopped sending"
+        answer = raw_http(url, b"GET /openapi.json HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        assert status_and_json(answer)[0] == 200, "their threads are free again"
+    finally:
+        server.shutdown()
+        server.server.server_close()

@@ -20,6 +20,9 @@ from orchestrator.test_pipeline import (
 CLASSES = {"beagle": 0.9, "corgi": 0.9, "pug": 0.9}
 
 
+JSON = {"Content-Type": "application/json"}  # as the CLI and the console send it
+
+
 def _expect_update(stage, endpoint: str, run: str) -> None:
     """UpdateEndpoint (which moto lacks) as the stage's default config sends it: all at once on one
     instance, baking under the project's alarms."""
@@ -123,7 +126,7 @@ def test_a_worse_retrain_is_held_then_approved_through_the_api_and_rolled_back(s
     assert versions["versions"][0]["metrics"]["macro_f1"] == 0.9
 
     # A person approves it through the API; SageMaker's approval event deploys it.
-    approved = client.http.post(f"/projects/dogs/versions/{second}/deploy")
+    approved = client.http.post(f"/projects/dogs/versions/{second}/deploy", headers=JSON)
     assert approved.status_code == 202 and approved.json_body["action"] == "approved; its approval deploys it"
     _expect_update(stage, "droptrain-dev-dogs", second)
     assert invoke(client, "on_model_package_state_change", package_event(stage, second)).startswith(
@@ -139,7 +142,7 @@ def test_a_worse_retrain_is_held_then_approved_through_the_api_and_rolled_back(s
     stage.stub.add_response("describe_endpoint", serving_second)  # the listing: who serves
     stage.stub.add_response("describe_endpoint", serving_second)  # deploy: the endpoint's state
     _expect_update(stage, "droptrain-dev-dogs", first)
-    rolled = client.http.post("/projects/dogs/versions/previous/deploy")
+    rolled = client.http.post("/projects/dogs/versions/previous/deploy", headers=JSON)
     assert rolled.status_code == 202, rolled.json_body
     assert rolled.json_body["run_id"] == first and rolled.json_body["previous"] == second
     assert rolled.json_body["action"].startswith("updating the endpoint")
@@ -150,11 +153,11 @@ def test_a_worse_retrain_is_held_then_approved_through_the_api_and_rolled_back(s
 
 def test_nothing_to_roll_back_to_and_unknown_versions(stage, client):
     first = _first_version(stage, client, "dogs")
-    response = client.http.post("/projects/dogs/versions/previous/deploy")
+    response = client.http.post("/projects/dogs/versions/previous/deploy", headers=JSON)
     assert response.status_code == 409 and response.json_body["error"]["code"] == "no_earlier_version"
-    response = client.http.post("/projects/dogs/versions/dogs-00000000/deploy")
+    response = client.http.post("/projects/dogs/versions/dogs-00000000/deploy", headers=JSON)
     assert response.status_code == 404 and response.json_body["error"]["code"] == "unknown_version"
-    response = client.http.post(f"/projects/dogs/versions/{first}/deploy")
+    response = client.http.post(f"/projects/dogs/versions/{first}/deploy", headers=JSON)
     assert response.status_code == 202 and response.json_body["action"] == "already serving"
 
 
@@ -230,3 +233,23 @@ def test_the_consoles_run_routes_read_what_the_pipeline_wrote(stage, client):
     assert client.http.get("/runs/NOT_A_RUN").json_body["error"]["code"] == "unknown_run"
     page = client.http.get("/")
     assert page.status_code == 200 and "default-src 'none'" in page.headers["Content-Security-Policy"]
+
+
+def test_a_deploy_another_site_could_send_changes_nothing(stage, client):
+    """What any web page can send without CORS (no-cors fetch, a form): no JSON Content-Type, its own
+    Origin. Refused before anything is read or changed, on Lambda as locally."""
+    _first_version(stage, client, "dogs")
+    stage.notifications()  # taken: what the first version announced
+    path = "/projects/dogs/versions/previous/deploy"
+    for headers, status, code in (
+        ({}, 415, "unsupported_media_type"),
+        ({"Content-Type": "text/plain"}, 415, "unsupported_media_type"),
+        ({"Content-Type": "application/x-www-form-urlencoded"}, 415, "unsupported_media_type"),
+        ({**JSON, "Origin": "http://evil.example", "Host": "api.example"}, 403, "foreign_origin"),
+        ({**JSON, "Origin": "null", "Host": "api.example"}, 403, "foreign_origin"),
+    ):
+        response = client.http.post(path, headers=headers)
+        assert (response.status_code, response.json_body["error"]["code"]) == (status, code), headers
+    assert stage.notifications() == [], "nothing was started or announced"
+    same_site = client.http.post(path, headers={**JSON, "Origin": "https://api.example", "Host": "api.example"})
+    assert same_site.json_body["error"]["code"] == "no_earlier_version", "a page of the API's own site gets through"

@@ -6,26 +6,44 @@ that never finish their request. Chalice's development server does none of that:
 it, and leaves routing and the handlers to Chalice.
 
 * the body is judged by its ``Content-Length`` before a byte of it is read: missing (with a body),
-  malformed or over the limit is a 400, 411 or 413 in the API's error shape, and the connection is
-  closed;
-* a client that stalls mid-request is timed out (``REQUEST_TIMEOUT_SECONDS``), freeing its thread;
-* a listen backlog that holds bursts of clients (``BACKLOG``), one thread per connection;
+  malformed, given twice with different values, beside ``Transfer-Encoding`` (the two ways to
+  smuggle a second request inside the first) or over the limit is a 400, 411 or 413 in the API's
+  error shape, and the connection is closed;
+* a client that stalls mid-request is timed out (``REQUEST_TIMEOUT_SECONDS``), and one that trickles
+  its request a byte at a time is cut at ``REQUEST_DEADLINE_SECONDS`` for the whole of it, freeing
+  its thread; at most ``MAX_CONNECTIONS`` at once (one thread each), a burst beyond that waits in the
+  listen backlog (``BACKLOG``) and, past ``CONNECTION_WAIT_SECONDS``, gets a 503;
+* the ``Host`` header must name this server (an IP address, ``localhost``, this machine's name or
+  the name it was bound to): a page whose own domain was pointed at 127.0.0.1 (DNS rebinding) reaches
+  nothing. State-changing routes also check Content-Type and Origin (``handlers.cross_site_refusal``,
+  on Lambda as here);
 * every answer that is not the handlers' own (no such route, a method the route lacks, Chalice's
-  500) is rewritten to ``{"error": {"code", "message"}}``;
+  500, a request line or headers http.server cannot take: 400, 414, 431) is rewritten to
+  ``{"error": {"code", "message"}}``; a client that went away is no traceback;
 * with an API key, requests without ``x-api-key`` set to it get 403, as API Gateway does.
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
+import logging
+import socket
+import threading
+import time
 from typing import Any
 
 from chalice.local import ChaliceRequestHandler, LocalDevServer, LocalGatewayException, ThreadedHTTPServer
 
 from chalice_app.handlers import error_body
 
+log = logging.getLogger(__name__)
+
 REQUEST_TIMEOUT_SECONDS = 30
+REQUEST_DEADLINE_SECONDS = 60
+MAX_CONNECTIONS = 100
+CONNECTION_WAIT_SECONDS = 2
 BACKLOG = 128
 # Bodies API Gateway would accept at all (10 MB); the route applies its own, smaller limit.
 MAX_CONTENT_LENGTH = 10 * 1024 * 1024
@@ -42,13 +60,18 @@ class RequestRejected(Exception):
 
 
 def content_length(headers: Any, method: str, limit: int) -> int:
-    """The body's length from the headers, or ``RequestRejected`` before any of it is read."""
-    raw = headers.get("content-length")
-    if raw is None:
+    """The body's length from the headers (an ``email.message.Message``), or ``RequestRejected``
+    before any of it is read."""
+    lengths = {value.strip() for value in headers.get_all("content-length") or []}
+    if lengths and headers.get("transfer-encoding"):
+        raise RequestRejected(400, "bad_request", "send Content-Length or Transfer-Encoding, not both")
+    if len(lengths) > 1:
+        raise RequestRejected(400, "bad_request", "Content-Length is given twice, with different values")
+    if not lengths:
         if headers.get("transfer-encoding"):
             raise RequestRejected(411, "length_required", "send the body with a Content-Length header")
         return 0
-    raw = raw.strip()
+    raw = lengths.pop()
     # Digits only, and few enough of them to be a length at all (int() would take "+1_0" or 10^23).
     if not raw.isascii() or not raw.isdigit() or len(raw) > 15:
         raise RequestRejected(400, "bad_request", "the Content-Length header is not a byte count")
@@ -60,10 +83,100 @@ def content_length(headers: Any, method: str, limit: int) -> int:
     return length
 
 
+def host_is_ours(host_header: str | None, names: frozenset[str]) -> bool:
+    """Whether a ``Host`` header names this server: any IP address (no page can rebind one), or one of
+    ``names``; no header (HTTP/1.0) is fine."""
+    if not host_header:
+        return True
+    host = host_header.strip().lower()
+    host = host[1 : host.index("]")] if host.startswith("[") and "]" in host else host.rsplit(":", 1)[0]
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return host.rstrip(".") in names
+
+
+def own_names(bound_to: str) -> frozenset[str]:
+    """The names a client of this machine may put in ``Host``."""
+    return frozenset(name.lower() for name in ("localhost", socket.gethostname(), socket.getfqdn(), bound_to) if name)
+
+
 class ApiServer(ThreadedHTTPServer):
+    """One thread per connection, at most ``max_connections`` of them, each request's reading cut at its deadline."""
+
     request_queue_size = BACKLOG
     daemon_threads = True
     block_on_close = False
+    max_connections = MAX_CONNECTIONS
+    connection_wait = CONNECTION_WAIT_SECONDS
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._slots = threading.BoundedSemaphore(self.max_connections)
+        self._deadlines: dict[socket.socket, float] = {}
+        self._deadlines_lock = threading.Lock()
+        self._closed = threading.Event()
+        threading.Thread(target=self._cut_late_requests, daemon=True, name="api-deadlines").start()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(timeout=self.connection_wait):
+            _answer_busy(request)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def arm(self, connection: socket.socket, seconds: float) -> None:
+        with self._deadlines_lock:
+            self._deadlines[connection] = time.monotonic() + seconds
+
+    def disarm(self, connection: socket.socket) -> None:
+        with self._deadlines_lock:
+            self._deadlines.pop(connection, None)
+
+    def _cut_late_requests(self) -> None:
+        # The socket timeout ends a client that sends nothing; one sending a byte now and then is cut here.
+        while not self._closed.wait(0.25):
+            now = time.monotonic()
+            with self._deadlines_lock:
+                late = [conn for conn, deadline in self._deadlines.items() if deadline < now]
+                for conn in late:
+                    del self._deadlines[conn]
+            for conn in late:
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)  # its thread's read returns at once, and it ends
+                except OSError:
+                    pass
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.warning("the local API's connection from %s failed", client_address, exc_info=True)
+
+    def server_close(self) -> None:
+        self._closed.set()
+        super().server_close()
+
+
+def _answer_busy(request: socket.socket) -> None:
+    body = json.dumps(error_body("too_many_connections", "the local API is at its connection limit: retry")).encode()
+    head = (
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    try:
+        request.settimeout(1)
+        request.sendall(head.encode() + body)
+    except OSError:
+        pass
 
 
 class ApiRequestHandler(ChaliceRequestHandler):
@@ -72,7 +185,32 @@ class ApiRequestHandler(ChaliceRequestHandler):
     # for the client's delayed ACK of the headers on a kept-alive connection: 40 ms more a request.
     disable_nagle_algorithm = True
     max_content_length = MAX_CONTENT_LENGTH
+    deadline = REQUEST_DEADLINE_SECONDS
     api_key: str | None = None
+    host_names: frozenset[str] = frozenset({"localhost"})
+    server: ApiServer
+
+    def handle_one_request(self) -> None:
+        self.server.arm(self.connection, self.deadline)  # reading the request: line, headers, body
+        try:
+            super().handle_one_request()
+        except OSError:  # the client went away, or was cut at its deadline: nobody to answer
+            self.close_connection = True
+        finally:
+            self.server.disarm(self.connection)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        except OSError:
+            pass  # the answer's last bytes had no one to go to
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own refusals (a request line or headers it cannot take), in the API's shape."""
+        self.close_connection = True
+        words = {400: "bad_request", 414: "uri_too_long", 431: "headers_too_large", 501: "method_not_allowed"}
+        reason = message or self.responses.get(code, ("the request was refused",))[0]
+        self._send_json(code, words.get(code, "bad_request"), f"{reason} (HTTP {code})")
 
     def _parse_payload(self) -> tuple[dict, bytes | None]:
         length = content_length(self.headers, self.command, self.max_content_length)
@@ -83,8 +221,11 @@ class ApiRequestHandler(ChaliceRequestHandler):
 
     def _generic_handle(self) -> None:
         try:
+            if not host_is_ours(self.headers.get("host"), self.host_names):
+                raise RequestRejected(400, "bad_host", "the Host header does not name this server")
             self._check_key()
             headers, body = self._parse_payload()
+            self.server.disarm(self.connection)  # read in time: the handler's own work is not cut
         except RequestRejected as exc:
             self.close_connection = True  # the unread body must not be taken for the next request
             self._send_json(exc.status, exc.code, str(exc))
@@ -123,6 +264,8 @@ class ApiRequestHandler(ChaliceRequestHandler):
 
     def _send_json(self, status: int, code: str, message: str) -> None:
         body = json.dumps(error_body(code, message)).encode()
+        if getattr(self, "request_version", "") in ("", "HTTP/0.9"):  # none read, or not one we speak
+            self.request_version = "HTTP/1.1"  # else http.server would send the body without a status line
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -155,11 +298,21 @@ def create_server(
     api_key: str | None = None,
     max_content_length: int = MAX_CONTENT_LENGTH,
     request_timeout: float = REQUEST_TIMEOUT_SECONDS,
+    request_deadline: float = REQUEST_DEADLINE_SECONDS,
+    max_connections: int = MAX_CONNECTIONS,
+    connection_wait: float = CONNECTION_WAIT_SECONDS,
 ) -> LocalDevServer:
     """A ``LocalDevServer`` bound to ``host:port`` (``OSError`` when it cannot be)."""
     handler = type(
         "Handler",
         (ApiRequestHandler,),
-        {"api_key": api_key, "max_content_length": max_content_length, "timeout": request_timeout},
+        {
+            "api_key": api_key,
+            "max_content_length": max_content_length,
+            "timeout": request_timeout,
+            "deadline": request_deadline,
+            "host_names": own_names(host),
+        },
     )
-    return LocalDevServer(app_obj, config, host, port, handler_cls=handler, server_cls=ApiServer)
+    server = type("Server", (ApiServer,), {"max_connections": max_connections, "connection_wait": connection_wait})
+    return LocalDevServer(app_obj, config, host, port, handler_cls=handler, server_cls=server)
