@@ -109,6 +109,13 @@ def check_keys(relative: Iterable[tuple[str, int]]) -> DatasetReport:
             report.ignored += 1
     report.counts = {s: dict(sorted(c.items())) for s, c in counts.items()}
     report.classes = sorted(class_dirs.get("train", set()))
+    nested = sorted({p[0] for p in paths if report.layout == "flat" and len(p) > 3 and p[1] in SPLITS})
+    if nested:
+        report.reasons.append(
+            f"the top folders {', '.join(nested[:5])} each hold their own {'/'.join(SPLITS)} folders: that is several"
+            " datasets, not one dataset's classes; upload one dataset per archive or folder"
+        )
+        return report
 
     if len(report.classes) < 2:
         report.reasons.append(
@@ -180,6 +187,23 @@ def _check_members(
         )
 
 
+def _not_utf8(names: Iterable[str]) -> str | None:
+    """The reason to refuse an archive whose member names are not all UTF-8 (S3 keys, notifications and
+    the training job's paths are); ``None`` when they are."""
+    bad = []
+    for name in names:
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            bad.append(name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"))
+    return f"the archive has member names that are not UTF-8: {', '.join(bad[:5])}; rename them" if bad else None
+
+
+def _member_key(name: str) -> str:
+    """A member's path as a key: Windows tools write zips with backslashes between the names."""
+    return name.replace("\\", "/")
+
+
 def _unsafe_name(name: str) -> bool:
     normalised = name.replace("\\", "/")
     return (
@@ -194,12 +218,15 @@ def _check_zip(s3: ObjectStore, dataset: DatasetRef, size: int, limit: int) -> D
     try:
         with zipfile.ZipFile(reader) as zf:
             infos = zf.infolist()
+    except UnicodeDecodeError as exc:  # names flagged UTF-8 that are not
+        reason = f"the archive has member names that are not UTF-8 ({exc.reason}); rename them"
+        return DatasetReport(checked="zip central directory", reasons=[reason])
     except (zipfile.BadZipFile, ValueError) as exc:
         report = DatasetReport(checked="zip central directory")
         report.reasons.append(f"{dataset.key} is not a readable zip archive ({exc})")
         return report
     unsafe = [i.filename for i in infos if _unsafe_name(i.filename) or (i.external_attr >> 16) & 0o170000 == 0o120000]
-    report = check_keys((i.filename, i.file_size) for i in infos if not i.is_dir())
+    report = check_keys((_member_key(i.filename), i.file_size) for i in infos if not i.is_dir())
     report.checked = "zip central directory"
     _check_members(report, [(i.filename, i.file_size) for i in infos], unsafe, size, limit)
     return report
@@ -231,7 +258,10 @@ def _check_tar(s3: ObjectStore, dataset: DatasetRef, size: int, limit: int) -> D
         return DatasetReport(
             checked="tar member headers", reasons=[f"{dataset.key} is not a readable tar archive ({exc})"]
         )
-    report = check_keys(members)
+    not_utf8 = _not_utf8([name for name, _ in members] + unsafe)
+    if not_utf8:
+        return DatasetReport(checked="tar member headers", reasons=[not_utf8])
+    report = check_keys([(_member_key(name), member_size) for name, member_size in members])
     report.checked = "tar member headers"
     _check_members(report, members, unsafe, size, limit)
     return report

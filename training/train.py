@@ -269,7 +269,7 @@ def finish(
     artifact.write_json(report_dir / "evaluation.json", evaluation)
     verdicts = write_verdicts(observers.hook.out_dir, report_dir)
     if observers.sampler is not None:
-        write_report(
+        write_report(  # a report that cannot be drawn says so in itself; it never fails the job
             args.run_id,
             report_dir,
             fit.device.type,

@@ -21,7 +21,7 @@ from chalice_app import sagemaker_requests as requests
 from droptrain.local.aws.bucket import LocalBucket
 from droptrain.local.aws.notify import LocalPublisher, WebhookError
 from droptrain.local.runtime import LocalRuntime
-from helpers import DEADLINE
+from helpers import DEADLINE, png_header_only
 from trainlib.archives import extract_archive
 from trainlib.errors import ArchiveError
 
@@ -242,3 +242,115 @@ def test_a_webhook_that_hangs_holds_up_nothing_and_redirects_stay_on_http(tmp_pa
         assert received == ["dataset.accepted", "tuning.started"], "delivered in order once the webhook answered"
     finally:
         server.shutdown()
+
+
+# -- datasets that failed without saying why ----------------------------------------------------------
+
+
+def _jpeg(colour: tuple[int, int, int], seed: int) -> bytes:
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 255, (48, 48, 3), dtype=np.uint8)
+    pixels[:24] = colour
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def test_an_image_past_the_decompression_bomb_limit_is_skipped_and_counted(tmp_path):
+    from trainlib.datasets import discover
+
+    for label in ("cat", "dog"):
+        for i in range(4):
+            (tmp_path / "train" / label).mkdir(parents=True, exist_ok=True)
+            (tmp_path / "train" / label / f"{i}.jpg").write_bytes(_jpeg((200, 0, 0), i))
+    (tmp_path / "train" / "cat" / "huge.png").write_bytes(png_header_only(20_000, 20_000))  # 400 MP
+
+    splits = discover(tmp_path)
+    assert [p.name for p in splits.unreadable] == ["huge.png"]
+    assert all(path.name != "huge.png" for split in (splits.train, splits.valid, splits.test) for path, _ in split)
+
+
+def test_a_dataset_of_unreadable_files_says_they_could_not_be_read(tmp_path):
+    from trainlib import audit
+
+    for label in ("cat", "dog"):
+        (tmp_path / "train" / label).mkdir(parents=True)
+        for i in range(6):
+            (tmp_path / "train" / label / f"{i}.jpg").write_bytes(b"\xff\xd8\xff" + bytes(300))
+    report = audit.findings(audit.scan(tmp_path))
+    (few,) = [b for b in report["blocking"] if b.startswith("fewer than 2 classes")]
+    assert "12 files could not be read as JPEG or PNG images, e.g. train/cat/0.jpg:" in few, few
+
+
+def test_two_classes_holding_the_same_images_are_refused(tmp_path):
+    from trainlib import audit
+
+    for label, colour in (("cat", (200, 0, 0)), ("kitten", (200, 0, 0)), ("dog", (0, 0, 200))):
+        (tmp_path / "train" / label).mkdir(parents=True)
+        for i in range(6):  # cat and kitten: the very same files
+            (tmp_path / "train" / label / f"{i}.jpg").write_bytes(_jpeg(colour, i if label != "dog" else 100 + i))
+    report = audit.findings(audit.scan(tmp_path))
+    assert report["blocking_kinds"] == ["identical_classes"], report["blocking"]
+    assert report["blocking"][0].startswith("classes cat and kitten hold the same images (6 of 6 and 6 of 6")
+
+
+def test_a_windows_zip_with_backslashes_is_read_as_folders(tmp_path):
+    members = {name.replace("/", "\\"): data for name, data in _valid_members().items()}
+    report = _check(tmp_path, "datasets/win.zip", _zip(members))
+    assert report.reasons == [] and report.classes == ["a", "b"] and report.layout == "splits"
+    archive = tmp_path / "win.zip"
+    archive.write_bytes(_zip(members))
+    root = extract_archive(archive, tmp_path / "out")
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*.jpg"))[0] == "train/a/0.jpg"
+
+
+def _tar(names: list[bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT, encoding="utf-8") as tar:
+        for raw in names:
+            info = tarfile.TarInfo(raw.decode("utf-8", "surrogateescape"))
+            data = b"\xff\xd8\xff" + bytes(2000)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def test_member_names_that_are_not_utf8_are_refused_naming_them(tmp_path):
+    names = [f"train/{c}/{i}.jpg".encode() for c in ("a", "b") for i in range(3)] + [b"train/a/bad\xff.jpg"]
+    data = _tar(names)
+    report = _check(tmp_path, "datasets/latin.tar", data)
+    assert report.reasons == ["the archive has member names that are not UTF-8: train/a/bad\\xff.jpg; rename them"]
+    archive = tmp_path / "latin.tar"
+    archive.write_bytes(data)
+    with pytest.raises(ArchiveError, match=r"'train/a/bad\\\\xff.jpg' has a name that is not UTF-8"):
+        extract_archive(archive, tmp_path / "out")
+
+
+def test_an_archive_of_two_datasets_is_refused_not_trained_as_two_classes(tmp_path):
+    from trainlib.datasets import discover
+    from trainlib.errors import DatasetError
+
+    members = {f"{top}/{name}": data for top in ("one", "two") for name, data in _valid_members().items()}
+    report = _check(tmp_path, "datasets/both.zip", _zip(members))
+    assert report.reasons and "the top folders one, two each hold their own train/valid/test" in report.reasons[0]
+    archive = tmp_path / "both.zip"
+    archive.write_bytes(_zip(members))
+    with pytest.raises(DatasetError, match="the top folders one, two each hold their own train/ folder"):
+        discover(extract_archive(archive, tmp_path / "out"))
+
+
+def test_a_class_named_like_mathtext_is_drawn_and_a_plot_that_fails_does_not_fail_the_report(tmp_path, caplog):
+    from trainlib import report
+
+    evaluation = {"classes": ["$$", "$x^2$"], "confusion_matrix": [[1, 0], [0, 1]], "split": "test"}
+    page = report.render(
+        tmp_path / "report.html", run_id="r", history=[], evaluation=evaluation, verdicts=[], profile={}, findings=[]
+    ).read_text()
+    assert page.count("data:image/png;base64,") == 1, "the confusion matrix was drawn"
+    broken = {"classes": ["a"], "confusion_matrix": "not a matrix", "split": "test"}
+    page = report.render(
+        tmp_path / "broken.html", run_id="r", history=[], evaluation=broken, verdicts=[], profile={}, findings=[]
+    ).read_text()
+    assert "The confusion matrix could not be drawn" in page

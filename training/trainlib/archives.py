@@ -37,7 +37,10 @@ def is_archive(path: Path) -> bool:
 
 def safe_member_path(name: str) -> PurePosixPath | None:
     """The member's relative path, or ``None`` for a directory-only entry; raises if unsafe."""
-    normalised = name.replace("\\", "/")
+    if not _is_utf8(name):
+        shown = os.fsencode(name).decode("utf-8", "backslashreplace")
+        raise ArchiveError(f"archive member {shown!r} has a name that is not UTF-8: rename it and archive again")
+    normalised = name.replace("\\", "/")  # Windows tools write zips with backslashes
     if normalised.startswith("/") or (len(normalised) > 1 and normalised[1] == ":"):
         raise ArchiveError(f"archive member {name!r} has an absolute path")
     parts = [p for p in PurePosixPath(normalised).parts if p not in ("", ".")]
@@ -46,6 +49,14 @@ def safe_member_path(name: str) -> PurePosixPath | None:
     if not parts:
         return None
     return PurePosixPath(*parts)
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")  # tarfile keeps bytes that are not UTF-8 as lone surrogates
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def extract_archive(
@@ -73,6 +84,11 @@ def extract_archive(
     except ArchiveError:
         shutil.rmtree(dest, ignore_errors=True)
         raise
+    except UnicodeDecodeError as exc:  # a zip that flags its names UTF-8 and holds other bytes
+        shutil.rmtree(dest, ignore_errors=True)
+        raise ArchiveError(
+            f"{archive.name} has member names that are not UTF-8 ({exc.reason}): archive it again"
+        ) from exc
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as exc:
         shutil.rmtree(dest, ignore_errors=True)
         raise ArchiveError(f"{archive.name} could not be read as an archive: {exc}") from exc

@@ -216,16 +216,50 @@ _SEARCH_THRESHOLDS = {
 }
 
 
-def _too_few(train: Counter, min_train_images: int, min_classes: int) -> list[tuple[str, str]]:
-    """The blocking findings about counts: classes too small to learn, too few classes to classify."""
+SAME_CLASS_SHARE = 0.8  # of both classes' images with a copy in the other: one class under two names
+
+
+def _same_classes(found: list[dict], totals: Counter) -> list[str]:
+    """Blocking reasons for pairs of classes that hold the same images: a model cannot tell them apart,
+    and one of the two names is wrong for every image."""
+    copied: dict[tuple[str, str], dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+    for d in found:
+        if d["where"] != "across classes":
+            continue
+        a, b = d["files"]
+        pair = tuple(sorted((a["class"], b["class"])))
+        copied[pair][a["class"]].add(a["path"])  # type: ignore[index]
+        copied[pair][b["class"]].add(b["path"])  # type: ignore[index]
+    reasons = []
+    for (x, y), paths in sorted(copied.items()):
+        if all(totals[c] and len(paths[c]) / totals[c] >= SAME_CLASS_SHARE for c in (x, y)):
+            reasons.append(
+                f"classes {x} and {y} hold the same images ({len(paths[x])} of {totals[x]} and "
+                f"{len(paths[y])} of {totals[y]} have a copy in the other): merge them or fix the labels"
+            )
+    return reasons
+
+
+def _too_few(
+    train: Counter, min_train_images: int, min_classes: int, unreadable: list[dict[str, str]]
+) -> list[tuple[str, str]]:
+    """The blocking findings about counts: classes too small to learn, too few classes to classify;
+    where unreadable files are why, the finding says so."""
     found = []
+    why = (
+        f" ({len(unreadable)} files could not be read as JPEG or PNG images, e.g. "
+        + "; ".join(f"{u['path']}: {u['reason']}" for u in unreadable[:EXAMPLES])
+        + ")"
+        if unreadable
+        else ""
+    )
     small = sorted(label for label, n in train.items() if n < min_train_images)
     if small:
         listed = ", ".join(f"{label} ({train[label]})" for label in small)
-        found.append(("small_classes", f"classes with fewer than {min_train_images} training images: {listed}"))
+        found.append(("small_classes", f"classes with fewer than {min_train_images} training images: {listed}{why}"))
     usable = [label for label, n in train.items() if n >= min_train_images]
     if len(usable) < min_classes:
-        found.append(("few_classes", f"fewer than {min_classes} classes with enough images ({len(usable)})"))
+        found.append(("few_classes", f"fewer than {min_classes} classes with enough images ({len(usable)}){why}"))
     return found
 
 
@@ -246,8 +280,11 @@ def findings(
     train = counts.get("train", Counter())
     held_out, leaked_test, leak = _leakage(found, sum(counts.get("test", Counter()).values()), max_leaked_test_share)
     blocking, kinds = ([leak], ["leakage"]) if leak else ([], [])
-    for kind, reason in _too_few(train, min_train_images, min_classes):
+    for kind, reason in _too_few(train, min_train_images, min_classes, audit.unreadable):
         kinds.append(kind)
+        blocking.append(reason)
+    for reason in _same_classes(found, sum(counts.values(), Counter())):
+        kinds.append("identical_classes")
         blocking.append(reason)
     sizes = [n for n in train.values() if n]
     report = {

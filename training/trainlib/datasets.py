@@ -126,11 +126,13 @@ def _class_images(split_dir: Path) -> tuple[dict[str, list[Path]], int]:
 
 
 def _readable(path: Path) -> bool:
-    """A cheap header check: PIL identifies the format without decoding the pixels."""
+    """A cheap header check: PIL identifies the format without decoding the pixels. An image past
+    PIL's decompression-bomb limit (twice ``Image.MAX_IMAGE_PIXELS``) is skipped like a broken one:
+    every trial would fail on it."""
     try:
         with Image.open(path) as img:
             return img.format in ("JPEG", "PNG", "MPO")
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError):
         return False
 
 
@@ -181,6 +183,12 @@ def discover(root: Path, seed: int = 42, valid_fraction: float = 0.1, test_fract
 def _find_classes(root: Path) -> tuple[str, dict[str, dict[str, list[Path]]], int]:
     """``(layout, {split: {class: images}}, files ignored)``: ``train/valid/test`` folders, or flat."""
     if not (root / "train").is_dir():
+        nested = [p.name for p in _children(root) if p.is_dir() and (p / "train").is_dir()]
+        if nested:
+            raise DatasetError(
+                f"the top folders {', '.join(nested[:5])} each hold their own train/ folder: that is several "
+                "datasets, not one dataset's classes; upload one dataset per archive or folder"
+            )
         flat, ignored = _class_images(root)
         return "flat", {"train": flat}, ignored
     per_split: dict[str, dict[str, list[Path]]] = {}

@@ -9,26 +9,38 @@ from __future__ import annotations
 import base64
 import html
 import io
+import logging
 from pathlib import Path
 from typing import Any
 
 
-def _figure_png(draw) -> str:
+log = logging.getLogger(__name__)
+
+
+def _figure_png(draw) -> str | Exception:
+    """The plot as base64 PNG; or, when it cannot be drawn, why: a report is never worth a failed job."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
-    draw(ax)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
+    try:
+        draw(ax)
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png")
+    except Exception as exc:  # matplotlib's errors have no common base
+        log.warning("a plot of the report could not be drawn: %s: %s", type(exc).__name__, exc)
+        return exc
+    finally:
+        plt.close(fig)
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def _img(png: str, alt: str) -> str:
+def _img(png: str | Exception, alt: str) -> str:
+    if isinstance(png, Exception):
+        return f"<p>The {html.escape(alt)} could not be drawn ({html.escape(type(png).__name__)}).</p>"
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{png}">'
 
 
@@ -93,8 +105,9 @@ def _confusion(evaluation: dict):
         matrix = evaluation["confusion_matrix"]
         classes = evaluation["classes"]
         ax.imshow(matrix, cmap="Blues")
-        ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", fontsize=7)
-        ax.set_yticks(range(len(classes)), classes, fontsize=7)
+        # Class names are the user's folder names, drawn as they are: "$$" is not mathtext here.
+        ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", fontsize=7, parse_math=False)
+        ax.set_yticks(range(len(classes)), classes, fontsize=7, parse_math=False)
         for i, row in enumerate(matrix):
             for j, v in enumerate(row):
                 ax.text(j, i, str(v), ha="center", va="center", fontsize=7)
