@@ -422,3 +422,84 @@ def test_a_torn_record_in_the_store_is_quarantined_and_the_stack_starts(tmp_path
         " character 20 of 20): moved to the table 'quarantined' of state.db"
     ]
     assert "cannot be read" not in render(home), "once moved aside, nothing is left to skip"
+
+
+# -- broken model artifacts ---------------------------------------------------------------------------
+
+
+def _predicts(runtime: LocalRuntime, image: Path) -> int:
+    request = urllib.request.Request(
+        f"{runtime.api_url}/predict/pets", data=image.read_bytes(), headers={"Content-Type": "image/jpeg"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def _events(runtime: LocalRuntime, event: str) -> list[dict]:
+    return [n["message"] for n in runtime.notifications() if n["message"]["event"] == event]
+
+
+def _deploy_broken(runtime: LocalRuntime, endpoint: str, run: str, archive: Path | None) -> dict:
+    """Deploy ``run`` to the endpoint as the pipeline does (tagged with the run), with ``archive`` as its
+    artifact (``None``: no file at all); the endpoint's description once it settles."""
+    from chalice_app import names
+
+    key = f"runs/{run}/final/model.tar.gz"
+    if archive is not None:
+        runtime.bucket.put_file(key, archive)
+    runtime.sagemaker.create_model({"ModelName": run, "PrimaryContainer": {"ModelDataUrl": runtime.bucket.uri(key)}})
+    runtime.sagemaker.create_endpoint_config({"EndpointConfigName": run, "ProductionVariants": [{"ModelName": run}]})
+    runtime.sagemaker.add_tags(
+        runtime.endpoints.describe(endpoint)["EndpointArn"], [{"Key": names.TAG_RUN_ID, "Value": run}]
+    )
+    runtime.sagemaker.update_endpoint({"EndpointName": endpoint, "EndpointConfigName": run})
+    runtime.endpoints.join(DEADLINE)
+    return runtime.endpoints.describe(endpoint)
+
+
+def test_a_broken_artifact_fails_its_deployment_and_the_serving_version_serves_on(
+    tmp_path, trained_job, ray_serve, tiny_dataset
+):
+    from helpers import deploy_archive
+
+    image = sorted(tiny_dataset.rglob("*.jpg"))[0]
+    truncated = tmp_path / "truncated.tar.gz"
+    truncated.write_bytes(trained_job["archive"].read_bytes()[:5000])  # a copy cut short
+    home = tmp_path / "home"
+    runtime = LocalRuntime(home, say=lambda m: None, serving=ray_serve)
+    runtime.start(port=0, watch=False)
+    try:
+        endpoint = deploy_archive(runtime, trained_job["archive"], "pets-1a2b3c4d")
+        _notified(runtime, "deployment.completed")  # told before the endpoint is tagged for the next run
+        for count, (run, archive) in enumerate((("pets-5e6f7a8b", truncated), ("pets-9c0d1e2f", None)), 1):
+            described = _deploy_broken(runtime, endpoint, run, archive)
+            artifact = f"s3://droptrain-local/runs/{run}/final/model.tar.gz"
+            assert described["EndpointStatus"] == "InService", described
+            assert described["EndpointConfigName"] == "pets-1a2b3c4d", "the previous version serves on"
+            assert artifact in described["FailureReason"], described["FailureReason"]
+            deadline = time.monotonic() + DEADLINE
+            while len(failed := _events(runtime, "deployment.failed")) < count and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert len(failed) == count and artifact in failed[-1]["detail"]["reason"], json.dumps(failed, indent=1)
+            assert failed[-1]["run_id"] == run and failed[-1]["detail"]["rolled_back"]
+            assert _predicts(runtime, image) == 200
+    finally:
+        runtime.stop()
+
+    # The serving version's artifact, broken while the stack was down: it starts, and says so.
+    runtime.bucket.path("runs/pets-1a2b3c4d/final/model.tar.gz").write_bytes(truncated.read_bytes())
+    restarted = LocalRuntime(home, say=lambda m: None, serving=ray_serve)
+    restarted.start(port=0, watch=False)
+    try:
+        status, body = _status(restarted.api_url)
+        assert status == 200
+        state = body["projects"]["pets"]["endpoint"]
+        assert state["status"] == "Failed", state
+        assert "could not be served again" in state["failure_reason"], state
+        assert "runs/pets-1a2b3c4d/final/model.tar.gz" in state["failure_reason"]
+        assert _predicts(restarted, image) != 200
+    finally:
+        restarted.stop()

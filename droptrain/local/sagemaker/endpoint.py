@@ -24,6 +24,7 @@ import shutil
 import tarfile
 import threading
 import time
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -130,8 +131,11 @@ class LocalEndpoints:
             if status in ("InService", "Updating"):
                 try:
                     self._route(name, self._serve(record["EndpointConfigName"]))
-                except ServingError as exc:
+                except Exception as exc:  # one endpoint's artifact never stops the stack from starting
                     log.error("endpoint %s could not serve %s again: %s", name, record["EndpointConfigName"], exc)
+                    if status == "InService":  # nothing serves it now: say so, rather than InService and 503s
+                        reason = f"after a restart, {record['EndpointConfigName']} could not be served again: {exc}"
+                        self._settle(name, ("InService",), "Failed", FailureReason=reason)
             if status in ("Creating", "Updating"):
                 self._deploy_async(name)
 
@@ -180,8 +184,9 @@ class LocalEndpoints:
         try:
             with tarfile.open(archive) as tar:
                 tar.extractall(target, filter="data")
-        except (tarfile.TarError, OSError) as exc:
-            raise ServingError(f"the model artifact could not be extracted: {exc}") from exc
+        except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:  # truncated: EOFError
+            url = model["PrimaryContainer"]["ModelDataUrl"]
+            raise ServingError(f"the model artifact {url} could not be extracted: {exc or type(exc).__name__}") from exc
         app = self._app_name(config_name)
         self.serving.deploy(app, target)
         return app
@@ -239,12 +244,14 @@ class LocalEndpoints:
         deployment = record.get("Deployment") or {}
         try:
             app = self._serve(config)
-        except ServingError as exc:
+        except Exception as exc:  # whatever it is, the endpoint must leave Updating/Creating, saying why
+            if not isinstance(exc, ServingError):
+                log.exception("deploying %s to endpoint %s failed", config, name)
             reason = f"the model could not be deployed: {exc}"
-            if previous_status == "Updating":  # roll back: the old version keeps serving
-                self._settle(name, ("Updating",), "InService", FailureReason=reason)
+            if previous_status == "Updating" and self._serving_app(name) is not None:
+                self._settle(name, ("Updating",), "InService", FailureReason=reason)  # the old version serves on
             else:
-                self._settle(name, ("Creating",), "Failed", FailureReason=reason)
+                self._settle(name, ("Creating", "Updating"), "Failed", FailureReason=reason)
             return
         current = self._serving_app(name)
         if previous_status == "Updating" and deployment and current is not None and current != app:
