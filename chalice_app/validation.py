@@ -243,7 +243,7 @@ def _check_tar(s3: ObjectStore, dataset: DatasetRef, size: int, limit: int) -> D
         return DatasetReport(
             checked=f"archive format only (over {TAR_SCAN_BYTES // 1024**3} GiB: the training job checks the members)"
         )
-    members, unsafe = [], []
+    members, unsafe, total = [], [], 0
     stream = io.BufferedReader(s3.open_ranged(dataset.bucket, dataset.key, size), buffer_size=8 * 1024 * 1024)
     try:
         with tarfile.open(fileobj=stream, mode="r|*") as tar:
@@ -252,7 +252,9 @@ def _check_tar(s3: ObjectStore, dataset: DatasetRef, size: int, limit: int) -> D
                     unsafe.append(info.name)
                 elif info.isfile():
                     members.append((info.name, info.size))
-                if len(members) > MAX_MEMBERS:
+                    total += info.size
+                # Reading past a member decompresses it: a bomb is stopped as soon as it is one.
+                if len(members) > MAX_MEMBERS or total > min(limit, MAX_RATIO * size):
                     break
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         return DatasetReport(

@@ -354,3 +354,58 @@ def test_a_class_named_like_mathtext_is_drawn_and_a_plot_that_fails_does_not_fai
         tmp_path / "broken.html", run_id="r", history=[], evaluation=broken, verdicts=[], profile={}, findings=[]
     ).read_text()
     assert "The confusion matrix could not be drawn" in page
+
+
+# -- a tgz bomb on the event bus -----------------------------------------------------------------------
+
+
+def test_a_tgz_bomb_is_stopped_at_the_ratio_limit_not_decompressed_whole(tmp_path):
+    buffer = io.BytesIO()
+    megabyte = bytes(1024 * 1024)
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for i in range(300):  # 300 MiB of zeros: a few hundred KiB compressed
+            info = tarfile.TarInfo(f"train/{'ab'[i % 2]}/{i}.jpg")
+            info.size = len(megabyte)
+            tar.addfile(info, io.BytesIO(megabyte))
+    data = buffer.getvalue()
+    report = _check(tmp_path, "datasets/bomb.tgz", data)
+    assert any("looks like an archive bomb" in reason for reason in report.reasons), report.reasons
+    read = sum(sum(counts.values()) for counts in report.counts.values())
+    assert read <= validation.MAX_RATIO * len(data) // len(megabyte) + 1 < 300, (read, len(data))
+
+
+def test_one_slow_upload_holds_up_neither_other_uploads_nor_other_events():
+    from droptrain.local.aws.bus import LocalEventBus, Route
+
+    release, seen = threading.Event(), []
+
+    def on_upload(event, context):
+        key = event["detail"]["object"]["key"]
+        if key == "datasets/bomb.tgz":
+            release.wait(DEADLINE)
+        seen.append(key)
+
+    def on_job(event, context):
+        seen.append(event["detail"]["TrainingJobName"])
+
+    bus = LocalEventBus(
+        [
+            Route("on_upload", {"source": ["aws.s3"]}, on_upload),
+            Route("on_job", {"source": ["aws.sagemaker"]}, on_job),
+        ]
+    )
+    bus.start()
+    try:
+        for key in ("datasets/bomb.tgz", "datasets/pets.zip"):
+            bus.put({"source": "aws.s3", "detail": {"object": {"key": key}}})
+        bus.put({"source": "aws.sagemaker", "detail": {"TrainingJobName": "pets-1a2b3c4d-001"}})
+        deadline = time.monotonic() + DEADLINE
+        while len(seen) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sorted(seen) == ["datasets/pets.zip", "pets-1a2b3c4d-001"], "delivered while the bomb is checked"
+        assert not bus.wait_idle(0), "the bus is not idle while an upload is being checked"
+        release.set()
+        assert bus.wait_idle(DEADLINE) and seen[-1] == "datasets/bomb.tgz"
+    finally:
+        release.set()
+        bus.stop()

@@ -3,6 +3,10 @@
 Routes come from the Chalice app itself (each ``@app.on_cw_event`` with its pattern), so the
 local runtime delivers exactly what the deployed rules would, to the same handler functions.
 A handler that raises is retried twice with a pause, as Lambda retries asynchronous invocations.
+
+Events are delivered one at a time, in order, except S3's "Object Created": each upload is checked on
+a thread of its own (at most ``UPLOAD_WORKERS`` at once), as Lambda runs invocations side by side, so
+that one slow or hostile archive never holds up the pipeline's other events or the other uploads.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 RETRY_DELAYS = (1.0, 2.0)
+UPLOAD_WORKERS = 4
 
 
 def _match_value(matcher: Any, value: Any) -> bool:
@@ -100,11 +105,23 @@ class LocalEventBus:
         self._thread: threading.Thread | None = None
         self._idle = threading.Event()
         self._idle.set()
+        self._pending = 0  # put and not yet delivered
+        self._pending_lock = threading.Lock()
+        self._uploads = threading.BoundedSemaphore(UPLOAD_WORKERS)
+        self._upload_threads: list[threading.Thread] = []
         self.delivered: list[tuple[str, str]] = []
 
     def put(self, event: dict) -> None:
-        self._idle.clear()
+        with self._pending_lock:
+            self._pending += 1
+            self._idle.clear()
         self._queue.put(event)
+
+    def _done(self) -> None:
+        with self._pending_lock:
+            self._pending -= 1
+            if self._pending == 0:
+                self._idle.set()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, daemon=True, name="event-bus")
@@ -115,6 +132,8 @@ class LocalEventBus:
             self._queue.put(None)
             self._thread.join(30)
             self._thread = None
+        for thread in self._upload_threads:
+            thread.join(30)
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         return self._idle.wait(timeout)
@@ -124,9 +143,22 @@ class LocalEventBus:
             event = self._queue.get()
             if event is None:
                 return
-            self.deliver(event)
-            if self._queue.empty():
-                self._idle.set()
+            if event.get("source") == "aws.s3":
+                thread = threading.Thread(target=self._deliver_upload, args=(event,), daemon=True, name="upload")
+                self._upload_threads = [t for t in self._upload_threads if t.is_alive()] + [thread]
+                thread.start()
+                continue
+            try:
+                self.deliver(event)
+            finally:
+                self._done()
+
+    def _deliver_upload(self, event: dict) -> None:
+        try:
+            with self._uploads:
+                self.deliver(event)
+        finally:
+            self._done()
 
     def deliver(self, event: dict) -> None:
         for route in self.routes:
