@@ -202,8 +202,13 @@ def test_kept_alive_connections_send_answers_without_nagles_delay():
 
 @pytest.mark.parametrize(
     "body",
-    [png_header_only(100_000, 1), png_header_only(400_000, 1), png_header_only(13_000, 13_000)],
-    ids=["100000x1", "400000x1", "13000x13000"],
+    [
+        png_header_only(100_000, 1),
+        png_header_only(400_000, 1),
+        png_header_only(13_000, 13_000),
+        png_header_only(20_000, 20_000),  # past PIL's own decompression-bomb limit (178 MP)
+    ],
+    ids=["100000x1", "400000x1", "13000x13000", "20000x20000"],
 )
 def test_images_that_claim_gigabytes_get_image_too_large(served, body):
     status, answer = _post(served.api_url, body)
@@ -233,12 +238,22 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
 """
 
 
-@pytest.mark.parametrize("mode, fmt", [("RGBA", "PNG"), ("P", "PNG"), ("RGB", "JPEG")])
-def test_decoding_the_largest_image_allowed_costs_under_300_mb(tmp_path, mode, fmt):
+@pytest.mark.parametrize(
+    "mode, fmt, size",
+    [
+        ("RGBA", "PNG", (7000, 5700)),
+        ("P", "PNG", (7000, 5700)),
+        ("RGB", "JPEG", (7000, 5700)),
+        # 40 megapixels with a short side of 1,024-2,047: once decoded whole, then converted whole.
+        ("RGBA", "PNG", (19999, 2000)),
+        ("CMYK", "JPEG", (19999, 2000)),
+    ],
+)
+def test_decoding_the_largest_image_allowed_costs_under_300_mb(tmp_path, mode, fmt, size):
     """Peak memory of one decode in a fresh process: the 40-megapixel image itself, never copies of it."""
     path = tmp_path / f"big.{fmt.lower()}"
-    fill = {"RGBA": (10, 200, 30, 128), "RGB": (10, 200, 30), "P": 3}[mode]
-    Image.new(mode, (7000, 5700), fill).save(path, fmt)
+    fill = {"RGBA": (10, 200, 30, 128), "RGB": (10, 200, 30), "P": 3, "CMYK": (10, 200, 30, 5)}[mode]
+    Image.new(mode, size, fill).save(path, fmt)
     out = subprocess.run(
         [sys.executable, "-c", _MEASURE.format(training=str(ROOT / "training"), path=str(path))],
         capture_output=True,

@@ -36,9 +36,11 @@ MAX_BODY_BYTES = 6 * 1024 * 1024
 # would blow it up (a 100000x1 PNG of 373 bytes would need gigabytes).
 MAX_PIXELS = 40_000_000
 MAX_ASPECT = 20
-# A decoded image is reduced by a whole factor while its short side stays at least this (far above
-# any network's input), before any conversion touches its pixels.
-WORKING_SIDE = 1024
+# A decoded image is reduced by a whole factor while its short side stays at least this (above the
+# largest input of torchvision's classification backbones, 480), before any conversion touches its
+# pixels; a JPEG is decoded at 1/2, 1/4 or 1/8 scale to it directly. At 1024 a 40-megapixel image with
+# a 2,000-pixel short side was converted whole: about 500 MB for one request (docs/performance.md).
+WORKING_SIDE = 512
 # The endpoint answers this many labels (all of them when there are fewer); the API trims to top_k.
 TOP_LABELS = 20
 FORMATS = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG"}
@@ -93,14 +95,16 @@ def decode(body: bytes | bytearray | memoryview | None) -> Image.Image:
     if fmt is None:
         raise InvalidImageError("the body is not a JPEG or PNG image")
     try:
-        with Image.open(io.BytesIO(body), formats=[fmt]) as img:
+        with Image.open(io.BytesIO(body), formats=[fmt]) as img:  # PIL refuses over 2 x MAX_IMAGE_PIXELS
             check_dimensions(*img.size)  # from the header: nothing is decoded yet
             if fmt == "JPEG":
                 img.draft("RGB", (WORKING_SIDE, WORKING_SIDE))  # JPEG decodes at 1/2, 1/4 or 1/8 scale directly
             img.load()
             factor = min(img.size) // WORKING_SIDE
             return to_rgb_reduced(img, factor) if factor >= 2 else to_rgb(img)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:  # a header claiming hundreds of megapixels
+        raise ImageTooLargeError(f"the image has too many pixels ({_plain(exc)})") from None
+    except (OSError, ValueError, SyntaxError) as exc:
         raise InvalidImageError(f"the body is not a decodable {fmt} image ({_plain(exc)})") from None
 
 

@@ -13,7 +13,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-
 log = logging.getLogger(__name__)
 
 
