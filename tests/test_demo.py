@@ -22,7 +22,8 @@ def test_demo_runs_the_pipeline_and_predicts(tmp_path, capsys, ray_serve):
     ):
         assert event in out
     assert "── summary" in out and "best hyperparams" in out
-    classes = {p.name for p in (tmp_path / "shapes" / "train").iterdir()}
+    classes = {p.name for p in (tmp_path / "home" / "shapes" / "train").iterdir()}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home"], "the demo wrote nothing outside its home"
     answers = [line for line in out.splitlines() if line.startswith("   ") and "→" in line]
     predicted = [line.split("→")[1].split()[0] for line in answers]
     assert len(predicted) == 4 and set(predicted) <= classes

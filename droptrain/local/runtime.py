@@ -327,6 +327,16 @@ def upload_to_bucket(bucket: LocalBucket, source: Path, name: str, prefix: str =
 
 
 def reset(home: Path) -> None:
-    """Forget every run (the demo starts from a clean slate)."""
-    if home.exists():
-        shutil.rmtree(home)
+    """Forget every run (the demo starts from a clean slate): with the home's lock held, so that the
+    home of a running stack is refused (``HomeBusyError``) before anything in it is touched."""
+    lock = HomeLock(home).acquire()
+    try:
+        for child in home.iterdir():
+            if child == lock.path:
+                continue
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    finally:
+        lock.release()

@@ -503,3 +503,33 @@ def test_a_broken_artifact_fails_its_deployment_and_the_serving_version_serves_o
         assert _predicts(restarted, image) != 200
     finally:
         restarted.stop()
+
+
+# -- the demo and other people's files ----------------------------------------------------------------
+
+
+def test_the_demo_refuses_a_running_stacks_home_and_writes_only_inside_its_own(tmp_path):
+    from droptrain.demo import run_demo
+    from droptrain.local.lock import HomeLock
+
+    running = tmp_path / "running"
+    (running / "bucket").mkdir(parents=True)
+    (running / "bucket" / "kept.txt").write_text("a running stack's")
+    held = HomeLock(running).acquire()  # what `droptrain up` holds while it runs
+    try:
+        with pytest.raises(HomeBusyError):
+            run_demo(running, say=lambda m: None)
+    finally:
+        held.release()
+    assert (running / "bucket" / "kept.txt").read_text() == "a running stack's", "nothing was wiped"
+
+    (tmp_path / "shapes").mkdir()
+    (tmp_path / "shapes" / "mine.txt").write_text("a user's file beside the demo's home")
+    with socket.socket() as busy:  # the demo gets as far as starting its stack, and stops there
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        with pytest.raises(OSError):
+            run_demo(tmp_path / "h", port=busy.getsockname()[1], say=lambda m: None)
+    assert (tmp_path / "shapes" / "mine.txt").read_text() == "a user's file beside the demo's home"
+    assert sorted(p.name for p in (tmp_path / "shapes").iterdir()) == ["mine.txt"]
+    assert (tmp_path / "h" / "shapes" / "train").is_dir(), "the synthetic dataset is written inside the home"

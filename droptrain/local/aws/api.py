@@ -112,11 +112,11 @@ class ApiServer(ThreadedHTTPServer):
     connection_wait = CONNECTION_WAIT_SECONDS
 
     def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
         self._slots = threading.BoundedSemaphore(self.max_connections)
         self._deadlines: dict[socket.socket, float] = {}
         self._deadlines_lock = threading.Lock()
         self._closed = threading.Event()
+        super().__init__(*args, **kwargs)  # a port it cannot bind: server_close, then OSError
         threading.Thread(target=self._cut_late_requests, daemon=True, name="api-deadlines").start()
 
     def process_request(self, request: Any, client_address: Any) -> None:
