@@ -533,3 +533,49 @@ def test_the_demo_refuses_a_running_stacks_home_and_writes_only_inside_its_own(t
     assert (tmp_path / "shapes" / "mine.txt").read_text() == "a user's file beside the demo's home"
     assert sorted(p.name for p in (tmp_path / "shapes").iterdir()) == ["mine.txt"]
     assert (tmp_path / "h" / "shapes" / "train").is_dir(), "the synthetic dataset is written inside the home"
+
+
+# -- many projects on one stack -----------------------------------------------------------------------
+
+_TINY_APP = """
+from ray import serve
+
+
+@serve.deployment
+class Echo:
+    async def __call__(self, request):
+        return "ok"
+
+
+app = Echo.bind()
+"""
+
+
+def test_nine_projects_fit_on_one_stack_and_a_model_that_cannot_fit_is_refused_at_once(tmp_path, ray_serve):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from droptrain.local.engines.serving import ModelNotServableError
+
+    def archive(name: str, options: str = "") -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "tinyapp.py").write_text(_TINY_APP)
+        (folder / "config.yaml").write_text(
+            "applications:\n  - name: x\n    route_prefix: /\n    import_path: tinyapp:app\n"
+            f"    deployments:\n      - name: Echo\n{options}"
+        )
+        return folder
+
+    names = [f"project-{i}" for i in range(9)]  # a replica each; Ray's logical CPUs here: 8
+    try:
+        with ThreadPoolExecutor(9) as pool:
+            list(pool.map(lambda name: ray_serve.deploy(name, archive(name)), names))
+        assert set(names) <= set(ray_serve.names())
+        greedy = archive("greedy", "        ray_actor_options:\n          num_cpus: 1000\n")
+        with pytest.raises(
+            ModelNotServableError, match=r"CPUs free and this model asks for 1000: about \d+ models fit"
+        ):
+            ray_serve.deploy("greedy", greedy)  # refused before anything waits on Ray to place it
+    finally:
+        for name in names:
+            ray_serve.delete(name)

@@ -32,14 +32,20 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import yaml
-from packaging.requirements import InvalidRequirement, Requirement
-
 from droptrain.local.engines import privates
+from droptrain.local.engines.applications import (
+    REPLICA_CPUS,
+    ApplicationGoneError,
+    ModelNotServableError,
+    ServingError,
+    cpus_wanted,
+    for_this_machine,
+    missing_requirements,
+    read_app_config,
+)
 from droptrain.local.engines.ingress import Connections
 from droptrain.local.engines.ray_mode import PortBlock, environment_while_starting, free_port, ray_environment
 
@@ -47,59 +53,6 @@ from droptrain.local.engines.ray_mode import PortBlock, environment_while_starti
 log = logging.getLogger(__name__)
 
 READY, FAILED = "RUNNING", ("DEPLOY_FAILED", "UNHEALTHY")
-
-
-class ServingError(Exception):
-    """Ray Serve could not do what was asked."""
-
-
-class ModelNotServableError(ServingError):
-    """This model archive cannot be served here; the message says why."""
-
-
-class ApplicationGoneError(ServingError):
-    """The application was deleted (an endpoint swapped versions) while a request was on its way."""
-
-
-def read_app_config(model_dir: Path) -> dict[str, Any]:
-    """The one application of the archive's ``config.yaml``, checked; raises ``ModelNotServableError``."""
-    path = model_dir / "config.yaml"
-    if not path.is_file():
-        raise ModelNotServableError(
-            "the model archive has no config.yaml (archives built for the retired TorchServe "
-            "container cannot be served: train the model again)"
-        )
-    try:
-        config = yaml.safe_load(path.read_text())
-        apps = config["applications"]
-    except (yaml.YAMLError, KeyError, TypeError) as exc:
-        raise ModelNotServableError(f"config.yaml is not a Ray Serve applications config ({exc})") from None
-    if not isinstance(apps, list) or len(apps) != 1 or not isinstance(apps[0], dict) or "import_path" not in apps[0]:
-        raise ModelNotServableError("config.yaml must hold exactly one application with an import_path")
-    return dict(apps[0])
-
-
-def missing_requirements(model_dir: Path) -> list[str]:
-    """The archive's ``code/requirements.txt`` lines this environment does not satisfy."""
-    path = model_dir / "code" / "requirements.txt"
-    missing = []
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        line = line.split("#", 1)[0].strip()
-        if not line or line.startswith("-"):
-            continue
-        try:
-            requirement = Requirement(line)
-        except InvalidRequirement:
-            missing.append(f"{line} (not a requirement this check can read)")
-            continue
-        try:
-            installed = metadata.version(requirement.name)
-        except metadata.PackageNotFoundError:
-            missing.append(f"{line} (not installed)")
-            continue
-        if requirement.specifier and not requirement.specifier.contains(installed, prereleases=True):
-            missing.append(f"{line} (installed: {installed})")
-    return missing
 
 
 class RayServe:
@@ -203,7 +156,7 @@ class RayServe:
         """Deploy the archive extracted in ``model_dir`` as application ``name`` and wait until it serves;
         raises ``ModelNotServableError`` (with the application removed again) when it cannot. Its HTTP
         route is ``/<name>`` unless ``route_prefix`` is given (``"/"``: the container's own)."""
-        config = read_app_config(model_dir)
+        config = for_this_machine(read_app_config(model_dir))
         missing = missing_requirements(model_dir)
         if missing:
             raise ModelNotServableError(f"the model needs what this environment lacks: {'; '.join(missing)}")
@@ -344,4 +297,12 @@ class RayServe:
         if wanted > have:
             raise ModelNotServableError(
                 f"the model's config.yaml asks for {wanted:g} GPU per replica; this machine has {have:g}"
+            )
+        cpus, free = cpus_wanted(config), float(ray.available_resources().get("CPU", 0))
+        if cpus > free:  # refused now, rather than waiting for a replica Ray can never place
+            total = float(ray.cluster_resources().get("CPU", 0))
+            raise ModelNotServableError(
+                f"the local Ray has {free:g} of its {total:g} CPUs free and this model asks for {cpus:g}: "
+                f"about {int(total // REPLICA_CPUS)} models fit at once (each replica {REPLICA_CPUS:g} CPU, "
+                "two versions of a project during an update); stop another project's endpoint first"
             )
