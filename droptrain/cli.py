@@ -146,6 +146,12 @@ def _cmd_upload(args: argparse.Namespace) -> int:
     except (UploadError, InvalidNameError, AdapterError) as exc:
         print(f"droptrain upload: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # a full disk, mostly: what was half-written is gone already
+        print(
+            f"droptrain upload: writing to {args.home.resolve() / 'bucket'} failed: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return 1
     print(f"s3://{bucket}/{key}" + ("" if remote else " (droptrain up picks it up)"))
     return 0
 

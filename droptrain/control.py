@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from chalice_app import names
-from droptrain.local.store import Store
+from droptrain.local.store import Store, StoreWriteError
 
 
 class ControlError(Exception):
@@ -85,7 +85,10 @@ def ask_stop(home: Path, run: str) -> str:
     try:
         if store.get("tuning-job", run) is None and store.get("processing-job", names.audit_job_name(run)) is None:
             raise ControlError(f"there is no run {run!r} in {home}")
-        store.insert("stop-request", run, {"run": run})
+        try:
+            store.insert("stop-request", run, {"run": run})
+        except StoreWriteError as exc:
+            raise ControlError(f"the stop request could not be recorded: {exc}") from exc
         return (
             f"asked the stack to stop {run}: its jobs end as SageMaker's stopped jobs do "
             "(a stopped stack does it when it next starts)"

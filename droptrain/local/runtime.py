@@ -72,7 +72,7 @@ class LocalRuntime:
         self.say = say
         self.poll_seconds = poll_seconds
         self.bucket = LocalBucket(self.home / "bucket", BUCKET, on_skip=self._skipping)
-        self.store = Store(self.home / "state.db")
+        self.store = Store(self.home / "state.db", reserve=True)
         self.publisher = LocalPublisher(
             self.home / "notifications.jsonl", say, webhook, topic_arn=self.env["NOTIFY_TOPIC_ARN"]
         )

@@ -4,6 +4,11 @@ Status changes go through ``transition``, a compare-and-set: of two threads (or 
 that try to move a job out of the same state, exactly one wins, so each state-change event is
 emitted once.
 
+A full disk never leaves a job's state unrecorded: the store keeps a reserve file beside the
+database, given up the first time a write finds the disk full, so that the failures that follow can
+still be written; writes that fail for a full disk or a lock are retried with backoff, then raise
+``StoreWriteError`` naming the cause.
+
 A record whose JSON cannot be read (a write torn by a full disk or a crash) never stops the stack:
 ``quarantine`` moves it aside, and ``records`` leaves it out and names it in ``unreadable``.
 """
@@ -11,20 +16,36 @@ A record whose JSON cannot be read (a write torn by a full disk or a crash) neve
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
+
+RESERVE_BYTES = 2 * 1024 * 1024  # room for hundreds of records, given up when the disk is full
+WRITE_ATTEMPTS = 6  # over about 3 s of backoff
 
 
 class StoreError(Exception):
     pass
 
 
+class StoreWriteError(StoreError):
+    """The state database could not be written: the disk is full, or another process holds it."""
+
+
 class Store:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, reserve: bool = False):
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._reserve = path.with_name(path.name + ".reserve")
+        if reserve:  # the running stack's; readers (droptrain status, runs) write nothing
+            self._keep_reserve()
         self._lock = threading.RLock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -58,11 +79,36 @@ class Store:
                 lines.append(_line(kind, name, why) + ": moved to the table 'quarantined' of state.db")
             return lines
 
+    def _keep_reserve(self) -> None:
+        if self._reserve.exists():
+            return
+        try:
+            with open(self._reserve, "wb") as handle:
+                handle.write(bytes(RESERVE_BYTES))  # written, not sparse: a sparse file would free nothing
+        except OSError:
+            self._reserve.unlink(missing_ok=True)  # no room for it now: the next start tries again
+
+    def _write(self, sql: str, params: tuple[Any, ...]) -> sqlite3.Cursor:
+        """``sql`` executed; a full disk first gives up the reserve, then, like a lock, is retried."""
+        for attempt in range(WRITE_ATTEMPTS):
+            try:
+                return self._db.execute(sql, params)
+            except sqlite3.OperationalError as exc:
+                full = "full" in str(exc)
+                if full and self._reserve.exists():
+                    os.unlink(self._reserve)
+                    log.warning("the disk holding %s is full: its reserve was given up to keep recording", self.path)
+                    continue
+                if not (full or "locked" in str(exc)) or attempt == WRITE_ATTEMPTS - 1:
+                    raise StoreWriteError(f"{self.path} could not be written ({exc}): free some disk space") from exc
+                time.sleep(0.1 * 2**attempt)
+        raise AssertionError("unreachable")
+
     def insert(self, kind: str, name: str, data: dict[str, Any], status: str | None = None) -> bool:
         """Add a record; ``False`` when one by that name exists (nothing changes)."""
         with self._lock:
             try:
-                self._db.execute(
+                self._write(
                     "INSERT INTO resources (kind, name, status, data) VALUES (?, ?, ?, ?)",
                     (kind, name, status, json.dumps(data, default=str)),
                 )
@@ -87,7 +133,7 @@ class Store:
             if data is None:
                 raise StoreError(f"no {kind} {name}")
             data.update(changes)
-            self._db.execute(
+            self._write(
                 "UPDATE resources SET data=? WHERE kind=? AND name=?", (json.dumps(data, default=str), kind, name)
             )
             return data
@@ -100,7 +146,7 @@ class Store:
                 return False
             data.update(changes)
             marks = ",".join("?" * len(from_status))
-            cursor = self._db.execute(
+            cursor = self._write(
                 f"UPDATE resources SET status=?, data=? WHERE kind=? AND name=? AND status IN ({marks})",
                 (to_status, json.dumps(data, default=str), kind, name, *from_status),
             )
@@ -109,7 +155,7 @@ class Store:
     def delete(self, kind: str, name: str) -> bool:
         """Remove the record; ``True`` if there was one."""
         with self._lock:
-            return self._db.execute("DELETE FROM resources WHERE kind=? AND name=?", (kind, name)).rowcount == 1
+            return self._write("DELETE FROM resources WHERE kind=? AND name=?", (kind, name)).rowcount == 1
 
     def names(self, kind: str, status: str | None = None) -> list[str]:
         with self._lock:

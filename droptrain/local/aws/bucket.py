@@ -9,6 +9,7 @@ as plain characters; a folder cannot), and links are neither followed nor listed
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -169,19 +170,31 @@ class LocalBucket:
         path = self.path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(path.name + PARTIAL_SUFFIX)
-        partial.write_bytes(data)
-        os.replace(partial, path)
+        with _no_partial_left(partial):
+            partial.write_bytes(data)
+            os.replace(partial, path)
         return hashlib.md5(data).hexdigest()
 
     def put_file(self, key: str, source: Path) -> str:
         path = self.path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(path.name + PARTIAL_SUFFIX)
-        with source.open("rb") as src, partial.open("wb") as dst:
-            while chunk := src.read(1 << 20):
-                dst.write(chunk)
-        os.replace(partial, path)
+        with _no_partial_left(partial):
+            with source.open("rb") as src, partial.open("wb") as dst:
+                while chunk := src.read(1 << 20):
+                    dst.write(chunk)
+            os.replace(partial, path)
         return etag(path)
+
+
+@contextlib.contextmanager
+def _no_partial_left(partial: Path) -> Iterator[None]:
+    """A write that fails (a full disk, most often) takes its half-written file with it."""
+    try:
+        yield
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
 
 
 def _is_utf8(name: str) -> bool:

@@ -173,6 +173,11 @@ class TrainingJobs(Jobs):
                 SecondaryStatus="Failed",
                 FailureReason=jobs.failure_reason(paths, status_code, output.tail),
             )
+        if not (paths.output / "success").exists():
+            # AWS's toolkit exits 0 when writing its failure file fails (a full disk): its success file is the word.
+            last = next((line for line in reversed(output.tail) if line.strip()), "")
+            reason = f"AlgorithmError: the job ended without reporting success (is its disk full?): {last[-400:]}"
+            return self.end(name, "Failed", SecondaryStatus="Failed", FailureReason=reason)
         return self.end(
             name,
             "Completed",
@@ -277,6 +282,9 @@ class TrainingJobs(Jobs):
                                 pruned = True
                                 kill(process)
                 return process.wait(), pruned
+            except BaseException:  # the runner cannot follow it (a full disk, say): the job's process ends too
+                kill(process)
+                raise
             finally:
                 process.stdout.close()
 
