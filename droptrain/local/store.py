@@ -6,8 +6,8 @@ emitted once.
 
 A full disk never leaves a job's state unrecorded: the store keeps a reserve file beside the
 database, given up the first time a write finds the disk full, so that the failures that follow can
-still be written; writes that fail for a full disk or a lock are retried with backoff, then raise
-``StoreWriteError`` naming the cause.
+still be written; a write that still finds the disk full is retried with backoff, then raises
+``StoreWriteError`` naming the cause (as does one that waited out another process's lock).
 
 A record whose JSON cannot be read (a write torn by a full disk or a crash) never stops the stack:
 ``quarantine`` moves it aside, and ``records`` leaves it out and names it in ``unreadable``.
@@ -99,7 +99,8 @@ class Store:
                     os.unlink(self._reserve)
                     log.warning("the disk holding %s is full: its reserve was given up to keep recording", self.path)
                     continue
-                if not (full or "locked" in str(exc)) or attempt == WRITE_ATTEMPTS - 1:
+                # A lock was waited on already (the connection's 30 s timeout): only a full disk is retried.
+                if not full or attempt == WRITE_ATTEMPTS - 1:
                     raise StoreWriteError(f"{self.path} could not be written ({exc}): free some disk space") from exc
                 time.sleep(0.1 * 2**attempt)
         raise AssertionError("unreachable")
