@@ -168,9 +168,14 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    from droptrain.local.store import StoreError
     from droptrain.status import render
 
-    print(render(args.home))
+    try:
+        print(render(args.home))
+    except StoreError as exc:  # its disk is full: one line, not a traceback
+        print(f"droptrain status: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

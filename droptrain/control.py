@@ -28,7 +28,10 @@ def _store(home: Path):
     db = home / "state.db"
     if not db.exists():
         raise ControlError(f"no local runs yet ({db} does not exist): droptrain up, then droptrain upload PATH")
-    return Store(db)
+    try:
+        return Store(db)
+    except StoreWriteError as exc:  # a full disk: said in one line, as every other refusal here
+        raise ControlError(str(exc)) from exc
 
 
 def runs(home: Path) -> list[str]:

@@ -47,12 +47,15 @@ class Store:
         if reserve:  # the running stack's; readers (droptrain status, runs) write nothing
             self._keep_reserve()
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS resources (kind TEXT NOT NULL, name TEXT NOT NULL, status TEXT,"
-            " data TEXT NOT NULL, created REAL DEFAULT (julianday('now')), PRIMARY KEY (kind, name))"
-        )
+        try:
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+            self._db.execute("PRAGMA journal_mode=WAL")  # creates the -wal and -shm files: a full disk fails here
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS resources (kind TEXT NOT NULL, name TEXT NOT NULL, status TEXT,"
+                " data TEXT NOT NULL, created REAL DEFAULT (julianday('now')), PRIMARY KEY (kind, name))"
+            )
+        except sqlite3.OperationalError as exc:
+            raise StoreWriteError(f"{path} could not be opened ({exc}): is its disk full?") from exc
         self.unreadable: list[str] = []  # what ``records`` left out, one line each
 
     def quarantine(self) -> list[str]:

@@ -161,3 +161,18 @@ def test_a_runner_that_cannot_write_the_jobs_log_ends_the_job_and_its_process(tm
         assert _processes_in(tmp_path / "jobs") == [], "train.py ended with its job: nothing is left for Ctrl-C to miss"
     finally:
         sagemaker.stop()
+
+
+def test_a_stop_asked_on_a_full_disk_says_it_was_not_recorded(small_disk, capsys):
+    home = small_disk / "home"
+    store = Store(home / "state.db")
+    store.insert("tuning-job", "pets-1a2b3c4d", {"Tags": {}}, "InProgress")
+    store._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # no room kept in the log: the next write needs blocks
+    store.close()
+    fill(small_disk)
+    assert cli.main(["stop", "pets-1a2b3c4d", "--home", str(home)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("droptrain stop: ") and "is its disk full?" in err[0], err
+    assert cli.main(["status", "--home", str(home)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("droptrain status: ") and "is its disk full?" in err[0], err
