@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import urllib.parse
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -148,6 +149,14 @@ def build_sourcedir(training_dir: Path = TRAINING_DIR) -> tuple[bytes, str]:
 _NO_CHANGES = ("didn't contain changes", "No updates are to be performed")
 
 
+def template_url(s3: Any, bucket: str, key: str) -> str:
+    """The template's URL for CreateChangeSet, on the S3 endpoint botocore resolved for the region: its
+    DNS suffix is the partition's (``amazonaws.com.cn`` in the China regions, where a URL ending in
+    ``amazonaws.com`` cannot be read; docs.amazonaws.cn, "Amazon S3 endpoints")."""
+    host = urllib.parse.urlsplit(s3.meta.endpoint_url).netloc
+    return f"https://{bucket}.{host}/{key}"
+
+
 def _no_changes(exc: Exception) -> bool:
     reason = str(getattr(exc, "last_response", {}).get("StatusReason", "")) + str(exc)
     return any(text in reason for text in _NO_CHANGES)
@@ -206,7 +215,7 @@ def deploy_stack(
         StackName=stack,
         ChangeSetName=change_set,
         ChangeSetType="UPDATE" if exists else "CREATE",
-        TemplateURL=f"https://{artifacts}.s3.{region}.amazonaws.com/{template_key}",
+        TemplateURL=template_url(s3, artifacts, template_key),
         Capabilities=["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM", "CAPABILITY_AUTO_EXPAND"],
         Tags=[{"Key": "droptrain:stage", "Value": stage}],
     )

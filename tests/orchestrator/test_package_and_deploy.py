@@ -125,6 +125,8 @@ def test_template_resources(packaged):
     assert {"suffix": {"equals-ignore-case": ".zip"}} in s3_pattern["detail"]["object"]["key"]
     endpoint_pattern = rules["OnEndpointStateChangeEvent"]["Properties"]["Pattern"]
     assert endpoint_pattern["detail"]["EndpointName"] == [{"prefix": f"{env['ENDPOINT_PREFIX']}-"}]
+    # Edge-optimized APIs do not exist in the China regions (docs.amazonaws.cn, "API Gateway"): regional everywhere.
+    assert resources["RestAPI"]["Properties"]["EndpointConfiguration"] == "REGIONAL"
     api = resources["RestAPI"]["Properties"]["DefinitionBody"]
     assert {"image/jpeg", "image/png"} <= set(api["x-amazon-apigateway-binary-media-types"])
     package_pattern = rules["OnModelPackageStateChangeEvent"]["Properties"]["Pattern"]
@@ -443,6 +445,20 @@ def test_aws_failures_are_one_line():
         == "StackCreateComplete did not complete: The following resource(s) failed to create: [DataBucket]."
     )
     assert "no AWS credentials found" in deploy._explain(NoCredentialsError())
+
+
+@pytest.mark.parametrize(
+    "region, url",
+    [
+        ("us-east-1", "https://b.s3.amazonaws.com/k/t.json"),
+        ("eu-west-1", "https://b.s3.eu-west-1.amazonaws.com/k/t.json"),
+        ("cn-north-1", "https://b.s3.cn-north-1.amazonaws.com.cn/k/t.json"),
+        ("cn-northwest-1", "https://b.s3.cn-northwest-1.amazonaws.com.cn/k/t.json"),
+    ],
+)
+def test_the_template_url_is_on_the_regions_own_s3_endpoint(region, url):
+    s3 = boto3.client("s3", region_name=region, aws_access_key_id="x", aws_secret_access_key="y")
+    assert deploy.template_url(s3, "b", "k/t.json") == url
 
 
 def test_deploy_turns_an_aws_failure_into_a_deploy_error(tmp_path, monkeypatch):
