@@ -349,6 +349,7 @@ def test_a_class_named_like_mathtext_is_drawn_and_a_plot_that_fails_does_not_fai
         tmp_path / "report.html", run_id="r", history=[], evaluation=evaluation, verdicts=[], profile={}, findings=[]
     ).read_text()
     assert page.count("data:image/png;base64,") == 1, "the confusion matrix was drawn"
+    assert "run inside this training job" in page and "closed to new customers" in page, "where the rules ran"
     broken = {"classes": ["a"], "confusion_matrix": "not a matrix", "split": "test"}
     page = report.render(
         tmp_path / "broken.html", run_id="r", history=[], evaluation=broken, verdicts=[], profile={}, findings=[]

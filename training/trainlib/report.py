@@ -160,6 +160,8 @@ img {{ display: block; margin: 1em 0; max-width: 100%; }}
 {len(profile.get("steps", []))} profiled steps.</p>
 <h2>Findings</h2><ul id="findings">{items}</ul>
 <h2>Debugger rules</h2>
+<p id="rules-where">smdebug's rules, run inside this training job on what its hook saved: they work in every
+account. SageMaker's managed Debugger, closed to new customers since 2026-07-30, is not needed for them.</p>
 <table id="rules"><tr><th>rule</th><th>status</th><th>step</th><th>message</th></tr>{rows}</table>
 <h2>Plots</h2>
 {"".join(figures)}
