@@ -17,11 +17,15 @@ from chalice_app import names
 STRATEGIES = ("Bayesian", "Random", "Hyperband", "Grid")
 _ARN = re.compile(r"^arn:aws[a-z-]*:[a-z0-9-]+:[a-z0-9-]*:\d{12}:.+$")
 _INSTANCE = re.compile(r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
+# Kepler (P2) and Volta (P3) GPUs: the training image's PyTorch is built for CUDA 13 (cu130), which
+# dropped sm_70 and older, as has the Ray Serve image's build; their first kernel fails.
+_OLD_GPUS = re.compile(r"^ml\.(p2|p3|p3dn)\.")
 _IMAGE = re.compile(r"^[\w.-]+(:\d+)?/[\w./-]+(:[\w.-]+|@sha256:[0-9a-f]{64})$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 # Endpoints and model package groups are named <prefix>-<project slug> (at most 63 characters, the
 # slug at most 19): the prefix may take 43.
-_PREFIX = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,42}$")
+# Lower case only: the IAM policy matches model package ARNs, which keep the group's case, lower-cased.
+_PREFIX = re.compile(r"^[a-z0-9](-*[a-z0-9]){0,42}$")
 _PROJECT = re.compile(r"^[a-z0-9](-?[a-z0-9]){0,18}$")
 APPROVAL_MODES = ("auto", "manual")
 
@@ -195,7 +199,7 @@ def endpoint_prefix(env: Mapping[str, str]) -> str:
         if env.get("ENDPOINT_NAME", "").strip() and not env.get("ENDPOINT_PREFIX", "").strip()
         else "ENDPOINT_PREFIX"
     )
-    return _required(env, name, _PREFIX, "letters, digits and '-', at most 43 characters")
+    return _required(env, name, _PREFIX, "lower-case letters, digits and '-', at most 43 characters")
 
 
 def _default_project(env: Mapping[str, str]) -> str | None:
@@ -226,6 +230,22 @@ def dataset_prefix(env: Mapping[str, str]) -> str:
 
 def api_key_required(env: Mapping[str, str]) -> bool:
     return _bool(env, "API_KEY_REQUIRED", False)
+
+
+def _instance(env: Mapping[str, str], name: str, default: str, serverless: bool = False) -> str:
+    """An instance type the images can run on (``serverless`` too where ``serverless``)."""
+    value = env.get(name, default).strip() or default
+    if serverless and value == "serverless":
+        return value
+    if not _INSTANCE.match(value):
+        raise ConfigError(name, f"must be an instance type{' or serverless' if serverless else ''}: {value!r}")
+    if _OLD_GPUS.match(value):
+        raise ConfigError(
+            name,
+            f"{value} has a Kepler or Volta GPU, which the images' CUDA 13 PyTorch cannot run (no sm_70 and older): "
+            "choose ml.g4dn, ml.g5, ml.g6 or ml.p4d and newer",
+        )
+    return value
 
 
 def _choice(
@@ -281,9 +301,7 @@ def _parallelism(env: Mapping[str, str]) -> tuple[int, int]:
 
 def load(env: Mapping[str, str]) -> Config:
     """The stage's configuration; raises ``ConfigError`` naming the first bad variable."""
-    inference = _choice(env, "INFERENCE_INSTANCE_TYPE", "ml.m5.large")
-    if inference != "serverless" and not _INSTANCE.match(inference):
-        raise ConfigError("INFERENCE_INSTANCE_TYPE", f"must be an instance type or 'serverless': {inference!r}")
+    inference = _instance(env, "INFERENCE_INSTANCE_TYPE", "ml.m5.large", serverless=True)
     managed = _bool(env, "MANAGED_DEBUGGER", False)
     max_jobs, parallel = _parallelism(env)
     return Config(
@@ -296,9 +314,7 @@ def load(env: Mapping[str, str]) -> Config:
         endpoint_prefix=endpoint_prefix(env),
         region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
         dataset_prefix=dataset_prefix(env),
-        training_instance_type=_choice(
-            env, "TRAINING_INSTANCE_TYPE", "ml.g4dn.xlarge", _INSTANCE, what="e.g. ml.g4dn.xlarge"
-        ),
+        training_instance_type=_instance(env, "TRAINING_INSTANCE_TYPE", "ml.g4dn.xlarge"),
         inference_instance_type=inference,
         tuning_strategy=_choice(env, "TUNING_STRATEGY", "Bayesian", choices=STRATEGIES),
         max_tuning_jobs=max_jobs,
@@ -324,7 +340,7 @@ def load(env: Mapping[str, str]) -> Config:
         idle_stop_hours=_int(env, "IDLE_STOP_HOURS", 0, 0, 24 * 30),
         audit=_bool(env, "AUDIT", True),
         audit_fix=_bool(env, "AUDIT_FIX", False),
-        audit_instance_type=_choice(env, "AUDIT_INSTANCE_TYPE", "ml.m5.xlarge", _INSTANCE, what="e.g. ml.m5.xlarge"),
+        audit_instance_type=_instance(env, "AUDIT_INSTANCE_TYPE", "ml.m5.xlarge"),
         audit_min_train_images=_int(env, "AUDIT_MIN_TRAIN_IMAGES", 5, 1, 100_000),
         audit_max_leaked_test_share=_float(env, "AUDIT_MAX_LEAKED_TEST_SHARE", 0.01, 0.0, 1.0),
         max_run_cost_usd=_float(env, "MAX_RUN_COST_USD", None, 0.01, 1_000_000.0),

@@ -32,7 +32,6 @@ BUNDLED_PRICES = {
     "ml.g4dn.2xlarge": (0.94, 0.94),
     "ml.g5.xlarge": (1.408, 1.408),
     "ml.g5.2xlarge": (1.515, 1.515),
-    "ml.p3.2xlarge": (3.825, 3.825),
 }
 # Images per second: (head mode: the frozen backbone's one pass, full mode: training), ResNet-50 at 224 px.
 # "measured": make bench on a 2-core CPU (ResNet-18 rows, scaled by ResNet-50's 2.2x cost per image).
@@ -49,7 +48,6 @@ THROUGHPUT = {
     "ml.g4dn.2xlarge": ((500.0, 200.0), "estimate (T4)"),
     "ml.g5.xlarge": ((450.0, 260.0), "estimate (A10G, input-bound on 4 vCPUs)"),
     "ml.g5.2xlarge": ((700.0, 300.0), "estimate (A10G)"),
-    "ml.p3.2xlarge": ((700.0, 380.0), "estimate (V100)"),
 }
 UNKNOWN_THROUGHPUT = ((25.0, 9.0), "estimate (unknown instance type: the slowest row)")
 # Billed seconds every job spends before and after the script: image pull, data download, upload.

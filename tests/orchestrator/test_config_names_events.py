@@ -67,6 +67,13 @@ def test_missing_variable_is_named(variable):
         ("ROLLOUT_BAKE_SECONDS", "-5"),
         ("DEFAULT_PROJECT", "!!!"),
         ("ENDPOINT_PREFIX", "droptrain_dev"),
+        # The IAM policy lower-cases model package ARNs, which keep the group's case.
+        ("ENDPOINT_PREFIX", "Droptrain-Dev"),
+        # Kepler and Volta GPUs: the images' CUDA 13 PyTorch has no kernels for them.
+        ("TRAINING_INSTANCE_TYPE", "ml.p3.2xlarge"),
+        ("TRAINING_INSTANCE_TYPE", "ml.p3dn.24xlarge"),
+        ("AUDIT_INSTANCE_TYPE", "ml.p2.xlarge"),
+        ("INFERENCE_INSTANCE_TYPE", "ml.p3.2xlarge"),
     ],
 )
 def test_malformed_variable_is_named(variable, value):

@@ -87,11 +87,11 @@ def test_a_budget_bounds_the_trials_and_every_jobs_runtime():
 
 
 def test_a_run_whose_minimum_cannot_fit_is_refused_with_the_numbers():
-    config = make_config(TRAINING_INSTANCE_TYPE="ml.p3.2xlarge", MAX_RUN_COST_USD="0.50")
+    config = make_config(TRAINING_INSTANCE_TYPE="ml.g5.2xlarge", MAX_RUN_COST_USD="0.50")
     with pytest.raises(
-        cost.BudgetError, match=r"at least one trial and the final job.*\$3\.825/h.*over MAX_RUN_COST_USD \$0\.50"
+        cost.BudgetError, match=r"at least one trial and the final job.*\$1\.515/h.*over MAX_RUN_COST_USD \$0\.50"
     ):
-        cost.plan(config, 100_000, cost.bundled_price("ml.p3.2xlarge", "Training"), 8)
+        cost.plan(config, 100_000, cost.bundled_price("ml.g5.2xlarge", "Training"), 8)
     grid = make_config(TUNING_STRATEGY="Grid", MAX_RUN_COST_USD="0.30")
     with pytest.raises(cost.BudgetError, match="Grid search runs all 6 combinations"):
         cost.plan(grid, 1000, cost.bundled_price("ml.g4dn.xlarge", "Training"), requests.configured_trials(grid))
