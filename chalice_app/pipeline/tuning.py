@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,12 +30,18 @@ def serving_model_data(svc: Services, project: str, run: str) -> str | None:
 def tuning_changed(svc: Services, event: TuningJobStateChange) -> str:
     if event.status not in TERMINAL:
         return f"ignored: tuning status {event.status}"
-    if names.TAG_RUN_ID not in event.tags:
+    tags, description = event.tags, None
+    if names.TAG_RUN_ID not in tags:
+        # AWS's own example of this event has "Tags": {}: the job's tags are then read, as for training jobs.
+        description = svc.sagemaker.describe_tuning_job(event.name)
+        tags = svc.sagemaker.list_tags(description["HyperParameterTuningJobArn"])
+    if names.TAG_RUN_ID not in tags:
         return f"ignored: tuning job {event.name} is not droptrain's"
-    run = event.tags[names.TAG_RUN_ID]
+    event = dataclasses.replace(event, tags=tags)
+    run = tags[names.TAG_RUN_ID]
     prune_checkpoints(svc, run, "tuning")
-    description = svc.sagemaker.describe_tuning_job(event.name)
-    dataset_uri = names.dataset_of_tags(event.tags) or dataset_of(description)
+    description = description or svc.sagemaker.describe_tuning_job(event.name)
+    dataset_uri = names.dataset_of_tags(tags) or dataset_of(description)
     counters = description.get("TrainingJobStatusCounters", {})
     best = description.get("BestTrainingJob") or {}
     if event.status != "Completed" or not best.get("TrainingJobName") or not best.get("TunedHyperParameters"):

@@ -126,6 +126,19 @@ def _complete_tuning(stage, client, run, dataset_uri):
     return invoke(client, "on_tuning_job_state_change", _tuning_event(run, dataset_uri))
 
 
+def test_a_tuning_event_with_empty_tags_reads_the_jobs_own(stage, client):
+    """AWS's documented example of the tuning job's event carries "Tags": {}: the job's tags decide."""
+    _, run = _run_to_tuning(stage, client)
+    stage.notifications()
+    stage.stub.add_response(
+        "describe_hyper_parameter_tuning_job", _tuning_description(stage, run), {"HyperParameterTuningJobName": run}
+    )
+    untagged = _tuning_event(run, "s3://unused/")
+    untagged["detail"]["Tags"] = {}
+    assert invoke(client, "on_tuning_job_state_change", untagged) == "final training job created"
+    assert [n["event"] for n in stage.notifications()] == ["tuning.completed", "training.started"]
+
+
 def test_happy_path_event_by_event(stage, client):
     s3_event, run = _run_to_tuning(stage, client)
     dataset_uri = f"s3://{BUCKET}/datasets/pets/"
