@@ -69,7 +69,9 @@ def _project_names(env: Mapping[str, str]) -> list[Any] | None:
 
 
 def endpoint_state_change(env: Mapping[str, str]) -> dict[str, Any]:
-    detail: dict[str, Any] = {"EndpointStatus": ["IN_SERVICE", "FAILED", "InService", "Failed"]}
+    # DELETING too: an endpoint deleted for having failed is created again once it is gone.
+    statuses = ["IN_SERVICE", "FAILED", "DELETING", "InService", "Failed", "Deleting"]
+    detail: dict[str, Any] = {"EndpointStatus": statuses}
     if (project_names := _project_names(env)) is not None:
         detail["EndpointName"] = project_names
     return {"source": ["aws.sagemaker"], "detail-type": ["SageMaker Endpoint State Change"], "detail": detail}

@@ -3,8 +3,10 @@ recreated when it failed, and its state changes reported."""
 
 from __future__ import annotations
 
+import json
+
 from chalice_app import alarm_requests, endpoint_requests, names
-from chalice_app.adapters.errors import ServiceError
+from chalice_app.adapters.errors import NotFoundError, ServiceError
 from chalice_app.events import EndpointStateChange
 from chalice_app.notifications import Notification
 from chalice_app.pipeline.services import Services
@@ -40,11 +42,15 @@ def _point_endpoint(svc: Services, project: str, run: str, dataset_uri: str | No
     config, name = svc.config, svc.config.endpoint(project)
     endpoint = svc.sagemaker.describe_endpoint(name)
     if endpoint is not None and endpoint.get("EndpointStatus") == "Failed":
-        # SageMaker cannot update an endpoint that failed: it goes, and comes back with this run.
+        # SageMaker cannot update an endpoint that failed: it goes, and comes back with this run. Its
+        # deletion takes a minute or more, longer than an API call may wait: the run is remembered first,
+        # and the endpoint's deletion event (retried until it is gone) or the hourly tick creates it.
+        _remember_recreation(svc, name, run, dataset_uri)
         svc.sagemaker.delete_endpoint(name)
-        _wait_until_gone(svc, name)
-        svc.sagemaker.create_endpoint(endpoint_requests.create_endpoint_request(config, project, run, dataset_uri))
-        action = "recreating the endpoint, which had failed"
+        recreated = recreate_if_gone(svc, name) is not None  # gone at once: created now
+        action = "recreating the endpoint, which had failed" + (
+            "" if recreated else ": it is created again as soon as its deletion ends"
+        )
     elif endpoint is not None and endpoint.get("EndpointStatus") == "Deleting":
         raise ServiceError(f"endpoint {name} is being deleted; the event is retried", retryable=True)
     elif endpoint is None:
@@ -97,19 +103,55 @@ def _deployment_started(svc: Services, run: str, dataset_uri: str | None, action
     )
 
 
-# DeleteEndpoint takes seconds to a minute; the handler waits this long, then lets Lambda retry the event.
-DELETE_WAIT_SECONDS, DELETE_POLL_SECONDS = 120, 5
+# Endpoints deleted for having failed, to create again with a run once they are gone: one object each
+# in the data bucket, written before the deletion starts.
+RECREATE_PREFIX = "runs/_endpoints/recreate/"  # under runs/, which the functions may write; "_": no run
 
 
-def _wait_until_gone(svc: Services, name: str) -> None:
-    waited = 0.0
-    while svc.sagemaker.describe_endpoint(name) is not None:
-        if waited >= DELETE_WAIT_SECONDS:
-            raise ServiceError(
-                f"endpoint {name} is still being deleted after {waited:.0f}s; the event is retried", retryable=True
-            )
-        svc.sleep(DELETE_POLL_SECONDS)
-        waited += DELETE_POLL_SECONDS
+def _remember_recreation(svc: Services, name: str, run: str, dataset_uri: str | None) -> None:
+    bucket, key = svc.config.data_bucket, f"{RECREATE_PREFIX}{name}.json"
+    svc.s3.delete(bucket, key)  # a newer run replaces an older one
+    svc.s3.put_if_absent(bucket, key, json.dumps({"run": run, "dataset": dataset_uri}).encode())
+
+
+def recreate_if_gone(svc: Services, name: str) -> str | None:
+    """Create the endpoint remembered for recreation, once its deletion has ended; the run it serves,
+    or ``None`` when nothing is remembered or the endpoint is still there."""
+    bucket, key = svc.config.data_bucket, f"{RECREATE_PREFIX}{name}.json"
+    try:
+        wanted = json.loads(svc.s3.get(bucket, key))
+    except NotFoundError:
+        return None
+    if svc.sagemaker.describe_endpoint(name) is not None:
+        return None
+    project = names.project_of_resource(svc.config.endpoint_prefix, name) or name
+    request = endpoint_requests.create_endpoint_request(svc.config, project, wanted["run"], wanted["dataset"])
+    svc.sagemaker.create_endpoint(request)  # False when it exists already: a repeated event is harmless
+    svc.s3.delete(bucket, key)
+    return str(wanted["run"])
+
+
+def recreate_pending(svc: Services) -> list[str]:
+    """The hourly tick's sweep: every remembered endpoint that is gone now is created; their names."""
+    done = []
+    for key, _ in list(svc.s3.list_objects(svc.config.data_bucket, RECREATE_PREFIX)):
+        name = key.removeprefix(RECREATE_PREFIX).removesuffix(".json")
+        if recreate_if_gone(svc, name) is not None:
+            done.append(name)
+    return done
+
+
+def endpoint_deleting(svc: Services, event: EndpointStateChange) -> str:
+    """A deletion under way: the endpoint remembered for recreation is created once it is gone; until
+    then the event fails, retryably, and Lambda delivers it again."""
+    try:
+        svc.s3.head(svc.config.data_bucket, f"{RECREATE_PREFIX}{event.name}.json")
+    except NotFoundError:
+        return f"ignored: endpoint {event.name} is being deleted, and nothing waits for it"
+    run = recreate_if_gone(svc, event.name)
+    if run is None:
+        raise ServiceError(f"endpoint {event.name} is still being deleted; the event is retried", retryable=True)
+    return f"recreated endpoint {event.name} with {run}"
 
 
 def _update(svc: Services, endpoint_arn: str, run: str, dataset_uri: str | None) -> None:
@@ -125,6 +167,8 @@ def endpoint_changed(svc: Services, event: EndpointStateChange) -> str:
     project = names.project_of_resource(config.endpoint_prefix, event.name)
     if project is None:
         return f"ignored: endpoint {event.name} is not one of {config.endpoint_prefix}-*"
+    if event.status in ("DELETING", "Deleting"):
+        return endpoint_deleting(svc, event)
     if event.status not in ("IN_SERVICE", "FAILED"):
         return f"ignored: endpoint status {event.status}"
     endpoint = svc.sagemaker.describe_endpoint(event.name)

@@ -16,6 +16,7 @@ from typing import Any
 from chalice_app import endpoint_requests
 from chalice_app.events import EventError
 from chalice_app.notifications import Notification
+from chalice_app.pipeline.deployment import recreate_pending
 from chalice_app.pipeline.services import Services
 from chalice_app.pipeline.versions import project_groups
 
@@ -39,9 +40,10 @@ class ScheduledTick:
 
 def stop_idle(svc: Services, tick: ScheduledTick) -> str:
     """Delete every project endpoint in service that nobody invoked for ``IDLE_STOP_HOURS``."""
+    recreated = recreate_pending(svc)  # a safety net under the deletion events that create them
     hours = svc.config.idle_stop_hours
     if not hours:
-        return "idle stop is off (IDLE_STOP_HOURS=0)"
+        return "idle stop is off (IDLE_STOP_HOURS=0)" + (f"; recreated {', '.join(recreated)}" if recreated else "")
     now = tick.time if tick.time.tzinfo else tick.time.replace(tzinfo=timezone.utc)
     since = now - timedelta(hours=hours)
     stopped = []
