@@ -59,6 +59,7 @@ class Webhook:
         self._opener = _opener()
         self._pending: queue.Queue[dict] = queue.Queue(MAX_PENDING)
         self.undelivered = 0  # refused by a full queue or by the webhook: each is still in the file
+        self._closed = threading.Event()
         self._thread = threading.Thread(target=self._deliver, daemon=True, name="webhook")
         self._thread.start()
 
@@ -78,9 +79,16 @@ class Webhook:
         # unfinished_tasks counts the queued and the one being posted.
         return self.undelivered + self._pending.unfinished_tasks
 
+    def close(self) -> None:
+        """Post nothing more: what is still queued stays in the file only (``flush`` counted it)."""
+        self._closed.set()
+
     def _deliver(self) -> None:
         while True:
             record = self._pending.get()
+            if self._closed.is_set():
+                self._pending.task_done()
+                continue
             try:
                 request = urllib.request.Request(
                     self.url,
@@ -143,10 +151,12 @@ class LocalPublisher:
         return message_id
 
     def flush(self, timeout: float = 10) -> int:
-        """At stop: wait a bounded time for the webhook and say how many messages it did not get."""
+        """At stop: wait a bounded time for the webhook, say how many messages it did not get, and post
+        nothing more (a dead webhook would otherwise be tried for every message still queued)."""
         if not self.webhook:
             return 0
         missed = self.webhook.flush(timeout)
+        self.webhook.close()
         if missed:
             self.say(
                 f"  webhook {self.webhook.url}: {missed} of {self._count} notifications were not delivered"
