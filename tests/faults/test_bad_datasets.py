@@ -306,7 +306,7 @@ def test_a_windows_zip_with_backslashes_is_read_as_folders(tmp_path):
     assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*.jpg"))[0] == "train/a/0.jpg"
 
 
-def _tar(names: list[bytes]) -> bytes:
+def _tar_named(names: list[bytes]) -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT, encoding="utf-8") as tar:
         for raw in names:
@@ -319,7 +319,7 @@ def _tar(names: list[bytes]) -> bytes:
 
 def test_member_names_that_are_not_utf8_are_refused_naming_them(tmp_path):
     names = [f"train/{c}/{i}.jpg".encode() for c in ("a", "b") for i in range(3)] + [b"train/a/bad\xff.jpg"]
-    data = _tar(names)
+    data = _tar_named(names)
     report = _check(tmp_path, "datasets/latin.tar", data)
     assert report.reasons == ["the archive has member names that are not UTF-8: train/a/bad\\xff.jpg; rename them"]
     archive = tmp_path / "latin.tar"

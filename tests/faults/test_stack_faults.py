@@ -3,6 +3,7 @@ a busy port, SIGTERM, kill -9 in the middle of a tuning job. Nothing stalls sile
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -352,12 +353,15 @@ time.sleep(600)
 
 
 def _haproxies(home: Path) -> list[psutil.Process]:
+    """The live HAProxy processes the stack on ``home`` recorded (a reload starts a new one and ends
+    the old: only those still running count)."""
     pids = home / "haproxy" / "haproxy.pids"
     found = []
     for pid in map(int, pids.read_text().split()) if pids.exists() else []:
         try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                found.append(psutil.Process(pid))
+            process = psutil.Process(pid)
+            if process.status() != psutil.STATUS_ZOMBIE and process.name() == "haproxy":
+                found.append(process)
         except psutil.Error:
             continue
     return found
@@ -370,23 +374,27 @@ def test_haproxy_listens_on_loopback_and_a_killed_stacks_is_ended_at_the_next_st
     )
     try:
         assert crashing.stdout.readline() == "up\n", "the stack started Ray Serve"
-        assert len(_haproxies(home)) == 1, "Ray Serve's HAProxy runs, its PID recorded"
-        (orphan,) = _haproxies(home)
-        listening = {c.laddr for c in orphan.net_connections("tcp") if c.status == psutil.CONN_LISTEN}
+        orphans = _haproxies(home)
+        assert orphans, "Ray Serve's HAProxy runs, its PID recorded"
+        listening = set()
+        for process in orphans:
+            with contextlib.suppress(psutil.NoSuchProcess):  # an old one, ending after a reload
+                listening |= {c.laddr for c in process.net_connections("tcp") if c.status == psutil.CONN_LISTEN}
         assert len(listening) >= 2, listening  # the stats page and the Prometheus exporter at least
         assert {address.ip for address in listening} == {"127.0.0.1"}, listening
     finally:
         crashing.kill()  # SIGKILL: no clean-up of any kind
         crashing.wait(DEADLINE)
-    assert orphan.is_running(), "kill -9 leaves HAProxy running, outside the dead stack"
-
+    # Most often HAProxy outlives the killed stack (nobody signals a grandchild); when Ray's own clean-up
+    # happens to reach it first there is nothing left to end, and the restart must not stumble on that.
     restarted = LocalRuntime(home, say=lambda m: None, serving=ray_serve)
     restarted.start(serve_api=False, watch=False)
     try:
-        gone = not orphan.is_running() or orphan.status() == psutil.STATUS_ZOMBIE
+        gone = all(not p.is_running() or p.status() == psutil.STATUS_ZOMBIE for p in orphans)
     finally:
         restarted.stop()
     assert gone, "the next start on the home ended the HAProxy the killed stack left"
+    assert not (home / "haproxy" / "haproxy.pids").exists(), "and forgot it"
 
 
 # -- the store ----------------------------------------------------------------------------------------
@@ -551,9 +559,11 @@ app = Echo.bind()
 """
 
 
-def test_nine_projects_fit_on_one_stack_and_a_model_that_cannot_fit_is_refused_at_once(tmp_path, ray_serve):
-    from concurrent.futures import ThreadPoolExecutor
+def test_a_replica_reserves_a_quarter_cpu_and_a_model_that_cannot_fit_is_refused_at_once(tmp_path, ray_serve):
+    """With Ray's whole CPU per replica, a ninth project on the local Ray's 8 waited 300 s and failed."""
+    import ray
 
+    from droptrain.local.engines.applications import REPLICA_CPUS
     from droptrain.local.engines.serving import ModelNotServableError
 
     def archive(name: str, options: str = "") -> Path:
@@ -566,16 +576,16 @@ def test_nine_projects_fit_on_one_stack_and_a_model_that_cannot_fit_is_refused_a
         )
         return folder
 
-    names = [f"project-{i}" for i in range(9)]  # a replica each; Ray's logical CPUs here: 8
+    total = ray.cluster_resources()["CPU"]
+    before = ray.available_resources()["CPU"]
+    ray_serve.deploy("quarter", archive("quarter"))
     try:
-        with ThreadPoolExecutor(9) as pool:
-            list(pool.map(lambda name: ray_serve.deploy(name, archive(name)), names))
-        assert set(names) <= set(ray_serve.names())
+        taken = before - ray.available_resources()["CPU"]
+        assert taken == pytest.approx(REPLICA_CPUS), taken
+        assert total / REPLICA_CPUS > 9, "so many more projects fit than the 8 a whole CPU each allowed"
         greedy = archive("greedy", "        ray_actor_options:\n          num_cpus: 1000\n")
-        with pytest.raises(
-            ModelNotServableError, match=r"CPUs free and this model asks for 1000: about \d+ models fit"
-        ):
+        refused = r"CPUs free and this model asks for 1000: about \d+ models fit"
+        with pytest.raises(ModelNotServableError, match=refused):
             ray_serve.deploy("greedy", greedy)  # refused before anything waits on Ray to place it
     finally:
-        for name in names:
-            ray_serve.delete(name)
+        ray_serve.delete("quarter")
