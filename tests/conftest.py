@@ -21,6 +21,18 @@ from droptrain.synthetic import make_dataset
 from helpers import FAST_HYPERPARAMETERS, SLOWEST_FIRST, TINY, run_training_job
 
 
+def pytest_configure(config):
+    """Under pytest-xdist, each worker, and what it starts (training jobs, Ray), runs on its own share of
+    the cores. Two workers' training jobs on the same cores had their OpenMP threads spin-wait on each
+    other: test_demo took 556 s beside another worker's job, 65 s alone. The local runtime gives its
+    own parallel jobs a share of the cores for the same reason (``_part_of_machine``)."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if worker and count > 1 and hasattr(os, "sched_setaffinity"):
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) >= count:
+            os.sched_setaffinity(0, cpus[int(worker.removeprefix("gw")) % count :: count])
+
+
 def pytest_collection_modifyitems(config, items):
     rank = {name: place for place, name in enumerate(SLOWEST_FIRST)}
     # A stable sort: each file's tests keep their order, and the other files theirs.

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from faults.test_stack_faults import _processes_in
 from local.test_local_sagemaker import DATASET, FAKE_SOURCE, config, publish_source
 
 from chalice_app import sagemaker_requests as requests
@@ -107,19 +108,6 @@ def test_an_upload_into_a_full_disk_says_so_in_one_line_and_leaves_nothing_half_
     assert len(err) == 1 and err[0].startswith("droptrain upload: writing to ") and "No space left" in err[0], err
     assert [p for p in (home / "bucket").rglob("*") if p.name.endswith(".partial")] == []
     os.unlink(small_disk / "filler")
-
-
-def _processes_in(folder: Path) -> list[psutil.Process]:
-    """Live processes working in ``folder`` (a job's toolkit and train.py)."""
-    found = []
-    for process in psutil.process_iter(["cwd", "status"]):
-        try:
-            cwd = process.info["cwd"]
-            if cwd and Path(cwd).is_relative_to(folder) and process.info["status"] != psutil.STATUS_ZOMBIE:
-                found.append(process)
-        except psutil.Error:
-            continue
-    return found
 
 
 class _FullDiskLog:

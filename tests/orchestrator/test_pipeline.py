@@ -372,8 +372,28 @@ def test_ignored_events(stage, client):
     assert invoke(
         client, "on_endpoint_state_change", event("endpoint-in-service.json", EndpointStatus="UPDATING")
     ).startswith("ignored")
+    # A tuning job that is not droptrain's: its event has no tags, and neither has the job itself.
     untagged = event("tuning-job-completed.json", Tags={})
+    foreign = untagged["detail"]["HyperParameterTuningJobArn"]
+    stage.route("list_tags")
+    stage.stub.add_response(
+        "describe_hyper_parameter_tuning_job",
+        {
+            "HyperParameterTuningJobName": untagged["detail"]["HyperParameterTuningJobName"],
+            "HyperParameterTuningJobArn": foreign,
+            "HyperParameterTuningJobConfig": {
+                "Strategy": "Bayesian",
+                "ResourceLimits": {"MaxNumberOfTrainingJobs": 2, "MaxParallelTrainingJobs": 1},
+            },
+            "HyperParameterTuningJobStatus": "Completed",
+            "CreationTime": datetime.datetime(2026, 11, 20, tzinfo=datetime.timezone.utc),
+            "TrainingJobStatusCounters": {},
+            "ObjectiveStatusCounters": {},
+        },
+    )
+    stage.stub.add_response("list_tags", {"Tags": []}, {"ResourceArn": foreign})
     assert invoke(client, "on_tuning_job_state_change", untagged).startswith("ignored")
+    stage.stub.assert_no_pending_responses()
     assert stage.notifications() == []
     assert stage.sagemaker.list_hyper_parameter_tuning_jobs()["HyperParameterTuningJobSummaries"] == []
 

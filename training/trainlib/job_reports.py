@@ -68,7 +68,7 @@ def write_report(
     verdicts: list[dict],
     observers: Observers,
     setting: dict[str, str] | None = None,
-) -> Path:
+) -> Path | None:
     timer, sampler = observers.timer, observers.sampler
     breakdown, system = timer.breakdown(), sampler.summary()
     profile = {
@@ -85,15 +85,19 @@ def write_report(
     notes = profiling.findings(
         breakdown, system, history, verdicts, device_type, workers, evaluation, profile["step_ms"], setting
     )
-    path = report.render(
-        report_dir / "report.html",
-        run_id=run_id,
-        history=history,
-        evaluation=evaluation,
-        verdicts=verdicts,
-        profile=profile,
-        findings=notes,
-    )
+    try:
+        path = report.render(
+            report_dir / "report.html",
+            run_id=run_id,
+            history=history,
+            evaluation=evaluation,
+            verdicts=verdicts,
+            profile=profile,
+            findings=notes,
+        )
+    except Exception as exc:  # the model and its metrics are what the job is for: a report never fails it
+        log.warning("the training report could not be written: %s: %s", type(exc).__name__, exc)
+        return None
     print(f"report={path}", flush=True)
     return path
 
