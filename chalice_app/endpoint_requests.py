@@ -54,14 +54,16 @@ def create_endpoint_request(config: Config, project: str, run: str, dataset_uri:
     }
 
 
-CANARY_PERCENT = 10
+# The canary is one instance: SageMaker's canary must be at most half the variant's instances
+# (API_TrafficRoutingConfig, "CanarySize"), and a percentage of a small fleet is rounded in ways AWS
+# does not document; one instance of two or more is always valid and gets 1/N of the traffic.
+CANARY = {"Type": "INSTANCE_COUNT", "Value": 1}
 
 
 def update_endpoint_request(config: Config, project: str, run: str) -> dict[str, Any]:
-    """Blue/green with guardrails on instances: a 10% canary then all when there are two instances or
-    more (SageMaker's canary must be at most half the fleet), else all at once; both bake
-    ``ROLLOUT_BAKE_SECONDS`` watched by the project's alarms, which roll back. Serverless endpoints
-    take no deployment config: they update in place."""
+    """Blue/green with guardrails on instances: a one-instance canary then all when there are two
+    instances or more, else all at once; both bake ``ROLLOUT_BAKE_SECONDS`` watched by the project's
+    alarms, which roll back. Serverless endpoints take no deployment config: they update in place."""
     request: dict[str, Any] = {"EndpointName": config.endpoint(project), "EndpointConfigName": run}
     if config.serverless:
         return request
@@ -69,7 +71,7 @@ def update_endpoint_request(config: Config, project: str, run: str) -> dict[str,
     if config.canary:
         routing = {
             "Type": "CANARY",
-            "CanarySize": {"Type": "CAPACITY_PERCENT", "Value": CANARY_PERCENT},
+            "CanarySize": dict(CANARY),
             "WaitIntervalInSeconds": config.rollout_bake_seconds,
         }
     request["DeploymentConfig"] = {

@@ -68,11 +68,11 @@ def _point_endpoint(svc: Services, project: str, run: str, dataset_uri: str | No
         action = f"queued behind the endpoint's current {endpoint['EndpointStatus'].lower()}"
     else:
         _update(svc, endpoint["EndpointArn"], run, dataset_uri)
+        steps = "canary of one instance then all" if config.canary else "all at once"
         action = (
             "updating the endpoint in place"
             if config.serverless
-            else f"updating the endpoint (blue/green, {'canary 10% then all' if config.canary else 'all at once'}, "
-            f"baking {config.rollout_bake_seconds}s under alarms)"
+            else f"updating the endpoint (blue/green, {steps}, baking {config.rollout_bake_seconds}s under alarms)"
         )
     return action
 

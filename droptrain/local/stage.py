@@ -30,9 +30,9 @@ def local_environment(overrides: dict[str, str] | None = None) -> dict[str, str]
         "INFERENCE_IMAGE_URI": "local/droptrain-inference:latest",
         "SOURCE_DIR_S3_URI": f"s3://{BUCKET}/code/sourcedir-local.tar.gz",
         "ENDPOINT_PREFIX": "droptrain-local",
-        # Two "instances" so that an update rolls out as a canary (10% of requests) before taking all
-        # traffic, each step baking this long under the project's alarms.
-        "INFERENCE_INSTANCE_COUNT": "2",
+        # Four "instances" so that an update rolls out as a one-instance canary (a quarter of the
+        # requests) before taking all traffic, each step baking this long under the project's alarms.
+        "INFERENCE_INSTANCE_COUNT": "4",
         "ROLLOUT_BAKE_SECONDS": "3",
         # Local endpoints cost nothing but memory: they are not stopped for idleness unless asked.
         "IDLE_STOP_HOURS": "0",

@@ -176,20 +176,20 @@ def test_throughput_mode_fits_haproxy_in_the_file_descriptor_limit():
     assert throughput_mode(nofile_hard=65536, haproxy="") == {}, "no HAProxy: Ray Serve's defaults"
 
 
-def test_an_environment_that_chose_ray_serves_mode_keeps_it():
+def test_an_environment_that_chose_ray_serves_mode_keeps_it(tmp_path):
     from droptrain.local.engines.ray_mode import ray_environment, throughput_mode
 
     niceness = {"RAY_worker_niceness": "0"}  # whatever the mode: the replicas share the CPU as equals
-    assert ray_environment({"RAY_SERVE_ENABLE_HA_PROXY": "0"}) == niceness
-    assert set(ray_environment({"RAY_SERVE_ENABLE_HA_PROXY": "1"})) == {
+    assert ray_environment({"RAY_SERVE_ENABLE_HA_PROXY": "0"}, tmp_path) == niceness
+    assert set(ray_environment({"RAY_SERVE_ENABLE_HA_PROXY": "1"}, tmp_path)) == {
         "RAY_SERVE_HAPROXY_STATS_PORT",
         "RAY_SERVE_HAPROXY_METRICS_PORT",
         "RAY_SERVE_HAPROXY_BINARY_PATH",  # the loopback wrapper, whoever chose HAProxy
         *niceness,
     }
-    assert ray_environment({"RAY_SERVE_THROUGHPUT_OPTIMIZED": "0", "PATH": "/bin"}) == niceness
-    assert "RAY_worker_niceness" not in ray_environment({"RAY_worker_niceness": "5"})
-    chosen = ray_environment({"RAY_SERVE_HAPROXY_MAXCONN": "1000"})
+    assert ray_environment({"RAY_SERVE_THROUGHPUT_OPTIMIZED": "0", "PATH": "/bin"}, tmp_path) == niceness
+    assert "RAY_worker_niceness" not in ray_environment({"RAY_worker_niceness": "5"}, tmp_path)
+    chosen = ray_environment({"RAY_SERVE_HAPROXY_MAXCONN": "1000"}, tmp_path)
     assert "RAY_SERVE_HAPROXY_MAXCONN" not in chosen, "a variable already set keeps its value"
     assert chosen.items() >= {k: v for k, v in throughput_mode().items() if k != "RAY_SERVE_HAPROXY_MAXCONN"}.items()
     # HAProxy's stats and metrics listeners: free ports, not Ray's fixed 8404 and 9101 (a second Ray would fail).

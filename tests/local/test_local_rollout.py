@@ -57,7 +57,7 @@ def stack(tmp_path):
     serving = FakeServing()
     alarms = LocalAlarms(store)
     endpoints = LocalEndpoints(store, bucket, tmp_path / "endpoints", lambda e: None, serving, alarms)
-    config = make_config(INFERENCE_INSTANCE_COUNT=2, ROLLOUT_BAKE_SECONDS=1)
+    config = make_config(INFERENCE_INSTANCE_COUNT=4, ROLLOUT_BAKE_SECONDS=1)
     for alarm in alarm_requests.alarm_requests(config, "pets"):
         alarms.put_alarm(alarm)
 
@@ -73,7 +73,8 @@ def stack(tmp_path):
             run,
             {"ModelName": run, "PrimaryContainer": {"ModelDataUrl": bucket.uri(f"runs/{run}/model.tar.gz")}},
         )
-        store.insert("endpoint-config", run, {"EndpointConfigName": run, "ProductionVariants": [{"ModelName": run}]})
+        variant = {"ModelName": run, "InitialInstanceCount": config.inference_instance_count}
+        store.insert("endpoint-config", run, {"EndpointConfigName": run, "ProductionVariants": [variant]})
 
     yield {"endpoints": endpoints, "serving": serving, "config": config, "version": version}
     endpoints.close()
@@ -95,6 +96,17 @@ def _traffic_until_done(endpoints: LocalEndpoints, stop_after: float = 10) -> di
     return answers
 
 
+def _canary_route(endpoints: LocalEndpoints):
+    deadline = time.time() + DEADLINE
+    while time.time() < deadline:
+        with endpoints._routes_lock:
+            route = endpoints._routes.get(ENDPOINT)
+        if route is not None and route.canary is not None:
+            return route
+        time.sleep(0.01)
+    raise AssertionError("the update never sent a canary share")
+
+
 def _start(stack, old: str) -> None:
     stack["version"](old)
     stack["endpoints"].create(ENDPOINT, old, {})
@@ -107,6 +119,8 @@ def test_a_good_version_takes_a_canary_share_then_all_traffic(stack):
     stack["version"]("pets-22222222")
     update = endpoint_requests.update_endpoint_request(stack["config"], "pets", "pets-22222222")
     stack["endpoints"].update(ENDPOINT, "pets-22222222", update["DeploymentConfig"])
+    canary = _canary_route(stack["endpoints"])
+    assert (canary.canary, canary.share) == ("ep-pets-22222222", 0.25), "one instance of four: a quarter"
     answers = _traffic_until_done(stack["endpoints"])
     described = stack["endpoints"].describe(ENDPOINT)
     assert (described["EndpointStatus"], described["EndpointConfigName"]) == ("InService", "pets-22222222")

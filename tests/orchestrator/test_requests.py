@@ -178,7 +178,7 @@ def test_model_and_endpoint_requests(instance, count):
     else:
         assert routing == {
             "Type": "CANARY",
-            "CanarySize": {"Type": "CAPACITY_PERCENT", "Value": 10},
+            "CanarySize": {"Type": "INSTANCE_COUNT", "Value": 1},  # at most half of any fleet of 2 or more
             "WaitIntervalInSeconds": 300,
         }
     assert policy["MaximumExecutionTimeoutInSeconds"] >= 2 * 300 + policy["TerminationWaitInSeconds"]

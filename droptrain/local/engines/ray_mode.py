@@ -60,11 +60,11 @@ def throughput_mode(nofile_hard: int | None = None, haproxy: str | None = None) 
     }
 
 
-def ray_environment(environ: Mapping[str, str], haproxy_dir: Path | None = None) -> dict[str, str]:
+def ray_environment(environ: Mapping[str, str], haproxy_dir: Path) -> dict[str, str]:
     """What to add to ``environ`` before Ray starts: the high-throughput mode, unless the environment
     chose Ray Serve's mode itself; a variable already set keeps its value. With HAProxy, whoever chose
     it, its stats and metrics listeners get free ports, and it runs through the loopback wrapper
-    (``haproxy.py``) kept in ``haproxy_dir`` (a new temporary folder when not given)."""
+    (``haproxy.py``) kept in ``haproxy_dir``."""
     chosen = {} if USER_CHOSEN_MODE & set(environ) else throughput_mode()
     # Ray starts its workers (Serve's controller, proxy and replicas: the model) at nice 15, for a
     # cluster where the raylet must win. Here they share the machine with the training jobs and the
@@ -77,9 +77,8 @@ def ray_environment(environ: Mapping[str, str], haproxy_dir: Path | None = None)
         chosen.update(
             RAY_SERVE_HAPROXY_STATS_PORT=str(free_port("")), RAY_SERVE_HAPROXY_METRICS_PORT=str(free_port(""))
         )
-        folder = haproxy_dir or Path(tempfile.mkdtemp(prefix="droptrain-haproxy-"))
         # Replaces a binary the environment chose too: the wrapper runs that one, on loopback.
-        wrapper = loopback_wrapper(_haproxy_binary(), folder)
+        wrapper = loopback_wrapper(_haproxy_binary(), haproxy_dir)
         return {**{k: v for k, v in chosen.items() if k not in environ}, "RAY_SERVE_HAPROXY_BINARY_PATH": str(wrapper)}
     return {key: value for key, value in chosen.items() if key not in environ}
 

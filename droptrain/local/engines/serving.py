@@ -29,6 +29,8 @@ import http.client
 import json
 import logging
 import os
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -84,6 +86,7 @@ class RayServe:
         self._client = None
         self._owns_ray = False
         self._ports: PortBlock | None = None  # the replicas' ports, when this instance starts Ray
+        self._own_dir: Path | None = None  # HAProxy's folder when no stack gave one: removed at stop
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -96,7 +99,9 @@ class RayServe:
         if not ray.is_initialized():
             self._ports = PortBlock.reserve()
             ports = {key: value for key, value in self._ports.environment().items() if key not in os.environ}
-            added = {**ports, **ray_environment(os.environ, self.haproxy_dir)}
+            if self.haproxy_dir is None:
+                self._own_dir = Path(tempfile.mkdtemp(prefix="droptrain-haproxy-"))
+            added = {**ports, **ray_environment(os.environ, self.haproxy_dir or self._own_dir)}
         try:
             with environment_while_starting(added):
                 if not ray.is_initialized():
@@ -120,6 +125,7 @@ class RayServe:
                 ray.shutdown()
                 self._ports.release()
             self._ports, self._owns_ray = None, False
+            self._remove_own_dir()
             raise
         proxy = self._client.http_config
         self.host, self.port = proxy.host, proxy.port
@@ -140,11 +146,17 @@ class RayServe:
             if self._ports is not None:
                 self._ports.release()
                 self._ports = None
+            self._remove_own_dir()
         else:
             for name in list(self._routes):
                 self.delete(name)
         self._routes.clear()
         self._client = None
+
+    def _remove_own_dir(self) -> None:
+        if self._own_dir is not None:
+            shutil.rmtree(self._own_dir, ignore_errors=True)
+            self._own_dir = None
 
     @property
     def url(self) -> str:

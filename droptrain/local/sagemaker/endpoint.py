@@ -202,18 +202,22 @@ class LocalEndpoints:
             route = self._routes.get(endpoint)
         return route.app if route else None
 
-    def _rollout(self, name: str, old: str, new: str, deployment: Mapping[str, Any]) -> str | None:
+    def _canary_share(self, config_name: str, routing: Mapping[str, Any]) -> float:
+        """The canary's share of the requests: its instances of the variant's, or its percentage."""
+        canary = routing.get("CanarySize", {})
+        if canary.get("Type") == "INSTANCE_COUNT":
+            config = self.store.get("endpoint-config", config_name) or {}
+            instances = (config.get("ProductionVariants") or [{}])[0].get("InitialInstanceCount", 1)
+            return min(1.0, canary["Value"] / instances)
+        return canary["Value"] / 100
+
+    def _rollout(self, name: str, old: str, new: str, new_config: str, deployment: Mapping[str, Any]) -> str | None:
         """Shift traffic from ``old`` to ``new`` as the deployment config says, baking under its alarms;
         returns why it rolled back, or ``None`` once ``new`` takes all traffic. ``old`` serves until then."""
         policy = deployment.get("BlueGreenUpdatePolicy", {})
         routing = policy.get("TrafficRoutingConfiguration", {})
         bake = float(routing.get("WaitIntervalInSeconds", 0))
-        canary = routing.get("CanarySize", {})
-        shares = (
-            [canary["Value"] / 100]
-            if routing.get("Type") == "CANARY" and canary.get("Type") == "CAPACITY_PERCENT"
-            else []
-        )
+        shares = [self._canary_share(new_config, routing)] if routing.get("Type") == "CANARY" else []
         alarms = [
             (a["AlarmName"], self.alarms.get(a["AlarmName"]))
             for a in deployment.get("AutoRollbackConfiguration", {}).get("Alarms", [])
@@ -255,7 +259,7 @@ class LocalEndpoints:
             return
         current = self._serving_app(name)
         if previous_status == "Updating" and deployment and current is not None and current != app:
-            rolled_back = self._rollout(name, current, app, deployment)
+            rolled_back = self._rollout(name, current, app, config, deployment)
             if self._closing.is_set():
                 return
             if rolled_back:
