@@ -14,18 +14,17 @@ first, so that a machine without credentials gets as far as it can and then one 
 5. ``template.package`` (``chalice package`` + ``merge_template``): one SAM template holding the
    bucket (EventBridge on), the topic, the SageMaker execution role, the failed-events queue, the layer, the functions,
    rules and the REST API.
-6. ``deploy_stack``: upload the artifacts, create or update the CloudFormation stack through a
-   change set (none to make is success), wait, and upload the sourcedir into the stack's bucket.
+6. ``stack.deploy_stack``: upload the artifacts, bring the stack to a state a change set can start
+   from, create or update it through a change set (none to make is success), wait; the sourcedir goes
+   into the stack's bucket before the functions point at it wherever that bucket already exists.
 
 Every failure reaches the user as one line (``DeployError``), never a traceback.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import urllib.parse
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,8 @@ import boto3
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError, WaiterError
 
 from droptrain import project, sourcedir
-from droptrain.policies import PolicyError, arn_parts, lambda_policy, partition_of
+from droptrain.policies import PolicyError, lambda_policy, partition_of
+from droptrain.stack import StackError, deploy_stack
 from droptrain.template import TemplateError, build_layer, package, read_config, stage_env
 
 TRAINING_DIR = project.TRAINING_DIR
@@ -143,99 +143,7 @@ def build_sourcedir(training_dir: Path = TRAINING_DIR) -> tuple[bytes, str]:
     return sourcedir.build(training_dir)
 
 
-# -- 6. into the account -----------------------------------------------------------------------
-
-# What CloudFormation says when a change set would change nothing: the stack is up to date.
-_NO_CHANGES = ("didn't contain changes", "No updates are to be performed")
-
-
-def template_url(s3: Any, bucket: str, key: str) -> str:
-    """The template's URL for CreateChangeSet, on the S3 endpoint botocore resolved for the region: its
-    DNS suffix is the partition's (``amazonaws.com.cn`` in the China regions, where a URL ending in
-    ``amazonaws.com`` cannot be read; docs.amazonaws.cn, "Amazon S3 endpoints")."""
-    host = urllib.parse.urlsplit(s3.meta.endpoint_url).netloc
-    return f"https://{bucket}.{host}/{key}"
-
-
-def _no_changes(exc: Exception) -> bool:
-    reason = str(getattr(exc, "last_response", {}).get("StatusReason", "")) + str(exc)
-    return any(text in reason for text in _NO_CHANGES)
-
-
-def _upload_template(s3: Any, artifacts: str, stage: str, package_dir: Path) -> str:
-    """The code, the layer and the template (pointing at them) into the deployment bucket, each named
-    by its hash; returns the template's key."""
-    template = json.loads((package_dir / "sam.json").read_text())
-    uploaded: dict[str, str] = {}
-    for name in ("deployment.zip", "layer.zip"):
-        data = (package_dir / name).read_bytes()
-        key = f"{stage}/{hashlib.sha256(data).hexdigest()[:16]}-{name}"
-        s3.put_object(Bucket=artifacts, Key=key, Body=data)
-        uploaded[f"./{name}"] = f"s3://{artifacts}/{key}"
-    for resource in template["Resources"].values():
-        props = resource.get("Properties", {})
-        for field in ("CodeUri", "ContentUri"):
-            if props.get(field) in uploaded:
-                props[field] = uploaded[props[field]]
-    body = json.dumps(template)
-    template_key = f"{stage}/{hashlib.sha256(body.encode()).hexdigest()[:16]}-template.json"
-    s3.put_object(Bucket=artifacts, Key=template_key, Body=body.encode())
-    return template_key
-
-
-def deploy_stack(
-    session: Any,
-    stage: str,
-    package_dir: Path,
-    sourcedir_bytes: bytes,
-    sourcedir_key: str,
-    env: Mapping[str, str],
-    say: Callable[[str], None] = print,
-) -> dict[str, str]:
-    """Upload the artifacts, create or update the stack, wait, and put the sourcedir in place."""
-    _, region, account = arn_parts(env)
-    s3 = session.client("s3", region_name=region)
-    cfn = session.client("cloudformation", region_name=region)
-    artifacts = f"droptrain-deploy-{account}-{region}"
-    try:
-        s3.head_bucket(Bucket=artifacts)
-    except ClientError:
-        say(f"creating the deployment bucket {artifacts}")
-        kwargs = {} if region == "us-east-1" else {"CreateBucketConfiguration": {"LocationConstraint": region}}
-        s3.create_bucket(Bucket=artifacts, **kwargs)
-    template_key = _upload_template(s3, artifacts, stage, package_dir)
-    stack = f"droptrain-{stage}"
-    exists = True
-    try:
-        cfn.describe_stacks(StackName=stack)
-    except ClientError:
-        exists = False
-    change_set = f"droptrain-{stage}-{template_key.split('/')[1][:16]}"
-    cfn.create_change_set(
-        StackName=stack,
-        ChangeSetName=change_set,
-        ChangeSetType="UPDATE" if exists else "CREATE",
-        TemplateURL=template_url(s3, artifacts, template_key),
-        Capabilities=["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM", "CAPABILITY_AUTO_EXPAND"],
-        Tags=[{"Key": "droptrain:stage", "Value": stage}],
-    )
-    say(f"waiting for change set {change_set}")
-    try:
-        cfn.get_waiter("change_set_create_complete").wait(StackName=stack, ChangeSetName=change_set)
-    except WaiterError as exc:
-        if not (exists and _no_changes(exc)):
-            raise
-        cfn.delete_change_set(StackName=stack, ChangeSetName=change_set)
-        say(f"stack {stack} is already up to date")
-    else:
-        cfn.execute_change_set(StackName=stack, ChangeSetName=change_set)
-        say(f"{'updating' if exists else 'creating'} stack {stack}")
-        cfn.get_waiter("stack_update_complete" if exists else "stack_create_complete").wait(StackName=stack)
-    s3.put_object(Bucket=env["DATA_BUCKET"], Key=sourcedir_key, Body=sourcedir_bytes)
-    outputs = {
-        o["OutputKey"]: o["OutputValue"] for o in cfn.describe_stacks(StackName=stack)["Stacks"][0].get("Outputs", [])
-    }
-    return outputs
+# -- 6. into the account (droptrain/stack.py) ---------------------------------------------------
 
 
 def _explain(exc: Exception) -> str:
@@ -296,7 +204,7 @@ def deploy(
         outputs = deploy_stack(session, stage, package_dir, code, key, env, say)
     except (BotoCoreError, ClientError) as exc:
         raise DeployError(_explain(exc)) from None
-    except (PolicyError, TemplateError) as exc:
+    except (PolicyError, TemplateError, StackError) as exc:
         raise DeployError(str(exc)) from None
     say(f"deployed: API {outputs.get('EndpointURL', '?')}; upload datasets to s3://{env['DATA_BUCKET']}/datasets/")
     return outputs

@@ -72,7 +72,9 @@ def merge_template(env: Mapping[str, str], stage: str, layer_uri: str = "./layer
         "Resources": {
             **_stage_resources(env, stage, layer_uri),
             **{name: (event_function if name in EVENT_FUNCTIONS else function) for name in HANDLER_FUNCTIONS},
-            **gateway_responses(),
+            # In the API's own property, which SAM writes into the API's definition: separate
+            # AWS::ApiGateway::GatewayResponse resources are dropped by SAM's next redeployment.
+            "RestAPI": {"Properties": {"GatewayResponses": gateway_responses()}},
         },
         "Outputs": {
             "DataBucketName": {"Value": {"Ref": "DataBucket"}},
@@ -169,16 +171,12 @@ GATEWAY_ERROR_CODES = {
 
 
 def gateway_responses() -> dict[str, Any]:
+    """``AWS::Serverless::Api``'s ``GatewayResponses``, keyed by response type."""
     return {
-        f"GatewayResponse{kind.title().replace('_', '')}": {
-            "Type": "AWS::ApiGateway::GatewayResponse",
-            "Properties": {
-                "RestApiId": {"Ref": "RestAPI"},
-                "ResponseType": kind,
-                "ResponseTemplates": {
-                    "application/json": f'{{"error": {{"code": "{code}", "message": $context.error.messageString}}}}'
-                },
-            },
+        kind: {
+            "ResponseTemplates": {
+                "application/json": f'{{"error": {{"code": "{code}", "message": $context.error.messageString}}}}'
+            }
         }
         for kind, code in GATEWAY_ERROR_CODES.items()
     }

@@ -17,7 +17,7 @@ import pytest
 from botocore.stub import ANY, Stubber
 from moto import mock_aws
 
-from droptrain import deploy, policies
+from droptrain import deploy, policies, stack
 from droptrain import template as sam
 from helpers import ROOT
 
@@ -84,6 +84,34 @@ def test_template_passes_cfn_lint(packaged):
     cfn_lint = Path(sys.executable).with_name("cfn-lint")
     result = subprocess.run([str(cfn_lint), str(template)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_gateway_responses_are_the_apis_own_through_sams_transform(packaged, monkeypatch):
+    """As uploaded, then through AWS's SAM translator (what CloudFormation's transform runs): the error
+    shapes land in the API's definition. GatewayResponse resources beside a SAM API were dropped at
+    SAM's next redeployment of the API."""
+    from samtranslator.translator.transform import transform
+
+    _, path = packaged
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="droptrain-deploy-123456789012-us-east-1")
+        key = stack.upload_template(s3, "droptrain-deploy-123456789012-us-east-1", "dev", path.parent)
+        uploaded = json.loads(s3.get_object(Bucket="droptrain-deploy-123456789012-us-east-1", Key=key)["Body"].read())
+    assert not [r for r in uploaded["Resources"].values() if r["Type"] == "AWS::ApiGateway::GatewayResponse"]
+
+    class NoManagedPolicies:
+        def load(self) -> dict:
+            return {}
+
+    resources = transform(uploaded, {}, NoManagedPolicies())["Resources"]
+    (api,) = [r for r in resources.values() if r["Type"] == "AWS::ApiGateway::RestApi"]
+    responses = api["Properties"]["Body"]["x-amazon-apigateway-gateway-responses"]
+    assert set(responses) == set(sam.GATEWAY_ERROR_CODES)
+    for kind, code in sam.GATEWAY_ERROR_CODES.items():
+        shape = responses[kind]["responseTemplates"]["application/json"]
+        assert shape == f'{{"error": {{"code": "{code}", "message": $context.error.messageString}}}}', kind
 
 
 def test_template_resources(packaged):
@@ -458,7 +486,7 @@ def test_aws_failures_are_one_line():
 )
 def test_the_template_url_is_on_the_regions_own_s3_endpoint(region, url):
     s3 = boto3.client("s3", region_name=region, aws_access_key_id="x", aws_secret_access_key="y")
-    assert deploy.template_url(s3, "b", "k/t.json") == url
+    assert stack.template_url(s3, "b", "k/t.json") == url
 
 
 def test_deploy_turns_an_aws_failure_into_a_deploy_error(tmp_path, monkeypatch):
@@ -485,23 +513,23 @@ def test_deploy_turns_an_aws_failure_into_a_deploy_error(tmp_path, monkeypatch):
 
 
 def test_deploy_stack_up_to_the_boundary(packaged, monkeypatch):
-    """Artifacts to S3 (moto), the stack through a change set (Stubber), then the sourcedir."""
+    """Artifacts to S3 (moto), the stack through a change set (Stubber), then the sourcedir into the
+    bucket the stack created."""
     stage, template = packaged
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     env = sam.stage_env(sam.read_config(), stage)
     with mock_aws():
         s3 = boto3.client("s3", region_name="us-east-1")
-        s3.create_bucket(Bucket=env["DATA_BUCKET"])  # what the stack creates
         cfn = boto3.client("cloudformation", region_name="us-east-1")
         stub = Stubber(cfn)
-        stack = f"droptrain-{stage}"
-        stub.add_client_error("describe_stacks", "ValidationError", f"Stack with id {stack} does not exist")
+        name = f"droptrain-{stage}"
+        stub.add_client_error("describe_stacks", "ValidationError", f"Stack with id {name} does not exist")
         stub.add_response(
             "create_change_set",
             {"Id": "arn:cs", "StackId": "arn:stack"},
             {
-                "StackName": stack,
+                "StackName": name,
                 "ChangeSetName": ANY,
                 "ChangeSetType": "CREATE",
                 "TemplateURL": ANY,
@@ -515,7 +543,7 @@ def test_deploy_stack_up_to_the_boundary(packaged, monkeypatch):
             "describe_stacks",
             {
                 "Stacks": [
-                    {"StackName": stack, "CreationTime": "2026-11-24T00:00:00Z", "StackStatus": "CREATE_COMPLETE"}
+                    {"StackName": name, "CreationTime": "2026-11-24T00:00:00Z", "StackStatus": "CREATE_COMPLETE"}
                 ]
             },
         )
@@ -524,7 +552,7 @@ def test_deploy_stack_up_to_the_boundary(packaged, monkeypatch):
             {
                 "Stacks": [
                     {
-                        "StackName": stack,
+                        "StackName": name,
                         "CreationTime": "2026-11-24T00:00:00Z",
                         "StackStatus": "CREATE_COMPLETE",
                         "Outputs": [{"OutputKey": "EndpointURL", "OutputValue": "https://x.execute-api/api/"}],
@@ -538,8 +566,12 @@ def test_deploy_stack_up_to_the_boundary(packaged, monkeypatch):
                 return {"s3": s3, "cloudformation": cfn}[name]
 
         sourcedir, key = deploy.build_sourcedir()
+        def say(line: str) -> None:
+            if line.startswith("creating stack"):
+                s3.create_bucket(Bucket=env["DATA_BUCKET"])  # what the stack creates
+
         with stub:
-            outputs = deploy.deploy_stack(Session(), stage, template.parent, sourcedir, key, env, say=lambda m: None)
+            outputs = stack.deploy_stack(Session(), stage, template.parent, sourcedir, key, env, say=say)
         stub.assert_no_pending_responses()
         assert outputs == {"EndpointURL": "https://x.execute-api/api/"}
         artifacts = [o["Key"] for o in s3.list_objects_v2(Bucket="droptrain-deploy-123456789012-us-east-1")["Contents"]]
@@ -560,8 +592,8 @@ def test_a_redeploy_with_no_changes_is_success(packaged, monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     env = sam.stage_env(sam.read_config(), stage)
-    stack = f"droptrain-{stage}"
-    created = {"StackName": stack, "CreationTime": "2026-11-24T00:00:00Z", "StackStatus": "UPDATE_COMPLETE"}
+    name = f"droptrain-{stage}"
+    created = {"StackName": name, "CreationTime": "2026-11-24T00:00:00Z", "StackStatus": "UPDATE_COMPLETE"}
     with mock_aws():
         s3 = boto3.client("s3", region_name="us-east-1")
         s3.create_bucket(Bucket=env["DATA_BUCKET"])
@@ -579,7 +611,7 @@ def test_a_redeploy_with_no_changes_is_success(packaged, monkeypatch):
                 ),
             },
         )
-        stub.add_response("delete_change_set", {}, {"StackName": stack, "ChangeSetName": ANY})
+        stub.add_response("delete_change_set", {}, {"StackName": name, "ChangeSetName": ANY})
         stub.add_response(
             "describe_stacks",
             {"Stacks": [{**created, "Outputs": [{"OutputKey": "EndpointURL", "OutputValue": "https://x/api/"}]}]},
@@ -592,8 +624,8 @@ def test_a_redeploy_with_no_changes_is_success(packaged, monkeypatch):
         said = []
         sourcedir, key = deploy.build_sourcedir()
         with stub:
-            outputs = deploy.deploy_stack(Session(), stage, template.parent, sourcedir, key, env, say=said.append)
+            outputs = stack.deploy_stack(Session(), stage, template.parent, sourcedir, key, env, say=said.append)
         stub.assert_no_pending_responses()
         assert outputs == {"EndpointURL": "https://x/api/"}
-        assert f"stack {stack} is already up to date" in said
+        assert f"stack {name} is already up to date" in said
         assert s3.get_object(Bucket=env["DATA_BUCKET"], Key=key)["Body"].read() == sourcedir
