@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from droptrain.local.engines.warm import WarmInterpreter
+from droptrain.local.engines.warm import WarmInterpreter, WarmInterpreterError
 from droptrain.local.sagemaker import jobs
 from helpers import DEADLINE
 
@@ -179,3 +179,36 @@ def test_two_threads_may_wait_for_one_job(tmp_path, warm):
     for thread in threads:
         thread.join(DEADLINE)
     assert errors == [] and codes == [0, 0, 0]
+
+
+def test_closing_while_the_server_still_imports_ends_it_at_once(tmp_path, monkeypatch):
+    """A stack stopped right after it started: the stop does not wait for the server to finish importing
+    torch (it waited up to ``ready_seconds``, holding every stop of a test or of Ctrl-C for seconds)."""
+    import sys
+    import threading
+
+    interpreter = WarmInterpreter(tmp_path / "w", ready_seconds=10 * DEADLINE)
+    # A server that never says "ready", as one still importing.
+    monkeypatch.setattr(interpreter, "command", lambda path: [sys.executable, "-c", "import time; time.sleep(3600)"])
+    raised = []
+    starting = threading.Thread(target=lambda: _record(raised, interpreter.start_server))
+    starting.start()
+    deadline = time.monotonic() + DEADLINE
+    while interpreter._server is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    server = interpreter._server
+    closing = threading.Thread(target=interpreter.close)
+    closing.start()
+    closing.join(DEADLINE)
+    starting.join(DEADLINE)
+    assert not closing.is_alive() and not starting.is_alive(), "close waited for a server that was never ready"
+    server.wait(DEADLINE)
+    assert server.returncode == -signal.SIGKILL, "killed, not left importing"
+    assert len(raised) == 1 and isinstance(raised[0], WarmInterpreterError) and "did not start" in str(raised[0])
+
+
+def _record(raised: list, call) -> None:
+    try:
+        call()
+    except Exception as exc:  # noqa: BLE001 - collected for the assertion
+        raised.append(exc)

@@ -541,11 +541,7 @@ def test_deploy_stack_up_to_the_boundary(packaged, monkeypatch):
         stub.add_response("execute_change_set", {})
         stub.add_response(
             "describe_stacks",
-            {
-                "Stacks": [
-                    {"StackName": name, "CreationTime": "2026-11-24T00:00:00Z", "StackStatus": "CREATE_COMPLETE"}
-                ]
-            },
+            {"Stacks": [{"StackName": name, "CreationTime": "2026-11-24T00:00:00Z", "StackStatus": "CREATE_COMPLETE"}]},
         )
         stub.add_response(
             "describe_stacks",
@@ -566,6 +562,7 @@ def test_deploy_stack_up_to_the_boundary(packaged, monkeypatch):
                 return {"s3": s3, "cloudformation": cfn}[name]
 
         sourcedir, key = deploy.build_sourcedir()
+
         def say(line: str) -> None:
             if line.startswith("creating stack"):
                 s3.create_bucket(Bucket=env["DATA_BUCKET"])  # what the stack creates

@@ -85,6 +85,7 @@ class WarmInterpreter:
     def __init__(self, folder: Path, pycache: Path | None = None, ready_seconds: float = 120):
         self.folder, self.pycache, self.ready_seconds = folder, pycache, ready_seconds
         self._server: subprocess.Popen | None = None
+        self._ready = False
         self._path: str | None = None
         self._lock = threading.Lock()
 
@@ -99,8 +100,9 @@ class WarmInterpreter:
             env = dict(os.environ, PYTHONUNBUFFERED="1")
             if self.pycache is not None:  # each job extracts the code afresh: its bytecode is compiled once
                 env["PYTHONPYCACHEPREFIX"] = str(self.pycache)
+            self._ready = False
             self._server = subprocess.Popen(
-                [sys.executable, "-m", "droptrain.local.engines.warm_server", self._path],
+                self.command(self._path),
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 env=env,
@@ -111,7 +113,11 @@ class WarmInterpreter:
             if ready != "ready":
                 self._end_server()
                 raise WarmInterpreterError(f"the warm interpreter did not start (said {ready!r})")
+            self._ready = True
             return self._path
+
+    def command(self, path: str) -> list[str]:
+        return [sys.executable, "-m", "droptrain.local.engines.warm_server", path]
 
     def start(self, argv: list[str], cwd: Path, env: Mapping[str, str]) -> WarmProcess:
         """Fork a job running ``argv``'s module (the toolkit's ``train``) in ``cwd`` with ``env``."""
@@ -152,6 +158,11 @@ class WarmInterpreter:
             Path(self._path).parent.rmdir()
 
     def close(self) -> None:
+        # A server still importing is killed at once (start_server then sees it end): a stop right
+        # after a start does not wait seconds for torch to load, nor spends them.
+        starting = self._server
+        if starting is not None and not self._ready:
+            starting.kill()
         with self._lock:
             self._end_server()
 

@@ -93,17 +93,20 @@ class LocalSageMaker:
         self._stopping.set()
         self.training.kill_all()
         self.processing.kill_all()
+        if self.warm is not None:
+            self.warm.close()  # first: a server still importing ends, and so does the thread waiting for it
         deadline = time.time() + timeout
         for thread in list(self._threads):
             thread.join(max(0.1, deadline - time.time()))
         if self.warm is not None:
-            self.warm.close()
+            self.warm.close()  # and one a job's thread started meanwhile
 
     def _warm_up(self, _: str) -> None:
         try:
             self.warm.start_server()
         except WarmInterpreterError as exc:
-            log.warning("jobs will start cold: %s", exc)
+            if not self._stopping.is_set():  # a stop ends a server still starting: nothing to tell
+                log.warning("jobs will start cold: %s", exc)
 
     def _spawn(self, target: Callable, *args: Any) -> threading.Thread:
         thread = threading.Thread(target=target, args=args, daemon=True, name=f"{target.__name__}:{args[0]}")
