@@ -71,6 +71,10 @@ def ray_environment(environ: Mapping[str, str], haproxy_dir: Path) -> dict[str, 
     # API at nice 0, and at 15 they get a few percent of a busy CPU: a deploy took minutes, requests
     # waited. Ray's job manager sets the same for the jobs it starts.
     chosen["RAY_worker_niceness"] = "0"
+    # A replica whose model raises while loading is started again twice by default, each try importing
+    # torch afresh: a broken archive took 30 s to be called failed. It fails the same way every time
+    # here, and the endpoint tells the user at once (the old version, if any, serves on).
+    chosen["RAY_SERVE_MAX_PER_REPLICA_RETRY_COUNT"] = "1"
     if chosen.get("RAY_SERVE_ENABLE_HA_PROXY", environ.get("RAY_SERVE_ENABLE_HA_PROXY")) == "1":
         # HAProxy's stats page and metrics listen on fixed ports by default (8404, 9101), so a second Ray on
         # the machine (another `droptrain up`, a test's) could not start: each instance gets free ones.
