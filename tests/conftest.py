@@ -92,6 +92,17 @@ def trained_job(tiny_zip, tmp_path_factory, worker_id):
 
 
 @pytest.fixture(scope="session")
+def shared_warm(tmp_path_factory):
+    """One warm interpreter for the tests' executors: each of their own imported torch again (about 10 s)."""
+    from droptrain.local.engines.warm import WarmInterpreter
+
+    folder = tmp_path_factory.mktemp("warm")
+    interpreter = WarmInterpreter(folder, pycache=folder / "pycache")
+    yield interpreter
+    interpreter.close()
+
+
+@pytest.fixture(scope="session")
 def ray_serve():
     """One Ray instance (with Serve) for the whole session, shut down by this process, which started it."""
     from droptrain.local.engines.serving import RayServe

@@ -167,8 +167,8 @@ def test_a_dataset_every_trial_fails_on_stops_the_tuning_job_with_its_reason(tmp
     assert trials[0]["TrainingJobStatus"] == "Failed"
 
 
-def test_a_small_search_space_is_not_trained_twice(tmp_path, monkeypatch):
-    executor = Executor(tmp_path)
+def test_a_small_search_space_is_not_trained_twice(tmp_path, monkeypatch, shared_warm):
+    executor = Executor(tmp_path, shared_warm)
     monkeypatch.setenv("FAKE_LOG", str(executor.log))
     request = requests.tuning_job_request(
         config(TUNING_STRATEGY="Random", MAX_TUNING_JOBS=5, MAX_PARALLEL_JOBS=1), "pets-1a2b3c4d", DATASET

@@ -118,8 +118,8 @@ def test_a_watcher_that_dies_takes_status_to_unhealthy(tmp_path, ray_serve):
 # -- the job runner -----------------------------------------------------------------------------------
 
 
-def test_a_runner_that_cannot_lay_out_the_job_fails_it_with_the_reason(tmp_path):
-    executor = Executor(tmp_path)
+def test_a_runner_that_cannot_lay_out_the_job_fails_it_with_the_reason(tmp_path, shared_warm):
+    executor = Executor(tmp_path, shared_warm)
     jobs_root = tmp_path / "jobs"
     jobs_root.write_text("a file where the jobs folder should be")
     try:
@@ -138,8 +138,8 @@ def test_a_runner_that_cannot_lay_out_the_job_fails_it_with_the_reason(tmp_path)
         executor.sagemaker.stop()
 
 
-def test_a_model_that_cannot_be_written_fails_the_job_and_its_tuning_job(tmp_path, monkeypatch):
-    executor = Executor(tmp_path)
+def test_a_model_that_cannot_be_written_fails_the_job_and_its_tuning_job(tmp_path, monkeypatch, shared_warm):
+    executor = Executor(tmp_path, shared_warm)
     monkeypatch.setenv("FAKE_LOG", str(executor.log))
     # Where the trials' model.tar.gz would go is taken by a file: packing the model fails after training.
     blocker = executor.bucket.root / "runs" / "pets-1a2b3c4d" / "tuning"

@@ -17,6 +17,7 @@ from chalice_app.events import TrainingJobStateChange, TuningJobStateChange
 from droptrain import sourcedir
 from droptrain.local.aws.bucket import LocalBucket
 from droptrain.local.aws.bus import matches
+from droptrain.local.engines.warm import WarmInterpreter
 from droptrain.local.runtime import BUCKET, local_environment
 from droptrain.local.sagemaker import LocalSageMaker
 from droptrain.local.store import Store
@@ -33,14 +34,16 @@ def publish_source(bucket: LocalBucket, source: Path) -> None:
 
 
 class Executor:
-    def __init__(self, tmp: Path, gpus: int = 0):
+    def __init__(self, tmp: Path, warm: WarmInterpreter, gpus: int = 0):
         self.events: list[dict] = []
         self.arrived = threading.Condition()
         self.bucket = LocalBucket(tmp / "bucket", BUCKET)
         self.bucket.put("datasets/pets/train/a/1.jpg", b"x")
         publish_source(self.bucket, FAKE_SOURCE)
         self.store = Store(tmp / "state.db")
-        self.sagemaker = LocalSageMaker(self.store, self.bucket, tmp / "jobs", self.emit, endpoints=None, gpus=gpus)
+        self.sagemaker = LocalSageMaker(
+            self.store, self.bucket, tmp / "jobs", self.emit, endpoints=None, gpus=gpus, warm=warm
+        )
         self.log = tmp / "fake.log"
 
     def emit(self, event: dict) -> None:
@@ -69,8 +72,8 @@ class Executor:
 
 
 @pytest.fixture
-def executor(tmp_path, monkeypatch):
-    ex = Executor(tmp_path)
+def executor(tmp_path, monkeypatch, shared_warm):
+    ex = Executor(tmp_path, shared_warm)
     monkeypatch.setenv("FAKE_LOG", str(ex.log))
     yield ex
     ex.sagemaker.stop()
@@ -96,8 +99,8 @@ def children(executor: Executor, run: str) -> list[dict]:
     ]
 
 
-def test_one_trial_per_gpu_whatever_the_parallel_limit(tmp_path, monkeypatch):
-    executor = Executor(tmp_path / "gpu", gpus=2)
+def test_one_trial_per_gpu_whatever_the_parallel_limit(tmp_path, monkeypatch, shared_warm):
+    executor = Executor(tmp_path / "gpu", shared_warm, gpus=2)
     monkeypatch.setenv("FAKE_LOG", str(executor.log))
     (tmp_path / "rendezvous").mkdir()
     monkeypatch.setenv("FAKE_RENDEZVOUS", f"{tmp_path / 'rendezvous'}:2")
@@ -262,7 +265,7 @@ def test_a_killed_process_fails_the_job_with_a_reason(executor, monkeypatch):
     assert described["FailureReason"].startswith("AlgorithmError: ExecuteUserScriptError:\nExitCode -9")
 
 
-def test_head_mode_trials_share_frozen_features(tmp_path, tiny_dataset):
+def test_head_mode_trials_share_frozen_features(tmp_path, tiny_dataset, shared_warm):
     """The real train.py under the executor: the first trial computes the frozen features, the
     others load them from the machine's feature cache."""
     bucket = LocalBucket(tmp_path / "bucket", BUCKET)
@@ -280,6 +283,7 @@ def test_head_mode_trials_share_frozen_features(tmp_path, tiny_dataset):
         endpoints=None,
         on_line=lambda job, line: lines.setdefault(job, []).append(line),
         feature_cache=tmp_path / "cache",
+        warm=shared_warm,
     )
     static = '{"arch": "resnet18", "weights": "none", "train-mode": "head", "image-size": "48"}'
     request = requests.tuning_job_request(

@@ -41,6 +41,7 @@ class LocalSageMaker:
         feature_cache: Path | None = None,
         warm_jobs: bool = True,
         gpus: int | None = None,
+        warm: WarmInterpreter | None = None,
     ):
         self.store = store
         self.endpoints = endpoints
@@ -50,7 +51,9 @@ class LocalSageMaker:
         # frozen backbone's features once (train.py --feature-cache).
         job_env = {"DROPTRAIN_FEATURE_CACHE": str(feature_cache)} if feature_cache else {}
         # Training jobs fork from one interpreter that has imported torch once (droptrain.local.engines.warm).
-        self.warm = (
+        # One passed in is shared with other executors (a test module's), and theirs to close.
+        self._owns_warm = warm is None
+        self.warm = warm or (
             WarmInterpreter(jobs_root.parent / "cache", pycache=jobs_root.parent / "cache" / "pycache")
             if warm_jobs
             else None
@@ -93,12 +96,12 @@ class LocalSageMaker:
         self._stopping.set()
         self.training.kill_all()
         self.processing.kill_all()
-        if self.warm is not None:
+        if self.warm is not None and self._owns_warm:
             self.warm.close()  # first: a server still importing ends, and so does the thread waiting for it
         deadline = time.time() + timeout
         for thread in list(self._threads):
             thread.join(max(0.1, deadline - time.time()))
-        if self.warm is not None:
+        if self.warm is not None and self._owns_warm:
             self.warm.close()  # and one a job's thread started meanwhile
 
     def _warm_up(self, _: str) -> None:
