@@ -36,6 +36,7 @@ from droptrain.local.aws.bus import LocalEventBus, routes_of
 from droptrain.local.aws.notify import LocalPublisher, read
 from droptrain.local.engines import haproxy, privates
 from droptrain.local.engines.serving import RayServe
+from droptrain.local.engines.warm import WarmInterpreter
 from droptrain.local.lock import HomeLock
 from droptrain.local.sagemaker import LocalSageMaker
 from droptrain.local.sagemaker.endpoint import LocalEndpoints, LocalRuntimeClient
@@ -63,6 +64,7 @@ class LocalRuntime:
         on_line: Callable[[str, str], None] | None = None,
         poll_seconds: float = 0.5,
         serving: RayServe | None = None,
+        warm: WarmInterpreter | None = None,
     ):
         self.home = home.resolve()
         # The training code goes into the local bucket as SageMaker's source dir, where the jobs'
@@ -93,6 +95,7 @@ class LocalRuntime:
             self.endpoints,
             on_line or (lambda job, line: None),
             feature_cache=self.home / "cache" / "features",
+            warm=warm,  # one the caller shares (the tests do), else the runtime's own
         )
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None

@@ -20,9 +20,11 @@ def pytest_collection_modifyitems(items):
 
 
 @pytest.fixture(scope="module")
-def served(trained_job, ray_serve, tmp_path_factory):
+def served(trained_job, ray_serve, tmp_path_factory, shared_warm):
     """A local stack on loopback serving the trained model (no training: the archive is deployed as is)."""
-    runtime = LocalRuntime(tmp_path_factory.mktemp("served") / "home", say=lambda m: None, serving=ray_serve)
+    runtime = LocalRuntime(
+        tmp_path_factory.mktemp("served") / "home", say=lambda m: None, serving=ray_serve, warm=shared_warm
+    )
     runtime.start(port=0, watch=False)
     try:
         deploy_archive(runtime, trained_job["archive"], "pets-1a2b3c4d")

@@ -117,8 +117,8 @@ def test_a_tar_is_validated_like_a_zip(tmp_path):
     assert "at least 2 classes" in _check(tmp_path, "datasets/one.tar.gz", _tar([], one_class)).reasons[0]
 
 
-def test_an_archive_named_dot_dot_zip_is_rejected(tmp_path, ray_serve):
-    runtime = LocalRuntime(tmp_path / "home", say=lambda m: None, serving=ray_serve)
+def test_an_archive_named_dot_dot_zip_is_rejected(tmp_path, ray_serve, shared_warm):
+    runtime = LocalRuntime(tmp_path / "home", say=lambda m: None, serving=ray_serve, warm=shared_warm)
     runtime.bucket.put("datasets/..zip", _zip(_valid_members()))
     runtime.start(serve_api=False, watch=False)
     try:
@@ -136,7 +136,7 @@ def test_an_archive_named_dot_dot_zip_is_rejected(tmp_path, ray_serve):
 # -- failures every trial would repeat -----------------------------------------------------------------
 
 
-def test_a_dataset_every_trial_fails_on_stops_the_tuning_job_with_its_reason(tmp_path, ray_serve):
+def test_a_dataset_every_trial_fails_on_stops_the_tuning_job_with_its_reason(tmp_path, ray_serve, shared_warm):
     data = tmp_path / "garbage"
     for cls in ("cat", "dog"):
         (data / "train" / cls).mkdir(parents=True)
@@ -144,7 +144,7 @@ def test_a_dataset_every_trial_fails_on_stops_the_tuning_job_with_its_reason(tmp
             (data / "train" / cls / f"{i}.jpg").write_bytes(b"\xff\xd8\xff" + b"not a jpeg at all" * 20)
     # The audit would reject this dataset first (tests/training/test_audit.py): here, the trials meet it.
     env = {"MAX_TUNING_JOBS": "4", "MAX_PARALLEL_JOBS": "1", "AUDIT": "false"}
-    runtime = LocalRuntime(tmp_path / "home", env=env, say=lambda m: None, serving=ray_serve)
+    runtime = LocalRuntime(tmp_path / "home", env=env, say=lambda m: None, serving=ray_serve, warm=shared_warm)
     runtime.start(serve_api=False)
     try:
         runtime.upload(data, "garbage")

@@ -76,9 +76,9 @@ def test_upload_refuses_bad_names_with_one_line(tmp_path, tiny_dataset, capsys, 
 @pytest.mark.parametrize(
     "key", ["datasets/../../outside/_READY", "datasets/../_READY", "datasets/..zip", "datasets/.hidden/_READY"]
 )
-def test_events_with_traversal_keys_start_nothing(tmp_path, ray_serve, key):
+def test_events_with_traversal_keys_start_nothing(tmp_path, ray_serve, key, shared_warm):
     """Keys a person could not create locally, sent as events anyway (EventBridge passes S3's keys as they are)."""
-    runtime = LocalRuntime(tmp_path / "home", say=lambda m: None, serving=ray_serve)
+    runtime = LocalRuntime(tmp_path / "home", say=lambda m: None, serving=ray_serve, warm=shared_warm)
     runtime.start(serve_api=False, watch=False)
     try:
         runtime.bus.put(object_created(key, 22, "0" * 32))
@@ -92,8 +92,8 @@ def test_events_with_traversal_keys_start_nothing(tmp_path, ray_serve, key):
     assert not (tmp_path / "outside").exists()
 
 
-def test_the_runtime_never_reads_a_model_outside_the_bucket(tmp_path, ray_serve):
-    runtime = LocalRuntime(tmp_path / "home", say=lambda m: None, serving=ray_serve)
+def test_the_runtime_never_reads_a_model_outside_the_bucket(tmp_path, ray_serve, shared_warm):
+    runtime = LocalRuntime(tmp_path / "home", say=lambda m: None, serving=ray_serve, warm=shared_warm)
     runtime.sagemaker.create_model(
         {"ModelName": "m", "PrimaryContainer": {"ModelDataUrl": f"s3://{BUCKET}/../../etc/model.tar.gz"}}
     )

@@ -56,8 +56,10 @@ def _notified(runtime: LocalRuntime, event: str, timeout: float = DEADLINE) -> d
 # -- the bucket watcher -------------------------------------------------------------------------------
 
 
-def test_a_link_in_the_bucket_is_skipped_and_the_watcher_keeps_watching(tmp_path, ray_serve):
-    runtime = LocalRuntime(tmp_path / "home", say=lambda m: None, serving=ray_serve, poll_seconds=0.05)
+def test_a_link_in_the_bucket_is_skipped_and_the_watcher_keeps_watching(tmp_path, ray_serve, shared_warm):
+    runtime = LocalRuntime(
+        tmp_path / "home", say=lambda m: None, serving=ray_serve, warm=shared_warm, poll_seconds=0.05
+    )
     elsewhere = tmp_path / "elsewhere.zip"
     elsewhere.write_bytes(b"PK\x05\x06" + bytes(18))
     (runtime.bucket.root / "datasets").mkdir(parents=True)
@@ -74,14 +76,14 @@ def test_a_link_in_the_bucket_is_skipped_and_the_watcher_keeps_watching(tmp_path
         runtime.stop()
 
 
-def test_a_file_name_that_is_not_utf8_is_skipped_named_and_the_watcher_keeps_watching(tmp_path, ray_serve):
+def test_a_file_name_that_is_not_utf8_is_skipped_named_and_the_watcher_keeps_watching(tmp_path, ray_serve, shared_warm):
     home = tmp_path / "home"
     datasets = home / "bucket" / "datasets"
     datasets.mkdir(parents=True)
     # S3 keys are UTF-8; a folder can hold any bytes. Also there at the start, as after a restart.
     (Path(os.fsdecode(bytes(datasets))) / os.fsdecode(b"bad\xff.zip")).write_bytes(b"PK\x05\x06" + bytes(18))
     said: list[str] = []
-    runtime = LocalRuntime(home, say=said.append, serving=ray_serve, poll_seconds=0.05)
+    runtime = LocalRuntime(home, say=said.append, serving=ray_serve, warm=shared_warm, poll_seconds=0.05)
     runtime.start(port=0)
     try:
         runtime.upload(_one_class_dataset(tmp_path / "one"), "one")
@@ -95,8 +97,10 @@ def test_a_file_name_that_is_not_utf8_is_skipped_named_and_the_watcher_keeps_wat
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # its death is the point
-def test_a_watcher_that_dies_takes_status_to_unhealthy(tmp_path, ray_serve):
-    runtime = LocalRuntime(tmp_path / "home", say=lambda m: None, serving=ray_serve, poll_seconds=0.05)
+def test_a_watcher_that_dies_takes_status_to_unhealthy(tmp_path, ray_serve, shared_warm):
+    runtime = LocalRuntime(
+        tmp_path / "home", say=lambda m: None, serving=ray_serve, warm=shared_warm, poll_seconds=0.05
+    )
     died = threading.Event()
 
     def broken_scan(prefix=None):
@@ -160,26 +164,26 @@ def test_a_model_that_cannot_be_written_fails_the_job_and_its_tuning_job(tmp_pat
 # -- one stack per home, the port first ----------------------------------------------------------------
 
 
-def test_a_second_stack_on_the_same_home_is_refused(tmp_path, ray_serve):
-    first = LocalRuntime(tmp_path / "home", say=lambda m: None, serving=ray_serve)
+def test_a_second_stack_on_the_same_home_is_refused(tmp_path, ray_serve, shared_warm):
+    first = LocalRuntime(tmp_path / "home", say=lambda m: None, serving=ray_serve, warm=shared_warm)
     first.start(serve_api=False)
     try:
-        second = LocalRuntime(tmp_path / "home", say=lambda m: None, serving=ray_serve)
+        second = LocalRuntime(tmp_path / "home", say=lambda m: None, serving=ray_serve, warm=shared_warm)
         with pytest.raises(HomeBusyError, match=f"in use by another droptrain \\(pid {os.getpid()}\\)"):
             second.start(serve_api=False)
         assert second.bus is None, "nothing of the second stack ran"
     finally:
         first.stop()
-    third = LocalRuntime(tmp_path / "home", say=lambda m: None, serving=ray_serve)
+    third = LocalRuntime(tmp_path / "home", say=lambda m: None, serving=ray_serve, warm=shared_warm)
     third.start(serve_api=False)  # the first let go of the home when it stopped
     third.stop()
 
 
-def test_a_busy_port_is_refused_before_any_pending_dataset_is_processed(tmp_path, ray_serve):
+def test_a_busy_port_is_refused_before_any_pending_dataset_is_processed(tmp_path, ray_serve, shared_warm):
     busy = socket.socket()
     busy.bind(("127.0.0.1", 0))
     busy.listen(1)
-    runtime = LocalRuntime(tmp_path / "home", say=lambda m: None, serving=ray_serve)
+    runtime = LocalRuntime(tmp_path / "home", say=lambda m: None, serving=ray_serve, warm=shared_warm)
     runtime.upload(_one_class_dataset(tmp_path / "one"), "one")  # waiting in the bucket
     try:
         with pytest.raises(OSError):
@@ -187,7 +191,7 @@ def test_a_busy_port_is_refused_before_any_pending_dataset_is_processed(tmp_path
     finally:
         busy.close()
     assert runtime.notifications() == [] and list(runtime.store.names("object")) == []
-    again = LocalRuntime(tmp_path / "home", say=lambda m: None, serving=ray_serve)
+    again = LocalRuntime(tmp_path / "home", say=lambda m: None, serving=ray_serve, warm=shared_warm)
     again.start(port=0)  # the failed start let go of the home
     try:
         _notified(again, "dataset.rejected")
@@ -269,7 +273,7 @@ time.sleep(600)
 
 
 def test_kill_9_mid_tuning_then_a_restart_resumes_the_study_exactly(
-    tmp_path, tiny_dataset, trained_job, ray_serve, monkeypatch
+    tmp_path, tiny_dataset, trained_job, ray_serve, monkeypatch, shared_warm
 ):
     home, log = tmp_path / "home", tmp_path / "fake.log"
     env = {
@@ -313,7 +317,9 @@ def test_kill_9_mid_tuning_then_a_restart_resumes_the_study_exactly(
         "TUNING_RANGES": '{"lr": [0.001, 0.02], "epochs": [3, 4]}',
         "AUDIT": "false",
     }
-    restarted = LocalRuntime(home, env=env_vars, say=lambda m: None, source_dir=FAKE_SOURCE, serving=ray_serve)
+    restarted = LocalRuntime(
+        home, env=env_vars, say=lambda m: None, source_dir=FAKE_SOURCE, serving=ray_serve, warm=shared_warm
+    )
     restarted.start(serve_api=False)
     try:
         _notified(restarted, "tuning.completed")
@@ -367,7 +373,7 @@ def _haproxies(home: Path) -> list[psutil.Process]:
     return found
 
 
-def test_haproxy_listens_on_loopback_and_a_killed_stacks_is_ended_at_the_next_start(tmp_path, ray_serve):
+def test_haproxy_listens_on_loopback_and_a_killed_stacks_is_ended_at_the_next_start(tmp_path, ray_serve, shared_warm):
     home = tmp_path / "home"
     crashing = subprocess.Popen(
         [sys.executable, "-c", _SERVING_STACK, str(home)], cwd=ROOT, stdout=subprocess.PIPE, text=True
@@ -387,7 +393,7 @@ def test_haproxy_listens_on_loopback_and_a_killed_stacks_is_ended_at_the_next_st
         crashing.wait(DEADLINE)
     # Most often HAProxy outlives the killed stack (nobody signals a grandchild); when Ray's own clean-up
     # happens to reach it first there is nothing left to end, and the restart must not stumble on that.
-    restarted = LocalRuntime(home, say=lambda m: None, serving=ray_serve)
+    restarted = LocalRuntime(home, say=lambda m: None, serving=ray_serve, warm=shared_warm)
     restarted.start(serve_api=False, watch=False)
     try:
         gone = all(not p.is_running() or p.status() == psutil.STATUS_ZOMBIE for p in orphans)
@@ -400,7 +406,7 @@ def test_haproxy_listens_on_loopback_and_a_killed_stacks_is_ended_at_the_next_st
 # -- the store ----------------------------------------------------------------------------------------
 
 
-def test_a_torn_record_in_the_store_is_quarantined_and_the_stack_starts(tmp_path, ray_serve):
+def test_a_torn_record_in_the_store_is_quarantined_and_the_stack_starts(tmp_path, ray_serve, shared_warm):
     from droptrain.local.store import Store
     from droptrain.status import render
 
@@ -416,7 +422,7 @@ def test_a_torn_record_in_the_store_is_quarantined_and_the_stack_starts(tmp_path
     assert "skipped: the training-job record 'pets-5e6f7a8b-001' in state.db cannot be read" in report
 
     said: list[str] = []
-    runtime = LocalRuntime(home, say=said.append, serving=ray_serve)
+    runtime = LocalRuntime(home, say=said.append, serving=ray_serve, warm=shared_warm)
     runtime.start(port=0, watch=False)
     try:
         assert _status(runtime.api_url)[0] == 200
@@ -469,7 +475,7 @@ def _deploy_broken(runtime: LocalRuntime, endpoint: str, run: str, archive: Path
 
 
 def test_a_broken_artifact_fails_its_deployment_and_the_serving_version_serves_on(
-    tmp_path, trained_job, ray_serve, tiny_dataset
+    tmp_path, trained_job, ray_serve, tiny_dataset, shared_warm
 ):
     from helpers import deploy_archive
 
@@ -477,7 +483,7 @@ def test_a_broken_artifact_fails_its_deployment_and_the_serving_version_serves_o
     truncated = tmp_path / "truncated.tar.gz"
     truncated.write_bytes(trained_job["archive"].read_bytes()[:5000])  # a copy cut short
     home = tmp_path / "home"
-    runtime = LocalRuntime(home, say=lambda m: None, serving=ray_serve)
+    runtime = LocalRuntime(home, say=lambda m: None, serving=ray_serve, warm=shared_warm)
     runtime.start(port=0, watch=False)
     try:
         endpoint = deploy_archive(runtime, trained_job["archive"], "pets-1a2b3c4d")
@@ -499,7 +505,7 @@ def test_a_broken_artifact_fails_its_deployment_and_the_serving_version_serves_o
 
     # The serving version's artifact, broken while the stack was down: it starts, and says so.
     runtime.bucket.path("runs/pets-1a2b3c4d/final/model.tar.gz").write_bytes(truncated.read_bytes())
-    restarted = LocalRuntime(home, say=lambda m: None, serving=ray_serve)
+    restarted = LocalRuntime(home, say=lambda m: None, serving=ray_serve, warm=shared_warm)
     restarted.start(port=0, watch=False)
     try:
         status, body = _status(restarted.api_url)
@@ -576,6 +582,13 @@ def test_a_replica_reserves_a_quarter_cpu_and_a_model_that_cannot_fit_is_refused
         )
         return folder
 
+    # Replicas of applications other tests deleted free their CPUs as they end, after Serve has forgotten
+    # them: measure once Ray's free CPUs have held still for a second.
+    deadline, still = time.monotonic() + DEADLINE, []
+    while len(still) < 10 or len(set(still[-10:])) > 1:
+        assert time.monotonic() < deadline, still[-10:]
+        still.append(ray.available_resources().get("CPU", 0.0))
+        time.sleep(0.1)
     total = ray.cluster_resources()["CPU"]
     before = ray.available_resources()["CPU"]
     ray_serve.deploy("quarter", archive("quarter"))

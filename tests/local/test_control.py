@@ -14,7 +14,7 @@ from helpers import DEADLINE
 
 
 def test_a_run_is_listed_its_logs_read_and_it_stops_when_asked(
-    tmp_path, tiny_dataset, trained_job, monkeypatch, capsys, ray_serve
+    tmp_path, tiny_dataset, trained_job, monkeypatch, capsys, ray_serve, shared_warm
 ):
     monkeypatch.setenv("FAKE_EPOCH_SECONDS", "0.5")
     monkeypatch.setenv("FAKE_MODEL_SOURCE", str(trained_job["paths"].model))
@@ -22,7 +22,7 @@ def test_a_run_is_listed_its_logs_read_and_it_stops_when_asked(
     home = tmp_path / "home"
     env = {"MAX_TUNING_JOBS": "4", "MAX_PARALLEL_JOBS": "1", "TUNING_RANGES": '{"epochs": [6, 8]}', "AUDIT": "false"}
     runtime = LocalRuntime(
-        home, env=env, say=lambda m: None, source_dir=FAKE_SOURCE, serving=ray_serve, poll_seconds=0.1
+        home, env=env, say=lambda m: None, source_dir=FAKE_SOURCE, serving=ray_serve, warm=shared_warm, poll_seconds=0.1
     )
     runtime.start(serve_api=False)
     try:

@@ -36,7 +36,9 @@ def torch_home(tmp_path, monkeypatch):
     return tmp_path / "torch"
 
 
-def test_weights_in_the_torch_cache_train_the_jobs_without_network(torch_home, tmp_path, tiny_dataset, ray_serve):
+def test_weights_in_the_torch_cache_train_the_jobs_without_network(
+    torch_home, tmp_path, tiny_dataset, ray_serve, shared_warm
+):
     # A state dict of the right shape where torch hub keeps resnet18's ImageNet weights, marked so
     # that the trained model shows it came from there (head mode keeps the backbone as loaded).
     fake = models.resnet18().state_dict()
@@ -51,7 +53,7 @@ def test_weights_in_the_torch_cache_train_the_jobs_without_network(torch_home, t
     assert said == [f"transfer learning: resnet18 with ImageNet weights ({target}), 224 px, head mode"]
     assert settings.env["MAX_PARALLEL_JOBS"] == "1", "never more trials at once than the tuning job has"
 
-    runtime = LocalRuntime(tmp_path / "home", env=settings.env, say=lambda m: None, serving=ray_serve)
+    runtime = LocalRuntime(tmp_path / "home", env=settings.env, say=lambda m: None, serving=ray_serve, warm=shared_warm)
     runtime.start(serve_api=False)
     try:
         runtime.upload(tiny_dataset, "pets")

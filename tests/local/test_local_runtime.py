@@ -44,14 +44,16 @@ def wait_for(runtime: LocalRuntime, event: str, timeout: float = DEADLINE) -> li
 
 
 @pytest.fixture(scope="module")
-def stack(tiny_dataset, tmp_path_factory, ray_serve):
+def stack(tiny_dataset, tmp_path_factory, ray_serve, shared_warm):
     """One local stack for the module, after a real run of the pipeline on the tiny dataset (project
     ``pets``): the end-to-end test goes on from there, and the console's browser test reads it."""
     env = {
         "MAX_TUNING_JOBS": "2",
         "STATIC_HYPERPARAMETERS": '{"arch": "resnet18", "weights": "none", "train-mode": "head", "image-size": "48"}',
     }
-    runtime = LocalRuntime(tmp_path_factory.mktemp("stack") / "home", env=env, say=lambda m: None, serving=ray_serve)
+    runtime = LocalRuntime(
+        tmp_path_factory.mktemp("stack") / "home", env=env, say=lambda m: None, serving=ray_serve, warm=shared_warm
+    )
     runtime.start(port=0)
     try:
         runtime.upload(tiny_dataset, "pets")
@@ -368,7 +370,9 @@ class _Webhook(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.mark.e2e
-def test_restart_mid_tuning_finishes_the_run_once(tiny_dataset, trained_job, tmp_path, monkeypatch, ray_serve):
+def test_restart_mid_tuning_finishes_the_run_once(
+    tiny_dataset, trained_job, tmp_path, monkeypatch, ray_serve, shared_warm
+):
     monkeypatch.setenv("FAKE_EPOCH_SECONDS", "0.4")
     monkeypatch.setenv("FAKE_MODEL_SOURCE", str(trained_job["paths"].model))
     monkeypatch.setenv("FAKE_LOG", str(tmp_path / "fake.log"))
@@ -389,7 +393,14 @@ def test_restart_mid_tuning_finishes_the_run_once(tiny_dataset, trained_job, tmp
             second_trial_running.set()
 
     first = LocalRuntime(
-        home, env=env, say=lambda m: None, source_dir=FAKE_SOURCE, webhook=webhook, serving=ray_serve, on_line=on_line
+        home,
+        env=env,
+        say=lambda m: None,
+        source_dir=FAKE_SOURCE,
+        webhook=webhook,
+        serving=ray_serve,
+        warm=shared_warm,
+        on_line=on_line,
     )
     first.start(serve_api=False)
     first.upload(tiny_dataset, "pets")
@@ -399,7 +410,9 @@ def test_restart_mid_tuning_finishes_the_run_once(tiny_dataset, trained_job, tmp
     assert statuses["Completed"] >= 1 and statuses["InProgress"] == 1
     assert first.store.status("tuning-job", next(iter(first.store.names("tuning-job")))) == "InProgress"
 
-    second = LocalRuntime(home, env=env, say=lambda m: None, source_dir=FAKE_SOURCE, webhook=webhook, serving=ray_serve)
+    second = LocalRuntime(
+        home, env=env, say=lambda m: None, source_dir=FAKE_SOURCE, webhook=webhook, serving=ray_serve, warm=shared_warm
+    )
     second.start(serve_api=False)
     try:
         seen = wait_for(second, "deployment.completed")
@@ -418,7 +431,7 @@ def test_restart_mid_tuning_finishes_the_run_once(tiny_dataset, trained_job, tmp
     assert [r["message"]["event"] for r in _Webhook.received] == unaudited
 
 
-def test_a_bad_dataset_is_rejected_locally(tmp_path, ray_serve):
+def test_a_bad_dataset_is_rejected_locally(tmp_path, ray_serve, shared_warm):
     from droptrain.synthetic import make_dataset
 
     data = tmp_path / "one"
@@ -427,7 +440,7 @@ def test_a_bad_dataset_is_rejected_locally(tmp_path, ray_serve):
     import shutil
 
     shutil.copytree(next((tmp_path / "two" / "train").iterdir()), data / "train" / "only-class")
-    runtime = LocalRuntime(tmp_path / "home", say=lambda m: None, serving=ray_serve)
+    runtime = LocalRuntime(tmp_path / "home", say=lambda m: None, serving=ray_serve, warm=shared_warm)
     runtime.start(serve_api=False)
     try:
         runtime.upload(data, "one")

@@ -22,7 +22,9 @@ STATIC_HYPERPARAMETERS = { arch = "resnet34", "image-size" = 96 }
 """
 
 
-def test_the_jobs_run_with_exactly_what_the_file_says(tmp_path, tiny_dataset, trained_job, monkeypatch, ray_serve):
+def test_the_jobs_run_with_exactly_what_the_file_says(
+    tmp_path, tiny_dataset, trained_job, monkeypatch, ray_serve, shared_warm
+):
     monkeypatch.setenv("FAKE_EPOCH_SECONDS", "0.05")
     monkeypatch.setenv("FAKE_MODEL_SOURCE", str(trained_job["paths"].model))
     monkeypatch.setenv("FAKE_LOG", str(tmp_path / "fake.log"))
@@ -33,7 +35,12 @@ def test_the_jobs_run_with_exactly_what_the_file_says(tmp_path, tiny_dataset, tr
         for name in ("TUNING_STRATEGY", "MAX_TUNING_JOBS", "MAX_PARALLEL_JOBS", "AUDIT", "STATIC_HYPERPARAMETERS")
     } | {"ROLLOUT_BAKE_SECONDS": "--set"}
     runtime = LocalRuntime(
-        tmp_path / "home", env=settings.env, say=lambda m: None, source_dir=FAKE_SOURCE, serving=ray_serve
+        tmp_path / "home",
+        env=settings.env,
+        say=lambda m: None,
+        source_dir=FAKE_SOURCE,
+        serving=ray_serve,
+        warm=shared_warm,
     )
     runtime.start(serve_api=False)
     try:

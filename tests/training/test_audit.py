@@ -158,14 +158,14 @@ def test_audit_fix_drops_the_held_out_duplicates_from_training_s_splits(tmp_path
     assert sum(c["support"] for c in evaluation["per_class"].values()) == test_images - 1
 
 
-def test_the_local_stack_audits_and_rejects_the_planted_dataset(planted, tmp_path, ray_serve):
+def test_the_local_stack_audits_and_rejects_the_planted_dataset(planted, tmp_path, ray_serve, shared_warm):
     """Through the local runtime: the upload's audit job (a local Processing job running audit.py from
     the source dir) ends, and its blocking findings reject the run before any training."""
     import time
 
     from droptrain.local.runtime import LocalRuntime
 
-    runtime = LocalRuntime(tmp_path / "home", say=lambda m: None, serving=ray_serve)
+    runtime = LocalRuntime(tmp_path / "home", say=lambda m: None, serving=ray_serve, warm=shared_warm)
     runtime.start(serve_api=False)
     try:
         runtime.upload(planted["root"], "planted")
@@ -197,7 +197,9 @@ def _run_until(runtime, events: set[str], timeout: float = 600) -> list[dict]:
     raise AssertionError(f"none of {events} in {timeout}s: {[n['message']['event'] for n in runtime.notifications()]}")
 
 
-def test_distinct_scans_deploy_and_copies_of_test_scans_are_rejected_on_the_local_stack(tmp_path, ray_serve):
+def test_distinct_scans_deploy_and_copies_of_test_scans_are_rejected_on_the_local_stack(
+    tmp_path, ray_serve, shared_warm
+):
     """Hundreds of distinct grey scans in ten classes go through the local stack with the audit's
     defaults and deploy; the same scans with 5% of the test images copied into train (resized,
     re-encoded) are rejected, naming those copies."""
@@ -209,7 +211,7 @@ def test_distinct_scans_deploy_and_copies_of_test_scans_are_rejected_on_the_loca
     leaked = benchmark.write_scans(tmp_path / "leaky", limit=400, leak_share=0.05)
     static = {"arch": "resnet18", "weights": "none", "train-mode": "head", "image-size": "32", "epochs": "1"}
     env = {"MAX_TUNING_JOBS": "1", "STATIC_HYPERPARAMETERS": json.dumps(static)}
-    runtime = LocalRuntime(tmp_path / "home", env=env, say=lambda m: None, serving=ray_serve)
+    runtime = LocalRuntime(tmp_path / "home", env=env, say=lambda m: None, serving=ray_serve, warm=shared_warm)
     runtime.start(serve_api=False)
     try:
         runtime.upload(tmp_path / "scans", "scans")
