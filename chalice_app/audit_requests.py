@@ -38,7 +38,7 @@ def audit_job_request(config: Config, run: str, dataset_uri: str) -> dict[str, A
         "ProcessingJobName": names.audit_job_name(run),
         "RoleArn": config.sagemaker_role_arn,
         "AppSpecification": {
-            "ImageUri": config.training_image_uri,
+            "ImageUri": config.audit_image_uri or config.training_image_uri,
             "ContainerEntrypoint": AUDIT_ENTRYPOINT,
             "ContainerArguments": [
                 "--data-dir",

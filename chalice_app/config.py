@@ -22,9 +22,8 @@ _INSTANCE = re.compile(r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
 _OLD_GPUS = re.compile(r"^ml\.(p2|p3|p3dn)\.")
 _IMAGE = re.compile(r"^[\w.-]+(:\d+)?/[\w./-]+(:[\w.-]+|@sha256:[0-9a-f]{64})$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-# Endpoints and model package groups are named <prefix>-<project slug> (at most 63 characters, the
-# slug at most 19): the prefix may take 43.
-# Lower case only: the IAM policy matches model package ARNs, which keep the group's case, lower-cased.
+# Endpoints and model package groups are named <prefix>-<project slug> (at most 63 characters, the slug at
+# most 19): the prefix may take 43. Lower case: the IAM policy lower-cases model package ARNs, not AWS.
 _PREFIX = re.compile(r"^[a-z0-9](-*[a-z0-9]){0,42}$")
 _PROJECT = re.compile(r"^[a-z0-9](-?[a-z0-9]){0,18}$")
 APPROVAL_MODES = ("auto", "manual")
@@ -50,7 +49,7 @@ DEFAULT_TUNING_RANGES: dict[str, list[Any]] = {
 # Every variable the stage's configuration reads (docs/configuration.md; tests/test_docs.py keeps both in step).
 VARIABLES = tuple(
     """
-    API_KEY_REQUIRED APPROVAL_MODE AUDIT AUDIT_FIX AUDIT_INSTANCE_TYPE AUDIT_MAX_LEAKED_TEST_SHARE
+    API_KEY_REQUIRED APPROVAL_MODE AUDIT AUDIT_FIX AUDIT_IMAGE_URI AUDIT_INSTANCE_TYPE AUDIT_MAX_LEAKED_TEST_SHARE
     AUDIT_MIN_TRAIN_IMAGES BLOCK_ON_RULE_ISSUES DATASET_PREFIX DATA_BUCKET DEBUGGER_IMAGE_URI
     DEFAULT_PROJECT ENDPOINT_PREFIX GATE_MAX_F1_DROP GATE_MAX_RECALL_DROP IDLE_STOP_HOURS
     INFERENCE_IMAGE_URI INFERENCE_INSTANCE_COUNT INFERENCE_INSTANCE_TYPE MANAGED_DEBUGGER MAX_BODY_BYTES
@@ -87,6 +86,7 @@ class Config:
     use_spot: bool = False
     managed_debugger: bool = False
     debugger_image_uri: str = ""
+    audit_image_uri: str = ""  # the training image's CPU build for the audit's CPU instance; else the training image
     block_on_rule_issues: bool = False
     max_runtime_seconds: int = 24 * 3600
     volume_size_gb: int = 50
@@ -284,10 +284,12 @@ def _source_dir(env: Mapping[str, str]) -> str:
     return source
 
 
-def _debugger_image(env: Mapping[str, str], managed: bool) -> str:
-    image = env.get("DEBUGGER_IMAGE_URI", "").strip()
-    if managed and not _IMAGE.match(image):
-        raise ConfigError("DEBUGGER_IMAGE_URI", "must be the region's Debugger rules image when MANAGED_DEBUGGER=true")
+def _image(env: Mapping[str, str], name: str, needed_when: str = "") -> str:
+    """An ECR image URI, optional unless ``needed_when`` names the setting that needs it."""
+    image = env.get(name, "").strip()
+    if (image or needed_when) and not _IMAGE.match(image):
+        when = f" when {needed_when}" if needed_when else ""
+        raise ConfigError(name, f"must be an ECR image URI{when}: {image!r}")
     return image
 
 
@@ -321,7 +323,8 @@ def load(env: Mapping[str, str]) -> Config:
         max_parallel_jobs=parallel,
         use_spot=_bool(env, "USE_SPOT", False),
         managed_debugger=managed,
-        debugger_image_uri=_debugger_image(env, managed),
+        debugger_image_uri=_image(env, "DEBUGGER_IMAGE_URI", "MANAGED_DEBUGGER=true" if managed else ""),
+        audit_image_uri=_image(env, "AUDIT_IMAGE_URI"),
         block_on_rule_issues=_bool(env, "BLOCK_ON_RULE_ISSUES", False),
         max_runtime_seconds=_int(env, "MAX_RUNTIME_SECONDS", 24 * 3600, 600, 28 * 24 * 3600),
         volume_size_gb=_int(env, "TRAINING_VOLUME_GB", 50, 1, 16384),

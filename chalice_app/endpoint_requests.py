@@ -10,8 +10,11 @@ from chalice_app import alarm_requests, names
 from chalice_app.config import Config
 from chalice_app.sagemaker_requests import gpu_instance
 
-# What AWS's Ray Serve container documentation asks of GPU instances: a host AMI with current NVIDIA drivers.
-GPU_INFERENCE_AMI = "al2-ami-sagemaker-inference-gpu-3-1"
+# GPU hosts need an NVIDIA driver as new as the Ray Serve image's CUDA (CUDA-compat mounting is off on
+# these AMIs). The Amazon Linux 2023 one: driver 580, CUDA 13.0 (ProductionVariant.InferenceAmiVersion in
+# SageMaker's API reference); the AL2 ones (driver 550, CUDA 12.4 at most) are past Amazon Linux 2's end
+# of support (2026-06-30).
+GPU_INFERENCE_AMI = "al2023-ami-sagemaker-inference-gpu-4-1"
 
 
 def model_request(config: Config, run: str, model_data_url: str, dataset_uri: str | None) -> dict[str, Any]:

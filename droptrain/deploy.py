@@ -8,7 +8,8 @@ first, so that a machine without credentials gets as far as it can and then one 
    v2; ``pip install -e '.[deploy]'`` installs it). The versions are pinned here, once.
 2. ``build_sourcedir``: ``training/`` as a reproducible ``sourcedir.tar.gz``, named by its hash.
 3. (first call that needs credentials) the account, then ``stage_environment`` and
-   ``policies.lambda_policy``, written into ``.chalice/config.json`` and ``.chalice/policy-<stage>.json``.
+   ``policies.lambda_policy``, written into ``.chalice/config.json`` and ``.chalice/policy-<stage>.json``;
+   ``quotas.check`` says which SageMaker quotas are below what the stage needs, and what to request.
 4. ``template.build_layer`` (``layers/build.py``): the dependency layer (powertools, and the pinned
    boto3/botocore the handlers need: ``PutObject(IfNoneMatch)`` arrived in botocore 1.35.2).
 5. ``template.package`` (``chalice package`` + ``merge_template``): one SAM template holding the
@@ -32,18 +33,26 @@ from typing import Any
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError, WaiterError
 
-from droptrain import project, sourcedir
+from droptrain import project, quotas, sourcedir
 from droptrain.policies import PolicyError, lambda_policy, partition_of
 from droptrain.stack import StackError, deploy_stack
 from droptrain.template import TemplateError, build_layer, package, read_config, stage_env
 
 TRAINING_DIR = project.TRAINING_DIR
 STAGES = ("dev", "prod")
-# The images, pinned here and resolved per region through the SageMaker SDK's tables. PyTorch 2.10
-# is the newest training image the SDK lists (Python 3.13); version 1.4 of AWS's Ray Serve inference
-# image runs Ray 2.57.0, the Ray that pyproject.toml pins for the local runtime (a test keeps them in step).
-TRAINING_FRAMEWORK_VERSION, TRAINING_PY_VERSION = "2.10.0", "py313"
+# The images, pinned here and resolved per region through the SageMaker SDK's tables (sagemaker-core
+# 2.27.0, the newest on PyPI on 2026-12-06). Training and the audit: AWS's Amazon Linux 2023 PyTorch
+# training image, the newest the SDK lists (2.14, CUDA 13.3: Turing and newer, so g4dn, g5, g6), the
+# torch the local runtime runs (pyproject.toml; a test keeps them in step). AWS's Ubuntu-based 2.8-2.10
+# images cannot be fully patched and leave patch support on 2027-01-21: only where the SDK lists no
+# AL2023 image for the region (the China regions) is 2.10 used, and the deploy says so. Serving: the
+# newest Ray Serve image the SDK lists, 1.4 (Ray 2.57.0, which the local runtime pins: a test keeps them
+# in step); the deploy says when the SDK lists a newer one.
+TRAINING_FRAMEWORK, TRAINING_FRAMEWORK_VERSION = "pytorch-amzn2023", "2.14"
+OLD_TRAINING_IMAGE = {"framework": "pytorch", "version": "2.10.0", "py_version": "py313"}
 RAY_SERVE_IMAGE_VERSION, RAY_SERVE_RAY_VERSION = "1.4", "2.57.0"
+# Resolved per region beside the two above when the stage uses them; a stage's stale one is dropped.
+RESOLVED_IMAGES = ("AUDIT_IMAGE_URI", "DEBUGGER_IMAGE_URI")
 
 
 class DeployError(Exception):
@@ -71,22 +80,43 @@ def _image_uris() -> Any:
         ) from None
 
 
+def _training_image(retrieve: Callable[..., str], region: str, instance: str, say: Callable[[str], None]) -> str:
+    try:
+        return retrieve(
+            TRAINING_FRAMEWORK,
+            region=region,
+            version=TRAINING_FRAMEWORK_VERSION,
+            instance_type=instance,
+            image_scope="training",
+        )
+    except (ValueError, KeyError):
+        old = retrieve(**OLD_TRAINING_IMAGE, region=region, instance_type=instance, image_scope="training")
+        say(
+            f"the SageMaker SDK lists no Amazon Linux 2023 PyTorch image in {region}: training on {old}, "
+            "whose patches end on 2027-01-21 (pip install -U -e '.[deploy]' may bring one)"
+        )
+        return old
+
+
 def resolve_images(
-    region: str, training_instance: str, inference_instance: str, retrieve: Callable[..., str] | None = None
+    region: str,
+    training_instance: str,
+    inference_instance: str,
+    retrieve: Callable[..., str] | None = None,
+    audit_instance: str = "ml.m5.xlarge",
+    say: Callable[[str], None] = print,
+    managed_debugger: bool = False,
 ) -> dict[str, str]:
-    """The region's PyTorch training image and Ray Serve inference image (CPU or CUDA by instance type)."""
-    retrieve = retrieve or _image_uris().retrieve
+    """The region's PyTorch training image (and its build for the audit's instance) and Ray Serve
+    inference image, CPU or CUDA by instance type; the region's Debugger rules image when the stage
+    uses the managed debugger."""
+    sdk = None if retrieve else _image_uris()
+    retrieve = retrieve or sdk.retrieve
     inference = "ml.m5.large" if inference_instance == "serverless" else inference_instance
     try:
-        return {
-            "TRAINING_IMAGE_URI": retrieve(
-                "pytorch",
-                region=region,
-                version=TRAINING_FRAMEWORK_VERSION,
-                py_version=TRAINING_PY_VERSION,
-                instance_type=training_instance,
-                image_scope="training",
-            ),
+        images = {
+            "TRAINING_IMAGE_URI": _training_image(retrieve, region, training_instance, say),
+            "AUDIT_IMAGE_URI": _training_image(retrieve, region, audit_instance, lambda line: None),
             "INFERENCE_IMAGE_URI": retrieve(
                 "ray-serve",
                 region=region,
@@ -95,11 +125,35 @@ def resolve_images(
                 image_scope="inference",
             ),
         }
+        if managed_debugger:
+            images["DEBUGGER_IMAGE_URI"] = retrieve("debugger", region=region)
     except (ValueError, KeyError) as exc:
         raise DeployError(
             f"the SageMaker SDK has no image for this setting in {region}: {exc} "
             "(pip install -U -e '.[deploy]' brings newer image tables)"
         ) from None
+    for framework, scope, pinned, local in (
+        ("ray-serve", "inference", RAY_SERVE_IMAGE_VERSION, f"Ray {RAY_SERVE_RAY_VERSION}"),
+        (TRAINING_FRAMEWORK, "training", TRAINING_FRAMEWORK_VERSION, f"torch {TRAINING_FRAMEWORK_VERSION}"),
+    ):
+        newest = newest_listed(sdk, framework, scope) if sdk else None
+        if newest and _version(newest) > _version(pinned):
+            say(f"the SageMaker SDK lists {framework} {newest}; this release uses {pinned}, whose {local} runs locally")
+    return images
+
+
+def newest_listed(sdk: Any, framework: str, scope: str) -> str | None:
+    """The newest version of ``framework`` in the SDK's image tables (``None`` if it cannot say)."""
+    try:
+        config = sdk.config_for_framework(framework)
+        versions = (config.get(scope) or config)["versions"]
+    except (AttributeError, KeyError, OSError, ValueError):
+        return None
+    return max(versions, key=_version, default=None)
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(".") if part.isdigit())
 
 
 # -- 3. the stage's environment ----------------------------------------------------------------
@@ -112,7 +166,8 @@ def stage_environment(
     partition = partition_of(region)
     bucket = f"droptrain-data-{stage}-{account}"
     return {
-        **{k: v for k, v in current.items() if k != "ENDPOINT_NAME"},
+        **{k: v for k, v in current.items() if k not in ("ENDPOINT_NAME", *RESOLVED_IMAGES)},
+        **{k: images[k] for k in RESOLVED_IMAGES if images.get(k)},
         "DATA_BUCKET": bucket,
         "NOTIFY_TOPIC_ARN": f"arn:{partition}:sns:{region}:{account}:droptrain-{stage}",
         "SAGEMAKER_ROLE_ARN": f"arn:{partition}:iam::{account}:role/droptrain-sagemaker-{stage}",
@@ -182,12 +237,20 @@ def deploy(
         chalice_dir = project.chalice_dir()
         current = stage_env(read_config(chalice_dir), stage)
         images = (
-            {"TRAINING_IMAGE_URI": training_image, "INFERENCE_IMAGE_URI": inference_image}
+            # The audit then runs in the training image given; a Debugger image the stage names stays.
+            {
+                "TRAINING_IMAGE_URI": training_image,
+                "INFERENCE_IMAGE_URI": inference_image,
+                "DEBUGGER_IMAGE_URI": current.get("DEBUGGER_IMAGE_URI", ""),
+            }
             if training_image and inference_image
             else resolve_images(
                 region,
                 current.get("TRAINING_INSTANCE_TYPE", "ml.g4dn.xlarge"),
                 current.get("INFERENCE_INSTANCE_TYPE", "ml.m5.large"),
+                audit_instance=current.get("AUDIT_INSTANCE_TYPE", "ml.m5.xlarge"),
+                say=say,
+                managed_debugger=current.get("MANAGED_DEBUGGER", "").lower() == "true",
             )
         )
         say(f"images for {region}: training {images['TRAINING_IMAGE_URI']}, serving {images['INFERENCE_IMAGE_URI']}")
@@ -197,6 +260,7 @@ def deploy(
         env = stage_environment(stage, account, region, images, key, current)
         write_stage(chalice_dir, stage, env)
         say(f"stage {stage}: account {account}, region {region}, bucket {env['DATA_BUCKET']}")
+        quotas.check(session.client("service-quotas", region_name=region), env, say)
         build_dir = project.root() / "build"
         layer = build_layer(build_dir / "layer.zip")
         package_dir = build_dir / f"package-{stage}"

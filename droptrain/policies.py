@@ -189,7 +189,7 @@ def sagemaker_role_policy(env: Mapping[str, str]) -> dict[str, Any]:
     images = sorted(
         {
             arn
-            for key in ("TRAINING_IMAGE_URI", "INFERENCE_IMAGE_URI", "DEBUGGER_IMAGE_URI")
+            for key in ("TRAINING_IMAGE_URI", "AUDIT_IMAGE_URI", "INFERENCE_IMAGE_URI", "DEBUGGER_IMAGE_URI")
             if (arn := image_repository_arn(env.get(key, ""), partition))
         }
     )

@@ -18,8 +18,11 @@ def test_the_audit_job_request_is_valid():
     validate("sagemaker", "CreateProcessingJob", request)
     assert request["ProcessingJobName"] == "dogs-3f9a1c2e-audit"
     assert request["AppSpecification"]["ImageUri"] == config.training_image_uri, (
-        "the training image has PIL and the code's needs"
+        "without its own, the training image: it has PIL and the code's needs"
     )
+    cpu = "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch:2.14-cpu-amzn2023-sagemaker"
+    own = audit_requests.audit_job_request(make_config(AUDIT="true", AUDIT_IMAGE_URI=cpu), "dogs-3f9a1c2e", "s3://b/d/")
+    assert own["AppSpecification"]["ImageUri"] == cpu, "the training image's CPU build, for the audit's CPU instance"
     assert (
         request["ProcessingOutputConfig"]["Outputs"][0]["S3Output"]["S3Uri"]
         == "s3://droptrain-data-dev/runs/dogs-3f9a1c2e/reports/"

@@ -265,14 +265,15 @@ def test_the_execution_role_pulls_from_the_accounts_the_images_name_and_writes_o
         **CHINA_ENV,
         "NOTIFY_TOPIC_ARN": "arn:aws:sns:eu-south-1:123456789012:droptrain-dev",
         "SAGEMAKER_ROLE_ARN": "arn:aws:iam::123456789012:role/droptrain-sagemaker-dev",
-        "TRAINING_IMAGE_URI": "692866216735.dkr.ecr.eu-south-1.amazonaws.com/pytorch-training:2.10.0-gpu-py313",
+        "TRAINING_IMAGE_URI": "692866216735.dkr.ecr.eu-south-1.amazonaws.com/pytorch:2.14-cu133-amzn2023-sagemaker",
+        "AUDIT_IMAGE_URI": "692866216735.dkr.ecr.eu-south-1.amazonaws.com/pytorch:2.14-cpu-amzn2023-sagemaker",
         "INFERENCE_IMAGE_URI": "692866216735.dkr.ecr.eu-south-1.amazonaws.com/ray:serve-ml-sagemaker-cpu-v1.4",
         "DEBUGGER_IMAGE_URI": "563282790590.dkr.ecr.eu-south-1.amazonaws.com/sagemaker-debugger-rules:latest",
     }
     statements = {s["Sid"]: s for s in policies.sagemaker_role_policy(env)["Statement"]}
     assert statements["PullImages"]["Resource"] == [
         "arn:aws:ecr:eu-south-1:563282790590:repository/sagemaker-debugger-rules",
-        "arn:aws:ecr:eu-south-1:692866216735:repository/pytorch-training",
+        "arn:aws:ecr:eu-south-1:692866216735:repository/pytorch",
         "arn:aws:ecr:eu-south-1:692866216735:repository/ray",
     ]
     bucket = "arn:aws:s3:::droptrain-data-dev-123456789012"
@@ -315,11 +316,14 @@ def test_stage_environment_and_writing_it(tmp_path):
     chalice_dir.mkdir()
     (chalice_dir / "config.json").write_text((sam.CHALICE_DIR / "config.json").read_text())
     images = {
-        "TRAINING_IMAGE_URI": "763104351884.dkr.ecr.eu-west-1.amazonaws.com/pytorch-training:2.10.0-gpu-py313",
+        "TRAINING_IMAGE_URI": "763104351884.dkr.ecr.eu-west-1.amazonaws.com/pytorch:2.14-cu133-amzn2023-sagemaker",
+        "AUDIT_IMAGE_URI": "763104351884.dkr.ecr.eu-west-1.amazonaws.com/pytorch:2.14-cpu-amzn2023-sagemaker",
         "INFERENCE_IMAGE_URI": "763104351884.dkr.ecr.eu-west-1.amazonaws.com/ray:serve-ml-sagemaker-cpu-v1.4",
     }
-    current = sam.stage_env(sam.read_config(chalice_dir), "dev")
+    stale = {"DEBUGGER_IMAGE_URI": "1.dkr.ecr.us-east-1.amazonaws.com/old:1", "AUDIT_IMAGE_URI": "1.dkr.ecr.x/old:1"}
+    current = {**sam.stage_env(sam.read_config(chalice_dir), "dev"), **stale}
     env = deploy.stage_environment("dev", "210987654321", "eu-west-1", images, "code/sourcedir-abc.tar.gz", current)
+    assert env["AUDIT_IMAGE_URI"] == images["AUDIT_IMAGE_URI"] and "DEBUGGER_IMAGE_URI" not in env, "none stale"
     assert env["DATA_BUCKET"] == "droptrain-data-dev-210987654321"
     assert env["NOTIFY_TOPIC_ARN"] == "arn:aws:sns:eu-west-1:210987654321:droptrain-dev"
     assert env["SOURCE_DIR_S3_URI"] == "s3://droptrain-data-dev-210987654321/code/sourcedir-abc.tar.gz"
@@ -341,7 +345,7 @@ def test_stage_environment_and_writing_it(tmp_path):
             "ml.g4dn.xlarge",
             "ml.m5.large",
             (
-                "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:2.10.0-gpu-py313",
+                "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch:2.14-cu133-amzn2023-sagemaker",
                 "763104351884.dkr.ecr.us-east-1.amazonaws.com/ray:serve-ml-sagemaker-cpu-v1.4",
             ),
         ),
@@ -350,7 +354,7 @@ def test_stage_environment_and_writing_it(tmp_path):
             "ml.m5.xlarge",
             "ml.g5.xlarge",
             (
-                "692866216735.dkr.ecr.eu-south-1.amazonaws.com/pytorch-training:2.10.0-cpu-py313",
+                "692866216735.dkr.ecr.eu-south-1.amazonaws.com/pytorch:2.14-cpu-amzn2023-sagemaker",
                 "692866216735.dkr.ecr.eu-south-1.amazonaws.com/ray:serve-ml-sagemaker-cuda-v1.4",
             ),
         ),
@@ -359,16 +363,56 @@ def test_stage_environment_and_writing_it(tmp_path):
             "ml.g5.xlarge",
             "serverless",
             (
-                "763104351884.dkr.ecr.us-west-2.amazonaws.com/pytorch-training:2.10.0-gpu-py313",
+                "763104351884.dkr.ecr.us-west-2.amazonaws.com/pytorch:2.14-cu133-amzn2023-sagemaker",
                 "763104351884.dkr.ecr.us-west-2.amazonaws.com/ray:serve-ml-sagemaker-cpu-v1.4",
             ),
         ),
     ],
 )
 def test_images_resolve_through_the_sagemaker_sdk(region, training, inference, expected):
-    """sagemaker-core (what the SageMaker SDK v3 is built on), offline, as `make deploy` installs it."""
-    images = deploy.resolve_images(region, training, inference)
+    """sagemaker-core (what the SageMaker SDK v3 is built on), offline, as `make deploy` installs it: the
+    Amazon Linux 2023 PyTorch image, and its CPU build for the audit's CPU instance."""
+    said = []
+    images = deploy.resolve_images(region, training, inference, say=said.append)
     assert (images["TRAINING_IMAGE_URI"], images["INFERENCE_IMAGE_URI"]) == expected
+    account = expected[0].split(".")[0]
+    assert images["AUDIT_IMAGE_URI"] == f"{account}.dkr.ecr.{region}.amazonaws.com/pytorch:2.14-cpu-amzn2023-sagemaker"
+    assert "DEBUGGER_IMAGE_URI" not in images and said == []
+
+
+def test_where_the_sdk_lists_no_al2023_image_training_falls_back_and_says_so():
+    """The China regions, in sagemaker-core 2.27.0's tables: the Ubuntu-based 2.10 image, named with its end."""
+    said = []
+    images = deploy.resolve_images("cn-northwest-1", "ml.g4dn.xlarge", "ml.m5.large", say=said.append)
+    registry = "727897471807.dkr.ecr.cn-northwest-1.amazonaws.com.cn"
+    assert images["TRAINING_IMAGE_URI"] == f"{registry}/pytorch-training:2.10.0-gpu-py313"
+    assert images["AUDIT_IMAGE_URI"] == f"{registry}/pytorch-training:2.10.0-cpu-py313"
+    assert len(said) == 1 and "no Amazon Linux 2023 PyTorch image in cn-northwest-1" in said[0]
+    assert "2027-01-21" in said[0]
+
+
+def test_the_managed_debugger_gets_its_regions_rules_image():
+    images = deploy.resolve_images("eu-south-1", "ml.g5.xlarge", "ml.m5.large", managed_debugger=True)
+    assert (
+        images["DEBUGGER_IMAGE_URI"] == "563282790590.dkr.ecr.eu-south-1.amazonaws.com/sagemaker-debugger-rules:latest"
+    )
+    cn = deploy.resolve_images("cn-north-1", "ml.g5.xlarge", "ml.m5.large", managed_debugger=True, say=lambda m: None)
+    assert cn["DEBUGGER_IMAGE_URI"].startswith("618459771430.dkr.ecr.cn-north-1.amazonaws.com.cn/")
+
+
+def test_the_deploy_says_when_the_sdk_lists_newer_images(monkeypatch):
+    import types
+
+    tables = {"ray-serve": {"versions": {"1.4": {}, "1.5": {}}}, "pytorch-amzn2023": {"training": {"versions": {}}}}
+    sdk = types.SimpleNamespace(retrieve=lambda framework, **kw: f"{framework}-uri", config_for_framework=tables.get)
+    monkeypatch.setattr(deploy, "_image_uris", lambda: sdk)
+    said = []
+    deploy.resolve_images("us-east-1", "ml.g4dn.xlarge", "ml.m5.large", say=said.append)
+    assert said == ["the SageMaker SDK lists ray-serve 1.5; this release uses 1.4, whose Ray 2.57.0 runs locally"]
+    tables["ray-serve"]["versions"].pop("1.5")
+    said.clear()
+    deploy.resolve_images("us-east-1", "ml.g4dn.xlarge", "ml.m5.large", say=said.append)
+    assert said == [], "the newest listed: nothing to say"
 
 
 def test_the_v2_sdk_still_resolves_images(monkeypatch):
@@ -382,8 +426,12 @@ def test_the_v2_sdk_still_resolves_images(monkeypatch):
     monkeypatch.setitem(sys.modules, "sagemaker.core", None)
     monkeypatch.setitem(sys.modules, "sagemaker", v2)
     images = deploy.resolve_images("us-east-1", "ml.g4dn.xlarge", "ml.m5.large")
-    assert images == {"TRAINING_IMAGE_URI": "pytorch-uri", "INFERENCE_IMAGE_URI": "ray-serve-uri"}
-    assert calls[0][1]["version"] == "2.10.0" and calls[1][1]["version"] == "1.4"
+    assert images == {
+        "TRAINING_IMAGE_URI": "pytorch-amzn2023-uri",
+        "AUDIT_IMAGE_URI": "pytorch-amzn2023-uri",
+        "INFERENCE_IMAGE_URI": "ray-serve-uri",
+    }
+    assert calls[0][1]["version"] == "2.14" and calls[-1][1]["version"] == "1.4"
 
 
 def test_resolving_images_without_the_sdk_says_what_to_do(monkeypatch):
@@ -396,6 +444,18 @@ def test_resolving_images_without_the_sdk_says_what_to_do(monkeypatch):
 def test_an_unknown_region_is_one_clear_error():
     with pytest.raises(deploy.DeployError, match="no image for this setting in mars-east-1"):
         deploy.resolve_images("mars-east-1", "ml.g4dn.xlarge", "ml.m5.large")
+
+
+def test_the_local_torch_is_the_torch_of_the_training_image():
+    """The training image's PyTorch is the one the local runtime trains with (major.minor)."""
+    import importlib.metadata
+
+    import tomllib
+
+    local = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["local"]
+    pinned = next(r for r in local if r.startswith("torch=="))
+    assert pinned.removeprefix("torch==").startswith(deploy.TRAINING_FRAMEWORK_VERSION + ".")
+    assert importlib.metadata.version("torch").startswith(deploy.TRAINING_FRAMEWORK_VERSION + ".")
 
 
 def test_the_local_ray_is_the_ray_of_the_serving_image():
@@ -435,8 +495,8 @@ def test_make_deploy_without_credentials_gets_as_far_as_it_can_then_says_so(tmp_
     )
     assert result.returncode != 0
     assert (
-        "images for eu-west-1: training 763104351884.dkr.ecr.eu-west-1.amazonaws.com/pytorch-training:2.10.0-gpu-py313"
-        in result.stdout
+        "images for eu-west-1: training "
+        "763104351884.dkr.ecr.eu-west-1.amazonaws.com/pytorch:2.14-cu133-amzn2023-sagemaker" in result.stdout
     )
     assert "training code: code/sourcedir-" in result.stdout
     assert "droptrain deploy: no AWS credentials found" in result.stderr

@@ -152,9 +152,9 @@ def test_model_and_endpoint_requests(instance, count):
     variant = endpoint_config["ProductionVariants"][0]
     assert ("ServerlessConfig" in variant) is (instance == "serverless")
     assert variant.get("InitialInstanceCount") == (None if instance == "serverless" else count)
-    # GPU instances need the host AMI the Ray Serve container's documentation names.
+    # GPU instances need a host AMI whose driver runs the Ray Serve image's CUDA: AL2023's, driver 580.
     assert variant.get("InferenceAmiVersion") == (
-        "al2-ami-sagemaker-inference-gpu-3-1" if instance == "ml.g5.xlarge" else None
+        "al2023-ami-sagemaker-inference-gpu-4-1" if instance == "ml.g5.xlarge" else None
     )
     final = requests.final_training_request(
         config, "dogs-3f9a1c2e", DATASET.uri, requests.static_hyperparameters(config), {}
