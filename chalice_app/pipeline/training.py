@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from chalice_app import cost, names, registry_requests
+from chalice_app import cost, failures, names, registry_requests
 from chalice_app import sagemaker_requests as requests
 from chalice_app.events import TrainingJobStateChange
 from chalice_app.notifications import Notification
@@ -59,7 +59,7 @@ def training_changed(svc: Services, event: TrainingJobStateChange) -> str:
 
 def _failed(svc: Services, ended: _Ended) -> str:
     event, run, metrics = ended.event, ended.run, ended.metrics
-    reason = ended.description.get("FailureReason") or f"the training job was {event.status.lower()}"
+    reason = failures.named(ended.description.get("FailureReason") or f"the training job was {event.status.lower()}")
     svc.notifier.send(
         Notification(
             "training.failed",

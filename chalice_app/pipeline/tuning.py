@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from chalice_app import names
+from chalice_app import failures, names
 from chalice_app import sagemaker_requests as requests
 from chalice_app.adapters.errors import NotFoundError
 from chalice_app.events import TrainingJobStateChange, TuningJobStateChange
@@ -113,7 +113,7 @@ def trial_failures(svc: Services, tuning_job: str) -> list[dict[str, Any]]:
     by_reason: dict[str, list[str]] = {}
     for trial in svc.sagemaker.list_trials(tuning_job):
         if trial.get("TrainingJobStatus") == "Failed":
-            reason = trial.get("FailureReason") or "no reason given"
+            reason = failures.named(trial.get("FailureReason") or "no reason given")
             by_reason.setdefault(reason, []).append(trial["TrainingJobName"])
     ordered = sorted(by_reason.items(), key=lambda item: -len(item[1]))
     return [{"reason": reason, "trials": sorted(jobs)} for reason, jobs in ordered]
@@ -123,12 +123,12 @@ def _tuning_failed(
     svc: Services, event: TuningJobStateChange, run: str, dataset_uri: str | None, description: Mapping[str, Any]
 ) -> str:
     counters = description.get("TrainingJobStatusCounters", {})
-    failures = trial_failures(svc, event.name)
-    if failures:
+    failed_trials = trial_failures(svc, event.name)
+    if failed_trials:
         # What the trials said is what a person can act on; the tuning job's own reason only
         # says that they failed.
-        reason = failures[0]["reason"] + (
-            f" (and {len(failures) - 1} other reasons, in detail.trial_failures)" if len(failures) > 1 else ""
+        reason = failed_trials[0]["reason"] + (
+            f" (and {len(failed_trials) - 1} other reasons, in detail.trial_failures)" if len(failed_trials) > 1 else ""
         )
     elif event.status == "Completed":
         reason = (
@@ -148,7 +148,7 @@ def _tuning_failed(
             job=event.name,
             detail={
                 "reason": reason,
-                "trial_failures": failures,
+                "trial_failures": failed_trials,
                 "training_jobs": counters,
                 "tuning_job_reason": description.get("FailureReason"),
             },

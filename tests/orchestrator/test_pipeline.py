@@ -631,7 +631,27 @@ def test_a_tuning_job_that_ended_already_is_not_stopped_twice(stage, client):
     assert outcome.startswith(f"already ended: tuning job {run}")
 
 
-def test_training_failed_leaves_the_endpoint(stage, client):
+def _no_network_reason() -> str:
+    """What SageMaker reports when AWS's toolkit cannot pip-install requirements.txt: its own error class."""
+    from sagemaker_training import errors
+
+    pip = ["/usr/local/bin/python3.12", "-m", "pip", "install", "-r", "requirements.txt"]
+    output = (
+        b"WARNING: Retrying (Retry(total=4, connect=None, read=None, redirect=None, status=None)) after connection "
+        b"broken by 'NewConnectionError: Failed to establish a new connection: [Errno 101] Network is unreachable'\n"
+        b"ERROR: Could not find a version that satisfies the requirement smdebug==1.0.34 (from versions: none)"
+    )
+    return "AlgorithmError: " + str(errors.InstallRequirementsError(pip, 1, output))
+
+
+@pytest.mark.parametrize(
+    "failure, said",
+    [
+        ("AlgorithmError: the training loss became NaN", "AlgorithmError: the training loss became NaN"),
+        (_no_network_reason(), "the job could not pip-install training/requirements.txt: it cannot reach PyPI"),
+    ],
+)
+def test_training_failed_leaves_the_endpoint(stage, client, failure, said):
     _, run = _run_to_tuning(stage, client)
     _complete_tuning(stage, client, run, f"s3://{BUCKET}/datasets/pets/")
     stage.notifications()
@@ -654,7 +674,7 @@ def test_training_failed_leaves_the_endpoint(stage, client):
     failed.update(
         TrainingJobStatus="Failed",
         SecondaryStatus="Failed",
-        FailureReason="AlgorithmError: the training loss became NaN",
+        FailureReason=failure,
         ModelArtifacts={"S3ModelArtifacts": ""},
         ResourceConfig=described["ResourceConfig"],
         StoppingCondition=described["StoppingCondition"],
@@ -664,7 +684,8 @@ def test_training_failed_leaves_the_endpoint(stage, client):
     assert invoke(client, "on_training_job_state_change", _training_event(run, "Failed")) == "training failed"
     notes = stage.notifications()
     assert [n["event"] for n in notes] == ["training.failed"]
-    assert "loss became NaN" in notes[0]["detail"]["reason"]
+    assert notes[0]["detail"]["reason"].startswith(said), "the cause, in its first words"
+    assert "\n" not in notes[0]["detail"]["reason"], "one line"
     assert stage.sagemaker.list_endpoints()["Endpoints"] == [] and stage.sagemaker.list_models()["Models"] == []
 
 
