@@ -223,8 +223,8 @@ def topic_arn(env: Mapping[str, str]) -> str | None:
 
 def dataset_prefix(env: Mapping[str, str]) -> str:
     prefix = env.get("DATASET_PREFIX", "datasets/").strip() or "datasets/"
-    if not prefix.endswith("/") or prefix.startswith("/"):
-        raise ConfigError("DATASET_PREFIX", f"must be a key prefix ending in '/', got {prefix!r}")
+    if not prefix.endswith("/") or prefix.startswith("/") or {"*", "\\"} & set(prefix):
+        raise ConfigError("DATASET_PREFIX", f"must be a key prefix ending in '/', without * or \\, got {prefix!r}")
     return prefix
 
 

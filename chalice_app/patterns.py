@@ -3,6 +3,7 @@ the app. They narrow what reaches the Lambda; the handlers still check bucket, k
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from typing import Any
 
@@ -10,12 +11,20 @@ from chalice_app.config import ConfigError, dataset_prefix, endpoint_prefix
 from chalice_app.names import ARCHIVE_SUFFIXES
 
 
+def _casings(suffix: str) -> list[str]:
+    """Every way ``suffix`` can be written in upper and lower case (.zip, .Zip, ..., .ZIP)."""
+    letters = [(c.lower(), c.upper()) if c.isalpha() else (c,) for c in suffix]
+    return sorted({"".join(spelling) for spelling in itertools.product(*letters)})
+
+
 def dataset_uploaded(env: Mapping[str, str]) -> dict[str, Any]:
-    prefix = dataset_prefix(env)
-    # Archives in any case (Dogs.Zip is dogs.zip): EventBridge's case-insensitive suffix cannot be
-    # combined with the prefix on the same field, so archives elsewhere in the bucket arrive too and
-    # the handler ignores them (names.parse_dataset_key), before any AWS call.
-    keys = [{"wildcard": f"{prefix}*/_READY"}] + [{"suffix": {"equals-ignore-case": s}} for s in ARCHIVE_SUFFIXES]
+    prefix = dataset_prefix(env)  # no * or \ in it (config): a literal in the wildcards below
+    # Archives under the dataset prefix only, in any case (Dogs.Zip is dogs.zip). EventBridge's
+    # case-insensitive suffix cannot be combined with a prefix on one field, and a suffix alone let
+    # every model.tar.gz and code tarball in the bucket start the 3 GB upload function: so one
+    # (case-sensitive) wildcard per spelling, 56 in all.
+    archives = [{"wildcard": f"{prefix}*{spelling}"} for suffix in ARCHIVE_SUFFIXES for spelling in _casings(suffix)]
+    keys = [{"wildcard": f"{prefix}*/_READY"}, *archives]
     detail: dict[str, Any] = {"object": {"key": keys}}
     if env.get("DATA_BUCKET"):
         detail["bucket"] = {"name": [env["DATA_BUCKET"]]}

@@ -63,13 +63,15 @@ def test_the_store_still_records_on_a_full_disk(small_disk):
     assert not (small_disk / "state.db.reserve").exists()
 
 
-def test_a_job_the_runner_cannot_follow_on_a_full_disk_fails_and_its_process_ends(small_disk, tmp_path, monkeypatch):
+def test_a_job_the_runner_cannot_follow_on_a_full_disk_fails_and_its_process_ends(
+    small_disk, tmp_path, monkeypatch, shared_warm
+):
     bucket = LocalBucket(tmp_path / "bucket", BUCKET)  # the bucket on another disk: only the jobs' is full
     bucket.put("datasets/pets/train/a/1.jpg", b"x")
     publish_source(bucket, FAKE_SOURCE)
     store = Store(small_disk / "state.db", reserve=True)
     events: list[dict] = []
-    sagemaker = LocalSageMaker(store, bucket, small_disk / "jobs", events.append, endpoints=None)
+    sagemaker = LocalSageMaker(store, bucket, small_disk / "jobs", events.append, endpoints=None, warm=shared_warm)
     started = tmp_path / "fake.log"
     monkeypatch.setenv("FAKE_LOG", str(started))
     monkeypatch.setenv("FAKE_EPOCH_SECONDS", "0.2")
@@ -123,14 +125,14 @@ class _FullDiskLog:
         raise OSError(errno.ENOSPC, "No space left on device")
 
 
-def test_a_runner_that_cannot_write_the_jobs_log_ends_the_job_and_its_process(tmp_path, monkeypatch):
+def test_a_runner_that_cannot_write_the_jobs_log_ends_the_job_and_its_process(tmp_path, monkeypatch, shared_warm):
     from droptrain.local.sagemaker import jobs
 
     bucket = LocalBucket(tmp_path / "bucket", BUCKET)
     bucket.put("datasets/pets/train/a/1.jpg", b"x")
     publish_source(bucket, FAKE_SOURCE)
     store, events = Store(tmp_path / "state.db", reserve=True), []
-    sagemaker = LocalSageMaker(store, bucket, tmp_path / "jobs", events.append, endpoints=None)
+    sagemaker = LocalSageMaker(store, bucket, tmp_path / "jobs", events.append, endpoints=None, warm=shared_warm)
     started = tmp_path / "fake.log"
     monkeypatch.setenv("FAKE_LOG", str(started))
     monkeypatch.setenv("FAKE_EPOCH_SECONDS", "0.2")

@@ -54,6 +54,8 @@ def test_missing_variable_is_named(variable):
         ("NOTIFY_TOPIC_ARN", "droptrain-dev"),
         ("INFERENCE_INSTANCE_TYPE", "m5.large"),
         ("DATASET_PREFIX", "datasets"),
+        ("DATASET_PREFIX", "data*sets/"),  # a wildcard in the upload rule's patterns
+        ("AUDIT_IMAGE_URI", "pytorch:latest"),
         ("SOURCE_DIR_S3_URI", "/tmp/src.tar.gz"),
         ("MANAGED_DEBUGGER", "true"),
         ("STATIC_HYPERPARAMETERS", "[1]"),

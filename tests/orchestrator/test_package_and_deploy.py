@@ -150,7 +150,8 @@ def test_template_resources(packaged):
     s3_pattern = rules["OnDatasetUploadedEvent"]["Properties"]["Pattern"]
     assert s3_pattern["detail"]["bucket"]["name"] == [env["DATA_BUCKET"]]
     assert {"wildcard": "datasets/*/_READY"} in s3_pattern["detail"]["object"]["key"]
-    assert {"suffix": {"equals-ignore-case": ".zip"}} in s3_pattern["detail"]["object"]["key"]
+    assert {"wildcard": "datasets/*.Zip"} in s3_pattern["detail"]["object"]["key"]
+    assert len(json.dumps(s3_pattern)) < 4096, "PutRule's EventPattern limit"
     endpoint_pattern = rules["OnEndpointStateChangeEvent"]["Properties"]["Pattern"]
     assert endpoint_pattern["detail"]["EndpointName"] == [{"prefix": f"{env['ENDPOINT_PREFIX']}-"}]
     # Edge-optimized APIs do not exist in the China regions (docs.amazonaws.cn, "API Gateway"): regional everywhere.

@@ -945,6 +945,34 @@ def test_a_dataset_whose_name_cannot_be_tagged_is_rejected_before_anything_is_an
     assert stage.sagemaker.list_hyper_parameter_tuning_jobs()["HyperParameterTuningJobSummaries"] == []
 
 
+@pytest.mark.parametrize(
+    "key, starts",
+    [
+        ("datasets/dogs.zip", True),
+        ("datasets/Dogs.ZIP", True),
+        ("datasets/cats.TaR.gZ", True),
+        ("datasets/nested/x.tgz", True),
+        ("datasets/x.tar", True),
+        ("datasets/dogs/_READY", True),
+        ("runs/dogs-1a2b3c4d/final/output/model.tar.gz", False),
+        ("code/sourcedir-0123456789abcdef.tar.gz", False),
+        ("elsewhere/dogs.zip", False),
+        ("datasets/dogs.zip.part", False),
+    ],
+)
+def test_the_upload_rule_takes_archives_in_any_case_under_the_dataset_prefix_only(key, starts):
+    """Model artifacts and code tarballs elsewhere in the bucket no longer start the 3 GB upload function."""
+    from chalice_app import patterns
+    from droptrain.local.aws.bus import matches
+
+    event = {
+        "source": "aws.s3",
+        "detail-type": "Object Created",
+        "detail": {"bucket": {"name": BUCKET}, "object": {"key": key, "size": 1, "etag": "0" * 32}},
+    }
+    assert matches(patterns.dataset_uploaded({**os.environ, "DATA_BUCKET": BUCKET}), event) is starts
+
+
 def test_an_archive_with_an_upper_case_suffix_starts_a_run(stage, client):
     s3_event = stage.upload_zip(
         "Dogs", {f"dogs/train/{c}/{i}.jpg": b"\xff\xd8\xff" for c in ("a", "b") for i in range(3)}
