@@ -191,16 +191,16 @@ def deploy_archive(runtime, archive: Path, config: str, deployment: dict | None 
 # is by test count, which sends a one-test file of a minute last): these start first, and the many
 # quick files fill in at the end, so that the workers finish together.
 SLOWEST_FIRST = (
-    "tests/training/test_audit.py",
-    "tests/local/test_local_runtime.py",
-    "tests/local/test_local_endpoint.py",
-    "tests/faults/test_stack_faults.py",
-    "tests/local/test_local_sagemaker.py",
-    "tests/training/test_train_contract.py",
     "tests/test_demo.py",
-    "tests/faults/test_containment.py",
-    "tests/faults/test_bad_datasets.py",
-    "tests/training/test_debugging_profiling.py",
-    "tests/training/test_serving.py",
+    "tests/local/test_local_endpoint.py",
+    "tests/local/test_local_runtime.py",
+    "tests/faults/test_stack_faults.py",
+    "tests/training/test_train_contract.py",
+    "tests/training/test_audit.py",
     "tests/training/test_duplicates.py",
+    "tests/orchestrator/test_pipeline.py",
+    "tests/faults/test_hostile_requests.py",
+    "tests/faults/test_disk_full.py",
+    "tests/training/test_debugging_profiling.py",
+    "tests/orchestrator/test_package_and_deploy.py",
 )
