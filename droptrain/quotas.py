@@ -16,9 +16,17 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 
+def _count(env: Mapping[str, str], name: str, default: int) -> int:
+    """A count from the stage; a malformed one counts as its default here (the app's config names it)."""
+    try:
+        return max(1, int(env.get(name, default)))
+    except ValueError:
+        return default
+
+
 def needs(env: Mapping[str, str]) -> list[tuple[str, int, str]]:
     """(quota name, instances the stage can hold at once, why) for the stage's settings."""
-    parallel = int(env.get("MAX_PARALLEL_JOBS", "2"))
+    parallel = _count(env, "MAX_PARALLEL_JOBS", 2)
     training = env.get("TRAINING_INSTANCE_TYPE", "ml.g4dn.xlarge")
     spot = env.get("USE_SPOT", "false").lower() == "true"
     wanted = [
@@ -28,7 +36,7 @@ def needs(env: Mapping[str, str]) -> list[tuple[str, int, str]]:
         wanted.append((f"{env.get('AUDIT_INSTANCE_TYPE', 'ml.m5.xlarge')} for processing job usage", 1, "the audit"))
     inference = env.get("INFERENCE_INSTANCE_TYPE", "ml.m5.large")
     if inference != "serverless":
-        count = int(env.get("INFERENCE_INSTANCE_COUNT", "1"))
+        count = _count(env, "INFERENCE_INSTANCE_COUNT", 1)
         wanted.append(
             (
                 f"{inference} for endpoint usage",

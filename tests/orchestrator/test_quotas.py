@@ -64,6 +64,8 @@ def test_spot_has_its_own_quota_and_serverless_needs_no_instances():
         lines = quotas.check(client, stage, lambda line: None)
     assert [line.split("'")[1] for line in lines] == ["ml.g4dn.xlarge for spot training job usage"]
     assert [name for name, _, _ in quotas.needs(stage)] == ["ml.g4dn.xlarge for spot training job usage"]
+    # A malformed count is the config's to name (at load, in one line): the check counts the default.
+    assert quotas.needs({**stage, "MAX_PARALLEL_JOBS": "two"})[0][1] == 2
 
 
 def test_quotas_that_cannot_be_read_are_one_line_and_the_deploy_goes_on():
