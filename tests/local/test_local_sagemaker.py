@@ -310,3 +310,27 @@ def test_head_mode_trials_share_frozen_features(tmp_path, tiny_dataset, shared_w
     ]
     frozen = {t: [line for line in lines[t] if "frozen" in line] for t in trials}
     assert computed == trials[:1] and loaded == trials[1:], frozen
+
+
+def test_a_stop_that_comes_while_a_job_thread_starts_does_not_fail(tmp_path, monkeypatch):
+    """A job's thread created, the stack stopped, then the thread started: the stop joined a thread not
+    yet started (RuntimeError) and the stack's stop failed half-way (seen in CI)."""
+    sagemaker = LocalSageMaker(
+        Store(tmp_path / "state.db"),
+        LocalBucket(tmp_path / "b", BUCKET),
+        tmp_path / "j",
+        lambda e: None,
+        endpoints=None,
+        warm_jobs=False,
+    )
+    ran = threading.Event()
+
+    class StoppedWhileStarting(threading.Thread):
+        def start(self):
+            sagemaker.stop(timeout=DEADLINE)  # the stop comes between the thread's creation and its start
+            super().start()
+
+    monkeypatch.setattr(threading, "Thread", StoppedWhileStarting)
+    thread = sagemaker._spawn(lambda name: ran.set(), "job-1")
+    thread.join(DEADLINE)
+    assert ran.is_set(), "the thread ran; the stop did not fail on it"

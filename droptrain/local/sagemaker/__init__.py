@@ -47,6 +47,7 @@ class LocalSageMaker:
         self.endpoints = endpoints
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._threads_lock = threading.Lock()
         # Shared by every job on this machine: head-mode trials of one tuning job compute the
         # frozen backbone's features once (train.py --feature-cache).
         job_env = {"DROPTRAIN_FEATURE_CACHE": str(feature_cache)} if feature_cache else {}
@@ -99,7 +100,9 @@ class LocalSageMaker:
         if self.warm is not None and self._owns_warm:
             self.warm.close()  # first: a server still importing ends, and so does the thread waiting for it
         deadline = time.time() + timeout
-        for thread in list(self._threads):
+        with self._threads_lock:
+            threads = list(self._threads)
+        for thread in threads:
             thread.join(max(0.1, deadline - time.time()))
         if self.warm is not None and self._owns_warm:
             self.warm.close()  # and one a job's thread started meanwhile
@@ -113,8 +116,10 @@ class LocalSageMaker:
 
     def _spawn(self, target: Callable, *args: Any) -> threading.Thread:
         thread = threading.Thread(target=target, args=args, daemon=True, name=f"{target.__name__}:{args[0]}")
-        self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+        # Listed once started: a stop that came in between joined a thread not started yet, and failed.
         thread.start()
+        with self._threads_lock:
+            self._threads = [t for t in self._threads if t.is_alive()] + [thread]
         return thread
 
     # -- chalice_app.ports.SageMaker ------------------------------------------------------------
