@@ -180,7 +180,13 @@ def test_an_environment_that_chose_ray_serves_mode_keeps_it(tmp_path):
     from droptrain.local.engines.ray_mode import ray_environment, throughput_mode
 
     # Whatever the mode: the replicas share the CPU as equals, and a model that cannot load fails at once.
-    niceness = {"RAY_worker_niceness": "0", "RAY_SERVE_MAX_PER_REPLICA_RETRY_COUNT": "1"}
+    # A proxy slow to start or answer on a busy machine is waited for, not killed.
+    niceness = {
+        "RAY_worker_niceness": "0",
+        "RAY_SERVE_MAX_PER_REPLICA_RETRY_COUNT": "1",
+        "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "120",
+        "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "60",
+    }
     assert ray_environment({"RAY_SERVE_ENABLE_HA_PROXY": "0"}, tmp_path) == niceness
     assert set(ray_environment({"RAY_SERVE_ENABLE_HA_PROXY": "1"}, tmp_path)) == {
         "RAY_SERVE_HAPROXY_STATS_PORT",
@@ -196,6 +202,20 @@ def test_an_environment_that_chose_ray_serves_mode_keeps_it(tmp_path):
     # HAProxy's stats and metrics listeners: free ports, not Ray's fixed 8404 and 9101 (a second Ray would fail).
     ports = {chosen["RAY_SERVE_HAPROXY_STATS_PORT"], chosen["RAY_SERVE_HAPROXY_METRICS_PORT"]}
     assert len(ports) == 2 and not ports & {"8404", "9101"}
+
+
+def test_the_pinned_ray_serve_reads_the_proxy_timeouts_we_set(tmp_path):
+    # Ray renames its variables now and then; a name it no longer reads would leave the 5 s default.
+    import subprocess
+    import sys
+
+    from droptrain.local.engines.ray_mode import ray_environment
+
+    env = {**os.environ, **ray_environment({"RAY_SERVE_ENABLE_HA_PROXY": "0"}, tmp_path)}
+    read = "from ray.serve._private import constants as c\n"
+    read += "print(c.PROXY_READY_CHECK_TIMEOUT_S, c.PROXY_HEALTH_CHECK_TIMEOUT_S)"
+    out = subprocess.run([sys.executable, "-c", read], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["120.0", "60.0"]
 
 
 def test_the_model_shares_the_cpu_with_the_jobs_as_an_equal(ray_serve):

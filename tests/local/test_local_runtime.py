@@ -342,7 +342,7 @@ def test_budget_and_the_idle_cycle_on_the_local_stack(stack, tiny_dataset, tmp_p
         image = sorted((tiny_dataset / "test").rglob("*.jpg"))[0]
         status, body = post_image(runtime.api_url, image, project="pets")
         assert (status, body["error"]["code"]) == (503, "model_sleeping")
-        deadline = time.time() + 120
+        deadline = time.time() + DEADLINE
         while time.time() < deadline and (post_image(runtime.api_url, image, project="pets")[0] != 200):
             time.sleep(0.5)
         status, body = post_image(runtime.api_url, image, project="pets")

@@ -26,7 +26,9 @@ print("probe " + json.dumps({
 }), flush=True)
 print("to stderr", file=sys.stderr, flush=True)
 if os.environ.get("PROBE_SLEEP"):
-    open(os.environ["PROBE_PID"], "w").write(str(os.getpid()))
+    # Written then renamed, so a reader never sees the file empty.
+    open(os.environ["PROBE_PID"] + ".tmp", "w").write(str(os.getpid()))
+    os.replace(os.environ["PROBE_PID"] + ".tmp", os.environ["PROBE_PID"])
     time.sleep(float(os.environ["PROBE_SLEEP"]))
 if os.environ.get("PROBE_FAIL"):
     raise ValueError("the probe fails as asked")

@@ -75,6 +75,10 @@ def ray_environment(environ: Mapping[str, str], haproxy_dir: Path) -> dict[str, 
     # torch afresh: a broken archive took 30 s to be called failed. It fails the same way every time
     # here, and the endpoint tells the user at once (the old version, if any, serves on).
     chosen["RAY_SERVE_MAX_PER_REPLICA_RETRY_COUNT"] = "1"
+    # Serve kills a proxy not ready in 5 s (its process, its imports and HAProxy's start) or whose health
+    # check takes 10 s, and Serve's start then fails: on a busy two-core machine that happened. Here the
+    # proxy is on this machine, so a slow answer means a loaded CPU, not a lost node.
+    chosen.update(RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S="120", RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S="60")
     if chosen.get("RAY_SERVE_ENABLE_HA_PROXY", environ.get("RAY_SERVE_ENABLE_HA_PROXY")) == "1":
         # HAProxy's stats page and metrics listen on fixed ports by default (8404, 9101), so a second Ray on
         # the machine (another `droptrain up`, a test's) could not start: each instance gets free ones.
