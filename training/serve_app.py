@@ -26,12 +26,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
 from ray import serve
 from starlette.requests import Request
 from starlette.responses import Response
 
-from trainlib.predictor import MAX_BODY_BYTES, Classifier, PayloadTooLargeError, PredictionError, decode
+from trainlib.errors import MAX_BODY_BYTES, PayloadTooLargeError, PredictionError
 
 log = logging.getLogger("ray.serve")
 HERE = Path(__file__).resolve().parent
@@ -49,6 +48,13 @@ class ImageClassifier:
     computes, new requests wait and then enter the next batch together, one batch at a time."""
 
     def __init__(self, model_dir: str | None = None):
+        # Imported here, not above: Serve imports this module once more, in a process of its own, only to
+        # build the application before any replica starts, and torch there added seconds to every deploy.
+        import torch
+
+        from trainlib.predictor import Classifier, decode
+
+        self._torch, self._decode = torch, decode
         self.classifier = Classifier.load(Path(model_dir) if model_dir else HERE)
         # Ray starts replicas with OMP_NUM_THREADS=1 unless they reserve CPUs, and OpenMP's thread count
         # is per thread: the thread that computes is given every core of the instance.
@@ -62,13 +68,13 @@ class ImageClassifier:
 
     @serve.batch(max_batch_size=MAX_BATCH, batch_wait_timeout_s=0.0)
     async def _predict(self, images: list) -> list[dict[str, Any]]:
-        torch.set_num_threads(self._cores)
+        self._torch.set_num_threads(self._cores)
         return self.classifier.predict(images)
 
     async def answer(self, body: bytes) -> tuple[int, dict[str, Any]]:
         """``(HTTP status, JSON body)`` for the image bytes."""
         try:
-            image = decode(body)
+            image = self._decode(body)
         except PredictionError as exc:
             return exc.status, exc.body()
         try:

@@ -106,6 +106,17 @@ def test_the_application_batches_no_more_than_its_model_runs_fastest_at(model_di
         replica._predict.set_max_batch_size(serve_app.MAX_BATCH)
 
 
+def test_building_the_application_imports_no_torch(model_dir):
+    """Serve imports the archive's module in a process of its own just to build the application, before
+    any replica starts: torch is imported by the replica that loads the model, not there too."""
+    import subprocess
+    import sys
+
+    probe = "import sys, serve_app; serve_app.app; print(sorted({'torch', 'PIL'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", probe], cwd=model_dir, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 @pytest.mark.parametrize("mode", ["RGBA", "LA", "P"])
 def test_transparency_is_composited_on_white(mode):
     clear_red = Image.new("RGBA", (8, 8), (255, 0, 0, 0))

@@ -1,13 +1,17 @@
-"""The training side's error hierarchy.
+"""The error hierarchies of training and of the serving edge.
 
 Everything a user can cause (a bad dataset, a diverging learning rate, weights that cannot be
 fetched) is a ``TrainingError``: ``train.py`` prints its message as one line, writes it where
 SageMaker reads a job's ``FailureReason``, and exits non-zero. Anything else is a bug and keeps
-its traceback.
+its traceback. What a prediction request can get wrong is a ``PredictionError``, with its HTTP status.
 """
 
 import os
 from pathlib import Path
+from typing import Any
+
+# SageMaker's real-time InvokeEndpoint takes payloads up to 6 MB.
+MAX_BODY_BYTES = 6 * 1024 * 1024
 
 
 class TrainingError(Exception):
@@ -36,3 +40,26 @@ def write_failure(message: str) -> None:
     if output_dir:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         (Path(output_dir) / "failure").write_text(message[:1024])
+
+
+class PredictionError(Exception):
+    """What a request to the endpoint gets instead of predictions: its HTTP status and the API's error body.
+    Here, with no torch import, so that the serving module can name them before it loads a model."""
+
+    status = 500
+    code = "internal_error"
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": str(self)}}
+
+
+class InvalidImageError(PredictionError):
+    status, code = 400, "invalid_image"
+
+
+class ImageTooLargeError(PredictionError):
+    status, code = 400, "image_too_large"
+
+
+class PayloadTooLargeError(PredictionError):
+    status, code = 413, "payload_too_large"

@@ -26,11 +26,15 @@ from typing import Any
 import torch
 from PIL import Image
 
+from trainlib.errors import (
+    MAX_BODY_BYTES,
+    ImageTooLargeError,
+    InvalidImageError,
+    PayloadTooLargeError,
+)
 from trainlib.models import build_model
 from trainlib.transforms import eval_transform, to_rgb, to_rgb_reduced
 
-# SageMaker's real-time InvokeEndpoint takes payloads up to 6 MB.
-MAX_BODY_BYTES = 6 * 1024 * 1024
 # Checked from the header before decoding: 40 megapixels is a large camera photo; a longer side
 # more than 20 times the shorter is no photo, and resizing its short side to the network's input
 # would blow it up (a 100000x1 PNG of 373 bytes would need gigabytes).
@@ -44,26 +48,6 @@ WORKING_SIDE = 512
 # The endpoint answers this many labels (all of them when there are fewer); the API trims to top_k.
 TOP_LABELS = 20
 FORMATS = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG"}
-
-
-class PredictionError(Exception):
-    status = 500
-    code = "internal_error"
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"code": self.code, "message": str(self)}}
-
-
-class InvalidImageError(PredictionError):
-    status, code = 400, "invalid_image"
-
-
-class ImageTooLargeError(PredictionError):
-    status, code = 400, "image_too_large"
-
-
-class PayloadTooLargeError(PredictionError):
-    status, code = 413, "payload_too_large"
 
 
 def sniff(body: bytes) -> str | None:
