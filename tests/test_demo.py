@@ -1,5 +1,7 @@
 """``droptrain demo`` end to end: the real local stack, the real training, the real API."""
 
+import functools
+
 import pytest
 
 from droptrain import cli, demo
@@ -7,10 +9,12 @@ from droptrain import cli, demo
 pytestmark = pytest.mark.e2e
 
 
-def test_demo_runs_the_pipeline_and_predicts(tmp_path, capsys, ray_serve, monkeypatch):
-    """The demo joins the session's Ray instance (one per process) rather than starting its own. Its
-    jobs train an epoch or two (a newcomer's, 3 to 6): what is tested is the demo, not how well it learns."""
+def test_demo_runs_the_pipeline_and_predicts(tmp_path, capsys, ray_serve, shared_warm, monkeypatch):
+    """The demo joins the session's Ray instance (one per process) rather than starting its own, and its
+    jobs fork from the session's warm interpreter rather than one that imports torch again. They train an
+    epoch or two (a newcomer's, 3 to 6): what is tested is the demo, not how well it learns."""
     monkeypatch.setattr(demo, "DEMO_RANGES", {**demo.DEMO_RANGES, "epochs": [1, 2]})
+    monkeypatch.setattr(demo, "LocalRuntime", functools.partial(demo.LocalRuntime, warm=shared_warm))
     assert cli.main(["demo", "--home", str(tmp_path / "home"), "--trials", "2"]) == 0
     out = capsys.readouterr().out
     for event in (

@@ -227,7 +227,9 @@ def test_sigterm_stops_the_stack_like_ctrl_c_with_no_job_left_running(tmp_path, 
         == 0
     )
     up = subprocess.Popen(
-        [sys.executable, "-m", "droptrain.cli", "up", "--home", str(home), "--port", "0", "--host", "0.0.0.0"],
+        # No audit: the stack goes straight to the trials, which are what the stop must end.
+        [sys.executable, "-m", "droptrain.cli", "up", "--home", str(home), "--port", "0", "--host", "0.0.0.0"]
+        + ["--set", "AUDIT=false"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
