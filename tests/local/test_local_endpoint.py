@@ -58,17 +58,11 @@ def _endpoints(tmp_path, trained_job, ray_serve):
     assert not [n for n in ray_serve.names() if n.startswith("ep-c")], "closing takes the endpoint's applications down"
 
 
-@pytest.fixture(scope="class")
+@pytest.fixture(scope="module")
 def serving(tmp_path_factory, trained_job, ray_serve):
-    """One endpoint for the tests that only call it (or create one of their own beside it); gone
-    before the tests that update one deploy theirs under the same names."""
+    """One endpoint for the module (each deploy costs seconds): the tests that only call it come first,
+    then the updates, in the file's order: a failed one leaves it on ``c1``, the next moves it to ``c2``."""
     yield from _endpoints(tmp_path_factory.mktemp("serving"), trained_job, ray_serve)
-
-
-@pytest.fixture
-def endpoints(tmp_path, trained_job, ray_serve):
-    """A fresh endpoint for each test that updates it."""
-    yield from _endpoints(tmp_path, trained_job, ray_serve)
 
 
 def _images(tiny_dataset, n):
@@ -122,7 +116,17 @@ class TestOneEndpoint:
             serving.invoke("nope", b"x", "image/jpeg", "application/json")
 
 
-def test_an_update_under_load_drops_no_request(endpoints, tiny_dataset, ray_serve):
+def test_a_version_that_fails_to_start_leaves_the_old_one_serving(serving, tiny_dataset, ray_serve):
+    serving.update("ep", "c3")
+    serving.join(DEADLINE)
+    described = serving.describe("ep")
+    assert (described["EndpointStatus"], described["EndpointConfigName"]) == ("InService", "c1")
+    assert "could not be deployed" in described["FailureReason"]
+    assert _invoke(serving, _images(tiny_dataset, 1)[0])["model"] == "pets-1a2b3c4d"
+    assert "ep-c3" not in ray_serve.names(), "the failed version was removed"
+
+
+def test_an_update_under_load_drops_no_request(serving, tiny_dataset, ray_serve):
     bodies = _images(tiny_dataset, 4)
     stop = threading.Event()
     answered, failures = [], []
@@ -130,15 +134,15 @@ def test_an_update_under_load_drops_no_request(endpoints, tiny_dataset, ray_serv
     def client(body):
         while not stop.is_set():
             try:
-                answered.append(_invoke(endpoints, body)["model"])
+                answered.append(_invoke(serving, body)["model"])
             except Exception as exc:  # noqa: BLE001 - the test records any failure at all
                 failures.append(exc)
 
     threads = [threading.Thread(target=client, args=(b,)) for b in bodies]
     for t in threads:
         t.start()
-    endpoints.update("ep", "c2")
-    endpoints.join(DEADLINE)
+    serving.update("ep", "c2")
+    serving.join(DEADLINE)
     before = len(answered)
     deadline = time.time() + DEADLINE
     while len(answered) < before + 8 and time.time() < deadline:
@@ -148,20 +152,10 @@ def test_an_update_under_load_drops_no_request(endpoints, tiny_dataset, ray_serv
         t.join(DEADLINE)
     assert failures == []
     assert len(answered) >= before + 8, "the new version answers after the swap"
-    described = endpoints.describe("ep")
+    described = serving.describe("ep")
     assert (described["EndpointStatus"], described["EndpointConfigName"]) == ("InService", "c2")
     assert "ep-c1" not in ray_serve.names() and "ep-c2" in ray_serve.names(), "the old version was taken down"
-    assert endpoints.events[-1]["detail"]["EndpointStatus"] == "IN_SERVICE"
-
-
-def test_a_version_that_fails_to_start_leaves_the_old_one_serving(endpoints, tiny_dataset, ray_serve):
-    endpoints.update("ep", "c3")
-    endpoints.join(DEADLINE)
-    described = endpoints.describe("ep")
-    assert (described["EndpointStatus"], described["EndpointConfigName"]) == ("InService", "c1")
-    assert "could not be deployed" in described["FailureReason"]
-    assert _invoke(endpoints, _images(tiny_dataset, 1)[0])["model"] == "pets-1a2b3c4d"
-    assert "ep-c3" not in ray_serve.names(), "the failed version was removed"
+    assert serving.events[-1]["detail"]["EndpointStatus"] == "IN_SERVICE"
 
 
 def test_throughput_mode_fits_haproxy_in_the_file_descriptor_limit():
