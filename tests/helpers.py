@@ -196,6 +196,7 @@ SLOWEST_FIRST = (
     "tests/local/test_local_runtime.py",
     "tests/faults/test_stack_faults.py",
     "tests/training/test_train_contract.py",
+    "tests/training/test_distributed.py",
     "tests/training/test_audit.py",
     "tests/training/test_duplicates.py",
     "tests/orchestrator/test_pipeline.py",

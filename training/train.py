@@ -23,32 +23,31 @@ import contextlib
 import json
 import logging
 import math
+import os
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-import torchvision
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
-from trainlib import artifact, checkpoints, profiling
+from trainlib import artifact, checkpoints, distributed, profiling
 
 # train.parse_args is the CLI's (and the tests'), hence the re-export.
 from trainlib.arguments import get_args_parser, hyperparameters, parse_args  # noqa: F401
 from trainlib.baseline import baseline_line, evaluate_baseline
 from trainlib.batches import Data, make_batches, pick_device, pick_workers
 from trainlib.datasets import Splits, discover, drop_held_out, resolve_dataset_root
-from trainlib.debugging import create_hook
+from trainlib.debugging import NullHook, create_hook
 from trainlib.errors import DivergedError, TrainingError, write_failure
 from trainlib.evaluation import classification_report
 from trainlib.job_reports import Observers, stop_on_rule_issues, upload_reports, write_report, write_verdicts
 from trainlib.loop import evaluate, make_optimizer, train_one_epoch
 from trainlib.models import build_model, freeze_backbone
 from trainlib.progress import ProgressLine
-from trainlib.transforms import IMAGENET_MEAN, IMAGENET_STD, resize_size
 
 log = logging.getLogger("train")
 
@@ -68,14 +67,23 @@ def load_data(args: argparse.Namespace, work_dir: Path) -> Splits:
 
 
 def main(args: argparse.Namespace) -> dict:
-    """Train, evaluate, and write the artifact; returns the final metrics."""
-    torch.manual_seed(args.seed)
+    """Train, evaluate, and write the artifact; returns the final metrics. Under torchrun, in each of
+    its processes: rank 0 prints and writes for the job (``trainlib.distributed``)."""
     device = pick_device(args)
+    world = distributed.join(device.type)
+    if world.distributed and device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+    torch.manual_seed(args.seed)  # every process builds the same model (a frozen backbone is not DDP's to sync)
     with contextlib.ExitStack() as stack:
+        stack.callback(distributed.leave, world)
+        if not world.main:  # the job's record (the metric lines SageMaker reads) is rank 0's alone
+            stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
         work_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="droptrain-")))
         # The dataset first, so that a bad one fails before any weights are loaded.
         splits = load_data(args, work_dir)
-        fit = prepare(args, splits, device)
+        fit = prepare(args, splits, device, world)
+        if world.distributed:  # then each its own random stream (augmentation)
+            torch.manual_seed(args.seed + world.rank)
         observers = stack.enter_context(contextlib.closing(observe(args, fit, len(splits.train), device)))
         history = run_epochs(args, fit, observers, resume(args, fit, splits))
         return finish(args, splits, fit, observers, history, work_dir)
@@ -96,10 +104,17 @@ class Fit:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
     device: torch.device
+    world: distributed.World = distributed.ALONE
 
     @property
     def amp(self) -> bool:
         return self.device.type == "cuda"  # mixed precision on CUDA, as SageMaker's GPU instances train
+
+    @property
+    def evaluated(self) -> nn.Module:
+        """The module evaluation runs: not DDP's wrapper, whose forward would wait on the other processes
+        (their shards of a split may hold fewer batches)."""
+        return self.trainable.module if isinstance(self.trainable, DistributedDataParallel) else self.trainable
 
 
 @dataclass
@@ -113,17 +128,21 @@ class Progress:
     train_images: int = 0
 
 
-def prepare(args: argparse.Namespace, splits: Splits, device: torch.device) -> Fit:
+def prepare(
+    args: argparse.Namespace, splits: Splits, device: torch.device, world: distributed.World = distributed.ALONE
+) -> Fit:
     model = build_model(args.arch, len(splits.classes), args.weights)
     if args.train_mode == "head":
         freeze_backbone(model)
     model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    data = make_batches(args, splits, model, device)
+    data = make_batches(args, splits, model, device, world)
     trainable = data.trainable
-    if device.type == "cuda" and torch.cuda.device_count() > 1 and args.num_gpus != 1:
-        trainable = nn.DataParallel(trainable)
+    if world.distributed:
+        trainable = DistributedDataParallel(trainable, device_ids=[device.index] if device.type == "cuda" else None)
+    elif device.type == "cuda" and torch.cuda.device_count() > 1 and args.num_gpus != 1:
+        trainable = nn.DataParallel(trainable)  # several GPUs, one process: no launcher asked for
     optimizer = make_optimizer(args, [p for p in trainable.parameters() if p.requires_grad])
     return Fit(
         model,
@@ -134,11 +153,14 @@ def prepare(args: argparse.Namespace, splits: Splits, device: torch.device) -> F
         torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs),
         torch.amp.GradScaler(device.type, enabled=device.type == "cuda"),
         device,
+        world,
     )
 
 
 def observe(args: argparse.Namespace, fit: Fit, train_images: int, device: torch.device) -> Observers:
-    """The debugger hook, and the profiler where one is wanted (with the hook, by default)."""
+    """The debugger hook, and the profiler where one is wanted (with the hook, by default): rank 0's."""
+    if not fit.world.main:
+        return Observers(hook=NullHook())
     hook = create_hook(
         fit.trainable,
         fit.criterion,
@@ -156,7 +178,7 @@ def observe(args: argparse.Namespace, fit: Fit, train_images: int, device: torch
 
 def resume(args: argparse.Namespace, fit: Fit, splits: Splits) -> Progress:
     """The last checkpoint of this very run (same hyperparameters and data), if there is one."""
-    checkpoint_dir = None if args.no_checkpoints else checkpoints.usable_dir(args.checkpoint_dir)
+    checkpoint_dir = None if args.no_checkpoints else checkpoints.usable_by_all(args.checkpoint_dir, fit.world)
     fingerprint = checkpoints.fingerprint(
         {"hyperparameters": hyperparameters(args), "classes": splits.classes, "train": len(splits.train)}
     )
@@ -189,6 +211,7 @@ def run_epochs(args: argparse.Namespace, fit: Fit, observers: Observers, progres
                 fit.amp,
                 timer=observers.timer,
                 progress=ProgressLine(epoch, args.epochs, progress.train_images),
+                world=fit.world,
             )
         except DivergedError:
             # A diverging job is the one whose rule verdicts matter most: judge what was saved, then fail.
@@ -196,7 +219,13 @@ def run_epochs(args: argparse.Namespace, fit: Fit, observers: Observers, progres
             write_verdicts(observers.hook.out_dir, args.output_data_dir / "reports")
             raise
         valid_stats, _, _ = evaluate(
-            fit.trainable, fit.criterion, fit.data.eval_batches["valid"](), fit.device, observers.hook, fit.amp
+            fit.evaluated,
+            fit.criterion,
+            fit.data.eval_batches["valid"](),
+            fit.device,
+            observers.hook,
+            fit.amp,
+            fit.world,
         )
         fit.scheduler.step()
         if epoch == progress.start_epoch:
@@ -212,7 +241,7 @@ def run_epochs(args: argparse.Namespace, fit: Fit, observers: Observers, progres
                 "images": train_stats.seen,
             }
         )
-        if progress.checkpoint_dir is not None:
+        if progress.checkpoint_dir is not None and fit.world.main:
             save_checkpoint(fit, progress, epoch)
         # Printed after the checkpoint: whoever reads "epoch=N" may rely on checkpoint N existing.
         print(
@@ -249,13 +278,21 @@ def finish(
     metrics = {k: history[-1][k] for k in ("valid_loss", "valid_accuracy")} if history else {}
     eval_split = "test" if "test" in fit.data.eval_batches else "valid"
     stats, predictions, targets = evaluate(
-        fit.trainable, fit.criterion, fit.data.eval_batches[eval_split](), fit.device, observers.hook, fit.amp
+        fit.evaluated,
+        fit.criterion,
+        fit.data.eval_batches[eval_split](),
+        fit.device,
+        observers.hook,
+        fit.amp,
+        fit.world,
     )
     if eval_split == "test":
         fit.data.decode_skipped += stats.skipped
         print(f"test_loss={stats.loss:.4f} test_accuracy={stats.accuracy:.4f}", flush=True)
         metrics.update({"test_loss": stats.loss, "test_accuracy": stats.accuracy})
     observers.close()
+    if not fit.world.main:
+        return metrics
     evaluation = {**classification_report(targets, predictions, splits.classes), "split": eval_split}
     if args.baseline_dir is not None:  # the serving model, on the same split, for the promotion gate
         evaluation["baseline"] = evaluate_baseline(
@@ -282,36 +319,9 @@ def finish(
         )
     if args.reports_uri:
         upload_reports(report_dir, args.reports_uri)
-    artifact.write_model_dir(
-        args.model_dir, fit.model, model_metadata(args, splits, fit, metrics, history), num_gpus=args.serving_gpus
-    )
+    metadata = artifact.model_metadata(args, hyperparameters(args), splits, metrics, history, fit.data.decode_skipped)
+    artifact.write_model_dir(args.model_dir, fit.model, metadata, num_gpus=args.serving_gpus)
     return metrics
-
-
-def model_metadata(args: argparse.Namespace, splits: Splits, fit: Fit, metrics: dict, history: list[dict]) -> dict:
-    """``model.json``: everything needed to rebuild the model and read its outputs."""
-    return {
-        "run_id": args.run_id,
-        "arch": args.arch,
-        "num_classes": len(splits.classes),
-        "classes": splits.classes,
-        "image_size": args.image_size,
-        "resize_size": resize_size(args.image_size),
-        "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
-        "metrics": metrics,
-        "hyperparameters": hyperparameters(args),
-        "dataset": {
-            "layout": splits.layout,
-            "carved": splits.carved,
-            "train": len(splits.train),
-            "valid": len(splits.valid),
-            "test": len(splits.test),
-            "skipped_images": len(splits.unreadable) + fit.data.decode_skipped,
-        },
-        "training_seconds": round(sum(h["seconds"] for h in history), 3),
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "framework": {"torch": torch.__version__, "torchvision": torchvision.__version__},
-    }
 
 
 def run(argv: list[str] | None = None) -> int:

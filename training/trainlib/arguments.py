@@ -101,7 +101,12 @@ def get_args_parser() -> argparse.ArgumentParser:
 def _hyperparameters(group: Any) -> None:
     """What a tuning job tunes or passes as static hyperparameters."""
     group.add_argument("--lr", type=_float, default=1e-3, help="learning rate")
-    group.add_argument("--batch-size", type=_int, default=32, help="images per training batch")
+    group.add_argument(
+        "--batch-size",
+        type=_int,
+        default=32,
+        help="images per training step; under torchrun, of all processes together (each takes its share)",
+    )
     group.add_argument("--epochs", type=_int, default=5, help="passes over the training split")
     group.add_argument("--weight-decay", type=_float, default=1e-4, help="L2 weight decay")
     group.add_argument(

@@ -13,14 +13,20 @@ At the root, as AWS's Ray Serve inference container reads it from ``/opt/ml/mode
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
+import torchvision
 from torch import nn
+
+from trainlib.datasets import Splits
+from trainlib.transforms import IMAGENET_MEAN, IMAGENET_STD, resize_size
 
 FORMAT_VERSION = 2
 TRAINING_DIR = Path(__file__).resolve().parent.parent
@@ -82,3 +88,36 @@ def write_json(path: Path, data: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     os.replace(tmp, path)
+
+
+def model_metadata(
+    args: argparse.Namespace,
+    hyperparameters: dict,
+    splits: Splits,
+    metrics: dict,
+    history: list[dict],
+    decode_skipped: int,
+) -> dict:
+    """``model.json``: everything needed to rebuild the model and read its outputs."""
+    return {
+        "run_id": args.run_id,
+        "arch": args.arch,
+        "num_classes": len(splits.classes),
+        "classes": splits.classes,
+        "image_size": args.image_size,
+        "resize_size": resize_size(args.image_size),
+        "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+        "metrics": metrics,
+        "hyperparameters": hyperparameters,
+        "dataset": {
+            "layout": splits.layout,
+            "carved": splits.carved,
+            "train": len(splits.train),
+            "valid": len(splits.valid),
+            "test": len(splits.test),
+            "skipped_images": len(splits.unreadable) + decode_skipped,
+        },
+        "training_seconds": round(sum(h["seconds"] for h in history), 3),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "framework": {"torch": torch.__version__, "torchvision": torchvision.__version__},
+    }

@@ -16,9 +16,11 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
 
 from trainlib import featurecache
 from trainlib.datasets import Splits
+from trainlib.distributed import ALONE, World, gather, per_process_batch, shard
 from trainlib.errors import DatasetError, TrainingError
 from trainlib.loading import Batch, FeatureSet, extract_features, image_loader
 from trainlib.models import FrozenBackboneClassifier, backbone_of
@@ -63,22 +65,23 @@ def pick_workers(args: argparse.Namespace, device: torch.device) -> int:
     return 0 if cpus <= 2 else min(4, cpus // 2)
 
 
-def make_batches(args: argparse.Namespace, splits: Splits, model: nn.Module, device: torch.device) -> Data:
-    """Batch sources for the training mode.
-
-    Head mode without augmentation runs the frozen backbone once per image and trains the head
-    on the cached features every epoch after; otherwise images are decoded every epoch.
-    """
+def make_batches(
+    args: argparse.Namespace, splits: Splits, model: nn.Module, device: torch.device, world: World = ALONE
+) -> Data:
+    """Batch sources for the training mode: head mode without augmentation runs the frozen backbone once
+    per image and trains the head on the features every epoch after; otherwise images are decoded every
+    epoch. With several processes each takes its share of every batch, evaluation and frozen pass."""
     amp = device.type == "cuda"
     workers = pick_workers(args, device)
     pin = device.type == "cuda"
     eval_tf = eval_transform(args.image_size)
-    eval_bs = args.batch_size * 2
+    batch_size = per_process_batch(args.batch_size, world)
+    eval_bs = batch_size * 2
     head_mode = args.train_mode == "head"
     augment = args.augment == "on" or (args.augment == "auto" and not head_mode)
 
-    def loader(samples, transform, batch_size, shuffle):
-        return image_loader(samples, transform, batch_size, shuffle, workers, pin, args.seed)
+    def loader(samples, transform, batch_size, shuffle, world=ALONE):
+        return image_loader(samples, transform, batch_size, shuffle, workers, pin, args.seed, world)
 
     eval_samples = {"valid": splits.valid, "test": splits.test}
     # The frozen pass is inference only, so its batch is the device's best, not the training batch:
@@ -87,35 +90,80 @@ def make_batches(args: argparse.Namespace, splits: Splits, model: nn.Module, dev
     if head_mode and not augment:
         backbone = backbone_of(model)
 
-        def compute(samples):
-            return lambda: extract_features(backbone, loader(samples, eval_tf, feature_batch, False), device, amp)
+        def compute(samples):  # this process's share of the frozen pass, then everyone's
+            return lambda: _whole(
+                extract_features(backbone, loader(shard(samples, world), eval_tf, feature_batch, False), device, amp),
+                world,
+                device,
+            )
 
-        cached = frozen_features(args, backbone, {"train": splits.train, **eval_samples}, compute, device)
+        cached = frozen_features(args, backbone, {"train": splits.train, **eval_samples}, compute, device, world)
         _require_decoded(cached)
         generator = torch.Generator().manual_seed(args.seed)
         return Data(
-            train_batches=lambda epoch: cached["train"].batches(args.batch_size, True, generator),
+            train_batches=lambda epoch: cached["train"].batches(batch_size, True, generator, world),
             eval_batches={
-                name: (lambda f=f: f.batches(eval_bs, False)) for name, f in cached.items() if name != "train"
+                name: (lambda f=f: f.batches(eval_bs, False, world=world))
+                for name, f in cached.items()
+                if name != "train"
             },
             trainable=model.fc,
             decode_skipped=sum(f.skipped for f in cached.values()),
         )
 
-    train_loader = loader(splits.train, train_transform(args.image_size) if augment else eval_tf, args.batch_size, True)
-    eval_loaders = {name: loader(samples, eval_tf, eval_bs, False) for name, samples in eval_samples.items() if samples}
+    train_loader = loader(
+        splits.train, train_transform(args.image_size) if augment else eval_tf, batch_size, True, world
+    )
+    eval_loaders = {
+        name: loader(shard(samples, world), eval_tf, eval_bs, False)
+        for name, samples in eval_samples.items()
+        if samples
+    }
     return Data(
-        train_batches=lambda epoch: train_loader,
+        train_batches=_each_epoch(train_loader),
         eval_batches={name: (lambda loader=loader: loader) for name, loader in eval_loaders.items()},
         trainable=FrozenBackboneClassifier(model) if head_mode else model,
     )
 
 
+def _each_epoch(loader: DataLoader) -> Callable[[int], Iterable[Batch]]:
+    """The loader for an epoch: a ``DistributedSampler`` reshuffles for each, the same on every process."""
+
+    def batches(epoch: int) -> Iterable[Batch]:
+        if isinstance(loader.sampler, DistributedSampler):
+            loader.sampler.set_epoch(epoch)
+        return loader
+
+    return batches
+
+
+def _whole(part: FeatureSet, world: World, device: torch.device) -> FeatureSet:
+    """Every process's share of a frozen pass, together, in the split's order (``shard`` dealt the images
+    round-robin), so that the shuffles that follow pick the same images as one process would."""
+    if not world.distributed:
+        return part
+    parts = gather(world, [(part.features.cpu(), part.targets.cpu(), part.skipped)])
+    features, targets = [f for ((f, _, _),) in parts], [t for ((_, t, _),) in parts]
+    skipped = sum(s for ((_, _, s),) in parts)
+    n = sum(len(t) for t in targets)
+    if n == 0:
+        return FeatureSet(part.features, part.targets, skipped)
+    if any(len(t) != len(range(rank, n, world.size)) for rank, t in enumerate(targets)):
+        # An image that failed to decode shifted the deal: each feature still has its target.
+        return FeatureSet(torch.cat(features).to(device), torch.cat(targets).to(device), skipped)
+    whole_features = torch.empty((n, *features[0].shape[1:]), dtype=features[0].dtype)
+    whole_targets = torch.empty(n, dtype=targets[0].dtype)
+    for rank in range(world.size):
+        whole_features[rank :: world.size], whole_targets[rank :: world.size] = features[rank], targets[rank]
+    return FeatureSet(whole_features.to(device), whole_targets.to(device), skipped)
+
+
 def frozen_features(
-    args, backbone: nn.Module, samples_by_split: dict, compute: Callable, device: torch.device
+    args, backbone: nn.Module, samples_by_split: dict, compute: Callable, device: torch.device, world: World = ALONE
 ) -> dict[str, FeatureSet]:
-    """Each non-empty split's features: from ``--feature-cache`` when another run computed them, else computed."""
-    cache = featurecache.open_cache(args.feature_cache)
+    """Each non-empty split's features: from ``--feature-cache`` when another run computed them, else computed.
+    With several processes every one computes its share (the cache, one process's, is not used)."""
+    cache = None if world.distributed else featurecache.open_cache(args.feature_cache)
     digest = featurecache.backbone_digest(backbone) if cache is not None else ""
     # CUDA computes them in mixed precision: not the same numbers as a CPU run's.
     transform = (

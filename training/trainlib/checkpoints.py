@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from trainlib.distributed import World, gather
+
 log = logging.getLogger(__name__)
 
 
@@ -38,6 +40,13 @@ def usable_dir(path: Path | None, purpose: str = "checkpoints") -> Path | None:
     except OSError as exc:
         log.warning("%s disabled: %s is not writable (%s)", purpose, path, exc)
         return None
+
+
+def usable_by_all(path: Path | None, world: World) -> Path | None:
+    """``usable_dir`` as rank 0 judges it, for every process: all resume from it, or none (the others
+    only read it, and write nothing there, not even the probe)."""
+    usable = usable_dir(path) if world.main else path
+    return usable if gather(world, [usable is not None])[0][0] else None
 
 
 def path_for(directory: Path, fingerprint_: str) -> Path:

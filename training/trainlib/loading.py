@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from trainlib.distributed import ALONE, World
 from trainlib.transforms import open_image
 
 log = logging.getLogger(__name__)
@@ -63,12 +64,18 @@ def image_loader(
     workers: int,
     pin_memory: bool,
     seed: int,
+    world: World = ALONE,
 ) -> DataLoader:
+    """Batches of ``samples``; shuffled for training, and then, with several processes, each process's
+    share of them (``DistributedSampler``: its ``set_epoch`` reshuffles them each epoch)."""
     generator = torch.Generator().manual_seed(seed)
+    dataset = ImageDataset(samples, transform)
+    sampler = DistributedSampler(dataset, world.size, world.rank, seed=seed) if shuffle and world.distributed else None
     return DataLoader(
-        ImageDataset(samples, transform),
+        dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
         num_workers=workers,
         pin_memory=pin_memory,
         persistent_workers=workers > 0,
@@ -86,9 +93,15 @@ class FeatureSet:
     targets: torch.Tensor
     skipped: int
 
-    def batches(self, batch_size: int, shuffle: bool, generator: torch.Generator | None = None) -> Iterator[Batch]:
+    def batches(
+        self, batch_size: int, shuffle: bool, generator: torch.Generator | None = None, world: World = ALONE
+    ) -> Iterator[Batch]:
+        """Batches in a shuffled order (the same on every process: the generators are seeded alike), of
+        which each process takes its share."""
         n = len(self.targets)
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        order = order[world.rank :: world.size]
+        n = len(order)
         for start in range(0, n, batch_size):
             index = order[start : start + batch_size].to(self.features.device)
             yield self.features[index], self.targets[index], 0

@@ -4,12 +4,16 @@ precision where the device has it, the debugger hook told which mode it is in, a
 from __future__ import annotations
 
 import argparse
+import contextlib
 from dataclasses import dataclass
 
 import torch
+from torch.distributed.algorithms.join import Join
+from torch.nn.parallel import DistributedDataParallel
 
 from trainlib import profiling
 from trainlib.batches import to_device
+from trainlib.distributed import ALONE, World, gather, total, unshard
 from trainlib.errors import DatasetError, DivergedError
 from trainlib.progress import ProgressLine
 
@@ -47,7 +51,12 @@ def train_one_epoch(
     check_every=10,
     timer=_NOT_TIMED,
     progress: ProgressLine | None = None,
+    world: World = ALONE,
 ) -> EpochStats:
+    """One pass over this process's batches. With several processes, the model is a
+    ``DistributedDataParallel`` and the statistics are summed over all of them; a process whose shard
+    ran out of batches first (or met a batch with no decodable image) joins the others' last steps
+    rather than leaving them waiting on its gradients."""
     model.train()
     hook.set_mode("train")
     timer.epoch_start()
@@ -55,38 +64,45 @@ def train_one_epoch(
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = skipped = step = 0
     lr = optimizer.param_groups[0]["lr"]
-    for inputs, targets, n_skipped in batches:
-        skipped += n_skipped
-        if inputs is None:
-            continue
-        inputs, targets = to_device(inputs, targets, device)
-        timer.batch_ready()
-        with torch.autocast(device_type=device.type, enabled=amp):
-            logits = model(inputs)
-            loss = criterion(logits, targets)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        timer.compute_done()
-        scaler.step(optimizer)
-        scaler.update()
-        timer.step_done()
-        step += 1
-        total_loss += loss.detach().float() * len(targets)
-        correct += (logits.argmax(1) == targets).sum()
-        seen += len(targets)
-        if progress is not None:
-            progress.step(len(targets))
-        # A host sync every step would stall the GPU; a NaN is still caught within a few steps.
-        if step % check_every == 0:
-            _check_finite(total_loss, epoch, step, lr)
+    uneven = Join([model]) if isinstance(model, DistributedDataParallel) else contextlib.nullcontext()
+    with uneven:
+        for inputs, targets, n_skipped in batches:
+            skipped += n_skipped
+            if inputs is None:
+                continue
+            inputs, targets = to_device(inputs, targets, device)
+            timer.batch_ready()
+            with torch.autocast(device_type=device.type, enabled=amp):
+                logits = model(inputs)
+                loss = criterion(logits, targets)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            timer.compute_done()
+            scaler.step(optimizer)
+            scaler.update()
+            timer.step_done()
+            step += 1
+            total_loss += loss.detach().float() * len(targets)
+            correct += (logits.argmax(1) == targets).sum()
+            seen += len(targets)
+            if progress is not None:
+                progress.step(len(targets))
+            # A host sync every step would stall the GPU; a NaN is still caught within a few steps.
+            if step % check_every == 0:
+                _check_finite(total_loss, epoch, step, lr)
     _check_finite(total_loss, epoch, step, lr)
-    if seen == 0:
+    loss_sum, correct_sum, seen_sum, skipped_sum = total(world, total_loss.item(), correct.item(), seen, skipped)
+    if seen_sum == 0:
         raise DatasetError("no training image could be decoded")
-    return EpochStats(total_loss.item() / seen, correct.item() / seen, seen, skipped)
+    return EpochStats(loss_sum / seen_sum, correct_sum / seen_sum, int(seen_sum), int(skipped_sum))
 
 
 @torch.no_grad()
-def evaluate(model, criterion, batches, device, hook, amp) -> tuple[EpochStats, list[int], list[int]]:
+def evaluate(
+    model, criterion, batches, device, hook, amp, world: World = ALONE
+) -> tuple[EpochStats, list[int], list[int]]:
+    """One pass over this process's shard of a split; with several processes, every process gets the
+    whole split's statistics and predictions (each with its target), gathered from all of them."""
     model.eval()
     hook.set_mode("eval")
     total_loss, seen, skipped = 0.0, 0, 0
@@ -104,10 +120,14 @@ def evaluate(model, criterion, batches, device, hook, amp) -> tuple[EpochStats, 
         seen += len(targets)
         predictions.extend(logits.argmax(1).tolist())
         targets_all.extend(targets.tolist())
+    if world.distributed:
+        parts = gather(world, list(zip(predictions, targets_all)))
+        predictions, targets_all = [p for p, _ in unshard(parts)], [t for _, t in unshard(parts)]
+        total_loss, seen, skipped = total(world, total_loss, seen, skipped)
     if seen == 0:
         raise DatasetError("no evaluation image could be decoded")
     accuracy = sum(p == t for p, t in zip(predictions, targets_all)) / seen
-    return EpochStats(total_loss / seen, accuracy, seen, skipped), predictions, targets_all
+    return EpochStats(total_loss / seen, accuracy, int(seen), int(skipped)), predictions, targets_all
 
 
 def make_optimizer(args: argparse.Namespace, params) -> torch.optim.Optimizer:
