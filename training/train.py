@@ -111,9 +111,10 @@ class Fit:
         return self.device.type == "cuda"  # mixed precision on CUDA, as SageMaker's GPU instances train
 
     @property
-    def evaluated(self) -> nn.Module:
-        """The module evaluation runs: not DDP's wrapper, whose forward would wait on the other processes
-        (their shards of a split may hold fewer batches)."""
+    def bare(self) -> nn.Module:
+        """The trained module without DDP's wrapper: what evaluation runs (the wrapper's forward would wait
+        on the other processes, whose shares of a split may hold fewer batches) and the hook watches (its
+        tensors keep their own names, which the rules read)."""
         return self.trainable.module if isinstance(self.trainable, DistributedDataParallel) else self.trainable
 
 
@@ -162,7 +163,7 @@ def observe(args: argparse.Namespace, fit: Fit, train_images: int, device: torch
     if not fit.world.main:
         return Observers(hook=NullHook())
     hook = create_hook(
-        fit.trainable,
+        fit.bare,
         fit.criterion,
         args.debug_out,
         total_steps=math.ceil(train_images / args.batch_size) * args.epochs,
@@ -219,7 +220,7 @@ def run_epochs(args: argparse.Namespace, fit: Fit, observers: Observers, progres
             write_verdicts(observers.hook.out_dir, args.output_data_dir / "reports")
             raise
         valid_stats, _, _ = evaluate(
-            fit.evaluated,
+            fit.bare,
             fit.criterion,
             fit.data.eval_batches["valid"](),
             fit.device,
@@ -278,7 +279,7 @@ def finish(
     metrics = {k: history[-1][k] for k in ("valid_loss", "valid_accuracy")} if history else {}
     eval_split = "test" if "test" in fit.data.eval_batches else "valid"
     stats, predictions, targets = evaluate(
-        fit.evaluated,
+        fit.bare,
         fit.criterion,
         fit.data.eval_batches[eval_split](),
         fit.device,

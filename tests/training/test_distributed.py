@@ -116,9 +116,10 @@ def test_a_rank_that_fails_ends_the_job_with_its_reason(tiny_dataset, tmp_path):
 
 def test_a_full_fine_tune_of_two_processes_shares_the_images_and_writes_one_model(tiny_dataset, tmp_path):
     """Decoded images (not features): each process its share of each epoch's shuffle (DistributedSampler),
-    BatchNorm and all under DDP, the processes' uneven last batches joined."""
+    BatchNorm and all under DDP, the processes' uneven last batches joined; rank 0's debugger hook
+    watches the module itself, and the rules judge what it saved."""
     full = ["--train-mode", "full", "--augment", "on", "--epochs", "2", "--batch-size", "10"]
-    job, result = _train(tmp_path, "full", tiny_dataset, 2, full)
+    job, result = _train(tmp_path, "full", tiny_dataset, 2, [*full, "--debug-out", str(tmp_path / "full" / "debug")])
     assert result.returncode == 0, result.stderr[-3000:]
     assert [line.split()[0] for line in result.stdout.splitlines() if line.startswith("epoch=")] == [
         "epoch=1",
@@ -126,4 +127,6 @@ def test_a_full_fine_tune_of_two_processes_shares_the_images_and_writes_one_mode
     ]
     meta = json.loads((job / "model" / "model.json").read_text())
     assert meta["hyperparameters"]["train-mode"] == "full" and (job / "model" / "model.pth").is_file()
+    verdicts = [line for line in result.stdout.splitlines() if line.startswith("rule=")]
+    assert len(verdicts) == 6 and not any("status=Error" in line for line in verdicts), verdicts
     assert _writes(job, "1") == []
