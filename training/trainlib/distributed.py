@@ -11,6 +11,7 @@ files. Without torchrun's variables there is one process and nothing here does a
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -63,7 +64,11 @@ def join(device_type: str, environ: dict[str, str] | None = None) -> World:
         torch.cuda.set_device(local_rank)
     dist.init_process_group(backend, timeout=COLLECTIVE_TIMEOUT)
     world = World(size, rank, local_rank, backend)
-    print(f"distributed: world size {size}, rank {rank}, local rank {local_rank}, backend {backend}", flush=True)
+    # One write of the whole line: the processes share torchrun's output, and print's separate writes of
+    # the text and its newline interleaved with another process's line.
+    sys.stdout.flush()
+    line = f"distributed: world size {size}, rank {rank}, local rank {local_rank}, backend {backend}\n"
+    os.write(sys.stdout.fileno(), line.encode())
     return world
 
 
