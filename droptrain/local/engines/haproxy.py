@@ -56,10 +56,26 @@ def loopback_wrapper(real: str, folder: Path) -> Path:
     return path
 
 
-def end_leftovers(folder: Path, timeout: float = 10) -> list[int]:
+def end_leftovers(folder: Path, timeout: float = 10, quiet: float = 3) -> list[int]:
     """End each HAProxy an earlier stack on this home recorded in ``folder`` and left running; the PIDs
-    ended. A recorded PID now used by another program is left alone."""
-    pids_file = folder / PIDS
+    ended. A recorded PID now used by another program is left alone.
+
+    A killed stack's Ray outlives it for a moment, and its HAProxy manager may start HAProxy again once
+    the recorded one ends (a CI run caught a new PID recorded after the first were ended): the folder
+    is watched until no new one has been recorded for ``quiet`` seconds, each ended in turn."""
+    ended: list[int] = []
+    while (folder / PIDS).exists():
+        now = _end_recorded(folder / PIDS, timeout)
+        if not now:  # none was running: none for a manager to start again
+            break
+        ended += now
+        deadline = time.monotonic() + quiet
+        while time.monotonic() < deadline and not (folder / PIDS).exists():
+            time.sleep(0.1)
+    return ended
+
+
+def _end_recorded(pids_file: Path, timeout: float) -> list[int]:
     try:
         recorded = {int(line) for line in pids_file.read_text().split() if line.isdigit()}
     except FileNotFoundError:
