@@ -121,8 +121,8 @@ def evaluate(
         predictions.extend(logits.argmax(1).tolist())
         targets_all.extend(targets.tolist())
     if world.distributed:
-        parts = gather(world, list(zip(predictions, targets_all)))
-        predictions, targets_all = [p for p, _ in unshard(parts)], [t for _, t in unshard(parts)]
+        pairs = unshard(gather(world, list(zip(predictions, targets_all))))
+        predictions, targets_all = [p for p, _ in pairs], [t for _, t in pairs]
         total_loss, seen, skipped = total(world, total_loss, seen, skipped)
     if seen == 0:
         raise DatasetError("no evaluation image could be decoded")
