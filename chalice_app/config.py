@@ -10,18 +10,13 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, overload
+from typing import Any
 
+from chalice_app import config_values as values
 from chalice_app import names
+from chalice_app.config_values import ConfigError
 
 STRATEGIES = ("Bayesian", "Random", "Hyperband", "Grid")
-_ARN = re.compile(r"^arn:aws[a-z-]*:[a-z0-9-]+:[a-z0-9-]*:\d{12}:.+$")
-_INSTANCE = re.compile(r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
-# Kepler (P2) and Volta (P3) GPUs: the training image's PyTorch is built for CUDA 13 (cu130), which
-# dropped sm_70 and older, as has the Ray Serve image's build; their first kernel fails.
-_OLD_GPUS = re.compile(r"^ml\.(p2|p3|p3dn)\.")
-_IMAGE = re.compile(r"^[\w.-]+(:\d+)?/[\w./-]+(:[\w.-]+|@sha256:[0-9a-f]{64})$")
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 # Endpoints and model package groups are named <prefix>-<project slug> (at most 63 characters, the slug at
 # most 19): the prefix may take 43. Lower case: the IAM policy lower-cases model package ARNs, not AWS.
 _PREFIX = re.compile(r"^[a-z0-9](-*[a-z0-9]){0,42}$")
@@ -59,12 +54,6 @@ VARIABLES = tuple(
     TUNING_STRATEGY USE_SPOT
     """.split()
 )
-
-
-class ConfigError(Exception):
-    def __init__(self, variable: str, problem: str):
-        self.variable = variable
-        super().__init__(f"configuration variable {variable} {problem}")
 
 
 @dataclass(frozen=True)
@@ -124,52 +113,6 @@ class Config:
         return names.project_resource(self.endpoint_prefix, project)
 
 
-def _required(env: Mapping[str, str], name: str, pattern: re.Pattern | None = None, what: str = "") -> str:
-    value = env.get(name, "").strip()
-    if not value:
-        raise ConfigError(name, "is not set")
-    if pattern is not None and not pattern.match(value):
-        raise ConfigError(name, f"is malformed ({what}): {value!r}")
-    return value
-
-
-def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
-    value = env.get(name, "").strip().lower()
-    if not value:
-        return default
-    if value in ("true", "1", "yes"):
-        return True
-    if value in ("false", "0", "no"):
-        return False
-    raise ConfigError(name, f"must be true or false, got {value!r}")
-
-
-def _number(env: Mapping[str, str], name: str, default, low, high, parse=int, kind: str = "an integer"):
-    """``name`` as a number from ``low`` to ``high`` (``parse``: int or float); ``default`` when unset."""
-    value = env.get(name, "").strip()
-    if not value:
-        return default
-    try:
-        number = parse(value)
-    except ValueError:
-        raise ConfigError(name, f"must be {kind}, got {value!r}") from None
-    if not low <= number <= high:
-        raise ConfigError(name, f"must be from {low} to {high}, got {number}")
-    return number
-
-
-def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
-    return _number(env, name, default, low, high)
-
-
-@overload
-def _float(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float: ...
-@overload
-def _float(env: Mapping[str, str], name: str, default: None, low: float, high: float) -> float | None: ...
-def _float(env: Mapping[str, str], name: str, default: float | None, low: float, high: float) -> float | None:
-    return _number(env, name, default, low, high, float, "a number")
-
-
 def _tuning_ranges(env: Mapping[str, str]) -> dict[str, list]:
     ranges = {k: list(v) for k, v in DEFAULT_TUNING_RANGES.items()}
     raw = env.get("TUNING_RANGES", "").strip()
@@ -199,7 +142,7 @@ def endpoint_prefix(env: Mapping[str, str]) -> str:
         if env.get("ENDPOINT_NAME", "").strip() and not env.get("ENDPOINT_PREFIX", "").strip()
         else "ENDPOINT_PREFIX"
     )
-    return _required(env, name, _PREFIX, "lower-case letters, digits and '-', at most 43 characters")
+    return values.required(env, name, _PREFIX, "lower-case letters, digits and '-', at most 43 characters")
 
 
 def _default_project(env: Mapping[str, str]) -> str | None:
@@ -215,7 +158,7 @@ def _default_project(env: Mapping[str, str]) -> str | None:
 def topic_arn(env: Mapping[str, str]) -> str | None:
     """The notification topic, when set and well-formed, even if the rest of the config is not."""
     value = env.get("NOTIFY_TOPIC_ARN", "").strip()
-    return value if _ARN.match(value) else None
+    return value if values.ARN.match(value) else None
 
 
 # Read when the app is built (its patterns and routes) as well as by load(): one reading each.
@@ -229,39 +172,7 @@ def dataset_prefix(env: Mapping[str, str]) -> str:
 
 
 def api_key_required(env: Mapping[str, str]) -> bool:
-    return _bool(env, "API_KEY_REQUIRED", False)
-
-
-def _instance(env: Mapping[str, str], name: str, default: str, serverless: bool = False) -> str:
-    """An instance type the images can run on (``serverless`` too where ``serverless``)."""
-    value = env.get(name, default).strip() or default
-    if serverless and value == "serverless":
-        return value
-    if not _INSTANCE.match(value):
-        raise ConfigError(name, f"must be an instance type{' or serverless' if serverless else ''}: {value!r}")
-    if _OLD_GPUS.match(value):
-        raise ConfigError(
-            name,
-            f"{value} has a Kepler or Volta GPU, which the images' CUDA 13 PyTorch cannot run (no sm_70 and older): "
-            "choose ml.g4dn, ml.g5, ml.g6 or ml.p4d and newer",
-        )
-    return value
-
-
-def _choice(
-    env: Mapping[str, str],
-    name: str,
-    default: str,
-    pattern: re.Pattern | None = None,
-    choices: tuple[str, ...] = (),
-    what: str = "",
-) -> str:
-    value = env.get(name, default).strip() or default
-    if choices and value not in choices:
-        raise ConfigError(name, f"must be one of {', '.join(choices)}, got {value!r}")
-    if pattern is not None and not pattern.match(value):
-        raise ConfigError(name, f"is malformed ({what}): {value!r}")
-    return value
+    return values.boolean(env, "API_KEY_REQUIRED", False)
 
 
 def _static_hyperparameters(env: Mapping[str, str]) -> dict[str, str]:
@@ -278,24 +189,15 @@ def _static_hyperparameters(env: Mapping[str, str]) -> dict[str, str]:
 
 
 def _source_dir(env: Mapping[str, str]) -> str:
-    source = _required(env, "SOURCE_DIR_S3_URI")
+    source = values.required(env, "SOURCE_DIR_S3_URI")
     if not (source.startswith("s3://") and source.endswith(".tar.gz")):
         raise ConfigError("SOURCE_DIR_S3_URI", f"must be an s3:// URI of a .tar.gz, got {source!r}")
     return source
 
 
-def _image(env: Mapping[str, str], name: str, needed_when: str = "") -> str:
-    """An ECR image URI, optional unless ``needed_when`` names the setting that needs it."""
-    image = env.get(name, "").strip()
-    if (image or needed_when) and not _IMAGE.match(image):
-        when = f" when {needed_when}" if needed_when else ""
-        raise ConfigError(name, f"must be an ECR image URI{when}: {image!r}")
-    return image
-
-
 def _parallelism(env: Mapping[str, str]) -> tuple[int, int]:
-    max_jobs = _int(env, "MAX_TUNING_JOBS", 8, 1, 500)
-    parallel = _int(env, "MAX_PARALLEL_JOBS", 2, 1, 100)
+    max_jobs = values.integer(env, "MAX_TUNING_JOBS", 8, 1, 500)
+    parallel = values.integer(env, "MAX_PARALLEL_JOBS", 2, 1, 100)
     if parallel > max_jobs:
         raise ConfigError("MAX_PARALLEL_JOBS", f"({parallel}) must not exceed MAX_TUNING_JOBS ({max_jobs})")
     return max_jobs, parallel
@@ -303,48 +205,48 @@ def _parallelism(env: Mapping[str, str]) -> tuple[int, int]:
 
 def load(env: Mapping[str, str]) -> Config:
     """The stage's configuration; raises ``ConfigError`` naming the first bad variable."""
-    inference = _instance(env, "INFERENCE_INSTANCE_TYPE", "ml.m5.large", serverless=True)
-    managed = _bool(env, "MANAGED_DEBUGGER", False)
+    inference = values.instance(env, "INFERENCE_INSTANCE_TYPE", "ml.m5.large", serverless=True)
+    managed = values.boolean(env, "MANAGED_DEBUGGER", False)
     max_jobs, parallel = _parallelism(env)
     return Config(
-        data_bucket=_required(env, "DATA_BUCKET", _BUCKET, "an S3 bucket name"),
-        notify_topic_arn=_required(env, "NOTIFY_TOPIC_ARN", _ARN, "an SNS topic ARN"),
-        sagemaker_role_arn=_required(env, "SAGEMAKER_ROLE_ARN", _ARN, "an IAM role ARN"),
-        training_image_uri=_required(env, "TRAINING_IMAGE_URI", _IMAGE, "an ECR image URI"),
-        inference_image_uri=_required(env, "INFERENCE_IMAGE_URI", _IMAGE, "an ECR image URI"),
+        data_bucket=values.required(env, "DATA_BUCKET", values.BUCKET, "an S3 bucket name"),
+        notify_topic_arn=values.required(env, "NOTIFY_TOPIC_ARN", values.ARN, "an SNS topic ARN"),
+        sagemaker_role_arn=values.required(env, "SAGEMAKER_ROLE_ARN", values.ARN, "an IAM role ARN"),
+        training_image_uri=values.required(env, "TRAINING_IMAGE_URI", values.IMAGE, "an ECR image URI"),
+        inference_image_uri=values.required(env, "INFERENCE_IMAGE_URI", values.IMAGE, "an ECR image URI"),
         source_dir_s3_uri=_source_dir(env),
         endpoint_prefix=endpoint_prefix(env),
         region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
         dataset_prefix=dataset_prefix(env),
-        training_instance_type=_instance(env, "TRAINING_INSTANCE_TYPE", "ml.g4dn.xlarge"),
+        training_instance_type=values.instance(env, "TRAINING_INSTANCE_TYPE", "ml.g4dn.xlarge"),
         inference_instance_type=inference,
-        tuning_strategy=_choice(env, "TUNING_STRATEGY", "Bayesian", choices=STRATEGIES),
+        tuning_strategy=values.choice(env, "TUNING_STRATEGY", "Bayesian", choices=STRATEGIES),
         max_tuning_jobs=max_jobs,
         max_parallel_jobs=parallel,
-        use_spot=_bool(env, "USE_SPOT", False),
+        use_spot=values.boolean(env, "USE_SPOT", False),
         managed_debugger=managed,
-        debugger_image_uri=_image(env, "DEBUGGER_IMAGE_URI", "MANAGED_DEBUGGER=true" if managed else ""),
-        audit_image_uri=_image(env, "AUDIT_IMAGE_URI"),
-        block_on_rule_issues=_bool(env, "BLOCK_ON_RULE_ISSUES", False),
-        max_runtime_seconds=_int(env, "MAX_RUNTIME_SECONDS", 24 * 3600, 600, 28 * 24 * 3600),
-        volume_size_gb=_int(env, "TRAINING_VOLUME_GB", 50, 1, 16384),
+        debugger_image_uri=values.image(env, "DEBUGGER_IMAGE_URI", "MANAGED_DEBUGGER=true" if managed else ""),
+        audit_image_uri=values.image(env, "AUDIT_IMAGE_URI"),
+        block_on_rule_issues=values.boolean(env, "BLOCK_ON_RULE_ISSUES", False),
+        max_runtime_seconds=values.integer(env, "MAX_RUNTIME_SECONDS", 24 * 3600, 600, 28 * 24 * 3600),
+        volume_size_gb=values.integer(env, "TRAINING_VOLUME_GB", 50, 1, 16384),
         rollback_alarms=tuple(a.strip() for a in env.get("ROLLBACK_ALARMS", "").split(",") if a.strip()),
         static_hyperparameters=_static_hyperparameters(env),
         tuning_ranges=_tuning_ranges(env),
-        max_body_bytes=_int(env, "MAX_BODY_BYTES", MAX_BODY_BYTES, 1024, 4_400_000),
+        max_body_bytes=values.integer(env, "MAX_BODY_BYTES", MAX_BODY_BYTES, 1024, 4_400_000),
         api_key_required=api_key_required(env),
         default_project=_default_project(env),
-        approval_mode=_choice(env, "APPROVAL_MODE", "auto", choices=APPROVAL_MODES),
-        gate_max_f1_drop=_float(env, "GATE_MAX_F1_DROP", 0.01, 0.0, 1.0),
-        gate_max_recall_drop=_float(env, "GATE_MAX_RECALL_DROP", 0.05, 0.0, 1.0),
-        inference_instance_count=_int(env, "INFERENCE_INSTANCE_COUNT", 1, 1, 20),
-        rollout_bake_seconds=_int(env, "ROLLOUT_BAKE_SECONDS", 600, 0, 3600),
-        rollback_latency_ms=_int(env, "ROLLBACK_LATENCY_MS", 5000, 10, 600_000),
-        idle_stop_hours=_int(env, "IDLE_STOP_HOURS", 0, 0, 24 * 30),
-        audit=_bool(env, "AUDIT", True),
-        audit_fix=_bool(env, "AUDIT_FIX", False),
-        audit_instance_type=_instance(env, "AUDIT_INSTANCE_TYPE", "ml.m5.xlarge"),
-        audit_min_train_images=_int(env, "AUDIT_MIN_TRAIN_IMAGES", 5, 1, 100_000),
-        audit_max_leaked_test_share=_float(env, "AUDIT_MAX_LEAKED_TEST_SHARE", 0.01, 0.0, 1.0),
-        max_run_cost_usd=_float(env, "MAX_RUN_COST_USD", None, 0.01, 1_000_000.0),
+        approval_mode=values.choice(env, "APPROVAL_MODE", "auto", choices=APPROVAL_MODES),
+        gate_max_f1_drop=values.real(env, "GATE_MAX_F1_DROP", 0.01, 0.0, 1.0),
+        gate_max_recall_drop=values.real(env, "GATE_MAX_RECALL_DROP", 0.05, 0.0, 1.0),
+        inference_instance_count=values.integer(env, "INFERENCE_INSTANCE_COUNT", 1, 1, 20),
+        rollout_bake_seconds=values.integer(env, "ROLLOUT_BAKE_SECONDS", 600, 0, 3600),
+        rollback_latency_ms=values.integer(env, "ROLLBACK_LATENCY_MS", 5000, 10, 600_000),
+        idle_stop_hours=values.integer(env, "IDLE_STOP_HOURS", 0, 0, 24 * 30),
+        audit=values.boolean(env, "AUDIT", True),
+        audit_fix=values.boolean(env, "AUDIT_FIX", False),
+        audit_instance_type=values.instance(env, "AUDIT_INSTANCE_TYPE", "ml.m5.xlarge"),
+        audit_min_train_images=values.integer(env, "AUDIT_MIN_TRAIN_IMAGES", 5, 1, 100_000),
+        audit_max_leaked_test_share=values.real(env, "AUDIT_MAX_LEAKED_TEST_SHARE", 0.01, 0.0, 1.0),
+        max_run_cost_usd=values.real(env, "MAX_RUN_COST_USD", None, 0.01, 1_000_000.0),
     )
