@@ -31,9 +31,13 @@ def _input(name: str, uri: str) -> dict[str, Any]:
     }
 
 
-def audit_job_request(config: Config, run: str, dataset_uri: str) -> dict[str, Any]:
+def audit_job_request(config: Config, run: str, dataset_uri: str, dataset_bytes: int | None = None) -> dict[str, Any]:
     """``<run-id>-audit``: training/audit.py over the dataset, writing audit.json and audit.html to the
-    run's reports (where the next step reads them)."""
+    run's reports (where the next step reads them). The dataset's size travels in a tag to the tuning
+    job that the audit's end starts."""
+    tags = names.tags(run, dataset_uri, "audit")
+    if dataset_bytes is not None:
+        tags.append({"Key": names.TAG_DATASET_BYTES, "Value": str(dataset_bytes)})
     return {
         "ProcessingJobName": names.audit_job_name(run),
         "RoleArn": config.sagemaker_role_arn,
@@ -72,5 +76,5 @@ def audit_job_request(config: Config, run: str, dataset_uri: str) -> dict[str, A
             }
         },
         "StoppingCondition": {"MaxRuntimeInSeconds": min(config.max_runtime_seconds, 6 * 3600)},
-        "Tags": names.tags(run, dataset_uri, "audit"),
+        "Tags": tags,
     }

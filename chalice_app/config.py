@@ -32,6 +32,7 @@ DEFAULT_STATIC_HYPERPARAMETERS = {
     "optimizer": "adamw",
 }
 MAX_BODY_BYTES = 4 * 1024 * 1024
+MAX_INSTANCES = 20  # per training job (TRAINING_INSTANCE_COUNT, FINAL_INSTANCE_COUNT)
 # Search ranges: [min, max] (lr and weight-decay on a log scale, epochs as integers) and the batch sizes.
 DEFAULT_TUNING_RANGES: dict[str, list[Any]] = {
     "lr": [0.00001, 0.01],
@@ -44,14 +45,14 @@ DEFAULT_TUNING_RANGES: dict[str, list[Any]] = {
 # Every variable the stage's configuration reads (docs/configuration.md; tests/test_docs.py keeps both in step).
 VARIABLES = tuple(
     """
-    API_KEY_REQUIRED APPROVAL_MODE AUDIT AUDIT_FIX AUDIT_IMAGE_URI AUDIT_INSTANCE_TYPE AUDIT_MAX_LEAKED_TEST_SHARE
-    AUDIT_MIN_TRAIN_IMAGES BLOCK_ON_RULE_ISSUES DATASET_PREFIX DATA_BUCKET DEBUGGER_IMAGE_URI
-    DEFAULT_PROJECT ENDPOINT_PREFIX GATE_MAX_F1_DROP GATE_MAX_RECALL_DROP IDLE_STOP_HOURS
-    INFERENCE_IMAGE_URI INFERENCE_INSTANCE_COUNT INFERENCE_INSTANCE_TYPE MANAGED_DEBUGGER MAX_BODY_BYTES
-    MAX_PARALLEL_JOBS MAX_RUNTIME_SECONDS MAX_RUN_COST_USD MAX_TUNING_JOBS NOTIFY_TOPIC_ARN
-    ROLLBACK_ALARMS ROLLBACK_LATENCY_MS ROLLOUT_BAKE_SECONDS SAGEMAKER_ROLE_ARN SOURCE_DIR_S3_URI
-    STATIC_HYPERPARAMETERS TRAINING_IMAGE_URI TRAINING_INSTANCE_TYPE TRAINING_VOLUME_GB TUNING_RANGES
-    TUNING_STRATEGY USE_SPOT
+    API_KEY_REQUIRED APPROVAL_MODE AUDIT AUDIT_FIX AUDIT_IMAGE_URI AUDIT_INSTANCE_TYPE
+    AUDIT_MAX_LEAKED_TEST_SHARE AUDIT_MIN_TRAIN_IMAGES BLOCK_ON_RULE_ISSUES DATASET_PREFIX DATA_BUCKET
+    DEBUGGER_IMAGE_URI DEFAULT_PROJECT ENDPOINT_PREFIX FAST_FILE_MIN_GB FINAL_INSTANCE_COUNT
+    GATE_MAX_F1_DROP GATE_MAX_RECALL_DROP IDLE_STOP_HOURS INFERENCE_IMAGE_URI INFERENCE_INSTANCE_COUNT
+    INFERENCE_INSTANCE_TYPE MANAGED_DEBUGGER MAX_BODY_BYTES MAX_PARALLEL_JOBS MAX_RUNTIME_SECONDS
+    MAX_RUN_COST_USD MAX_TUNING_JOBS NOTIFY_TOPIC_ARN ROLLBACK_ALARMS ROLLBACK_LATENCY_MS
+    ROLLOUT_BAKE_SECONDS SAGEMAKER_ROLE_ARN SOURCE_DIR_S3_URI STATIC_HYPERPARAMETERS TRAINING_IMAGE_URI
+    TRAINING_INSTANCE_COUNT TRAINING_INSTANCE_TYPE TRAINING_VOLUME_GB TUNING_RANGES TUNING_STRATEGY USE_SPOT
     """.split()
 )
 
@@ -68,6 +69,9 @@ class Config:
     region: str
     dataset_prefix: str = "datasets/"
     training_instance_type: str = "ml.g4dn.xlarge"
+    training_instance_count: int = 1  # every trial's instances; the final job's unless final_instance_count
+    final_instance_count: int = 1
+    fast_file_min_gb: float = 10.0  # folder datasets from this size are streamed (FastFile), not copied first
     inference_instance_type: str = "ml.m5.large"
     tuning_strategy: str = "Bayesian"
     max_tuning_jobs: int = 8
@@ -208,6 +212,7 @@ def load(env: Mapping[str, str]) -> Config:
     inference = values.instance(env, "INFERENCE_INSTANCE_TYPE", "ml.m5.large", serverless=True)
     managed = values.boolean(env, "MANAGED_DEBUGGER", False)
     max_jobs, parallel = _parallelism(env)
+    instances = values.integer(env, "TRAINING_INSTANCE_COUNT", 1, 1, MAX_INSTANCES)
     return Config(
         data_bucket=values.required(env, "DATA_BUCKET", values.BUCKET, "an S3 bucket name"),
         notify_topic_arn=values.required(env, "NOTIFY_TOPIC_ARN", values.ARN, "an SNS topic ARN"),
@@ -219,6 +224,9 @@ def load(env: Mapping[str, str]) -> Config:
         region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
         dataset_prefix=dataset_prefix(env),
         training_instance_type=values.instance(env, "TRAINING_INSTANCE_TYPE", "ml.g4dn.xlarge"),
+        training_instance_count=instances,
+        final_instance_count=values.integer(env, "FINAL_INSTANCE_COUNT", instances, 1, MAX_INSTANCES),
+        fast_file_min_gb=values.real(env, "FAST_FILE_MIN_GB", 10.0, 0.0, 1_000_000.0),
         inference_instance_type=inference,
         tuning_strategy=values.choice(env, "TUNING_STRATEGY", "Bayesian", choices=STRATEGIES),
         max_tuning_jobs=max_jobs,

@@ -52,6 +52,8 @@ THROUGHPUT = {
 UNKNOWN_THROUGHPUT = ((25.0, 9.0), "estimate (unknown instance type: the slowest row)")
 # Billed seconds every job spends before and after the script: image pull, data download, upload.
 JOB_OVERHEAD_SECONDS = 180
+# What each added instance contributes, relative to the first (the target docs/performance.md measures).
+SCALING_EFFICIENCY = 0.9
 HOURS_PER_DAY = 24
 
 
@@ -73,10 +75,14 @@ def bundled_price(instance_type: str, component: str) -> Price | None:
     return Price(prices[0] if component == "Training" else prices[1], "bundled", BUNDLED_PRICES_AS_OF)
 
 
-def job_seconds(instance_type: str, images: int, epochs: int, mode: str) -> tuple[float, str]:
-    """Expected billed seconds of one training job, and where its throughput came from."""
+def job_seconds(instance_type: str, images: int, epochs: int, mode: str, instances: int = 1) -> tuple[float, str]:
+    """Expected seconds of one training job on ``instances`` instances (each billed for them all), and
+    where its throughput came from."""
     (head, full), source = THROUGHPUT.get(instance_type, UNKNOWN_THROUGHPUT)
     work = images / head if mode == "head" else images * max(epochs, 1) / full
+    if instances > 1:
+        work /= instances * SCALING_EFFICIENCY
+        source += f", {instances} instances at {SCALING_EFFICIENCY:.0%} scaling efficiency"
     return JOB_OVERHEAD_SECONDS + work, source
 
 
@@ -103,7 +109,8 @@ class Plan:
 def plan(config: Any, images: int, training: Price | None, trials: int) -> Plan:
     """The configured limits (``trials``: what the tuning job would run), tightened so that even every
     job running to its limit stays within ``MAX_RUN_COST_USD``; ``BudgetError`` when not even one trial
-    and the final job fit (for Grid, which runs its whole grid: when the grid does not fit)."""
+    and the final job fit (for Grid, which runs its whole grid: when the grid does not fit). A job is
+    billed for each of its instances (``TRAINING_INSTANCE_COUNT``, ``FINAL_INSTANCE_COUNT``)."""
     runtime = config.max_runtime_seconds
     configured = trials
     budget = config.max_run_cost_usd
@@ -114,21 +121,24 @@ def plan(config: Any, images: int, training: Price | None, trials: int) -> Plan:
             f"MAX_RUN_COST_USD is set but no price is known for {config.training_instance_type}: "
             "unset the budget or use an instance type of the bundled table"
         )
-    expected, _ = job_seconds(config.training_instance_type, images, _epochs(config), _mode(config))
+    instances, final_instances = config.training_instance_count, config.final_instance_count
+    expected, _ = job_seconds(config.training_instance_type, images, _epochs(config), _mode(config), instances)
     # A job may run to twice its expected time before it is stopped; never less than 10 minutes.
     limit = int(min(runtime, max(600, math.ceil(2 * expected))))
-    per_job = limit / 3600 * training.usd_per_hour
-    fitting = math.floor(budget / per_job) - 1  # the final job is one of them
+    hour = limit / 3600 * training.usd_per_hour  # one instance for the limit: the final job has the trials' limit
+    per_trial, final = hour * instances, hour * final_instances
+    fitting = math.floor((budget - final) / per_trial)
+    on = f"{config.training_instance_type} at ${training.usd_per_hour:.3f}/h per instance"
     if fitting < 1:
         raise BudgetError(
-            f"the run needs at least one trial and the final job, each allowed {limit / 60:.0f} min on "
-            f"{config.training_instance_type} at ${training.usd_per_hour:.3f}/h: ${2 * per_job:.2f} "
-            f"at most, over MAX_RUN_COST_USD ${budget:.2f}"
+            f"the run needs at least one trial and the final job ({instances} and {final_instances} instance(s)), "
+            f"each allowed {limit / 60:.0f} min on {on}: ${per_trial + final:.2f} at most, over MAX_RUN_COST_USD "
+            f"${budget:.2f}"
         )
     if config.tuning_strategy == "Grid" and fitting < configured:
         raise BudgetError(
             f"Grid search runs all {configured} combinations plus the final job, each allowed {limit / 60:.0f} min "
-            f"at ${training.usd_per_hour:.3f}/h: ${(configured + 1) * per_job:.2f} at most, over MAX_RUN_COST_USD "
+            f"on {on}: ${configured * per_trial + final:.2f} at most, over MAX_RUN_COST_USD "
             f"${budget:.2f}; raise the budget or use another strategy"
         )
     trials = min(trials, fitting)
@@ -137,26 +147,33 @@ def plan(config: Any, images: int, training: Price | None, trials: int) -> Plan:
 
 def forecast(config: Any, images: int, run_plan: Plan, training: Price | None, hosting: Price | None) -> dict[str, Any]:
     """``tuning.started``'s forecast: the trials, the final job and the endpoint's cost per day."""
-    seconds, throughput = job_seconds(config.training_instance_type, images, _epochs(config), _mode(config))
+    instances, final_instances = config.training_instance_count, config.final_instance_count
+    kind, epochs, mode = config.training_instance_type, _epochs(config), _mode(config)
+    seconds, throughput = job_seconds(kind, images, epochs, mode, instances)
+    final_seconds, _ = job_seconds(kind, images, epochs, mode, final_instances)
     out: dict[str, Any] = {
         "images": images,
         "trials": run_plan.trials,
         "minutes_per_job": round(seconds / 60, 1),
+        "instances_per_trial": instances,
+        "final_instances": final_instances,
         "throughput": throughput,
         "max_runtime_seconds": run_plan.max_runtime_seconds,
         "budget_usd": config.max_run_cost_usd,
         "bounded_by_budget": run_plan.bounded_by_budget,
     }
     if training is not None:
-        per_job = seconds / 3600 * training.usd_per_hour
+        per_trial = seconds / 3600 * training.usd_per_hour * instances
+        final = final_seconds / 3600 * training.usd_per_hour * final_instances
+        limit_hours = run_plan.max_runtime_seconds / 3600
         out.update(
             {
                 "training_usd_per_hour": training.usd_per_hour,
-                "tuning_usd": round(run_plan.trials * per_job, 2),
-                "final_usd": round(per_job, 2),
-                "run_usd": round((run_plan.trials + 1) * per_job, 2),
+                "tuning_usd": round(run_plan.trials * per_trial, 2),
+                "final_usd": round(final, 2),
+                "run_usd": round(run_plan.trials * per_trial + final, 2),
                 "worst_case_usd": round(
-                    (run_plan.trials + 1) * run_plan.max_runtime_seconds / 3600 * training.usd_per_hour, 2
+                    (run_plan.trials * instances + final_instances) * limit_hours * training.usd_per_hour, 2
                 ),
             }
         )
@@ -173,7 +190,7 @@ def _source(price: Price | None) -> dict[str, Any] | None:
 
 
 def actual(billable_seconds: Mapping[str, float], training: Price | None) -> dict[str, Any]:
-    """What the run cost: every job's billable seconds (spot savings included) at the training price."""
+    """What the run cost: every job's billable instance-seconds (spot savings included) at the training price."""
     total = sum(billable_seconds.values())
     out: dict[str, Any] = {"billable_seconds": round(total, 1), "jobs": len(billable_seconds)}
     if training is not None:

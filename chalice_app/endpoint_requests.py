@@ -8,7 +8,7 @@ from typing import Any
 
 from chalice_app import alarm_requests, names
 from chalice_app.config import Config
-from chalice_app.sagemaker_requests import gpu_instance
+from chalice_app.scaling import gpu_instance
 
 # GPU hosts need an NVIDIA driver as new as the Ray Serve image's CUDA (CUDA-compat mounting is off on
 # these AMIs). The Amazon Linux 2023 one: driver 580, CUDA 13.0 (ProductionVariant.InferenceAmiVersion in

@@ -29,6 +29,8 @@ TAG_RUN_ID = "droptrain:run-id"
 TAG_DATASET = "droptrain:dataset"
 TAG_ROLE = "droptrain:role"
 TAG_PROJECT = "droptrain:project"
+# On the audit job: the dataset's size as the upload's listing found it (the tuning job's input mode).
+TAG_DATASET_BYTES = "droptrain:dataset-bytes"
 
 
 class InvalidNameError(ValueError):

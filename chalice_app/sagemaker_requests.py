@@ -7,9 +7,11 @@ API's own length/pattern/enum constraints (``tests/orchestrator/test_requests.py
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from chalice_app import names
+from chalice_app import debugger_requests as debugger
+from chalice_app import names, scaling
 from chalice_app.config import Config
 
 OBJECTIVE = "valid:accuracy"
@@ -70,18 +72,6 @@ def grid_ranges(config: Config) -> dict[str, Any]:
             {"Name": "batch-size", "Values": [str(v) for v in r["batch-size"][:2]]},
         ]
     }
-
-
-# Where in-job smdebug tensors go inside the container; SageMaker uploads output/data with the job.
-IN_JOB_DEBUG_DIR = "/opt/ml/output/data/debug"
-DEBUGGER_RULES = (
-    "VanishingGradient",
-    "ExplodingTensor",
-    "Overfit",
-    "Overtraining",
-    "PoorWeightInitialization",
-    "LossNotDecreasing",
-)
 
 
 def _s3(config: Config, run: str, *parts: str) -> str:
@@ -154,16 +144,37 @@ def static_hyperparameters(config: Config) -> dict[str, str]:
 TRAINING_ENVIRONMENT = {"PIP_NO_DEPS": "1"}
 
 
-def gpu_instance(instance_type: str) -> bool:
-    """``ml.g*`` and ``ml.p*`` instances carry NVIDIA GPUs (``ml.inf*``/``ml.trn*`` are Neuron, not CUDA)."""
-    family = instance_type.removeprefix("ml.").split(".")[0]
-    return family[:1] in ("g", "p")
+def input_mode(config: Config, kind: str, size: int | None) -> str:
+    """How the training channel reaches the instances: a folder dataset of ``FAST_FILE_MIN_GB`` or more is
+    streamed from S3 on first read (FastFile), so the first step does not wait for a copy of all of it;
+    a smaller folder, one of unknown size, and an archive (one object train.py extracts) are copied (File)."""
+    if kind == "folder" and size is not None and size >= config.fast_file_min_gb * 1024**3:
+        return "FastFile"
+    return "File"
 
 
-def _training_core(
-    config: Config, dataset_uri: str, output_path: str, checkpoint_path: str, max_runtime: int | None = None
-) -> dict[str, Any]:
-    runtime = max_runtime or config.max_runtime_seconds
+def distributed(hyperparameters: Mapping[str, str], instance_type: str, instances: int) -> dict[str, str]:
+    """``hyperparameters`` with the container's torchrun launcher asked for exactly when the job runs more
+    than one process (``chalice_app.scaling``); one process on one instance keeps the plain launch."""
+    out = {k: v for k, v in hyperparameters.items() if k != scaling.LAUNCHER}
+    if scaling.launcher(instance_type, instances):
+        out[scaling.LAUNCHER] = "true"
+    return out
+
+
+@dataclass(frozen=True)
+class Job:
+    """What differs between the trials and the final job: where they write, how long and how wide they run."""
+
+    output: str
+    checkpoints: str
+    max_runtime: int | None = None
+    instances: int = 1
+    input_mode: str = "File"
+
+
+def _training_core(config: Config, dataset_uri: str, job: Job) -> dict[str, Any]:
+    runtime = job.max_runtime or config.max_runtime_seconds
     core: dict[str, Any] = {
         "AlgorithmSpecification": {
             "TrainingImage": config.training_image_uri,
@@ -171,11 +182,11 @@ def _training_core(
             "MetricDefinitions": METRIC_DEFINITIONS,
         },
         "RoleArn": config.sagemaker_role_arn,
-        "InputDataConfig": [channel("training", dataset_uri)],
-        "OutputDataConfig": {"S3OutputPath": output_path},
+        "InputDataConfig": [channel("training", dataset_uri, job.input_mode)],
+        "OutputDataConfig": {"S3OutputPath": job.output},
         "ResourceConfig": {
             "InstanceType": config.training_instance_type,
-            "InstanceCount": 1,
+            "InstanceCount": job.instances,
             "VolumeSizeInGB": config.volume_size_gb,
         },
         "StoppingCondition": {"MaxRuntimeInSeconds": runtime},
@@ -185,14 +196,27 @@ def _training_core(
     if config.use_spot:
         # Spot capacity can take a while; the job may wait up to as long again as it may run.
         core["StoppingCondition"]["MaxWaitTimeInSeconds"] = min(2 * runtime, 28 * 24 * 3600)
-        core["CheckpointConfig"] = {"S3Uri": checkpoint_path, "LocalPath": "/opt/ml/checkpoints"}
+        # train.py keeps each job's checkpoints in a folder named after the job: a tuning job's trials
+        # share this prefix and each writes under runs/<run>/checkpoints/<stage>/<job>/.
+        core["CheckpointConfig"] = {"S3Uri": job.checkpoints, "LocalPath": "/opt/ml/checkpoints"}
     return core
 
 
-def channel(name: str, uri: str) -> dict[str, Any]:
-    """An S3 prefix as an input channel, copied whole to every instance."""
+def channel(name: str, uri: str, mode: str = "File") -> dict[str, Any]:
+    """An S3 prefix as an input channel, whole on every instance: copied (File) or streamed (FastFile)."""
     source = {"S3DataType": "S3Prefix", "S3Uri": uri, "S3DataDistributionType": "FullyReplicated"}
-    return {"ChannelName": name, "DataSource": {"S3DataSource": source}}
+    out: dict[str, Any] = {"ChannelName": name, "DataSource": {"S3DataSource": source}}
+    if mode != "File":
+        out["InputMode"] = mode
+    return out
+
+
+def training_input_mode(job: Mapping[str, Any]) -> str:
+    """How a training job (or a tuning job's definition) reads its ``training`` channel."""
+    for entry in job.get("InputDataConfig", []):
+        if entry.get("ChannelName") == "training":
+            return entry.get("InputMode") or job.get("AlgorithmSpecification", {}).get("TrainingInputMode", "File")
+    return "File"
 
 
 def audit_channel(audit_uri: str) -> dict[str, Any]:
@@ -201,17 +225,25 @@ def audit_channel(audit_uri: str) -> dict[str, Any]:
 
 
 def tuning_job_request(
-    config: Config, run: str, dataset: names.DatasetRef, plan: Any = None, audit_uri: str | None = None
+    config: Config,
+    run: str,
+    dataset: names.DatasetRef,
+    plan: Any = None,
+    audit_uri: str | None = None,
+    dataset_bytes: int | None = None,
 ) -> dict[str, Any]:
     """With a ``chalice_app.cost.Plan``, its trial count and runtime limit (a run's budget) replace the
-    configured ones; with ``audit_uri``, the trials drop the audit's cross-split duplicates."""
-    core = _training_core(
-        config,
-        dataset.uri,
+    configured ones; with ``audit_uri``, the trials drop the audit's cross-split duplicates; the dataset's
+    size (``dataset_bytes``) decides its input mode."""
+    job = Job(
         _s3(config, run, "tuning"),
         _s3(config, run, "checkpoints", "tuning"),
         plan.max_runtime_seconds if plan else None,
+        config.training_instance_count,
+        input_mode(config, dataset.kind, dataset_bytes),
     )
+    core = _training_core(config, dataset.uri, job)
+    static = distributed(static_hyperparameters(config), config.training_instance_type, job.instances)
     if audit_uri:
         core["InputDataConfig"].append(audit_channel(audit_uri))
     job_config = _strategy_config(config)
@@ -223,7 +255,7 @@ def tuning_job_request(
     return {
         "HyperParameterTuningJobName": names.check(run, "tuning job"),
         "HyperParameterTuningJobConfig": job_config,
-        "TrainingJobDefinition": {"StaticHyperParameters": static_hyperparameters(config), **core},
+        "TrainingJobDefinition": {"StaticHyperParameters": static, **core},
         "Tags": names.tags(run, dataset.uri, "tuning"),
     }
 
@@ -237,23 +269,34 @@ def final_training_request(
     baseline_model_data: str | None = None,
     max_runtime: int | None = None,
     audit_uri: str | None = None,
+    mode: str = "File",
 ) -> dict[str, Any]:
-    """The best trial's hyperparameters on top of the tuning job's static ones, with debugging. With
-    the project's serving ``model.tar.gz`` as the ``baseline`` channel, train.py evaluates that model
-    on the same test split (the promotion gate compares the two: ``chalice_app.gate``)."""
+    """The best trial's hyperparameters on top of the tuning job's static ones, with debugging, on
+    ``FINAL_INSTANCE_COUNT`` instances, its dataset read as the trials read it (``mode``). With the
+    project's serving ``model.tar.gz`` as the ``baseline`` channel, train.py evaluates that model on the
+    same test split (the promotion gate compares the two: ``chalice_app.gate``)."""
     hyperparameters = {k: v for k, v in static.items() if not k.startswith("_")}
     hyperparameters.update({k: v for k, v in tuned.items() if not k.startswith("_")})
+    hyperparameters = distributed(hyperparameters, config.training_instance_type, config.final_instance_count)
     # The job writes its rule verdicts and profiling report here (runs/<run-id>/reports/).
     hyperparameters["reports-uri"] = reports_uri(config, run)
     # The artifact's Ray Serve config asks for a GPU where the endpoint will have one.
     hyperparameters["serving-gpus"] = (
-        "1" if not config.serverless and gpu_instance(config.inference_instance_type) else "0"
+        "1" if not config.serverless and scaling.gpu_instance(config.inference_instance_type) else "0"
     )
     request: dict[str, Any] = {
         "TrainingJobName": names.final_job_name(run),
         "HyperParameters": hyperparameters,
         **_training_core(
-            config, dataset_uri, _s3(config, run, "final"), _s3(config, run, "checkpoints", "final"), max_runtime
+            config,
+            dataset_uri,
+            Job(
+                _s3(config, run, "final"),
+                _s3(config, run, "checkpoints", "final"),
+                max_runtime,
+                config.final_instance_count,
+                mode,
+            ),
         ),
         "Tags": names.tags(run, dataset_uri, "final"),
     }
@@ -262,42 +305,10 @@ def final_training_request(
     if baseline_model_data:
         request["InputDataConfig"].append(channel("baseline", baseline_model_data))
     if config.managed_debugger:
-        request.update(_managed_debugger(config, run))
+        request.update(debugger.managed(config, _s3(config, run, "debug"), _s3(config, run, "profiler")))
     else:
         # In-job debugging works in every account; the service-side profiler is off so that
         # accounts closed to SageMaker Debugger/Profiler can still create the job.
-        request["HyperParameters"]["debug-out"] = IN_JOB_DEBUG_DIR
+        request["HyperParameters"]["debug-out"] = debugger.IN_JOB_DEBUG_DIR
         request["ProfilerConfig"] = {"DisableProfiler": True}
-    return request
-
-
-def _managed_debugger(config: Config, run: str) -> dict[str, Any]:
-    """SageMaker Debugger's hook, rules and profiler, run by the service (``MANAGED_DEBUGGER``)."""
-    request: dict[str, Any] = {}
-    request["DebugHookConfig"] = {
-        "S3OutputPath": _s3(config, run, "debug"),
-        "CollectionConfigurations": [
-            {"CollectionName": name, "CollectionParameters": {"save_interval": "10"}}
-            for name in ("losses", "weights", "gradients", "biases", "relu_input")
-        ],
-    }
-    request["DebugRuleConfigurations"] = [
-        {
-            "RuleConfigurationName": rule,
-            "RuleEvaluatorImage": config.debugger_image_uri,
-            "RuleParameters": {"rule_to_invoke": rule},
-        }
-        for rule in DEBUGGER_RULES
-    ]
-    request["ProfilerConfig"] = {
-        "S3OutputPath": _s3(config, run, "profiler"),
-        "ProfilingIntervalInMilliseconds": 500,
-    }
-    request["ProfilerRuleConfigurations"] = [
-        {
-            "RuleConfigurationName": "ProfilerReport",
-            "RuleEvaluatorImage": config.debugger_image_uri,
-            "RuleParameters": {"rule_to_invoke": "ProfilerReport"},
-        }
-    ]
     return request

@@ -45,6 +45,7 @@ class DatasetReport:
     ignored: int = 0
     reasons: list[str] = field(default_factory=list)
     checked: str = "listing"
+    bytes: int = 0  # under the folder's prefix (what a File-mode job copies), or the archive expanded
 
     @property
     def ok(self) -> bool:
@@ -63,6 +64,7 @@ class DatasetReport:
             "images_per_split": {s: sum(c.values()) for s, c in self.counts.items()},
             "ignored_files": self.ignored,
             "checked": self.checked,
+            "bytes": self.bytes,
             "reasons": self.reasons,
         }
 
@@ -85,6 +87,7 @@ def check_keys(relative: Iterable[tuple[str, int]]) -> DatasetReport:
     """Validate a dataset from its relative paths and sizes (``train/cat/1.jpg``, ``cat/1.jpg``…)."""
     report = DatasetReport()
     entries = [(tuple(PurePosixPath(k).parts), size) for k, size in relative if k and not k.endswith("/")]
+    report.bytes = sum(size for _, size in entries)
     entries = [(p, size) for p, size in entries if _visible(p)]
     paths = _strip_single_folder([p for p, _ in entries])
     items = list(zip(paths, (size for _, size in entries)))

@@ -27,11 +27,14 @@ def _count(env: Mapping[str, str], name: str, default: int) -> int:
 def needs(env: Mapping[str, str]) -> list[tuple[str, int, str]]:
     """(quota name, instances the stage can hold at once, why) for the stage's settings."""
     parallel = _count(env, "MAX_PARALLEL_JOBS", 2)
+    per_trial = _count(env, "TRAINING_INSTANCE_COUNT", 1)
+    final = _count(env, "FINAL_INSTANCE_COUNT", per_trial)
     training = env.get("TRAINING_INSTANCE_TYPE", "ml.g4dn.xlarge")
     spot = env.get("USE_SPOT", "false").lower() == "true"
-    wanted = [
-        (f"{training} for {'spot ' if spot else ''}training job usage", parallel, f"{parallel} tuning trials at once"),
-    ]
+    at_once, why = parallel * per_trial, f"{parallel} tuning trials at once of {per_trial} instance(s)"
+    if final > at_once:
+        at_once, why = final, f"the final job's {final} instances"
+    wanted = [(f"{training} for {'spot ' if spot else ''}training job usage", at_once, why)]
     if env.get("AUDIT", "true").lower() == "true":
         wanted.append((f"{env.get('AUDIT_INSTANCE_TYPE', 'ml.m5.xlarge')} for processing job usage", 1, "the audit"))
     inference = env.get("INFERENCE_INSTANCE_TYPE", "ml.m5.large")

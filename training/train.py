@@ -140,10 +140,8 @@ def prepare(
         model = model.to(memory_format=torch.channels_last)
     data = make_batches(args, splits, model, device, world)
     trainable = data.trainable
-    if world.distributed:
+    if world.distributed:  # several GPUs are used by as many processes (torchrun), never by one
         trainable = DistributedDataParallel(trainable, device_ids=[device.index] if device.type == "cuda" else None)
-    elif device.type == "cuda" and torch.cuda.device_count() > 1 and args.num_gpus != 1:
-        trainable = nn.DataParallel(trainable)  # several GPUs, one process: no launcher asked for
     optimizer = make_optimizer(args, [p for p in trainable.parameters() if p.requires_grad])
     return Fit(
         model,
@@ -179,7 +177,8 @@ def observe(args: argparse.Namespace, fit: Fit, train_images: int, device: torch
 
 def resume(args: argparse.Namespace, fit: Fit, splits: Splits) -> Progress:
     """The last checkpoint of this very run (same hyperparameters and data), if there is one."""
-    checkpoint_dir = None if args.no_checkpoints else checkpoints.usable_by_all(args.checkpoint_dir, fit.world)
+    folder = checkpoints.job_folder(args.checkpoint_dir)
+    checkpoint_dir = None if args.no_checkpoints else checkpoints.usable_by_all(folder, fit.world)
     fingerprint = checkpoints.fingerprint(
         {"hyperparameters": hyperparameters(args), "classes": splits.classes, "train": len(splits.train)}
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from chalice_app import audit_requests, cost, names, validation
+from chalice_app import audit_requests, cost, names, scaling, validation
 from chalice_app import sagemaker_requests as requests
 from chalice_app.events import ObjectCreated, ProcessingJobStateChange
 from chalice_app.notifications import Notification
@@ -31,8 +31,8 @@ def dataset_uploaded(svc: Services, event: ObjectCreated) -> str:
         # Built before anything is announced: a name or tag SageMaker would refuse, or a budget the
         # run cannot fit, rejects the dataset.
         try:
-            request, forecast = _tuning_request(svc, run, dataset, report.images)
-            audit = audit_requests.audit_job_request(config, run, dataset.uri) if config.audit else None
+            request, forecast = _tuning_request(svc, run, dataset, report.images, report.bytes)
+            audit = audit_requests.audit_job_request(config, run, dataset.uri, report.bytes) if config.audit else None
         except (names.InvalidNameError, cost.BudgetError) as exc:
             report.reasons.append(str(exc))
     if not report.ok:
@@ -66,12 +66,12 @@ def dataset_uploaded(svc: Services, event: ObjectCreated) -> str:
 
 
 def _tuning_request(
-    svc: Services, run: str, dataset: names.DatasetRef, images: int, audit_uri: str | None = None
+    svc: Services, run: str, dataset: names.DatasetRef, images: int, size: int | None, audit_uri: str | None = None
 ) -> tuple[dict, dict]:
     training, hosting = _prices(svc)
     run_plan = cost.plan(svc.config, images, training, requests.configured_trials(svc.config))
     forecast = cost.forecast(svc.config, images, run_plan, training, hosting)
-    return requests.tuning_job_request(svc.config, run, dataset, run_plan, audit_uri), forecast
+    return requests.tuning_job_request(svc.config, run, dataset, run_plan, audit_uri, size), forecast
 
 
 def _start_tuning(svc: Services, run: str, dataset_uri: str, request: dict, forecast: dict) -> str:
@@ -95,6 +95,11 @@ def _start_tuning(svc: Services, run: str, dataset_uri: str, request: dict, fore
                 "max_parallel_jobs": job_config["ResourceLimits"]["MaxParallelTrainingJobs"],
                 "forecast": forecast,
                 "instance_type": config.training_instance_type,
+                # Every trial's width: its instances, its processes (None: the GPUs per instance are
+                # counted by the container) and how its dataset reaches them.
+                "instance_count": config.training_instance_count,
+                "processes_per_job": scaling.processes(config.training_instance_type, config.training_instance_count),
+                "input_mode": requests.training_input_mode(request["TrainingJobDefinition"]),
                 "spot": config.use_spot,
                 "tuned": sorted(r["Name"] for ranges in job_config["ParameterRanges"].values() for r in ranges),
             },
@@ -158,11 +163,17 @@ def audit_changed(svc: Services, event: ProcessingJobStateChange) -> str:
     dataset = _dataset_ref(dataset_uri or description["ProcessingInputs"][0]["S3Input"]["S3Uri"])
     try:
         request, forecast = _tuning_request(
-            svc, run, dataset, int(audit.get("images") or 0), reports + "audit.json" if fixed else None
+            svc, run, dataset, int(audit.get("images") or 0), _size(tags), reports + "audit.json" if fixed else None
         )
     except cost.BudgetError as exc:
         return _reject(svc, run, dataset.uri, [str(exc)], evidence)
     return _start_tuning(svc, run, dataset.uri, request, forecast)
+
+
+def _size(tags: dict[str, str]) -> int | None:
+    """The dataset's size the upload's listing found (the audit job's tag), if it says."""
+    value = tags.get(names.TAG_DATASET_BYTES, "")
+    return int(value) if value.isdigit() else None
 
 
 def _warnings(audit: dict) -> list[str]:

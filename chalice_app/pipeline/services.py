@@ -74,9 +74,17 @@ def prune_checkpoints(svc: Services, run: str, stage: str) -> int:
     return len(keys)
 
 
+def _instance_seconds(job: dict[str, Any]) -> float | None:
+    """``BillableTimeInSeconds`` × ``InstanceCount``: AWS bills each instance of a job for its billable
+    (wall-clock) time (DescribeTrainingJob's reference says so); spot savings are included."""
+    if job.get("BillableTimeInSeconds") is None:
+        return None
+    return float(job["BillableTimeInSeconds"]) * int(job.get("ResourceConfig", {}).get("InstanceCount") or 1)
+
+
 def billable_seconds(svc: Services, run: str, final: dict[str, Any]) -> dict[str, float]:
-    """Every job of the run that SageMaker billed: the tuning job's trials and the final job
-    (``BillableTimeInSeconds``: spot savings included)."""
+    """Every job of the run that SageMaker billed, in instance-seconds: the tuning job's trials and the
+    final job."""
     seconds: dict[str, float] = {}
     try:
         trials = svc.sagemaker.list_trials(run)
@@ -87,8 +95,8 @@ def billable_seconds(svc: Services, run: str, final: dict[str, Any]) -> dict[str
             described = svc.sagemaker.describe_training_job(trial["TrainingJobName"])
         except NotFoundError:
             continue
-        if described.get("BillableTimeInSeconds") is not None:
-            seconds[trial["TrainingJobName"]] = float(described["BillableTimeInSeconds"])
-    if final.get("BillableTimeInSeconds") is not None:
-        seconds[final["TrainingJobName"]] = float(final["BillableTimeInSeconds"])
+        if (billed := _instance_seconds(described)) is not None:
+            seconds[trial["TrainingJobName"]] = billed
+    if (billed := _instance_seconds(final)) is not None:
+        seconds[final["TrainingJobName"]] = billed
     return seconds

@@ -85,7 +85,8 @@ def _start_final(svc: Services, run: str, dataset_uri: str, description: dict[st
         ),
         None,
     )
-    request = requests.final_training_request(svc.config, run, dataset_uri, static, tuned, baseline, limit, audit)
+    mode = requests.training_input_mode(description["TrainingJobDefinition"])
+    request = requests.final_training_request(svc.config, run, dataset_uri, static, tuned, baseline, limit, audit, mode)
     created = svc.sagemaker.create_training_job(request)
     svc.notifier.send(
         Notification(
@@ -101,6 +102,8 @@ def _start_final(svc: Services, run: str, dataset_uri: str, description: dict[st
                 },
                 "baseline": baseline,
                 "instance_type": svc.config.training_instance_type,
+                "instance_count": svc.config.final_instance_count,
+                "input_mode": mode,
                 "managed_debugger": svc.config.managed_debugger,
             },
         )

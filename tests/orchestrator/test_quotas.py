@@ -77,3 +77,11 @@ def test_quotas_that_cannot_be_read_are_one_line_and_the_deploy_goes_on():
         lines = quotas.check(client, STAGE, said.append)
     assert len(said) == 1 and said[0].startswith("could not read the SageMaker quotas") and "AccessDenied" in said[0]
     assert lines == said
+
+
+def test_training_on_several_instances_needs_them_all_at_once():
+    wide_trials = quotas.needs({**STAGE, "TRAINING_INSTANCE_COUNT": "4"})[0]
+    assert wide_trials[1] == 8 and "2 tuning trials at once of 4 instance(s)" in wide_trials[2]
+    wide_final = quotas.needs({**STAGE, "TRAINING_INSTANCE_COUNT": "1", "FINAL_INSTANCE_COUNT": "16"})[0]
+    assert wide_final[0] == "ml.g4dn.xlarge for training job usage"
+    assert wide_final[1] == 16 and "final job" in wide_final[2]

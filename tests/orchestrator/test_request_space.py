@@ -1,9 +1,10 @@
 """Every request builder's output across the configuration space, validated against botocore's models
 (types, required members, and the lengths, patterns, enums and ranges botocore leaves unchecked): the
 strategies, spot, the managed debugger, CPU/GPU/serverless endpoints, one instance or a fleet, bake
-times at their limits, the audit, a run's budget plan, the China partition, and dataset names from
-short to the longest a key allows. One test per combination would be hundreds of tests; one test
-walks them and names every invalid request it finds."""
+times at their limits, training on one to 20 instances of one or several GPUs, copied or streamed
+input, the audit, a run's budget plan, the China partition, and dataset names from short to the
+longest a key allows. One test per combination would be hundreds of tests; one test walks them and
+names every invalid request it finds."""
 
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ DATASETS = ("dogs", "a" * 19, "x1-y2")
 
 
 def _space():
-    # The training instance and the dataset's name alternate rather than multiply: what they change
-    # (the GPU's hyperparameters, the names' lengths) does not depend on the other settings.
+    # The training instances and the dataset's name alternate rather than multiply: what they change
+    # (the GPU's hyperparameters, the launcher, the names' lengths) does not depend on the other settings.
     for number, (strategy, spot, managed, inference, count, bake, region) in enumerate(
         itertools.product(
             ("Bayesian", "Random", "Hyperband", "Grid"),
@@ -40,7 +41,8 @@ def _space():
     ):
         if inference == "serverless" and count > 1:
             continue
-        training = ("ml.g4dn.xlarge", "ml.m5.xlarge")[number % 2]
+        training = ("ml.g4dn.xlarge", "ml.m5.xlarge", "ml.g5.12xlarge")[number % 3]
+        trials, final = ((1, 1), (20, 20), (2, 1), (1, 4))[number % 4]
         env = {
             "TUNING_STRATEGY": strategy,
             "USE_SPOT": str(spot).lower(),
@@ -49,6 +51,8 @@ def _space():
             "INFERENCE_INSTANCE_COUNT": count,
             "ROLLOUT_BAKE_SECONDS": bake,
             "TRAINING_INSTANCE_TYPE": training,
+            "TRAINING_INSTANCE_COUNT": trials,
+            "FINAL_INSTANCE_COUNT": final,
             "AUDIT": "true",
             **(CHINA if region == "cn-north-1" else {}),
         }
@@ -70,11 +74,18 @@ def _requests(config, project: str):
     yield "sagemaker", "CreateProcessingJob", audit_requests.audit_job_request(config, run, dataset.uri)
     yield "sagemaker", "CreateHyperParameterTuningJob", requests.tuning_job_request(config, run, dataset)
     yield "sagemaker", "CreateHyperParameterTuningJob", requests.tuning_job_request(config, run, dataset, plan, audit)
+    large = int(config.fast_file_min_gb * 1024**3)  # streamed: FastFile
     yield (
         "sagemaker",
-        "CreateTrainingJob",
-        requests.final_training_request(config, run, dataset.uri, static, tuned, model, 7200, audit),
+        "CreateHyperParameterTuningJob",
+        requests.tuning_job_request(config, run, dataset, None, None, large),
     )
+    for mode in ("File", "FastFile"):
+        yield (
+            "sagemaker",
+            "CreateTrainingJob",
+            requests.final_training_request(config, run, dataset.uri, static, tuned, model, 7200, audit, mode),
+        )
     yield (
         "sagemaker",
         "CreateModelPackageGroup",

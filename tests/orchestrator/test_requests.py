@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from chalice_app import alarm_requests, endpoint_requests, names, registry_requests
+from chalice_app import alarm_requests, debugger_requests, endpoint_requests, names, registry_requests
 from chalice_app import config as config_module
 from chalice_app import sagemaker_requests as requests
 from orchestrator.support import validate
@@ -123,14 +123,16 @@ def test_final_training_request(managed):
     assert {t["Key"]: t["Value"] for t in request["Tags"]}["droptrain:role"] == "final"
     assert request["AlgorithmSpecification"]["MetricDefinitions"] == requests.METRIC_DEFINITIONS
     if managed:
-        assert {r["RuleConfigurationName"] for r in request["DebugRuleConfigurations"]} == set(requests.DEBUGGER_RULES)
+        assert {r["RuleConfigurationName"] for r in request["DebugRuleConfigurations"]} == set(
+            debugger_requests.DEBUGGER_RULES
+        )
         assert request["DebugHookConfig"]["S3OutputPath"] == "s3://droptrain-data-dev/runs/dogs-3f9a1c2e/debug/"
         assert request["ProfilerRuleConfigurations"][0]["RuleConfigurationName"] == "ProfilerReport"
         assert "debug-out" not in hps
     else:
         assert "DebugRuleConfigurations" not in request and "DebugHookConfig" not in request
         assert request["ProfilerConfig"] == {"DisableProfiler": True}
-        assert hps["debug-out"] == requests.IN_JOB_DEBUG_DIR
+        assert hps["debug-out"] == debugger_requests.IN_JOB_DEBUG_DIR
 
 
 @pytest.mark.parametrize("instance", ["ml.m5.large", "ml.g5.xlarge", "serverless"])

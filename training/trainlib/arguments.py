@@ -213,7 +213,8 @@ def _outputs(group: Any) -> None:
         "--checkpoint-dir",
         type=_container_path,
         default=_container_path("/opt/ml/checkpoints"),
-        help="per-epoch checkpoints, resumed when they match this run (SageMaker syncs this folder for spot training)",
+        help="per-epoch checkpoints, resumed when they match this run, in a folder named after the job "
+        "($TRAINING_JOB_NAME) when there is one (SageMaker syncs this folder for spot training)",
     )
     group.add_argument("--no-checkpoints", action="store_true", help="write no checkpoints and resume from none")
     group.add_argument(
@@ -269,7 +270,7 @@ def _device(group: Any) -> None:
         "--num-gpus",
         type=_int,
         default=int(os.environ.get("SM_NUM_GPUS", "-1")),
-        help="GPUs to use; -1 uses all visible (default $SM_NUM_GPUS)",
+        help="0 trains on the CPU; otherwise one GPU per process, several GPUs through torchrun (default $SM_NUM_GPUS)",
     )
     group.add_argument(
         "--device",

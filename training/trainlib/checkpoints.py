@@ -1,9 +1,9 @@
 """Per-epoch checkpoints for managed spot training: written atomically, resumed only when they match.
 
-SageMaker syncs ``/opt/ml/checkpoints`` to S3 and restores it when a spot job restarts. A
-checkpoint is named by a fingerprint of what shapes the run (architecture, classes,
-hyperparameters), so runs that share a checkpoint prefix (a tuning job's children do) never
-overwrite or resume each other's, and a folder left over from another run is never resumed.
+SageMaker syncs ``/opt/ml/checkpoints`` to S3 and restores it when a spot job restarts. Each job
+writes in a folder of its own name there, and a checkpoint is named by a fingerprint of what shapes
+the run (architecture, classes, hyperparameters), so a folder left over from another run is never
+resumed.
 """
 
 from __future__ import annotations
@@ -25,6 +25,14 @@ log = logging.getLogger(__name__)
 
 def fingerprint(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def job_folder(directory: Path | None) -> Path | None:
+    """This job's own folder in ``directory``. SageMaker syncs the whole folder with one S3 prefix, which
+    all of a tuning job's trials share: each keeps its checkpoints under its own name there
+    (``runs/<run>/checkpoints/<stage>/<job>/``), and a restarted job finds its own again."""
+    job = os.environ.get("TRAINING_JOB_NAME", "").strip()
+    return directory / job if directory is not None and job and "/" not in job else directory
 
 
 def usable_dir(path: Path | None, purpose: str = "checkpoints") -> Path | None:
