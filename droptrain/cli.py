@@ -29,7 +29,16 @@ def _cmd_make_dataset(args: argparse.Namespace) -> int:
 # Each command imports what it uses inside its own function, on purpose: `droptrain --help`, `package`,
 # `deploy` and `upload` start fast and run on the base install, without the local runtime (PyTorch, Ray).
 # What the local runtime imports beyond the base install: the `local` extra.
-LOCAL_EXTRA = ("torch", "torchvision", "ray", "optuna", "sagemaker_training", "yaml", "matplotlib")
+LOCAL_EXTRA = (
+    "torch",
+    "torchvision",
+    "ray",
+    "optuna",
+    "sagemaker_training",
+    "sagemaker_pytorch_container",
+    "yaml",
+    "matplotlib",
+)
 
 
 def _missing_local_extra(command: str) -> bool:

@@ -86,15 +86,17 @@ class JobPaths:
         return self.root / "job.log"
 
 
-def resource_config(instance_type: str) -> dict[str, Any]:
+def resource_config(instance_type: str, hosts: list[str] | None = None, current: str | None = None) -> dict[str, Any]:
+    """``resourceconfig.json`` of one host of the job (``hosts``: all of them, the first the master)."""
+    hosts = hosts or [HOST]
     return {
-        "current_host": HOST,
+        "current_host": current or hosts[0],
         "current_instance_type": instance_type,
         "current_group_name": "homogeneousCluster",
-        "hosts": [HOST],
+        "hosts": hosts,
         "network_interface_name": "eth0",
         "instance_groups": [
-            {"instance_group_name": "homogeneousCluster", "instance_type": instance_type, "hosts": [HOST]}
+            {"instance_group_name": "homogeneousCluster", "instance_type": instance_type, "hosts": hosts}
         ],
     }
 
@@ -120,13 +122,15 @@ def write_config(
     channels: list[Mapping[str, Any]],
     instance_type: str,
     checkpoint: Mapping[str, str] | None = None,
+    hosts: list[str] | None = None,
+    current: str | None = None,
 ) -> None:
     """The files SageMaker writes to ``/opt/ml/input/config`` before the container starts."""
     paths.input_config.mkdir(parents=True, exist_ok=True)
     files = {
         "hyperparameters.json": {str(k): str(v) for k, v in hyperparameters.items()},
         "inputdataconfig.json": input_data_config(channels),
-        "resourceconfig.json": resource_config(instance_type),
+        "resourceconfig.json": resource_config(instance_type, hosts, current),
     }
     if checkpoint:
         files["checkpointconfig.json"] = {
@@ -196,11 +200,18 @@ def fresh_scratch(paths: JobPaths) -> None:
     paths.scratch.mkdir(parents=True, exist_ok=True)
 
 
+def host_folders(paths: JobPaths) -> list[JobPaths]:
+    """The ``/opt/ml`` of a job's hosts after the first (``droptrain.local.sagemaker.hosts``)."""
+    hosts = paths.root / "hosts"
+    return [JobPaths(folder) for folder in sorted(hosts.iterdir())] if hosts.is_dir() else []
+
+
 def clean_up(paths: JobPaths) -> None:
     """What an ended job no longer needs: its scratch space, its checkpoints (nothing resumes it),
-    its staged inputs and its model folder (packed into the bucket). Its log, config and output
-    files stay. Best effort: a folder that cannot be removed is left, never an error."""
-    for folder in (paths.scratch, paths.checkpoints, paths.input_data, paths.model):
+    its staged inputs and its model folder (packed into the bucket), and its other hosts' folders
+    (their lines are in the job's log). Its log, config and output files stay. Best effort: a folder
+    that cannot be removed is left, never an error."""
+    for folder in (paths.scratch, paths.checkpoints, paths.input_data, paths.model, paths.root / "hosts"):
         shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -15,7 +15,6 @@ import os
 import re
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,9 @@ from chalice_app.adapters.errors import AdapterError
 from droptrain.local.aws.bucket import LocalBucket
 from droptrain.local.engines.warm import WarmInterpreter, WarmInterpreterError
 from droptrain.local.sagemaker import jobs
+from droptrain.local.sagemaker.hosts import Cluster, Others
 from droptrain.local.sagemaker.lifecycle import TERMINAL, Emit, JobKind, Jobs, kill
+from droptrain.local.sagemaker.output import JobOutput
 from droptrain.local.sagemaker.resources import arn, now, request_tags
 from droptrain.local.store import Store
 
@@ -41,28 +42,6 @@ TRAINING = JobKind(
     missing="Could not find training job '{arn}'",
     missing_code="ValidationException",
 )
-
-
-@dataclass
-class _Output:
-    """What a running job has printed that matters: its metrics and its last lines."""
-
-    definitions: list[tuple[str, re.Pattern]]
-    metrics: dict[str, list[float]] = field(default_factory=dict)
-    tail: list[str] = field(default_factory=list)
-
-    def read(self, line: str) -> list[tuple[str, float, int]]:
-        self.tail = (self.tail + [line])[-20:]
-        found = []
-        for metric, pattern in self.definitions:
-            match = pattern.search(line)
-            if match:
-                self.metrics.setdefault(metric, []).append(float(match.group(1)))
-                found.append((metric, self.metrics[metric][-1], len(self.metrics[metric])))
-        return found
-
-    def final(self) -> list[dict[str, Any]]:
-        return [{"MetricName": n, "Value": v[-1], "Timestamp": now()} for n, v in self.metrics.items() if v]
 
 
 class TrainingJobs(Jobs):
@@ -143,22 +122,25 @@ class TrainingJobs(Jobs):
     ) -> str:
         if self.stop_requested(name):
             return self.end(name, "Stopped", SecondaryStatus="Stopped")
-        if jobs.end_leftovers(paths):  # a runtime killed with -9 left this job's last attempt running
+        if sum(jobs.end_leftovers(p) for p in [paths, *jobs.host_folders(paths)]):  # a runtime killed with -9 left them
             log.warning("ended what a previous runtime left running of %s", name)
         try:
-            self._prepare(paths, record)
+            cluster = Cluster.of(name, paths, record)
+            self._prepare(cluster, record)
         except (jobs.JobSetupError, AdapterError) as exc:  # no such object, or a key the bucket refuses
             return self.end(name, "Failed", SecondaryStatus="Failed", FailureReason=f"ClientError: {exc}")
         self.store.update(
             "training-job", name, SecondaryStatus="Training", TrainingStartTime=now(), LastModifiedTime=now()
         )
-        output = _Output(
+        output = JobOutput(
             [(d["Name"], re.compile(d["Regex"])) for d in record["AlgorithmSpecification"].get("MetricDefinitions", [])]
         )
         # An attempt a restart interrupted printed metrics that this one, resuming from its
         # checkpoint, will not print again: they count, as CloudWatch keeps a restarted job's log.
         pruned = self._replay(paths, output, on_metric)
-        status_code, pruned = self._stream(name, paths, record, output, on_metric, share) if not pruned else (0, True)
+        status_code, pruned, failed = (
+            self._stream(name, cluster, record, output, on_metric, share) if not pruned else (0, True, paths)
+        )
         self.store.update("training-job", name, FinalMetricDataList=output.final())
         if self.stop_requested(name):
             return self.end(name, "Stopped", SecondaryStatus="Stopped")
@@ -171,7 +153,7 @@ class TrainingJobs(Jobs):
                 name,
                 "Failed",
                 SecondaryStatus="Failed",
-                FailureReason=jobs.failure_reason(paths, status_code, output.tail),
+                FailureReason=jobs.failure_reason(failed, status_code, output.tail),
             )
         if not (paths.output / "success").exists():
             # AWS's toolkit exits 0 when writing its failure file fails (a full disk): its success file is the word.
@@ -185,7 +167,7 @@ class TrainingJobs(Jobs):
             ModelArtifacts={"S3ModelArtifacts": self._upload_outputs(name, paths, record)},
         )
 
-    def _replay(self, paths: jobs.JobPaths, output: _Output, on_metric: OnMetric | None) -> bool:
+    def _replay(self, paths: jobs.JobPaths, output: JobOutput, on_metric: OnMetric | None) -> bool:
         """Feed the job's earlier output through the metric parser; ``True`` if it says prune."""
         pruned = False
         for line in jobs.read_log(paths):
@@ -199,48 +181,58 @@ class TrainingJobs(Jobs):
             raise jobs.JobSetupError(f"no {what} at {uri}")
         return path
 
-    def _prepare(self, paths: jobs.JobPaths, record: Mapping[str, Any]) -> None:
-        """The job's /opt/ml as SageMaker lays it out before the container starts."""
+    def _prepare(self, cluster: Cluster, record: Mapping[str, Any]) -> None:
+        """Each host's /opt/ml as SageMaker lays it out before the container starts."""
         hyperparameters = dict(record["HyperParameters"])
         if "sagemaker_submit_directory" in hyperparameters:
             hyperparameters["sagemaker_submit_directory"] = str(
                 self._local_file(hyperparameters["sagemaker_submit_directory"], "training code")
             )
-        for channel in record["InputDataConfig"]:
-            uri = channel["DataSource"]["S3DataSource"]["S3Uri"]
-            jobs.stage_channel(paths, channel["ChannelName"], self._local_file(uri, "data"))
-        jobs.write_config(
-            paths,
-            hyperparameters,
-            record["InputDataConfig"],
-            record["ResourceConfig"]["InstanceType"],
-            record.get("CheckpointConfig"),
-        )
-        for stale in (paths.failure, paths.output / "success"):  # from an attempt a restart interrupted
-            stale.unlink(missing_ok=True)
-        jobs.fresh_scratch(paths)
+        for host, paths in zip(cluster.names, cluster.paths):
+            for channel in record["InputDataConfig"]:
+                uri = channel["DataSource"]["S3DataSource"]["S3Uri"]
+                jobs.stage_channel(paths, channel["ChannelName"], self._local_file(uri, "data"))
+            jobs.write_config(
+                paths,
+                hyperparameters,
+                record["InputDataConfig"],
+                record["ResourceConfig"]["InstanceType"],
+                record.get("CheckpointConfig"),
+                cluster.names,
+                host,
+            )
+            for stale in (paths.failure, paths.output / "success"):  # from an attempt a restart interrupted
+                stale.unlink(missing_ok=True)
+            jobs.fresh_scratch(paths)
 
     def _stream(
         self,
         name: str,
-        paths: jobs.JobPaths,
+        cluster: Cluster,
         record: Mapping[str, Any],
-        output: _Output,
+        output: JobOutput,
         on_metric: OnMetric | None,
         share: int = 1,
-    ) -> tuple[int, bool]:
-        gpu = self._take_gpu()
+    ) -> tuple[int, bool, jobs.JobPaths]:
+        """Every host's toolkit run to its end: the exit status, whether it was pruned, and the host
+        whose failure file says why it failed."""
+        gpus = [self._take_gpu() for _ in cluster.names]
         try:
-            env = jobs.toolkit_env(
-                paths,
-                name,
-                record["TrainingJobArn"],
-                record.get("Environment", {}),
-                extra={**self.job_env, **self._part_of_machine(share, gpu)},
-            )
-            return self._follow(name, paths, env, output, on_metric)
+            envs = [
+                jobs.toolkit_env(
+                    paths,
+                    name,
+                    record["TrainingJobArn"],
+                    record.get("Environment", {}),
+                    extra={**self.job_env, **self._part_of_machine(share * len(cluster.names), gpu)},
+                )
+                | cluster.environment()
+                for paths, gpu in zip(cluster.paths, gpus)
+            ]
+            return self._follow(name, cluster, envs, output, on_metric)
         finally:
-            self._give_back_gpu(gpu)
+            for gpu in gpus:
+                self._give_back_gpu(gpu)
 
     def _part_of_machine(self, share: int, gpu: int | None) -> dict[str, str]:
         """One GPU per job where there are GPUs; else, with jobs at once, an equal part of the cores
@@ -265,32 +257,44 @@ class TrainingJobs(Jobs):
             self._gpus_in_use.discard(gpu)
 
     def _follow(
-        self, name: str, paths: jobs.JobPaths, env: Mapping[str, str], output: _Output, on_metric: OnMetric | None
-    ) -> tuple[int, bool]:
-        process = self._start_process(name, paths, env)
+        self,
+        name: str,
+        cluster: Cluster,
+        envs: list[dict[str, str]],
+        output: JobOutput,
+        on_metric: OnMetric | None,
+    ) -> tuple[int, bool, jobs.JobPaths]:
+        paths = cluster.paths[0]
+        process = self._start_process(name, paths, envs[0], cold=cluster.distributed)
         jobs.record_runner(paths, process)
         pruned = False
-        with self.running(name, process):
+        with self.running(name, process), jobs.open_log(paths) as log_file:
+
+            def write(line: str) -> None:
+                log_file.write(line + "\n")
+                self.on_line(name, line)
+
+            others = Others(cluster, write)
             try:
-                with jobs.open_log(paths) as log_file:
-                    for line in process.stdout:
-                        line = line.rstrip("\n")
-                        log_file.write(line + "\n")
-                        self.on_line(name, line)
-                        for metric, value, count in output.read(line):
-                            if on_metric and not pruned and on_metric(metric, value, count):
-                                pruned = True
-                                kill(process)
-                return process.wait(), pruned
-            except BaseException:  # the runner cannot follow it (a full disk, say): the job's process ends too
-                kill(process)
+                others.start(envs[1:], process)
+                for line in process.stdout:
+                    line = line.rstrip("\n")
+                    write(line)
+                    for metric, value, count in output.read(line):
+                        if on_metric and not pruned and on_metric(metric, value, count):
+                            pruned = True
+                            kill(process)
+                return others.wait(process.wait()), pruned, others.reason_paths()
+            except BaseException:  # the runner cannot follow it (a full disk, say): the job's processes end too
+                others.end(process)
                 raise
             finally:
                 process.stdout.close()
 
-    def _start_process(self, name: str, paths: jobs.JobPaths, env: Mapping[str, str]):
-        """The toolkit forked from the warm interpreter (torch already imported), else in a fresh one."""
-        if self.warm is not None:
+    def _start_process(self, name: str, paths: jobs.JobPaths, env: Mapping[str, str], cold: bool = False):
+        """The toolkit forked from the warm interpreter (torch already imported), else in a fresh one
+        (``cold``: a torchrun job, whose launcher the warm interpreter does not fork)."""
+        if self.warm is not None and not cold:
             try:
                 return self.warm.start(["train"], paths.root, env)
             except WarmInterpreterError as exc:
