@@ -66,7 +66,8 @@ def _writes(job: Path, rank: str) -> list[str]:
 def runs(tiny_dataset, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("distributed")
     one = _train(tmp, "one", tiny_dataset, 1)
-    two = _train(tmp, "two", tiny_dataset, 2)
+    # Its frozen features go to a feature cache (rank 0's) that a later run reads.
+    two = _train(tmp, "two", tiny_dataset, 2, ["--feature-cache", str(tmp / "two" / "cache")])
     return one, two
 
 
@@ -95,6 +96,18 @@ def test_two_processes_train_as_one_does_and_only_rank_0_writes(runs):
     assert sorted(p.name for p in (two / "checkpoints").iterdir()) == sorted(
         p.name for p in (one / "checkpoints").iterdir()
     )
+
+
+def test_the_feature_cache_rank_0_filled_serves_the_next_run_of_two_processes(runs, tiny_dataset, tmp_path):
+    (_, _), (two, double) = runs
+    assert double.returncode == 0
+    assert "computed frozen features" in double.stderr and len(list((two / "cache").glob("*.pt"))) == 3
+    job, cached = _train(tmp_path, "cached", tiny_dataset, 2, ["--feature-cache", str(two / "cache")])
+    assert cached.returncode == 0, cached.stderr[-3000:]
+    assert "loaded frozen features" in cached.stderr and "computed frozen features" not in cached.stderr
+    first, second = (json.loads((j / "model" / "model.json").read_text())["metrics"] for j in (two, job))
+    assert second == pytest.approx(first, rel=1e-5), "the same features, the same run"
+    assert _writes(job, "1") == []
 
 
 def test_a_checkpoint_of_two_processes_resumes_in_one(runs, tiny_dataset, tmp_path):

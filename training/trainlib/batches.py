@@ -162,9 +162,10 @@ def frozen_features(
     args, backbone: nn.Module, samples_by_split: dict, compute: Callable, device: torch.device, world: World = ALONE
 ) -> dict[str, FeatureSet]:
     """Each non-empty split's features: from ``--feature-cache`` when another run computed them, else computed.
-    With several processes every one computes its share (the cache, one process's, is not used)."""
-    cache = None if world.distributed else featurecache.open_cache(args.feature_cache)
-    digest = featurecache.backbone_digest(backbone) if cache is not None else ""
+    With several processes rank 0's cache serves them all (``featurecache.shared``)."""
+    cache = featurecache.open_cache(args.feature_cache) if world.main else None
+    cached = gather(world, [cache is not None])[0][0]  # rank 0's word: all use its cache, or none does
+    digest = featurecache.backbone_digest(backbone) if cached else ""
     # CUDA computes them in mixed precision: not the same numbers as a CPU run's.
     transform = (
         f"eval:{args.image_size}:{resize_size(args.image_size)}:{RESIZE}:{IMAGENET_MEAN}:{IMAGENET_STD}:{device.type}"
@@ -176,11 +177,11 @@ def frozen_features(
         if not samples:
             continue
         started = time.perf_counter()
-        if cache is None:
+        if not cached:
             out[name], hit = compute(samples)(), False
         else:
             key = featurecache.split_key(digest, transform, samples)
-            out[name], hit = cache.get_or_compute(key, compute(samples), device)
+            out[name], hit = featurecache.shared(cache, key, compute(samples), device, world)
         images[hit] += len(out[name].targets)
         seconds[hit] += time.perf_counter() - started
     # The benchmarks read these two lines.

@@ -8,11 +8,14 @@ eval transform's sizes and normalisation, and each sample's bytes and class inde
 A changed image, a different split or another backbone is simply another entry.
 
 Parallel trials take an exclusive lock per entry, so the second waits for the first instead of
-computing the same features twice. A damaged entry is recomputed, never trusted.
+computing the same features twice. A damaged entry is recomputed, never trusted. In a job of several
+processes rank 0 alone opens the cache and shares what it holds; on a miss every process computes
+its share and rank 0 stores the whole.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import logging
@@ -27,6 +30,7 @@ import torch
 from torch import nn
 
 from trainlib import checkpoints
+from trainlib.distributed import World, gather
 from trainlib.loading import FeatureSet
 
 log = logging.getLogger(__name__)
@@ -125,6 +129,34 @@ class FeatureCache:
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             log.warning("frozen features not cached (%s); this run is unaffected", exc)
+
+
+def shared(
+    cache: FeatureCache | None, key: str, compute: Callable[[], FeatureSet], device: torch.device, world: World
+) -> tuple[FeatureSet, bool]:
+    """``get_or_compute`` for a job of several processes, with rank 0's cache (``None`` on the others,
+    which never touch it): rank 0 looks the entry up, holding its lock while every process computes its
+    share on a miss, and hands what it found to the others."""
+    if not world.distributed:
+        assert cache is not None
+        return cache.get_or_compute(key, compute, device)
+    path = cache.root / f"{key}.pt" if cache is not None else None
+    with cache._locked(key) if cache is not None else contextlib.nullcontext():
+        found = FeatureCache._load(path, device) if path is not None else None
+        entry = gather(world, [_portable(found)])[0][0]  # rank 0's
+        if entry is not None:
+            return FeatureSet(entry.features.to(device), entry.targets.to(device), entry.skipped), True
+        features = compute()  # every process's share, gathered: the whole split in each
+        if path is not None:
+            FeatureCache._store(path, features)
+        return features, False
+
+
+def _portable(features: FeatureSet | None) -> FeatureSet | None:
+    """On the CPU, to travel between processes."""
+    if features is None:
+        return None
+    return FeatureSet(features.features.cpu(), features.targets.cpu(), features.skipped)
 
 
 def open_cache(root: Path | None) -> FeatureCache | None:
