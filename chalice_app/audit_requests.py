@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from chalice_app import names
-from chalice_app.config import Config
+from chalice_app.config import MAX_INSTANCES, Config
 from chalice_app.sagemaker_requests import reports_uri
 
 PROCESSING = "/opt/ml/processing"
@@ -22,24 +22,69 @@ AUDIT_ENTRYPOINT = [
 ]
 
 
-def _input(name: str, uri: str) -> dict[str, Any]:
-    """An S3 prefix copied to ``/opt/ml/processing/input/<name>`` before the job starts."""
+def _input(name: str, uri: str, sharded: bool = False) -> dict[str, Any]:
+    """An S3 prefix copied to ``/opt/ml/processing/input/<name>`` before the job starts: whole on every
+    instance, or (``sharded``) each instance a share of its objects."""
     local = f"{PROCESSING}/input/{name}"
-    return {
-        "InputName": name,
-        "S3Input": {"S3Uri": uri, "LocalPath": local, "S3DataType": "S3Prefix", "S3InputMode": "File"},
-    }
+    source = {"S3Uri": uri, "LocalPath": local, "S3DataType": "S3Prefix", "S3InputMode": "File"}
+    if sharded:
+        source["S3DataDistributionType"] = "ShardedByS3Key"
+    return {"InputName": name, "S3Input": source}
 
 
-def audit_job_request(config: Config, run: str, dataset_uri: str, dataset_bytes: int | None = None) -> dict[str, Any]:
+def instances(config: Config, kind: str, images: int) -> int:
+    """How many instances scan the dataset: one per ``AUDIT_IMAGES_PER_INSTANCE`` images of a folder (at
+    most ``MAX_INSTANCES``); an archive is one object, which no instance can share."""
+    if kind != "folder":
+        return 1
+    return max(1, min(MAX_INSTANCES, -(-images // config.audit_images_per_instance)))
+
+
+def audit_job_request(
+    config: Config, run: str, dataset_uri: str, dataset_bytes: int | None = None, count: int = 1
+) -> dict[str, Any]:
     """``<run-id>-audit``: training/audit.py over the dataset, writing audit.json and audit.html to the
-    run's reports (where the next step reads them). The dataset's size travels in a tag to the tuning
-    job that the audit's end starts."""
+    run's reports (where the next step reads them). On ``count`` instances it is ``<run-id>-shards-audit``
+    instead: each scans its share into ``reports/audit-shards/``, and ``audit_merge_request`` audits
+    them. The dataset's size travels in a tag to the tuning job that the audit's end starts."""
     tags = names.tags(run, dataset_uri, "audit")
     if dataset_bytes is not None:
         tags.append({"Key": names.TAG_DATASET_BYTES, "Value": str(dataset_bytes)})
+    if count == 1:
+        return _job(config, names.audit_job_name(run), _input("data", dataset_uri), [], reports_uri(config, run), tags)
+    return _job(
+        config,
+        names.audit_shards_job_name(run),
+        _input("data", dataset_uri, sharded=True),
+        ["--mode", "shard"],
+        shards_uri(config, run),
+        tags,
+        count,
+    )
+
+
+def shards_uri(config: Config, run: str) -> str:
+    return reports_uri(config, run) + "audit-shards/"
+
+
+def audit_merge_request(config: Config, run: str, tags: list[dict[str, str]]) -> dict[str, Any]:
+    """``<run-id>-audit`` after a sharded scan (``tags``: the scan's): the findings over every shard's file,
+    the same as one instance's audit of the whole dataset, duplicates across shards included."""
+    shards = _input("data", shards_uri(config, run))
+    return _job(config, names.audit_job_name(run), shards, ["--mode", "merge"], reports_uri(config, run), tags)
+
+
+def _job(
+    config: Config,
+    name: str,
+    data: dict[str, Any],
+    mode: list[str],
+    output_uri: str,
+    tags: list[dict[str, str]],
+    count: int = 1,
+) -> dict[str, Any]:
     return {
-        "ProcessingJobName": names.audit_job_name(run),
+        "ProcessingJobName": name,
         "RoleArn": config.sagemaker_role_arn,
         "AppSpecification": {
             "ImageUri": config.audit_image_uri or config.training_image_uri,
@@ -53,24 +98,21 @@ def audit_job_request(config: Config, run: str, dataset_uri: str, dataset_bytes:
                 str(config.audit_min_train_images),
                 "--max-leaked-test-share",
                 f"{config.audit_max_leaked_test_share:g}",
+                *mode,
             ],
         },
-        "ProcessingInputs": [_input("data", dataset_uri), _input("code", config.source_dir_s3_uri)],
+        "ProcessingInputs": [data, _input("code", config.source_dir_s3_uri)],
         "ProcessingOutputConfig": {
             "Outputs": [
                 {
                     "OutputName": "reports",
-                    "S3Output": {
-                        "S3Uri": reports_uri(config, run),
-                        "LocalPath": f"{PROCESSING}/output",
-                        "S3UploadMode": "EndOfJob",
-                    },
+                    "S3Output": {"S3Uri": output_uri, "LocalPath": f"{PROCESSING}/output", "S3UploadMode": "EndOfJob"},
                 }
             ]
         },
         "ProcessingResources": {
             "ClusterConfig": {
-                "InstanceCount": 1,
+                "InstanceCount": count,
                 "InstanceType": config.audit_instance_type,
                 "VolumeSizeInGB": config.volume_size_gb,
             }

@@ -45,7 +45,7 @@ DEFAULT_TUNING_RANGES: dict[str, list[Any]] = {
 # Every variable the stage's configuration reads (docs/configuration.md; tests/test_docs.py keeps both in step).
 VARIABLES = tuple(
     """
-    API_KEY_REQUIRED APPROVAL_MODE AUDIT AUDIT_FIX AUDIT_IMAGE_URI AUDIT_INSTANCE_TYPE
+    API_KEY_REQUIRED APPROVAL_MODE AUDIT AUDIT_FIX AUDIT_IMAGE_URI AUDIT_IMAGES_PER_INSTANCE AUDIT_INSTANCE_TYPE
     AUDIT_MAX_LEAKED_TEST_SHARE AUDIT_MIN_TRAIN_IMAGES BLOCK_ON_RULE_ISSUES DATASET_PREFIX DATA_BUCKET
     DEBUGGER_IMAGE_URI DEFAULT_PROJECT ENDPOINT_PREFIX FAST_FILE_MIN_GB FINAL_INSTANCE_COUNT
     GATE_MAX_F1_DROP GATE_MAX_RECALL_DROP IDLE_STOP_HOURS INFERENCE_IMAGE_URI INFERENCE_INSTANCE_COUNT
@@ -100,6 +100,7 @@ class Config:
     audit: bool = True
     audit_fix: bool = False
     audit_instance_type: str = "ml.m5.xlarge"
+    audit_images_per_instance: int = 100_000  # more images than this: the audit's scan is sharded
     audit_min_train_images: int = 5
     audit_max_leaked_test_share: float = 0.01
 
@@ -254,6 +255,7 @@ def load(env: Mapping[str, str]) -> Config:
         audit=values.boolean(env, "AUDIT", True),
         audit_fix=values.boolean(env, "AUDIT_FIX", False),
         audit_instance_type=values.instance(env, "AUDIT_INSTANCE_TYPE", "ml.m5.xlarge"),
+        audit_images_per_instance=values.integer(env, "AUDIT_IMAGES_PER_INSTANCE", 100_000, 1_000, 10_000_000),
         audit_min_train_images=values.integer(env, "AUDIT_MIN_TRAIN_IMAGES", 5, 1, 100_000),
         audit_max_leaked_test_share=values.real(env, "AUDIT_MAX_LEAKED_TEST_SHARE", 0.01, 0.0, 1.0),
         max_run_cost_usd=values.real(env, "MAX_RUN_COST_USD", None, 0.01, 1_000_000.0),

@@ -141,6 +141,14 @@ def audit_job_name(run: str) -> str:
     return check(f"{run}{AUDIT_JOB_SUFFIX}", "processing job")
 
 
+# A dataset scanned by several instances first (ShardedByS3Key), then audited by <run-id>-audit.
+AUDIT_SHARDS_SUFFIX = "-shards" + AUDIT_JOB_SUFFIX
+
+
+def audit_shards_job_name(run: str) -> str:
+    return check(f"{run}{AUDIT_SHARDS_SUFFIX}", "processing job")
+
+
 def run_of_final_job(job_name: str) -> str:
     return job_name.removesuffix(FINAL_JOB_SUFFIX)
 

@@ -2,6 +2,8 @@
 """The dataset audit, as a SageMaker Processing job runs it in the training image (and the local
 runtime runs it the same way): the dataset (a folder, or one archive) in, ``audit.json`` and
 ``audit.html`` out. Exit status 0 whatever it finds: the pipeline reads ``audit.json`` and decides.
+A dataset too large for one instance is scanned by several (``--mode shard``, each its share) and
+audited by one more job over their shard files (``--mode merge``: trainlib/audit_shards.py).
 
     python audit.py --data-dir /opt/ml/processing/input/data --out-dir /opt/ml/processing/output
 """
@@ -25,11 +27,12 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image
 
-from trainlib import audit
+from trainlib import audit, audit_shards, duplicates
 from trainlib.datasets import resolve_dataset_root
 from trainlib.errors import TrainingError
 
@@ -63,18 +66,42 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--min-classes", type=int, default=audit.MIN_CLASSES, help="block when fewer classes have enough images"
     )
+    p.add_argument(
+        "--mode",
+        choices=["whole", "shard", "merge"],
+        default="whole",
+        help="whole: audit the dataset; shard: scan this instance's share of it and write its shard file "
+        "(several instances, ShardedByS3Key); merge: audit the shard files found under --data-dir",
+    )
     return p
 
 
-def _thumbnail(path: Path) -> str:
-    with Image.open(path) as image:
-        image.thumbnail((THUMB, THUMB))
-        buffer = io.BytesIO()
-        image.convert("RGB").save(buffer, format="JPEG", quality=80)
+def _thumbnail(image: Image.Image) -> str:
+    image.thumbnail((THUMB, THUMB))
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="JPEG", quality=80)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def render(report: dict, root: Path) -> str:
+def file_thumbnails(root: Path) -> Callable[[str], str]:
+    def thumbnail(path: str) -> str:
+        with Image.open(root / path) as image:
+            return _thumbnail(image)
+
+    return thumbnail
+
+
+def signature_thumbnails(scanned: audit.Audit) -> Callable[[str], str]:
+    """The merge job has no images, only what the shards kept: each image's grey 64x64 signature."""
+    by_path = {s.path: s.signature for s in scanned.samples if s.signature is not None}
+
+    def thumbnail(path: str) -> str:
+        return _thumbnail(Image.fromarray(duplicates.thumbnail(by_path[path])))
+
+    return thumbnail
+
+
+def render(report: dict, thumbnail: Callable[[str], str]) -> str:
     """One self-contained page: the blocking findings, a class histogram, and duplicate pairs side by side."""
     e = html.escape
     counts = report["counts"].get("train", {})
@@ -86,7 +113,7 @@ def render(report: dict, root: Path) -> str:
     pairs = []
     for duplicate in report["duplicates"][:MAX_PAIRS_SHOWN]:
         cells = "".join(
-            f'<figure><img alt="{e(f["path"])}" src="{_thumbnail(root / f["path"])}">'
+            f'<figure><img alt="{e(f["path"])}" src="{thumbnail(f["path"])}">'
             f"<figcaption>{e(f['split'])}/{e(f['class'])}<br>{e(Path(f['path']).name)}</figcaption></figure>"
             for f in duplicate["files"]
         )
@@ -123,13 +150,22 @@ imbalance ratio {report["imbalance_ratio"]}.</p>
 def main(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="audit-") as work:
-        root = resolve_dataset_root(args.data_dir, Path(work))
-        scanned = audit.scan(root)
+        if args.mode == "merge":
+            scanned = audit_shards.read(args.data_dir)
+            thumbnail = signature_thumbnails(scanned)
+        else:
+            root = resolve_dataset_root(args.data_dir, Path(work))
+            scanned = audit.scan(root)
+            if args.mode == "shard":
+                written = audit_shards.write(scanned, args.out_dir)
+                print(f"audit shard: {len(scanned.samples)} images scanned, {written.name}", flush=True)
+                return {"images": len(scanned.samples) + len(scanned.unreadable)}
+            thumbnail = file_thumbnails(audit.dataset_folder(root))
         report = audit.findings(scanned, args.max_leaked_test_share, args.min_train_images, args.min_classes)
         report["seconds"] = round(time.perf_counter() - started, 3)
         args.out_dir.mkdir(parents=True, exist_ok=True)
         (args.out_dir / "audit.json").write_text(json.dumps(report, indent=2))
-        (args.out_dir / "audit.html").write_text(render(report, audit.dataset_folder(root)))
+        (args.out_dir / "audit.html").write_text(render(report, thumbnail))
     print(
         f"audit: {report['images']} images, {len(report['duplicates'])} duplicate pairs, "
         f"{len(report['blocking'])} blocking findings",

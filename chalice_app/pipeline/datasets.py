@@ -32,7 +32,12 @@ def dataset_uploaded(svc: Services, event: ObjectCreated) -> str:
         # run cannot fit, rejects the dataset.
         try:
             request, forecast = _tuning_request(svc, run, dataset, report.images, report.bytes)
-            audit = audit_requests.audit_job_request(config, run, dataset.uri, report.bytes) if config.audit else None
+            count = audit_requests.instances(config, dataset.kind, report.images)
+            audit = (
+                audit_requests.audit_job_request(config, run, dataset.uri, report.bytes, count)
+                if config.audit
+                else None
+            )
         except (names.InvalidNameError, cost.BudgetError) as exc:
             report.reasons.append(str(exc))
     if not report.ok:
@@ -120,6 +125,8 @@ def audit_changed(svc: Services, event: ProcessingJobStateChange) -> str:
     if tags.get(names.TAG_ROLE) != "audit" or names.TAG_RUN_ID not in tags:
         return f"ignored: {event.name} is not a droptrain audit job"
     run, dataset_uri = tags[names.TAG_RUN_ID], names.dataset_of_tags(tags)
+    if event.name.endswith(names.AUDIT_SHARDS_SUFFIX):
+        return _shards_scanned(svc, event, description, tags)
     reports = requests.reports_uri(svc.config, run)
     audit = read_json(svc, f"runs/{run}/reports/audit.json") if event.status == "Completed" else None
     if not isinstance(audit, dict):
@@ -144,21 +151,15 @@ def audit_changed(svc: Services, event: ProcessingJobStateChange) -> str:
             0,
             f"AUDIT_FIX: {len(audit['leaked'])} held-out image(s) duplicating other splits are dropped from valid/test",
         )
+    detail = {
+        **evidence,
+        "warnings": warnings,
+        "images": audit.get("images"),
+        "imbalance_ratio": audit.get("imbalance_ratio"),
+    }
+    summary = f"{run} audited: {len(warnings)} warning(s)" + (f"; {warnings[0]}" if warnings else "")
     svc.notifier.send(
-        Notification(
-            "dataset.audited",
-            run,
-            dataset_uri,
-            "Audited",
-            f"{run} audited: {len(warnings)} warning(s)" + (f"; {warnings[0]}" if warnings else ""),
-            job=event.name,
-            detail={
-                **evidence,
-                "warnings": warnings,
-                "images": audit.get("images"),
-                "imbalance_ratio": audit.get("imbalance_ratio"),
-            },
-        )
+        Notification("dataset.audited", run, dataset_uri, "Audited", summary, job=event.name, detail=detail)
     )
     dataset = _dataset_ref(dataset_uri or description["ProcessingInputs"][0]["S3Input"]["S3Uri"])
     try:
@@ -168,6 +169,18 @@ def audit_changed(svc: Services, event: ProcessingJobStateChange) -> str:
     except cost.BudgetError as exc:
         return _reject(svc, run, dataset.uri, [str(exc)], evidence)
     return _start_tuning(svc, run, dataset.uri, request, forecast)
+
+
+def _shards_scanned(svc: Services, event: ProcessingJobStateChange, description: dict, tags: dict[str, str]) -> str:
+    """The instances scanned their shares of the dataset: one more job audits them as a whole."""
+    run, dataset_uri = tags[names.TAG_RUN_ID], names.dataset_of_tags(tags)
+    if event.status != "Completed":
+        reason = description.get("FailureReason") or event.failure_reason or f"the scan was {event.status.lower()}"
+        return _reject(svc, run, dataset_uri, [f"the dataset audit failed: {reason}"], {"audit_job": event.name})
+    ours = [{"Key": k, "Value": v} for k, v in sorted(tags.items()) if k.startswith("droptrain:")]
+    request = audit_requests.audit_merge_request(svc.config, run, ours)
+    created = svc.sagemaker.create_processing_job(request)
+    return "audit merge job created" if created else "audit merge job already existed"
 
 
 def _size(tags: dict[str, str]) -> int | None:

@@ -4,6 +4,7 @@ own. Fed the orchestrator's real requests and the real train.py."""
 
 from __future__ import annotations
 
+import json
 import re
 import tarfile
 import threading
@@ -14,6 +15,7 @@ import psutil
 import pytest
 from training.test_distributed import SITECUSTOMIZE
 
+from chalice_app import audit_requests
 from chalice_app import config as config_module
 from chalice_app import sagemaker_requests as requests
 from droptrain import sourcedir
@@ -46,8 +48,16 @@ class Cluster:
 
     def _emit(self, event: dict) -> None:
         detail = event["detail"]
-        if detail.get("TrainingJobStatus") in ("Completed", "Failed", "Stopped"):
-            self.ended.setdefault(detail["TrainingJobName"], threading.Event()).set()
+        for kind in ("TrainingJob", "ProcessingJob"):
+            if detail.get(f"{kind}Status") in ("Completed", "Failed", "Stopped"):
+                self.ended.setdefault(detail[f"{kind}Name"], threading.Event()).set()
+
+    def process(self, request: dict) -> dict:
+        name = request["ProcessingJobName"]
+        ended = self.ended.setdefault(name, threading.Event())
+        assert self.sagemaker.create_processing_job(request)
+        assert ended.wait(DEADLINE), f"{name} did not end"
+        return self.sagemaker.describe_processing_job(name)
 
     def train(self, run: str, instances: int, environment: dict[str, str] | None = None) -> dict:
         """The final job of ``run`` on ``instances`` instances, from the orchestrator's request, to its end."""
@@ -125,3 +135,30 @@ def _working_in(folder: str) -> list[psutil.Process]:
         if (process.info["cwd"] or "").startswith(folder) and process.info["status"] != psutil.STATUS_ZOMBIE:
             out.append(process)
     return out
+
+
+def test_an_audit_scanned_by_three_instances_finds_a_copy_that_two_of_them_read(cluster):
+    """ShardedByS3Key deals the dataset's objects to the scan's instances; the merge job audits them all."""
+    prefix = "datasets/pets/"
+    keys = sorted(key for key, _ in cluster.bucket.list_objects(BUCKET, prefix))
+    source = next(k for k in keys if k.startswith(prefix + "test/"))
+    label = source.split("/")[3]
+    for n in range(10):  # a name that the deal gives to another instance than the original's
+        copy = f"{prefix}train/{label}/copy-{n}.jpg"
+        dealt = sorted([*keys, copy])
+        if dealt.index(copy) % 3 != dealt.index(source) % 3:
+            break
+    cluster.bucket.put_file(copy, cluster.bucket.path(source))
+    config = config_module.load(local_environment())
+    run = "pets-5ca1ab1e"
+    scan = cluster.process(audit_requests.audit_job_request(config, run, f"s3://{BUCKET}/{prefix}", None, 3))
+    assert scan["ProcessingJobStatus"] == "Completed", scan.get("FailureReason")
+    shards = [key for key, _ in cluster.bucket.list_objects(BUCKET, f"runs/{run}/reports/audit-shards/")]
+    assert len(shards) == 3, shards
+    merge = cluster.process(audit_requests.audit_merge_request(config, run, []))
+    assert merge["ProcessingJobStatus"] == "Completed", merge.get("FailureReason")
+    report = json.loads(cluster.bucket.path(f"runs/{run}/reports/audit.json").read_text())
+    assert report["images"] == len(keys) + 1, "every instance's share, once"
+    pairs = [{f["path"] for f in d["files"]} for d in report["duplicates"] if d["kind"] == "exact"]
+    assert {source.removeprefix(prefix), copy.removeprefix(prefix)} in pairs
+    assert source.removeprefix(prefix) in report["leaked"]

@@ -185,3 +185,74 @@ def test_audit_fix_mends_leakage_and_the_trials_get_the_report(stage, client):
         invoke(client, "on_processing_job_state_change", _audit_ended(second))
         == "rejected: classes with fewer than 5 training images: rare (3)"
     )
+
+
+def test_a_large_folder_is_scanned_by_several_instances_then_audited_as_a_whole_by_one():
+    config = make_config(AUDIT="true", AUDIT_IMAGES_PER_INSTANCE="100000")
+    assert [audit_requests.instances(config, "folder", n) for n in (1, 100_000, 100_001, 250_000)] == [1, 1, 2, 3]
+    assert audit_requests.instances(config, "folder", 10**9) == 20, "at most 20 instances"
+    assert audit_requests.instances(config, "archive", 10**6) == 1, "an archive is one object: no shares"
+    run, dataset = "dogs-3f9a1c2e", "s3://droptrain-data-dev/datasets/dogs/"
+    scan = audit_requests.audit_job_request(config, run, dataset, 10**12, 3)
+    validate("sagemaker", "CreateProcessingJob", scan)
+    assert scan["ProcessingJobName"] == "dogs-3f9a1c2e-shards-audit"
+    assert scan["ProcessingResources"]["ClusterConfig"]["InstanceCount"] == 3
+    data = next(i["S3Input"] for i in scan["ProcessingInputs"] if i["InputName"] == "data")
+    assert data["S3DataDistributionType"] == "ShardedByS3Key" and data["S3Uri"] == dataset
+    assert scan["AppSpecification"]["ContainerArguments"][-2:] == ["--mode", "shard"]
+    shards = "s3://droptrain-data-dev/runs/dogs-3f9a1c2e/reports/audit-shards/"
+    assert scan["ProcessingOutputConfig"]["Outputs"][0]["S3Output"]["S3Uri"] == shards
+    merge = audit_requests.audit_merge_request(config, run, scan["Tags"])
+    validate("sagemaker", "CreateProcessingJob", merge)
+    assert merge["ProcessingJobName"] == "dogs-3f9a1c2e-audit" and merge["Tags"] == scan["Tags"]
+    assert merge["ProcessingResources"]["ClusterConfig"]["InstanceCount"] == 1
+    merged_input = next(i["S3Input"] for i in merge["ProcessingInputs"] if i["InputName"] == "data")
+    assert merged_input["S3Uri"] == shards and "S3DataDistributionType" not in merged_input
+    assert merge["AppSpecification"]["ContainerArguments"][-2:] == ["--mode", "merge"]
+    one = audit_requests.audit_job_request(config, run, dataset, 10**6, 1)
+    assert (
+        one["ProcessingJobName"] == "dogs-3f9a1c2e-audit"
+        and "--mode" not in one["AppSpecification"]["ContainerArguments"]
+    )
+
+
+def _scan_ended(run: str, status: str = "Completed") -> dict:
+    ended = _audit_ended(run, status)
+    for key in ("ProcessingJobName", "ProcessingJobArn"):
+        ended["detail"][key] = ended["detail"][key].replace("-audit", "-shards-audit")
+    ended["id"] += "-shards"
+    return ended
+
+
+def test_the_pipeline_merges_a_sharded_scan_before_it_reads_the_audit(stage, client):
+    stage.services.config = dataclasses.replace(stage.services.config, audit=True, audit_images_per_instance=10)
+    s3_event = stage.upload_folder("pets")  # 27 images: three instances of 10
+    run = names.run_id(
+        names.parse_dataset_key(BUCKET, "datasets/pets/_READY", "datasets/"), s3_event["detail"]["object"]["etag"]
+    )
+    assert invoke(client, "on_dataset_uploaded", s3_event) == "audit job created"
+    scan = stage.sagemaker.describe_processing_job(ProcessingJobName=f"{run}-shards-audit")
+    data = next(i["S3Input"] for i in scan["ProcessingInputs"] if i["InputName"] == "data")
+    assert data["S3DataDistributionType"] == "ShardedByS3Key"
+    assert stage.notifications()[0]["detail"]["audit"] == f"{run}-shards-audit"
+    assert invoke(client, "on_processing_job_state_change", _scan_ended(run)) == "audit merge job created"
+    merge = stage.sagemaker.describe_processing_job(ProcessingJobName=f"{run}-audit")
+    tags = {t["Key"]: t["Value"] for t in stage.sagemaker.list_tags(ResourceArn=merge["ProcessingJobArn"])["Tags"]}
+    assert tags["droptrain:role"] == "audit" and int(tags[names.TAG_DATASET_BYTES]) > 0, "the scan's tags carried"
+    assert stage.notifications() == [], "nothing to tell until the audit is whole"
+    stage.put(f"runs/{run}/reports/audit.json", _report())
+    assert invoke(client, "on_processing_job_state_change", _audit_ended(run)) == "tuning job created"
+
+
+def test_a_failed_scan_rejects_the_run(stage, client):
+    stage.services.config = dataclasses.replace(stage.services.config, audit=True, audit_images_per_instance=10)
+    s3_event = stage.upload_folder("pets")
+    run = names.run_id(
+        names.parse_dataset_key(BUCKET, "datasets/pets/_READY", "datasets/"), s3_event["detail"]["object"]["etag"]
+    )
+    assert invoke(client, "on_dataset_uploaded", s3_event) == "audit job created"
+    stage.notifications()
+    assert invoke(client, "on_processing_job_state_change", _scan_ended(run, "Failed")).startswith(
+        "rejected: the dataset audit failed"
+    )
+    assert [n["event"] for n in stage.notifications()] == ["dataset.rejected"]

@@ -2,9 +2,9 @@
 (types, required members, and the lengths, patterns, enums and ranges botocore leaves unchecked): the
 strategies, spot, the managed debugger, CPU/GPU/serverless endpoints, one instance or a fleet, bake
 times at their limits, training on one to 20 instances of one or several GPUs, copied or streamed
-input, the audit, a run's budget plan, the China partition, and dataset names from short to the
-longest a key allows. One test per combination would be hundreds of tests; one test walks them and
-names every invalid request it finds."""
+input, the audit (one instance, or sharded then merged), a run's budget plan, the China partition,
+and dataset names from short to the longest a key allows. One test per combination would be
+hundreds of tests; one test walks them and names every invalid request it finds."""
 
 from __future__ import annotations
 
@@ -72,6 +72,9 @@ def _requests(config, project: str):
     tuned = {"lr": "0.001", "epochs": "3", "batch-size": "32", "weight-decay": "0.0001"}
     model = f"s3://{bucket}/runs/{run}/final/output/model.tar.gz"
     yield "sagemaker", "CreateProcessingJob", audit_requests.audit_job_request(config, run, dataset.uri)
+    scan = audit_requests.audit_job_request(config, run, dataset.uri, 10**12, 20)  # sharded over 20 instances
+    yield "sagemaker", "CreateProcessingJob", scan
+    yield "sagemaker", "CreateProcessingJob", audit_requests.audit_merge_request(config, run, scan["Tags"])
     yield "sagemaker", "CreateHyperParameterTuningJob", requests.tuning_job_request(config, run, dataset)
     yield "sagemaker", "CreateHyperParameterTuningJob", requests.tuning_job_request(config, run, dataset, plan, audit)
     large = int(config.fast_file_min_gb * 1024**3)  # streamed: FastFile

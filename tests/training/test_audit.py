@@ -100,6 +100,38 @@ def test_the_blocking_findings_stop_the_run(planted):
     assert "data:image/jpeg;base64," in page and "rare" in page, "thumbnails of the pairs and the class histogram"
 
 
+def _audit_py(*args) -> None:
+    command = [sys.executable, str(TRAINING_DIR / "audit.py"), *map(str, args)]
+    result = subprocess.run(command, cwd=TRAINING_DIR, capture_output=True, text=True, timeout=DEADLINE)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_a_dataset_audited_in_shards_is_judged_as_a_whole_even_across_shards(planted, tmp_path):
+    """ShardedByS3Key deals the objects to the instances; each scans its share, one job merges. The
+    planted copies lie on two instances (the original on one, the copy on the other)."""
+    files = sorted(p for p in planted["root"].rglob("*") if p.is_file())
+    apart = {path: number for number, pair in enumerate(planted["plants"].values()) for path in pair}
+    shards = [tmp_path / "instance-1", tmp_path / "instance-2"]
+    for index, path in enumerate(files):
+        pair = [q for q, n in apart.items() if n == apart.get(path)]
+        shard = pair.index(path) if path in apart else index % 2
+        target = shards[shard] / path.relative_to(planted["root"])
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, target)
+    for shard in shards:  # each instance writes into the same output prefix
+        _audit_py("--mode", "shard", "--data-dir", shard, "--out-dir", tmp_path / "shards")
+    assert len(list((tmp_path / "shards").iterdir())) == 2, "one file per instance, none overwritten"
+    _audit_py("--mode", "merge", "--data-dir", tmp_path / "shards", "--out-dir", tmp_path / "merged")
+    merged, whole = json.loads((tmp_path / "merged" / "audit.json").read_text()), planted["report"]
+    for key in ("counts", "leaked", "blocking", "warnings", "unreadable", "hidden_folders", "not_rgb", "classes"):
+        assert merged[key] == whole[key], key
+    assert merged["duplicates"] == whole["duplicates"], "every pair, the cross-shard ones included"
+    exact = _pair(merged, *(_rel(planted, p) for p in planted["plants"]["exact_leak"]))
+    assert exact["where"] == "across splits"
+    page = (tmp_path / "merged" / "audit.html").read_text()
+    assert page.count("data:image/jpeg;base64,") >= 2 * len(merged["duplicates"][:60]), "each pair's two thumbnails"
+
+
 def test_a_clean_dataset_has_no_blocking_finding(tmp_path):
     root = tmp_path / "clean"
     make_dataset(root, classes=3, per_class=20, size=64, seed=5)

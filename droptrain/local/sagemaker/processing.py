@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -69,17 +70,51 @@ class ProcessingJobs(Jobs):
         return value.replace(CONTAINER_ROOT, str(folder / CONTAINER_ROOT.lstrip("/")))
 
     def _run(self, name: str, record: Mapping[str, Any], folder: Path) -> tuple[str | None, str | None]:
+        count = int(record.get("ProcessingResources", {}).get("ClusterConfig", {}).get("InstanceCount") or 1)
+        # The first instance works in the job's folder, the others beside it, each with its own inputs.
+        folders = [folder] + [folder / "instances" / f"algo-{n}" for n in range(2, count + 1)]
+        outputs = [self._stage(record, where, index, count) for index, where in enumerate(folders)]
+        spec = record["AppSpecification"]
+        env = {
+            **os.environ,
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            **record.get("Environment", {}),
+        }
+        codes = self._start_all(name, folders, spec, env, record.get("StoppingCondition", {}))
+        if codes is None:
+            return "Failed", "the job ran past its MaxRuntimeInSeconds"
+        if self.stop_requested(name):
+            return "Stopped", None
+        if self.stopping.is_set():
+            return None, None
+        for where, code in zip(folders, codes):
+            if code != 0:
+                lines = (where / "job.log").read_text(errors="replace").strip().splitlines()
+                return "Failed", f"AlgorithmError: {lines[-1] if lines else f'exit status {code}'}"[:1024]
+        for instance_outputs in outputs:  # every instance's, into the same prefixes, as SageMaker uploads them
+            for path, uri in instance_outputs:
+                prefix = uri.rstrip("/")
+                for file in sorted(p for p in path.rglob("*") if p.is_file()):
+                    key = self.bucket.key_of(self.bucket.path_of_uri(f"{prefix}/{file.relative_to(path).as_posix()}"))
+                    self.bucket.put_file(key, file)
+        return "Completed", None
+
+    def _stage(self, record: Mapping[str, Any], folder: Path, index: int, count: int) -> list[tuple[Path, str]]:
+        """One instance's inputs, as SageMaker downloads them (hard links where it can): one object, or a
+        prefix's tree; with ``ShardedByS3Key`` every ``count``-th object of the prefix, by key. Returns
+        its outputs' folders and where each goes."""
         for item in record.get("ProcessingInputs", []):
             source = self.bucket.path_of_uri(item["S3Input"]["S3Uri"])
             target = Path(self._local(item["S3Input"]["LocalPath"], folder))
             if not source.exists():
                 raise jobs.JobSetupError(f"no input at {item['S3Input']['S3Uri']}")
-            # As SageMaker downloads it (hard links where it can): one object, or a prefix's tree.
             files = (
                 [source]
                 if source.is_file()
                 else sorted(p for p in source.rglob("*") if p.is_file() and not p.is_symlink())
             )
+            if item["S3Input"].get("S3DataDistributionType") == "ShardedByS3Key":
+                files = files[index::count]
             for file in files:
                 destination = target / (file.name if source.is_file() else file.relative_to(source))
                 if not destination.exists():
@@ -91,37 +126,42 @@ class ProcessingJobs(Jobs):
         ]
         for path, _ in outputs:
             path.mkdir(parents=True, exist_ok=True)
-        spec = record["AppSpecification"]
-        command = [
-            self._local(part, folder)
-            for part in [*spec.get("ContainerEntrypoint", []), *spec.get("ContainerArguments", [])]
-        ]
-        env = {
-            **os.environ,
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-            **record.get("Environment", {}),
-        }
-        with open(folder / "job.log", "w") as log_file:
-            process = subprocess.Popen(
-                command, cwd=folder, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
-            )
-            with self.running(name, process):
-                try:
-                    code = process.wait(timeout=record.get("StoppingCondition", {}).get("MaxRuntimeInSeconds", 3600))
-                except subprocess.TimeoutExpired:
-                    kill(process)
-                    return "Failed", "the job ran past its MaxRuntimeInSeconds"
-        if self.stop_requested(name):
-            return "Stopped", None
-        if self.stopping.is_set():
-            return None, None
-        if code != 0:
-            lines = (folder / "job.log").read_text(errors="replace").strip().splitlines()
-            return "Failed", f"AlgorithmError: {lines[-1] if lines else f'exit status {code}'}"[:1024]
-        for path, uri in outputs:
-            prefix = uri.rstrip("/")
-            for file in sorted(p for p in path.rglob("*") if p.is_file()):
-                self.bucket.put_file(
-                    self.bucket.key_of(self.bucket.path_of_uri(f"{prefix}/{file.relative_to(path).as_posix()}")), file
+        return outputs
+
+    def _start_all(
+        self, name: str, folders: list[Path], spec: Mapping[str, Any], env: Mapping[str, str], stopping: Mapping
+    ) -> list[int] | None:
+        """Every instance's container at once, to their ends; ``None`` when they ran past the job's limit."""
+        processes = []
+        for where in folders:
+            command = [
+                self._local(part, where)
+                for part in [*spec.get("ContainerEntrypoint", []), *spec.get("ContainerArguments", [])]
+            ]
+            with open(where / "job.log", "w") as log_file:
+                processes.append(
+                    subprocess.Popen(
+                        command,
+                        cwd=where,
+                        env=dict(env),
+                        stdout=log_file,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    )
                 )
-        return "Completed", None
+        deadline = time.monotonic() + stopping.get("MaxRuntimeInSeconds", 3600)
+        # The first instance is the job's process (a stop ends it); the others end with it when it did
+        # not succeed, or are waited for.
+        with self.running(name, processes[0]):
+            try:
+                first = processes[0].wait(timeout=max(0.0, deadline - time.monotonic()))
+                if first != 0 or self.stop_requested(name) or self.stopping.is_set():
+                    for process in processes[1:]:
+                        kill(process)
+                return [first] + [p.wait(timeout=max(0.0, deadline - time.monotonic())) for p in processes[1:]]
+            except subprocess.TimeoutExpired:
+                return None
+            finally:
+                for process in processes:
+                    if process.poll() is None:
+                        kill(process)
