@@ -200,6 +200,7 @@ SLOWEST_FIRST = (
     "tests/training/test_audit.py",
     "tests/training/test_duplicates.py",
     "tests/orchestrator/test_pipeline.py",
+    "tests/local/test_local_hosts.py",
     "tests/faults/test_hostile_requests.py",
     "tests/faults/test_disk_full.py",
     "tests/training/test_debugging_profiling.py",
