@@ -25,7 +25,7 @@ def pytest_configure(config):
     """Under pytest-xdist, each worker, and what it starts (training jobs, Ray), runs on its own share of
     the cores. Two workers' training jobs on the same cores had their OpenMP threads spin-wait on each
     other: test_demo took 556 s beside another worker's job, 137 s on its own core. The local runtime gives its
-    own parallel jobs a share of the cores for the same reason (``_part_of_machine``)."""
+    own parallel jobs a share of the cores for the same reason (``hosts.Machine.part``)."""
     worker, count = os.environ.get("PYTEST_XDIST_WORKER"), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if worker and count > 1 and hasattr(os, "sched_setaffinity"):
         cpus = sorted(os.sched_getaffinity(0))

@@ -5,7 +5,9 @@ own. Fed the orchestrator's real requests and the real train.py."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import socket
 import tarfile
 import threading
 import time
@@ -21,7 +23,7 @@ from chalice_app import sagemaker_requests as requests
 from droptrain import sourcedir
 from droptrain.local.aws.bucket import LocalBucket
 from droptrain.local.runtime import BUCKET, local_environment
-from droptrain.local.sagemaker import LocalSageMaker
+from droptrain.local.sagemaker import LocalSageMaker, hosts
 from droptrain.local.store import Store
 from helpers import DEADLINE, TRAINING_DIR
 from trainlib.predictor import Classifier, decode
@@ -101,10 +103,10 @@ def test_two_instances_train_as_two_hosts_as_one_does_and_the_artifact_serves(cl
     losses = _losses(cluster.log("one-1a2b3c4d-final")), _losses(lines)
     assert len(losses[0]) == len(losses[1]) == 3, "one metric line per epoch, whatever the hosts"
     assert losses[1] == pytest.approx(losses[0], rel=0.02)
-    hosts, deadline = cluster.jobs / "two-1a2b3c4d-final" / "hosts", time.monotonic() + DEADLINE
-    while hosts.exists() and time.monotonic() < deadline:  # removed just after the job's end is told
+    others, deadline = cluster.jobs / "two-1a2b3c4d-final" / "hosts", time.monotonic() + DEADLINE
+    while others.exists() and time.monotonic() < deadline:  # removed just after the job's end is told
         time.sleep(0.1)
-    assert not hosts.exists(), "the other hosts' folders went with the job"
+    assert not others.exists(), "the other hosts' folders went with the job"
 
     with tarfile.open(cluster.bucket.path_of_uri(two["ModelArtifacts"]["S3ModelArtifacts"])) as tar:
         tar.extractall(tmp_path / "model", filter="data")
@@ -162,3 +164,29 @@ def test_an_audit_scanned_by_three_instances_finds_a_copy_that_two_of_them_read(
     pairs = [{f["path"] for f in d["files"]} for d in report["duplicates"] if d["kind"] == "exact"]
     assert {source.removeprefix(prefix), copy.removeprefix(prefix)} in pairs
     assert source.removeprefix(prefix) in report["leaked"]
+
+
+def test_jobs_running_at_once_get_loopback_blocks_of_their_own():
+    first = hosts.loopback_hosts(3, "pets-1a2b3c4d-001-aaaa")
+    assert first == [first[0].rsplit(".", 1)[0] + f".{n}" for n in (1, 2, 3)] and first[0].startswith("127.")
+    with socket.socket() as master:  # the first job's rendezvous is listening
+        master.bind((first[0], hosts.MASTER_PORT))
+        master.listen()
+        assert hosts.loopback_hosts(3, "pets-1a2b3c4d-001-aaaa") != first, "its block is taken: another one"
+
+
+def test_each_host_gets_a_gpu_or_every_host_the_cpu():
+    machine = hosts.Machine(gpus=2)
+    two = machine.take(2)
+    assert two == [0, 1] and [machine.part(1, g)["CUDA_VISIBLE_DEVICES"] for g in two] == ["0", "1"]
+    # No GPU left for a second job of two hosts: both on the CPU, never one on a GPU and one beside it.
+    starved = machine.take(2)
+    assert starved == [hosts.ON_CPU] * 2
+    assert machine.part(2, starved[0]) == {
+        "CUDA_VISIBLE_DEVICES": "",
+        "OMP_NUM_THREADS": str(max(1, os.cpu_count() // 2)),
+    }
+    assert machine.take(1) == [None], "one host shares what the driver gives it, as before"
+    machine.give_back(two)
+    assert machine.take(2) == [0, 1]
+    assert hosts.Machine(gpus=0).take(2) == [None, None], "no GPU at all: the cores are shared"

@@ -139,3 +139,43 @@ class Others:
         broken-connection errors it caused on the others); the master's when none was."""
         written = [p for p in self.cluster.paths if p.failure.exists()]
         return min(written, key=lambda p: p.failure.stat().st_mtime_ns) if written else self.cluster.paths[0]
+
+
+ON_CPU = -1  # a host that must not use the machine's GPUs
+
+
+class Machine:
+    """This machine's GPUs and cores, shared by the jobs that run at once: one GPU per host where there
+    are GPUs; else, with several hosts or jobs, an equal part of the cores (OpenMP threads: two
+    processes each using every core would slow each other down)."""
+
+    def __init__(self, gpus: int):
+        self.gpus = gpus
+        self._in_use: set[int] = set()
+        self._lock = threading.Lock()
+
+    def take(self, hosts: int) -> list[int | None]:
+        """A GPU for each host; ``None`` where there is none to spare (a one-host job then shares what the
+        driver gives it). A job of several hosts that cannot have a GPU each runs them all on the CPU
+        (``ON_CPU``): NCCL refuses two ranks on one GPU, and a gloo rank cannot meet an NCCL one."""
+        with self._lock:
+            free = sorted(set(range(self.gpus)) - self._in_use)
+            if hosts > 1 and self.gpus and len(free) < hosts:
+                return [ON_CPU] * hosts
+            taken = free[:hosts]
+            self._in_use.update(taken)
+            return [*taken, *[None] * (hosts - len(taken))]
+
+    def give_back(self, taken: list[int | None]) -> None:
+        with self._lock:
+            self._in_use.difference_update(t for t in taken if t is not None)
+
+    def part(self, share: int, gpu: int | None) -> dict[str, str]:
+        """The environment that gives one process its part: its GPU, or its threads."""
+        if gpu is not None and gpu != ON_CPU:  # the n-th of the GPUs this runtime may use
+            visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+            return {"CUDA_VISIBLE_DEVICES": visible[gpu] if gpu < len(visible) else str(gpu)}
+        out = {"CUDA_VISIBLE_DEVICES": ""} if gpu == ON_CPU else {}
+        if share > 1 and (not self.gpus or gpu == ON_CPU):
+            out["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // share))
+        return out

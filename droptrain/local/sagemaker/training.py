@@ -11,7 +11,6 @@ to be run again from its checkpoints on the next start.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import threading
 from collections.abc import Callable, Mapping
@@ -23,7 +22,7 @@ from chalice_app.adapters.errors import AdapterError
 from droptrain.local.aws.bucket import LocalBucket
 from droptrain.local.engines.warm import WarmInterpreter, WarmInterpreterError
 from droptrain.local.sagemaker import jobs
-from droptrain.local.sagemaker.hosts import Cluster, Others
+from droptrain.local.sagemaker.hosts import Cluster, Machine, Others
 from droptrain.local.sagemaker.lifecycle import TERMINAL, Emit, JobKind, Jobs, kill
 from droptrain.local.sagemaker.output import JobOutput
 from droptrain.local.sagemaker.resources import arn, now, request_tags
@@ -63,7 +62,7 @@ class TrainingJobs(Jobs):
         self.bucket, self.jobs_root = bucket, jobs_root
         self.warm = warm
         self.gpus = gpus
-        self._gpus_in_use: set[int] = set()
+        self.machine = Machine(gpus)
         self.on_line = on_line
         self.job_env = dict(job_env)
         self.stopping = stopping
@@ -216,7 +215,7 @@ class TrainingJobs(Jobs):
     ) -> tuple[int, bool, jobs.JobPaths]:
         """Every host's toolkit run to its end: the exit status, whether it was pruned, and the host
         whose failure file says why it failed."""
-        gpus = [self._take_gpu() for _ in cluster.names]
+        gpus = self.machine.take(len(cluster.names))
         try:
             envs = [
                 jobs.toolkit_env(
@@ -224,37 +223,14 @@ class TrainingJobs(Jobs):
                     name,
                     record["TrainingJobArn"],
                     record.get("Environment", {}),
-                    extra={**self.job_env, **self._part_of_machine(share * len(cluster.names), gpu)},
+                    extra={**self.job_env, **self.machine.part(share * len(cluster.names), gpu)},
                 )
                 | cluster.environment()
                 for paths, gpu in zip(cluster.paths, gpus)
             ]
             return self._follow(name, cluster, envs, output, on_metric)
         finally:
-            for gpu in gpus:
-                self._give_back_gpu(gpu)
-
-    def _part_of_machine(self, share: int, gpu: int | None) -> dict[str, str]:
-        """One GPU per job where there are GPUs; else, with jobs at once, an equal part of the cores
-        (OpenMP threads): two jobs both using every core would slow each other down."""
-        if gpu is not None:  # the n-th of the GPUs this runtime may use
-            visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
-            return {"CUDA_VISIBLE_DEVICES": visible[gpu] if gpu < len(visible) else str(gpu)}
-        if share > 1 and not self.gpus:
-            return {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // share))}
-        return {}
-
-    def _take_gpu(self) -> int | None:
-        with self._lock:
-            free = sorted(set(range(self.gpus)) - self._gpus_in_use)
-            if not free:
-                return None  # no GPU (or more jobs than GPUs: this one shares what the driver gives it)
-            self._gpus_in_use.add(free[0])
-            return free[0]
-
-    def _give_back_gpu(self, gpu: int | None) -> None:
-        with self._lock:
-            self._gpus_in_use.discard(gpu)
+            self.machine.give_back(gpus)
 
     def _follow(
         self,
