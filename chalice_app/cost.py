@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from chalice_app import scaling
+
 BUNDLED_PRICES_AS_OF = "2025-06"
 # (training, hosting) USD per hour, us-east-1 on-demand list prices (approximate; see the module doc).
 BUNDLED_PRICES = {
@@ -75,10 +77,24 @@ def bundled_price(instance_type: str, component: str) -> Price | None:
     return Price(prices[0] if component == "Training" else prices[1], "bundled", BUNDLED_PRICES_AS_OF)
 
 
+def throughput(instance_type: str) -> tuple[tuple[float, float], str]:
+    """The table's row; for a type of several GPUs, its family's one-GPU row times the GPUs at
+    ``SCALING_EFFICIENCY`` (the job runs one process per GPU); else the slowest row."""
+    if instance_type in THROUGHPUT:
+        return THROUGHPUT[instance_type]
+    family, gpus = instance_type.split(".")[1], scaling.gpus(instance_type) or 0
+    single = THROUGHPUT.get(f"ml.{family}.xlarge")
+    if gpus > 1 and single is not None:
+        (head, full), _ = single
+        factor = gpus * SCALING_EFFICIENCY
+        return (head * factor, full * factor), f"estimate ({gpus} GPUs, each as ml.{family}.xlarge's, at 90%)"
+    return UNKNOWN_THROUGHPUT
+
+
 def job_seconds(instance_type: str, images: int, epochs: int, mode: str, instances: int = 1) -> tuple[float, str]:
     """Expected seconds of one training job on ``instances`` instances (each billed for them all), and
     where its throughput came from."""
-    (head, full), source = THROUGHPUT.get(instance_type, UNKNOWN_THROUGHPUT)
+    (head, full), source = throughput(instance_type)
     work = images / head if mode == "head" else images * max(epochs, 1) / full
     if instances > 1:
         work /= instances * SCALING_EFFICIENCY

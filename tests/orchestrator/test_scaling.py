@@ -198,3 +198,12 @@ def test_after_the_audit_the_tuning_job_reads_the_dataset_as_its_size_says(stage
     assert invoke(client, "on_processing_job_state_change", _audit_ended(run)) == "tuning job created"
     described = stage.sagemaker.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=run)
     assert requests.training_input_mode(described["TrainingJobDefinition"]) == "FastFile"
+
+
+def test_a_type_of_several_gpus_is_forecast_from_its_familys_one_gpu_row():
+    (head, full), source = cost.throughput("ml.g5.12xlarge")
+    (one_head, one_full), _ = cost.THROUGHPUT["ml.g5.xlarge"]
+    assert (head, full) == pytest.approx((one_head * 4 * 0.9, one_full * 4 * 0.9))
+    assert "4 GPUs" in source and "estimate" in source
+    assert cost.throughput("ml.g7e.2xlarge") == cost.UNKNOWN_THROUGHPUT, "no row to scale: the slowest row"
+    assert cost.throughput("ml.g5.xlarge") == cost.THROUGHPUT["ml.g5.xlarge"]
