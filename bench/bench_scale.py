@@ -25,10 +25,7 @@ SPLITS = ("train", "train", "train", "valid", "test")
 
 def _listing(count: int) -> list[tuple[str, int]]:
     classes = 100
-    return [
-        (f"{SPLITS[i % 5]}/class-{(i // 5) % classes:03d}/{i:08d}.jpg", 30_000 + i % 977)
-        for i in range(count)
-    ]
+    return [(f"{SPLITS[i % 5]}/class-{(i // 5) % classes:03d}/{i:08d}.jpg", 30_000 + i % 977) for i in range(count)]
 
 
 def validation_rows() -> list[Row]:
