@@ -14,16 +14,31 @@ from chalice_app import debugger_requests as debugger
 from chalice_app import names, scaling
 from chalice_app.config import Config
 
-OBJECTIVE = "valid:accuracy"
-# The lines train.py prints (docs/architecture.md): epoch=3 train_loss=0.8123 valid_loss=0.7012 valid_accuracy=0.8120
+OBJECTIVE = "valid:accuracy"  # with classes alike in number; OBJECTIVE=auto picks (``objective``)
+OBJECTIVES = ("valid:accuracy", "valid:balanced_accuracy", "valid:macro_f1")
+# Classes this unequal (the largest training class over the smallest) make accuracy a poor guide: a
+# model that ignores the rare classes scores well. OBJECTIVE=auto then tunes for balanced accuracy.
+IMBALANCED_RATIO = 3.0
+# The lines train.py prints (docs/architecture.md): epoch=3 train_loss=0.8123 valid_loss=0.7012
+# valid_accuracy=0.8120 valid_balanced_accuracy=0.7731 valid_macro_f1=0.7702, then test_loss=... likewise.
 _NUMBER = r"([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
 METRIC_DEFINITIONS = [
     {"Name": "train:loss", "Regex": rf"train_loss={_NUMBER}"},
-    {"Name": "valid:loss", "Regex": rf"valid_loss={_NUMBER}"},
-    {"Name": "valid:accuracy", "Regex": rf"valid_accuracy={_NUMBER}"},
-    {"Name": "test:loss", "Regex": rf"test_loss={_NUMBER}"},
-    {"Name": "test:accuracy", "Regex": rf"test_accuracy={_NUMBER}"},
+    *(
+        {"Name": f"{split}:{metric}", "Regex": rf"{split}_{metric}={_NUMBER}"}
+        for split in ("valid", "test")
+        for metric in ("loss", "accuracy", "balanced_accuracy", "macro_f1")
+    ),
 ]
+
+
+def objective(config: Config, imbalance_ratio: float | None = None) -> str:
+    """The metric the tuning job maximises: ``OBJECTIVE``, or with ``auto`` balanced accuracy when the
+    training classes are ``IMBALANCED_RATIO`` times or more apart, else accuracy."""
+    if config.objective != "auto":
+        return config.objective
+    imbalanced = imbalance_ratio is not None and imbalance_ratio >= IMBALANCED_RATIO
+    return "valid:balanced_accuracy" if imbalanced else OBJECTIVE
 
 
 def _number(value: float) -> str:
@@ -83,11 +98,11 @@ def reports_uri(config: Config, run: str) -> str:
     return _s3(config, run, "reports")
 
 
-def _strategy_config(config: Config) -> dict[str, Any]:
+def _strategy_config(config: Config, metric: str = OBJECTIVE) -> dict[str, Any]:
     strategy = config.tuning_strategy
     job_config: dict[str, Any] = {
         "Strategy": strategy,
-        "HyperParameterTuningJobObjective": {"Type": "Maximize", "MetricName": OBJECTIVE},
+        "HyperParameterTuningJobObjective": {"Type": "Maximize", "MetricName": metric},
         "ParameterRanges": grid_ranges(config) if strategy == "Grid" else tuned_ranges(config),
         # Hyperband stops trials itself and Grid runs every combination: early stopping is for the others.
         "TrainingJobEarlyStoppingType": "Auto" if strategy in ("Bayesian", "Random") else "Off",
@@ -231,10 +246,11 @@ def tuning_job_request(
     plan: Any = None,
     audit_uri: str | None = None,
     dataset_bytes: int | None = None,
+    imbalance_ratio: float | None = None,
 ) -> dict[str, Any]:
     """With a ``chalice_app.cost.Plan``, its trial count and runtime limit (a run's budget) replace the
     configured ones; with ``audit_uri``, the trials drop the audit's cross-split duplicates; the dataset's
-    size (``dataset_bytes``) decides its input mode."""
+    size (``dataset_bytes``) decides its input mode, its classes' imbalance the objective."""
     job = Job(
         _s3(config, run, "tuning"),
         _s3(config, run, "checkpoints", "tuning"),
@@ -246,7 +262,7 @@ def tuning_job_request(
     static = distributed(static_hyperparameters(config), config.training_instance_type, job.instances)
     if audit_uri:
         core["InputDataConfig"].append(audit_channel(audit_uri))
-    job_config = _strategy_config(config)
+    job_config = _strategy_config(config, objective(config, imbalance_ratio))
     if plan is not None and "MaxNumberOfTrainingJobs" in job_config["ResourceLimits"]:
         job_config["ResourceLimits"] = {
             "MaxNumberOfTrainingJobs": plan.trials,

@@ -119,7 +119,8 @@ def _summary(runtime, predictions, phases, total, say) -> dict:
     say("")
     say("── summary " + "─" * 60)
     say(f"run                {notes['deployment.completed']['run_id']}")
-    say(f"best trial         {tuning['best_training_job']}  valid:accuracy {tuning['objective']['Value']:.4f}")
+    objective = tuning["objective"]
+    say(f"best trial         {tuning['best_training_job']}  {objective['MetricName']} {objective['Value']:.4f}")
     say(f"best hyperparams   {json.dumps(tuning['best_hyperparameters'])}")
     metrics = training["metrics"]
     say(

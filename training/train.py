@@ -3,14 +3,14 @@
 
 Paths come from SageMaker's ``SM_*`` variables (flags override them: ``trainlib.arguments``);
 hyperparameters arrive as ``--name value`` pairs, as SageMaker passes them. One line per epoch, in
-the format the tuning job's MetricDefinitions parse::
+the format the tuning job's MetricDefinitions parse (``EPOCH_LINE``)::
 
-    epoch=3 train_loss=0.8123 valid_loss=0.7012 valid_accuracy=0.8120
+    epoch=3 train_loss=0.8123 valid_loss=0.7012 valid_accuracy=0.8120 valid_balanced_accuracy=0.7731 ...
 
-then ``test_loss=… test_accuracy=…`` when a test split exists. The model artifact goes to the
-model dir, ``evaluation.json`` to the output data dir. A ``TrainingError`` (bad dataset,
-diverging loss, weights unavailable) ends the job with one clear line, the same text in SageMaker's
-failure file, and exit status 1.
+then ``test_loss=… test_accuracy=…`` (and balanced accuracy, macro-F1) for the test split. The
+artifact goes to the model dir, ``evaluation.json`` to the output data dir. A ``TrainingError`` (bad
+dataset, diverging loss, weights unavailable) ends the job with one clear line, the same text in
+SageMaker's failure file, and exit status 1.
 
 The shape is torchvision's reference scripts': ``load_data``, ``train_one_epoch``, ``evaluate``,
 ``main(args)``, the steps of ``main`` named below it.
@@ -43,7 +43,7 @@ from trainlib.batches import Data, make_batches, pick_device, pick_workers
 from trainlib.datasets import Splits, discover, drop_held_out, resolve_dataset_root
 from trainlib.debugging import NullHook, create_hook
 from trainlib.errors import DivergedError, TrainingError, write_failure
-from trainlib.evaluation import classification_report
+from trainlib.evaluation import classification_report, scores
 from trainlib.job_reports import Observers, stop_on_rule_issues, upload_reports, write_report, write_verdicts
 from trainlib.loop import evaluate, make_optimizer, train_one_epoch
 from trainlib.models import build_model, freeze_backbone
@@ -105,6 +105,7 @@ class Fit:
     scaler: torch.amp.GradScaler
     device: torch.device
     world: distributed.World = distributed.ALONE
+    classes: tuple[str, ...] = ()
 
     @property
     def amp(self) -> bool:
@@ -153,6 +154,7 @@ def prepare(
         torch.amp.GradScaler(device.type, enabled=device.type == "cuda"),
         device,
         world,
+        tuple(splits.classes),
     )
 
 
@@ -194,6 +196,10 @@ def resume(args: argparse.Namespace, fit: Fit, splits: Splits) -> Progress:
     return Progress(state["history"], state["epoch"] + 1, checkpoint_dir, fingerprint, len(splits.train))
 
 
+# What each epoch's line says, in this order (the tuning job's metric definitions read it).
+EPOCH_LINE = ("train_loss", "valid_loss", "valid_accuracy", "valid_balanced_accuracy", "valid_macro_f1")
+
+
 def run_epochs(args: argparse.Namespace, fit: Fit, observers: Observers, progress: Progress) -> list[dict]:
     """Every epoch not yet done: train, validate, checkpoint, then the epoch's metric line."""
     for epoch in range(progress.start_epoch, args.epochs + 1):
@@ -218,7 +224,7 @@ def run_epochs(args: argparse.Namespace, fit: Fit, observers: Observers, progres
             observers.close()
             write_verdicts(observers.hook.out_dir, args.output_data_dir / "reports")
             raise
-        valid_stats, _, _ = evaluate(
+        valid_stats, predicted, expected = evaluate(
             fit.bare,
             fit.criterion,
             fit.data.eval_batches["valid"](),
@@ -237,6 +243,7 @@ def run_epochs(args: argparse.Namespace, fit: Fit, observers: Observers, progres
                 "train_accuracy": train_stats.accuracy,
                 "valid_loss": valid_stats.loss,
                 "valid_accuracy": valid_stats.accuracy,
+                **{f"valid_{k}": v for k, v in scores(expected, predicted, fit.classes).items() if k != "accuracy"},
                 "seconds": round(time.perf_counter() - started, 6),
                 "images": train_stats.seen,
             }
@@ -244,11 +251,7 @@ def run_epochs(args: argparse.Namespace, fit: Fit, observers: Observers, progres
         if progress.checkpoint_dir is not None and fit.world.main:
             save_checkpoint(fit, progress, epoch)
         # Printed after the checkpoint: whoever reads "epoch=N" may rely on checkpoint N existing.
-        print(
-            f"epoch={epoch} train_loss={train_stats.loss:.4f} valid_loss={valid_stats.loss:.4f} "
-            f"valid_accuracy={valid_stats.accuracy:.4f}",
-            flush=True,
-        )
+        print(f"epoch={epoch} " + " ".join(f"{k}={progress.history[-1][k]:.4f}" for k in EPOCH_LINE), flush=True)
         if args.stop_on_rule_issues == "true" and observers.hook.out_dir is not None:
             stop_on_rule_issues(observers.hook.out_dir, epoch)
     return progress.history
@@ -275,7 +278,8 @@ def finish(
     args: argparse.Namespace, splits: Splits, fit: Fit, observers: Observers, history: list[dict], work_dir: Path
 ) -> dict:
     """The held-out evaluation, the reports, and the model artifact."""
-    metrics = {k: history[-1][k] for k in ("valid_loss", "valid_accuracy")} if history else {}
+    last = history[-1] if history else {}
+    metrics = {k: last[k] for k in EPOCH_LINE if k.startswith("valid_") and k in last}
     eval_split = "test" if "test" in fit.data.eval_batches else "valid"
     stats, predictions, targets = evaluate(
         fit.bare,
@@ -288,8 +292,10 @@ def finish(
     )
     if eval_split == "test":
         fit.data.decode_skipped += stats.skipped
-        print(f"test_loss={stats.loss:.4f} test_accuracy={stats.accuracy:.4f}", flush=True)
-        metrics.update({"test_loss": stats.loss, "test_accuracy": stats.accuracy})
+        test = {f"test_{k}": v for k, v in scores(targets, predictions, splits.classes).items() if k != "accuracy"}
+        line = " ".join(f"{k}={v:.4f}" for k, v in test.items())
+        print(f"test_loss={stats.loss:.4f} test_accuracy={stats.accuracy:.4f} {line}", flush=True)
+        metrics.update({"test_loss": stats.loss, "test_accuracy": stats.accuracy, **test})
     observers.close()
     if not fit.world.main:
         return metrics

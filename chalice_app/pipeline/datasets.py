@@ -31,7 +31,7 @@ def dataset_uploaded(svc: Services, event: ObjectCreated) -> str:
         # Built before anything is announced: a name or tag SageMaker would refuse, or a budget the
         # run cannot fit, rejects the dataset.
         try:
-            request, forecast = _tuning_request(svc, run, dataset, report.images, report.bytes)
+            request, forecast = _tuning_request(svc, run, dataset, report.images, report.bytes, _ratio(report))
             count = audit_requests.instances(config, dataset.kind, report.images)
             audit = (
                 audit_requests.audit_job_request(config, run, dataset.uri, report.bytes, count)
@@ -71,12 +71,24 @@ def dataset_uploaded(svc: Services, event: ObjectCreated) -> str:
 
 
 def _tuning_request(
-    svc: Services, run: str, dataset: names.DatasetRef, images: int, size: int | None, audit_uri: str | None = None
+    svc: Services,
+    run: str,
+    dataset: names.DatasetRef,
+    images: int,
+    size: int | None,
+    ratio: float | None,
+    audit_uri: str | None = None,
 ) -> tuple[dict, dict]:
     training, hosting = _prices(svc)
     run_plan = cost.plan(svc.config, images, training, requests.configured_trials(svc.config))
     forecast = cost.forecast(svc.config, images, run_plan, training, hosting)
-    return requests.tuning_job_request(svc.config, run, dataset, run_plan, audit_uri, size), forecast
+    return requests.tuning_job_request(svc.config, run, dataset, run_plan, audit_uri, size, ratio), forecast
+
+
+def _ratio(report: validation.DatasetReport) -> float | None:
+    """The largest training class over the smallest, as the cheap validation counted them (None: none counted)."""
+    counts = [n for n in report.counts.get("train", {}).values() if n]
+    return max(counts) / min(counts) if counts else None
 
 
 def _start_tuning(svc: Services, run: str, dataset_uri: str, request: dict, forecast: dict) -> str:
@@ -95,7 +107,7 @@ def _start_tuning(svc: Services, run: str, dataset_uri: str, request: dict, fore
             job=run,
             detail={
                 "strategy": config.tuning_strategy,
-                "objective": requests.OBJECTIVE,
+                "objective": job_config["HyperParameterTuningJobObjective"]["MetricName"],
                 "max_training_jobs": job_config["ResourceLimits"].get("MaxNumberOfTrainingJobs"),
                 "max_parallel_jobs": job_config["ResourceLimits"]["MaxParallelTrainingJobs"],
                 "forecast": forecast,
@@ -163,8 +175,9 @@ def audit_changed(svc: Services, event: ProcessingJobStateChange) -> str:
     )
     dataset = _dataset_ref(dataset_uri or description["ProcessingInputs"][0]["S3Input"]["S3Uri"])
     try:
+        images, mended = int(audit.get("images") or 0), reports + "audit.json" if fixed else None
         request, forecast = _tuning_request(
-            svc, run, dataset, int(audit.get("images") or 0), _size(tags), reports + "audit.json" if fixed else None
+            svc, run, dataset, images, _size(tags), audit.get("imbalance_ratio"), mended
         )
     except cost.BudgetError as exc:
         return _reject(svc, run, dataset.uri, [str(exc)], evidence)

@@ -256,3 +256,15 @@ def test_a_failed_scan_rejects_the_run(stage, client):
         "rejected: the dataset audit failed"
     )
     assert [n["event"] for n in stage.notifications()] == ["dataset.rejected"]
+
+
+def test_after_the_audit_the_objective_follows_its_imbalance_ratio(stage, client):
+    run = _audited_upload(stage, client)
+    report = json.loads(_report())
+    report["imbalance_ratio"] = 5.0
+    stage.put(f"runs/{run}/reports/audit.json", json.dumps(report).encode())
+    assert invoke(client, "on_processing_job_state_change", _audit_ended(run)) == "tuning job created"
+    job = stage.sagemaker.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=run)
+    assert job["HyperParameterTuningJobConfig"]["HyperParameterTuningJobObjective"]["MetricName"] == (
+        "valid:balanced_accuracy"
+    )

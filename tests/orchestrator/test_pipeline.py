@@ -1040,3 +1040,14 @@ def test_the_hourly_tick_creates_an_endpoint_whose_deletion_event_was_lost(stage
     invoke(client, "stop_idle_endpoints", tick)
     stage.stub.assert_no_pending_responses()
     assert stage.s3.list_objects_v2(Bucket=BUCKET, Prefix="runs/_endpoints/").get("KeyCount") == 0
+
+
+def test_an_imbalanced_dataset_is_tuned_for_balanced_accuracy(stage, client):
+    for i in range(3, 12):  # beagle: 12 training images, the others 3 (4:1)
+        stage.put(f"datasets/pets/train/beagle/extra-{i}.jpg")
+    _, run = _run_to_tuning(stage, client)
+    job = stage.sagemaker.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=run)
+    objective = job["HyperParameterTuningJobConfig"]["HyperParameterTuningJobObjective"]
+    assert objective == {"Type": "Maximize", "MetricName": "valid:balanced_accuracy"}
+    started = [n for n in stage.notifications() if n["event"] == "tuning.started"]
+    assert started[0]["detail"]["objective"] == "valid:balanced_accuracy"

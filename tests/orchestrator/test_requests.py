@@ -101,6 +101,37 @@ def test_metric_definitions_match_train_py_lines(trained_job):
     assert len(found["valid:accuracy"]) == 4 and len(found["train:loss"]) == 4 and len(found["valid:loss"]) == 4
     assert len(found["test:accuracy"]) == 1 and len(found["test:loss"]) == 1
     assert all(0.0 <= float(v) <= 1.0 for v in found["valid:accuracy"])
+    for objective in requests.OBJECTIVES:  # each one the tuning job may maximise, once an epoch
+        assert len(found[objective]) == 4 and all(0.0 <= float(v) <= 1.0 for v in found[objective]), objective
+    assert len(found["test:balanced_accuracy"]) == len(found["test:macro_f1"]) == 1
+    # Four, not eight: valid_accuracy's regex does not also read valid_balanced_accuracy's value.
+    assert len(found["valid:accuracy"]) == 4 and len(found["test:accuracy"]) == 1
+
+
+@pytest.mark.parametrize(
+    "setting, ratio, chosen",
+    [
+        ("auto", None, "valid:accuracy"),
+        ("auto", 2.9, "valid:accuracy"),
+        ("auto", 3.0, "valid:balanced_accuracy"),
+        ("auto", 40.0, "valid:balanced_accuracy"),
+        ("valid:macro_f1", 1.0, "valid:macro_f1"),
+        ("valid:accuracy", 40.0, "valid:accuracy"),
+    ],
+)
+def test_the_objective_is_balanced_accuracy_when_the_classes_are_imbalanced(setting, ratio, chosen):
+    config = make_config(OBJECTIVE=setting)
+    request = requests.tuning_job_request(config, "dogs-3f9a1c2e", DATASET, imbalance_ratio=ratio)
+    validate("sagemaker", "CreateHyperParameterTuningJob", request)
+    assert request["HyperParameterTuningJobConfig"]["HyperParameterTuningJobObjective"]["MetricName"] == chosen
+    assert chosen in {
+        d["Name"] for d in request["TrainingJobDefinition"]["AlgorithmSpecification"]["MetricDefinitions"]
+    }
+
+
+def test_an_unknown_objective_is_refused_naming_the_variable():
+    with pytest.raises(config_module.ConfigError, match="OBJECTIVE"):
+        make_config(OBJECTIVE="valid:loss")
 
 
 @pytest.mark.parametrize("managed", [False, True])

@@ -12,8 +12,13 @@ import pytest
 from helpers import DEADLINE, FAST_HYPERPARAMETERS, TRAINING_DIR, hyperparameter_args, run_train
 
 # The tuning job's MetricDefinitions (docs/architecture.md): the lines must match exactly these.
-EPOCH_LINE = re.compile(r"^epoch=(\d+) train_loss=([0-9.]+) valid_loss=([0-9.]+) valid_accuracy=([0-9.]+)$")
-TEST_LINE = re.compile(r"^test_loss=([0-9.]+) test_accuracy=([0-9.]+)$")
+EPOCH_LINE = re.compile(
+    r"^epoch=(\d+) train_loss=([0-9.]+) valid_loss=([0-9.]+) valid_accuracy=([0-9.]+)"
+    r" valid_balanced_accuracy=([0-9.]+) valid_macro_f1=([0-9.]+)$"
+)
+TEST_LINE = re.compile(
+    r"^test_loss=([0-9.]+) test_accuracy=([0-9.]+) test_balanced_accuracy=([0-9.]+) test_macro_f1=([0-9.]+)$"
+)
 
 
 def test_prints_one_metric_line_per_epoch_then_test_metrics(trained_job):
@@ -21,6 +26,10 @@ def test_prints_one_metric_line_per_epoch_then_test_metrics(trained_job):
     assert [int(m.group(1)) for m in epochs] == [1, 2, 3, 4]
     tests = [TEST_LINE.match(line) for line in trained_job["lines"] if line.startswith("test_")]
     assert len(tests) == 1 and tests[0]
+    # The line's balanced accuracy and macro-F1 are evaluation.json's, for the same split.
+    report = json.loads((trained_job["paths"].output_data / "evaluation.json").read_text())
+    balanced, macro_f1 = float(tests[0].group(3)), float(tests[0].group(4))
+    assert (balanced, macro_f1) == pytest.approx((report["balanced_accuracy"], report["macro_f1"]), abs=5e-5)
 
 
 def test_learns_far_above_chance(trained_job):

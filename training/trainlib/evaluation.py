@@ -32,9 +32,14 @@ def classification_report(targets: Sequence[int], predictions: Sequence[int], cl
     def avg(values: np.ndarray, w: np.ndarray | None) -> float:
         return float(np.average(values, weights=w)) if w is not None else float(values.mean())
 
+    present = support > 0
     return {
         "classes": list(classes),
         "accuracy": float(tp.sum() / total) if total else 0.0,
+        # The mean of the recalls of the classes the split holds (scikit-learn's balanced_accuracy_score):
+        # a classifier that ignores a rare class loses that class's whole share, not its few images.
+        "balanced_accuracy": float(recall[present].mean()) if present.any() else 0.0,
+        "macro_f1": avg(f1, None),
         "per_class": {
             name: {
                 "precision": float(precision[i]),
@@ -58,3 +63,9 @@ def classification_report(targets: Sequence[int], predictions: Sequence[int], cl
         },
         "confusion_matrix": confusion.tolist(),
     }
+
+
+def scores(targets: Sequence[int], predictions: Sequence[int], classes: Sequence[str]) -> dict[str, float]:
+    """Accuracy, balanced accuracy and macro-F1 of one pass (an epoch's metric line prints them)."""
+    report = classification_report(targets, predictions, classes)
+    return {key: report[key] for key in ("accuracy", "balanced_accuracy", "macro_f1")}
