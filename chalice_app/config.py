@@ -24,6 +24,8 @@ _PROJECT = re.compile(r"^[a-z0-9](-?[a-z0-9]){0,18}$")
 APPROVAL_MODES = ("auto", "manual")
 # The tuning job's objective: "auto" picks by the classes' balance (sagemaker_requests.objective).
 OBJECTIVES = ("auto", "valid:accuracy", "valid:balanced_accuracy", "valid:macro_f1")
+# Imbalanced classes in training (train.py --class-balance; training/trainlib/balance.py).
+CLASS_BALANCES = ("auto", "weights", "sampler", "off")
 
 # What train.py gets besides the tuned hyperparameters, unless STATIC_HYPERPARAMETERS overrides.
 DEFAULT_STATIC_HYPERPARAMETERS = {
@@ -49,13 +51,13 @@ VARIABLES = tuple(
     """
     API_KEY_REQUIRED APPROVAL_MODE AUDIT AUDIT_FIX AUDIT_IMAGES_PER_INSTANCE AUDIT_IMAGE_URI
     AUDIT_INSTANCE_TYPE AUDIT_MAX_LEAKED_TEST_SHARE AUDIT_MIN_TRAIN_IMAGES BLOCK_ON_RULE_ISSUES
-    DATASET_PREFIX DATA_BUCKET DEBUGGER_IMAGE_URI DEFAULT_PROJECT ENDPOINT_PREFIX FAST_FILE_MIN_GB
-    FINAL_INSTANCE_COUNT GATE_MAX_F1_DROP GATE_MAX_RECALL_DROP IDLE_STOP_HOURS INFERENCE_IMAGE_URI
-    INFERENCE_INSTANCE_COUNT INFERENCE_INSTANCE_TYPE MANAGED_DEBUGGER MAX_BODY_BYTES MAX_PARALLEL_JOBS
-    MAX_RUNTIME_SECONDS MAX_RUN_COST_USD MAX_TUNING_JOBS NOTIFY_TOPIC_ARN OBJECTIVE ROLLBACK_ALARMS
-    ROLLBACK_LATENCY_MS ROLLOUT_BAKE_SECONDS SAGEMAKER_ROLE_ARN SOURCE_DIR_S3_URI STATIC_HYPERPARAMETERS
-    TRAINING_IMAGE_URI TRAINING_INSTANCE_COUNT TRAINING_INSTANCE_TYPE TRAINING_VOLUME_GB TUNING_RANGES
-    TUNING_STRATEGY USE_SPOT
+    CLASS_BALANCE DATASET_PREFIX DATA_BUCKET DEBUGGER_IMAGE_URI DEFAULT_PROJECT ENDPOINT_PREFIX
+    FAST_FILE_MIN_GB FINAL_INSTANCE_COUNT GATE_MAX_F1_DROP GATE_MAX_RECALL_DROP IDLE_STOP_HOURS
+    INFERENCE_IMAGE_URI INFERENCE_INSTANCE_COUNT INFERENCE_INSTANCE_TYPE MANAGED_DEBUGGER MAX_BODY_BYTES
+    MAX_PARALLEL_JOBS MAX_RUNTIME_SECONDS MAX_RUN_COST_USD MAX_TUNING_JOBS NOTIFY_TOPIC_ARN OBJECTIVE
+    ROLLBACK_ALARMS ROLLBACK_LATENCY_MS ROLLOUT_BAKE_SECONDS SAGEMAKER_ROLE_ARN SOURCE_DIR_S3_URI
+    STATIC_HYPERPARAMETERS TRAINING_IMAGE_URI TRAINING_INSTANCE_COUNT TRAINING_INSTANCE_TYPE
+    TRAINING_VOLUME_GB TUNING_RANGES TUNING_STRATEGY USE_SPOT
     """.split()
 )
 
@@ -78,6 +80,7 @@ class Config:
     inference_instance_type: str = "ml.m5.large"
     tuning_strategy: str = "Bayesian"
     objective: str = "auto"  # or one of sagemaker_requests.OBJECTIVES
+    class_balance: str = "auto"  # train.py --class-balance for every job
     max_tuning_jobs: int = 8
     max_parallel_jobs: int = 2
     use_spot: bool = False
@@ -235,6 +238,7 @@ def load(env: Mapping[str, str]) -> Config:
         inference_instance_type=inference,
         tuning_strategy=values.choice(env, "TUNING_STRATEGY", "Bayesian", choices=STRATEGIES),
         objective=values.choice(env, "OBJECTIVE", "auto", choices=OBJECTIVES),
+        class_balance=values.choice(env, "CLASS_BALANCE", "auto", choices=CLASS_BALANCES),
         max_tuning_jobs=max_jobs,
         max_parallel_jobs=parallel,
         use_spot=values.boolean(env, "USE_SPOT", False),

@@ -139,7 +139,7 @@ def max_epochs(config: Config) -> int:
 
 
 def static_hyperparameters(config: Config) -> dict[str, str]:
-    hps = dict(config.static_hyperparameters)
+    hps = {"class-balance": config.class_balance, **config.static_hyperparameters}
     if config.tuning_strategy == "Hyperband":
         hps.setdefault("epochs", str(max_epochs(config)))
     hps.update(

@@ -2,18 +2,12 @@
 """droptrain's training entry point: SageMaker script mode, and plain ``python train.py`` locally.
 
 Paths come from SageMaker's ``SM_*`` variables (flags override them: ``trainlib.arguments``);
-hyperparameters arrive as ``--name value`` pairs, as SageMaker passes them. One line per epoch, in
-the format the tuning job's MetricDefinitions parse (``EPOCH_LINE``)::
-
-    epoch=3 train_loss=0.8123 valid_loss=0.7012 valid_accuracy=0.8120 valid_balanced_accuracy=0.7731 ...
-
-then ``test_loss=… test_accuracy=…`` (and balanced accuracy, macro-F1) for the test split. The
-artifact goes to the model dir, ``evaluation.json`` to the output data dir. A ``TrainingError`` (bad
-dataset, diverging loss, weights unavailable) ends the job with one clear line, the same text in
-SageMaker's failure file, and exit status 1.
-
-The shape is torchvision's reference scripts': ``load_data``, ``train_one_epoch``, ``evaluate``,
-``main(args)``, the steps of ``main`` named below it.
+hyperparameters arrive as ``--name value`` pairs. One line per epoch for the tuning job's metric
+definitions (``EPOCH_LINE``: ``epoch=3 train_loss=0.8123 valid_loss=0.7012 valid_accuracy=0.8120 ...``),
+then the test split's. The artifact goes to the model dir, ``evaluation.json`` to the output data dir.
+A ``TrainingError`` (bad dataset, diverging loss, weights unavailable) ends the job with one clear
+line, the same text in SageMaker's failure file, and exit status 1. The shape is torchvision's
+reference scripts': ``load_data``, ``train_one_epoch``, ``evaluate``, ``main(args)`` and its steps.
 """
 
 from __future__ import annotations
@@ -38,6 +32,7 @@ from trainlib import artifact, checkpoints, distributed, profiling
 
 # train.parse_args is the CLI's (and the tests'), hence the re-export.
 from trainlib.arguments import get_args_parser, hyperparameters, parse_args  # noqa: F401
+from trainlib.balance import Remedy
 from trainlib.baseline import baseline_line, evaluate_baseline
 from trainlib.batches import Data, make_batches, pick_device, pick_workers
 from trainlib.datasets import Splits, discover, drop_held_out, resolve_dataset_root
@@ -106,6 +101,7 @@ class Fit:
     device: torch.device
     world: distributed.World = distributed.ALONE
     classes: tuple[str, ...] = ()
+    train_criterion: nn.Module | None = None  # weighted by class under --class-balance weights
 
     @property
     def amp(self) -> bool:
@@ -139,7 +135,9 @@ def prepare(
     model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    data = make_batches(args, splits, model, device, world)
+    remedy = Remedy.of(args.class_balance, splits.train, len(splits.classes), world)
+    print(f"class balance: {remedy.mode} ({remedy.why})", flush=True)
+    data = make_batches(args, splits, model, device, world, remedy)
     trainable = data.trainable
     if world.distributed:  # several GPUs are used by as many processes (torchrun), never by one
         trainable = DistributedDataParallel(trainable, device_ids=[device.index] if device.type == "cuda" else None)
@@ -155,6 +153,7 @@ def prepare(
         device,
         world,
         tuple(splits.classes),
+        remedy.criterion(device),
     )
 
 
@@ -207,7 +206,7 @@ def run_epochs(args: argparse.Namespace, fit: Fit, observers: Observers, progres
         try:
             train_stats = train_one_epoch(
                 fit.trainable,
-                fit.criterion,
+                fit.train_criterion or fit.criterion,
                 fit.optimizer,
                 fit.data.train_batches(epoch),
                 fit.device,

@@ -319,3 +319,16 @@ def test_a_dataset_name_too_long_to_tag_is_refused():
     dataset = names.DatasetRef("droptrain-data-dev", f"datasets/{name}/_READY", name, "folder", f"datasets/{name}/")
     with pytest.raises(names.InvalidNameError, match="too long to tag"):
         requests.tuning_job_request(make_config(), names.run_id(dataset, "etag"), dataset)
+
+
+@pytest.mark.parametrize("setting", ["auto", "weights", "sampler", "off"])
+def test_every_training_job_gets_the_class_balance(setting):
+    config = make_config(CLASS_BALANCE=setting)
+    static = requests.tuning_job_request(config, "dogs-3f9a1c2e", DATASET)["TrainingJobDefinition"][
+        "StaticHyperParameters"
+    ]
+    assert static["class-balance"] == setting
+    final = requests.final_training_request(config, "dogs-3f9a1c2e", DATASET.uri, static, {})
+    assert final["HyperParameters"]["class-balance"] == setting
+    with pytest.raises(config_module.ConfigError, match="CLASS_BALANCE"):
+        make_config(CLASS_BALANCE="oversample")

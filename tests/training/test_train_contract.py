@@ -26,6 +26,8 @@ def test_prints_one_metric_line_per_epoch_then_test_metrics(trained_job):
     assert [int(m.group(1)) for m in epochs] == [1, 2, 3, 4]
     tests = [TEST_LINE.match(line) for line in trained_job["lines"] if line.startswith("test_")]
     assert len(tests) == 1 and tests[0]
+    # Balanced classes: no remedy, and the run says why.
+    assert "class balance: off (imbalance ratio 1.0, below 3)" in trained_job["lines"]
     # The line's balanced accuracy and macro-F1 are evaluation.json's, for the same split.
     report = json.loads((trained_job["paths"].output_data / "evaluation.json").read_text())
     balanced, macro_f1 = float(tests[0].group(3)), float(tests[0].group(4))

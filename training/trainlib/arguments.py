@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from trainlib.archives import DEFAULT_MAX_BYTES
+from trainlib.balance import CHOICES as CLASS_BALANCE
 from trainlib.models import ARCHS
 
 DESCRIPTION = "droptrain's training entry point: SageMaker script mode, and plain ``python train.py`` locally."
@@ -34,6 +35,7 @@ HYPERPARAMETERS = (
     "image-size",
     "augment",
     "seed",
+    "class-balance",
 )
 # SageMaker adds these to a tuning job's children; they are not ours to interpret.
 _FOREIGN_PREFIXES = ("--_", "--sagemaker_")
@@ -109,6 +111,14 @@ def _hyperparameters(group: Any) -> None:
     )
     group.add_argument("--epochs", type=_int, default=5, help="passes over the training split")
     group.add_argument("--weight-decay", type=_float, default=1e-4, help="L2 weight decay")
+    group.add_argument(
+        "--class-balance",
+        type=_word,
+        default="auto",
+        choices=CLASS_BALANCE,
+        help="weights: weigh each class's loss by its inverse frequency; sampler: draw balanced batches; "
+        "auto: weights when the largest training class is 3 times the smallest or more, else off",
+    )
     group.add_argument(
         "--optimizer",
         type=_word,

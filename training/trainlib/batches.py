@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from trainlib import featurecache
+from trainlib.balance import Remedy
 from trainlib.datasets import Splits
 from trainlib.distributed import ALONE, World, gather, per_process_batch, shard
 from trainlib.errors import DatasetError, TrainingError
@@ -66,42 +67,43 @@ def pick_workers(args: argparse.Namespace, device: torch.device) -> int:
 
 
 def make_batches(
-    args: argparse.Namespace, splits: Splits, model: nn.Module, device: torch.device, world: World = ALONE
+    args: argparse.Namespace,
+    splits: Splits,
+    model: nn.Module,
+    device: torch.device,
+    world: World = ALONE,
+    remedy: Remedy | None = None,
 ) -> Data:
     """Batch sources for the training mode: head mode without augmentation runs the frozen backbone once
     per image and trains the head on the features every epoch after; otherwise images are decoded every
     epoch. With several processes each takes its share of every batch, evaluation and frozen pass."""
-    amp = device.type == "cuda"
+    amp = pin = device.type == "cuda"
     workers = pick_workers(args, device)
-    pin = device.type == "cuda"
+    remedy = remedy or Remedy("off", (), "")
     eval_tf = eval_transform(args.image_size)
     batch_size = per_process_batch(args.batch_size, world)
     eval_bs = batch_size * 2
     head_mode = args.train_mode == "head"
     augment = args.augment == "on" or (args.augment == "auto" and not head_mode)
 
-    def loader(samples, transform, batch_size, shuffle, world=ALONE):
-        return image_loader(samples, transform, batch_size, shuffle, workers, pin, args.seed, world)
+    def loader(samples, transform, batch_size, shuffle, world=ALONE, draw=None):
+        return image_loader(samples, transform, batch_size, shuffle, workers, pin, args.seed, world, draw)
 
     eval_samples = {"valid": splits.valid, "test": splits.test}
-    # The frozen pass is inference only, so its batch is the device's best, not the training batch:
-    # on a CPU large batches fall out of cache (ResNet-18 at 224 px: 58 img/s at 16, 48 at 64).
-    feature_batch = 32 if device.type == "cpu" else 256
+    feature_batch = 32 if device.type == "cpu" else 256  # inference only: the device's best (CPU caches)
     if head_mode and not augment:
         backbone = backbone_of(model)
 
         def compute(samples):  # this process's share of the frozen pass, then everyone's
-            return lambda: _whole(
-                extract_features(backbone, loader(shard(samples, world), eval_tf, feature_batch, False), device, amp),
-                world,
-                device,
-            )
+            share = loader(shard(samples, world), eval_tf, feature_batch, False)
+            return lambda: _whole(extract_features(backbone, share, device, amp), world, device)
 
         cached = frozen_features(args, backbone, {"train": splits.train, **eval_samples}, compute, device, world)
         _require_decoded(cached)
         generator = torch.Generator().manual_seed(args.seed)
+        chances = remedy.draw(cached["train"].targets.tolist())  # under --class-balance sampler
         return Data(
-            train_batches=lambda epoch: cached["train"].batches(batch_size, True, generator, world),
+            train_batches=lambda epoch: cached["train"].batches(batch_size, True, generator, world, chances),
             eval_batches={
                 name: (lambda f=f: f.batches(eval_bs, False, world=world))
                 for name, f in cached.items()
@@ -111,9 +113,8 @@ def make_batches(
             decode_skipped=sum(f.skipped for f in cached.values()),
         )
 
-    train_loader = loader(
-        splits.train, train_transform(args.image_size) if augment else eval_tf, batch_size, True, world
-    )
+    train_tf = train_transform(args.image_size) if augment else eval_tf
+    train_loader = loader(splits.train, train_tf, batch_size, True, world, remedy.draw([t for _, t in splits.train]))
     eval_loaders = {
         name: loader(shard(samples, world), eval_tf, eval_bs, False)
         for name, samples in eval_samples.items()

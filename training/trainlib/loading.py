@@ -11,11 +11,12 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, WeightedRandomSampler
 
 from trainlib.distributed import ALONE, World
 from trainlib.transforms import open_image
@@ -65,12 +66,18 @@ def image_loader(
     pin_memory: bool,
     seed: int,
     world: World = ALONE,
+    draw: torch.Tensor | None = None,
 ) -> DataLoader:
     """Batches of ``samples``; shuffled for training, and then, with several processes, each process's
-    share of them (``DistributedSampler``: its ``set_epoch`` reshuffles them each epoch)."""
+    share of them (``DistributedSampler``: its ``set_epoch`` reshuffles them each epoch). ``draw``: each
+    sample's chance, drawn with replacement (balanced batches, one process)."""
     generator = torch.Generator().manual_seed(seed)
     dataset = ImageDataset(samples, transform)
-    sampler = DistributedSampler(dataset, world.size, world.rank, seed=seed) if shuffle and world.distributed else None
+    sampler: Any = (
+        DistributedSampler(dataset, world.size, world.rank, seed=seed) if shuffle and world.distributed else None
+    )
+    if shuffle and draw is not None and sampler is None:
+        sampler = WeightedRandomSampler(draw, len(draw), replacement=True, generator=generator)
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -94,12 +101,19 @@ class FeatureSet:
     skipped: int
 
     def batches(
-        self, batch_size: int, shuffle: bool, generator: torch.Generator | None = None, world: World = ALONE
+        self,
+        batch_size: int,
+        shuffle: bool,
+        generator: torch.Generator | None = None,
+        world: World = ALONE,
+        draw: torch.Tensor | None = None,
     ) -> Iterator[Batch]:
         """Batches in a shuffled order (the same on every process: the generators are seeded alike), of
-        which each process takes its share."""
+        which each process takes its share; with ``draw`` (each feature's chance), drawn with replacement."""
         n = len(self.targets)
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        if shuffle and draw is not None:
+            order = torch.multinomial(draw, n, replacement=True, generator=generator)
         order = order[world.rank :: world.size]
         n = len(order)
         for start in range(0, n, batch_size):
