@@ -22,8 +22,8 @@ sys.path.insert(0, str(HERE))
 from common import Row, table, write  # noqa: E402
 
 # In the order of the issues: training, tuning, serving, the Lambda path, the whole pipeline, the audit,
-# training with several processes, what grows with the data and the cluster.
-SUITES = ("training", "tuning", "serving", "lambda", "pipeline", "audit", "distributed", "scale")
+# training with several processes, what grows with the data and the cluster, imbalanced classes.
+SUITES = ("training", "tuning", "serving", "lambda", "pipeline", "audit", "distributed", "scale", "balance")
 
 
 def run_suite(name: str, out: Path) -> None:
