@@ -345,10 +345,13 @@ def test_a_class_named_like_mathtext_is_drawn_and_a_plot_that_fails_does_not_fai
     from trainlib import report
 
     evaluation = {"classes": ["$$", "$x^2$"], "confusion_matrix": [[1, 0], [0, 1]], "split": "test"}
+    evaluation |= {"accuracy": 0.9, "balanced_accuracy": 0.625, "macro_f1": 0.5}
     page = report.render(
         tmp_path / "report.html", run_id="r", history=[], evaluation=evaluation, verdicts=[], profile={}, findings=[]
     ).read_text()
     assert page.count("data:image/png;base64,") == 1, "the confusion matrix was drawn"
+    assert "Held-out evaluation (test split)" in page
+    assert "<td>balanced accuracy</td><td>0.6250</td>" in page and "<td>macro-F1</td><td>0.5000</td>" in page
     assert "run inside this training job" in page and "closed to new customers" in page, "where the rules ran"
     broken = {"classes": ["a"], "confusion_matrix": "not a matrix", "split": "test"}
     page = report.render(

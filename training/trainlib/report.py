@@ -60,6 +60,9 @@ def _curves(history: list[dict]):
             ax.set_ylabel("loss")
         twin = ax.twinx()
         twin.plot(epochs, [h["valid_accuracy"] for h in history], "s--", color="tab:green", label="valid accuracy")
+        if all("valid_balanced_accuracy" in h for h in history):
+            balanced = [h["valid_balanced_accuracy"] for h in history]
+            twin.plot(epochs, balanced, "^:", color="tab:purple", label="valid balanced accuracy")
         twin.set_ylim(0, 1)
         twin.set_ylabel("accuracy")
         lines = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
@@ -146,6 +149,13 @@ def render(
         for o in profile.get("torch_ops", [])
     )
     items = "".join(f"<li>{html.escape(f)}</li>" for f in findings)
+    named = (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"), ("macro_f1", "macro-F1"))
+    scores = "".join(
+        f"<tr><td>{label}</td><td>{evaluation[key]:.4f}</td></tr>"
+        for key, label in named
+        if evaluation and isinstance(evaluation.get(key), (int, float))
+    )
+    split = html.escape(str((evaluation or {}).get("split", "")))
     doc = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>droptrain report: {html.escape(run_id)}</title>
 <style>
@@ -159,6 +169,8 @@ img {{ display: block; margin: 1em 0; max-width: 100%; }}
 <p>Device: {html.escape(profile.get("device", "?"))}; {len(history)} epochs;
 {len(profile.get("steps", []))} profiled steps.</p>
 <h2>Findings</h2><ul id="findings">{items}</ul>
+<h2>Held-out evaluation ({split} split)</h2>
+<table id="scores"><tr><th>metric</th><th>value</th></tr>{scores}</table>
 <h2>Debugger rules</h2>
 <p id="rules-where">smdebug's rules, run inside this training job on what its hook saved: they work in every
 account. SageMaker's managed Debugger, closed to new customers since 2026-07-30, is not needed for them.</p>
