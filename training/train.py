@@ -101,7 +101,6 @@ class Fit:
     device: torch.device
     world: distributed.World = distributed.ALONE
     classes: tuple[str, ...] = ()
-    train_criterion: nn.Module | None = None  # weighted by class under --class-balance weights
 
     @property
     def amp(self) -> bool:
@@ -146,14 +145,13 @@ def prepare(
         model,
         data,
         trainable,
-        nn.CrossEntropyLoss(),
+        remedy.criterion(device),  # weighted by class while training, under --class-balance weights
         optimizer,
         torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs),
         torch.amp.GradScaler(device.type, enabled=device.type == "cuda"),
         device,
         world,
         tuple(splits.classes),
-        remedy.criterion(device),
     )
 
 
@@ -206,7 +204,7 @@ def run_epochs(args: argparse.Namespace, fit: Fit, observers: Observers, progres
         try:
             train_stats = train_one_epoch(
                 fit.trainable,
-                fit.train_criterion or fit.criterion,
+                fit.criterion,
                 fit.optimizer,
                 fit.data.train_batches(epoch),
                 fit.device,

@@ -37,14 +37,16 @@ def test_the_remedy_follows_the_classes_counts(asked, counts, world, mode):
 
 def test_class_weights_make_the_rare_class_count_as_much_as_the_common_one():
     weighted = Remedy.of("weights", _train([90, 10]), 2, ALONE).criterion(torch.device("cpu"))
-    assert weighted.weight.tolist() == pytest.approx([100 / (2 * 90), 100 / (2 * 10)])
-    assert Remedy.of("weights", _train([10, 10]), 2, ALONE).criterion(torch.device("cpu")).weight.tolist() == [1, 1]
+    assert weighted.class_weight.tolist() == pytest.approx([100 / (2 * 90), 100 / (2 * 10)])
+    even = Remedy.of("weights", _train([10, 10]), 2, ALONE).criterion(torch.device("cpu"))
+    assert even.class_weight.tolist() == [1, 1]
     plain = Remedy.of("off", _train([90, 10]), 2, ALONE).criterion(torch.device("cpu"))
-    # One wrong answer on a rare image and one on a common image: alike unweighted, not weighted.
+    # A right answer on a common image and a wrong one on a rare image: the rare mistake weighs more.
     logits, targets = torch.tensor([[2.0, -2.0], [2.0, -2.0]]), torch.tensor([0, 1])
     common_right_rare_wrong = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
     assert plain(logits, targets) == pytest.approx(common_right_rare_wrong.mean().item())
-    assert weighted(logits, targets) > plain(logits, targets), "the rare class's mistake weighs more"
+    assert weighted.train()(logits, targets) > plain(logits, targets), "weighted while training"
+    assert weighted.eval()(logits, targets) == pytest.approx(plain(logits, targets).item()), "plain in evaluation"
 
 
 def test_the_balanced_draw_fills_batches_about_equally_from_each_class():

@@ -47,15 +47,29 @@ class Remedy:
         return cls(mode, counts, why)
 
     def criterion(self, device: torch.device) -> nn.Module:
-        """The training loss: weighted by inverse class frequency under ``weights``."""
+        """The loss: under ``weights``, weighted by inverse class frequency while training."""
         if self.mode != "weights":
             return nn.CrossEntropyLoss()
         total, present = sum(self.counts), sum(1 for n in self.counts if n)
         weights = [total / (present * n) if n else 1.0 for n in self.counts]
-        return nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32, device=device))
+        return ClassWeightedLoss(torch.tensor(weights, dtype=torch.float32)).to(device)
 
     def draw(self, targets: Sequence[int]) -> torch.Tensor | None:
         """Each training sample's chance to be drawn under ``sampler`` (``None``: a plain shuffle)."""
         if self.mode != "sampler":
             return None
         return torch.tensor([1.0 / self.counts[t] for t in targets], dtype=torch.float64)
+
+
+class ClassWeightedLoss(nn.CrossEntropyLoss):
+    """Cross-entropy weighted by class in training mode and plain in evaluation mode (``.eval()``, as the
+    loop sets it), so that validation and test losses mean what they mean without a remedy. One module
+    for both, as the debugger hook watches one loss module."""
+
+    def __init__(self, class_weight: torch.Tensor):
+        super().__init__()
+        self.register_buffer("class_weight", class_weight)
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        weight = self.class_weight if self.training else None
+        return nn.functional.cross_entropy(input, target, weight=weight)

@@ -58,6 +58,7 @@ def train_one_epoch(
     ran out of batches first (or met a batch with no decodable image) joins the others' last steps
     rather than leaving them waiting on its gradients."""
     model.train()
+    criterion.train()  # a class-weighted loss weighs while training only (trainlib.balance)
     hook.set_mode("train")
     timer.epoch_start()
     total_loss = torch.zeros((), device=device)
@@ -104,6 +105,7 @@ def evaluate(
     """One pass over this process's shard of a split; with several processes, every process gets the
     whole split's statistics and predictions (each with its target), gathered from all of them."""
     model.eval()
+    criterion.eval()
     hook.set_mode("eval")
     total_loss, seen, skipped = 0.0, 0, 0
     predictions: list[int] = []

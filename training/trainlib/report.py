@@ -120,6 +120,17 @@ def _confusion(evaluation: dict):
     return draw
 
 
+def _scores(evaluation: dict) -> tuple[str, str]:
+    """The held-out split's accuracy, balanced accuracy and macro-F1 as table rows, and the split's name."""
+    named = (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"), ("macro_f1", "macro-F1"))
+    rows = "".join(
+        f"<tr><td>{label}</td><td>{evaluation[key]:.4f}</td></tr>"
+        for key, label in named
+        if isinstance(evaluation.get(key), (int, float))
+    )
+    return rows, html.escape(str(evaluation.get("split", "")))
+
+
 def render(
     path: Path,
     *,
@@ -149,13 +160,7 @@ def render(
         for o in profile.get("torch_ops", [])
     )
     items = "".join(f"<li>{html.escape(f)}</li>" for f in findings)
-    named = (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"), ("macro_f1", "macro-F1"))
-    scores = "".join(
-        f"<tr><td>{label}</td><td>{evaluation[key]:.4f}</td></tr>"
-        for key, label in named
-        if evaluation and isinstance(evaluation.get(key), (int, float))
-    )
-    split = html.escape(str((evaluation or {}).get("split", "")))
+    scores, split = _scores(evaluation or {})
     doc = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>droptrain report: {html.escape(run_id)}</title>
 <style>
