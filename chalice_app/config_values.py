@@ -10,7 +10,8 @@ from collections.abc import Mapping
 from typing import overload
 
 ARN = re.compile(r"^arn:aws[a-z-]*:[a-z0-9-]+:[a-z0-9-]*:\d{12}:.+$")
-INSTANCE = re.compile(r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
+# A family may carry a suffix after a hyphen, as SageMaker's newer types do (ml.p6-b200.48xlarge, ml.m7i-flex.large).
+INSTANCE = re.compile(r"^ml\.[a-z0-9]+(-[a-z0-9]+)*\.[a-z0-9]+$")
 # Kepler (P2) and Volta (P3) GPUs: the training image's PyTorch is built for CUDA 13 (cu130), which
 # dropped sm_70 and older, as has the Ray Serve image's build; their first kernel fails.
 OLD_GPUS = re.compile(r"^ml\.(p2|p3|p3dn)\.")

@@ -31,6 +31,7 @@ MULTI_GPU = {
     "p5.48xlarge": 8,
     "p5e.48xlarge": 8,
     "p5en.48xlarge": 8,
+    "p6-b200.48xlarge": 8,
 }
 SINGLE_GPU_FAMILIES = ("g4dn", "g5", "g6", "g6e", "gr6", "p5")
 

@@ -50,6 +50,7 @@ def test_the_final_job_takes_the_trials_count_unless_told_its_own():
         ("ml.g6e.48xlarge", 8),
         ("ml.p4d.24xlarge", 8),
         ("ml.p5.48xlarge", 8),
+        ("ml.p6-b200.48xlarge", 8),
         ("ml.g7e.2xlarge", None),  # a GPU family the table does not know: the container counts its GPUs
     ],
 )
@@ -207,3 +208,14 @@ def test_a_type_of_several_gpus_is_forecast_from_its_familys_one_gpu_row():
     assert "4 GPUs" in source and "estimate" in source
     assert cost.throughput("ml.g7e.2xlarge") == cost.UNKNOWN_THROUGHPUT, "no row to scale: the slowest row"
     assert cost.throughput("ml.g5.xlarge") == cost.THROUGHPUT["ml.g5.xlarge"]
+
+
+@pytest.mark.parametrize("instance", ["ml.p6-b200.48xlarge", "ml.m7i-flex.large", "ml.g6e.12xlarge"])
+def test_instance_types_with_a_hyphenated_family_are_accepted_as_botocore_lists_them(instance):
+    config = make_config(TRAINING_INSTANCE_TYPE=instance, TRAINING_INSTANCE_COUNT=2)
+    request = requests.tuning_job_request(config, RUN, DATASET)
+    validate("sagemaker", "CreateHyperParameterTuningJob", request)  # botocore's enum lists each of them
+    assert request["TrainingJobDefinition"]["ResourceConfig"]["InstanceType"] == instance
+    for bad in ("ml.-p6.48xlarge", "ml.p6-.48xlarge", "ml.p6--b200.48xlarge", "p6-b200.48xlarge"):
+        with pytest.raises(ConfigError, match="TRAINING_INSTANCE_TYPE"):
+            make_config(TRAINING_INSTANCE_TYPE=bad)
