@@ -129,7 +129,7 @@ class ProcessingJobs(Jobs):
         return outputs
 
     def _start_all(
-        self, name: str, folders: list[Path], spec: Mapping[str, Any], env: Mapping[str, str], stopping: Mapping
+        self, name: str, folders: list[Path], spec: Mapping[str, Any], env: Mapping[str, str], limits: Mapping
     ) -> list[int] | None:
         """Every instance's container at once, to their ends; ``None`` when they ran past the job's limit."""
         processes = []
@@ -149,7 +149,7 @@ class ProcessingJobs(Jobs):
                         start_new_session=True,
                     )
                 )
-        deadline = time.monotonic() + stopping.get("MaxRuntimeInSeconds", 3600)
+        deadline = time.monotonic() + limits.get("MaxRuntimeInSeconds", 3600)
         # The first instance is the job's process (a stop ends it); the others end with it when it did
         # not succeed, or are waited for.
         with self.running(name, processes[0]):
