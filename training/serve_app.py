@@ -9,13 +9,17 @@ way (``droptrain/local/engines/serving.py``). The model is found next to this fi
 path, so the archive serves from any folder.
 
 ``POST /`` with JPEG or PNG bytes (recognised by content, whatever the Content-Type) answers 200
-``{"predictions": [{"label", "probability"}, ...], "model": "<run-id>"}`` with the 20 most probable
-labels, most probable first. An empty, undecodable or oversized body gets its 4xx and the JSON
-error (``trainlib.predictor``); no bad input ever causes a 5xx. Concurrent requests share forward
-passes through ``@serve.batch``; a lone request runs at once (no wait for company). A batch holds
-at most as many requests as the model runs fastest per image at on this machine (timed when the
-replica starts, up to 16). What that gives, and what Ray costs a request before any model work in
-each of its modes, is measured by ``make bench`` (docs/performance.md).
+``{"predictions": [{"label", "probability"}, ...], "abstained": false, "model": "<run-id>"}`` with the
+20 most probable labels, most probable first (probabilities calibrated, ``abstained`` by the model's
+thresholds: ``trainlib.calibration``). Options come as a query string, in the URL or in the
+``X-Amzn-SageMaker-Custom-Attributes`` header (an InvokeEndpoint's ``CustomAttributes``): ``min_confidence``
+(0-1) replaces the model's floor for this request, ``explain=true`` adds the top class's Grad-CAM
+``explanation`` (``trainlib.explain``). An empty, undecodable or oversized body, or an option out of
+range, gets its 4xx and the JSON error (``trainlib.predictor``); no bad input ever causes a 5xx.
+Concurrent requests share forward passes through ``@serve.batch``; a lone request runs at once (no
+wait for company). A batch holds at most as many requests as the model runs fastest per image at on
+this machine (timed when the replica starts, up to 16). What that gives, and what Ray costs a request
+before any model work in each of its modes, is measured by ``make bench`` (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -25,12 +29,13 @@ import logging
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 from ray import serve
 from starlette.requests import Request
 from starlette.responses import Response
 
-from trainlib.errors import MAX_BODY_BYTES, PayloadTooLargeError, PredictionError
+from trainlib.errors import MAX_BODY_BYTES, OPTIONS_HEADER, PayloadTooLargeError, PredictionError
 
 log = logging.getLogger("ray.serve")
 HERE = Path(__file__).resolve().parent
@@ -52,9 +57,9 @@ class ImageClassifier:
         # build the application before any replica starts, and torch there added seconds to every deploy.
         import torch
 
-        from trainlib.predictor import Classifier, decode
+        from trainlib.predictor import Classifier, Options, decode
 
-        self._torch, self._decode = torch, decode
+        self._torch, self._decode, self._options = torch, decode, Options
         self.classifier = Classifier.load(Path(model_dir) if model_dir else HERE)
         # Ray starts replicas with OMP_NUM_THREADS=1 unless they reserve CPUs, and OpenMP's thread count
         # is per thread: the thread that computes is given every core of the instance.
@@ -71,14 +76,23 @@ class ImageClassifier:
         self._torch.set_num_threads(self._cores)
         return self.classifier.predict(images)
 
-    async def answer(self, body: bytes) -> tuple[int, dict[str, Any]]:
-        """``(HTTP status, JSON body)`` for the image bytes."""
+    async def answer(self, body: bytes, options: list[tuple[str, str]] = ()) -> tuple[int, dict[str, Any]]:
+        """``(HTTP status, JSON body)`` for the image bytes and the request's options (``explain``,
+        ``min_confidence``: the query string's, or the CustomAttributes' that SageMaker passes on)."""
         try:
+            asked = self._options.parse(options)
             image = self._decode(body)
         except PredictionError as exc:
             return exc.status, exc.body()
         try:
-            return 200, await self._predict(image)
+            if asked.explain:  # one backward pass of its own: never batched with plain predictions
+                self._torch.set_num_threads(self._cores)
+                answer = self.classifier.explain(image)
+            else:
+                answer = await self._predict(image)
+            if asked.min_confidence is not None:
+                answer = {**answer, "abstained": self.classifier.abstains(answer, asked.min_confidence)}
+            return 200, answer
         except Exception:  # noqa: BLE001 - a bug, not the caller's fault: logged, answered as a 500 without a trace
             log.exception("prediction failed")
             return 500, PredictionError("the model failed on this image; see the endpoint's logs").body()
@@ -91,7 +105,8 @@ class ImageClassifier:
             if int(declared) > MAX_BODY_BYTES:  # refused before a byte of it is read
                 error = PayloadTooLargeError(f"the image is {declared} bytes; the limit is {MAX_BODY_BYTES} bytes")
                 return _json(error.status, error.body())
-        return _json(*await self.answer(await request.body()))
+        options = [*parse_qsl(request.headers.get(OPTIONS_HEADER, "")), *request.query_params.multi_items()]
+        return _json(*await self.answer(await request.body(), options))
 
 
 app = ImageClassifier.bind()

@@ -21,11 +21,9 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from trainlib import artifact, checkpoints, distributed, profiling
@@ -34,11 +32,13 @@ from trainlib import artifact, checkpoints, distributed, profiling
 from trainlib.arguments import get_args_parser, hyperparameters, parse_args  # noqa: F401
 from trainlib.balance import Remedy
 from trainlib.baseline import baseline_line, evaluate_baseline
-from trainlib.batches import Data, make_batches, pick_device, pick_workers
+from trainlib.batches import make_batches, pick_device, pick_workers
+from trainlib.calibration import Outputs, calibrate
 from trainlib.datasets import Splits, discover, drop_held_out, resolve_dataset_root
 from trainlib.debugging import NullHook, create_hook
 from trainlib.errors import DivergedError, TrainingError, write_failure
 from trainlib.evaluation import classification_report, scores
+from trainlib.fit import Fit, Progress
 from trainlib.job_reports import Observers, stop_on_rule_issues, upload_reports, write_report, write_verdicts
 from trainlib.loop import evaluate, make_optimizer, train_one_epoch
 from trainlib.models import build_model, freeze_backbone
@@ -85,44 +85,6 @@ def main(args: argparse.Namespace) -> dict:
 
 
 # -- the steps of main -----------------------------------------------------------------------
-
-
-@dataclass
-class Fit:
-    """What trains and how: the model, its batches, and the optimiser's state."""
-
-    model: nn.Module
-    data: Data
-    trainable: nn.Module
-    criterion: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    scaler: torch.amp.GradScaler
-    device: torch.device
-    world: distributed.World = distributed.ALONE
-    classes: tuple[str, ...] = ()
-
-    @property
-    def amp(self) -> bool:
-        return self.device.type == "cuda"  # mixed precision on CUDA, as SageMaker's GPU instances train
-
-    @property
-    def bare(self) -> nn.Module:
-        """The trained module without DDP's wrapper: what evaluation runs (the wrapper's forward would wait
-        on the other processes, whose shares of a split may hold fewer batches) and the hook watches (its
-        tensors keep their own names, which the rules read)."""
-        return self.trainable.module if isinstance(self.trainable, DistributedDataParallel) else self.trainable
-
-
-@dataclass
-class Progress:
-    """Where training stands: the history so far, the next epoch, and where checkpoints go."""
-
-    history: list[dict]
-    start_epoch: int
-    checkpoint_dir: Path | None
-    fingerprint: str
-    train_images: int = 0
 
 
 def prepare(
@@ -221,26 +183,24 @@ def run_epochs(args: argparse.Namespace, fit: Fit, observers: Observers, progres
             observers.close()
             write_verdicts(observers.hook.out_dir, args.output_data_dir / "reports")
             raise
-        valid_stats, predicted, expected = evaluate(
-            fit.bare,
-            fit.criterion,
-            fit.data.eval_batches["valid"](),
-            fit.device,
-            observers.hook,
-            fit.amp,
-            fit.world,
+        valid = evaluate(
+            fit.bare, fit.criterion, fit.data.eval_batches["valid"](), fit.device, observers.hook, fit.amp, fit.world
         )
         fit.scheduler.step()
         if epoch == progress.start_epoch:
-            fit.data.decode_skipped += train_stats.skipped + valid_stats.skipped
+            fit.data.decode_skipped += train_stats.skipped + valid.stats.skipped
         progress.history.append(
             {
                 "epoch": epoch,
                 "train_loss": train_stats.loss,
                 "train_accuracy": train_stats.accuracy,
-                "valid_loss": valid_stats.loss,
-                "valid_accuracy": valid_stats.accuracy,
-                **{f"valid_{k}": v for k, v in scores(expected, predicted, fit.classes).items() if k != "accuracy"},
+                "valid_loss": valid.stats.loss,
+                "valid_accuracy": valid.stats.accuracy,
+                **{
+                    f"valid_{k}": v
+                    for k, v in scores(valid.targets, valid.predictions, fit.classes).items()
+                    if k != "accuracy"
+                },
                 "seconds": round(time.perf_counter() - started, 6),
                 "images": train_stats.seen,
             }
@@ -278,25 +238,44 @@ def finish(
     last = history[-1] if history else {}
     metrics = {k: last[k] for k in EPOCH_LINE if k.startswith("valid_") and k in last}
     eval_split = "test" if "test" in fit.data.eval_batches else "valid"
-    stats, predictions, targets = evaluate(
-        fit.bare,
-        fit.criterion,
-        fit.data.eval_batches[eval_split](),
-        fit.device,
-        observers.hook,
-        fit.amp,
-        fit.world,
-    )
+    passes = {
+        split: evaluate(
+            fit.bare,
+            fit.criterion,
+            fit.data.eval_batches[split](),
+            fit.device,
+            observers.hook,
+            fit.amp,
+            fit.world,
+            keep_logits=True,
+        )
+        for split in dict.fromkeys((eval_split, "valid"))  # the held-out split, and the one calibration is fitted on
+    }
+    held = passes[eval_split]
     if eval_split == "test":
-        fit.data.decode_skipped += stats.skipped
-        test = {f"test_{k}": v for k, v in scores(targets, predictions, splits.classes).items() if k != "accuracy"}
+        fit.data.decode_skipped += held.stats.skipped
+        test = {
+            f"test_{k}": v for k, v in scores(held.targets, held.predictions, splits.classes).items() if k != "accuracy"
+        }
         line = " ".join(f"{k}={v:.4f}" for k, v in test.items())
-        print(f"test_loss={stats.loss:.4f} test_accuracy={stats.accuracy:.4f} {line}", flush=True)
-        metrics.update({"test_loss": stats.loss, "test_accuracy": stats.accuracy, **test})
+        print(f"test_loss={held.stats.loss:.4f} test_accuracy={held.stats.accuracy:.4f} {line}", flush=True)
+        metrics.update({"test_loss": held.stats.loss, "test_accuracy": held.stats.accuracy, **test})
     observers.close()
     if not fit.world.main:
         return metrics
-    evaluation = {**classification_report(targets, predictions, splits.classes), "split": eval_split}
+    calibration = calibrate(
+        *(Outputs.of(p.logits, p.targets) for p in (passes["valid"], held)),
+        eval_split,
+        splits.classes,
+        args.target_precision,
+        args.min_confidence,
+    )
+    print(calibration.line(), flush=True)
+    evaluation = {
+        **classification_report(held.targets, held.predictions, splits.classes),
+        "split": eval_split,
+        "calibration": calibration.evaluation,
+    }
     if args.baseline_dir is not None:  # the serving model, on the same split, for the promotion gate
         evaluation["baseline"] = evaluate_baseline(
             args.baseline_dir, work_dir, getattr(splits, eval_split), splits.classes, fit.device
@@ -323,6 +302,7 @@ def finish(
     if args.reports_uri:
         upload_reports(report_dir, args.reports_uri)
     metadata = artifact.model_metadata(args, hyperparameters(args), splits, metrics, history, fit.data.decode_skipped)
+    metadata["calibration"] = calibration.serving()
     artifact.write_model_dir(args.model_dir, fit.model, metadata, num_gpus=args.serving_gpus)
     return metrics
 

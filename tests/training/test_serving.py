@@ -4,6 +4,8 @@ archive's root, HTTP on its route)."""
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import http.client
 import io
 import json
@@ -12,11 +14,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from PIL import Image
 
 from helpers import extract, png_bytes, png_header_only
 from trainlib import predictor
+from trainlib.calibration import reliability
 from trainlib.predictor import Classifier, decode
 
 
@@ -46,7 +50,7 @@ def _jpeg(size=(64, 64), color="red") -> bytes:
 
 def test_answers_every_label_most_probable_first(classifier, tiny_dataset):
     (answer,) = classifier.predict([decode(_test_images(tiny_dataset, 1)[0].read_bytes())])
-    assert set(answer) == {"predictions", "model"} and answer["model"] == "pets-1a2b3c4d"
+    assert set(answer) == {"predictions", "abstained", "model"} and answer["model"] == "pets-1a2b3c4d"
     labels = [p["label"] for p in answer["predictions"]]
     assert sorted(labels) == sorted(classifier.classes), "all 4 labels: fewer than the 20 an endpoint answers"
     probabilities = [p["probability"] for p in answer["predictions"]]
@@ -170,11 +174,13 @@ def container(model_dir, ray_serve):
     ray_serve.delete(app["name"])
 
 
-def _post(serving, body: bytes, content_type: str = "image/jpeg", headers: dict | None = None) -> tuple[int, dict]:
+def _post(
+    serving, body: bytes, content_type: str = "image/jpeg", headers: dict | None = None, path: str = "/"
+) -> tuple[int, dict]:
     """What the container's SageMaker adapter does with /invocations: POST the bytes to the route '/'."""
     conn = http.client.HTTPConnection(serving.host, serving.port, timeout=60)
     try:
-        conn.request("POST", "/", body=body, headers={"Content-Type": content_type, **(headers or {})})
+        conn.request("POST", path, body=body, headers={"Content-Type": content_type, **(headers or {})})
         response = conn.getresponse()
         return response.status, json.loads(response.read())
     finally:
@@ -206,6 +212,29 @@ def test_the_container_answers_jpeg_and_png_as_the_model_does(container, classif
 def test_the_container_answers_bad_input_with_its_documented_status(container, body, status, code):
     answered, payload = _post(container, body)
     assert (answered, payload["error"]["code"]) == (status, code), payload
+
+
+def test_the_container_takes_options_from_the_query_or_sagemakers_custom_attributes(
+    container, tiny_dataset, classifier
+):
+    body = _test_images(tiny_dataset, 1)[0].read_bytes()
+    status, answer = _post(container, body, path="/?min_confidence=1")
+    assert status == 200 and answer["abstained"] is True and len(answer["predictions"]) == 4
+    status, answer = _post(container, body, path="/?min_confidence=0")
+    assert status == 200 and answer["abstained"] == classifier.abstains(answer, 0.0)
+    # InvokeEndpoint's CustomAttributes reach the container as this header (what the API sends).
+    attributes = {"X-Amzn-SageMaker-Custom-Attributes": "explain=true&min_confidence=1"}
+    status, answer = _post(container, body, headers=attributes)
+    assert status == 200 and answer["abstained"] is True
+    explanation = answer["explanation"]
+    assert explanation["method"] == "grad-cam" and explanation["size"] == [48, 48]
+    heatmap = Image.open(io.BytesIO(base64.b64decode(explanation["heatmap_png"])))
+    assert heatmap.size == (48, 48) and heatmap.mode == "L"
+    (plain,) = classifier.predict([decode(body)])
+    assert [p["label"] for p in answer["predictions"]] == [p["label"] for p in plain["predictions"]]
+    for path, code in (("/?min_confidence=2", "invalid_min_confidence"), ("/?explain=maybe", "invalid_explain")):
+        status, answer = _post(container, body, path=path)
+        assert (status, answer["error"]["code"]) == (400, code)
 
 
 def test_concurrent_requests_are_answered_each_their_own(container, tiny_dataset, classifier):
@@ -240,3 +269,47 @@ def test_the_local_ray_serves_http_through_haproxy(container, tiny_dataset):
         if Path(args[0].decode()).name == "haproxy" and any(node.encode() in arg for arg in args):
             ours.append(pid)
     assert status == 200 and ours, "an HAProxy configured for this Ray node serves the route"
+
+
+# -- calibration and abstention, as the job measured them and serving applies them --------------------
+
+
+def _probabilities(answers, classes) -> torch.Tensor:
+    """Each answer's probabilities back in class order (the tiny model answers all 4 labels)."""
+    rows = [{p["label"]: p["probability"] for p in a["predictions"]} for a in answers]
+    return torch.tensor([[row[name] for name in classes] for row in rows])
+
+
+def test_serving_applies_the_temperature_the_job_measured(classifier, tiny_dataset, trained_job):
+    report = json.loads((trained_job["paths"].output_data / "evaluation.json").read_text())["calibration"]
+    meta = json.loads((trained_job["paths"].model / "model.json").read_text())["calibration"]
+    assert report["split"] == "test" and len(report["bins"]) == 15
+    assert report["ece_after"] <= report["ece_before"], "never worse on the test split"
+    assert classifier.temperature == meta["temperature"] == report["temperature"]
+    images = _test_images(tiny_dataset)
+    targets = torch.tensor([classifier.classes.index(p.parent.name) for p in images])
+    decoded = [decode(p.read_bytes()) for p in images]
+    assert sum(b["count"] for b in report["bins"]) == len(images)
+    # The endpoint's probabilities on the test split have the calibration error the job reported after
+    # scaling, and the unscaled model's the one before.
+    ece_after, _ = reliability(_probabilities(classifier.predict(decoded), classifier.classes), targets)
+    unscaled = dataclasses.replace(classifier, temperature=1.0)
+    ece_before, _ = reliability(_probabilities(unscaled.predict(decoded), classifier.classes), targets)
+    assert (ece_after, ece_before) == pytest.approx((report["ece_after"], report["ece_before"]), abs=2e-3)
+
+
+def test_an_answer_below_its_class_threshold_abstains(classifier, tiny_dataset, trained_job):
+    meta = json.loads((trained_job["paths"].model / "model.json").read_text())["calibration"]
+    assert meta["target_precision"] == 0.9 and set(meta["thresholds"]) == set(classifier.classes)
+    answers = classifier.predict([decode(p.read_bytes()) for p in _test_images(tiny_dataset)])
+    for answer in answers:
+        best = answer["predictions"][0]
+        threshold = meta["thresholds"][best["label"]] or 0.0
+        assert answer["abstained"] == (best["probability"] < max(threshold, meta["min_confidence"]))
+        assert classifier.abstains(answer, 1.0) == (best["probability"] < 1.0), "a floor of 1: all but certainty"
+    # Thresholds of 1 (a class never precise enough): every answer short of certainty abstains, with its labels.
+    strict = dataclasses.replace(classifier, thresholds=dict.fromkeys(classifier.classes, 1.0))
+    for answer in strict.predict([decode(p.read_bytes()) for p in _test_images(tiny_dataset)]):
+        assert (
+            answer["abstained"] == (answer["predictions"][0]["probability"] < 1.0) and len(answer["predictions"]) == 4
+        )

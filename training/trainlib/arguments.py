@@ -36,6 +36,8 @@ HYPERPARAMETERS = (
     "augment",
     "seed",
     "class-balance",
+    "target-precision",
+    "min-confidence",
 )
 # SageMaker adds these to a tuning job's children; they are not ours to interpret.
 _FOREIGN_PREFIXES = ("--_", "--sagemaker_")
@@ -66,6 +68,13 @@ def _float(value: str) -> float:
     number = float(_text(value))
     if not math.isfinite(number):
         raise argparse.ArgumentTypeError(f"expected a finite number, got {value!r}")
+    return number
+
+
+def _share(value: str) -> float:
+    number = _float(value)
+    if not 0.0 <= number <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {value!r}")
     return number
 
 
@@ -118,6 +127,19 @@ def _hyperparameters(group: Any) -> None:
         choices=CLASS_BALANCE,
         help="weights: weigh each class's loss by its inverse frequency; sampler: draw balanced batches; "
         "auto: weights when the largest training class is 3 times the smallest or more, else off",
+    )
+    group.add_argument(
+        "--target-precision",
+        type=_share,
+        default=None,
+        help="abstain below each class's confidence threshold chosen on the validation split for this "
+        "precision (0-1; unset: no class thresholds)",
+    )
+    group.add_argument(
+        "--min-confidence",
+        type=_share,
+        default=0.0,
+        help="abstain when the best class's calibrated probability is below this (0-1)",
     )
     group.add_argument(
         "--optimizer",

@@ -33,7 +33,15 @@ TRAINING_DIR = Path(__file__).resolve().parent.parent
 SERVE_MODULE = "serve_app"
 DEPLOYMENT = "ImageClassifier"
 # What serve_app.py imports from trainlib (tests/training check the archive imports with nothing else).
-SERVING_MODULES = ("__init__.py", "errors.py", "models.py", "transforms.py", "predictor.py")
+SERVING_MODULES = (
+    "__init__.py",
+    "errors.py",
+    "models.py",
+    "transforms.py",
+    "predictor.py",
+    "calibration.py",
+    "explain.py",
+)
 SERVING_REQUIREMENTS = (
     "# Installed by the Ray Serve inference container before Ray starts. It already has torch,\n"
     "# torchvision and Pillow, which is all serve_app.py needs; an endpoint in a VPC without\n"

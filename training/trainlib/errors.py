@@ -42,6 +42,11 @@ def write_failure(message: str) -> None:
         (Path(output_dir) / "failure").write_text(message[:1024])
 
 
+# The header SageMaker passes an InvokeEndpoint's CustomAttributes in; droptrain's API sends its request
+# options there, as a query string (``explain=true&min_confidence=0.8``).
+OPTIONS_HEADER = "x-amzn-sagemaker-custom-attributes"
+
+
 class PredictionError(Exception):
     """What a request to the endpoint gets instead of predictions: its HTTP status and the API's error body.
     Here, with no torch import, so that the serving module can name them before it loads a model."""
@@ -63,3 +68,13 @@ class ImageTooLargeError(PredictionError):
 
 class PayloadTooLargeError(PredictionError):
     status, code = 413, "payload_too_large"
+
+
+class InvalidOptionError(PredictionError):
+    """A request option (``explain``, ``min_confidence``) out of its range; ``code`` names which."""
+
+    status = 400
+
+    def __init__(self, message: str, code: str):
+        super().__init__(message)
+        self.code = code

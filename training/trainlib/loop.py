@@ -98,18 +98,29 @@ def train_one_epoch(
     return EpochStats(loss_sum / seen_sum, correct_sum / seen_sum, int(seen_sum), int(skipped_sum))
 
 
+@dataclass
+class Pass:
+    """One evaluation pass over a whole split: its statistics, and per image the prediction, the target
+    and (when kept) the logits, in the same order."""
+
+    stats: EpochStats
+    predictions: list[int]
+    targets: list[int]
+    logits: list[list[float]]
+
+
 @torch.no_grad()
-def evaluate(
-    model, criterion, batches, device, hook, amp, world: World = ALONE
-) -> tuple[EpochStats, list[int], list[int]]:
+def evaluate(model, criterion, batches, device, hook, amp, world: World = ALONE, keep_logits: bool = False) -> Pass:
     """One pass over this process's shard of a split; with several processes, every process gets the
-    whole split's statistics and predictions (each with its target), gathered from all of them."""
+    whole split's statistics and predictions (each with its target), gathered from all of them.
+    ``keep_logits``: the logits too, for calibration (``trainlib.calibration``)."""
     model.eval()
     criterion.eval()
     hook.set_mode("eval")
     total_loss, seen, skipped = 0.0, 0, 0
     predictions: list[int] = []
     targets_all: list[int] = []
+    rows: list[list[float]] = []
     for inputs, targets, n_skipped in batches:
         skipped += n_skipped
         if inputs is None:
@@ -122,14 +133,17 @@ def evaluate(
         seen += len(targets)
         predictions.extend(logits.argmax(1).tolist())
         targets_all.extend(targets.tolist())
+        if keep_logits:
+            rows.extend(logits.float().cpu().tolist())
     if world.distributed:
-        pairs = unshard(gather(world, list(zip(predictions, targets_all))))
-        predictions, targets_all = [p for p, _ in pairs], [t for _, t in pairs]
+        triples = unshard(gather(world, list(zip(predictions, targets_all, rows or [[]] * len(predictions)))))
+        predictions, targets_all = [p for p, _, _ in triples], [t for _, t, _ in triples]
+        rows = [r for _, _, r in triples] if keep_logits else []
         total_loss, seen, skipped = total(world, total_loss, seen, skipped)
     if seen == 0:
         raise DatasetError("no evaluation image could be decoded")
     accuracy = sum(p == t for p, t in zip(predictions, targets_all)) / seen
-    return EpochStats(total_loss / seen, accuracy, int(seen), int(skipped)), predictions, targets_all
+    return Pass(EpochStats(total_loss / seen, accuracy, int(seen), int(skipped)), predictions, targets_all, rows)
 
 
 def make_optimizer(args: argparse.Namespace, params) -> torch.optim.Optimizer:

@@ -19,17 +19,20 @@ import math
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
 
+from trainlib import explain
+from trainlib.calibration import abstains
 from trainlib.errors import (
     MAX_BODY_BYTES,
     ImageTooLargeError,
     InvalidImageError,
+    InvalidOptionError,
     PayloadTooLargeError,
 )
 from trainlib.models import build_model
@@ -48,6 +51,36 @@ WORKING_SIDE = 512
 # The endpoint answers this many labels (all of them when there are fewer); the API trims to top_k.
 TOP_LABELS = 20
 FORMATS = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG"}
+
+
+@dataclass(frozen=True)
+class Options:
+    """What a request asks beyond the labels: an explanation, a confidence floor of its own."""
+
+    explain: bool = False
+    min_confidence: float | None = None
+
+    @classmethod
+    def parse(cls, pairs: Sequence[tuple[str, str]]) -> Options:
+        """From query-string pairs; ``InvalidOptionError`` (400) for a value out of its range."""
+        values = dict(pairs)
+        explain = values.get("explain", "false").strip().lower()
+        if explain not in ("true", "false"):
+            raise InvalidOptionError(f"explain must be true or false, got {explain[:40]!r}", "invalid_explain")
+        raw = values.get("min_confidence")
+        return cls(explain == "true", None if raw in (None, "") else min_confidence(raw))
+
+
+def min_confidence(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:  # NaN fails too
+        raise InvalidOptionError(
+            f"min_confidence must be a number from 0 to 1, got {raw[:40]!r}", "invalid_min_confidence"
+        )
+    return value
 
 
 def sniff(body: bytes) -> str | None:
@@ -81,11 +114,15 @@ def decode(body: bytes | bytearray | memoryview | None) -> Image.Image:
     try:
         with Image.open(io.BytesIO(body), formats=[fmt]) as img:  # PIL refuses over 2 x MAX_IMAGE_PIXELS
             check_dimensions(*img.size)  # from the header: nothing is decoded yet
+            # The client's image's size, upright: where an explanation's map is laid back.
+            source = img.size[::-1] if img.getexif().get(0x0112) in (5, 6, 7, 8) else img.size
             if fmt == "JPEG":
                 img.draft("RGB", (WORKING_SIDE, WORKING_SIDE))  # JPEG decodes at 1/2, 1/4 or 1/8 scale directly
             img.load()
             factor = min(img.size) // WORKING_SIDE
-            return to_rgb_reduced(img, factor) if factor >= 2 else to_rgb(img)
+            decoded = to_rgb_reduced(img, factor) if factor >= 2 else to_rgb(img)
+            decoded.info["source_size"] = source
+            return decoded
     except Image.DecompressionBombError as exc:  # a header claiming hundreds of megapixels
         raise ImageTooLargeError(f"the image has too many pixels ({_plain(exc)})") from None
     except (OSError, ValueError, SyntaxError) as exc:
@@ -105,6 +142,12 @@ class Classifier:
     transform: Any
     device: torch.device
     image_size: int = 224
+    arch: str = "resnet18"
+    # trainlib.calibration: logits are divided by the temperature; an answer whose best class is below
+    # min_confidence or its class's threshold abstains.
+    temperature: float = 1.0
+    min_confidence: float = 0.0
+    thresholds: dict[str, float | None] = field(default_factory=dict)
 
     @classmethod
     def load(cls, model_dir: Path, device: str | None = None) -> Classifier:
@@ -116,6 +159,7 @@ class Classifier:
         model.load_state_dict(torch.load(model_dir / "model.pth", map_location="cpu", weights_only=True))
         model.to(target).eval()
         norm = meta["normalization"]
+        calibration = meta.get("calibration") or {}  # models trained before calibration: as they were
         return cls(
             model,
             list(meta["classes"]),
@@ -123,6 +167,10 @@ class Classifier:
             eval_transform(int(meta["image_size"]), norm["mean"], norm["std"]),
             target,
             int(meta["image_size"]),
+            meta["arch"],
+            float(calibration.get("temperature") or 1.0),
+            float(calibration.get("min_confidence") or 0.0),
+            dict(calibration.get("thresholds") or {}),
         )
 
     def fastest_batch(self, largest: int, rounds: int = 2) -> int:
@@ -146,22 +194,47 @@ class Classifier:
 
     @torch.no_grad()
     def predict(self, images: Sequence[Image.Image]) -> list[dict[str, Any]]:
-        """One forward pass for all ``images``; each answer is the API's ``{"predictions", "model"}``."""
+        """One forward pass for all ``images``; each answer is the API's ``{"predictions", "abstained", "model"}``."""
         batch = torch.stack([self.transform(image) for image in images]).to(self.device)
         with torch.autocast(device_type=self.device.type, enabled=self.device.type == "cuda"):
             logits = self.model(batch)
-        probabilities = torch.softmax(logits.float(), dim=1).cpu()
+        return self._answers(logits)
+
+    def explain(self, image: Image.Image) -> dict[str, Any]:
+        """``predict``'s answer for one image, with the Grad-CAM ``explanation`` of its top class."""
+        layer_name, layer = explain.target_layer(self.arch, self.model)
+        logits, cam = explain.grad_cam(self.model, layer, self.transform(image).unsqueeze(0).to(self.device))
+        answer = self._answers(logits)[0]
+        source = image.info.get("source_size", image.size)
+        answer["explanation"] = {
+            "method": explain.METHOD,
+            "layer": layer_name,
+            **explain.lay_back(cam, self.image_size, source),
+        }
+        return answer
+
+    def abstains(self, answer: dict[str, Any], min_confidence: float | None = None) -> bool:
+        """Whether ``answer``'s best label is "not sure" (its probability as answered, rounded), with
+        ``min_confidence`` in place of the model's own when given."""
+        best = answer["predictions"][0]
+        floor = self.min_confidence if min_confidence is None else min_confidence
+        return abstains(best["probability"], best["label"], self.thresholds, floor)
+
+    def _answers(self, logits: torch.Tensor) -> list[dict[str, Any]]:
+        probabilities = torch.softmax(logits.float() / self.temperature, dim=1).cpu()
         values, indices = torch.topk(probabilities, min(TOP_LABELS, len(self.classes)), dim=1)
-        return [
-            {
+        answers = []
+        for row_values, row_indices in zip(values.tolist(), indices.tolist()):
+            answer: dict[str, Any] = {
                 "predictions": [
                     {"label": self.classes[i], "probability": round(float(v), 6)}
-                    for v, i in zip(row_values.tolist(), row_indices.tolist())
+                    for v, i in zip(row_values, row_indices)
                 ],
                 "model": self.run_id,
             }
-            for row_values, row_indices in zip(values, indices)
-        ]
+            answer["abstained"] = self.abstains(answer)
+            answers.append(answer)
+        return answers
 
 
 def fastest(sizes: Sequence[int], seconds: Callable[[int], float]) -> int:
