@@ -112,7 +112,7 @@ def _api_routes(app: Chalice, key_required: bool, steps: Handlers) -> None:
                 project,
                 request.raw_body,
                 request.headers.get("content-type"),
-                (request.query_params or {}).get("top_k"),
+                request.query_params or {},
             )
         )
 

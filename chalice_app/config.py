@@ -54,9 +54,9 @@ VARIABLES = tuple(
     CLASS_BALANCE DATASET_PREFIX DATA_BUCKET DEBUGGER_IMAGE_URI DEFAULT_PROJECT ENDPOINT_PREFIX
     FAST_FILE_MIN_GB FINAL_INSTANCE_COUNT GATE_MAX_F1_DROP GATE_MAX_RECALL_DROP IDLE_STOP_HOURS
     INFERENCE_IMAGE_URI INFERENCE_INSTANCE_COUNT INFERENCE_INSTANCE_TYPE MANAGED_DEBUGGER MAX_BODY_BYTES
-    MAX_PARALLEL_JOBS MAX_RUNTIME_SECONDS MAX_RUN_COST_USD MAX_TUNING_JOBS NOTIFY_TOPIC_ARN OBJECTIVE
+    MAX_PARALLEL_JOBS MAX_RUNTIME_SECONDS MAX_RUN_COST_USD MAX_TUNING_JOBS MIN_CONFIDENCE NOTIFY_TOPIC_ARN OBJECTIVE
     ROLLBACK_ALARMS ROLLBACK_LATENCY_MS ROLLOUT_BAKE_SECONDS SAGEMAKER_ROLE_ARN SOURCE_DIR_S3_URI
-    STATIC_HYPERPARAMETERS TRAINING_IMAGE_URI TRAINING_INSTANCE_COUNT TRAINING_INSTANCE_TYPE
+    STATIC_HYPERPARAMETERS TARGET_PRECISION TRAINING_IMAGE_URI TRAINING_INSTANCE_COUNT TRAINING_INSTANCE_TYPE
     TRAINING_VOLUME_GB TUNING_RANGES TUNING_STRATEGY USE_SPOT
     """.split()
 )
@@ -81,6 +81,8 @@ class Config:
     tuning_strategy: str = "Bayesian"
     objective: str = "auto"  # or one of sagemaker_requests.OBJECTIVES
     class_balance: str = "auto"  # train.py --class-balance for every job
+    target_precision: float | None = None  # train.py --target-precision: per-class abstention thresholds
+    min_confidence: float = 0.0  # train.py --min-confidence: the model's floor, below which it abstains
     max_tuning_jobs: int = 8
     max_parallel_jobs: int = 2
     use_spot: bool = False
@@ -239,6 +241,8 @@ def load(env: Mapping[str, str]) -> Config:
         tuning_strategy=values.choice(env, "TUNING_STRATEGY", "Bayesian", choices=STRATEGIES),
         objective=values.choice(env, "OBJECTIVE", "auto", choices=OBJECTIVES),
         class_balance=values.choice(env, "CLASS_BALANCE", "auto", choices=CLASS_BALANCES),
+        target_precision=values.real(env, "TARGET_PRECISION", None, 0.01, 1.0),
+        min_confidence=values.real(env, "MIN_CONFIDENCE", 0.0, 0.0, 1.0),
         max_tuning_jobs=max_jobs,
         max_parallel_jobs=parallel,
         use_spot=values.boolean(env, "USE_SPOT", False),

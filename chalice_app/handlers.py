@@ -93,17 +93,17 @@ class Handlers:
         return outcome
 
     def predict(
-        self, project: str | None, body: bytes | None, content_type: str | None, top_k: str | None
+        self, project: str | None, body: bytes | None, content_type: str | None, query: Mapping[str, str] | None
     ) -> tuple[int, dict[str, Any]]:
         """``(status, JSON body)`` for ``POST /predict/{project}`` (``project`` None: ``POST /predict``)."""
         name = ""
         try:
             svc = self.services()
             # The request is checked before any AWS call: bad input costs nothing.
-            predict_module.check_request(body, content_type, top_k, svc.config.max_body_bytes)
+            predict_module.check_request(body, content_type, query, svc.config.max_body_bytes)
             name = versions.resolve_project(svc, project)
             result = predict_module.predict(
-                svc.runtime, svc.config, svc.config.endpoint(name), body, content_type, top_k, svc.sleep
+                svc.runtime, svc.config, svc.config.endpoint(name), body, content_type, query, svc.sleep
             )
         except ConfigError as exc:
             return _misconfigured(exc)

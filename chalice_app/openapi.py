@@ -13,6 +13,9 @@ ERROR_CODES = {
     "empty_body": "the request body is empty: send the image bytes",
     "invalid_image": "the body is not a JPEG or PNG image the model can decode",
     "invalid_top_k": "top_k must be an integer from 1 to 20",
+    "invalid_min_confidence": "min_confidence must be a number from 0 to 1",
+    "invalid_explain": "explain must be true or false",
+    "explanation_unavailable": "the deployed model was trained before explanations: train it again",
     "image_too_large": "the image has too many pixels, or an extreme shape",
     "payload_too_large": "the body is over the limit (MAX_BODY_BYTES)",
     "unsupported_media_type": "send the Content-Type the route takes: image/jpeg or image/png to predict, "
@@ -115,7 +118,19 @@ def _predict_paths() -> dict[str, Any]:
                     "name": "top_k",
                     "in": "query",
                     "schema": {"type": "integer", "minimum": 1, "maximum": 20, "default": 5},
-                }
+                },
+                {
+                    "name": "min_confidence",
+                    "in": "query",
+                    "description": "abstain below this probability of the best class (the model's own floor else)",
+                    "schema": {"type": "number", "minimum": 0, "maximum": 1},
+                },
+                {
+                    "name": "explain",
+                    "in": "query",
+                    "description": "add the top class's Grad-CAM explanation",
+                    "schema": {"type": "boolean", "default": False},
+                },
             ],
             "requestBody": {
                 "required": True,
@@ -234,7 +249,7 @@ def _answer_schemas() -> dict[str, Any]:
         },
         "Predictions": {
             "type": "object",
-            "required": ["predictions", "model"],
+            "required": ["predictions", "abstained", "model"],
             "properties": {
                 "predictions": {
                     "type": "array",
@@ -243,7 +258,19 @@ def _answer_schemas() -> dict[str, Any]:
                         "properties": {"label": {"type": "string"}, "probability": {"type": "number"}},
                     },
                 },
+                "abstained": {"type": "boolean", "description": "the best class is below its threshold: not sure"},
                 "model": {"type": "string", "description": "the run id of the serving version"},
+                "explanation": {
+                    "type": "object",
+                    "description": "with explain=true: where the evidence for the top class lies",
+                    "properties": {
+                        "method": {"type": "string", "enum": ["grad-cam"]},
+                        "layer": {"type": "string"},
+                        "size": {"type": "array", "items": {"type": "integer"}, "description": "[height, width]"},
+                        "peak": {"type": "array", "items": {"type": "integer"}, "description": "[x, y] pixels"},
+                        "heatmap_png": {"type": "string", "format": "byte", "description": "grey PNG, image size"},
+                    },
+                },
             },
         },
     }

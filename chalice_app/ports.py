@@ -106,9 +106,10 @@ class SageMaker(Protocol):
 
 
 class EndpointRuntime(Protocol):
-    def invoke(self, endpoint: str, body: bytes, content_type: str, accept: str) -> bytes:
+    def invoke(self, endpoint: str, body: bytes, content_type: str, accept: str, attributes: str = "") -> bytes:
         """The endpoint's answer; ``EndpointNotFoundError``, ``EndpointNotReadyError``, or ``ModelError``
-        with the container's status and body."""
+        with the container's status and body. ``attributes``: InvokeEndpoint's ``CustomAttributes``, which
+        reach the container as the ``X-Amzn-SageMaker-Custom-Attributes`` header (none when empty)."""
 
 
 class Prices(Protocol):

@@ -1,6 +1,7 @@
 """``POST /predict`` and ``GET /status`` (docs/rest-api.md).
 
-The request is checked here (content type, size, JPEG/PNG magic bytes, ``top_k``) so that bad
+The request is checked here (content type, size, JPEG/PNG magic bytes, ``top_k``, ``explain``,
+``min_confidence``) so that bad
 input never reaches, or is billed by, the endpoint. Errors are ``PredictError`` subclasses with an
 HTTP status and a code; the route turns them into ``{"error": {"code", "message"}}`` and nothing
 else (no stack trace) reaches a client.
@@ -9,9 +10,12 @@ else (no stack trace) reaches a client.
 from __future__ import annotations
 
 import json
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
 from chalice_app import names
 from chalice_app.adapters.errors import AdapterError, ThrottledError
@@ -27,7 +31,7 @@ INVOKE_CONNECT_TIMEOUT, INVOKE_READ_TIMEOUT = 2, 20
 PREDICT_BUDGET_SECONDS = 26
 API_GATEWAY_TIMEOUT_SECONDS = 29
 # The serving application's 400 codes (training/trainlib/predictor.py) that reach the client as they are.
-MODEL_ERROR_CODES = ("invalid_image", "image_too_large")
+MODEL_ERROR_CODES = ("invalid_image", "image_too_large", "invalid_min_confidence", "invalid_explain")
 DEFAULT_TOP_K, MAX_TOP_K = 5, 20
 RETRY_DELAYS = (0.2, 0.5, 1.2)  # throttling: three retries, under two seconds in all
 
@@ -85,8 +89,50 @@ def parse_top_k(raw: str | None) -> int:
     return value
 
 
-def check_request(body: bytes | None, content_type: str | None, top_k: str | None, max_bytes: int) -> tuple[str, int]:
-    """The image's real content type and ``top_k``; raises the error the request deserves."""
+def parse_min_confidence(raw: str | None) -> float | None:
+    if raw is None or raw == "":
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:  # NaN fails too
+        raise BadRequestError(
+            f"min_confidence must be a number from 0 to 1, got {raw[:40]!r}", "invalid_min_confidence"
+        )
+    return value + 0.0  # -0 is 0
+
+
+def parse_explain(raw: str | None) -> bool:
+    value = (raw or "false").strip().lower()
+    if value not in ("true", "false"):
+        raise BadRequestError(f"explain must be true or false, got {value[:40]!r}", "invalid_explain")
+    return value == "true"
+
+
+@dataclass(frozen=True)
+class Request:
+    """A checked ``POST /predict``: the image's real type and what the query asked."""
+
+    media: str
+    top_k: int
+    explain: bool = False
+    min_confidence: float | None = None
+
+    @property
+    def attributes(self) -> str:
+        """InvokeEndpoint's ``CustomAttributes``: the options the serving application reads, as a query string
+        (SageMaker hands them to the container as the ``X-Amzn-SageMaker-Custom-Attributes`` header)."""
+        options = {"explain": "true"} if self.explain else {}
+        if self.min_confidence is not None:
+            options["min_confidence"] = repr(self.min_confidence)
+        return urlencode(options)
+
+
+def check_request(
+    body: bytes | None, content_type: str | None, query: Mapping[str, str] | None, max_bytes: int
+) -> Request:
+    """The image's real content type and the query's options; raises the error the request deserves."""
     media = (content_type or "").split(";")[0].strip().lower()
     if media not in IMAGE_TYPES:
         raise UnsupportedMediaTypeError(
@@ -100,7 +146,13 @@ def check_request(body: bytes | None, content_type: str | None, top_k: str | Non
     actual = sniff(body)
     if actual is None:
         raise BadRequestError("the body is not a JPEG or PNG image", "invalid_image")
-    return actual, parse_top_k(top_k)
+    query = query or {}
+    return Request(
+        actual,
+        parse_top_k(query.get("top_k")),
+        parse_explain(query.get("explain")),
+        parse_min_confidence(query.get("min_confidence")),
+    )
 
 
 def model_error(exc: ModelError) -> PredictError:
@@ -130,17 +182,17 @@ def predict(
     endpoint: str,
     body: bytes | None,
     content_type: str | None,
-    top_k: str | None,
+    query: Mapping[str, str] | None,
     sleep: Callable[[float], None],
     clock: Callable[[], float] = time.monotonic,
 ) -> dict[str, Any]:
-    media, k = check_request(body, content_type, top_k, config.max_body_bytes)
+    request = check_request(body, content_type, query, config.max_body_bytes)
     image = body or b""  # check_request refused an empty or missing body
     accept = "application/json"  # the endpoint answers its 20 most probable labels; trimmed to top_k below
     started = clock()
     for delay in (*RETRY_DELAYS, None):
         try:
-            raw = runtime.invoke(endpoint, image, media, accept)
+            raw = runtime.invoke(endpoint, image, request.media, accept, request.attributes)
             break
         except (ThrottledError, EndpointNotReadyError) as exc:
             attempt = INVOKE_CONNECT_TIMEOUT + INVOKE_READ_TIMEOUT
@@ -161,7 +213,21 @@ def predict(
         assert isinstance(predictions, list)
     except (ValueError, KeyError, TypeError, AssertionError):
         raise BadGatewayError("the endpoint answered something other than predictions") from None
-    return {"predictions": predictions[:k], "model": answer.get("model", "")}
+    result = {
+        "predictions": predictions[: request.top_k],
+        # A model trained before calibration answers no "abstained": it never abstains.
+        "abstained": bool(answer.get("abstained", False)),
+        "model": answer.get("model", ""),
+    }
+    if request.explain:
+        if not isinstance(answer.get("explanation"), dict):
+            raise BadRequestError(
+                f"the deployed model ({result['model'] or 'unknown run'}) was trained before explanations; "
+                "train it again to get them",
+                "explanation_unavailable",
+            )
+        result["explanation"] = answer["explanation"]
+    return result
 
 
 def status(sagemaker: SageMaker, config: Config, projects: list[str]) -> dict[str, Any]:

@@ -140,6 +140,10 @@ def max_epochs(config: Config) -> int:
 
 def static_hyperparameters(config: Config) -> dict[str, str]:
     hps = {"class-balance": config.class_balance, **config.static_hyperparameters}
+    if config.target_precision is not None:  # what the trained model abstains by (trainlib.calibration)
+        hps["target-precision"] = str(config.target_precision)
+    if config.min_confidence:
+        hps["min-confidence"] = str(config.min_confidence)
     if config.tuning_strategy == "Hyperband":
         hps.setdefault("epochs", str(max_epochs(config)))
     hps.update(

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import sys
@@ -15,11 +16,19 @@ from typing import Any
 
 
 def post_image(
-    url: str, image: Path, top_k: int = 3, timeout: float = 30, project: str | None = None, api_key: str | None = None
+    url: str,
+    image: Path,
+    top_k: int = 3,
+    timeout: float = 30,
+    project: str | None = None,
+    api_key: str | None = None,
+    options: dict[str, str] | None = None,
 ) -> tuple[int, dict]:
+    """``options``: more query parameters (``min_confidence``, ``explain``)."""
     content_type = "image/png" if image.suffix.lower() == ".png" else "image/jpeg"
     path = f"/predict/{urllib.parse.quote(project, safe='')}" if project else "/predict"
-    return call_api(url, path + f"?top_k={top_k}", "POST", image.read_bytes(), content_type, timeout, api_key)
+    query = urllib.parse.urlencode({"top_k": top_k, **(options or {})})
+    return call_api(url, f"{path}?{query}", "POST", image.read_bytes(), content_type, timeout, api_key)
 
 
 def call_api(
@@ -52,6 +61,16 @@ def api_commands(sub: Any) -> None:
     p.add_argument("image", type=Path, help="a JPEG or PNG file")
     p.add_argument("--url", default="http://127.0.0.1:8000", help="the API (droptrain up's, or a deployed stage's)")
     p.add_argument("--top-k", type=int, default=5, help="how many labels (1-20)")
+    p.add_argument(
+        "--min-confidence", default=None, help="abstain below this probability (0-1; default: the model's own)"
+    )
+    p.add_argument(
+        "--explain",
+        type=Path,
+        default=None,
+        metavar="PNG",
+        help="also ask for the top label's Grad-CAM heatmap and write it to this PNG file",
+    )
     p.add_argument(
         "--project",
         default=None,
@@ -90,6 +109,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             args.top_k,
             project=args.project,
             api_key=args.api_key or os.environ.get("DROPTRAIN_API_KEY"),
+            options={
+                **({"min_confidence": args.min_confidence} if args.min_confidence is not None else {}),
+                **({"explain": "true"} if args.explain else {}),
+            },
         )
     except OSError as exc:
         print(f"droptrain predict: cannot reach {args.url} ({exc}); is droptrain up running?", file=sys.stderr)
@@ -99,6 +122,15 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         return 1
     for p in body["predictions"]:
         print(f"{p['probability']:.4f}  {p['label']}")
+    if body.get("abstained"):
+        print("not sure: the best label is below the model's confidence threshold")
+    if args.explain and body.get("explanation"):
+        explanation = body["explanation"]
+        args.explain.write_bytes(base64.b64decode(explanation["heatmap_png"]))
+        x, y = explanation["peak"]
+        print(
+            f"evidence: peak at x={x} y={y} ({explanation['method']}, {explanation['layer']}); heatmap {args.explain}"
+        )
     print(f"(model {body['model']})")
     return 0
 

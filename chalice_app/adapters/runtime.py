@@ -29,11 +29,12 @@ class RuntimeAdapter:
     def __init__(self, client: Any):
         self._client = client
 
-    def invoke(self, endpoint: str, body: bytes, content_type: str, accept: str) -> bytes:
+    def invoke(self, endpoint: str, body: bytes, content_type: str, accept: str, attributes: str = "") -> bytes:
+        request = {"EndpointName": endpoint, "Body": body, "ContentType": content_type, "Accept": accept}
+        if attributes:
+            request["CustomAttributes"] = attributes
         try:
-            response = self._client.invoke_endpoint(
-                EndpointName=endpoint, Body=body, ContentType=content_type, Accept=accept
-            )
+            response = self._client.invoke_endpoint(**request)
             return response["Body"].read()
         except ClientError as exc:
             error = exc.response.get("Error", {})

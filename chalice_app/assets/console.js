@@ -97,12 +97,28 @@ async function predict(file) {
   preview.src = URL.createObjectURL(file);
   preview.alt = "the image sent: " + file.name;
   preview.hidden = false;
+  const heatmap = $("heatmap");
+  heatmap.hidden = true;
+  heatmap.removeAttribute("src");
   clear($("predictions"));
   say("predict-status", "Asking " + project + "…");
   const type = file.type === "image/png" ? "image/png" : (file.type === "image/jpeg" ? "image/jpeg" : file.type || "application/octet-stream");
-  const answer = await api("predict/" + encodeURIComponent(project) + "?top_k=5", { method: "POST", headers: { "Content-Type": type }, body: file });
+  const floor = $("min-confidence").value.trim();
+  const query = "?top_k=5" + ($("explain").checked ? "&explain=true" : "") + (floor ? "&min_confidence=" + encodeURIComponent(floor) : "");
+  const answer = await api("predict/" + encodeURIComponent(project) + query, { method: "POST", headers: { "Content-Type": type }, body: file });
   if (!answer.ok) { say("predict-status", problem(answer), "error"); return; }
-  say("predict-status", "Model " + answer.body.model + " says:", "ok");
+  const best = answer.body.predictions[0];
+  if (answer.body.abstained) {
+    say("predict-status", "Not sure: model " + answer.body.model + "'s best guess, " + best.label + ", is below its confidence threshold.", "warn");
+  } else {
+    say("predict-status", "Model " + answer.body.model + " says:", "ok");
+  }
+  const explanation = answer.body.explanation;
+  if (explanation) {
+    heatmap.src = "data:image/png;base64," + explanation.heatmap_png;
+    heatmap.alt = "where the evidence for " + best.label + " lies (Grad-CAM, " + explanation.layer + "): brightest at x " + explanation.peak[0] + ", y " + explanation.peak[1];
+    heatmap.hidden = false;
+  }
   for (const prediction of answer.body.predictions) {
     const item = el("li");
     const label = el("span", prediction.label, { class: "label" });

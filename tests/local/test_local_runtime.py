@@ -10,6 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from droptrain import cli
 from droptrain.api_client import call_api, post_image
@@ -113,6 +114,16 @@ def test_dataset_to_predictions_with_the_real_training_code(stack, tiny_dataset,
     assert (status, body["error"]["code"]) == (400, "invalid_image"), body
     assert cli.main(["predict", str(image), "--url", runtime.api_url, "--top-k", "1"]) == 0
     assert "(model " + run + ")" in capsys.readouterr().out
+    # The options reach the serving application through the local runtime as SageMaker's CustomAttributes.
+    status, body = post_image(runtime.api_url, image, options={"explain": "true", "min_confidence": "1"})
+    assert status == 200 and body["abstained"] is True and body["explanation"]["method"] == "grad-cam", body
+    heatmap = tmp_path / "heatmap.png"
+    argv = ["predict", str(image), "--url", runtime.api_url, "--explain", str(heatmap), "--min-confidence", "1"]
+    assert cli.main(argv) == 0 and "not sure" in capsys.readouterr().out
+    with Image.open(heatmap) as drawn, Image.open(image) as sent:
+        assert drawn.size == sent.size
+    status, body = post_image(runtime.api_url, image, options={"min_confidence": "7"})
+    assert (status, body["error"]["code"]) == (400, "invalid_min_confidence")
     with __import__("urllib.request").request.urlopen(runtime.api_url + "/status") as response:
         state = json.loads(response.read())["projects"]["pets"]
     assert state["endpoint"]["status"] == "InService" and state["model"]["run_id"] == run
@@ -228,7 +239,7 @@ def test_the_console_in_a_real_browser(stack, tiny_dataset):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     pets = next(n["message"]["run_id"] for n in runtime.notifications() if n["message"]["run_id"].startswith("pets-"))
     classes = sorted(p.name for p in (tiny_dataset / "train").iterdir())
-    image = sorted((tiny_dataset / "test" / classes[0]).glob("*.jpg"))[0]
+    image, other = sorted((tiny_dataset / "test" / classes[0]).glob("*.jpg"))[:2]
     for width, name in ((360, "phone"), (1280, "desktop")):
         driver = _chromium_driver(width)
         try:
@@ -245,6 +256,17 @@ def test_the_console_in_a_real_browser(stack, tiny_dataset):
             labels = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#predictions li .label")]
             assert labels and set(labels) <= set(classes), labels
             assert pets in driver.find_element(By.ID, "predict-status").text
+            # The evidence over the image, and "not sure" said as such (a floor no answer reaches).
+            driver.find_element(By.ID, "explain").click()
+            driver.find_element(By.ID, "min-confidence").send_keys("1")
+            driver.find_element(By.ID, "image").send_keys(str(other))  # another file: a change event
+            wait.until(lambda d: d.find_element(By.ID, "heatmap").is_displayed())
+            heatmap = driver.find_element(By.ID, "heatmap")
+            assert heatmap.get_attribute("src").startswith("data:image/png;base64,")
+            assert "Grad-CAM" in heatmap.get_attribute("alt")
+            with Image.open(other) as sent:
+                assert driver.execute_script("return arguments[0].naturalWidth", heatmap) == sent.width
+            assert driver.find_element(By.ID, "predict-status").text.startswith("Not sure")
 
             wait.until(ready.element_to_be_clickable((By.CSS_SELECTOR, f'button[data-run="{pets}"]'))).click()
             wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#per-class tbody tr")) == len(classes))

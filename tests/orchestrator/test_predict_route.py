@@ -17,8 +17,10 @@ ANSWER = {
         {"label": "pug", "probability": 0.05},
         {"label": "corgi", "probability": 0.02},
     ],
+    "abstained": False,
     "model": "dogs-3f9a1c2e",
 }
+EXPLANATION = {"method": "grad-cam", "layer": "layer4", "size": [8, 8], "peak": [3, 4], "heatmap_png": "iVBORw0KGgo="}
 
 
 def _png() -> bytes:
@@ -27,13 +29,23 @@ def _png() -> bytes:
     return buffer.getvalue()
 
 
-def _answer(stage, body: bytes, content_type: str, answer: dict = ANSWER, endpoint: str = "droptrain-dev-dogs"):
+def _answer(
+    stage,
+    body: bytes,
+    content_type: str,
+    answer: dict = ANSWER,
+    endpoint: str = "droptrain-dev-dogs",
+    attributes: str | None = None,
+):
     """The endpoint answers its most probable labels (up to 20); the route trims them to top_k."""
     data = json.dumps(answer).encode()
+    expected = {"EndpointName": endpoint, "Body": body, "ContentType": content_type, "Accept": "application/json"}
+    if attributes is not None:
+        expected["CustomAttributes"] = attributes
     stage.runtime_stub.add_response(
         "invoke_endpoint",
         {"Body": StreamingBody(io.BytesIO(data), len(data)), "ContentType": "application/json"},
-        {"EndpointName": endpoint, "Body": body, "ContentType": content_type, "Accept": "application/json"},
+        expected,
     )
 
 
@@ -116,10 +128,19 @@ def test_the_real_image_type_is_sent(stage, client):
         (JPEG, "image/jpeg", "?top_k=0", 400, "invalid_top_k"),
         (JPEG, "image/jpeg", "?top_k=21", 400, "invalid_top_k"),
         (JPEG, "image/jpeg", "?top_k=five", 400, "invalid_top_k"),
+        (JPEG, "image/jpeg", "?min_confidence=1.01", 400, "invalid_min_confidence"),
+        (JPEG, "image/jpeg", "?min_confidence=-0", 200, None),
+        (JPEG, "image/jpeg", "?min_confidence=NaN", 400, "invalid_min_confidence"),
+        (JPEG, "image/jpeg", "?min_confidence=sure", 400, "invalid_min_confidence"),
+        (JPEG, "image/jpeg", "?explain=1", 400, "invalid_explain"),
         (b"\xff\xd8\xff" + bytes(4 * 1024 * 1024), "image/jpeg", "", 413, "payload_too_large"),
     ],
 )
 def test_bad_requests_never_reach_the_endpoint(stage, client, body, content_type, query, status, code):
+    if status == 200:  # the edge of the range is a good request (0 and -0 alike)
+        _answer(stage, body, content_type, attributes="min_confidence=0.0")
+        assert _post(client, body, content_type, query).status_code == 200
+        return
     response = _post(client, body, content_type, query)
     assert response.status_code == status
     assert response.json_body["error"]["code"] == code
@@ -166,13 +187,36 @@ def test_model_rejecting_the_image_is_400(stage, client):
     assert response.status_code == 400 and response.json_body["error"]["code"] == "invalid_image"
 
 
-@pytest.mark.parametrize("code", ["invalid_image", "image_too_large"])
+@pytest.mark.parametrize("code", ["invalid_image", "image_too_large", "invalid_min_confidence", "invalid_explain"])
 def test_the_serving_applications_own_error_reaches_the_client(stage, client, code):
     """The Ray Serve application answers {"error": {"code", "message"}}; SageMaker passes it on as a ModelError."""
     _model_rejects(stage, 400, json.dumps({"error": {"code": code, "message": "what the model said"}}))
     response = _post(client, JPEG)
     assert response.status_code == 400
     assert response.json_body == {"error": {"code": code, "message": "what the model said"}}
+
+
+def test_options_travel_to_the_model_as_custom_attributes_and_its_answer_comes_back(stage, client):
+    """explain and min_confidence are the serving application's to apply: they reach it as InvokeEndpoint's
+    CustomAttributes (validated by the Stubber against botocore's model), and its answer passes through."""
+    answer = {**ANSWER, "abstained": True, "explanation": EXPLANATION}
+    _answer(stage, JPEG, "image/jpeg", answer, attributes="explain=true&min_confidence=0.8")
+    response = _post(client, JPEG, query="?explain=true&min_confidence=0.8&top_k=1")
+    assert response.status_code == 200
+    assert response.json_body == {**answer, "predictions": ANSWER["predictions"][:1]}
+    _answer(stage, JPEG, "image/jpeg", attributes="min_confidence=0.0")
+    assert _post(client, JPEG, query="?min_confidence=0").json_body["abstained"] is False
+    stage.runtime_stub.assert_no_pending_responses()
+
+
+def test_a_model_from_before_explanations_says_so(stage, client):
+    old = {"predictions": ANSWER["predictions"], "model": "dogs-0ld0ld00"}  # no abstained, no explanation
+    _answer(stage, JPEG, "image/jpeg", old, attributes="explain=true")
+    response = _post(client, JPEG, query="?explain=true")
+    assert response.status_code == 400 and response.json_body["error"]["code"] == "explanation_unavailable"
+    assert "dogs-0ld0ld00" in response.json_body["error"]["message"]
+    _answer(stage, JPEG, "image/jpeg", old)
+    assert _post(client, JPEG).json_body["abstained"] is False, "a model that cannot abstain never does"
 
 
 def test_throttling_is_retried_with_backoff_then_503(stage, client):

@@ -332,3 +332,18 @@ def test_every_training_job_gets_the_class_balance(setting):
     assert final["HyperParameters"]["class-balance"] == setting
     with pytest.raises(config_module.ConfigError, match="CLASS_BALANCE"):
         make_config(CLASS_BALANCE="oversample")
+
+
+def test_abstention_settings_reach_every_training_job_and_are_checked():
+    plain = requests.tuning_job_request(make_config(), "dogs-3f9a1c2e", DATASET)["TrainingJobDefinition"]
+    assert not {"target-precision", "min-confidence"} & set(plain["StaticHyperParameters"]), "off by default"
+    config = make_config(TARGET_PRECISION="0.95", MIN_CONFIDENCE="0.3")
+    static = requests.tuning_job_request(config, "dogs-3f9a1c2e", DATASET)["TrainingJobDefinition"][
+        "StaticHyperParameters"
+    ]
+    assert (static["target-precision"], static["min-confidence"]) == ("0.95", "0.3")
+    final = requests.final_training_request(config, "dogs-3f9a1c2e", DATASET.uri, static, {})
+    assert final["HyperParameters"]["target-precision"] == "0.95"
+    for name, bad in (("TARGET_PRECISION", "1.5"), ("TARGET_PRECISION", "0"), ("MIN_CONFIDENCE", "-0.2")):
+        with pytest.raises(config_module.ConfigError, match=name):
+            make_config(**{name: bad})

@@ -206,14 +206,18 @@ class RayServe:
         content_type: str = "application/octet-stream",
         accept: str = "application/json",
         timeout: float = 60,
+        attributes: str = "",
     ) -> tuple[int, dict[str, Any]]:
         """``(status, JSON body)`` from application ``name``: the body POSTed to its HTTP route, as SageMaker
-        posts an InvokeEndpoint's body to the container's ``/invocations``."""
+        posts an InvokeEndpoint's body to the container's ``/invocations`` (its CustomAttributes in the
+        ``X-Amzn-SageMaker-Custom-Attributes`` header)."""
         with self._lock:
             route = self._routes.get(name)
         if route is None:
             raise ApplicationGoneError(f"no application {name}")
         headers = {"Content-Type": content_type, "Accept": accept}
+        if attributes:
+            headers["X-Amzn-SageMaker-Custom-Attributes"] = attributes
         for fresh in (False, True):
             try:
                 status, data = self._http.post(route, body, headers, timeout, fresh=fresh)

@@ -300,9 +300,10 @@ class LocalEndpoints:
 
     # -- sagemaker-runtime's side -----------------------------------------------------------------
 
-    def invoke(self, endpoint: str, body: bytes, content_type: str, accept: str) -> bytes:
+    def invoke(self, endpoint: str, body: bytes, content_type: str, accept: str, attributes: str = "") -> bytes:
         """InvokeEndpoint: the container's answer, or ``ModelError`` with its status and body, as SageMaker
-        reports a container's 4xx/5xx (the content type travels, but the application reads the bytes)."""
+        reports a container's 4xx/5xx (the content type travels, but the application reads the bytes;
+        ``attributes`` travel as SageMaker sends CustomAttributes, in their header)."""
         self._invoked[endpoint].append(datetime.now(timezone.utc))
         for _ in range(2):  # a swap can delete the application between routing and calling: route again
             with self._routes_lock:
@@ -315,7 +316,7 @@ class LocalEndpoints:
             watch = route.watch if route.watch is not None and route.watch.app == app else None
             started = time.monotonic()
             try:
-                status, payload = self.serving.call(app, body, content_type, accept)
+                status, payload = self.serving.call(app, body, content_type, accept, attributes=attributes)
             except ApplicationGoneError:
                 continue
             except ServingError as exc:
@@ -337,5 +338,5 @@ class LocalRuntimeClient:
     def __init__(self, endpoints: LocalEndpoints):
         self._endpoints = endpoints
 
-    def invoke(self, endpoint: str, body: bytes, content_type: str, accept: str) -> bytes:
-        return self._endpoints.invoke(endpoint, body, content_type, accept)
+    def invoke(self, endpoint: str, body: bytes, content_type: str, accept: str, attributes: str = "") -> bytes:
+        return self._endpoints.invoke(endpoint, body, content_type, accept, attributes)
