@@ -117,3 +117,16 @@ def test_request_options():
     assert Options.parse([]) == Options(False, None)
     assert Options.parse([("explain", "TRUE"), ("min_confidence", "0.25")]) == Options(True, 0.25)
     assert Options.parse([("min_confidence", "")]) == Options(False, None)
+
+
+def test_the_report_draws_the_reliability_diagram_and_says_why_a_temperature_was_not_kept(tmp_path):
+    from trainlib import report
+
+    result = calibrate(_sampled(3000, 4, 3.0, seed=3), _sampled(3000, 4, 1.0, seed=4), "test", list("abcd"))
+    evaluation = {"classes": list("abcd"), "confusion_matrix": [[1, 0, 0, 0]] * 4, "split": "test"}
+    evaluation["calibration"] = result.evaluation
+    page = report.render(
+        tmp_path / "report.html", run_id="r", history=[], evaluation=evaluation, verdicts=[], profile={}, findings=[]
+    ).read_text()
+    assert page.count("data:image/png;base64,") == 2, "the confusion matrix and the reliability diagram"
+    assert "Temperature 1:" in page and "raised the test split&#x27;s expected calibration error" in page

@@ -109,7 +109,8 @@ def test_profile_and_report(healthy):
     assert profile["steps"] and profile["samples"] and profile["torch_ops"]
     assert {"cpu_percent_mean", "memory_percent_max", "rss_mb_max"} <= set(profile["system"])
     html = (reports / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 4, "curves, step breakdown, utilisation, confusion matrix"
+    assert html.count("data:image/png;base64,") == 5, "curves, step breakdown, utilisation, confusion, reliability"
+    assert "expected calibration error on the test split" in html
     assert "No debugger rule found an issue." in html
     # The report states what the profile measured (the rule itself is tested on fixed numbers below):
     # on a busy machine even cached features can wait, so the measured breakdown decides the sentence.

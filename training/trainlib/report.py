@@ -120,6 +120,56 @@ def _confusion(evaluation: dict):
     return draw
 
 
+def _reliability(calibration: dict):
+    """Accuracy against confidence per bin, before and after the temperature: on the diagonal is calibrated."""
+
+    def draw(ax):
+        ax.plot([0, 1], [0, 1], color="#999", linestyle=":", label="calibrated")
+        for key, label in (("bins_before", "before"), ("bins", f"after (T={calibration['temperature']:.3g})")):
+            filled = [b for b in calibration[key] if b["count"]]
+            ax.plot([b["confidence"] for b in filled], [b["accuracy"] for b in filled], marker="o", label=label)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("confidence")
+        ax.set_ylabel("accuracy")
+        ax.legend()
+        ax.set_title(f"Reliability ({calibration.get('split', 'test')} split)")
+
+    return draw
+
+
+def _calibration(evaluation: dict) -> str:
+    """The calibration's paragraph: the temperature, the error before and after, and why it was not kept."""
+    calibration = evaluation.get("calibration")
+    if not calibration:
+        return ""
+    text = (
+        f"Temperature {calibration['temperature']:.4g}: expected calibration error on the "
+        f"{calibration['split']} split {calibration['ece_before']:.4f} before, {calibration['ece_after']:.4f} after."
+    )
+    if calibration.get("reason"):
+        text += f" {calibration['reason'][0].upper()}{calibration['reason'][1:]}."
+    abstention = calibration.get("abstention")
+    if abstention:
+        text += f" Abstains on {abstention['abstained_share']:.1%} of the {calibration['split']} split."
+    return f"<h2>Calibration</h2><p id='calibration'>{html.escape(text)}</p>"
+
+
+def _figures(history: list[dict], profile: dict[str, Any], evaluation: dict | None) -> list[str]:
+    figures = []
+    if history:
+        figures.append(_img(_figure_png(_curves(history)), "training curves"))
+    if profile.get("steps"):
+        figures.append(_img(_figure_png(_breakdown(profile["steps"])), "step time breakdown"))
+    if profile.get("samples"):
+        figures.append(_img(_figure_png(_utilisation(profile["samples"])), "utilisation over time"))
+    if evaluation:
+        figures.append(_img(_figure_png(_confusion(evaluation)), "confusion matrix"))
+    if evaluation and evaluation.get("calibration"):
+        figures.append(_img(_figure_png(_reliability(evaluation["calibration"])), "reliability diagram"))
+    return figures
+
+
 def _scores(evaluation: dict) -> tuple[str, str]:
     """The held-out split's accuracy, balanced accuracy and macro-F1 as table rows, and the split's name."""
     named = (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"), ("macro_f1", "macro-F1"))
@@ -141,15 +191,7 @@ def render(
     profile: dict[str, Any],
     findings: list[str],
 ) -> Path:
-    figures = []
-    if history:
-        figures.append(_img(_figure_png(_curves(history)), "training curves"))
-    if profile.get("steps"):
-        figures.append(_img(_figure_png(_breakdown(profile["steps"])), "step time breakdown"))
-    if profile.get("samples"):
-        figures.append(_img(_figure_png(_utilisation(profile["samples"])), "utilisation over time"))
-    if evaluation:
-        figures.append(_img(_figure_png(_confusion(evaluation)), "confusion matrix"))
+    figures = _figures(history, profile, evaluation)
     rows = "".join(
         f"<tr class='{html.escape(v['status'])}'><td>{html.escape(v['rule'])}</td><td>{html.escape(v['status'])}</td>"
         f"<td>{'' if v['step'] is None else v['step']}</td><td>{html.escape(v['message'])}</td></tr>"
@@ -176,6 +218,7 @@ img {{ display: block; margin: 1em 0; max-width: 100%; }}
 <h2>Findings</h2><ul id="findings">{items}</ul>
 <h2>Held-out evaluation ({split} split)</h2>
 <table id="scores"><tr><th>metric</th><th>value</th></tr>{scores}</table>
+{_calibration(evaluation or {})}
 <h2>Debugger rules</h2>
 <p id="rules-where">smdebug's rules, run inside this training job on what its hook saved: they work in every
 account. SageMaker's managed Debugger, closed to new customers since 2026-07-30, is not needed for them.</p>
