@@ -22,8 +22,21 @@ sys.path.insert(0, str(HERE))
 from common import Row, table, write  # noqa: E402
 
 # In the order of the issues: training, tuning, serving, the Lambda path, the whole pipeline, the audit,
-# training with several processes, what grows with the data and the cluster, imbalanced classes.
-SUITES = ("training", "tuning", "serving", "lambda", "pipeline", "audit", "distributed", "scale", "balance")
+# training with several processes, what grows with the data and the cluster, imbalanced classes,
+# calibration and explanations, the backbones.
+SUITES = (
+    "training",
+    "tuning",
+    "serving",
+    "lambda",
+    "pipeline",
+    "audit",
+    "distributed",
+    "scale",
+    "balance",
+    "trust",
+    "backbones",
+)
 
 
 def run_suite(name: str, out: Path) -> None:

@@ -32,9 +32,11 @@ DEFAULT_STATIC_HYPERPARAMETERS = {
     "arch": "resnet50",
     "weights": "imagenet",
     "train-mode": "head",
-    "image-size": "224",
     "optimizer": "adamw",
 }
+# train.py's --arch choices (trainlib.models.ARCHS; tests/test_parity.py keeps the two equal): what
+# TUNING_RANGES' "arch" may list. Each trains at its weights' own input size unless "image-size" is set.
+ARCHS = ("resnet18", "resnet34", "resnet50", "convnext_tiny", "efficientnet_v2_s", "regnet_y_1_6gf", "vit_b_16")
 MAX_BODY_BYTES = 4 * 1024 * 1024
 MAX_INSTANCES = 20  # per training job (TRAINING_INSTANCE_COUNT, FINAL_INSTANCE_COUNT)
 # Search ranges: [min, max] (lr and weight-decay on a log scale, epochs as integers) and the batch sizes.
@@ -136,9 +138,16 @@ def _tuning_ranges(env: Mapping[str, str]) -> dict[str, list]:
         given = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise ConfigError("TUNING_RANGES", f"is not JSON ({exc})") from None
-    if not isinstance(given, dict) or set(given) - set(DEFAULT_TUNING_RANGES):
-        raise ConfigError("TUNING_RANGES", f"must be an object with keys among {', '.join(DEFAULT_TUNING_RANGES)}")
+    if not isinstance(given, dict) or set(given) - {*DEFAULT_TUNING_RANGES, "arch"}:
+        raise ConfigError(
+            "TUNING_RANGES", f"must be an object with keys among {', '.join([*DEFAULT_TUNING_RANGES, 'arch'])}"
+        )
     for name, value in given.items():
+        if name == "arch":  # a categorical: the architectures the trials choose from
+            if not isinstance(value, list) or not value or len(set(value)) != len(value) or set(value) - set(ARCHS):
+                raise ConfigError("TUNING_RANGES", f"arch must be a list of distinct names among {', '.join(ARCHS)}")
+            ranges["arch"] = list(value)
+            continue
         if not isinstance(value, list) or not value or not all(isinstance(v, (int, float)) and v > 0 for v in value):
             raise ConfigError("TUNING_RANGES", f"{name} must be a list of positive numbers")
         if name != "batch-size" and (len(value) != 2 or value[0] >= value[1]):
@@ -199,6 +208,10 @@ def _static_hyperparameters(env: Mapping[str, str]) -> dict[str, str]:
         if not isinstance(extra, dict):
             raise ConfigError("STATIC_HYPERPARAMETERS", "must be a JSON object of flag names to values")
         static.update({str(k): str(v) for k, v in extra.items()})
+        if "arch" in extra and "arch" in _tuning_ranges(env):
+            raise ConfigError("STATIC_HYPERPARAMETERS", "sets arch, which TUNING_RANGES tunes: name it in one of them")
+    if "arch" in _tuning_ranges(env):
+        static.pop("arch", None)  # a tuned hyperparameter cannot also be static
     return static
 
 

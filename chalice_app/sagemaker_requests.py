@@ -70,7 +70,10 @@ def tuned_ranges(config: Config) -> dict[str, Any]:
                 "ScalingType": "Linear",
             },
         ],
-        "CategoricalParameterRanges": [{"Name": "batch-size", "Values": [str(v) for v in r["batch-size"]]}],
+        "CategoricalParameterRanges": [
+            {"Name": "batch-size", "Values": [str(v) for v in r["batch-size"]]},
+            *([{"Name": "arch", "Values": list(r["arch"])}] if "arch" in r else []),
+        ],
     }
 
 
@@ -85,6 +88,7 @@ def grid_ranges(config: Config) -> dict[str, Any]:
             {"Name": "weight-decay", "Values": [_number(decay)]},
             {"Name": "epochs", "Values": [str((r["epochs"][0] + r["epochs"][1]) // 2)]},
             {"Name": "batch-size", "Values": [str(v) for v in r["batch-size"][:2]]},
+            *([{"Name": "arch", "Values": list(r["arch"])}] if "arch" in r else []),
         ]
     }
 

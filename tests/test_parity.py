@@ -88,5 +88,29 @@ def test_the_endpoint_answers_as_many_labels_as_the_api_may_ask_for():
 
 
 def test_the_api_and_the_endpoint_know_the_same_images_and_errors():
-    assert set(predict.MODEL_ERROR_CODES) == {predictor.InvalidImageError.code, predictor.ImageTooLargeError.code}
+    options = {"invalid_min_confidence", "invalid_explain"}  # the serving application checks its options too
+    assert set(predict.MODEL_ERROR_CODES) == {
+        predictor.InvalidImageError.code,
+        predictor.ImageTooLargeError.code,
+        *options,
+    }
+    for pairs in ([("min_confidence", "2")], [("explain", "yes")]):
+        with pytest.raises(predictor.InvalidOptionError) as info:
+            predictor.Options.parse(pairs)
+        assert info.value.code in options
     assert {predict.sniff(magic + b"x") for magic in predictor.FORMATS} == {"image/jpeg", "image/png"}
+
+
+def test_the_orchestrator_offers_the_architectures_train_py_knows():
+    from chalice_app import config
+    from trainlib import models
+
+    assert config.ARCHS == tuple(models.ARCHS)
+
+
+def test_the_api_sends_its_options_as_the_serving_application_reads_them():
+    from urllib.parse import parse_qsl
+
+    request = predict.Request("image/jpeg", 5, explain=True, min_confidence=0.25)
+    assert predictor.Options.parse(parse_qsl(request.attributes)) == predictor.Options(True, 0.25)
+    assert predictor.Options.parse(parse_qsl(predict.Request("image/png", 1).attributes)) == predictor.Options()

@@ -92,7 +92,7 @@ def prepare(
 ) -> Fit:
     model = build_model(args.arch, len(splits.classes), args.weights)
     if args.train_mode == "head":
-        freeze_backbone(model)
+        freeze_backbone(model, args.arch)
     model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -107,13 +107,28 @@ def prepare(
         model,
         data,
         trainable,
-        remedy.criterion(device),  # weighted by class while training, under --class-balance weights
+        # Weighted by class (--class-balance weights) and smoothed (--label-smoothing) while training only.
+        remedy.criterion(device, args.label_smoothing),
         optimizer,
-        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs),
+        schedule(optimizer, args.epochs, args.warmup_epochs),
         torch.amp.GradScaler(device.type, enabled=device.type == "cuda"),
         device,
         world,
         tuple(splits.classes),
+    )
+
+
+def schedule(optimizer: torch.optim.Optimizer, epochs: int, warmup: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """Cosine decay over the epochs, after ``warmup`` epochs rising linearly from a tenth of the rate."""
+    if not warmup:
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    return torch.optim.lr_scheduler.SequentialLR(
+        optimizer,
+        [
+            torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.1, total_iters=warmup),
+            torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs - warmup),
+        ],
+        milestones=[warmup],
     )
 
 

@@ -29,7 +29,8 @@ from pathlib import Path
 SCRATCH = {"arch": "resnet18", "weights": "none", "train-mode": "full", "image-size": "64", "optimizer": "adamw"}
 SCRATCH_RANGES = {"lr": [0.001, 0.02], "weight-decay": [0.00001, 0.001], "epochs": [3, 8], "batch-size": [16, 32]}
 # Transfer learning: the ImageNet backbone frozen, a new head trained on its features.
-TRANSFER = {"weights": "imagenet", "train-mode": "head", "image-size": "224", "optimizer": "adamw"}
+# No image-size: each architecture at its ImageNet weights' own (224; 384 for efficientnet_v2_s).
+TRANSFER = {"weights": "imagenet", "train-mode": "head", "optimizer": "adamw"}
 TRANSFER_RANGES = {"lr": [0.0005, 0.01], "weight-decay": [0.00001, 0.001], "epochs": [3, 8], "batch-size": [16, 32]}
 DOWNLOAD_SECONDS = 15  # to connect; a machine without network learns it quickly
 
@@ -51,6 +52,11 @@ def parallel_trials(gpus: int, cores: int | None = None) -> int:
     """One trial per GPU; on the CPU as many as cores (each on its share of them), at most four:
     small trials spend much of their time in one thread (starting, loading, writing)."""
     return gpus if gpus else max(1, min(4, cores or os.cpu_count() or 1))
+
+
+def _scratch(arch: str) -> dict[str, str]:
+    """From scratch at 64 px, but ViT-B/16, whose position embeddings take 224 px only."""
+    return {k: v for k, v in SCRATCH.items() if not (k == "image-size" and arch.startswith("vit"))}
 
 
 def weights_url(arch: str) -> str:
@@ -138,7 +144,7 @@ def _weights(
     if user_static.get("weights"):
         imagenet = user_static["weights"] == "imagenet"
         return Situation(
-            {**(TRANSFER if imagenet else SCRATCH), "arch": arch, **user_static},
+            {**(TRANSFER if imagenet else _scratch(arch)), "arch": arch, **user_static},
             None if user_ranges else (TRANSFER_RANGES if imagenet else SCRATCH_RANGES),
             f"training with the weights you chose ({user_static['weights']}), {arch}",
         )
@@ -162,10 +168,10 @@ def _weights(
         return Situation(
             {**TRANSFER, "arch": arch, **user_static},
             None if user_ranges else TRANSFER_RANGES,
-            f"transfer learning: {arch} with ImageNet weights ({path}), 224 px, head mode",
+            f"transfer learning: {arch} with ImageNet weights ({path}), at their input size, head mode",
         )
     return Situation(
-        {**SCRATCH, "arch": arch, **user_static},
+        {**_scratch(arch), "arch": arch, **user_static},
         None if user_ranges else SCRATCH_RANGES,
         f"no ImageNet weights for {arch}: not in the torch cache ({path}) and not downloadable ({reason}). "
         f"Training from scratch at 64 px, which needs far more images for a good model. To fine-tune "

@@ -7,6 +7,7 @@ import functools
 import hashlib
 import http.server
 import io
+import json
 import os
 import tarfile
 import threading
@@ -50,7 +51,7 @@ def test_weights_in_the_torch_cache_train_the_jobs_without_network(
     said: list[str] = []
     settings = read(None, ["MAX_TUNING_JOBS=1", "AUDIT=false", 'TUNING_RANGES={"epochs": [1, 2]}'])
     for_this_machine(settings, said.append, fetch=_offline, gpus=0)
-    assert said == [f"transfer learning: resnet18 with ImageNet weights ({target}), 224 px, head mode"]
+    assert said == [f"transfer learning: resnet18 with ImageNet weights ({target}), at their input size, head mode"]
     assert settings.env["MAX_PARALLEL_JOBS"] == "1", "never more trials at once than the tuning job has"
 
     runtime = LocalRuntime(tmp_path / "home", env=settings.env, say=lambda m: None, serving=ray_serve, warm=shared_warm)
@@ -68,14 +69,13 @@ def test_weights_in_the_torch_cache_train_the_jobs_without_network(
         runtime.stop()
     assert trial is not None and trial["TrainingJobStatus"] == "Completed", trial and trial.get("FailureReason")
     hyperparameters = trial["HyperParameters"]
-    assert (hyperparameters["weights"], hyperparameters["image-size"], hyperparameters["train-mode"]) == (
-        "imagenet",
-        "224",
-        "head",
-    )
+    assert (hyperparameters["weights"], hyperparameters["train-mode"]) == ("imagenet", "head")
+    assert "image-size" not in hyperparameters, "the weights' own input size"
     archive = runtime.bucket.path_of_uri(trial["ModelArtifacts"]["S3ModelArtifacts"])
     with tarfile.open(archive) as tar:
         state = torch.load(io.BytesIO(tar.extractfile("model.pth").read()), weights_only=True)
+        meta = json.loads(tar.extractfile("model.json").read())
+    assert (meta["image_size"], meta["resize_size"]) == (224, 256), "resnet18's ImageNet weights' preprocessing"
     assert torch.equal(state["conv1.weight"], fake["conv1.weight"]), "the backbone is the cached ImageNet file's"
 
 

@@ -1,5 +1,6 @@
 """The SageMaker request builders, each request validated by botocore and by the API's constraints."""
 
+import json
 import re
 
 import pytest
@@ -347,3 +348,27 @@ def test_abstention_settings_reach_every_training_job_and_are_checked():
     for name, bad in (("TARGET_PRECISION", "1.5"), ("TARGET_PRECISION", "0"), ("MIN_CONFIDENCE", "-0.2")):
         with pytest.raises(config_module.ConfigError, match=name):
             make_config(**{name: bad})
+
+
+def test_the_architecture_can_be_a_categorical_of_the_tuning_job():
+    config = make_config(TUNING_RANGES=json.dumps({"arch": ["resnet50", "convnext_tiny", "vit_b_16"]}))
+    definition = requests.tuning_job_request(config, "dogs-3f9a1c2e", DATASET)["TrainingJobDefinition"]
+    request = requests.tuning_job_request(config, "dogs-3f9a1c2e", DATASET)
+    validate("sagemaker", "CreateHyperParameterTuningJob", request)
+    ranges = request["HyperParameterTuningJobConfig"]["ParameterRanges"]["CategoricalParameterRanges"]
+    assert {"Name": "arch", "Values": ["resnet50", "convnext_tiny", "vit_b_16"]} in ranges
+    assert "arch" not in definition["StaticHyperParameters"], "a tuned hyperparameter is not also static"
+    assert "image-size" not in definition["StaticHyperParameters"], "each architecture at its own input size"
+    grid = make_config(TUNING_STRATEGY="Grid", TUNING_RANGES=json.dumps({"arch": ["resnet50", "regnet_y_1_6gf"]}))
+    grid_ranges = requests.tuning_job_request(grid, "dogs-3f9a1c2e", DATASET)["HyperParameterTuningJobConfig"]
+    assert {"Name": "arch", "Values": ["resnet50", "regnet_y_1_6gf"]} in grid_ranges["ParameterRanges"][
+        "CategoricalParameterRanges"
+    ]
+    for bad in (["resnet50", "resnet50"], ["alexnet"], [], "resnet50"):
+        with pytest.raises(config_module.ConfigError, match="TUNING_RANGES"):
+            make_config(TUNING_RANGES=json.dumps({"arch": bad}))
+    with pytest.raises(config_module.ConfigError, match="STATIC_HYPERPARAMETERS"):
+        make_config(
+            TUNING_RANGES=json.dumps({"arch": ["resnet50", "vit_b_16"]}),
+            STATIC_HYPERPARAMETERS=json.dumps({"arch": "resnet18"}),
+        )

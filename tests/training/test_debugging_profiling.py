@@ -173,7 +173,7 @@ window.addEventListener('load', () => {
         text=True,
         timeout=DEADLINE,
     )
-    assert 'data-plots-shown="4"' in result.stdout, result.stderr[-2000:]
+    assert 'data-plots-shown="5"' in result.stdout, result.stderr[-2000:]
     screenshot = tmp_path / "report.png"
     subprocess.run(
         [

@@ -94,6 +94,6 @@ def test_the_heatmap_is_a_grey_png_of_the_clients_image_peaking_at_the_peak(loca
     heatmap = Image.open(io.BytesIO(base64.b64decode(explanation["heatmap_png"])))
     assert heatmap.mode == "L" and heatmap.size == (SIZE * 2, SIZE * 2) and explanation["size"] == [SIZE * 2] * 2
     x, y = explanation["peak"]
-    assert np.asarray(heatmap)[y, x] == np.asarray(heatmap).max() == 255
+    assert np.asarray(heatmap)[y, x] == np.asarray(heatmap).max() >= 250, "the peak is the brightest pixel"
     centre = centres[path]
     assert math.hypot(x - 2 * centre[0], y - 2 * centre[1]) <= 2 * NEAR, "upright, in the client's pixels"

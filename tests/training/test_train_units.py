@@ -63,7 +63,7 @@ def test_head_mode_never_touches_the_backbone(tiny_dataset):
     args = _args(tiny_dataset, **{"train-mode": "head", "augment": "on"})
     splits = discover(tiny_dataset)
     model = models.build_model("resnet18", len(splits.classes))
-    models.freeze_backbone(model)
+    models.freeze_backbone(model, "resnet18")
     before = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("fc.")}
     data = train.make_batches(args, splits, model, torch.device("cpu"))
     assert isinstance(data.trainable, models.FrozenBackboneClassifier)
@@ -92,7 +92,7 @@ def test_head_mode_computes_frozen_features_once(tiny_dataset):
     args = _args(tiny_dataset, **{"train-mode": "head"})
     splits = discover(tiny_dataset)
     model = models.build_model("resnet18", len(splits.classes))
-    models.freeze_backbone(model)
+    models.freeze_backbone(model, "resnet18")
     images_seen = []
     model.conv1.register_forward_hook(lambda m, inp, out: images_seen.append(inp[0].shape[0]))
     data = train.make_batches(args, splits, model, torch.device("cpu"))
@@ -110,7 +110,7 @@ def test_imagenet_weights_come_from_the_hub_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     cached = models.weights_cache_path("resnet18")
     assert cached.is_relative_to(tmp_path)
-    reference = models.ARCHS["resnet18"][0](weights=None)
+    reference = models.ARCHS["resnet18"].build(weights=None)
     cached.parent.mkdir(parents=True)
     torch.save(reference.state_dict(), cached)
     model = models.build_model("resnet18", 3, weights="imagenet")
@@ -206,7 +206,7 @@ def _counting_backbone_model(classes: int, state: dict | None = None):
     model = models.build_model("resnet18", classes)
     if state is not None:
         model.load_state_dict(state)
-    models.freeze_backbone(model)
+    models.freeze_backbone(model, "resnet18")
     seen: list[int] = []
     model.conv1.register_forward_hook(lambda m, inp, out: seen.append(inp[0].shape[0]))
     return model, seen

@@ -26,7 +26,8 @@ import torchvision
 from torch import nn
 
 from trainlib.datasets import Splits
-from trainlib.transforms import IMAGENET_MEAN, IMAGENET_STD, resize_size
+from trainlib.models import ARCHS
+from trainlib.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 FORMAT_VERSION = 2
 TRAINING_DIR = Path(__file__).resolve().parent.parent
@@ -113,7 +114,7 @@ def model_metadata(
         "num_classes": len(splits.classes),
         "classes": splits.classes,
         "image_size": args.image_size,
-        "resize_size": resize_size(args.image_size),
+        "resize_size": ARCHS[args.arch].preprocessing(args.image_size)[1],
         "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
         "metrics": metrics,
         "hyperparameters": hyperparameters,

@@ -46,13 +46,16 @@ class Remedy:
             mode, why = "weights", why + "; several processes draw one shuffle, so the loss is weighted instead"
         return cls(mode, counts, why)
 
-    def criterion(self, device: torch.device) -> nn.Module:
-        """The loss: under ``weights``, weighted by inverse class frequency while training."""
-        if self.mode != "weights":
+    def criterion(self, device: torch.device, label_smoothing: float = 0.0) -> nn.Module:
+        """The loss: under ``weights``, weighted by inverse class frequency while training; with
+        ``label_smoothing``, smoothed while training."""
+        if self.mode != "weights" and not label_smoothing:
             return nn.CrossEntropyLoss()
-        total, present = sum(self.counts), sum(1 for n in self.counts if n)
-        weights = [total / (present * n) if n else 1.0 for n in self.counts]
-        return ClassWeightedLoss(torch.tensor(weights, dtype=torch.float32)).to(device)
+        weights = None
+        if self.mode == "weights":
+            total, present = sum(self.counts), sum(1 for n in self.counts if n)
+            weights = torch.tensor([total / (present * n) if n else 1.0 for n in self.counts], dtype=torch.float32)
+        return ClassWeightedLoss(weights, label_smoothing).to(device)
 
     def draw(self, targets: Sequence[int]) -> torch.Tensor | None:
         """Each training sample's chance to be drawn under ``sampler`` (``None``: a plain shuffle)."""
@@ -62,14 +65,16 @@ class Remedy:
 
 
 class ClassWeightedLoss(nn.CrossEntropyLoss):
-    """Cross-entropy weighted by class in training mode and plain in evaluation mode (``.eval()``, as the
-    loop sets it), so that validation and test losses mean what they mean without a remedy. One module
-    for both, as the debugger hook watches one loss module."""
+    """Cross-entropy weighted by class (and label-smoothed, where asked) in training mode and plain in
+    evaluation mode (``.eval()``, as the loop sets it), so that validation and test losses mean what they
+    mean without a remedy. One module for both, as the debugger hook watches one loss module."""
 
-    def __init__(self, class_weight: torch.Tensor):
+    def __init__(self, class_weight: torch.Tensor | None, label_smoothing: float = 0.0):
         super().__init__()
         self.register_buffer("class_weight", class_weight)
+        self.smoothing = label_smoothing
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        weight = self.class_weight if self.training else None
-        return nn.functional.cross_entropy(input, target, weight=weight)
+        if not self.training:
+            return nn.functional.cross_entropy(input, target)
+        return nn.functional.cross_entropy(input, target, weight=self.class_weight, label_smoothing=self.smoothing)

@@ -24,8 +24,8 @@ from trainlib.datasets import Splits
 from trainlib.distributed import ALONE, World, gather, per_process_batch, shard
 from trainlib.errors import DatasetError, TrainingError
 from trainlib.loading import Batch, FeatureSet, extract_features, image_loader
-from trainlib.models import FrozenBackboneClassifier, backbone_of
-from trainlib.transforms import IMAGENET_MEAN, IMAGENET_STD, RESIZE, eval_transform, resize_size, train_transform
+from trainlib.models import ARCHS, FrozenBackboneClassifier, backbone_of, head_of
+from trainlib.transforms import IMAGENET_MEAN, IMAGENET_STD, RESIZE, eval_transform, train_transform
 
 log = logging.getLogger("train")
 
@@ -80,7 +80,7 @@ def make_batches(
     amp = pin = device.type == "cuda"
     workers = pick_workers(args, device)
     remedy = remedy or Remedy("off", (), "")
-    eval_tf = eval_transform(args.image_size)
+    eval_tf = eval_transform(args.image_size, resize=ARCHS[args.arch].preprocessing(args.image_size)[1])
     batch_size = per_process_batch(args.batch_size, world)
     eval_bs = batch_size * 2
     head_mode = args.train_mode == "head"
@@ -92,7 +92,7 @@ def make_batches(
     eval_samples = {"valid": splits.valid, "test": splits.test}
     feature_batch = 32 if device.type == "cpu" else 256  # inference only: the device's best (CPU caches)
     if head_mode and not augment:
-        backbone = backbone_of(model)
+        backbone = backbone_of(model, args.arch)
 
         def compute(samples):  # this process's share of the frozen pass, then everyone's
             share = loader(shard(samples, world), eval_tf, feature_batch, False)
@@ -109,11 +109,11 @@ def make_batches(
                 for name, f in cached.items()
                 if name != "train"
             },
-            trainable=model.fc,
+            trainable=head_of(model, args.arch),
             decode_skipped=sum(f.skipped for f in cached.values()),
         )
 
-    train_tf = train_transform(args.image_size) if augment else eval_tf
+    train_tf = train_transform(args.image_size, trivial=args.trivial_augment == "on") if augment else eval_tf
     train_loader = loader(splits.train, train_tf, batch_size, True, world, remedy.draw([t for _, t in splits.train]))
     eval_loaders = {
         name: loader(shard(samples, world), eval_tf, eval_bs, False)
@@ -123,7 +123,7 @@ def make_batches(
     return Data(
         train_batches=_each_epoch(train_loader),
         eval_batches={name: (lambda loader=loader: loader) for name, loader in eval_loaders.items()},
-        trainable=FrozenBackboneClassifier(model) if head_mode else model,
+        trainable=FrozenBackboneClassifier(model, args.arch) if head_mode else model,
     )
 
 
@@ -169,7 +169,8 @@ def frozen_features(
     digest = featurecache.backbone_digest(backbone) if cached else ""
     # CUDA computes them in mixed precision: not the same numbers as a CPU run's.
     transform = (
-        f"eval:{args.image_size}:{resize_size(args.image_size)}:{RESIZE}:{IMAGENET_MEAN}:{IMAGENET_STD}:{device.type}"
+        f"eval:{args.image_size}:{ARCHS[args.arch].preprocessing(args.image_size)[1]}:{RESIZE}:{IMAGENET_MEAN}:"
+        f"{IMAGENET_STD}:{device.type}"
     )
     out: dict[str, FeatureSet] = {}
     images = {True: 0, False: 0}  # by whether they came from the cache

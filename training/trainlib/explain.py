@@ -22,8 +22,6 @@ import torch
 from PIL import Image
 from torch import nn
 
-from trainlib.transforms import resize_size
-
 METHOD = "grad-cam"
 
 
@@ -85,10 +83,11 @@ def grad_cam(model: nn.Module, layer: nn.Module, batch: torch.Tensor) -> tuple[t
     return logits.detach(), (cam / peak if peak > 0 else cam)
 
 
-def lay_back(cam: torch.Tensor, image_size: int, source: tuple[int, int]) -> dict:
-    """The map on the client's image (``source`` = width, height): the API's ``explanation`` fields."""
+def lay_back(cam: torch.Tensor, image_size: int, resize: int, source: tuple[int, int]) -> dict:
+    """The map on the client's image (``source`` = width, height): the API's ``explanation`` fields. The
+    network saw the centre ``image_size`` crop of the image resized to a ``resize`` short side."""
     width, height = source
-    side = image_size * min(width, height) / resize_size(image_size)  # the centre crop, in source pixels
+    side = image_size * min(width, height) / resize  # the centre crop, in source pixels
     left, top = round((width - side) / 2), round((height - side) / 2)
     span = max(1, round(side))
     grey = Image.fromarray((cam.cpu().numpy() * 255).round().astype(np.uint8))

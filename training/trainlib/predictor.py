@@ -148,6 +148,7 @@ class Classifier:
     temperature: float = 1.0
     min_confidence: float = 0.0
     thresholds: dict[str, float | None] = field(default_factory=dict)
+    resize_size: int = 256  # the short side before the centre crop
 
     @classmethod
     def load(cls, model_dir: Path, device: str | None = None) -> Classifier:
@@ -164,13 +165,14 @@ class Classifier:
             model,
             list(meta["classes"]),
             meta.get("run_id", ""),
-            eval_transform(int(meta["image_size"]), norm["mean"], norm["std"]),
+            eval_transform(int(meta["image_size"]), norm["mean"], norm["std"], int(meta["resize_size"])),
             target,
             int(meta["image_size"]),
             meta["arch"],
             float(calibration.get("temperature") or 1.0),
             float(calibration.get("min_confidence") or 0.0),
             dict(calibration.get("thresholds") or {}),
+            int(meta["resize_size"]),
         )
 
     def fastest_batch(self, largest: int, rounds: int = 2) -> int:
@@ -209,7 +211,7 @@ class Classifier:
         answer["explanation"] = {
             "method": explain.METHOD,
             "layer": layer_name,
-            **explain.lay_back(cam, self.image_size, source),
+            **explain.lay_back(cam, self.image_size, self.resize_size, source),
         }
         return answer
 

@@ -97,23 +97,27 @@ def _normalize(mean, std) -> list:
     return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
 
 
-def eval_transform(image_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> v2.Compose:
+def eval_transform(image_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, resize: int | None = None) -> v2.Compose:
+    """Resize the short side to ``resize`` (the architecture's weights say how much: ``models.Arch``; 256 for
+    224 where nothing says), then the centre ``image_size`` crop."""
     return v2.Compose(
         [
             v2.ToImage(),
-            v2.Resize(resize_size(image_size), antialias=True),
+            v2.Resize(resize or resize_size(image_size), antialias=True),
             v2.CenterCrop(image_size),
             *_normalize(mean, std),
         ]
     )
 
 
-def train_transform(image_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> v2.Compose:
+def train_transform(image_size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD, trivial: bool = False) -> v2.Compose:
+    """Random crops and flips; with ``trivial``, TrivialAugmentWide after them (on uint8, as it expects)."""
     return v2.Compose(
         [
             v2.ToImage(),
             v2.RandomResizedCrop(image_size, scale=(0.5, 1.0), antialias=True),
             v2.RandomHorizontalFlip(),
+            *([v2.TrivialAugmentWide()] if trivial else []),
             *_normalize(mean, std),
         ]
     )
