@@ -18,7 +18,7 @@ from common import Row, table, timings, write
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "training"))
 
 BATCH = 8
-ARCHS = ("resnet18", "resnet50", "convnext_tiny", "efficientnet_v2_s", "regnet_y_1_6gf", "vit_b_16")
+ARCHS = ("resnet18", "resnet34", "resnet50", "convnext_tiny", "efficientnet_v2_s", "regnet_y_1_6gf", "vit_b_16")
 
 
 def _rates(arch: str) -> tuple[float, float]:

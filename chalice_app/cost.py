@@ -52,6 +52,18 @@ THROUGHPUT = {
     "ml.g5.2xlarge": ((700.0, 300.0), "estimate (A10G)"),
 }
 UNKNOWN_THROUGHPUT = ((25.0, 9.0), "estimate (unknown instance type: the slowest row)")
+# Each backbone's speed relative to ResNet-50 (head mode, full mode), at its own input size: measured by
+# make bench's backbones suite on a 2-core CPU (docs/performance.md). The rows above are ResNet-50's; another
+# backbone's are divided by these (a GPU's ratios may differ: the forecast says where its number came from).
+ARCH_SPEED = {
+    "resnet18": (1.96, 2.63),
+    "resnet34": (0.96, 1.4),
+    "resnet50": (1.0, 1.0),
+    "convnext_tiny": (0.93, 1.0),
+    "efficientnet_v2_s": (0.37, 0.41),
+    "regnet_y_1_6gf": (1.92, 1.89),
+    "vit_b_16": (0.28, 0.39),
+}
 # Billed seconds every job spends before and after the script: image pull, data download, upload.
 JOB_OVERHEAD_SECONDS = 180
 # What each added instance contributes, relative to the first (the target docs/performance.md measures).
@@ -91,11 +103,17 @@ def throughput(instance_type: str) -> tuple[tuple[float, float], str]:
     return UNKNOWN_THROUGHPUT
 
 
-def job_seconds(instance_type: str, images: int, epochs: int, mode: str, instances: int = 1) -> tuple[float, str]:
+def job_seconds(
+    instance_type: str, images: int, epochs: int, mode: str, instances: int = 1, archs: tuple[str, ...] = ("resnet50",)
+) -> tuple[float, str]:
     """Expected seconds of one training job on ``instances`` instances (each billed for them all), and
-    where its throughput came from."""
+    where its throughput came from; of the slowest of ``archs`` (the backbones the job may train)."""
     (head, full), source = throughput(instance_type)
-    work = images / head if mode == "head" else images * max(epochs, 1) / full
+    slowest = min(archs, key=lambda arch: ARCH_SPEED.get(arch, (1.0, 1.0))[mode == "full"])
+    speed = ARCH_SPEED.get(slowest, (1.0, 1.0))[mode == "full"]
+    if slowest != "resnet50":
+        source += f", {slowest} at {speed:.2f}x ResNet-50's speed (measured on a CPU)"
+    work = (images / head if mode == "head" else images * max(epochs, 1) / full) / speed
     if instances > 1:
         work /= instances * SCALING_EFFICIENCY
         source += f", {instances} instances at {SCALING_EFFICIENCY:.0%} scaling efficiency"
@@ -104,6 +122,12 @@ def job_seconds(instance_type: str, images: int, epochs: int, mode: str, instanc
 
 def _epochs(config: Any) -> int:
     return int(config.static_hyperparameters.get("epochs") or config.tuning_ranges["epochs"][1])
+
+
+def _archs(config: Any) -> tuple[str, ...]:
+    """The backbones the run's jobs may train: the tuned categorical's, else the static one."""
+    tuned = config.tuning_ranges.get("arch")
+    return tuple(tuned) if tuned else (str(config.static_hyperparameters.get("arch", "resnet50")).strip('"').lower(),)
 
 
 def _mode(config: Any) -> str:
@@ -138,7 +162,9 @@ def plan(config: Any, images: int, training: Price | None, trials: int) -> Plan:
             "unset the budget or use an instance type of the bundled table"
         )
     instances, final_instances = config.training_instance_count, config.final_instance_count
-    expected, _ = job_seconds(config.training_instance_type, images, _epochs(config), _mode(config), instances)
+    expected, _ = job_seconds(
+        config.training_instance_type, images, _epochs(config), _mode(config), instances, _archs(config)
+    )
     # A job may run to twice its expected time before it is stopped; never less than 10 minutes.
     limit = int(min(runtime, max(600, math.ceil(2 * expected))))
     hour = limit / 3600 * training.usd_per_hour  # one instance for the limit: the final job has the trials' limit
@@ -165,8 +191,8 @@ def forecast(config: Any, images: int, run_plan: Plan, training: Price | None, h
     """``tuning.started``'s forecast: the trials, the final job and the endpoint's cost per day."""
     instances, final_instances = config.training_instance_count, config.final_instance_count
     kind, epochs, mode = config.training_instance_type, _epochs(config), _mode(config)
-    seconds, throughput = job_seconds(kind, images, epochs, mode, instances)
-    final_seconds, _ = job_seconds(kind, images, epochs, mode, final_instances)
+    seconds, throughput = job_seconds(kind, images, epochs, mode, instances, _archs(config))
+    final_seconds, _ = job_seconds(kind, images, epochs, mode, final_instances, _archs(config))
     out: dict[str, Any] = {
         "images": images,
         "trials": run_plan.trials,

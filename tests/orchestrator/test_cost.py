@@ -280,3 +280,25 @@ def test_invocations_are_read_from_cloudwatch_as_botocore_models_the_call():
         )
         assert CloudWatchAdapter(client).invocations("droptrain-dev-dogs", start, end) == 7.0
         stub.assert_no_pending_responses()
+
+
+def test_a_slower_backbone_forecasts_longer_jobs_and_a_tuned_one_its_slowest_choice():
+    def minutes(**env) -> tuple[float, str]:
+        config = make_config(TRAINING_INSTANCE_TYPE="ml.g4dn.xlarge", **env)
+        answer = cost.forecast(config, 1_000_000, cost.plan(config, 1_000_000, None, 4), None, None)
+        return answer["minutes_per_job"], answer["throughput"]
+
+    resnet, source = minutes()
+    assert "measured on a CPU" not in source, "ResNet-50's own row"
+    vit, source = minutes(STATIC_HYPERPARAMETERS=json.dumps({"arch": "vit_b_16"}))
+    overhead = cost.JOB_OVERHEAD_SECONDS / 60
+    assert vit - overhead == pytest.approx((resnet - overhead) / cost.ARCH_SPEED["vit_b_16"][0], rel=0.02)
+    assert "vit_b_16 at 0.28x ResNet-50's speed" in source
+    tuned, source = minutes(TUNING_RANGES=json.dumps({"arch": ["regnet_y_1_6gf", "efficientnet_v2_s"]}))
+    assert "efficientnet_v2_s" in source and tuned > resnet, "the budget is planned for the slowest choice"
+
+
+def test_every_architecture_train_py_offers_has_a_measured_speed():
+    from chalice_app import config as config_module
+
+    assert set(cost.ARCH_SPEED) == set(config_module.ARCHS)
