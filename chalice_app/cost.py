@@ -53,16 +53,17 @@ THROUGHPUT = {
 }
 UNKNOWN_THROUGHPUT = ((25.0, 9.0), "estimate (unknown instance type: the slowest row)")
 # Each backbone's speed relative to ResNet-50 (head mode, full mode), at its own input size: measured by
-# make bench's backbones suite on a 2-core CPU (docs/performance.md). The rows above are ResNet-50's; another
+# make bench's backbones suite on a 2-core CPU (docs/performance.md; full-mode ratios moved by up to a
+# quarter between two runs there). The rows above are ResNet-50's; another
 # backbone's are divided by these (a GPU's ratios may differ: the forecast says where its number came from).
 ARCH_SPEED = {
-    "resnet18": (1.96, 2.63),
-    "resnet34": (0.96, 1.4),
+    "resnet18": (1.84, 2.97),
+    "resnet34": (1.28, 1.48),
     "resnet50": (1.0, 1.0),
-    "convnext_tiny": (0.93, 1.0),
-    "efficientnet_v2_s": (0.37, 0.41),
-    "regnet_y_1_6gf": (1.92, 1.89),
-    "vit_b_16": (0.28, 0.39),
+    "convnext_tiny": (0.93, 1.28),
+    "efficientnet_v2_s": (0.42, 0.51),
+    "regnet_y_1_6gf": (1.97, 2.47),
+    "vit_b_16": (0.27, 0.39),
 }
 # Billed seconds every job spends before and after the script: image pull, data download, upload.
 JOB_OVERHEAD_SECONDS = 180

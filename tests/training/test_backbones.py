@@ -15,11 +15,12 @@ from droptrain.synthetic import make_dataset
 from trainlib import models
 from trainlib.predictor import Classifier, decode
 
-# The layer each new family explains from, by the name the API answers.
+# The layer each new family explains from at the size trained here (64 px: the stage of stride 8, whose
+# map is 8 x 8; at 224 px it is the last stage's 7 x 7), by the name the API answers.
 LAYERS = {
-    "convnext_tiny": "features.7",
-    "efficientnet_v2_s": "features.7",
-    "regnet_y_1_6gf": "trunk_output",
+    "convnext_tiny": "features.3",
+    "efficientnet_v2_s": "features.3",
+    "regnet_y_1_6gf": "trunk_output.block2",
     "vit_b_16": "encoder.layers.11",
 }
 

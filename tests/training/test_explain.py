@@ -62,7 +62,7 @@ def test_the_explanations_peak_lands_on_the_object(located):
         explanation = answer["explanation"]
         assert (explanation["method"], explanation["layer"], explanation["size"]) == (
             "grad-cam",
-            "layer4",
+            "layer3",  # at 128 px the last stage's map is 4 x 4: the stage before it (8 x 8) explains
             [SIZE, SIZE],
         )
         px, py = explanation["peak"]
@@ -78,7 +78,7 @@ def test_the_explanations_peak_lands_on_the_object(located):
             for x, y in list(centres.values()) * 50
         ]
     )
-    assert chance < 0.3 and near >= 0.7 and near >= 2.5 * chance, (near, chance, sorted(distances))
+    assert chance < 0.3 and near >= 0.8 and near >= 2.5 * chance, (near, chance, sorted(distances))
 
 
 def test_the_heatmap_is_a_grey_png_of_the_clients_image_peaking_at_the_peak(located):
@@ -94,6 +94,31 @@ def test_the_heatmap_is_a_grey_png_of_the_clients_image_peaking_at_the_peak(loca
     heatmap = Image.open(io.BytesIO(base64.b64decode(explanation["heatmap_png"])))
     assert heatmap.mode == "L" and heatmap.size == (SIZE * 2, SIZE * 2) and explanation["size"] == [SIZE * 2] * 2
     x, y = explanation["peak"]
-    assert np.asarray(heatmap)[y, x] == np.asarray(heatmap).max() >= 250, "the peak is the brightest pixel"
+    pixels = np.asarray(heatmap)
+    assert pixels.max() >= 250 and pixels[y, x] >= pixels.max() / 2, "the peak lies in the brightest region"
     centre = centres[path]
     assert math.hypot(x - 2 * centre[0], y - 2 * centre[1]) <= 2 * NEAR, "upright, in the client's pixels"
+
+
+def test_the_centre_is_weighed_within_the_strongest_cells_neighbourhood_only():
+    from trainlib.explain import centre
+
+    cam = np.zeros((7, 7))
+    cam[2, 2], cam[2, 3] = 1.0, 1.0  # one blob across two cells: its centre is between them
+    cam[6, 6] = 0.9  # a second blob far away pulls nothing
+    assert centre(cam) == pytest.approx((2.5, 3.0))
+    cam[1, 2] = 0.4  # under half the strongest: not counted
+    assert centre(cam) == pytest.approx((2.5, 3.0))
+    corner = np.zeros((7, 7))
+    corner[0, 0] = 1.0
+    assert centre(corner) == pytest.approx((0.5, 0.5))
+
+
+@pytest.mark.parametrize(
+    "size, layer", [(224, "layer4"), (128, "layer3"), (64, "layer2"), (32, "layer2"), (448, "layer4")]
+)
+def test_the_explaining_layer_has_a_map_of_seven_cells_a_side_where_the_input_allows(size, layer):
+    from trainlib import models
+    from trainlib.explain import target_layer
+
+    assert target_layer("resnet18", models.build_model("resnet18", 2), size)[0] == layer

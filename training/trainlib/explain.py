@@ -1,6 +1,6 @@
 """Grad-CAM (Selvaraju et al. 2017): where in the image the evidence for the top class lies.
 
-The top class's score is differentiated with respect to one late layer's activations (``LAYERS``: the
+The top class's score is differentiated with respect to one late layer's activations (``CANDIDATES``: the
 last stage of convolutions, or the last transformer block, whose tokens are laid back on their grid);
 each channel weighs by its mean gradient, and the weighted sum's positive part is the map. It costs one
 backward pass to that layer. Written here rather than taken from a library because it is this short and
@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import io
 import math
-from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -25,35 +24,26 @@ from torch import nn
 METHOD = "grad-cam"
 
 
-def _resnet(model: nn.Module) -> tuple[str, nn.Module]:
-    return "layer4", model.layer4
-
-
-def _features(model: nn.Module) -> tuple[str, nn.Module]:
-    return f"features.{len(model.features) - 1}", model.features[-1]
-
-
-def _regnet(model: nn.Module) -> tuple[str, nn.Module]:
-    return "trunk_output", model.trunk_output
-
-
-def _vit(model: nn.Module) -> tuple[str, nn.Module]:
-    return f"encoder.layers.{len(model.encoder.layers) - 1}", model.encoder.layers[-1]
-
-
-# The layer each architecture family explains from (by the prefix of its name in trainlib.models.ARCHS).
-LAYERS: dict[str, Callable[[nn.Module], tuple[str, nn.Module]]] = {
-    "resnet": _resnet,
-    "convnext": _features,
-    "efficientnet": _features,
-    "regnet": _regnet,
-    "vit": _vit,
+# Each family's candidate layers, deepest first, with their stride: the deepest whose map has at least
+# MIN_GRID cells a side explains (the last stage at 224 px, as Grad-CAM is usually run); a smaller input
+# takes an earlier stage, since a 2 x 2 map (ResNet-18's last stage at 64 px) cannot say where anything is.
+# ViT's grid is its 14 x 14 patches whatever the layer: its last block.
+CANDIDATES: dict[str, tuple[tuple[str, int], ...]] = {
+    "resnet": (("layer4", 32), ("layer3", 16), ("layer2", 8)),
+    "convnext": (("features.7", 32), ("features.5", 16), ("features.3", 8)),
+    "efficientnet": (("features.7", 32), ("features.5", 16), ("features.3", 8)),
+    "regnet": (("trunk_output", 32), ("trunk_output.block3", 16), ("trunk_output.block2", 8)),
+    "vit": (("encoder.layers.11", 16),),
 }
+MIN_GRID = 7
 
 
-def target_layer(arch: str, model: nn.Module) -> tuple[str, nn.Module]:
-    family = next(prefix for prefix in LAYERS if arch.startswith(prefix))
-    return LAYERS[family](model)
+def target_layer(arch: str, model: nn.Module, image_size: int = 224) -> tuple[str, nn.Module]:
+    """The layer that explains ``arch`` at ``image_size``: its name and the module."""
+    family = next(prefix for prefix in CANDIDATES if arch.startswith(prefix))
+    candidates = CANDIDATES[family]
+    name = next((path for path, stride in candidates if image_size // stride >= MIN_GRID), candidates[-1][0])
+    return name, model.get_submodule(name)
 
 
 def _as_grid(activations: torch.Tensor) -> torch.Tensor:
@@ -92,13 +82,30 @@ def lay_back(cam: torch.Tensor, image_size: int, resize: int, source: tuple[int,
     span = max(1, round(side))
     grey = Image.fromarray((cam.cpu().numpy() * 255).round().astype(np.uint8))
     crop = np.asarray(grey.resize((span, span), Image.Resampling.BILINEAR))
-    y, x = np.unravel_index(int(np.argmax(crop)), crop.shape)
     heatmap = Image.new("L", (width, height))
     heatmap.paste(Image.fromarray(crop), (left, top))
     buffer = io.BytesIO()
     heatmap.save(buffer, format="PNG")
+    row, column = centre(cam.cpu().numpy())
+    rows, columns = cam.shape
+    x, y = left + column / columns * side, top + row / rows * side
     return {
         "size": [height, width],
-        "peak": [int(min(width - 1, left + x)), int(min(height - 1, top + y))],
+        "peak": [int(min(width - 1, max(0, x))), int(min(height - 1, max(0, y)))],
         "heatmap_png": base64.b64encode(buffer.getvalue()).decode("ascii"),
     }
+
+
+def centre(cam: np.ndarray) -> tuple[float, float]:
+    """Where the evidence is, in cells (row, column; a cell's centre at .5): the strongest cell and those of
+    its neighbours at half its strength or more, weighed by strength. Finer than the strongest cell alone
+    (a map has 7 to 14 cells a side), and never pulled between two distant blobs."""
+    i, j = np.unravel_index(int(np.argmax(cam)), cam.shape)
+    window = cam[max(0, i - 1) : i + 2, max(0, j - 1) : j + 2]
+    weights = np.where(window >= 0.5 * cam[i, j], window, 0.0)
+    if weights.sum() <= 0:
+        return i + 0.5, j + 0.5
+    rows, columns = np.mgrid[max(0, i - 1) : i + 2, max(0, j - 1) : j + 2][:, : window.shape[0], : window.shape[1]]
+    return float((weights * (rows + 0.5)).sum() / weights.sum()), float(
+        (weights * (columns + 0.5)).sum() / weights.sum()
+    )

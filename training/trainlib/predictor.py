@@ -204,7 +204,7 @@ class Classifier:
 
     def explain(self, image: Image.Image) -> dict[str, Any]:
         """``predict``'s answer for one image, with the Grad-CAM ``explanation`` of its top class."""
-        layer_name, layer = explain.target_layer(self.arch, self.model)
+        layer_name, layer = explain.target_layer(self.arch, self.model, self.image_size)
         logits, cam = explain.grad_cam(self.model, layer, self.transform(image).unsqueeze(0).to(self.device))
         answer = self._answers(logits)[0]
         source = image.info.get("source_size", image.size)
