@@ -246,14 +246,10 @@ def save_checkpoint(fit: Fit, progress: Progress, epoch: int) -> None:
     )
 
 
-def finish(
-    args: argparse.Namespace, splits: Splits, fit: Fit, observers: Observers, history: list[dict], work_dir: Path
-) -> dict:
-    """The held-out evaluation, the reports, and the model artifact."""
-    last = history[-1] if history else {}
-    metrics = {k: last[k] for k in EPOCH_LINE if k.startswith("valid_") and k in last}
-    eval_split = "test" if "test" in fit.data.eval_batches else "valid"
-    passes = {
+def held_out_passes(fit: Fit, observers: Observers, eval_split: str) -> dict:
+    """The held-out split's pass and the validation split's, with their logits (calibration is fitted on
+    the one and measured on the other); one pass where the validation split is all there is."""
+    return {
         split: evaluate(
             fit.bare,
             fit.criterion,
@@ -264,17 +260,30 @@ def finish(
             fit.world,
             keep_logits=True,
         )
-        for split in dict.fromkeys((eval_split, "valid"))  # the held-out split, and the one calibration is fitted on
+        for split in dict.fromkeys((eval_split, "valid"))
     }
+
+
+def held_out_metrics(held, classes) -> dict:
+    """The test split's metric line (the tuning job's and the final job's metric definitions read it)."""
+    test = {f"test_{k}": v for k, v in scores(held.targets, held.predictions, classes).items() if k != "accuracy"}
+    line = " ".join(f"{k}={v:.4f}" for k, v in test.items())
+    print(f"test_loss={held.stats.loss:.4f} test_accuracy={held.stats.accuracy:.4f} {line}", flush=True)
+    return {"test_loss": held.stats.loss, "test_accuracy": held.stats.accuracy, **test}
+
+
+def finish(
+    args: argparse.Namespace, splits: Splits, fit: Fit, observers: Observers, history: list[dict], work_dir: Path
+) -> dict:
+    """The held-out evaluation, the reports, and the model artifact."""
+    last = history[-1] if history else {}
+    metrics = {k: last[k] for k in EPOCH_LINE if k.startswith("valid_") and k in last}
+    eval_split = "test" if "test" in fit.data.eval_batches else "valid"
+    passes = held_out_passes(fit, observers, eval_split)
     held = passes[eval_split]
     if eval_split == "test":
         fit.data.decode_skipped += held.stats.skipped
-        test = {
-            f"test_{k}": v for k, v in scores(held.targets, held.predictions, splits.classes).items() if k != "accuracy"
-        }
-        line = " ".join(f"{k}={v:.4f}" for k, v in test.items())
-        print(f"test_loss={held.stats.loss:.4f} test_accuracy={held.stats.accuracy:.4f} {line}", flush=True)
-        metrics.update({"test_loss": held.stats.loss, "test_accuracy": held.stats.accuracy, **test})
+        metrics.update(held_out_metrics(held, splits.classes))
     observers.close()
     if not fit.world.main:
         return metrics

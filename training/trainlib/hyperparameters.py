@@ -89,25 +89,19 @@ def add_hyperparameters(group: Any) -> None:
         "auto: weights when the largest training class is 3 times the smallest or more, else off",
     )
     group.add_argument(
-        "--target-precision",
-        type=as_share,
-        default=None,
-        help="abstain below each class's confidence threshold chosen on the validation split for this "
-        "precision (0-1; unset: no class thresholds)",
-    )
-    group.add_argument(
-        "--min-confidence",
-        type=as_share,
-        default=0.0,
-        help="abstain when the best class's calibrated probability is below this (0-1)",
-    )
-    group.add_argument(
         "--optimizer",
         type=as_word,
         default="adamw",
         choices=["adam", "adamw", "sgd"],
         help="optimizer (sgd uses Nesterov momentum 0.9)",
     )
+    _model(group)
+    _recipe_flags(group)
+    _abstention(group)
+
+
+def _model(group: Any) -> None:
+    """Which network, from what, at what size, and the basic augmentation."""
     group.add_argument(
         "--arch",
         type=as_word,
@@ -144,8 +138,12 @@ def add_hyperparameters(group: Any) -> None:
         help="random crops and flips; auto = off in head mode (frozen features are computed once and "
         "reused), on in full mode",
     )
-    # The fine-tuning recipe (full mode from ImageNet weights), as torchvision's references train: each
-    # on by default there and off elsewhere (a model from scratch on a few images keeps the plain loop).
+    group.add_argument("--seed", type=as_int, default=42, help="seed for splits, shuffling and initialisation")
+
+
+def _recipe_flags(group: Any) -> None:
+    """The fine-tuning recipe (full mode from ImageNet weights), as torchvision's references train: each
+    on by default there and off elsewhere (a model from scratch on a few images keeps the plain loop)."""
     group.add_argument(
         "--trivial-augment",
         type=as_word,
@@ -167,7 +165,23 @@ def add_hyperparameters(group: Any) -> None:
         help="epochs of linear learning-rate warm-up (from a tenth) before the cosine schedule; "
         "default 1 when fine-tuning for 3 epochs or more, else 0",
     )
-    group.add_argument("--seed", type=as_int, default=42, help="seed for splits, shuffling and initialisation")
+
+
+def _abstention(group: Any) -> None:
+    """What the trained model abstains by (``trainlib.calibration``): recorded in model.json."""
+    group.add_argument(
+        "--target-precision",
+        type=as_share,
+        default=None,
+        help="abstain below each class's confidence threshold chosen on the validation split for this "
+        "precision (0-1; unset: no class thresholds)",
+    )
+    group.add_argument(
+        "--min-confidence",
+        type=as_share,
+        default=0.0,
+        help="abstain when the best class's calibrated probability is below this (0-1)",
+    )
 
 
 def resolve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
