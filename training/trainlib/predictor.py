@@ -36,7 +36,7 @@ from trainlib.errors import (
     PayloadTooLargeError,
 )
 from trainlib.models import build_model
-from trainlib.transforms import eval_transform, to_rgb, to_rgb_reduced
+from trainlib.transforms import eval_transform, resize_size, to_rgb, to_rgb_reduced
 
 # Checked from the header before decoding: 40 megapixels is a large camera photo; a longer side
 # more than 20 times the shorter is no photo, and resizing its short side to the network's input
@@ -161,18 +161,19 @@ class Classifier:
         model.to(target).eval()
         norm = meta["normalization"]
         calibration = meta.get("calibration") or {}  # models trained before calibration: as they were
+        resize = int(meta.get("resize_size") or resize_size(int(meta["image_size"])))
         return cls(
             model,
             list(meta["classes"]),
             meta.get("run_id", ""),
-            eval_transform(int(meta["image_size"]), norm["mean"], norm["std"], int(meta["resize_size"])),
+            eval_transform(int(meta["image_size"]), norm["mean"], norm["std"], resize),
             target,
             int(meta["image_size"]),
             meta["arch"],
             float(calibration.get("temperature") or 1.0),
             float(calibration.get("min_confidence") or 0.0),
             dict(calibration.get("thresholds") or {}),
-            int(meta["resize_size"]),
+            resize,
         )
 
     def fastest_batch(self, largest: int, rounds: int = 2) -> int:
