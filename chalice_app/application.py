@@ -25,6 +25,7 @@ from chalice_app.events import (
 )
 from chalice_app.handlers import Handlers
 from chalice_app.pipeline.idle import ScheduledTick
+from chalice_app.pipeline.versions import EXPORTS
 
 
 def _json(status: int, body: dict) -> Response:
@@ -40,7 +41,7 @@ def _asset(name: str, content_type: str) -> Response:
 def create_app(env: Mapping[str, str], services: pipeline.Services | None = None) -> Chalice:
     """The app for ``env``; its handlers use ``services`` (None: AWS's, built from ``env`` at first use)."""
     app = Chalice(app_name="droptrain")
-    app.api.binary_types.extend(["application/x-image"])
+    app.api.binary_types.extend(["application/x-image", "application/octet-stream"])
     key_required = config.api_key_required(env)
     steps = Handlers(env, services)
     _middleware(app)
@@ -163,6 +164,24 @@ def _console_routes(app: Chalice, key_required: bool, steps: Handlers) -> None:
     def openapi_document():
         return Response(
             body=openapi.document(), status_code=200, headers={"Content-Type": "application/json", **console.HEADERS}
+        )
+
+    @app.route("/projects/{project}/versions/{run_id}/export/{fmt}", methods=["GET"], api_key_required=key_required)
+    def version_export(project, run_id, fmt):
+        status, answer = steps.export(project, run_id, fmt)
+        if status != 200:
+            return _json(status, answer)
+        kind, value = answer
+        if kind == "redirect":  # a short-lived presigned URL of the file in S3
+            return Response(body="", status_code=302, headers={"Location": value, "Cache-Control": "no-store"})
+        filename = EXPORTS[fmt]
+        return Response(
+            body=value,
+            status_code=200,
+            headers={
+                "Content-Type": "application/octet-stream",
+                "Content-Disposition": f'attachment; filename="{filename}"',
+            },
         )
 
     @app.route("/runs", methods=["GET"], api_key_required=key_required)

@@ -150,9 +150,14 @@ class Handlers:
             return refused
         return self._versions_call(lambda svc: versions.deploy_version(svc, name, run), status=202)
 
-    def _versions_call(
-        self, call: Callable[[Services], dict[str, Any]], status: int = 200
-    ) -> tuple[int, dict[str, Any]]:
+    def export(self, name: str, run: str, fmt: str) -> tuple[int, Any]:
+        """``GET /projects/{project}/versions/{run_id}/export/{format}``: ``(200, ("redirect", url) |
+        ("file", bytes))`` or an error."""
+        if not _RUN_ID.match(run):
+            return 404, error_body("unknown_version", f"there is no run {run[:80]!r}")
+        return self._versions_call(lambda svc: versions.export_file(svc, name, run, fmt))
+
+    def _versions_call(self, call: Callable[[Services], Any], status: int = 200) -> tuple[int, Any]:
         try:
             return status, call(self.services())
         except ConfigError as exc:

@@ -16,6 +16,8 @@ ERROR_CODES = {
     "invalid_min_confidence": "min_confidence must be a number from 0 to 1",
     "invalid_explain": "explain must be true or false",
     "explanation_unavailable": "the deployed model was trained before explanations: train it again",
+    "unknown_format": "an export's format is onnx or torchscript",
+    "export_unavailable": "the version has no export in that format (left out by its parity check, or older)",
     "image_too_large": "the image has too many pixels, or an extreme shape",
     "payload_too_large": "the body is over the limit (MAX_BODY_BYTES)",
     "unsupported_media_type": "send the Content-Type the route takes: image/jpeg or image/png to predict, "
@@ -156,6 +158,25 @@ def _project_paths() -> dict[str, Any]:
         "/projects/{project}": _get(
             "A project's versions, oldest first", _ref("ProjectVersions"), 404, 503, params=[PROJECT]
         ),
+        "/projects/{project}/versions/{run_id}/export/{fmt}": {
+            "get": {
+                "summary": "The version's model as ONNX or TorchScript (a redirect to S3 on AWS)",
+                "parameters": [
+                    PROJECT,
+                    RUN,
+                    {"name": "fmt", "in": "path", "required": True, "schema": {"enum": ["onnx", "torchscript"]}},
+                ],
+                "security": [{}, {"ApiKey": []}],
+                "responses": {
+                    "200": {
+                        "description": "the file (locally)",
+                        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+                    },
+                    "302": {"description": "a presigned S3 URL, valid for 5 minutes"},
+                    **_errors(400, 404, 503),
+                },
+            }
+        },
         "/projects/{project}/versions/{run_id}/deploy": {
             "post": {
                 "summary": "Approve and deploy a version (run_id 'previous': roll back)",

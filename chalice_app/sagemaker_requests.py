@@ -302,8 +302,9 @@ def final_training_request(
     hyperparameters = {k: v for k, v in static.items() if not k.startswith("_")}
     hyperparameters.update({k: v for k, v in tuned.items() if not k.startswith("_")})
     hyperparameters = distributed(hyperparameters, config.training_instance_type, config.final_instance_count)
-    # The job writes its rule verdicts and profiling report here (runs/<run-id>/reports/).
+    # The job writes its rule verdicts, profiling report and exported models here (runs/<run-id>/reports/).
     hyperparameters["reports-uri"] = reports_uri(config, run)
+    hyperparameters["export"] = "on"  # model.onnx and model.pt beside model.pth, checked (trainlib.export)
     # The artifact's Ray Serve config asks for a GPU where the endpoint will have one.
     hyperparameters["serving-gpus"] = (
         "1" if not config.serverless and scaling.gpu_instance(config.inference_instance_type) else "0"

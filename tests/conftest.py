@@ -81,6 +81,7 @@ def trained_job(tiny_zip, tmp_path_factory, worker_id):
                 "optimizer": '"adamw"',
                 "_tuning_objective_metric": "valid:accuracy",
                 "target-precision": "0.9",  # per-class thresholds, so that serving has some to apply
+                "export": "on",  # as the final job's hyperparameters say
             }
             paths, status = run_training_job(
                 shared, tiny_zip, hyperparameters, "pets-1a2b3c4d-final", on_line=lines.append

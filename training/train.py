@@ -38,11 +38,13 @@ from trainlib.datasets import Splits, discover, drop_held_out, resolve_dataset_r
 from trainlib.debugging import NullHook, create_hook
 from trainlib.errors import DivergedError, TrainingError, write_failure
 from trainlib.evaluation import classification_report, scores
-from trainlib.fit import Fit, Progress
+from trainlib.export import export_step
+from trainlib.fit import Fit, Progress, save_checkpoint, schedule
 from trainlib.job_reports import Observers, stop_on_rule_issues, upload_reports, write_report, write_verdicts
 from trainlib.loop import evaluate, make_optimizer, train_one_epoch
 from trainlib.models import build_model, freeze_backbone
 from trainlib.progress import ProgressLine
+from trainlib.transforms import eval_transform
 
 log = logging.getLogger("train")
 
@@ -115,20 +117,6 @@ def prepare(
         device,
         world,
         tuple(splits.classes),
-    )
-
-
-def schedule(optimizer: torch.optim.Optimizer, epochs: int, warmup: int) -> torch.optim.lr_scheduler.LRScheduler:
-    """Cosine decay over the epochs, after ``warmup`` epochs rising linearly from a tenth of the rate."""
-    if not warmup:
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
-    return torch.optim.lr_scheduler.SequentialLR(
-        optimizer,
-        [
-            torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.1, total_iters=warmup),
-            torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs - warmup),
-        ],
-        milestones=[warmup],
     )
 
 
@@ -229,23 +217,6 @@ def run_epochs(args: argparse.Namespace, fit: Fit, observers: Observers, progres
     return progress.history
 
 
-def save_checkpoint(fit: Fit, progress: Progress, epoch: int) -> None:
-    """Everything a resumed job needs to go on as if never stopped, under this run's fingerprint."""
-    checkpoints.save(
-        progress.checkpoint_dir,
-        {
-            "fingerprint": progress.fingerprint,
-            "epoch": epoch,
-            "model": fit.model.state_dict(),
-            "optimizer": fit.optimizer.state_dict(),
-            "scheduler": fit.scheduler.state_dict(),
-            "scaler": fit.scaler.state_dict(),
-            "rng": torch.get_rng_state(),
-            "history": progress.history,
-        },
-    )
-
-
 def held_out_passes(fit: Fit, observers: Observers, eval_split: str) -> dict:
     """The held-out split's pass and the validation split's, with their logits (calibration is fitted on
     the one and measured on the other); one pass where the validation split is all there is."""
@@ -323,11 +294,15 @@ def finish(
             observers,
             setting={k: str(v) for k, v in hyperparameters(args).items()},
         )
-    if args.reports_uri:
-        upload_reports(report_dir, args.reports_uri)
     metadata = artifact.model_metadata(args, hyperparameters(args), splits, metrics, history, fit.data.decode_skipped)
     metadata["calibration"] = calibration.serving()
     artifact.write_model_dir(args.model_dir, fit.model, metadata, num_gpus=args.serving_gpus)
+    if args.export == "on":  # the final job's: ONNX and TorchScript, each kept only if it answers alike
+        transform = eval_transform(args.image_size, resize=metadata["resize_size"])
+        samples = getattr(splits, eval_split)
+        export_step(fit.model, calibration.temperature, samples, transform, eval_split, args.model_dir, report_dir)
+    if args.reports_uri:
+        upload_reports(report_dir, args.reports_uri)
     return metrics
 
 

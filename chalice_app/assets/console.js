@@ -274,7 +274,7 @@ async function loadVersions(projects) {
     const wrap = el("div", null, { class: "scroll" });
     const grid = el("table");
     const head = el("tr");
-    for (const title of ["Version", "Run", "Status", "Macro-F1", "Test accuracy", "Created", ""]) head.appendChild(el("th", title, { scope: "col" }));
+    for (const title of ["Version", "Run", "Status", "Macro-F1", "Test accuracy", "Created", "Export", ""]) head.appendChild(el("th", title, { scope: "col" }));
     grid.appendChild(el("thead")).appendChild(head);
     const body = grid.appendChild(el("tbody"));
     for (const version of versions) {
@@ -282,6 +282,13 @@ async function loadVersions(projects) {
       row.append(el("td", "v" + version.version), el("td", version.run_id), el("td", version.status + (version.serving ? " · serving" : "")),
                  el("td", fixed(version.metrics.macro_f1), { class: "num" }), el("td", fixed(version.metrics["test:accuracy"]), { class: "num" }),
                  el("td", version.created_at || "–"));
+      // The exported model, as a plain link (the file locally, a presigned S3 URL on AWS).
+      const exports = el("td");
+      for (const [format, name] of [["onnx", "ONNX"], ["torchscript", "TorchScript"]]) {
+        if (exports.childNodes.length) exports.append(" · ");
+        exports.appendChild(el("a", name, { href: url("projects/" + encodeURIComponent(project.project) + "/versions/" + encodeURIComponent(version.run_id) + "/export/" + format), download: "" }));
+      }
+      row.appendChild(exports);
       const action = el("td");
       if (!version.serving) {
         const deploy = el("button", version.status === "Approved" ? "Deploy" : "Approve and deploy", { type: "button" });

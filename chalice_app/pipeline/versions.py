@@ -46,6 +46,16 @@ class NoModelError(VersionError):
     status, code = 503, "no_model"
 
 
+class ExportUnavailableError(VersionError):
+    status, code = 404, "export_unavailable"
+
+
+# What GET /projects/{project}/versions/{run_id}/export/{format} hands out: the final job's exports
+# (training/trainlib/export.py), beside its reports.
+EXPORTS = {"onnx": "model.onnx", "torchscript": "model.pt"}
+EXPORT_URL_SECONDS = 300
+
+
 _RUN_IN_URI = re.compile(r"/runs/([a-z0-9-]+)/")
 # Shown in a version's listing when its metadata carries them.
 LISTED_METRICS = ("test:accuracy", "test:loss", "macro_f1")
@@ -186,6 +196,27 @@ def find_version(svc: Services, project: str, run: str) -> dict[str, Any] | None
         if version["run_id"] == run:
             return version
     return None
+
+
+def export_file(svc: Services, project: str, run: str, fmt: str) -> tuple[str, str | bytes]:
+    """``("redirect", url)`` to a short-lived presigned URL of the version's exported model, or
+    ``("file", bytes)`` where the store has no URLs (the local bucket)."""
+    if fmt not in EXPORTS:
+        raise VersionError(f"format must be one of {', '.join(EXPORTS)}, not {fmt[:40]!r}", "unknown_format")
+    slug = names.project_of(project)
+    if find_version(svc, slug, run) is None:
+        raise UnknownVersionError(f"project {slug} has no version from run {run[:80]!r}")
+    key = f"runs/{run}/reports/{EXPORTS[fmt]}"
+    try:
+        svc.s3.head(svc.config.data_bucket, key)
+    except NotFoundError:
+        report = read_json(svc, f"runs/{run}/reports/export.json") or {}
+        reason = (report.get("formats", {}).get(fmt) or {}).get("reason", "the run was trained before exports")
+        raise ExportUnavailableError(f"run {run} has no {fmt} export: {reason}") from None
+    url = svc.s3.presigned_url(svc.config.data_bucket, key, EXPORT_URL_SECONDS)
+    if url:
+        return "redirect", url
+    return "file", svc.s3.get(svc.config.data_bucket, key)
 
 
 def project_versions(svc: Services, project: str) -> list[dict[str, Any]]:

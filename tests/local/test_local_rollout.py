@@ -42,7 +42,9 @@ class FakeServing:
     def delete(self, name: str) -> None:
         self.deployed.discard(name)
 
-    def call(self, name: str, body: bytes, content_type: str = "", accept: str = "") -> tuple[int, dict]:
+    def call(
+        self, name: str, body: bytes, content_type: str = "", accept: str = "", attributes: str = ""
+    ) -> tuple[int, dict]:
         with self.lock:
             self.calls[name] = self.calls.get(name, 0) + 1
         status = self.status_of.get(name.removeprefix("ep-"), 200)

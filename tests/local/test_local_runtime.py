@@ -6,6 +6,7 @@ import http.server
 import json
 import threading
 import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -124,7 +125,13 @@ def test_dataset_to_predictions_with_the_real_training_code(stack, tiny_dataset,
         assert drawn.size == sent.size
     status, body = post_image(runtime.api_url, image, options={"min_confidence": "7"})
     assert (status, body["error"]["code"]) == (400, "invalid_min_confidence")
-    with __import__("urllib.request").request.urlopen(runtime.api_url + "/status") as response:
+    # The final job's exports, handed out by the API (the file itself locally), checked by ONNX itself.
+    import onnx
+
+    with urllib.request.urlopen(f"{runtime.api_url}/projects/pets/versions/{run}/export/onnx") as response:
+        assert response.headers["Content-Type"] == "application/octet-stream"
+        onnx.checker.check_model(onnx.load_from_string(response.read()))
+    with urllib.request.urlopen(runtime.api_url + "/status") as response:
         state = json.loads(response.read())["projects"]["pets"]
     assert state["endpoint"]["status"] == "InService" and state["model"]["run_id"] == run
     assert state["model"]["test_accuracy"] is not None

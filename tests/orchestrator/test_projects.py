@@ -253,3 +253,31 @@ def test_a_deploy_another_site_could_send_changes_nothing(stage, client):
     assert stage.notifications() == [], "nothing was started or announced"
     same_site = client.http.post(path, headers={**JSON, "Origin": "https://api.example", "Host": "api.example"})
     assert same_site.json_body["error"]["code"] == "no_earlier_version", "a page of the API's own site gets through"
+
+
+def test_a_versions_exports_are_handed_out_by_presigned_url(stage, client):
+    """GET /projects/{project}/versions/{run_id}/export/{format} on AWS: a short-lived presigned URL of the
+    file the final job uploaded beside its reports; a format its parity check left out says why."""
+    import json
+    from urllib.parse import urlparse
+
+    run = _first_version(stage, client, "dogs")
+    stage.put(f"runs/{run}/reports/model.onnx", b"onnx bytes")
+    reason = "probabilities differ by up to 3.00e-03 from PyTorch's (at most 0.0001), top-1 agreement 98.00%"
+    report = {"formats": {"onnx": {"kept": True}, "torchscript": {"kept": False, "reason": reason}}}
+    stage.put(f"runs/{run}/reports/export.json", json.dumps(report).encode())
+    answer = client.http.get(f"/projects/dogs/versions/{run}/export/onnx")
+    assert answer.status_code == 302 and urlparse(answer.headers["Location"]).path.endswith(
+        f"runs/{run}/reports/model.onnx"
+    )
+    missing = client.http.get(f"/projects/dogs/versions/{run}/export/torchscript")
+    assert missing.status_code == 404 and missing.json_body["error"]["code"] == "export_unavailable"
+    assert reason in missing.json_body["error"]["message"]
+    for path, status, code in (
+        (f"/projects/dogs/versions/{run}/export/tflite", 400, "unknown_format"),
+        ("/projects/dogs/versions/dogs-00000000/export/onnx", 404, "unknown_version"),
+        ("/projects/dogs/versions/NOT_A_RUN/export/onnx", 404, "unknown_version"),
+        (f"/projects/cats/versions/{run}/export/onnx", 404, "unknown_version"),
+    ):
+        answer = client.http.get(path)
+        assert (answer.status_code, answer.json_body["error"]["code"]) == (status, code), path

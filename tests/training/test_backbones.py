@@ -21,7 +21,7 @@ LAYERS = {
     "convnext_tiny": "features.3",
     "efficientnet_v2_s": "features.3",
     "regnet_y_1_6gf": "trunk_output.block2",
-    "vit_b_16": "encoder.layers.11",
+    "vit_b_16": "encoder.layers.encoder_layer_11",
 }
 
 

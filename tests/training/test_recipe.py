@@ -10,6 +10,7 @@ from torchvision.transforms import v2
 
 from trainlib.balance import Remedy
 from trainlib.distributed import ALONE
+from trainlib.fit import schedule
 from trainlib.transforms import train_transform
 
 
@@ -39,7 +40,7 @@ def test_recipe_values_out_of_range_are_refused(tmp_path, flags, capsys):
 
 def test_the_warm_up_rises_linearly_from_a_tenth_then_the_cosine_decays():
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-    scheduler = train.schedule(optimizer, epochs=6, warmup=2)
+    scheduler = schedule(optimizer, epochs=6, warmup=2)
     rates = []
     for _ in range(6):
         rates.append(optimizer.param_groups[0]["lr"])
@@ -48,7 +49,7 @@ def test_the_warm_up_rises_linearly_from_a_tenth_then_the_cosine_decays():
     assert rates[0] == pytest.approx(0.1) and rates[1] == pytest.approx(0.55)
     assert rates[2] == pytest.approx(1.0) and rates[2] > rates[3] > rates[4] > rates[5] > 0
     plain = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-    assert isinstance(train.schedule(plain, 6, 0), torch.optim.lr_scheduler.CosineAnnealingLR)
+    assert isinstance(schedule(plain, 6, 0), torch.optim.lr_scheduler.CosineAnnealingLR)
 
 
 def test_label_smoothing_changes_the_training_loss_only():

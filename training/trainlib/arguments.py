@@ -58,6 +58,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     outputs = p.add_argument_group("outputs")
     _outputs(outputs)
     _diagnostics(outputs)
+    _export(outputs)
     _device(p.add_argument_group("device"))
     return p
 
@@ -150,6 +151,17 @@ def _outputs(group: Any) -> None:
         choices=[0, 1],
         help="GPUs the Ray Serve deployment asks for in the artifact's config.yaml: 1 for a GPU "
         "inference instance type, else 0",
+    )
+
+
+def _export(group: Any) -> None:
+    group.add_argument(
+        "--export",
+        type=as_word,
+        default="off",
+        choices=["on", "off"],
+        help="also write model.onnx and a TorchScript model.pt (the final job's), each checked against "
+        "the PyTorch model on the held-out split (export.json)",
     )
 
 

@@ -108,14 +108,25 @@ def model_metadata(
     decode_skipped: int,
 ) -> dict:
     """``model.json``: everything needed to rebuild the model and read its outputs."""
+    resize = ARCHS[args.arch].preprocessing(args.image_size)[1]
     return {
         "run_id": args.run_id,
         "arch": args.arch,
         "num_classes": len(splits.classes),
         "classes": splits.classes,
         "image_size": args.image_size,
-        "resize_size": ARCHS[args.arch].preprocessing(args.image_size)[1],
+        "resize_size": resize,
         "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+        # How an image becomes the network's input, for whoever runs model.onnx or model.pt elsewhere.
+        "preprocessing": {
+            "channels": "RGB",
+            "layout": "NCHW float32",
+            "resize": f"shorter side to {resize}, bilinear, antialiased",
+            "crop": f"centre {args.image_size}x{args.image_size}",
+            "scale": "pixel / 255",
+            "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD),
+        },
         "metrics": metrics,
         "hyperparameters": hyperparameters,
         "dataset": {

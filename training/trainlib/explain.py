@@ -33,7 +33,7 @@ CANDIDATES: dict[str, tuple[tuple[str, int], ...]] = {
     "convnext": (("features.7", 32), ("features.5", 16), ("features.3", 8)),
     "efficientnet": (("features.7", 32), ("features.5", 16), ("features.3", 8)),
     "regnet": (("trunk_output", 32), ("trunk_output.block3", 16), ("trunk_output.block2", 8)),
-    "vit": (("encoder.layers.11", 16),),
+    "vit": (("encoder.layers.encoder_layer_11", 16),),
 }
 MIN_GRID = 7
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from trainlib import distributed
+from trainlib import checkpoints, distributed
 from trainlib.batches import Data
 
 
@@ -49,3 +49,34 @@ class Progress:
     checkpoint_dir: Path | None
     fingerprint: str
     train_images: int = 0
+
+
+def schedule(optimizer: torch.optim.Optimizer, epochs: int, warmup: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """Cosine decay over the epochs, after ``warmup`` epochs rising linearly from a tenth of the rate."""
+    if not warmup:
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    return torch.optim.lr_scheduler.SequentialLR(
+        optimizer,
+        [
+            torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.1, total_iters=warmup),
+            torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs - warmup),
+        ],
+        milestones=[warmup],
+    )
+
+
+def save_checkpoint(fit: Fit, progress: Progress, epoch: int) -> None:
+    """Everything a resumed job needs to go on as if never stopped, under this run's fingerprint."""
+    checkpoints.save(
+        progress.checkpoint_dir,
+        {
+            "fingerprint": progress.fingerprint,
+            "epoch": epoch,
+            "model": fit.model.state_dict(),
+            "optimizer": fit.optimizer.state_dict(),
+            "scheduler": fit.scheduler.state_dict(),
+            "scaler": fit.scaler.state_dict(),
+            "rng": torch.get_rng_state(),
+            "history": progress.history,
+        },
+    )
