@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +39,9 @@ def test_both_formats_are_kept_and_compute_the_calibrated_logits(exported):
     for batch in (1, 4, 6):  # the batch is dynamic
         (logits,) = session.run(None, {"images": images[:batch].numpy()})
         assert np.allclose(logits, calibrated[:batch], atol=1e-4)
-    scripted = torch.jit.load(str(out / "model.pt"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated; model.pt is for its loaders
+        scripted = torch.jit.load(str(out / "model.pt"))
     assert torch.allclose(scripted(images[:2]), torch.from_numpy(calibrated[:2]), atol=1e-4)
 
 
