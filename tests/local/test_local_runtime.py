@@ -128,7 +128,11 @@ def test_dataset_to_predictions_with_the_real_training_code(stack, tiny_dataset,
     # The final job's exports, handed out by the API (the file itself locally), checked by ONNX itself.
     import onnx
 
-    with urllib.request.urlopen(f"{runtime.api_url}/projects/pets/versions/{run}/export/onnx") as response:
+    # A binary answer needs an Accept that allows it (browsers and curl send */*), as on API Gateway.
+    fetch = urllib.request.Request(
+        f"{runtime.api_url}/projects/pets/versions/{run}/export/onnx", headers={"Accept": "*/*"}
+    )
+    with urllib.request.urlopen(fetch) as response:
         assert response.headers["Content-Type"] == "application/octet-stream"
         onnx.checker.check_model(onnx.load_from_string(response.read()))
     with urllib.request.urlopen(runtime.api_url + "/status") as response:
