@@ -215,8 +215,7 @@ def predict(
         raise BadGatewayError("the endpoint answered something other than predictions") from None
     result = {
         "predictions": predictions[: request.top_k],
-        # A model trained before calibration answers no "abstained": it never abstains.
-        "abstained": bool(answer.get("abstained", False)),
+        "abstained": _abstained(answer, predictions, request.min_confidence),
         "model": answer.get("model", ""),
     }
     if request.explain:
@@ -228,6 +227,17 @@ def predict(
             )
         result["explanation"] = answer["explanation"]
     return result
+
+
+def _abstained(answer: dict[str, Any], predictions: list, min_confidence: float | None) -> bool:
+    """The model's word; a model trained before abstention has none, and abstains only below a floor
+    the request asked for."""
+    if "abstained" in answer:
+        return bool(answer["abstained"])
+    try:
+        return min_confidence is not None and float(predictions[0]["probability"]) < min_confidence
+    except (IndexError, KeyError, TypeError, ValueError):
+        return False
 
 
 def status(sagemaker: SageMaker, config: Config, projects: list[str]) -> dict[str, Any]:

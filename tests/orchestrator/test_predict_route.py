@@ -216,7 +216,10 @@ def test_a_model_from_before_explanations_says_so(stage, client):
     assert response.status_code == 400 and response.json_body["error"]["code"] == "explanation_unavailable"
     assert "dogs-0ld0ld00" in response.json_body["error"]["message"]
     _answer(stage, JPEG, "image/jpeg", old)
-    assert _post(client, JPEG).json_body["abstained"] is False, "a model that cannot abstain never does"
+    assert _post(client, JPEG).json_body["abstained"] is False, "a model that cannot abstain does not by itself"
+    _answer(stage, JPEG, "image/jpeg", old, attributes="min_confidence=0.95")
+    response = _post(client, JPEG, query="?min_confidence=0.95")
+    assert response.json_body["abstained"] is True, "below the floor the request asked for (0.93 < 0.95)"
 
 
 def test_throttling_is_retried_with_backoff_then_503(stage, client):
