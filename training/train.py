@@ -44,7 +44,6 @@ from trainlib.job_reports import Observers, stop_on_rule_issues, upload_reports,
 from trainlib.loop import evaluate, make_optimizer, train_one_epoch
 from trainlib.models import build_model, freeze_backbone
 from trainlib.progress import ProgressLine
-from trainlib.transforms import eval_transform
 
 log = logging.getLogger("train")
 
@@ -298,9 +297,8 @@ def finish(
     metadata["calibration"] = calibration.serving()
     artifact.write_model_dir(args.model_dir, fit.model, metadata, num_gpus=args.serving_gpus)
     if args.export == "on":  # the final job's: ONNX and TorchScript, each kept only if it answers alike
-        transform = eval_transform(args.image_size, resize=metadata["resize_size"])
         samples = getattr(splits, eval_split)
-        export_step(fit.model, calibration.temperature, samples, transform, eval_split, args.model_dir, report_dir)
+        export_step(fit.model, metadata, samples, eval_split, args.model_dir, report_dir)
     if args.reports_uri:
         upload_reports(report_dir, args.reports_uri)
     return metrics

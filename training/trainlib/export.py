@@ -140,19 +140,18 @@ def parity_images(samples: Sequence[tuple[Path, int]], transform: Callable, limi
 
 
 def export_step(
-    model: nn.Module,
-    temperature: float,
-    samples: Sequence[tuple[Path, int]],
-    transform: Callable,
-    split: str,
-    model_dir: Path,
-    report_dir: Path,
+    model: nn.Module, meta: dict, samples: Sequence[tuple[Path, int]], split: str, model_dir: Path, report_dir: Path
 ) -> dict:
-    """The final job's export: into the model dir (so into ``model.tar.gz``) and beside the reports, where
-    the API hands them out (``runs/<run-id>/reports/``), with ``export.json`` in both."""
+    """The final job's export of the model ``meta`` (``model.json``) describes: into the model dir (so into
+    ``model.tar.gz``) and beside the reports, where the API hands them out (``runs/<run-id>/reports/``),
+    with ``export.json`` in both."""
     from trainlib.artifact import write_json
+    from trainlib.transforms import eval_transform
 
-    report = export(model, temperature, parity_images(samples, transform), model_dir, split)
+    norm = meta["normalization"]
+    transform = eval_transform(meta["image_size"], norm["mean"], norm["std"], meta["resize_size"])
+    images = parity_images(samples, transform)
+    report = export(model, meta["calibration"]["temperature"], images, model_dir, split)
     for name, entry in report["formats"].items():
         if entry["kept"]:
             shutil.copy2(model_dir / FILES[name], report_dir / FILES[name])
