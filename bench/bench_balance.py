@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import json
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-from common import Row, table, write
+from common import Row, evaluation_of, table, write
 
 ROOT = Path(__file__).resolve().parent.parent
 SEEDS = (0, 1, 2)
@@ -33,22 +31,8 @@ def _imbalanced(root: Path) -> None:
 
 
 def _balanced_accuracy(data: Path, mode: str, seed: int) -> float:
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run(
-            [
-                sys.executable,
-                "train.py",
-                *("--data-dir", str(data), "--model-dir", f"{tmp}/m", "--output-data-dir", f"{tmp}/o"),
-                *("--no-checkpoints", "--arch", "resnet18", "--weights", "none", "--train-mode", "head"),
-                *("--image-size", "64", "--epochs", "8", "--batch-size", "32", "--lr", "0.01", "--workers", "0"),
-                *("--profile", "off", "--class-balance", mode, "--seed", str(seed)),
-            ],
-            cwd=ROOT / "training",
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        return json.loads(Path(tmp, "o", "evaluation.json").read_text())["balanced_accuracy"]
+    flags = ("--train-mode", "head", "--epochs", "8", "--lr", "0.01", "--class-balance", mode, "--seed", str(seed))
+    return evaluation_of(data, *flags)["balanced_accuracy"]
 
 
 def run() -> list[Row]:

@@ -15,12 +15,11 @@ from __future__ import annotations
 import io
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from common import Row, table, timings, write
+from common import Row, evaluation_of, table, timings, write
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "training"))
@@ -28,22 +27,8 @@ SEEDS = (0, 1, 2)
 
 
 def _calibration(data: Path, seed: int) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run(
-            [
-                sys.executable,
-                "train.py",
-                *("--data-dir", str(data), "--model-dir", f"{tmp}/m", "--output-data-dir", f"{tmp}/o"),
-                *("--no-checkpoints", "--arch", "resnet18", "--weights", "none", "--train-mode", "full"),
-                *("--image-size", "64", "--epochs", "4", "--batch-size", "32", "--lr", "0.002", "--workers", "0"),
-                *("--profile", "off", "--seed", str(seed)),
-            ],
-            cwd=ROOT / "training",
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        return json.loads(Path(tmp, "o", "evaluation.json").read_text())["calibration"]
+    flags = ("--train-mode", "full", "--epochs", "4", "--lr", "0.002", "--seed", str(seed))
+    return evaluation_of(data, *flags)["calibration"]
 
 
 def _explain_cost(arch: str) -> tuple[float, float]:

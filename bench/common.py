@@ -1,4 +1,4 @@
-"""What every benchmark shares: the machine, repeated timing, and the results table."""
+"""What every benchmark shares: the machine, repeated timing, one training run's evaluation, and the results table."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -94,3 +97,23 @@ def table(data: dict) -> str:
         note = f" — {r['note']}" if r["note"] else ""
         lines.append(f"| {r['what']}{note} | {ours} | {ref} | {ratio} | {r['target']} |")
     return "\n".join(lines) + "\n"
+
+
+def evaluation_of(data: Path, *flags: str) -> dict:
+    """``evaluation.json`` of one ``train.py`` run on ``data`` from scratch (ResNet-18, 64 px, no checkpoints,
+    no profiler) with ``flags`` added, in a fresh interpreter as a job runs."""
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(
+            [
+                sys.executable,
+                "train.py",
+                *("--data-dir", str(data), "--model-dir", f"{tmp}/m", "--output-data-dir", f"{tmp}/o"),
+                *("--no-checkpoints", "--arch", "resnet18", "--weights", "none", "--image-size", "64"),
+                *("--batch-size", "32", "--workers", "0", "--profile", "off", *flags),
+            ],
+            cwd=Path(__file__).resolve().parent.parent / "training",
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return json.loads(Path(tmp, "o", "evaluation.json").read_text())
