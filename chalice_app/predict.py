@@ -1,10 +1,10 @@
 """``POST /predict`` and ``GET /status`` (docs/rest-api.md).
 
 The request is checked here (content type, size, JPEG/PNG magic bytes, ``top_k``, ``explain``,
-``min_confidence``) so that bad
-input never reaches, or is billed by, the endpoint. Errors are ``PredictError`` subclasses with an
-HTTP status and a code; the route turns them into ``{"error": {"code", "message"}}`` and nothing
-else (no stack trace) reaches a client.
+``min_confidence``) so that bad input never reaches, or is billed by, the endpoint. Errors are
+``PredictError`` subclasses with an HTTP status and a code; the route turns them into
+``{"error": {"code", "message"}}`` and nothing else (no stack trace) reaches a client. The options
+reach the serving application as InvokeEndpoint's ``CustomAttributes``, which applies them.
 """
 
 from __future__ import annotations
