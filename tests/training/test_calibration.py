@@ -130,3 +130,18 @@ def test_the_report_draws_the_reliability_diagram_and_says_why_a_temperature_was
     ).read_text()
     assert page.count("data:image/png;base64,") == 2, "the confusion matrix and the reliability diagram"
     assert "Temperature 1:" in page and "raised the test split&#x27;s expected calibration error" in page
+
+
+def test_several_processes_logits_come_back_in_the_splits_order_beside_their_targets(monkeypatch):
+    """Each process evaluates every other image (``shard``); the gathered rows must line up with the
+    gathered targets as one process's would, or calibration would fit noise."""
+    from trainlib import loop
+    from trainlib.distributed import World
+
+    split = torch.arange(5 * 3, dtype=torch.float32).reshape(5, 3)  # image i's logits start at 3i
+    shares = [[0, 2, 4], [1, 3]]  # what shard() gives two processes
+    parts = [[(list(share), [10 + i for i in share], split[share])] for share in shares]
+    monkeypatch.setattr(loop, "gather", lambda world, items: parts)
+    predictions, targets, rows = loop._gathered(World(size=2, rank=0), [], [], torch.empty(0, 3))
+    assert predictions == [0, 1, 2, 3, 4] and targets == [10, 11, 12, 13, 14]
+    assert torch.equal(rows, split)

@@ -33,8 +33,9 @@ class Outputs:
     targets: torch.Tensor
 
     @classmethod
-    def of(cls, rows: Sequence[Sequence[float]], targets: Sequence[int]) -> Outputs:
-        return cls(torch.tensor(rows, dtype=torch.float32), torch.tensor(targets, dtype=torch.long))
+    def of(cls, rows: torch.Tensor | None, targets: Sequence[int]) -> Outputs:
+        logits = rows if rows is not None else torch.empty(0, 0)
+        return cls(logits.to("cpu", torch.float32), torch.tensor(targets, dtype=torch.long))
 
 
 def fit_temperature(outputs: Outputs) -> float:
