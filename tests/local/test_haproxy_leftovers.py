@@ -28,23 +28,24 @@ def _fake_haproxy(folder: Path) -> subprocess.Popen:
 
 def test_an_haproxy_started_again_after_the_recorded_one_ended_is_ended_too(tmp_path):
     first = _fake_haproxy(tmp_path)
-    second: list[subprocess.Popen] = []
-
-    def manager_starts_it_again():  # what a killed stack's HAProxy manager did while its Ray was ending
-        first.wait(DEADLINE)
-        time.sleep(0.5)
-        second.append(_fake_haproxy(tmp_path))
-
-    restarter = threading.Thread(target=manager_starts_it_again)
-    restarter.start()
+    ended: list[list[int]] = []
+    ender = threading.Thread(target=lambda: ended.append(end_leftovers(tmp_path, quiet=DEADLINE)))
+    ender.start()
+    # What a killed stack's HAProxy manager did while its Ray was ending: started it again, at once,
+    # and once more (an attempt that died at once, its PID recorded all the same).
+    first.wait(DEADLINE)
+    second = _fake_haproxy(tmp_path)
     try:
-        ended = end_leftovers(tmp_path, quiet=2)
-        restarter.join(DEADLINE)
-        assert ended == [first.pid, second[0].pid]
-        assert second[0].wait(DEADLINE) is not None, "the second one ended as well"
-        assert not (tmp_path / PIDS).exists(), "and the record is gone"
+        assert second.wait(DEADLINE) is not None, "the one started again is ended as well"
+        stillborn = subprocess.Popen(["true"])
+        stillborn.wait(DEADLINE)
+        with open(tmp_path / PIDS, "a") as pids:
+            pids.write(f"{stillborn.pid}\n")
+        ender.join(DEADLINE)
+        assert ended == [[first.pid, second.pid]], "a record of nothing running ends the watch at once"
+        assert not list(tmp_path.glob("haproxy.*")), "and the records are gone"
     finally:
-        for process in [first, *second]:
+        for process in [first, second]:
             if process.poll() is None:
                 process.kill()
 

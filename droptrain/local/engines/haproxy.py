@@ -76,10 +76,14 @@ def end_leftovers(folder: Path, timeout: float = 10, quiet: float = 3) -> list[i
 
 
 def _end_recorded(pids_file: Path, timeout: float) -> list[int]:
+    # The record is taken before anything is ended: a PID the manager records meanwhile starts a new
+    # file for the next round, rather than being deleted unseen with the ones ended here.
+    taken = pids_file.with_suffix(".ending")
     try:
-        recorded = {int(line) for line in pids_file.read_text().split() if line.isdigit()}
+        os.replace(pids_file, taken)
     except FileNotFoundError:
         return []
+    recorded = {int(line) for line in taken.read_text().split() if line.isdigit()}
     leftovers = []
     for pid in sorted(recorded):
         try:
@@ -97,5 +101,5 @@ def _end_recorded(pids_file: Path, timeout: float) -> list[int]:
     deadline = time.monotonic() + timeout
     while alive and time.monotonic() < deadline:
         _, alive = psutil.wait_procs(alive, timeout=0.5)
-    pids_file.unlink(missing_ok=True)
+    taken.unlink()
     return [process.pid for process in leftovers]
