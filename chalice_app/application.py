@@ -21,6 +21,7 @@ from chalice_app.events import (
     ObjectCreated,
     ProcessingJobStateChange,
     TrainingJobStateChange,
+    TransformJobStateChange,
     TuningJobStateChange,
 )
 from chalice_app.handlers import Handlers
@@ -99,6 +100,10 @@ def _event_handlers(app: Chalice, env: Mapping[str, str], steps: Handlers) -> No
     def on_model_package_state_change(event):
         return steps.handle_event(pipeline.package_changed, ModelPackageStateChange.parse, event.to_dict())
 
+    @app.on_cw_event(patterns.transform_job_state_change(env), name="on_transform_job_state_change")
+    def on_transform_job_state_change(event):
+        return steps.handle_event(pipeline.batch_changed, TransformJobStateChange.parse, event.to_dict())
+
     # Hourly: endpoints nobody invoked for IDLE_STOP_HOURS are stopped (off when it is 0).
     @app.schedule(Rate(1, unit=Rate.HOURS), name="stop_idle_endpoints")
     def stop_idle_endpoints(event):
@@ -139,6 +144,11 @@ def _api_routes(app: Chalice, key_required: bool, steps: Handlers) -> None:
     def deploy_version(project, run_id):
         run = None if run_id == "previous" else run_id
         return _json(*steps.deploy_version(project, run, app.current_request.headers))
+
+    @app.route("/projects/{project}/batch", methods=["POST"], api_key_required=key_required)
+    def batch(project):
+        request = app.current_request
+        return _json(*steps.batch(project, request.raw_body, request.headers))
 
     @app.route("/status", methods=["GET"], api_key_required=key_required)
     def status():

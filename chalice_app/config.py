@@ -52,7 +52,7 @@ DEFAULT_TUNING_RANGES: dict[str, list[Any]] = {
 VARIABLES = tuple(
     """
     API_KEY_REQUIRED APPROVAL_MODE AUDIT AUDIT_FIX AUDIT_IMAGES_PER_INSTANCE AUDIT_IMAGE_URI
-    AUDIT_INSTANCE_TYPE AUDIT_MAX_LEAKED_TEST_SHARE AUDIT_MIN_TRAIN_IMAGES BLOCK_ON_RULE_ISSUES
+    AUDIT_INSTANCE_TYPE AUDIT_MAX_LEAKED_TEST_SHARE AUDIT_MIN_TRAIN_IMAGES BATCH_INSTANCE_TYPE BLOCK_ON_RULE_ISSUES
     CLASS_BALANCE DATASET_PREFIX DATA_BUCKET DEBUGGER_IMAGE_URI DEFAULT_PROJECT ENDPOINT_PREFIX
     FAST_FILE_MIN_GB FINAL_INSTANCE_COUNT GATE_MAX_F1_DROP GATE_MAX_RECALL_DROP IDLE_STOP_HOURS
     INFERENCE_IMAGE_URI INFERENCE_INSTANCE_COUNT INFERENCE_INSTANCE_TYPE MANAGED_DEBUGGER MAX_BODY_BYTES
@@ -114,6 +114,7 @@ class Config:
     audit_images_per_instance: int = 100_000  # more images than this: the audit's scan is sharded
     audit_min_train_images: int = 5
     audit_max_leaked_test_share: float = 0.01
+    batch_instance_type: str = "ml.m5.xlarge"  # a batch prediction job's (Batch Transform) one instance
 
     @property
     def serverless(self) -> bool:
@@ -285,4 +286,5 @@ def load(env: Mapping[str, str]) -> Config:
         audit_min_train_images=values.integer(env, "AUDIT_MIN_TRAIN_IMAGES", 5, 1, 100_000),
         audit_max_leaked_test_share=values.real(env, "AUDIT_MAX_LEAKED_TEST_SHARE", 0.01, 0.0, 1.0),
         max_run_cost_usd=values.real(env, "MAX_RUN_COST_USD", None, 0.01, 1_000_000.0),
+        batch_instance_type=values.instance(env, "BATCH_INSTANCE_TYPE", "ml.m5.xlarge"),
     )

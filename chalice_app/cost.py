@@ -228,6 +228,18 @@ def forecast(config: Any, images: int, run_plan: Plan, training: Price | None, h
     return out
 
 
+def batch_forecast(instance_type: str, images: int, hosting: Price | None) -> dict[str, Any]:
+    """A batch prediction job's: one forward pass per image at the instance's head-mode rate (a frozen
+    backbone's pass, which is what predicting is), ResNet-50's, on one instance, billed as hosting."""
+    (rate, _), source = throughput(instance_type)
+    seconds = JOB_OVERHEAD_SECONDS + images / rate
+    out: dict[str, Any] = {"images": images, "instance_type": instance_type, "minutes": round(seconds / 60, 1)}
+    out["throughput"] = source
+    if hosting is not None:
+        out.update({"usd": round(seconds / 3600 * hosting.usd_per_hour, 2), "price": _source(hosting)})
+    return out
+
+
 def _source(price: Price | None) -> dict[str, Any] | None:
     return None if price is None else {"source": price.source, "as_of": price.as_of, "usd_per_hour": price.usd_per_hour}
 

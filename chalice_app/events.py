@@ -157,3 +157,21 @@ class ProcessingJobStateChange:
             status=_get(event, "detail", "ProcessingJobStatus"),
             failure_reason=_get(event, "detail", "FailureReason", required=False),
         )
+
+
+@dataclass(frozen=True)
+class TransformJobStateChange:
+    """A batch prediction job (Batch Transform) ended."""
+
+    name: str
+    status: str
+    failure_reason: str | None = None
+
+    @classmethod
+    def parse(cls, event: Mapping[str, Any]) -> TransformJobStateChange:
+        _get(event, "detail", kind=Mapping)
+        return cls(
+            name=_get(event, "detail", "TransformJobName"),
+            status=_get(event, "detail", "TransformJobStatus"),
+            failure_reason=_get(event, "detail", "FailureReason", required=False),
+        )

@@ -12,6 +12,7 @@ stacks, a test beside them) never see each other's services.
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import urllib.parse
@@ -27,6 +28,7 @@ from chalice_app.events import EventError
 from chalice_app.names import InvalidNameError
 from chalice_app.notifications import Notification
 from chalice_app.pipeline import Services, idle, versions
+from chalice_app.pipeline import batch as batch_module
 
 E = TypeVar("E")
 
@@ -149,6 +151,19 @@ class Handlers:
         if refused:
             return refused
         return self._versions_call(lambda svc: versions.deploy_version(svc, name, run), status=202)
+
+    def batch(self, name: str, body: bytes | None, headers: Mapping[str, str]) -> tuple[int, dict[str, Any]]:
+        """``POST /projects/{project}/batch``: 202 with the job, or the request's error."""
+        refused = cross_site_refusal(headers)
+        if refused:
+            return refused
+        try:
+            request = json.loads(body or b"")
+        except ValueError:
+            request = None
+        if not isinstance(request, dict):
+            return 400, error_body("bad_request", 'send a JSON object: {"input_prefix": "batch/<name>/"}')
+        return self._versions_call(lambda svc: batch_module.start(svc, name, request), status=202)
 
     def export(self, name: str, run: str, fmt: str) -> tuple[int, Any]:
         """``GET /projects/{project}/versions/{run_id}/export/{format}``: ``(200, ("redirect", url) |

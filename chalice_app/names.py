@@ -21,6 +21,7 @@ MAX_LENGTH = {
     "endpoint": 63,
     "model package group": 63,
     "processing job": 63,
+    "transform job": 63,
 }
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
 READY_MARKER = "_READY"
@@ -147,6 +148,15 @@ AUDIT_SHARDS_SUFFIX = "-shards" + AUDIT_JOB_SUFFIX
 
 def audit_shards_job_name(run: str) -> str:
     return check(f"{run}{AUDIT_SHARDS_SUFFIX}", "processing job")
+
+
+BATCH_JOB_INFIX = "-batch-"
+
+
+def batch_job_name(project_resource_name: str, token: str) -> str:
+    """A batch prediction job: ``<ENDPOINT_PREFIX>-<project>-batch-<token>`` (the stage's prefix, which IAM
+    scopes the functions' transform jobs to)."""
+    return check(f"{project_resource_name}{BATCH_JOB_INFIX}{token}", "transform job")
 
 
 def run_of_final_job(job_name: str) -> str:

@@ -33,6 +33,9 @@ EVENTS = (
     "deployment.completed",
     "deployment.failed",
     "deployment.stopped",
+    "batch.started",
+    "batch.completed",
+    "batch.failed",
     "pipeline.failed",
 )
 # SNS: a Subject of printable ASCII "less than 100 characters long", a Message under 256 KB (attributes

@@ -6,47 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-# Every {"error": {"code"}} the API (the handlers, Chalice's own answers, API Gateway's gateway
-# responses, the local server) can answer, with what it means for the caller.
-ERROR_CODES = {
-    "bad_request": "the request is malformed (a header, a parameter, a name)",
-    "empty_body": "the request body is empty: send the image bytes",
-    "invalid_image": "the body is not a JPEG or PNG image the model can decode",
-    "invalid_top_k": "top_k must be an integer from 1 to 20",
-    "invalid_min_confidence": "min_confidence must be a number from 0 to 1",
-    "invalid_explain": "explain must be true or false",
-    "explanation_unavailable": "the deployed model was trained before explanations: train it again",
-    "unknown_format": "an export's format is onnx or torchscript",
-    "export_unavailable": "the version has no export in that format (left out by its parity check, or older)",
-    "image_too_large": "the image has too many pixels, or an extreme shape",
-    "payload_too_large": "the body is over the limit (MAX_BODY_BYTES)",
-    "unsupported_media_type": "send the Content-Type the route takes: image/jpeg or image/png to predict, "
-    "application/json to deploy",
-    "foreign_origin": "a page of another site (its Origin) cannot change versions",
-    "bad_host": "the Host header does not name the local server (DNS rebinding is refused)",
-    "uri_too_long": "the request line is over 64 KiB",
-    "headers_too_large": "too many headers, or one over 64 KiB",
-    "too_many_connections": "the local API is at its connection limit: retry",
-    "length_required": "send the body with a Content-Length header",
-    "project_required": "there are several projects: name one in the path",
-    "unknown_project": "no project by that name",
-    "unknown_version": "the project has no version from that run",
-    "unknown_run": "no run by that id",
-    "no_earlier_version": "no approved version before the serving one to roll back to",
-    "no_model": "no model is deployed for the project yet",
-    "model_sleeping": "the endpoint was stopped for idleness and is starting again: retry in a few minutes",
-    "endpoint_busy": "the endpoint is busy or not ready: retry shortly",
-    "endpoint_error": "the endpoint failed",
-    "unavailable": "AWS could not be read: retry shortly",
-    "misconfigured": "the stage's configuration is broken: see its logs",
-    "unhealthy": "part of the local stack has stopped: see the message",
-    "internal_error": "the server failed: see its logs",
-    "forbidden": "a missing or wrong API key (x-api-key)",
-    "missing_authentication_token": "no such route or method (API Gateway's words)",
-    "method_not_allowed": "the route does not take this method",
-    "throttled": "too many requests: retry later",
-    "timeout": "the request took longer than API Gateway's 29 seconds",
-}
+from chalice_app.error_codes import ERROR_CODES
+
+__all__ = ["ERROR_CODES", "document"]
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -175,6 +137,15 @@ def _project_paths() -> dict[str, Any]:
                     "302": {"description": "a presigned S3 URL, valid for 5 minutes"},
                     **_errors(400, 404, 503),
                 },
+            }
+        },
+        "/projects/{project}/batch": {
+            "post": {
+                "summary": "Predict every image under a prefix of the bucket as one Batch Transform job",
+                "parameters": [PROJECT],
+                "security": [{}, {"ApiKey": []}],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("BatchRequest")}}},
+                "responses": {"202": _json(_ref("BatchAnswer"), "the job started"), **_errors(400, 404, 409, 415, 503)},
             }
         },
         "/projects/{project}/versions/{run_id}/deploy": {
@@ -324,6 +295,19 @@ def _resource_schemas() -> dict[str, Any]:
                 "serving": {"type": "string", "nullable": True},
                 "versions": {"type": "array", "items": _ref("Version")},
             },
+        },
+        "BatchRequest": {
+            "type": "object",
+            "required": ["input_prefix"],
+            "properties": {
+                "input_prefix": {"type": "string", "description": "batch/<name>/ in the project's bucket"},
+                "version": {"description": "a run id or version number (default: the serving version)"},
+                "top_k": {"type": "integer", "minimum": 1, "maximum": 20, "default": 5},
+            },
+        },
+        "BatchAnswer": {
+            "type": "object",
+            "properties": {k: {"type": "string"} for k in ("job", "input", "output", "version")},
         },
         "DeployAnswer": {
             "type": "object",

@@ -92,3 +92,11 @@ def model_package_state_change(env: Mapping[str, str]) -> dict[str, Any]:
     if (project_names := _project_names(env)) is not None:
         detail["ModelPackageGroupName"] = project_names
     return {"source": ["aws.sagemaker"], "detail-type": ["SageMaker Model Package State Change"], "detail": detail}
+
+
+def transform_job_state_change(env: Mapping[str, str]) -> dict[str, Any]:
+    # The stage's batch prediction jobs' ends (<prefix>-<project>-batch-<token>).
+    detail: dict[str, Any] = {"TransformJobStatus": ["Completed", "Failed", "Stopped"]}
+    if (project_names := _project_names(env)) is not None:
+        detail["TransformJobName"] = project_names
+    return {"source": ["aws.sagemaker"], "detail-type": ["SageMaker Transform Job State Change"], "detail": detail}

@@ -1,5 +1,5 @@
 """The commands that talk to the REST API, the local stack's or a deployed stage's (``--url``):
-``droptrain predict`` and ``droptrain rollback``. They need only the base install."""
+``droptrain predict``, ``droptrain batch`` and ``droptrain rollback``. They need only the base install."""
 
 from __future__ import annotations
 
@@ -82,6 +82,17 @@ def api_commands(sub: Any) -> None:
     )
     p.set_defaults(func=_cmd_predict)
 
+    p = sub.add_parser("batch", help="predict every image under a prefix of the bucket, as one job (batch.* notify)")
+    p.add_argument("prefix", help="the images' prefix in the bucket: batch/<name>/ (or s3://BUCKET/batch/<name>/)")
+    p.add_argument("--project", required=True, help="the project (dataset name) whose model predicts")
+    p.add_argument("--version", default=None, metavar="RUN_ID", help="this run's version (default: the serving one)")
+    p.add_argument("--top-k", type=int, default=None, help="how many labels per image (1-20; default 5)")
+    p.add_argument("--url", default="http://127.0.0.1:8000", help="the API (droptrain up's, or a deployed stage's)")
+    p.add_argument(
+        "--api-key", default=None, help="x-api-key for a stage that requires one (default: $DROPTRAIN_API_KEY)"
+    )
+    p.set_defaults(func=_cmd_batch)
+
     p = sub.add_parser(
         "rollback",
         help="approve and deploy an earlier version of a project (default: the newest "
@@ -132,6 +143,31 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             f"evidence: peak at x={x} y={y} ({explanation['method']}, {explanation['layer']}); heatmap {args.explain}"
         )
     print(f"(model {body['model']})")
+    return 0
+
+
+def _cmd_batch(args: argparse.Namespace) -> int:
+    """Start a batch prediction job through the API; its end is announced (batch.completed, batch.failed)."""
+    request = {"input_prefix": args.prefix}
+    request.update({k: v for k, v in (("version", args.version), ("top_k", args.top_k)) if v is not None})
+    path = f"/projects/{urllib.parse.quote(args.project, safe='')}/batch"
+    try:
+        status, body = call_api(
+            args.url,
+            path,
+            "POST",
+            json.dumps(request).encode(),
+            "application/json",
+            api_key=args.api_key or os.environ.get("DROPTRAIN_API_KEY"),
+        )
+    except OSError as exc:
+        print(f"droptrain batch: cannot reach {args.url} ({exc}); is droptrain up running?", file=sys.stderr)
+        return 1
+    if status != 202:
+        print(f"droptrain batch: {status} {body.get('error', {}).get('message', body)}", file=sys.stderr)
+        return 1
+    print(f"batch job {body['job']}: {body['input']} with version {body['version']}")
+    print(f"its predictions, one JSON line per image, will be at {body['output']} (batch.completed says when)")
     return 0
 
 

@@ -156,6 +156,14 @@ def lambda_policy(env: Mapping[str, str]) -> dict[str, Any]:
             {"StringLike": {"aws:ResourceTag/droptrain:run-id": "?*"}},
         ),
         *_project_statements(env, sm),
+        # Batch predictions: the stage's own job names (<prefix>-<project>-batch-<token>), tagged with their run.
+        _allow(
+            "BatchJobs",
+            ["sagemaker:CreateTransformJob", "sagemaker:AddTags"],
+            f"{sm}:transform-job/{project_prefix(env).lower()}*",
+            {"StringLike": {"aws:RequestTag/droptrain:run-id": "?*"}},
+        ),
+        _allow("ReadBatchJobs", "sagemaker:DescribeTransformJob", f"{sm}:transform-job/{project_prefix(env).lower()}*"),
         _allow("RollbackAlarms", "cloudwatch:DescribeAlarms", alarm_arns(env)),
         _allow(
             "PassTheSageMakerRole",
@@ -181,7 +189,7 @@ def lambda_policy(env: Mapping[str, str]) -> dict[str, Any]:
 
 
 def sagemaker_role_policy(env: Mapping[str, str]) -> dict[str, Any]:
-    """What training jobs and endpoints may do: read datasets, code and runs, write only under
+    """What training, batch jobs and endpoints may do: read datasets, code, runs and batch inputs, write only under
     ``runs/`` (writing ``datasets/`` would start runs), their logs and metrics, pull their images
     from the accounts the image URIs name, and read the rollback alarms."""
     partition, region, account = arn_parts(env)
@@ -198,7 +206,11 @@ def sagemaker_role_policy(env: Mapping[str, str]) -> dict[str, Any]:
     logs = ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"]
     statements = [
         _allow("ListTheBucket", "s3:ListBucket", bucket),
-        _allow("ReadInputs", "s3:GetObject", [f"{bucket}/datasets/*", f"{bucket}/code/*", f"{bucket}/runs/*"]),
+        _allow(
+            "ReadInputs",
+            "s3:GetObject",
+            [f"{bucket}/datasets/*", f"{bucket}/code/*", f"{bucket}/runs/*", f"{bucket}/batch/*"],
+        ),
         _allow("WriteRunsOnly", ["s3:PutObject", "s3:AbortMultipartUpload"], f"{bucket}/runs/*"),
         _allow("Logs", logs, f"arn:{partition}:logs:{region}:{account}:log-group:/aws/sagemaker/*"),
         _allow(

@@ -29,6 +29,7 @@ HANDLER_FUNCTIONS = (
     "OnTrainingJobStateChange",
     "OnEndpointStateChange",
     "OnModelPackageStateChange",
+    "OnTransformJobStateChange",
     "StopIdleEndpoints",
     "APIHandler",
 )

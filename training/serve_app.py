@@ -16,6 +16,9 @@ thresholds: ``trainlib.calibration``). Options come as a query string, in the UR
 (0-1) replaces the model's floor for this request, ``explain=true`` adds the top class's Grad-CAM
 ``explanation`` (``trainlib.explain``). An empty, undecodable or oversized body, or an option out of
 range, gets its 4xx and the JSON error (``trainlib.predictor``); no bad input ever causes a 5xx.
+A request that accepts ``application/jsonlines`` (a Batch Transform job's records) is answered 200 with
+one line, ``{"predictions", "abstained", "error"}``, the error null or the one above: a bad image among
+thousands is a line of the job's output, not a failed job.
 Concurrent requests share forward passes through ``@serve.batch``; a lone request runs at once (no
 wait for company). A batch holds at most as many requests as the model runs fastest per image at on
 this machine (timed when the replica starts, up to 16). What that gives, and what Ray costs a request
@@ -35,7 +38,14 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import Response
 
-from trainlib.errors import MAX_BODY_BYTES, OPTIONS_HEADER, PayloadTooLargeError, PredictionError
+from trainlib.errors import (
+    BATCH_ACCEPT,
+    MAX_BODY_BYTES,
+    OPTIONS_HEADER,
+    PayloadTooLargeError,
+    PredictionError,
+    as_batch_line,
+)
 
 log = logging.getLogger("ray.serve")
 HERE = Path(__file__).resolve().parent
@@ -98,15 +108,22 @@ class ImageClassifier:
             return 500, PredictionError("the model failed on this image; see the endpoint's logs").body()
 
     async def __call__(self, request: Request) -> Response:
+        status, payload = await self._respond(request)
+        if request.headers.get("accept", "").split(";")[0].strip().lower() == BATCH_ACCEPT:
+            # A Batch Transform record: one image's line, its error in it. A 4xx would fail the whole job.
+            return _json(200, as_batch_line(payload))
+        return _json(status, payload)
+
+    async def _respond(self, request: Request) -> tuple[int, dict[str, Any]]:
         declared = request.headers.get("content-length")
         if declared is not None:
             if not declared.isdigit():
-                return _json(400, {"error": {"code": "bad_request", "message": "malformed Content-Length"}})
+                return 400, {"error": {"code": "bad_request", "message": "malformed Content-Length"}}
             if int(declared) > MAX_BODY_BYTES:  # refused before a byte of it is read
                 error = PayloadTooLargeError(f"the image is {declared} bytes; the limit is {MAX_BODY_BYTES} bytes")
-                return _json(error.status, error.body())
+                return error.status, error.body()
         options = [*parse_qsl(request.headers.get(OPTIONS_HEADER, "")), *request.query_params.multi_items()]
-        return _json(*await self.answer(await request.body(), options))
+        return await self.answer(await request.body(), options)
 
 
 app = ImageClassifier.bind()

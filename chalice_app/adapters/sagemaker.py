@@ -83,6 +83,12 @@ class SageMakerAdapter:
     def describe_training_job(self, name: str) -> dict[str, Any]:
         return self._call("describe_training_job", f"describing training job {name}", TrainingJobName=name)
 
+    def create_transform_job(self, request: Mapping[str, Any]) -> bool:
+        return self._create("create_transform_job", f"creating transform job {request['TransformJobName']}", request)
+
+    def describe_transform_job(self, name: str) -> dict[str, Any]:
+        return self._call("describe_transform_job", f"describing transform job {name}", TransformJobName=name)
+
     def create_model(self, request: Mapping[str, Any]) -> bool:
         return self._create("create_model", f"creating model {request['ModelName']}", request)
 

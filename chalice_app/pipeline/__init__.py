@@ -7,9 +7,10 @@ and notifications are sent once per run and kind (``notifications.Notifier``).
 ``datasets`` (an upload: validation, the audit job, the tuning job), ``tuning`` (the tuning job's end, a trial's
 failure), ``training`` (the final job's end), ``versions`` (a project's model versions: registration, the
 gate, approval and rollback), ``deployment`` (a project's endpoint, its state changes), ``idle``
-(endpoints nobody uses: stopped, and started again on demand).
+(endpoints nobody uses: stopped, and started again on demand), ``batch`` (batch predictions over a prefix).
 """
 
+from chalice_app.pipeline.batch import batch_changed
 from chalice_app.pipeline.datasets import audit_changed, dataset_uploaded
 from chalice_app.pipeline.deployment import deploy, endpoint_changed
 from chalice_app.pipeline.idle import stop_idle
@@ -21,6 +22,7 @@ from chalice_app.pipeline.versions import package_changed
 __all__ = [
     "Services",
     "audit_changed",
+    "batch_changed",
     "dataset_uploaded",
     "deploy",
     "endpoint_changed",

@@ -14,7 +14,7 @@ import pytest
 from botocore.stub import Stubber
 from moto import mock_aws
 
-from chalice_app import alarm_requests, endpoint_requests, names, registry_requests
+from chalice_app import alarm_requests, batch_requests, endpoint_requests, names, registry_requests
 from chalice_app import sagemaker_requests as requests
 from chalice_app.adapters.errors import AdapterError, NotFoundError
 from chalice_app.adapters.runtime import EndpointNotFoundError, RuntimeAdapter
@@ -154,6 +154,11 @@ ALREADY_EXISTS = {
         "Training job names must be unique within an AWS account and region, "
         "and a training job with this name already exists (arn:x)",
     ),
+    "create_transform_job": (
+        "ResourceInUse",
+        "Transform job names must be unique within an AWS account and region, "
+        "and a transform job with this name already exists (arn:x)",
+    ),
 }
 
 
@@ -248,6 +253,19 @@ def test_describe_after_create_and_tags(sagemaker):
         described["TrainingJobDefinition"]["StaticHyperParameters"]
         == tuning["TrainingJobDefinition"]["StaticHyperParameters"]
     )
+
+
+def test_a_transform_job_is_created_once_and_described(sagemaker):
+    job = names.batch_job_name(CONFIG.endpoint("pets"), "0123abcd")
+    request = batch_requests.transform_job_request(CONFIG, job, RUN, "pets", DATASET.uri)
+    assert sagemaker.create_transform_job(request) is True and sagemaker.create_transform_job(request) is False
+    described = sagemaker.describe_transform_job(job)
+    assert described["TransformJobName"] == job and described["TransformJobArn"].endswith(f":transform-job/{job}")
+    assert described["ModelName"] == RUN and described["TransformOutput"] == request["TransformOutput"]
+    assert described["TransformJobStatus"] in ("InProgress", "Completed", "Failed", "Stopped")
+    assert sagemaker.list_tags(described["TransformJobArn"])["droptrain:role"] == "batch"
+    with pytest.raises(NotFoundError):
+        sagemaker.describe_transform_job("no-such-transform-job")
 
 
 def _answer(sagemaker, operation: str, response: dict | None = None, error: tuple[str, str] | None = None) -> None:

@@ -358,6 +358,38 @@ def test_the_console_page_and_its_json_routes(stack):
     assert status == 404
 
 
+def test_a_batch_job_predicts_a_prefix_as_the_endpoint_does(stack, tiny_dataset, capsys):
+    """POST /projects/pets/batch (through droptrain batch) runs a Batch Transform job on the local SageMaker:
+    the version's artifact on Ray Serve, one line per image, a broken image a line with its error."""
+    runtime = stack
+    images = sorted((tiny_dataset / "test").rglob("*.jpg"))[:6]
+    for index, image in enumerate(images):
+        runtime.bucket.put(f"batch/backlog/{index % 2}/{index}-{image.name}", image.read_bytes())
+    runtime.bucket.put("batch/backlog/broken.jpg", b"\xff\xd8\xff" + bytes(200))
+    runtime.bucket.put("batch/backlog/notes.txt", b"not an image")
+    assert cli.main(["batch", "batch/backlog/", "--project", "pets", "--top-k", "2", "--url", runtime.api_url]) == 0
+    output = capsys.readouterr().out.splitlines()[-1].split(" at ")[1].split(" ")[0]
+    wait_for_event(runtime, "batch.completed")
+    done = [n["message"] for n in runtime.notifications() if n["message"]["event"].startswith("batch.")]
+    assert [m["event"] for m in done] == ["batch.started", "batch.completed"], done
+    assert (done[1]["detail"]["predicted"], done[1]["detail"]["failed"]) == (6, 1)
+    assert done[0]["detail"]["skipped_objects"] == 1 and done[1]["detail"]["output"] == output
+    lines = [json.loads(line) for line in runtime.bucket.path_of_uri(output).read_text().splitlines()]
+    assert len(lines) == 7 and all(set(line) == {"key", "predictions", "abstained", "error"} for line in lines)
+    by_key = {line["key"]: line for line in lines}
+    assert by_key["batch/backlog/broken.jpg"]["error"]["code"] == "invalid_image"
+    for index, image in enumerate(images):
+        line = by_key[f"batch/backlog/{index % 2}/{index}-{image.name}"]
+        status, body = post_image(runtime.api_url, image, top_k=2, project="pets")
+        assert status == 200 and line["error"] is None
+        assert [p["label"] for p in line["predictions"]] == [p["label"] for p in body["predictions"]], image
+        assert line["predictions"][0]["probability"] == pytest.approx(body["predictions"][0]["probability"], abs=1e-5)
+    status, body = call_api(
+        runtime.api_url, "/projects/pets/batch", "POST", b'{"input_prefix": "batch/none/"}', "application/json"
+    )
+    assert (status, body["error"]["code"]) == (400, "no_images")
+
+
 def test_budget_and_the_idle_cycle_on_the_local_stack(stack, tiny_dataset, tmp_path):
     """MAX_RUN_COST_USD rejects a run that cannot fit before anything starts; IDLE_STOP_HOURS stops an
     endpoint nobody invoked, and the next prediction starts it again."""

@@ -224,6 +224,9 @@ def test_function_roles_are_least_privilege(packaged):
     # groups to their prefix).
     assert [s["Sid"] for s in wildcard_actions] == ["ListProjects", "Prices", "EndpointInvocations", "Traces"]
     assert statements["Prices"]["Action"] == "pricing:GetProducts"
+    batch_jobs = f"arn:aws:sagemaker:us-east-1:123456789012:transform-job/{projects}*"
+    assert statements["BatchJobs"]["Resource"] == statements["ReadBatchJobs"]["Resource"] == batch_jobs
+    assert statements["BatchJobs"]["Condition"] == statements["CreateRunResourcesTagged"]["Condition"]
 
 
 CHINA_ENV = {
@@ -285,6 +288,7 @@ def test_the_execution_role_pulls_from_the_accounts_the_images_name_and_writes_o
         "Resource": f"{bucket}/runs/*",
     }
     assert f"{bucket}/datasets/*" in statements["ReadInputs"]["Resource"]
+    assert f"{bucket}/batch/*" in statements["ReadInputs"]["Resource"], "a batch job reads its images there"
     assert statements["RollbackAlarms"]["Action"] == "cloudwatch:DescribeAlarms"
 
 

@@ -21,6 +21,7 @@ from PIL import Image
 from helpers import extract, png_bytes, png_header_only
 from trainlib import predictor
 from trainlib.calibration import reliability
+from trainlib.errors import BATCH_ACCEPT
 from trainlib.predictor import Classifier, decode
 
 
@@ -235,6 +236,19 @@ def test_the_container_takes_options_from_the_query_or_sagemakers_custom_attribu
     for path, code in (("/?min_confidence=2", "invalid_min_confidence"), ("/?explain=maybe", "invalid_explain")):
         status, answer = _post(container, body, path=path)
         assert (status, answer["error"]["code"]) == (400, code)
+
+
+def test_a_batch_transform_record_is_one_line_whatever_the_image(container, tiny_dataset, classifier):
+    # Batch Transform sends TransformOutput.Accept with every record: a 4xx there would fail the whole job.
+    batch = {"Accept": BATCH_ACCEPT}
+    body = _test_images(tiny_dataset, 1)[0].read_bytes()
+    status, line = _post(container, body, headers=batch)
+    (expected,) = classifier.predict([decode(body)])
+    assert status == 200 and set(line) == {"predictions", "abstained", "error"} and line["error"] is None
+    assert line["predictions"] == expected["predictions"] and line["abstained"] == expected["abstained"]
+    for bad, code in ((b"not an image at all", "invalid_image"), (png_header_only(100_000, 1), "image_too_large")):
+        status, line = _post(container, bad, headers=batch)
+        assert (status, line["predictions"], line["abstained"], line["error"]["code"]) == (200, [], None, code)
 
 
 def test_concurrent_requests_are_answered_each_their_own(container, tiny_dataset, classifier):

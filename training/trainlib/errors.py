@@ -45,6 +45,18 @@ def write_failure(message: str) -> None:
 # The header SageMaker passes an InvokeEndpoint's CustomAttributes in; droptrain's API sends its request
 # options there, as a query string (``explain=true&min_confidence=0.8``).
 OPTIONS_HEADER = "x-amzn-sagemaker-custom-attributes"
+# What a Batch Transform job accepts (its TransformOutput.Accept, sent with every record): each image's
+# answer as one line of the job's JSON Lines output, errors included (chalice_app/pipeline/batch.py).
+BATCH_ACCEPT = "application/jsonlines"
+
+
+def as_batch_line(answer: dict[str, Any]) -> dict[str, Any]:
+    """An answer (predictions, or the error body) as a batch output line: both keys always there."""
+    return {
+        "predictions": answer.get("predictions", []),
+        "abstained": answer.get("abstained"),
+        "error": answer.get("error"),
+    }
 
 
 class PredictionError(Exception):

@@ -10,6 +10,9 @@ reservation decides where replicas go, not how fast they run.
 from __future__ import annotations
 
 import copy
+import shutil
+import tarfile
+import zlib
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -92,3 +95,18 @@ def cpus_wanted(config: dict[str, Any]) -> float:
         replicas = replicas if isinstance(replicas, int) and replicas > 0 else 1
         total += float((deployment.get("ray_actor_options") or {}).get("num_cpus", 1)) * replicas
     return total
+
+
+def extract_archive(archive: Path, url: str, target: Path) -> None:
+    """The model's ``model.tar.gz`` (``url`` as the request named it) into ``target``, emptied first, as the
+    container extracts it to ``/opt/ml/model``; ``ServingError`` naming it when it is missing or broken."""
+    if not archive.is_file():
+        raise ServingError(f"no model artifact at {url}")
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    try:
+        with tarfile.open(archive) as tar:
+            tar.extractall(target, filter="data")
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:  # truncated: EOFError
+        raise ServingError(f"the model artifact {url} could not be extracted: {exc or type(exc).__name__}") from exc

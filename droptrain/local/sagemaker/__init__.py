@@ -1,7 +1,8 @@
 """A local SageMaker: the orchestrator's own request dicts in, SageMaker's describe shapes and
 EventBridge state-change events out (``chalice_app.ports.SageMaker``).
 
-Its parts: ``training`` (jobs run by AWS's training toolkit), ``tuner`` (Optuna), ``resources``
+Its parts: ``training`` (jobs run by AWS's training toolkit), ``tuner`` (Optuna), ``processing`` and
+``transform`` (batch predictions on Ray Serve), ``resources``
 (models, endpoint configs, tags), ``registry`` (model packages) and ``endpoint`` (endpoints on Ray
 Serve). This class holds them together and runs the jobs' threads: every job ends with a status,
 and a stopping runtime leaves the unfinished ones InProgress for the next start to resume.
@@ -23,6 +24,7 @@ from droptrain.local.sagemaker.processing import ProcessingJobs
 from droptrain.local.sagemaker.registry import LocalRegistry
 from droptrain.local.sagemaker.resources import StoredResources, request_tags
 from droptrain.local.sagemaker.training import Emit, OnLine, TrainingJobs
+from droptrain.local.sagemaker.transform import TransformJobs
 from droptrain.local.sagemaker.tuner import Tuner
 from droptrain.local.store import Store
 
@@ -74,6 +76,7 @@ class LocalSageMaker:
         self.resources = StoredResources(store)
         self.registry = LocalRegistry(store, emit)
         self.processing = ProcessingJobs(store, bucket, jobs_root, emit, self._stopping)
+        self.transform = TransformJobs(store, bucket, jobs_root, emit, lambda: self.endpoints.serving, self._stopping)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -90,6 +93,8 @@ class LocalSageMaker:
                 self._spawn(self.training.run, name)
         for name in self.store.names("processing-job", "InProgress"):
             self._spawn(self.processing.run, name)
+        for name in self.store.names("transform-job", "InProgress"):
+            self._spawn(self.transform.run, name)
 
     def stop(self, timeout: float = 30) -> None:
         """End running jobs (their process groups) and wait for the threads; the store keeps them
@@ -141,6 +146,15 @@ class LocalSageMaker:
 
     def describe_processing_job(self, name: str) -> dict[str, Any]:
         return self.processing.describe(name)
+
+    def create_transform_job(self, request: Mapping[str, Any]) -> bool:
+        if not self.transform.create(request):
+            return False
+        self._spawn(self.transform.run, request["TransformJobName"])
+        return True
+
+    def describe_transform_job(self, name: str) -> dict[str, Any]:
+        return self.transform.describe(name)
 
     def create_tuning_job(self, request: Mapping[str, Any]) -> bool:
         if not self.tuner.create(request):

@@ -20,11 +20,8 @@ import collections
 import json
 import logging
 import random
-import shutil
-import tarfile
 import threading
 import time
-import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -35,6 +32,7 @@ from chalice_app.adapters.errors import AdapterError, ServiceError
 from chalice_app.adapters.runtime import EndpointNotFoundError, EndpointNotReadyError, ModelError
 from droptrain.local.aws.alarms import LocalAlarms, Measurements, breached
 from droptrain.local.aws.bucket import LocalBucket
+from droptrain.local.engines.applications import extract_archive
 from droptrain.local.engines.serving import ApplicationGoneError, RayServe, ServingError
 from droptrain.local.sagemaker.resources import arn, as_described, now, state_change_event
 from droptrain.local.store import Store
@@ -175,18 +173,8 @@ class LocalEndpoints:
             archive = self.bucket.path_of_uri(model["PrimaryContainer"]["ModelDataUrl"])
         except AdapterError as exc:  # another bucket, or a key the local bucket refuses
             raise ServingError(f"the model artifact cannot be read: {exc}") from None
-        if not archive.is_file():
-            raise ServingError(f"no model artifact at {model['PrimaryContainer']['ModelDataUrl']}")
         target = self.root / config_name
-        if target.exists():
-            shutil.rmtree(target)
-        target.mkdir(parents=True)
-        try:
-            with tarfile.open(archive) as tar:
-                tar.extractall(target, filter="data")
-        except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:  # truncated: EOFError
-            url = model["PrimaryContainer"]["ModelDataUrl"]
-            raise ServingError(f"the model artifact {url} could not be extracted: {exc or type(exc).__name__}") from exc
+        extract_archive(archive, model["PrimaryContainer"]["ModelDataUrl"], target)
         app = self._app_name(config_name)
         self.serving.deploy(app, target)
         return app

@@ -28,6 +28,7 @@ _KINDS = {
     "model-package": "model-package",
     "model-package-group": "model-package-group",
     "processing-job": "processing-job",
+    "transform-job": "transform-job",
 }
 
 
