@@ -23,7 +23,7 @@ from common import Row, table, write  # noqa: E402
 
 # In the order of the issues: training, tuning, serving, the Lambda path, the whole pipeline, the audit,
 # training with several processes, what grows with the data and the cluster, imbalanced classes,
-# calibration and explanations, the backbones, ONNX Runtime against PyTorch.
+# calibration and explanations, the backbones, ONNX Runtime against PyTorch, batch predictions.
 SUITES = (
     "training",
     "tuning",
@@ -37,6 +37,7 @@ SUITES = (
     "trust",
     "backbones",
     "onnx",
+    "batch",
 )
 
 

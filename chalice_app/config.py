@@ -26,6 +26,7 @@ APPROVAL_MODES = ("auto", "manual")
 OBJECTIVES = ("auto", "valid:accuracy", "valid:balanced_accuracy", "valid:macro_f1")
 # Imbalanced classes in training (train.py --class-balance; training/trainlib/balance.py).
 CLASS_BALANCES = ("auto", "weights", "sampler", "off")
+SERVING_ENGINES = ("torch", "onnxruntime")
 
 # What train.py gets besides the tuned hyperparameters, unless STATIC_HYPERPARAMETERS overrides.
 DEFAULT_STATIC_HYPERPARAMETERS = {
@@ -57,7 +58,7 @@ VARIABLES = tuple(
     FAST_FILE_MIN_GB FINAL_INSTANCE_COUNT GATE_MAX_F1_DROP GATE_MAX_RECALL_DROP IDLE_STOP_HOURS
     INFERENCE_IMAGE_URI INFERENCE_INSTANCE_COUNT INFERENCE_INSTANCE_TYPE MANAGED_DEBUGGER MAX_BODY_BYTES
     MAX_PARALLEL_JOBS MAX_RUNTIME_SECONDS MAX_RUN_COST_USD MAX_TUNING_JOBS MIN_CONFIDENCE NOTIFY_TOPIC_ARN OBJECTIVE
-    ROLLBACK_ALARMS ROLLBACK_LATENCY_MS ROLLOUT_BAKE_SECONDS SAGEMAKER_ROLE_ARN SOURCE_DIR_S3_URI
+    ROLLBACK_ALARMS ROLLBACK_LATENCY_MS ROLLOUT_BAKE_SECONDS SAGEMAKER_ROLE_ARN SERVING_ENGINE SOURCE_DIR_S3_URI
     STATIC_HYPERPARAMETERS TARGET_PRECISION TRAINING_IMAGE_URI TRAINING_INSTANCE_COUNT TRAINING_INSTANCE_TYPE
     TRAINING_VOLUME_GB TUNING_RANGES TUNING_STRATEGY USE_SPOT
     """.split()
@@ -115,6 +116,7 @@ class Config:
     audit_min_train_images: int = 5
     audit_max_leaked_test_share: float = 0.01
     batch_instance_type: str = "ml.m5.xlarge"  # a batch prediction job's (Batch Transform) one instance
+    serving_engine: str = "torch"  # or "onnxruntime": the artifact's application runs model.onnx on a CPU
 
     @property
     def serverless(self) -> bool:
@@ -287,4 +289,5 @@ def load(env: Mapping[str, str]) -> Config:
         audit_max_leaked_test_share=values.real(env, "AUDIT_MAX_LEAKED_TEST_SHARE", 0.01, 0.0, 1.0),
         max_run_cost_usd=values.real(env, "MAX_RUN_COST_USD", None, 0.01, 1_000_000.0),
         batch_instance_type=values.instance(env, "BATCH_INSTANCE_TYPE", "ml.m5.xlarge"),
+        serving_engine=values.choice(env, "SERVING_ENGINE", "torch", choices=SERVING_ENGINES),
     )

@@ -305,6 +305,7 @@ def final_training_request(
     # The job writes its rule verdicts, profiling report and exported models here (runs/<run-id>/reports/).
     hyperparameters["reports-uri"] = reports_uri(config, run)
     hyperparameters["export"] = "on"  # model.onnx and model.pt beside model.pth, checked (trainlib.export)
+    hyperparameters["serving-engine"] = config.serving_engine  # onnxruntime: the endpoint runs model.onnx
     # The artifact's Ray Serve config asks for a GPU where the endpoint will have one.
     hyperparameters["serving-gpus"] = (
         "1" if not config.serverless and scaling.gpu_instance(config.inference_instance_type) else "0"

@@ -298,7 +298,7 @@ def finish(
     artifact.write_model_dir(args.model_dir, fit.model, metadata, num_gpus=args.serving_gpus)
     if args.export == "on":  # the final job's: ONNX and TorchScript, each kept only if it answers alike
         samples = getattr(splits, eval_split)
-        export_step(fit.model, metadata, samples, eval_split, args.model_dir, report_dir)
+        export_step(fit.model, metadata, samples, eval_split, args.model_dir, report_dir, args.serving_engine)
     if args.reports_uri:
         upload_reports(report_dir, args.reports_uri)
     return metrics

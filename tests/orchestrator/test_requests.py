@@ -151,6 +151,13 @@ def test_final_training_request(managed):
     assert "_tuning_objective_metric" not in hps
     assert hps["reports-uri"] == "s3://droptrain-data-dev/runs/dogs-3f9a1c2e/reports/"
     assert hps["serving-gpus"] == "0", "ml.m5.large serves on the CPU"
+    assert hps["serving-engine"] == "torch", "the default engine"
+    onnx = requests.final_training_request(
+        make_config(SERVING_ENGINE="onnxruntime"), "dogs-3f9a1c2e", DATASET.uri, static, tuned
+    )
+    assert onnx["HyperParameters"]["serving-engine"] == "onnxruntime"
+    with pytest.raises(config_module.ConfigError, match="SERVING_ENGINE"):
+        make_config(SERVING_ENGINE="tensorrt")
     assert request["Environment"] == {"PIP_NO_DEPS": "1"}
     assert {t["Key"]: t["Value"] for t in request["Tags"]}["droptrain:role"] == "final"
     assert request["AlgorithmSpecification"]["MetricDefinitions"] == requests.METRIC_DEFINITIONS

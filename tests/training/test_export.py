@@ -84,3 +84,44 @@ def test_the_final_jobs_archive_carries_both_formats_and_the_documented_example_
     assert scope["label"] == answer["predictions"][0]["label"]
     # Pillow's resize, not torchvision's: the same within a grey level, so nearly the same probability.
     assert scope["probability"] == pytest.approx(answer["predictions"][0]["probability"], abs=0.02)
+
+
+def test_an_artifact_served_by_onnxruntime_answers_as_pytorch_does(trained_job, tiny_dataset, tmp_path):
+    """SERVING_ENGINE=onnxruntime: the final job's model.onnx predicts in the serving application, with the
+    PyTorch model's answers (parity), and the container is told to install ONNX Runtime."""
+    import shutil
+
+    from trainlib.predictor import Classifier, decode
+
+    model_dir = shutil.copytree(trained_job["paths"].model, tmp_path / "model")
+    meta = json.loads((model_dir / "model.json").read_text())
+    report = json.loads((model_dir / "export.json").read_text())
+    assert export.use_engine(model_dir, meta, report, "onnxruntime") == {
+        "engine": "onnxruntime",
+        "requirement": export.ONNXRUNTIME,
+    }
+    assert json.loads((model_dir / "model.json").read_text())["serving_engine"] == "onnxruntime"
+    assert (model_dir / "code" / "requirements.txt").read_text().splitlines()[-1] == export.ONNXRUNTIME
+    pinned = (Path(__file__).resolve().parents[2] / "training" / "requirements.txt").read_text().splitlines()
+    assert export.ONNXRUNTIME in pinned, "the version the job checked the export with"
+    onnx, eager = Classifier.load(model_dir), Classifier.load(trained_job["paths"].model)
+    assert onnx.session is not None and eager.session is None
+    images = [decode(path.read_bytes()) for path in sorted((tiny_dataset / "test").rglob("*.jpg"))]
+    for batch in (images[:1], images):
+        for ours, theirs in zip(onnx.predict(batch), eager.predict(batch)):
+            assert [p["label"] for p in ours["predictions"]] == [p["label"] for p in theirs["predictions"]]
+            assert ours["abstained"] == theirs["abstained"]
+            for a, b in zip(ours["predictions"], theirs["predictions"]):
+                assert a["probability"] == pytest.approx(b["probability"], abs=1e-4)
+
+
+def test_onnxruntime_asked_for_without_a_kept_onnx_export_serves_with_torch_and_says_why(tmp_path):
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "requirements.txt").write_text("# nothing\n")
+    (tmp_path / "model.json").write_text("{}")
+    report = {"formats": {"onnx": {"kept": False, "reason": "probabilities differ"}}}
+    chosen = export.use_engine(tmp_path, {}, report, "onnxruntime")
+    assert chosen["engine"] == "torch" and "probabilities differ" in chosen["reason"]
+    assert "serving_engine" not in json.loads((tmp_path / "model.json").read_text())
+    assert (tmp_path / "code" / "requirements.txt").read_text() == "# nothing\n"
+    assert export.use_engine(tmp_path, {}, report, "torch") == {"engine": "torch"}

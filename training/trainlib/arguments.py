@@ -163,6 +163,14 @@ def _export(group: Any) -> None:
         help="also write model.onnx and a TorchScript model.pt (the final job's), each checked against "
         "the PyTorch model on the held-out split (export.json)",
     )
+    group.add_argument(
+        "--serving-engine",
+        type=as_word,
+        default="torch",
+        choices=["torch", "onnxruntime"],
+        help="what the artifact's Ray Serve application predicts with on a CPU: onnxruntime runs the exported "
+        "model.onnx (needs --export on and its parity check passed; else torch, and export.json says why)",
+    )
 
 
 def _diagnostics(group: Any) -> None:

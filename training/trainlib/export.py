@@ -12,6 +12,7 @@ fails the job: the PyTorch model is the artifact, these are extras.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -28,6 +29,9 @@ OPSET = 18
 MAX_DIFFERENCE = 1e-4
 PARITY_IMAGES = 64
 FILES = {"onnx": "model.onnx", "torchscript": "model.pt"}
+# What the Ray Serve container installs (code/requirements.txt) for an artifact served by ONNX Runtime:
+# training/requirements.txt's pin (a test keeps them equal).
+ONNXRUNTIME = "onnxruntime==1.32.0"
 
 
 class Calibrated(nn.Module):
@@ -140,11 +144,17 @@ def parity_images(samples: Sequence[tuple[Path, int]], transform: Callable, limi
 
 
 def export_step(
-    model: nn.Module, meta: dict, samples: Sequence[tuple[Path, int]], split: str, model_dir: Path, report_dir: Path
+    model: nn.Module,
+    meta: dict,
+    samples: Sequence[tuple[Path, int]],
+    split: str,
+    model_dir: Path,
+    report_dir: Path,
+    engine: str = "torch",
 ) -> dict:
     """The final job's export of the model ``meta`` (``model.json``) describes: into the model dir (so into
     ``model.tar.gz``) and beside the reports, where the API hands them out (``runs/<run-id>/reports/``),
-    with ``export.json`` in both."""
+    with ``export.json`` in both; the artifact then serves with ``engine`` where its format was kept."""
     from trainlib.artifact import write_json
     from trainlib.transforms import eval_transform
 
@@ -152,6 +162,7 @@ def export_step(
     transform = eval_transform(meta["image_size"], norm["mean"], norm["std"], meta["resize_size"])
     images = parity_images(samples, transform)
     report = export(model, meta["calibration"]["temperature"], images, model_dir, split)
+    report["serving_engine"] = use_engine(model_dir, meta, report, engine)
     for name, entry in report["formats"].items():
         if entry["kept"]:
             shutil.copy2(model_dir / FILES[name], report_dir / FILES[name])
@@ -170,3 +181,26 @@ def line(report: dict) -> str:
         else:
             parts.append(f"{name} left out ({entry['reason']})")
     return "export: " + ", ".join(parts)
+
+
+def use_engine(model_dir: Path, meta: dict, report: dict, engine: str) -> dict:
+    """Serve the artifact with ``engine``: ONNX Runtime only where ``model.onnx`` was kept (its answers are
+    PyTorch's, checked above); it goes in ``model.json`` (``serving_engine``) and ONNX Runtime in the
+    requirements the container installs. What was chosen, and why, goes in ``export.json``."""
+    from trainlib.artifact import write_json
+
+    if engine != "onnxruntime":
+        return {"engine": "torch"}
+    onnx = report["formats"].get("onnx") or {}
+    if not onnx.get("kept"):
+        return {
+            "engine": "torch",
+            "reason": f"onnxruntime asked for, but model.onnx was left out: {onnx.get('reason')}",
+        }
+    meta["serving_engine"] = "onnxruntime"
+    write_json(
+        model_dir / "model.json", {**json.loads((model_dir / "model.json").read_text()), "serving_engine": engine}
+    )
+    requirements = model_dir / "code" / "requirements.txt"
+    requirements.write_text(requirements.read_text() + ONNXRUNTIME + "\n")
+    return {"engine": "onnxruntime", "requirement": ONNXRUNTIME}

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import math
+import os
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -37,6 +39,8 @@ from trainlib.errors import (
 )
 from trainlib.models import build_model
 from trainlib.transforms import eval_transform, resize_size, to_rgb, to_rgb_reduced
+
+log = logging.getLogger(__name__)
 
 # Checked from the header before decoding: 40 megapixels is a large camera photo; a longer side
 # more than 20 times the shorter is no photo, and resizing its short side to the network's input
@@ -149,6 +153,9 @@ class Classifier:
     min_confidence: float = 0.0
     thresholds: dict[str, float | None] = field(default_factory=dict)
     resize_size: int = 256  # the short side before the centre crop
+    # An ONNX Runtime session of the artifact's model.onnx (the calibrated logits), where model.json's
+    # serving_engine says onnxruntime and this is a CPU; else None and the PyTorch model predicts.
+    session: Any = None
 
     @classmethod
     def load(cls, model_dir: Path, device: str | None = None) -> Classifier:
@@ -162,6 +169,9 @@ class Classifier:
         norm = meta["normalization"]
         calibration = meta.get("calibration") or {}  # models trained before calibration: as they were
         resize = int(meta.get("resize_size") or resize_size(int(meta["image_size"])))
+        session = (
+            _onnx_session(model_dir) if meta.get("serving_engine") == "onnxruntime" and target.type == "cpu" else None
+        )
         return cls(
             model,
             list(meta["classes"]),
@@ -174,6 +184,7 @@ class Classifier:
             float(calibration.get("min_confidence") or 0.0),
             dict(calibration.get("thresholds") or {}),
             resize,
+            session,
         )
 
     def fastest_batch(self, largest: int, rounds: int = 2) -> int:
@@ -198,9 +209,12 @@ class Classifier:
     @torch.no_grad()
     def predict(self, images: Sequence[Image.Image]) -> list[dict[str, Any]]:
         """One forward pass for all ``images``; each answer is the API's ``{"predictions", "abstained", "model"}``."""
-        batch = torch.stack([self.transform(image) for image in images]).to(self.device)
+        batch = torch.stack([self.transform(image) for image in images])
+        if self.session is not None:  # model.onnx divides by the temperature itself
+            (calibrated,) = self.session.run(None, {"images": batch.numpy()})
+            return self._answers(torch.from_numpy(calibrated), temperature=1.0)
         with torch.autocast(device_type=self.device.type, enabled=self.device.type == "cuda"):
-            logits = self.model(batch)
+            logits = self.model(batch.to(self.device))
         return self._answers(logits)
 
     def explain(self, image: Image.Image) -> dict[str, Any]:
@@ -223,8 +237,9 @@ class Classifier:
         floor = self.min_confidence if min_confidence is None else min_confidence
         return abstains(best["probability"], best["label"], self.thresholds, floor)
 
-    def _answers(self, logits: torch.Tensor) -> list[dict[str, Any]]:
-        probabilities = torch.softmax(logits.float() / self.temperature, dim=1).cpu()
+    def _answers(self, logits: torch.Tensor, temperature: float | None = None) -> list[dict[str, Any]]:
+        divisor = self.temperature if temperature is None else temperature
+        probabilities = torch.softmax(logits.float() / divisor, dim=1).cpu()
         values, indices = torch.topk(probabilities, min(TOP_LABELS, len(self.classes)), dim=1)
         answers = []
         for row_values, row_indices in zip(values.tolist(), indices.tolist()):
@@ -238,6 +253,24 @@ class Classifier:
             answer["abstained"] = self.abstains(answer)
             answers.append(answer)
         return answers
+
+
+def _onnx_session(model_dir: Path) -> Any:
+    """ONNX Runtime on the artifact's ``model.onnx``, every core of the replica to one intra-op pool (as the
+    application gives torch); ``None``, with a warning, where it cannot run: PyTorch then predicts, the
+    same answers (``trainlib.export`` checked them), only slower."""
+    try:
+        import onnxruntime  # only an artifact served by ONNX Runtime needs it installed
+    except ImportError:
+        log.warning("model.json asks for onnxruntime, which is not installed: serving with PyTorch")
+        return None
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
+    try:
+        return onnxruntime.InferenceSession(str(model_dir / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - ORT raises its own types; any of them means "serve with torch"
+        log.warning("model.onnx cannot be loaded by onnxruntime (%s): serving with PyTorch", exc)
+        return None
 
 
 def fastest(sizes: Sequence[int], seconds: Callable[[int], float]) -> int:
