@@ -54,11 +54,12 @@ VARIABLES = tuple(
     """
     API_KEY_REQUIRED APPROVAL_MODE AUDIT AUDIT_FIX AUDIT_IMAGES_PER_INSTANCE AUDIT_IMAGE_URI
     AUDIT_INSTANCE_TYPE AUDIT_MAX_LEAKED_TEST_SHARE AUDIT_MIN_TRAIN_IMAGES BATCH_INSTANCE_TYPE BLOCK_ON_RULE_ISSUES
-    CLASS_BALANCE DATASET_PREFIX DATA_BUCKET DEBUGGER_IMAGE_URI DEFAULT_PROJECT ENDPOINT_PREFIX
+    CAPTURE_PERCENT CLASS_BALANCE DATASET_PREFIX DATA_BUCKET DEBUGGER_IMAGE_URI DEFAULT_PROJECT ENDPOINT_PREFIX
     FAST_FILE_MIN_GB FINAL_INSTANCE_COUNT GATE_MAX_F1_DROP GATE_MAX_RECALL_DROP IDLE_STOP_HOURS
     INFERENCE_IMAGE_URI INFERENCE_INSTANCE_COUNT INFERENCE_INSTANCE_TYPE MANAGED_DEBUGGER MAX_BODY_BYTES
     MAX_PARALLEL_JOBS MAX_RUNTIME_SECONDS MAX_RUN_COST_USD MAX_TUNING_JOBS MIN_CONFIDENCE NOTIFY_TOPIC_ARN OBJECTIVE
-    ROLLBACK_ALARMS ROLLBACK_LATENCY_MS ROLLOUT_BAKE_SECONDS SAGEMAKER_ROLE_ARN SERVING_ENGINE SOURCE_DIR_S3_URI
+    REVIEW_BELOW ROLLBACK_ALARMS ROLLBACK_LATENCY_MS ROLLOUT_BAKE_SECONDS SAGEMAKER_ROLE_ARN SERVING_ENGINE
+    SOURCE_DIR_S3_URI
     STATIC_HYPERPARAMETERS TARGET_PRECISION TRAINING_IMAGE_URI TRAINING_INSTANCE_COUNT TRAINING_INSTANCE_TYPE
     TRAINING_VOLUME_GB TUNING_RANGES TUNING_STRATEGY USE_SPOT
     """.split()
@@ -117,6 +118,8 @@ class Config:
     audit_max_leaked_test_share: float = 0.01
     batch_instance_type: str = "ml.m5.xlarge"  # a batch prediction job's (Batch Transform) one instance
     serving_engine: str = "torch"  # or "onnxruntime": the artifact's application runs model.onnx on a CPU
+    capture_percent: int = 10  # of the endpoint's requests kept with their answers (0: none, doubtful ones neither)
+    review_below: float = 0.6  # an answer whose best probability is under this is kept for review
 
     @property
     def serverless(self) -> bool:
@@ -290,4 +293,6 @@ def load(env: Mapping[str, str]) -> Config:
         max_run_cost_usd=values.real(env, "MAX_RUN_COST_USD", None, 0.01, 1_000_000.0),
         batch_instance_type=values.instance(env, "BATCH_INSTANCE_TYPE", "ml.m5.xlarge"),
         serving_engine=values.choice(env, "SERVING_ENGINE", "torch", choices=SERVING_ENGINES),
+        capture_percent=values.integer(env, "CAPTURE_PERCENT", 10, 0, 100),
+        review_below=values.real(env, "REVIEW_BELOW", 0.6, 0.0, 1.0),
     )

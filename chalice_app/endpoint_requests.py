@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from chalice_app import alarm_requests, names
+from chalice_app import capture as capture_module
 from chalice_app.config import Config
 from chalice_app.scaling import gpu_instance
 
@@ -42,11 +43,13 @@ def endpoint_config_request(config: Config, run: str, dataset_uri: str | None) -
         )
         if gpu_instance(config.inference_instance_type):
             variant["InferenceAmiVersion"] = GPU_INFERENCE_AMI
-    return {
+    request = {
         "EndpointConfigName": names.check(run, "endpoint config"),
         "ProductionVariants": [variant],
         "Tags": names.tags(run, dataset_uri),
     }
+    capture = capture_module.data_capture_config(config, names.project_of_run(run))
+    return {**request, "DataCaptureConfig": capture} if capture else request
 
 
 def create_endpoint_request(config: Config, project: str, run: str, dataset_uri: str | None) -> dict[str, Any]:

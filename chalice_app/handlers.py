@@ -19,7 +19,7 @@ import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from chalice_app import bootstrap, names, observability
+from chalice_app import bootstrap, capture, names, observability
 from chalice_app import predict as predict_module
 from chalice_app import runs as runs_module
 from chalice_app.adapters.errors import AdapterError
@@ -124,7 +124,17 @@ class Handlers:
         except AdapterError as exc:
             return _unavailable(exc)
         observability.count("Predictions")
+        self._keep_doubtful(svc, name, body or b"", content_type or "", result)
         return 200, result
+
+    def _keep_doubtful(
+        self, svc: Services, project: str, body: bytes, content_type: str, result: dict[str, Any]
+    ) -> None:
+        try:  # best effort: the answer is the client's whether or not it could be kept
+            if capture.keep_doubtful(svc.s3, svc.config, project, body, content_type, result):
+                observability.count("DoubtfulKept")
+        except AdapterError as exc:
+            observability.logger().error(f"keeping a doubtful answer for review failed: {exc}")
 
     def projects(self) -> tuple[int, dict[str, Any]]:
         """``GET /projects``."""

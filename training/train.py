@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from trainlib import artifact, checkpoints, distributed, profiling
+from trainlib import artifact, checkpoints, distributed, drift, profiling
 
 # train.parse_args is the CLI's (and the tests'), hence the re-export.
 from trainlib.arguments import get_args_parser, hyperparameters, parse_args  # noqa: F401
@@ -296,12 +296,19 @@ def finish(
     metadata = artifact.model_metadata(args, hyperparameters(args), splits, metrics, history, fit.data.decode_skipped)
     metadata["calibration"] = calibration.serving()
     artifact.write_model_dir(args.model_dir, fit.model, metadata, num_gpus=args.serving_gpus)
-    if args.export == "on":  # the final job's: ONNX and TorchScript, each kept only if it answers alike
-        samples = getattr(splits, eval_split)
-        export_step(fit.model, metadata, samples, eval_split, args.model_dir, report_dir, args.serving_engine)
+    if args.export == "on":  # the final job's: the exports (each kept only if it answers alike), drift's reference
+        final_extras(args, fit.model, metadata, splits, eval_split, report_dir)
     if args.reports_uri:
         upload_reports(report_dir, args.reports_uri)
     return metrics
+
+
+def final_extras(
+    args: argparse.Namespace, model: torch.nn.Module, meta: dict, splits: Splits, split: str, report_dir: Path
+) -> None:
+    """What only a deployable model needs: ONNX and TorchScript exports, and the drift check's reference."""
+    export_step(model, meta, getattr(splits, split), split, args.model_dir, report_dir, args.serving_engine)
+    drift.reference_step(model, meta, splits.train, args.model_dir)
 
 
 def run(argv: list[str] | None = None) -> int:

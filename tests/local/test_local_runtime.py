@@ -54,6 +54,7 @@ def stack(tiny_dataset, tmp_path_factory, ray_serve, shared_warm):
     env = {
         "MAX_TUNING_JOBS": "2",
         "FINAL_INSTANCE_COUNT": "2",
+        "CAPTURE_PERCENT": "100",
         "STATIC_HYPERPARAMETERS": '{"arch": "resnet18", "weights": "none", "train-mode": "head", "image-size": "48"}',
     }
     runtime = LocalRuntime(
@@ -125,6 +126,15 @@ def test_dataset_to_predictions_with_the_real_training_code(stack, tiny_dataset,
         assert drawn.size == sent.size
     status, body = post_image(runtime.api_url, image, options={"min_confidence": "7"})
     assert (status, body["error"]["code"]) == (400, "invalid_min_confidence")
+    # CAPTURE_PERCENT=100: every answer the endpoint gave is kept as SageMaker keeps it, the doubtful ones
+    # (the abstentions above among them) also under review/, whatever the sample rate.
+    from chalice_app import capture
+
+    kept = runtime.bucket.path("runs/capture/pets/droptrain-local-pets")
+    sampled = [capture.parse(p.read_bytes()) for p in sorted((kept / "AllTraffic").rglob("*.jsonl"))]
+    assert any(c.body == image.read_bytes() and c.answer["model"] == run for c in sampled), len(sampled)
+    review = [capture.parse(p.read_bytes()) for p in sorted((kept / "review").rglob("*.jsonl"))]
+    assert any(c.answer["abstained"] for c in review) and all(capture.doubtful(c.answer, 0.6) for c in review)
     # The final job's exports, handed out by the API (the file itself locally), checked by ONNX itself.
     import onnx
 

@@ -34,10 +34,12 @@ from droptrain.local.aws.alarms import LocalAlarms, Measurements, breached
 from droptrain.local.aws.bucket import LocalBucket
 from droptrain.local.engines.applications import extract_archive
 from droptrain.local.engines.serving import ApplicationGoneError, RayServe, ServingError
+from droptrain.local.sagemaker.capture import LocalCapture
 from droptrain.local.sagemaker.resources import arn, as_described, now, state_change_event
 from droptrain.local.store import Store
 
 log = logging.getLogger(__name__)
+APP_PREFIX = "ep-"  # an endpoint config's Ray Serve application: ep-<config>
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,7 @@ class LocalEndpoints:
         self.store, self.bucket, self.root, self.emit = store, bucket, root, emit
         self.serving = serving
         self.alarms = alarms or LocalAlarms(store)
+        self.capture = LocalCapture(store, bucket)  # what the endpoint configs' DataCaptureConfig asks for
         self._routes: dict[str, _Route] = {}  # endpoint -> where its traffic goes
         self._routes_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
@@ -159,7 +162,7 @@ class LocalEndpoints:
         thread.start()
 
     def _app_name(self, config_name: str) -> str:
-        return f"ep-{config_name}"
+        return f"{APP_PREFIX}{config_name}"
 
     def _serve(self, config_name: str) -> str:
         """Extract the config's model archive and deploy it; returns the application's name."""
@@ -316,6 +319,7 @@ class LocalEndpoints:
             answer = json.dumps(payload)
             if status != 200:
                 raise ModelError(answer, status)
+            self.capture.after(endpoint, app.removeprefix(APP_PREFIX), body, content_type, answer.encode())
             return answer.encode()
         raise EndpointNotReadyError(f"Endpoint {endpoint} is changing versions", "ModelNotReadyException")
 
