@@ -104,6 +104,15 @@ def _event_handlers(app: Chalice, env: Mapping[str, str], steps: Handlers) -> No
     def on_transform_job_state_change(event):
         return steps.handle_event(pipeline.batch_changed, TransformJobStateChange.parse, event.to_dict())
 
+    @app.on_cw_event(patterns.drift_check_state_change(env), name="on_drift_check_state_change")
+    def on_drift_check_state_change(event):
+        return steps.handle_event(pipeline.drift_changed, ProcessingJobStateChange.parse, event.to_dict())
+
+    # Hourly, as the idle check: each serving project's captures since its last check, in a Processing job.
+    @app.schedule(Rate(1, unit=Rate.HOURS), name="check_drift")
+    def check_drift(event):
+        return steps.handle_event(pipeline.scheduled_checks, ScheduledTick.parse, event.to_dict())
+
     # Hourly: endpoints nobody invoked for IDLE_STOP_HOURS are stopped (off when it is 0).
     @app.schedule(Rate(1, unit=Rate.HOURS), name="stop_idle_endpoints")
     def stop_idle_endpoints(event):
@@ -149,6 +158,14 @@ def _api_routes(app: Chalice, key_required: bool, steps: Handlers) -> None:
     def batch(project):
         request = app.current_request
         return _json(*steps.batch(project, request.raw_body, request.headers))
+
+    @app.route("/projects/{project}/drift-check", methods=["POST"], api_key_required=key_required)
+    def drift_check(project):
+        return _json(*steps.drift_check(project, app.current_request.headers))
+
+    @app.route("/projects/{project}/drift", methods=["GET"], api_key_required=key_required)
+    def drift_history(project):
+        return _json(*steps.drift_history(project))
 
     @app.route("/status", methods=["GET"], api_key_required=key_required)
     def status():

@@ -22,7 +22,7 @@ AUDIT_ENTRYPOINT = [
 ]
 
 
-def _input(name: str, uri: str, sharded: bool = False) -> dict[str, Any]:
+def processing_input(name: str, uri: str, sharded: bool = False) -> dict[str, Any]:
     """An S3 prefix copied to ``/opt/ml/processing/input/<name>`` before the job starts: whole on every
     instance, or (``sharded``) each instance a share of its objects."""
     local = f"{PROCESSING}/input/{name}"
@@ -51,11 +51,13 @@ def audit_job_request(
     if dataset_bytes is not None:
         tags.append({"Key": names.TAG_DATASET_BYTES, "Value": str(dataset_bytes)})
     if count == 1:
-        return _job(config, names.audit_job_name(run), _input("data", dataset_uri), [], reports_uri(config, run), tags)
+        return _job(
+            config, names.audit_job_name(run), processing_input("data", dataset_uri), [], reports_uri(config, run), tags
+        )
     return _job(
         config,
         names.audit_shards_job_name(run),
-        _input("data", dataset_uri, sharded=True),
+        processing_input("data", dataset_uri, sharded=True),
         ["--mode", "shard"],
         shards_uri(config, run),
         tags,
@@ -70,7 +72,7 @@ def shards_uri(config: Config, run: str) -> str:
 def audit_merge_request(config: Config, run: str, tags: list[dict[str, str]]) -> dict[str, Any]:
     """``<run-id>-audit`` after a sharded scan (``tags``: the scan's): the findings over every shard's file,
     the same as one instance's audit of the whole dataset, duplicates across shards included."""
-    shards = _input("data", shards_uri(config, run))
+    shards = processing_input("data", shards_uri(config, run))
     return _job(config, names.audit_job_name(run), shards, ["--mode", "merge"], reports_uri(config, run), tags)
 
 
@@ -101,7 +103,7 @@ def _job(
                 *mode,
             ],
         },
-        "ProcessingInputs": [data, _input("code", config.source_dir_s3_uri)],
+        "ProcessingInputs": [data, processing_input("code", config.source_dir_s3_uri)],
         "ProcessingOutputConfig": {
             "Outputs": [
                 {

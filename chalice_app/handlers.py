@@ -29,6 +29,7 @@ from chalice_app.names import InvalidNameError
 from chalice_app.notifications import Notification
 from chalice_app.pipeline import Services, idle, versions
 from chalice_app.pipeline import batch as batch_module
+from chalice_app.pipeline import drift as drift_module
 
 E = TypeVar("E")
 
@@ -174,6 +175,17 @@ class Handlers:
         if not isinstance(request, dict):
             return 400, error_body("bad_request", 'send a JSON object: {"input_prefix": "batch/<name>/"}')
         return self._versions_call(lambda svc: batch_module.start(svc, name, request), status=202)
+
+    def drift_check(self, name: str, headers: Mapping[str, str]) -> tuple[int, dict[str, Any]]:
+        """``POST /projects/{project}/drift-check``: 202 with the job started (or why none was)."""
+        refused = cross_site_refusal(headers)
+        if refused:
+            return refused
+        return self._versions_call(lambda svc: drift_module.start_check(svc, name), status=202)
+
+    def drift_history(self, name: str) -> tuple[int, dict[str, Any]]:
+        """``GET /projects/{project}/drift``: the checks' verdicts, newest first."""
+        return self._versions_call(lambda svc: {"checks": drift_module.history(svc, name)})
 
     def export(self, name: str, run: str, fmt: str) -> tuple[int, Any]:
         """``GET /projects/{project}/versions/{run_id}/export/{format}``: ``(200, ("redirect", url) |

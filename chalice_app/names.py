@@ -159,6 +159,14 @@ def batch_job_name(project_resource_name: str, token: str) -> str:
     return check(f"{project_resource_name}{BATCH_JOB_INFIX}{token}", "transform job")
 
 
+DRIFT_JOB_INFIX = "-drift-"
+
+
+def drift_job_name(project_resource_name: str, token: str) -> str:
+    """A drift check: ``<ENDPOINT_PREFIX>-<project>-drift-<token>`` (a processing job)."""
+    return check(f"{project_resource_name}{DRIFT_JOB_INFIX}{token}", "processing job")
+
+
 def run_of_final_job(job_name: str) -> str:
     return job_name.removesuffix(FINAL_JOB_SUFFIX)
 

@@ -36,6 +36,7 @@ EVENTS = (
     "batch.started",
     "batch.completed",
     "batch.failed",
+    "drift.detected",
     "pipeline.failed",
 )
 # SNS: a Subject of printable ASCII "less than 100 characters long", a Message under 256 KB (attributes

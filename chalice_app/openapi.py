@@ -67,7 +67,7 @@ def document() -> dict[str, Any]:
             "version": "1",
             "description": "Predictions, projects and versions, runs, and the console.",
         },
-        "paths": {**_predict_paths(), **_project_paths(), **_run_paths(), **_console_paths()},
+        "paths": {**_predict_paths(), **_project_paths(), **_job_paths(), **_run_paths(), **_console_paths()},
         "components": _components(),
     }
 
@@ -139,15 +139,6 @@ def _project_paths() -> dict[str, Any]:
                 },
             }
         },
-        "/projects/{project}/batch": {
-            "post": {
-                "summary": "Predict every image under a prefix of the bucket as one Batch Transform job",
-                "parameters": [PROJECT],
-                "security": [{}, {"ApiKey": []}],
-                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("BatchRequest")}}},
-                "responses": {"202": _json(_ref("BatchAnswer"), "the job started"), **_errors(400, 404, 409, 415, 503)},
-            }
-        },
         "/projects/{project}/versions/{run_id}/deploy": {
             "post": {
                 "summary": "Approve and deploy a version (run_id 'previous': roll back)",
@@ -165,6 +156,35 @@ def _project_paths() -> dict[str, Any]:
                 },
             }
         },
+    }
+
+
+def _job_paths() -> dict[str, Any]:
+    """What a project's model does beside its endpoint: batch predictions, drift checks."""
+    return {
+        "/projects/{project}/batch": {
+            "post": {
+                "summary": "Predict every image under a prefix of the bucket as one Batch Transform job",
+                "parameters": [PROJECT],
+                "security": [{}, {"ApiKey": []}],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("BatchRequest")}}},
+                "responses": {"202": _json(_ref("BatchAnswer"), "the job started"), **_errors(400, 404, 409, 415, 503)},
+            }
+        },
+        "/projects/{project}/drift-check": {
+            "post": {
+                "summary": "Check the project's captures since its last check for drift (a Processing job)",
+                "parameters": [PROJECT],
+                "security": [{}, {"ApiKey": []}],
+                "responses": {
+                    "202": _json({"type": "object"}, "the job started, or why none"),
+                    **_errors(403, 404, 415, 503),
+                },
+            }
+        },
+        "/projects/{project}/drift": _get(
+            "The project's drift checks, newest first", {"type": "object"}, 404, 503, params=[PROJECT]
+        ),
     }
 
 

@@ -100,3 +100,13 @@ def transform_job_state_change(env: Mapping[str, str]) -> dict[str, Any]:
     if (project_names := _project_names(env)) is not None:
         detail["TransformJobName"] = project_names
     return {"source": ["aws.sagemaker"], "detail-type": ["SageMaker Transform Job State Change"], "detail": detail}
+
+
+def drift_check_state_change(env: Mapping[str, str]) -> dict[str, Any]:
+    # The stage's drift checks' ends (<prefix>-<project>-drift-<token>, processing jobs).
+    detail: dict[str, Any] = {"ProcessingJobStatus": ["Completed", "Failed", "Stopped"]}
+    try:
+        detail["ProcessingJobName"] = [{"wildcard": f"{endpoint_prefix(env)}-*-drift-*"}]
+    except ConfigError:
+        detail["ProcessingJobName"] = [{"wildcard": "*-drift-*"}]
+    return {"source": ["aws.sagemaker"], "detail-type": ["SageMaker Processing Job State Change"], "detail": detail}

@@ -48,7 +48,7 @@ def runs(home: Path) -> list[str]:
             )
         for name, status, _record in store.records("processing-job"):
             run = name.removesuffix(names.AUDIT_JOB_SUFFIX)
-            if store.get("tuning-job", run) is None:
+            if name.endswith(names.AUDIT_JOB_SUFFIX) and store.get("tuning-job", run) is None:  # not drift checks
                 lines.append(f"{run:<30} audit {status:<10} (no tuning job)")
         return lines
     finally:

@@ -30,6 +30,8 @@ HANDLER_FUNCTIONS = (
     "OnEndpointStateChange",
     "OnModelPackageStateChange",
     "OnTransformJobStateChange",
+    "OnDriftCheckStateChange",
+    "CheckDrift",
     "StopIdleEndpoints",
     "APIHandler",
 )

@@ -400,6 +400,27 @@ def test_a_batch_job_predicts_a_prefix_as_the_endpoint_does(stack, tiny_dataset,
     assert (status, body["error"]["code"]) == (400, "no_images")
 
 
+def test_inverted_colours_seen_by_the_endpoint_are_drift(stack, tiny_dataset, tmp_path):
+    """Predictions of inverted images are captured (CAPTURE_PERCENT=100 here), and the drift check, a local
+    Processing job running training/drift_check.py, finds them unlike the training set."""
+    from PIL import ImageOps
+
+    runtime = stack
+    for index, image in enumerate(sorted(tiny_dataset.rglob("*.jpg"))[:80]):
+        with Image.open(image) as shown:
+            ImageOps.invert(shown.convert("RGB")).save(tmp_path / "inverted.jpg")
+        status, _ = post_image(runtime.api_url, tmp_path / "inverted.jpg", project="pets")
+        assert status == 200, index
+    status, body = call_api(runtime.api_url, "/projects/pets/drift-check", "POST", b"{}", "application/json")
+    assert status == 202 and body["job"], body
+    wait_for_event(runtime, "drift.detected")
+    (detected,) = [n["message"] for n in runtime.notifications() if n["message"]["event"] == "drift.detected"]
+    assert detected["detail"]["p_value"] < detected["detail"]["alpha"] and detected["detail"]["sample_size"] >= 80
+    assert detected["detail"]["examples"], "a few captures to look at"
+    status, body = call_api(runtime.api_url, "/projects/pets/drift")
+    assert status == 200 and body["checks"][0]["status"] == "drift" and body["checks"][0]["job"] == detected["job"]
+
+
 def test_budget_and_the_idle_cycle_on_the_local_stack(stack, tiny_dataset, tmp_path):
     """MAX_RUN_COST_USD rejects a run that cannot fit before anything starts; IDLE_STOP_HOURS stops an
     endpoint nobody invoked, and the next prediction starts it again."""
