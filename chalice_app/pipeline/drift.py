@@ -71,7 +71,7 @@ def start_check(svc: Services, project: str) -> dict[str, Any]:
 def scheduled_checks(svc: Services, tick: ScheduledTick) -> str:
     """The hourly round: every project that serves and captured something since its last check."""
     started = []
-    for project in project_groups(svc):
+    for project in sorted(project_groups(svc)):
         if serving_run(svc, project) is None:
             continue
         if start_check(svc, project)["job"]:

@@ -53,6 +53,8 @@ def test_routes_are_the_apps_rules(monkeypatch):
         "on_training_job_state_change",
         "on_endpoint_state_change",
         "on_model_package_state_change",
+        "on_transform_job_state_change",
+        "on_drift_check_state_change",
     }
     samples = {
         "s3-object-created.json": "on_dataset_uploaded",
@@ -65,6 +67,24 @@ def test_routes_are_the_apps_rules(monkeypatch):
     for sample, expected in samples.items():
         matched = [name for name, r in routes.items() if matches(r.pattern, event(sample))]
         assert matched == ([expected] if expected else []), sample
+    # A processing job's end reaches the audit's handler or the drift check's, by its name; a batch job's, its own.
+    for job, expected in (
+        ("dogs-1a2b3c4d-audit", "on_processing_job_state_change"),
+        ("droptrain-dev-dogs-drift-0a1b2c3d", "on_drift_check_state_change"),
+        ("droptrain-prod-dogs-drift-0a1b2c3d", None),
+    ):
+        ended = {
+            "source": "aws.sagemaker",
+            "detail-type": "SageMaker Processing Job State Change",
+            "detail": {"ProcessingJobName": job, "ProcessingJobStatus": "Completed"},
+        }
+        assert [name for name, r in routes.items() if matches(r.pattern, ended)] == ([expected] if expected else [])
+    batch = {
+        "source": "aws.sagemaker",
+        "detail-type": "SageMaker Transform Job State Change",
+        "detail": {"TransformJobName": "droptrain-dev-dogs-batch-0a1b2c3d", "TransformJobStatus": "Completed"},
+    }
+    assert [name for name, r in routes.items() if matches(r.pattern, batch)] == ["on_transform_job_state_change"]
     # Another stage's endpoints and model package groups, and versions not approved, reach no function.
     for sample, change in (
         ("endpoint-in-service.json", {"EndpointName": "droptrain-prod-dogs"}),

@@ -171,7 +171,11 @@ def test_dataset_to_predictions_with_the_real_training_code(stack, tiny_dataset,
         ("pets", "droptrain-local-pets", run),
     ]
     # The hourly schedule runs the same function as Lambda's (idle stop: off locally unless asked).
-    assert runtime.run_schedules() == {"stop_idle_endpoints": "idle stop is off (IDLE_STOP_HOURS=0)"}
+    # And the drift round: both projects serve and captured their predictions (CAPTURE_PERCENT=100 here).
+    assert runtime.run_schedules() == {
+        "stop_idle_endpoints": "idle stop is off (IDLE_STOP_HOURS=0)",
+        "check_drift": "drift checks started: flowers, pets",
+    }
     # `droptrain status` reads the store, beside the running stack.
     assert cli.main(["status", "--home", str(runtime.home)]) == 0
     out = capsys.readouterr().out
