@@ -23,7 +23,7 @@ from common import Row, table, write  # noqa: E402
 
 # In the order of the issues: training, tuning, serving, the Lambda path, the whole pipeline, the audit,
 # training with several processes, what grows with the data and the cluster, imbalanced classes,
-# calibration and explanations, the backbones, ONNX Runtime against PyTorch, batch predictions.
+# calibration and explanations, the backbones, ONNX Runtime against PyTorch, batch predictions, drift checks.
 SUITES = (
     "training",
     "tuning",
@@ -38,6 +38,7 @@ SUITES = (
     "backbones",
     "onnx",
     "batch",
+    "drift",
 )
 
 

@@ -10,7 +10,7 @@ and compares the two samples:
   relabellings of the pooled sample). One test over the whole embedding, correlations included, with no
   assumption about its distribution; a per-dimension test (KS on each of 512 features) needs a correction
   for 512 tests that leaves it blind to a shift spread thinly over many features. A permutation test's
-  false-alarm rate is at most its level by construction; ``tests/training/test_drift.py`` measures it on
+  false-alarm rate is at most its level by construction; ``tests/training/test_drift_statistics.py`` measures it on
   same-distribution samples, and ``make bench`` on real embeddings.
 * **labels**: the total variation distance between the predicted-label distributions, and the labels
   whose share moved most (a new class, a season, a camera that sees one class more).
