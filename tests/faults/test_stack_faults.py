@@ -214,6 +214,14 @@ def _processes_in(folder: Path) -> list[psutil.Process]:
     return found
 
 
+def _command_line(process: psutil.Process) -> str:
+    """Its command line, or nothing for one that ended since it was listed."""
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:
+        return ""
+
+
 def test_sigterm_stops_the_stack_like_ctrl_c_with_no_job_left_running(tmp_path, tiny_dataset):
     home = tmp_path / "home"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "DROPTRAIN_API_KEY": "k"}
@@ -238,7 +246,7 @@ def test_sigterm_stops_the_stack_like_ctrl_c_with_no_job_left_running(tmp_path, 
     try:
         deadline = time.monotonic() + DEADLINE
         while time.monotonic() < deadline and not any(
-            "train.py" in " ".join(p.cmdline()) for p in _processes_in(home / "jobs")
+            "train.py" in _command_line(p) for p in _processes_in(home / "jobs")
         ):
             assert up.poll() is None, up.stderr.read()
             time.sleep(0.2)
