@@ -31,10 +31,10 @@ from trainlib import artifact, checkpoints, distributed, drift, profiling
 # train.parse_args is the CLI's (and the tests'), hence the re-export.
 from trainlib.arguments import get_args_parser, hyperparameters, parse_args  # noqa: F401
 from trainlib.balance import Remedy
-from trainlib.baseline import baseline_line, evaluate_baseline
+from trainlib.baseline import baseline_line, evaluate_baseline, shared_report
 from trainlib.batches import make_batches, pick_device, pick_workers
 from trainlib.calibration import Outputs, calibrate
-from trainlib.datasets import Splits, discover, drop_held_out, resolve_dataset_root
+from trainlib.datasets import Splits, add_reviewed, discover, drop_held_out, resolve_dataset_root
 from trainlib.debugging import NullHook, create_hook
 from trainlib.errors import DivergedError, TrainingError, write_failure
 from trainlib.evaluation import classification_report, scores
@@ -44,6 +44,7 @@ from trainlib.job_reports import Observers, stop_on_rule_issues, upload_reports,
 from trainlib.loop import evaluate, make_optimizer, train_one_epoch
 from trainlib.models import build_model, freeze_backbone
 from trainlib.progress import ProgressLine
+from trainlib.warmstart import warm_start
 
 log = logging.getLogger("train")
 
@@ -58,6 +59,8 @@ def load_data(args: argparse.Namespace, work_dir: Path) -> Splits:
             f"audit: {drop_held_out(splits, root, leaked)} held-out images dropped as duplicates of other splits",
             flush=True,
         )
+    if args.reviewed_dir is not None:  # the review queue's labels (POST /projects/{project}/retrain)
+        print(f"review: {add_reviewed(splits, args.reviewed_dir)} reviewed images added", flush=True)
     print(splits.summary(), flush=True)
     return splits
 
@@ -92,6 +95,8 @@ def prepare(
     args: argparse.Namespace, splits: Splits, device: torch.device, world: distributed.World = distributed.ALONE
 ) -> Fit:
     model = build_model(args.arch, len(splits.classes), args.weights)
+    if args.warm_start_dir is not None:
+        print(warm_start(model, args.arch, splits.classes, args.warm_start_dir), flush=True)
     if args.train_mode == "head":
         freeze_backbone(model, args.arch)
     model.to(device)
@@ -271,10 +276,7 @@ def finish(
         "calibration": calibration.evaluation,
     }
     if args.baseline_dir is not None:  # the serving model, on the same split, for the promotion gate
-        evaluation["baseline"] = evaluate_baseline(
-            args.baseline_dir, work_dir, getattr(splits, eval_split), splits.classes, fit.device
-        )
-        print(baseline_line(evaluation["baseline"]), flush=True)
+        evaluation["baseline"] = judge_baseline(args.baseline_dir, work_dir, getattr(splits, eval_split), held, fit)
     artifact.write_json(args.output_data_dir / "evaluation.json", evaluation)
     artifact.write_json(args.output_data_dir / "history.json", history)
     report_dir = args.output_data_dir / "reports"
@@ -301,6 +303,16 @@ def finish(
     if args.reports_uri:
         upload_reports(report_dir, args.reports_uri)
     return metrics
+
+
+def judge_baseline(channel: Path, work_dir: Path, samples: list, held, fit: Fit) -> dict:
+    """The serving model on this job's held-out images; where this job knows a class more, both models'
+    reports on the images of the classes both know (``baseline.new``: this one's)."""
+    baseline = evaluate_baseline(channel, work_dir, samples, list(fit.classes), fit.device)
+    if "shared_classes" in baseline:
+        baseline["new"] = shared_report(held.targets, held.predictions, fit.classes, baseline["shared_classes"])
+    print(baseline_line(baseline), flush=True)
+    return baseline
 
 
 def final_extras(

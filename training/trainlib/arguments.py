@@ -79,6 +79,20 @@ def _data(group: Any) -> None:
         "same held-out split for the promotion gate (default $SM_CHANNEL_BASELINE; none: no comparison)",
     )
     group.add_argument(
+        "--reviewed-dir",
+        type=Path,
+        default=_env_path("SM_CHANNEL_REVIEWED", None),
+        help="images labelled in the review queue (<dir>/{train,test}/<class>/<image>), added to those "
+        "splits; a class the dataset lacks becomes a new class (default $SM_CHANNEL_REVIEWED; none: none)",
+    )
+    group.add_argument(
+        "--warm-start-dir",
+        type=Path,
+        default=_env_path("SM_CHANNEL_WARMSTART", None),
+        help="a model to start from (a model.tar.gz, or its extracted folder; same --arch): its weights, "
+        "its head's rows by class name (default $SM_CHANNEL_WARMSTART; none: --weights)",
+    )
+    group.add_argument(
         "--audit-dir",
         type=Path,
         default=_env_path("SM_CHANNEL_AUDIT", None),

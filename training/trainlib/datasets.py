@@ -267,3 +267,25 @@ def drop_held_out(splits: Splits, root: Path, relative_paths: set[str]) -> int:
 
     splits.valid, splits.test = keep(splits.valid), keep(splits.test)
     return before - len(splits.valid) - len(splits.test)
+
+
+def add_reviewed(splits: Splits, root: Path) -> int:
+    """The review queue's labelled images (``<root>/{train,test}/<class>/<image>``, the ``reviewed``
+    channel) added to the splits; returns how many. A class the dataset lacks joins its classes in
+    sorted order, and every index is remapped by name. Unreadable ones are skipped as the dataset's are."""
+    found = {split: _class_images(root / split)[0] for split in ("train", "test") if (root / split).is_dir()}
+    splits.unreadable += _drop_unreadable(found)
+    trainable = {name for name, paths in found.get("train", {}).items() if paths}
+    classes = sorted(set(splits.classes) | trainable)  # a new class needs a training image
+    remap = [classes.index(name) for name in splits.classes]
+    splits.train = [(p, remap[i]) for p, i in splits.train]
+    splits.valid = [(p, remap[i]) for p, i in splits.valid]
+    splits.test = [(p, remap[i]) for p, i in splits.test]
+    added = 0
+    for split, per_class in found.items():
+        for name, paths in per_class.items():
+            if name in classes:
+                getattr(splits, split).extend((path, classes.index(name)) for path in paths)
+                added += len(paths)
+    splits.classes = classes
+    return added
