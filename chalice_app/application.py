@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 from chalice import Chalice, Rate, Response
 
-from chalice_app import config, console, handlers, observability, openapi, patterns, pipeline
+from chalice_app import config, console, http_errors, observability, openapi, patterns, pipeline
 from chalice_app.events import (
     EndpointStateChange,
     ModelPackageStateChange,
@@ -39,6 +39,17 @@ def _asset(name: str, content_type: str) -> Response:
     )
 
 
+def _file(result: tuple, content_type: str, headers: dict[str, str]) -> Response:
+    """A file route's answer: its error, a redirect to a short-lived presigned S3 URL (AWS), or the bytes."""
+    status, answer = result
+    if status != 200:
+        return _json(status, answer)
+    kind, value = answer
+    if kind == "redirect":
+        return Response(body="", status_code=302, headers={"Location": value, "Cache-Control": "no-store"})
+    return Response(body=value, status_code=200, headers={"Content-Type": content_type, **headers})
+
+
 def create_app(env: Mapping[str, str], services: pipeline.Services | None = None) -> Chalice:
     """The app for ``env``; its handlers use ``services`` (None: AWS's, built from ``env`` at first use)."""
     app = Chalice(app_name="droptrain")
@@ -48,6 +59,7 @@ def create_app(env: Mapping[str, str], services: pipeline.Services | None = None
     _middleware(app)
     _event_handlers(app, env, steps)
     _api_routes(app, key_required, steps)
+    _review_routes(app, key_required, steps)
     _console_routes(app, key_required, steps)
     return app
 
@@ -68,7 +80,7 @@ def _middleware(app: Chalice) -> None:
     @app.middleware("http")
     def _one_error_shape(event, get_response):
         response = get_response(event)
-        converted = handlers.api_error(response.status_code, response.body)
+        converted = http_errors.api_error(response.status_code, response.body)
         if converted is not None:
             response.body = converted
             response.headers["Content-Type"] = "application/json"
@@ -172,6 +184,24 @@ def _api_routes(app: Chalice, key_required: bool, steps: Handlers) -> None:
         return _json(*steps.status())
 
 
+def _review_routes(app: Chalice, key_required: bool, steps: Handlers) -> None:
+    """The review queue, and retrain: what a person does after deployment (docs/operations.md)."""
+
+    @app.route("/projects/{project}/review", methods=["GET"], api_key_required=key_required)
+    def review_queue(project):
+        return _json(*steps.review_queue(project))
+
+    @app.route("/projects/{project}/review/{item_id}", methods=["POST"], api_key_required=key_required)
+    def review_decide(project, item_id):
+        request = app.current_request
+        return _json(*steps.review_decide(project, item_id, request.raw_body, request.headers))
+
+    @app.route("/projects/{project}/retrain", methods=["POST"], api_key_required=key_required)
+    def retrain(project):
+        request = app.current_request
+        return _json(*steps.retrain(project, request.raw_body, request.headers))
+
+
 def _console_routes(app: Chalice, key_required: bool, steps: Handlers) -> None:
     # The console: a page and its two files, served by the app itself (no secrets in them: the API
     # key, where the stage needs one, is typed by the user), and the JSON routes it reads.
@@ -195,21 +225,12 @@ def _console_routes(app: Chalice, key_required: bool, steps: Handlers) -> None:
 
     @app.route("/projects/{project}/versions/{run_id}/export/{fmt}", methods=["GET"], api_key_required=key_required)
     def version_export(project, run_id, fmt):
-        status, answer = steps.export(project, run_id, fmt)
-        if status != 200:
-            return _json(status, answer)
-        kind, value = answer
-        if kind == "redirect":  # a short-lived presigned URL of the file in S3
-            return Response(body="", status_code=302, headers={"Location": value, "Cache-Control": "no-store"})
-        filename = EXPORTS[fmt]
-        return Response(
-            body=value,
-            status_code=200,
-            headers={
-                "Content-Type": "application/octet-stream",
-                "Content-Disposition": f'attachment; filename="{filename}"',
-            },
-        )
+        attachment = {"Content-Disposition": f'attachment; filename="{EXPORTS.get(fmt, "model")}"'}
+        return _file(steps.export(project, run_id, fmt), "application/octet-stream", attachment)
+
+    @app.route("/projects/{project}/review/{item_id}/image", methods=["GET"], api_key_required=key_required)
+    def review_image(project, item_id):
+        return _file(steps.review_image(project, item_id), "application/octet-stream", {})
 
     @app.route("/runs", methods=["GET"], api_key_required=key_required)
     def runs():

@@ -165,14 +165,52 @@ def keep_doubtful(
     store: ObjectStore, config: Config, project: str, body: bytes, content_type: str, answer: Mapping[str, Any]
 ) -> str | None:
     """The predict handler's: a doubtful answer, with its image, kept for review whatever the sample rate
-    (where capture is on); the key written, or ``None``."""
+    (where capture is on): the capture record, and the review queue's item (``review_item``); the record's
+    key, or ``None``."""
     if config.capture_percent == 0 or not doubtful(answer, config.review_below):
         return None
     when, event_id = datetime.now(timezone.utc), str(uuid.uuid4())
     line = json_line(record(body, content_type, json.dumps(answer).encode(), when, event_id))
     written = key(project_prefix(project), config.endpoint(project), REVIEW_VARIANT, when, event_id)
     store.put_if_absent(config.data_bucket, written, line.encode())
+    item, image = review_keys(project, when, event_id, IMAGE_SUFFIXES.get(content_type, "jpg"))
+    # The image on its own (what the review page shows: a presigned URL on AWS), then the item, so that
+    # an item listed always has its image.
+    store.put_if_absent(config.data_bucket, image, body)
+    queued = review_item(event_id, when, answer, image, written)
+    store.put_if_absent(config.data_bucket, item, json.dumps(queued).encode())
     return written
+
+
+# The review queue (docs/operations.md, "Review and retrain"), under runs/ where the API may write:
+#   runs/review/<project>/pending/<time>-<id>.json   an item: the answer, where its image and record are
+#   runs/review/<project>/pending/<time>-<id>.<ext>  its image
+#   runs/review/<project>/decided/<id>.json          a person's decision (a label, or discard)
+#   runs/review/<project>/labelled/{train,test}/<class>/<id>.<ext>   the labelled images a retrain adds
+REVIEW_ROOT = "runs/review"
+IMAGE_SUFFIXES = {"image/jpeg": "jpg", "image/png": "png"}
+
+
+def review_prefix(project: str, part: str = "") -> str:
+    return f"{REVIEW_ROOT}/{project}/{part}"
+
+
+def review_keys(project: str, when: datetime, event_id: str, suffix: str) -> tuple[str, str]:
+    """``(item, image)``: named by time first (to the microsecond), so that a listing is oldest first."""
+    stem = review_prefix(project, "pending/") + f"{when.astimezone(timezone.utc):%Y-%m-%dT%H-%M-%S-%f}-{event_id}"
+    return f"{stem}.json", f"{stem}.{suffix}"
+
+
+def review_item(event_id: str, when: datetime, answer: Mapping[str, Any], image: str, record_key: str) -> dict:
+    return {
+        "id": event_id,
+        "captured_at": when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "predictions": list(answer.get("predictions") or []),
+        "abstained": bool(answer.get("abstained")),
+        "model": answer.get("model"),
+        "image": image,
+        "capture": record_key,
+    }
 
 
 VARIANT = alarm_requests.VARIANT

@@ -15,6 +15,12 @@ ERROR_CODES = {
     "export_unavailable": "the version has no export in that format (left out by its parity check, or older)",
     "no_images": "the batch's input prefix holds no JPEG or PNG images",
     "no_serving_version": "the project serves no version: name one",
+    "unknown_item": "the project's review queue has no item by that id",
+    "already_reviewed": "the review item was labelled or discarded already",
+    "unknown_class": "the label is not one of the project's classes: send new_class true to add it",
+    "class_exists": "new_class was sent for a class the project has",
+    "invalid_class": "a new class's name: letters, digits, space, _ . + -, at most 64 characters",
+    "cannot_retrain": "the serving version's training job or dataset is gone: upload the dataset again",
     "image_too_large": "the image has too many pixels, or an extreme shape",
     "payload_too_large": "the body is over the limit (MAX_BODY_BYTES)",
     "unsupported_media_type": "send the Content-Type the route takes: image/jpeg or image/png to predict, "

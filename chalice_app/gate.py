@@ -5,7 +5,9 @@ Pure: two evaluations (``evaluation.json`` as train.py writes it) in, a verdict 
 passes unless, on the serving version's own terms, its macro-F1 is lower by more than
 ``max_f1_drop`` or some class's recall is lower by more than ``max_recall_drop``. Both are compared
 on the same test split: train.py evaluates the serving model on the new job's test split (its
-``baseline`` section). Class sets that differ are different tasks: nothing to compare, it passes.
+``baseline`` section). A new version that knows a class more (added by review) is compared on the classes
+both know (the ``baseline`` section's ``shared_classes``, ``new``); class sets that share fewer than two
+are different tasks: nothing to compare, it passes.
 """
 
 from __future__ import annotations
@@ -49,8 +51,14 @@ def judge(
     if not new or "per_class" not in new:
         return Verdict(False, ["the new version has no evaluation report to compare"], basis="no evaluation")
     baseline = new.get("baseline") or {}
+    shared = baseline.get("shared_classes") if baseline.get("run_id") == serving_run else None
     if baseline.get("run_id") == serving_run and baseline.get("classes_match") and "per_class" in baseline:
         reference, basis = baseline, f"both evaluated on the new version's {new.get('split', 'test')} split"
+    elif shared and "per_class" in baseline and "per_class" in (baseline.get("new") or {}):
+        # A class added by review: both are judged on the images of the classes both know.
+        added = sorted(set(new.get("classes") or []) - set(shared))
+        new, reference = baseline["new"], baseline
+        basis = f"the {len(shared)} classes both versions know (new: {', '.join(added) or 'none'}), on the same split"
     elif baseline.get("run_id") == serving_run and baseline.get("classes_match") is False:
         return Verdict(True, [f"the class sets differ from {serving_run}'s: not compared"], basis="different classes")
     elif serving_own and "per_class" in serving_own:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import re
 import threading
-import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -25,31 +24,16 @@ from chalice_app import runs as runs_module
 from chalice_app.adapters.errors import AdapterError
 from chalice_app.config import ConfigError
 from chalice_app.events import EventError
+from chalice_app.http_errors import cross_site_refusal, error_body
 from chalice_app.names import InvalidNameError
 from chalice_app.notifications import Notification
 from chalice_app.pipeline import Services, idle, versions
 from chalice_app.pipeline import batch as batch_module
 from chalice_app.pipeline import drift as drift_module
+from chalice_app.pipeline import retrain as retrain_module
+from chalice_app.pipeline import review as review_module
 
 E = TypeVar("E")
-
-
-def cross_site_refusal(headers: Mapping[str, str]) -> tuple[int, dict[str, Any]] | None:
-    """The answer to a state-changing call that a page of another site could have sent; ``None`` if
-    it is fine. Without CORS (this API grants none) a page can send only a form's or plain text's
-    Content-Type, so requiring ``application/json`` leaves it out; a browser names the page's site in
-    ``Origin``, which must then be this API's own host (DNS rebinding is the local server's to refuse)."""
-    lowered = {key.lower(): value for key, value in headers.items()}
-    content_type = (lowered.get("content-type") or "").split(";")[0].strip().lower()
-    if content_type != "application/json":
-        return 415, error_body(
-            "unsupported_media_type",
-            "send Content-Type: application/json (this call changes what every client of the project gets)",
-        )
-    origin = lowered.get("origin")
-    if origin is not None and urllib.parse.urlsplit(origin).netloc.lower() != (lowered.get("host") or "").lower():
-        return 403, error_body("foreign_origin", f"a page of {origin[:100]!r} cannot change this API's versions")
-    return None
 
 
 class Handlers:
@@ -176,6 +160,32 @@ class Handlers:
             return 400, error_body("bad_request", 'send a JSON object: {"input_prefix": "batch/<name>/"}')
         return self._versions_call(lambda svc: batch_module.start(svc, name, request), status=202)
 
+    def review_queue(self, name: str) -> tuple[int, dict[str, Any]]:
+        """``GET /projects/{project}/review``: the doubtful answers not yet decided, newest first."""
+        return self._versions_call(lambda svc: review_module.queue(svc, name))
+
+    def review_image(self, name: str, item_id: str) -> tuple[int, Any]:
+        """``GET /projects/{project}/review/{id}/image``: ``(200, ("redirect", url) | ("file", bytes))``."""
+        return self._versions_call(lambda svc: review_module.image(svc, name, item_id))
+
+    def review_decide(
+        self, name: str, item_id: str, body: bytes | None, headers: Mapping[str, str]
+    ) -> tuple[int, dict[str, Any]]:
+        """``POST /projects/{project}/review/{id}``: a label or a discard."""
+        refused = cross_site_refusal(headers)
+        if refused:
+            return refused
+        request = _json_object(body)
+        return self._versions_call(lambda svc: review_module.decide(svc, name, item_id, request))
+
+    def retrain(self, name: str, body: bytes | None, headers: Mapping[str, str]) -> tuple[int, dict[str, Any]]:
+        """``POST /projects/{project}/retrain``: 202 with the warm-started run."""
+        refused = cross_site_refusal(headers)
+        if refused:
+            return refused
+        request = _json_object(body) if (body or b"").strip() else {}
+        return self._versions_call(lambda svc: retrain_module.start(svc, name, request), status=202)
+
     def drift_check(self, name: str, headers: Mapping[str, str]) -> tuple[int, dict[str, Any]]:
         """``POST /projects/{project}/drift-check``: 202 with the job started (or why none was)."""
         refused = cross_site_refusal(headers)
@@ -248,6 +258,14 @@ class Handlers:
 _RUN_ID = re.compile(r"^[a-z0-9](-?[a-z0-9]){0,40}$")
 
 
+def _json_object(body: bytes | None) -> Any:
+    """The body's JSON (the step refuses what is not an object), ``None`` when it is not JSON."""
+    try:
+        return json.loads(body or b"")
+    except ValueError:
+        return None
+
+
 def _report_config_error(env: Mapping[str, str], exc: ConfigError, step: str) -> None:
     observability.logger().error(str(exc), extra={"variable": exc.variable, "step": step})
     notifier = bootstrap.config_error_notifier(env)
@@ -279,21 +297,6 @@ def _report_step_failure(svc: Services, step: str, exc: Exception, event_id: str
             dedupe=f"_events/{event_id}" if event_id else None,
         )
     )
-
-
-def error_body(code: str, message: str) -> dict[str, Any]:
-    """The REST API's one error shape."""
-    return {"error": {"code": code, "message": message}}
-
-
-def api_error(status: int, body: Any) -> dict[str, Any] | None:
-    """Chalice's own error answers (``{"Code", "Message"}``: a method the route lacks, an unhandled
-    exception) in the API's shape; ``None`` for anything that is already a handler's answer."""
-    if status < 400 or not isinstance(body, dict) or set(body) != {"Code", "Message"}:
-        return None
-    code = re.sub(r"(?<!^)(?=[A-Z])", "_", str(body["Code"]).removesuffix("Error")).lower() or "error"
-    message = "the server failed; see its logs" if status >= 500 else str(body["Message"])
-    return error_body("internal_error" if status >= 500 else code, message)
 
 
 def _misconfigured(exc: ConfigError) -> tuple[int, dict[str, Any]]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from chalice_app.error_codes import ERROR_CODES
+from chalice_app.openapi_jobs import job_paths, review_paths
 
 __all__ = ["ERROR_CODES", "document"]
 
@@ -67,7 +68,14 @@ def document() -> dict[str, Any]:
             "version": "1",
             "description": "Predictions, projects and versions, runs, and the console.",
         },
-        "paths": {**_predict_paths(), **_project_paths(), **_job_paths(), **_run_paths(), **_console_paths()},
+        "paths": {
+            **_predict_paths(),
+            **_project_paths(),
+            **job_paths(),
+            **review_paths(),
+            **_run_paths(),
+            **_console_paths(),
+        },
         "components": _components(),
     }
 
@@ -156,35 +164,6 @@ def _project_paths() -> dict[str, Any]:
                 },
             }
         },
-    }
-
-
-def _job_paths() -> dict[str, Any]:
-    """What a project's model does beside its endpoint: batch predictions, drift checks."""
-    return {
-        "/projects/{project}/batch": {
-            "post": {
-                "summary": "Predict every image under a prefix of the bucket as one Batch Transform job",
-                "parameters": [PROJECT],
-                "security": [{}, {"ApiKey": []}],
-                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("BatchRequest")}}},
-                "responses": {"202": _json(_ref("BatchAnswer"), "the job started"), **_errors(400, 404, 409, 415, 503)},
-            }
-        },
-        "/projects/{project}/drift-check": {
-            "post": {
-                "summary": "Check the project's captures since its last check for drift (a Processing job)",
-                "parameters": [PROJECT],
-                "security": [{}, {"ApiKey": []}],
-                "responses": {
-                    "202": _json({"type": "object"}, "the job started, or why none"),
-                    **_errors(403, 404, 415, 503),
-                },
-            }
-        },
-        "/projects/{project}/drift": _get(
-            "The project's drift checks, newest first", {"type": "object"}, 404, 503, params=[PROJECT]
-        ),
     }
 
 

@@ -70,3 +70,25 @@ def test_nothing_to_compare_holds_it_for_a_person():
         _evaluation({"a": 0.9}, 0.9, {"error": "the baseline archive cannot be read"}), "r-1", None, 0.01, 0.05
     )
     assert not verdict.passed and "cannot be read" in verdict.reasons[0]
+
+
+def test_a_class_added_by_review_is_judged_on_the_classes_both_know():
+    """The new version's own recalls on its new class do not count; on the shared classes it must hold up."""
+    shared = {"a": 0.90, "b": 0.80}
+
+    def with_class_added(new_shared: dict[str, float], f1: float) -> dict:
+        baseline = {
+            **_baseline("r-1", shared, 0.85),
+            "classes_match": False,
+            "classes": ["a", "b"],
+            "shared_classes": ["a", "b"],
+            "new": _evaluation(new_shared, f1),
+        }
+        return _evaluation({**new_shared, "zebra": 0.0}, 0.1, baseline)
+
+    verdict = gate.judge(with_class_added({"a": 0.9, "b": 0.82}, 0.86), "r-1", None, 0.01, 0.05)
+    assert verdict.passed, verdict.reasons
+    assert verdict.basis == "the 2 classes both versions know (new: zebra), on the same split"
+    assert set(verdict.comparison["recall"]) == {"a", "b"}
+    held = gate.judge(with_class_added({"a": 0.7, "b": 0.82}, 0.76), "r-1", None, 0.01, 0.05)
+    assert not held.passed and "recall of 'a'" in held.reasons[-1] and "zebra" in held.basis

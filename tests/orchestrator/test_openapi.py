@@ -51,7 +51,7 @@ def _codes_in(path: Path) -> set[str]:
 def test_every_error_code_the_api_can_answer_is_described():
     sources = [*sorted((ROOT / "chalice_app").rglob("*.py")), ROOT / "droptrain" / "local" / "aws" / "api.py"]
     found = set().union(*(_codes_in(p) for p in sources)) | set(GATEWAY_ERROR_CODES.values())
-    found |= {"method_not_allowed"}  # Chalice's own 405, put in the API's shape by handlers.api_error
+    found |= {"method_not_allowed"}  # Chalice's own 405, put in the API's shape by http_errors.api_error
     assert found - set(openapi.ERROR_CODES) == set(), "answered but not described"
     assert len(found) > 15, "the scan finds the codes at all"
 

@@ -7,11 +7,11 @@ import shutil
 
 import pytest
 import torch
+
+from droptrain.synthetic import make_dataset
 from trainlib import models
 from trainlib.datasets import add_reviewed, discover
 from trainlib.warmstart import WarmStartError, warm_start
-
-from droptrain.synthetic import make_dataset
 
 
 def _serving(folder, classes, arch="resnet18"):

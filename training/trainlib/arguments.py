@@ -55,6 +55,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=DESCRIPTION, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_hyperparameters(p.add_argument_group("hyperparameters"))
     _data(p.add_argument_group("data"))
+    _retrain(p.add_argument_group("retrain"))
     outputs = p.add_argument_group("outputs")
     _outputs(outputs)
     _diagnostics(outputs)
@@ -77,20 +78,6 @@ def _data(group: Any) -> None:
         default=_env_path("SM_CHANNEL_BASELINE", None),
         help="the project's serving model (a model.tar.gz, or its extracted folder), evaluated on the "
         "same held-out split for the promotion gate (default $SM_CHANNEL_BASELINE; none: no comparison)",
-    )
-    group.add_argument(
-        "--reviewed-dir",
-        type=Path,
-        default=_env_path("SM_CHANNEL_REVIEWED", None),
-        help="images labelled in the review queue (<dir>/{train,test}/<class>/<image>), added to those "
-        "splits; a class the dataset lacks becomes a new class (default $SM_CHANNEL_REVIEWED; none: none)",
-    )
-    group.add_argument(
-        "--warm-start-dir",
-        type=Path,
-        default=_env_path("SM_CHANNEL_WARMSTART", None),
-        help="a model to start from (a model.tar.gz, or its extracted folder; same --arch): its weights, "
-        "its head's rows by class name (default $SM_CHANNEL_WARMSTART; none: --weights)",
     )
     group.add_argument(
         "--audit-dir",
@@ -127,6 +114,24 @@ def _data(group: Any) -> None:
         help="head mode: keep the frozen backbone's features in this folder, so that other runs on the "
         "same images and backbone (a tuning job's trials) load them instead of computing them "
         "(default $DROPTRAIN_FEATURE_CACHE; none: off)",
+    )
+
+
+def _retrain(group: Any) -> None:
+    """What a retrain adds: the review queue's labels and the serving model to start from."""
+    group.add_argument(
+        "--reviewed-dir",
+        type=Path,
+        default=_env_path("SM_CHANNEL_REVIEWED", None),
+        help="images labelled in the review queue (<dir>/{train,test}/<class>/<image>), added to those "
+        "splits; a class the dataset lacks becomes a new class (default $SM_CHANNEL_REVIEWED; none: none)",
+    )
+    group.add_argument(
+        "--warm-start-dir",
+        type=Path,
+        default=_env_path("SM_CHANNEL_WARMSTART", None),
+        help="a model to start from (a model.tar.gz, or its extracted folder; same --arch): its weights, "
+        "its head's rows by class name (default $SM_CHANNEL_WARMSTART; none: --weights)",
     )
 
 

@@ -15,7 +15,7 @@ it, and leaves routing and the handlers to Chalice.
   listen backlog (``BACKLOG``) and, past ``CONNECTION_WAIT_SECONDS``, gets a 503;
 * the ``Host`` header must name this server (an IP address, ``localhost``, this machine's name or
   the name it was bound to): a page whose own domain was pointed at 127.0.0.1 (DNS rebinding) reaches
-  nothing. State-changing routes also check Content-Type and Origin (``handlers.cross_site_refusal``,
+  nothing. State-changing routes also check Content-Type and Origin (``http_errors.cross_site_refusal``,
   on Lambda as here);
 * every answer that is not the handlers' own (no such route, a method the route lacks, Chalice's
   500, a request line or headers http.server cannot take: 400, 414, 431) is rewritten to
@@ -36,7 +36,7 @@ from typing import Any
 
 from chalice.local import ChaliceRequestHandler, LocalDevServer, LocalGatewayException, ThreadedHTTPServer
 
-from chalice_app.handlers import error_body
+from chalice_app.http_errors import error_body
 
 log = logging.getLogger(__name__)
 
