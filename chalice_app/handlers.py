@@ -165,7 +165,7 @@ class Handlers:
         return self._versions_call(lambda svc: review_module.queue(svc, name))
 
     def review_image(self, name: str, item_id: str) -> tuple[int, Any]:
-        """``GET /projects/{project}/review/{id}/image``: ``(200, ("redirect", url) | ("file", bytes))``."""
+        """``GET /projects/{project}/review/{id}/image``: ``(200, the image's bytes)`` or an error."""
         return self._versions_call(lambda svc: review_module.image(svc, name, item_id))
 
     def review_decide(

@@ -9,7 +9,7 @@ PARAMS = [
     {"name": "project", "in": "path", "required": True, "schema": {"type": "string"}, "description": "a project"},
 ]
 ITEM = {"name": "item_id", "in": "path", "required": True, "schema": {"type": "string"}, "description": "an item id"}
-SECURITY = [{}, {"ApiKey": []}]
+SECURITY: list[dict[str, list[str]]] = [{}, {"ApiKey": []}]
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -43,7 +43,7 @@ QUEUE = {
                     "id": {"type": "string"},
                     "image_url": {
                         "type": "string",
-                        "description": "a presigned S3 URL (AWS, 15 minutes) or this API's image route (locally)",
+                        "description": "the image's route, relative to the API's base URL (send the API key)",
                     },
                     "predictions": {"type": "array", "items": PREDICTION},
                     "captured_at": {"type": "string", "format": "date-time"},
@@ -129,12 +129,11 @@ def review_paths() -> dict[str, Any]:
         },
         "/projects/{project}/review/{item_id}/image": {
             "get": {
-                "summary": "A review item's image (a redirect to S3 on AWS)",
+                "summary": "A review item's image, as the endpoint received it (Accept image/jpeg, image/png)",
                 "parameters": [*PARAMS, ITEM],
                 "security": SECURITY,
                 "responses": {
-                    "200": {"description": "the image", "content": {"application/octet-stream": {}}},
-                    "302": {"description": "a presigned S3 URL of it, valid 15 minutes (on AWS)"},
+                    "200": {"description": "the image", "content": {"image/jpeg": {}, "image/png": {}}},
                     **_errors(404, 503),
                 },
             }

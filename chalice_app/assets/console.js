@@ -316,6 +316,114 @@ async function deployVersion(project, runId) {
   setTimeout(refreshAll, 1500);
 }
 
+// -- Review ------------------------------------------------------------------------------------
+
+let review = { project: "", items: [], classes: [], at: 0 };
+
+async function loadReview() {
+  const project = $("review-project").value;
+  review = { project: project, items: [], classes: [], at: 0 };
+  if (!project) { say("review-status", "No project to review."); showItem(); return; }
+  const answer = await api("projects/" + encodeURIComponent(project) + "/review");
+  if (!answer.ok) { say("review-status", problem(answer), "error"); showItem(); return; }
+  review.items = answer.body.items;
+  review.classes = answer.body.classes;
+  await Promise.all([showItem(), loadDrift(project)]);
+}
+
+// The image comes from the API's own route (with the key): a blob: URL, as the chosen image's preview.
+async function showImage(item) {
+  const image = $("review-image");
+  if (image.src) URL.revokeObjectURL(image.src);
+  image.removeAttribute("src");
+  const headers = { Accept: "image/jpeg, image/png" };
+  const key = sessionStorage.getItem(KEY);
+  if (key) headers["x-api-key"] = key;
+  const response = await fetch(url(item.image_url), { headers: headers });
+  if (!response.ok) { say("review-status", "the image could not be read (" + response.status + ")", "error"); return; }
+  image.src = URL.createObjectURL(await response.blob());
+  const best = item.predictions[0];
+  image.alt = "captured " + item.captured_at + (best ? "; the model's best guess: " + best.label : "");
+}
+
+async function showItem() {
+  const card = $("review-card");
+  const item = review.items[review.at];
+  if (!item) {
+    card.hidden = true;
+    if (review.project) say("review-status", "Nothing to review in " + review.project + ".");
+    return;
+  }
+  card.hidden = false;
+  say("review-status", (review.items.length - review.at) + " to review in " + review.project + " · captured " + item.captured_at + (item.abstained ? " · the model abstained" : ""));
+  const list = $("review-predictions");
+  clear(list);
+  for (const prediction of item.predictions) list.appendChild(el("li", prediction.label + " " + (prediction.probability * 100).toFixed(1) + "%"));
+  const choices = $("review-classes");
+  clear(choices);
+  review.classes.forEach((name, i) => {
+    const button = el("button", (i < 9 ? (i + 1) + " " : "") + name, { type: "button", "data-class": name });
+    button.addEventListener("click", () => decide({ label: name }));
+    choices.appendChild(button);
+  });
+  await showImage(item);
+}
+
+async function decide(decision) {
+  const item = review.items[review.at];
+  if (!item) return;
+  const answer = await api("projects/" + encodeURIComponent(review.project) + "/review/" + encodeURIComponent(item.id), { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(decision) });
+  if (!answer.ok) { say("review-status", problem(answer), "error"); return; }
+  if (decision.new_class) review.classes = review.classes.concat([decision.label]).sort();
+  review.at += 1;
+  await showItem();
+  const done = decision.discard ? "discarded" : "labelled " + decision.label + " (" + answer.body.split + ")";
+  say("review-status", done + " · " + $("review-status").textContent, "ok");
+  $("review-card").focus();
+}
+
+function addClass() {
+  const name = $("new-class").value.trim();
+  if (!name) return;
+  $("new-class").value = "";
+  decide(review.classes.includes(name) ? { label: name } : { label: name, new_class: true });
+}
+
+async function retrain() {
+  const project = $("review-project").value;
+  if (!project) return;
+  const answer = await api("projects/" + encodeURIComponent(project) + "/retrain", { method: "POST", headers: { "Content-Type": "application/json" }, body: "{}" });
+  if (!answer.ok) { say("review-status", problem(answer), "error"); return; }
+  const images = Object.values(answer.body.reviewed_images).reduce((n, splits) => n + Object.values(splits).reduce((a, b) => a + b, 0), 0);
+  say("review-status", "Retraining " + project + " from " + answer.body.warm_start_from + " as run " + answer.body.run_id + " (" + images + " reviewed images)", "ok");
+  setTimeout(refreshAll, 1500);
+}
+
+async function loadDrift(project) {
+  const answer = await api("projects/" + encodeURIComponent(project) + "/drift");
+  table("drift-table", answer.ok ? answer.body.checks.map((check) => ({
+    className: check.status === "drift" ? "bad" : "",
+    values: [{ text: check.checked_at || "–" }, { text: check.status || "–" }, { text: check.sample_size, numeric: true },
+             { text: fixed(check.p_value, 4), numeric: true }, { text: ((check.labels || {}).most_shifted || []).map((l) => l.label || l).join(", ") }],
+  })) : []);
+}
+
+function wireReview() {
+  $("review-project").addEventListener("change", loadReview);
+  $("retrain").addEventListener("click", retrain);
+  $("discard").addEventListener("click", () => decide({ discard: true }));
+  $("add-class").addEventListener("click", addClass);
+  $("new-class").addEventListener("keydown", (event) => { if (event.key === "Enter") { event.preventDefault(); addClass(); } });
+  $("review-card").addEventListener("keydown", (event) => {
+    if (event.target.id === "new-class" || event.ctrlKey || event.metaKey || event.altKey) return;
+    const key = event.key.toLowerCase();
+    if (/^[1-9]$/.test(key) && review.classes[Number(key) - 1]) { event.preventDefault(); decide({ label: review.classes[Number(key) - 1] }); }
+    else if (key === "d") { event.preventDefault(); decide({ discard: true }); }
+    else if (key === "s") { event.preventDefault(); review.at += 1; showItem().then(() => $("review-card").focus()); }
+    else if (key === "n") { event.preventDefault(); $("new-class").focus(); }
+  });
+}
+
 // -- start -------------------------------------------------------------------------------------
 
 async function loadErrorWords() {
@@ -325,7 +433,12 @@ async function loadErrorWords() {
 
 async function refreshAll() {
   const projects = await loadProjects();
-  await Promise.all([loadRuns(), loadVersions(projects)]);
+  const select = $("review-project");
+  const chosen = select.value;
+  clear(select);
+  for (const project of projects) select.appendChild(el("option", project.project, { value: project.project }));
+  if (projects.some((p) => p.project === chosen)) select.value = chosen;
+  await Promise.all([loadRuns(), loadVersions(projects), loadReview()]);
 }
 
 document.addEventListener("DOMContentLoaded", () => {
@@ -337,5 +450,6 @@ document.addEventListener("DOMContentLoaded", () => {
     refreshAll();
   });
   wireTryIt();
+  wireReview();
   loadErrorWords().then(refreshAll);
 });

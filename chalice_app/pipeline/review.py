@@ -21,7 +21,6 @@ from chalice_app.pipeline.services import Services, read_json
 from chalice_app.pipeline.versions import VersionError, project_versions
 
 PAGE = 50  # items GET answers: a person reviews a few at a time
-IMAGE_URL_SECONDS = 900
 HELD_OUT_EVERY = 3
 _ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 # A class is a folder name: what a dataset's own classes can be, without path tricks.
@@ -72,10 +71,10 @@ def _pending_keys(svc: Services, project: str) -> list[str]:
     return [key for key, _ in svc.s3.list_objects(svc.config.data_bucket, prefix) if key.endswith(".json")]
 
 
-def _image_url(svc: Services, project: str, item: dict[str, Any]) -> str:
-    """A short-lived presigned URL of the image; where the store has none (locally), the API's route."""
-    url = svc.s3.presigned_url(svc.config.data_bucket, item["image"], IMAGE_URL_SECONDS)
-    return url or f"/projects/{project}/review/{item['id']}/image"
+def image_path(project: str, item_id: str) -> str:
+    """The item's image route, relative to the API's base URL (as a run's ``report``): the image comes from
+    the API itself, so the console's page reaches nothing else, with the API key where the stage needs one."""
+    return f"projects/{project}/review/{item_id}/image"
 
 
 def queue(svc: Services, project: str) -> dict[str, Any]:
@@ -83,7 +82,7 @@ def queue(svc: Services, project: str) -> dict[str, Any]:
     slug = names.project_of(project)
     classes = known_classes(svc, slug)
     decided = _decided(svc, slug)
-    items = []
+    items: list[dict[str, Any]] = []
     for key in reversed(_pending_keys(svc, slug)):
         if len(items) == PAGE:
             break
@@ -91,7 +90,7 @@ def queue(svc: Services, project: str) -> dict[str, Any]:
         if not isinstance(item, dict) or item.get("id") in decided:
             continue
         shown = {k: item.get(k) for k in ("id", "predictions", "captured_at", "abstained", "model")}
-        items.append({**shown, "image_url": _image_url(svc, slug, item)})
+        items.append({**shown, "image_url": image_path(slug, item["id"])})
     return {"project": slug, "classes": classes, "items": items}
 
 
@@ -105,12 +104,10 @@ def find_item(svc: Services, project: str, item_id: str) -> dict[str, Any]:
     return item
 
 
-def image(svc: Services, project: str, item_id: str) -> tuple[str, str | bytes]:
-    """``("redirect", url)`` to the item's image, or ``("file", bytes)`` where the store has no URLs."""
+def image(svc: Services, project: str, item_id: str) -> bytes:
+    """The item's image, as the endpoint received it (a JPEG or PNG: the predict route takes no other)."""
     slug = names.project_of(project)
-    item = find_item(svc, slug, item_id)
-    url = svc.s3.presigned_url(svc.config.data_bucket, item["image"], IMAGE_URL_SECONDS)
-    return ("redirect", url) if url else ("file", svc.s3.get(svc.config.data_bucket, item["image"]))
+    return svc.s3.get(svc.config.data_bucket, find_item(svc, slug, item_id)["image"])
 
 
 def _decision(request: Any, classes: list[str]) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
 import threading
 import time
 import urllib.request
@@ -339,6 +340,8 @@ def test_the_console_in_a_real_browser(stack, tiny_dataset):
                     ),
                 )
                 assert _contrast(color, background) >= 4.5, (selector, color, background)
+            if name == "desktop":
+                _review_by_keyboard(driver, wait, runtime, classes[0])
             # Everything came from the app (blob: is the chosen image's preview).
             outside = [u for u in _requested_urls(driver) if not u.startswith((runtime.api_url, "blob:", "data:"))]
             assert outside == [], outside
@@ -351,6 +354,30 @@ def test_the_console_in_a_real_browser(stack, tiny_dataset):
             wait.until(lambda d: "to roll back to" in d.find_element(By.ID, "versions-status").text)
         finally:
             driver.quit()
+
+
+def _review_by_keyboard(driver, wait, runtime, first_class: str) -> None:
+    """The review page: the doubtful answer's image (from the API's own route), labelled with the key 1."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    before = call_api(runtime.api_url, "/projects/pets/review")[1]["items"]
+    assert before, "the not-sure answers above are in the queue"
+    Select(driver.find_element(By.ID, "review-project")).select_by_value("pets")
+    wait.until(lambda d: d.find_element(By.ID, "review-card").is_displayed())
+    image = driver.find_element(By.ID, "review-image")
+    wait.until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", image))
+    assert image.get_attribute("src").startswith("blob:")
+    assert driver.find_element(By.CSS_SELECTOR, "#review-classes button").text == f"1 {first_class}"
+    card = driver.find_element(By.ID, "review-card")
+    driver.execute_script("arguments[0].focus()", card)
+    ActionChains(driver).send_keys("1").perform()
+    wait.until(lambda d: f"labelled {first_class}" in d.find_element(By.ID, "review-status").text)
+    after = call_api(runtime.api_url, "/projects/pets/review")[1]["items"]
+    assert [i["id"] for i in after] == [i["id"] for i in before[1:]], "the newest, labelled, leaves the queue"
+    assert list(runtime.bucket.path("runs/review/pets/labelled").rglob(f"{first_class}/{before[0]['id']}.jpg"))
+    assert driver.switch_to.active_element == card, "the keyboard stays on the queue"
 
 
 def test_the_console_page_and_its_json_routes(stack):
@@ -423,6 +450,62 @@ def test_inverted_colours_seen_by_the_endpoint_are_drift(stack, tiny_dataset, tm
     assert detected["detail"]["examples"], "a few captures to look at"
     status, body = call_api(runtime.api_url, "/projects/pets/drift")
     assert status == 200 and body["checks"][0]["status"] == "drift" and body["checks"][0]["job"] == detected["job"]
+
+
+def test_doubtful_answers_are_reviewed_and_the_model_retrains_from_where_it_stands(stack, tiny_dataset):
+    """The review queue fills with doubtful answers (their images as the endpoint got them); three labelled,
+    POST /projects/pets/retrain runs a warm-started job on the dataset and them, which the gate judges."""
+    runtime = stack
+    serving = call_api(runtime.api_url, "/projects/pets")[1]["serving"]
+    images = [
+        sorted((tiny_dataset / "test" / name).glob("*.jpg"))[-1]
+        for name in sorted(os.listdir(tiny_dataset / "test"))[:3]
+    ]
+    for image in images:  # a floor no answer reaches: each one is doubtful
+        status, body = post_image(runtime.api_url, image, project="pets", options={"min_confidence": "1"})
+        assert status == 200 and body["abstained"], body
+    status, queue = call_api(runtime.api_url, "/projects/pets/review")
+    assert status == 200 and queue["classes"] == sorted(os.listdir(tiny_dataset / "train"))
+    newest = queue["items"][:3]
+    for item, image in zip(newest, reversed(images)):  # newest first
+        fetch = urllib.request.Request(f"{runtime.api_url}/{item['image_url']}", headers={"Accept": "image/jpeg"})
+        with urllib.request.urlopen(fetch) as response:
+            assert response.read() == image.read_bytes(), "the image the endpoint was sent"
+        decision = json.dumps({"label": image.parent.name}).encode()
+        status, body = call_api(
+            runtime.api_url, f"/projects/pets/review/{item['id']}", "POST", decision, "application/json"
+        )
+        assert status == 200 and body["label"] == image.parent.name, body
+    status, started = call_api(runtime.api_url, "/projects/pets/retrain", "POST", b"{}", "application/json")
+    assert status == 202 and started["warm_start_from"] == serving, started
+    assert sum(sum(splits.values()) for splits in started["reviewed_images"].values()) >= 3
+    run = started["run_id"]
+    deadline = time.time() + DEADLINE
+    ended: list = []
+    while time.time() < deadline and not ended:
+        mine = [n["message"] for n in runtime.notifications() if n["message"]["run_id"] == run]
+        ended = [
+            m for m in mine if m["event"] in ("deployment.completed", "model.held") or m["event"].endswith("failed")
+        ]
+        time.sleep(0.5)
+    assert ended and ended[0]["event"] in ("deployment.completed", "model.held"), [m["event"] for m in mine]
+    (training,) = [m for m in mine if m["event"] == "training.started"]
+    assert training["detail"]["warm_start_from"] == serving
+    log = (runtime.home / "jobs" / f"{run}-final" / "job.log").read_text()
+    assert f"warm start from {serving}: " in log and "reviewed images added" in log
+    # Judged against the serving version on the same test split (the held-out reviewed image among it).
+    version = next(v for v in call_api(runtime.api_url, "/projects/pets")[1]["versions"] if v["run_id"] == run)
+    if ended[0]["event"] == "model.held":
+        assert "both evaluated on the new version's test split" in ended[0]["detail"]["gate"]["basis"]
+    else:
+        assert version["status"] == "Approved" and version["approval_description"].startswith("droptrain gate: ")
+    evaluation = json.loads(runtime.bucket.path(f"runs/{run}/reports/evaluation.json").read_text())
+    assert evaluation["baseline"]["run_id"] == serving and evaluation["baseline"]["classes_match"] is True
+    reviewed = started["reviewed_images"]
+    assert any(splits.get("test") for splits in reviewed.values()), reviewed
+    for name, scores in evaluation["per_class"].items():
+        held_out = len(list((tiny_dataset / "test" / name).glob("*.jpg"))) + reviewed.get(name, {}).get("test", 0)
+        assert scores["support"] == held_out, (name, reviewed)
 
 
 def test_budget_and_the_idle_cycle_on_the_local_stack(stack, tiny_dataset, tmp_path):

@@ -39,9 +39,11 @@ def test_doubtful_answers_are_listed_newest_first_and_labelled_once(stage, clien
     items = queue["items"]
     assert [i["predictions"][0]["probability"] for i in items] == [0.2, 0.3, 0.41], "newest first"
     assert all(i["model"] == run and i["captured_at"].endswith("Z") for i in items)
-    assert items[0]["image_url"].startswith("https://") and "Signature" in items[0]["image_url"], "presigned"
-    image = client.http.get(f"/projects/dogs/review/{items[0]['id']}/image")
-    assert image.status_code == 302 and "Signature" in image.headers["Location"]
+    assert items[0]["image_url"] == f"projects/dogs/review/{items[0]['id']}/image", "the API's route, from its base"
+    image = client.http.get("/" + items[0]["image_url"], headers={"Accept": "image/jpeg"})
+    assert image.status_code == 200 and image.body == JPEG and image.headers["Content-Type"] == "image/jpeg"
+    gone = client.http.get("/projects/dogs/review/00000000-0000-0000-0000-000000000000/image")
+    assert (gone.status_code, gone.json_body["error"]["code"]) == (404, "unknown_item")
     known = sorted(CLASSES)[0]
     first, second, third = (i["id"] for i in items)
     assert _decide(client, first, {"label": known})[1]["split"] == "train"
