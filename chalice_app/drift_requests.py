@@ -4,6 +4,7 @@ serving version's artifact and the project's sampled captures (validated against
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from chalice_app import capture, names
@@ -31,8 +32,22 @@ def sampled_prefix(config: Config, project: str) -> str:
     return f"{capture.project_prefix(project)}/{config.endpoint(project)}/{capture.VARIANT}/"
 
 
+def manifest_key(project: str, job: str) -> str:
+    """The check's list of captures: only those since the last check are downloaded."""
+    return f"{drift_prefix(project)}{job}/captures.manifest"
+
+
+def captures_manifest(config: Config, project: str, keys: list[str]) -> bytes:
+    """SageMaker's manifest format: the prefix, then each object's key relative to it."""
+    prefix = f"s3://{config.data_bucket}/{sampled_prefix(config, project)}"
+    return json.dumps([{"prefix": prefix}, *keys]).encode()
+
+
 def drift_job_request(config: Config, job: str, project: str, run: str, model_data: str, since: str) -> dict[str, Any]:
+    """The check over the captures ``manifest_key`` lists (``captures_manifest``: written before the job)."""
     bucket = f"s3://{config.data_bucket}/"
+    captures = processing_input("captures", bucket + manifest_key(project, job))
+    captures["S3Input"]["S3DataType"] = "ManifestFile"
     return {
         "ProcessingJobName": names.check(job, "processing job"),
         "RoleArn": config.sagemaker_role_arn,
@@ -52,7 +67,7 @@ def drift_job_request(config: Config, job: str, project: str, run: str, model_da
         },
         "ProcessingInputs": [
             processing_input("model", model_data),
-            processing_input("captures", bucket + sampled_prefix(config, project)),
+            captures,
             processing_input("code", config.source_dir_s3_uri),
         ],
         "ProcessingOutputConfig": {

@@ -32,23 +32,32 @@ def history(svc: Services, project: str) -> list[dict[str, Any]]:
     """The project's verdicts, newest first (``GET /projects/{project}/drift``)."""
     slug = names.project_of(project)
     project_versions(svc, slug)  # UnknownProjectError: 404
-    keys = [key for key, _ in svc.s3.list_objects(svc.config.data_bucket, _history_prefix(slug))][-HISTORY:]
+    return _history(svc, slug)
+
+
+def _history(svc: Services, project: str) -> list[dict[str, Any]]:
+    keys = [key for key, _ in svc.s3.list_objects(svc.config.data_bucket, _history_prefix(project))][-HISTORY:]
     return [v for v in (read_json(svc, key) for key in reversed(keys)) if isinstance(v, dict)]
 
 
-def _since(svc: Services, project: str) -> str:
-    """Where the last check stopped (its newest capture's time); every capture for the first."""
-    newest = history(svc, project)[:1]
-    return str(newest[0].get("until") or drift_requests.EPOCH) if newest else drift_requests.EPOCH
+def _last_check(svc: Services, project: str) -> tuple[str, set[str]]:
+    """Where the last check stopped (its newest capture's time; every capture for the first) and the
+    captures it read (its manifest)."""
+    newest = _history(svc, project)[:1]
+    if not newest:
+        return drift_requests.EPOCH, set()
+    listed = read_json(svc, drift_requests.manifest_key(project, str(newest[0].get("job"))))
+    read = {key for key in listed[1:] if isinstance(key, str)} if isinstance(listed, list) else set()
+    return str(newest[0].get("until") or drift_requests.EPOCH), read
 
 
-def _captured_since(svc: Services, project: str, since: str) -> bool:
-    """Whether SageMaker sampled anything in the hour of ``since`` or later (its folders are hourly)."""
+def _captured_since(svc: Services, project: str, since: str, read: set[str]) -> list[str]:
+    """What SageMaker sampled in the hour of ``since`` or later (its folders are hourly; the check itself
+    drops the older ones of that hour) that the last check did not read, relative to the sampled prefix."""
     prefix = drift_requests.sampled_prefix(svc.config, project)
     hour = f"{since[:4]}/{since[5:7]}/{since[8:10]}/{since[11:13]}"
-    return any(
-        key[len(prefix) : len(prefix) + 13] >= hour for key, _ in svc.s3.list_objects(svc.config.data_bucket, prefix)
-    )
+    keys = (key[len(prefix) :] for key, _ in svc.s3.list_objects(svc.config.data_bucket, prefix))
+    return [key for key in keys if key[:13] >= hour and key not in read]
 
 
 def start_check(svc: Services, project: str) -> dict[str, Any]:
@@ -58,14 +67,17 @@ def start_check(svc: Services, project: str) -> dict[str, Any]:
     serving = next((v for v in versions if v["serving"]), None)
     if serving is None:
         raise NoModelError(f"project {slug} serves no version: nothing to check for drift")
-    since = _since(svc, slug)
-    if not _captured_since(svc, slug, since):
+    since, read = _last_check(svc, slug)
+    captured = _captured_since(svc, slug, since, read)
+    if not captured:
         return {"project": slug, "job": None, "since": since, "action": "nothing captured since the last check"}
     job = names.drift_job_name(svc.config.endpoint(slug), uuid.uuid4().hex[:8])
+    manifest = drift_requests.captures_manifest(svc.config, slug, captured)
+    svc.s3.put_if_absent(svc.config.data_bucket, drift_requests.manifest_key(slug, job), manifest)
     svc.sagemaker.create_processing_job(
         drift_requests.drift_job_request(svc.config, job, slug, serving["run_id"], serving["model_data"], since)
     )
-    return {"project": slug, "job": job, "since": since, "action": "checking"}
+    return {"project": slug, "job": job, "since": since, "captures": len(captured), "action": "checking"}
 
 
 def scheduled_checks(svc: Services, tick: ScheduledTick) -> str:

@@ -36,6 +36,11 @@ def _put_capture(stage, when: datetime) -> None:
     stage.put(key, line.encode())
 
 
+def _manifest(stage, job: str) -> list:
+    key = f"runs/drift/dogs/{job}/captures.manifest"
+    return json.loads(stage.s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+
+
 def _verdict(stage, job: str, status: str, until: str) -> None:
     verdict = {
         "status": status,
@@ -61,7 +66,13 @@ def test_the_drift_job_is_a_valid_processing_job_over_the_sampled_captures():
     )
     validate("sagemaker", "CreateProcessingJob", request)
     inputs = {i["InputName"]: i["S3Input"]["S3Uri"] for i in request["ProcessingInputs"]}
-    assert inputs["captures"] == f"s3://{BUCKET}/{SAMPLED}", "SageMaker's random sample, not the doubtful ones"
+    assert inputs["captures"] == f"s3://{BUCKET}/runs/drift/dogs/{job}/captures.manifest"
+    (captures,) = [i["S3Input"] for i in request["ProcessingInputs"] if i["InputName"] == "captures"]
+    assert captures["S3DataType"] == "ManifestFile"
+    assert json.loads(drift_requests.captures_manifest(config, "dogs", ["2026/12/06/15/a.jsonl"])) == [
+        {"prefix": f"s3://{BUCKET}/{SAMPLED}"},  # SageMaker's random sample, not the doubtful ones
+        "2026/12/06/15/a.jsonl",
+    ]
     assert (
         inputs["model"].endswith("model.tar.gz")
         and "drift_check.py" in request["AppSpecification"]["ContainerEntrypoint"][2]
@@ -76,10 +87,15 @@ def test_a_check_runs_on_what_is_new_keeps_its_verdict_and_announces_drift(stage
     nothing = client.http.post("/projects/dogs/drift-check", body="{}", headers=JSON)
     assert nothing.status_code == 202 and nothing.json_body["job"] is None, nothing.json_body
 
+    _put_capture(stage, datetime(2026, 12, 6, 14, 10, tzinfo=timezone.utc))
     _put_capture(stage, datetime(2026, 12, 6, 15, 41, tzinfo=timezone.utc))
     started = client.http.post("/projects/dogs/drift-check", body="{}", headers=JSON).json_body
     job = started["job"]
     assert job.startswith("droptrain-dev-dogs-drift-") and started["since"] == drift_requests.EPOCH
+    assert _manifest(stage, job)[1:] == [
+        "2026/12/06/14/2026-12-06T14-10-00-e1410.jsonl",
+        "2026/12/06/15/2026-12-06T15-41-00-e1541.jsonl",
+    ]
     described = stage.sagemaker.describe_processing_job(ProcessingJobName=job)
     model = {i["InputName"]: i["S3Input"]["S3Uri"] for i in described["ProcessingInputs"]}["model"]
     assert f"/runs/{run}/" in model, "the serving version's artifact"
@@ -98,7 +114,12 @@ def test_a_check_runs_on_what_is_new_keeps_its_verdict_and_announces_drift(stage
     assert [c["job"] for c in checks] == [job] and checks[0]["status"] == "drift"
     # The next check starts where this one stopped; nothing newer was captured, so none starts.
     again = client.http.post("/projects/dogs/drift-check", body="{}", headers=JSON).json_body
-    assert again["since"] == "2026-12-06T15:41:00Z"
+    assert again["since"] == "2026-12-06T15:41:00Z" and again["job"] is None
+    # The next check downloads only what was captured since (not the older hours, not what this one read).
+    _put_capture(stage, datetime(2026, 12, 6, 16, 2, tzinfo=timezone.utc))
+    later = client.http.post("/projects/dogs/drift-check", body="{}", headers=JSON).json_body
+    assert later["since"] == "2026-12-06T15:41:00Z" and later["captures"] == 1
+    assert _manifest(stage, later["job"])[1:] == ["2026/12/06/16/2026-12-06T16-02-00-e1602.jsonl"]
 
 
 def test_the_hourly_round_checks_serving_projects_and_no_drift_is_history_only(stage, client):

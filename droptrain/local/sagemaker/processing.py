@@ -8,6 +8,7 @@ Processing Job State Change" event on the bus.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -104,15 +105,8 @@ class ProcessingJobs(Jobs):
         prefix's tree; with ``ShardedByS3Key`` every ``count``-th object of the prefix, by key. Returns
         its outputs' folders and where each goes."""
         for item in record.get("ProcessingInputs", []):
-            source = self.bucket.path_of_uri(item["S3Input"]["S3Uri"])
+            source, files = self._input_files(item["S3Input"])
             target = Path(self._local(item["S3Input"]["LocalPath"], folder))
-            if not source.exists():
-                raise jobs.JobSetupError(f"no input at {item['S3Input']['S3Uri']}")
-            files = (
-                [source]
-                if source.is_file()
-                else sorted(p for p in source.rglob("*") if p.is_file() and not p.is_symlink())
-            )
             if item["S3Input"].get("S3DataDistributionType") == "ShardedByS3Key":
                 files = files[index::count]
             for file in files:
@@ -127,6 +121,25 @@ class ProcessingJobs(Jobs):
         for path, _ in outputs:
             path.mkdir(parents=True, exist_ok=True)
         return outputs
+
+    def _input_files(self, source: Mapping[str, Any]) -> tuple[Path, list[Path]]:
+        """``(the prefix's or object's path, its files)``: one object, a prefix's tree, or (``ManifestFile``)
+        the objects a manifest lists under its prefix, each where it lies relative to that prefix."""
+        uri = source["S3Uri"]
+        path = self.bucket.path_of_uri(uri)
+        if not path.exists():
+            raise jobs.JobSetupError(f"no input at {uri}")
+        if source.get("S3DataType") == "ManifestFile":
+            manifest = json.loads(path.read_bytes())
+            root = self.bucket.path_of_uri(manifest[0]["prefix"])
+            listed = [root / key for key in manifest[1:] if isinstance(key, str)]
+            missing = [str(p) for p in listed if not p.is_file()]
+            if missing:
+                raise jobs.JobSetupError(f"the manifest {uri} lists {len(missing)} missing objects: {missing[0]}")
+            return root, listed
+        if path.is_file():
+            return path, [path]
+        return path, sorted(p for p in path.rglob("*") if p.is_file() and not p.is_symlink())
 
     def _start_all(
         self, name: str, folders: list[Path], spec: Mapping[str, Any], env: Mapping[str, str], limits: Mapping
