@@ -94,6 +94,17 @@ def api_commands(sub: Any) -> None:
     p.set_defaults(func=_cmd_batch)
 
     p = sub.add_parser(
+        "retrain",
+        help="a new run from the serving version's weights, on the dataset and the review queue's labelled images",
+    )
+    p.add_argument("project", help="the project (dataset name)")
+    p.add_argument("--url", default="http://127.0.0.1:8000", help="the API (droptrain up's, or a deployed stage's)")
+    p.add_argument(
+        "--api-key", default=None, help="x-api-key for a stage that requires one (default: $DROPTRAIN_API_KEY)"
+    )
+    p.set_defaults(func=_cmd_retrain)
+
+    p = sub.add_parser(
         "rollback",
         help="approve and deploy an earlier version of a project (default: the newest "
         "approved one before the serving one)",
@@ -168,6 +179,25 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         return 1
     print(f"batch job {body['job']}: {body['input']} with version {body['version']}")
     print(f"its predictions, one JSON line per image, will be at {body['output']} (batch.completed says when)")
+    return 0
+
+
+def _cmd_retrain(args: argparse.Namespace) -> int:
+    """Start a warm-started run through the API; the gate judges it as any run."""
+    path = f"/projects/{urllib.parse.quote(args.project, safe='')}/retrain"
+    try:
+        key = args.api_key or os.environ.get("DROPTRAIN_API_KEY")
+        status, body = call_api(args.url, path, "POST", b"{}", "application/json", api_key=key)
+    except OSError as exc:
+        print(f"droptrain retrain: cannot reach {args.url} ({exc}); is droptrain up running?", file=sys.stderr)
+        return 1
+    if status != 202:
+        print(f"droptrain retrain: {status} {body.get('error', {}).get('message', body)}", file=sys.stderr)
+        return 1
+    reviewed = sum(sum(splits.values()) for splits in body["reviewed_images"].values())
+    new = f"; new classes: {', '.join(body['new_classes'])}" if body["new_classes"] else ""
+    print(f"{body['project']}: run {body['run_id']} from {body['warm_start_from']}, {reviewed} reviewed images{new}")
+    print(f"job {body['job']}; the gate judges it against the serving version (model.approved or model.held)")
     return 0
 
 

@@ -452,7 +452,7 @@ def test_inverted_colours_seen_by_the_endpoint_are_drift(stack, tiny_dataset, tm
     assert status == 200 and body["checks"][0]["status"] == "drift" and body["checks"][0]["job"] == detected["job"]
 
 
-def test_doubtful_answers_are_reviewed_and_the_model_retrains_from_where_it_stands(stack, tiny_dataset):
+def test_doubtful_answers_are_reviewed_and_the_model_retrains_from_where_it_stands(stack, tiny_dataset, capsys):
     """The review queue fills with doubtful answers (their images as the endpoint got them); three labelled,
     POST /projects/pets/retrain runs a warm-started job on the dataset and them, which the gate judges."""
     runtime = stack
@@ -476,10 +476,13 @@ def test_doubtful_answers_are_reviewed_and_the_model_retrains_from_where_it_stan
             runtime.api_url, f"/projects/pets/review/{item['id']}", "POST", decision, "application/json"
         )
         assert status == 200 and body["label"] == image.parent.name, body
-    status, started = call_api(runtime.api_url, "/projects/pets/retrain", "POST", b"{}", "application/json")
-    assert status == 202 and started["warm_start_from"] == serving, started
+    assert cli.main(["retrain", "pets", "--url", runtime.api_url]) == 0
+    said = capsys.readouterr().out
+    run = said.split(" run ", 1)[1].split(" ", 1)[0]
+    assert f"pets: run {run} from {serving}, " in said, said
+    (started,) = [n["message"]["detail"] for n in runtime.notifications() if n["message"]["run_id"] == run]
+    assert started["warm_start_from"] == serving
     assert sum(sum(splits.values()) for splits in started["reviewed_images"].values()) >= 3
-    run = started["run_id"]
     deadline = time.time() + DEADLINE
     ended: list = []
     while time.time() < deadline and not ended:
