@@ -319,12 +319,15 @@ async function deployVersion(project, runId) {
 // -- Review ------------------------------------------------------------------------------------
 
 let review = { project: "", items: [], classes: [], at: 0 };
+let reviewLoads = 0;  // a newer load wins: an older answer arriving late is dropped
 
 async function loadReview() {
   const project = $("review-project").value;
+  const mine = ++reviewLoads;
   review = { project: project, items: [], classes: [], at: 0 };
   if (!project) { say("review-status", "No project to review."); showItem(); return; }
   const answer = await api("projects/" + encodeURIComponent(project) + "/review");
+  if (mine !== reviewLoads) return;
   if (!answer.ok) { say("review-status", problem(answer), "error"); showItem(); return; }
   review.items = answer.body.items;
   review.classes = answer.body.classes;

@@ -369,7 +369,8 @@ def _review_by_keyboard(driver, wait, runtime, first_class: str) -> None:
     image = driver.find_element(By.ID, "review-image")
     wait.until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", image))
     assert image.get_attribute("src").startswith("blob:")
-    assert driver.find_element(By.CSS_SELECTOR, "#review-classes button").text == f"1 {first_class}"
+    first_button = "return (document.querySelector('#review-classes button') || {}).textContent"
+    wait.until(lambda d: d.execute_script(first_button) == f"1 {first_class}")
     card = driver.find_element(By.ID, "review-card")
     driver.execute_script("arguments[0].focus()", card)
     ActionChains(driver).send_keys("1").perform()
