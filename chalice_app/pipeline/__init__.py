@@ -8,7 +8,8 @@ and notifications are sent once per run and kind (``notifications.Notifier``).
 failure), ``training`` (the final job's end), ``versions`` (a project's model versions: registration, the
 gate, approval and rollback), ``deployment`` (a project's endpoint, its state changes), ``idle``
 (endpoints nobody uses: stopped, and started again on demand), ``batch`` (batch predictions over a
-prefix), ``drift`` (drift checks on what the endpoints captured).
+prefix), ``drift`` (drift checks on what the endpoints captured), ``review`` (the doubtful answers a person
+labels) and ``retrain`` (a warm-started run on the dataset and the labelled images).
 """
 
 from chalice_app.pipeline.batch import batch_changed
