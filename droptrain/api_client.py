@@ -92,7 +92,11 @@ def api_commands(sub: Any) -> None:
         "--api-key", default=None, help="x-api-key for a stage that requires one (default: $DROPTRAIN_API_KEY)"
     )
     p.set_defaults(func=_cmd_batch)
+    _version_commands(sub)
 
+
+def _version_commands(sub: Any) -> None:
+    """What makes a new version of a project serve: retraining it, rolling it back."""
     p = sub.add_parser(
         "retrain",
         help="a new run from the serving version's weights, on the dataset and the review queue's labelled images",
