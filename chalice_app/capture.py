@@ -34,6 +34,7 @@ from chalice_app.ports import ObjectStore
 CAPTURE_ROOT = "runs/capture"
 REVIEW_VARIANT = "review"  # the doubtful answers the API keeps (SageMaker's own are under the variant's name)
 JSON_TYPES = ["application/json"]
+VARIANT = alarm_requests.VARIANT  # the production variant SageMaker names its sampled captures after
 
 
 class CaptureFormatError(ValueError):
@@ -211,6 +212,3 @@ def review_item(event_id: str, when: datetime, answer: Mapping[str, Any], image:
         "image": image,
         "capture": record_key,
     }
-
-
-VARIANT = alarm_requests.VARIANT
