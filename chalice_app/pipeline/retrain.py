@@ -27,7 +27,7 @@ class CannotRetrainError(VersionError):
 
 def start(svc: Services, project: str, request: Any) -> dict[str, Any]:
     """A warm-started run of ``project``; the answer says which, from what, and with what."""
-    if request not in ({}, None):
+    if request != {}:  # None: the body was not JSON
         raise ReviewError("send an empty JSON object {}: a retrain takes no options")
     slug = names.project_of(project)
     serving = next((v for v in project_versions(svc, slug) if v["serving"]), None)

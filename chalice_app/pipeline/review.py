@@ -54,9 +54,11 @@ def labelled_counts(svc: Services, project: str) -> dict[str, dict[str, int]]:
     counts: dict[str, dict[str, int]] = {}
     prefix = capture.review_prefix(project, "labelled/")
     for key, _ in svc.s3.list_objects(svc.config.data_bucket, prefix):
-        split, name, _ = key[len(prefix) :].split("/", 2)
-        counts.setdefault(name, {}).setdefault(split, 0)
-        counts[name][split] += 1
+        parts = key[len(prefix) :].split("/")
+        if len(parts) == 3 and parts[0] in ("train", "test"):  # <split>/<class>/<image>; anything else is not ours
+            split, name = parts[0], parts[1]
+            counts.setdefault(name, {}).setdefault(split, 0)
+            counts[name][split] += 1
     return counts
 
 

@@ -83,7 +83,8 @@ def test_a_bad_decision_is_refused_and_changes_nothing(stage, client):
     assert _keys(stage, "runs/review/dogs/labelled/") == [] and _keys(stage, "runs/review/dogs/decided/") == []
     status, answer = _decide(client, item["id"], {"label": "zebra", "new_class": True})
     assert status == 200 and answer["split"] == "train", "a new class's first image trains"
-    assert "zebra" in client.http.get("/projects/dogs/review").json_body["classes"]
+    stage.s3.put_object(Bucket=BUCKET, Key="runs/review/dogs/labelled/README.txt", Body=b"left by a person")
+    assert "zebra" in client.http.get("/projects/dogs/review").json_body["classes"], "what is not ours is ignored"
     missing = client.http.get("/projects/cats/review")
     assert (missing.status_code, missing.json_body["error"]["code"]) == (404, "unknown_project")
 
@@ -113,8 +114,9 @@ def test_retrain_starts_a_warm_started_incremental_run_with_the_reviewed_images(
     assert float(new["lr"]) == float(old["lr"].strip('"')) / 10 and new["weights"] == "none"
     (started,) = stage.notifications()
     assert started["event"] == "training.started" and started["detail"]["warm_start_from"] == run
-    refused = client.http.post("/projects/dogs/retrain", headers=JSON, body='{"epochs": 3}')
-    assert (refused.status_code, refused.json_body["error"]["code"]) == (400, "bad_request")
+    for body in ('{"epochs": 3}', "not json", "[]"):
+        refused = client.http.post("/projects/dogs/retrain", headers=JSON, body=body)
+        assert (refused.status_code, refused.json_body["error"]["code"]) == (400, "bad_request"), body
     assert (
         client.http.post("/projects/dogs/retrain", headers={"Content-Type": "text/plain"}, body="").status_code == 415
     )
