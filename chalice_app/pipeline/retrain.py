@@ -16,8 +16,8 @@ from chalice_app import capture, names, retrain_requests
 from chalice_app.adapters.errors import NotFoundError
 from chalice_app.notifications import Notification
 from chalice_app.pipeline.batch import NoServingVersionError
-from chalice_app.pipeline.review import ReviewError, known_classes, labelled_counts
-from chalice_app.pipeline.services import Services, dataset_of, read_json
+from chalice_app.pipeline.review import ReviewError, classes_of, known_classes, labelled_counts
+from chalice_app.pipeline.services import Services, dataset_of
 from chalice_app.pipeline.versions import VersionError, project_versions
 
 
@@ -48,7 +48,7 @@ def start(svc: Services, project: str, request: Any) -> dict[str, Any]:
     run = names.check(f"{slug}-{uuid.uuid4().hex[:8]}", "tuning job")
     request = retrain_requests.retrain_request(svc.config, run, dataset_uri, job, serving["model_data"], reviewed)
     svc.sagemaker.create_training_job(request)
-    serving_classes = _classes(svc, serving["run_id"])
+    serving_classes = classes_of(svc, serving["run_id"])
     detail = {
         "warm_start_from": serving["run_id"],
         "reviewed_images": {name: splits for name, splits in sorted(counts.items())},
@@ -70,8 +70,3 @@ def start(svc: Services, project: str, request: Any) -> dict[str, Any]:
         )
     )
     return {"project": slug, "run_id": run, "job": request["TrainingJobName"], "dataset": dataset_uri, **detail}
-
-
-def _classes(svc: Services, run: str) -> list[str]:
-    evaluation = read_json(svc, f"runs/{run}/reports/evaluation.json")
-    return list(evaluation.get("classes") or []) if isinstance(evaluation, dict) else []

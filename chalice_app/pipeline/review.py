@@ -18,7 +18,7 @@ from typing import Any
 from chalice_app import capture, names
 from chalice_app.adapters.errors import NotFoundError
 from chalice_app.pipeline.services import Services, read_json
-from chalice_app.pipeline.versions import VersionError, project_versions
+from chalice_app.pipeline.versions import VersionError, evaluation_key, project_versions
 
 PAGE = 50  # items GET answers: a person reviews a few at a time
 HELD_OUT_EVERY = 3
@@ -44,9 +44,13 @@ def known_classes(svc: Services, project: str) -> list[str]:
     """The classes a label may name: the serving version's (else the newest's), and those labelled new."""
     versions = project_versions(svc, project)  # UnknownProjectError: 404
     version = next((v for v in versions if v["serving"]), versions[-1])
-    evaluation = read_json(svc, f"runs/{version['run_id']}/reports/evaluation.json")
-    classes = list(evaluation.get("classes") or []) if isinstance(evaluation, dict) else []
-    return sorted(set(classes) | set(labelled_counts(svc, project)))
+    return sorted(set(classes_of(svc, version["run_id"])) | set(labelled_counts(svc, project)))
+
+
+def classes_of(svc: Services, run: str) -> list[str]:
+    """A version's classes, as its evaluation names them (none when it has no evaluation)."""
+    evaluation = read_json(svc, evaluation_key(run))
+    return list(evaluation.get("classes") or []) if isinstance(evaluation, dict) else []
 
 
 def labelled_counts(svc: Services, project: str) -> dict[str, dict[str, int]]:
@@ -116,7 +120,7 @@ def _decision(request: Any, classes: list[str]) -> dict[str, Any]:
     """The request checked: ``{"discard": True}`` or ``{"label", "new_class"}``."""
     if not isinstance(request, dict) or set(request) - FIELDS:
         unknown = sorted(set(request) - FIELDS) if isinstance(request, dict) else []
-        raise ReviewError(f"send {{'label': '<class>'}} or {{'discard': true}}; unknown fields: {unknown}")
+        raise ReviewError(f'send {{"label": "<class>"}} or {{"discard": true}}; unknown fields: {unknown}')
     if request.get("discard") is True and set(request) == {"discard"}:
         return {"discard": True}
     label, new = request.get("label"), request.get("new_class", False)
