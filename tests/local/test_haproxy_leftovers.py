@@ -58,3 +58,24 @@ def test_records_of_haproxies_already_gone_are_forgotten_at_once(tmp_path):
     assert end_leftovers(tmp_path, quiet=DEADLINE) == [], "nothing was running: nothing to wait for"
     assert time.monotonic() - started < DEADLINE and not (tmp_path / PIDS).exists()
     assert not psutil.pid_exists(gone.pid) or psutil.Process(gone.pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_a_worker_its_master_took_along_is_no_error(tmp_path, monkeypatch):
+    """HAProxy's master ends its workers: a recorded worker may be gone (reaped) before its own signal."""
+    master, worker = _fake_haproxy(tmp_path), _fake_haproxy(tmp_path)
+    send_signal = psutil.Process.send_signal
+
+    def master_takes_its_worker_along(process, sig):
+        send_signal(process, sig)
+        if process.pid == master.pid:
+            worker.kill()
+            worker.wait(DEADLINE)
+
+    monkeypatch.setattr(psutil.Process, "send_signal", master_takes_its_worker_along)
+    try:
+        assert end_leftovers(tmp_path, quiet=0) == [master.pid, worker.pid]
+        assert master.wait(DEADLINE) is not None and not list(tmp_path.glob("haproxy.*"))
+    finally:
+        for process in [master, worker]:
+            if process.poll() is None:
+                process.kill()

@@ -13,6 +13,7 @@ same home ends those PIDs, once it holds the home's lock.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
@@ -94,10 +95,13 @@ def _end_recorded(pids_file: Path, timeout: float) -> list[int]:
             continue
     for process in leftovers:
         log.warning("ending HAProxy (PID %d) left running by a stack that did not stop cleanly", process.pid)
-        process.send_signal(signal.SIGTERM)
+        # Ending a master ends its workers: one of them may be gone before its own turn.
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.send_signal(signal.SIGTERM)
     _, alive = psutil.wait_procs(leftovers, timeout=timeout)
     for process in alive:
-        process.kill()
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
     deadline = time.monotonic() + timeout
     while alive and time.monotonic() < deadline:
         _, alive = psutil.wait_procs(alive, timeout=0.5)
