@@ -305,6 +305,8 @@ async function loadVersions(projects) {
       back.addEventListener("click", () => deployVersion(project.project, "previous"));
       block.appendChild(back);
     }
+    block.appendChild(el("h4", "Drift checks"));
+    block.appendChild(await driftTable(project.project));
     holder.appendChild(block);
   }
 }
@@ -331,7 +333,7 @@ async function loadReview() {
   if (!answer.ok) { say("review-status", problem(answer), "error"); showItem(); return; }
   review.items = answer.body.items;
   review.classes = answer.body.classes;
-  await Promise.all([showItem(), loadDrift(project)]);
+  await showItem();
 }
 
 // The image comes from the API's own route (with the key): a blob: URL, as the chosen image's preview.
@@ -402,13 +404,24 @@ async function retrain() {
   setTimeout(refreshAll, 1500);
 }
 
-async function loadDrift(project) {
+// A project's drift checks, newest first: a table under its versions.
+async function driftTable(project) {
   const answer = await api("projects/" + encodeURIComponent(project) + "/drift");
-  table("drift-table", answer.ok ? answer.body.checks.map((check) => ({
-    className: check.status === "drift" ? "bad" : "",
-    values: [{ text: check.checked_at || "–" }, { text: check.status || "–" }, { text: check.sample_size, numeric: true },
-             { text: fixed(check.p_value, 4), numeric: true }, { text: ((check.labels || {}).most_shifted || []).map((l) => l.label || l).join(", ") }],
-  })) : []);
+  if (!answer.ok) return el("p", problem(answer), { class: "error" });
+  if (!answer.body.checks.length) return el("p", "No drift check yet.", { class: "hint" });
+  const wrap = el("div", null, { class: "scroll" });
+  const grid = wrap.appendChild(el("table", null, { "aria-label": project + "'s drift checks, newest first" }));
+  const head = el("tr");
+  for (const title of ["Checked", "Verdict", "Images", "p-value", "Most shifted labels"]) head.appendChild(el("th", title, { scope: "col" }));
+  grid.appendChild(el("thead")).appendChild(head);
+  const body = grid.appendChild(el("tbody"));
+  for (const check of answer.body.checks) {
+    const row = el("tr", null, check.status === "drift" ? { class: "bad" } : {});
+    row.append(el("td", check.checked_at || "–"), el("td", check.status || "–"), el("td", check.sample_size, { class: "num" }),
+               el("td", fixed(check.p_value, 4), { class: "num" }), el("td", ((check.labels || {}).most_shifted || []).map((l) => l.label).join(", ")));
+    body.appendChild(row);
+  }
+  return wrap;
 }
 
 function wireReview() {

@@ -309,6 +309,16 @@ def test_the_console_in_a_real_browser(stack, tiny_dataset):
             assert driver.find_elements(By.CSS_SELECTOR, "#trials tbody tr.best"), "the best trial is marked"
             assert driver.find_element(By.ID, "report-link").get_attribute("href").endswith(f"/runs/{pets}/report")
             wait.until(lambda d: "v1" in d.find_element(By.ID, "projects").text)
+            # Each project's drift checks under its versions (the hourly round above started some).
+            wait.until(lambda d: "Drift checks" in d.find_element(By.ID, "projects").text)
+            drift = driver.execute_script(
+                "const block = [...document.querySelectorAll('#projects .project')]"
+                ".find(b => b.querySelector('h3').textContent.startsWith('pets '));"
+                "const cell = block.querySelector("
+                "'table[aria-label$=\"drift checks, newest first\"] tbody td:nth-child(2)');"
+                "return cell ? cell.textContent : block.textContent.includes('No drift check yet.') ? 'none' : null"
+            )
+            assert drift in ("none", "drift", "no_drift", "not_enough_data"), drift
             assert driver.execute_script("return window.innerWidth") == width
             driver.execute_script("window.scrollTo(0, 0)")
             driver.save_screenshot(str(ARTIFACTS / f"console-{name}.png"))
