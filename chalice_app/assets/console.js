@@ -327,7 +327,9 @@ async function loadReview() {
   const project = $("review-project").value;
   const mine = ++reviewLoads;
   review = { project: project, items: [], classes: [], at: 0 };
-  if (!project) { say("review-status", "No project to review."); showItem(); return; }
+  $("review-card").hidden = true;  // nothing of the project shown before can be labelled meanwhile
+  if (!project) { say("review-status", "No project to review."); return; }
+  say("review-status", "Reading " + project + "'s review queue…");
   const answer = await api("projects/" + encodeURIComponent(project) + "/review");
   if (mine !== reviewLoads) return;
   if (!answer.ok) { say("review-status", problem(answer), "error"); showItem(); return; }
