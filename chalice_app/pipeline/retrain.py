@@ -13,6 +13,7 @@ import uuid
 from typing import Any
 
 from chalice_app import capture, names, retrain_requests
+from chalice_app import sagemaker_requests as requests
 from chalice_app.adapters.errors import NotFoundError
 from chalice_app.notifications import Notification
 from chalice_app.pipeline.batch import NoServingVersionError
@@ -57,6 +58,9 @@ def start(svc: Services, project: str, request: Any) -> dict[str, Any]:
         "baseline": serving["model_data"],
         "instance_type": svc.config.training_instance_type,
         "instance_count": svc.config.final_instance_count,
+        # As every final job's training.started says them.
+        "input_mode": requests.training_input_mode(request),
+        "managed_debugger": svc.config.managed_debugger,
     }
     svc.notifier.send(
         Notification(

@@ -114,6 +114,7 @@ def test_retrain_starts_a_warm_started_incremental_run_with_the_reviewed_images(
     assert float(new["lr"]) == float(old["lr"].strip('"')) / 10 and new["weights"] == "none"
     (started,) = stage.notifications()
     assert started["event"] == "training.started" and started["detail"]["warm_start_from"] == run
+    assert started["detail"]["input_mode"] == "File" and started["detail"]["managed_debugger"] is False
     for body in ('{"epochs": 3}', "not json", "[]"):
         refused = client.http.post("/projects/dogs/retrain", headers=JSON, body=body)
         assert (refused.status_code, refused.json_body["error"]["code"]) == (400, "bad_request"), body
