@@ -125,27 +125,67 @@ def _started(args: list[str]) -> subprocess.Popen:
     )
 
 
-def test_resumes_after_an_interruption(tiny_dataset, tmp_path):
-    """Kill the job after epoch 2 (as a spot interruption would); the rerun picks up at epoch 3."""
-    args = _checkpointed_args(tiny_dataset, tmp_path, epochs=4)
-    process = _started(args)
-    for line in process.stdout:
-        if line.startswith("epoch=2 "):
-            process.send_signal(signal.SIGKILL)
-            break
-    process.wait(timeout=DEADLINE)
-    assert not (tmp_path / "model" / "model.pth").exists()
+def _epochs_and_checkpoints(process: subprocess.Popen, ckpt, stop_after: int | None = None):
+    """Each epoch line of a running train.py with the epoch of the checkpoint read at that moment, and
+    every line it printed; the process killed (as a spot interruption would) after epoch ``stop_after``."""
+    import torch
 
-    rerun = run_train(args)
-    assert rerun.returncode == 0, rerun.stderr[-2000:]
-    assert "resumed from checkpoint at epoch 2" in rerun.stdout
-    epochs = [int(m.group(1)) for m in map(EPOCH_LINE.match, rerun.stdout.splitlines()) if m]
-    assert epochs == [3, 4]
-    history = json.loads((tmp_path / "out" / "history.json").read_text())
+    seen, lines = [], []
+    for line in process.stdout:
+        lines.append(line)
+        match = EPOCH_LINE.match(line.strip())
+        if match:
+            (checkpoint,) = ckpt.glob("checkpoint-*.pt")
+            seen.append((int(match.group(1)), torch.load(checkpoint, weights_only=True)["epoch"]))
+            if seen[-1][0] == stop_after:
+                process.send_signal(signal.SIGKILL)
+                break
+    process.wait(timeout=DEADLINE)
+    return seen, "".join(lines)
+
+
+@pytest.fixture(scope="module")
+def interrupted(tiny_dataset, tmp_path_factory):
+    """One checkpointed run of four epochs, killed after epoch 2, then run again with the same arguments
+    (what SageMaker does after a spot interruption): what the checkpoint tests read."""
+    tmp_path = tmp_path_factory.mktemp("interrupted")
+    args = _checkpointed_args(tiny_dataset, tmp_path, epochs=4)
+    first, _ = _epochs_and_checkpoints(_started(args), tmp_path / "ckpt", stop_after=2)
+    model_after_kill = (tmp_path / "model" / "model.pth").exists()
+    rerun = _started(args)
+    second, stdout = _epochs_and_checkpoints(rerun, tmp_path / "ckpt")
+    return {
+        "dir": tmp_path,
+        "first": first,
+        "second": second,
+        "model_after_kill": model_after_kill,
+        "status": rerun.returncode,
+        "stdout": stdout,
+    }
+
+
+def test_resumes_after_an_interruption(interrupted):
+    """Killed after epoch 2, the rerun picks up at epoch 3."""
+    assert [epoch for epoch, _ in interrupted["first"]] == [1, 2]
+    assert not interrupted["model_after_kill"]
+    assert interrupted["status"] == 0
+    assert "resumed from checkpoint at epoch 2" in interrupted["stdout"]
+    assert [epoch for epoch, _ in interrupted["second"]] == [3, 4]
+    history = json.loads((interrupted["dir"] / "out" / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
 
 
-def test_checkpoint_of_another_run_is_not_resumed(tiny_dataset, tmp_path):
+def test_a_checkpoint_is_written_after_every_epoch(interrupted):
+    """Each epoch line is printed after its checkpoint: reading the checkpoint at that moment finds that
+    epoch, in the interrupted run and in the run that resumed it."""
+    assert interrupted["first"] + interrupted["second"] == [(1, 1), (2, 2), (3, 3), (4, 4)]
+
+
+def test_checkpoint_of_another_run_is_not_resumed(interrupted, tiny_dataset, tmp_path):
+    """Another run (other hyperparameters) on a checkpoint prefix that holds a finished run's checkpoint."""
+    import shutil
+
+    shutil.copytree(interrupted["dir"] / "ckpt", tmp_path / "ckpt")
     common = [
         "--data-dir",
         str(tiny_dataset),
@@ -156,11 +196,9 @@ def test_checkpoint_of_another_run_is_not_resumed(tiny_dataset, tmp_path):
         "--output-data-dir",
         str(tmp_path / "out"),
     ]
-    first = run_train([*hyperparameter_args({**FAST_HYPERPARAMETERS, "epochs": "1"}), *common])
-    assert first.returncode == 0, first.stderr[-2000:]
-    second = run_train([*hyperparameter_args({**FAST_HYPERPARAMETERS, "epochs": "1", "lr": "0.001"}), *common])
-    assert second.returncode == 0, second.stderr[-2000:]
-    assert "resumed" not in second.stdout
+    other = run_train([*hyperparameter_args({**FAST_HYPERPARAMETERS, "epochs": "1", "lr": "0.001"}), *common])
+    assert other.returncode == 0, other.stderr[-2000:]
+    assert "resumed" not in other.stdout
     # Runs sharing a checkpoint prefix (a tuning job's children) keep separate files.
     assert len(list((tmp_path / "ckpt").glob("checkpoint-*.pt"))) == 2
 
@@ -193,19 +231,36 @@ def test_diverging_loss_stops_the_job(tiny_dataset, tmp_path):
     assert not (tmp_path / "m" / "model.pth").exists()
 
 
-def test_single_class_dataset_fails_fast(tmp_path, tiny_dataset):
+def _fail_here(args, tmp_path, monkeypatch, capsys):
+    """``train.run`` in this process, for what fails before any training (a process of its own would
+    import torch again): its exit status, what it printed on stderr, SageMaker's failure file. An
+    exception other than the clear failure propagates and fails the test: no traceback goes unseen."""
+    import train
+
+    out = tmp_path / "sm-output"
+    monkeypatch.setenv("SM_OUTPUT_DIR", str(out))
+    try:
+        status = train.run(args)
+    except SystemExit as exc:  # argparse's refusal: status 2
+        status = exc.code
+    failure = (out / "failure").read_text() if (out / "failure").exists() else ""
+    return status, capsys.readouterr().err, failure
+
+
+def test_single_class_dataset_fails_fast(tmp_path, tiny_dataset, monkeypatch, capsys):
     only = tmp_path / "one"
     cls = sorted((tiny_dataset / "train").iterdir())[0]
     import shutil
 
     shutil.copytree(cls, only / "train" / cls.name)
-    result, failure = _fail(["--data-dir", str(only), "--weights", "none", "--no-checkpoints"], tmp_path)
-    assert result.returncode == 1
-    assert "at least 2 classes" in failure
-    assert "Traceback" not in result.stderr
+    status, stderr, failure = _fail_here(
+        ["--data-dir", str(only), "--weights", "none", "--no-checkpoints"], tmp_path, monkeypatch, capsys
+    )
+    assert status == 1
+    assert "at least 2 classes" in failure and "at least 2 classes" in stderr
 
 
-def test_zip_slip_archive_fails_cleanly(tmp_path):
+def test_zip_slip_archive_fails_cleanly(tmp_path, monkeypatch, capsys):
     import zipfile
 
     channel = tmp_path / "channel"
@@ -213,16 +268,20 @@ def test_zip_slip_archive_fails_cleanly(tmp_path):
     with zipfile.ZipFile(channel / "evil.zip", "w") as zf:
         zf.writestr("train/a/1.jpg", b"x")
         zf.writestr("../../escaped.jpg", b"x")
-    result, failure = _fail(["--data-dir", str(channel), "--weights", "none", "--no-checkpoints"], tmp_path)
-    assert result.returncode == 1
+    status, _, failure = _fail_here(
+        ["--data-dir", str(channel), "--weights", "none", "--no-checkpoints"], tmp_path, monkeypatch, capsys
+    )
+    assert status == 1
     assert "escapes the extraction directory" in failure
     assert not (tmp_path / "escaped.jpg").exists()
 
 
-def test_unknown_hyperparameter_is_an_error(tiny_dataset):
-    result = run_train(["--data-dir", str(tiny_dataset), "--learning-rate", "0.1"])
-    assert result.returncode == 2
-    assert "unknown hyperparameters: --learning-rate" in result.stderr
+def test_unknown_hyperparameter_is_an_error(tiny_dataset, tmp_path, monkeypatch, capsys):
+    status, stderr, _ = _fail_here(
+        ["--data-dir", str(tiny_dataset), "--learning-rate", "0.1"], tmp_path, monkeypatch, capsys
+    )
+    assert status == 2
+    assert "unknown hyperparameters: --learning-rate" in stderr
 
 
 def test_every_flag_has_help():
@@ -260,21 +319,6 @@ def test_truncated_images_are_skipped_and_counted(tiny_dataset, tmp_path):
         meta = json.loads((tmp_path / mode / "model.json").read_text())
         assert meta["dataset"]["skipped_images"] == 3, mode
         assert "skipping undecodable image" in result.stderr
-
-
-def test_a_checkpoint_is_written_after_every_epoch(tiny_dataset, tmp_path):
-    """Each epoch line is printed after its checkpoint: reading the checkpoint at that moment finds that epoch."""
-    process = _started(_checkpointed_args(tiny_dataset, tmp_path, epochs=3))
-    seen = []
-    for line in process.stdout:
-        match = EPOCH_LINE.match(line.strip())
-        if match:
-            import torch
-
-            (checkpoint,) = (tmp_path / "ckpt").glob("checkpoint-*.pt")
-            seen.append((int(match.group(1)), torch.load(checkpoint, weights_only=True)["epoch"]))
-    assert process.wait(timeout=DEADLINE) == 0
-    assert seen == [(1, 1), (2, 2), (3, 3)]
 
 
 def test_a_tampered_checkpoint_cannot_run_code(tmp_path):
