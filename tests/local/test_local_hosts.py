@@ -38,7 +38,7 @@ EPOCH = re.compile(r"^epoch=(\d+) train_loss=([0-9.]+)")
 class Cluster:
     """A local SageMaker over a bucket holding the tiny dataset and the real training code."""
 
-    def __init__(self, tmp: Path, dataset: Path):
+    def __init__(self, tmp: Path, dataset: Path, warm):
         self.bucket = LocalBucket(tmp / "bucket", BUCKET)
         for path in sorted(dataset.rglob("*.jpg")):
             self.bucket.put_file(f"datasets/pets/{path.relative_to(dataset)}", path)
@@ -46,7 +46,9 @@ class Cluster:
         self.bucket.put(local_environment()["SOURCE_DIR_S3_URI"].removeprefix(f"s3://{BUCKET}/"), code)
         self.ended: dict[str, threading.Event] = {}
         self.jobs = tmp / "jobs"
-        self.sagemaker = LocalSageMaker(Store(tmp / "state.db"), self.bucket, self.jobs, self._emit, endpoints=None)
+        self.sagemaker = LocalSageMaker(
+            Store(tmp / "state.db"), self.bucket, self.jobs, self._emit, endpoints=None, warm=warm
+        )
 
     def _emit(self, event: dict) -> None:
         detail = event["detail"]
@@ -67,6 +69,8 @@ class Cluster:
         static = {**requests.static_hyperparameters(config), **HEAD}
         request = requests.final_training_request(config, run, f"s3://{BUCKET}/datasets/pets/", static, {})
         request["Environment"] |= environment or {}
+        # What these tests judge is the hosts; the exports (trainlib.export: seconds of tracing) are tested there.
+        request["HyperParameters"]["export"] = "off"
         name = request["TrainingJobName"]
         ended = self.ended.setdefault(name, threading.Event())
         assert self.sagemaker.create_training_job(request)
@@ -78,8 +82,8 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def cluster(tiny_dataset, tmp_path_factory):
-    local = Cluster(tmp_path_factory.mktemp("hosts"), tiny_dataset)
+def cluster(tiny_dataset, tmp_path_factory, shared_warm):
+    local = Cluster(tmp_path_factory.mktemp("hosts"), tiny_dataset, shared_warm)
     yield local
     local.sagemaker.stop()
 
