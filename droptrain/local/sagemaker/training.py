@@ -281,7 +281,7 @@ class TrainingJobs(Jobs):
         """``model.tar.gz`` and ``output.tar.gz`` where SageMaker puts them; the final job's reports where
         train.py uploads them on SageMaker (``runs/<run-id>/reports/``). Returns the model's URI."""
         prefix = record["OutputDataConfig"]["S3OutputPath"].rstrip("/") + f"/{name}/output"
-        jobs.package_dir(paths.model, self.bucket.path_of_uri(f"{prefix}/model.tar.gz"), compresslevel=0)
+        jobs.package_dir(paths.model, self.bucket.path_of_uri(f"{prefix}/model.tar.gz"))
         jobs.package_dir(paths.output_data, self.bucket.path_of_uri(f"{prefix}/output.tar.gz"))
         reports, target = paths.output_data / "reports", record["HyperParameters"].get("reports-uri")
         if target and reports.is_dir():
