@@ -33,6 +33,27 @@ def pytest_configure(config):
             os.sched_setaffinity(0, cpus[int(worker.removeprefix("gw")) % count :: count])
 
 
+def _one_botocore_loader() -> None:
+    """Every boto3 session the tests build parses botocore's data files again (moto resets boto3's default
+    session for each test's stage, and the app's bootstrap makes a session of its own): a second of JSON
+    per test. One loader for them all, as one session shares its loader across its clients, parses each
+    file once per process; what is loaded is botocore's cached model either way."""
+    import botocore.session
+    from botocore import loaders
+
+    shared: dict = {}
+
+    def create_loader(search_path_string=None):
+        if search_path_string not in shared:
+            shared[search_path_string] = loaders.create_loader(search_path_string)
+        return shared[search_path_string]
+
+    botocore.session.create_loader = create_loader
+
+
+_one_botocore_loader()
+
+
 def pytest_collection_modifyitems(config, items):
     rank = {name: place for place, name in enumerate(SLOWEST_FIRST)}
     # A stable sort: each file's tests keep their order, and the other files theirs.

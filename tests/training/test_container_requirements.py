@@ -89,7 +89,9 @@ def container(tmp_path_factory) -> Path:
     subprocess.run([_container_python(), "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
     subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", *(f"{k}=={v}" for k, v in CONTAINER_PACKAGES.items())],
+        # No byte-compiling of what the image holds already (botocore's thousands of modules): seconds of CPU.
+        [str(python), "-m", "pip", "install", "--quiet", "--no-compile"]
+        + [f"{k}=={v}" for k, v in CONTAINER_PACKAGES.items()],
         check=True,
         capture_output=True,
         text=True,
