@@ -120,7 +120,7 @@ def shared_warm(tmp_path_factory):
     from droptrain.local.engines.warm import WarmInterpreter
 
     folder = tmp_path_factory.mktemp("warm")
-    interpreter = WarmInterpreter(folder, pycache=folder / "pycache")
+    interpreter = WarmInterpreter(folder)
     yield interpreter
     interpreter.close()
 

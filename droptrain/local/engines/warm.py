@@ -82,8 +82,8 @@ class WarmProcess:
 class WarmInterpreter:
     """The server process, started on first use, ended by ``close``. ``start`` forks a job."""
 
-    def __init__(self, folder: Path, pycache: Path | None = None, ready_seconds: float = 120):
-        self.folder, self.pycache, self.ready_seconds = folder, pycache, ready_seconds
+    def __init__(self, folder: Path, ready_seconds: float = 120):
+        self.folder, self.ready_seconds = folder, ready_seconds
         self._server: subprocess.Popen | None = None
         self._ready = False
         self._path: str | None = None
@@ -98,8 +98,6 @@ class WarmInterpreter:
             # A short path: Unix socket paths are limited to about 100 bytes.
             self._path = os.path.join(tempfile.mkdtemp(prefix="droptrain-warm-"), "s")
             env = dict(os.environ, PYTHONUNBUFFERED="1")
-            if self.pycache is not None:  # each job extracts the code afresh: its bytecode is compiled once
-                env["PYTHONPYCACHEPREFIX"] = str(self.pycache)
             self._ready = False
             self._server = subprocess.Popen(
                 self.command(self._path),

@@ -56,11 +56,7 @@ class LocalSageMaker:
         # Training jobs fork from one interpreter that has imported torch once (droptrain.local.engines.warm).
         # One passed in is shared with other executors (a test module's), and theirs to close.
         self._owns_warm = warm is None
-        self.warm = warm or (
-            WarmInterpreter(jobs_root.parent / "cache", pycache=jobs_root.parent / "cache" / "pycache")
-            if warm_jobs
-            else None
-        )
+        self.warm = warm or (WarmInterpreter(jobs_root.parent / "cache") if warm_jobs else None)
         self.training = TrainingJobs(
             store,
             bucket,
