@@ -173,7 +173,7 @@ def test_throughput_mode_fits_haproxy_in_the_file_descriptor_limit():
 
 
 def test_an_environment_that_chose_ray_serves_mode_keeps_it(tmp_path):
-    from droptrain.local.engines.ray_mode import ray_environment, throughput_mode
+    from droptrain.local.engines.ray_mode import QUIET, ray_environment, throughput_mode
 
     # Whatever the mode: the replicas share the CPU as equals, and a model that cannot load fails at once.
     # A proxy slow to start or answer on a busy machine is waited for, not killed.
@@ -182,6 +182,7 @@ def test_an_environment_that_chose_ray_serves_mode_keeps_it(tmp_path):
         "RAY_SERVE_MAX_PER_REPLICA_RETRY_COUNT": "1",
         "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "120",
         "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "60",
+        **QUIET,  # and Ray's bookkeeping for a dashboard there is not, off
     }
     assert ray_environment({"RAY_SERVE_ENABLE_HA_PROXY": "0"}, tmp_path) == niceness
     assert set(ray_environment({"RAY_SERVE_ENABLE_HA_PROXY": "1"}, tmp_path)) == {

@@ -51,9 +51,11 @@ def stack(tiny_dataset, tmp_path_factory, ray_serve, shared_warm):
     """One local stack for the module, after a real run of the pipeline on the tiny dataset (project
     ``pets``): the end-to-end test goes on from there, and the console's browser test reads it. Its
     final jobs run on two instances (two hosts, torchrun: what ``--set TRAINING_INSTANCE_COUNT=2`` gives
-    every job; the trials stay on one, whose cold starts of two hosts each would double this module's time)."""
+    every job; the trials stay on one, whose cold starts of two hosts each would double this module's time).
+    Its jobs train an epoch or two: what is tested is the stack, not how well it learns."""
     env = {
         "MAX_TUNING_JOBS": "2",
+        "TUNING_RANGES": '{"epochs": [1, 2]}',
         "FINAL_INSTANCE_COUNT": "2",
         "CAPTURE_PERCENT": "100",
         "STATIC_HYPERPARAMETERS": '{"arch": "resnet18", "weights": "none", "train-mode": "head", "image-size": "48"}',

@@ -24,6 +24,16 @@ from droptrain.local.engines.haproxy import loopback_wrapper
 
 # Either set in the environment (to 0, say): Ray Serve runs as set there, and ``throughput_mode`` stays out.
 USER_CHOSEN_MODE = {"RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_SERVE_ENABLE_HA_PROXY"}
+# A local stack idles most of its life, and Ray's bookkeeping for a cluster's dashboard kept a tenth of a
+# core busy on an idle machine (docs/performance.md): metrics nobody scrapes and task events nobody lists
+# (there is no dashboard here), Serve's control loop ten times a second, workers started ahead of tasks
+# that never come (Serve starts actors). Off, or twice a second; a deploy takes as long.
+QUIET = {
+    "RAY_enable_metrics_collection": "0",
+    "RAY_enable_task_events": "0",
+    "RAY_prestart_worker_first_driver": "0",
+    "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
+}
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -79,6 +89,7 @@ def ray_environment(environ: Mapping[str, str], haproxy_dir: Path) -> dict[str, 
     # check takes 10 s, and Serve's start then fails: on a busy two-core machine that happened. Here the
     # proxy is on this machine, so a slow answer means a loaded CPU, not a lost node.
     chosen.update(RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S="120", RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S="60")
+    chosen.update(QUIET)
     if chosen.get("RAY_SERVE_ENABLE_HA_PROXY", environ.get("RAY_SERVE_ENABLE_HA_PROXY")) == "1":
         # HAProxy's stats page and metrics listen on fixed ports by default (8404, 9101), so a second Ray on
         # the machine (another `droptrain up`, a test's) could not start: each instance gets free ones.
