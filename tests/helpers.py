@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import subprocess
 import sys
 import tarfile
+import threading
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -117,17 +119,27 @@ def run_training_job(
 
 
 def run_train(
-    args: list[str], env: dict[str, str] | None = None, timeout: float = DEADLINE
+    args: list[str], env: dict[str, str] | None = None, timeout: float = DEADLINE, warm=None
 ) -> subprocess.CompletedProcess:
-    """``python train.py ARGS`` in the source dir, as the container runs it."""
-    return subprocess.run(
-        [sys.executable, str(TRAINING_DIR / "train.py"), *args],
-        cwd=TRAINING_DIR,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    """``python train.py ARGS`` in the source dir, as the container runs it. With ``warm`` (the session's
+    warm interpreter) a fork of it runs the script, as local jobs do, without importing torch again;
+    its stdout and stderr are then one stream, given as both."""
+    environ = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    if warm is None:
+        command = [sys.executable, str(TRAINING_DIR / "train.py"), *args]
+        return subprocess.run(command, cwd=TRAINING_DIR, env=environ, capture_output=True, text=True, timeout=timeout)
+    process = warm.start(["train.py", *args], TRAINING_DIR, environ, script=True)
+    output: list[str] = []
+    reader = threading.Thread(target=lambda: output.append(process.stdout.read()), daemon=True)
+    reader.start()
+    try:
+        code = process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        raise
+    reader.join(timeout)
+    process.stdout.close()
+    return subprocess.CompletedProcess(["train.py", *args], code, "".join(output), "".join(output))
 
 
 def png_bytes(image, **save_kwargs) -> bytes:

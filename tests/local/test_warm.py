@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import tarfile
 import time
 from pathlib import Path
@@ -111,6 +113,22 @@ def test_a_job_runs_in_the_warm_interpreter_as_in_a_fresh_one(tmp_path, warm, ex
         "path0": "",
         "channel": "",
     }
+
+
+@pytest.mark.parametrize("extra,status", [({}, 0), ({"PROBE_EXIT": "3"}, 3), ({"PROBE_FAIL": "1"}, 1)])
+def test_a_script_alone_runs_in_the_warm_interpreter_as_python_runs_it(tmp_path, warm, extra, status):
+    (tmp_path / "probe.py").write_text(PROBE)
+    env = {**os.environ, "SM_HP_LR": "0.5", **extra}
+    cold = subprocess.run(
+        [sys.executable, "--", "probe.py", "--lr", "0.5"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    code, lines = _run(warm.start(["probe.py", "--lr", "0.5"], tmp_path, env, script=True))
+    assert code == cold.returncode == status, "\n".join(lines[-20:])
+    probe = _probe(lines)
+    # As python runs it, except that the script is the job: it leads its own process group (a stop ends it).
+    assert probe == _probe(cold.stdout.splitlines()) | {"session_leader": False}
+    assert probe["argv"] == ["probe.py", "--lr", "0.5"] and probe["cwd"] == probe["path0"] == str(tmp_path)
+    assert "to stderr" in lines and not (tmp_path / "output").exists(), "no toolkit around it"
 
 
 def test_stopping_a_warm_job_ends_the_toolkit_and_the_script(tmp_path, warm):

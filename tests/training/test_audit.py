@@ -148,7 +148,7 @@ def test_a_clean_dataset_has_no_blocking_finding(tmp_path):
     assert not [d for d in report["duplicates"] if d["where"] == "across splits"], report["duplicate_summary"]
 
 
-def test_audit_fix_drops_the_held_out_duplicates_from_training_s_splits(tmp_path):
+def test_audit_fix_drops_the_held_out_duplicates_from_training_s_splits(tmp_path, shared_warm):
     """AUDIT_FIX: train.py gets the audit's report as its ``audit`` channel and leaves the leaked
     valid/test images out (never train's)."""
     from helpers import FAST_HYPERPARAMETERS, hyperparameter_args, run_train
@@ -181,7 +181,8 @@ def test_audit_fix_drops_the_held_out_duplicates_from_training_s_splits(tmp_path
             str(tmp_path / "o"),
             "--audit-dir",
             str(audit_dir),
-        ]
+        ],
+        warm=shared_warm,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "audit: 1 held-out images dropped as duplicates of other splits" in result.stdout

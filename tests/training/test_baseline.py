@@ -9,7 +9,7 @@ import shutil
 from helpers import FAST_HYPERPARAMETERS, hyperparameter_args, run_train
 
 
-def _train_with_baseline(tiny_dataset, tmp_path, baseline_dir, hps=None, extra=()):
+def _train_with_baseline(warm, tiny_dataset, tmp_path, baseline_dir, hps=None, extra=()):
     result = run_train(
         [
             *hyperparameter_args({**FAST_HYPERPARAMETERS, "epochs": "1", **(hps or {})}),
@@ -25,18 +25,19 @@ def _train_with_baseline(tiny_dataset, tmp_path, baseline_dir, hps=None, extra=(
             "--baseline-dir",
             str(baseline_dir),
             *extra,
-        ]
+        ],
+        warm=warm,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     return json.loads((tmp_path / "out" / "evaluation.json").read_text()), result
 
 
-def test_the_serving_model_is_evaluated_on_the_same_split(tiny_dataset, trained_job, tmp_path):
+def test_the_serving_model_is_evaluated_on_the_same_split(tiny_dataset, trained_job, tmp_path, shared_warm):
     channel = tmp_path / "baseline"
     channel.mkdir()
     shutil.copy(trained_job["archive"], channel / "model.tar.gz")  # as SageMaker stages an S3 object channel
     # Another image size than the baseline's (48): each model sees the images its own way.
-    evaluation, result = _train_with_baseline(tiny_dataset, tmp_path, channel, {"image-size": "32"})
+    evaluation, result = _train_with_baseline(shared_warm, tiny_dataset, tmp_path, channel, {"image-size": "32"})
     baseline = evaluation["baseline"]
     assert baseline["run_id"] == "pets-1a2b3c4d" and baseline["classes_match"] is True
     assert baseline["classes"] == evaluation["classes"]
@@ -49,11 +50,11 @@ def test_the_serving_model_is_evaluated_on_the_same_split(tiny_dataset, trained_
     assert reported == evaluation, "uploaded with the reports, where the registry points"
 
 
-def test_a_baseline_that_cannot_be_read_never_fails_the_job(tiny_dataset, tmp_path):
+def test_a_baseline_that_cannot_be_read_never_fails_the_job(tiny_dataset, tmp_path, shared_warm):
     channel = tmp_path / "baseline"
     channel.mkdir()
     (channel / "model.tar.gz").write_bytes(b"not a tar archive")
-    evaluation, _ = _train_with_baseline(tiny_dataset, tmp_path, channel)
+    evaluation, _ = _train_with_baseline(shared_warm, tiny_dataset, tmp_path, channel)
     assert "cannot be read" in evaluation["baseline"]["error"]
     assert (tmp_path / "model" / "model.pth").is_file()
 
@@ -72,7 +73,9 @@ def _reviewed(root, tiny_dataset, new_class="zebra"):
     return known
 
 
-def test_a_warm_started_run_with_a_new_class_is_judged_on_the_classes_both_know(tiny_dataset, trained_job, tmp_path):
+def test_a_warm_started_run_with_a_new_class_is_judged_on_the_classes_both_know(
+    tiny_dataset, trained_job, tmp_path, shared_warm
+):
     """Retrain: the serving model's weights start the run (its head's rows by class name), the reviewed images
     join the splits, and the serving model is compared on the classes both know."""
     channel = tmp_path / "serving"
@@ -80,6 +83,7 @@ def test_a_warm_started_run_with_a_new_class_is_judged_on_the_classes_both_know(
     shutil.copy(trained_job["archive"], channel / "model.tar.gz")
     _reviewed(tmp_path / "reviewed", tiny_dataset)
     evaluation, result = _train_with_baseline(
+        shared_warm,
         tiny_dataset,
         tmp_path,
         channel,
@@ -98,7 +102,7 @@ def test_a_warm_started_run_with_a_new_class_is_judged_on_the_classes_both_know(
     assert baseline["new"]["macro_avg"]["support"] == baseline["macro_avg"]["support"] == support, "the same images"
 
 
-def test_a_warm_start_from_another_architecture_fails_clearly(tiny_dataset, trained_job, tmp_path):
+def test_a_warm_start_from_another_architecture_fails_clearly(tiny_dataset, trained_job, tmp_path, shared_warm):
     channel = tmp_path / "serving"
     channel.mkdir()
     shutil.copy(trained_job["archive"], channel / "model.tar.gz")
@@ -114,7 +118,8 @@ def test_a_warm_start_from_another_architecture_fails_clearly(tiny_dataset, trai
             str(tmp_path / "out"),
             "--warm-start-dir",
             str(channel),
-        ]
+        ],
+        warm=shared_warm,
     )
     assert result.returncode == 1
     assert "the serving model is a resnet18, this run trains a resnet34: no warm start" in result.stderr

@@ -12,7 +12,7 @@ from helpers import DEADLINE, FAST_HYPERPARAMETERS, browser, hyperparameter_args
 HEALTHY = {**FAST_HYPERPARAMETERS, "train-mode": "head", "epochs": "4", "lr": "0.005", "batch-size": "32"}
 
 
-def _job(tiny_dataset, tmp_path, hps, *extra):
+def _job(warm, tiny_dataset, tmp_path, hps, *extra):
     result = run_train(
         [
             *hyperparameter_args(hps),
@@ -26,7 +26,8 @@ def _job(tiny_dataset, tmp_path, hps, *extra):
             "--debug-out",
             str(tmp_path / "debug"),
             *extra,
-        ]
+        ],
+        warm=warm,
     )
     rules_file = tmp_path / "out" / "reports" / "rules.json"
     verdicts = {v["rule"]: v for v in json.loads(rules_file.read_text())} if rules_file.exists() else {}
@@ -34,9 +35,9 @@ def _job(tiny_dataset, tmp_path, hps, *extra):
 
 
 @pytest.fixture(scope="module")
-def healthy(tiny_dataset, tmp_path_factory):
+def healthy(tiny_dataset, tmp_path_factory, shared_warm):
     tmp = tmp_path_factory.mktemp("healthy")
-    result, verdicts = _job(tiny_dataset, tmp, HEALTHY)
+    result, verdicts = _job(shared_warm, tiny_dataset, tmp, HEALTHY)
     assert result.returncode == 0, result.stderr[-3000:]
     return tmp, result, verdicts
 
@@ -72,24 +73,30 @@ def test_the_hook_saves_full_tensors_only_where_a_rule_needs_them(healthy):
     assert weight.reduction_value(weight.steps()[-1], "max", abs=True) > 0
 
 
-def test_a_learning_rate_too_small_trips_loss_not_decreasing(tiny_dataset, tmp_path):
+def test_a_learning_rate_too_small_trips_loss_not_decreasing(tiny_dataset, tmp_path, shared_warm):
     # 88 images in batches of 16, 6 epochs: 36 steps, enough for the rule's two 10-step windows.
     result, verdicts = _job(
-        tiny_dataset, tmp_path, {**HEALTHY, "optimizer": "sgd", "lr": "1e-7", "epochs": "6", "batch-size": "16"}
+        shared_warm,
+        tiny_dataset,
+        tmp_path,
+        {**HEALTHY, "optimizer": "sgd", "lr": "1e-7", "epochs": "6", "batch-size": "16"},
     )
     assert result.returncode == 0
     assert verdicts["LossNotDecreasing"]["status"] == "IssuesFound"
     assert verdicts["ExplodingTensor"]["status"] == "NoIssuesFound"
 
 
-def test_a_diverging_run_trips_exploding_tensor_and_fails(tiny_dataset, tmp_path):
-    result, verdicts = _job(tiny_dataset, tmp_path, {**HEALTHY, "optimizer": "sgd", "lr": "1e6", "train-mode": "full"})
+def test_a_diverging_run_trips_exploding_tensor_and_fails(tiny_dataset, tmp_path, shared_warm):
+    result, verdicts = _job(
+        shared_warm, tiny_dataset, tmp_path, {**HEALTHY, "optimizer": "sgd", "lr": "1e6", "train-mode": "full"}
+    )
     assert result.returncode == 1 and "NaN or infinite" in result.stderr
     assert verdicts["ExplodingTensor"]["status"] == "IssuesFound", verdicts["ExplodingTensor"]
 
 
-def test_stop_on_rule_issues_ends_a_bad_job_early(tiny_dataset, tmp_path):
+def test_stop_on_rule_issues_ends_a_bad_job_early(tiny_dataset, tmp_path, shared_warm):
     result, _ = _job(
+        shared_warm,
         tiny_dataset,
         tmp_path,
         {**HEALTHY, "optimizer": "sgd", "lr": "1e-7", "epochs": "8", "batch-size": "16"},

@@ -181,7 +181,7 @@ def test_a_checkpoint_is_written_after_every_epoch(interrupted):
     assert interrupted["first"] + interrupted["second"] == [(1, 1), (2, 2), (3, 3), (4, 4)]
 
 
-def test_checkpoint_of_another_run_is_not_resumed(interrupted, tiny_dataset, tmp_path):
+def test_checkpoint_of_another_run_is_not_resumed(interrupted, tiny_dataset, tmp_path, shared_warm):
     """Another run (other hyperparameters) on a checkpoint prefix that holds a finished run's checkpoint."""
     import shutil
 
@@ -196,21 +196,23 @@ def test_checkpoint_of_another_run_is_not_resumed(interrupted, tiny_dataset, tmp
         "--output-data-dir",
         str(tmp_path / "out"),
     ]
-    other = run_train([*hyperparameter_args({**FAST_HYPERPARAMETERS, "epochs": "1", "lr": "0.001"}), *common])
+    other = run_train(
+        [*hyperparameter_args({**FAST_HYPERPARAMETERS, "epochs": "1", "lr": "0.001"}), *common], warm=shared_warm
+    )
     assert other.returncode == 0, other.stderr[-2000:]
     assert "resumed" not in other.stdout
     # Runs sharing a checkpoint prefix (a tuning job's children) keep separate files.
     assert len(list((tmp_path / "ckpt").glob("checkpoint-*.pt"))) == 2
 
 
-def _fail(args, tmp_path, env=None):
+def _fail(args, tmp_path, warm, env=None):
     out = tmp_path / "sm-output"
-    result = run_train(args, env={"SM_OUTPUT_DIR": str(out), **(env or {})})
+    result = run_train(args, env={"SM_OUTPUT_DIR": str(out), **(env or {})}, warm=warm)
     failure = (out / "failure").read_text() if (out / "failure").exists() else ""
     return result, failure
 
 
-def test_diverging_loss_stops_the_job(tiny_dataset, tmp_path):
+def test_diverging_loss_stops_the_job(tiny_dataset, tmp_path, shared_warm):
     hps = {**FAST_HYPERPARAMETERS, "optimizer": "sgd", "lr": "1e6", "epochs": "3"}
     result, failure = _fail(
         [
@@ -224,6 +226,7 @@ def test_diverging_loss_stops_the_job(tiny_dataset, tmp_path):
             str(tmp_path / "o"),
         ],
         tmp_path,
+        shared_warm,
     )
     assert result.returncode == 1
     assert "NaN or infinite" in failure and "lower the learning rate" in failure
@@ -291,7 +294,7 @@ def test_every_flag_has_help():
         assert action.help, action.dest
 
 
-def test_truncated_images_are_skipped_and_counted(tiny_dataset, tmp_path):
+def test_truncated_images_are_skipped_and_counted(tiny_dataset, tmp_path, shared_warm):
     """Headers that parse but pixels that do not: found while loading, skipped, counted, job succeeds."""
     import shutil
 
@@ -313,7 +316,8 @@ def test_truncated_images_are_skipped_and_counted(tiny_dataset, tmp_path):
                 str(tmp_path / mode),
                 "--output-data-dir",
                 str(tmp_path / f"o-{mode}"),
-            ]
+            ],
+            warm=shared_warm,
         )
         assert result.returncode == 0, result.stderr[-2000:]
         meta = json.loads((tmp_path / mode / "model.json").read_text())

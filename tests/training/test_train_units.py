@@ -132,7 +132,7 @@ def test_imagenet_weights_offline_fail_with_a_clear_message(tmp_path, monkeypatc
     assert "--weights none" in message
 
 
-def test_smdebug_hook_with_a_frozen_backbone(tiny_dataset, tmp_path):
+def test_smdebug_hook_with_a_frozen_backbone(tiny_dataset, tmp_path, shared_warm):
     from smdebug.trials import create_trial
 
     hps = {**FAST_HYPERPARAMETERS, "train-mode": "head", "epochs": "2", "lr": "0.01"}
@@ -148,7 +148,8 @@ def test_smdebug_hook_with_a_frozen_backbone(tiny_dataset, tmp_path):
             str(tmp_path / "o"),
             "--debug-out",
             str(tmp_path / "debug"),
-        ]
+        ],
+        warm=shared_warm,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     trial = create_trial(str(tmp_path / "debug"))

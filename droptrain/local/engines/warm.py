@@ -14,6 +14,9 @@ toolkit's dependencies:
   ``subprocess.Popen``, the **script process** is a fork of the job process running that command
   line with ``runpy``: same ``sys.argv``, environment, working directory and exit status.
 
+A job may also be a script alone (``start(..., script=True)``): the job process runs it as the
+script process above, without the toolkit (a script's own tests start it so, each a fresh fork).
+
 Everything the toolkit does around the script (config files, ``SM_*`` variables, the source dir,
 ``output/success`` and ``output/failure``) is its own code, unchanged. Any other command it runs is
 a real subprocess. Nothing is computed in this process before forking (forking after OpenMP or CUDA
@@ -117,14 +120,15 @@ class WarmInterpreter:
     def command(self, path: str) -> list[str]:
         return [sys.executable, "-m", "droptrain.local.engines.warm_server", path]
 
-    def start(self, argv: list[str], cwd: Path, env: Mapping[str, str]) -> WarmProcess:
-        """Fork a job running ``argv``'s module (the toolkit's ``train``) in ``cwd`` with ``env``."""
+    def start(self, argv: list[str], cwd: Path, env: Mapping[str, str], script: bool = False) -> WarmProcess:
+        """Fork a job running ``argv``'s module (the toolkit's ``train``) in ``cwd`` with ``env``; with
+        ``script``, ``argv`` is a script and its arguments, run as ``python -- script args`` would be."""
         path = self.start_server()
         read_end, write_end = os.pipe()
         connection = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             connection.connect(path)
-            request = {"argv": argv, "cwd": str(cwd), "env": {str(k): str(v) for k, v in env.items()}}
+            request = {"argv": argv, "cwd": str(cwd), "env": {str(k): str(v) for k, v in env.items()}, "script": script}
             socket.send_fds(connection, [json.dumps(request).encode()], [write_end])
             os.close(write_end)
             write_end = -1

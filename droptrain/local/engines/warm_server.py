@@ -179,6 +179,8 @@ def _job(request: Mapping[str, Any], output: int, session_ready: int) -> None:
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
+        if request.get("script"):  # ``python -- script args`` itself, without the toolkit around it
+            _script([sys.executable, "--", *request["argv"]], None, None)  # never returns
         sys.argv = list(request["argv"])
         sys.path[0] = os.getcwd()  # as for ``python -m`` started in the job's folder
         _title([sys.executable, "-m", "sagemaker_training.cli.train"])
