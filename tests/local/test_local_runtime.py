@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import http.server
 import json
 import os
@@ -156,9 +158,11 @@ def test_dataset_to_predictions_with_the_real_training_code(stack, tiny_dataset,
     assert registered["model_package_group"] == "droptrain-local-pets" and registered["version"] == 1
     assert "macro_f1" in registered["metrics"], "the job's evaluation.json reached the registry"
 
-    # A second dataset is a second project: its own endpoint, and the first one keeps serving.
-    runtime.upload(tiny_dataset, "flowers")
-    wait_for_count(runtime, "deployment.completed", 2)
+    # A second dataset is a second project: its own endpoint, and the first one keeps serving. Its final
+    # job runs on one host (two hosts were the first run's to show; each cold host costs seconds).
+    with one_host_final_jobs(runtime):
+        runtime.upload(tiny_dataset, "flowers")
+        wait_for_count(runtime, "deployment.completed", 2)
     flowers = [n["message"] for n in runtime.notifications() if n["message"]["event"] == "deployment.completed"][-1][
         "run_id"
     ]
@@ -188,6 +192,16 @@ def test_dataset_to_predictions_with_the_real_training_code(stack, tiny_dataset,
     )
     assert f"▶ v1   {run}" in out and "project droptrain-local-flowers" in out
     assert "cost: " in out and "billable s over 3 jobs" in out
+
+
+@contextlib.contextmanager
+def one_host_final_jobs(runtime: LocalRuntime):
+    services, original = runtime._services, runtime._services.config
+    services.config = dataclasses.replace(original, final_instance_count=1)
+    try:
+        yield
+    finally:
+        services.config = original
 
 
 def wait_for_count(runtime: LocalRuntime, event: str, count: int, timeout: float = DEADLINE) -> None:
@@ -491,21 +505,22 @@ def test_doubtful_answers_are_reviewed_and_the_model_retrains_from_where_it_stan
             runtime.api_url, f"/projects/pets/review/{item['id']}", "POST", decision, "application/json"
         )
         assert status == 200 and body["label"] == image.parent.name, body
-    assert cli.main(["retrain", "pets", "--url", runtime.api_url]) == 0
-    said = capsys.readouterr().out
-    run = said.split(" run ", 1)[1].split(" ", 1)[0]
-    assert f"pets: run {run} from {serving}, " in said, said
-    (started,) = [n["message"]["detail"] for n in runtime.notifications() if n["message"]["run_id"] == run]
-    assert started["warm_start_from"] == serving
-    assert sum(sum(splits.values()) for splits in started["reviewed_images"].values()) >= 3
-    deadline = time.time() + DEADLINE
-    ended: list = []
-    while time.time() < deadline and not ended:
-        mine = [n["message"] for n in runtime.notifications() if n["message"]["run_id"] == run]
-        ended = [
-            m for m in mine if m["event"] in ("deployment.completed", "model.held") or m["event"].endswith("failed")
-        ]
-        time.sleep(0.5)
+    with one_host_final_jobs(runtime):  # as the second project's run above
+        assert cli.main(["retrain", "pets", "--url", runtime.api_url]) == 0
+        said = capsys.readouterr().out
+        run = said.split(" run ", 1)[1].split(" ", 1)[0]
+        assert f"pets: run {run} from {serving}, " in said, said
+        (started,) = [n["message"]["detail"] for n in runtime.notifications() if n["message"]["run_id"] == run]
+        assert started["warm_start_from"] == serving
+        assert sum(sum(splits.values()) for splits in started["reviewed_images"].values()) >= 3
+        deadline = time.time() + DEADLINE
+        ended: list = []
+        while time.time() < deadline and not ended:
+            mine = [n["message"] for n in runtime.notifications() if n["message"]["run_id"] == run]
+            ended = [
+                m for m in mine if m["event"] in ("deployment.completed", "model.held") or m["event"].endswith("failed")
+            ]
+            time.sleep(0.5)
     assert ended and ended[0]["event"] in ("deployment.completed", "model.held"), [m["event"] for m in mine]
     (training,) = [m for m in mine if m["event"] == "training.started"]
     assert training["detail"]["warm_start_from"] == serving
@@ -529,7 +544,6 @@ def test_doubtful_answers_are_reviewed_and_the_model_retrains_from_where_it_stan
 def test_budget_and_the_idle_cycle_on_the_local_stack(stack, tiny_dataset, tmp_path):
     """MAX_RUN_COST_USD rejects a run that cannot fit before anything starts; IDLE_STOP_HOURS stops an
     endpoint nobody invoked, and the next prediction starts it again."""
-    import dataclasses
     from datetime import datetime, timedelta, timezone
 
     runtime = stack
