@@ -6,7 +6,6 @@ import io
 import os
 import signal
 import subprocess
-import sys
 import tarfile
 import threading
 from pathlib import Path
@@ -119,15 +118,12 @@ def run_training_job(
 
 
 def run_train(
-    args: list[str], env: dict[str, str] | None = None, timeout: float = DEADLINE, warm=None
+    args: list[str], warm, env: dict[str, str] | None = None, timeout: float = DEADLINE
 ) -> subprocess.CompletedProcess:
-    """``python train.py ARGS`` in the source dir, as the container runs it. With ``warm`` (the session's
-    warm interpreter) a fork of it runs the script, as local jobs do, without importing torch again;
-    its stdout and stderr are then one stream, given as both."""
+    """``python train.py ARGS`` in the source dir, as the container runs it, in a fork of ``warm`` (the
+    session's warm interpreter, as local jobs run), which has imported torch already; its stdout and
+    stderr are one stream, given as both."""
     environ = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    if warm is None:
-        command = [sys.executable, str(TRAINING_DIR / "train.py"), *args]
-        return subprocess.run(command, cwd=TRAINING_DIR, env=environ, capture_output=True, text=True, timeout=timeout)
     process = warm.start(["train.py", *args], TRAINING_DIR, environ, script=True)
     output: list[str] = []
     reader = threading.Thread(target=lambda: output.append(process.stdout.read()), daemon=True)
