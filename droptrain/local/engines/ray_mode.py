@@ -24,7 +24,7 @@ from droptrain.local.engines.haproxy import loopback_wrapper
 
 # Either set in the environment (to 0, say): Ray Serve runs as set there, and ``throughput_mode`` stays out.
 USER_CHOSEN_MODE = {"RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_SERVE_ENABLE_HA_PROXY"}
-# A local stack idles most of its life, and Ray's bookkeeping for a cluster's dashboard kept a tenth of a
+# A local stack idles most of its life, and Ray's bookkeeping for a cluster's dashboard kept an eighth of a
 # core busy on an idle machine (docs/performance.md): metrics nobody scrapes and task events nobody lists
 # (there is no dashboard here), Serve's control loop ten times a second, workers started ahead of tasks
 # that never come (Serve starts actors). Off, or twice a second; a deploy takes as long.
