@@ -61,6 +61,11 @@ def test_links_in_the_bucket_are_neither_listed_nor_followed(tmp_path):
     for key in ("datasets/stolen.zip", "datasets/linked-folder/secret.zip"):
         with pytest.raises(InvalidKeyError, match="link"):
             bucket.get(BUCKET, key)
+    # A listing walks the prefix's own folder: one reached through a link lists nothing, as S3 keys
+    # cannot name what lies behind it.
+    assert list(bucket.list_objects(BUCKET, "datasets/linked-folder/")) == []
+    assert list(bucket.list_objects(BUCKET, "datasets/linked-folder/sec")) == []
+    assert [k for k, _ in bucket.list_objects(BUCKET, "datasets/real/")] == ["datasets/real/_READY"]
 
 
 @pytest.mark.parametrize("name", ["../../escape", "../x", "a/b", ".", "..", ".hidden", "x" * 300])

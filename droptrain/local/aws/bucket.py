@@ -92,8 +92,15 @@ class LocalBucket:
     def list_objects(self, bucket: str, prefix: str) -> Iterator[tuple[str, int]]:
         """Regular files only (links and half-written files are not objects), sorted by key as S3 lists."""
         self._check(bucket)
+        # Only the prefix's folder is walked: the watcher lists datasets/ twice a second, and the
+        # rest of the bucket (job outputs, debugger tensors, captures) grows with every run.
+        folder = prefix.rpartition("/")[0]
+        try:
+            top = self.path(folder) if folder else self.root
+        except InvalidKeyError:
+            return  # no key can start with it (or it runs through a link): nothing is listed
         found = []
-        for dirpath, _dirnames, filenames in os.walk(self.root):  # os.walk does not descend into links
+        for dirpath, _dirnames, filenames in os.walk(top):  # os.walk does not descend into links
             for filename in filenames:
                 path = Path(dirpath) / filename
                 if filename.endswith(PARTIAL_SUFFIX) or path.is_symlink() or not path.is_file():

@@ -240,7 +240,7 @@ class RayServe:
         from ray.serve.schema import ServeDeploySchema
 
         with RayServe._config_lock:
-            running = self._client.get_serve_details().get("applications") or {}
+            running = self._applications()
             # An application being deleted has no config any more: left out, its deletion goes on.
             apps = {
                 app_name: details["deployed_app_config"]
@@ -252,15 +252,19 @@ class RayServe:
             self._client.deploy_apps(ServeDeploySchema(applications=list(apps.values())))
         self._http.close()  # the idle connections belong to HAProxy's process before this change
 
-    def _wait(self, name: str) -> tuple[str, str]:
-        from ray import serve
+    def _applications(self) -> dict[str, dict[str, Any]]:
+        """Serve's applications, each with its ``status`` and ``message``, as the controller reports them.
+        The same details ``serve.status()`` reads; it parses them into models, which re-pickles each
+        deployment's request router: a tenth of a second, five times a second while a model starts."""
+        return self._client.get_serve_details().get("applications") or {}
 
+    def _wait(self, name: str) -> tuple[str, str]:
         deadline = time.monotonic() + self.ready_timeout
         while True:
-            status = serve.status().applications.get(name)
-            state = getattr(status.status, "value", status.status) if status is not None else None
+            status = self._applications().get(name) or {}
+            state = getattr(status.get("status"), "value", status.get("status"))  # an enum of str
             if state == READY or state in FAILED:
-                return state, status.message
+                return state, status.get("message") or ""
             if time.monotonic() > deadline:
                 return "TIMEOUT", f"not running after {self.ready_timeout:.0f}s"
             self.sleep(0.2)
@@ -268,12 +272,10 @@ class RayServe:
     def _wait_gone(self, name: str, route: str) -> None:
         """A name deployed again while Serve still deletes it would be READY at once (the old one) and
         then lose its route when the deletion reaches HAProxy: wait for the deletion to end first."""
-        from ray import serve
-
         if name in self.names():
             return  # an update of an application this instance serves: not a deletion
         deadline = time.monotonic() + self.ready_timeout
-        while name in serve.status().applications or route in self._routes_served():
+        while name in self._applications() or route in self._routes_served():
             if time.monotonic() > deadline:
                 raise ModelNotServableError(f"Ray Serve did not finish deleting {name} in {self.ready_timeout:.0f}s")
             self.sleep(0.1)
