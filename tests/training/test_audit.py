@@ -266,6 +266,41 @@ def test_distinct_scans_deploy_and_copies_of_test_scans_are_rejected_on_the_loca
         runtime.stop()
 
 
+POOLED_SCAN = """
+import os, sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from trainlib import audit
+
+pools = []
+def counted(workers):
+    pools.append(workers)
+    return ProcessPoolExecutor(workers)
+audit.ProcessPoolExecutor = counted
+seen = []
+for cores in ({0}, {0, 1}):
+    os.sched_getaffinity = lambda pid, cores=cores: cores
+    found = audit.scan(Path(sys.argv[1]))
+    seen.append(found.samples)
+print(pools, seen[0] == seen[1], len(seen[0]))
+"""
+
+
+def test_the_scan_decodes_in_a_pool_only_where_it_has_several_cores(tmp_path):
+    """A container given one core scans in its own process; one given two shares the images out, with
+    the same result."""
+    make_dataset(tmp_path / "data", classes=4, per_class=110, size=16, seed=5)
+    result = subprocess.run(
+        [sys.executable, "-c", POOLED_SCAN, str(tmp_path / "data")],
+        cwd=TRAINING_DIR,
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["[2]", "True", "440"]
+
+
 def test_the_audits_processes_run_one_numerical_thread_each():
     """The audit parallelises over processes; numpy's BLAS threads on top of them spin-wait for cores
     the other processes hold (on a busy machine: four times the CPU, five times the time)."""

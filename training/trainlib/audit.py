@@ -89,8 +89,10 @@ def scan(root: Path) -> Audit:
         for label, paths in classes.items()
         for path in paths
     ]
-    # Decoding is the cost: every core of the instance takes a share (chunks keep the hand-offs few).
-    workers = max(1, min(os.cpu_count() or 1, len(work) // 200))
+    # Decoding is the cost: every core the process may run on takes a share (chunks keep the hand-offs
+    # few); a container given one core of the machine gets no pool, which would only take turns on it.
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = max(1, min(cores, len(work) // 200))
     if workers > 1:
         chunks = [work[i :: workers * 4] for i in range(workers * 4)]
         with ProcessPoolExecutor(workers) as pool:
