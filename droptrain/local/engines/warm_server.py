@@ -38,10 +38,6 @@ PRELOAD = (
     "matplotlib.pyplot",
     "smdebug.pytorch",
     "sagemaker_training.cli.train",
-    # A final job's export: the ONNX exporter's libraries, and the runtime that checks its file.
-    "onnx",
-    "onnxscript",
-    "onnxruntime",
 )
 # Modules that read the job's environment at import: imported again in each job.
 PER_JOB = ("sagemaker_training",)
