@@ -47,6 +47,7 @@ from droptrain.upload import upload_dataset
 
 log = logging.getLogger(__name__)
 SCHEDULE_SECONDS = 3600  # the app's schedules are hourly
+WATCH_SHARE = 10  # the watcher waits at least this many times as long as its last listing took
 
 
 class LocalRuntimeError(Exception):
@@ -224,12 +225,16 @@ class LocalRuntime:
         prefix = self.env["DATASET_PREFIX"]
         try:
             while not self._stop.is_set():
+                started = time.monotonic()
                 self.scan(prefix)
+                listed = time.monotonic() - started
                 self.honour_stop_requests()
                 if time.monotonic() - self._last_tick >= SCHEDULE_SECONDS:
                     self._last_tick = time.monotonic()
                     self.run_schedules()
-                self._stop.wait(self.poll_seconds)
+                # A listing stats every file of the dataset folders: where they hold many, the watcher
+                # waits ten times as long as it listed, so that it never takes more than a tenth of a core.
+                self._stop.wait(max(self.poll_seconds, WATCH_SHARE * listed))
         except BaseException as exc:  # recorded for /status before the thread ends; not swallowed
             self._watcher_error = f"{type(exc).__name__}: {exc}"
             log.error("the bucket watcher stopped: %s", self._watcher_error)

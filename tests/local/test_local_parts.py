@@ -15,6 +15,7 @@ from droptrain.local.aws.bus import LocalEventBus, Route, matches, routes_of
 from droptrain.local.runtime import BUCKET, upload_to_bucket
 from droptrain.local.stage import object_created
 from droptrain.upload import UploadError, upload_to_s3
+from helpers import DEADLINE
 from orchestrator.support import event
 
 
@@ -185,6 +186,35 @@ def test_watcher_emits_once_per_new_object(tmp_path):
     runtime.bucket.put("datasets/a/_READY", b"2")
     assert runtime.scan() == 1, "a new marker (new ETag) is a new event"
     assert object_created("k", 1, "e")["detail-type"] == "Object Created"
+
+
+def test_a_slow_listing_makes_the_watcher_wait_ten_times_as_long(tmp_path):
+    """Where the dataset folders hold many files, a listing takes long: the watcher then waits ten times
+    as long as it listed, so that it never takes more than a tenth of a core."""
+    import time
+
+    from droptrain.local.runtime import LocalRuntime
+
+    runtime = LocalRuntime(tmp_path / "home", say=lambda m: None, poll_seconds=0.01)
+    starts, done = [], threading.Event()
+
+    def slow_scan(prefix=None):
+        starts.append(time.monotonic())
+        if len(starts) == 3:
+            done.set()
+        time.sleep(0.1)  # a listing of 0.1 s at least
+        return 0
+
+    runtime.scan = slow_scan
+    watcher = threading.Thread(target=runtime._watch, daemon=True)
+    watcher.start()
+    try:
+        assert done.wait(DEADLINE)
+    finally:
+        runtime._stop.set()
+        watcher.join(DEADLINE)
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    assert all(gap >= 0.1 + 1.0 for gap in gaps), gaps
 
 
 def test_a_jobs_scratch_space_is_its_own_and_goes_when_it_ends(tmp_path):
