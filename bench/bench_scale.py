@@ -1,5 +1,6 @@
 """What grows with the data and the cluster: the upload's cheap validation over ever larger listings,
-and a training job of two instances (two hosts, torchrun) against one in the local SageMaker.
+the local stack's bucket watcher over a large folder dataset, and a training job of two instances
+(two hosts, torchrun) against one in the local SageMaker.
 
 The validation reads one listing (keys and sizes) and must stay linear: time per key flat from 1,000
 to 1,000,000 keys. The two-host job runs the same request as the one-host job, end to end (toolkit,
@@ -102,9 +103,45 @@ def hosts_row() -> Row:
     )
 
 
+def watcher_row(images: int = 20_000, job_files: int = 5_000, rounds: int = 4) -> Row:
+    """The local stack's bucket watcher, idle, over a folder dataset of ``images`` images beside
+    ``job_files`` files of earlier runs: its share of one core over whole rounds (list, then wait),
+    the watcher thread's own CPU time."""
+    from droptrain.local.runtime import LocalRuntime
+
+    with tempfile.TemporaryDirectory() as tmp:
+        runtime = LocalRuntime(Path(tmp) / "home", say=lambda m: None)
+        for i in range(images):
+            runtime.bucket.put(f"datasets/big/train/class-{i % 100:03d}/{i:06d}.jpg", b"x")
+        for i in range(job_files):
+            runtime.bucket.put(f"runs/big-{i % 10}/debug/{i:06d}.tfevents", b"x")
+        runtime.bucket.put("datasets/big/_READY", b"")
+        runtime._emit = lambda event: None  # the marker's event: no pipeline behind this watcher
+        listing, starts = runtime.scan, []
+
+        def scan(prefix=None):  # each round's start: the clock and the thread's CPU time
+            starts.append((time.monotonic(), time.thread_time()))
+            if len(starts) > rounds:
+                runtime._stop.set()
+                return 0
+            return listing(prefix)
+
+        runtime.scan = scan
+        runtime._watch()
+    (wall, cpu), (wall_end, cpu_end) = starts[0], starts[-1]
+    return Row(
+        f"the idle bucket watcher over a {images:,}-image folder dataset and {job_files:,} job files (share of a core)",
+        (cpu_end - cpu) / (wall_end - wall),
+        0.1,
+        "a tenth of a core",
+        "cores",
+        target="<= 0.1",
+    )
+
+
 def run() -> list[Row]:
     sys.path.insert(0, str(ROOT))
-    return [*validation_rows(), hosts_row()]
+    return [*validation_rows(), watcher_row(), hosts_row()]
 
 
 if __name__ == "__main__":

@@ -227,14 +227,14 @@ class LocalRuntime:
             while not self._stop.is_set():
                 started = time.monotonic()
                 self.scan(prefix)
-                listed = time.monotonic() - started
                 self.honour_stop_requests()
+                busy = time.monotonic() - started
                 if time.monotonic() - self._last_tick >= SCHEDULE_SECONDS:
                     self._last_tick = time.monotonic()
                     self.run_schedules()
                 # A listing stats every file of the dataset folders: where they hold many, the watcher
-                # waits ten times as long as it listed, so that it never takes more than a tenth of a core.
-                self._stop.wait(max(self.poll_seconds, WATCH_SHARE * listed))
+                # waits ten times as long as its round took, so that it never takes more than a tenth of a core.
+                self._stop.wait(max(self.poll_seconds, WATCH_SHARE * busy))
         except BaseException as exc:  # recorded for /status before the thread ends; not swallowed
             self._watcher_error = f"{type(exc).__name__}: {exc}"
             log.error("the bucket watcher stopped: %s", self._watcher_error)

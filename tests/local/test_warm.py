@@ -39,10 +39,9 @@ sys.exit(int(os.environ.get("PROBE_EXIT", "0")))
 
 
 @pytest.fixture(scope="module")
-def warm(tmp_path_factory):
-    interpreter = WarmInterpreter(tmp_path_factory.mktemp("warm"))
-    yield interpreter
-    interpreter.close()
+def warm(shared_warm):
+    """The session's warm interpreter (each start imports torch again); the lifecycle tests start their own."""
+    return shared_warm
 
 
 def _job(root: Path, name: str) -> jobs.JobPaths:

@@ -253,9 +253,9 @@ class RayServe:
         self._http.close()  # the idle connections belong to HAProxy's process before this change
 
     def _applications(self) -> dict[str, dict[str, Any]]:
-        """Serve's applications, each with its ``status`` and ``message``, as the controller reports them.
-        The same details ``serve.status()`` reads; it parses them into models, which re-pickles each
-        deployment's request router: a tenth of a second, five times a second while a model starts."""
+        """Serve's applications, each with its ``status`` and ``message``, as the controller reports them:
+        what ``serve.status()`` reads, without its parse into models, which pickles each deployment's
+        request router again at every call (docs/performance.md)."""
         return self._client.get_serve_details().get("applications") or {}
 
     def _wait(self, name: str) -> tuple[str, str]:
