@@ -47,7 +47,7 @@ from droptrain.upload import upload_dataset
 
 log = logging.getLogger(__name__)
 SCHEDULE_SECONDS = 3600  # the app's schedules are hourly
-WATCH_SHARE = 10  # the watcher waits at least this many times as long as its last listing took
+WATCH_SHARE = 10  # the watcher waits at least this many times as long as its last round took
 
 
 class LocalRuntimeError(Exception):

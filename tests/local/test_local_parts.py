@@ -190,7 +190,7 @@ def test_watcher_emits_once_per_new_object(tmp_path):
 
 def test_a_slow_listing_makes_the_watcher_wait_ten_times_as_long(tmp_path):
     """Where the dataset folders hold many files, a listing takes long: the watcher then waits ten times
-    as long as it listed, so that it never takes more than a tenth of a core."""
+    as long as its round took, so that it never takes more than a tenth of a core."""
     import time
 
     from droptrain.local.runtime import LocalRuntime

@@ -160,7 +160,7 @@ def test_dataset_to_predictions_with_the_real_training_code(stack, tiny_dataset,
 
     # A second dataset is a second project: its own endpoint, and the first one keeps serving. Its final
     # job runs on one host (two hosts were the first run's to show; each cold host costs seconds).
-    with one_host_final_jobs(runtime):
+    with configured(runtime, final_instance_count=1):
         runtime.upload(tiny_dataset, "flowers")
         wait_for_count(runtime, "deployment.completed", 2)
     flowers = [n["message"] for n in runtime.notifications() if n["message"]["event"] == "deployment.completed"][-1][
@@ -195,9 +195,10 @@ def test_dataset_to_predictions_with_the_real_training_code(stack, tiny_dataset,
 
 
 @contextlib.contextmanager
-def one_host_final_jobs(runtime: LocalRuntime):
+def configured(runtime: LocalRuntime, **changes):
+    """The running stack's configuration with ``changes`` while the block runs, as it was after it."""
     services, original = runtime._services, runtime._services.config
-    services.config = dataclasses.replace(original, final_instance_count=1)
+    services.config = dataclasses.replace(original, **changes)
     try:
         yield
     finally:
@@ -505,7 +506,7 @@ def test_doubtful_answers_are_reviewed_and_the_model_retrains_from_where_it_stan
             runtime.api_url, f"/projects/pets/review/{item['id']}", "POST", decision, "application/json"
         )
         assert status == 200 and body["label"] == image.parent.name, body
-    with one_host_final_jobs(runtime):  # as the second project's run above
+    with configured(runtime, final_instance_count=1):  # as the second project's run above
         assert cli.main(["retrain", "pets", "--url", runtime.api_url]) == 0
         said = capsys.readouterr().out
         run = said.split(" run ", 1)[1].split(" ", 1)[0]
@@ -547,17 +548,14 @@ def test_budget_and_the_idle_cycle_on_the_local_stack(stack, tiny_dataset, tmp_p
     from datetime import datetime, timedelta, timezone
 
     runtime = stack
-    services = runtime._services
-    original = services.config
-    try:
-        services.config = dataclasses.replace(original, max_run_cost_usd=0.001)
+    with configured(runtime, max_run_cost_usd=0.001):
         runtime.upload(tiny_dataset, "budget")
         wait_for_event(runtime, "dataset.rejected")
         rejected = [n["message"] for n in runtime.notifications() if n["message"]["event"] == "dataset.rejected"][-1]
         assert "over MAX_RUN_COST_USD $0.00" in rejected["detail"]["reasons"][0]
         assert not [n for n in runtime.store.names("tuning-job") if n.startswith("budget-")]
 
-        services.config = dataclasses.replace(original, idle_stop_hours=1)
+    with configured(runtime, idle_stop_hours=1):
         later = datetime.now(timezone.utc) + timedelta(hours=3)
         outcome = runtime.run_schedules(later)["stop_idle_endpoints"]
         assert outcome.startswith("stopped ") and "pets" in outcome.split(": ", 1)[1].split(", "), outcome
@@ -570,8 +568,6 @@ def test_budget_and_the_idle_cycle_on_the_local_stack(stack, tiny_dataset, tmp_p
             time.sleep(0.5)
         status, body = post_image(runtime.api_url, image, project="pets")
         assert status == 200 and body["model"].startswith("pets-"), "awake again, serving the same run"
-    finally:
-        services.config = original
 
 
 def wait_for_event(runtime: LocalRuntime, event: str, timeout: float = DEADLINE) -> None:
