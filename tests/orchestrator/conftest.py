@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -96,6 +97,23 @@ class Stage:
         return event("s3-object-created.json", object={"key": f"datasets/{name}.zip", "size": len(body), "etag": etag})
 
 
+# Clients for the whole worker: a new boto3 session and its clients cost a quarter of a second, and every
+# test's stage built two sessions and thirteen clients. moto answers a client whenever a mock is active,
+# whichever mock it was built under, and each test's mock starts from empty backends.
+@functools.cache
+def _client(service: str, role: str = "") -> Any:
+    return _session().client(service)
+
+
+@functools.cache
+def _session() -> Any:
+    return boto3.session.Session(region_name="us-east-1")
+
+
+# The app's own clients (bootstrap's), built once per region, as a Lambda container keeps them.
+_app_clients = functools.cache(bootstrap._clients)
+
+
 @pytest.fixture
 def stage(monkeypatch):
     env = {
@@ -107,13 +125,14 @@ def stage(monkeypatch):
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
+    monkeypatch.setattr(bootstrap, "_clients", _app_clients)
     with mock_aws():
-        s3 = boto3.client("s3", region_name="us-east-1")
+        s3 = _client("s3")
         s3.create_bucket(Bucket=BUCKET)
-        sns = boto3.client("sns", region_name="us-east-1")
+        sns = _client("sns")
         topic = sns.create_topic(Name="droptrain-dev")["TopicArn"]
         assert topic == BASE_ENV["NOTIFY_TOPIC_ARN"]
-        sqs = boto3.client("sqs", region_name="us-east-1")
+        sqs = _client("sqs")
         queue = sqs.create_queue(QueueName="subscriber")["QueueUrl"]
         arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
         sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn)
@@ -121,10 +140,10 @@ def stage(monkeypatch):
         services = bootstrap.build(os.environ)
         sleeps: list[float] = []
         services.sleep = sleeps.append
-        moto_sagemaker = boto3.client("sagemaker", region_name="us-east-1")
-        stub_client = boto3.client("sagemaker", region_name="us-east-1")
+        moto_sagemaker = _client("sagemaker")
+        stub_client = _client("sagemaker", "stubbed")
         stub = Stubber(stub_client)
-        runtime_client = boto3.client("sagemaker-runtime", region_name="us-east-1")
+        runtime_client = _client("sagemaker-runtime", "stubbed")
         runtime_stub = Stubber(runtime_client)
         services.runtime = RuntimeAdapter(runtime_client)
         stage = Stage(
@@ -137,7 +156,7 @@ def stage(monkeypatch):
             sleeps,
             services,
             stub_client,
-            boto3.client("cloudwatch", region_name="us-east-1"),
+            _client("cloudwatch"),
         )
         stage.route()
         with stub, runtime_stub:
