@@ -187,6 +187,6 @@ def write(items: list[Item], root, seed: int = 0) -> dict[str, int]:
         split = rng.choices(["train", "valid", "test"], [0.6, 0.2, 0.2])[0]
         folder = root / split / item.family
         folder.mkdir(parents=True, exist_ok=True)
-        item.image.save(folder / f"{index:05d}.png")
+        item.image.save(folder / f"{index:05d}.png", compress_level=1)  # the same pixels, in a third of the time
         sources[f"{split}/{item.family}/{index:05d}.png"] = item.source
     return sources
