@@ -161,10 +161,12 @@ def static_hyperparameters(config: Config) -> dict[str, str]:
     return hps
 
 
-# The training jobs' environment. The training toolkit pip-installs the source dir's requirements.txt;
-# PIP_NO_DEPS makes that install exactly the names listed there and never their dependency pins
-# (smdebug's would downgrade the container's protobuf: training/requirements.txt).
-TRAINING_ENVIRONMENT = {"PIP_NO_DEPS": "1"}
+# The training jobs' environment. The training toolkit pip-installs the source dir's requirements.txt
+# at the start of every job, on every host; PIP_NO_DEPS makes that install exactly the names listed there
+# and never their dependency pins (smdebug's would downgrade the container's protobuf: training/requirements.txt).
+# PIP_COMPILE=0 leaves out byte-compiling every module of what it installs (sympy, matplotlib, onnx...:
+# most of the install's time, billed to each job); Python compiles the few a job imports as it imports them.
+TRAINING_ENVIRONMENT = {"PIP_NO_DEPS": "1", "PIP_COMPILE": "0"}
 
 
 def input_mode(config: Config, kind: str, size: int | None) -> str:

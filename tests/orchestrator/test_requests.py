@@ -72,8 +72,9 @@ def test_tuning_request_is_valid_for_every_strategy(strategy, spot):
         "droptrain:dataset": DATASET.uri,
         "droptrain:role": "tuning",
     }
-    # The toolkit installs training/requirements.txt without dependency pins (smdebug's would downgrade protobuf).
-    assert definition["Environment"] == {"PIP_NO_DEPS": "1"}
+    # The toolkit installs training/requirements.txt without dependency pins (smdebug's would downgrade protobuf)
+    # and without byte-compiling it all.
+    assert definition["Environment"] == {"PIP_NO_DEPS": "1", "PIP_COMPILE": "0"}
 
 
 def test_tuning_ranges_are_configurable():
@@ -158,7 +159,7 @@ def test_final_training_request(managed):
     assert onnx["HyperParameters"]["serving-engine"] == "onnxruntime"
     with pytest.raises(config_module.ConfigError, match="SERVING_ENGINE"):
         make_config(SERVING_ENGINE="tensorrt")
-    assert request["Environment"] == {"PIP_NO_DEPS": "1"}
+    assert request["Environment"] == {"PIP_NO_DEPS": "1", "PIP_COMPILE": "0"}
     assert {t["Key"]: t["Value"] for t in request["Tags"]}["droptrain:role"] == "final"
     assert request["AlgorithmSpecification"]["MetricDefinitions"] == requests.METRIC_DEFINITIONS
     if managed:

@@ -1,7 +1,7 @@
 """training/requirements.txt installed as the PyTorch 2.10 training container installs it.
 
 The training toolkit runs ``python -m pip install -r requirements.txt`` in the container with the
-job's Environment, which carries PIP_NO_DEPS (chalice_app/sagemaker_requests.py). Here the same
+job's Environment, which carries PIP_NO_DEPS and PIP_COMPILE=0 (chalice_app/sagemaker_requests.py). Here the same
 command runs in a fresh environment on the container's Python (3.13, where this machine has it)
 holding the container's own versions of the packages smdebug's pins would fight over. It must leave
 those versions alone, leave nothing missing, and give a working smdebug: tensors written and read
