@@ -100,6 +100,18 @@ def test_a_healthy_trial_trips_nothing(tmp_path):
     ]
 
 
+def test_a_finished_trial_is_judged_without_waiting_for_late_files(tmp_path, monkeypatch):
+    """smdebug lists a finished trial's folder once more after a pause, for files an S3 listing shows late;
+    the job's own folder, its hook closed, has none to wait for."""
+    import time
+
+    out = write_trial(tmp_path, epochs(**HEALTHY))
+    pauses: list[float] = []
+    monkeypatch.setattr(time, "sleep", pauses.append)
+    assert all(v.status == "NoIssuesFound" for v in rules.evaluate(out))
+    assert sum(pauses) == 0, pauses
+
+
 def test_vanishing_gradient(tmp_path):
     steps = epochs(**HEALTHY)
     steps[6][1]["gradient/fc.weight"] = np.full((8, 8), 1e-9) * np.random.default_rng(0).normal(size=(8, 8))

@@ -12,7 +12,11 @@ anything imports it:
   same bytes).
 
 Everything else it uses works unchanged (tests/training run the hook and the rules on these
-versions). ``available()`` says whether smdebug can be used in this process, and why not.
+versions). One default is changed: a trial that has seen the training's end waits a second and lists
+its folder again (``SMDEBUG_TRAINING_END_DELAY_REFRESH``), twice per trial, for files an S3 listing
+shows late; the rules here read the local folder the job's own hook wrote and closed, where nothing
+arrives late, and that wait was dead time in every job (``0`` unless the environment sets it).
+``available()`` says whether smdebug can be used in this process, and why not.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import sys
 log = logging.getLogger(__name__)
 
 PROTOBUF_BACKEND = "PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION"
+END_DELAY = "SMDEBUG_TRAINING_END_DELAY_REFRESH"  # read by each trial as it is created
 _state: dict[str, object] = {}
 
 
@@ -68,6 +73,7 @@ def _patch_tensor_writer() -> None:
 def available() -> bool:
     """Whether smdebug is importable and usable here; the reason it is not is logged once."""
     if "ok" not in _state:
+        os.environ.setdefault(END_DELAY, "0")
         problem = _protobuf_backend_problem()
         if problem is None:
             try:
