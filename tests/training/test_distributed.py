@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import DEADLINE, TRAINING_DIR
+from helpers import DEADLINE, TRAINING_DIR, run_train
 
 # Head mode on a random backbone: the features are the same in every run, so one process and two
 # differ only in the order their sums are taken (each step's global batch is the same 16 images).
@@ -40,19 +40,29 @@ sys.addaudithook(hook)
 """
 
 
-def _train(tmp_path: Path, name: str, data: Path, processes: int, extra: list[str] = (), env: dict | None = None):
+def _train(
+    tmp_path: Path, name: str, data: Path, processes: int, extra: list[str] = (), env: dict | None = None, warm=None
+):
+    """``train.py`` under torchrun as ``processes`` processes, each recording what it writes; one process runs
+    in a fork of ``warm`` instead (the one-process runs these tests compare with are not what they judge)."""
     job = tmp_path / name
     (job / "site").mkdir(parents=True)
     (job / "site" / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    args = [*HEAD, "--data-dir", str(data), "--model-dir", str(job / "model"), "--output-data-dir", str(job / "out")]
+    args += ["--checkpoint-dir", str(job / "checkpoints"), "--run-id", name, *extra]
+    environ = {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "SM_OUTPUT_DIR": str(job / "output"), **(env or {})}
+    if processes == 1:
+        return job, run_train(args, warm, environ)
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
-    command = [*(launcher if processes > 1 else [sys.executable]), "train.py", *HEAD]
-    command += ["--data-dir", str(data), "--model-dir", str(job / "model"), "--output-data-dir", str(job / "out")]
-    command += ["--checkpoint-dir", str(job / "checkpoints"), "--run-id", name, *extra]
-    environ = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "SM_OUTPUT_DIR": str(job / "output")}
-    environ["PYTHONPATH"] = os.pathsep.join([str(job / "site"), environ.get("PYTHONPATH", "")])
+    environ["PYTHONPATH"] = os.pathsep.join([str(job / "site"), os.environ.get("PYTHONPATH", "")])
     environ["WRITES"] = str(job / "writes")
     result = subprocess.run(
-        command, cwd=TRAINING_DIR, env={**environ, **(env or {})}, capture_output=True, text=True, timeout=DEADLINE
+        [*launcher, "train.py", *args],
+        cwd=TRAINING_DIR,
+        env={**os.environ, **environ},
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
     )
     return job, result
 
@@ -63,9 +73,9 @@ def _writes(job: Path, rank: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def runs(tiny_dataset, tmp_path_factory):
+def runs(tiny_dataset, tmp_path_factory, shared_warm):
     tmp = tmp_path_factory.mktemp("distributed")
-    one = _train(tmp, "one", tiny_dataset, 1)
+    one = _train(tmp, "one", tiny_dataset, 1, warm=shared_warm)
     # Its frozen features go to a feature cache (rank 0's) that a later run reads.
     two = _train(tmp, "two", tiny_dataset, 2, ["--feature-cache", str(tmp / "two" / "cache")])
     return one, two
@@ -110,10 +120,11 @@ def test_the_feature_cache_rank_0_filled_serves_the_next_run_of_two_processes(ru
     assert _writes(job, "1") == []
 
 
-def test_a_checkpoint_of_two_processes_resumes_in_one(runs, tiny_dataset, tmp_path):
+def test_a_checkpoint_of_two_processes_resumes_in_one(runs, tiny_dataset, tmp_path, shared_warm):
     (_, _), (two, double) = runs
     assert double.returncode == 0
-    job, result = _train(tmp_path, "resumed", tiny_dataset, 1, ["--checkpoint-dir", str(two / "checkpoints")])
+    extra = ["--checkpoint-dir", str(two / "checkpoints")]
+    job, result = _train(tmp_path, "resumed", tiny_dataset, 1, extra, warm=shared_warm)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resumed from checkpoint at epoch 3" in result.stdout
     assert [line for line in result.stdout.splitlines() if line.startswith("epoch=")] == [], "nothing left to train"
