@@ -49,7 +49,8 @@ class Ingress(BaseHTTPRequestHandler):
 def ingress():
     server = ThreadingHTTPServer(("127.0.0.1", 0), Ingress)
     server.answer, server.drop_after_answer, server.seen, server.routes = (200, b"{}"), False, [], {}
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # shutdown() waits for the loop's next look: half a second by default, at the end of every test here.
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     yield server
     server.shutdown()
