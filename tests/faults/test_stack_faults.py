@@ -289,7 +289,8 @@ def test_kill_9_mid_tuning_then_a_restart_resumes_the_study_exactly(
     env = {
         **os.environ,
         "FAKE_LOG": str(log),
-        "FAKE_EPOCH_SECONDS": "3",
+        # The second trial, killed within a poll of its start, runs 3 epochs or more: seconds to spare.
+        "FAKE_EPOCH_SECONDS": "1",
         "FAKE_MODEL_SOURCE": str(trained_job["paths"].model),
     }
     crashing = subprocess.Popen(
