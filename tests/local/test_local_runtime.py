@@ -506,7 +506,8 @@ def test_doubtful_answers_are_reviewed_and_the_model_retrains_from_where_it_stan
             runtime.api_url, f"/projects/pets/review/{item['id']}", "POST", decision, "application/json"
         )
         assert status == 200 and body["label"] == image.parent.name, body
-    with configured(runtime, final_instance_count=1):  # as the second project's run above
+    # One host, as the second project's run above; a canary that bakes 1 s a step, not the stage's 3.
+    with configured(runtime, final_instance_count=1, rollout_bake_seconds=1):
         assert cli.main(["retrain", "pets", "--url", runtime.api_url]) == 0
         said = capsys.readouterr().out
         run = said.split(" run ", 1)[1].split(" ", 1)[0]
