@@ -12,9 +12,9 @@ anything imports it:
   same bytes).
 
 Everything else it uses works unchanged (tests/training run the hook and the rules on these
-versions). One default is changed: a trial that has seen the training's end waits a second and lists
-its folder again (``SMDEBUG_TRAINING_END_DELAY_REFRESH``), twice per trial, for files an S3 listing
-shows late; the rules here read the local folder the job's own hook wrote and closed, where nothing
+versions). One default is changed: a trial that has seen the training's end waits a second before it
+lists its folder again (``SMDEBUG_TRAINING_END_DELAY_REFRESH``), once or twice per trial, for files an
+S3 listing shows late; the rules here read the local folder the job's own hook wrote and closed, where nothing
 arrives late, and that wait was dead time in every job (``0`` unless the environment sets it).
 ``available()`` says whether smdebug can be used in this process, and why not.
 """
