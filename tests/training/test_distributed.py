@@ -46,13 +46,13 @@ def _train(
     """``train.py`` under torchrun as ``processes`` processes, each recording what it writes; one process runs
     in a fork of ``warm`` instead (the one-process runs these tests compare with are not what they judge)."""
     job = tmp_path / name
-    (job / "site").mkdir(parents=True)
-    (job / "site" / "sitecustomize.py").write_text(SITECUSTOMIZE)
     args = [*HEAD, "--data-dir", str(data), "--model-dir", str(job / "model"), "--output-data-dir", str(job / "out")]
     args += ["--checkpoint-dir", str(job / "checkpoints"), "--run-id", name, *extra]
     environ = {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "SM_OUTPUT_DIR": str(job / "output"), **(env or {})}
     if processes == 1:
         return job, run_train(args, warm, environ)
+    (job / "site").mkdir(parents=True)
+    (job / "site" / "sitecustomize.py").write_text(SITECUSTOMIZE)
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
     environ["PYTHONPATH"] = os.pathsep.join([str(job / "site"), os.environ.get("PYTHONPATH", "")])
     environ["WRITES"] = str(job / "writes")
